@@ -1,0 +1,1 @@
+//! Node role state of a tandem site (work in progress).

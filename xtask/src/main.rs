@@ -1,0 +1,2 @@
+//! tandem's automation (work in progress).
+fn main() {}
