@@ -1,0 +1,2 @@
+//! `failover`: work in progress.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `mp_replication`: work in progress.
+fn main() {}
