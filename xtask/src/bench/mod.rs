@@ -1,0 +1,48 @@
+//! `cargo xtask bench`: speed and memory beside their baselines, from one run.
+//!
+//! Each area lives in its own module with a `run` function; results print as a
+//! table and are written as JSON under `target/bench/`.
+
+mod bundle;
+mod netif;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// What to measure; all areas when omitted.
+    #[arg(value_enum)]
+    area: Option<Area>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Area {
+    /// Config-file bundles: create and restore beside GNU tar.
+    Bundle,
+    /// Probe round trip and takeover time in the lab.
+    Netif,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let areas = match args.area {
+        Some(area) => vec![area],
+        None => vec![Area::Bundle, Area::Netif],
+    };
+    for area in areas {
+        match area {
+            Area::Bundle => bundle::run().context("bench bundle")?,
+            Area::Netif => netif::run().context("bench netif")?,
+        }
+    }
+    Ok(())
+}
+
+/// Where benchmark results are written: `target/bench/` under the workspace root.
+pub(crate) fn output_dir() -> anyhow::Result<PathBuf> {
+    let dir = crate::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
