@@ -40,6 +40,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(dead_code)] // used by the bench areas as they land
 /// Where benchmark results are written: `target/bench/` under the workspace root.
 pub(crate) fn output_dir() -> anyhow::Result<PathBuf> {
     let dir = crate::workspace_root().join("target").join("bench");
