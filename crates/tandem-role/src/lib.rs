@@ -1,1 +1,82 @@
-//! Node role state of a tandem site (work in progress).
+//! The role of a tandem node: deployment mode, role, node id, site id and epoch,
+//! and the sans-IO state machine that decides when a node claims or releases the
+//! shared address.
+//!
+//! A [`Machine`] takes an [`Event`] (a boot with its probe outcome, an operator's
+//! `set-server`, a peer's claim, an address conflict, ...) and returns the
+//! [`Action`]s to carry out, in order (persist, claim, announce, promote, start
+//! services, notify, ...). The caller owns sockets, timers and files; the machine
+//! owns the decisions. Its rules:
+//!
+//! - A node in a failover deployment claims the shared address only right after a
+//!   probe found it silent and the isolation check passed.
+//! - Every claim uses a new epoch, higher than any the node has used or seen, and
+//!   the state carrying it is persisted before the claim.
+//! - After `set-server standby` (or `set-deployment failover`), the node takes no
+//!   active-only action until `set-server active`, or until the peer has taken
+//!   over (its claim fulfils the operator's request).
+//! - Of two active nodes, the one with the higher (epoch, node preference) stays;
+//!   without the peer's word, a node that sees another MAC answer for the shared
+//!   address releases it.
+//! - A single-server deployment never emits a peer or replication action.
+//!
+//! [`StateFile`] persists a [`NodeState`] as versioned, checksummed JSON, written
+//! atomically.
+//!
+//! This crate never does IO beyond its state file: no sockets, no interfaces, no
+//! processes, no clock (time comes in with each event).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use tandem_role::{Action, Config, DeploymentMode, Event, Isolation, Machine, NodeId,
+//!     NodeState, ProbeOutcome, Role, SiteId};
+//!
+//! let mut state = NodeState::first_boot(NodeId::One, SiteId::ONE);
+//! state.deployment = DeploymentMode::Failover;
+//! let mut node = Machine::new(Config::default(), state);
+//!
+//! // Nothing answers for the shared address and the gateway does: claim it.
+//! let actions = node.handle(
+//!     Event::Boot { probe: ProbeOutcome::Silent, isolation: Isolation::Passed },
+//!     SystemTime::now(),
+//! );
+//! assert_eq!(node.role(), Role::Active);
+//! assert!(actions.contains(&Action::ClaimSharedAddress));
+//! assert_eq!(node.state().epoch.get(), 1);
+//!
+//! // The operator hands over: stop, release, demote, in that order.
+//! let actions = node.handle(Event::SetServer(Role::Standby), SystemTime::now());
+//! let names: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+//! assert_eq!(&names[..3], ["stop-services", "release-shared-address", "demote-database"]);
+//! ```
+
+mod machine;
+mod state;
+mod text;
+mod types;
+
+pub use machine::{Action, Config, Event, Hook, Isolation, Machine, ProbeOutcome, Refusal, Step};
+pub use state::{NodeState, Replication, STATE_FILE_NAME, STATE_VERSION, StateError, StateFile};
+pub use types::{DeploymentMode, Epoch, MacAddr, NodeId, Role, SiteId};
+
+/// A value given as text that does not parse; the message names the value and
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} `{value}`: {expected}")]
+pub struct ParseError {
+    what: &'static str,
+    value: String,
+    expected: String,
+}
+
+impl ParseError {
+    pub(crate) fn new(what: &'static str, value: impl Into<String>, expected: &str) -> ParseError {
+        ParseError {
+            what,
+            value: value.into(),
+            expected: expected.to_string(),
+        }
+    }
+}

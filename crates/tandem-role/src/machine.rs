@@ -1,0 +1,872 @@
+//! The sans-IO role machine: events in, actions out.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::{DeploymentMode, Epoch, MacAddr, NodeId, NodeState, Replication, Role, SiteId};
+
+/// What a probe of the shared address found (the seed's boot-time ping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Nothing answered: no node holds the shared address.
+    Silent,
+    /// These hosts answered for the shared address.
+    Answered {
+        /// The MAC addresses that answered (at least one).
+        macs: Vec<MacAddr>,
+    },
+    /// The probe could not be run (no privilege, no interface, ...). Never taken
+    /// for silence.
+    Error {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Whether the node can reach its reference address (by default the gateway).
+/// A node that cannot is cut off from its network and must never claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// The reference address answered.
+    Passed,
+    /// The reference address was silent or could not be probed.
+    Failed,
+}
+
+/// Something that happened to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The node started. The shared address is not configured at this point (the
+    /// seed: "when a node is rebooted, interface eth0 is initially disabled"); the
+    /// caller has probed it and run the isolation check.
+    Boot {
+        /// What the probe of the shared address found.
+        probe: ProbeOutcome,
+        /// The isolation check.
+        isolation: Isolation,
+    },
+    /// The answer to [`Action::Probe`].
+    Probed {
+        /// What the probe of the shared address found.
+        probe: ProbeOutcome,
+        /// The isolation check.
+        isolation: Isolation,
+    },
+    /// The operator ran `failover set-server active|standby`.
+    SetServer(Role),
+    /// The operator ran `failover set-deployment failover|single`.
+    SetDeployment(DeploymentMode),
+    /// The operator ran `mp_replication init -n N`: this node's id and site.
+    Identify {
+        /// This node's id.
+        node: NodeId,
+        /// The site.
+        site: SiteId,
+    },
+    /// The peer says on the peer link that it holds the shared address.
+    PeerClaim {
+        /// The peer's node id.
+        node: NodeId,
+        /// The epoch of its claim.
+        epoch: Epoch,
+    },
+    /// Another MAC address answers for the shared address while this node holds it.
+    AddressConflict {
+        /// The other host's MAC address.
+        mac: MacAddr,
+    },
+    /// The peer missed its heartbeats.
+    PeerLost,
+    /// The peer is heard again.
+    PeerBack,
+    /// Database replication was switched on.
+    ReplicationOn,
+    /// Database replication was switched off.
+    ReplicationOff,
+    /// Database replication failed.
+    ReplicationFailed {
+        /// Why.
+        reason: String,
+    },
+    /// An action failed. The caller runs a batch of actions in order and stops at
+    /// the first that fails, then reports it with this event.
+    StepFailed {
+        /// The action that failed.
+        step: Step,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The actions that change the node, named for [`Event::StepFailed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Step {
+    /// [`Action::Persist`].
+    Persist,
+    /// [`Action::ClaimSharedAddress`].
+    ClaimSharedAddress,
+    /// [`Action::ReleaseSharedAddress`].
+    ReleaseSharedAddress,
+    /// [`Action::Announce`].
+    Announce,
+    /// [`Action::PromoteDatabase`].
+    PromoteDatabase,
+    /// [`Action::DemoteDatabase`].
+    DemoteDatabase,
+    /// [`Action::StartServices`].
+    StartServices,
+    /// [`Action::StopServices`].
+    StopServices,
+}
+
+/// A keepalived-style notify hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// The node became active.
+    Active,
+    /// The node became standby.
+    Standby,
+    /// Something went wrong that needs an operator.
+    Fault,
+    /// An alarm was raised (peer lost, replication failed, ...).
+    Alarm,
+}
+
+/// Why a command was refused. The node's role did not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `set-server` needs a failover deployment.
+    NotFailover,
+    /// The shared address answered: another node is active.
+    SharedAddressAnswered {
+        /// Who answered.
+        macs: Vec<MacAddr>,
+    },
+    /// The reference address did not answer: this node is cut off.
+    Isolated,
+    /// The probe of the shared address failed.
+    ProbeFailed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotFailover => f.write_str(
+                "this node is a single-server deployment; run `failover set-deployment failover` first",
+            ),
+            Refusal::SharedAddressAnswered { macs } => write!(
+                f,
+                "the shared address is held by {}; make that node standby first",
+                join(macs)
+            ),
+            Refusal::Isolated => f.write_str(
+                "the reference address (gateway) does not answer: this node is cut off from its network and will not claim the shared address",
+            ),
+            Refusal::ProbeFailed { reason } => {
+                write!(f, "cannot probe the shared address ({reason}); not claiming it")
+            }
+        }
+    }
+}
+
+/// Something the caller must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Write this state to the state file before going on.
+    Persist(NodeState),
+    /// Probe the shared address and run the isolation check, after the delay, then
+    /// report with [`Event::Probed`].
+    Probe {
+        /// How long to wait first.
+        after: Duration,
+    },
+    /// Add the shared address to the interface.
+    ClaimSharedAddress,
+    /// Remove the shared address from the interface.
+    ReleaseSharedAddress,
+    /// Send gratuitous ARP (and unsolicited neighbour advertisements) for the
+    /// shared address.
+    Announce,
+    /// Make the local database the writable primary.
+    PromoteDatabase,
+    /// Make the local database a read-only replica.
+    DemoteDatabase,
+    /// Start the services that run on the active node only.
+    StartServices,
+    /// Stop the services that run on the active node only.
+    StopServices,
+    /// Tell the peer that this node holds the shared address with this epoch.
+    SendClaim {
+        /// The epoch of the claim.
+        epoch: Epoch,
+    },
+    /// Run the notify hook.
+    Notify {
+        /// Which hook.
+        hook: Hook,
+        /// Why, for the hook and the log.
+        reason: String,
+    },
+    /// The operator's command was refused; tell the operator why.
+    Refuse(Refusal),
+}
+
+impl Action {
+    /// Whether only an active node may do this: claim, announce, promote, start
+    /// active-only services.
+    pub fn is_active_only(&self) -> bool {
+        matches!(
+            self,
+            Action::ClaimSharedAddress
+                | Action::Announce
+                | Action::PromoteDatabase
+                | Action::StartServices
+        )
+    }
+
+    /// Whether this action concerns the peer or database replication, which a
+    /// single-server deployment never does.
+    pub fn is_peer_or_replication(&self) -> bool {
+        matches!(
+            self,
+            Action::SendClaim { .. } | Action::PromoteDatabase | Action::DemoteDatabase
+        )
+    }
+}
+
+/// Settings of the role machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Let a standby take over on its own when the peer is lost, the shared address
+    /// is silent and the isolation check passes. Off by default, as in the seed.
+    pub auto_failover: bool,
+    /// After releasing the shared address because of a conflict, node 2 waits this
+    /// long before probing again (node 1 probes at once), so the two do not race
+    /// for the address.
+    pub conflict_backoff: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            auto_failover: false,
+            conflict_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the machine asked for a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeReason {
+    /// `set-server active` or `set-deployment single`.
+    Operator,
+    /// Re-election after an address conflict.
+    Conflict,
+    /// Automatic failover after the peer was lost.
+    AutoFailover,
+}
+
+/// What the machine knows of its peer. Not persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Peer {
+    /// The peer link is up.
+    up: bool,
+    /// The epoch of the peer's latest claim while it is believed active.
+    claim: Option<Epoch>,
+}
+
+/// The role machine of one node. It does no IO: [`Machine::handle`] takes an event
+/// and returns the actions to carry out, in order.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    config: Config,
+    state: NodeState,
+    pending: Option<ProbeReason>,
+    peer: Peer,
+}
+
+impl Machine {
+    /// A machine resuming from `state` (from [`crate::StateFile::load`] or
+    /// [`NodeState::first_boot`]). The role is taken as persisted; a
+    /// [`Event::Boot`] starts it afresh as standby.
+    pub fn new(config: Config, state: NodeState) -> Machine {
+        Machine {
+            config,
+            state,
+            pending: None,
+            peer: Peer::default(),
+        }
+    }
+
+    /// The node's state as it would be persisted now.
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    /// The node's role now.
+    pub fn role(&self) -> Role {
+        self.state.role
+    }
+
+    /// The machine's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether a probe asked for with [`Action::Probe`] has not been answered yet.
+    pub fn probe_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Handles one event at time `now` and returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: SystemTime) -> Vec<Action> {
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let mut out = Actions {
+            list: Vec::new(),
+            now_ms,
+        };
+        match event {
+            Event::Boot { probe, isolation } => self.boot(&mut out, probe, isolation),
+            Event::Probed { probe, isolation } => self.probed(&mut out, probe, isolation),
+            Event::SetServer(role) => self.set_server(&mut out, role),
+            Event::SetDeployment(mode) => self.set_deployment(&mut out, mode),
+            Event::Identify { node, site } => {
+                if (node, site) != (self.state.node, self.state.site) {
+                    self.state.node = node;
+                    self.state.site = site;
+                    out.persist(&self.state);
+                }
+            }
+            Event::PeerClaim { node, epoch } => self.peer_claim(&mut out, node, epoch),
+            Event::AddressConflict { mac } => self.conflict(&mut out, mac),
+            Event::PeerLost => self.peer_lost(&mut out),
+            Event::PeerBack => self.peer_back(&mut out),
+            Event::ReplicationOn => self.replication(&mut out, Replication::On, None),
+            Event::ReplicationOff => self.replication(&mut out, Replication::Off, None),
+            Event::ReplicationFailed { reason } => {
+                self.replication(&mut out, Replication::Failed, Some(reason))
+            }
+            Event::StepFailed { step, reason } => self.step_failed(&mut out, step, reason),
+        }
+        out.list
+    }
+
+    fn failover(&self) -> bool {
+        self.state.deployment == DeploymentMode::Failover
+    }
+
+    fn boot(&mut self, out: &mut Actions, probe: ProbeOutcome, isolation: Isolation) {
+        // The shared address is not configured at boot, whatever the old role was.
+        self.state.role = Role::Standby;
+        self.pending = None;
+        self.peer = Peer::default();
+        if self.failover() && self.state.standby_hold {
+            out.persist(&self.state);
+            out.notify(Hook::Standby, "boot: held in standby by the operator");
+            return;
+        }
+        match self.verdict(&probe, isolation) {
+            Ok(()) => self.become_active(out, "boot: the shared address is silent"),
+            Err(refusal) => {
+                out.persist(&self.state);
+                let hook = match refusal {
+                    Refusal::SharedAddressAnswered { .. } => Hook::Standby,
+                    _ => Hook::Fault,
+                };
+                out.notify(hook, &format!("boot: staying standby: {refusal}"));
+            }
+        }
+    }
+
+    fn probed(&mut self, out: &mut Actions, probe: ProbeOutcome, isolation: Isolation) {
+        let Some(reason) = self.pending.take() else {
+            return; // Nobody asked: a late answer to a cancelled probe.
+        };
+        if self.state.role == Role::Active {
+            return;
+        }
+        match self.verdict(&probe, isolation) {
+            Ok(()) => {
+                let why = match reason {
+                    ProbeReason::Operator => "operator: set-server active",
+                    ProbeReason::Conflict => "re-election after an address conflict",
+                    ProbeReason::AutoFailover => "automatic failover: the peer is lost",
+                };
+                self.become_active(out, why);
+            }
+            Err(refusal) => match reason {
+                ProbeReason::Operator => out.push(Action::Refuse(refusal)),
+                ProbeReason::Conflict | ProbeReason::AutoFailover => {
+                    out.notify(Hook::Fault, &format!("staying standby: {refusal}"))
+                }
+            },
+        }
+    }
+
+    /// Whether a probe lets this node claim the shared address.
+    fn verdict(&self, probe: &ProbeOutcome, isolation: Isolation) -> Result<(), Refusal> {
+        match probe {
+            ProbeOutcome::Answered { macs } => {
+                return Err(Refusal::SharedAddressAnswered { macs: macs.clone() });
+            }
+            ProbeOutcome::Error { reason } => {
+                return Err(Refusal::ProbeFailed {
+                    reason: reason.clone(),
+                });
+            }
+            ProbeOutcome::Silent => {}
+        }
+        // A single server has no peer to hand over to: the isolation check, which
+        // keeps a cut-off node from stealing the site, does not apply.
+        if self.failover() && isolation == Isolation::Failed {
+            return Err(Refusal::Isolated);
+        }
+        Ok(())
+    }
+
+    fn set_server(&mut self, out: &mut Actions, role: Role) {
+        if !self.failover() {
+            out.push(Action::Refuse(Refusal::NotFailover));
+            return;
+        }
+        match role {
+            Role::Active => {
+                let held = self.state.standby_hold;
+                self.state.standby_hold = false;
+                if self.state.role == Role::Active {
+                    if held {
+                        out.persist(&self.state);
+                    }
+                    return;
+                }
+                if held {
+                    out.persist(&self.state);
+                }
+                if self.pending.replace(ProbeReason::Operator).is_none() {
+                    out.push(Action::Probe {
+                        after: Duration::ZERO,
+                    });
+                }
+            }
+            Role::Standby => {
+                self.state.standby_hold = true;
+                self.pending = None;
+                if self.state.role == Role::Active {
+                    self.become_standby(out, Hook::Standby, "operator: set-server standby");
+                } else {
+                    out.persist(&self.state);
+                }
+            }
+        }
+    }
+
+    fn set_deployment(&mut self, out: &mut Actions, mode: DeploymentMode) {
+        self.pending = None;
+        self.state.deployment = mode;
+        match mode {
+            DeploymentMode::Failover => {
+                // The seed: after setDeployment failover the node restarts and
+                // enters standby, and stays there until `set-server active`.
+                self.state.standby_hold = true;
+                if self.state.role == Role::Active {
+                    self.become_standby(out, Hook::Standby, "operator: set-deployment failover");
+                } else {
+                    out.persist(&self.state);
+                }
+            }
+            DeploymentMode::Single => {
+                self.state.standby_hold = false;
+                self.state.replication = Replication::Off;
+                self.peer = Peer::default();
+                out.persist(&self.state);
+                if self.state.role == Role::Standby {
+                    self.pending = Some(ProbeReason::Operator);
+                    out.push(Action::Probe {
+                        after: Duration::ZERO,
+                    });
+                }
+            }
+        }
+    }
+
+    fn peer_claim(&mut self, out: &mut Actions, node: NodeId, epoch: Epoch) {
+        if !self.failover() {
+            return;
+        }
+        if node == self.state.node {
+            out.notify(
+                Hook::Fault,
+                &format!(
+                    "the peer claims the shared address as node {node}, which is this node's id; \
+                     give the nodes distinct ids with `mp_replication init -n`"
+                ),
+            );
+            return;
+        }
+        self.peer.claim = Some(epoch);
+        let ours = (self.state.epoch, self.state.node.preference());
+        let theirs = (epoch, node.preference());
+        let mut changed = false;
+        if epoch > self.state.epoch {
+            self.state.epoch = epoch;
+            changed = true;
+        }
+        match self.state.role {
+            Role::Active if theirs > ours => {
+                self.become_standby(
+                    out,
+                    Hook::Standby,
+                    &format!("node {node} claimed the shared address with epoch {epoch}"),
+                );
+            }
+            Role::Active => self.reassert(out),
+            Role::Standby => {
+                // The peer has taken over: an operator's standby request is fulfilled.
+                if self.state.standby_hold {
+                    self.state.standby_hold = false;
+                    changed = true;
+                }
+                if self.pending == Some(ProbeReason::AutoFailover) {
+                    self.pending = None;
+                }
+                if changed {
+                    out.persist(&self.state);
+                }
+            }
+        }
+    }
+
+    fn conflict(&mut self, out: &mut Actions, mac: MacAddr) {
+        if !self.failover() {
+            out.notify(
+                Hook::Fault,
+                &format!("another host ({mac}) answers for this single server's shared address"),
+            );
+            return;
+        }
+        if self.state.role != Role::Active {
+            return;
+        }
+        match self.peer.claim {
+            Some(epoch) if self.peer.up => {
+                let peer = self.state.node.peer();
+                if (epoch, peer.preference()) > (self.state.epoch, self.state.node.preference()) {
+                    self.become_standby(
+                        out,
+                        Hook::Standby,
+                        &format!("node {peer} ({mac}) holds the shared address with epoch {epoch}"),
+                    );
+                } else {
+                    self.reassert(out);
+                }
+            }
+            _ => {
+                // Without the peer's word, release: two holders is the worst
+                // outcome. Then probe again, node 2 after a pause, so one node wins.
+                self.become_standby(
+                    out,
+                    Hook::Fault,
+                    &format!("address conflict: {mac} also answers for the shared address"),
+                );
+                self.pending = Some(ProbeReason::Conflict);
+                let after = match self.state.node {
+                    NodeId::One => Duration::ZERO,
+                    NodeId::Two => self.config.conflict_backoff,
+                };
+                out.push(Action::Probe { after });
+            }
+        }
+    }
+
+    /// Keeps the address and tells the peer and the segment again who holds it.
+    fn reassert(&mut self, out: &mut Actions) {
+        out.push(Action::Announce);
+        out.push(Action::SendClaim {
+            epoch: self.state.epoch,
+        });
+    }
+
+    fn peer_lost(&mut self, out: &mut Actions) {
+        if !self.failover() {
+            return;
+        }
+        self.peer.up = false;
+        self.peer.claim = None;
+        out.notify(Hook::Alarm, "peer lost: it missed its heartbeats");
+        if self.config.auto_failover
+            && self.state.role == Role::Standby
+            && !self.state.standby_hold
+            && self.pending.is_none()
+        {
+            self.pending = Some(ProbeReason::AutoFailover);
+            out.push(Action::Probe {
+                after: Duration::ZERO,
+            });
+        }
+    }
+
+    fn peer_back(&mut self, out: &mut Actions) {
+        if !self.failover() {
+            return;
+        }
+        self.peer.up = true;
+        if self.pending == Some(ProbeReason::AutoFailover) {
+            self.pending = None;
+        }
+        if self.state.role == Role::Active {
+            // After a partition both sides may believe they are active: tell the
+            // peer our epoch so the loser steps down.
+            out.push(Action::SendClaim {
+                epoch: self.state.epoch,
+            });
+        }
+    }
+
+    fn replication(&mut self, out: &mut Actions, to: Replication, reason: Option<String>) {
+        if !self.failover() {
+            return;
+        }
+        let changed = self.state.replication != to;
+        self.state.replication = to;
+        if changed {
+            out.persist(&self.state);
+        }
+        if let Some(reason) = reason {
+            out.notify(
+                Hook::Alarm,
+                &format!("database replication failed: {reason}"),
+            );
+        }
+    }
+
+    fn step_failed(&mut self, out: &mut Actions, step: Step, reason: String) {
+        let going_active = matches!(
+            step,
+            Step::ClaimSharedAddress | Step::Announce | Step::PromoteDatabase | Step::StartServices
+        );
+        if self.state.role == Role::Active && (going_active || step == Step::Persist) {
+            // Never stay half-switched: fall back to the safe role.
+            self.become_standby(
+                out,
+                Hook::Fault,
+                &format!("{} failed ({reason}); back to standby", step_name(step)),
+            );
+        } else {
+            out.notify(
+                Hook::Fault,
+                &format!("{} failed: {reason}", step_name(step)),
+            );
+        }
+    }
+
+    /// Probe verdict was positive: take over. Persist first, so that a crash after
+    /// the claim never reuses an epoch.
+    fn become_active(&mut self, out: &mut Actions, why: &str) {
+        let failover = self.failover();
+        self.state.role = Role::Active;
+        self.state.standby_hold = false;
+        self.state.epoch = self.state.epoch.next();
+        self.state.role_changed_ms = out.now_ms;
+        self.pending = None;
+        out.persist(&self.state);
+        if failover {
+            out.push(Action::PromoteDatabase);
+        }
+        out.push(Action::ClaimSharedAddress);
+        out.push(Action::Announce);
+        out.push(Action::StartServices);
+        if failover {
+            out.push(Action::SendClaim {
+                epoch: self.state.epoch,
+            });
+        }
+        out.notify(Hook::Active, why);
+    }
+
+    /// Step down in the order that never leaves two writers: stop the services,
+    /// release the address, then demote the database.
+    fn become_standby(&mut self, out: &mut Actions, hook: Hook, why: &str) {
+        self.state.role = Role::Standby;
+        self.state.role_changed_ms = out.now_ms;
+        self.pending = None;
+        out.push(Action::StopServices);
+        out.push(Action::ReleaseSharedAddress);
+        if self.failover() {
+            out.push(Action::DemoteDatabase);
+        }
+        out.persist(&self.state);
+        out.notify(hook, why);
+    }
+}
+
+struct Actions {
+    list: Vec<Action>,
+    now_ms: u64,
+}
+
+impl Actions {
+    fn push(&mut self, action: Action) {
+        self.list.push(action);
+    }
+
+    fn persist(&mut self, state: &NodeState) {
+        self.list.push(Action::Persist(state.clone()));
+    }
+
+    fn notify(&mut self, hook: Hook, reason: &str) {
+        self.list.push(Action::Notify {
+            hook,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+fn join(macs: &[MacAddr]) -> String {
+    macs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Persist => "persist",
+        Step::ClaimSharedAddress => "claim-shared-address",
+        Step::ReleaseSharedAddress => "release-shared-address",
+        Step::Announce => "announce",
+        Step::PromoteDatabase => "promote-database",
+        Step::DemoteDatabase => "demote-database",
+        Step::StartServices => "start-services",
+        Step::StopServices => "stop-services",
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(step_name(*self))
+    }
+}
+
+impl std::str::FromStr for Step {
+    type Err = crate::ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALL: [Step; 8] = [
+            Step::Persist,
+            Step::ClaimSharedAddress,
+            Step::ReleaseSharedAddress,
+            Step::Announce,
+            Step::PromoteDatabase,
+            Step::DemoteDatabase,
+            Step::StartServices,
+            Step::StopServices,
+        ];
+        ALL.into_iter()
+            .find(|step| step_name(*step) == s)
+            .ok_or_else(|| {
+                crate::ParseError::new(
+                    "step",
+                    s,
+                    "expected an action name like claim-shared-address",
+                )
+            })
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Active => "active",
+            Hook::Standby => "standby",
+            Hook::Fault => "fault",
+            Hook::Alarm => "alarm",
+        })
+    }
+}
+
+impl fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeOutcome::Silent => f.write_str("silent"),
+            ProbeOutcome::Answered { macs } => {
+                let list: Vec<String> = macs.iter().map(ToString::to_string).collect();
+                write!(f, "answered({})", list.join(","))
+            }
+            ProbeOutcome::Error { reason } => write!(f, "error({reason:?})"),
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::Passed => "passed",
+            Isolation::Failed => "failed",
+        })
+    }
+}
+
+/// Events print in the one-line form of the trace files.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Boot { probe, isolation } => {
+                write!(f, "boot probe={probe} isolation={isolation}")
+            }
+            Event::Probed { probe, isolation } => {
+                write!(f, "probed probe={probe} isolation={isolation}")
+            }
+            Event::SetServer(role) => write!(f, "set-server {role}"),
+            Event::SetDeployment(mode) => write!(f, "set-deployment {mode}"),
+            Event::Identify { node, site } => write!(f, "identify node={node} site={site}"),
+            Event::PeerClaim { node, epoch } => write!(f, "peer-claim node={node} epoch={epoch}"),
+            Event::AddressConflict { mac } => write!(f, "address-conflict mac={mac}"),
+            Event::PeerLost => f.write_str("peer-lost"),
+            Event::PeerBack => f.write_str("peer-back"),
+            Event::ReplicationOn => f.write_str("replication-on"),
+            Event::ReplicationOff => f.write_str("replication-off"),
+            Event::ReplicationFailed { reason } => write!(f, "replication-failed {reason:?}"),
+            Event::StepFailed { step, reason } => write!(f, "step-failed {step} {reason:?}"),
+        }
+    }
+}
+
+/// Actions print in the one-line form of the trace files.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Persist(s) => write!(
+                f,
+                "persist deployment={} node={} site={} role={} epoch={} hold={} replication={}",
+                s.deployment,
+                s.node,
+                s.site,
+                s.role,
+                s.epoch,
+                if s.standby_hold { "yes" } else { "no" },
+                s.replication
+            ),
+            Action::Probe { after } => write!(f, "probe after={}ms", after.as_millis()),
+            Action::ClaimSharedAddress => f.write_str("claim-shared-address"),
+            Action::ReleaseSharedAddress => f.write_str("release-shared-address"),
+            Action::Announce => f.write_str("announce"),
+            Action::PromoteDatabase => f.write_str("promote-database"),
+            Action::DemoteDatabase => f.write_str("demote-database"),
+            Action::StartServices => f.write_str("start-services"),
+            Action::StopServices => f.write_str("stop-services"),
+            Action::SendClaim { epoch } => write!(f, "send-claim epoch={epoch}"),
+            Action::Notify { hook, reason } => write!(f, "notify {hook} {reason:?}"),
+            Action::Refuse(refusal) => write!(f, "refuse {:?}", refusal.to_string()),
+        }
+    }
+}
