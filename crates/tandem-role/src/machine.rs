@@ -154,6 +154,22 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// What was found, without the advice to the operator that `Display` adds.
+    fn fact(&self) -> String {
+        match self {
+            Refusal::SharedAddressAnswered { macs } => {
+                format!("{} answers for the shared address", join(macs))
+            }
+            Refusal::Isolated => "the reference address (gateway) does not answer".to_string(),
+            Refusal::ProbeFailed { reason } => {
+                format!("cannot probe the shared address ({reason})")
+            }
+            Refusal::NotFailover => "this node is a single-server deployment".to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -383,7 +399,7 @@ impl Machine {
                     Refusal::SharedAddressAnswered { .. } => Hook::Standby,
                     _ => Hook::Fault,
                 };
-                out.notify(hook, &format!("boot: staying standby: {refusal}"));
+                out.notify(hook, &format!("boot: staying standby: {}", refusal.fact()));
             }
         }
     }
@@ -407,7 +423,7 @@ impl Machine {
             Err(refusal) => match reason {
                 ProbeReason::Operator => out.push(Action::Refuse(refusal)),
                 ProbeReason::Conflict | ProbeReason::AutoFailover => {
-                    out.notify(Hook::Fault, &format!("staying standby: {refusal}"))
+                    out.notify(Hook::Fault, &format!("staying standby: {}", refusal.fact()))
                 }
             },
         }

@@ -1,0 +1,458 @@
+//! Property tests of the role machine over random event sequences, and of the
+//! state file over random states and corruptions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+use tandem_role::{
+    Action, Config, DeploymentMode, Epoch, Event, Isolation, MacAddr, Machine, NodeId, NodeState,
+    ProbeOutcome, Replication, Role, SiteId, StateFile, Step,
+};
+
+const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+const STRANGER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 99]);
+
+fn at(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn arb_node() -> impl Strategy<Value = NodeId> {
+    prop_oneof![Just(NodeId::One), Just(NodeId::Two)]
+}
+
+fn arb_state() -> impl Strategy<Value = NodeState> {
+    (
+        prop_oneof![Just(DeploymentMode::Single), Just(DeploymentMode::Failover)],
+        arb_node(),
+        1u32..4,
+        prop_oneof![Just(Role::Active), Just(Role::Standby)],
+        0u64..1_000,
+        any::<bool>(),
+        prop_oneof![
+            Just(Replication::Off),
+            Just(Replication::On),
+            Just(Replication::Failed)
+        ],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(deployment, node, site, role, epoch, hold, replication, ms)| NodeState {
+                deployment,
+                node,
+                site: SiteId::new(site).unwrap(),
+                role,
+                epoch: Epoch::new(epoch),
+                standby_hold: hold,
+                replication,
+                role_changed_ms: ms,
+            },
+        )
+}
+
+fn arb_probe() -> impl Strategy<Value = ProbeOutcome> {
+    prop_oneof![
+        3 => Just(ProbeOutcome::Silent),
+        1 => Just(ProbeOutcome::Answered { macs: vec![PEER_MAC] }),
+        1 => Just(ProbeOutcome::Answered { macs: vec![PEER_MAC, STRANGER_MAC] }),
+        1 => Just(ProbeOutcome::Error { reason: "socket: operation not permitted".into() }),
+    ]
+}
+
+fn arb_isolation() -> impl Strategy<Value = Isolation> {
+    prop_oneof![3 => Just(Isolation::Passed), 1 => Just(Isolation::Failed)]
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        Just(Step::Persist),
+        Just(Step::ClaimSharedAddress),
+        Just(Step::ReleaseSharedAddress),
+        Just(Step::Announce),
+        Just(Step::PromoteDatabase),
+        Just(Step::DemoteDatabase),
+        Just(Step::StartServices),
+        Just(Step::StopServices),
+    ]
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        2 => (arb_probe(), arb_isolation()).prop_map(|(probe, isolation)| Event::Boot { probe, isolation }),
+        4 => (arb_probe(), arb_isolation()).prop_map(|(probe, isolation)| Event::Probed { probe, isolation }),
+        3 => prop_oneof![Just(Role::Active), Just(Role::Standby)].prop_map(Event::SetServer),
+        1 => prop_oneof![Just(DeploymentMode::Single), Just(DeploymentMode::Failover)].prop_map(Event::SetDeployment),
+        1 => (arb_node(), 1u32..3).prop_map(|(node, site)| Event::Identify { node, site: SiteId::new(site).unwrap() }),
+        2 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerClaim { node, epoch: Epoch::new(e) }),
+        1 => prop_oneof![Just(PEER_MAC), Just(STRANGER_MAC)].prop_map(|mac| Event::AddressConflict { mac }),
+        1 => Just(Event::PeerLost),
+        1 => Just(Event::PeerBack),
+        1 => Just(Event::ReplicationOn),
+        1 => Just(Event::ReplicationOff),
+        1 => Just(Event::ReplicationFailed { reason: "table locked".into() }),
+        1 => (arb_step(), Just("injected".to_string())).prop_map(|(step, reason)| Event::StepFailed { step, reason }),
+    ]
+}
+
+fn arb_config() -> impl Strategy<Value = Config> {
+    any::<bool>().prop_map(|auto_failover| Config {
+        auto_failover,
+        ..Config::default()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The node never claims the shared address unless the probe it acts on found
+    /// the address silent and, in a failover deployment, the isolation check passed.
+    #[test]
+    fn claims_only_after_a_silent_probe_and_a_passed_isolation_check(
+        config in arb_config(), state in arb_state(), events in prop::collection::vec(arb_event(), 1..60),
+    ) {
+        let mut m = Machine::new(config, state);
+        for (i, event) in events.into_iter().enumerate() {
+            let failover = m.state().deployment == DeploymentMode::Failover;
+            let actions = m.handle(event.clone(), at(i as u64));
+            if actions.contains(&Action::ClaimSharedAddress) {
+                match &event {
+                    Event::Boot { probe, isolation } | Event::Probed { probe, isolation } => {
+                        prop_assert_eq!(probe, &ProbeOutcome::Silent, "claim after {}", event);
+                        if failover {
+                            prop_assert_eq!(*isolation, Isolation::Passed, "claim after {}", event);
+                        }
+                    }
+                    other => prop_assert!(false, "claim in answer to {}", other),
+                }
+            }
+        }
+    }
+
+    /// The epoch never decreases, and every claim persists a new epoch higher than
+    /// any the node used or saw before.
+    #[test]
+    fn epochs_never_decrease_and_every_claim_raises_them(
+        config in arb_config(), state in arb_state(), events in prop::collection::vec(arb_event(), 1..60),
+    ) {
+        let mut highest = state.epoch;
+        let mut m = Machine::new(config, state);
+        for (i, event) in events.into_iter().enumerate() {
+            if let Event::PeerClaim { epoch, node } = &event {
+                // Only a claim the machine accepts raises what it has seen: a single
+                // server ignores peers, and a claim under this node's own id is a
+                // misconfiguration reported as a fault.
+                if m.state().deployment == DeploymentMode::Failover
+                    && *node != m.state().node
+                    && *epoch > highest
+                {
+                    highest = *epoch;
+                }
+            }
+            let before = m.state().epoch;
+            let actions = m.handle(event.clone(), at(i as u64));
+            prop_assert!(m.state().epoch >= before, "epoch went down after {}", event);
+            let mut persisted = before;
+            for action in &actions {
+                match action {
+                    Action::Persist(s) => {
+                        prop_assert!(s.epoch >= persisted, "persisted epoch went down after {}", event);
+                        persisted = s.epoch;
+                    }
+                    Action::ClaimSharedAddress => {
+                        prop_assert!(persisted > highest, "claim at epoch {} after seeing {}", persisted, highest);
+                        prop_assert_eq!(persisted, before.next(), "a claim raises the epoch by one");
+                        highest = persisted;
+                    }
+                    Action::SendClaim { epoch } => prop_assert_eq!(*epoch, m.state().epoch),
+                    _ => {}
+                }
+            }
+            highest = highest.max(m.state().epoch);
+        }
+    }
+
+    /// After `set-server standby` no active-only action comes until `set-server
+    /// active` (or the peer has taken over, or the operator makes the node a single
+    /// server).
+    #[test]
+    fn set_server_standby_holds_until_set_server_active(
+        config in arb_config(), state in arb_state(), events in prop::collection::vec(arb_event(), 1..60),
+    ) {
+        let mut m = Machine::new(config, state);
+        let mut held = false;
+        for (i, event) in events.into_iter().enumerate() {
+            let failover = m.state().deployment == DeploymentMode::Failover;
+            let me = m.state().node;
+            match &event {
+                Event::SetServer(Role::Standby) if failover => held = true,
+                Event::SetServer(Role::Active) if failover => held = false,
+                Event::SetDeployment(DeploymentMode::Single) => held = false,
+                Event::PeerClaim { node, .. } if failover && *node != me => held = false,
+                _ => {}
+            }
+            let actions = m.handle(event.clone(), at(i as u64));
+            if held {
+                for action in &actions {
+                    prop_assert!(!action.is_active_only(), "{} while held, after {}", action, event);
+                }
+                prop_assert_eq!(m.role(), Role::Standby);
+            }
+        }
+    }
+
+    /// A single-server deployment emits no peer or replication action.
+    #[test]
+    fn a_single_server_emits_no_peer_or_replication_action(
+        config in arb_config(), state in arb_state(), events in prop::collection::vec(arb_event(), 1..60),
+    ) {
+        let mut m = Machine::new(config, state);
+        for (i, event) in events.into_iter().enumerate() {
+            let actions = m.handle(event.clone(), at(i as u64));
+            if m.state().deployment == DeploymentMode::Single {
+                for action in &actions {
+                    prop_assert!(!action.is_peer_or_replication(), "{} in a single server after {}", action, event);
+                }
+            }
+        }
+    }
+
+    /// What a batch persists last is what the machine believes after the batch, so
+    /// a reload after a crash resumes from the same state.
+    #[test]
+    fn the_last_persisted_state_is_the_machines_state(
+        config in arb_config(), state in arb_state(), events in prop::collection::vec(arb_event(), 1..60),
+    ) {
+        let mut m = Machine::new(config, state);
+        for (i, event) in events.into_iter().enumerate() {
+            let actions = m.handle(event.clone(), at(i as u64));
+            if let Some(Action::Persist(last)) = actions.iter().rev().find(|a| matches!(a, Action::Persist(_))) {
+                prop_assert_eq!(last, m.state(), "after {}", event);
+            }
+        }
+    }
+
+    /// Persist then reload gives back the same state.
+    #[test]
+    fn persist_then_reload_gives_back_the_state(state in arb_state()) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(dir.path());
+        file.save(&state).unwrap();
+        prop_assert_eq!(file.load().unwrap(), Some(state));
+    }
+
+    /// A damaged state file never loads as a different state, never panics, and is
+    /// left as it was.
+    #[test]
+    fn a_damaged_state_file_is_an_error_or_the_same_state(
+        state in arb_state(), at_byte in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::in_dir(dir.path());
+        file.save(&state).unwrap();
+        let mut bytes = std::fs::read(file.path()).unwrap();
+        let i = at_byte.index(bytes.len());
+        if cut { bytes.truncate(i) } else { bytes[i] ^= flip }
+        std::fs::write(file.path(), &bytes).unwrap();
+        match file.load() {
+            Ok(loaded) => prop_assert_eq!(loaded, Some(state)),
+            Err(e) => prop_assert!(e.to_string().contains(&file.path().display().to_string())),
+        }
+        prop_assert_eq!(std::fs::read(file.path()).unwrap(), bytes);
+    }
+}
+
+/// A two-node site whose messages (claims, probe answers, address conflicts) are
+/// delivered by a simulated network in virtual time.
+struct Site {
+    nodes: [Machine; 2],
+    holds: [bool; 2],
+    link_up: bool,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize, String)>>,
+}
+
+const MACS: [MacAddr; 2] = [MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])];
+
+#[derive(Debug, Clone)]
+enum Op {
+    SetServer(usize, Role),
+    Reboot(usize),
+    /// Both nodes are told `set-server active` and probe before either claims.
+    RaceToActive,
+    LinkDown,
+    LinkUp,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..2, prop_oneof![Just(Role::Active), Just(Role::Standby)]).prop_map(|(i, r)| Op::SetServer(i, r)),
+        2 => (0usize..2).prop_map(Op::Reboot),
+        1 => Just(Op::RaceToActive),
+        1 => Just(Op::LinkDown),
+        1 => Just(Op::LinkUp),
+    ]
+}
+
+impl Site {
+    fn new(auto_failover: bool) -> Site {
+        let node = |id| {
+            let mut state = NodeState::first_boot(id, SiteId::ONE);
+            state.deployment = DeploymentMode::Failover;
+            state.standby_hold = true;
+            Machine::new(
+                Config {
+                    auto_failover,
+                    ..Config::default()
+                },
+                state,
+            )
+        };
+        Site {
+            nodes: [node(NodeId::One), node(NodeId::Two)],
+            holds: [false; 2],
+            link_up: true,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+        }
+    }
+
+    fn truthful_probe(&self, i: usize) -> ProbeOutcome {
+        if self.holds[1 - i] {
+            ProbeOutcome::Answered {
+                macs: vec![MACS[1 - i]],
+            }
+        } else {
+            ProbeOutcome::Silent
+        }
+    }
+
+    fn send(&mut self, after: u64, to: usize, event: Event) {
+        self.seq += 1;
+        self.queue
+            .push(Reverse((self.now + after, self.seq, to, event.to_string())));
+    }
+
+    fn feed(&mut self, i: usize, event: Event) {
+        let actions = self.nodes[i].handle(event, at(self.now));
+        for action in actions {
+            match action {
+                Action::ClaimSharedAddress => {
+                    self.holds[i] = true;
+                    if self.holds[1 - i] {
+                        // Both answer ARP for the address: each sees the other's MAC.
+                        self.send(0, i, Event::AddressConflict { mac: MACS[1 - i] });
+                        self.send(0, 1 - i, Event::AddressConflict { mac: MACS[i] });
+                    }
+                }
+                Action::ReleaseSharedAddress => self.holds[i] = false,
+                Action::SendClaim { epoch } if self.link_up => {
+                    let node = self.nodes[i].state().node;
+                    self.send(1, 1 - i, Event::PeerClaim { node, epoch });
+                }
+                Action::Probe { after } => {
+                    let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                    // The answer is computed when the probe runs, below.
+                    self.seq += 1;
+                    self.queue
+                        .push(Reverse((self.now + after, self.seq, i, "probe".into())));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Delivers everything queued; false if it does not settle.
+    fn drain(&mut self) -> bool {
+        for _ in 0..200 {
+            let Some(Reverse((time, _, to, text))) = self.queue.pop() else {
+                return true;
+            };
+            self.now = self.now.max(time);
+            let event = if text == "probe" {
+                Event::Probed {
+                    probe: self.truthful_probe(to),
+                    isolation: Isolation::Passed,
+                }
+            } else {
+                text.parse().unwrap()
+            };
+            self.feed(to, event);
+        }
+        false
+    }
+
+    fn apply(&mut self, op: Op) {
+        self.now += 10;
+        match op {
+            Op::SetServer(i, role) => self.feed(i, Event::SetServer(role)),
+            Op::Reboot(i) => {
+                // The agent releases the address before it probes at boot.
+                self.holds[i] = false;
+                let probe = self.truthful_probe(i);
+                self.feed(
+                    i,
+                    Event::Boot {
+                        probe,
+                        isolation: Isolation::Passed,
+                    },
+                );
+            }
+            Op::RaceToActive => {
+                let actions: Vec<Vec<Action>> = (0..2)
+                    .map(|i| self.nodes[i].handle(Event::SetServer(Role::Active), at(self.now)))
+                    .collect();
+                let probes: Vec<ProbeOutcome> = (0..2).map(|i| self.truthful_probe(i)).collect();
+                for (i, acts) in actions.iter().enumerate() {
+                    if acts.iter().any(|a| matches!(a, Action::Probe { .. })) {
+                        self.feed(
+                            i,
+                            Event::Probed {
+                                probe: probes[i].clone(),
+                                isolation: Isolation::Passed,
+                            },
+                        );
+                    }
+                }
+            }
+            Op::LinkDown => {
+                self.link_up = false;
+                for i in 0..2 {
+                    self.feed(i, Event::PeerLost);
+                }
+            }
+            Op::LinkUp => {
+                self.link_up = true;
+                for i in 0..2 {
+                    self.feed(i, Event::PeerBack);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Whatever the operators do, however probes race and the peer link fails, once
+    /// the network has delivered what it carries no two nodes hold the shared
+    /// address, and each node's role matches what it holds.
+    #[test]
+    fn two_nodes_never_both_hold_the_shared_address_once_messages_are_delivered(
+        auto_failover in any::<bool>(), ops in prop::collection::vec(arb_op(), 1..40),
+    ) {
+        let mut site = Site::new(auto_failover);
+        for op in ops {
+            site.apply(op.clone());
+            prop_assert!(site.drain(), "the site does not settle after {:?}", op);
+            prop_assert!(!(site.holds[0] && site.holds[1]), "both hold the shared address after {:?}", op);
+            for i in 0..2 {
+                prop_assert_eq!(site.nodes[i].role() == Role::Active, site.holds[i], "node {} after {:?}", i + 1, op);
+            }
+        }
+    }
+}

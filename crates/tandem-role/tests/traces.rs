@@ -1,0 +1,182 @@
+//! Trace tests: the seed's procedures as data files of events in and actions out.
+//!
+//! Each `tests/traces/*.trace` file declares machines, then lists events, each
+//! followed by the actions the machine must answer with, indented:
+//!
+//! ```text
+//! machine node1 node=1 site=1 deployment=failover role=active epoch=1
+//! @0 node1: set-server standby
+//!   stop-services
+//!   release-shared-address
+//! ```
+//!
+//! Run with `UPDATE_EXPECT=1` to rewrite the expected actions from what the machine
+//! does now; review the diff before committing it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tandem_role::{Config, Epoch, Event, Machine, NodeState, Replication};
+
+#[test]
+fn two_newly_installed_application_servers() {
+    check("two-newly-installed.trace");
+}
+
+#[test]
+fn one_existing_and_one_new_application_server() {
+    check("one-existing-one-new.trace");
+}
+
+#[test]
+fn performing_application_server_failover() {
+    check("failover.trace");
+}
+
+#[test]
+fn switching_back_to_the_previous_active_server() {
+    check("switch-back.trace");
+}
+
+#[test]
+fn split_brain_after_a_partition() {
+    check("split-brain.trace");
+}
+
+#[test]
+fn every_trace_file_is_checked() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let source = include_str!("traces.rs");
+    for file in files {
+        assert!(
+            source.contains(&format!("check(\"{file}\")")),
+            "{file} has no test"
+        );
+    }
+}
+
+/// Runs a trace file and compares, or rewrites it under `UPDATE_EXPECT=1`.
+fn check(name: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/traces")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let actual = run(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if actual == text {
+        return;
+    }
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let first = text
+        .lines()
+        .zip(actual.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or_else(|| text.lines().count().min(actual.lines().count()));
+    let show = |s: &str| {
+        s.lines()
+            .skip(first.saturating_sub(3))
+            .take(12)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    panic!(
+        "{} differs at line {}\n--- expected\n{}\n--- actual\n{}\n(rerun with UPDATE_EXPECT=1 to accept, then review the diff)",
+        path.display(),
+        first + 1,
+        show(&text),
+        show(&actual)
+    );
+}
+
+/// Replays the events of a trace and returns the trace with the actions the
+/// machines answered with.
+fn run(text: &str) -> Result<String, String> {
+    let mut machines: BTreeMap<String, Machine> = BTreeMap::new();
+    let mut out = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let err = |e: String| format!("line {}: {e}", n + 1);
+        if line.starts_with("  ") {
+            continue; // expected actions: replaced by the actual ones below
+        }
+        writeln!(out, "{line}").unwrap();
+        if let Some(decl) = line.strip_prefix("machine ") {
+            let (name, machine) = declare(decl).map_err(err)?;
+            machines.insert(name, machine);
+        } else if let Some(rest) = line.strip_prefix('@') {
+            let (ms, rest) = rest
+                .split_once(' ')
+                .ok_or_else(|| err("expected `@<ms> <machine>: <event>`".into()))?;
+            let ms: u64 = ms.parse().map_err(|_| err(format!("bad time `{ms}`")))?;
+            let (name, event) = rest
+                .split_once(": ")
+                .ok_or_else(|| err("expected `<machine>: <event>`".into()))?;
+            let event: Event = event.parse().map_err(|e| err(format!("{e}")))?;
+            let machine = machines
+                .get_mut(name)
+                .ok_or_else(|| err(format!("no machine `{name}`")))?;
+            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            for action in machine.handle(event, now) {
+                writeln!(out, "  {action}").unwrap();
+            }
+        } else if !(line.is_empty() || line.starts_with('#')) {
+            return Err(err(format!("cannot read `{line}`")));
+        }
+    }
+    Ok(out)
+}
+
+/// `NAME node=N site=S [deployment=..] [role=..] [epoch=..] [hold=yes|no]
+/// [replication=on|off] [auto-failover=yes|no]`
+fn declare(decl: &str) -> Result<(String, Machine), String> {
+    let mut words = decl.split_whitespace();
+    let name = words.next().ok_or("machine without a name")?.to_string();
+    let mut fields = BTreeMap::new();
+    for word in words {
+        let (k, v) = word
+            .split_once('=')
+            .ok_or(format!("expected key=value, got `{word}`"))?;
+        fields.insert(k, v);
+    }
+    let get = |k: &str| {
+        fields
+            .get(k)
+            .copied()
+            .ok_or(format!("machine {name} needs {k}="))
+    };
+    let yes = |v: &str| v == "yes";
+    let mut state = NodeState::first_boot(
+        get("node")?.parse().map_err(|e| format!("{e}"))?,
+        get("site")?.parse().map_err(|e| format!("{e}"))?,
+    );
+    let mut config = Config::default();
+    for (k, v) in &fields {
+        match *k {
+            "node" | "site" => {}
+            "deployment" => state.deployment = v.parse().map_err(|e| format!("{e}"))?,
+            "role" => state.role = v.parse().map_err(|e| format!("{e}"))?,
+            "epoch" => state.epoch = Epoch::new(v.parse().map_err(|_| format!("bad epoch {v}"))?),
+            "hold" => state.standby_hold = yes(v),
+            "replication" => {
+                state.replication = if yes(v) || *v == "on" {
+                    Replication::On
+                } else {
+                    Replication::Off
+                }
+            }
+            "auto-failover" => config.auto_failover = yes(v),
+            other => return Err(format!("unknown field {other}")),
+        }
+    }
+    Ok((name, Machine::new(config, state)))
+}
