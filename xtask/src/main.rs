@@ -53,7 +53,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(dead_code)] // used by the bench areas as they land
 /// The workspace root (the parent of the xtask package).
 fn workspace_root() -> std::path::PathBuf {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
