@@ -1,0 +1,513 @@
+//! The node config file (TOML, default `/etc/tandem/node.toml`): who the node is,
+//! its addresses, probe and failover timing, services and hooks. Validated as a
+//! whole when loaded, with errors that name the file, the field and the problem.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tandem_role::{NodeId, SiteId};
+
+/// Where the node config lives unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/node.toml";
+/// Where a node keeps its state unless `--state-dir` or `TANDEM_STATE_DIR` say otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
+
+/// A node's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Who this node is.
+    pub node: NodeSection,
+    /// Its addresses.
+    pub network: NetworkSection,
+    /// How the shared and reference addresses are probed.
+    #[serde(default)]
+    pub probe: ProbeSection,
+    /// Failover timing and policy.
+    #[serde(default)]
+    pub failover: FailoverSection,
+    /// Services started and stopped with the role, in order.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+    /// Notify hooks, like keepalived's notify scripts.
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// The config-file bundle spec (`tandem-bundle`), kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<toml::Table>,
+    /// Replication settings (`tandem-replication`), kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<toml::Table>,
+    /// Peer link settings (`tandem-peer`), kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<toml::Table>,
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node 1 or node 2.
+    pub id: NodeId,
+    /// The site (the seed's "Site: 1").
+    #[serde(default = "site_one")]
+    pub site: SiteId,
+    /// The node's own hostname (the seed's eth0:0 hostname, e.g. meetings1.example.com).
+    pub hostname: String,
+    /// The shared hostname (the seed's eth0 hostname, e.g. meetings.example.com).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_hostname: Option<String>,
+}
+
+fn site_one() -> SiteId {
+    SiteId::ONE
+}
+
+/// `[network]`: the shared address, the node address and the reference address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// The physical interface (the seed's eth0).
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// The shared address with its prefix, e.g. `192.0.2.10/24`.
+    pub shared_address: IpNet,
+    /// This node's own address with its prefix, e.g. `192.0.2.11/24`.
+    pub node_address: IpNet,
+    /// The label of the node address; default `<interface>:0`, as the seed's eth0:0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_label: Option<String>,
+    /// The default gateway.
+    pub gateway: IpAddr,
+    /// The address the isolation check probes; default the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<IpAddr>,
+    /// The peer's node address.
+    pub peer_address: IpAddr,
+}
+
+fn default_interface() -> String {
+    "eth0".to_string()
+}
+
+impl NetworkSection {
+    /// The label of the node address: the configured one or `<interface>:0`.
+    pub fn node_label(&self) -> String {
+        self.node_label
+            .clone()
+            .unwrap_or_else(|| format!("{}:0", self.interface))
+    }
+
+    /// The address of the isolation check: the configured reference or the gateway.
+    pub fn reference(&self) -> IpAddr {
+        self.reference.unwrap_or(self.gateway)
+    }
+}
+
+/// `[probe]`: how long to wait for answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSection {
+    /// How long to wait for an answer to one probe, in milliseconds.
+    pub timeout_ms: u64,
+    /// How many probes to send before calling the address silent.
+    pub attempts: u32,
+    /// Pause between probes, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for ProbeSection {
+    fn default() -> Self {
+        ProbeSection {
+            timeout_ms: 200,
+            attempts: 3,
+            interval_ms: 100,
+        }
+    }
+}
+
+/// `[failover]`: timing and policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSection {
+    /// Let the standby take over on its own when the peer is lost (off, as in the seed).
+    pub auto_failover: bool,
+    /// Interval of peer heartbeats, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Heartbeats missed before the peer counts as lost.
+    pub missed_heartbeats: u32,
+    /// Pause of node 2 before re-probing after an address conflict, in milliseconds.
+    pub conflict_backoff_ms: u64,
+    /// Gratuitous ARP announcements after a claim.
+    pub announce_count: u32,
+    /// Pause between announcements, in milliseconds.
+    pub announce_interval_ms: u64,
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        FailoverSection {
+            auto_failover: false,
+            heartbeat_ms: 1000,
+            missed_heartbeats: 3,
+            conflict_backoff_ms: 1000,
+            announce_count: 3,
+            announce_interval_ms: 100,
+        }
+    }
+}
+
+impl FailoverSection {
+    /// The role machine's settings.
+    pub fn role_config(&self) -> tandem_role::Config {
+        tandem_role::Config {
+            auto_failover: self.auto_failover,
+            conflict_backoff: Duration::from_millis(self.conflict_backoff_ms),
+        }
+    }
+}
+
+/// Where a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOn {
+    /// Only on the active node (the application).
+    Active,
+    /// On both nodes (the seed: the database, Tomcat and SIM run on a standby too).
+    Always,
+}
+
+/// `[[service]]`: a service started and stopped with the role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// A name for messages.
+    pub name: String,
+    /// Shell command that starts it (run with `sh -c`), e.g. `systemctl start meetingplace`.
+    pub start: String,
+    /// Shell command that stops it.
+    pub stop: String,
+    /// Active only, or always.
+    #[serde(default = "run_on_active")]
+    pub run_on: RunOn,
+    /// How long start or stop may take, in milliseconds.
+    #[serde(default = "service_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn run_on_active() -> RunOn {
+    RunOn::Active
+}
+
+fn service_timeout() -> u64 {
+    30_000
+}
+
+/// `[hooks]`: shell commands run on transitions and alarms (like keepalived's
+/// `notify_master`, `notify_backup`, `notify_fault`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Run after the node became active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+    /// Run after the node became standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// Run on a fault that needs an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// Run when an alarm is raised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+    /// How long a hook may run, in milliseconds.
+    #[serde(default = "hook_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn hook_timeout() -> u64 {
+    10_000
+}
+
+/// Errors loading a node config. Each names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error(
+        "cannot read node config {path}: {source}; create it with `failover set-deployment failover`"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a node config.
+    #[error("node config {path} does not parse: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line.
+        detail: String,
+    },
+    /// A value is well-formed but wrong.
+    #[error("node config {path}: {field}: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, e.g. `network.gateway`.
+        field: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and validates a node config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        NodeConfig::parse(&text, path)
+    }
+
+    /// Parses and validates node config text; `path` is named in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string().trim_end().to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(field, problem)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks the relations between fields.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        check_hostname(&self.node.hostname).map_err(|p| ("node.hostname", p))?;
+        if let Some(shared) = &self.node.shared_hostname {
+            check_hostname(shared).map_err(|p| ("node.shared_hostname", p))?;
+        }
+        let net = &self.network;
+        if net.interface.is_empty()
+            || net.interface.len() > 15
+            || net.interface.contains([':', '/', ' '])
+        {
+            return Err((
+                "network.interface",
+                format!(
+                    "`{}` is not an interface name (1-15 characters, no ':' '/' or space)",
+                    net.interface
+                ),
+            ));
+        }
+        if net.shared_address.addr() == net.node_address.addr() {
+            return Err((
+                "network.node_address",
+                format!(
+                    "{} is also the shared address; each node needs its own address",
+                    net.node_address.addr()
+                ),
+            ));
+        }
+        if net.peer_address == net.node_address.addr()
+            || net.peer_address == net.shared_address.addr()
+        {
+            return Err((
+                "network.peer_address",
+                format!("{} must be the other node's own address", net.peer_address),
+            ));
+        }
+        if !net.node_address.contains(&net.gateway) {
+            return Err((
+                "network.gateway",
+                format!(
+                    "{} is not in the node address's subnet {}",
+                    net.gateway,
+                    net.node_address.trunc()
+                ),
+            ));
+        }
+        if net.shared_address.trunc() != net.node_address.trunc() {
+            return Err((
+                "network.shared_address",
+                format!(
+                    "{} and the node address {} must be in one subnet",
+                    net.shared_address, net.node_address
+                ),
+            ));
+        }
+        if self.probe.attempts == 0 || self.probe.timeout_ms == 0 {
+            return Err((
+                "probe",
+                "attempts and timeout_ms must be at least 1".to_string(),
+            ));
+        }
+        if self.failover.heartbeat_ms == 0 || self.failover.missed_heartbeats == 0 {
+            return Err((
+                "failover",
+                "heartbeat_ms and missed_heartbeats must be at least 1".to_string(),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for service in &self.services {
+            if service.name.trim().is_empty() || !names.insert(service.name.as_str()) {
+                return Err((
+                    "service.name",
+                    format!(
+                        "`{}`: service names must be unique and not empty",
+                        service.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a hostname as RFC 1123 allows: labels of letters, digits and hyphens,
+/// 1-63 characters, not starting or ending with a hyphen, 253 characters in all.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{name}` is not a valid hostname: {why}"));
+    if name.is_empty() || name.len() > 253 {
+        return bad("it must have 1 to 253 characters");
+    }
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return bad("each dot-separated part must have 1 to 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return bad("only letters, digits, hyphens and dots are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a part may not start or end with a hyphen");
+        }
+    }
+    Ok(())
+}
+
+impl ProbeSection {
+    /// The probe timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The pause between probes.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const LAB_NODE1: &str = r#"
+[node]
+id = 1
+hostname = "node1.lab.test"
+shared_hostname = "meetings.lab.test"
+
+[network]
+shared_address = "192.0.2.10/24"
+node_address = "192.0.2.11/24"
+gateway = "192.0.2.1"
+peer_address = "192.0.2.12"
+
+[[service]]
+name = "app"
+start = "true"
+stop = "true"
+"#;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("/etc/tandem/node.toml"))
+    }
+
+    #[test]
+    fn the_lab_config_parses_with_defaults() {
+        let c = parse(LAB_NODE1).expect("valid");
+        assert_eq!(c.node.id, NodeId::One);
+        assert_eq!(c.node.site, SiteId::ONE);
+        assert_eq!(c.network.interface, "eth0");
+        assert_eq!(c.network.node_label(), "eth0:0");
+        assert_eq!(c.network.reference(), c.network.gateway);
+        assert!(!c.failover.auto_failover);
+        assert_eq!(c.services[0].run_on, RunOn::Active);
+        // What is written reads back the same.
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_field() {
+        for (from, to, field) in [
+            ("node1.lab.test", "node_1.lab.test", "node.hostname"),
+            (
+                "gateway = \"192.0.2.1\"",
+                "gateway = \"198.51.100.1\"",
+                "network.gateway",
+            ),
+            (
+                "node_address = \"192.0.2.11/24\"",
+                "node_address = \"192.0.2.10/24\"",
+                "network.node_address",
+            ),
+            (
+                "peer_address = \"192.0.2.12\"",
+                "peer_address = \"192.0.2.11\"",
+                "network.peer_address",
+            ),
+        ] {
+            let text = LAB_NODE1.replace(from, to);
+            let err = parse(&text).expect_err(to).to_string();
+            assert!(
+                err.contains("/etc/tandem/node.toml") && err.contains(field),
+                "{to}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = parse(&LAB_NODE1.replace("id = 1", "id = 3"))
+            .expect_err("node 3")
+            .to_string();
+        assert!(err.contains("node 1 and node 2"), "{err}");
+        let err = parse(&LAB_NODE1.replace("[network]", "[network"))
+            .expect_err("syntax")
+            .to_string();
+        assert!(err.contains("line"), "{err}");
+        let err = parse(&LAB_NODE1.replace("gateway", "gatewy"))
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("gatewy"), "{err}");
+    }
+
+    #[test]
+    fn hostnames() {
+        for good in ["meetings.example.com", "node1", "a-b.c", "x.example.com."] {
+            assert!(check_hostname(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a.example.com", "a..b", "a_b", "a b", &"x".repeat(64)] {
+            assert!(check_hostname(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The tandem node: composes the role machine with interfaces, probes, bundles, the
+//! peer link and replication into role transitions, the node agent, the status page
+//! and hooks.
+//!
+//! So far: the node config ([`NodeConfig`], TOML), the services that follow the
+//! role ([`Services`]) and keepalived-style notify hooks ([`HookRunner`]). The
+//! transitions, the agent and the status page land with issue 7.
+//!
+//! This crate never parses command lines: the `failover` binary does, and calls
+//! in here.
+//!
+//! # Example
+//!
+//! ```
+//! use std::path::Path;
+//! use tandem_node::NodeConfig;
+//!
+//! let config = NodeConfig::parse(r#"
+//!     [node]
+//!     id = 1
+//!     hostname = "meetings1.example.com"
+//!
+//!     [network]
+//!     shared_address = "192.0.2.10/24"
+//!     node_address = "192.0.2.11/24"
+//!     gateway = "192.0.2.1"
+//!     peer_address = "192.0.2.12"
+//! "#, Path::new("node.toml"))?;
+//! assert_eq!(config.network.node_label(), "eth0:0");
+//! # Ok::<(), tandem_node::ConfigError>(())
+//! ```
+
+mod config;
+mod hooks;
+mod services;
+mod shell;
+
+pub use config::{
+    ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, FailoverSection, Hooks, NetworkSection,
+    NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec, check_hostname,
+};
+pub use hooks::HookRunner;
+pub use services::{ServiceError, Services};
+pub use shell::ShellError;
