@@ -1,0 +1,244 @@
+//! Small file system helpers: atomic writes, metadata, durable syncs.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+
+use crate::error::{Error, Result};
+
+/// Writes a file atomically: temporary file beside it, fsync, rename, fsync the
+/// directory. `fill` gets a buffered writer.
+pub(crate) fn write_atomic<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
+    let dir = parent_of(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let value = fill(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("writing", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
+        sync_dir(&dir)?;
+        Ok(value)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// fsyncs a directory so renames and creations in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Flushes the whole file system holding `path` (one `syncfs` instead of an
+/// fsync per staged file).
+pub(crate) fn sync_fs(path: &Path) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    nix::unistd::syncfs(&file).map_err(|e| Error::io("syncing file system of", path, e.into()))
+}
+
+/// `lstat`, with `None` for a path that does not exist.
+pub(crate) fn lstat(path: &Path) -> Result<Option<Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("inspecting", path, e)),
+    }
+}
+
+/// Whether a path exists (without following a final symlink).
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    lstat(path).map(|m| m.is_some())
+}
+
+/// Owner, mode and modification time to give a restored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Attrs {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: i64,
+    pub(crate) mtime_nsec: u32,
+}
+
+impl Attrs {
+    pub(crate) fn of(meta: &Metadata) -> Self {
+        Attrs {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: meta.mtime(),
+            mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        }
+    }
+
+    /// Applies owner (when `chown`), mode (not for symlinks) and mtime, in the
+    /// order that keeps setid bits (chown clears them).
+    pub(crate) fn apply(&self, path: &Path, symlink: bool, chown: bool) -> Result<()> {
+        if chown {
+            std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+                .map_err(|e| Error::io("changing owner of", path, e))?;
+        }
+        if !symlink {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))
+                .map_err(|e| Error::io("changing mode of", path, e))?;
+        }
+        let mtime = TimeSpec::new(self.mtime, i64::from(self.mtime_nsec));
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &TimeSpec::UTIME_OMIT,
+            &mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| Error::io("setting mtime of", path, e.into()))
+    }
+
+    /// Whether `meta` already carries these attributes (owner only when `chown`).
+    pub(crate) fn matches(&self, meta: &Metadata, chown: bool) -> bool {
+        let have = Attrs::of(meta);
+        have.mode == self.mode
+            && have.mtime == self.mtime
+            && have.mtime_nsec == self.mtime_nsec
+            && (!chown || (have.uid == self.uid && have.gid == self.gid))
+    }
+}
+
+/// Whether this process may give files away (it is root).
+pub(crate) fn can_chown() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Cached user and group name lookups, both ways.
+#[derive(Default)]
+pub(crate) struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+    uids: HashMap<String, Option<u32>>,
+    gids: HashMap<String, Option<u32>>,
+}
+
+impl Names {
+    pub(crate) fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    pub(crate) fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+
+    /// The local uid for a bundled owner: by name when the name exists here,
+    /// else the numeric id (as GNU tar does).
+    pub(crate) fn local_uid(&mut self, name: Option<&str>, uid: u32) -> u32 {
+        let Some(name) = name else { return uid };
+        self.uids
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                nix::unistd::User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw())
+            })
+            .unwrap_or(uid)
+    }
+
+    /// The local gid for a bundled group, as [`Names::local_uid`].
+    pub(crate) fn local_gid(&mut self, name: Option<&str>, gid: u32) -> u32 {
+        let Some(name) = name else { return gid };
+        self.gids
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+            })
+            .unwrap_or(gid)
+    }
+}
+
+/// Removes a directory tree if it exists.
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
+}
+
+/// Removes a file if it exists.
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
+}
+
+/// Renames, naming both paths in the error.
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io("renaming into place", to, with_from(e, from)))
+}
+
+fn with_from(e: std::io::Error, from: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{e} (from {})", from.display()))
+}
+
+/// Feeds everything `src` yields into `hasher`.
+pub(crate) fn hash_into(
+    mut src: impl std::io::Read,
+    hasher: &mut sha2::Sha256,
+) -> std::io::Result<()> {
+    use sha2::Digest;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+}

@@ -1,0 +1,98 @@
+//! Config-file bundles: the seed's `failoverUtil copyConfigFiles` and
+//! `restoreConfigFiles`, safe enough to run as root on a production server.
+//!
+//! A [`BundleSpec`] (the `[bundle]` table of the node config) names the roots
+//! whose files are not replicated through the database (the SSL enrollment
+//! directory, the web configuration, the custom prompts) with include and
+//! exclude globs, and the globs of config class `node` (server-specific files)
+//! that are never bundled. [`create`] writes a `.tar.gz` with a manifest and a
+//! checksum over the whole (see [`format`]); [`restore`] verifies all of it
+//! before it touches anything, stages on each root's file system, swaps with
+//! renames under a journal, and keeps what it replaced in a backup bundle for
+//! [`rollback`].
+//!
+//! A restore refuses, with an error that names the entry and nothing changed on
+//! disk: absolute paths, `..`, links that leave their root, devices and fifos,
+//! setuid/setgid bits unless `allow_setid`, entries missing from the manifest or
+//! not in it, checksum mismatches, truncated or corrupt archives, and bundles past
+//! the [`Limits`] (checked while decompressing, so a bomb stops early). A failure
+//! or a kill during the swap leaves the old tree (or, after the commit, the new
+//! one), never a mix.
+//!
+//! This crate never touches the network (the peer link carries the bundle file)
+//! and never follows a symlink inside a root while restoring.
+//!
+//! # Example
+//!
+//! ```
+//! use tandem_bundle::{BundleSpec, CreateOptions, RestoreOptions, RootSpec};
+//!
+//! let active = tempfile::tempdir()?;
+//! let prompts = active.path().join("prompts");
+//! std::fs::create_dir_all(prompts.join("custom"))?;
+//! std::fs::write(prompts.join("custom/welcome.wav"), b"RIFF....WAVE")?;
+//!
+//! let spec = BundleSpec { roots: vec![RootSpec::new("prompts", &prompts)], ..BundleSpec::default() };
+//! let bundle = active.path().join("config-files.tar.gz");
+//! let made = tandem_bundle::create_file(&spec, &bundle, &CreateOptions::default(), &mut |_| {})?;
+//! assert_eq!(made.files, 1);
+//!
+//! // On the standby: restore under another directory, state (backup, journal) in `state`.
+//! let standby = tempfile::tempdir()?;
+//! std::fs::create_dir(standby.path().join("root"))?;
+//! let options = RestoreOptions::new(standby.path().join("state")).under(standby.path().join("root"));
+//! let report = tandem_bundle::restore(&bundle, &spec, &options, &mut |_| {})?;
+//! assert_eq!(std::fs::read(standby.path().join("root/prompts/custom/welcome.wav"))?, b"RIFF....WAVE");
+//! assert!(report.backup.is_some());
+//!
+//! // And back to how it was.
+//! tandem_bundle::rollback(&options, &mut |_| {})?;
+//! assert!(!standby.path().join("root/prompts").exists());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod create;
+mod error;
+pub mod format;
+mod fsutil;
+mod pgz;
+mod read;
+mod restore;
+mod spec;
+
+pub use create::{CreateOptions, CreateReport, Skipped, create, create_file};
+pub use error::{Error, LimitKind, Refusal, Result};
+pub use read::{verify_bytes, verify_file};
+pub use restore::{
+    Action, Change, FailAt, Failpoint, Recovered, RestoreOptions, RestoreReport, backup_path,
+    incoming_path, recover, restore, rollback, state_subdir,
+};
+pub use spec::{BundleSpec, Limits, RootSpec};
+
+/// Which step a [`Progress`] report belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Phase {
+    /// Creating: bytes of file content read.
+    Bundle,
+    /// Restoring: checksum over the bundle, bytes read.
+    Check,
+    /// Restoring: compressed bytes verified.
+    Verify,
+    /// Restoring: compressed bytes staged.
+    Stage,
+    /// Restoring: renames done.
+    Swap,
+}
+
+/// Progress of long work: `done` of `total` in the phase's unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The step.
+    pub phase: Phase,
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+}

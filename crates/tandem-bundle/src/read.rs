@@ -1,0 +1,567 @@
+//! Reading bundles: the checksum over the whole, then a streaming pass that
+//! enforces the limits while it decompresses and checks every entry against
+//! the rules and the manifest. Nothing here writes to disk.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
+
+use flate2::read::MultiGzDecoder;
+use globset::GlobSet;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, LimitKind, Refusal, Result};
+use crate::format::{
+    EntryKind, EntryPath, FORMAT_NAME, FORMAT_VERSION, MANIFEST_PATH, Manifest, ManifestEntry,
+    TRAILER_LEN, check_symlink_target, parse_entry_path, parse_trailer,
+};
+use crate::spec::{BundleSpec, Limits, check_root_name};
+use crate::{Phase, Progress};
+
+/// Read buffer size for content.
+const BUF: usize = 256 * 1024;
+
+/// What a reader accepts.
+pub(crate) struct Policy<'a> {
+    pub(crate) limits: Limits,
+    pub(crate) allow_setid: bool,
+    /// Symlinks must stay inside their root (off only for local backups).
+    pub(crate) strict_links: bool,
+    /// Config class `node` globs: matching entries are refused.
+    pub(crate) node: Option<&'a GlobSet>,
+}
+
+/// Checks a whole bundle held in memory against `spec`'s policy and returns its
+/// manifest (entries in archive order). Writes nothing; meant for tools and
+/// fuzzing.
+pub fn verify_bytes(bytes: &[u8], spec: &BundleSpec) -> Result<Manifest> {
+    let compiled = spec.compile()?;
+    let policy = Policy {
+        limits: spec.limits,
+        allow_setid: spec.allow_setid,
+        strict_links: true,
+        node: Some(&compiled.node),
+    };
+    let (_, body_len) = check_digest(bytes, bytes.len() as u64, &mut |_| {})?;
+    let body = bytes
+        .get(..usize::try_from(body_len).unwrap_or(usize::MAX))
+        .unwrap_or_default();
+    verify_body(body, body_len, &policy, &mut |_| {})
+}
+
+/// Checks a bundle file against `spec`'s policy and returns its manifest.
+/// Writes nothing.
+pub fn verify_file(path: &std::path::Path, spec: &BundleSpec) -> Result<Manifest> {
+    let compiled = spec.compile()?;
+    let policy = Policy {
+        limits: spec.limits,
+        allow_setid: spec.allow_setid,
+        strict_links: true,
+        node: Some(&compiled.node),
+    };
+    Ok(verify_path(path, &policy, &mut |_| {})?.manifest)
+}
+
+/// A bundle file that passed every check.
+pub(crate) struct Verified {
+    pub(crate) file: std::fs::File,
+    pub(crate) body_len: u64,
+    pub(crate) digest: [u8; 32],
+    /// Entries in archive order.
+    pub(crate) manifest: Manifest,
+}
+
+/// Runs every check on the bundle at `path`.
+pub(crate) fn verify_path(
+    path: &std::path::Path,
+    policy: &Policy<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Verified> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("opening bundle", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting bundle", path, e))?
+        .len();
+    let (digest, body_len) = check_digest(BufReader::with_capacity(BUF, &file), len, progress)?;
+    file.rewind()
+        .map_err(|e| Error::io("reading bundle", path, e))?;
+    let manifest = verify_body((&file).take(body_len), body_len, policy, progress)?;
+    Ok(Verified {
+        file,
+        body_len,
+        digest,
+        manifest,
+    })
+}
+
+/// Pass 0: the trailer and the checksum over everything before it.
+pub(crate) fn check_digest(
+    mut src: impl Read,
+    len: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<([u8; 32], u64)> {
+    let Some(body_len) = len.checked_sub(TRAILER_LEN as u64) else {
+        return Err(Error::NotABundle(format!("only {len} bytes")));
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF];
+    let mut left = body_len;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(BUF).min(BUF);
+        let slot = buf.get_mut(..want).unwrap_or_default();
+        let n = src
+            .read(slot)
+            .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
+        if n == 0 {
+            return Err(Error::NotABundle("file ended early".into()));
+        }
+        hasher.update(slot.get(..n).unwrap_or_default());
+        left -= n as u64;
+        progress(Progress {
+            phase: Phase::Check,
+            done: body_len - left,
+            total: body_len,
+        });
+    }
+    let mut tail = Vec::with_capacity(TRAILER_LEN + 1);
+    src.take(TRAILER_LEN as u64 + 1)
+        .read_to_end(&mut tail)
+        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
+    let Some(expected) = parse_trailer(&tail) else {
+        return Err(Error::NotABundle("no tandem trailer at the end".into()));
+    };
+    let found: [u8; 32] = hasher.finalize().into();
+    if found != expected {
+        return Err(Error::Checksum {
+            expected: hex::encode(expected),
+            found: hex::encode(found),
+        });
+    }
+    Ok((expected, body_len))
+}
+
+/// One tar entry as the archive states it.
+pub(crate) struct RawEntry {
+    pub(crate) path: Vec<u8>,
+    pub(crate) kind: tar::EntryType,
+    pub(crate) size: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    pub(crate) mtime: u64,
+    pub(crate) link: Option<Vec<u8>>,
+}
+
+/// Streams the gzip+tar body, enforcing limits, calling `visit` per entry
+/// (the manifest excepted), and returns the manifest's bytes.
+pub(crate) fn scan(
+    body: impl Read,
+    body_len: u64,
+    limits: &Limits,
+    phase: Phase,
+    progress: &mut dyn FnMut(Progress),
+    mut visit: impl FnMut(&RawEntry, &mut dyn Read) -> Result<()>,
+) -> Result<Vec<u8>> {
+    let compressed = Rc::new(Cell::new(0u64));
+    let tripped = Rc::new(RefCell::new(None));
+    let counted = Counting {
+        inner: body,
+        count: Rc::clone(&compressed),
+    };
+    let limited = Limited {
+        inner: MultiGzDecoder::new(BufReader::with_capacity(BUF, counted)),
+        read: 0,
+        compressed: Rc::clone(&compressed),
+        limits: *limits,
+        tripped: Rc::clone(&tripped),
+    };
+    let fail = |e: Error| -> Error { tripped.borrow_mut().take().unwrap_or(e) };
+    let mut archive = tar::Archive::new(limited);
+    let mut manifest: Option<Vec<u8>> = None;
+    {
+        let entries = archive
+            .entries()
+            .map_err(|e| fail(Error::corrupt(format!("tar: {e}"))))?;
+        let mut count = 0u64;
+        let mut declared = 0u64;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| fail(Error::corrupt(format!("tar: {e}"))))?;
+            count += 1;
+            if count > limits.max_entries {
+                return Err(Error::Limit {
+                    kind: LimitKind::Entries,
+                    value: count,
+                    limit: limits.max_entries,
+                    decompressed: entry.raw_header_position(),
+                });
+            }
+            let header = entry.header();
+            let size = entry.size();
+            declared = declared.saturating_add(size);
+            if declared > limits.max_total_bytes {
+                return Err(Error::Limit {
+                    kind: LimitKind::TotalBytes,
+                    value: declared,
+                    limit: limits.max_total_bytes,
+                    decompressed: entry.raw_header_position(),
+                });
+            }
+            let raw = RawEntry {
+                path: entry.path_bytes().into_owned(),
+                kind: header.entry_type(),
+                size,
+                mode: header
+                    .mode()
+                    .map_err(|e| Error::corrupt(format!("tar mode: {e}")))?,
+                uid: header
+                    .uid()
+                    .map_err(|e| Error::corrupt(format!("tar uid: {e}")))?,
+                gid: header
+                    .gid()
+                    .map_err(|e| Error::corrupt(format!("tar gid: {e}")))?,
+                mtime: header
+                    .mtime()
+                    .map_err(|e| Error::corrupt(format!("tar mtime: {e}")))?,
+                link: entry.link_name_bytes().map(|l| l.into_owned()),
+            };
+            if manifest.is_some() {
+                return Err(Error::refused(
+                    String::from_utf8_lossy(&raw.path),
+                    Refusal::AfterManifest,
+                ));
+            }
+            if raw.path == MANIFEST_PATH.as_bytes() {
+                let cap = (limits.max_entries.saturating_mul(4096)).max(1 << 20);
+                if !raw.kind.is_file() || size > cap {
+                    return Err(Error::refused(
+                        MANIFEST_PATH,
+                        Refusal::BadManifest(format!("{size} bytes")),
+                    ));
+                }
+                let mut bytes = Vec::new();
+                entry
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| fail(Error::corrupt(format!("reading the manifest: {e}"))))?;
+                manifest = Some(bytes);
+                continue;
+            }
+            visit(&raw, &mut entry).map_err(fail)?;
+            progress(Progress {
+                phase,
+                done: compressed.get(),
+                total: body_len,
+            });
+        }
+    }
+    // Past the end-of-archive block only zero padding may follow.
+    let mut rest = archive.into_inner();
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = rest
+            .read(&mut buf)
+            .map_err(|e| fail(Error::corrupt(format!("gzip: {e}"))))?;
+        if n == 0 {
+            break;
+        }
+        if buf.get(..n).unwrap_or_default().iter().any(|b| *b != 0) {
+            return Err(Error::corrupt("data after the end of the tar archive"));
+        }
+    }
+    progress(Progress {
+        phase,
+        done: body_len,
+        total: body_len,
+    });
+    manifest.ok_or_else(|| Error::refused(MANIFEST_PATH, Refusal::BadManifest("missing".into())))
+}
+
+/// Pass 1: every rule, every content hash, the manifest.
+pub(crate) fn verify_body(
+    body: impl Read,
+    body_len: u64,
+    policy: &Policy<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Manifest> {
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut buf = vec![0u8; BUF];
+    let manifest = scan(
+        body,
+        body_len,
+        &policy.limits,
+        Phase::Verify,
+        progress,
+        |raw, data| {
+            let (path, kind, link) = check_entry(raw, policy, &index, &seen)?;
+            let sha256 = if kind == EntryKind::File {
+                let mut hasher = Sha256::new();
+                loop {
+                    let n = data
+                        .read(&mut buf)
+                        .map_err(|e| Error::corrupt(format!("reading `{}`: {e}", path.full)))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(buf.get(..n).unwrap_or_default());
+                }
+                Some(hex::encode(hasher.finalize()))
+            } else {
+                if raw.size != 0 {
+                    return Err(Error::refused(path.full, Refusal::ManifestMismatch("size")));
+                }
+                None
+            };
+            index.insert(path.full.clone(), seen.len());
+            seen.push(Seen {
+                path,
+                kind,
+                link,
+                sha256,
+                size: raw.size,
+                mode: raw.mode & 0o7777,
+                uid: raw.uid,
+                gid: raw.gid,
+                mtime: raw.mtime,
+            });
+            Ok(())
+        },
+    )?;
+    match_manifest(&manifest, seen)
+}
+
+/// An entry as pass 1 saw it.
+struct Seen {
+    path: EntryPath,
+    kind: EntryKind,
+    link: Option<String>,
+    sha256: Option<String>,
+    size: u64,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+}
+
+/// The per-entry rules that need no manifest.
+fn check_entry(
+    raw: &RawEntry,
+    policy: &Policy<'_>,
+    index: &HashMap<String, usize>,
+    seen: &[Seen],
+) -> Result<(EntryPath, EntryKind, Option<String>)> {
+    let shown = String::from_utf8_lossy(&raw.path).into_owned();
+    let refuse = |reason| Error::refused(shown.clone(), reason);
+    let path = parse_entry_path(&raw.path).map_err(refuse)?;
+    let refuse = |reason| Error::refused(path.full.clone(), reason);
+    use tar::EntryType as T;
+    let kind = match raw.kind {
+        T::Regular => EntryKind::File,
+        T::Directory => EntryKind::Dir,
+        T::Symlink => EntryKind::Symlink,
+        T::Link => EntryKind::Hardlink,
+        T::Char | T::Block => return Err(refuse(Refusal::Special("device"))),
+        T::Fifo => return Err(refuse(Refusal::Special("fifo"))),
+        T::GNUSparse => return Err(refuse(Refusal::Special("sparse file"))),
+        _ => return Err(refuse(Refusal::Special("unknown type"))),
+    };
+    let mode = raw.mode & 0o7777;
+    if mode & 0o6000 != 0 && !policy.allow_setid {
+        return Err(refuse(Refusal::SetId(mode)));
+    }
+    if index.contains_key(&path.full) {
+        return Err(refuse(Refusal::Duplicate));
+    }
+    match path.parent() {
+        None if kind != EntryKind::Dir => {
+            return Err(refuse(Refusal::BadPath("a root entry must be a directory")));
+        }
+        None => {}
+        Some(parent) => {
+            let parent_is_dir = index
+                .get(parent)
+                .and_then(|i| seen.get(*i))
+                .is_some_and(|s| s.kind == EntryKind::Dir);
+            if !parent_is_dir {
+                return Err(refuse(Refusal::Orphan));
+            }
+        }
+    }
+    if policy.node.is_some_and(|node| node.is_match(&path.full)) {
+        return Err(refuse(Refusal::NodeClass));
+    }
+    let link = match kind {
+        EntryKind::Symlink => {
+            let target = raw.link.as_deref().unwrap_or_default();
+            if policy.strict_links {
+                Some(check_symlink_target(&path, target).map_err(refuse)?)
+            } else {
+                let text = std::str::from_utf8(target)
+                    .map_err(|_| refuse(Refusal::BadPath("link target is not UTF-8")))?;
+                if text.is_empty() {
+                    return Err(refuse(Refusal::BadPath("empty link target")));
+                }
+                Some(text.to_owned())
+            }
+        }
+        EntryKind::Hardlink => {
+            let target = raw.link.as_deref().unwrap_or_default();
+            let shown_target = String::from_utf8_lossy(target).into_owned();
+            let target = parse_entry_path(target)
+                .map_err(|_| refuse(Refusal::LinkEscapes(shown_target.clone())))?;
+            let ok = target.root() == path.root()
+                && index
+                    .get(&target.full)
+                    .and_then(|i| seen.get(*i))
+                    .is_some_and(|s| s.kind == EntryKind::File);
+            if !ok {
+                return Err(refuse(Refusal::BadHardlink(shown_target)));
+            }
+            Some(target.full)
+        }
+        EntryKind::Dir | EntryKind::File => None,
+    };
+    Ok((path, kind, link))
+}
+
+/// Cross-checks what the archive holds with what the manifest says; returns the
+/// manifest with its entries in archive order.
+fn match_manifest(bytes: &[u8], seen: Vec<Seen>) -> Result<Manifest> {
+    let bad = |why: String| Error::refused(MANIFEST_PATH, Refusal::BadManifest(why));
+    let mut manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if manifest.format != FORMAT_NAME || manifest.version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "format {} version {} is not {FORMAT_NAME} {FORMAT_VERSION}",
+            manifest.format, manifest.version
+        )));
+    }
+    let mut roots = HashSet::new();
+    for root in &manifest.roots {
+        check_root_name(&root.name).map_err(|e| bad(e.to_string()))?;
+        if !roots.insert(root.name.as_str()) {
+            return Err(bad(format!("root `{}` twice", root.name)));
+        }
+    }
+    let mut listed: HashMap<&str, &ManifestEntry> = HashMap::new();
+    for entry in &manifest.entries {
+        if listed.insert(entry.path.as_str(), entry).is_some() {
+            return Err(bad(format!("`{}` listed twice", entry.path)));
+        }
+    }
+    for path in &manifest.remove {
+        let parsed =
+            parse_entry_path(path.as_bytes()).map_err(|r| Error::refused(path.clone(), r))?;
+        if !roots.contains(parsed.root()) {
+            return Err(Error::refused(
+                path.clone(),
+                Refusal::UnknownRoot(parsed.root().to_owned()),
+            ));
+        }
+    }
+    let mut ordered = Vec::with_capacity(seen.len());
+    for s in &seen {
+        let refuse = |reason| Error::refused(s.path.full.clone(), reason);
+        if !roots.contains(s.path.root()) {
+            return Err(refuse(Refusal::UnknownRoot(s.path.root().to_owned())));
+        }
+        let Some(m) = listed.remove(s.path.full.as_str()) else {
+            return Err(refuse(Refusal::NotInManifest));
+        };
+        if m.kind != s.kind {
+            return Err(refuse(Refusal::ManifestMismatch("type")));
+        }
+        if m.size != s.size {
+            return Err(refuse(Refusal::ManifestMismatch("size")));
+        }
+        if m.mode != s.mode {
+            return Err(refuse(Refusal::ManifestMismatch("mode")));
+        }
+        if u64::from(m.uid) != s.uid || u64::from(m.gid) != s.gid {
+            return Err(refuse(Refusal::ManifestMismatch("owner")));
+        }
+        if u64::try_from(m.mtime).unwrap_or(0) != s.mtime || m.mtime_nsec >= 1_000_000_000 {
+            return Err(refuse(Refusal::ManifestMismatch("mtime")));
+        }
+        if m.link != s.link {
+            return Err(refuse(Refusal::ManifestMismatch("link target")));
+        }
+        if m.sha256 != s.sha256 {
+            return Err(refuse(Refusal::ContentMismatch));
+        }
+        ordered.push(m.clone());
+    }
+    if let Some(missing) = manifest
+        .entries
+        .iter()
+        .find(|e| listed.contains_key(e.path.as_str()))
+    {
+        return Err(Error::refused(
+            missing.path.clone(),
+            Refusal::MissingFromArchive,
+        ));
+    }
+    manifest.entries = ordered;
+    Ok(manifest)
+}
+
+/// Counts (and optionally hashes) compressed bytes as the decoder pulls them.
+pub(crate) struct Counting<R> {
+    pub(crate) inner: R,
+    pub(crate) count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Enforces total size and ratio on decompressed bytes as they come out, so a
+/// decompression bomb stops within one buffer of the limit.
+struct Limited<R> {
+    inner: R,
+    read: u64,
+    compressed: Rc<Cell<u64>>,
+    limits: Limits,
+    tripped: Rc<RefCell<Option<Error>>>,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        let compressed = self.compressed.get().max(1);
+        let trip = if self.read > self.limits.max_total_bytes {
+            Some((
+                LimitKind::TotalBytes,
+                self.read,
+                self.limits.max_total_bytes,
+            ))
+        } else if self.read > self.limits.ratio_grace_bytes
+            && self.read / compressed > self.limits.max_ratio
+        {
+            Some((
+                LimitKind::Ratio,
+                self.read / compressed,
+                self.limits.max_ratio,
+            ))
+        } else {
+            None
+        };
+        if let Some((kind, value, limit)) = trip {
+            let error = Error::Limit {
+                kind,
+                value,
+                limit,
+                decompressed: self.read,
+            };
+            let message = error.to_string();
+            *self.tripped.borrow_mut() = Some(error);
+            return Err(io::Error::other(message));
+        }
+        Ok(n)
+    }
+}

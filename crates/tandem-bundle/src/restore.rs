@@ -1,0 +1,1250 @@
+//! Restoring bundles: verify, plan, stage, swap with renames under a journal,
+//! commit; and rolling back to the backup bundle a restore leaves.
+//!
+//! The steps, and what a failure or a kill at each leaves:
+//!
+//! 1. Verify the whole bundle (checksum, limits, rules, manifest). Nothing is
+//!    written; a refusal leaves the disk as it was.
+//! 2. Plan: compare each entry with what is on disk (create, replace, unchanged).
+//! 3. Stage: journal `staging`, write the new files into a staging directory on
+//!    the same file system as each root, and the backup bundle of what will be
+//!    replaced (pending); `syncfs`. A failure or kill removes the staging.
+//! 4. Swap: journal `swapping` (the plan), then renames: the old file moves into
+//!    the staging directory, the staged file moves into place; directories get
+//!    their mode and mtime last. A failure undoes the renames in reverse; after a
+//!    kill the next run (or [`recover`]) does it from the journal: old tree.
+//! 5. Commit: journal `committed`; the pending backup becomes the backup; the
+//!    staging (now holding the replaced files) and the journal are removed. A kill
+//!    after `committed` is completed by the next run: new tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::Metadata;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::create::{Item, ItemKind, STAGE_PREFIX, read_link_normalized, write_bundle};
+use crate::error::{Error, Refusal, Result};
+use crate::format::{EntryKind, ManifestEntry, ManifestRoot, parse_entry_path};
+use crate::fsutil::{self, Attrs, Names};
+use crate::read::{Policy, Verified, scan, verify_path};
+use crate::spec::{BundleSpec, Limits};
+use crate::{Phase, Progress};
+
+/// Where restore keeps its journal, lock and backup bundle: `<state dir>/config-files`.
+pub fn state_subdir(state_dir: &Path) -> PathBuf {
+    state_dir.join("config-files")
+}
+
+/// The backup bundle of the files the last restore replaced.
+pub fn backup_path(state_dir: &Path) -> PathBuf {
+    state_subdir(state_dir).join("backup.tar.gz")
+}
+
+/// Where a received bundle waits for `restore-config-files` until the peer link
+/// delivers it elsewhere: `<state dir>/incoming/config-files.tar.gz`.
+pub fn incoming_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("incoming").join("config-files.tar.gz")
+}
+
+fn journal_path(state_dir: &Path) -> PathBuf {
+    state_subdir(state_dir).join("journal.json")
+}
+
+fn pending_path(state_dir: &Path) -> PathBuf {
+    state_subdir(state_dir).join("backup.tar.gz.pending")
+}
+
+/// How to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// The node's state directory (journal, lock, backup bundle).
+    pub state_dir: PathBuf,
+    /// Restore root `name` into `<under>/<name>` instead of the spec's path.
+    pub under: Option<PathBuf>,
+    /// Only report what would change.
+    pub dry_run: bool,
+    /// Test hook: fail at a step.
+    #[doc(hidden)]
+    pub failpoint: Option<Failpoint>,
+}
+
+impl RestoreOptions {
+    /// Restores into the spec's roots, keeping state in `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            state_dir: state_dir.into(),
+            under: None,
+            dry_run: false,
+            failpoint: None,
+        }
+    }
+
+    /// Restores root `name` into `<dir>/<name>` (for staging and tests).
+    pub fn under(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.under = Some(dir.into());
+        self
+    }
+
+    /// Only reports what would change.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+}
+
+/// Test hook: where to fail, and whether to fail like a kill (no cleanup at
+/// all) or like an error (the normal undo path).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failpoint {
+    /// The step.
+    pub at: FailAt,
+    /// `true`: stop dead, as if killed; `false`: return an error.
+    pub crash: bool,
+}
+
+/// Steps a [`Failpoint`] can stop at.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAt {
+    /// After staging, before the journal says `swapping`.
+    Staged,
+    /// Before swap operation `n`.
+    Op(usize),
+    /// After the renames, before directory attributes.
+    DirAttrs,
+    /// Before the journal says `committed`.
+    Commit,
+    /// After the journal says `committed`, before cleanup.
+    Committed,
+}
+
+/// What a restore or rollback did (or, dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// One line per entry, in bundle order.
+    pub changes: Vec<Change>,
+    /// The backup bundle written (restore, not dry run, not rollback).
+    pub backup: Option<PathBuf>,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// An interrupted earlier run that was finished first.
+    pub recovered: Option<Recovered>,
+}
+
+impl RestoreReport {
+    /// Entries that change (everything but [`Action::Unchanged`]).
+    pub fn changed(&self) -> usize {
+        self.changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .count()
+    }
+}
+
+/// What happens to one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// Entry path in the bundle.
+    pub entry: String,
+    /// Path on disk.
+    pub target: PathBuf,
+    /// What happens.
+    pub action: Action,
+}
+
+/// What happens to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// It does not exist yet.
+    Create,
+    /// It exists and is replaced (kept in the backup bundle).
+    Replace,
+    /// A directory whose mode, owner or mtime change.
+    Update,
+    /// Already as in the bundle.
+    Unchanged,
+    /// Removed (rollback of something a restore created).
+    Remove,
+    /// A directory a rollback keeps because it holds files the restore did not make.
+    Keep,
+}
+
+/// How an interrupted run was finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovered {
+    /// It had not started swapping: its staging was removed.
+    Cleaned,
+    /// It was swapping: the old tree was put back.
+    RolledBack,
+    /// It had committed: its cleanup was finished.
+    Completed,
+}
+
+/// Restores `bundle` according to the local `spec` (roots by name, config class
+/// `node`, limits, `allow_setid`).
+///
+/// Refusals and failures before the swap leave the disk as it was; a failure
+/// during the swap puts the old tree back. See the module docs for the steps.
+pub fn restore(
+    bundle: &Path,
+    spec: &BundleSpec,
+    options: &RestoreOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RestoreReport> {
+    let compiled = spec.compile()?;
+    let policy = Policy {
+        limits: spec.limits,
+        allow_setid: spec.allow_setid,
+        strict_links: true,
+        node: Some(&compiled.node),
+    };
+    let mut session = Session::open(options)?;
+    let verified = verify_path(bundle, &policy, progress)?;
+    let mut targets = HashMap::new();
+    for root in &verified.manifest.roots {
+        let path = match (&options.under, spec.root(&root.name)) {
+            (Some(dir), _) => dir.join(&root.name),
+            (None, Some(local)) => local.path.clone(),
+            (None, None) => {
+                return Err(Error::refused(
+                    root.name.clone(),
+                    Refusal::RootNotInSpec(root.name.clone()),
+                ));
+            }
+        };
+        targets.insert(root.name.clone(), path);
+    }
+    let plan = Plan::build(&verified.manifest.entries, &[], &targets)?;
+    let mut report = RestoreReport {
+        changes: plan.changes(),
+        dry_run: options.dry_run,
+        ..RestoreReport::default()
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    report.recovered = session.recovered;
+    session.run(
+        Mode::Restore,
+        &verified,
+        &plan,
+        &targets,
+        spec.compression_level,
+        options.failpoint,
+        progress,
+    )?;
+    report.backup = Some(backup_path(&options.state_dir));
+    Ok(report)
+}
+
+/// Puts back what the last restore replaced and removes what it created, from
+/// the backup bundle in the state directory. Atomic like [`restore`]; the
+/// backup is used up.
+pub fn rollback(
+    options: &RestoreOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RestoreReport> {
+    let backup = backup_path(&options.state_dir);
+    let mut session = Session::open(options)?;
+    if !fsutil::exists(&backup)? {
+        return Err(Error::NoBackup { path: backup });
+    }
+    // The backup holds this node's own former files: links may point anywhere and
+    // setid bits are as they were. It is still checked in full.
+    let policy = Policy {
+        limits: Limits {
+            max_total_bytes: u64::MAX,
+            max_entries: u64::MAX,
+            max_ratio: u64::MAX,
+            ratio_grace_bytes: 0,
+        },
+        allow_setid: true,
+        strict_links: false,
+        node: None,
+    };
+    let verified = verify_path(&backup, &policy, progress)?;
+    let targets: HashMap<String, PathBuf> = verified
+        .manifest
+        .roots
+        .iter()
+        .map(|r| (r.name.clone(), PathBuf::from(&r.path)))
+        .collect();
+    let plan = Plan::build(
+        &verified.manifest.entries,
+        &verified.manifest.remove,
+        &targets,
+    )?;
+    let mut report = RestoreReport {
+        changes: plan.changes(),
+        dry_run: options.dry_run,
+        ..RestoreReport::default()
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    report.recovered = session.recovered;
+    session.run(
+        Mode::Rollback,
+        &verified,
+        &plan,
+        &targets,
+        6,
+        options.failpoint,
+        progress,
+    )?;
+    Ok(report)
+}
+
+/// Finishes a restore or rollback that was interrupted (killed, power loss):
+/// before its commit the old tree comes back, after it the new tree stays.
+/// Restore and rollback call this first; it is public for tools and tests.
+pub fn recover(state_dir: &Path) -> Result<Option<Recovered>> {
+    let _lock = lock(state_dir)?;
+    recover_locked(state_dir)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Restore,
+    Rollback,
+}
+
+/// The lock, and the recovery done when taking it.
+struct Session {
+    state_dir: PathBuf,
+    chown: bool,
+    recovered: Option<Recovered>,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl Session {
+    fn open(options: &RestoreOptions) -> Result<Self> {
+        let chown = fsutil::can_chown();
+        if options.dry_run {
+            return Ok(Session {
+                state_dir: options.state_dir.clone(),
+                chown,
+                recovered: None,
+                _lock: None,
+            });
+        }
+        let lock = lock(&options.state_dir)?;
+        let recovered = recover_locked(&options.state_dir)?;
+        Ok(Session {
+            state_dir: options.state_dir.clone(),
+            chown,
+            recovered,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Stage, swap, commit.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        mode: Mode,
+        verified: &Verified,
+        plan: &Plan,
+        targets: &HashMap<String, PathBuf>,
+        level: u32,
+        failpoint: Option<Failpoint>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        let stages = stage_dirs(targets)?;
+        let journal = plan.journal(mode, &stages, self.chown, &self.state_dir);
+        let state = &self.state_dir;
+        journal.save(state)?;
+        let staged = (|| {
+            for stage in stages.values() {
+                fsutil::remove_tree(&stage.path)?;
+                for sub in [
+                    stage.path.clone(),
+                    stage.path.join("new"),
+                    stage.path.join("old"),
+                ] {
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&sub)
+                        .map_err(|e| Error::io("creating staging directory", &sub, e))?;
+                }
+            }
+            stage_files(verified, plan, &stages, self.chown, progress)?;
+            if mode == Mode::Restore {
+                write_backup(plan, targets, level, &pending_path(state), progress)?;
+            }
+            for stage in stages.values() {
+                fsutil::sync_fs(&stage.path)?;
+            }
+            fsutil::sync_fs(&state_subdir(state))?;
+            fire(failpoint, FailAt::Staged)
+        })();
+        if let Err(e) = staged {
+            if !is_crash(&e, failpoint) {
+                cleanup(&journal, state)?;
+            }
+            return Err(e);
+        }
+        let mut journal = journal;
+        journal.phase = JournalPhase::Swapping;
+        journal.save(state)?;
+        let swapped = swap(&journal, failpoint, progress);
+        if let Err(e) = swapped {
+            if is_crash(&e, failpoint) {
+                return Err(e);
+            }
+            return match undo(&journal).and_then(|()| cleanup(&journal, state)) {
+                Ok(()) => Err(e),
+                Err(undo_error) => Err(Error::Journal {
+                    path: journal_path(state),
+                    reason: format!("{e:#}; putting the old tree back failed too: {undo_error:#}"),
+                }),
+            };
+        }
+        journal.phase = JournalPhase::Committed;
+        journal.save(state)?;
+        fire(failpoint, FailAt::Committed)?;
+        finish(&journal, state)
+    }
+}
+
+fn fire(failpoint: Option<Failpoint>, here: FailAt) -> Result<()> {
+    match failpoint {
+        Some(f) if f.at == here => Err(Error::Injected(f)),
+        _ => Ok(()),
+    }
+}
+
+fn is_crash(e: &Error, failpoint: Option<Failpoint>) -> bool {
+    matches!(e, Error::Injected(f) if f.crash) && failpoint.is_some_and(|f| f.crash)
+}
+
+fn lock(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = state_subdir(state_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating state directory", &dir, e))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening lock", &path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| Error::Busy { path })
+}
+
+/// Where one root's staging lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stage {
+    path: PathBuf,
+    /// The root directory, when the staging sits inside it (the root is a
+    /// mount point); its attributes are set again after the staging is removed.
+    inside: Option<PathBuf>,
+}
+
+/// A staging directory per root on the root's file system: beside the root,
+/// or inside it when the root is a mount point.
+fn stage_dirs(targets: &HashMap<String, PathBuf>) -> Result<HashMap<String, Stage>> {
+    let mut stages = HashMap::new();
+    for (name, root) in targets {
+        let parent = fsutil::parent_of(root);
+        let beside = parent.join(format!("{STAGE_PREFIX}.{name}"));
+        let stage = match std::fs::metadata(root) {
+            Ok(meta) => {
+                let parent_meta =
+                    std::fs::metadata(&parent).map_err(|e| Error::io("inspecting", &parent, e))?;
+                if parent_meta.dev() == meta.dev() {
+                    Stage {
+                        path: beside,
+                        inside: None,
+                    }
+                } else {
+                    Stage {
+                        path: root.join(STAGE_PREFIX),
+                        inside: Some(root.clone()),
+                    }
+                }
+            }
+            Err(_) => Stage {
+                path: beside,
+                inside: None,
+            },
+        };
+        stages.insert(name.clone(), stage);
+    }
+    Ok(stages)
+}
+
+/// What the plan does with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    MkDir,
+    KeepDir {
+        changed: bool,
+    },
+    /// A non-directory (kept in the backup) is replaced by a directory.
+    PutDir,
+    Create,
+    Replace,
+    Unchanged,
+}
+
+struct Planned<'a> {
+    entry: &'a ManifestEntry,
+    target: PathBuf,
+    step: Step,
+    /// What was on disk (lstat), when it existed.
+    old: Option<Metadata>,
+    attrs: Attrs,
+}
+
+struct Removal {
+    entry: String,
+    target: PathBuf,
+    remove: bool,
+}
+
+/// Entries against the disk.
+struct Plan<'a> {
+    entries: Vec<Planned<'a>>,
+    removals: Vec<Removal>,
+}
+
+impl<'a> Plan<'a> {
+    fn build(
+        entries: &'a [ManifestEntry],
+        remove: &[String],
+        targets: &HashMap<String, PathBuf>,
+    ) -> Result<Self> {
+        let chown = fsutil::can_chown();
+        let mut names = Names::default();
+        let target_of = |path: &str| -> Result<PathBuf> {
+            let parsed = parse_entry_path(path.as_bytes()).map_err(|r| Error::refused(path, r))?;
+            let root = targets.get(parsed.root()).ok_or_else(|| {
+                Error::refused(path, Refusal::UnknownRoot(parsed.root().to_owned()))
+            })?;
+            Ok(if parsed.rel().is_empty() {
+                root.clone()
+            } else {
+                root.join(parsed.rel())
+            })
+        };
+        // Removals first (rollback only), deepest first as listed.
+        let mut removals = Vec::new();
+        let mut removed: HashSet<PathBuf> = HashSet::new();
+        for path in remove {
+            let target = target_of(path)?;
+            let Some(meta) = fsutil::lstat(&target)? else {
+                continue;
+            };
+            let remove = if meta.is_dir() {
+                let mut all_removed = true;
+                for child in
+                    std::fs::read_dir(&target).map_err(|e| Error::io("listing", &target, e))?
+                {
+                    let child = child.map_err(|e| Error::io("listing", &target, e))?;
+                    all_removed &= removed.contains(&child.path());
+                }
+                all_removed
+            } else {
+                true
+            };
+            if remove {
+                removed.insert(target.clone());
+            }
+            removals.push(Removal {
+                entry: path.clone(),
+                target,
+                remove,
+            });
+        }
+        let mut planned: Vec<Planned<'a>> = Vec::with_capacity(entries.len());
+        let mut by_path: HashMap<&str, usize> = HashMap::new();
+        for entry in entries {
+            let target = target_of(&entry.path)?;
+            let parsed = parse_entry_path(entry.path.as_bytes())
+                .map_err(|r| Error::refused(entry.path.clone(), r))?;
+            let parent_fresh = parsed
+                .parent()
+                .and_then(|p| by_path.get(p))
+                .and_then(|i| planned.get(*i))
+                .is_some_and(|p| matches!(p.step, Step::MkDir | Step::PutDir));
+            let old = if parent_fresh {
+                None
+            } else if parsed.depth == 1 {
+                // A root may be a symlink the administrator made: follow it.
+                match std::fs::metadata(&target) {
+                    Ok(meta) => Some(meta),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let parent = fsutil::parent_of(&target);
+                        if !std::fs::metadata(&parent).is_ok_and(|m| m.is_dir()) {
+                            return Err(Error::Conflict {
+                                path: target,
+                                reason: format!(
+                                    "its parent {} is not an existing directory",
+                                    parent.display()
+                                ),
+                            });
+                        }
+                        None
+                    }
+                    Err(e) => return Err(Error::io("inspecting", &target, e)),
+                }
+            } else {
+                fsutil::lstat(&target)?
+            };
+            let attrs = Attrs {
+                mode: entry.mode,
+                uid: names.local_uid(entry.user.as_deref(), entry.uid),
+                gid: names.local_gid(entry.group.as_deref(), entry.gid),
+                mtime: entry.mtime,
+                mtime_nsec: entry.mtime_nsec,
+            };
+            let step = match &old {
+                None if entry.kind == EntryKind::Dir => Step::MkDir,
+                None => Step::Create,
+                Some(meta) => {
+                    let kind = meta.file_type();
+                    if !(kind.is_dir() || kind.is_file() || kind.is_symlink()) {
+                        return Err(Error::Conflict {
+                            path: target,
+                            reason: "it is a special file (device, fifo or socket)".into(),
+                        });
+                    }
+                    match entry.kind {
+                        EntryKind::Dir if kind.is_dir() => Step::KeepDir {
+                            changed: !attrs.matches(meta, chown),
+                        },
+                        EntryKind::Dir => Step::PutDir,
+                        _ if kind.is_dir() => {
+                            let empty = std::fs::read_dir(&target)
+                                .map_err(|e| Error::io("listing", &target, e))?
+                                .next()
+                                .is_none();
+                            if !empty {
+                                return Err(Error::Conflict {
+                                    path: target,
+                                    reason: "it is a non-empty directory and the bundle has a file there; move it away first"
+                                        .into(),
+                                });
+                            }
+                            Step::Replace
+                        }
+                        EntryKind::File if same_file(entry, &target, meta, &attrs, chown)? => {
+                            Step::Unchanged
+                        }
+                        EntryKind::Symlink
+                            if kind.is_symlink()
+                                && attrs.matches(meta, chown)
+                                && read_link_normalized(&target).ok() == entry.link =>
+                        {
+                            Step::Unchanged
+                        }
+                        EntryKind::Hardlink => {
+                            let first = entry
+                                .link
+                                .as_deref()
+                                .and_then(|l| by_path.get(l))
+                                .and_then(|i| planned.get(*i));
+                            let linked = first.is_some_and(|f| {
+                                f.step == Step::Unchanged
+                                    && f.old.as_ref().is_some_and(|o| o.ino() == meta.ino())
+                            });
+                            if linked {
+                                Step::Unchanged
+                            } else {
+                                Step::Replace
+                            }
+                        }
+                        _ => Step::Replace,
+                    }
+                }
+            };
+            by_path.insert(entry.path.as_str(), planned.len());
+            planned.push(Planned {
+                entry,
+                target,
+                step,
+                old,
+                attrs,
+            });
+        }
+        Ok(Plan {
+            entries: planned,
+            removals,
+        })
+    }
+
+    fn changes(&self) -> Vec<Change> {
+        let removals = self.removals.iter().map(|r| Change {
+            entry: r.entry.clone(),
+            target: r.target.clone(),
+            action: if r.remove {
+                Action::Remove
+            } else {
+                Action::Keep
+            },
+        });
+        let entries = self.entries.iter().map(|p| Change {
+            entry: p.entry.path.clone(),
+            target: p.target.clone(),
+            action: match p.step {
+                Step::MkDir | Step::Create => Action::Create,
+                Step::PutDir | Step::Replace => Action::Replace,
+                Step::KeepDir { changed: true } => Action::Update,
+                Step::KeepDir { changed: false } | Step::Unchanged => Action::Unchanged,
+            },
+        });
+        removals.chain(entries).collect()
+    }
+
+    fn journal(
+        &self,
+        mode: Mode,
+        stages: &HashMap<String, Stage>,
+        chown: bool,
+        state_dir: &Path,
+    ) -> Journal {
+        let stage_of = |entry: &str| {
+            let root = entry.split('/').next().unwrap_or(entry);
+            stages.get(root).map(|s| s.path.clone()).unwrap_or_default()
+        };
+        let mut ops = Vec::new();
+        for (k, r) in self.removals.iter().enumerate().filter(|(_, r)| r.remove) {
+            let old = stage_of(&r.entry).join("old").join(format!("r{k}"));
+            ops.push(Op::Remove {
+                target: r.target.clone(),
+                old,
+            });
+        }
+        let mut dir_attrs = Vec::new();
+        for (i, p) in self.entries.iter().enumerate() {
+            let stage = stage_of(&p.entry.path);
+            let target = p.target.clone();
+            match p.step {
+                Step::MkDir => ops.push(Op::MkDir { target }),
+                Step::KeepDir { .. } => {
+                    let old = p.old.as_ref().map(Attrs::of).unwrap_or(p.attrs);
+                    ops.push(Op::KeepDir { target, old });
+                }
+                Step::PutDir => ops.push(Op::PutDir {
+                    target,
+                    old: stage.join("old").join(i.to_string()),
+                }),
+                Step::Create => ops.push(Op::Put {
+                    target,
+                    staged: staged_path(&stage, i),
+                    old: None,
+                }),
+                Step::Replace => ops.push(Op::Put {
+                    target,
+                    staged: staged_path(&stage, i),
+                    old: Some(stage.join("old").join(i.to_string())),
+                }),
+                Step::Unchanged => {}
+            }
+        }
+        for p in self.entries.iter().rev() {
+            if matches!(p.step, Step::MkDir | Step::KeepDir { .. } | Step::PutDir) {
+                dir_attrs.push((p.target.clone(), p.attrs));
+            }
+        }
+        let mut stage_list: Vec<Stage> = stages.values().cloned().collect();
+        stage_list.sort_by(|a, b| a.path.cmp(&b.path));
+        Journal {
+            mode,
+            phase: JournalPhase::Staging,
+            stages: stage_list,
+            ops,
+            dir_attrs,
+            chown,
+            backup: backup_path(state_dir),
+        }
+    }
+}
+
+fn staged_path(stage: &Path, index: usize) -> PathBuf {
+    stage.join("new").join(index.to_string())
+}
+
+/// Whether a regular file on disk already is the entry (attributes, then size,
+/// then content).
+fn same_file(
+    entry: &ManifestEntry,
+    target: &Path,
+    meta: &Metadata,
+    attrs: &Attrs,
+    chown: bool,
+) -> Result<bool> {
+    if !meta.is_file() || meta.len() != entry.size || !attrs.matches(meta, chown) {
+        return Ok(false);
+    }
+    let file = std::fs::File::open(target).map_err(|e| Error::io("reading", target, e))?;
+    let mut hasher = Sha256::new();
+    fsutil::hash_into(file, &mut hasher).map_err(|e| Error::io("reading", target, e))?;
+    Ok(entry.sha256.as_deref() == Some(hex::encode(hasher.finalize()).as_str()))
+}
+
+/// Pass 2: stream the bundle again and write the entries that change into the
+/// staging directories; the whole-bundle checksum is checked again at the end.
+fn stage_files(
+    verified: &Verified,
+    plan: &Plan<'_>,
+    stages: &HashMap<String, Stage>,
+    chown: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    use std::io::Seek;
+    let mut file = &verified.file;
+    file.rewind()
+        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
+    let mut hashed = HashingReader {
+        inner: file.take(verified.body_len),
+        hasher: Sha256::new(),
+    };
+    let mut index = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let limits = Limits {
+        max_total_bytes: u64::MAX,
+        max_entries: u64::MAX,
+        max_ratio: u64::MAX,
+        ratio_grace_bytes: 0,
+    };
+    let by_path: HashMap<&str, usize> = plan
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.entry.path.as_str(), i))
+        .collect();
+    let changed = || Error::corrupt("the bundle changed while it was being restored");
+    scan(
+        &mut hashed,
+        verified.body_len,
+        &limits,
+        Phase::Stage,
+        progress,
+        |raw, data| {
+            let planned = plan.entries.get(index).ok_or_else(changed)?;
+            let path = parse_entry_path(&raw.path).map_err(|_| changed())?;
+            if path.full != planned.entry.path || raw.size != planned.entry.size {
+                return Err(changed());
+            }
+            let this = index;
+            index += 1;
+            if !matches!(planned.step, Step::Create | Step::Replace) {
+                return Ok(());
+            }
+            let stage = stages.get(path.root()).ok_or_else(changed)?;
+            let staged = staged_path(&stage.path, this);
+            match planned.entry.kind {
+                EntryKind::File => {
+                    let mut out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&staged)
+                        .map_err(|e| Error::io("staging", &staged, e))?;
+                    let mut left = planned.entry.size;
+                    while left > 0 {
+                        let n = data
+                            .read(&mut buf)
+                            .map_err(|e| Error::corrupt(format!("reading `{}`: {e}", path.full)))?;
+                        if n == 0 {
+                            return Err(changed());
+                        }
+                        out.write_all(buf.get(..n).unwrap_or_default())
+                            .map_err(|e| Error::io("staging", &staged, e))?;
+                        left = left.saturating_sub(n as u64);
+                    }
+                    drop(out);
+                    planned.attrs.apply(&staged, false, chown)?;
+                }
+                EntryKind::Symlink => {
+                    let target = planned.entry.link.as_deref().ok_or_else(changed)?;
+                    std::os::unix::fs::symlink(target, &staged)
+                        .map_err(|e| Error::io("staging", &staged, e))?;
+                    planned.attrs.apply(&staged, true, chown)?;
+                }
+                EntryKind::Hardlink => {
+                    let first = planned
+                        .entry
+                        .link
+                        .as_deref()
+                        .and_then(|l| by_path.get(l))
+                        .ok_or_else(changed)?;
+                    let source = match plan.entries.get(*first) {
+                        Some(f) if matches!(f.step, Step::Create | Step::Replace) => {
+                            staged_path(&stage.path, *first)
+                        }
+                        Some(f) => f.target.clone(),
+                        None => return Err(changed()),
+                    };
+                    std::fs::hard_link(&source, &staged)
+                        .map_err(|e| Error::io("staging", &staged, e))?;
+                }
+                EntryKind::Dir => {}
+            }
+            Ok(())
+        },
+    )?;
+    fsutil::hash_into(&mut hashed.inner, &mut hashed.hasher)
+        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
+    let digest: [u8; 32] = hashed.hasher.finalize().into();
+    if index != plan.entries.len() || digest != verified.digest {
+        return Err(changed());
+    }
+    Ok(())
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+}
+
+/// The backup bundle: every existing directory of the bundle with its current
+/// attributes, every file, link or directory that will be replaced, and the
+/// list of what will be created (for a rollback to remove).
+fn write_backup(
+    plan: &Plan<'_>,
+    targets: &HashMap<String, PathBuf>,
+    level: u32,
+    pending: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let mut items = Vec::new();
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    for p in &plan.entries {
+        let Some(meta) = &p.old else { continue };
+        let kind = match p.step {
+            Step::KeepDir { .. } => ItemKind::Dir,
+            Step::Replace | Step::PutDir if meta.is_dir() => ItemKind::Dir,
+            Step::Replace | Step::PutDir if meta.file_type().is_symlink() => {
+                ItemKind::Symlink(read_link_normalized(&p.target)?)
+            }
+            Step::Replace | Step::PutDir => match links.get(&(meta.dev(), meta.ino())) {
+                Some(first) => ItemKind::Hardlink(first.clone()),
+                None => {
+                    if meta.nlink() > 1 {
+                        links.insert((meta.dev(), meta.ino()), p.entry.path.clone());
+                    }
+                    ItemKind::File
+                }
+            },
+            _ => continue,
+        };
+        items.push(Item {
+            path: p.entry.path.clone(),
+            source: p.target.clone(),
+            kind,
+            meta: meta.clone(),
+        });
+    }
+    let mut remove: Vec<String> = plan
+        .entries
+        .iter()
+        .filter(|p| matches!(p.step, Step::MkDir | Step::Create))
+        .map(|p| p.entry.path.clone())
+        .collect();
+    remove.reverse();
+    let mut roots: Vec<ManifestRoot> = targets
+        .iter()
+        .map(|(name, path)| ManifestRoot {
+            name: name.clone(),
+            path: path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    roots.sort_by(|a, b| a.name.cmp(&b.name));
+    fsutil::write_atomic(pending, |out| {
+        write_bundle(&items, roots, remove, out, level, 1, progress).map(|_| ())
+    })
+}
+
+/// The plan as the journal stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Journal {
+    mode: Mode,
+    phase: JournalPhase,
+    stages: Vec<Stage>,
+    ops: Vec<Op>,
+    /// New directory attributes, deepest first.
+    dir_attrs: Vec<(PathBuf, Attrs)>,
+    chown: bool,
+    backup: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum JournalPhase {
+    Staging,
+    Swapping,
+    Committed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+enum Op {
+    /// Create a directory that did not exist.
+    MkDir { target: PathBuf },
+    /// An existing directory stays; its old attributes for the undo.
+    KeepDir { target: PathBuf, old: Attrs },
+    /// Move the old entry (if any) to `old`, then `staged` into place.
+    Put {
+        target: PathBuf,
+        staged: PathBuf,
+        old: Option<PathBuf>,
+    },
+    /// Move the old non-directory to `old`, then create the directory.
+    PutDir { target: PathBuf, old: PathBuf },
+    /// Move the entry to `old` (rollback of a creation).
+    Remove { target: PathBuf, old: PathBuf },
+}
+
+/// The journal file: version and checksum around the journal.
+#[derive(Serialize, Deserialize)]
+struct JournalFile {
+    version: u32,
+    sha256: String,
+    journal: Journal,
+}
+
+impl Journal {
+    fn save(&self, state_dir: &Path) -> Result<()> {
+        let body = serde_json::to_vec(self).map_err(|e| Error::corrupt(format!("journal: {e}")))?;
+        let file = JournalFile {
+            version: 1,
+            sha256: hex::encode(Sha256::digest(&body)),
+            journal: self.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::corrupt(format!("journal: {e}")))?;
+        fsutil::write_atomic(&journal_path(state_dir), |out| {
+            out.write_all(&text)
+                .map_err(|e| Error::io("writing", journal_path(state_dir), e))
+        })
+    }
+
+    fn load(state_dir: &Path) -> Result<Option<Journal>> {
+        let path = journal_path(state_dir);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("reading", &path, e)),
+        };
+        let bad = |reason: String| Error::Journal {
+            path: path.clone(),
+            reason,
+        };
+        let file: JournalFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let body = serde_json::to_vec(&file.journal).map_err(|e| bad(e.to_string()))?;
+        if file.version != 1 || hex::encode(Sha256::digest(&body)) != file.sha256 {
+            return Err(bad(
+                "version or checksum mismatch; inspect it and the staging directories by hand"
+                    .into(),
+            ));
+        }
+        Ok(Some(file.journal))
+    }
+}
+
+/// The renames, then directory attributes, then a file system sync.
+fn swap(
+    journal: &Journal,
+    failpoint: Option<Failpoint>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let total = journal.ops.len() as u64;
+    for (k, op) in journal.ops.iter().enumerate() {
+        fire(failpoint, FailAt::Op(k))?;
+        match op {
+            Op::MkDir { target } => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(target)
+                .map_err(|e| Error::io("creating directory", target, e))?,
+            Op::KeepDir { .. } => {}
+            Op::Put {
+                target,
+                staged,
+                old,
+            } => {
+                if let Some(old) = old {
+                    fsutil::rename(target, old)?;
+                }
+                fsutil::rename(staged, target)?;
+            }
+            Op::PutDir { target, old } => {
+                fsutil::rename(target, old)?;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(target)
+                    .map_err(|e| Error::io("creating directory", target, e))?;
+            }
+            Op::Remove { target, old } => fsutil::rename(target, old)?,
+        }
+        progress(Progress {
+            phase: Phase::Swap,
+            done: k as u64 + 1,
+            total,
+        });
+    }
+    fire(failpoint, FailAt::DirAttrs)?;
+    for (target, attrs) in &journal.dir_attrs {
+        attrs.apply(target, false, journal.chown)?;
+    }
+    for stage in &journal.stages {
+        fsutil::sync_fs(&stage.path)?;
+    }
+    fire(failpoint, FailAt::Commit)
+}
+
+/// Undoes the renames of a swap that did not commit, whatever step it reached.
+fn undo(journal: &Journal) -> Result<()> {
+    for op in journal.ops.iter().rev() {
+        match op {
+            Op::MkDir { target } => {
+                if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
+                    std::fs::remove_dir(target)
+                        .map_err(|e| Error::io("removing created directory", target, e))?;
+                }
+            }
+            Op::KeepDir { target, old } => {
+                if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
+                    old.apply(target, false, journal.chown)?;
+                }
+            }
+            Op::Put {
+                target,
+                staged,
+                old,
+            } => {
+                if !fsutil::exists(staged)? && fsutil::exists(target)? {
+                    fsutil::rename(target, staged)?;
+                }
+                if let Some(old) = old
+                    && fsutil::exists(old)?
+                    && !fsutil::exists(target)?
+                {
+                    fsutil::rename(old, target)?;
+                }
+            }
+            Op::PutDir { target, old } => {
+                if fsutil::exists(old)? {
+                    if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
+                        std::fs::remove_dir(target)
+                            .map_err(|e| Error::io("removing created directory", target, e))?;
+                    }
+                    fsutil::rename(old, target)?;
+                }
+            }
+            Op::Remove { target, old } => {
+                if fsutil::exists(old)? && !fsutil::exists(target)? {
+                    fsutil::rename(old, target)?;
+                }
+            }
+        }
+    }
+    // Undoing renames touched the directories' mtimes again.
+    for op in journal.ops.iter().rev() {
+        if let Op::KeepDir { target, old } = op
+            && fsutil::lstat(target)?.is_some_and(|m| m.is_dir())
+        {
+            old.apply(target, false, journal.chown)?;
+        }
+    }
+    for stage in &journal.stages {
+        if let Some(parent) = stage.path.parent() {
+            fsutil::sync_fs(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the staging directories, the pending backup and the journal of a
+/// run that did not commit (after [`undo`] when it had started swapping).
+fn cleanup(journal: &Journal, state_dir: &Path) -> Result<()> {
+    remove_stages(journal, false)?;
+    fsutil::remove_file(&pending_path(state_dir))?;
+    fsutil::remove_file(&journal_path(state_dir))?;
+    fsutil::sync_dir(&state_subdir(state_dir))
+}
+
+/// Completes a committed run: the backup takes its place (or, for a rollback,
+/// is used up), the staging with the replaced files goes, then the journal.
+fn finish(journal: &Journal, state_dir: &Path) -> Result<()> {
+    match journal.mode {
+        Mode::Restore => {
+            let pending = pending_path(state_dir);
+            if fsutil::exists(&pending)? {
+                fsutil::rename(&pending, &journal.backup)?;
+            }
+        }
+        Mode::Rollback => fsutil::remove_file(&journal.backup)?,
+    }
+    fsutil::sync_dir(&state_subdir(state_dir))?;
+    remove_stages(journal, true)?;
+    fsutil::remove_file(&journal_path(state_dir))?;
+    fsutil::sync_dir(&state_subdir(state_dir))
+}
+
+fn remove_stages(journal: &Journal, committed: bool) -> Result<()> {
+    for stage in &journal.stages {
+        fsutil::remove_tree(&stage.path)?;
+        if let Some(root) = &stage.inside {
+            // Removing the staging touched the root's mtime: set it again.
+            let attrs = if committed {
+                journal
+                    .dir_attrs
+                    .iter()
+                    .find(|(t, _)| t == root)
+                    .map(|(_, a)| *a)
+            } else {
+                journal.ops.iter().find_map(|op| match op {
+                    Op::KeepDir { target, old } if target == root => Some(*old),
+                    _ => None,
+                })
+            };
+            if let Some(attrs) = attrs {
+                attrs.apply(root, false, journal.chown)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn recover_locked(state_dir: &Path) -> Result<Option<Recovered>> {
+    let Some(journal) = Journal::load(state_dir)? else {
+        return Ok(None);
+    };
+    let recovered = match journal.phase {
+        JournalPhase::Staging => {
+            cleanup(&journal, state_dir)?;
+            Recovered::Cleaned
+        }
+        JournalPhase::Swapping => {
+            undo(&journal)?;
+            cleanup(&journal, state_dir)?;
+            Recovered::RolledBack
+        }
+        JournalPhase::Committed => {
+            finish(&journal, state_dir)?;
+            Recovered::Completed
+        }
+    };
+    Ok(Some(recovered))
+}
