@@ -207,7 +207,7 @@ pub fn restore(
         strict_links: true,
         node: Some(&compiled.node),
     };
-    let mut session = Session::open(options)?;
+    // Verify before taking the lock: a refused bundle writes nothing at all.
     let verified = verify_path(bundle, &policy, progress)?;
     let mut targets = HashMap::new();
     for root in &verified.manifest.roots {
@@ -223,6 +223,7 @@ pub fn restore(
         };
         targets.insert(root.name.clone(), path);
     }
+    let mut session = Session::open(options)?;
     let plan = Plan::build(&verified.manifest.entries, &[], &targets)?;
     let mut report = RestoreReport {
         changes: plan.changes(),
