@@ -1,0 +1,91 @@
+//! The node-to-node link of a tandem site: authenticated, encrypted, framed messages over
+//! TCP between the two node addresses (default port [`DEFAULT_PORT`], 7451).
+//!
+//! Replication, role and epoch exchange, config bundle copies and clock comparison all
+//! travel over it. The crate gives them:
+//!
+//! - the **site key** ([`SiteKey`], [`keygen`]): 32 random bytes in a 0600 key file that
+//!   both nodes hold, like corosync's authkey;
+//! - a [`Listener`] that accepts authenticated [`Session`]s and [`dial`] to make one;
+//! - a [`Session`] to [`send`](Session::send) and [`recv`](Session::recv) messages
+//!   (bytes, up to a configurable limit, 16 MiB by default) and to stream blobs of any
+//!   size ([`Session::send_blob`], [`BlobReader`]) with little memory, plus heartbeats,
+//!   peer-lost detection ([`Session::closed`]) and a clock offset estimate
+//!   ([`Session::clock_offset`]);
+//! - a supervised [`Link`] that keeps one session with the peer up: the node with the
+//!   lower node id dials (redialing with capped exponential backoff), the other listens,
+//!   and [`LinkEvent::PeerUp`] / [`LinkEvent::PeerLost`] report liveness.
+//!
+//! Security: `Noise_NNpsk0_25519_ChaChaPoly_SHA256` with the site key as the PSK (see the
+//! handshake notes in the source). A peer without the key gets no answer and no session;
+//! the refusing side returns [`HandshakeError::Authentication`] and both sides log why. A
+//! replayed handshake is refused ([`HandshakeError::Replayed`], and it could not confirm
+//! the session keys anyway). Every frame is checked against the expected nonce, so a
+//! tampered, replayed, reordered or injected frame closes the session with
+//! [`CloseReason::Authentication`]; an oversized length prefix closes it before anything
+//! is allocated ([`frame`]).
+//!
+//! What it never does: interpret payloads (they are bytes; the caller chooses their
+//! meaning and encoding), decide roles, or touch interfaces. It does not retransmit: a
+//! message queued on a session that is then lost may not have arrived, so protocols on
+//! top acknowledge what matters (for example replication's applied sequence).
+//!
+//! # Example
+//!
+//! Two endpoints on 127.0.0.1 exchange a message:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use tandem_peer::{Config, Incoming, Listener, SiteKey, dial};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tandem_peer::Error> {
+//! // In production both nodes load the same key file: SiteKey::load(path).
+//! let key = SiteKey::generate()?;
+//! let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+//! let mut listener = Listener::bind(any_port, Config::new(key.clone(), 2)).await?;
+//! let addr = listener.local_addr();
+//!
+//! let node2 = tokio::spawn(async move {
+//!     let session = listener.accept().await?;
+//!     if let Incoming::Message(text) = session.recv().await? {
+//!         session.send(text.to_ascii_uppercase()).await?;
+//!     }
+//!     session.closed().await; // until node 1 closes
+//!     Ok::<_, tandem_peer::Error>(())
+//! });
+//!
+//! let node1 = dial(addr, &Config::new(key, 1)).await?;
+//! assert_eq!(node1.peer_node(), 2);
+//! node1.send("epoch 7").await?;
+//! match node1.recv().await? {
+//!     Incoming::Message(reply) => assert_eq!(reply, b"EPOCH 7"),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! node1.close("done").await;
+//! # node2.await.map_err(|e| tandem_peer::Error::Config(e.to_string()))??;
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod clock;
+mod config;
+mod error;
+pub mod frame;
+mod handshake;
+mod key;
+mod link;
+mod listener;
+mod session;
+
+pub use clock::ClockOffset;
+pub use config::{Config, DEFAULT_PORT};
+pub use error::{CloseReason, Error, HandshakeError, KeyFileProblem, Result};
+pub use key::{KEY_LEN, SiteKey, keygen, write_key_file};
+pub use link::{Backoff, Link, LinkConfig, LinkEvent, LinkRole};
+pub use listener::{Listener, dial, dial_from};
+pub use session::{BlobReader, Incoming, Session};
+
+/// The Noise protocol name the link uses.
+pub const NOISE_PROTOCOL: &str = handshake::NOISE_PARAMS;
