@@ -217,6 +217,7 @@ impl Walk<'_> {
                 .map_err(|e| Error::io("inspecting", &source, e))?;
             let kind = meta.file_type();
             if kind.is_dir() {
+                self.check_setid(&source, &meta)?;
                 let at = self.items.len();
                 self.items.push(Item {
                     path,
