@@ -413,7 +413,13 @@ impl Session {
         }
         journal.phase = JournalPhase::Committed;
         journal.save(state)?;
-        fire(failpoint, FailAt::Committed)?;
+        if let Err(e) = fire(failpoint, FailAt::Committed) {
+            // Past the commit the new tree stays: finish, unless "killed".
+            if !is_crash(&e, failpoint) {
+                finish(&journal, state)?;
+            }
+            return Err(e);
+        }
         finish(&journal, state)
     }
 }
@@ -627,10 +633,14 @@ impl<'a> Plan<'a> {
                         },
                         EntryKind::Dir => Step::PutDir,
                         _ if kind.is_dir() => {
-                            let empty = std::fs::read_dir(&target)
+                            // Children a rollback removes first do not count.
+                            let mut empty = true;
+                            for child in std::fs::read_dir(&target)
                                 .map_err(|e| Error::io("listing", &target, e))?
-                                .next()
-                                .is_none();
+                            {
+                                let child = child.map_err(|e| Error::io("listing", &target, e))?;
+                                empty &= removed.contains(&child.path());
+                            }
                             if !empty {
                                 return Err(Error::Conflict {
                                     path: target,
@@ -759,6 +769,27 @@ impl<'a> Plan<'a> {
                 dir_attrs.push((p.target.clone(), p.attrs));
             }
         }
+        // Every existing directory the renames touch, as it is now, so an undo
+        // can give it its mtime back.
+        let mut parents: Vec<(PathBuf, Attrs)> = Vec::new();
+        let mut seen = HashSet::new();
+        for op in &ops {
+            let target = match op {
+                Op::MkDir { target }
+                | Op::KeepDir { target, .. }
+                | Op::Put { target, .. }
+                | Op::PutDir { target, .. }
+                | Op::Remove { target, .. } => target,
+            };
+            let parent = fsutil::parent_of(target);
+            if seen.insert(parent.clone())
+                && let Ok(meta) = std::fs::symlink_metadata(&parent)
+                && meta.is_dir()
+            {
+                parents.push((parent, Attrs::of(&meta)));
+            }
+        }
+        parents.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         let mut stage_list: Vec<Stage> = stages.values().cloned().collect();
         stage_list.sort_by(|a, b| a.path.cmp(&b.path));
         Journal {
@@ -767,6 +798,7 @@ impl<'a> Plan<'a> {
             stages: stage_list,
             ops,
             dir_attrs,
+            parents,
             chown,
             backup: backup_path(state_dir),
         }
@@ -986,6 +1018,9 @@ struct Journal {
     ops: Vec<Op>,
     /// New directory attributes, deepest first.
     dir_attrs: Vec<(PathBuf, Attrs)>,
+    /// Attributes of the existing directories holding renamed entries, before
+    /// the swap, deepest first (for the undo).
+    parents: Vec<(PathBuf, Attrs)>,
     chown: bool,
     backup: PathBuf,
 }
@@ -1161,6 +1196,11 @@ fn undo(journal: &Journal) -> Result<()> {
         }
     }
     // Undoing renames touched the directories' mtimes again.
+    for (dir, attrs) in &journal.parents {
+        if fsutil::lstat(dir)?.is_some_and(|m| m.is_dir()) {
+            attrs.apply(dir, false, journal.chown)?;
+        }
+    }
     for op in journal.ops.iter().rev() {
         if let Op::KeepDir { target, old } = op
             && fsutil::lstat(target)?.is_some_and(|m| m.is_dir())

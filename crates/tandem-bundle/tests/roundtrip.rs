@@ -42,7 +42,7 @@ fn mtime() -> impl Strategy<Value = (i64, i64)> {
 }
 
 fn size() -> impl Strategy<Value = usize> {
-    prop_oneof![5 => 0usize..64, 4 => 64usize..6000, 1 => 1_000_000usize..1_300_000]
+    prop_oneof![10 => 0usize..64, 8 => 64usize..6000, 1 => 1_040_000usize..1_100_000]
 }
 
 fn tree() -> impl Strategy<Value = Tree> {
