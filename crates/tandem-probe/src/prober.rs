@@ -366,3 +366,22 @@ mod tests {
         assert!(matches!(err, Error::InvalidConfig { .. }));
     }
 }
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    #[test]
+    fn probes_can_run_on_a_multi_threaded_runtime() {
+        fn is_send_future<T: Send>(_: &T) {}
+        fn check(p: &Prober) {
+            let v4 = Ipv4Addr::new(192, 0, 2, 10);
+            is_send_future(&p.arp("eth0", v4));
+            is_send_future(&p.icmp(IpAddr::V4(v4)));
+            is_send_future(&p.tcp(SocketAddr::new(IpAddr::V4(v4), 80)));
+            is_send_future(&p.address("eth0", IpAddr::V4(v4)));
+        }
+        // Checked by the compiler; nothing to run.
+        let _ = check;
+    }
+}
