@@ -196,6 +196,9 @@ mod tests {
         // b's round trips had unequal legs, so its estimate is only within half of one.
         let b_est = b.estimate().unwrap();
         let error = (b_est.offset_micros + skew).unsigned_abs();
-        assert!(u128::from(error) <= b_est.round_trip.as_micros() / 2, "{b_est:?}");
+        assert!(
+            u128::from(error) <= b_est.round_trip.as_micros() / 2,
+            "{b_est:?}"
+        );
     }
 }
