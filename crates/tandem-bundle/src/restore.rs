@@ -162,6 +162,7 @@ pub struct Change {
 /// What happens to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Action {
     /// It does not exist yet.
     Create,
@@ -180,6 +181,7 @@ pub enum Action {
 /// How an interrupted run was finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Recovered {
     /// It had not started swapping: its staging was removed.
     Cleaned,

@@ -1,2 +1,78 @@
-//! `failover`: work in progress.
-fn main() {}
+//! `failover`: the seed's `failoverUtil`, as a thin command line over tandem's
+//! crates. One module per command group; each parses its arguments, calls the
+//! library and prints the result (text, or JSON with `--json`).
+//!
+//! Exit codes: 0 success, 1 failure (the error is printed with its causes),
+//! 2 usage error.
+
+mod config_files;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default node config file.
+const DEFAULT_CONFIG: &str = "/etc/tandem/node.toml";
+
+/// tandem's failover tool: roles, addresses and config files of a two-node site.
+#[derive(Parser)]
+#[command(name = "failover", version, about)]
+struct Cli {
+    /// The node config (TOML).
+    #[arg(long, global = true, value_name = "FILE", env = "TANDEM_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The node's state directory.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "TANDEM_STATE_DIR",
+        default_value = "/var/lib/tandem"
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Paths every command group shares.
+struct Common {
+    config: PathBuf,
+    /// Whether `--config` (or `TANDEM_CONFIG`) named the file, rather than the default.
+    config_given: bool,
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bundle the copied config files and custom prompts for the standby.
+    #[command(alias = "copyConfigFiles")]
+    CopyConfigFiles(config_files::CopyArgs),
+    /// Verify a received bundle and put its files in place (or roll back).
+    #[command(alias = "restoreConfigFiles")]
+    RestoreConfigFiles(config_files::RestoreArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = Common {
+        config_given: cli.config.as_os_str() != DEFAULT_CONFIG,
+        config: cli.config,
+        state_dir: cli.state_dir,
+    };
+    match cli.command {
+        Command::CopyConfigFiles(args) => config_files::copy(&common, &args),
+        Command::RestoreConfigFiles(args) => config_files::restore(&common, &args),
+    }
+}

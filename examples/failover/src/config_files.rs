@@ -1,0 +1,201 @@
+//! `copy-config-files` and `restore-config-files`: the config files and custom
+//! prompts that the database does not replicate, through `tandem-bundle`.
+//!
+//! Until the peer link carries bundles, `copy-config-files` writes the bundle to
+//! `<state dir>/outgoing/config-files.tar.gz` (or `--output FILE`) and the
+//! operator copies it to the standby's `<state dir>/incoming/config-files.tar.gz`,
+//! where `restore-config-files` looks by default.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+use tandem_bundle::{Action, BundleSpec, CreateOptions, RestoreOptions, RestoreReport};
+
+use crate::Common;
+use crate::progress::Bar;
+
+/// Arguments of `copy-config-files`.
+#[derive(clap::Args)]
+pub(crate) struct CopyArgs {
+    /// Write the bundle to this file (the default until the peer link exists:
+    /// `<state dir>/outgoing/config-files.tar.gz`).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `restore-config-files`.
+#[derive(clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// The bundle to restore (default: the received one,
+    /// `<state dir>/incoming/config-files.tar.gz`).
+    #[arg(long, value_name = "FILE", conflicts_with = "rollback")]
+    bundle: Option<PathBuf>,
+    /// Restore root NAME into DIR/NAME instead of the config's path (staging, tests).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// List what would change; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Put back what the last restore replaced, from its backup bundle.
+    #[arg(long)]
+    rollback: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The bundle `copy-config-files` writes when no `--output` is given.
+fn outgoing_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("outgoing").join("config-files.tar.gz")
+}
+
+#[derive(Serialize)]
+struct CopyOutput<'a> {
+    bundle: &'a Path,
+    #[serde(flatten)]
+    report: &'a tandem_bundle::CreateReport,
+}
+
+pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode> {
+    let spec = BundleSpec::load(&common.config)?;
+    if spec.roots.is_empty() {
+        anyhow::bail!(
+            "{} has no [[bundle.roots]]: nothing to copy",
+            common.config.display()
+        );
+    }
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| outgoing_path(&common.state_dir));
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut bar = Bar::new();
+    let report = tandem_bundle::create_file(&spec, &output, &CreateOptions::default(), &mut |p| {
+        bar.update(p)
+    });
+    bar.finish();
+    let report = report.with_context(|| format!("bundling into {}", output.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&CopyOutput {
+                bundle: &output,
+                report: &report
+            })?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for skipped in &report.skipped {
+        println!("skipped  {}: {}", skipped.path.display(), skipped.reason);
+    }
+    println!(
+        "Bundled {} files ({} bytes) in {} entries from {} roots into {} ({} bytes, sha256 {}).",
+        report.files,
+        report.content_bytes,
+        report.entries,
+        spec.roots.len(),
+        output.display(),
+        report.bundle_bytes,
+        report.sha256
+    );
+    if args.output.is_none() {
+        println!(
+            "The peer link does not carry bundles yet: copy it to the standby's {} and run `failover restore-config-files` there.",
+            tandem_bundle::incoming_path(Path::new("<state dir>")).display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn restore(common: &Common, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let spec = load_spec(common, args.root.is_some())?;
+    let mut options = RestoreOptions::new(&common.state_dir).dry_run(args.dry_run);
+    if let Some(root) = &args.root {
+        if !args.dry_run {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("creating {}", root.display()))?;
+        }
+        options = options.under(root);
+    }
+    let mut bar = Bar::new();
+    let (what, result) = if args.rollback {
+        (
+            "rollback",
+            tandem_bundle::rollback(&options, &mut |p| bar.update(p)).context("rolling back"),
+        )
+    } else {
+        let bundle = args
+            .bundle
+            .clone()
+            .unwrap_or_else(|| tandem_bundle::incoming_path(&common.state_dir));
+        let result = tandem_bundle::restore(&bundle, &spec, &options, &mut |p| bar.update(p))
+            .with_context(|| format!("restoring {}", bundle.display()));
+        ("restore", result)
+    };
+    bar.finish();
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(what, &report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The node config's `[bundle]` table; with `--root` and no config file at the
+/// default path, an empty spec (default limits, no `node` globs).
+fn load_spec(common: &Common, under_root: bool) -> anyhow::Result<BundleSpec> {
+    if under_root && !common.config_given && !common.config.exists() {
+        return Ok(BundleSpec::default());
+    }
+    Ok(BundleSpec::load(&common.config)?)
+}
+
+fn print_report(what: &str, report: &RestoreReport) {
+    if let Some(recovered) = report.recovered {
+        let how = match recovered {
+            tandem_bundle::Recovered::Cleaned => "its staging was removed",
+            tandem_bundle::Recovered::RolledBack => "the old files were put back",
+            tandem_bundle::Recovered::Completed => "it was completed",
+            _ => "it was finished",
+        };
+        println!("An interrupted restore was found first: {how}.");
+    }
+    for change in report
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+    {
+        let action = match change.action {
+            Action::Create => "create",
+            Action::Replace => "replace",
+            Action::Update => "update",
+            Action::Remove => "remove",
+            Action::Keep => "keep",
+            _ => "change",
+        };
+        println!("{action:<8} {}", change.target.display());
+    }
+    let changed = report.changed();
+    let unchanged = report.changes.len() - changed;
+    if report.dry_run {
+        println!(
+            "Dry run: {what} would change {changed} entries ({unchanged} already up to date); nothing was changed."
+        );
+        return;
+    }
+    println!("The {what} changed {changed} entries ({unchanged} already up to date).");
+    if let Some(backup) = &report.backup {
+        println!(
+            "The replaced files are kept in {}; `failover restore-config-files --rollback` puts them back.",
+            backup.display()
+        );
+    }
+}
