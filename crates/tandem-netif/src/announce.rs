@@ -110,18 +110,28 @@ impl Interfaces {
         let start = Instant::now();
         let mut report = Announced::default();
         for round in 0..config.count {
-            let due = start
-                .checked_add(config.interval.saturating_mul(round))
-                .unwrap_or(start);
-            tokio::time::sleep_until(due.into()).await;
+            if round > 0 {
+                let due = start
+                    .checked_add(config.interval.saturating_mul(round))
+                    .unwrap_or(start);
+                tokio::time::sleep_until(due.into()).await;
+            }
             for frame in &frames {
-                match link.send(frame)? {
+                let sent = match link.send(frame) {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        link.close_in_background();
+                        return Err(e.into());
+                    }
+                };
+                match sent {
                     Sent::Yes => report.frames_sent += 1,
                     Sent::LinkDown => report.frames_not_carried += 1,
                 }
             }
             report.rounds += 1;
         }
+        link.close_in_background();
         Ok(report)
     }
 }

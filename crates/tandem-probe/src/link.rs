@@ -97,6 +97,17 @@ impl RawLink {
         self.mac
     }
 
+    /// Closes the socket without making the caller wait. Closing a packet
+    /// socket waits for an RCU grace period in the kernel (10–20 ms); on a
+    /// takeover path that wait is pure delay, so inside a tokio runtime the
+    /// close happens on the blocking pool. Outside one it happens here.
+    pub fn close_in_background(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(self))),
+            Err(_) => drop(self),
+        }
+    }
+
     /// Sends one whole Ethernet frame.
     pub fn send(&mut self, frame: &[u8]) -> Result<Sent, Error> {
         let result = self

@@ -47,14 +47,18 @@ impl Prober {
         check_ipv4_target(target)?;
         // Opened here so that the socket lives in the caller's namespace; the
         // blocking reads then run on tokio's blocking pool.
-        let link = RawLink::open(iface)?;
+        let mut link = RawLink::open(iface)?;
         let config = self.config;
-        tokio::task::spawn_blocking(move || arp_blocking(link, target, config))
-            .await
-            .map_err(|e| Error::Socket {
-                action: format!("run the ARP probe for {target}"),
-                source: io::Error::other(e),
-            })?
+        tokio::task::spawn_blocking(move || {
+            let outcome = arp_blocking(&mut link, target, config);
+            link.close_in_background();
+            outcome
+        })
+        .await
+        .map_err(|e| Error::Socket {
+            action: format!("run the ARP probe for {target}"),
+            source: io::Error::other(e),
+        })?
     }
 
     /// ICMP echo (ICMPv6 echo for IPv6) to `target`, routed as the kernel
@@ -132,7 +136,7 @@ impl Prober {
     }
 }
 
-fn arp_blocking(mut link: RawLink, target: Ipv4Addr, config: ProbeConfig) -> Result<Outcome> {
+fn arp_blocking(link: &mut RawLink, target: Ipv4Addr, config: ProbeConfig) -> Result<Outcome> {
     let own = link.mac();
     let probe = ArpFrame::probe(own, target).encode();
     let mut schedule = Schedule::new(config, Instant::now());
