@@ -3,8 +3,12 @@
 //! and hooks.
 //!
 //! So far: the node config ([`NodeConfig`], TOML), the services that follow the
-//! role ([`Services`]) and keepalived-style notify hooks ([`HookRunner`]). The
-//! transitions, the agent and the status page land with issue 7.
+//! role ([`Services`]), keepalived-style notify hooks ([`HookRunner`]), and
+//! [`Node`], which carries out the role machine's decisions for real: the boot
+//! decision (probe the shared address and the gateway, claim only when the first is
+//! silent and the second answers), `set-server` transitions in an order that never
+//! leaves two writers, and failures fed back so the node ends in a stated role.
+//! The agent, the peer link and the status page land with issue 7.
 //!
 //! This crate never parses command lines: the `failover` binary does, and calls
 //! in here.
@@ -32,13 +36,15 @@
 
 mod config;
 mod hooks;
+mod node;
 mod services;
 mod shell;
 
 pub use config::{
     ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, FailoverSection, Hooks, NetworkSection,
-    NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec, check_hostname,
+    NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
 };
 pub use hooks::HookRunner;
+pub use node::{LOCK_FILE_NAME, Node, NodeError, Report, StepRecord};
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;

@@ -12,7 +12,8 @@ pub enum ProbeOutcome {
     Silent,
     /// These hosts answered for the shared address.
     Answered {
-        /// The MAC addresses that answered (at least one).
+        /// The MAC addresses that answered; empty when only an ICMP echo reply
+        /// (which names no MAC address) came back.
         macs: Vec<MacAddr>,
     },
     /// The probe could not be run (no privilege, no interface, ...). Never taken

@@ -1,0 +1,359 @@
+//! A node's transitions carried out for real: the role machine decides, this
+//! module persists, probes, claims, announces, runs services and hooks, and feeds
+//! failures back to the machine so the node always ends in a stated role.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::{Flock, FlockArg};
+use tandem_netif::{AddressSpec, AnnounceConfig, Interfaces};
+use tandem_probe::{Collect, ProbeConfig, Prober};
+use tandem_role::{
+    Action, Event, Isolation, MacAddr, Machine, NodeState, ProbeOutcome, Refusal, Role, StateError,
+    StateFile, Step,
+};
+
+use crate::config::{NodeConfig, RunOn};
+use crate::{HookRunner, Services};
+
+/// Name of the lock file in the state directory.
+pub const LOCK_FILE_NAME: &str = "node.lock";
+
+/// How many failure reports one command may chain before it stops: each report
+/// moves the node toward standby, so a handful always suffices.
+const MAX_ROUNDS: usize = 16;
+
+/// Errors of a node's transitions. Each says what to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node state cannot be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Another command or the agent holds the node's lock.
+    #[error(
+        "another tandem command or the agent is changing this node (lock {path} is held); wait for it to finish"
+    )]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The state directory or its lock cannot be opened.
+    #[error("cannot open the state directory {path}: {source}")]
+    StateDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Netlink or probe sockets cannot be opened (privileges, namespace).
+    #[error("cannot open {what}: {reason}")]
+    Setup {
+        /// What could not be opened.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What one command did, step by step, for the operator and the demo timeline.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Each action carried out, with how long it took and whether it failed.
+    pub steps: Vec<StepRecord>,
+    /// Why the operator's command was refused, if it was.
+    pub refused: Option<Refusal>,
+    /// Faults reported through the fault hook.
+    pub faults: Vec<String>,
+    /// The node's role at the end.
+    pub role: Option<Role>,
+    /// The node's state at the end.
+    pub state: Option<NodeState>,
+}
+
+/// One action carried out.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// The action, in its one-line form.
+    pub action: String,
+    /// How long it took.
+    pub took: Duration,
+    /// What went wrong, if it failed.
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// Whether the command did what was asked: not refused and no step failed.
+    pub fn succeeded(&self) -> bool {
+        self.refused.is_none() && self.steps.iter().all(|s| s.error.is_none())
+    }
+}
+
+/// A node: its config, its persisted state under a lock, the role machine and
+/// the parts that carry out its actions. Create it inside a tokio runtime on a
+/// thread in the node's network namespace.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    state_file: StateFile,
+    machine: Machine,
+    interfaces: Interfaces,
+    prober: Prober,
+    services: Services,
+    hooks: HookRunner,
+    _lock: Flock<File>,
+}
+
+impl Node {
+    /// Opens the node: takes the state directory's lock, loads the state (a node
+    /// without one starts as on first boot, with the id and site of its config),
+    /// and opens netlink and probe sockets.
+    pub fn open(config: NodeConfig, state_dir: &Path) -> Result<Node, NodeError> {
+        let dir_error = |path: &Path, source| NodeError::StateDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| dir_error(state_dir, e))?;
+        let lock_path = state_dir.join(LOCK_FILE_NAME);
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| dir_error(&lock_path, e))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            NodeError::Busy {
+                path: lock_path.clone(),
+            }
+        })?;
+        let state_file = StateFile::in_dir(state_dir);
+        let state = match state_file.load()? {
+            Some(state) => state,
+            None => NodeState::first_boot(config.node.id, config.node.site),
+        };
+        let machine = Machine::new(config.failover.role_config(), state);
+        let interfaces = Interfaces::new().map_err(|e| NodeError::Setup {
+            what: "a netlink connection",
+            reason: e.to_string(),
+        })?;
+        let probe = &config.probe;
+        let prober = Prober::new(ProbeConfig {
+            timeout: probe.timeout(),
+            interval: probe.interval(),
+            retries: probe.attempts.saturating_sub(1),
+            collect: Collect::First,
+        })
+        .map_err(|e| NodeError::Setup {
+            what: "the prober",
+            reason: e.to_string(),
+        })?;
+        Ok(Node {
+            services: Services::new(config.services.clone()),
+            hooks: HookRunner::new(config.hooks.clone()),
+            config,
+            state_file,
+            machine,
+            interfaces,
+            prober,
+            _lock: lock,
+        })
+    }
+
+    /// The node's state now.
+    pub fn state(&self) -> &NodeState {
+        self.machine.state()
+    }
+
+    /// The node's config.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The boot decision of the seed: with the shared address released and the
+    /// active-only services stopped, probe the shared address and the reference
+    /// address, and let the role machine decide.
+    pub async fn boot(&mut self) -> Report {
+        let mut report = Report::default();
+        // "When a node is rebooted, interface eth0 is initially disabled." A
+        // service that will not stop is recorded; an address that cannot be
+        // released makes the probe meaningless, so the node stays standby.
+        let _ = self.run_step(&mut report, &Action::StopServices).await;
+        let released = self
+            .run_step(&mut report, &Action::ReleaseSharedAddress)
+            .await;
+        let (probe, isolation) = match released {
+            Ok(()) => self.probe().await,
+            Err((_, reason)) => (
+                ProbeOutcome::Error {
+                    reason: format!("cannot release the shared address: {reason}"),
+                },
+                Isolation::Failed,
+            ),
+        };
+        self.drive(Event::Boot { probe, isolation }, &mut report)
+            .await;
+        report
+    }
+
+    /// The operator's `set-server active|standby`.
+    pub async fn set_server(&mut self, role: Role) -> Report {
+        self.handle(Event::SetServer(role)).await
+    }
+
+    /// Feeds one event and carries out everything that follows from it,
+    /// including probes the machine asks for.
+    pub async fn handle(&mut self, event: Event) -> Report {
+        let mut report = Report::default();
+        self.drive(event, &mut report).await;
+        report
+    }
+
+    async fn drive(&mut self, first: Event, report: &mut Report) {
+        let mut next = Some(first);
+        let mut rounds = 0;
+        while let Some(event) = next.take() {
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                report
+                    .faults
+                    .push("gave up after too many failed steps".into());
+                break;
+            }
+            tracing::info!(%event, "event");
+            let actions = self.machine.handle(event, SystemTime::now());
+            for action in actions {
+                match action {
+                    Action::Probe { after } => {
+                        tokio::time::sleep(after).await;
+                        let (probe, isolation) = self.probe().await;
+                        next = Some(Event::Probed { probe, isolation });
+                        // A probe ends the batch: the machine's answer to it comes next.
+                        break;
+                    }
+                    Action::Refuse(refusal) => report.refused = Some(refusal),
+                    Action::Notify { hook, reason } => {
+                        if hook == tandem_role::Hook::Fault {
+                            report.faults.push(reason.clone());
+                        }
+                        if let Err(e) = self.hooks.run(hook, &reason, self.machine.state()).await {
+                            tracing::warn!(%hook, error = %e, "notify hook failed");
+                        }
+                    }
+                    action => {
+                        if let Err((step, reason)) = self.run_step(report, &action).await {
+                            next = Some(Event::StepFailed { step, reason });
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        report.role = Some(self.machine.role());
+        report.state = Some(self.machine.state().clone());
+    }
+
+    /// Carries out one action and records it.
+    async fn run_step(
+        &mut self,
+        report: &mut Report,
+        action: &Action,
+    ) -> Result<(), (Step, String)> {
+        let started = Instant::now();
+        let result = self.execute(action).await;
+        report.steps.push(StepRecord {
+            action: action.to_string(),
+            took: started.elapsed(),
+            error: result.as_ref().err().map(|(_, e)| e.clone()),
+        });
+        match &result {
+            Ok(()) => tracing::info!(%action, "done"),
+            Err((_, e)) => tracing::warn!(%action, error = %e, "failed"),
+        }
+        result
+    }
+
+    async fn execute(&mut self, action: &Action) -> Result<(), (Step, String)> {
+        let net = &self.config.network;
+        let shared = AddressSpec::shared(net.shared_address, &net.interface);
+        match action {
+            Action::Persist(state) => self
+                .state_file
+                .save(state)
+                .map_err(|e| (Step::Persist, e.to_string())),
+            Action::ClaimSharedAddress => self
+                .interfaces
+                .claim(&shared)
+                .await
+                .map(drop)
+                .map_err(|e| (Step::ClaimSharedAddress, e.to_string())),
+            Action::ReleaseSharedAddress => self
+                .interfaces
+                .release(&shared)
+                .await
+                .map(drop)
+                .map_err(|e| (Step::ReleaseSharedAddress, e.to_string())),
+            Action::Announce => {
+                let announce = AnnounceConfig {
+                    count: self.config.failover.announce_count.max(1),
+                    interval: Duration::from_millis(self.config.failover.announce_interval_ms),
+                };
+                self.interfaces
+                    .announce(shared.ip(), &shared.iface, announce)
+                    .await
+                    .map(drop)
+                    .map_err(|e| (Step::Announce, e.to_string()))
+            }
+            Action::StartServices => self
+                .services
+                .start(RunOn::Active)
+                .await
+                .map_err(|e| (Step::StartServices, e.to_string())),
+            Action::StopServices => self
+                .services
+                .stop(RunOn::Active)
+                .await
+                .map_err(|e| (Step::StopServices, e.to_string())),
+            // The database and the peer link join with the replication and agent
+            // work; until then these are recorded and succeed.
+            Action::PromoteDatabase | Action::DemoteDatabase | Action::SendClaim { .. } => Ok(()),
+            // Handled by `drive`.
+            Action::Probe { .. } | Action::Refuse(_) | Action::Notify { .. } => Ok(()),
+            // Actions added to the machine later are refused loudly, not skipped.
+            other => Err((
+                Step::Persist,
+                format!("this build cannot carry out `{other}`"),
+            )),
+        }
+    }
+
+    /// Probes the shared address and runs the isolation check.
+    async fn probe(&self) -> (ProbeOutcome, Isolation) {
+        let net = &self.config.network;
+        let iface = net.interface.as_str();
+        let (shared, reference) = tokio::join!(
+            self.prober.address(iface, net.shared_address.addr()),
+            self.prober.isolation_check(iface, net.reference())
+        );
+        let probe = match shared {
+            Ok(outcome) if outcome.is_answered() => ProbeOutcome::Answered {
+                macs: outcome.macs().into_iter().map(|m| MacAddr(m.0)).collect(),
+            },
+            Ok(_) => ProbeOutcome::Silent,
+            Err(e) => ProbeOutcome::Error {
+                reason: e.to_string(),
+            },
+        };
+        let isolation = match reference {
+            Ok(outcome) if outcome.is_answered() => Isolation::Passed,
+            Ok(_) => Isolation::Failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "isolation check failed to run");
+                Isolation::Failed
+            }
+        };
+        tracing::info!(%probe, %isolation, reference = %self.config.network.reference(), "probed");
+        (probe, isolation)
+    }
+}
