@@ -413,6 +413,15 @@ impl Lab {
         run_in_namespace(&self.namespace(host), f)
     }
 
+    /// Starts a thread inside `host`'s namespace; see [`spawn_in_namespace`].
+    pub fn spawn_in<F, R>(&self, host: Host, f: F) -> Result<std::thread::JoinHandle<Result<R>>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        spawn_in_namespace(&self.namespace(host), f)
+    }
+
     /// The MAC address of `host`'s `eth0`.
     pub fn mac(&self, host: Host) -> Result<[u8; 6]> {
         let out = ip(&[
@@ -431,8 +440,9 @@ impl Lab {
         })
     }
 
-    /// Whether `from` can open a TCP connection to `to`'s own address: a listener is
-    /// bound inside `to`'s namespace and connected to from inside `from`'s.
+    /// Whether `from` can open a TCP connection to `to`'s own address within about
+    /// 1.5 s: a listener is bound inside `to`'s namespace and connected to from
+    /// inside `from`'s.
     pub fn can_reach(&self, from: Host, to: Host) -> Result<bool> {
         let listener = self
             .run_in(to, || std::net::TcpListener::bind((to.addr(), 0)))?
@@ -445,8 +455,21 @@ impl Lab {
             what: "listener address".into(),
             detail: e.to_string(),
         })?;
+        // Right after a cable is plugged back in or a partition heals, the kernel
+        // may still hold a failed neighbour entry and refuse at once with "no
+        // route to host"; keep trying for a while before calling it unreachable.
         self.run_in(from, || {
-            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1)).is_ok()
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+            loop {
+                let attempt = std::time::Duration::from_millis(500);
+                if std::net::TcpStream::connect_timeout(&target, attempt).is_ok() {
+                    return true;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         })
     }
 
@@ -581,6 +604,28 @@ where
             })
         })
     })
+}
+
+/// Starts a thread that enters the named network namespace and runs `f` there,
+/// for work that outlives one call (a server, a client loop). The caller stops
+/// it (e.g. with a flag) and joins it before the lab is dropped.
+pub fn spawn_in_namespace<F, R>(namespace: &str, f: F) -> Result<std::thread::JoinHandle<Result<R>>>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let path = Path::new(NETNS_DIR).join(namespace);
+    let name = namespace.to_string();
+    let enter_error = move |source: std::io::Error| Error::Enter {
+        namespace: name.clone(),
+        source,
+    };
+    let file = File::open(&path).map_err(&enter_error)?;
+    Ok(std::thread::spawn(move || {
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| enter_error(std::io::Error::from(e)))?;
+        Ok(f())
+    }))
 }
 
 /// The namespaces of test labs that still exist (for checks that nothing leaked).

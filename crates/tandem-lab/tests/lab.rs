@@ -118,3 +118,14 @@ fn ipv6_addresses_when_asked() {
     });
     assert!(ok.unwrap());
 }
+
+#[test]
+fn a_spawned_thread_lives_in_its_namespace() {
+    let lab = lab();
+    let handle = lab
+        .spawn_in(Host::Client, || {
+            std::net::TcpListener::bind("192.0.2.100:0").is_ok()
+        })
+        .unwrap();
+    assert!(handle.join().unwrap().unwrap());
+}
