@@ -3,8 +3,9 @@
 //!
 //! Who dials: the node with the lower node id dials, the other listens. Both know each
 //! other's node address, so exactly one TCP connection exists and there is no duplicate
-//! to resolve. The dialing side redials at once after a loss and then backs off
-//! exponentially (capped) while the peer is unreachable. The listening side takes the
+//! to resolve. The dialing side redials at once after losing a session that had been up
+//! for a while (a short-lived one backs off too) and then backs off exponentially
+//! (capped) while the peer is unreachable. The listening side takes the
 //! newest authenticated connection from the peer node: if a new one arrives while a
 //! session is up, the old one was half-open (the dialer already saw it fail) and is
 //! closed.
@@ -205,6 +206,9 @@ impl Link {
 async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
     let source = Some(config.local_addr.ip()).filter(|ip| !ip.is_unspecified());
     let mut failures = 0u32;
+    // Sessions that end soon after they start (a peer that accepts and then hangs up)
+    // must not turn into a tight reconnect loop: they back off too.
+    let mut quick_losses = 0u32;
     loop {
         let attempt = match source {
             Some(ip) => dial_from(ip, config.peer_addr, &config.config).await,
@@ -225,6 +229,7 @@ async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
         match attempt {
             Ok(session) => {
                 failures = 0;
+                let up_since = tokio::time::Instant::now();
                 let shared = session.shared();
                 info!(peer = %config.peer_addr, node = config.peer_node, "peer up");
                 if tx.send(LinkEvent::PeerUp(session)).await.is_err() {
@@ -234,6 +239,12 @@ async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
                 warn!(peer = %config.peer_addr, node = config.peer_node, %reason, "peer lost");
                 if tx.send(LinkEvent::PeerLost(reason)).await.is_err() {
                     return;
+                }
+                if up_since.elapsed() < config.backoff.max() {
+                    quick_losses = quick_losses.saturating_add(1);
+                    tokio::time::sleep(config.backoff.delay(quick_losses)).await;
+                } else {
+                    quick_losses = 0;
                 }
             }
             Err(error) => {

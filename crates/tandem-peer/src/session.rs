@@ -32,6 +32,8 @@ const INBOUND_QUEUE: usize = 16;
 const BLOB_QUEUE: usize = 16;
 /// Read buffer of the connection.
 const READ_BUFFER: usize = 128 << 10;
+/// Frames at least this large are followed by a yield to the scheduler.
+const YIELD_AFTER: usize = 16 << 10;
 /// Longest heartbeat interval a peer may announce.
 const MAX_PEER_HEARTBEAT_MS: u32 = 3_600_000;
 
@@ -379,6 +381,10 @@ impl Session {
     /// The next message or blob from the peer. Messages that arrived before the session
     /// closed are still returned; after them this fails with [`Error::Closed`] and the
     /// reason. Cancel-safe.
+    ///
+    /// Take messages promptly: while some wait unread, the session stops reading the
+    /// connection (backpressure), and silence from the peer is not judged until they
+    /// are taken.
     pub async fn recv(&self) -> Result<Incoming> {
         let mut inbound = self.inner.inbound.lock().await;
         match inbound.recv().await {
@@ -565,7 +571,13 @@ impl Writer {
         self.wr
             .write_all(&self.wire)
             .await
-            .map_err(|e| CloseReason::Io(e.to_string()))
+            .map_err(|e| CloseReason::Io(e.to_string()))?;
+        if plain.len() >= YIELD_AFTER {
+            // Writes to a roomy socket never wait, so a long message would otherwise keep
+            // the thread (and on a current-thread runtime, the receiving side) busy.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 }
 
@@ -637,6 +649,11 @@ impl Reader {
                 return protocol("receive nonces exhausted");
             };
             self.nonce = next;
+            if n >= YIELD_AFTER {
+                // Buffered frames are read without waiting; let other tasks run between
+                // large ones.
+                tokio::task::yield_now().await;
+            }
             let body = match Body::decode(plain.get(..n).unwrap_or_default()) {
                 Ok(body) => body,
                 Err(e) => return stop(CloseReason::Protocol(e)),

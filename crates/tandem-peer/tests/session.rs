@@ -55,7 +55,7 @@ async fn messages_flow_both_ways_in_order() {
 #[tokio::test]
 async fn a_multi_megabyte_message_and_a_blob_arrive_intact() {
     let (client, server) = pair().await;
-    let big: Vec<u8> = (0..3_000_000u64).map(pattern).collect();
+    let big: Vec<u8> = (0..2_500_000u64).map(pattern).collect();
     let sender = client.clone();
     let copy = big.clone();
     let sending = tokio::spawn(async move { sender.send(copy).await });
@@ -64,7 +64,9 @@ async fn a_multi_megabyte_message_and_a_blob_arrive_intact() {
 
     // A blob streamed from a source that never holds it, checked by a sink that never
     // keeps it, the other way round.
-    let len = 6_000_000u64;
+    // Debug builds encrypt at a few MB/s, so the blob stays modest here; the release
+    // example `blob_transfer` streams 200 MB.
+    let len = 3_000_000u64;
     let sender = server.clone();
     let sending = tokio::spawn(async move {
         sender
