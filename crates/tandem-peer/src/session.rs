@@ -32,6 +32,8 @@ const INBOUND_QUEUE: usize = 16;
 const BLOB_QUEUE: usize = 16;
 /// Read buffer of the connection.
 const READ_BUFFER: usize = 128 << 10;
+/// Longest silence ever tolerated, whatever the settings (keeps deadlines representable).
+const MAX_SILENCE: Duration = Duration::from_secs(24 * 3600);
 /// Frames at least this large are followed by a yield to the scheduler.
 const YIELD_AFTER: usize = 16 << 10;
 /// Longest heartbeat interval a peer may announce.
@@ -269,7 +271,9 @@ impl Session {
             shared: Arc::clone(&shared),
             in_tx,
             writer: writer.abort_handle(),
-            silence: peer_interval.saturating_mul(config.missed_heartbeats),
+            silence: peer_interval
+                .saturating_mul(config.missed_heartbeats)
+                .min(MAX_SILENCE),
             missed: config.missed_heartbeats,
             max_message_len: config.max_message_len,
             grace,

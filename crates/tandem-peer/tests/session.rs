@@ -440,3 +440,69 @@ async fn a_silent_connection_times_out_without_blocking_others() {
         other => panic!("expected a handshake timeout, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_blob_dropped_unread_is_skipped_and_later_messages_arrive() {
+    let (client, server) = pair().await;
+    let sender = client.clone();
+    let sending = tokio::spawn(async move {
+        sender
+            .send_blob(PatternSource {
+                pos: 0,
+                len: 2_000_000,
+                fail_at: None,
+            })
+            .await?;
+        sender.send("after the blob").await
+    });
+    match within("receiving a blob", server.recv()).await.unwrap() {
+        Incoming::Blob(blob) => drop(blob),
+        other => panic!("expected a blob, got {other:?}"),
+    }
+    assert_eq!(message(&server).await, b"after the blob");
+    sending.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_blob_cancelled_by_its_sender_is_aborted_on_the_receiver() {
+    let (client, server) = pair().await;
+    let sender = client.clone();
+    // A source that yields some bytes and then never more (a stuck disk).
+    let source = PatternSource {
+        pos: 0,
+        len: 200_000,
+        fail_at: None,
+    }
+    .chain(Stuck);
+    let sending = tokio::spawn(async move { sender.send_blob(source).await });
+    let Incoming::Blob(mut blob) = within("receiving a blob", server.recv()).await.unwrap() else {
+        panic!("expected a blob");
+    };
+    // Wait until data flows, then cancel the sender.
+    within("the first chunk", blob.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    sending.abort();
+    let mut sink = PatternSink::default();
+    match within("the rest of the blob", blob.copy_to(&mut sink)).await {
+        Err(Error::BlobAborted(reason)) => assert!(reason.contains("cancelled"), "{reason}"),
+        other => panic!("expected an aborted blob, got {other:?}"),
+    }
+    // The session goes on.
+    client.send("next").await.unwrap();
+    assert_eq!(message(&server).await, b"next");
+}
+
+/// A reader that never yields anything.
+struct Stuck;
+
+impl tokio::io::AsyncRead for Stuck {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
