@@ -223,6 +223,8 @@ pub fn restore(
                 ));
             }
         };
+        // A root the administrator made a symlink is restored where it points.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
         targets.insert(root.name.clone(), path);
     }
     let mut session = Session::open(options)?;
