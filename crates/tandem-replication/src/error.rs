@@ -1,0 +1,155 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::status::{Position, ReplicationState};
+
+/// Every error of this crate.
+///
+/// Display texts do not repeat their source; print the chain (for example with anyhow's
+/// `{:#}`) to see the whole story.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The replication settings cannot work (the text names the setting and the problem).
+    #[error("invalid replication configuration: {0}")]
+    Config(String),
+    /// A config file could not be read or parsed.
+    #[error("cannot read the config file {}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database reported an error.
+    #[error("database {what}")]
+    Database {
+        /// What was being done.
+        what: String,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A declared table cannot be replicated (missing, no primary key, odd names).
+    #[error("table `{table}` cannot be replicated: {problem}")]
+    Table {
+        /// The table name as declared.
+        table: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The database has not been initialized for replication (`mp_replication init`).
+    #[error(
+        "this database is not initialized for replication; run `mp_replication init -n <1|2> -r <remote>` first"
+    )]
+    NotInitialized,
+    /// The operation does not fit the node's current state (the text says why and what to do).
+    #[error("{0}")]
+    State(String),
+    /// The replication service that owns the peer link is not running on this node.
+    #[error(
+        "the replication service is not running on this node (it runs in the node agent; \
+         start it, or `mp_replication service` for a standalone node)"
+    )]
+    ServiceNotRunning,
+    /// A request to the replication service failed; the text is the service's reason.
+    #[error("{0}")]
+    Request(String),
+    /// A request to the replication service did not finish in time.
+    #[error("{what} did not finish within {limit:?}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        limit: Duration,
+    },
+    /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) gave up: the standby
+    /// has not acknowledged `position` within the time limit.
+    #[error(
+        "position {position} is not replicated after {limit:?} (the standby acknowledged {acked})"
+    )]
+    NotReplicated {
+        /// The position waited for.
+        position: Position,
+        /// The position the standby had acknowledged.
+        acked: Position,
+        /// How long it waited.
+        limit: Duration,
+    },
+    /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) cannot succeed because
+    /// replication is not running on this node.
+    #[error("replication is {state} on this node, so position {position} will not be replicated")]
+    NotReplicating {
+        /// The position waited for.
+        position: Position,
+        /// The node's replication state.
+        state: ReplicationState,
+    },
+    /// A changelog batch does not follow the applied position: applying it would skip
+    /// changes, so it was refused and nothing changed.
+    #[error(
+        "changelog gap: batch follows position {prev} but this node applied up to {applied}; \
+         nothing was applied"
+    )]
+    Gap {
+        /// The position the batch follows.
+        prev: u64,
+        /// The position applied here.
+        applied: u64,
+    },
+    /// A message from the peer could not be decoded or broke the protocol.
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    /// The peer link failed.
+    #[error("peer link")]
+    Peer(#[from] tandem_peer::Error),
+    /// A file under the state directory could not be written or read.
+    #[error("{what} {}", path.display())]
+    File {
+        /// What was being done.
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps a database error with what was being done.
+    pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Database { what, source }
+    }
+
+    /// Wraps an I/O error with what was being done to which file.
+    pub(crate) fn file(
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let (what, path) = (what.into(), path.into());
+        move |source| Error::File { what, path, source }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Renders an error with its whole source chain on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

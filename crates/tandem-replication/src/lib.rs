@@ -1,0 +1,378 @@
+//! Database replication for a tandem site, behind one trait ([`ReplicationBackend`]):
+//! init, switch on (optionally copying the peer's data first: from-sync), switch off,
+//! status, promote, demote, and [`wait_replicated`](ReplicationBackend::wait_replicated)
+//! for applications that acknowledge only replicated writes. Status types, the seed's
+//! status table and the seed's final line ([`outcome_line`]) are backend-neutral.
+//!
+//! The embedded backend is SQLite ([`SqliteBackend`]): triggers on the declared tables
+//! capture row changes into a changelog in the application's own database; the
+//! replication service ([`Replicator`]) streams it in order over the peer link
+//! (`tandem-peer`); the standby applies each batch in one transaction together with
+//! its applied position, so every change is applied exactly once across crashes of
+//! either side. The standby's guard triggers refuse application writes.
+//!
+//! # Design choices
+//!
+//! - **Positions per source.** A node's changelog holds only changes made while it was
+//!   writable (applied changes are not logged), each changelog has a random id, and
+//!   each node records how far it applied its peer's changelog. After a switchover the
+//!   new standby resumes from its own applied position of the new active node's
+//!   changelog. A batch carries the position it follows; a gap is refused, never
+//!   applied out of order, and duplicates are skipped.
+//! - **Never overwrite unshipped changes.** A node applies its peer's changes only while
+//!   its own changelog is fully acknowledged. A node holding changes the peer never got
+//!   while the peer is writable (after a split brain or an early promotion) is
+//!   *diverged*: it stops, raises an alarm and waits for `switch-on -S -F from-sync`,
+//!   which copies a consistent snapshot from the peer and writes the rows only it had
+//!   (or had differently) to a JSON-lines file under the state directory, named in the
+//!   output.
+//! - **Bounded changelog.** Entries are pruned once acknowledged. Past `max_backlog`
+//!   unacknowledged changes the active node switches replication off, drops its
+//!   changelog and raises an alarm, instead of filling its disk (the seed warns that a
+//!   standby left out for long harms the primary). While replication is off nothing is
+//!   captured; switching back on requires from-sync on the standby.
+//! - **Pair semantics.** `switch-on` and `switch-off` act on this node and tell the
+//!   connected peer to do the same; a node that was only initialized switches on when
+//!   its peer is on (the seed runs `switchON` on one node only).
+//! - **Control plane.** The one-shot commands write requests into the meta table; the
+//!   running service carries them out and records the result, the peer's state and the
+//!   link's health there, so `status` works even when the peer is down. The service
+//!   holds a lock file in the state directory; commands use it to tell whether it runs.
+//!
+//! What this crate never does: touch interfaces or addresses, decide roles (the node
+//! agent calls [`promote`](ReplicationBackend::promote) and
+//! [`demote`](ReplicationBackend::demote)), or parse command lines.
+//!
+//! # Example
+//!
+//! ```
+//! use tandem_replication::{
+//!     InitOptions, Quiet, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend, sample,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let config = ReplicationConfig { sample_schema: true, ..ReplicationConfig::default() };
+//! let node1 = SqliteBackend::open(&Settings::new(dir.path(), config)).await?;
+//!
+//! // `mp_replication init -n 1 -r 192.0.2.12`
+//! node1.init(&InitOptions::new(1, "192.0.2.12:7451".parse()?), &Quiet).await?;
+//! // The node agent makes the database writable when the node becomes active.
+//! node1.promote().await?;
+//!
+//! let mut conn = node1.pool().acquire().await?;
+//! sample::write_transaction(&mut conn, 1, 10).await?;
+//!
+//! let status = node1.status().await?;
+//! assert!(status.render().contains("| Node: 1 "));
+//! assert!(status.render().contains("Status: Not connected"));
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod observer;
+pub mod sample;
+mod service;
+mod sqlite;
+mod status;
+mod util;
+pub mod wire;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use config::{
+    BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR,
+    NodeFacts, ReplicationConfig, Settings,
+};
+pub use error::{Error, Result, chain};
+pub use observer::{Observer, Quiet};
+pub use service::{PeerEvent, Replicator, Transport};
+pub use sqlite::{Identity, SqliteBackend, TableChecksum, connect_options, position_in};
+pub use status::{
+    LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, outcome_line,
+};
+
+/// What `init` needs: who this node is and where its peer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// This node's id (1 or 2).
+    pub node: u8,
+    /// The site (the seed's "Site: 1").
+    pub site: u16,
+    /// The peer's node address and peer link port.
+    pub remote: SocketAddr,
+    /// This node's node address, if known.
+    pub local: Option<IpAddr>,
+}
+
+impl InitOptions {
+    /// Node `node` of site 1 with its peer at `remote`; the local address is the one
+    /// the routing table uses toward `remote`.
+    pub fn new(node: u8, remote: SocketAddr) -> InitOptions {
+        InitOptions {
+            node,
+            site: 1,
+            remote,
+            local: route_source(remote),
+        }
+    }
+
+    /// Sets the site.
+    pub fn with_site(mut self, site: u16) -> InitOptions {
+        self.site = site;
+        self
+    }
+
+    /// Sets this node's node address.
+    pub fn with_local(mut self, local: IpAddr) -> InitOptions {
+        self.local = Some(local);
+        self
+    }
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InitReport {
+    /// Node id.
+    pub node: u8,
+    /// Site.
+    pub site: u16,
+    /// The peer.
+    pub remote: SocketAddr,
+    /// This node's node address, if known.
+    pub local: Option<IpAddr>,
+    /// The declared tables.
+    pub tables: Vec<String>,
+    /// Whether this was the first `init` of the database.
+    pub created: bool,
+    /// The replication state after `init`.
+    pub state: ReplicationState,
+    /// Whether the database takes application writes.
+    pub writable: bool,
+}
+
+/// Options of `switch-on`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SwitchOnOptions {
+    /// Copy the peer's data first (`-S -F from-sync`).
+    pub sync: bool,
+    /// How long to wait for the service (and the peer, for a sync).
+    pub timeout: Duration,
+}
+
+impl SwitchOnOptions {
+    /// Switch on without a sync, waiting at most 30 s.
+    pub fn new() -> SwitchOnOptions {
+        SwitchOnOptions {
+            sync: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Copy the peer's data first.
+    pub fn from_sync(mut self) -> SwitchOnOptions {
+        self.sync = true;
+        self
+    }
+
+    /// Sets the time limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> SwitchOnOptions {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Default for SwitchOnOptions {
+    fn default() -> Self {
+        SwitchOnOptions::new()
+    }
+}
+
+/// What `switch-on` or `switch-off` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SwitchReport {
+    /// What happened, for people.
+    pub message: String,
+    /// The file with the rows only this node had, after a from-sync that found some.
+    pub local_only_file: Option<PathBuf>,
+    /// How many rows that file holds.
+    pub saved_rows: u64,
+    /// Rows copied from the peer by a from-sync.
+    pub copied_rows: u64,
+}
+
+/// One trait for every replication backend (SQLite now, PostgreSQL later): the
+/// operations of `mp_replication` and of the node agent.
+pub trait ReplicationBackend {
+    /// Prepares this node's database for replication (idempotent): records node id,
+    /// site and remote, and installs what the backend needs.
+    fn init(
+        &self,
+        options: &InitOptions,
+        observer: &dyn Observer,
+    ) -> impl Future<Output = Result<InitReport>> + Send;
+
+    /// Switches replication on here and on the connected peer, after copying the
+    /// peer's data when `options.sync` (from-sync).
+    fn switch_on(
+        &self,
+        options: &SwitchOnOptions,
+        observer: &dyn Observer,
+    ) -> impl Future<Output = Result<SwitchReport>> + Send;
+
+    /// Switches replication off here and on the connected peer.
+    fn switch_off(
+        &self,
+        observer: &dyn Observer,
+    ) -> impl Future<Output = Result<SwitchReport>> + Send;
+
+    /// Both nodes' replication status.
+    fn status(&self) -> impl Future<Output = Result<Status>> + Send;
+
+    /// Makes this node's database the writable one (the node became active).
+    fn promote(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes this node's database the standby (the node became standby).
+    fn demote(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Waits until the standby has durably applied everything up to `position` (for
+    /// applications that acknowledge only replicated writes), at most `timeout`.
+    fn wait_replicated(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl ReplicationBackend for SqliteBackend {
+    async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
+        self.init_impl(options, observer).await
+    }
+
+    async fn switch_on(
+        &self,
+        options: &SwitchOnOptions,
+        observer: &dyn Observer,
+    ) -> Result<SwitchReport> {
+        self.switch_on_impl(options, observer).await
+    }
+
+    async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
+        self.switch_off_impl(observer).await
+    }
+
+    async fn status(&self) -> Result<Status> {
+        self.status_impl().await
+    }
+
+    async fn promote(&self) -> Result<()> {
+        SqliteBackend::promote(self).await
+    }
+
+    async fn demote(&self) -> Result<()> {
+        SqliteBackend::demote(self).await
+    }
+
+    async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
+        self.wait_replicated_impl(position, timeout).await
+    }
+}
+
+/// A backend chosen by configuration (`[replication] backend`), for tools that serve
+/// every backend with the same commands and output.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The embedded SQLite backend.
+    Sqlite(SqliteBackend),
+}
+
+impl Backend {
+    /// Opens the backend the settings name.
+    pub async fn open(settings: &Settings) -> Result<Backend> {
+        match settings.replication.backend {
+            BackendKind::Sqlite => Ok(Backend::Sqlite(SqliteBackend::open(settings).await?)),
+        }
+    }
+
+    /// The SQLite backend, if that is the one.
+    pub fn as_sqlite(&self) -> Option<&SqliteBackend> {
+        match self {
+            Backend::Sqlite(b) => Some(b),
+        }
+    }
+}
+
+impl ReplicationBackend for Backend {
+    async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
+        match self {
+            Backend::Sqlite(b) => b.init(options, observer).await,
+        }
+    }
+
+    async fn switch_on(
+        &self,
+        options: &SwitchOnOptions,
+        observer: &dyn Observer,
+    ) -> Result<SwitchReport> {
+        match self {
+            Backend::Sqlite(b) => b.switch_on(options, observer).await,
+        }
+    }
+
+    async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
+        match self {
+            Backend::Sqlite(b) => b.switch_off(observer).await,
+        }
+    }
+
+    async fn status(&self) -> Result<Status> {
+        match self {
+            Backend::Sqlite(b) => ReplicationBackend::status(b).await,
+        }
+    }
+
+    async fn promote(&self) -> Result<()> {
+        match self {
+            Backend::Sqlite(b) => b.promote().await,
+        }
+    }
+
+    async fn demote(&self) -> Result<()> {
+        match self {
+            Backend::Sqlite(b) => b.demote().await,
+        }
+    }
+
+    async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
+        match self {
+            Backend::Sqlite(b) => b.wait_replicated(position, timeout).await,
+        }
+    }
+}
+
+/// The local address the routing table uses toward `remote` (no packet is sent).
+pub fn route_source(remote: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if remote.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any).ok()?;
+    socket.connect(remote).ok()?;
+    socket
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+}

@@ -1,0 +1,270 @@
+//! The changelog: reading it for the peer, applying the peer's batches exactly once,
+//! recording acknowledgements and deciding whether a pull can be served.
+
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::SqliteBackend;
+use super::meta::{self, Mode};
+use crate::error::{Error, Result};
+use crate::wire::{Batch, Change, Op};
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ApplyOutcome {
+    /// Changes were applied; the node now stands at `last`.
+    Applied {
+        /// The new applied position.
+        last: u64,
+        /// Changes applied (duplicates skipped).
+        changes: usize,
+    },
+    /// Everything in the batch was applied before; nothing changed.
+    Duplicate {
+        /// The applied position.
+        applied: u64,
+    },
+}
+
+/// Whether a pull can be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PullCheck {
+    /// Stream from the requested position.
+    Serve,
+    /// Refuse, with the reason for the operator.
+    Refuse(String),
+}
+
+impl SqliteBackend {
+    /// Up to `limit` changelog entries after `after`, cut at about `max_bytes` of row data
+    /// (at least one entry when there is one).
+    pub(crate) async fn read_changes(
+        &self,
+        after: u64,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<Change>> {
+        let mut conn = self.conn().await?;
+        let rows = sqlx::query(
+            "SELECT seq, tbl, op, pk, row, ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(after.cast_signed())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading the changelog"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut bytes = 0usize;
+        for row in rows {
+            let read = Error::db("reading a changelog entry");
+            let seq: i64 = row.try_get("seq").map_err(read)?;
+            let table: String = row
+                .try_get("tbl")
+                .map_err(Error::db("reading a changelog entry"))?;
+            let op: String = row
+                .try_get("op")
+                .map_err(Error::db("reading a changelog entry"))?;
+            let pk: String = row
+                .try_get("pk")
+                .map_err(Error::db("reading a changelog entry"))?;
+            let data: Option<String> = row
+                .try_get("row")
+                .map_err(Error::db("reading a changelog entry"))?;
+            let ts_ms: i64 = row
+                .try_get("ts")
+                .map_err(Error::db("reading a changelog entry"))?;
+            let op = Op::from_letter(&op).ok_or_else(|| {
+                Error::State(format!(
+                    "changelog entry {seq} has an unknown operation {op:?}"
+                ))
+            })?;
+            let size = pk.len() + data.as_ref().map_or(0, String::len) + table.len();
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push(Change {
+                seq: seq.max(0).cast_unsigned(),
+                table,
+                op,
+                pk,
+                row: data,
+                ts_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch of the peer's changes in one transaction together with the new
+    /// applied position. Entries at or below the applied position are skipped; a batch
+    /// that does not follow on (a gap) is refused and nothing changes.
+    pub(crate) async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome> {
+        let tables = self.tables().await?;
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        if m.writable {
+            return Err(Error::State(format!(
+                "node {} is writable (the active node); it does not apply the peer's changes",
+                m.node
+            )));
+        }
+        if m.head > m.acked {
+            return Err(Error::State(diverged_message(&m)));
+        }
+        let applied = match m.applied_log {
+            Some(log) if log == batch.log => m.applied,
+            None if batch.prev == 0 => 0,
+            _ => {
+                return Err(Error::State(format!(
+                    "the peer streams changelog {} but node {} follows {}; \
+                     run `mp_replication switch-on -S -F from-sync` on node {}",
+                    meta::log_text(batch.log),
+                    m.node,
+                    m.applied_log
+                        .map_or_else(|| "none".to_owned(), meta::log_text),
+                    m.node
+                )));
+            }
+        };
+        if batch.prev > applied {
+            return Err(Error::Gap {
+                prev: batch.prev,
+                applied,
+            });
+        }
+        let last = batch.last();
+        if last <= applied {
+            return Ok(ApplyOutcome::Duplicate { applied });
+        }
+        meta::set(&mut tx, "mode", Mode::Applying.as_str()).await?;
+        sqlx::query("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deferring foreign key checks"))?;
+        let mut count = 0usize;
+        let mut previous = batch.prev;
+        for change in batch.changes.iter().filter(|c| c.seq > applied) {
+            if change.seq <= previous {
+                return Err(Error::Protocol(format!(
+                    "batch entries out of order ({} after {previous})",
+                    change.seq
+                )));
+            }
+            previous = change.seq;
+            let table = tables.get(&change.table).ok_or_else(|| {
+                Error::State(format!(
+                    "the peer sent a change to table `{}`, which this node does not replicate; \
+                     declare the same tables on both nodes",
+                    change.table
+                ))
+            })?;
+            let (sql, value) = match change.op {
+                Op::Insert | Op::Update => (
+                    Arc::clone(&table.upsert_sql),
+                    change.row.as_deref().ok_or_else(|| {
+                        Error::Protocol(format!("change {} has no row", change.seq))
+                    })?,
+                ),
+                Op::Delete => (Arc::clone(&table.delete_sql), change.pk.as_str()),
+            };
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(format!(
+                    "applying change {} to table {}",
+                    change.seq, change.table
+                )))?;
+            count += 1;
+        }
+        meta::set(&mut tx, "mode", m.mode.as_str()).await?;
+        meta::set(&mut tx, "applied_log", &meta::log_text(batch.log)).await?;
+        meta::set_num(&mut tx, "applied", last).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing applied changes"))?;
+        Ok(ApplyOutcome::Applied {
+            last,
+            changes: count,
+        })
+    }
+
+    /// Records that the peer applied this node's changelog `log` up to `seq`, and prunes
+    /// what it no longer needs.
+    pub(crate) async fn record_ack(&self, log: u64, seq: u64) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        if log != m.log || seq <= m.acked || seq > m.head {
+            return Ok(());
+        }
+        meta::set_num(&mut tx, "acked", seq).await?;
+        if seq > m.floor {
+            meta::raise_floor(&mut tx, seq).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(Error::db("recording an acknowledgement"))
+    }
+
+    /// Decides whether node `puller`'s pull of this node's changelog `log` from `from`
+    /// can be served. Serving starts with an implicit acknowledgement of `from`.
+    pub(crate) async fn check_pull(
+        &self,
+        log: Option<u64>,
+        from: u64,
+        puller: u8,
+    ) -> Result<PullCheck> {
+        let m = self.meta().await?;
+        let fix = format!("run `mp_replication switch-on -S -F from-sync` on node {puller}");
+        match log {
+            Some(l) if l == m.log => {}
+            Some(_) => {
+                return Ok(PullCheck::Refuse(format!(
+                    "node {puller} applied changes of another changelog of node {} \
+                     (was its database replaced?); {fix}",
+                    m.node
+                )));
+            }
+            None if from == 0 => {}
+            None => {
+                return Ok(PullCheck::Refuse(format!(
+                    "node {puller} asked for position {from} of no changelog"
+                )));
+            }
+        }
+        if from < m.floor {
+            return Ok(PullCheck::Refuse(format!(
+                "node {} no longer holds its changes after position {from} that node {puller} needs \
+                 (replication was off or suspended, or writes were not captured); {fix}",
+                m.node
+            )));
+        }
+        if from > m.head {
+            return Ok(PullCheck::Refuse(format!(
+                "node {puller} claims position {from} but node {}'s changelog ends at {} \
+                 (was a database restored from a backup?); {fix}",
+                m.node, m.head
+            )));
+        }
+        if log == Some(m.log) {
+            self.record_ack(m.log, from).await?;
+        }
+        Ok(PullCheck::Serve)
+    }
+}
+
+/// The alarm of a node holding changes its peer never received.
+pub(crate) fn diverged_message(m: &meta::Meta) -> String {
+    format!(
+        "diverged: node {} holds {} change(s) that node {} never received, so it does not apply \
+         node {}'s changes over them; run `mp_replication switch-on -S -F from-sync` on node {} \
+         (its own rows are saved to a file) or let node {} take them",
+        m.node,
+        m.head.saturating_sub(m.acked),
+        3 - m.node,
+        3 - m.node,
+        m.node,
+        3 - m.node,
+    )
+}

@@ -1,0 +1,807 @@
+//! The embedded SQLite backend.
+//!
+//! Everything lives in the application's own database file, next to its tables:
+//!
+//! - `_tandem_meta (key, value)`: node id, site, remote, role, replication state,
+//!   positions, alarm and the control plane between commands and the service (see
+//!   the `meta` module);
+//! - `_tandem_changelog (seq, tbl, op, pk, row, ts)`: row changes captured by triggers;
+//! - per declared table, `BEFORE` guard triggers that refuse application writes on the
+//!   standby and `AFTER` capture triggers that log each row change as JSON while the
+//!   node is active and replication is on.
+//!
+//! The database is opened in WAL mode with a busy timeout and `synchronous = FULL`, so
+//! an applied batch and its acknowledged position are on disk before the peer hears of
+//! them.
+
+mod log;
+mod meta;
+mod schema;
+mod sync;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::Mutex;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::observer::Observer;
+use crate::sample;
+use crate::status::{
+    LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
+};
+use crate::util::{ServiceLock, now_ms, random_u64};
+use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
+
+pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
+pub(crate) use meta::{Meta, PeerRecord, Progress, Request, RequestDone};
+pub(crate) use schema::TableInfo;
+pub(crate) use sync::{SnapshotReader, SyncStage};
+
+/// How long a database call waits for another writer before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for opening a replicated SQLite database, for the service and for
+/// applications alike: create if missing, WAL, a busy timeout, foreign keys on and
+/// `synchronous = FULL`.
+pub fn connect_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+}
+
+/// The position of the newest change written so far on `conn`; call it inside a write
+/// transaction after its changes (the position of that commit), or after the commit (a
+/// position at least as new). Pass it to
+/// [`wait_replicated`](crate::ReplicationBackend::wait_replicated).
+pub async fn position_in(conn: &mut SqliteConnection) -> Result<Position> {
+    meta::head(conn).await.map(Position)
+}
+
+/// Row count and SHA-256 of one table's rows (in key order, as replicated JSON): equal
+/// on both nodes when they hold the same data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableChecksum {
+    /// The table.
+    pub table: String,
+    /// Its rows.
+    pub rows: u64,
+    /// SHA-256 of its rows, hex.
+    pub sha256: String,
+}
+
+/// The declared tables as found in the database.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    pub(crate) list: Vec<TableInfo>,
+    pub(crate) fingerprint: String,
+}
+
+impl Tables {
+    pub(crate) fn get(&self, name: &str) -> Option<&TableInfo> {
+        self.list.iter().find(|t| t.name == name)
+    }
+}
+
+/// The SQLite backend of one node.
+#[derive(Debug)]
+pub struct SqliteBackend {
+    pool: SqlitePool,
+    settings: Arc<Settings>,
+    tables: Mutex<Option<Arc<Tables>>>,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if missing) the database named by the settings. Nothing is
+    /// changed in it until [`init`](crate::ReplicationBackend::init).
+    pub async fn open(settings: &Settings) -> Result<SqliteBackend> {
+        let path = settings.database_path();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(Error::file("cannot create the directory", dir))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(connect_options(&path))
+            .await
+            .map_err(Error::db(format!("cannot open {}", path.display())))?;
+        Ok(SqliteBackend {
+            pool,
+            settings: Arc::new(settings.clone()),
+            tables: Mutex::new(None),
+        })
+    }
+
+    /// The connection pool (applications may write through it).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The settings the backend was opened with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.settings.database_path()
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Whether `init` has been run on this database.
+    pub async fn is_initialized(&self) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        meta::initialized(&mut conn).await
+    }
+
+    /// The newest position of this node's changelog.
+    pub async fn head(&self) -> Result<Position> {
+        let mut conn = self.conn().await?;
+        position_in(&mut conn).await
+    }
+
+    /// Per declared table: row count and checksum.
+    pub async fn table_checksums(&self) -> Result<Vec<TableChecksum>> {
+        let tables = self.tables().await?;
+        let mut conn = self.conn().await?;
+        let mut out = Vec::new();
+        for t in &tables.list {
+            let sql = format!(
+                "SELECT {} AS pk, {} AS row FROM main.{} ORDER BY {}",
+                t.key_json(""),
+                t.row_json(""),
+                schema::ident(&t.name),
+                t.key_list()
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(Error::db(format!("reading table {}", t.name)))?;
+            let mut hash = Sha256::new();
+            for row in &rows {
+                let pk: String = row.try_get("pk").map_err(Error::db("reading a row"))?;
+                let data: String = row.try_get("row").map_err(Error::db("reading a row"))?;
+                hash.update(pk.as_bytes());
+                hash.update(b"\t");
+                hash.update(data.as_bytes());
+                hash.update(b"\n");
+            }
+            out.push(TableChecksum {
+                table: t.name.clone(),
+                rows: u64::try_from(rows.len()).unwrap_or(u64::MAX),
+                sha256: hex::encode(hash.finalize()),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+        self.pool.acquire().await.map_err(Error::db(format!(
+            "connecting to {}",
+            self.database_path().display()
+        )))
+    }
+
+    /// Begins a write transaction (taking the write lock at once).
+    pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::db("starting a write transaction"))
+    }
+
+    pub(crate) async fn meta(&self) -> Result<Meta> {
+        let mut conn = self.conn().await?;
+        meta::read(&mut conn).await
+    }
+
+    /// The declared tables (loaded once; [`reload_tables`](Self::reload_tables) after
+    /// `init` changed them).
+    pub(crate) async fn tables(&self) -> Result<Arc<Tables>> {
+        let mut cached = self.tables.lock().await;
+        if let Some(t) = cached.as_ref() {
+            return Ok(Arc::clone(t));
+        }
+        let mut conn = self.conn().await?;
+        let loaded = Arc::new(self.load_tables(&mut conn, None).await?);
+        *cached = Some(Arc::clone(&loaded));
+        Ok(loaded)
+    }
+
+    pub(crate) async fn reload_tables(&self) -> Result<Arc<Tables>> {
+        *self.tables.lock().await = None;
+        self.tables().await
+    }
+
+    async fn load_tables(
+        &self,
+        conn: &mut SqliteConnection,
+        observer: Option<&dyn Observer>,
+    ) -> Result<Tables> {
+        let mut list = Vec::new();
+        for name in &self.settings.replication.tables {
+            let t = TableInfo::load(conn, name).await?;
+            if let Some(o) = observer {
+                o.step(&format!(
+                    "table {}: {} columns, primary key ({})",
+                    t.name,
+                    t.columns.len(),
+                    t.key.join(", ")
+                ));
+            }
+            list.push(t);
+        }
+        let fingerprint = schema::fingerprint(&list);
+        Ok(Tables { list, fingerprint })
+    }
+
+    pub(crate) fn lock_path(&self) -> PathBuf {
+        self.settings.state_dir.join("replication.lock")
+    }
+
+    /// Whether the replication service holds this node's service lock.
+    pub fn service_running(&self) -> bool {
+        ServiceLock::held_by_other(&self.lock_path())
+    }
+
+    pub(crate) async fn init_impl(
+        &self,
+        options: &InitOptions,
+        observer: &dyn Observer,
+    ) -> Result<InitReport> {
+        if !(1..=2).contains(&options.node) {
+            return Err(Error::Config(format!(
+                "node id {} is not 1 or 2",
+                options.node
+            )));
+        }
+        if let Some(id) = self.settings.node.id
+            && id != options.node
+        {
+            return Err(Error::Config(format!(
+                "-n {} disagrees with [node] id = {id} in {}",
+                options.node,
+                self.settings
+                    .config_path
+                    .as_deref()
+                    .unwrap_or(Path::new("the config"))
+                    .display()
+            )));
+        }
+        observer.step(&format!("database {}", self.database_path().display()));
+        let mut tx = self.write().await?;
+        if self.settings.replication.sample_schema {
+            observer.step(
+                "creating the sample schema where missing (user_groups, user_profiles, meetings)",
+            );
+            for statement in sample::SCHEMA {
+                sqlx::query(*statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("creating the sample schema"))?;
+            }
+        }
+        for statement in [meta::CREATE_META, meta::CREATE_CHANGELOG] {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("creating the replication tables"))?;
+        }
+        let tables = self.load_tables(&mut tx, Some(observer)).await?;
+        let existing = match meta::read(&mut tx).await {
+            Ok(m) => Some(m),
+            Err(Error::NotInitialized) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(m) = &existing
+            && m.node != options.node
+        {
+            return Err(Error::State(format!(
+                "this database was initialized as node {}; it cannot become node {} \
+                 (its positions would confuse the peer)",
+                m.node, options.node
+            )));
+        }
+        observer.step("installing the guard and capture triggers");
+        schema::drop_triggers(&mut tx).await?;
+        for t in &tables.list {
+            for sql in t.trigger_sql() {
+                sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db(format!(
+                        "creating the triggers of table {}",
+                        t.name
+                    )))?;
+            }
+        }
+        let local = options.local.map(|ip| ip.to_string()).unwrap_or_default();
+        observer.step(&format!(
+            "recording node {}, site {}, remote {}{}",
+            options.node,
+            options.site,
+            options.remote,
+            if local.is_empty() {
+                String::new()
+            } else {
+                format!(", local {local}")
+            }
+        ));
+        meta::set_num(&mut tx, "format", u64::from(meta::FORMAT)).await?;
+        meta::set_num(&mut tx, "node", u64::from(options.node)).await?;
+        meta::set_num(&mut tx, "site", u64::from(options.site)).await?;
+        meta::set(&mut tx, "remote", &options.remote.to_string()).await?;
+        meta::set(&mut tx, "local", &local).await?;
+        meta::set(&mut tx, "schema", &tables.fingerprint).await?;
+        let created = existing.is_none();
+        if created {
+            let log = random_u64()?;
+            observer.step(&format!("new changelog {}", meta::log_text(log)));
+            meta::set(&mut tx, "log", &meta::log_text(log)).await?;
+            meta::set_num(&mut tx, "writable", 0).await?;
+            meta::set(&mut tx, "state", ReplicationState::Initialized.as_str()).await?;
+            meta::set(&mut tx, "mode", meta::Mode::Standby.as_str()).await?;
+            for key in ["applied", "acked", "floor", "uncaptured"] {
+                meta::set_num(&mut tx, key, 0).await?;
+            }
+            meta::set(&mut tx, "alarm", "").await?;
+        }
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the replication setup"))?;
+        *self.tables.lock().await = Some(Arc::new(tables));
+        let meta = self.meta().await?;
+        Ok(InitReport {
+            node: meta.node,
+            site: meta.site,
+            remote: options.remote,
+            local: options.local,
+            tables: self.settings.replication.tables.clone(),
+            created,
+            state: meta.state,
+            writable: meta.writable,
+        })
+    }
+
+    /// Makes this node's database writable (the active node). The node agent calls this
+    /// when the node becomes active; with replication on, changes are captured from now.
+    pub async fn promote(&self) -> Result<()> {
+        self.set_role(true).await
+    }
+
+    /// Makes this node's database the standby: application writes are refused. Captured
+    /// changes not yet acknowledged still flow to the peer.
+    pub async fn demote(&self) -> Result<()> {
+        self.set_role(false).await
+    }
+
+    async fn set_role(&self, writable: bool) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        if writable && m.state == ReplicationState::Syncing {
+            return Err(Error::State(
+                "this node is copying the peer's data (from-sync); it can become active once that finished"
+                    .into(),
+            ));
+        }
+        meta::transition(&mut tx, &m, writable, m.state).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the role change"))
+    }
+
+    pub(crate) async fn wait_replicated_impl(
+        &self,
+        position: Position,
+        limit: Duration,
+    ) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let (acked, state) = {
+                let mut conn = self.conn().await?;
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state')",
+                )
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(Error::db("reading the acknowledged position"))?;
+                let mut acked = 0;
+                let mut state = ReplicationState::Unknown;
+                for (k, v) in rows {
+                    match k.as_str() {
+                        "acked" => acked = v.parse().unwrap_or(0),
+                        _ => {
+                            state = ReplicationState::parse(&v).unwrap_or(ReplicationState::Unknown)
+                        }
+                    }
+                }
+                (acked, state)
+            };
+            if acked >= position.0 {
+                return Ok(());
+            }
+            if state != ReplicationState::Active {
+                return Err(Error::NotReplicating { position, state });
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::NotReplicated {
+                    position,
+                    acked: Position(acked),
+                    limit,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    pub(crate) async fn status_impl(&self) -> Result<Status> {
+        let m = self.meta().await?;
+        let running = self.service_running();
+        let peer = m.peer.clone().filter(|_| running);
+        let connected = peer.as_ref().is_some_and(|p| p.connected);
+        let remote_state = match peer.as_ref().and_then(|p| p.state.as_deref()) {
+            Some(s) if connected => ReplicationState::parse(s).unwrap_or(ReplicationState::Unknown),
+            _ => ReplicationState::Unknown,
+        };
+        let remote_detail = if !running {
+            Some("not connected: the replication service is not running on this node".to_owned())
+        } else {
+            match &peer {
+                Some(p) if p.connected => None,
+                Some(p) => Some(format!(
+                    "not connected to {}{}{}",
+                    m.remote,
+                    p.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default(),
+                    p.last_seen_ms
+                        .map(|t| format!(
+                            " (last seen {} s ago)",
+                            now_ms().saturating_sub(t) / 1000
+                        ))
+                        .unwrap_or_default()
+                )),
+                None => Some(format!("not connected to {} yet", m.remote)),
+            }
+        };
+        let (backlog, lag_ms) = if m.writable {
+            let lag = self.oldest_unacked_ms(m.acked).await?;
+            (
+                Some(m.head.saturating_sub(m.acked)),
+                Some(lag.map_or(0, |ts| now_ms().saturating_sub(ts))),
+            )
+        } else if let Some(p) = peer.as_ref().filter(|p| p.connected) {
+            (
+                p.head.map(|h| h.saturating_sub(m.applied)),
+                p.lag_ms.or(Some(0)),
+            )
+        } else {
+            (None, None)
+        };
+        let mut alarms = Vec::new();
+        if !m.alarm.is_empty() {
+            alarms.push(format!("node {}: {}", m.node, m.alarm));
+        }
+        if let Some(a) = peer.as_ref().and_then(|p| p.alarm.clone()) {
+            alarms.push(format!("node {}: {a}", 3 - m.node));
+        }
+        Ok(Status {
+            backend: "sqlite".into(),
+            local: ServerStatus {
+                replication_type: ReplicationType::Local,
+                site: Some(m.site),
+                node: Some(m.node),
+                state: m.state,
+                status: LinkStatus::Local,
+                writable: Some(m.writable),
+            },
+            remote: ServerStatus {
+                replication_type: ReplicationType::IntraSite,
+                site: peer.as_ref().and_then(|p| p.site).or(Some(m.site)),
+                node: Some(peer.as_ref().and_then(|p| p.node).unwrap_or(3 - m.node)),
+                state: remote_state,
+                status: if connected {
+                    LinkStatus::Connected
+                } else {
+                    LinkStatus::NotConnected
+                },
+                writable: peer
+                    .as_ref()
+                    .filter(|p| p.connected)
+                    .and_then(|p| p.writable),
+            },
+            backlog,
+            lag_ms,
+            head: Position(m.head),
+            acked: Position(m.acked),
+            applied: Position(m.applied),
+            remote_head: peer
+                .as_ref()
+                .filter(|p| p.connected)
+                .and_then(|p| p.head)
+                .map(Position),
+            service_running: running,
+            remote_detail,
+            alarms,
+        })
+    }
+
+    /// When the oldest change the peer has not acknowledged was written, if any.
+    pub(crate) async fn oldest_unacked_ms(&self, acked: u64) -> Result<Option<u64>> {
+        let mut conn = self.conn().await?;
+        let ts: Option<i64> = sqlx::query_scalar(
+            "SELECT ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT 1",
+        )
+        .bind(acked.cast_signed())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::db("reading the changelog"))?;
+        Ok(ts.map(|t| t.max(0).cast_unsigned()))
+    }
+
+    /// Writes a request for the service and returns its id.
+    pub(crate) async fn submit_request(
+        &self,
+        on: bool,
+        sync: bool,
+        limit: Duration,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        let last = m
+            .request
+            .as_ref()
+            .map_or(0, |r| r.id)
+            .max(m.request_done.as_ref().map_or(0, |d| d.id));
+        let id = last.saturating_add(1);
+        let deadline_ms =
+            now_ms().saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
+        meta::set_json(
+            &mut tx,
+            "request",
+            &Request {
+                id,
+                on,
+                sync,
+                deadline_ms,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(Error::db("writing a request"))?;
+        Ok(id)
+    }
+
+    /// Waits for the service to finish request `id`, reporting progress.
+    pub(crate) async fn wait_request(
+        &self,
+        id: u64,
+        limit: Duration,
+        observer: &dyn Observer,
+    ) -> Result<RequestDone> {
+        let started = tokio::time::Instant::now();
+        let mut last_progress = None;
+        loop {
+            let m = self.meta().await?;
+            if let Some(done) = m.request_done.filter(|d| d.id == id) {
+                return Ok(done);
+            }
+            if let Some(p) = m.progress.filter(|p| p.id == id)
+                && last_progress != Some(p)
+            {
+                observer.progress(p.done, p.total);
+                last_progress = Some(p);
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::Timeout {
+                    what: "the replication service's work".into(),
+                    limit,
+                });
+            }
+            if !self.service_running() {
+                return Err(Error::ServiceNotRunning);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) async fn switch_on_impl(
+        &self,
+        options: &SwitchOnOptions,
+        observer: &dyn Observer,
+    ) -> Result<SwitchReport> {
+        let m = self.meta().await?;
+        if options.sync && m.writable {
+            return Err(Error::State(format!(
+                "node {} is writable (the active node): from-sync would replace its tables with the \
+                 peer's; make it the standby first (failover set-server standby)",
+                m.node
+            )));
+        }
+        if !self.service_running() {
+            return Err(Error::ServiceNotRunning);
+        }
+        observer.step(&format!(
+            "asking the replication service to switch on{}",
+            if options.sync {
+                " after copying the peer's data (from-sync)"
+            } else {
+                ""
+            }
+        ));
+        let id = self
+            .submit_request(true, options.sync, options.timeout)
+            .await?;
+        let done = self
+            .wait_request(id, options.timeout + Duration::from_secs(5), observer)
+            .await?;
+        if !done.ok {
+            return Err(Error::Request(done.message));
+        }
+        Ok(SwitchReport {
+            message: done.message,
+            local_only_file: done.file.map(PathBuf::from),
+            saved_rows: done.saved_rows,
+            copied_rows: done.copied_rows,
+        })
+    }
+
+    pub(crate) async fn switch_off_impl(&self, observer: &dyn Observer) -> Result<SwitchReport> {
+        self.meta().await?;
+        if self.service_running() {
+            observer.step("asking the replication service to switch off here and on the peer");
+            let limit = Duration::from_secs(15);
+            let id = self.submit_request(false, false, limit).await?;
+            let done = self
+                .wait_request(id, limit + Duration::from_secs(5), observer)
+                .await?;
+            if !done.ok {
+                return Err(Error::Request(done.message));
+            }
+            return Ok(SwitchReport {
+                message: done.message,
+                ..SwitchReport::default()
+            });
+        }
+        observer.step("the replication service is not running: switching off locally only");
+        let message = self.switch_local(false).await?;
+        Ok(SwitchReport {
+            message,
+            ..SwitchReport::default()
+        })
+    }
+
+    /// Switches replication on or off on this node only; returns what happened.
+    pub(crate) async fn switch_local(&self, on: bool) -> Result<String> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        let state = if on {
+            ReplicationState::Active
+        } else {
+            ReplicationState::Off
+        };
+        if m.state == state {
+            return Ok(format!(
+                "replication was already {state} on node {}",
+                m.node
+            ));
+        }
+        meta::transition(&mut tx, &m, m.writable, state).await?;
+        if !on && m.writable {
+            // The peer will need a snapshot anyway: free the space now.
+            meta::raise_floor(&mut tx, m.head).await?;
+        }
+        meta::set(&mut tx, "alarm", "").await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the switch"))?;
+        Ok(format!(
+            "replication switched {} on node {}",
+            if on { "on" } else { "off" },
+            m.node
+        ))
+    }
+
+    /// Sets the replication state, keeping the role.
+    pub(crate) async fn set_state(&self, state: ReplicationState) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        meta::transition(&mut tx, &m, m.writable, state).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing a state change"))
+    }
+
+    /// Switches replication off past the backlog limit: drops the changelog and raises
+    /// the alarm.
+    pub(crate) async fn suspend(&self, alarm: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        meta::transition(&mut tx, &m, m.writable, ReplicationState::Suspended).await?;
+        meta::raise_floor(&mut tx, m.head).await?;
+        meta::set(&mut tx, "alarm", alarm).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the suspension"))
+    }
+
+    /// Sets (or with "" clears) this node's alarm.
+    pub(crate) async fn set_alarm(&self, alarm: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set(&mut tx, "alarm", alarm).await?;
+        tx.commit().await.map_err(Error::db("recording an alarm"))
+    }
+
+    /// Records what the service knows about the peer.
+    pub(crate) async fn record_peer(&self, record: &PeerRecord) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set_json(&mut tx, "peer", record).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("recording the peer state"))
+    }
+
+    /// Records a request's result.
+    pub(crate) async fn finish_request(&self, done: &RequestDone) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set_json(&mut tx, "request_done", done).await?;
+        meta::set(&mut tx, "progress", "").await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("recording a request result"))
+    }
+
+    /// Records a request's progress.
+    pub(crate) async fn set_progress(&self, progress: Progress) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set_json(&mut tx, "progress", &progress).await?;
+        tx.commit().await.map_err(Error::db("recording progress"))
+    }
+
+    /// The addresses recorded by `init`.
+    pub async fn identity(&self) -> Result<Identity> {
+        let m = self.meta().await?;
+        Ok(Identity {
+            node: m.node,
+            site: m.site,
+            remote: SocketAddr::from_str(&m.remote).ok(),
+            local: IpAddr::from_str(&m.local).ok(),
+        })
+    }
+}
+
+/// Who this node is, as `init` recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Node id.
+    pub node: u8,
+    /// Site.
+    pub site: u16,
+    /// The peer's node address and port.
+    pub remote: Option<SocketAddr>,
+    /// This node's node address, if known.
+    pub local: Option<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,417 @@
+//! from-sync: the provider streams a consistent snapshot of its declared tables from one
+//! read transaction; the receiver stages it in a temporary table, saves the rows that
+//! only it had (or had differently) to a file, and then replaces its tables, its
+//! positions and its own superseded changelog in one transaction.
+
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use serde_json::value::RawValue;
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
+use tokio::sync::mpsc;
+
+use super::meta::{self, Mode};
+use super::schema::{ident, literal};
+use super::{SqliteBackend, Tables};
+use crate::error::{Error, Result};
+use crate::status::ReplicationState;
+use crate::util::{now_ms, timestamp_for_file, write_atomically};
+use crate::wire::{Message, SnapshotRow};
+
+/// Snapshot messages produced by a background reader, in order: `SnapshotBegin`, any
+/// number of `SnapshotRows`, `SnapshotEnd` (or one error).
+#[derive(Debug)]
+pub(crate) struct SnapshotReader {
+    rx: mpsc::Receiver<Result<Message>>,
+}
+
+impl SnapshotReader {
+    /// The next message; `None` after the last.
+    pub(crate) async fn next(&mut self) -> Option<Result<Message>> {
+        self.rx.recv().await
+    }
+}
+
+/// A snapshot being received.
+#[derive(Debug)]
+pub(crate) struct SyncStage {
+    conn: PoolConnection<Sqlite>,
+    pub(crate) id: u64,
+    log: u64,
+    position: u64,
+    pub(crate) total: u64,
+    pub(crate) received: u64,
+}
+
+/// What a finished from-sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyncOutcome {
+    /// Rows copied from the peer.
+    pub(crate) copied: u64,
+    /// Local rows saved to the file because the peer did not have them (or had them
+    /// differently).
+    pub(crate) saved: u64,
+    /// The file, if rows were saved.
+    pub(crate) file: Option<PathBuf>,
+}
+
+impl SqliteBackend {
+    /// Starts streaming a snapshot for sync request `id` from node `requester`, whose
+    /// changelog `requester_log` up to `requester_head` the snapshot supersedes: those
+    /// entries are recorded as applied here so they are never applied later.
+    pub(crate) async fn start_snapshot(
+        &self,
+        id: u64,
+        requester_log: u64,
+        requester_head: u64,
+        chunk_bytes: usize,
+    ) -> Result<SnapshotReader> {
+        let tables = self.tables().await?;
+        {
+            let mut tx = self.write().await?;
+            let m = meta::read(&mut tx).await?;
+            let applied = if m.applied_log == Some(requester_log) {
+                m.applied.max(requester_head)
+            } else {
+                requester_head
+            };
+            meta::set(&mut tx, "applied_log", &meta::log_text(requester_log)).await?;
+            meta::set_num(&mut tx, "applied", applied).await?;
+            tx.commit()
+                .await
+                .map_err(Error::db("recording the peer's superseded changes"))?;
+        }
+        let (tx, rx) = mpsc::channel(2);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read_snapshot(pool, tables, id, chunk_bytes, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(SnapshotReader { rx })
+    }
+
+    /// Starts receiving a snapshot: checks that the peer's tables are the declared ones
+    /// and prepares the staging table.
+    pub(crate) async fn begin_sync(
+        &self,
+        id: u64,
+        log: u64,
+        position: u64,
+        tables: &[String],
+        total: u64,
+    ) -> Result<SyncStage> {
+        let declared = self.tables().await?;
+        let names: Vec<&str> = declared.list.iter().map(|t| t.name.as_str()).collect();
+        if tables.iter().map(String::as_str).ne(names.iter().copied()) {
+            return Err(Error::State(format!(
+                "the peer replicates tables [{}] but this node declares [{}]; declare the same tables on both nodes",
+                tables.join(", "),
+                names.join(", ")
+            )));
+        }
+        let mut conn = self.conn().await?;
+        for sql in [
+            "DROP TABLE IF EXISTS temp._tandem_sync",
+            "CREATE TEMP TABLE _tandem_sync (tbl TEXT NOT NULL, pk TEXT NOT NULL, row TEXT NOT NULL, \
+             PRIMARY KEY (tbl, pk)) WITHOUT ROWID",
+        ] {
+            sqlx::query(sql)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db("preparing the sync staging table"))?;
+        }
+        Ok(SyncStage {
+            conn,
+            id,
+            log,
+            position,
+            total,
+            received: 0,
+        })
+    }
+}
+
+async fn read_snapshot(
+    pool: sqlx::SqlitePool,
+    tables: std::sync::Arc<Tables>,
+    id: u64,
+    chunk_bytes: usize,
+    out: &mpsc::Sender<Result<Message>>,
+) -> Result<()> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(Error::db("connecting for the snapshot"))?;
+    // One read transaction: every table and the position come from the same snapshot.
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(Error::db("starting the snapshot transaction"))?;
+    let m = meta::read(&mut tx).await?;
+    let mut total = 0u64;
+    for t in &tables.list {
+        let sql = format!("SELECT count(*) FROM main.{}", ident(&t.name));
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db(format!("counting the rows of {}", t.name)))?;
+        total = total.saturating_add(n.max(0).cast_unsigned());
+    }
+    let begin = Message::SnapshotBegin {
+        id,
+        log: m.log,
+        position: m.head,
+        tables: tables.list.iter().map(|t| t.name.clone()).collect(),
+        rows: total,
+    };
+    if out.send(Ok(begin)).await.is_err() {
+        return Ok(());
+    }
+    let mut sent = 0u64;
+    for t in &tables.list {
+        let sql = format!(
+            "SELECT {} AS pk, {} AS row FROM main.{} ORDER BY {}",
+            t.key_json(""),
+            t.row_json(""),
+            ident(&t.name),
+            t.key_list()
+        );
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(Error::db(format!("reading table {}", t.name)))?
+        {
+            let pk: String = row.try_get("pk").map_err(Error::db("reading a row"))?;
+            let data: String = row.try_get("row").map_err(Error::db("reading a row"))?;
+            bytes += pk.len() + data.len();
+            chunk.push(SnapshotRow { pk, row: data });
+            if bytes >= chunk_bytes {
+                sent += u64::try_from(chunk.len()).unwrap_or(0);
+                let msg = Message::SnapshotRows {
+                    id,
+                    table: t.name.clone(),
+                    rows: std::mem::take(&mut chunk),
+                };
+                bytes = 0;
+                if out.send(Ok(msg)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        drop(rows);
+        if !chunk.is_empty() {
+            sent += u64::try_from(chunk.len()).unwrap_or(0);
+            let msg = Message::SnapshotRows {
+                id,
+                table: t.name.clone(),
+                rows: chunk,
+            };
+            if out.send(Ok(msg)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    tx.rollback()
+        .await
+        .map_err(Error::db("ending the snapshot transaction"))?;
+    let _ = out.send(Ok(Message::SnapshotEnd { id, rows: sent })).await;
+    Ok(())
+}
+
+impl SyncStage {
+    /// Stages rows of one table.
+    pub(crate) async fn rows(&mut self, table: &str, rows: &[SnapshotRow]) -> Result<()> {
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(Error::db("staging snapshot rows"))?;
+        for r in rows {
+            sqlx::query("INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES (?1, ?2, ?3)")
+                .bind(table)
+                .bind(&r.pk)
+                .bind(&r.row)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(format!("staging a row of {table}")))?;
+        }
+        tx.commit()
+            .await
+            .map_err(Error::db("staging snapshot rows"))?;
+        self.received = self
+            .received
+            .saturating_add(u64::try_from(rows.len()).unwrap_or(0));
+        Ok(())
+    }
+
+    /// Finishes: saves local-only rows to a file under the state directory, then
+    /// replaces the declared tables with the snapshot and takes the snapshot's position,
+    /// all in one transaction.
+    pub(crate) async fn finish(
+        mut self,
+        backend: &SqliteBackend,
+        rows_sent: u64,
+        peer: u8,
+    ) -> Result<SyncOutcome> {
+        if rows_sent != self.received {
+            return Err(Error::Protocol(format!(
+                "the snapshot announced {rows_sent} rows but {} arrived",
+                self.received
+            )));
+        }
+        let tables = backend.tables().await?;
+        let result = self.replace(backend, &tables, peer).await;
+        let _ = sqlx::query("DROP TABLE IF EXISTS temp._tandem_sync")
+            .execute(&mut *self.conn)
+            .await;
+        result
+    }
+
+    async fn replace(
+        &mut self,
+        backend: &SqliteBackend,
+        tables: &Tables,
+        peer: u8,
+    ) -> Result<SyncOutcome> {
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::db("starting the sync transaction"))?;
+        let m = meta::read(&mut tx).await?;
+        if m.writable {
+            return Err(Error::State(format!(
+                "node {} became writable during the sync; nothing was changed",
+                m.node
+            )));
+        }
+        // Rows this node has that the peer lacks or has differently.
+        let mut lines = Vec::new();
+        for t in &tables.list {
+            let sql = format!(
+                "SELECT l.pk AS pk, l.row AS local, s.row AS peer FROM \
+                 (SELECT {} AS pk, {} AS row FROM main.{}) AS l \
+                 LEFT JOIN temp._tandem_sync AS s ON s.tbl = {} AND s.pk = l.pk \
+                 WHERE s.row IS NULL OR s.row <> l.row ORDER BY l.pk",
+                t.key_json(""),
+                t.row_json(""),
+                ident(&t.name),
+                literal(&t.name)
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::db(format!(
+                    "comparing table {} with the peer's",
+                    t.name
+                )))?;
+            for row in rows {
+                let pk: String = row.try_get("pk").map_err(Error::db("reading a row"))?;
+                let local: String = row.try_get("local").map_err(Error::db("reading a row"))?;
+                let theirs: Option<String> =
+                    row.try_get("peer").map_err(Error::db("reading a row"))?;
+                lines.push(local_only_line(&t.name, pk, local, theirs, peer)?);
+            }
+        }
+        let saved = u64::try_from(lines.len()).unwrap_or(u64::MAX);
+        let file = if lines.is_empty() {
+            None
+        } else {
+            let dir = &backend.settings().state_dir;
+            let path = dir.join(format!(
+                "local-only-rows-{}-node{}.jsonl",
+                timestamp_for_file(now_ms()),
+                m.node
+            ));
+            let mut text = lines.join("\n");
+            text.push('\n');
+            write_atomically(&path, text.as_bytes())?;
+            Some(path)
+        };
+        meta::set(&mut tx, "mode", Mode::Applying.as_str()).await?;
+        sqlx::query("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deferring foreign key checks"))?;
+        let mut copied = 0u64;
+        for t in tables.list.iter().rev() {
+            let sql = format!("DELETE FROM main.{}", ident(&t.name));
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(format!("clearing table {}", t.name)))?;
+        }
+        for t in &tables.list {
+            let sql = format!(
+                "INSERT INTO main.{} ({}) SELECT {} FROM temp._tandem_sync WHERE tbl = ?1 ORDER BY pk",
+                ident(&t.name),
+                t.column_list(),
+                t.decoded_columns("row")
+            );
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(&t.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(format!(
+                    "copying the peer's rows into {}",
+                    t.name
+                )))?;
+            copied = copied.saturating_add(done.rows_affected());
+        }
+        // This node's own changes up to now are superseded by the snapshot (and saved
+        // above where they differ); the peer recorded them as applied.
+        meta::raise_floor(&mut tx, m.head).await?;
+        meta::set_num(&mut tx, "acked", m.head).await?;
+        meta::set_num(&mut tx, "uncaptured", 0).await?;
+        meta::set(&mut tx, "applied_log", &meta::log_text(self.log)).await?;
+        meta::set_num(&mut tx, "applied", self.position).await?;
+        meta::set(&mut tx, "alarm", "").await?;
+        let fresh = meta::Meta {
+            uncaptured: false,
+            ..m.clone()
+        };
+        meta::transition(&mut tx, &fresh, false, ReplicationState::Active).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the synchronized tables"))?;
+        Ok(SyncOutcome {
+            copied,
+            saved,
+            file,
+        })
+    }
+}
+
+/// One line of the local-only rows file.
+fn local_only_line(
+    table: &str,
+    key: String,
+    local: String,
+    peer_row: Option<String>,
+    peer: u8,
+) -> Result<String> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        table: &'a str,
+        key: Box<RawValue>,
+        local: Box<RawValue>,
+        peer: Option<Box<RawValue>>,
+        peer_node: u8,
+    }
+    let raw = |text: String| {
+        RawValue::from_string(text).map_err(|e| Error::State(format!("a row is not JSON: {e}")))
+    };
+    let line = Line {
+        table,
+        key: raw(key)?,
+        local: raw(local)?,
+        peer: peer_row.map(raw).transpose()?,
+        peer_node: peer,
+    };
+    serde_json::to_string(&line).map_err(|e| Error::State(format!("cannot encode a row: {e}")))
+}

@@ -1,0 +1,1 @@
+//! Tests of the SQLite backend on real database files.

@@ -1,0 +1,184 @@
+//! Small helpers: clock, randomness, atomic files and the service lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Result};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A random number from the operating system.
+pub(crate) fn random_u64() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(Error::file("cannot read", "/dev/urandom"))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// `20261122T080102Z` for a time in ms since the epoch (UTC).
+pub(crate) fn timestamp_for_file(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
+}
+
+/// Writes `data` to `path` atomically: a temporary file in the same directory, fsync,
+/// rename, fsync of the directory. Readers see the old file or the whole new one.
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    fs::create_dir_all(&dir).map_err(Error::file("cannot create the directory", &dir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(Error::file("cannot write", path))
+}
+
+/// The replication service's lock on its state directory: held while a service runs,
+/// released by the kernel when its process ends (even by `kill -9`).
+#[derive(Debug)]
+pub(crate) struct ServiceLock {
+    _lock: Flock<File>,
+}
+
+impl ServiceLock {
+    /// Takes the lock; fails if another service holds it.
+    pub(crate) fn acquire(path: &Path) -> Result<ServiceLock> {
+        let file = open_lock_file(path)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(ServiceLock { _lock: lock }),
+            Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                Err(Error::State(format!(
+                    "another replication service is running on this node (it holds {})",
+                    path.display()
+                )))
+            }
+            Err((_, errno)) => Err(Error::File {
+                what: "cannot lock".into(),
+                path: path.to_path_buf(),
+                source: std::io::Error::from(errno),
+            }),
+        }
+    }
+
+    /// Whether another process holds the lock (probing never keeps it).
+    pub(crate) fn held_by_other(path: &Path) -> bool {
+        let Ok(file) = File::open(path) else {
+            return false;
+        };
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(lock) => {
+                drop(lock);
+                false
+            }
+            Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(Error::file("cannot create the directory", dir))?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(Error::file("cannot open", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_timestamps_are_utc_calendar_times() {
+        assert_eq!(timestamp_for_file(0), "19700101T000000Z");
+        // 2026-11-22 08:01:02 UTC
+        assert_eq!(timestamp_for_file(1_795_334_462_000), "20261122T080102Z");
+        assert_eq!(timestamp_for_file(951_782_400_000), "20000229T000000Z");
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_probing_does_not_take_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.lock");
+        assert!(!ServiceLock::held_by_other(&path));
+        let lock = ServiceLock::acquire(&path).unwrap();
+        assert!(ServiceLock::held_by_other(&path));
+        let err = ServiceLock::acquire(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("another replication service"),
+            "{err}"
+        );
+        drop(lock);
+        assert!(!ServiceLock::held_by_other(&path));
+        let _again = ServiceLock::acquire(&path).unwrap();
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("f.jsonl");
+        write_atomically(&path, b"one\n").unwrap();
+        write_atomically(&path, b"two\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two\n");
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+}
