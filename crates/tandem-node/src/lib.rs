@@ -39,6 +39,7 @@ mod hooks;
 mod node;
 mod services;
 mod shell;
+mod status;
 
 pub use config::{
     ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, FailoverSection, Hooks, NetworkSection,
@@ -48,3 +49,4 @@ pub use hooks::HookRunner;
 pub use node::{LOCK_FILE_NAME, Node, NodeError, Report, StepRecord};
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;
+pub use status::{Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};

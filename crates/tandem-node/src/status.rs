@@ -1,0 +1,138 @@
+//! What the agent shows about its node: one snapshot type, rendered as the status
+//! page, as `/status.json` and as Prometheus metrics.
+
+use serde::{Deserialize, Serialize};
+use tandem_role::{DeploymentMode, NodeState, Role};
+
+/// Everything the status page shows, taken at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    /// This node's persisted state (deployment, role, node, site, epoch, hold,
+    /// replication).
+    pub state: NodeState,
+    /// The node's own hostname (the seed's eth0:0 hostname).
+    pub hostname: String,
+    /// The node address, e.g. `192.0.2.11/24`.
+    pub node_address: String,
+    /// The shared address, e.g. `192.0.2.10/24`.
+    pub shared_address: String,
+    /// Whether this node holds the shared address right now (read from the kernel).
+    pub holds_shared_address: bool,
+    /// The peer as the agent sees it.
+    pub peer: PeerStatus,
+    /// Database replication, as its backend reports it; `None` before the
+    /// replication backend is wired in.
+    pub replication: Option<ReplicationStatus>,
+    /// Alarms raised and not cleared, oldest first.
+    pub alarms: Vec<Alarm>,
+    /// Seconds since the agent started.
+    pub uptime_seconds: u64,
+    /// When the snapshot was taken, in milliseconds since the Unix epoch.
+    pub taken_ms: u64,
+}
+
+/// The peer as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's node address.
+    pub address: String,
+    /// Whether the peer link is up.
+    pub connected: bool,
+    /// The epoch of the peer's latest claim, if it claimed while connected.
+    pub claim_epoch: Option<u64>,
+    /// Peer clock minus local clock, in milliseconds, when measured.
+    pub clock_offset_ms: Option<f64>,
+}
+
+/// Replication as shown on the status page: the seed's two-column table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// The local column (Replication Type, Site, Node, State, Status).
+    pub local: ReplicationSide,
+    /// The remote column.
+    pub remote: ReplicationSide,
+    /// Changes not yet acknowledged by the standby.
+    pub backlog: u64,
+    /// Replication lag in milliseconds, when known.
+    pub lag_ms: Option<u64>,
+}
+
+/// One column of the seed's replication table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationSide {
+    /// `Local` or `Intra-site`.
+    pub replication_type: String,
+    /// The site id.
+    pub site: u32,
+    /// The node id.
+    pub node: u8,
+    /// e.g. `Active`.
+    pub state: String,
+    /// e.g. `Local`, `Connected`, `Disconnected`.
+    pub status: String,
+}
+
+/// An alarm the operator should see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// When it was raised, in milliseconds since the Unix epoch.
+    pub raised_ms: u64,
+    /// What it says.
+    pub message: String,
+}
+
+impl StatusSnapshot {
+    /// The first line of the status page, in the seed's words.
+    pub fn banner(&self) -> &'static str {
+        match (self.state.deployment, self.state.role) {
+            (DeploymentMode::Single, _) => "Single-server deployment.",
+            (DeploymentMode::Failover, Role::Active) => "Failover deployment. Active server.",
+            (DeploymentMode::Failover, Role::Standby) => "Failover deployment. Standby server.",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_role::{NodeId, SiteId};
+
+    fn snapshot(deployment: DeploymentMode, role: Role) -> StatusSnapshot {
+        let mut state = NodeState::first_boot(NodeId::One, SiteId::ONE);
+        state.deployment = deployment;
+        state.role = role;
+        StatusSnapshot {
+            state,
+            hostname: "meetings1.example.com".into(),
+            node_address: "192.0.2.11/24".into(),
+            shared_address: "192.0.2.10/24".into(),
+            holds_shared_address: role == Role::Active,
+            peer: PeerStatus {
+                address: "192.0.2.12".into(),
+                connected: false,
+                claim_epoch: None,
+                clock_offset_ms: None,
+            },
+            replication: None,
+            alarms: Vec::new(),
+            uptime_seconds: 1,
+            taken_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_banner_speaks_the_seeds_words() {
+        assert_eq!(
+            snapshot(DeploymentMode::Failover, Role::Standby).banner(),
+            "Failover deployment. Standby server."
+        );
+        assert_eq!(
+            snapshot(DeploymentMode::Failover, Role::Active).banner(),
+            "Failover deployment. Active server."
+        );
+        assert_eq!(
+            snapshot(DeploymentMode::Single, Role::Active).banner(),
+            "Single-server deployment."
+        );
+    }
+}
