@@ -55,6 +55,7 @@ mod create;
 mod error;
 pub mod format;
 mod fsutil;
+mod inflate;
 mod pgz;
 mod read;
 mod restore;

@@ -2,12 +2,13 @@
 //! enforces the limits while it decompresses and checks every entry against
 //! the rules and the manifest. Nothing here writes to disk.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Read};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use flate2::read::MultiGzDecoder;
 use globset::GlobSet;
 use sha2::{Digest, Sha256};
 
@@ -47,7 +48,8 @@ pub fn verify_bytes(bytes: &[u8], spec: &BundleSpec) -> Result<Manifest> {
     let body = bytes
         .get(..usize::try_from(body_len).unwrap_or(usize::MAX))
         .unwrap_or_default();
-    verify_body(body, body_len, &policy, &mut |_| {})
+    let (decompressed, compressed) = crate::inflate::inline(body);
+    verify_body(decompressed, compressed, body_len, &policy, &mut |_| {})
 }
 
 /// Checks a bundle file against `spec`'s policy and returns its manifest.
@@ -87,7 +89,15 @@ pub(crate) fn verify_path(
     let (digest, body_len) = check_digest(BufReader::with_capacity(BUF, &file), len, progress)?;
     file.rewind()
         .map_err(|e| Error::io("reading bundle", path, e))?;
-    let manifest = verify_body((&file).take(body_len), body_len, policy, progress)?;
+    let clone = file
+        .try_clone()
+        .map_err(|e| Error::io("reading bundle", path, e))?;
+    let mut inflater = crate::inflate::Threaded::spawn(clone.take(body_len), false);
+    let counter = inflater.counter();
+    let manifest = verify_body(&mut inflater, counter, body_len, policy, progress)?;
+    inflater
+        .finish()
+        .map_err(|e| Error::corrupt(format!("gzip: {e}")))?;
     Ok(Verified {
         file,
         body_len,
@@ -157,23 +167,19 @@ pub(crate) struct RawEntry {
 /// Streams the gzip+tar body, enforcing limits, calling `visit` per entry
 /// (the manifest excepted), and returns the manifest's bytes.
 pub(crate) fn scan(
-    body: impl Read,
+    decompressed: impl Read,
+    compressed: Arc<AtomicU64>,
     body_len: u64,
     limits: &Limits,
     phase: Phase,
     progress: &mut dyn FnMut(Progress),
     mut visit: impl FnMut(&RawEntry, &mut dyn Read) -> Result<()>,
 ) -> Result<Vec<u8>> {
-    let compressed = Rc::new(Cell::new(0u64));
     let tripped = Rc::new(RefCell::new(None));
-    let counted = Counting {
-        inner: body,
-        count: Rc::clone(&compressed),
-    };
     let limited = Limited {
-        inner: MultiGzDecoder::new(BufReader::with_capacity(BUF, counted)),
+        inner: decompressed,
         read: 0,
-        compressed: Rc::clone(&compressed),
+        compressed: Arc::clone(&compressed),
         limits: *limits,
         tripped: Rc::clone(&tripped),
     };
@@ -250,7 +256,7 @@ pub(crate) fn scan(
             visit(&raw, &mut entry).map_err(fail)?;
             progress(Progress {
                 phase,
-                done: compressed.get(),
+                done: compressed.load(Ordering::Relaxed),
                 total: body_len,
             });
         }
@@ -279,7 +285,8 @@ pub(crate) fn scan(
 
 /// Pass 1: every rule, every content hash, the manifest.
 pub(crate) fn verify_body(
-    body: impl Read,
+    decompressed: impl Read,
+    compressed: Arc<AtomicU64>,
     body_len: u64,
     policy: &Policy<'_>,
     progress: &mut dyn FnMut(Progress),
@@ -288,7 +295,8 @@ pub(crate) fn verify_body(
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut buf = vec![0u8; BUF];
     let manifest = scan(
-        body,
+        decompressed,
+        compressed,
         body_len,
         &policy.limits,
         Phase::Verify,
@@ -505,26 +513,12 @@ fn match_manifest(bytes: &[u8], seen: Vec<Seen>) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Counts (and optionally hashes) compressed bytes as the decoder pulls them.
-pub(crate) struct Counting<R> {
-    pub(crate) inner: R,
-    pub(crate) count: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
-}
-
 /// Enforces total size and ratio on decompressed bytes as they come out, so a
 /// decompression bomb stops within one buffer of the limit.
 struct Limited<R> {
     inner: R,
     read: u64,
-    compressed: Rc<Cell<u64>>,
+    compressed: Arc<AtomicU64>,
     limits: Limits,
     tripped: Rc<RefCell<Option<Error>>>,
 }
@@ -533,7 +527,7 @@ impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
-        let compressed = self.compressed.get().max(1);
+        let compressed = self.compressed.load(Ordering::Relaxed).max(1);
         let trip = if self.read > self.limits.max_total_bytes {
             Some((
                 LimitKind::TotalBytes,

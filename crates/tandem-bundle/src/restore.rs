@@ -844,10 +844,11 @@ fn stage_files(
     let mut file = &verified.file;
     file.rewind()
         .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
-    let mut hashed = HashingReader {
-        inner: file.take(verified.body_len),
-        hasher: Sha256::new(),
-    };
+    let clone = file
+        .try_clone()
+        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
+    let mut inflater = crate::inflate::Threaded::spawn(clone.take(verified.body_len), true);
+    let counter = inflater.counter();
     let mut index = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     let limits = Limits {
@@ -864,7 +865,8 @@ fn stage_files(
         .collect();
     let changed = || Error::corrupt("the bundle changed while it was being restored");
     scan(
-        &mut hashed,
+        &mut inflater,
+        counter,
         verified.body_len,
         &limits,
         Phase::Stage,
@@ -933,26 +935,11 @@ fn stage_files(
             Ok(())
         },
     )?;
-    fsutil::hash_into(&mut hashed.inner, &mut hashed.hasher)
-        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
-    let digest: [u8; 32] = hashed.hasher.finalize().into();
-    if index != plan.entries.len() || digest != verified.digest {
+    let digest = inflater.finish().map_err(|_| changed())?;
+    if index != plan.entries.len() || digest != Some(verified.digest) {
         return Err(changed());
     }
     Ok(())
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(buf.get(..n).unwrap_or_default());
-        Ok(n)
-    }
 }
 
 /// The backup bundle: every existing directory of the bundle with its current
