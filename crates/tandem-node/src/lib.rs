@@ -2,13 +2,18 @@
 //! peer link and replication into role transitions, the node agent, the status page
 //! and hooks.
 //!
-//! So far: the node config ([`NodeConfig`], TOML), the services that follow the
-//! role ([`Services`]), keepalived-style notify hooks ([`HookRunner`]), and
-//! [`Node`], which carries out the role machine's decisions for real: the boot
-//! decision (probe the shared address and the gateway, claim only when the first is
-//! silent and the second answers), `set-server` transitions in an order that never
-//! leaves two writers, and failures fed back so the node ends in a stated role.
-//! The agent, the peer link and the status page land with issue 7.
+//! - [`NodeConfig`]: the node config file (TOML), validated as a whole;
+//! - [`Node`]: carries out the role machine's decisions for real: the boot
+//!   decision (probe the shared address and the gateway, claim only when the
+//!   first is silent and the second answers), `set-server` transitions in an order
+//!   that never leaves two writers, failures fed back so the node always ends in a
+//!   stated role, all under a lock on the state directory;
+//! - [`run_agent`]: the long-running agent: boot decision, the peer link with
+//!   claims and epochs ([`PeerMessage`]), a watch on the shared address for
+//!   conflicts, the [`control`] socket the operator's tools talk to, and a
+//!   [`StatusSnapshot`] for the status page;
+//! - [`Services`] and [`HookRunner`]: services that follow the role and
+//!   keepalived-style notify hooks.
 //!
 //! This crate never parses command lines: the `failover` binary does, and calls
 //! in here.
@@ -34,13 +39,16 @@
 //! # Ok::<(), tandem_node::ConfigError>(())
 //! ```
 
+mod agent;
 mod config;
+pub mod control;
 mod hooks;
 mod node;
 mod services;
 mod shell;
 mod status;
 
+pub use agent::{AgentError, PeerMessage, run as run_agent};
 pub use config::{
     ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, FailoverSection, Hooks, NetworkSection,
     NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,

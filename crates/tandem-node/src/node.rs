@@ -59,7 +59,7 @@ pub enum NodeError {
 }
 
 /// What one command did, step by step, for the operator and the demo timeline.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Each action carried out, with how long it took and whether it failed.
     pub steps: Vec<StepRecord>,
@@ -67,6 +67,11 @@ pub struct Report {
     pub refused: Option<Refusal>,
     /// Faults reported through the fault hook.
     pub faults: Vec<String>,
+    /// Alarms raised through the alarm hook.
+    pub alarms: Vec<String>,
+    /// Claims to tell the peer about, by epoch (the agent sends them on the peer
+    /// link; a command run without the agent cannot).
+    pub claims: Vec<tandem_role::Epoch>,
     /// The node's role at the end.
     pub role: Option<Role>,
     /// The node's state at the end.
@@ -74,7 +79,7 @@ pub struct Report {
 }
 
 /// One action carried out.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// The action, in its one-line form.
     pub action: String,
@@ -233,9 +238,19 @@ impl Node {
                         break;
                     }
                     Action::Refuse(refusal) => report.refused = Some(refusal),
+                    Action::SendClaim { epoch } => {
+                        report.steps.push(StepRecord {
+                            action: format!("send-claim epoch={epoch}"),
+                            took: Duration::ZERO,
+                            error: None,
+                        });
+                        report.claims.push(epoch);
+                    }
                     Action::Notify { hook, reason } => {
-                        if hook == tandem_role::Hook::Fault {
-                            report.faults.push(reason.clone());
+                        match hook {
+                            tandem_role::Hook::Fault => report.faults.push(reason.clone()),
+                            tandem_role::Hook::Alarm => report.alarms.push(reason.clone()),
+                            _ => {}
                         }
                         if let Err(e) = self.hooks.run(hook, &reason, self.machine.state()).await {
                             tracing::warn!(%hook, error = %e, "notify hook failed");
@@ -315,17 +330,63 @@ impl Node {
                 .stop(RunOn::Active)
                 .await
                 .map_err(|e| (Step::StopServices, e.to_string())),
-            // The database and the peer link join with the replication and agent
-            // work; until then these are recorded and succeed.
-            Action::PromoteDatabase | Action::DemoteDatabase | Action::SendClaim { .. } => Ok(()),
+            // The database joins with the replication work; until then these are
+            // recorded and succeed.
+            Action::PromoteDatabase | Action::DemoteDatabase => Ok(()),
             // Handled by `drive`.
-            Action::Probe { .. } | Action::Refuse(_) | Action::Notify { .. } => Ok(()),
+            Action::Probe { .. }
+            | Action::Refuse(_)
+            | Action::Notify { .. }
+            | Action::SendClaim { .. } => Ok(()),
             // Actions added to the machine later are refused loudly, not skipped.
             other => Err((
                 Step::Persist,
                 format!("this build cannot carry out `{other}`"),
             )),
         }
+    }
+
+    /// Looks for other hosts answering ARP for the shared address while this node
+    /// holds it: the MAC addresses of every other answer (empty when none).
+    pub async fn conflicting_macs(&self) -> Result<Vec<MacAddr>, String> {
+        let net = &self.config.network;
+        let std::net::IpAddr::V4(shared) = net.shared_address.addr() else {
+            return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
+        };
+        let prober = Prober::new(ProbeConfig {
+            collect: Collect::All,
+            retries: 0,
+            ..self.prober.config()
+        })
+        .map_err(|e| e.to_string())?;
+        let outcome = prober
+            .arp(&net.interface, shared)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(outcome.macs().into_iter().map(|m| MacAddr(m.0)).collect())
+    }
+
+    /// Whether this node's interface holds the shared address now.
+    pub async fn holds_shared_address(&self) -> bool {
+        let net = &self.config.network;
+        self.interfaces
+            .holds(&net.interface, net.shared_address.addr())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Releases the shared address and stops the active-only services without
+    /// changing the persisted role, for an agent that shuts down: no address may
+    /// stay up without an agent watching it.
+    pub async fn stand_down(&mut self) -> Report {
+        let mut report = Report::default();
+        let _ = self.run_step(&mut report, &Action::StopServices).await;
+        let _ = self
+            .run_step(&mut report, &Action::ReleaseSharedAddress)
+            .await;
+        report.role = Some(self.machine.role());
+        report.state = Some(self.machine.state().clone());
+        report
     }
 
     /// Probes the shared address and runs the isolation check.

@@ -136,7 +136,8 @@ pub enum Hook {
 }
 
 /// Why a command was refused. The node's role did not change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "refusal")]
 #[non_exhaustive]
 pub enum Refusal {
     /// `set-server` needs a failover deployment.

@@ -1,0 +1,272 @@
+//! Two agents in the namespace lab: they exchange claims and epochs on the peer
+//! link, serve the operator's tools on the control socket, and a split brain
+//! after a partition ends with one active node once the partition heals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tandem_lab::{Host, Lab};
+use tandem_node::control::{self, Request, Response};
+use tandem_node::{NodeConfig, StatusSnapshot};
+use tandem_peer::SiteKey;
+use tandem_role::{DeploymentMode, NodeId, NodeState, Role, SiteId, StateFile};
+
+fn config(host: Host, auto_failover: bool) -> NodeConfig {
+    let (id, own, peer) = match host {
+        Host::Node1 => (1, "192.0.2.11", "192.0.2.12"),
+        _ => (2, "192.0.2.12", "192.0.2.11"),
+    };
+    let text = format!(
+        r#"
+[node]
+id = {id}
+hostname = "{host}.lab.test"
+
+[network]
+shared_address = "192.0.2.10/24"
+node_address = "{own}/24"
+gateway = "192.0.2.1"
+peer_address = "{peer}"
+
+[probe]
+timeout_ms = 150
+attempts = 2
+interval_ms = 50
+
+[failover]
+auto_failover = {auto_failover}
+heartbeat_ms = 100
+missed_heartbeats = 3
+announce_count = 2
+announce_interval_ms = 20
+"#
+    );
+    NodeConfig::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+fn state_dir(root: &Path, host: Host) -> PathBuf {
+    let dir = root.join(host.name());
+    let node = if host == Host::Node1 {
+        NodeId::One
+    } else {
+        NodeId::Two
+    };
+    let mut state = NodeState::first_boot(node, SiteId::ONE);
+    state.deployment = DeploymentMode::Failover;
+    StateFile::in_dir(&dir).save(&state).unwrap();
+    dir
+}
+
+struct RunningAgent {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<tandem_lab::Result<Result<(), String>>>>,
+    dir: PathBuf,
+}
+
+impl RunningAgent {
+    fn start(lab: &Lab, host: Host, config: NodeConfig, dir: &Path, key: &SiteKey) -> RunningAgent {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (dir_owned, key) = (dir.to_path_buf(), key.clone());
+        let thread = lab
+            .spawn_in(host, move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let (status, _) = tokio::sync::watch::channel(placeholder());
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                    };
+                    tandem_node::run_agent(config, &dir_owned, key, status, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .unwrap();
+        let agent = RunningAgent {
+            stop: Some(stop),
+            thread: Some(thread),
+            dir: dir.to_path_buf(),
+        };
+        wait_until("the agent's control socket", || agent.status().is_some());
+        agent
+    }
+
+    fn ask(&self, request: Request) -> Option<Response> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(control::request(
+            &self.dir,
+            &request,
+            Duration::from_secs(10),
+        ))
+        .ok()
+    }
+
+    fn status(&self) -> Option<StatusSnapshot> {
+        match self.ask(Request::Status)? {
+            Response::Status(snapshot) => Some(*snapshot),
+            _ => None,
+        }
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn placeholder() -> StatusSnapshot {
+    serde_json::from_value(serde_json::json!({
+        "state": NodeState::first_boot(NodeId::One, SiteId::ONE),
+        "hostname": "", "node_address": "", "shared_address": "", "holds_shared_address": false,
+        "peer": { "address": "", "connected": false, "claim_epoch": null, "clock_offset_ms": null },
+        "replication": null, "alarms": [], "uptime_seconds": 0, "taken_ms": 0
+    }))
+    .unwrap()
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+fn holds_shared(lab: &Lab, host: Host) -> bool {
+    let out = lab
+        .exec(host, "ip", &["-4", "-br", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("192.0.2.10/24")
+}
+
+#[test]
+fn agents_exchange_claims_and_serve_a_planned_failover() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (dir1, dir2) = (
+        state_dir(tmp.path(), Host::Node1),
+        state_dir(tmp.path(), Host::Node2),
+    );
+
+    let node1 = RunningAgent::start(&lab, Host::Node1, config(Host::Node1, false), &dir1, &key);
+    wait_until("node1 active", || {
+        node1.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    let node2 = RunningAgent::start(&lab, Host::Node2, config(Host::Node2, false), &dir2, &key);
+    // node2 boots standby and learns node1's epoch over the peer link.
+    wait_until("node2 hears node1's claim", || {
+        node2.status().is_some_and(|s| {
+            s.state.role == Role::Standby && s.peer.connected && s.peer.claim_epoch == Some(1)
+        })
+    });
+    assert!(holds_shared(&lab, Host::Node1) && !holds_shared(&lab, Host::Node2));
+
+    // The tools talk to the running agents: the seed's planned failover.
+    let Some(Response::Report(down)) = node1.ask(Request::SetServer(Role::Standby)) else {
+        panic!("no report")
+    };
+    assert_eq!(down.role, Some(Role::Standby), "{down:#?}");
+    let Some(Response::Report(up)) = node2.ask(Request::SetServer(Role::Active)) else {
+        panic!("no report")
+    };
+    assert_eq!(up.role, Some(Role::Active), "{up:#?}");
+    assert_eq!(up.state.as_ref().unwrap().epoch.get(), 2);
+    wait_until("node1 hears node2's claim", || {
+        node1.status().is_some_and(|s| s.state.epoch.get() == 2)
+    });
+    assert!(!holds_shared(&lab, Host::Node1) && holds_shared(&lab, Host::Node2));
+
+    node1.stop();
+    node2.stop();
+    assert!(
+        !holds_shared(&lab, Host::Node2),
+        "a stopped agent must not leave the shared address up"
+    );
+}
+
+#[test]
+fn a_split_brain_after_a_partition_ends_with_one_active_node() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (dir1, dir2) = (
+        state_dir(tmp.path(), Host::Node1),
+        state_dir(tmp.path(), Host::Node2),
+    );
+    let node1 = RunningAgent::start(&lab, Host::Node1, config(Host::Node1, true), &dir1, &key);
+    wait_until("node1 active", || {
+        node1.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    let node2 = RunningAgent::start(&lab, Host::Node2, config(Host::Node2, true), &dir2, &key);
+    wait_until("node2 connected", || {
+        node2.status().is_some_and(|s| s.peer.connected)
+    });
+
+    // The nodes lose each other but both still reach the clients: node2 cannot
+    // hear node1 answer for the shared address, and with automatic failover on
+    // it takes over. Two nodes hold the address.
+    lab.partition_nodes(true).unwrap();
+    wait_until("node2 takes over", || {
+        node2.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    assert!(holds_shared(&lab, Host::Node1) && holds_shared(&lab, Host::Node2));
+
+    // The partition heals. Whatever the nodes notice first, the other's MAC
+    // answering for the address (a conflict: release, then re-probe, node 2
+    // after a pause) or the higher claim on the reconnected peer link, they
+    // settle on one active node, and both know its epoch.
+    lab.partition_nodes(false).unwrap();
+    wait_until("exactly one active node, known to both", || {
+        let (Some(a), Some(b)) = (node1.status(), node2.status()) else {
+            return false;
+        };
+        (a.state.role == Role::Active) != (b.state.role == Role::Active)
+            && a.state.epoch == b.state.epoch
+    });
+    let (a, b) = (node1.status().unwrap(), node2.status().unwrap());
+    assert_eq!(
+        holds_shared(&lab, Host::Node1),
+        a.state.role == Role::Active
+    );
+    assert_eq!(
+        holds_shared(&lab, Host::Node2),
+        b.state.role == Role::Active
+    );
+    let status = if a.state.role == Role::Standby { a } else { b };
+    assert!(
+        status
+            .alarms
+            .iter()
+            .any(|a| a.message.contains("peer lost")),
+        "{:?}",
+        status.alarms
+    );
+    node1.stop();
+    node2.stop();
+}
