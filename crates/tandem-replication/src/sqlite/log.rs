@@ -37,48 +37,68 @@ pub(crate) enum PullCheck {
 }
 
 impl SqliteBackend {
-    /// Up to `limit` changelog entries after `after`, cut at about `max_bytes` of row data
-    /// (at least one entry when there is one).
+    /// Up to `limit` changelog entries after `after` in canonical form, cut at about
+    /// `max_bytes` of row data (at least one entry when there is one).
     pub(crate) async fn read_changes(
         &self,
         after: u64,
         limit: u32,
         max_bytes: usize,
     ) -> Result<Vec<Change>> {
+        let tables = self.tables().await?;
         let mut conn = self.conn().await?;
+        // One read transaction: the entries and their REAL values agree.
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(Error::db("reading the changelog"))?;
         let rows = sqlx::query(
             "SELECT seq, tbl, op, pk, row, ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )
         .bind(after.cast_signed())
         .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await
         .map_err(Error::db("reading the changelog"))?;
+        let last = rows
+            .last()
+            .and_then(|r| r.try_get::<i64, _>("seq").ok())
+            .unwrap_or(0);
+        let reals: Vec<(i64, String, f64)> = sqlx::query_as(
+            "SELECT seq, col, v FROM _tandem_reals WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+        )
+        .bind(after.cast_signed())
+        .bind(last)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::db("reading the changelog"))?;
+        drop(tx);
+        let mut reals = reals.into_iter().peekable();
         let mut out = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
         for row in rows {
-            let read = Error::db("reading a changelog entry");
+            let read = |e| Error::db("reading a changelog entry")(e);
             let seq: i64 = row.try_get("seq").map_err(read)?;
-            let table: String = row
-                .try_get("tbl")
-                .map_err(Error::db("reading a changelog entry"))?;
-            let op: String = row
-                .try_get("op")
-                .map_err(Error::db("reading a changelog entry"))?;
-            let pk: String = row
-                .try_get("pk")
-                .map_err(Error::db("reading a changelog entry"))?;
-            let data: Option<String> = row
-                .try_get("row")
-                .map_err(Error::db("reading a changelog entry"))?;
-            let ts_ms: i64 = row
-                .try_get("ts")
-                .map_err(Error::db("reading a changelog entry"))?;
+            let table: String = row.try_get("tbl").map_err(read)?;
+            let op: String = row.try_get("op").map_err(read)?;
+            let pk: String = row.try_get("pk").map_err(read)?;
+            let data: Option<String> = row.try_get("row").map_err(read)?;
+            let ts_ms: i64 = row.try_get("ts").map_err(read)?;
             let op = Op::from_letter(&op).ok_or_else(|| {
                 Error::State(format!(
                     "changelog entry {seq} has an unknown operation {op:?}"
                 ))
             })?;
+            let mut exact = Vec::new();
+            while let Some((_, col, v)) = reals.next_if(|(s, _, _)| *s <= seq) {
+                exact.push((col, v));
+            }
+            let info = tables.get(&table).ok_or_else(|| {
+                Error::State(format!(
+                    "changelog entry {seq} is for table `{table}`, which is not declared any more; \
+                     run `mp_replication init` again"
+                ))
+            })?;
+            let (pk, data) = info.canonical_change(&pk, data.as_deref(), &exact)?;
             let size = pk.len() + data.as_ref().map_or(0, String::len) + table.len();
             if !out.is_empty() && bytes + size > max_bytes {
                 break;
@@ -114,8 +134,8 @@ impl SqliteBackend {
         }
         let applied = match m.applied_log {
             Some(log) if log == batch.log => m.applied,
-            None if batch.prev == 0 => 0,
-            _ => {
+            None => 0,
+            Some(_) => {
                 return Err(Error::State(format!(
                     "the peer streams changelog {} but node {} follows {}; \
                      run `mp_replication switch-on -S -F from-sync` on node {}",
@@ -159,23 +179,23 @@ impl SqliteBackend {
                     change.table
                 ))
             })?;
-            let (sql, value) = match change.op {
-                Op::Insert | Op::Update => (
-                    Arc::clone(&table.upsert_sql),
-                    change.row.as_deref().ok_or_else(|| {
+            let (sql, values) = match change.op {
+                Op::Insert | Op::Update => {
+                    let row = change.row.as_deref().ok_or_else(|| {
                         Error::Protocol(format!("change {} has no row", change.seq))
-                    })?,
-                ),
-                Op::Delete => (Arc::clone(&table.delete_sql), change.pk.as_str()),
+                    })?;
+                    (Arc::clone(&table.upsert_sql), table.row_values(row)?)
+                }
+                Op::Delete => (Arc::clone(&table.delete_sql), table.key_values(&change.pk)?),
             };
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(value)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(format!(
-                    "applying change {} to table {}",
-                    change.seq, change.table
-                )))?;
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for v in values {
+                query = v.bind(query);
+            }
+            query.execute(&mut *tx).await.map_err(Error::db(format!(
+                "applying change {} to table {}",
+                change.seq, change.table
+            )))?;
             count += 1;
         }
         meta::set(&mut tx, "mode", m.mode.as_str()).await?;

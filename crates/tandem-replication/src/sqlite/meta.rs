@@ -171,6 +171,10 @@ pub(crate) const CREATE_CHANGELOG: &str = "CREATE TABLE IF NOT EXISTS _tandem_ch
      seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, \
      pk TEXT NOT NULL, row TEXT, ts INTEGER NOT NULL)";
 
+/// The exact REAL values of changelog entries (SQLite's JSON keeps only 15 digits).
+pub(crate) const CREATE_REALS: &str = "CREATE TABLE IF NOT EXISTS _tandem_reals (\
+     seq INTEGER NOT NULL, col TEXT NOT NULL, v REAL, PRIMARY KEY (seq, col)) WITHOUT ROWID";
+
 /// Whether the meta table exists and holds a node id.
 pub(crate) async fn initialized(conn: &mut SqliteConnection) -> Result<bool> {
     let exists: Option<i64> = sqlx::query_scalar(
@@ -327,7 +331,10 @@ pub(crate) async fn transition(
     match mode {
         Mode::Plain if !meta.uncaptured => set_num(conn, "uncaptured", 1).await?,
         Mode::Capture if meta.uncaptured => {
-            raise_floor(conn, meta.head).await?;
+            // The state at the current head includes uncaptured writes: move the head on so
+            // that no peer standing at the old head can continue without a snapshot.
+            let head = bump_head(conn, meta.head).await?;
+            raise_floor(conn, head).await?;
             set_num(conn, "uncaptured", 0).await?;
         }
         _ => {}
@@ -335,14 +342,38 @@ pub(crate) async fn transition(
     Ok(())
 }
 
+/// Advances the changelog's sequence by one without an entry; returns the new head.
+async fn bump_head(conn: &mut SqliteConnection, head: u64) -> Result<u64> {
+    let next = head.saturating_add(1);
+    let updated =
+        sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = '_tandem_changelog'")
+            .bind(next.cast_signed())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("advancing the changelog sequence"))?;
+    if updated.rows_affected() == 0 {
+        sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('_tandem_changelog', ?1)")
+            .bind(next.cast_signed())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("advancing the changelog sequence"))?;
+    }
+    Ok(next)
+}
+
 /// Drops every changelog entry up to `to` and records that the peer cannot pull from
 /// below it.
 pub(crate) async fn raise_floor(conn: &mut SqliteConnection, to: u64) -> Result<()> {
-    sqlx::query("DELETE FROM _tandem_changelog WHERE seq <= ?1")
-        .bind(to.cast_signed())
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::db("dropping unreachable changelog entries"))?;
+    for sql in [
+        "DELETE FROM _tandem_changelog WHERE seq <= ?1",
+        "DELETE FROM _tandem_reals WHERE seq <= ?1",
+    ] {
+        sqlx::query(sql)
+            .bind(to.cast_signed())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("pruning the changelog"))?;
+    }
     set_num(conn, "floor", to).await
 }
 
@@ -365,6 +396,8 @@ mod tests {
     fn a_bad_meta_value_is_named() {
         let mut map = HashMap::new();
         map.insert("node".to_owned(), "1".to_owned());
+        map.insert("state".to_owned(), "active".to_owned());
+        map.insert("mode".to_owned(), "standby".to_owned());
         map.insert("log".to_owned(), "zz".to_owned());
         let err = parse(&map, 0).unwrap_err();
         assert!(err.to_string().contains("`log`"), "{err}");

@@ -18,6 +18,7 @@ mod log;
 mod meta;
 mod schema;
 mod sync;
+mod value;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -26,11 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
 use crate::config::Settings;
@@ -52,8 +53,9 @@ pub(crate) use sync::{SnapshotReader, SyncStage};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options for opening a replicated SQLite database, for the service and for
-/// applications alike: create if missing, WAL, a busy timeout, foreign keys on and
-/// `synchronous = FULL`.
+/// applications alike: create if missing, WAL, a busy timeout, foreign keys on,
+/// `synchronous = FULL`, and recursive triggers on (so that rows a `REPLACE` deletes are
+/// captured too; applications that open the database themselves should do the same).
 pub fn connect_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
@@ -62,6 +64,8 @@ pub fn connect_options(path: &Path) -> SqliteConnectOptions {
         .busy_timeout(BUSY_TIMEOUT)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
+        // Rows deleted by REPLACE conflict resolution must reach the capture triggers.
+        .pragma("recursive_triggers", "ON")
 }
 
 /// The position of the newest change written so far on `conn`; call it inside a write
@@ -164,21 +168,13 @@ impl SqliteBackend {
         let mut conn = self.conn().await?;
         let mut out = Vec::new();
         for t in &tables.list {
-            let sql = format!(
-                "SELECT {} AS pk, {} AS row FROM main.{} ORDER BY {}",
-                t.key_json(""),
-                t.row_json(""),
-                schema::ident(&t.name),
-                t.key_list()
-            );
-            let rows = sqlx::query(AssertSqlSafe(sql))
+            let rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql)))
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(Error::db(format!("reading table {}", t.name)))?;
             let mut hash = Sha256::new();
             for row in &rows {
-                let pk: String = row.try_get("pk").map_err(Error::db("reading a row"))?;
-                let data: String = row.try_get("row").map_err(Error::db("reading a row"))?;
+                let (pk, data) = t.canonical(row)?;
                 hash.update(pk.as_bytes());
                 hash.update(b"\t");
                 hash.update(data.as_bytes());
@@ -299,7 +295,11 @@ impl SqliteBackend {
                     .map_err(Error::db("creating the sample schema"))?;
             }
         }
-        for statement in [meta::CREATE_META, meta::CREATE_CHANGELOG] {
+        for statement in [
+            meta::CREATE_META,
+            meta::CREATE_CHANGELOG,
+            meta::CREATE_REALS,
+        ] {
             sqlx::query(statement)
                 .execute(&mut *tx)
                 .await

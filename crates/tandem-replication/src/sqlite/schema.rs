@@ -1,11 +1,11 @@
 //! The declared tables: what `pragma table_info` says about them, and the SQL generated
 //! for them (capture and guard triggers, apply statements, JSON row expressions).
 //!
-//! Rows travel as JSON objects keyed by column name, made by SQLite's `json_object`, so
-//! both nodes produce the same text for the same values. SQLite values map to JSON as
-//! NULL → null, INTEGER → number, REAL → number, TEXT → string, and BLOB → `{"$blob":
-//! "<hex>"}` (JSON has no bytes); the apply statements map them back with `json_extract`
-//! and `unhex`, so every value returns with its storage class.
+//! The capture triggers log each row as a JSON object made by SQLite's `json_object`
+//! (BLOBs as `{"$blob": "<hex>"}`), and every REAL value also natively into
+//! `_tandem_reals`, because SQLite's float-to-text conversions do not keep every double:
+//! the reader rebuilds the canonical row (see `value`) from both. Apply statements take
+//! typed parameters, so every value returns with its storage class and exact bits.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::value::{self, Value};
 use crate::config::check_identifier;
 use crate::error::{Error, Result};
 
@@ -32,10 +33,12 @@ pub(crate) struct TableInfo {
     pub(crate) columns: Vec<String>,
     /// Primary key columns in key order.
     pub(crate) key: Vec<String>,
-    /// `INSERT ... ON CONFLICT DO UPDATE` from the row JSON in `?1`.
+    /// `INSERT ... ON CONFLICT DO UPDATE` with the columns as `?1..?n`.
     pub(crate) upsert_sql: Arc<str>,
-    /// `DELETE ... WHERE key` from the key JSON in `?1`.
+    /// `DELETE ... WHERE key` with the key columns as `?1..?k`.
     pub(crate) delete_sql: Arc<str>,
+    /// `SELECT <key columns>, <columns> FROM ... ORDER BY <key>`.
+    pub(crate) select_sql: Arc<str>,
 }
 
 /// `"name"` as an SQL identifier (names never contain `"`: see `check_identifier`).
@@ -46,11 +49,6 @@ pub(crate) fn ident(name: &str) -> String {
 /// `'text'` as an SQL string literal.
 pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
-}
-
-/// A JSON path to the member `name`: `$."name"`.
-fn path(name: &str) -> String {
-    format!("$.\"{name}\"")
 }
 
 impl TableInfo {
@@ -102,12 +100,25 @@ impl TableInfo {
     pub(crate) fn new(name: String, columns: Vec<String>, key: Vec<String>) -> TableInfo {
         let upsert_sql = upsert_sql(&name, &columns, &key).into();
         let delete_sql = delete_sql(&name, &key).into();
+        let select_sql = format!(
+            "SELECT {}, {} FROM main.{} ORDER BY {}",
+            key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", "),
+            columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ident(&name),
+            key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", "),
+        )
+        .into();
         TableInfo {
             name,
             columns,
             key,
             upsert_sql,
             delete_sql,
+            select_sql,
         }
     }
 
@@ -121,32 +132,69 @@ impl TableInfo {
         json_object(&self.columns, prefix)
     }
 
-    /// `"k1", "k2"` for `ORDER BY`.
-    pub(crate) fn key_list(&self) -> String {
-        self.key
-            .iter()
-            .map(|k| ident(k))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// The canonical key and row JSON of a result row of `select_sql`.
+    pub(crate) fn canonical(&self, row: &sqlx::sqlite::SqliteRow) -> Result<(String, String)> {
+        let key = value::read_row(row, 0, self.key.len())?;
+        let values = value::read_row(row, self.key.len(), self.columns.len())?;
+        Ok((
+            value::encode(&self.key, &key),
+            value::encode(&self.columns, &values),
+        ))
     }
 
-    /// `"c1", "c2", ...`.
-    pub(crate) fn column_list(&self) -> String {
-        self.columns
-            .iter()
-            .map(|c| ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// The canonical key and row JSON of a changelog entry: `row` for inserts and
+    /// updates, only `key` for deletes, with the exact REAL values put back.
+    pub(crate) fn canonical_change(
+        &self,
+        key: &str,
+        row: Option<&str>,
+        reals: &[(String, f64)],
+    ) -> Result<(String, Option<String>)> {
+        let patch = |names: &[String], values: &mut [Value]| {
+            for (col, r) in reals {
+                if let Some(i) = names.iter().position(|n| n == col)
+                    && let Some(slot) = values.get_mut(i)
+                {
+                    *slot = Value::Real(*r);
+                }
+            }
+        };
+        match row {
+            Some(row) => {
+                let mut values = value::decode(&self.columns, row)?;
+                patch(&self.columns, &mut values);
+                let key_values: Vec<Value> = self
+                    .key
+                    .iter()
+                    .map(|k| {
+                        self.columns
+                            .iter()
+                            .position(|c| c == k)
+                            .and_then(|i| values.get(i).cloned())
+                            .unwrap_or(Value::Null)
+                    })
+                    .collect();
+                Ok((
+                    value::encode(&self.key, &key_values),
+                    Some(value::encode(&self.columns, &values)),
+                ))
+            }
+            None => {
+                let mut values = value::decode(&self.key, key)?;
+                patch(&self.key, &mut values);
+                Ok((value::encode(&self.key, &values), None))
+            }
+        }
     }
 
-    /// The column values decoded from the JSON row in `source` (an SQL expression), in
-    /// column order.
-    pub(crate) fn decoded_columns(&self, source: &str) -> String {
-        self.columns
-            .iter()
-            .map(|c| decode(source, c))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// The column values of a canonical row, in column order.
+    pub(crate) fn row_values(&self, row: &str) -> Result<Vec<Value>> {
+        value::decode(&self.columns, row)
+    }
+
+    /// The key values of a canonical key, in key order.
+    pub(crate) fn key_values(&self, key: &str) -> Result<Vec<Value>> {
+        value::decode(&self.key, key)
     }
 
     /// The triggers: guards that refuse application writes on a standby, and capture
@@ -175,10 +223,11 @@ impl TableInfo {
             )
         };
         out.push(format!(
-            "CREATE TRIGGER {} AFTER INSERT ON {} WHEN {MODE} = 'capture' BEGIN {} END",
+            "CREATE TRIGGER {} AFTER INSERT ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
             name("log_i"),
             ident(t),
-            log("'I'", &self.key_json("NEW."), &self.row_json("NEW."))
+            log("'I'", &self.key_json("NEW."), &self.row_json("NEW.")),
+            reals(&self.columns, "NEW.", "1"),
         ));
         let same_key = self
             .key
@@ -191,35 +240,40 @@ impl TableInfo {
             "CREATE TRIGGER {} AFTER UPDATE ON {} WHEN {MODE} = 'capture' BEGIN \
              INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) \
              SELECT {}, 'D', {}, NULL, {NOW_MS} WHERE NOT ({same_key}); \
-             {} END",
+             {} {} {} END",
             name("log_u"),
             ident(t),
             literal(t),
             self.key_json("OLD."),
+            reals(&self.key, "OLD.", &format!("NOT ({same_key})")),
             log(
                 &format!("CASE WHEN {same_key} THEN 'U' ELSE 'I' END"),
                 &self.key_json("NEW."),
                 &self.row_json("NEW.")
-            )
+            ),
+            reals(&self.columns, "NEW.", "1"),
         ));
         out.push(format!(
-            "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} END",
+            "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
             name("log_d"),
             ident(t),
-            log("'D'", &self.key_json("OLD."), "NULL")
+            log("'D'", &self.key_json("OLD."), "NULL"),
+            reals(&self.key, "OLD.", "1"),
         ));
         out
     }
 }
 
-/// `json_object('c1', <c1>, ...)` with BLOBs as `{"$blob": hex}`.
+/// `json_object('c1', <c1>, ...)` with BLOBs as `{"$blob": hex}` and REALs as
+/// `{"$real": "<approximate text>"}` (the exact value is in `_tandem_reals`).
 fn json_object(columns: &[String], prefix: &str) -> String {
     let members = columns
         .iter()
         .map(|c| {
             let v = format!("{prefix}{}", ident(c));
             format!(
-                "{}, CASE WHEN typeof({v}) = 'blob' THEN json_object('$blob', hex({v})) ELSE {v} END",
+                "{}, CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) \
+                 WHEN 'real' THEN json_object('$real', quote({v})) ELSE {v} END",
                 literal(c)
             )
         })
@@ -228,14 +282,17 @@ fn json_object(columns: &[String], prefix: &str) -> String {
     format!("json_object({members})")
 }
 
-/// The value of member `column` of the JSON object in `source`, with its storage class.
-fn decode(source: &str, column: &str) -> String {
-    let p = path(column);
+/// Logs the REAL values among `columns` of the row `prefix` natively, under the
+/// changelog entry just inserted, if `condition` holds.
+fn reals(columns: &[String], prefix: &str, condition: &str) -> String {
+    let values = columns
+        .iter()
+        .map(|c| format!("SELECT {} AS c, {prefix}{} AS v", literal(c), ident(c)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
     format!(
-        "CASE json_type({source}, {pl}) WHEN 'object' THEN unhex(json_extract({source}, {bl})) \
-         ELSE json_extract({source}, {pl}) END",
-        pl = literal(&p),
-        bl = literal(&format!("{p}.\"$blob\"")),
+        "INSERT INTO _tandem_reals (seq, col, v) SELECT last_insert_rowid(), c, v \
+         FROM ({values}) WHERE typeof(v) = 'real' AND {condition};"
     )
 }
 
@@ -245,9 +302,8 @@ fn upsert_sql(table: &str, columns: &[String], key: &[String]) -> String {
         .map(|c| ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let values = columns
-        .iter()
-        .map(|c| decode("?1", c))
+    let values = (1..=columns.len())
+        .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ");
     let keys = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
@@ -270,7 +326,8 @@ fn upsert_sql(table: &str, columns: &[String], key: &[String]) -> String {
 fn delete_sql(table: &str, key: &[String]) -> String {
     let cond = key
         .iter()
-        .map(|k| format!("{} IS {}", ident(k), decode("?1", k)))
+        .enumerate()
+        .map(|(i, k)| format!("{} IS ?{}", ident(k), i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
     format!("DELETE FROM main.{} WHERE {cond}", ident(table))

@@ -4,15 +4,16 @@
 //! positions and its own superseded changelog in one transaction.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use serde_json::value::RawValue;
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Connection, Sqlite};
 use tokio::sync::mpsc;
 
 use super::meta::{self, Mode};
-use super::schema::{ident, literal};
+use super::schema::{TableInfo, ident};
 use super::{SqliteBackend, Tables};
 use crate::error::{Error, Result};
 use crate::status::ReplicationState;
@@ -171,23 +172,15 @@ async fn read_snapshot(
     }
     let mut sent = 0u64;
     for t in &tables.list {
-        let sql = format!(
-            "SELECT {} AS pk, {} AS row FROM main.{} ORDER BY {}",
-            t.key_json(""),
-            t.row_json(""),
-            ident(&t.name),
-            t.key_list()
-        );
         let mut chunk = Vec::new();
         let mut bytes = 0usize;
-        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx);
+        let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *tx);
         while let Some(row) = rows
             .try_next()
             .await
             .map_err(Error::db(format!("reading table {}", t.name)))?
         {
-            let pk: String = row.try_get("pk").map_err(Error::db("reading a row"))?;
-            let data: String = row.try_get("row").map_err(Error::db("reading a row"))?;
+            let (pk, data) = t.canonical(&row)?;
             bytes += pk.len() + data.len();
             chunk.push(SnapshotRow { pk, row: data });
             if bytes >= chunk_bytes {
@@ -266,9 +259,12 @@ impl SyncStage {
         }
         let tables = backend.tables().await?;
         let result = self.replace(backend, &tables, peer).await;
-        let _ = sqlx::query("DROP TABLE IF EXISTS temp._tandem_sync")
-            .execute(&mut *self.conn)
-            .await;
+        for sql in [
+            "DROP TABLE IF EXISTS temp._tandem_sync",
+            "DROP TABLE IF EXISTS temp._tandem_local",
+        ] {
+            let _ = sqlx::query(sql).execute(&mut *self.conn).await;
+        }
         result
     }
 
@@ -293,28 +289,20 @@ impl SyncStage {
         // Rows this node has that the peer lacks or has differently.
         let mut lines = Vec::new();
         for t in &tables.list {
-            let sql = format!(
-                "SELECT l.pk AS pk, l.row AS local, s.row AS peer FROM \
-                 (SELECT {} AS pk, {} AS row FROM main.{}) AS l \
-                 LEFT JOIN temp._tandem_sync AS s ON s.tbl = {} AND s.pk = l.pk \
+            stage_local_rows(&mut tx, backend.pool(), t).await?;
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT l.pk, l.row, s.row FROM temp._tandem_local AS l \
+                 LEFT JOIN temp._tandem_sync AS s ON s.tbl = ?1 AND s.pk = l.pk \
                  WHERE s.row IS NULL OR s.row <> l.row ORDER BY l.pk",
-                t.key_json(""),
-                t.row_json(""),
-                ident(&t.name),
-                literal(&t.name)
-            );
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(Error::db(format!(
-                    "comparing table {} with the peer's",
-                    t.name
-                )))?;
-            for row in rows {
-                let pk: String = row.try_get("pk").map_err(Error::db("reading a row"))?;
-                let local: String = row.try_get("local").map_err(Error::db("reading a row"))?;
-                let theirs: Option<String> =
-                    row.try_get("peer").map_err(Error::db("reading a row"))?;
+            )
+            .bind(&t.name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(format!(
+                "comparing table {} with the peer's",
+                t.name
+            )))?;
+            for (pk, local, theirs) in rows {
                 lines.push(local_only_line(&t.name, pk, local, theirs, peer)?);
             }
         }
@@ -347,21 +335,7 @@ impl SyncStage {
                 .map_err(Error::db(format!("clearing table {}", t.name)))?;
         }
         for t in &tables.list {
-            let sql = format!(
-                "INSERT INTO main.{} ({}) SELECT {} FROM temp._tandem_sync WHERE tbl = ?1 ORDER BY pk",
-                ident(&t.name),
-                t.column_list(),
-                t.decoded_columns("row")
-            );
-            let done = sqlx::query(AssertSqlSafe(sql))
-                .bind(&t.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(format!(
-                    "copying the peer's rows into {}",
-                    t.name
-                )))?;
-            copied = copied.saturating_add(done.rows_affected());
+            copied = copied.saturating_add(copy_staged_rows(&mut tx, t).await?);
         }
         // This node's own changes up to now are superseded by the snapshot (and saved
         // above where they differ); the peer recorded them as applied.
@@ -384,6 +358,77 @@ impl SyncStage {
             saved,
             file,
         })
+    }
+}
+
+/// Puts this node's rows of `t` in canonical form into `temp._tandem_local` of `conn`.
+/// The rows are streamed from another connection of `pool`: `conn` holds the write
+/// lock, so both see the same committed rows.
+async fn stage_local_rows(
+    conn: &mut sqlx::SqliteConnection,
+    pool: &sqlx::SqlitePool,
+    t: &TableInfo,
+) -> Result<()> {
+    for sql in [
+        "DROP TABLE IF EXISTS temp._tandem_local",
+        "CREATE TEMP TABLE _tandem_local (pk TEXT PRIMARY KEY, row TEXT NOT NULL) WITHOUT ROWID",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("preparing the local rows"))?;
+    }
+    let mut reader = pool
+        .acquire()
+        .await
+        .map_err(Error::db("connecting to read the local rows"))?;
+    let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *reader);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(Error::db(format!("reading table {}", t.name)))?
+    {
+        let (pk, data) = t.canonical(&row)?;
+        sqlx::query("INSERT INTO temp._tandem_local (pk, row) VALUES (?1, ?2)")
+            .bind(pk)
+            .bind(data)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("staging a local row"))?;
+    }
+    Ok(())
+}
+
+/// Inserts the staged rows of `t` (its table is empty by now); returns how many.
+async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> Result<u64> {
+    const PAGE: i64 = 1000;
+    let mut after = String::new();
+    let mut copied = 0u64;
+    loop {
+        let page: Vec<(String, String)> = sqlx::query_as(
+            "SELECT pk, row FROM temp._tandem_sync WHERE tbl = ?1 AND pk > ?2 ORDER BY pk LIMIT ?3",
+        )
+        .bind(&t.name)
+        .bind(&after)
+        .bind(PAGE)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading the staged rows"))?;
+        let Some((last, _)) = page.last() else {
+            return Ok(copied);
+        };
+        after = last.clone();
+        for (_, row) in &page {
+            let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&t.upsert_sql)));
+            for v in t.row_values(row)? {
+                query = v.bind(query);
+            }
+            query.execute(&mut *conn).await.map_err(Error::db(format!(
+                "copying the peer's rows into {}",
+                t.name
+            )))?;
+            copied += 1;
+        }
     }
 }
 
