@@ -255,6 +255,15 @@ pub enum ConfigError {
         /// The parser's message, with the line.
         detail: String,
     },
+    /// The file cannot be written; the old one, if any, is unchanged.
+    #[error("cannot write node config {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A value is well-formed but wrong.
     #[error("node config {path}: {field}: {problem}")]
     Invalid {
@@ -292,6 +301,22 @@ impl NodeConfig {
                 problem,
             })?;
         Ok(config)
+    }
+
+    /// Writes the config atomically (mode 0644), after validating it.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        self.validate()
+            .map_err(|(field, problem)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                problem,
+            })?;
+        tandem_role::write_atomically(path, self.to_toml().as_bytes(), 0o644).map_err(|source| {
+            ConfigError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// The config as TOML text.
@@ -437,6 +462,20 @@ stop = "true"
         assert_eq!(c.services[0].run_on, RunOn::Active);
         // What is written reads back the same.
         assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+    }
+
+    #[test]
+    fn save_writes_what_load_reads_and_refuses_an_invalid_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("etc/node.toml");
+        let config = parse(LAB_NODE1).expect("valid");
+        config.save(&path).expect("save");
+        assert_eq!(NodeConfig::load(&path).expect("load"), config);
+        let mut bad = config.clone();
+        bad.network.gateway = "198.51.100.1".parse().expect("ip");
+        let err = bad.save(&path).expect_err("invalid").to_string();
+        assert!(err.contains("network.gateway"), "{err}");
+        assert_eq!(NodeConfig::load(&path).expect("unchanged"), config);
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! [`StateFile`] persists a [`NodeState`] as versioned, checksummed JSON, written
 //! atomically.
 //!
-//! This crate never does IO beyond its state file: no sockets, no interfaces, no
+//! This crate never does IO beyond writing files atomically ([`write_atomically`],
+//! for its state file and the node config): no sockets, no interfaces, no
 //! processes, no clock (time comes in with each event).
 //!
 //! # Example
@@ -58,7 +59,9 @@ mod text;
 mod types;
 
 pub use machine::{Action, Config, Event, Hook, Isolation, Machine, ProbeOutcome, Refusal, Step};
-pub use state::{NodeState, Replication, STATE_FILE_NAME, STATE_VERSION, StateError, StateFile};
+pub use state::{
+    NodeState, Replication, STATE_FILE_NAME, STATE_VERSION, StateError, StateFile, write_atomically,
+};
 pub use types::{DeploymentMode, Epoch, MacAddr, NodeId, Role, SiteId};
 
 /// A value given as text that does not parse; the message names the value and
