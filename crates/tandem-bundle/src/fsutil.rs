@@ -63,6 +63,21 @@ pub(crate) fn sync_fs(path: &Path) -> Result<()> {
     nix::unistd::syncfs(&file).map_err(|e| Error::io("syncing file system of", path, e.into()))
 }
 
+/// [`sync_fs`] once per file system among `paths` (several roots and the state
+/// directory usually share one; every flush costs a disk cache flush).
+pub(crate) fn sync_filesystems<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    let mut done = std::collections::HashSet::new();
+    for path in paths {
+        let dev = std::fs::metadata(path)
+            .map_err(|e| Error::io("inspecting", path, e))?
+            .dev();
+        if done.insert(dev) {
+            sync_fs(path)?;
+        }
+    }
+    Ok(())
+}
+
 /// `lstat`, with `None` for a path that does not exist.
 pub(crate) fn lstat(path: &Path) -> Result<Option<Metadata>> {
     match std::fs::symlink_metadata(path) {

@@ -387,10 +387,12 @@ impl Session {
             if mode == Mode::Restore {
                 write_backup(plan, targets, level, &pending_path(state), progress)?;
             }
-            for stage in stages.values() {
-                fsutil::sync_fs(&stage.path)?;
-            }
-            fsutil::sync_fs(&state_subdir(state))?;
+            let state_sub = state_subdir(state);
+            let paths = stages
+                .values()
+                .map(|s| s.path.as_path())
+                .chain([state_sub.as_path()]);
+            fsutil::sync_filesystems(paths)?;
             fire(failpoint, FailAt::Staged)
         })();
         if let Err(e) = staged {
@@ -1134,9 +1136,7 @@ fn swap(
     for (target, attrs) in &journal.dir_attrs {
         attrs.apply(target, false, journal.chown)?;
     }
-    for stage in &journal.stages {
-        fsutil::sync_fs(&stage.path)?;
-    }
+    fsutil::sync_filesystems(journal.stages.iter().map(|s| s.path.as_path()))?;
     fire(failpoint, FailAt::Commit)
 }
 
@@ -1199,12 +1199,7 @@ fn undo(journal: &Journal) -> Result<()> {
             old.apply(target, false, journal.chown)?;
         }
     }
-    for stage in &journal.stages {
-        if let Some(parent) = stage.path.parent() {
-            fsutil::sync_fs(parent)?;
-        }
-    }
-    Ok(())
+    fsutil::sync_filesystems(journal.stages.iter().filter_map(|s| s.path.parent()))
 }
 
 /// Removes the staging directories, the pending backup and the journal of a

@@ -9,32 +9,9 @@ use crate::error::{Error, Result};
 
 /// What a node bundles and what it accepts: the `[bundle]` table of the node config.
 ///
-/// ```toml
-/// [bundle]
-/// allow_setid = false
-/// # config class `node`: server-specific files, never bundled nor restored.
-/// # Globs over `<root name>/<path inside the root>`.
-/// node = ["web-conf/server.xml", "enrollment/**/*.host.key"]
-///
-/// [[bundle.roots]]
-/// name = "enrollment"
-/// path = "/usr/local/enrollment"
-///
-/// [[bundle.roots]]
-/// name = "web-conf"
-/// path = "/opt/cisco/meetingplace/web/current/etc/conf"
-/// exclude = ["**/*.log", "tmp/**"]
-///
-/// [[bundle.roots]]
-/// name = "prompts"
-/// path = "/opt/cisco/meetingplace/prompts/custom"
-/// include = ["**/*.wav"]
-///
-/// [bundle.limits]
-/// max_total_bytes = 8589934592
-/// max_entries = 200000
-/// max_ratio = 200
-/// ```
+/// [`BundleSpec::EXAMPLE`] shows every key with the seed's three directories.
+/// Restore maps a bundle's roots to this node's roots by name; `node` globs,
+/// `limits` and `allow_setid` are the receiving node's policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSpec {
@@ -131,6 +108,34 @@ struct NodeConfigView {
 }
 
 impl BundleSpec {
+    /// A `[bundle]` table with the seed's directories: the SSL enrollment
+    /// directory, the web configuration, and the custom prompts.
+    pub const EXAMPLE: &'static str = r#"[bundle]
+allow_setid = false
+# Config class `node`: server-specific files, never bundled nor restored.
+# Globs over `<root name>/<path inside the root>`.
+node = ["web-conf/server.xml", "enrollment/**/*.host.key"]
+
+[[bundle.roots]]
+name = "enrollment"
+path = "/usr/local/enrollment"
+
+[[bundle.roots]]
+name = "web-conf"
+path = "/opt/cisco/meetingplace/web/current/etc/conf"
+exclude = ["**/*.log", "tmp"]
+
+[[bundle.roots]]
+name = "prompts"
+path = "/opt/cisco/meetingplace/prompts/custom"
+include = ["**/*.wav"]
+
+[bundle.limits]
+max_total_bytes = 8589934592
+max_entries = 200000
+max_ratio = 200
+"#;
+
     /// Reads the `[bundle]` table of a node config (TOML text); other tables are
     /// ignored. A config without `[bundle]` gives an empty spec.
     pub fn from_node_config(text: &str) -> Result<Self, toml::de::Error> {
@@ -314,6 +319,17 @@ mod tests {
             ..BundleSpec::default()
         };
         assert!(spec.validate().unwrap_err().to_string().contains("overlap"));
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        let spec = BundleSpec::from_node_config(BundleSpec::EXAMPLE).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.roots.len(), 3);
+        assert_eq!(
+            spec.root("enrollment").unwrap().path,
+            PathBuf::from("/usr/local/enrollment")
+        );
     }
 
     #[test]

@@ -65,8 +65,9 @@ pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode>
     let spec = BundleSpec::load(&common.config)?;
     if spec.roots.is_empty() {
         anyhow::bail!(
-            "{} has no [[bundle.roots]]: nothing to copy",
-            common.config.display()
+            "{} has no [[bundle.roots]]: nothing to copy. For example:\n\n{}",
+            common.config.display(),
+            BundleSpec::EXAMPLE
         );
     }
     let output = args

@@ -5,8 +5,10 @@
 //! Exit codes: 0 success, 1 failure (the error is printed with its causes),
 //! 2 usage error.
 
+mod agent;
 mod config_files;
 mod progress;
+mod roles;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,25 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make this node part of a failover deployment (asks for the node address,
+    /// subnet mask, gateway and hostname when flags do not give them) or a
+    /// single-server one. The node is left standby.
+    #[command(alias = "setDeployment")]
+    SetDeployment(roles::SetDeploymentArgs),
+    /// Make this node the active server (it claims the shared address once a
+    /// probe finds it silent and the gateway answers) or the standby.
+    #[command(alias = "setServer")]
+    SetServer(roles::SetServerArgs),
+    /// Show this node's deployment, role, epoch, peer and alarms.
+    Status(roles::JsonArgs),
+    /// Make the boot decision of the seed without the agent: probe the shared
+    /// address and claim it only if nothing answers.
+    Boot(roles::JsonArgs),
+    /// Run the node agent in the foreground (boot decision, peer link, conflict
+    /// watch, control socket for the other commands).
+    Agent(agent::AgentArgs),
+    /// Make the site key that both nodes share for the peer link.
+    Keygen(roles::KeygenArgs),
     /// Bundle the copied config files and custom prompts for the standby.
     #[command(alias = "copyConfigFiles")]
     CopyConfigFiles(config_files::CopyArgs),
@@ -72,6 +93,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         state_dir: cli.state_dir,
     };
     match cli.command {
+        Command::SetDeployment(args) => roles::set_deployment(&common, &args),
+        Command::SetServer(args) => roles::set_server(&common, &args),
+        Command::Status(args) => roles::status(&common, &args),
+        Command::Boot(args) => roles::boot(&common, &args),
+        Command::Agent(args) => agent::run(&common, &args),
+        Command::Keygen(args) => roles::keygen(&args),
         Command::CopyConfigFiles(args) => config_files::copy(&common, &args),
         Command::RestoreConfigFiles(args) => config_files::restore(&common, &args),
     }

@@ -303,3 +303,28 @@ fn copy_json_reports_the_bundle() {
         std::fs::metadata(&bundle).unwrap().len()
     );
 }
+
+#[test]
+fn a_config_without_roots_shows_an_example() {
+    let site = Site::new();
+    std::fs::write(site.path("empty.toml"), "[node]\nid = 2\n").unwrap();
+    let empty = site.path("empty.toml");
+    let out = site.failover(&[
+        "--config",
+        s(&empty),
+        "copy-config-files",
+        "--output",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("[[bundle.roots]]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("/usr/local/enrollment"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,70 @@
+//! `failover agent`: the node agent in the foreground (for systemd, see
+//! `tandem-agent.service` beside this crate's manifest).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tandem_node::NodeConfig;
+
+use crate::Common;
+
+/// Arguments of `agent`.
+#[derive(clap::Args)]
+pub(crate) struct AgentArgs {
+    /// The site key shared by both nodes (made by `failover keygen`).
+    #[arg(long, value_name = "FILE", default_value = "/etc/tandem/authkey")]
+    key_file: PathBuf,
+}
+
+pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = NodeConfig::load(&common.config)?;
+    let key = tandem_peer::SiteKey::load(&args.key_file)
+        .with_context(|| "the agent needs the site key; make one with `failover keygen` and copy it to both nodes")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (status, _) = tokio::sync::watch::channel(initial_status(&config));
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        tandem_node::run_agent(config, &common.state_dir, key, status, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn initial_status(config: &NodeConfig) -> tandem_node::StatusSnapshot {
+    tandem_node::StatusSnapshot {
+        state: tandem_role::NodeState::first_boot(config.node.id, config.node.site),
+        hostname: config.node.hostname.clone(),
+        node_address: config.network.node_address.to_string(),
+        shared_address: config.network.shared_address.to_string(),
+        holds_shared_address: false,
+        peer: tandem_node::PeerStatus {
+            address: config.network.peer_address.to_string(),
+            connected: false,
+            claim_epoch: None,
+            clock_offset_ms: None,
+        },
+        replication: None,
+        alarms: Vec::new(),
+        uptime_seconds: 0,
+        taken_ms: 0,
+    }
+}

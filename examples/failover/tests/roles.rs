@@ -1,0 +1,210 @@
+//! `failover set-deployment`, `set-server`, `status`, `keygen` and `agent` run as
+//! an operator runs them, inside the lab's node namespaces.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem_lab::{Host, Lab, LabConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_failover");
+
+struct Site {
+    lab: Lab,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let config = LabConfig { node_addresses: false, ..LabConfig::default() };
+        let lab = Lab::up(config).unwrap_or_else(|e| panic!("this test needs the namespace lab: {e}"));
+        Site { lab, dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn paths(&self, host: Host) -> (PathBuf, PathBuf) {
+        (self.dir.path().join(format!("{host}.toml")), self.dir.path().join(host.name()))
+    }
+
+    fn failover(&self, host: Host, args: &[&str]) -> Output {
+        let (config, state) = self.paths(host);
+        self.lab
+            .command(host, BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn set_deployment(&self, host: Host) -> Output {
+        let (id, own, peer) = match host {
+            Host::Node1 => ("1", "192.0.2.11/24", "192.0.2.12"),
+            _ => ("2", "192.0.2.12/24", "192.0.2.11"),
+        };
+        let name = format!("meetings{id}.lab.test");
+        self.failover(host, &[
+            "set-deployment", "failover", "--node-id", id, "--node-address", own, "--gateway", "192.0.2.1",
+            "--hostname", &name, "--shared-address", "192.0.2.10/24", "--peer-address", peer,
+        ])
+    }
+
+    fn holds_shared(&self, host: Host) -> bool {
+        let out = self.lab.exec(host, "ip", &["-4", "-br", "addr", "show", "dev", "eth0"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("192.0.2.10/24")
+    }
+
+    fn status_json(&self, host: Host) -> serde_json::Value {
+        let out = self.failover(host, &["status", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn set_deployment_configures_the_node_address_and_leaves_the_node_standby() {
+    let site = Site::new();
+    let out = site.set_deployment(Host::Node1);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("standby until `failover set-server active`"), "{}", text(&out));
+    let addr = site.lab.exec(Host::Node1, "ip", &["-4", "addr", "show", "dev", "eth0"]).unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    assert!(addr.contains("192.0.2.11/24") && addr.contains("eth0:0"), "{addr}");
+    let route = site.lab.exec(Host::Node1, "ip", &["route", "show", "default"]).unwrap();
+    assert!(String::from_utf8_lossy(&route.stdout).contains("via 192.0.2.1"));
+    let status = site.status_json(Host::Node1);
+    assert_eq!(status["state"]["deployment"], "failover");
+    assert_eq!(status["state"]["standby_hold"], true);
+
+    // Bad input: a clear error, and the config written before stays as it was.
+    let (config, _) = site.paths(Host::Node1);
+    let before = std::fs::read(&config).unwrap();
+    let bad = site.failover(Host::Node1, &["set-deployment", "failover", "--gateway", "198.51.100.1", "--no-prompt"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("network.gateway"), "{}", text(&bad));
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+
+    // Nothing to ask on and nothing given: the error names the flag.
+    let fresh = site.failover(Host::Node2, &["set-deployment", "failover", "--node-id", "2", "--no-prompt"]);
+    assert_eq!(fresh.status.code(), Some(1));
+    assert!(text(&fresh).contains("--node-address"), "{}", text(&fresh));
+
+    let usage = site.failover(Host::Node1, &["set-deployment", "primary"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
+}
+
+#[test]
+fn the_seeds_failover_procedure_without_agents() {
+    let site = Site::new();
+    for host in [Host::Node1, Host::Node2] {
+        assert!(site.set_deployment(host).status.success());
+    }
+    let up = site.failover(Host::Node1, &["setServer", "active"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(site.holds_shared(Host::Node1));
+    let refused = site.failover(Host::Node2, &["set-server", "active"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused).contains("make that node standby first"), "{}", text(&refused));
+    assert!(!site.holds_shared(Host::Node2));
+
+    assert!(site.failover(Host::Node1, &["set-server", "standby"]).status.success());
+    let up = site.failover(Host::Node2, &["set-server", "active", "--json"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    assert_eq!(report["role"], "active");
+    assert!(site.holds_shared(Host::Node2) && !site.holds_shared(Host::Node1));
+    let status = text(&site.failover(Host::Node2, &["status"]));
+    assert!(status.starts_with("Failover deployment. Active server."), "{status}");
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+fn start_agent(site: &Site, host: Host, key: &Path) -> Agent {
+    let (config, state) = site.paths(host);
+    let child = site
+        .lab
+        .command(host, BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["agent", "--key-file"])
+        .arg(key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Agent(child)
+}
+
+#[test]
+fn the_tools_talk_to_running_agents_and_a_stopped_agent_releases_the_address() {
+    let site = Site::new();
+    let key = site.dir.path().join("authkey");
+    let out = Command::new(BIN).args(["keygen", "--key-file"]).arg(&key).output().unwrap();
+    assert!(out.status.success() && text(&out).contains("fingerprint"), "{}", text(&out));
+    let again = Command::new(BIN).args(["keygen", "--key-file"]).arg(&key).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "keygen must never replace a key");
+
+    for host in [Host::Node1, Host::Node2] {
+        assert!(site.set_deployment(host).status.success());
+    }
+    assert!(site.failover(Host::Node1, &["set-server", "active"]).status.success());
+    let mut agent1 = start_agent(&site, Host::Node1, &key);
+    let _agent2 = start_agent(&site, Host::Node2, &key);
+    // The agents connect; node2 learns node1's claim through the link.
+    wait_until("both agents connected", || {
+        [Host::Node1, Host::Node2].iter().all(|h| {
+            let out = site.failover(*h, &["status", "--json"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .is_ok_and(|s| s["peer"]["connected"] == true)
+        })
+    });
+    assert_eq!(site.status_json(Host::Node1)["state"]["role"], "active");
+    // set-server goes through the agents (their lock keeps a second writer out).
+    assert!(site.failover(Host::Node1, &["set-server", "standby"]).status.success());
+    let up = site.failover(Host::Node2, &["set-server", "active"]);
+    assert!(up.status.success(), "{}", text(&up));
+    wait_until("node1 learns node2's epoch", || site.status_json(Host::Node1)["state"]["epoch"] == 2);
+    assert!(site.holds_shared(Host::Node2));
+
+    // Stopping node1's agent (SIGTERM, as systemd does) ends it cleanly.
+    nix_kill(agent1.0.id());
+    let status = agent1.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let out = site.failover(Host::Node1, &["status"]);
+    assert!(text(&out).contains("agent: not running"), "{}", text(&out));
+}
+
+fn nix_kill(pid: u32) {
+    // `ip netns exec` execs the program, so the child's pid is the agent's.
+    let out = Command::new("kill").args(["-TERM", &pid.to_string()]).output().unwrap();
+    assert!(out.status.success());
+}
