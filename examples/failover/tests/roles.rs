@@ -18,13 +18,23 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
-        let config = LabConfig { node_addresses: false, ..LabConfig::default() };
-        let lab = Lab::up(config).unwrap_or_else(|e| panic!("this test needs the namespace lab: {e}"));
-        Site { lab, dir: tempfile::tempdir().unwrap() }
+        let config = LabConfig {
+            node_addresses: false,
+            ..LabConfig::default()
+        };
+        let lab =
+            Lab::up(config).unwrap_or_else(|e| panic!("this test needs the namespace lab: {e}"));
+        Site {
+            lab,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn paths(&self, host: Host) -> (PathBuf, PathBuf) {
-        (self.dir.path().join(format!("{host}.toml")), self.dir.path().join(host.name()))
+        (
+            self.dir.path().join(format!("{host}.toml")),
+            self.dir.path().join(host.name()),
+        )
     }
 
     fn failover(&self, host: Host, args: &[&str]) -> Output {
@@ -47,14 +57,32 @@ impl Site {
             _ => ("2", "192.0.2.12/24", "192.0.2.11"),
         };
         let name = format!("meetings{id}.lab.test");
-        self.failover(host, &[
-            "set-deployment", "failover", "--node-id", id, "--node-address", own, "--gateway", "192.0.2.1",
-            "--hostname", &name, "--shared-address", "192.0.2.10/24", "--peer-address", peer,
-        ])
+        self.failover(
+            host,
+            &[
+                "set-deployment",
+                "failover",
+                "--node-id",
+                id,
+                "--node-address",
+                own,
+                "--gateway",
+                "192.0.2.1",
+                "--hostname",
+                &name,
+                "--shared-address",
+                "192.0.2.10/24",
+                "--peer-address",
+                peer,
+            ],
+        )
     }
 
     fn holds_shared(&self, host: Host) -> bool {
-        let out = self.lab.exec(host, "ip", &["-4", "-br", "addr", "show", "dev", "eth0"]).unwrap();
+        let out = self
+            .lab
+            .exec(host, "ip", &["-4", "-br", "addr", "show", "dev", "eth0"])
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("192.0.2.10/24")
     }
 
@@ -66,7 +94,11 @@ impl Site {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -74,11 +106,24 @@ fn set_deployment_configures_the_node_address_and_leaves_the_node_standby() {
     let site = Site::new();
     let out = site.set_deployment(Host::Node1);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("standby until `failover set-server active`"), "{}", text(&out));
-    let addr = site.lab.exec(Host::Node1, "ip", &["-4", "addr", "show", "dev", "eth0"]).unwrap();
+    assert!(
+        text(&out).contains("standby until `failover set-server active`"),
+        "{}",
+        text(&out)
+    );
+    let addr = site
+        .lab
+        .exec(Host::Node1, "ip", &["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
     let addr = String::from_utf8_lossy(&addr.stdout);
-    assert!(addr.contains("192.0.2.11/24") && addr.contains("eth0:0"), "{addr}");
-    let route = site.lab.exec(Host::Node1, "ip", &["route", "show", "default"]).unwrap();
+    assert!(
+        addr.contains("192.0.2.11/24") && addr.contains("eth0:0"),
+        "{addr}"
+    );
+    let route = site
+        .lab
+        .exec(Host::Node1, "ip", &["route", "show", "default"])
+        .unwrap();
     assert!(String::from_utf8_lossy(&route.stdout).contains("via 192.0.2.1"));
     let status = site.status_json(Host::Node1);
     assert_eq!(status["state"]["deployment"], "failover");
@@ -87,13 +132,31 @@ fn set_deployment_configures_the_node_address_and_leaves_the_node_standby() {
     // Bad input: a clear error, and the config written before stays as it was.
     let (config, _) = site.paths(Host::Node1);
     let before = std::fs::read(&config).unwrap();
-    let bad = site.failover(Host::Node1, &["set-deployment", "failover", "--gateway", "198.51.100.1", "--no-prompt"]);
+    let bad = site.failover(
+        Host::Node1,
+        &[
+            "set-deployment",
+            "failover",
+            "--gateway",
+            "198.51.100.1",
+            "--no-prompt",
+        ],
+    );
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert!(text(&bad).contains("network.gateway"), "{}", text(&bad));
     assert_eq!(std::fs::read(&config).unwrap(), before);
 
     // Nothing to ask on and nothing given: the error names the flag.
-    let fresh = site.failover(Host::Node2, &["set-deployment", "failover", "--node-id", "2", "--no-prompt"]);
+    let fresh = site.failover(
+        Host::Node2,
+        &[
+            "set-deployment",
+            "failover",
+            "--node-id",
+            "2",
+            "--no-prompt",
+        ],
+    );
     assert_eq!(fresh.status.code(), Some(1));
     assert!(text(&fresh).contains("--node-address"), "{}", text(&fresh));
 
@@ -112,17 +175,28 @@ fn the_seeds_failover_procedure_without_agents() {
     assert!(site.holds_shared(Host::Node1));
     let refused = site.failover(Host::Node2, &["set-server", "active"]);
     assert_eq!(refused.status.code(), Some(1));
-    assert!(text(&refused).contains("make that node standby first"), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("make that node standby first"),
+        "{}",
+        text(&refused)
+    );
     assert!(!site.holds_shared(Host::Node2));
 
-    assert!(site.failover(Host::Node1, &["set-server", "standby"]).status.success());
+    assert!(
+        site.failover(Host::Node1, &["set-server", "standby"])
+            .status
+            .success()
+    );
     let up = site.failover(Host::Node2, &["set-server", "active", "--json"]);
     assert!(up.status.success(), "{}", text(&up));
     let report: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
     assert_eq!(report["role"], "active");
     assert!(site.holds_shared(Host::Node2) && !site.holds_shared(Host::Node1));
     let status = text(&site.failover(Host::Node2, &["status"]));
-    assert!(status.starts_with("Failover deployment. Active server."), "{status}");
+    assert!(
+        status.starts_with("Failover deployment. Active server."),
+        "{status}"
+    );
 }
 
 struct Agent(Child);
@@ -167,17 +241,37 @@ fn start_agent(site: &Site, host: Host, key: &Path) -> Agent {
 fn the_tools_talk_to_running_agents_and_a_stopped_agent_releases_the_address() {
     let site = Site::new();
     let key = site.dir.path().join("authkey");
-    let out = Command::new(BIN).args(["keygen", "--key-file"]).arg(&key).output().unwrap();
-    assert!(out.status.success() && text(&out).contains("fingerprint"), "{}", text(&out));
-    let again = Command::new(BIN).args(["keygen", "--key-file"]).arg(&key).output().unwrap();
-    assert_eq!(again.status.code(), Some(1), "keygen must never replace a key");
+    let out = Command::new(BIN)
+        .args(["keygen", "--key-file"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("fingerprint"),
+        "{}",
+        text(&out)
+    );
+    let again = Command::new(BIN)
+        .args(["keygen", "--key-file"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "keygen must never replace a key"
+    );
 
     for host in [Host::Node1, Host::Node2] {
         assert!(site.set_deployment(host).status.success());
     }
-    assert!(site.failover(Host::Node1, &["set-server", "active"]).status.success());
-    let mut agent1 = start_agent(&site, Host::Node1, &key);
-    let _agent2 = start_agent(&site, Host::Node2, &key);
+    assert!(
+        site.failover(Host::Node1, &["set-server", "active"])
+            .status
+            .success()
+    );
+    let _agent1 = start_agent(&site, Host::Node1, &key);
+    let mut agent2 = start_agent(&site, Host::Node2, &key);
     // The agents connect; node2 learns node1's claim through the link.
     wait_until("both agents connected", || {
         [Host::Node1, Host::Node2].iter().all(|h| {
@@ -189,22 +283,37 @@ fn the_tools_talk_to_running_agents_and_a_stopped_agent_releases_the_address() {
     });
     assert_eq!(site.status_json(Host::Node1)["state"]["role"], "active");
     // set-server goes through the agents (their lock keeps a second writer out).
-    assert!(site.failover(Host::Node1, &["set-server", "standby"]).status.success());
+    assert!(
+        site.failover(Host::Node1, &["set-server", "standby"])
+            .status
+            .success()
+    );
     let up = site.failover(Host::Node2, &["set-server", "active"]);
     assert!(up.status.success(), "{}", text(&up));
-    wait_until("node1 learns node2's epoch", || site.status_json(Host::Node1)["state"]["epoch"] == 2);
+    let epoch = site.status_json(Host::Node2)["state"]["epoch"].clone();
+    wait_until("node1 learns node2's epoch", || {
+        site.status_json(Host::Node1)["state"]["epoch"] == epoch
+    });
     assert!(site.holds_shared(Host::Node2));
 
-    // Stopping node1's agent (SIGTERM, as systemd does) ends it cleanly.
-    nix_kill(agent1.0.id());
-    let status = agent1.0.wait().unwrap();
+    // Stopping the active node's agent (SIGTERM, as systemd does) ends it
+    // cleanly and takes the shared address down with it.
+    nix_kill(agent2.0.id());
+    let status = agent2.0.wait().unwrap();
     assert!(status.success(), "{status}");
-    let out = site.failover(Host::Node1, &["status"]);
+    assert!(
+        !site.holds_shared(Host::Node2),
+        "a stopped agent must not leave the shared address up"
+    );
+    let out = site.failover(Host::Node2, &["status"]);
     assert!(text(&out).contains("agent: not running"), "{}", text(&out));
 }
 
 fn nix_kill(pid: u32) {
     // `ip netns exec` execs the program, so the child's pid is the agent's.
-    let out = Command::new("kill").args(["-TERM", &pid.to_string()]).output().unwrap();
+    let out = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }
