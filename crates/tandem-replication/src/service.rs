@@ -183,7 +183,7 @@ impl Replicator {
         let link_config = self.link_config(&meta, key)?;
         let (tx, rx) = mpsc::channel(4);
         let backend = Arc::clone(&self.backend);
-        let mut link = tandem_peer::Link::start(link_config).await?;
+        let mut link = start_link(link_config).await?;
         info!(role = ?link.role(), "replication peer link started");
         let forward = tokio::spawn(async move {
             while let Some(event) = link.next_event().await {
@@ -201,6 +201,7 @@ impl Replicator {
         });
         let result = self.run_locked(rx, shutdown).await;
         forward.abort();
+        let _ = forward.await;
         result
     }
 
@@ -295,6 +296,23 @@ impl Replicator {
             remote,
             3 - meta.node,
         ))
+    }
+}
+
+/// Starts the link, retrying for a few seconds while the port is still held (by a
+/// service of this process that is shutting down).
+async fn start_link(config: LinkConfig) -> Result<tandem_peer::Link> {
+    let mut attempts = 0;
+    loop {
+        match tandem_peer::Link::start(config.clone()).await {
+            Err(tandem_peer::Error::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 =>
+            {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.map_err(Error::Peer),
+        }
     }
 }
 

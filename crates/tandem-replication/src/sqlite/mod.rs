@@ -416,31 +416,39 @@ impl SqliteBackend {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
-            let (acked, state) = {
+            let (acked, state, writable) = {
                 let mut conn = self.conn().await?;
                 let rows: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state')",
+                    "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state', 'writable')",
                 )
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(Error::db("reading the acknowledged position"))?;
                 let mut acked = 0;
                 let mut state = ReplicationState::Unknown;
+                let mut writable = false;
                 for (k, v) in rows {
                     match k.as_str() {
                         "acked" => acked = v.parse().unwrap_or(0),
+                        "writable" => writable = v == "1",
                         _ => {
                             state = ReplicationState::parse(&v).unwrap_or(ReplicationState::Unknown)
                         }
                     }
                 }
-                (acked, state)
+                (acked, state, writable)
             };
-            if acked >= position.0 {
-                return Ok(());
-            }
+            // Without capture nothing written now reaches the standby, whatever was acknowledged.
             if state != ReplicationState::Active {
                 return Err(Error::NotReplicating { position, state });
+            }
+            if !writable {
+                return Err(Error::State(
+                    "wait_replicated is for the active node; this node is the standby".into(),
+                ));
+            }
+            if acked >= position.0 {
+                return Ok(());
             }
             if started.elapsed() >= limit {
                 return Err(Error::NotReplicated {
@@ -488,7 +496,7 @@ impl SqliteBackend {
         let (backlog, lag_ms) = if m.writable {
             let lag = self.oldest_unacked_ms(m.acked).await?;
             (
-                Some(m.head.saturating_sub(m.acked)),
+                Some(m.head.saturating_sub(m.acked.max(m.floor))),
                 Some(lag.map_or(0, |ts| now_ms().saturating_sub(ts))),
             )
         } else if let Some(p) = peer.as_ref().filter(|p| p.connected) {

@@ -1,0 +1,432 @@
+//! The replication service on two nodes in one process, over a real peer link on
+//! loopback: switch-on from one node, streaming, `wait_replicated`, status, switch-off,
+//! the backlog limit and a peer with the wrong key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_peer::SiteKey;
+use tandem_replication::{
+    Error, InitOptions, LinkStatus, Position, Quiet, ReplicationBackend, ReplicationConfig,
+    ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions, sample,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    backend: Arc<SqliteBackend>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<Result<(), Error>>>,
+}
+
+impl Node {
+    /// A node with its database initialized (node id `id`, peer at `remote_port`,
+    /// listening on `port`), not yet running its service.
+    async fn new(
+        dir: &Path,
+        id: u8,
+        port: u16,
+        remote_port: u16,
+        tweak: impl FnOnce(&mut ReplicationConfig),
+    ) -> Node {
+        let mut cfg = ReplicationConfig {
+            sample_schema: true,
+            port: Some(port),
+            heartbeat_ms: 200,
+            ..ReplicationConfig::default()
+        };
+        tweak(&mut cfg);
+        let settings = Settings::new(dir.join(format!("node{id}")), cfg);
+        let backend = SqliteBackend::open(&settings).await.unwrap();
+        let options =
+            InitOptions::new(id, SocketAddr::new(LOCALHOST, remote_port)).with_local(LOCALHOST);
+        backend.init(&options, &Quiet).await.unwrap();
+        let (stop, _) = watch::channel(false);
+        Node {
+            backend: Arc::new(backend),
+            stop,
+            task: None,
+        }
+    }
+
+    fn start(&mut self, key: &SiteKey) {
+        let replicator = Replicator::new(Arc::clone(&self.backend));
+        let key = key.clone();
+        let mut stop = self.stop.subscribe();
+        self.task = Some(tokio::spawn(async move {
+            replicator
+                .run_standalone(key, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+        for _ in 0..500 {
+            if self.backend.service_running() {
+                return;
+            }
+            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = futures_now(self.task.take().unwrap());
+                panic!("the replication service ended at once: {result:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the replication service did not start");
+    }
+
+    async fn stop(&mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self.stop.send_replace(false);
+    }
+}
+
+/// The result of a finished task.
+fn futures_now(task: JoinHandle<Result<(), Error>>) -> String {
+    let handle = tokio::runtime::Handle::current();
+    std::thread::scope(|s| {
+        s.spawn(|| format!("{:?}", handle.block_on(task)))
+            .join()
+            .unwrap()
+    })
+}
+
+/// Node 1 and node 2 with their services running.
+async fn pair(dir: &Path, key: &SiteKey) -> (Node, Node) {
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = Node::new(dir, 1, p1, p2, |_| {}).await;
+    let mut n2 = Node::new(dir, 2, p2, p1, |_| {}).await;
+    n1.start(key);
+    n2.start(key);
+    (n1, n2)
+}
+
+/// Polls `check` every 10 ms for at most 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..3000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn write(node: &Node, tx: u64, rows: u32) -> Position {
+    let mut conn = node.backend.pool().acquire().await.unwrap();
+    sample::write_transaction(&mut conn, tx, rows)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_on_from_node_1_streams_to_node_2_and_status_shows_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (mut n1, mut n2) = pair(dir.path(), &key).await;
+
+    // The seed: init on both, switchON on node 1 only, then node 1 becomes active.
+    let report = n1
+        .backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    assert!(
+        report.message.contains("switched on on node 1"),
+        "{}",
+        report.message
+    );
+    eventually("node 2 to follow the switch-on", || async {
+        n2.backend.status().await.unwrap().local.state == ReplicationState::Active
+    })
+    .await;
+    n1.backend.promote().await.unwrap();
+
+    let mut last = Position(0);
+    for tx in 1..=60 {
+        last = write(&n1, tx, 20).await;
+    }
+    // An acknowledged write is on node 2.
+    n1.backend
+        .wait_replicated(last, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(n2.backend.status().await.unwrap().applied, last);
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+
+    // Node 2 refuses application writes.
+    let mut conn = n2.backend.pool().acquire().await.unwrap();
+    let err = sample::write_transaction(&mut conn, 1000, 3)
+        .await
+        .unwrap_err();
+    let text = tandem_replication::chain(&err);
+    assert!(text.contains("this database is the standby"), "{text}");
+    drop(conn);
+
+    eventually("both sides to see each other", || async {
+        let (s1, s2) = (
+            n1.backend.status().await.unwrap(),
+            n2.backend.status().await.unwrap(),
+        );
+        s1.remote.status == LinkStatus::Connected
+            && s2.remote.status == LinkStatus::Connected
+            && s1.remote.state == ReplicationState::Active
+            && s2.remote.writable == Some(true)
+            && s1.backlog == Some(0)
+    })
+    .await;
+    let text = n1.backend.status().await.unwrap().render();
+    for line in [
+        "| Replication Type: Local | Replication Type: Intra-site |",
+        "| Node: 1                 | Node: 2                      |",
+        "| State: Active           | State: Active                |",
+        "| Status: Local           | Status: Connected            |",
+        "Backlog: 0 changes",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+
+    // Switch-off from node 2 switches both off; writes on node 1 are then not waited for.
+    n2.backend.switch_off(&Quiet).await.unwrap();
+    eventually("node 1 to follow the switch-off", || async {
+        n1.backend.status().await.unwrap().local.state == ReplicationState::Off
+    })
+    .await;
+    let p = write(&n1, 61, 5).await;
+    let err = n1
+        .backend
+        .wait_replicated(p, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotReplicating { .. }), "{err}");
+
+    n1.stop().await;
+    n2.stop().await;
+    // Without the service, status says so and switch-on refuses.
+    let status = n1.backend.status().await.unwrap();
+    assert_eq!(status.remote.status, LinkStatus::NotConnected);
+    assert!(status.remote_detail.unwrap().contains("not running"));
+    let err = n1
+        .backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ServiceNotRunning), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_key_is_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = Node::new(dir.path(), 1, p1, p2, |_| {}).await;
+    let mut n2 = Node::new(dir.path(), 2, p2, p1, |_| {}).await;
+    n1.start(&SiteKey::generate().unwrap());
+    n2.start(&SiteKey::generate().unwrap());
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    write(&n1, 1, 10).await;
+    eventually("node 1 to record the refused handshake", || async {
+        n1.backend
+            .status()
+            .await
+            .unwrap()
+            .remote_detail
+            .is_some_and(|d| d.contains("handshake"))
+    })
+    .await;
+    let s2 = n2.backend.status().await.unwrap();
+    assert_eq!(s2.remote.status, LinkStatus::NotConnected);
+    assert_eq!(
+        s2.local.state,
+        ReplicationState::Initialized,
+        "node 2 was not switched on"
+    );
+    assert_eq!(s2.applied, Position(0));
+    assert!(
+        n2.backend
+            .table_checksums()
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.rows == 0)
+    );
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_backlog_limit_replication_suspends_itself_with_an_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = Node::new(dir.path(), 1, p1, p2, |c| c.max_backlog = 50).await;
+    n1.start(&key);
+    // Node 2 is down for long: its service never runs.
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    for tx in 1..=10 {
+        write(&n1, tx, 10).await;
+    }
+    eventually("the suspension", || async {
+        n1.backend.status().await.unwrap().local.state == ReplicationState::Suspended
+    })
+    .await;
+    let status = n1.backend.status().await.unwrap();
+    assert!(
+        status.alarms.iter().any(|a| a.contains("max_backlog = 50")),
+        "{:?}",
+        status.alarms
+    );
+    assert!(
+        status
+            .render()
+            .contains("Alarm: node 1: replication switched itself off")
+    );
+    assert_eq!(status.backlog, Some(0), "the changelog was dropped");
+    // Writes go on, uncaptured, and nobody waits for a standby that is not coming.
+    let p = write(&n1, 11, 10).await;
+    let err = n1
+        .backend
+        .wait_replicated(p, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotReplicating {
+                state: ReplicationState::Suspended,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    n1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switchover_the_new_standby_follows_the_new_active_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (mut n1, mut n2) = pair(dir.path(), &key).await;
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    for tx in 1..=20 {
+        write(&n1, tx, 10).await;
+    }
+    // failover set-server standby on node 1, then set-server active on node 2 once it
+    // has everything.
+    n1.backend.demote().await.unwrap();
+    eventually("node 2 to catch up", || async {
+        let s = n2.backend.status().await.unwrap();
+        s.caught_up() == Some(true) && s.remote_head == Some(n1.backend.head().await.unwrap())
+    })
+    .await;
+    n2.backend.promote().await.unwrap();
+    let mut last = Position(0);
+    for tx in 21..=40 {
+        last = write(&n2, tx, 10).await;
+    }
+    n2.backend
+        .wait_replicated(last, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+    let s1 = n1.backend.status().await.unwrap();
+    assert!(s1.alarms.is_empty(), "{:?}", s1.alarms);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_node_stops_applying_and_rejoins_with_from_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (mut n1, mut n2) = pair(dir.path(), &key).await;
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    let p = write(&n1, 1, 10).await;
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // Split brain: node 2 loses node 1, becomes active and takes writes of its own.
+    n2.stop().await;
+    n2.backend.promote().await.unwrap();
+    write(&n2, 500, 10).await;
+    write(&n1, 2, 10).await;
+    n2.backend.demote().await.unwrap();
+    n2.start(&key);
+    eventually("node 2 to report the divergence", || async {
+        let s = n2.backend.status().await.unwrap();
+        s.remote.status == LinkStatus::Connected && s.alarms.iter().any(|a| a.contains("diverged"))
+    })
+    .await;
+    assert_ne!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+
+    let report = n2
+        .backend
+        .switch_on(&SwitchOnOptions::new().from_sync(), &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.saved_rows, 10, "{report:?}");
+    let file = report.local_only_file.expect("a local-only rows file");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 10);
+    assert!(text.contains(r#""login":"user500001""#), "{text}");
+    // Node 1 keeps writing; node 2 follows from the snapshot.
+    let p = write(&n1, 3, 10).await;
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+    eventually("the alarm to clear", || async {
+        n2.backend.status().await.unwrap().alarms.is_empty()
+    })
+    .await;
+    n1.stop().await;
+    n2.stop().await;
+}
