@@ -1,2 +1,474 @@
-//! `mp_replication`: work in progress.
-fn main() {}
+//! `mp_replication`: database replication control for a tandem site, as in the seed
+//! (`mp_replication init / switchON / status`).
+//!
+//! ```text
+//! mp_replication init -n 1|2 -r REMOTE [-v]
+//! mp_replication switch-on [-S] [-F from-sync] [-v]      (alias switchON)
+//! mp_replication switch-off [-v]                         (alias switchOFF)
+//! mp_replication status [--json]
+//! ```
+//!
+//! Commands that change replication end with the seed's line `Database Replication
+//! changes for this machine (Host = H; IP Addr = A) is SUCCESSFUL` (or `FAILED:` and
+//! the reason, with exit status 1). `service` runs the replication service that the
+//! node agent hosts; `promote` and `demote` are what `failover set-server active |
+//! standby` do to the database. All logic lives in `tandem-replication`.
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tandem_replication::{
+    Backend, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer, ReplicationBackend,
+    Replicator, Settings, SqliteBackend, SwitchOnOptions, outcome_line, route_source, sample,
+};
+
+/// Database replication control for a tandem site.
+#[derive(Parser)]
+#[command(name = "mp_replication", version, about, long_about = None)]
+struct Cli {
+    /// The node config file (its `[replication]` table and node facts).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The node's state directory.
+    #[arg(long, global = true, env = "TANDEM_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare this node's database for replication with its peer.
+    Init {
+        /// This node's id.
+        #[arg(short = 'n', long = "node", value_parser = clap::value_parser!(u8).range(1..=2))]
+        node: u8,
+        /// The peer's node address (its eth0:0 hostname or IP, optionally `:port`).
+        #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
+        remote: String,
+        /// The site number (default: [node] site in the config, else 1).
+        #[arg(long)]
+        site: Option<u16>,
+        /// Show the steps.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Switch replication on here and on the peer.
+    #[command(name = "switch-on", alias = "switchON")]
+    SwitchOn {
+        /// Synchronize: copy the peer's data first.
+        #[arg(short = 'S', long = "sync")]
+        sync: bool,
+        /// Where the data comes from: `from-sync` (the peer).
+        #[arg(short = 'F', long = "from", value_enum, requires = "sync")]
+        from: Option<SyncFrom>,
+        /// How long to wait for the service and the peer, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Show the steps.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Switch replication off here and on the peer.
+    #[command(name = "switch-off", alias = "switchOFF")]
+    SwitchOff {
+        /// Show the steps.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Show the replication status of both nodes.
+    Status {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the replication service (the node agent runs it; this runs it alone).
+    Service,
+    /// Make this node's database the writable one (what `failover set-server active` does).
+    Promote {
+        /// Show the steps.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Make this node's database the standby (what `failover set-server standby` does).
+    Demote {
+        /// Show the steps.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Row count and SHA-256 of each replicated table, to compare the two nodes.
+    Checksum {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write transactions of the sample workload (demo, tests and benchmark).
+    #[command(hide = true)]
+    WriteSample {
+        /// First transaction number.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// Number of transactions.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 10)]
+        rows: u32,
+        /// Acknowledge each transaction only once the standby has it.
+        #[arg(long)]
+        wait_replicated: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncFrom {
+    /// Copy the peer's data.
+    FromSync,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mp_replication: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(cli))
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let (path, required) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(Settings::load(&path, required, &cli.state_dir)?)
+}
+
+async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = settings(&cli)?;
+    match cli.command {
+        Command::Init {
+            node,
+            ref remote,
+            site,
+            verbose,
+        } => {
+            let steps = Steps::new(verbose);
+            let mut ip = settings.node.node_address;
+            let result = async {
+                let remote = resolve_remote(remote, settings.port()).await?;
+                let local = settings.node.node_address.or_else(|| route_source(remote));
+                ip = local;
+                let mut options = InitOptions::new(node, remote)
+                    .with_site(site.or(settings.node.site).unwrap_or(1));
+                if let Some(local) = local {
+                    options = options.with_local(local);
+                }
+                let backend = Backend::open(&settings).await?;
+                let report = backend.init(&options, &steps).await?;
+                println!(
+                    "Node {} of site {} replicates {} with {}{}.",
+                    report.node,
+                    report.site,
+                    report.tables.join(", "),
+                    report.remote,
+                    if report.created {
+                        ""
+                    } else {
+                        " (already initialized: updated)"
+                    }
+                );
+                anyhow::Ok(())
+            }
+            .await;
+            finish(&settings, ip, result)
+        }
+        Command::SwitchOn {
+            sync,
+            from: _,
+            timeout,
+            verbose,
+        } => {
+            let steps = Steps::new(verbose);
+            let (backend, ip) = open_for_change(&settings).await;
+            let result = async {
+                let backend = backend?;
+                let mut options = SwitchOnOptions::new().with_timeout(Duration::from_secs(timeout));
+                if sync {
+                    options = options.from_sync();
+                }
+                let report = backend.switch_on(&options, &steps).await;
+                steps.done();
+                let report = report?;
+                println!("{}.", capitalized(&report.message));
+                if let Some(file) = &report.local_only_file {
+                    println!(
+                        "Rows only this node had ({}) are saved in {}",
+                        report.saved_rows,
+                        file.display()
+                    );
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            finish(&settings, ip, result)
+        }
+        Command::SwitchOff { verbose } => {
+            let steps = Steps::new(verbose);
+            let (backend, ip) = open_for_change(&settings).await;
+            let result = async {
+                let report = backend?.switch_off(&steps).await?;
+                println!("{}.", capitalized(&report.message));
+                anyhow::Ok(())
+            }
+            .await;
+            finish(&settings, ip, result)
+        }
+        Command::Promote { verbose } | Command::Demote { verbose } => {
+            let promote = matches!(cli.command, Command::Promote { .. });
+            let steps = Steps::new(verbose);
+            let (backend, ip) = open_for_change(&settings).await;
+            let result = async {
+                let backend = backend?;
+                if promote {
+                    steps.step("making this node's database writable");
+                    backend.promote().await?;
+                } else {
+                    steps.step("making this node's database the standby");
+                    backend.demote().await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            finish(&settings, ip, result)
+        }
+        Command::Status { json } => {
+            let backend = Backend::open(&settings).await?;
+            let status = backend.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checksum { json } => {
+            let backend = SqliteBackend::open(&settings).await?;
+            let sums = backend.table_checksums().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sums)?);
+            } else {
+                for s in sums {
+                    println!("{:<24} {:>10} rows  sha256 {}", s.table, s.rows, s.sha256);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service => {
+            init_logging();
+            let key_file = settings.key_file();
+            let key = tandem_peer::SiteKey::load(&key_file)?;
+            let backend = Arc::new(SqliteBackend::open(&settings).await?);
+            tracing::info!(
+                database = %backend.database_path().display(),
+                key = %key.fingerprint(),
+                "replication service starting"
+            );
+            Replicator::new(backend)
+                .run_standalone(key, shutdown_signal())
+                .await?;
+            tracing::info!("replication service stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WriteSample {
+            first,
+            count,
+            rows,
+            wait_replicated,
+        } => {
+            let backend = SqliteBackend::open(&settings).await?;
+            let mut conn = backend.pool().acquire().await?;
+            let mut out = std::io::stdout().lock();
+            for tx in first..first.saturating_add(count) {
+                let position = sample::write_transaction(&mut conn, tx, rows).await?;
+                if wait_replicated {
+                    backend
+                        .wait_replicated(position, Duration::from_secs(60))
+                        .await
+                        .with_context(|| format!("transaction {tx}"))?;
+                    writeln!(out, "acked {tx} {position}")?;
+                } else {
+                    writeln!(out, "committed {tx} {position}")?;
+                }
+                out.flush()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens the backend for a command that ends with the seed's line; the IP for that
+/// line comes from what `init` recorded, else the config.
+async fn open_for_change(settings: &Settings) -> (anyhow::Result<Backend>, Option<IpAddr>) {
+    let backend = Backend::open(settings).await.map_err(anyhow::Error::from);
+    let mut ip = settings.node.node_address;
+    if let Ok(Backend::Sqlite(b)) = &backend
+        && let Ok(identity) = b.identity().await
+    {
+        ip = identity
+            .local
+            .or(ip)
+            .or_else(|| identity.remote.and_then(route_source));
+    }
+    (backend, ip)
+}
+
+/// Prints the seed's final line and gives the exit status.
+fn finish(
+    settings: &Settings,
+    ip: Option<IpAddr>,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .or_else(|| settings.node.hostname.clone())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let ip = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    match result {
+        Ok(()) => {
+            println!("{}", outcome_line(&host, &ip, None));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{}", outcome_line(&host, &ip, Some(&format!("{e:#}"))));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `-r REMOTE`: an IP, `IP:port`, `[IPv6]:port`, a hostname or `hostname:port`.
+async fn resolve_remote(text: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("-r {text}: `{port}` is not a port"))?;
+            if port == 0 {
+                bail!(
+                    "-r {text}: port 0 (`remote-eth0:0` in the seed stands for the peer's eth0:0 \
+                     hostname or IP address; give that)"
+                );
+            }
+            (host, port)
+        }
+        None => (text, default_port),
+    };
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("-r {text}: cannot resolve {host}"))?;
+    addrs
+        .next()
+        .with_context(|| format!("-r {text}: {host} has no address"))
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Prints the steps with `-v` and shows a progress bar on a terminal.
+struct Steps {
+    verbose: bool,
+    bar: OnceLock<ProgressBar>,
+}
+
+impl Steps {
+    fn new(verbose: bool) -> Steps {
+        Steps {
+            verbose,
+            bar: OnceLock::new(),
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Steps {
+    fn step(&self, text: &str) {
+        if self.verbose {
+            println!("* {text}");
+        }
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        if !std::io::stderr().is_terminal() {
+            if self.verbose && total > 0 && done == total {
+                println!("* copied {done} of {total} rows");
+            }
+            return;
+        }
+        let bar = self.bar.get_or_init(|| {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) =
+                ProgressStyle::with_template("{bar:40} {pos}/{len} rows copied ({eta})")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

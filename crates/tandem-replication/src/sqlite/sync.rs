@@ -1,7 +1,9 @@
 //! from-sync: the provider streams a consistent snapshot of its declared tables from one
-//! read transaction; the receiver stages it in a temporary table, saves the rows that
-//! only it had (or had differently) to a file, and then replaces its tables, its
-//! positions and its own superseded changelog in one transaction.
+//! read transaction; the receiver stages it in a temporary table, saves the rows it
+//! changed that the peer never received (its unacknowledged changelog: rows it wrote,
+//! and keys it deleted, where they differ from the snapshot) to a file, and then
+//! replaces its tables, its positions and its own superseded changelog in one
+//! transaction.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,6 +264,7 @@ impl SyncStage {
         for sql in [
             "DROP TABLE IF EXISTS temp._tandem_sync",
             "DROP TABLE IF EXISTS temp._tandem_local",
+            "DROP TABLE IF EXISTS temp._tandem_keys",
         ] {
             let _ = sqlx::query(sql).execute(&mut *self.conn).await;
         }
@@ -286,16 +289,31 @@ impl SyncStage {
                 m.node
             )));
         }
-        // Rows this node has that the peer lacks or has differently.
+        // The rows this node changed that the peer never received: the keys in its
+        // unacknowledged changelog. If writes went uncaptured (replication was off or
+        // suspended while this node was writable) those keys are unknown, and every row
+        // that differs from the peer's is saved.
+        let every_difference = m.uncaptured || m.floor > m.acked;
+        let unshipped = backend.read_changes(m.acked, u32::MAX, usize::MAX).await?;
+        stage_keys(&mut tx, &unshipped).await?;
         let mut lines = Vec::new();
         for t in &tables.list {
             stage_local_rows(&mut tx, backend.pool(), t).await?;
-            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            // Local rows that the peer lacks or has differently, then keys this node
+            // deleted that the peer still has.
+            let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
                 "SELECT l.pk, l.row, s.row FROM temp._tandem_local AS l \
                  LEFT JOIN temp._tandem_sync AS s ON s.tbl = ?1 AND s.pk = l.pk \
-                 WHERE s.row IS NULL OR s.row <> l.row ORDER BY l.pk",
+                 WHERE (s.row IS NULL OR s.row <> l.row) \
+                 AND (?2 OR l.pk IN (SELECT pk FROM temp._tandem_keys WHERE tbl = ?1)) \
+                 UNION ALL \
+                 SELECT k.pk, NULL, s.row FROM temp._tandem_keys AS k \
+                 JOIN temp._tandem_sync AS s ON s.tbl = k.tbl AND s.pk = k.pk \
+                 WHERE k.tbl = ?1 AND k.pk NOT IN (SELECT pk FROM temp._tandem_local) \
+                 ORDER BY 1",
             )
             .bind(&t.name)
+            .bind(every_difference)
             .fetch_all(&mut *tx)
             .await
             .map_err(Error::db(format!(
@@ -399,6 +417,31 @@ async fn stage_local_rows(
     Ok(())
 }
 
+/// Puts the keys of `changes` into `temp._tandem_keys` of `conn`.
+async fn stage_keys(
+    conn: &mut sqlx::SqliteConnection,
+    changes: &[crate::wire::Change],
+) -> Result<()> {
+    for sql in [
+        "DROP TABLE IF EXISTS temp._tandem_keys",
+        "CREATE TEMP TABLE _tandem_keys (tbl TEXT NOT NULL, pk TEXT NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("preparing the changed keys"))?;
+    }
+    for c in changes {
+        sqlx::query("INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES (?1, ?2)")
+            .bind(&c.table)
+            .bind(&c.pk)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("staging a changed key"))?;
+    }
+    Ok(())
+}
+
 /// Inserts the staged rows of `t` (its table is empty by now); returns how many.
 async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> Result<u64> {
     const PAGE: i64 = 1000;
@@ -436,7 +479,7 @@ async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> R
 fn local_only_line(
     table: &str,
     key: String,
-    local: String,
+    local: Option<String>,
     peer_row: Option<String>,
     peer: u8,
 ) -> Result<String> {
@@ -444,7 +487,8 @@ fn local_only_line(
     struct Line<'a> {
         table: &'a str,
         key: Box<RawValue>,
-        local: Box<RawValue>,
+        /// `null`: this node deleted the row.
+        local: Option<Box<RawValue>>,
         peer: Option<Box<RawValue>>,
         peer_node: u8,
     }
@@ -454,7 +498,7 @@ fn local_only_line(
     let line = Line {
         table,
         key: raw(key)?,
-        local: raw(local)?,
+        local: local.map(raw).transpose()?,
         peer: peer_row.map(raw).transpose()?,
         peer_node: peer,
     };
