@@ -26,8 +26,11 @@ use crate::sample;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/node.toml";
 /// Where a node keeps its state unless `--state-dir` or `TANDEM_STATE_DIR` say otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
-/// The site key file unless the config names another.
-pub const DEFAULT_KEY_FILE: &str = "/etc/tandem/site.key";
+/// The site key file unless the config names another (where `failover keygen` writes it).
+pub const DEFAULT_KEY_FILE: &str = "/etc/tandem/authkey";
+/// The TCP port of the standalone replication service's peer link: next to the node
+/// agent's (7451), so both can run until the agent carries replication itself.
+pub const DEFAULT_PORT: u16 = tandem_peer::DEFAULT_PORT + 1;
 /// The database file name under the state directory unless the config names one.
 pub const DEFAULT_DATABASE_NAME: &str = "replicated.sqlite";
 
@@ -54,9 +57,9 @@ pub struct ReplicationConfig {
     /// Create the sample schema (user groups, user profiles, meetings) in the database if
     /// it is missing (for the demo and tests).
     pub sample_schema: bool,
-    /// TCP port of the peer link; default `[peer] port`, else 7451.
+    /// TCP port of the standalone service's peer link; default 7452.
     pub port: Option<u16>,
-    /// The site key file; default `[peer] key_file`, else `/etc/tandem/site.key`.
+    /// The site key file; default `[peer] key_file`, else `/etc/tandem/authkey`.
     pub key_file: Option<PathBuf>,
     /// Unacknowledged changes the active node keeps at most; past this, replication
     /// switches itself off and raises an alarm instead of filling the disk.
@@ -264,12 +267,9 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE))
     }
 
-    /// The peer link port.
+    /// The standalone service's peer link port.
     pub fn port(&self) -> u16 {
-        self.replication
-            .port
-            .or(self.node.peer_port)
-            .unwrap_or(tandem_peer::DEFAULT_PORT)
+        self.replication.port.unwrap_or(DEFAULT_PORT)
     }
 }
 
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(s.replication.max_backlog, 50);
         assert_eq!(s.database_path(), PathBuf::from("/var/lib/app.sqlite"));
         assert_eq!(s.key_file(), PathBuf::from("/etc/tandem/site.key"));
-        assert_eq!(s.port(), 7451);
+        assert_eq!(s.port(), 7452);
     }
 
     #[test]

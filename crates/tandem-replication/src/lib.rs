@@ -23,9 +23,10 @@
 //!   its own changelog is fully acknowledged. A node holding changes the peer never got
 //!   while the peer is writable (after a split brain or an early promotion) is
 //!   *diverged*: it stops, raises an alarm and waits for `switch-on -S -F from-sync`,
-//!   which copies a consistent snapshot from the peer and writes the rows only it had
-//!   (or had differently) to a JSON-lines file under the state directory, named in the
-//!   output.
+//!   which copies a consistent snapshot from the peer and first writes this node's own
+//!   changes that the peer never received (rows it wrote or deleted, where they differ
+//!   from the snapshot; every differing row if some writes were never captured) to a
+//!   JSON-lines file under the state directory, named in the output.
 //! - **Bounded changelog.** Entries are pruned once acknowledged. Past `max_backlog`
 //!   unacknowledged changes the active node switches replication off, drops its
 //!   changelog and raises an alarm, instead of filling its disk (the seed warns that a
@@ -87,8 +88,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use config::{
-    BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR,
-    NodeFacts, ReplicationConfig, Settings,
+    BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
+    DEFAULT_STATE_DIR, NodeFacts, ReplicationConfig, Settings,
 };
 pub use error::{Error, Result, chain};
 pub use observer::{Observer, Quiet};
@@ -302,6 +303,16 @@ impl Backend {
     pub async fn open(settings: &Settings) -> Result<Backend> {
         match settings.replication.backend {
             BackendKind::Sqlite => Ok(Backend::Sqlite(SqliteBackend::open(settings).await?)),
+        }
+    }
+
+    /// Opens the backend only if its database exists (see
+    /// [`SqliteBackend::open_existing`]).
+    pub async fn open_existing(settings: &Settings) -> Result<Backend> {
+        match settings.replication.backend {
+            BackendKind::Sqlite => Ok(Backend::Sqlite(
+                SqliteBackend::open_existing(settings).await?,
+            )),
         }
     }
 

@@ -260,7 +260,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             finish(&settings, ip, result)
         }
         Command::Status { json } => {
-            let backend = Backend::open(&settings).await?;
+            let backend = Backend::open_existing(&settings).await?;
             let status = backend.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -270,7 +270,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checksum { json } => {
-            let backend = SqliteBackend::open(&settings).await?;
+            let backend = SqliteBackend::open_existing(&settings).await?;
             let sums = backend.table_checksums().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sums)?);
@@ -303,7 +303,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             rows,
             wait_replicated,
         } => {
-            let backend = SqliteBackend::open(&settings).await?;
+            let backend = SqliteBackend::open_existing(&settings).await?;
             let mut conn = backend.pool().acquire().await?;
             let mut out = std::io::stdout().lock();
             for tx in first..first.saturating_add(count) {
@@ -327,7 +327,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Opens the backend for a command that ends with the seed's line; the IP for that
 /// line comes from what `init` recorded, else the config.
 async fn open_for_change(settings: &Settings) -> (anyhow::Result<Backend>, Option<IpAddr>) {
-    let backend = Backend::open(settings).await.map_err(anyhow::Error::from);
+    let backend = Backend::open_existing(settings)
+        .await
+        .map_err(anyhow::Error::from);
     let mut ip = settings.node.node_address;
     if let Ok(Backend::Sqlite(b)) = &backend
         && let Ok(identity) = b.identity().await

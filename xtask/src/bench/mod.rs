@@ -5,6 +5,7 @@
 
 mod bundle;
 mod netif;
+mod replication;
 
 use std::path::PathBuf;
 
@@ -24,17 +25,21 @@ enum Area {
     Bundle,
     /// Probe round trip and takeover time in the lab.
     Netif,
+    /// Committed transactions per second with replication off, async and waiting for
+    /// the standby, and replication lag, in the lab.
+    Replication,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let areas = match args.area {
         Some(area) => vec![area],
-        None => vec![Area::Bundle, Area::Netif],
+        None => vec![Area::Bundle, Area::Netif, Area::Replication],
     };
     for area in areas {
         match area {
             Area::Bundle => bundle::run().context("bench bundle")?,
             Area::Netif => netif::run().context("bench netif")?,
+            Area::Replication => replication::run().context("bench replication")?,
         }
     }
     Ok(())

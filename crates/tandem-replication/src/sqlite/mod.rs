@@ -130,6 +130,26 @@ impl SqliteBackend {
         })
     }
 
+    /// Opens the database named by the settings only if it exists (for commands that
+    /// read or change replication: they never create an empty database).
+    pub async fn open_existing(settings: &Settings) -> Result<SqliteBackend> {
+        if !settings.database_path().exists() {
+            return Err(Error::NotInitialized);
+        }
+        SqliteBackend::open(settings).await
+    }
+
+    /// The newest position of this node's changelog that the peer acknowledged.
+    pub async fn acked(&self) -> Result<Position> {
+        let mut conn = self.conn().await?;
+        let acked: Option<String> =
+            sqlx::query_scalar("SELECT value FROM _tandem_meta WHERE key = 'acked'")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(Error::db("reading the acknowledged position"))?;
+        Ok(Position(acked.and_then(|a| a.parse().ok()).unwrap_or(0)))
+    }
+
     /// The connection pool (applications may write through it).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
