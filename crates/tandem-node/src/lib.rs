@@ -47,6 +47,7 @@ mod node;
 mod services;
 mod shell;
 mod status;
+mod status_http;
 
 pub use agent::{AgentError, PeerMessage, run as run_agent};
 pub use config::{
@@ -58,3 +59,8 @@ pub use node::{LOCK_FILE_NAME, Node, NodeError, Report, StepRecord};
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;
 pub use status::{Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};
+pub use status_http::{
+    DEFAULT_HEAD_TIMEOUT, DEFAULT_STATUS_PORT, MAX_HEAD_BYTES, RequestError, RequestHead,
+    StatusServer, parse_request_head, render_metrics, render_status_json, render_status_page,
+    serve_status,
+};
