@@ -175,7 +175,7 @@ pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
         "Clock offset",
         &peer
             .clock_offset_ms
-            .map_or_else(|| "not measured".to_owned(), |o| format!("{o:+.1} ms")),
+            .map_or_else(|| "not measured".to_owned(), |o| format!("{o:+.2} ms")),
     );
     fact(&mut page, "Uptime", &format_uptime(snapshot.uptime_seconds));
     fact(&mut page, "Taken", &format_utc(snapshot.taken_ms));
@@ -209,8 +209,9 @@ pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
                 .map_or_else(|| "unknown".to_owned(), |ms| format!("{ms} ms"));
             let _ = writeln!(
                 page,
-                "<p>Backlog: {} changes. Lag: {}.</p>",
+                "<p>Backlog: {} change{}. Lag: {}.</p>",
                 replication.backlog,
+                if replication.backlog == 1 { "" } else { "s" },
                 escape(&lag),
             );
         }
@@ -526,7 +527,9 @@ pub fn render_metrics(snapshot: &StatusSnapshot) -> String {
         sample(
             "tandem_peer_clock_offset_seconds",
             "The peer's clock minus this node's clock, in seconds.",
-            float(offset_ms / 1000.0),
+            // Rounded to microseconds, what the peer link measures, so that the
+            // value prints as 0.00042 rather than 0.00041999999999999996.
+            float((offset_ms * 1000.0).round() / 1e6),
         );
     }
     sample(
@@ -1145,4 +1148,553 @@ fn is_exhaustion(e: &io::Error) -> bool {
             .iter()
             .any(|&errno| errno as i32 == code)
     }) || e.kind() == io::ErrorKind::OutOfMemory
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PeerStatus, ReplicationStatus};
+    use tandem_role::{DeploymentMode, Epoch, NodeId, NodeState, SiteId};
+
+    /// Node 1, active, in the seed's replication state, with one alarm.
+    fn active_node() -> StatusSnapshot {
+        let mut state = NodeState::first_boot(NodeId::One, SiteId::ONE);
+        state.deployment = DeploymentMode::Failover;
+        state.role = Role::Active;
+        state.epoch = Epoch::new(7);
+        StatusSnapshot {
+            state,
+            hostname: "meetings1.example.com".into(),
+            node_address: "192.0.2.11/24".into(),
+            shared_address: "192.0.2.10/24".into(),
+            holds_shared_address: true,
+            peer: PeerStatus {
+                address: "192.0.2.12".into(),
+                connected: true,
+                claim_epoch: Some(6),
+                clock_offset_ms: Some(-0.42),
+            },
+            replication: Some(ReplicationStatus {
+                local: ReplicationSide {
+                    replication_type: "Local".into(),
+                    site: 1,
+                    node: 1,
+                    state: "Active".into(),
+                    status: "Local".into(),
+                },
+                remote: ReplicationSide {
+                    replication_type: "Intra-site".into(),
+                    site: 1,
+                    node: 2,
+                    state: "Active".into(),
+                    status: "Connected".into(),
+                },
+                backlog: 3,
+                lag_ms: Some(1250),
+            }),
+            alarms: vec![Alarm {
+                raised_ms: 1_714_564_800_000,
+                message: "replication backlog past 1000 changes".into(),
+            }],
+            uptime_seconds: 3_725,
+            taken_ms: 1_714_568_400_000,
+        }
+    }
+
+    /// Node 2 on its first boot into a failover deployment: standby, held,
+    /// nothing known about the peer, no replication, no alarms.
+    fn standby_node() -> StatusSnapshot {
+        let mut state = NodeState::first_boot(NodeId::Two, SiteId::ONE);
+        state.deployment = DeploymentMode::Failover;
+        state.standby_hold = true;
+        StatusSnapshot {
+            state,
+            hostname: "meetings2.example.com".into(),
+            node_address: "192.0.2.12/24".into(),
+            shared_address: "192.0.2.10/24".into(),
+            holds_shared_address: false,
+            peer: PeerStatus {
+                address: "192.0.2.11".into(),
+                connected: false,
+                claim_epoch: None,
+                clock_offset_ms: None,
+            },
+            replication: None,
+            alarms: Vec::new(),
+            uptime_seconds: 42,
+            taken_ms: 0,
+        }
+    }
+
+    /// Compares rendered text with the expected text line by line, naming the
+    /// first line that differs.
+    #[track_caller]
+    fn check(actual: &str, expected: &str) {
+        if actual == expected {
+            return;
+        }
+        let mismatch = actual
+            .lines()
+            .zip(expected.lines())
+            .enumerate()
+            .find(|(_, (a, e))| a != e);
+        match mismatch {
+            Some((i, (a, e))) => panic!(
+                "line {} differs\n  actual: {a}\nexpected: {e}\n\nwhole actual text:\n{actual}",
+                i + 1
+            ),
+            None => panic!(
+                "texts differ in length or line ends\n\nwhole actual text:\n{actual:?}\n\nexpected:\n{expected:?}"
+            ),
+        }
+    }
+
+    /// The part of a page from `<body>` on.
+    fn body(page: &str) -> &str {
+        &page[page.find("<body>").unwrap()..]
+    }
+
+    #[test]
+    fn page_of_an_active_node_shows_banner_facts_seed_table_and_alarms() {
+        check(
+            &render_status_page(&active_node()),
+            r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="5">
+<title>Failover deployment. Active server. (meetings1.example.com)</title>
+<style>body{font-family:sans-serif;margin:2em;color:#111;background:#fff}h1{font-size:1.6em;margin:0 0 1em}h2{font-size:1.2em;margin:1.5em 0 .5em}table{border-collapse:collapse}th,td{text-align:left;padding:.25em 1em .25em 0;vertical-align:top}.replication td,.replication th{border:1px solid #999;padding:.25em .75em}.links{margin-top:2em;color:#555}</style>
+</head>
+<body>
+<h1>Failover deployment. Active server.</h1>
+<table class="facts">
+<tr><th>Role</th><td>active</td></tr>
+<tr><th>Deployment</th><td>failover</td></tr>
+<tr><th>Node</th><td>1 (meetings1.example.com, 192.0.2.11/24)</td></tr>
+<tr><th>Site</th><td>1</td></tr>
+<tr><th>Epoch</th><td>7</td></tr>
+<tr><th>Standby hold</th><td>no</td></tr>
+<tr><th>Shared address</th><td>192.0.2.10/24, held by this node</td></tr>
+<tr><th>Peer</th><td>192.0.2.12, connected</td></tr>
+<tr><th>Peer&#39;s last claim</th><td>epoch 6</td></tr>
+<tr><th>Clock offset</th><td>-0.42 ms</td></tr>
+<tr><th>Uptime</th><td>1h 2m 5s</td></tr>
+<tr><th>Taken</th><td>2024-05-01 13:00:00 UTC</td></tr>
+</table>
+<h2>Replication</h2>
+<table class="replication">
+<tr><th>Local Server</th><th>Remote Server</th></tr>
+<tr><td>Replication Type: Local</td><td>Replication Type: Intra-site</td></tr>
+<tr><td>Site: 1</td><td>Site: 1</td></tr>
+<tr><td>Node: 1</td><td>Node: 2</td></tr>
+<tr><td>State: Active</td><td>State: Active</td></tr>
+<tr><td>Status: Local</td><td>Status: Connected</td></tr>
+</table>
+<p>Backlog: 3 changes. Lag: 1250 ms.</p>
+<h2>Alarms (1)</h2>
+<ul>
+<li>2024-05-01 12:00:00 UTC: replication backlog past 1000 changes</li>
+</ul>
+<p class="links">Also as <a href="/status.json">JSON</a> and <a href="/metrics">metrics</a>.</p>
+</body>
+</html>
+"#,
+        );
+    }
+
+    #[test]
+    fn page_of_a_held_standby_says_what_is_not_there() {
+        let page = render_status_page(&standby_node());
+        check(
+            body(&page),
+            r#"<body>
+<h1>Failover deployment. Standby server.</h1>
+<table class="facts">
+<tr><th>Role</th><td>standby</td></tr>
+<tr><th>Deployment</th><td>failover</td></tr>
+<tr><th>Node</th><td>2 (meetings2.example.com, 192.0.2.12/24)</td></tr>
+<tr><th>Site</th><td>1</td></tr>
+<tr><th>Epoch</th><td>0</td></tr>
+<tr><th>Standby hold</th><td>yes (set by the operator)</td></tr>
+<tr><th>Shared address</th><td>192.0.2.10/24, not held by this node</td></tr>
+<tr><th>Peer</th><td>192.0.2.11, not connected</td></tr>
+<tr><th>Peer&#39;s last claim</th><td>none</td></tr>
+<tr><th>Clock offset</th><td>not measured</td></tr>
+<tr><th>Uptime</th><td>42s</td></tr>
+<tr><th>Taken</th><td>1970-01-01 00:00:00 UTC</td></tr>
+</table>
+<h2>Replication: not configured</h2>
+<h2>No alarms</h2>
+<p class="links">Also as <a href="/status.json">JSON</a> and <a href="/metrics">metrics</a>.</p>
+</body>
+</html>
+"#,
+        );
+    }
+
+    #[test]
+    fn the_heading_is_the_banner_of_each_mode() {
+        let mut single = standby_node();
+        single.state.deployment = DeploymentMode::Single;
+        for (snapshot, banner) in [
+            (active_node(), "Failover deployment. Active server."),
+            (standby_node(), "Failover deployment. Standby server."),
+            (single, "Single-server deployment."),
+        ] {
+            let page = render_status_page(&snapshot);
+            assert!(
+                body(&page).starts_with(&format!("<body>\n<h1>{banner}</h1>\n")),
+                "{page}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_change_of_backlog_and_unknown_lag() {
+        let mut snapshot = active_node();
+        if let Some(replication) = &mut snapshot.replication {
+            replication.backlog = 1;
+            replication.lag_ms = None;
+        }
+        assert!(render_status_page(&snapshot).contains("<p>Backlog: 1 change. Lag: unknown.</p>"));
+    }
+
+    #[test]
+    fn every_value_is_escaped() {
+        let hostile = r#"<script>alert("x")</script> & 'y'"#;
+        let escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;";
+        let mut snapshot = active_node();
+        snapshot.hostname = hostile.into();
+        snapshot.alarms[0].message = hostile.into();
+        if let Some(replication) = &mut snapshot.replication {
+            replication.remote.status = hostile.into();
+        }
+        let page = render_status_page(&snapshot);
+        assert!(!page.contains("<script"), "{page}");
+        assert!(page.contains(&format!(
+            "<title>Failover deployment. Active server. ({escaped})</title>"
+        )));
+        assert!(page.contains(&format!("<li>2024-05-01 12:00:00 UTC: {escaped}</li>")));
+        assert!(page.contains(&format!("<td>Status: {escaped}</td>")));
+    }
+
+    #[test]
+    fn metrics_of_an_active_node() {
+        check(
+            &render_metrics(&active_node()),
+            r#"# HELP tandem_info The node's hostname, node address and shared address; always 1.
+# TYPE tandem_info gauge
+tandem_info{node="1",site="1",hostname="meetings1.example.com",node_address="192.0.2.11/24",shared_address="192.0.2.10/24",peer_address="192.0.2.12"} 1
+# HELP tandem_deployment The deployment mode: 1 for the node's mode, 0 for the other.
+# TYPE tandem_deployment gauge
+tandem_deployment{node="1",site="1",deployment="single"} 0
+tandem_deployment{node="1",site="1",deployment="failover"} 1
+# HELP tandem_role The node's role: 1 for the current role, 0 for the other.
+# TYPE tandem_role gauge
+tandem_role{node="1",site="1",role="active"} 1
+tandem_role{node="1",site="1",role="standby"} 0
+# HELP tandem_active Whether this node is the active server (1) or not (0).
+# TYPE tandem_active gauge
+tandem_active{node="1",site="1"} 1
+# HELP tandem_epoch The highest claim epoch this node has used or seen.
+# TYPE tandem_epoch gauge
+tandem_epoch{node="1",site="1"} 7
+# HELP tandem_standby_hold Whether the operator holds this node in standby (1) or not (0).
+# TYPE tandem_standby_hold gauge
+tandem_standby_hold{node="1",site="1"} 0
+# HELP tandem_holds_shared_address Whether this node holds the shared address right now (1) or not (0).
+# TYPE tandem_holds_shared_address gauge
+tandem_holds_shared_address{node="1",site="1"} 1
+# HELP tandem_peer_connected Whether the peer link is up (1) or not (0).
+# TYPE tandem_peer_connected gauge
+tandem_peer_connected{node="1",site="1"} 1
+# HELP tandem_peer_claim_epoch The epoch of the peer's latest claim.
+# TYPE tandem_peer_claim_epoch gauge
+tandem_peer_claim_epoch{node="1",site="1"} 6
+# HELP tandem_peer_clock_offset_seconds The peer's clock minus this node's clock, in seconds.
+# TYPE tandem_peer_clock_offset_seconds gauge
+tandem_peer_clock_offset_seconds{node="1",site="1"} -0.00042
+# HELP tandem_replication_configured Whether database replication reports a status (1) or not (0).
+# TYPE tandem_replication_configured gauge
+tandem_replication_configured{node="1",site="1"} 1
+# HELP tandem_replication_backlog Changes not yet acknowledged by the standby.
+# TYPE tandem_replication_backlog gauge
+tandem_replication_backlog{node="1",site="1"} 3
+# HELP tandem_replication_lag_seconds Replication lag in seconds.
+# TYPE tandem_replication_lag_seconds gauge
+tandem_replication_lag_seconds{node="1",site="1"} 1.250
+# HELP tandem_alarms Alarms raised and not cleared.
+# TYPE tandem_alarms gauge
+tandem_alarms{node="1",site="1"} 1
+# HELP tandem_uptime_seconds Seconds since the agent started.
+# TYPE tandem_uptime_seconds gauge
+tandem_uptime_seconds{node="1",site="1"} 3725
+"#,
+        );
+    }
+
+    #[test]
+    fn metrics_leave_out_what_is_not_known() {
+        let metrics = render_metrics(&standby_node());
+        for absent in [
+            "tandem_peer_claim_epoch",
+            "tandem_peer_clock_offset_seconds",
+            "tandem_replication_backlog",
+            "tandem_replication_lag_seconds",
+        ] {
+            assert!(!metrics.contains(absent), "{absent} in\n{metrics}");
+        }
+        for present in [
+            "\ntandem_role{node=\"2\",site=\"1\",role=\"standby\"} 1\n",
+            "\ntandem_active{node=\"2\",site=\"1\"} 0\n",
+            "\ntandem_standby_hold{node=\"2\",site=\"1\"} 1\n",
+            "\ntandem_replication_configured{node=\"2\",site=\"1\"} 0\n",
+            "\ntandem_alarms{node=\"2\",site=\"1\"} 0\n",
+        ] {
+            assert!(metrics.contains(present), "{present} not in\n{metrics}");
+        }
+    }
+
+    #[test]
+    fn label_values_and_floats_follow_the_exposition_format() {
+        let mut snapshot = standby_node();
+        snapshot.hostname = "a\"b\\c\nd".into();
+        let metrics = render_metrics(&snapshot);
+        assert!(metrics.contains(r#"hostname="a\"b\\c\nd","#), "{metrics}");
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(float(0.5), "0.5");
+    }
+
+    #[test]
+    fn status_json_is_the_snapshot_with_the_banner() {
+        let json = render_status_json(&standby_node()).unwrap();
+        check(
+            &json,
+            r#"{
+  "banner": "Failover deployment. Standby server.",
+  "state": {
+    "deployment": "failover",
+    "node": 2,
+    "site": 1,
+    "role": "standby",
+    "epoch": 0,
+    "standby_hold": true,
+    "replication": "off",
+    "role_changed_ms": 0
+  },
+  "hostname": "meetings2.example.com",
+  "node_address": "192.0.2.12/24",
+  "shared_address": "192.0.2.10/24",
+  "holds_shared_address": false,
+  "peer": {
+    "address": "192.0.2.11",
+    "connected": false,
+    "claim_epoch": null,
+    "clock_offset_ms": null
+  },
+  "replication": null,
+  "alarms": [],
+  "uptime_seconds": 42,
+  "taken_ms": 0
+}
+"#,
+        );
+        let active = active_node();
+        let back: StatusSnapshot =
+            serde_json::from_str(&render_status_json(&active).unwrap()).unwrap();
+        assert_eq!(back, active);
+    }
+
+    #[test]
+    fn dates_and_durations() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_utc(1_709_251_199_999), "2024-02-29 23:59:59 UTC");
+        assert_eq!(format_utc(4_107_542_400_000), "2100-03-01 00:00:00 UTC");
+        // RFC 9110's own example.
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert!(format_utc(u64::MAX).ends_with(" UTC"));
+        assert!(http_date(u64::MAX).ends_with(" GMT"));
+        assert_eq!(format_uptime(0), "0s");
+        assert_eq!(format_uptime(61), "1m 1s");
+        assert_eq!(format_uptime(3_600), "1h 0m 0s");
+        assert_eq!(format_uptime(90_061), "1d 1h 1m 1s");
+    }
+
+    #[test]
+    fn request_heads() {
+        let ok = |method: &str, target: &str, path: &str, minor_version: u8| {
+            Ok(RequestHead {
+                method: method.into(),
+                target: target.into(),
+                path: path.into(),
+                minor_version,
+            })
+        };
+        let cases: &[(&[u8], Result<RequestHead, RequestError>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ok("GET", "/", "/", 1)),
+            (
+                b"HEAD /status.json?pretty HTTP/1.1\r\nhost: a\r\n\r\nbody",
+                ok("HEAD", "/status.json?pretty", "/status.json", 1),
+            ),
+            (
+                b"GET /metrics HTTP/1.0\n\n",
+                ok("GET", "/metrics", "/metrics", 0),
+            ),
+            (
+                b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                ok("GET", "/", "/", 1),
+            ),
+            (
+                b"GET http://192.0.2.11:7450/status#top HTTP/1.1\r\nHost: a\r\n\r\n",
+                ok("GET", "http://192.0.2.11:7450/status#top", "/status", 1),
+            ),
+            (
+                b"GET http://192.0.2.11 HTTP/1.1\r\nHost: a\r\n\r\n",
+                ok("GET", "http://192.0.2.11", "/", 1),
+            ),
+            (
+                b"POST /status HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+                ok("POST", "/status", "/status", 1),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Tab:\tv\xff\r\n\r\n",
+                ok("GET", "/", "/", 1),
+            ),
+            (b"", Err(RequestError::Empty)),
+            (b"\r\n\r\n", Err(RequestError::Empty)),
+            (b"GET /\r\n\r\n", Err(RequestError::RequestLine)),
+            (
+                b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(RequestError::Target),
+            ),
+            (
+                b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+                Err(RequestError::Version),
+            ),
+            (
+                b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(RequestError::Method),
+            ),
+            (
+                b"GET status HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(RequestError::Target),
+            ),
+            (
+                b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(RequestError::Target),
+            ),
+            (
+                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+                Err(RequestError::Target),
+            ),
+            (
+                b"GET / HTTP/1.10\r\nHost: a\r\n\r\n",
+                Err(RequestError::Version),
+            ),
+            (
+                b"GET / http/1.1\r\nHost: a\r\n\r\n",
+                Err(RequestError::Version),
+            ),
+            (
+                b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+                Err(RequestError::UnsupportedVersion { major: 2, minor: 0 }),
+            ),
+            (
+                b"GET / HTTP/1.1\rHost: a\r\n\r\n",
+                Err(RequestError::StrayCarriageReturn { line: 1 }),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nBad\r\n\r\n",
+                Err(RequestError::Header { line: 3 }),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+                Err(RequestError::Header { line: 2 }),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+                Err(RequestError::Header { line: 2 }),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+                Err(RequestError::Folded { line: 3 }),
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n", Err(RequestError::MissingHost)),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHOST: b\r\n\r\n",
+                Err(RequestError::DuplicateHost),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+                Err(RequestError::DuplicateHost),
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                &parse_request_head(input),
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_empty_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.0\n\nbody"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b""), None);
+    }
+
+    #[test]
+    fn replies_carry_length_type_date_and_close() {
+        let reply = Reply::error(405, "Method Not Allowed", "only GET and HEAD");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let expected = "HTTP/1.1 405 Method Not Allowed\r\n\
+            Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+            Content-Type: text/plain; charset=utf-8\r\n\
+            Content-Length: 42\r\n\
+            Cache-Control: no-store\r\n\
+            X-Content-Type-Options: nosniff\r\n\
+            Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'\r\n\
+            Connection: close\r\n\
+            Allow: GET, HEAD\r\n\
+            \r\n";
+        let head_only = String::from_utf8(reply.to_bytes(true, now)).unwrap();
+        check(&head_only, expected);
+        let full = String::from_utf8(reply.to_bytes(false, now)).unwrap();
+        check(
+            &full,
+            &format!("{expected}405 Method Not Allowed: only GET and HEAD\n"),
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dates_agree_with_counting_days(days in 0u64..3_000_000) {
+            let (mut year, mut left) = (1970u64, days);
+            let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+            loop {
+                let length = if leap(year) { 366 } else { 365 };
+                if left < length { break; }
+                left -= length;
+                year += 1;
+            }
+            let mut month = 1u32;
+            for length in [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
+                if left < length { break; }
+                left -= length;
+                month += 1;
+            }
+            let (date, _) = civil(days * 86_400);
+            proptest::prop_assert_eq!((date.year, date.month, u64::from(date.day)), (year, month, left + 1));
+        }
+    }
 }
