@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// Timed runs per measurement (the median is reported).
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 /// Bump to regenerate the tree when the generator changes.
 const TREE_VERSION: &str = "1";
 /// The roots of the bench tree.
