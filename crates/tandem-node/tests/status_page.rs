@@ -1,0 +1,749 @@
+//! The status page as a user meets it: over real HTTP on 127.0.0.1 (each page,
+//! its content type, the refusals, a request head that is too large, slow
+//! clients), property tests for the request-head parser, the HTML escaping and
+//! the metrics format, and a real headless Chromium that loads the page, shows
+//! the banner first and takes a screenshot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tandem_node::{
+    Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusServer, StatusSnapshot,
+    parse_request_head, render_metrics, render_status_page, serve_status,
+};
+use tandem_role::{DeploymentMode, Epoch, NodeId, NodeState, Role, SiteId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+const STANDBY: &str = "Failover deployment. Standby server.";
+const ACTIVE: &str = "Failover deployment. Active server.";
+
+/// Node 2 of site 1, standby, with the seed's replication table and one alarm.
+fn standby() -> StatusSnapshot {
+    let mut state = NodeState::first_boot(NodeId::Two, SiteId::ONE);
+    state.deployment = DeploymentMode::Failover;
+    state.role = Role::Standby;
+    state.epoch = Epoch::new(4);
+    StatusSnapshot {
+        state,
+        hostname: "meetings2.example.com".into(),
+        node_address: "192.0.2.12/24".into(),
+        shared_address: "192.0.2.10/24".into(),
+        holds_shared_address: false,
+        peer: PeerStatus {
+            address: "192.0.2.11".into(),
+            connected: true,
+            claim_epoch: Some(4),
+            clock_offset_ms: Some(0.25),
+        },
+        replication: Some(ReplicationStatus {
+            local: ReplicationSide {
+                replication_type: "Local".into(),
+                site: 1,
+                node: 2,
+                state: "Active".into(),
+                status: "Local".into(),
+            },
+            remote: ReplicationSide {
+                replication_type: "Intra-site".into(),
+                site: 1,
+                node: 1,
+                state: "Active".into(),
+                status: "Connected".into(),
+            },
+            backlog: 0,
+            lag_ms: Some(12),
+        }),
+        alarms: vec![Alarm {
+            raised_ms: 1_714_564_800_000,
+            message: "peer link was down for 12 s".into(),
+        }],
+        uptime_seconds: 3_725,
+        taken_ms: 1_714_568_400_000,
+    }
+}
+
+/// A status server on 127.0.0.1 with a port of its own.
+struct Server {
+    addr: SocketAddr,
+    status: watch::Sender<StatusSnapshot>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(snapshot: StatusSnapshot) -> Server {
+        Server::start_with(snapshot, None).await
+    }
+
+    async fn start_with(snapshot: StatusSnapshot, head_timeout: Option<Duration>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (status, receiver) = watch::channel(snapshot);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = match head_timeout {
+            None => tokio::spawn(serve_status(listener, receiver, shutdown)),
+            Some(timeout) => tokio::spawn(
+                StatusServer::new(receiver)
+                    .with_head_timeout(timeout)
+                    .serve(listener, shutdown),
+            ),
+        };
+        Server {
+            addr,
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response as the client reads it.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+fn parse_response(bytes: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(bytes);
+    let end = text
+        .find("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let mut lines = text[..end].split("\r\n");
+    let status_line = lines.next().unwrap();
+    let mut parts = status_line.splitn(3, ' ');
+    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
+    let status = parts.next().unwrap().parse().unwrap();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(": ").unwrap();
+            (name.to_owned(), value.to_owned())
+        })
+        .collect();
+    Response {
+        status,
+        headers,
+        body: bytes[end + 4..].to_vec(),
+    }
+}
+
+/// Sends `request` as it is on a new connection and reads the reply until the
+/// server closes the connection.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    parse_response(&reply)
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Response {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: test\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// What every reply carries.
+fn assert_well_formed(response: &Response) {
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert_eq!(
+        response.header("Content-Length"),
+        Some(response.body.len().to_string().as_str())
+    );
+    assert!(response.header("Date").is_some_and(|d| d.ends_with(" GMT")));
+}
+
+#[tokio::test]
+async fn each_page_answers_with_its_content_type() {
+    let server = Server::start(standby()).await;
+    for path in ["/", "/status", "/status?refresh=1"] {
+        let page = get(server.addr, path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert_well_formed(&page);
+        assert_eq!(
+            page.header("Content-Type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert_eq!(page.text(), render_status_page(&standby()));
+        assert!(page.text().contains(&format!("<h1>{STANDBY}</h1>")));
+    }
+
+    let json = get(server.addr, "/status.json").await;
+    assert_eq!(json.status, 200);
+    assert_well_formed(&json);
+    assert_eq!(json.header("Content-Type"), Some("application/json"));
+    let value: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    assert_eq!(value["banner"], STANDBY);
+    assert_eq!(value["state"]["role"], "standby");
+    let snapshot: StatusSnapshot = serde_json::from_slice(&json.body).unwrap();
+    assert_eq!(snapshot, standby());
+
+    let metrics = get(server.addr, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert_well_formed(&metrics);
+    assert_eq!(
+        metrics.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(metrics.text(), render_metrics(&standby()));
+    assert!(
+        metrics
+            .text()
+            .contains("\ntandem_role{node=\"2\",site=\"1\",role=\"standby\"} 1\n")
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn head_gives_the_headers_of_get_without_a_body() {
+    let server = Server::start(standby()).await;
+    for path in ["/", "/status.json", "/metrics"] {
+        let full = get(server.addr, path).await;
+        let head = exchange(
+            server.addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty(), "{path}: {:?}", head.text());
+        assert_eq!(head.header("Content-Type"), full.header("Content-Type"));
+        assert_eq!(
+            head.header("Content-Length"),
+            Some(full.body.len().to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_paths_methods_and_malformed_requests_are_refused() {
+    let server = Server::start(standby()).await;
+    let addr = server.addr;
+
+    let missing = get(addr, "/admin").await;
+    assert_eq!(missing.status, 404);
+    assert_well_formed(&missing);
+    assert_eq!(
+        missing.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(
+        missing.text().contains("/status.json"),
+        "{}",
+        missing.text()
+    );
+
+    for method in ["POST", "PUT", "DELETE", "OPTIONS", "get"] {
+        let refused = exchange(
+            addr,
+            format!("{method} /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(refused.status, 405, "{method}");
+        assert_eq!(refused.header("Allow"), Some("GET, HEAD"), "{method}");
+        assert_well_formed(&refused);
+    }
+
+    for (request, says) in [
+        (&b"\x00\x01\x02\xff\r\n\r\n"[..], "malformed request line"),
+        (b"GET /status\r\n\r\n", "malformed request line"),
+        (b"GET status HTTP/1.1\r\nHost: x\r\n\r\n", "request target"),
+        (b"GET / HTTP/1.1\r\n\r\n", "without a Host header"),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "line folding",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+            "malformed header",
+        ),
+    ] {
+        let refused = exchange(addr, request).await;
+        assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(request));
+        assert_well_formed(&refused);
+        assert!(refused.text().contains(says), "{}", refused.text());
+    }
+
+    let http2 = exchange(addr, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").await;
+    assert_eq!(http2.status, 505);
+
+    // After all that, the server still answers.
+    assert_eq!(get(addr, "/").await.status, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_head_over_8_kib_is_refused() {
+    let server = Server::start(standby()).await;
+    let mut request = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    while request.len() <= 16 * 1024 {
+        request
+            .extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    let refused = exchange(server.addr, &request).await;
+    assert_eq!(refused.status, 431);
+    assert_well_formed(&refused);
+    assert!(refused.text().contains("8 KiB"), "{}", refused.text());
+
+    // A head just under the limit is fine.
+    let mut request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: ".to_vec();
+    request.resize(tandem_node::MAX_HEAD_BYTES - 4, b'a');
+    request.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(request.len(), tandem_node::MAX_HEAD_BYTES);
+    assert_eq!(exchange(server.addr, &request).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_client_does_not_block_others() {
+    let server = Server::start(standby()).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /metrics HT").await.unwrap();
+
+    // While the slow client dawdles, others are served, many at once.
+    let clients: Vec<_> = (0..80)
+        .map(|i| {
+            let addr = server.addr;
+            let path = ["/", "/status.json", "/metrics"][i % 3];
+            tokio::spawn(async move { get(addr, path).await.status })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 200);
+    }
+
+    // The slow client finishes its request and is answered too.
+    slow.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    slow.read_to_end(&mut reply).await.unwrap();
+    let reply = parse_response(&reply);
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().starts_with("# HELP tandem_info "));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_gets_408() {
+    let server = Server::start_with(standby(), Some(Duration::from_millis(200))).await;
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
+    let mut reply = Vec::new();
+    stalled.read_to_end(&mut reply).await.unwrap();
+    let reply = parse_response(&reply);
+    assert_eq!(reply.status, 408);
+    assert_well_formed(&reply);
+
+    // A silent client is closed after its 408 as well.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut reply = Vec::new();
+    silent.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(parse_response(&reply).status, 408);
+}
+
+#[tokio::test]
+async fn the_page_shows_the_latest_snapshot() {
+    let server = Server::start(standby()).await;
+    assert!(
+        get(server.addr, "/")
+            .await
+            .text()
+            .contains(&format!("<h1>{STANDBY}</h1>"))
+    );
+
+    let mut active = standby();
+    active.state.role = Role::Active;
+    active.state.epoch = Epoch::new(5);
+    active.holds_shared_address = true;
+    server.status.send_replace(active);
+
+    let page = get(server.addr, "/").await;
+    assert!(page.text().contains(&format!("<h1>{ACTIVE}</h1>")));
+    assert!(page.text().contains("<tr><th>Epoch</th><td>5</td></tr>"));
+    let metrics = get(server.addr, "/metrics").await;
+    assert!(
+        metrics
+            .text()
+            .contains("\ntandem_active{node=\"2\",site=\"1\"} 1\n")
+    );
+    assert!(
+        metrics
+            .text()
+            .contains("\ntandem_holds_shared_address{node=\"2\",site=\"1\"} 1\n")
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_listener_and_open_connections() {
+    let server = Server::start(standby()).await;
+    let addr = server.addr;
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    open.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    // Make sure the server has taken the connection before stopping it.
+    assert_eq!(get(addr, "/").await.status, 200);
+
+    server.stop().await.unwrap();
+
+    let mut rest = Vec::new();
+    let _ = open.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let refused = TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "the listener still accepts");
+}
+
+// ---------------------------------------------------------------------------
+// Properties
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The characters that can make markup.
+fn markup_counts(page: &str) -> [usize; 4] {
+    ['<', '>', '"', '\''].map(|c| page.matches(c).count())
+}
+
+fn with_values(value: &str) -> StatusSnapshot {
+    let mut snapshot = standby();
+    snapshot.hostname = value.into();
+    snapshot.node_address = value.into();
+    snapshot.peer.address = value.into();
+    snapshot.alarms[0].message = value.into();
+    if let Some(replication) = &mut snapshot.replication {
+        replication.local.state = value.into();
+        replication.remote.status = value.into();
+    }
+    snapshot
+}
+
+/// One sample line of the text exposition format.
+struct Sample {
+    name: String,
+    /// Label names and their unescaped values.
+    labels: Vec<(String, String)>,
+}
+
+/// Parses a sample line, checking the metric name, the label syntax and
+/// escapes, and the value.
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or_else(|| format!("no value: {line}"))?;
+    let name = &line[..name_end];
+    let valid_name = name.chars().enumerate().all(|(i, c)| {
+        c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+    });
+    if name.is_empty() || !valid_name {
+        return Err(format!("bad metric name: {line}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after) = rest.strip_prefix('{') {
+        let mut chars = after.char_indices().peekable();
+        loop {
+            let start = chars.peek().map(|&(i, _)| i).ok_or("unterminated labels")?;
+            let eq = after[start..].find('=').ok_or("label without =")? + start;
+            let label = after[start..eq].to_owned();
+            if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("bad label name {label:?}"));
+            }
+            while chars.peek().is_some_and(|&(i, _)| i <= eq) {
+                chars.next();
+            }
+            if chars.next().map(|(_, c)| c) != Some('"') {
+                return Err("label value not quoted".into());
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next().ok_or("unterminated label value")?.1 {
+                    '"' => break,
+                    '\\' => match chars.next().ok_or("dangling backslash")?.1 {
+                        'n' => value.push('\n'),
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        c => return Err(format!("bad escape \\{c}")),
+                    },
+                    '\n' => return Err("raw newline in label value".into()),
+                    c => value.push(c),
+                }
+            }
+            labels.push((label, value));
+            match chars.next().ok_or("unterminated labels")? {
+                (_, ',') => continue,
+                (i, '}') => {
+                    rest = &after[i + 1..];
+                    break;
+                }
+                (_, c) => return Err(format!("unexpected {c:?} after a label")),
+            }
+        }
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .ok_or_else(|| format!("no space before the value: {line}"))?;
+    let number_ok = value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value);
+    if !number_ok {
+        return Err(format!("bad value {value:?}"));
+    }
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+    })
+}
+
+proptest! {
+    #[test]
+    fn the_request_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..9000)) {
+        let _ = parse_request_head(&bytes);
+    }
+
+    #[test]
+    fn near_valid_heads_never_panic_and_parse_to_a_path(
+        method in "[A-Z]{1,7}",
+        target in "[ -~]{0,40}",
+        version in "HTTP/[0-9]\\.[0-9]",
+        headers in proptest::collection::vec(("[!-9;-~]{0,12}", "[\t -~\u{80}-\u{10ffff}]{0,20}"), 0..6),
+        line_end in prop_oneof![Just("\r\n"), Just("\n")],
+    ) {
+        let mut head = format!("{method} {target} {version}{line_end}");
+        for (name, value) in &headers {
+            head.push_str(&format!("{name}: {value}{line_end}"));
+        }
+        head.push_str(line_end);
+        if let Ok(parsed) = parse_request_head(head.as_bytes()) {
+            prop_assert_eq!(parsed.method, method);
+            prop_assert!(parsed.path.starts_with('/') || parsed.path == "*", "{:?}", parsed.path);
+            prop_assert!(!parsed.path.contains(['?', '#']));
+        }
+    }
+
+    #[test]
+    fn every_value_on_the_page_is_escaped(value in "[<>&\"'a-z /=;:()\u{e9}]{0,24}") {
+        let page = render_status_page(&with_values(&value));
+        // The values make no markup: the page has exactly the markup characters
+        // of a page whose values have none.
+        let plain = render_status_page(&with_values(&"x".repeat(value.chars().count())));
+        prop_assert_eq!(markup_counts(&page), markup_counts(&plain));
+        let shown = escape(&value);
+        for expected in [
+            format!("<li>2024-05-01 12:00:00 UTC: {shown}</li>"),
+            format!("<td>Status: {shown}</td>"),
+            format!("<tr><th>Peer</th><td>{shown}, connected</td></tr>"),
+        ] {
+            prop_assert!(page.contains(&expected), "{} not in {}", expected, page);
+        }
+    }
+
+    #[test]
+    fn metrics_stay_in_the_exposition_format(hostname in any::<String>(), offset in any::<f64>()) {
+        let mut snapshot = standby();
+        snapshot.hostname = hostname.clone();
+        snapshot.peer.clock_offset_ms = Some(offset);
+        let metrics = render_metrics(&snapshot);
+        prop_assert!(metrics.ends_with('\n'));
+        let mut typed = Vec::new();
+        for line in metrics.lines() {
+            if let Some(comment) = line.strip_prefix("# ") {
+                if let Some(rest) = comment.strip_prefix("TYPE ") {
+                    let name = rest.strip_suffix(" gauge").unwrap();
+                    prop_assert!(!typed.contains(&name.to_owned()), "two TYPE lines for {}", name);
+                    typed.push(name.to_owned());
+                } else {
+                    prop_assert!(comment.starts_with("HELP "), "{}", line);
+                }
+                continue;
+            }
+            let Sample { name, labels } = parse_sample(line).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(typed.last(), Some(&name), "sample outside its family");
+            prop_assert_eq!(&labels[..2], &[("node".to_owned(), "2".to_owned()), ("site".to_owned(), "1".to_owned())]);
+            if name == "tandem_info" {
+                prop_assert_eq!(&labels[2], &("hostname".to_owned(), hostname.clone()));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A real browser
+
+/// How long one browser run may take before it counts as hung; it takes a
+/// second or two.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn chromium() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("chromium"))
+        .find(|path| path.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "chromium is missing (Debian package `chromium`): run `bash .ci/install-deps` \
+             as root to install it"
+        )
+    })
+}
+
+/// Kills a browser's whole process group (the browser and its helpers) when
+/// dropped, also when the test fails.
+struct ProcessGroup(nix::unistd::Pid);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Runs headless Chromium with a fresh profile and `args`; returns its stdout.
+async fn browse(chromium: &Path, args: &[String]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(chromium);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {}: {e}; run `bash .ci/install-deps`",
+            chromium.display()
+        )
+    });
+    let pid = i32::try_from(child.id().unwrap()).unwrap();
+    let _group = ProcessGroup(nix::unistd::Pid::from_raw(pid));
+    let output = tokio::time::timeout(BROWSER_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("chromium {args:?} hung; killed it"))
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "chromium {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The text a reader sees first in a document's body: the first non-blank text
+/// between tags.
+fn first_visible_text(dom: &str) -> String {
+    let body = &dom[dom.find("<body").expect("no <body> in the DOM")..];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                if !text.trim().is_empty() {
+                    break;
+                }
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_the_banner_first_and_renders_the_page() {
+    let chromium = chromium();
+    let mut snapshot = standby();
+    snapshot.alarms.push(Alarm {
+        raised_ms: 1_714_568_000_000,
+        message: "<b>not bold</b> & not markup".into(),
+    });
+    let server = Server::start(snapshot).await;
+    let url = format!("http://{}/", server.addr);
+
+    let dom = browse(&chromium, &["--dump-dom".into(), url.clone()]).await;
+    assert_eq!(first_visible_text(&dom), STANDBY, "{dom}");
+    assert!(dom.contains("<td>Replication Type: Local</td><td>Replication Type: Intra-site</td>"));
+    assert!(
+        dom.contains("&lt;b&gt;not bold&lt;/b&gt; &amp; not markup"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<b>"), "{dom}");
+
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    browse(
+        &chromium,
+        &[
+            format!("--screenshot={}", screenshot.display()),
+            "--window-size=1024,768".into(),
+            url,
+        ],
+    )
+    .await;
+    let png = std::fs::read(&screenshot)
+        .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", screenshot.display()));
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // A 1024x768 page with text compresses to tens of kilobytes; a blank one to
+    // a few hundred bytes.
+    assert!(png.len() > 10_000, "screenshot of {} bytes", png.len());
+    // Width and height from the IHDR chunk.
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1024, 768));
+    println!("screenshot: {}", screenshot.display());
+    server.stop().await.unwrap();
+}
