@@ -846,11 +846,12 @@ impl StatusServer {
     /// Serves connections from `listener` until `shutdown` completes, each in a
     /// task of its own; connections still open then are dropped. Returns an
     /// error only when the listener itself fails; running out of file
-    /// descriptors or memory pauses accepting for a moment instead.
+    /// descriptors or memory pauses accepting for a moment instead. The future
+    /// is `Send` when `shutdown` is, so it can be spawned.
     pub async fn serve(
         self,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let shared = Arc::new(self);
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -1030,7 +1031,7 @@ impl StatusServer {
 pub async fn serve_status(
     listener: TcpListener,
     status: watch::Receiver<StatusSnapshot>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     StatusServer::new(status).serve(listener, shutdown).await
 }
