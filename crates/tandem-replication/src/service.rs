@@ -38,6 +38,13 @@ use crate::status::ReplicationState;
 use crate::util::{ServiceLock, now_ms};
 use crate::wire::{Batch, Message, NodeState};
 
+/// How often acknowledgements are recorded in the database at most.
+const ACK_FLUSH: Duration = Duration::from_millis(100);
+/// How long a refused pull waits before it is tried again when nothing changed.
+const RETRY_REFUSED: Duration = Duration::from_secs(2);
+/// How often a state whose only change is a position is sent at most.
+const STATE_EVERY: Duration = Duration::from_millis(250);
+
 /// How the service talks to the peer: one session's messages, in order. Implemented for
 /// [`tandem_peer::Session`]; the node agent can implement it over its own channel.
 pub trait Transport: Send + Sync {
@@ -87,8 +94,9 @@ struct Session {
     peer_recorded: Option<(NodeState, Instant)>,
     /// We sent a pull and have not stopped it.
     pulling: bool,
-    /// The peer refused our pull; we do not ask again until something changes.
-    refused: Option<(String, PullKey)>,
+    /// The peer refused our pull (or we could not apply its batch); we do not ask
+    /// again until something changes or [`RETRY_REFUSED`] passed.
+    refused: Option<(String, PullKey, Instant)>,
     /// The peer pulls from us.
     serving: Option<Serving>,
     /// A snapshot we are sending.
@@ -151,6 +159,9 @@ struct Engine {
     meta: Meta,
     fingerprint: String,
     pending: Option<Pending>,
+    /// An acknowledgement published but not yet recorded in the database.
+    ack_pending: Option<(u64, u64)>,
+    ack_flushed: Instant,
 }
 
 impl Replicator {
@@ -350,6 +361,8 @@ impl Engine {
             meta,
             fingerprint: tables.fingerprint.clone(),
             pending: None,
+            ack_pending: None,
+            ack_flushed: Instant::now(),
         })
     }
 
@@ -420,6 +433,9 @@ impl Engine {
     }
 
     async fn session_lost(&mut self, reason: Option<String>) {
+        if let Err(e) = self.flush_ack(true).await {
+            warn!(error = %chain(&e), "recording an acknowledgement failed");
+        }
         let reason = reason.unwrap_or_else(|| "the peer link closed".to_owned());
         if let Some(p) = self.pending.take() {
             match p {
@@ -480,6 +496,7 @@ impl Engine {
     /// Housekeeping and streaming: requests, the backlog limit, pulls, batches, state.
     async fn tick<T: Transport>(&mut self, mut session: Option<(&T, &mut Session)>) -> Result<()> {
         self.refresh(false).await?;
+        self.flush_ack(false).await?;
         self.check_backlog().await?;
         self.take_request(session.as_ref().map(|(t, _)| *t)).await?;
         self.check_pending(session.as_mut().map(|(t, s)| (*t, &mut **s)))
@@ -490,6 +507,19 @@ impl Engine {
         self.update_pull(t, s).await?;
         self.serve(t, s).await?;
         self.send_state(t, s, false).await
+    }
+
+    /// Records the newest acknowledgement in the database (and prunes), at most every
+    /// [`ACK_FLUSH`] unless `now`.
+    async fn flush_ack(&mut self, now: bool) -> Result<()> {
+        if let Some((log, seq)) = self.ack_pending
+            && (now || self.ack_flushed.elapsed() >= ACK_FLUSH)
+        {
+            self.backend.record_ack(log, seq).await?;
+            self.ack_pending = None;
+            self.ack_flushed = Instant::now();
+        }
+        Ok(())
     }
 
     async fn check_backlog(&mut self) -> Result<()> {
@@ -722,12 +752,24 @@ impl Engine {
                         serving.inflight.pop_front();
                     }
                 }
-                self.backend.record_ack(log, seq).await?;
+                if log == self.meta.log && seq > self.meta.acked {
+                    // Published at once for wait_replicated; recorded (and pruned) in
+                    // the database at most every ACK_FLUSH, so a busy application does
+                    // not make acknowledgements queue for the write lock.
+                    self.backend.publish_ack(log, seq)?;
+                    if self.ack_pending.is_none_or(|(_, p)| p < seq) {
+                        self.ack_pending = Some((log, seq));
+                    }
+                }
+                self.serve(t, s).await?;
             }
             Message::Refuse { reason } => {
                 warn!(%reason, "the peer refused our pull");
                 s.pulling = false;
-                s.refused = s.peer.as_ref().map(|p| (reason.clone(), self.pull_key(p)));
+                s.refused = s
+                    .peer
+                    .as_ref()
+                    .map(|p| (reason.clone(), self.pull_key(p), Instant::now()));
                 self.backend.set_alarm(&reason).await?;
                 self.refresh(true).await?;
             }
@@ -870,7 +912,9 @@ impl Engine {
         }
         let first = s.peer.is_none();
         let record_due = match &s.peer_recorded {
-            Some((last, at)) => *last != peer || at.elapsed() >= Duration::from_secs(5),
+            Some((last, at)) => {
+                !same_but_positions(last, &peer) || at.elapsed() >= Duration::from_secs(1)
+            }
             None => true,
         };
         if first {
@@ -913,8 +957,8 @@ impl Engine {
             return Ok(());
         };
         let m = &self.meta;
-        if let Some((_, key)) = &s.refused
-            && *key != self.pull_key(&peer)
+        if let Some((_, key, at)) = &s.refused
+            && (*key != self.pull_key(&peer) || at.elapsed() >= RETRY_REFUSED)
         {
             s.refused = None;
         }
@@ -932,7 +976,7 @@ impl Engine {
             && (peer.writable || peer.head > peer_applied(m, &peer))
         {
             alarm = sqlite::diverged_message(m);
-        } else if let Some((reason, _)) = &s.refused {
+        } else if let Some((reason, _, _)) = &s.refused {
             alarm = reason.clone();
         }
         let want = on && !m.writable && alarm.is_empty();
@@ -976,7 +1020,7 @@ impl Engine {
                 t.send(Message::Stop).await?;
                 s.pulling = false;
                 if let Some(peer) = &s.peer {
-                    s.refused = Some((chain(&e), self.pull_key(peer)));
+                    s.refused = Some((chain(&e), self.pull_key(peer), Instant::now()));
                 }
             }
             Err(e) => return Err(e),
@@ -1101,14 +1145,9 @@ impl Engine {
         let due = match &s.last_state {
             None => true,
             Some((last, at)) => {
-                let changed = NodeState {
-                    lag_ms: None,
-                    ..last.clone()
-                } != NodeState {
-                    lag_ms: None,
-                    ..state.clone()
-                };
-                changed || at.elapsed() >= Duration::from_secs(1)
+                !same_but_positions(last, &state)
+                    || (*last != state && at.elapsed() >= STATE_EVERY)
+                    || at.elapsed() >= Duration::from_secs(1)
             }
         };
         if due || force {
@@ -1126,6 +1165,19 @@ fn peer_applied(m: &Meta, peer: &NodeState) -> u64 {
     } else {
         0
     }
+}
+
+/// Whether two states differ at most in their positions and lag.
+fn same_but_positions(a: &NodeState, b: &NodeState) -> bool {
+    let strip = |s: &NodeState| NodeState {
+        head: 0,
+        floor: 0,
+        acked: 0,
+        applied: 0,
+        lag_ms: None,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
 }
 
 fn schema_mismatch(m: &Meta, peer: &NodeState) -> String {

@@ -88,6 +88,25 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     result.map_err(Error::file("cannot write", path))
 }
 
+/// Publishes this node's acknowledged position (`<log hex> <seq>`) for
+/// `wait_replicated` in other processes: a whole-file replace, without fsync (the
+/// position is also recorded in the database, less often; after a crash the peer
+/// acknowledges again).
+pub(crate) fn write_ack(path: &Path, log: u64, seq: u64) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".replication.acked.tmp-{}", std::process::id()));
+    fs::write(&tmp, format!("{log:016x} {seq}\n"))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(Error::file("cannot write", path))
+}
+
+/// Reads what [`write_ack`] wrote, if the file is there and well formed.
+pub(crate) fn read_ack(path: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(path).ok()?;
+    let (log, seq) = text.trim().split_once(' ')?;
+    Some((u64::from_str_radix(log, 16).ok()?, seq.parse().ok()?))
+}
+
 /// The replication service's lock on its state directory: held while a service runs,
 /// released by the kernel when its process ends (even by `kill -9`).
 #[derive(Debug)]
@@ -170,6 +189,17 @@ mod tests {
         drop(lock);
         assert!(!ServiceLock::held_by_other(&path));
         let _again = ServiceLock::acquire(&path).unwrap();
+    }
+
+    #[test]
+    fn acknowledged_positions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.acked");
+        assert_eq!(read_ack(&path), None);
+        write_ack(&path, 0xfeed, 42).unwrap();
+        assert_eq!(read_ack(&path), Some((0xfeed, 42)));
+        fs::write(&path, "garbage").unwrap();
+        assert_eq!(read_ack(&path), None);
     }
 
     #[test]

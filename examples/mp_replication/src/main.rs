@@ -109,7 +109,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write transactions of the sample workload (demo, tests and benchmark).
+    /// Write transactions of the sample workload (demo, tests and benchmark). Prints
+    /// `committed <tx> <position>` per transaction, or with `--wait-replicated`
+    /// `acked <tx> <position> <microseconds waited>`.
     #[command(hide = true)]
     WriteSample {
         /// First transaction number.
@@ -309,11 +311,13 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             for tx in first..first.saturating_add(count) {
                 let position = sample::write_transaction(&mut conn, tx, rows).await?;
                 if wait_replicated {
+                    let committed = std::time::Instant::now();
                     backend
                         .wait_replicated(position, Duration::from_secs(60))
                         .await
                         .with_context(|| format!("transaction {tx}"))?;
-                    writeln!(out, "acked {tx} {position}")?;
+                    let waited = committed.elapsed().as_micros();
+                    writeln!(out, "acked {tx} {position} {waited}")?;
                 } else {
                     writeln!(out, "committed {tx} {position}")?;
                 }

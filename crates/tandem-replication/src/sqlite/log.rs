@@ -7,6 +7,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteBackend;
 use super::meta::{self, Mode};
+use super::schema::TableInfo;
+use super::value::Value;
 use crate::error::{Error, Result};
 use crate::wire::{Batch, Change, Op};
 
@@ -122,7 +124,8 @@ impl SqliteBackend {
     pub(crate) async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome> {
         let tables = self.tables().await?;
         let mut tx = self.write().await?;
-        let m = meta::read(&mut tx).await?;
+        let mut m = meta::read(&mut tx).await?;
+        self.with_published_ack(&mut m);
         if m.writable {
             return Err(Error::State(format!(
                 "node {} is writable (the active node); it does not apply the peer's changes",
@@ -162,8 +165,12 @@ impl SqliteBackend {
             .execute(&mut *tx)
             .await
             .map_err(Error::db("deferring foreign key checks"))?;
+        // Consecutive changes of one table and kind go in multi-row statements (fewer
+        // round trips); rows of one statement are applied in order, as one by one.
         let mut count = 0usize;
         let mut previous = batch.prev;
+        let mut group: Vec<Vec<Value>> = Vec::new();
+        let mut group_kind: Option<(&TableInfo, Kind)> = None;
         for change in batch.changes.iter().filter(|c| c.seq > applied) {
             if change.seq <= previous {
                 return Err(Error::Protocol(format!(
@@ -179,24 +186,35 @@ impl SqliteBackend {
                     change.table
                 ))
             })?;
-            let (sql, values) = match change.op {
+            let (kind, values) = match change.op {
                 Op::Insert | Op::Update => {
                     let row = change.row.as_deref().ok_or_else(|| {
                         Error::Protocol(format!("change {} has no row", change.seq))
                     })?;
-                    (Arc::clone(&table.upsert_sql), table.row_values(row)?)
+                    (Kind::Upsert, table.row_values(row)?)
                 }
-                Op::Delete => (Arc::clone(&table.delete_sql), table.key_values(&change.pk)?),
+                Op::Delete => {
+                    let key = table.key_values(&change.pk)?;
+                    // `IN` compares with `=`, which never matches a NULL key part.
+                    if key.iter().any(|v| matches!(v, Value::Null)) {
+                        (Kind::DeleteOne, key)
+                    } else {
+                        (Kind::Delete, key)
+                    }
+                }
             };
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for v in values {
-                query = v.bind(query);
+            let same = group_kind.is_some_and(|(t, k)| t.name == table.name && k == kind);
+            if !same {
+                if let Some((t, k)) = group_kind {
+                    apply_group(&mut tx, t, k, std::mem::take(&mut group)).await?;
+                }
+                group_kind = Some((table, kind));
             }
-            query.execute(&mut *tx).await.map_err(Error::db(format!(
-                "applying change {} to table {}",
-                change.seq, change.table
-            )))?;
+            group.push(values);
             count += 1;
+        }
+        if let Some((t, k)) = group_kind {
+            apply_group(&mut tx, t, k, group).await?;
         }
         meta::set(&mut tx, "mode", m.mode.as_str()).await?;
         meta::set(&mut tx, "applied_log", &meta::log_text(batch.log)).await?;
@@ -224,7 +242,8 @@ impl SqliteBackend {
         }
         tx.commit()
             .await
-            .map_err(Error::db("recording an acknowledgement"))
+            .map_err(Error::db("recording an acknowledgement"))?;
+        self.publish_ack(log, seq)
     }
 
     /// Decides whether node `puller`'s pull of this node's changelog `log` from `from`
@@ -272,6 +291,52 @@ impl SqliteBackend {
         }
         Ok(PullCheck::Serve)
     }
+}
+
+/// How a group of changes is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Upsert,
+    Delete,
+    /// A delete whose key has a NULL part: alone, with `IS`.
+    DeleteOne,
+}
+
+/// Statement sizes (rows per statement) a group is cut into, largest first: few
+/// distinct statements, so they stay in the statement cache.
+const CHUNKS: [usize; 4] = [32, 8, 2, 1];
+
+async fn apply_group(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableInfo,
+    kind: Kind,
+    rows: Vec<Vec<Value>>,
+) -> Result<()> {
+    let mut rest = rows.into_iter().peekable();
+    while rest.peek().is_some() {
+        let left = rest.len();
+        let n = match kind {
+            Kind::DeleteOne => 1,
+            _ => CHUNKS.into_iter().find(|c| *c <= left).unwrap_or(1),
+        };
+        let sql: Arc<str> = match kind {
+            Kind::Upsert if n == 1 => Arc::clone(&table.upsert_sql),
+            Kind::Upsert => table.upsert_many_sql(n).into(),
+            Kind::Delete if n > 1 => table.delete_many_sql(n).into(),
+            Kind::Delete | Kind::DeleteOne => Arc::clone(&table.delete_sql),
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for values in rest.by_ref().take(n) {
+            for v in values {
+                query = v.bind(query);
+            }
+        }
+        query.execute(&mut *conn).await.map_err(Error::db(format!(
+            "applying changes to table {}",
+            table.name
+        )))?;
+    }
+    Ok(())
 }
 
 /// The alarm of a node holding changes its peer never received.

@@ -196,11 +196,17 @@ pub(crate) async fn initialized(conn: &mut SqliteConnection) -> Result<bool> {
 
 /// The changelog's newest sequence number (0 when nothing was ever logged).
 pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<u64> {
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog'")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::db("reading the changelog head"))?;
+    let seq: Option<i64> = match sqlx::query_scalar(
+        "SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog'",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    {
+        Ok(seq) => seq,
+        // A database that never had a changelog has no sequence table either.
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => None,
+        Err(e) => return Err(Error::db("reading the changelog head")(e)),
+    };
     Ok(seq.map_or(0, |s| s.max(0).cast_unsigned()))
 }
 

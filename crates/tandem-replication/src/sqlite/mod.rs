@@ -41,7 +41,7 @@ use crate::sample;
 use crate::status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
 };
-use crate::util::{ServiceLock, now_ms, random_u64};
+use crate::util::{ServiceLock, now_ms, random_u64, read_ack, write_ack};
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
 pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
@@ -141,13 +141,48 @@ impl SqliteBackend {
 
     /// The newest position of this node's changelog that the peer acknowledged.
     pub async fn acked(&self) -> Result<Position> {
+        let (acked, _, _) = self.ack_state().await?;
+        Ok(Position(acked))
+    }
+
+    /// The acknowledged position (the service's published one or the recorded one,
+    /// whichever is newer), the replication state and whether the node is writable.
+    async fn ack_state(&self) -> Result<(u64, ReplicationState, bool)> {
         let mut conn = self.conn().await?;
-        let acked: Option<String> =
-            sqlx::query_scalar("SELECT value FROM _tandem_meta WHERE key = 'acked'")
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(Error::db("reading the acknowledged position"))?;
-        Ok(Position(acked.and_then(|a| a.parse().ok()).unwrap_or(0)))
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state', 'writable', 'log')",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading the acknowledged position"))?;
+        let mut acked = 0;
+        let mut state = ReplicationState::Unknown;
+        let mut writable = false;
+        let mut log = None;
+        for (k, v) in rows {
+            match k.as_str() {
+                "acked" => acked = v.parse().unwrap_or(0),
+                "writable" => writable = v == "1",
+                "log" => log = u64::from_str_radix(&v, 16).ok(),
+                _ => state = ReplicationState::parse(&v).unwrap_or(ReplicationState::Unknown),
+            }
+        }
+        if let Some((file_log, seq)) = read_ack(&self.ack_path())
+            && Some(file_log) == log
+        {
+            acked = acked.max(seq);
+        }
+        Ok((acked, state, writable))
+    }
+
+    pub(crate) fn ack_path(&self) -> PathBuf {
+        self.settings.state_dir.join("replication.acked")
+    }
+
+    /// Publishes an acknowledgement at once (for `wait_replicated`); the database
+    /// records it with [`record_ack`](Self::record_ack), which may come later.
+    pub(crate) fn publish_ack(&self, log: u64, seq: u64) -> Result<()> {
+        write_ack(&self.ack_path(), log, seq)
     }
 
     /// The connection pool (applications may write through it).
@@ -226,7 +261,18 @@ impl SqliteBackend {
 
     pub(crate) async fn meta(&self) -> Result<Meta> {
         let mut conn = self.conn().await?;
-        meta::read(&mut conn).await
+        let mut m = meta::read(&mut conn).await?;
+        self.with_published_ack(&mut m);
+        Ok(m)
+    }
+
+    /// Takes the acknowledgement the service published but may not have recorded yet.
+    pub(crate) fn with_published_ack(&self, m: &mut Meta) {
+        if let Some((log, seq)) = read_ack(&self.ack_path())
+            && log == m.log
+        {
+            m.acked = m.acked.max(seq.min(m.head));
+        }
     }
 
     /// The declared tables (loaded once; [`reload_tables`](Self::reload_tables) after
@@ -436,28 +482,7 @@ impl SqliteBackend {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
-            let (acked, state, writable) = {
-                let mut conn = self.conn().await?;
-                let rows: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state', 'writable')",
-                )
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::db("reading the acknowledged position"))?;
-                let mut acked = 0;
-                let mut state = ReplicationState::Unknown;
-                let mut writable = false;
-                for (k, v) in rows {
-                    match k.as_str() {
-                        "acked" => acked = v.parse().unwrap_or(0),
-                        "writable" => writable = v == "1",
-                        _ => {
-                            state = ReplicationState::parse(&v).unwrap_or(ReplicationState::Unknown)
-                        }
-                    }
-                }
-                (acked, state, writable)
-            };
+            let (acked, state, writable) = self.ack_state().await?;
             // Without capture nothing written now reaches the standby, whatever was acknowledged.
             if state != ReplicationState::Active {
                 return Err(Error::NotReplicating { position, state });
@@ -514,9 +539,10 @@ impl SqliteBackend {
             }
         };
         let (backlog, lag_ms) = if m.writable {
-            let lag = self.oldest_unacked_ms(m.acked).await?;
+            let acked = m.acked.max(self.ack_state().await?.0);
+            let lag = self.oldest_unacked_ms(acked).await?;
             (
-                Some(m.head.saturating_sub(m.acked.max(m.floor))),
+                Some(m.head.saturating_sub(acked.max(m.floor))),
                 Some(lag.map_or(0, |ts| now_ms().saturating_sub(ts))),
             )
         } else if let Some(p) = peer.as_ref().filter(|p| p.connected) {

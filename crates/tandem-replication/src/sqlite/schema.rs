@@ -187,6 +187,40 @@ impl TableInfo {
         }
     }
 
+    /// The upsert of `n` rows: `n` tuples of the columns as positional parameters.
+    pub(crate) fn upsert_many_sql(&self, n: usize) -> String {
+        let tuple = format!("({})", vec!["?"; self.columns.len()].join(", "));
+        let values = vec![tuple; n].join(", ");
+        let head = self
+            .upsert_sql
+            .split(" VALUES ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let tail = self
+            .upsert_sql
+            .split(" ON CONFLICT ")
+            .nth(1)
+            .unwrap_or_default();
+        format!("{head} VALUES {values} ON CONFLICT {tail}")
+    }
+
+    /// The delete of `n` keys (none with a NULL part), as positional parameters.
+    pub(crate) fn delete_many_sql(&self, n: usize) -> String {
+        let keys = self
+            .key
+            .iter()
+            .map(|k| ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let tuple = format!("({})", vec!["?"; self.key.len()].join(", "));
+        let list = vec![tuple; n].join(", ");
+        format!(
+            "DELETE FROM main.{} WHERE ({keys}) IN (VALUES {list})",
+            ident(&self.name)
+        )
+    }
+
     /// The column values of a canonical row, in column order.
     pub(crate) fn row_values(&self, row: &str) -> Result<Vec<Value>> {
         value::decode(&self.columns, row)
@@ -383,6 +417,19 @@ mod tests {
         assert!(
             t.upsert_sql
                 .contains("ON CONFLICT (\"a\") DO UPDATE SET \"b\" = excluded.\"b\"")
+        );
+    }
+
+    #[test]
+    fn multi_row_statements_keep_the_single_row_ones_shape() {
+        let t = TableInfo::new("t".into(), vec!["a".into(), "b".into()], vec!["a".into()]);
+        assert_eq!(
+            t.upsert_many_sql(2),
+            "INSERT INTO main.\"t\" (\"a\", \"b\") VALUES (?, ?), (?, ?) ON CONFLICT (\"a\") DO UPDATE SET \"b\" = excluded.\"b\""
+        );
+        assert_eq!(
+            t.delete_many_sql(3),
+            "DELETE FROM main.\"t\" WHERE (\"a\") IN (VALUES (?), (?), (?))"
         );
     }
 

@@ -282,7 +282,8 @@ impl SyncStage {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(Error::db("starting the sync transaction"))?;
-        let m = meta::read(&mut tx).await?;
+        let mut m = meta::read(&mut tx).await?;
+        backend.with_published_ack(&mut m);
         if m.writable {
             return Err(Error::State(format!(
                 "node {} became writable during the sync; nothing was changed",
