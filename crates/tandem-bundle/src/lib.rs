@@ -19,6 +19,23 @@
 //! or a kill during the swap leaves the old tree (or, after the commit, the new
 //! one), never a mix.
 //!
+//! Choices an operator should know:
+//! - Restore *overlays*: it creates and replaces what the bundle holds and never
+//!   deletes files the bundle does not mention (so local-only and `node` class
+//!   files stay). A bundle entry that matches a local `node` glob is refused.
+//! - Roots map by name: root `name` goes to this node's `[[bundle.roots]]` path,
+//!   or with [`RestoreOptions::under`] to `<dir>/<name>`. A root path that is a
+//!   symlink is followed; nothing below it is.
+//! - Staging sits beside each root (`.tandem-stage.<name>` in its parent), or
+//!   inside it when the root is a mount point, so every rename stays on one file
+//!   system. Durability comes from one `syncfs` per file system after staging
+//!   and after the renames; state files (journal, backup) are written atomically.
+//! - The state directory (`<state dir>/config-files/`) holds the lock, the
+//!   journal of a running restore and the backup bundle of the last restore;
+//!   [`rollback`] goes back one restore and uses the backup up.
+//! - Owners are restored only when running as root, by name when the name
+//!   exists locally, else by number (as GNU tar does).
+//!
 //! This crate never touches the network (the peer link carries the bundle file)
 //! and never follows a symlink inside a root while restoring.
 //!
