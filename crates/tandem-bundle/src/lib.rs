@@ -6,7 +6,7 @@
 //! directory, the web configuration, the custom prompts) with include and
 //! exclude globs, and the globs of config class `node` (server-specific files)
 //! that are never bundled. [`create`] writes a `.tar.gz` with a manifest and a
-//! checksum over the whole (see [`format`]); [`restore`] verifies all of it
+//! checksum over the whole (see [`mod@format`]); [`restore`] verifies all of it
 //! before it touches anything, stages on each root's file system, swaps with
 //! renames under a journal, and keeps what it replaced in a backup bundle for
 //! [`rollback`].
