@@ -91,7 +91,7 @@ impl Default for ReplicationConfig {
             batch_size: 500,
             batch_bytes: 4 << 20,
             window: 4,
-            poll_ms: 2,
+            poll_ms: 1,
             heartbeat_ms: 1000,
             missed_heartbeats: 3,
         }

@@ -26,6 +26,7 @@ use std::time::Duration;
 use sqlx::{ConnectOptions, SqliteConnection};
 use tandem_peer::{Incoming, LinkConfig, LinkEvent, SiteKey};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -162,6 +163,10 @@ struct Engine {
     /// An acknowledgement published but not yet recorded in the database.
     ack_pending: Option<(u64, u64)>,
     ack_flushed: Instant,
+    ack_task: Option<JoinHandle<()>>,
+    /// A peer record not yet written, and the write in progress.
+    peer_record: Option<PeerRecord>,
+    peer_task: Option<JoinHandle<()>>,
 }
 
 impl Replicator {
@@ -363,6 +368,9 @@ impl Engine {
             pending: None,
             ack_pending: None,
             ack_flushed: Instant::now(),
+            ack_task: None,
+            peer_record: None,
+            peer_task: None,
         })
     }
 
@@ -432,7 +440,17 @@ impl Engine {
         }
     }
 
+    /// Drops a pending peer record and waits for one being written, so that a record
+    /// written now is not overwritten by an older one.
+    async fn settle_peer_record(&mut self) {
+        self.peer_record = None;
+        if let Some(task) = self.peer_task.take() {
+            let _ = task.await;
+        }
+    }
+
     async fn session_lost(&mut self, reason: Option<String>) {
+        self.settle_peer_record().await;
         if let Err(e) = self.flush_ack(true).await {
             warn!(error = %chain(&e), "recording an acknowledgement failed");
         }
@@ -474,6 +492,7 @@ impl Engine {
     }
 
     async fn record_unreachable(&mut self, text: String) {
+        self.settle_peer_record().await;
         let previous = self.meta.peer.clone();
         if previous
             .as_ref()
@@ -497,6 +516,7 @@ impl Engine {
     async fn tick<T: Transport>(&mut self, mut session: Option<(&T, &mut Session)>) -> Result<()> {
         self.refresh(false).await?;
         self.flush_ack(false).await?;
+        self.flush_peer_record();
         self.check_backlog().await?;
         self.take_request(session.as_ref().map(|(t, _)| *t)).await?;
         self.check_pending(session.as_mut().map(|(t, s)| (*t, &mut **s)))
@@ -512,14 +532,45 @@ impl Engine {
     /// Records the newest acknowledgement in the database (and prunes), at most every
     /// [`ACK_FLUSH`] unless `now`.
     async fn flush_ack(&mut self, now: bool) -> Result<()> {
-        if let Some((log, seq)) = self.ack_pending
-            && (now || self.ack_flushed.elapsed() >= ACK_FLUSH)
-        {
+        let Some((log, seq)) = self.ack_pending else {
+            return Ok(());
+        };
+        if now {
+            if let Some(task) = self.ack_task.take() {
+                let _ = task.await;
+            }
             self.backend.record_ack(log, seq).await?;
+            self.ack_pending = None;
+        } else if self.ack_flushed.elapsed() >= ACK_FLUSH
+            && self.ack_task.as_ref().is_none_or(JoinHandle::is_finished)
+        {
+            // In the background: with a busy application the write lock can take a
+            // while, and the session must not wait for it.
+            let backend = Arc::clone(&self.backend);
+            self.ack_task = Some(tokio::spawn(async move {
+                if let Err(e) = backend.record_ack(log, seq).await {
+                    warn!(error = %chain(&e), "recording an acknowledgement failed");
+                }
+            }));
             self.ack_pending = None;
             self.ack_flushed = Instant::now();
         }
         Ok(())
+    }
+
+    /// Writes the newest peer record in the background (one write at a time).
+    fn flush_peer_record(&mut self) {
+        if self.peer_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if let Some(record) = self.peer_record.take() {
+            let backend = Arc::clone(&self.backend);
+            self.peer_task = Some(tokio::spawn(async move {
+                if let Err(e) = backend.record_peer(&record).await {
+                    warn!(error = %chain(&e), "recording the peer state failed");
+                }
+            }));
+        }
     }
 
     async fn check_backlog(&mut self) -> Result<()> {
@@ -922,9 +973,8 @@ impl Engine {
         }
         s.peer = Some(peer.clone());
         if record_due {
-            self.backend
-                .record_peer(&PeerRecord::from_state(&peer, now_ms()))
-                .await?;
+            self.peer_record = Some(PeerRecord::from_state(&peer, now_ms()));
+            self.flush_peer_record();
             s.peer_recorded = Some((peer.clone(), Instant::now()));
         }
         // A node that was only initialized follows its peer's switch-on.

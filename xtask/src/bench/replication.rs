@@ -27,10 +27,17 @@ use tandem_replication::{
     Position, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend, sample,
 };
 
-/// Transactions per unreplicated, off and async phase.
-const TRANSACTIONS: u64 = 3000;
-/// Transactions of the wait_replicated phase (each waits for a round trip).
-const WAITED: u64 = 1000;
+/// Rounds of each mode.
+const ROUNDS: usize = 3;
+/// Transactions per round of the unreplicated, off and async modes.
+const TRANSACTIONS: u64 = 1000;
+/// Transactions per round of the wait_replicated mode (each waits for a round trip).
+const WAITED: u64 = 300;
+/// Untimed transactions before the first timed phase on a database, numbered from
+/// [`WARM_UP_FIRST`].
+const WARM_UP: u64 = 1000;
+/// The first transaction number of the warm-ups.
+const WARM_UP_FIRST: u64 = 1_000_000;
 /// Rows per transaction.
 const ROWS: u32 = 5;
 
@@ -59,9 +66,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         plain.close().await;
         anyhow::Ok(())
     })?;
-    let unreplicated = bench
-        .write("unreplicated", Host::Node1, 1, TRANSACTIONS, false)?
-        .0;
+    // Warm-ups (untimed) bring each database file and its WAL to a steady size.
+    bench.write("unreplicated", Host::Node1, WARM_UP_FIRST, WARM_UP, false)?;
 
     bench.mp(Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"])?;
     bench.mp(Host::Node1, &["init", "-n", "1", "-r", "192.0.2.12"])?;
@@ -75,56 +81,48 @@ pub(crate) fn run() -> anyhow::Result<()> {
     })?;
     bench.mp(Host::Node1, &["switch-on"])?;
     bench.mp(Host::Node1, &["promote"])?;
+    bench.write("node1", Host::Node1, WARM_UP_FIRST, WARM_UP, false)?;
+    let warm_head = runtime.block_on(node1.head())?;
+    runtime.block_on(node1.wait_replicated(warm_head, Duration::from_secs(120)))?;
 
-    // Asynchronous: watch node 1's acknowledged position while the writer runs.
-    let watcher = {
-        let node1 = Arc::clone(&node1);
-        let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(async move {
-            let mut seen: Vec<(Instant, Position)> = Vec::new();
-            loop {
-                let acked = node1.acked().await?;
-                if seen.last().is_none_or(|(_, p)| *p < acked) {
-                    seen.push((Instant::now(), acked));
-                }
-                tokio::select! {
-                    _ = &mut stop => return anyhow::Ok(seen),
-                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
-                }
-            }
-        });
-        (stop_tx, task)
-    };
-    let (mut asynchronous, commits) = bench.write("node1", Host::Node1, 1, TRANSACTIONS, false)?;
-    let last = commits.last().map_or(Position(0), |(_, p)| *p);
-    runtime.block_on(node1.wait_replicated(last, Duration::from_secs(120)))?;
-    std::thread::sleep(Duration::from_millis(5));
-    let (stop, task) = watcher;
-    let _ = stop.send(());
-    let seen = runtime.block_on(task)??;
-    asynchronous.delays = commits
-        .iter()
-        .filter_map(|(at, p)| {
-            seen.iter()
-                .find(|(_, acked)| acked >= p)
-                .map(|(when, _)| when.saturating_duration_since(*at))
-        })
-        .collect();
-    asynchronous.delays.sort();
-
-    let waited = bench
-        .write("node1", Host::Node1, TRANSACTIONS + 1, WAITED, true)?
-        .0;
+    // Rounds alternate the modes, so that drift in the machine's load and disk hits
+    // them alike; each mode's rate is the median of its rounds.
+    let (mut plain_next, mut next) = (1, 1);
+    let mut unreplicated = Vec::new();
+    let (mut asynchronous, mut waited, mut off) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        unreplicated.push(
+            bench
+                .write("unreplicated", Host::Node1, plain_next, TRANSACTIONS, false)?
+                .0,
+        );
+        plain_next += TRANSACTIONS;
+        asynchronous.push(async_round(&bench, &runtime, &node1, next)?);
+        next += TRANSACTIONS;
+        waited.push(bench.write("node1", Host::Node1, next, WAITED, true)?.0);
+        next += WAITED;
+    }
     bench.mp(Host::Node1, &["switch-off"])?;
-    let off = bench
-        .write(
-            "node1",
-            Host::Node1,
-            TRANSACTIONS + WAITED + 1,
-            TRANSACTIONS,
-            false,
-        )?
-        .0;
+    for _ in 0..ROUNDS {
+        unreplicated.push(
+            bench
+                .write("unreplicated", Host::Node1, plain_next, TRANSACTIONS, false)?
+                .0,
+        );
+        plain_next += TRANSACTIONS;
+        off.push(
+            bench
+                .write("node1", Host::Node1, next, TRANSACTIONS, false)?
+                .0,
+        );
+        next += TRANSACTIONS;
+    }
+    let (unreplicated, asynchronous, waited, off) = (
+        Phase::combine(unreplicated),
+        Phase::combine(asynchronous),
+        Phase::combine(waited),
+        Phase::combine(off),
+    );
 
     let sums1 = runtime.block_on(node1.table_checksums())?;
     drop(services);
@@ -215,15 +213,49 @@ impl Bench<'_> {
             bail!("the writer failed ({status})");
         }
         delays.sort();
-        Ok((
-            Phase {
-                transactions: count,
-                elapsed,
-                delays,
-            },
-            commits,
-        ))
+        Ok((Phase::new(count, elapsed, delays), commits))
     }
+}
+
+/// One asynchronous round: the writer runs while this process watches node 1's
+/// acknowledged position; the lag of a commit is the time until the position covers it.
+fn async_round(
+    bench: &Bench<'_>,
+    runtime: &tokio::runtime::Runtime,
+    node1: &Arc<SqliteBackend>,
+    first: u64,
+) -> anyhow::Result<Phase> {
+    let watched = Arc::clone(node1);
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let watcher = runtime.spawn(async move {
+        let mut seen: Vec<(Instant, Position)> = Vec::new();
+        loop {
+            let acked = watched.acked().await?;
+            if seen.last().is_none_or(|(_, p)| *p < acked) {
+                seen.push((Instant::now(), acked));
+            }
+            tokio::select! {
+                _ = &mut stop => return anyhow::Ok(seen),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+    });
+    let (mut phase, commits) = bench.write("node1", Host::Node1, first, TRANSACTIONS, false)?;
+    let last = commits.last().map_or(Position(0), |(_, p)| *p);
+    runtime.block_on(node1.wait_replicated(last, Duration::from_secs(120)))?;
+    std::thread::sleep(Duration::from_millis(5));
+    let _ = stop_tx.send(());
+    let seen = runtime.block_on(watcher)??;
+    phase.delays = commits
+        .iter()
+        .filter_map(|(at, p)| {
+            seen.iter()
+                .find(|(_, acked)| acked >= p)
+                .map(|(when, _)| when.saturating_duration_since(*at))
+        })
+        .collect();
+    phase.delays.sort();
+    Ok(phase)
 }
 
 /// Builds the release `mp_replication` and returns its path.
@@ -309,17 +341,44 @@ fn wait_until(
     bail!("timed out waiting for {what}")
 }
 
-/// A measured phase.
+/// A measured phase (or several rounds of one).
 struct Phase {
     transactions: u64,
-    elapsed: Duration,
+    /// Transactions per second of each round.
+    rates: Vec<f64>,
     /// Per-transaction lag or latency, sorted.
     delays: Vec<Duration>,
 }
 
 impl Phase {
+    fn new(transactions: u64, elapsed: Duration, delays: Vec<Duration>) -> Phase {
+        Phase {
+            transactions,
+            rates: vec![transactions as f64 / elapsed.as_secs_f64().max(1e-9)],
+            delays,
+        }
+    }
+
+    fn combine(rounds: Vec<Phase>) -> Phase {
+        let mut out = Phase {
+            transactions: 0,
+            rates: Vec::new(),
+            delays: Vec::new(),
+        };
+        for r in rounds {
+            out.transactions += r.transactions;
+            out.rates.extend(r.rates);
+            out.delays.extend(r.delays);
+        }
+        out.delays.sort();
+        out
+    }
+
+    /// The median rate of the rounds.
     fn rate(&self) -> f64 {
-        self.transactions as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let mut rates = self.rates.clone();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
     }
 
     fn percentile(&self, p: f64) -> Option<Duration> {
@@ -364,7 +423,8 @@ impl Results {
     fn print(&self) {
         let base = self.unreplicated.rate();
         println!(
-            "bench replication: sample workload, {ROWS} rows per transaction, node 1 -> node 2 in the namespace lab"
+            "bench replication: sample workload, {ROWS} rows per transaction, node 1 -> node 2 in the namespace lab, \
+             median of {ROUNDS} alternating rounds"
         );
         println!(
             "{:<36} {:>8} {:>10} {:>8} {:>10} {:>10}",
