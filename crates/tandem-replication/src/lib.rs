@@ -39,6 +39,29 @@
 //!   running service carries them out and records the result, the peer's state and the
 //!   link's health there, so `status` works even when the peer is down. The service
 //!   holds a lock file in the state directory; commands use it to tell whether it runs.
+//! - **Acknowledgements.** The standby acknowledges a batch only after its transaction
+//!   committed (`synchronous = FULL`). The active node's service publishes each
+//!   acknowledgement at once in a small file that
+//!   [`wait_replicated`](ReplicationBackend::wait_replicated) polls (every millisecond
+//!   at most), and records it in the meta table, pruning the changelog, at most every
+//!   100 ms and in the background, so a busy application never makes replication wait
+//!   for the write lock.
+//! - **Exact values.** Rows travel as JSON built in Rust from native values (REALs are
+//!   captured natively beside the changelog, since SQLite's float-to-text conversion
+//!   is not exact) and are applied with typed parameters, in multi-row statements.
+//!
+//! # Files
+//!
+//! In the application's database: `_tandem_meta`, `_tandem_changelog`,
+//! `_tandem_reals` and the `_tandem_<table>_*` triggers. In the node's state directory
+//! (`/var/lib/tandem`): `replication.lock` (held by the running service),
+//! `replication.acked` (the published acknowledgement) and
+//! `local-only-rows-<UTC time>-node<N>.jsonl` (one per from-sync that found rows: each
+//! line names the table, the key, this node's row or `null` if it deleted it, and the
+//! peer's row or `null`). The standalone service (`mp_replication service`) uses the
+//! site key (default `/etc/tandem/authkey`, as `failover keygen` writes it) and its own
+//! port, [`DEFAULT_PORT`] (7452), beside the node agent's 7451, until the agent carries
+//! replication on its own link ([`Replicator::run`] takes its sessions).
 //!
 //! What this crate never does: touch interfaces or addresses, decide roles (the node
 //! agent calls [`promote`](ReplicationBackend::promote) and

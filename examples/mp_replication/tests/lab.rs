@@ -343,7 +343,6 @@ fn kill_9_of_either_service_mid_stream_loses_and_duplicates_nothing() {
         site.applied(Host::Node2) > now + 500
     });
     site.kill_service(Host::Node1);
-    std::thread::sleep(Duration::from_millis(300));
     site.start_service(Host::Node1);
     assert!(writer.wait().unwrap().success());
     site.wait_caught_up(Host::Node1, Host::Node2);
