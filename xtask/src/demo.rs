@@ -1,55 +1,61 @@
-//! `cargo xtask demo`: the seed's procedures in the namespace lab.
+//! `cargo xtask demo`: the seed's procedures in the namespace lab, with the two
+//! binaries an operator uses.
 //!
-//! Builds a lab (node1, node2, client on one bridge), runs a small application
-//! on port 8080 in both nodes (it answers with its node's name) and a client that
-//! asks the shared address 192.0.2.10 every 10 ms. Then it walks through the
-//! seed's steps with tandem's node code, each node's command run inside that
-//! node's namespace as an operator would on its console:
+//! Builds a lab (node1, node2, client on one bridge) and walks through the seed's
+//! steps, each command run with `failover` or `mp_replication` inside its node's
+//! namespace as an operator would on that node's console:
 //!
-//! 1. `set-deployment failover` on both nodes (they enter standby);
-//! 2. `set-server active` on node1 (probe silent, gateway answers: claim);
-//! 3. node2 reboots and finds node1 active;
-//! 4. "Performing Application Server Failover": node1 standby, node2 active;
-//! 5. an unplanned failover: node2's cable is cut, node1 is made active;
-//! 6. node2 reboots while still cut off: its isolation check keeps it standby.
+//! 1. "two newly installed Application Servers": `set-deployment failover` on both,
+//!    `mp_replication init` on both, the agents started, `mp_replication switch-on`
+//!    and `set-server active` on node1, both status tables printed;
+//! 2. config files: `copy-config-files` on node1 (sent over the peer link),
+//!    `restore-config-files` on node2, the restored tree compared;
+//! 3. a client on the shared address writes meetings continuously through a small
+//!    application that acknowledges a write only once the standby has it;
+//! 4. "Performing Application Server Failover" (planned: node1 standby, node2
+//!    active) and the switch back;
+//! 5. an unplanned failover: node1's cable is cut and node2 made active; the cable
+//!    comes back, node1's agent hears node2's newer claim and steps down, and node1
+//!    rejoins replication with `switch-on -S -F from-sync`; then the switch back.
 //!
-//! It ends with a timeline and the client-visible outage of each failover. Claims
-//! travel between the nodes as the agent's peer link will carry them.
+//! It ends with a timeline: each step, the client-visible outage of each failover,
+//! how long both nodes were seen active at once, and the acknowledged writes lost.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig};
-use tandem_node::{Node, NodeConfig, Report};
-use tandem_role::{DeploymentMode, Event, NodeId, Role};
+use tandem_replication::{LinkStatus, ReplicationBackend, Settings, SqliteBackend, sample};
 
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Print every action each command carried out.
+    /// Print each command's whole output.
     #[arg(short, long)]
     verbose: bool,
 }
 
+/// The example application's port on the shared address.
 const APP_PORT: u16 = 8080;
+/// The agents' status page port.
+const STATUS_PORT: u16 = tandem_node::DEFAULT_STATUS_PORT;
+/// Rows per acknowledged write of the application (a group, a profile, a meeting).
+const ROWS: u32 = 3;
 
-/// What the client saw at one moment: which node answered, or none.
+/// What the client saw at one moment: which node acknowledged its write, or none.
 type Sample = (Duration, Option<String>);
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    let bins = build_binaries()?;
     let lab = Lab::up(LabConfig::default()).context("building the namespace lab")?;
     let dir = tempfile::Builder::new().prefix("tandem-demo-").tempdir()?;
-    let demo = Demo {
-        lab,
-        dir: dir.path().to_path_buf(),
-        started,
-        verbose: args.verbose,
-        failovers: Vec::new(),
-    };
     println!("tandem demo: the seed's failover procedures in a namespace lab");
     println!(
         "  lab: node1 {} and node2 {} (eth0:0), client {}, gateway {}, shared address {}",
@@ -59,31 +65,30 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         tandem_lab::GATEWAY_ADDR,
         tandem_lab::SHARED_ADDR
     );
-    println!("  node state in {}", dir.path().display());
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let mut threads = Vec::new();
-    for host in [Host::Node1, Host::Node2] {
-        let stop = stop.clone();
-        threads.push(demo.lab.spawn_in(host, move || serve_app(host, &stop))?);
-    }
-    let client = {
-        let (stop, samples) = (stop.clone(), samples.clone());
-        demo.lab.spawn_in(Host::Client, move || {
-            watch_shared_address(started, &stop, &samples)
-        })?
+    println!("  node config and state in {}", dir.path().display());
+    let mut demo = Demo {
+        lab,
+        dir: dir.path().to_path_buf(),
+        bins,
+        started,
+        verbose: args.verbose,
+        failovers: Vec::new(),
+        agents: Vec::new(),
+        stop: Arc::new(AtomicBool::new(false)),
+        threads: Vec::new(),
+        samples: Arc::default(),
+        acked: Arc::default(),
+        both_active: Arc::default(),
+        heal: None,
     };
-    let result = demo.procedures(&samples);
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
+    let result = demo.procedures();
+    demo.stop.store(true, Ordering::Relaxed);
+    for thread in demo.threads.drain(..) {
         let _ = thread.join();
     }
-    let _ = client.join();
-    let timeline = result?;
-    print_summary(
-        &timeline,
-        &samples.lock().map(|s| s.clone()).unwrap_or_default(),
-    );
+    let result = result.and_then(|()| demo.verify_and_summarize());
+    demo.stop_agents();
+    result?;
     println!(
         "\ndemo finished in {:.1} s; the lab is removed",
         started.elapsed().as_secs_f64()
@@ -91,218 +96,520 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The two binaries, built for this run.
+struct Binaries {
+    failover: PathBuf,
+    mp_replication: PathBuf,
+}
+
 struct Demo {
     lab: Lab,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
+    bins: Binaries,
     started: Instant,
     verbose: bool,
     failovers: Vec<Failover>,
+    agents: Vec<(Host, Child)>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<tandem_lab::Result<anyhow::Result<()>>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    /// Transaction numbers the application acknowledged.
+    acked: Arc<Mutex<Vec<u64>>>,
+    /// Intervals in which both status pages said "Active server".
+    both_active: Arc<Mutex<Vec<(Duration, Duration)>>>,
+    /// From node1's cable coming back to its status page saying standby.
+    heal: Option<(Duration, Duration)>,
 }
 
 /// A failover to measure: what the client waited for and when the step began.
 struct Failover {
     what: String,
+    to: &'static str,
     from: Duration,
 }
 
 impl Demo {
-    fn procedures(mut self, samples: &Mutex<Vec<Sample>>) -> anyhow::Result<Vec<Failover>> {
+    fn procedures(&mut self) -> anyhow::Result<()> {
         section("Setting up failover for two newly installed Application Servers");
+        self.run(
+            Host::Node1,
+            &["keygen", "--key-file", &self.key_file()],
+            "failover keygen (the site key, copied to node2)",
+        )?;
         for host in [Host::Node1, Host::Node2] {
-            let report = self.command(host, "failoverUtil setDeployment failover", async |n| {
-                n.handle(Event::SetDeployment(DeploymentMode::Failover))
-                    .await
-            })?;
-            expect_role(&report, Role::Standby)?;
+            let (id, own, peer) = node_facts(host);
+            let out = self.run(
+                host,
+                &[
+                    "set-deployment",
+                    "failover",
+                    "--no-prompt",
+                    "--node-id",
+                    &id.to_string(),
+                    "--node-address",
+                    &format!("{own}/24"),
+                    "--gateway",
+                    &tandem_lab::GATEWAY_ADDR.to_string(),
+                    "--hostname",
+                    &format!("meetings{id}.lab.test"),
+                    "--shared-address",
+                    &format!("{}/24", tandem_lab::SHARED_ADDR),
+                    "--peer-address",
+                    &peer.to_string(),
+                ],
+                "failoverUtil setDeployment failover",
+            )?;
+            expect(&out, "standby", "set-deployment leaves the node standby")?;
+            self.extend_config(host)?;
         }
-        let report = self.command(Host::Node1, "failoverUtil setServer active", async |n| {
-            n.set_server(Role::Active).await
-        })?;
-        expect_role(&report, Role::Active)?;
-        self.deliver_claim(Host::Node1, &report)?;
-        self.wait_for_client(samples, "node1")?;
-        self.note("client reaches the shared address", "answered by node1");
+        for host in [Host::Node2, Host::Node1] {
+            let (id, _, peer) = node_facts(host);
+            let out = self.mp(
+                host,
+                &["init", "-n", &id.to_string(), "-r", &peer.to_string()],
+                &format!("mp_replication init -n {id} -r {peer}"),
+            )?;
+            expect(&out, "is SUCCESSFUL", "init")?;
+        }
+        for host in [Host::Node1, Host::Node2] {
+            self.start_agent(host)?;
+        }
+        self.wait_peer_link()?;
+        self.note("peer link between the agents", "up");
+        let out = self.mp(Host::Node1, &["switch-on"], "mp_replication switchON")?;
+        expect(&out, "is SUCCESSFUL", "switch-on")?;
+        let out = self.run(
+            Host::Node1,
+            &["set-server", "active"],
+            "failoverUtil setServer active",
+        )?;
+        expect(&out, "active", "node1 becomes active")?;
+        self.wait_status(Host::Node1, "Failover deployment. Active server.")?;
+        self.wait_status(Host::Node2, "Failover deployment. Standby server.")?;
+        self.wait_replication_connected()?;
+        for host in [Host::Node1, Host::Node2] {
+            let out = self.mp_quiet(host, &["status"])?;
+            println!("\n  {host}: mp_replication status");
+            for line in out.lines() {
+                println!("    {line}");
+            }
+        }
 
-        let report = self.command(Host::Node2, "reboot node2 (boot decision)", async |n| {
-            n.boot().await
-        })?;
-        expect_role(&report, Role::Standby)?;
+        section("Copying configuration files to the standby");
+        self.make_config_files()?;
+        let out = self.run(
+            Host::Node1,
+            &["copy-config-files"],
+            "failoverUtil copyConfigFiles",
+        )?;
+        expect(
+            &out,
+            "Sent to the standby",
+            "copy-config-files sends the bundle",
+        )?;
+        self.wait_file(&tandem_bundle_incoming(&self.dir.join("node2")))?;
+        let out = self.run(
+            Host::Node2,
+            &["restore-config-files"],
+            "failoverUtil restoreConfigFiles",
+        )?;
+        expect(&out, "", "restore-config-files")?;
+        compare_trees(&self.files(Host::Node1), &self.files(Host::Node2))?;
+        self.note("node2's config files match node1's", "identical");
+
+        section("A client writes meetings through the application on the shared address");
+        self.start_application()?;
+        self.wait_for_client("node1")?;
+        self.note("client's writes are acknowledged", "by node1");
+        std::thread::sleep(Duration::from_millis(500));
 
         section("Performing Application Server Failover (planned)");
-        let from = self.started.elapsed();
-        let report = self.command(Host::Node1, "failoverUtil setServer standby", async |n| {
-            n.set_server(Role::Standby).await
-        })?;
-        expect_role(&report, Role::Standby)?;
-        let report = self.command(Host::Node2, "failoverUtil setServer active", async |n| {
-            n.set_server(Role::Active).await
-        })?;
-        expect_role(&report, Role::Active)?;
-        self.deliver_claim(Host::Node2, &report)?;
-        self.wait_for_client(samples, "node2")?;
-        self.failover_note("client reaches node2", from);
+        self.planned(Host::Node1, Host::Node2)?;
+        section("Performing Application Server Failover to Switch to the Previous Active Server");
+        self.planned(Host::Node2, Host::Node1)?;
 
-        section("Unplanned failover: node2's cable is cut");
-        self.lab.cut(Host::Node2)?;
+        section("Unplanned failover: node1's cable is cut");
+        self.lab.cut(Host::Node1)?;
         let from = self.started.elapsed();
-        self.note("cut node2's cable", "node2 unreachable");
-        let report = self.command(Host::Node1, "failoverUtil setServer active", async |n| {
-            n.set_server(Role::Active).await
-        })?;
-        expect_role(&report, Role::Active)?;
-        self.wait_for_client(samples, "node1")?;
-        self.failover_note("client reaches node1", from);
+        self.note("cut node1's cable", "node1 unreachable");
+        let out = self.run(
+            Host::Node2,
+            &["set-server", "active"],
+            "failoverUtil setServer active",
+        )?;
+        expect(&out, "active", "node2 takes over")?;
+        self.wait_for_client("node2")?;
+        self.failover_note("client's writes acked by node2", "node2", from);
+        std::thread::sleep(Duration::from_millis(500));
+        self.lab.restore(Host::Node1)?;
+        let restored = self.started.elapsed();
+        self.note("plug node1's cable back in", "");
+        self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
+        self.heal = Some((restored, self.started.elapsed()));
+        self.note("node1's agent hears node2's newer claim", "node1 standby");
+        let out = self.mp(
+            Host::Node1,
+            &["switch-on", "-S", "-F", "from-sync"],
+            "mp_replication switchON -S -F from-sync",
+        )?;
+        expect(&out, "is SUCCESSFUL", "node1 rejoins replication")?;
+        self.wait_replication_connected()?;
+        std::thread::sleep(Duration::from_millis(500));
 
-        let report = self.command(Host::Node2, "reboot node2 while still cut off", async |n| {
-            n.boot().await
-        })?;
-        expect_role(&report, Role::Standby)?;
-        self.lab.restore(Host::Node2)?;
-        self.deliver_claim_epoch(Host::Node2, NodeId::One, self.epoch(Host::Node1)?)?;
-        self.note(
-            "plug node2's cable back in",
-            "node2 stays standby; node1 keeps the address",
-        );
-        self.wait_for_client(samples, "node1")?;
-        Ok(self.failovers)
+        section("Switching back to node1");
+        self.planned(Host::Node2, Host::Node1)?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
     }
 
-    fn config(&self, host: Host) -> anyhow::Result<NodeConfig> {
-        let (id, own, peer) = match host {
-            Host::Node1 => (1, tandem_lab::NODE1_ADDR, tandem_lab::NODE2_ADDR),
-            _ => (2, tandem_lab::NODE2_ADDR, tandem_lab::NODE1_ADDR),
-        };
+    /// The seed's planned failover: `set-server standby` on the active node, then
+    /// `set-server active` on the other.
+    fn planned(&mut self, from: Host, to: Host) -> anyhow::Result<()> {
+        let at = self.started.elapsed();
+        let out = self.run(
+            from,
+            &["set-server", "standby"],
+            "failoverUtil setServer standby",
+        )?;
+        expect(&out, "standby", "the active node steps down")?;
+        let out = self.run(
+            to,
+            &["set-server", "active"],
+            "failoverUtil setServer active",
+        )?;
+        expect(&out, "active", "the standby takes over")?;
+        let name = to.name();
+        self.wait_for_client(name)?;
+        self.failover_note(&format!("client's writes acked by {name}"), name, at);
+        self.wait_status(from, "Failover deployment. Standby server.")?;
+        Ok(())
+    }
+
+    fn key_file(&self) -> String {
+        self.dir.join("authkey").display().to_string()
+    }
+
+    fn config_path(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}.toml", host.name()))
+    }
+
+    fn state_dir(&self, host: Host) -> PathBuf {
+        self.dir.join(host.name())
+    }
+
+    fn files(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}-files", host.name()))
+    }
+
+    /// What the operator adds to the config `set-deployment` wrote: the site key,
+    /// the bundle's directories, replication of the sample schema and quick probes
+    /// and heartbeats for the lab.
+    fn extend_config(&self, host: Host) -> anyhow::Result<()> {
+        let files = self.files(host);
         let text = format!(
-            r#"[node]
-id = {id}
-hostname = "meetings{id}.lab.test"
-shared_hostname = "meetings.lab.test"
-
-[network]
-shared_address = "{shared}/24"
-node_address = "{own}/24"
-gateway = "{gateway}"
-peer_address = "{peer}"
-
+            r#"
 [probe]
 timeout_ms = 100
 attempts = 2
 interval_ms = 50
 
 [failover]
+heartbeat_ms = 200
+missed_heartbeats = 3
 announce_count = 3
 announce_interval_ms = 20
+
+[peer]
+key_file = "{key}"
+
+[replication]
+sample_schema = true
+heartbeat_ms = 200
+
+[bundle]
+node = ["web-conf/server.xml"]
+
+[[bundle.roots]]
+name = "web-conf"
+path = "{files}/web-conf"
+
+[[bundle.roots]]
+name = "prompts"
+path = "{files}/prompts"
 "#,
-            shared = tandem_lab::SHARED_ADDR,
-            gateway = tandem_lab::GATEWAY_ADDR,
+            key = self.key_file(),
+            files = files.display()
         );
-        let path = self.dir.join(format!("{}.toml", host.name()));
-        std::fs::write(&path, &text)?;
-        Ok(NodeConfig::load(&path)?)
-    }
-
-    /// Runs one operator command on `host`'s console, inside its namespace.
-    fn command(
-        &mut self,
-        host: Host,
-        what: &str,
-        f: impl AsyncFnOnce(&mut Node) -> Report + Send,
-    ) -> anyhow::Result<Report> {
-        let config = self.config(host)?;
-        let state_dir = self.dir.join(host.name());
-        let report = self
-            .lab
-            .run_in(host, || -> anyhow::Result<Report> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async {
-                    let mut node = Node::open(config, &state_dir)?;
-                    Ok(f(&mut node).await)
-                })
-            })
-            .context("entering the node's namespace")??;
-        let state = report.state.as_ref();
-        let outcome = match (&report.refused, report.role) {
-            (Some(refusal), _) => format!("refused: {refusal}"),
-            (None, Some(role)) => format!(
-                "{role}, epoch {}{}",
-                state.map(|s| s.epoch.get()).unwrap_or(0),
-                report
-                    .faults
-                    .first()
-                    .map(|f| format!(" ({f})"))
-                    .unwrap_or_default()
-            ),
-            (None, None) => "no change".into(),
-        };
-        self.note(&format!("{host}: {what}"), &outcome);
-        if self.verbose {
-            for step in &report.steps {
-                let failed = step
-                    .error
-                    .as_deref()
-                    .map(|e| format!("  FAILED: {e}"))
-                    .unwrap_or_default();
-                println!(
-                    "           {:>6.1} ms  {}{failed}",
-                    step.took.as_secs_f64() * 1000.0,
-                    step.action
-                );
-            }
-        }
-        Ok(report)
-    }
-
-    fn epoch(&self, host: Host) -> anyhow::Result<tandem_role::Epoch> {
-        let state = tandem_role::StateFile::in_dir(self.dir.join(host.name())).load()?;
-        Ok(state.map(|s| s.epoch).unwrap_or_default())
-    }
-
-    /// Delivers the claim a report's `send-claim` action made to the other node.
-    fn deliver_claim(&mut self, from: Host, report: &Report) -> anyhow::Result<()> {
-        let Some(state) = &report.state else {
-            return Ok(());
-        };
-        let to = if from == Host::Node1 {
-            Host::Node2
-        } else {
-            Host::Node1
-        };
-        self.deliver_claim_epoch(to, state.node, state.epoch)
-    }
-
-    fn deliver_claim_epoch(
-        &mut self,
-        to: Host,
-        node: NodeId,
-        epoch: tandem_role::Epoch,
-    ) -> anyhow::Result<()> {
-        let what = format!("peer link: node {node}'s claim (epoch {epoch}) reaches {to}");
-        self.command(to, &what, async |n| {
-            n.handle(Event::PeerClaim { node, epoch }).await
-        })?;
+        let path = self.config_path(host);
+        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let extra: toml::Table = toml::from_str(&text)?;
+        config.extend(extra);
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        std::fs::create_dir_all(files.join("web-conf"))?;
+        std::fs::create_dir_all(files.join("prompts"))?;
         Ok(())
     }
 
-    fn note(&mut self, what: &str, outcome: &str) {
+    /// Node1's copied files: web settings and custom prompts; and a server-specific
+    /// file on each node that must stay as it is.
+    fn make_config_files(&self) -> anyhow::Result<()> {
+        let files = self.files(Host::Node1);
+        std::fs::write(
+            files.join("web-conf/site.properties"),
+            "branding=Example Meetings\nlanguage=en\n",
+        )?;
+        std::fs::create_dir_all(files.join("web-conf/themes"))?;
+        std::fs::write(
+            files.join("web-conf/themes/blue.css"),
+            "body { color: navy }\n",
+        )?;
+        for n in 0..5u8 {
+            // A second of 8 kHz silence with a tone byte, as a custom prompt.
+            let wav: Vec<u8> = (0..8000u32).map(|i| (i as u8) ^ n).collect();
+            std::fs::write(files.join(format!("prompts/welcome-{n}.wav")), wav)?;
+        }
+        for host in [Host::Node1, Host::Node2] {
+            std::fs::write(
+                self.files(host).join("web-conf/server.xml"),
+                format!("<server name=\"{}\"/>\n", host.name()),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn failover_command(&self, host: Host) -> Command {
+        let mut cmd = self
+            .lab
+            .command(host, &self.bins.failover.display().to_string());
+        cmd.arg("--config")
+            .arg(self.config_path(host))
+            .arg("--state-dir")
+            .arg(self.state_dir(host));
+        cmd
+    }
+
+    fn mp_command(&self, host: Host) -> Command {
+        let mut cmd = self
+            .lab
+            .command(host, &self.bins.mp_replication.display().to_string());
+        cmd.arg("--config")
+            .arg(self.config_path(host))
+            .arg("--state-dir")
+            .arg(self.state_dir(host));
+        cmd
+    }
+
+    /// Runs `failover args...` on `host`; prints the step; fails when it fails.
+    fn run(&mut self, host: Host, args: &[&str], what: &str) -> anyhow::Result<String> {
+        let out = self.failover_command(host).args(args).output()?;
+        self.finish_command(host, what, &out)
+    }
+
+    /// Runs `mp_replication args...` on `host`.
+    fn mp(&mut self, host: Host, args: &[&str], what: &str) -> anyhow::Result<String> {
+        let out = self.mp_command(host).args(args).output()?;
+        self.finish_command(host, what, &out)
+    }
+
+    fn mp_quiet(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.mp_command(host).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "mp_replication {} on {host} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn finish_command(
+        &mut self,
+        host: Host,
+        what: &str,
+        out: &std::process::Output,
+    ) -> anyhow::Result<String> {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let summary = summary_line(&stdout);
+        if !out.status.success() {
+            self.note(&format!("{host}: {what}"), "FAILED");
+            bail!(
+                "`{what}` on {host} failed ({}):\n{stdout}{stderr}",
+                out.status
+            );
+        }
+        self.note(&format!("{host}: {what}"), &summary);
+        if self.verbose {
+            for line in stdout.lines() {
+                println!("             | {line}");
+            }
+        }
+        Ok(stdout)
+    }
+
+    fn start_agent(&mut self, host: Host) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{}-agent.log", host.name())))?;
+        let child = self
+            .failover_command(host)
+            .args(["agent", "--key-file", &self.key_file()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        self.agents.push((host, child));
+        self.wait_status(host, "Failover deployment.")?;
+        self.note(
+            &format!("{host}: failover agent"),
+            "running; status page up",
+        );
+        Ok(())
+    }
+
+    fn stop_agents(&mut self) {
+        for (_, child) in &mut self.agents {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (_, child) in &mut self.agents {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.agents.clear();
+    }
+
+    /// Waits until `host`'s status page (read from the client) starts with `banner`.
+    fn wait_status(&self, host: Host, banner: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let page = self
+                .lab
+                .run_in(Host::Client, move || status_page(host))
+                .ok()
+                .flatten();
+            if let Some(page) = page {
+                if page.lines().next().unwrap_or_default().starts_with(banner) {
+                    return Ok(());
+                }
+                last = page;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{host}'s status page did not show `{banner}` within 20 s; last:\n{last}")
+    }
+
+    /// Waits until node1's replication status says the peer is connected.
+    fn wait_replication_connected(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let ok = [Host::Node1, Host::Node2].iter().all(|&h| {
+                self.mp_quiet(h, &["status", "--json"])
+                    .ok()
+                    .and_then(|s| {
+                        last = s.clone();
+                        serde_json::from_str::<tandem_replication::Status>(&s).ok()
+                    })
+                    .is_some_and(|s| s.remote.status == LinkStatus::Connected)
+            });
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("replication did not connect within 30 s; last status:\n{last}")
+    }
+
+    /// Waits until both agents report their peer link up.
+    fn wait_peer_link(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let up = [Host::Node1, Host::Node2].iter().all(|&h| {
+                let out = self.failover_command(h).args(["status", "--json"]).output();
+                out.ok()
+                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                    .is_some_and(|v| v["peer"]["connected"] == serde_json::Value::Bool(true))
+            });
+            if up {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the agents' peer link did not come up within 20 s (see the agent logs in {})",
+            self.dir.display()
+        )
+    }
+
+    fn wait_file(&self, path: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if path.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} did not arrive within 20 s", path.display())
+    }
+
+    /// The example application in both nodes, the client and the watch of both
+    /// status pages.
+    fn start_application(&mut self) -> anyhow::Result<()> {
+        for host in [Host::Node1, Host::Node2] {
+            let stop = self.stop.clone();
+            let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+            self.threads.push(
+                self.lab
+                    .spawn_in(host, move || serve_app(host, &settings, &stop))?,
+            );
+        }
+        let (stop, samples, acked, started) = (
+            self.stop.clone(),
+            self.samples.clone(),
+            self.acked.clone(),
+            self.started,
+        );
+        self.threads.push(self.lab.spawn_in(Host::Client, move || {
+            client(started, &stop, &samples, &acked)
+        })?);
+        let (stop, both, started) = (self.stop.clone(), self.both_active.clone(), self.started);
+        self.threads.push(
+            self.lab
+                .spawn_in(Host::Client, move || watch_roles(started, &stop, &both))?,
+        );
+        Ok(())
+    }
+
+    fn note(&self, what: &str, outcome: &str) {
         let at = self.started.elapsed();
         println!("  {:>7.3} s  {what:<58} {outcome}", at.as_secs_f64());
     }
 
-    fn failover_note(&mut self, what: &str, from: Duration) {
+    fn failover_note(&mut self, what: &str, to: &'static str, from: Duration) {
         self.note(what, "");
         self.failovers.push(Failover {
             what: what.into(),
+            to,
             from,
         });
     }
 
-    /// Waits until the client's latest answer comes from `node`.
-    fn wait_for_client(&self, samples: &Mutex<Vec<Sample>>, node: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// Waits until the client's latest write was acknowledged by `node`.
+    fn wait_for_client(&self, node: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let latest = samples
+            let latest = self
+                .samples
                 .lock()
                 .ok()
                 .and_then(|s| s.last().and_then(|(_, who)| who.clone()));
@@ -311,90 +618,364 @@ announce_interval_ms = 20
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("the client did not reach {node} on the shared address within 10 s")
+        bail!("the client's writes were not acknowledged by {node} within 20 s")
     }
+
+    /// Checks that both databases hold every acknowledged write and are equal, then
+    /// prints the summary.
+    fn verify_and_summarize(&mut self) -> anyhow::Result<()> {
+        section("Checking the data");
+        let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (sums, missing) = loop {
+            let sums = [Host::Node1, Host::Node2].map(|h| self.mp_quiet(h, &["checksum"]));
+            let missing = [Host::Node1, Host::Node2].map(|h| self.missing(h, &acked));
+            let equal = matches!(&sums, [Ok(a), Ok(b)] if a == b);
+            if (equal && missing.iter().all(|m| matches!(m, Ok(v) if v.is_empty())))
+                || Instant::now() > deadline
+            {
+                break (sums, missing);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let lost = match &missing {
+            [Ok(a), Ok(b)] => a.union(b).count(),
+            [Err(e), _] | [_, Err(e)] => bail!("cannot read a node's database: {e:#}"),
+        };
+        let equal = matches!(&sums, [Ok(a), Ok(b)] if a == b);
+        self.note(
+            "tables on node1 and node2 (mp_replication checksum)",
+            if equal { "identical" } else { "DIFFERENT" },
+        );
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        println!("\n== Timeline summary");
+        println!("  client-visible outage of each failover (the client writes every 10 ms):");
+        for entry in &self.failovers {
+            match outage(&samples, entry.from, entry.to) {
+                Some((gap, unanswered)) => println!(
+                    "    {:<34} outage {:>6.0} ms ({unanswered} writes not acknowledged)",
+                    entry.what,
+                    gap.as_secs_f64() * 1000.0
+                ),
+                None => println!(
+                    "    {:<34} the client never reached {}",
+                    entry.what, entry.to
+                ),
+            }
+        }
+        let both = self
+            .both_active
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        if both.is_empty() {
+            println!("  both nodes active at once: never seen on the status pages");
+        }
+        for (from, to) in &both {
+            let healing = self
+                .heal
+                .is_some_and(|(start, end)| *from >= start && *from <= end);
+            println!(
+                "  both nodes active at once: {:.0} ms from {:.3} s ({})",
+                to.saturating_sub(*from).as_secs_f64() * 1000.0,
+                from.as_secs_f64(),
+                if healing {
+                    "node1's cable back, until its agent heard node2's newer claim"
+                } else {
+                    "OUTSIDE the heal after the cut"
+                }
+            );
+        }
+        println!(
+            "  acknowledged writes: {}; lost: {lost}; tables on both nodes {}",
+            acked.len(),
+            if equal { "identical" } else { "DIFFERENT" }
+        );
+        if lost > 0 || !equal {
+            bail!("{lost} acknowledged writes are missing or the nodes differ: {missing:?}");
+        }
+        Ok(())
+    }
+
+    /// The acknowledged transactions whose rows `host`'s database lacks.
+    fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
+        let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let backend = SqliteBackend::open_existing(&settings).await?;
+            let mut conn = backend.pool().acquire().await?;
+            let present = sample::transactions_present(&mut conn).await?;
+            drop(conn);
+            backend.close().await;
+            Ok(acked
+                .iter()
+                .filter(|tx| !present.contains(tx))
+                .copied()
+                .collect())
+        })
+    }
+}
+
+fn tandem_bundle_incoming(state_dir: &Path) -> PathBuf {
+    state_dir.join("incoming").join("config-files.tar.gz")
+}
+
+fn node_facts(host: Host) -> (u8, std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    match host {
+        Host::Node1 => (1, tandem_lab::NODE1_ADDR, tandem_lab::NODE2_ADDR),
+        _ => (2, tandem_lab::NODE2_ADDR, tandem_lab::NODE1_ADDR),
+    }
+}
+
+/// The line of a command's output worth showing in the timeline.
+fn summary_line(stdout: &str) -> String {
+    let pick = stdout
+        .lines()
+        .rev()
+        .find(|l| {
+            l.contains("SUCCESSFUL")
+                || l.starts_with("set-server")
+                || l.starts_with("set-deployment")
+                || l.starts_with("Sent ")
+                || l.starts_with("Restored")
+                || l.starts_with("node ")
+        })
+        .or_else(|| stdout.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or_default();
+    let pick = pick
+        .strip_prefix("Database Replication changes for this machine ")
+        .unwrap_or(pick);
+    let mut text: String = pick.chars().take(70).collect();
+    if pick.chars().count() > 70 {
+        text.push_str("...");
+    }
+    text
+}
+
+fn expect(out: &str, needle: &str, what: &str) -> anyhow::Result<()> {
+    if !out.contains(needle) {
+        bail!("{what}: expected `{needle}` in the output:\n{out}");
+    }
+    Ok(())
 }
 
 fn section(title: &str) {
     println!("\n== {title}");
 }
 
-fn expect_role(report: &Report, role: Role) -> anyhow::Result<()> {
-    if report.role != Some(role) {
-        bail!(
-            "expected the node to be {role}, it is {:?}: {report:#?}",
-            report.role
-        );
+/// Builds the two binaries (the debug profile, as `cargo test` builds them).
+fn build_binaries() -> anyhow::Result<Binaries> {
+    let root = crate::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "failover", "-p", "mp_replication"])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building failover and mp_replication failed");
     }
-    Ok(())
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(Binaries {
+        failover: target.join("debug").join("failover"),
+        mp_replication: target.join("debug").join("mp_replication"),
+    })
 }
 
-/// The application: answers every connection with its node's name.
-fn serve_app(host: Host, stop: &AtomicBool) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(("0.0.0.0", APP_PORT))?;
-    listener.set_nonblocking(true)?;
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                use std::io::Write;
-                let _ = stream.write_all(host.name().as_bytes());
+/// The example application on port 8080 of every address of its node: a line
+/// `write N` writes transaction N of the sample workload (a group, a profile and
+/// a meeting) and answers `ok <node>` once the standby has it. When the standby is
+/// known to be gone it answers after the local commit (the `degrade` policy);
+/// a standby's database refuses the write and the answer is `err`.
+fn serve_app(host: Host, settings: &Settings, stop: &AtomicBool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let backend = SqliteBackend::open_existing(settings).await?;
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
+        while !stop.load(Ordering::Relaxed) {
+            let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+            let Ok(Ok((stream, _))) = accepted else {
+                continue;
+            };
+            let answer = async {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await?;
+                let tx: u64 = line
+                    .trim()
+                    .strip_prefix("write ")
+                    .and_then(|n| n.parse().ok())
+                    .context("bad request")?;
+                let reply = match write_replicated(&backend, tx).await {
+                    Ok(()) => format!("ok {}\n", host.name()),
+                    Err(e) => format!("err {e:#}\n"),
+                };
+                tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
+                anyhow::Ok(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        }
+        backend.close().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow::Result<()> {
+    let position = {
+        let mut conn = backend.pool().acquire().await?;
+        sample::write_transaction(&mut conn, tx, ROWS).await?
+    };
+    match backend
+        .wait_replicated(position, Duration::from_millis(800))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The standby is gone: keep serving, as the `degrade` policy does.
+            let status = backend.status().await?;
+            if status.remote.status == LinkStatus::Connected {
+                Err(e.into())
+            } else {
+                Ok(())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
 }
 
-/// The client: asks the shared address every 10 ms who is there.
-fn watch_shared_address(started: Instant, stop: &AtomicBool, samples: &Mutex<Vec<Sample>>) {
-    use std::io::Read;
+/// The client: writes through the shared address every 10 ms and records who
+/// acknowledged each write.
+fn client(
+    started: Instant,
+    stop: &AtomicBool,
+    samples: &Mutex<Vec<Sample>>,
+    acked: &Mutex<Vec<u64>>,
+) -> anyhow::Result<()> {
     let target = std::net::SocketAddr::from((tandem_lab::SHARED_ADDR, APP_PORT));
+    let mut tx = 1_000u64;
     while !stop.load(Ordering::Relaxed) {
+        tx += 1;
         let t = started.elapsed();
-        let who = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(50))
+        let who = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(100))
             .ok()
             .and_then(|mut s| {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
-                let mut name = String::new();
-                s.read_to_string(&mut name)
-                    .ok()
-                    .filter(|_| !name.is_empty())
-                    .map(|_| name)
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                s.write_all(format!("write {tx}\n").as_bytes()).ok()?;
+                let mut line = String::new();
+                BufReader::new(s).read_line(&mut line).ok()?;
+                line.trim().strip_prefix("ok ").map(str::to_owned)
             });
+        if who.is_some()
+            && let Ok(mut list) = acked.lock()
+        {
+            list.push(tx);
+        }
         if let Ok(mut list) = samples.lock() {
             list.push((t, who));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
 }
 
-fn print_summary(failovers: &[Failover], samples: &[Sample]) {
-    println!("\n== Client-visible outage of each failover (client asks every 10 ms)");
-    for entry in failovers {
-        let from = entry.from;
-        let new = entry.what.rsplit(' ').next().unwrap_or_default();
-        match outage(samples, from, new) {
-            Some((gap, unanswered)) => println!(
-                "  {:<28} outage {:>6.0} ms ({unanswered} client requests unanswered)",
-                entry.what,
-                gap.as_secs_f64() * 1000.0
-            ),
-            None => println!("  {:<28} the client never reached {new}", entry.what),
+/// The status page of `host`'s agent, read over HTTP from the client.
+fn status_page(host: Host) -> Option<String> {
+    let addr = std::net::SocketAddr::from((host.addr(), STATUS_PORT));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: node\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some(html_to_text(body))
+}
+
+/// The page's text without tags, one line per block.
+fn html_to_text(body: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push('\n');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
         }
     }
-    let answered = samples.iter().filter(|(_, w)| w.is_some()).count();
-    println!(
-        "  client requests: {} sent, {answered} answered",
-        samples.len()
-    );
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Watches both status pages every 20 ms and records when both say "Active".
+fn watch_roles(
+    started: Instant,
+    stop: &AtomicBool,
+    both: &Mutex<Vec<(Duration, Duration)>>,
+) -> anyhow::Result<()> {
+    let mut since: Option<Duration> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let active = |h: Host| {
+            status_page(h).is_some_and(|p| p.contains("Failover deployment. Active server."))
+        };
+        let t = started.elapsed();
+        let now_both = active(Host::Node1) && active(Host::Node2);
+        match (now_both, since) {
+            (true, None) => since = Some(t),
+            (false, Some(from)) => {
+                if let Ok(mut list) = both.lock() {
+                    list.push((from, t));
+                }
+                since = None;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Compares two trees of config files (the copied ones; `server.xml` is the node's
+/// own and must differ).
+fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<()> {
+    for rel in [
+        "web-conf/site.properties",
+        "web-conf/themes/blue.css",
+        "prompts/welcome-0.wav",
+        "prompts/welcome-4.wav",
+    ] {
+        let (x, y) = (std::fs::read(a.join(rel))?, std::fs::read(b.join(rel)));
+        match y {
+            Ok(y) if x == y => {}
+            _ => bail!("{rel} differs between the nodes after restore-config-files"),
+        }
+    }
+    if std::fs::read(a.join("web-conf/server.xml"))?
+        == std::fs::read(b.join("web-conf/server.xml"))?
+    {
+        bail!("the server-specific web-conf/server.xml was copied");
+    }
+    Ok(())
 }
 
 /// The client-visible outage of a failover that started at `from` towards `new`:
-/// from the last answer (of any node, not before `from`) to the first answer of
-/// `new`, and how many requests in between went unanswered.
+/// from the last acknowledgement (of any node, not before `from`) to the first of
+/// `new`, and how many writes in between were not acknowledged.
 fn outage(samples: &[Sample], from: Duration, new: &str) -> Option<(Duration, usize)> {
     let first_new = samples
         .iter()

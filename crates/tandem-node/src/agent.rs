@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
+use tandem_replication::ReplicationBackend;
 use tandem_role::{Epoch, Event, NodeId, Role};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +33,12 @@ pub enum PeerMessage {
         node: NodeId,
         /// The epoch of its claim.
         epoch: Epoch,
+    },
+    /// The next blob on the link is a config-file bundle (`copy-config-files`)
+    /// of this many bytes; the receiver keeps it for `restore-config-files`.
+    Bundle {
+        /// Its size.
+        bytes: u64,
     },
 }
 
@@ -65,6 +72,7 @@ pub async fn run(
     let mut agent = Agent::start(config, state_dir, key, status).await?;
     let result = agent.serve(shutdown).await;
     let report = agent.node.stand_down().await;
+    agent.stop_replicator().await;
     tracing::info!(
         steps = report.steps.len(),
         "agent stopped; shared address released"
@@ -84,7 +92,14 @@ struct Agent {
     alarms: Vec<Alarm>,
     from_peer: mpsc::Receiver<PeerMessage>,
     to_agent: mpsc::Sender<PeerMessage>,
-    _state_dir: PathBuf,
+    state_dir: PathBuf,
+    key: SiteKey,
+    /// The replication service the agent hosts, once the database exists.
+    replicator: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the replication service to stop.
+    stop_replicator: watch::Sender<bool>,
+    /// The replication status last read, for the status page.
+    replication: Option<tandem_replication::Status>,
 }
 
 impl Agent {
@@ -95,12 +110,21 @@ impl Agent {
         status: watch::Sender<StatusSnapshot>,
     ) -> Result<Agent, AgentError> {
         let mut node = Node::open(config.clone(), state_dir)?;
+        match crate::open_database(&config, state_dir).await {
+            Ok(Some(db)) => node.attach_database(db),
+            Ok(None) => tracing::info!(
+                "no replicated database yet (`mp_replication init` makes it); roles switch without one"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %tandem_replication::chain(&e), "cannot open the replicated database")
+            }
+        }
         let control = control::bind(state_dir).await?;
         let report = node.boot().await;
         log_report("boot", &report);
         let failover = &config.failover;
         let port = peer_port(&config);
-        let peer_config = tandem_peer::Config::new(key, config.node.id.get())
+        let peer_config = tandem_peer::Config::new(key.clone(), config.node.id.get())
             .with_heartbeat_interval(Duration::from_millis(failover.heartbeat_ms))
             .with_missed_heartbeats(failover.missed_heartbeats);
         let link = Link::start(LinkConfig::new(
@@ -122,8 +146,13 @@ impl Agent {
             alarms: Vec::new(),
             from_peer,
             to_agent,
-            _state_dir: state_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            key,
+            replicator: None,
+            stop_replicator: watch::channel(false).0,
+            replication: None,
         };
+        agent.start_replicator().await;
         agent.after(&report).await;
         Ok(agent)
     }
@@ -139,7 +168,11 @@ impl Agent {
                 event = self.link.next_event() => match event {
                     Some(LinkEvent::PeerUp(session)) => {
                         tracing::info!(peer = %session.peer_addr(), "peer up");
-                        spawn_reader(session.clone(), self.to_agent.clone());
+                        spawn_reader(
+                            session.clone(),
+                            self.to_agent.clone(),
+                            tandem_bundle::incoming_path(&self.state_dir),
+                        );
                         self.session = Some(session);
                         self.event(Event::PeerBack).await;
                     }
@@ -160,14 +193,131 @@ impl Agent {
                         self.peer_claim = Some(epoch);
                         self.event(Event::PeerClaim { node, epoch }).await;
                     }
+                    PeerMessage::Bundle { bytes } => {
+                        tracing::info!(bytes, "config-file bundle received from the peer");
+                    }
                 },
                 accepted = self.control.accept() => {
                     if let Ok((stream, _)) = accepted {
                         self.serve_tool(stream).await;
                     }
                 }
-                _ = watch.tick() => self.watch_shared_address().await,
+                _ = watch.tick() => {
+                    self.watch_shared_address().await;
+                    self.watch_database().await;
+                }
             }
+        }
+    }
+
+    /// Starts the replication service in this process once the node has a
+    /// replicated database (it carries `mp_replication`'s requests out and streams
+    /// changes to the peer; see `tandem-replication`).
+    async fn start_replicator(&mut self) {
+        if self.replicator.is_some()
+            || self.node.state().deployment != tandem_role::DeploymentMode::Failover
+        {
+            return;
+        }
+        let settings = match crate::replication_settings(self.node.config(), &self.state_dir) {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::warn!(error = %tandem_replication::chain(&e), "replication settings");
+                return;
+            }
+        };
+        let backend = match tandem_replication::SqliteBackend::open_existing(&settings).await {
+            Ok(backend) => std::sync::Arc::new(backend),
+            Err(tandem_replication::Error::NotInitialized) => return,
+            Err(e) => {
+                tracing::warn!(error = %tandem_replication::chain(&e), "cannot open the replicated database");
+                return;
+            }
+        };
+        if self.node.database().is_none()
+            && let Ok(Some(db)) = crate::open_database(self.node.config(), &self.state_dir).await
+        {
+            self.node.attach_database(db);
+        }
+        let key = self.key.clone();
+        let mut stop = self.stop_replicator.subscribe();
+        self.replicator = Some(tokio::spawn(async move {
+            let replicator = tandem_replication::Replicator::new(backend);
+            let shutdown = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            match replicator.run_standalone(key, shutdown).await {
+                Ok(()) => tracing::info!("replication service stopped"),
+                Err(e) => {
+                    tracing::warn!(error = %tandem_replication::chain(&e), "replication service stopped")
+                }
+            }
+        }));
+        tracing::info!("replication service started");
+    }
+
+    /// Stops the hosted replication service.
+    async fn stop_replicator(&mut self) {
+        self.stop_replicator.send_replace(true);
+        if let Some(task) = self.replicator.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Starts the replication service when the database appeared, reads its
+    /// status and raises the database alarms.
+    async fn watch_database(&mut self) {
+        if self.replicator.as_ref().is_some_and(|t| t.is_finished()) {
+            self.replicator = None;
+        }
+        self.start_replicator().await;
+        let Some(db) = self.node.database() else {
+            return;
+        };
+        let before: Vec<String> = self
+            .replication
+            .as_ref()
+            .map(|s| s.alarms.clone())
+            .unwrap_or_default();
+        self.replication = db.status().await.ok();
+        let mut raised = Vec::new();
+        if let Some(status) = &self.replication {
+            raised.extend(
+                status
+                    .alarms
+                    .iter()
+                    .filter(|a| !before.contains(a))
+                    .cloned(),
+            );
+        }
+        if let Some(limit_mb) = self.node.config().failover.database_size_alarm_mb {
+            let path = crate::replication_settings(self.node.config(), &self.state_dir)
+                .map(|s| s.database_path());
+            if let Ok(path) = path {
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let over = size > limit_mb.saturating_mul(1 << 20);
+                let message = format!(
+                    "database {} is over {limit_mb} MB ({} MB)",
+                    path.display(),
+                    size >> 20
+                );
+                if over
+                    && !self
+                        .alarms
+                        .iter()
+                        .any(|a| a.message.starts_with("database "))
+                {
+                    raised.push(message);
+                }
+            }
+        }
+        for message in raised {
+            tracing::warn!(alarm = %message, "alarm");
+            self.node.run_hook(tandem_role::Hook::Alarm, &message).await;
+            self.alarms.push(Alarm {
+                raised_ms: now_ms(),
+                message,
+            });
         }
     }
 
@@ -253,6 +403,25 @@ impl Agent {
                 Response::Report(report)
             }
             Request::Status => Response::Status(Box::new(self.snapshot().await)),
+            Request::SendBundle { path } => {
+                // A large bundle must not stall the agent: send it on a task of its own.
+                let Some(session) = self.session.clone().filter(|s| !s.is_closed()) else {
+                    let response = Response::Error(format!(
+                        "the peer ({}) is not connected: start its agent, check `failover status`, or copy {} by hand",
+                        self.node.config().network.peer_address,
+                        path.display()
+                    ));
+                    let _ = control::write_response(&mut stream, &response).await;
+                    return;
+                };
+                tokio::spawn(async move {
+                    let response = send_bundle(&session, &path).await;
+                    if let Err(e) = control::write_response(&mut stream, &response).await {
+                        tracing::warn!(error = %e, "could not answer the tool");
+                    }
+                });
+                return;
+            }
         };
         if let Err(e) = control::write_response(&mut stream, &response).await {
             tracing::warn!(error = %e, "could not answer the tool");
@@ -277,7 +446,7 @@ impl Agent {
                     .and_then(Session::clock_offset)
                     .map(|o| o.offset_micros as f64 / 1000.0),
             },
-            replication: None,
+            replication: self.replication.as_ref().map(crate::replication_status),
             alarms: self.alarms.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
             taken_ms: now_ms(),
@@ -290,25 +459,98 @@ impl Agent {
     }
 }
 
-/// Forwards the peer's messages to the agent until the session ends.
-fn spawn_reader(session: Session, to_agent: mpsc::Sender<PeerMessage>) {
+/// Sends a bundle file to the peer: the announcement, then the file as a blob.
+async fn send_bundle(session: &Session, path: &Path) -> Response {
+    let file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) => return Response::Error(format!("cannot open {}: {e}", path.display())),
+    };
+    let bytes = match file.metadata().await {
+        Ok(meta) => meta.len(),
+        Err(e) => return Response::Error(format!("cannot read {}: {e}", path.display())),
+    };
+    let announce = match serde_json::to_vec(&PeerMessage::Bundle { bytes }) {
+        Ok(announce) => announce,
+        Err(e) => return Response::Error(format!("cannot encode the announcement: {e}")),
+    };
+    if let Err(e) = session.send(announce).await {
+        return Response::Error(format!("the peer link failed: {e}"));
+    }
+    match session.send_blob(tokio::io::BufReader::new(file)).await {
+        Ok(sent) => {
+            tracing::info!(bytes = sent, path = %path.display(), "bundle sent to the peer");
+            Response::Sent {
+                bytes: sent,
+                peer: session.peer_addr().to_string(),
+            }
+        }
+        Err(e) => Response::Error(format!(
+            "sending {} to the peer failed: {e}; run copy-config-files again",
+            path.display()
+        )),
+    }
+}
+
+/// Forwards the peer's messages to the agent until the session ends, and keeps a
+/// bundle the peer sends at `incoming` (written to a temporary file, synced and
+/// renamed, so a cut link never leaves half a bundle there).
+fn spawn_reader(session: Session, to_agent: mpsc::Sender<PeerMessage>, incoming: PathBuf) {
     tokio::spawn(async move {
+        let mut expect_bundle = false;
         loop {
             match session.recv().await {
                 Ok(Incoming::Message(bytes)) => match serde_json::from_slice::<PeerMessage>(&bytes)
                 {
                     Ok(message) => {
+                        expect_bundle = matches!(message, PeerMessage::Bundle { .. });
                         if to_agent.send(message).await.is_err() {
                             return;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable message from the peer"),
                 },
+                Ok(Incoming::Blob(mut blob)) if expect_bundle => {
+                    expect_bundle = false;
+                    match receive_bundle(&mut blob, &incoming).await {
+                        Ok(bytes) => tracing::info!(
+                            bytes,
+                            path = %incoming.display(),
+                            "config-file bundle kept; run `failover restore-config-files`"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "receiving the bundle failed"),
+                    }
+                }
                 Ok(_) => tracing::warn!("unexpected blob from the peer; dropped"),
                 Err(_) => return,
             }
         }
     });
+}
+
+async fn receive_bundle(blob: &mut tandem_peer::BlobReader, path: &Path) -> std::io::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(dir).await?;
+    let partial = path.with_extension("gz.partial");
+    let mut file = tokio::fs::File::create(&partial).await?;
+    let copied = blob
+        .copy_to(&mut file)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    let bytes = match copied {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            drop(file);
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+    };
+    file.flush().await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&partial, path).await?;
+    tokio::fs::File::open(dir).await?.sync_all().await?;
+    Ok(bytes)
 }
 
 /// The peer link's port: `[peer] port` in the node config, else the default.

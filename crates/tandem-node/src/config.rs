@@ -145,6 +145,10 @@ pub struct FailoverSection {
     pub announce_count: u32,
     /// Pause between announcements, in milliseconds.
     pub announce_interval_ms: u64,
+    /// Raise an alarm when the replicated database grows past this many megabytes
+    /// (the seed's restriction on database size); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_size_alarm_mb: Option<u64>,
 }
 
 impl Default for FailoverSection {
@@ -156,6 +160,7 @@ impl Default for FailoverSection {
             conflict_backoff_ms: 1000,
             announce_count: 3,
             announce_interval_ms: 100,
+            database_size_alarm_mb: None,
         }
     }
 }

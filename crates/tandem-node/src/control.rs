@@ -32,6 +32,12 @@ pub enum Request {
     SetDeployment(DeploymentMode),
     /// `failover status`.
     Status,
+    /// `failover copy-config-files`: send this bundle file to the peer, which keeps
+    /// it where `failover restore-config-files` looks by default.
+    SendBundle {
+        /// The bundle file (on this node).
+        path: PathBuf,
+    },
 }
 
 /// What the agent answers.
@@ -43,6 +49,13 @@ pub enum Response {
     Report(Report),
     /// The node's status.
     Status(Box<StatusSnapshot>),
+    /// A bundle reached the peer.
+    Sent {
+        /// Bytes sent.
+        bytes: u64,
+        /// The peer's node address and port.
+        peer: String,
+    },
     /// The agent could not serve the request.
     Error(String),
 }

@@ -42,6 +42,7 @@
 mod agent;
 mod config;
 pub mod control;
+mod database;
 mod hooks;
 mod node;
 mod services;
@@ -54,6 +55,7 @@ pub use config::{
     ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, FailoverSection, Hooks, NetworkSection,
     NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
 };
+pub use database::{open_database, replication_settings, replication_status};
 pub use hooks::HookRunner;
 pub use node::{LOCK_FILE_NAME, Node, NodeError, Report, StepRecord};
 pub use services::{ServiceError, Services};

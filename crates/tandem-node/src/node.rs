@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 use tandem_netif::{AddressSpec, AnnounceConfig, Interfaces};
 use tandem_probe::{Collect, ProbeConfig, Prober};
+use tandem_replication::{Backend, ReplicationBackend};
 use tandem_role::{
     Action, Event, Isolation, MacAddr, Machine, NodeState, ProbeOutcome, Refusal, Role, StateError,
     StateFile, Step,
@@ -48,6 +49,9 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The replicated database cannot be opened.
+    #[error("cannot open the replicated database: {0}; check `mp_replication status`")]
+    Database(String),
     /// Netlink or probe sockets cannot be opened (privileges, namespace).
     #[error("cannot open {what}: {reason}")]
     Setup {
@@ -108,6 +112,7 @@ pub struct Node {
     prober: Prober,
     services: Services,
     hooks: HookRunner,
+    database: Option<Backend>,
     _lock: Flock<File>,
 }
 
@@ -162,8 +167,46 @@ impl Node {
             machine,
             interfaces,
             prober,
+            database: None,
             _lock: lock,
         })
+    }
+
+    /// Opens the node as [`open`](Self::open) does and attaches its replicated
+    /// database when replication was initialized on it, for the tools that change
+    /// a node while no agent runs.
+    pub async fn open_with_database(
+        config: NodeConfig,
+        state_dir: &Path,
+    ) -> Result<Node, NodeError> {
+        let database = crate::open_database(&config, state_dir)
+            .await
+            .map_err(|e| NodeError::Database(tandem_replication::chain(&e)))?;
+        let mut node = Node::open(config, state_dir)?;
+        if let Some(db) = database {
+            node.attach_database(db);
+        }
+        Ok(node)
+    }
+
+    /// Gives the node its replicated database: from now on the role machine's
+    /// promote and demote actions make it writable or read-only (see
+    /// [`open_database`](crate::open_database)). Without one they are recorded
+    /// and succeed.
+    pub fn attach_database(&mut self, database: Backend) {
+        self.database = Some(database);
+    }
+
+    /// Runs a notify hook outside a transition (alarms the agent raises itself).
+    pub async fn run_hook(&self, hook: tandem_role::Hook, reason: &str) {
+        if let Err(e) = self.hooks.run(hook, reason, self.machine.state()).await {
+            tracing::warn!(%hook, error = %e, "notify hook failed");
+        }
+    }
+
+    /// The node's replicated database, if one is attached.
+    pub fn database(&self) -> Option<&Backend> {
+        self.database.as_ref()
     }
 
     /// The node's state now.
@@ -330,9 +373,20 @@ impl Node {
                 .stop(RunOn::Active)
                 .await
                 .map_err(|e| (Step::StopServices, e.to_string())),
-            // The database joins with the replication work; until then these are
-            // recorded and succeed.
-            Action::PromoteDatabase | Action::DemoteDatabase => Ok(()),
+            Action::PromoteDatabase => match &self.database {
+                Some(db) => db
+                    .promote()
+                    .await
+                    .map_err(|e| (Step::PromoteDatabase, tandem_replication::chain(&e))),
+                None => Ok(()),
+            },
+            Action::DemoteDatabase => match &self.database {
+                Some(db) => db
+                    .demote()
+                    .await
+                    .map_err(|e| (Step::DemoteDatabase, tandem_replication::chain(&e))),
+                None => Ok(()),
+            },
             // Handled by `drive`.
             Action::Probe { .. }
             | Action::Refuse(_)

@@ -49,6 +49,22 @@ pub async fn create_schema(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
+/// The transactions of the sample workload whose rows are in the database: each
+/// transaction `tx` writes user group `tx * 1000`, which no later transaction
+/// deletes, so its presence tells that the transaction was applied.
+pub async fn transactions_present(
+    conn: &mut SqliteConnection,
+) -> Result<std::collections::BTreeSet<u64>> {
+    let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM user_groups WHERE id % 1000 = 0")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading the sample groups"))?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|(id,)| u64::try_from(id / 1000).ok())
+        .collect())
+}
+
 /// The key of the meeting that transaction `tx` writes as its `i`-th row.
 pub fn meeting_id(tx: u64, i: u32) -> String {
     format!("m{tx}-{i}")

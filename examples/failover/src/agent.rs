@@ -15,6 +15,10 @@ pub(crate) struct AgentArgs {
     /// The site key shared by both nodes (made by `failover keygen`).
     #[arg(long, value_name = "FILE", default_value = "/etc/tandem/authkey")]
     key_file: PathBuf,
+    /// TCP port of the status page (`/`, `/status.json`, `/metrics`) on the node
+    /// address; 0 turns it off.
+    #[arg(long, value_name = "PORT", default_value_t = tandem_node::DEFAULT_STATUS_PORT)]
+    status_port: u16,
 }
 
 pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode> {
@@ -32,7 +36,26 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (status, _) = tokio::sync::watch::channel(initial_status(&config));
+        let (status, status_rx) = tokio::sync::watch::channel(initial_status(&config));
+        let (stop_page, mut page_stopped) = tokio::sync::watch::channel(false);
+        let page = if args.status_port != 0 {
+            let addr =
+                std::net::SocketAddr::new(config.network.node_address.addr(), args.status_port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the status page to {addr}"))?;
+            tracing::info!(%addr, "status page listening");
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = page_stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = tandem_node::serve_status(listener, status_rx, stopped).await {
+                    tracing::warn!(error = %e, "status page stopped");
+                }
+            }))
+        } else {
+            None
+        };
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -44,7 +67,12 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        tandem_node::run_agent(config, &common.state_dir, key, status, shutdown).await
+        let result = tandem_node::run_agent(config, &common.state_dir, key, status, shutdown).await;
+        stop_page.send_replace(true);
+        if let Some(page) = page {
+            let _ = page.await;
+        }
+        result.map_err(anyhow::Error::from)
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,11 @@
 //! `copy-config-files` and `restore-config-files`: the config files and custom
 //! prompts that the database does not replicate, through `tandem-bundle`.
 //!
-//! Until the peer link carries bundles, `copy-config-files` writes the bundle to
-//! `<state dir>/outgoing/config-files.tar.gz` (or `--output FILE`) and the
-//! operator copies it to the standby's `<state dir>/incoming/config-files.tar.gz`,
-//! where `restore-config-files` looks by default.
+//! `copy-config-files` writes the bundle to `<state dir>/outgoing/config-files.tar.gz`
+//! and hands it to the running agent, which sends it over the peer link; the
+//! standby's agent keeps it at `<state dir>/incoming/config-files.tar.gz`, where
+//! `restore-config-files` looks by default. With `--output FILE` (or when no agent
+//! runs) the bundle is only written, for the operator to copy by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,8 +20,7 @@ use crate::progress::Bar;
 /// Arguments of `copy-config-files`.
 #[derive(clap::Args)]
 pub(crate) struct CopyArgs {
-    /// Write the bundle to this file (the default until the peer link exists:
-    /// `<state dir>/outgoing/config-files.tar.gz`).
+    /// Only write the bundle to this file; do not send it to the standby.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Print the result as JSON.
@@ -59,6 +59,8 @@ struct CopyOutput<'a> {
     bundle: &'a Path,
     #[serde(flatten)]
     report: &'a tandem_bundle::CreateReport,
+    /// Where it was sent, if it was.
+    sent_to: Option<String>,
 }
 
 pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode> {
@@ -83,12 +85,18 @@ pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode>
     });
     bar.finish();
     let report = report.with_context(|| format!("bundling into {}", output.display()))?;
+    let sent_to = if args.output.is_none() {
+        send_to_peer(common, &output)?
+    } else {
+        None
+    };
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&CopyOutput {
                 bundle: &output,
-                report: &report
+                report: &report,
+                sent_to,
             })?
         );
         return Ok(ExitCode::SUCCESS);
@@ -106,13 +114,41 @@ pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode>
         report.bundle_bytes,
         report.sha256
     );
-    if args.output.is_none() {
-        println!(
-            "The peer link does not carry bundles yet: copy it to the standby's {} and run `failover restore-config-files` there.",
+    match (&sent_to, args.output.is_none()) {
+        (Some(peer), _) => println!(
+            "Sent to the standby ({peer}). Run `failover restore-config-files` there to put the files in place."
+        ),
+        (None, true) => println!(
+            "No agent runs on this node, so nothing was sent: copy the bundle to the standby's {} and run `failover restore-config-files` there.",
             tandem_bundle::incoming_path(Path::new("<state dir>")).display()
-        );
+        ),
+        (None, false) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hands the bundle to this node's agent for the peer link. `None` when no agent
+/// runs; an error when the agent cannot reach the peer.
+fn send_to_peer(common: &Common, bundle: &Path) -> anyhow::Result<Option<String>> {
+    use tandem_node::control::{self, ControlError, Request, Response};
+    let path =
+        std::fs::canonicalize(bundle).with_context(|| format!("resolving {}", bundle.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = Request::SendBundle { path };
+    let answer = rt.block_on(control::request(
+        &common.state_dir,
+        &request,
+        std::time::Duration::from_secs(600),
+    ));
+    match answer {
+        Ok(Response::Sent { bytes, peer }) => Ok(Some(format!("{peer}, {bytes} bytes"))),
+        Ok(Response::Error(e)) => anyhow::bail!("the bundle was written but not sent: {e}"),
+        Ok(_) => anyhow::bail!("the agent answered something unexpected"),
+        Err(ControlError::NoAgent { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn restore(common: &Common, args: &RestoreArgs) -> anyhow::Result<ExitCode> {

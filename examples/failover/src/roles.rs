@@ -107,7 +107,7 @@ fn carry_out(common: &Common, request: Request, event: Event) -> anyhow::Result<
             Ok(_) => bail!("the agent answered something unexpected"),
             Err(ControlError::NoAgent { .. }) => {
                 let config = NodeConfig::load(&common.config)?;
-                let mut node = Node::open(config, &common.state_dir)?;
+                let mut node = Node::open_with_database(config, &common.state_dir).await?;
                 Ok(node.handle(event).await)
             }
             Err(e) => Err(e.into()),
@@ -161,7 +161,7 @@ pub(crate) fn boot(common: &Common, args: &JsonArgs) -> anyhow::Result<ExitCode>
             bail!("the agent of this node is running and has made the boot decision; see `failover status`");
         }
         let config = NodeConfig::load(&common.config)?;
-        let mut node = Node::open(config, &common.state_dir)?;
+        let mut node = Node::open_with_database(config, &common.state_dir).await?;
         Ok(node.boot().await)
     })?;
     finish(&report, args.json, "boot")

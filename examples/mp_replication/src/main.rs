@@ -352,10 +352,17 @@ fn finish(
     ip: Option<IpAddr>,
     result: anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .or_else(|| settings.node.hostname.clone())
+    // The node's own hostname as set-deployment recorded it (the machine's, once
+    // applied); the machine's when the config names none.
+    let host = settings
+        .node
+        .hostname
+        .clone()
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     let ip = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     match result {

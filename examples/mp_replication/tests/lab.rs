@@ -93,7 +93,7 @@ impl Site {
         let last = text.lines().last().unwrap_or_default();
         let expected = format!(
             "(Host = {}; IP Addr = {}) is SUCCESSFUL",
-            hostname(),
+            host.name(),
             host.addr()
         );
         assert!(
@@ -269,10 +269,6 @@ impl Drop for Site {
             eprintln!("{}", self.logs());
         }
     }
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname().unwrap().into_string().unwrap()
 }
 
 fn rows(sums: &[TableChecksum]) -> u64 {
