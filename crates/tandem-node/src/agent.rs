@@ -34,6 +34,8 @@ pub enum PeerMessage {
         /// The epoch of its claim.
         epoch: Epoch,
     },
+    /// What the sender is (sent when the link comes up), for `failover check`.
+    Facts(crate::check::PeerFacts),
     /// The next blob on the link is a config-file bundle (`copy-config-files`)
     /// of this many bytes; the receiver keeps it for `restore-config-files`.
     Bundle {
@@ -100,6 +102,8 @@ struct Agent {
     stop_replicator: watch::Sender<bool>,
     /// The replication status last read, for the status page.
     replication: Option<tandem_replication::Status>,
+    /// What the peer said about itself.
+    peer_facts: Option<crate::check::PeerFacts>,
 }
 
 impl Agent {
@@ -151,6 +155,7 @@ impl Agent {
             replicator: None,
             stop_replicator: watch::channel(false).0,
             replication: None,
+            peer_facts: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -173,6 +178,7 @@ impl Agent {
                             self.to_agent.clone(),
                             tandem_bundle::incoming_path(&self.state_dir),
                         );
+                        self.send_facts(&session).await;
                         self.session = Some(session);
                         self.event(Event::PeerBack).await;
                     }
@@ -180,6 +186,7 @@ impl Agent {
                         tracing::warn!(%reason, "peer lost");
                         self.session = None;
                         self.peer_claim = None;
+                        self.peer_facts = None;
                         self.event(Event::PeerLost).await;
                     }
                     Some(LinkEvent::DialFailed { error, retry_in, .. }) => {
@@ -193,6 +200,7 @@ impl Agent {
                         self.peer_claim = Some(epoch);
                         self.event(Event::PeerClaim { node, epoch }).await;
                     }
+                    PeerMessage::Facts(facts) => self.peer_facts = Some(facts),
                     PeerMessage::Bundle { bytes } => {
                         tracing::info!(bytes, "config-file bundle received from the peer");
                     }
@@ -208,6 +216,40 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Tells the peer what this node is, for its `failover check`.
+    async fn send_facts(&self, session: &Session) {
+        let facts = crate::check::PeerFacts::of(self.node.config(), self.key.fingerprint());
+        match serde_json::to_vec(&PeerMessage::Facts(facts)) {
+            Ok(bytes) => {
+                if let Err(e) = session.send(bytes).await {
+                    tracing::warn!(error = %e, "could not send this node's facts to the peer");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode this node's facts"),
+        }
+    }
+
+    /// The prerequisites report with what the peer link knows, as a future that
+    /// borrows nothing from the agent.
+    fn check(&self) -> impl Future<Output = crate::check::CheckReport> + Send + 'static {
+        let session = self.session.as_ref().filter(|s| !s.is_closed());
+        let peer = crate::check::PeerView {
+            facts: self.peer_facts.clone(),
+            clock_offset_ms: session
+                .and_then(Session::clock_offset)
+                .map(|o| o.offset_micros as f64 / 1000.0),
+            connected: session.is_some(),
+            missing: None,
+        };
+        let database = crate::replication_settings(self.node.config(), &self.state_dir)
+            .ok()
+            .map(|s| s.database_path())
+            .filter(|p| p.exists());
+        let config = self.node.config().clone();
+        let fingerprint = self.key.fingerprint();
+        async move { crate::check::run_checks(&config, &fingerprint, &peer, database.as_deref()).await }
     }
 
     /// Starts the replication service in this process once the node has a
@@ -403,6 +445,17 @@ impl Agent {
                 Response::Report(report)
             }
             Request::Status => Response::Status(Box::new(self.snapshot().await)),
+            Request::Check => {
+                // DNS look-ups may take seconds: answer from a task of its own.
+                let check = self.check();
+                tokio::spawn(async move {
+                    let response = Response::Check(check.await);
+                    if let Err(e) = control::write_response(&mut stream, &response).await {
+                        tracing::warn!(error = %e, "could not answer the tool");
+                    }
+                });
+                return;
+            }
             Request::SendBundle { path } => {
                 // A large bundle must not stall the agent: send it on a task of its own.
                 let Some(session) = self.session.clone().filter(|s| !s.is_closed()) else {

@@ -38,6 +38,8 @@ pub enum Request {
         /// The bundle file (on this node).
         path: PathBuf,
     },
+    /// `failover check`.
+    Check,
 }
 
 /// What the agent answers.
@@ -56,6 +58,8 @@ pub enum Response {
         /// The peer's node address and port.
         peer: String,
     },
+    /// The prerequisites report.
+    Check(crate::check::CheckReport),
     /// The agent could not serve the request.
     Error(String),
 }

@@ -40,6 +40,7 @@
 //! ```
 
 mod agent;
+pub mod check;
 mod config;
 pub mod control;
 mod database;

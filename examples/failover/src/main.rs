@@ -6,6 +6,7 @@
 //! 2 usage error.
 
 mod agent;
+mod check;
 mod config_files;
 mod progress;
 mod roles;
@@ -73,6 +74,11 @@ enum Command {
     /// Verify a received bundle and put its files in place (or roll back).
     #[command(alias = "restoreConfigFiles")]
     RestoreConfigFiles(config_files::RestoreArgs),
+    /// Check the seed's prerequisites: forward and reverse DNS of the shared and
+    /// both node hostnames, the clock offset to the peer, the same shared address
+    /// and site key on both nodes, distinct node ids, the database size. Exit 1
+    /// when a check fails.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,5 +107,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => roles::keygen(&args),
         Command::CopyConfigFiles(args) => config_files::copy(&common, &args),
         Command::RestoreConfigFiles(args) => config_files::restore(&common, &args),
+        Command::Check(args) => check::run(&common, &args),
     }
 }

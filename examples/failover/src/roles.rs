@@ -42,6 +42,9 @@ pub(crate) struct SetDeploymentArgs {
     /// This node's own hostname (the seed's eth0:0 hostname).
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
+    /// The shared hostname (the seed's eth0 hostname), for `failover check`.
+    #[arg(long, value_name = "NAME")]
+    shared_hostname: Option<String>,
     /// The shared address both nodes answer on (the seed's eth0), IP/prefix.
     #[arg(long, value_name = "IP/PREFIX")]
     shared_address: Option<String>,
@@ -454,6 +457,11 @@ fn failover_config(
         config.bundle = old.bundle.clone();
         config.replication = old.replication.clone();
         config.peer = old.peer.clone();
+    }
+    if let Some(name) = &args.shared_hostname {
+        tandem_netif::validate_hostname(name)
+            .with_context(|| format!("shared hostname `{name}`"))?;
+        config.node.shared_hostname = Some(name.clone());
     }
     Ok(config)
 }

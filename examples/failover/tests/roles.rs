@@ -317,3 +317,225 @@ fn nix_kill(pid: u32) {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// Per-namespace `/etc/hosts` for `ip netns exec` (it bind-mounts
+/// `/etc/netns/<namespace>/hosts` over `/etc/hosts`), removed on drop.
+struct NetnsHosts(Vec<PathBuf>);
+
+impl NetnsHosts {
+    fn write(site: &Site, entries: &[(Host, &str)]) -> NetnsHosts {
+        let mut dirs = Vec::new();
+        for (host, text) in entries {
+            let dir = Path::new("/etc/netns").join(site.lab.namespace(*host));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("hosts"), text).unwrap();
+            dirs.push(dir);
+        }
+        NetnsHosts(dirs)
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+const LAB_HOSTS: &str = "127.0.0.1 localhost\n192.0.2.10 meetings.lab.test\n\
+                         192.0.2.11 meetings1.lab.test\n192.0.2.12 meetings2.lab.test\n";
+
+/// Two agents running on a site whose nodes have the shared hostname set, each
+/// with the `/etc/hosts` given (the agents read it when they start).
+fn site_with_agents(hosts: [&str; 2]) -> (Site, PathBuf, Agent, Agent, NetnsHosts) {
+    let site = Site::new();
+    let hosts = NetnsHosts::write(&site, &[(Host::Node1, hosts[0]), (Host::Node2, hosts[1])]);
+    let key = site.dir.path().join("authkey");
+    let out = Command::new(BIN)
+        .args(["keygen", "--key-file"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    for host in [Host::Node1, Host::Node2] {
+        let out = site.set_deployment(host);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = site.failover(
+            host,
+            &[
+                "set-deployment",
+                "failover",
+                "--no-prompt",
+                "--shared-hostname",
+                "meetings.lab.test",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let agent1 = start_agent(&site, Host::Node1, &key);
+    let agent2 = start_agent(&site, Host::Node2, &key);
+    wait_until("both agents connected", || {
+        [Host::Node1, Host::Node2].iter().all(|h| {
+            let out = site.failover(*h, &["status", "--json"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|s| {
+                    s["peer"]["connected"] == true && !s["peer"]["clock_offset_ms"].is_null()
+                })
+        })
+    });
+    (site, key, agent1, agent2, hosts)
+}
+
+fn check_items(out: &Output) -> Vec<(String, String, String)> {
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json printed no JSON ({e}): {}", text(out)));
+    report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["check"].as_str().unwrap().to_owned(),
+                i["verdict"].as_str().unwrap().to_owned(),
+                i["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn check_reports_the_seeds_prerequisites_through_the_agents() {
+    // node2's resolver has the shared name on a wrong address and no node1.
+    let (site, _key, _a1, _a2, _hosts) = site_with_agents([
+        LAB_HOSTS,
+        "127.0.0.1 localhost\n192.0.2.99 meetings.lab.test\n192.0.2.12 meetings2.lab.test\n",
+    ]);
+    let out = site.failover(Host::Node1, &["check", "--json"]);
+    let items = check_items(&out);
+    assert!(out.status.success(), "{items:#?}");
+    for wanted in [
+        "forward DNS meetings.lab.test",
+        "reverse DNS 192.0.2.10",
+        "forward DNS meetings1.lab.test",
+        "reverse DNS 192.0.2.11",
+        "forward DNS meetings2.lab.test",
+        "reverse DNS 192.0.2.12",
+        "clock offset to the peer",
+        "same shared address",
+        "distinct node ids",
+        "same site",
+        "same site key",
+    ] {
+        let item = items.iter().find(|(c, _, _)| c == wanted);
+        assert!(
+            item.is_some_and(|(_, v, _)| v == "pass"),
+            "{wanted}: {item:?} in {items:#?}"
+        );
+    }
+    // No database yet: said, not failed.
+    let db = items.iter().find(|(c, _, _)| c == "database size").unwrap();
+    assert_eq!(db.1, "unknown", "{db:?}");
+    assert!(db.2.contains("mp_replication init"), "{db:?}");
+
+    let out = site.failover(Host::Node2, &["check"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("forward DNS meetings.lab.test")
+            && l.contains("not 192.0.2.10")),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("forward DNS meetings1.lab.test")),
+        "{report}"
+    );
+    assert!(report.contains("checks: "), "{report}");
+}
+
+#[test]
+fn copy_config_files_reaches_the_standby_over_the_peer_link() {
+    let (site, _key, _a1, _a2, _hosts) = site_with_agents([LAB_HOSTS, LAB_HOSTS]);
+    for host in [Host::Node1, Host::Node2] {
+        let (config, _) = site.paths(host);
+        let root = site.dir.path().join(format!("{host}-prompts"));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[bundle]\n\n[[bundle.roots]]\nname = \"prompts\"\npath = \"{}\"\n",
+            root.display()
+        ));
+        std::fs::write(&config, text).unwrap();
+    }
+    let source = site.dir.path().join("node1-prompts");
+    std::fs::write(source.join("welcome.wav"), vec![7u8; 300_000]).unwrap();
+    std::fs::create_dir_all(source.join("custom")).unwrap();
+    std::fs::write(source.join("custom/bye.wav"), b"RIFF....WAVE").unwrap();
+
+    let out = site.failover(Host::Node1, &["copy-config-files", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let copy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        copy["sent_to"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("192.0.2.12:")),
+        "{copy}"
+    );
+    let (_, state2) = site.paths(Host::Node2);
+    let incoming = state2.join("incoming/config-files.tar.gz");
+    wait_until("the bundle on node2", || incoming.exists());
+    let out = site.failover(Host::Node2, &["restore-config-files"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let target = site.dir.path().join("node2-prompts");
+    assert_eq!(
+        std::fs::read(target.join("welcome.wav")).unwrap(),
+        vec![7u8; 300_000]
+    );
+    assert_eq!(
+        std::fs::read(target.join("custom/bye.wav")).unwrap(),
+        b"RIFF....WAVE"
+    );
+}
+
+#[test]
+fn copy_config_files_says_what_to_do_when_the_peer_is_down() {
+    let site = Site::new();
+    let key = site.dir.path().join("authkey");
+    assert!(
+        Command::new(BIN)
+            .args(["keygen", "--key-file"])
+            .arg(&key)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(site.set_deployment(Host::Node1).status.success());
+    let (config, _) = site.paths(Host::Node1);
+    let root = site.dir.path().join("prompts");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.wav"), b"x").unwrap();
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "\n[bundle]\n\n[[bundle.roots]]\nname = \"prompts\"\npath = \"{}\"\n",
+        root.display()
+    ));
+    std::fs::write(&config, toml).unwrap();
+    // Only node1's agent runs: the bundle is written, not sent, and the error says so.
+    let _agent = start_agent(&site, Host::Node1, &key);
+    wait_until("node1's agent", || {
+        site.failover(Host::Node1, &["status", "--json"])
+            .status
+            .success()
+    });
+    let out = site.failover(Host::Node1, &["copy-config-files"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("written but not sent") && said.contains("is not connected"),
+        "{said}"
+    );
+}
