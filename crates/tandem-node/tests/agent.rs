@@ -270,3 +270,112 @@ fn a_split_brain_after_a_partition_ends_with_one_active_node() {
     node1.stop();
     node2.stop();
 }
+
+/// Samples `check` for `span` and fails at the first sample where it is false.
+fn holds_for(what: &str, span: Duration, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        assert!(check(), "{what} stopped holding");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn automatic_failover_takes_over_only_when_the_active_node_is_really_gone() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (dir1, dir2) = (
+        state_dir(tmp.path(), Host::Node1),
+        state_dir(tmp.path(), Host::Node2),
+    );
+    let node1 = RunningAgent::start(&lab, Host::Node1, config(Host::Node1, true), &dir1, &key);
+    wait_until("node1 active", || {
+        node1.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    let node2 = RunningAgent::start(&lab, Host::Node2, config(Host::Node2, true), &dir2, &key);
+    wait_until("node2 standby and connected", || {
+        node2
+            .status()
+            .is_some_and(|s| s.peer.connected && s.state.role == Role::Standby)
+    });
+
+    // The active node's cable is cut: heartbeats stop, the shared address is
+    // silent and the gateway still answers node2, so node2 takes over.
+    lab.cut(Host::Node1).unwrap();
+    wait_until("node2 takes over", || {
+        node2.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    assert!(holds_shared(&lab, Host::Node2));
+    let taken = node2.status().unwrap();
+    assert!(
+        taken.alarms.iter().any(|a| a.message.contains("peer lost")),
+        "{:?}",
+        taken.alarms
+    );
+
+    // The cable comes back: node1 hears node2's newer claim and steps down.
+    lab.restore(Host::Node1).unwrap();
+    wait_until("node1 steps down", || {
+        node1
+            .status()
+            .is_some_and(|s| s.state.role == Role::Standby && s.state.epoch == taken.state.epoch)
+    });
+    assert!(!holds_shared(&lab, Host::Node1) && holds_shared(&lab, Host::Node2));
+
+    // Now the standby (node1) is the one cut off: it loses the peer too, but its
+    // isolation check fails (no gateway), so it never claims.
+    lab.cut(Host::Node1).unwrap();
+    wait_until("node1 loses the peer", || {
+        node1.status().is_some_and(|s| !s.peer.connected)
+    });
+    holds_for(
+        "node1 standby while cut off",
+        Duration::from_secs(2),
+        || {
+            node1
+                .status()
+                .is_some_and(|s| s.state.role == Role::Standby && !s.holds_shared_address)
+        },
+    );
+    lab.restore(Host::Node1).unwrap();
+    node1.stop();
+    node2.stop();
+}
+
+#[test]
+fn without_automatic_failover_a_lost_active_node_only_raises_an_alarm() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (dir1, dir2) = (
+        state_dir(tmp.path(), Host::Node1),
+        state_dir(tmp.path(), Host::Node2),
+    );
+    let node1 = RunningAgent::start(&lab, Host::Node1, config(Host::Node1, false), &dir1, &key);
+    wait_until("node1 active", || {
+        node1.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    let node2 = RunningAgent::start(&lab, Host::Node2, config(Host::Node2, false), &dir2, &key);
+    wait_until("node2 connected", || {
+        node2.status().is_some_and(|s| s.peer.connected)
+    });
+    lab.cut(Host::Node1).unwrap();
+    wait_until("node2 raises the peer-lost alarm", || {
+        node2
+            .status()
+            .is_some_and(|s| s.alarms.iter().any(|a| a.message.contains("peer lost")))
+    });
+    holds_for(
+        "node2 standby (the seed: failover is manual)",
+        Duration::from_secs(2),
+        || {
+            node2
+                .status()
+                .is_some_and(|s| s.state.role == Role::Standby && !s.holds_shared_address)
+        },
+    );
+    lab.restore(Host::Node1).unwrap();
+    node1.stop();
+    node2.stop();
+}
