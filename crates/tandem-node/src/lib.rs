@@ -12,6 +12,12 @@
 //!   claims and epochs ([`PeerMessage`]), a watch on the shared address for
 //!   conflicts, the [`control`] socket the operator's tools talk to, and a
 //!   [`StatusSnapshot`] for the status page;
+//!   The agent also hosts the replication service once `mp_replication init` made
+//!   the database, carries config bundles to the peer ([`control::Request::SendBundle`])
+//!   and raises the database alarms;
+//! - [`open_database`] and [`Node::attach_database`]: the database the role
+//!   machine's promote and demote act on;
+//! - [`check`]: `failover check`, the seed's prerequisites as a report;
 //! - [`Services`] and [`HookRunner`]: services that follow the role and
 //!   keepalived-style notify hooks.
 //!
