@@ -120,6 +120,20 @@ impl SqliteBackend {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A COMMIT that fails (a full disk: SQLITE_FULL) may leave sqlx
+            // counting a transaction that SQLite already rolled back; its queued
+            // rollback then fails and every later `BEGIN` on that connection is
+            // refused. Such a connection is closed instead of going back to the
+            // pool (the ping first runs a rollback still queued by a dropped
+            // transaction).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if sqlx::Connection::is_in_transaction(conn) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(!sqlx::Connection::is_in_transaction(conn))
+                })
+            })
             .connect_with(connect_options(&path))
             .await
             .map_err(Error::db(format!("cannot open {}", path.display())))?;
