@@ -3,14 +3,19 @@
 //! - `lab up|down|status|exec`: the namespace lab of `DESIGN.md` for people.
 //! - `demo`: the README's main job, the seed's procedures in the lab.
 //! - `bench [area]`: speed and memory beside their baselines.
+//! - `chaos --trials N`: randomised faults in the lab, each trial checked for two
+//!   holders of the shared address, lost acknowledged writes, damaged files and
+//!   nodes not back in a stated role.
 //! - `ci`: what `.ci/run` runs.
 //!
 //! xtask never ships to users; it may use `anyhow` and print freely.
 
 mod bench;
+mod chaos;
 mod ci;
 mod demo;
 mod lab;
+mod site;
 
 use std::process::ExitCode;
 
@@ -32,6 +37,9 @@ enum Command {
     Demo(demo::Args),
     /// Measure speed and memory beside the baselines (GNU tar, keepalived, unreplicated commits).
     Bench(bench::Args),
+    /// Randomised faults in the lab (kills, cuts, partitions, simultaneous boots,
+    /// restarts mid-command, a full disk), each trial checked for safety.
+    Chaos(chaos::Args),
     /// Run what CI runs: fmt, clippy, the whole test suite.
     Ci(ci::Args),
 }
@@ -42,6 +50,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Ci(args) => ci::run(args),
     };
     match result {

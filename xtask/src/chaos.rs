@@ -1,0 +1,1651 @@
+//! `cargo xtask chaos --trials N`: randomised faults in the namespace lab.
+//!
+//! Every trial builds a fresh lab and a fresh site with the two binaries (as the
+//! demo does: `set-deployment`, `mp_replication init`, the agents, `switch-on`,
+//! node1 `set-server active`), starts the example application on both nodes and a
+//! client writing through the shared address, then plays one scenario drawn by a
+//! seeded random generator, with random timing:
+//!
+//! - `kill-active`, `kill-standby`: `kill -9` of an agent, restarted later;
+//! - `kill-during-switch`: `kill -9` of one agent during a planned switch;
+//! - `cut-active`: the active node's cable cut and plugged back in;
+//! - `partition`: only the link between the nodes cut, both still reach the
+//!   client (manual failover, the default policy); `partition-auto` is the same
+//!   with automatic failover on, run only when asked for by name;
+//! - `both-boot`: both agents killed and started at the same moment;
+//! - `restart-from-sync`: a restart during `switch-on -S -F from-sync`;
+//! - `restart-restore`: a kill during `restore-config-files`;
+//! - `standby-disk-full`: the standby's state directory (a small tmpfs) full.
+//!
+//! After the fault the harness acts as an operator would (restart a killed agent,
+//! `set-server active` when no node is active, `switch-on -S -F from-sync` on a
+//! standby whose replication does not resume) and then checks four things: how
+//! long two nodes held the shared address while both were on the wire (polled
+//! with `ip addr` every 10 ms, against the conflict-detection interval, the
+//! agents' heartbeat plus the conflict backoff), acknowledged writes missing from
+//! either database, damaged files (state file, `PRAGMA integrity_check`, site
+//! key, a restore journal left behind), and each node in a stated role (exactly
+//! one active holding the address, the other standby without it). Results go to
+//! `target/chaos/` as JSON; a trial's seed replays it with `--trial-seed`.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tandem_lab::{Host, Lab, LabConfig};
+use tandem_replication::{LinkStatus, Settings, SqliteBackend, sample};
+
+use crate::site::{self, Binaries};
+
+/// Arguments of `cargo xtask chaos`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// How many trials to run.
+    #[arg(long, default_value_t = 10)]
+    trials: u32,
+    /// The seed of the scenario order and timing (printed; default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run only these scenarios (repeatable); default: every scenario but `partition-auto`.
+    #[arg(long, value_enum)]
+    scenario: Vec<Scenario>,
+    /// Replay one trial: its seed as printed on its line (needs one `--scenario`).
+    #[arg(long, requires = "scenario")]
+    trial_seed: Option<u64>,
+    /// Peer heartbeat interval of the agents, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    heartbeat_ms: u64,
+    /// Pause of node 2 before re-probing after an address conflict, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    conflict_backoff_ms: u64,
+    /// Also print the results as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Print every step of every trial.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+enum Scenario {
+    KillActive,
+    KillStandby,
+    KillDuringSwitch,
+    CutActive,
+    Partition,
+    PartitionAuto,
+    BothBoot,
+    RestartFromSync,
+    RestartRestore,
+    StandbyDiskFull,
+}
+
+impl Scenario {
+    const DEFAULT_MIX: [Scenario; 9] = [
+        Scenario::KillActive,
+        Scenario::KillStandby,
+        Scenario::KillDuringSwitch,
+        Scenario::CutActive,
+        Scenario::Partition,
+        Scenario::BothBoot,
+        Scenario::RestartFromSync,
+        Scenario::RestartRestore,
+        Scenario::StandbyDiskFull,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::KillActive => "kill-active",
+            Scenario::KillStandby => "kill-standby",
+            Scenario::KillDuringSwitch => "kill-during-switch",
+            Scenario::CutActive => "cut-active",
+            Scenario::Partition => "partition",
+            Scenario::PartitionAuto => "partition-auto",
+            Scenario::BothBoot => "both-boot",
+            Scenario::RestartFromSync => "restart-from-sync",
+            Scenario::RestartRestore => "restart-restore",
+            Scenario::StandbyDiskFull => "standby-disk-full",
+        }
+    }
+
+    /// Whether the agents run with `auto_failover = true` (no operator acts on
+    /// a lost peer); the others keep the default, manual failover.
+    fn auto_failover(self) -> bool {
+        matches!(
+            self,
+            Scenario::KillActive
+                | Scenario::KillStandby
+                | Scenario::CutActive
+                | Scenario::PartitionAuto
+                | Scenario::BothBoot
+        )
+    }
+}
+
+/// A small seeded generator (splitmix64): the same seed, the same trials.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// Timing shared by every trial of a run.
+#[derive(Clone, Copy)]
+struct Timing {
+    heartbeat_ms: u64,
+    conflict_backoff_ms: u64,
+}
+
+impl Timing {
+    /// The conflict-detection interval: the agents' watch runs every heartbeat
+    /// and a conflict is settled within the backoff.
+    fn bound(self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms + self.conflict_backoff_ms)
+    }
+}
+
+/// One trial's result.
+struct Outcome {
+    trial: u32,
+    scenario: Scenario,
+    trial_seed: u64,
+    /// What the scenario drew (timings, victims).
+    drawn: Vec<String>,
+    /// The longest time both nodes held the shared address while both were on
+    /// the wire (a cut node's address reaches nobody).
+    overlap: Duration,
+    /// Both holding during a partition with automatic failover (`partition-auto`).
+    split_brain: Duration,
+    acked: usize,
+    lost: Vec<u64>,
+    damaged: Vec<String>,
+    roles: String,
+    unstated: Vec<String>,
+    notes: Vec<String>,
+    error: Option<String>,
+    took: Duration,
+}
+
+impl Outcome {
+    fn passed(&self, bound: Duration) -> bool {
+        self.error.is_none()
+            && self.overlap <= bound
+            && self.lost.is_empty()
+            && self.damaged.is_empty()
+            && self.unstated.is_empty()
+    }
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            % 1_000_000
+    });
+    let timing = Timing {
+        heartbeat_ms: args.heartbeat_ms,
+        conflict_backoff_ms: args.conflict_backoff_ms,
+    };
+    let mix: Vec<Scenario> = if args.scenario.is_empty() {
+        Scenario::DEFAULT_MIX.to_vec()
+    } else {
+        args.scenario.clone()
+    };
+    let trials = if args.trial_seed.is_some() {
+        1
+    } else {
+        args.trials
+    };
+    sweep_stale_mounts();
+    let bins = site::build_binaries()?;
+    println!("tandem chaos: {trials} trials, seed {seed}");
+    println!(
+        "  agents: heartbeat {} ms, conflict backoff {} ms; conflict-detection interval {} ms",
+        timing.heartbeat_ms,
+        timing.conflict_backoff_ms,
+        timing.bound().as_millis()
+    );
+    println!(
+        "  scenarios: {}",
+        mix.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    );
+    println!("  replay a run with: cargo xtask chaos --trials {trials} --seed {seed}");
+    let mut order = Rng(seed);
+    let mut deck: Vec<Scenario> = Vec::new();
+    let mut outcomes = Vec::new();
+    let started = Instant::now();
+    for trial in 1..=trials {
+        if deck.is_empty() {
+            // A shuffled deck: every scenario once per round, in a random order.
+            deck = mix.clone();
+            for i in (1..deck.len()).rev() {
+                let j = order.range(0, i as u64) as usize;
+                deck.swap(i, j);
+            }
+        }
+        let scenario = deck.pop().unwrap_or(Scenario::KillActive);
+        let trial_seed = args
+            .trial_seed
+            .unwrap_or_else(|| order.next() % 1_000_000_000);
+        let outcome = run_trial(&bins, trial, scenario, trial_seed, timing, args.verbose);
+        print_outcome(&outcome, trials, timing.bound());
+        outcomes.push(outcome);
+    }
+    let summary = summarize(&outcomes, timing, seed, started.elapsed());
+    let dir = crate::workspace_root().join("target").join("chaos");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("chaos-{seed}.json"));
+    let json = results_json(&outcomes, timing, seed);
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("latest.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("  results: {}", path.display());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    if !summary {
+        bail!("some trials failed (replay with --seed {seed}, or one with its --trial-seed)");
+    }
+    Ok(())
+}
+
+fn print_outcome(o: &Outcome, trials: u32, bound: Duration) {
+    let verdict = if o.passed(bound) { "ok" } else { "FAILED" };
+    println!(
+        "trial {:>3}/{trials} {:<19} {verdict:<6} overlap {:>4} ms  acked {:>4} lost {}  files {}  roles {}  ({:.1} s, trial seed {})",
+        o.trial,
+        o.scenario.name(),
+        o.overlap.as_millis(),
+        o.acked,
+        o.lost.len(),
+        if o.damaged.is_empty() {
+            "ok"
+        } else {
+            "DAMAGED"
+        },
+        o.roles,
+        o.took.as_secs_f64(),
+        o.trial_seed,
+    );
+    println!("    drawn: {}", o.drawn.join(", "));
+    for note in &o.notes {
+        println!("    note: {note}");
+    }
+    if o.split_brain > Duration::ZERO {
+        println!(
+            "    split brain during the partition: both held the address for {} ms",
+            o.split_brain.as_millis()
+        );
+    }
+    if let Some(e) = &o.error {
+        println!("    error: {e}");
+    }
+    if !o.lost.is_empty() {
+        println!("    lost acknowledged transactions: {:?}", o.lost);
+    }
+    for d in &o.damaged {
+        println!("    damaged: {d}");
+    }
+    for u in &o.unstated {
+        println!("    not in a stated role: {u}");
+    }
+    if o.overlap > bound {
+        println!(
+            "    two holders for {} ms, over the {} ms conflict-detection interval",
+            o.overlap.as_millis(),
+            bound.as_millis()
+        );
+    }
+    println!("verdict: {} {verdict}", o.scenario.name());
+}
+
+/// Prints the per-scenario table; whether every trial passed.
+fn summarize(outcomes: &[Outcome], timing: Timing, seed: u64, took: Duration) -> bool {
+    let bound = timing.bound();
+    println!("\n== Results (seed {seed}, {:.0} s)", took.as_secs_f64());
+    println!(
+        "| scenario | trials | passed | max overlap (ms) | acked writes | lost | damaged files | not in a stated role |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let scenarios: BTreeSet<Scenario> = outcomes.iter().map(|o| o.scenario).collect();
+    let mut all = true;
+    for s in scenarios {
+        let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == s).collect();
+        let passed = of.iter().filter(|o| o.passed(bound)).count();
+        all &= passed == of.len();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.name(),
+            of.len(),
+            passed,
+            of.iter()
+                .map(|o| o.overlap)
+                .max()
+                .unwrap_or_default()
+                .as_millis(),
+            of.iter().map(|o| o.acked).sum::<usize>(),
+            of.iter().map(|o| o.lost.len()).sum::<usize>(),
+            of.iter().map(|o| o.damaged.len()).sum::<usize>(),
+            of.iter().filter(|o| !o.unstated.is_empty()).count(),
+        );
+    }
+    let passed = outcomes.iter().filter(|o| o.passed(bound)).count();
+    println!(
+        "  {} passed, {} failed",
+        passed,
+        outcomes.len().saturating_sub(passed)
+    );
+    all
+}
+
+fn results_json(outcomes: &[Outcome], timing: Timing, seed: u64) -> serde_json::Value {
+    let bound = timing.bound();
+    json!({
+        "seed": seed,
+        "heartbeat_ms": timing.heartbeat_ms,
+        "conflict_backoff_ms": timing.conflict_backoff_ms,
+        "conflict_detection_ms": bound.as_millis() as u64,
+        "trials": outcomes.iter().map(|o| json!({
+            "trial": o.trial,
+            "scenario": o.scenario.name(),
+            "trial_seed": o.trial_seed,
+            "passed": o.passed(bound),
+            "drawn": o.drawn,
+            "overlap_ms": o.overlap.as_millis() as u64,
+            "split_brain_ms": o.split_brain.as_millis() as u64,
+            "acked": o.acked,
+            "lost": o.lost,
+            "damaged": o.damaged,
+            "roles": o.roles,
+            "unstated": o.unstated,
+            "notes": o.notes,
+            "error": o.error,
+            "seconds": o.took.as_secs_f64(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn run_trial(
+    bins: &Binaries,
+    trial: u32,
+    scenario: Scenario,
+    trial_seed: u64,
+    timing: Timing,
+    verbose: bool,
+) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        trial,
+        scenario,
+        trial_seed,
+        drawn: Vec::new(),
+        overlap: Duration::ZERO,
+        split_brain: Duration::ZERO,
+        acked: 0,
+        lost: Vec::new(),
+        damaged: Vec::new(),
+        roles: "?".into(),
+        unstated: Vec::new(),
+        notes: Vec::new(),
+        error: None,
+        took: Duration::ZERO,
+    };
+    let mut rng = Rng(trial_seed);
+    let result = Trial::set_up(bins, scenario, timing, verbose).and_then(|mut t| {
+        let played = t.play(scenario, &mut rng, &mut outcome);
+        let checked = played.and_then(|()| t.check(&mut outcome));
+        if checked.is_err() || !outcome.passed(timing.bound()) {
+            t.keep_logs(trial, scenario, &mut outcome);
+        }
+        checked
+    });
+    if let Err(e) = result {
+        outcome.error = Some(format!("{e:#}"));
+    }
+    outcome.took = started.elapsed();
+    outcome
+}
+
+/// When a node started (`true`) and stopped holding the shared address.
+type Holds = Arc<Mutex<Vec<(Duration, bool)>>>;
+
+/// The fault windows in which a node's holding of the shared address is not
+/// seen by anyone (its cable is cut), or in which the nodes are partitioned.
+#[derive(Clone, Copy)]
+enum Window {
+    Cut(Duration, Duration),
+    Partition(Duration, Duration),
+}
+
+/// A running trial: lab, site, agents, application, client and address watch.
+/// Dropping it stops everything it started and removes the lab and the mount.
+struct Trial {
+    bins: Binaries,
+    timing: Timing,
+    verbose: bool,
+    auto: bool,
+    started: Instant,
+    agents: [Option<Child>; 2],
+    agent_runs: u32,
+    stop: Arc<AtomicBool>,
+    stop_client: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<tandem_lab::Result<anyhow::Result<()>>>>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    samples: Arc<Mutex<Vec<site::Sample>>>,
+    /// Per node: when it started and stopped holding the shared address.
+    holds: [Holds; 2],
+    windows: Vec<Window>,
+    mount: Option<Tmpfs>,
+    // Dropped last: the lab (namespaces) and the directory.
+    lab: Lab,
+    dir: tempfile::TempDir,
+}
+
+fn idx(host: Host) -> usize {
+    match host {
+        Host::Node1 => 0,
+        _ => 1,
+    }
+}
+
+fn other(host: Host) -> Host {
+    match host {
+        Host::Node1 => Host::Node2,
+        _ => Host::Node1,
+    }
+}
+
+impl Trial {
+    fn set_up(
+        bins: &Binaries,
+        scenario: Scenario,
+        timing: Timing,
+        verbose: bool,
+    ) -> anyhow::Result<Trial> {
+        let lab = Lab::up(LabConfig::default()).context("building the namespace lab")?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("tandem-chaos-{}-", std::process::id()))
+            .tempdir()?;
+        let mut trial = Trial {
+            bins: Binaries {
+                failover: bins.failover.clone(),
+                mp_replication: bins.mp_replication.clone(),
+            },
+            timing,
+            verbose,
+            auto: scenario.auto_failover(),
+            started: Instant::now(),
+            agents: [None, None],
+            agent_runs: 0,
+            stop: Arc::new(AtomicBool::new(false)),
+            stop_client: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            acked: Arc::default(),
+            samples: Arc::default(),
+            holds: [Arc::default(), Arc::default()],
+            windows: Vec::new(),
+            mount: None,
+            lab,
+            dir,
+        };
+        std::fs::create_dir_all(trial.dir.path().join("logs"))?;
+        if scenario == Scenario::StandbyDiskFull {
+            let path = trial.state_dir(Host::Node2);
+            std::fs::create_dir_all(&path)?;
+            trial.mount = Some(Tmpfs::mount(&path, "48m")?);
+        }
+        trial.site()?;
+        Ok(trial)
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn key_file(&self) -> String {
+        self.root().join("authkey").display().to_string()
+    }
+
+    fn config_path(&self, host: Host) -> PathBuf {
+        self.root().join(format!("{}.toml", host.name()))
+    }
+
+    fn state_dir(&self, host: Host) -> PathBuf {
+        self.root().join(host.name())
+    }
+
+    fn files(&self, host: Host) -> PathBuf {
+        self.root().join(format!("{}-files", host.name()))
+    }
+
+    fn at(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn step(&self, what: &str) {
+        if self.verbose {
+            println!("    {:>7.3} s  {what}", self.at().as_secs_f64());
+        }
+    }
+
+    fn failover_command(&self, host: Host) -> Command {
+        let mut cmd = self
+            .lab
+            .command(host, &self.bins.failover.display().to_string());
+        cmd.arg("--config")
+            .arg(self.config_path(host))
+            .arg("--state-dir")
+            .arg(self.state_dir(host));
+        cmd
+    }
+
+    fn mp_command(&self, host: Host) -> Command {
+        let mut cmd = self
+            .lab
+            .command(host, &self.bins.mp_replication.display().to_string());
+        cmd.arg("--config")
+            .arg(self.config_path(host))
+            .arg("--state-dir")
+            .arg(self.state_dir(host));
+        cmd
+    }
+
+    /// Runs `failover args...` on `host`; fails when it fails.
+    fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = self.failover_command(host);
+        cmd.args(args);
+        let out = output_within(cmd, Duration::from_secs(30))?;
+        self.finish(host, &format!("failover {}", args.join(" ")), out)
+    }
+
+    /// Runs `mp_replication args...` on `host`; fails when it fails.
+    fn mp(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = self.mp_command(host);
+        cmd.args(args);
+        let out = output_within(cmd, Duration::from_secs(60))?;
+        self.finish(host, &format!("mp_replication {}", args.join(" ")), out)
+    }
+
+    fn finish(&self, host: Host, what: &str, out: Output) -> anyhow::Result<String> {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        self.step(&format!(
+            "{host}: {what}: {}",
+            stdout.lines().last().unwrap_or_default()
+        ));
+        if !out.status.success() {
+            bail!(
+                "`{what}` on {host} failed ({}):\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// The site of the seed's first procedure, node1 active, the application and
+    /// the client running, and the address watch.
+    fn site(&mut self) -> anyhow::Result<()> {
+        self.failover(Host::Node1, &["keygen", "--key-file", &self.key_file()])?;
+        for host in [Host::Node1, Host::Node2] {
+            let (id, own, peer) = site::node_facts(host);
+            self.failover(
+                host,
+                &[
+                    "set-deployment",
+                    "failover",
+                    "--no-prompt",
+                    "--node-id",
+                    &id.to_string(),
+                    "--node-address",
+                    &format!("{own}/24"),
+                    "--gateway",
+                    &tandem_lab::GATEWAY_ADDR.to_string(),
+                    "--hostname",
+                    &format!("meetings{id}.lab.test"),
+                    "--shared-address",
+                    &format!("{}/24", tandem_lab::SHARED_ADDR),
+                    "--peer-address",
+                    &peer.to_string(),
+                ],
+            )?;
+            self.extend_config(host)?;
+        }
+        for host in [Host::Node2, Host::Node1] {
+            let (id, _, peer) = site::node_facts(host);
+            self.mp(
+                host,
+                &["init", "-n", &id.to_string(), "-r", &peer.to_string()],
+            )?;
+        }
+        self.start_watch()?;
+        for host in [Host::Node1, Host::Node2] {
+            self.start_agent(host)?;
+        }
+        self.wait_peer_link()?;
+        self.mp(Host::Node1, &["switch-on"])?;
+        self.failover(Host::Node1, &["set-server", "active"])?;
+        self.wait_role(Host::Node1, "active", Duration::from_secs(20))?;
+        self.wait_role(Host::Node2, "standby", Duration::from_secs(20))?;
+        self.wait_replication(Duration::from_secs(30))?;
+        self.start_application()?;
+        self.wait_acked_by("node1", Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// The node config beyond `set-deployment`: site key, fast probes and
+    /// heartbeats, the failover policy, replication of the sample schema and a
+    /// bundle of config files.
+    fn extend_config(&self, host: Host) -> anyhow::Result<()> {
+        let files = self.files(host);
+        let text = format!(
+            r#"
+[probe]
+timeout_ms = 100
+attempts = 2
+interval_ms = 50
+
+[failover]
+auto_failover = {auto}
+heartbeat_ms = {heartbeat}
+missed_heartbeats = 3
+conflict_backoff_ms = {backoff}
+announce_count = 3
+announce_interval_ms = 20
+
+[peer]
+key_file = "{key}"
+
+[replication]
+sample_schema = true
+heartbeat_ms = {heartbeat}
+
+[[bundle.roots]]
+name = "prompts"
+path = "{files}/prompts"
+"#,
+            auto = self.auto,
+            heartbeat = self.timing.heartbeat_ms,
+            backoff = self.timing.conflict_backoff_ms,
+            key = self.key_file(),
+            files = files.display()
+        );
+        let path = self.config_path(host);
+        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let extra: toml::Table = toml::from_str(&text)?;
+        config.extend(extra);
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        std::fs::create_dir_all(files.join("prompts"))?;
+        Ok(())
+    }
+
+    fn start_agent(&mut self, host: Host) -> anyhow::Result<()> {
+        let child = self.spawn_agent(host)?;
+        self.agents[idx(host)] = Some(child);
+        self.wait_page(host, Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    fn spawn_agent(&mut self, host: Host) -> anyhow::Result<Child> {
+        self.agent_runs += 1;
+        let log = std::fs::File::create(self.root().join("logs").join(format!(
+            "{}-agent-{}.log",
+            host.name(),
+            self.agent_runs
+        )))?;
+        self.step(&format!("{host}: failover agent"));
+        self.failover_command(host)
+            .args(["agent", "--key-file", &self.key_file()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")
+    }
+
+    /// `kill -9` of `host`'s agent: it cannot release anything.
+    fn kill_agent(&mut self, host: Host) {
+        if let Some(mut child) = self.agents[idx(host)].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.step(&format!("{host}: kill -9 of the agent"));
+        }
+    }
+
+    /// The example application on both nodes, the client.
+    fn start_application(&mut self) -> anyhow::Result<()> {
+        for host in [Host::Node1, Host::Node2] {
+            let stop = self.stop.clone();
+            let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+            self.threads.push(
+                self.lab
+                    .spawn_in(host, move || site::serve_app(host, &settings, &stop))?,
+            );
+        }
+        let (stop, samples, acked, started) = (
+            self.stop_client.clone(),
+            self.samples.clone(),
+            self.acked.clone(),
+            self.started,
+        );
+        self.threads.push(self.lab.spawn_in(Host::Client, move || {
+            site::client(started, &stop, &samples, &acked)
+        })?);
+        Ok(())
+    }
+
+    /// A thread in each node's namespace that reads its addresses every 10 ms.
+    fn start_watch(&mut self) -> anyhow::Result<()> {
+        for host in [Host::Node1, Host::Node2] {
+            let (stop, holds, started) = (
+                self.stop.clone(),
+                self.holds[idx(host)].clone(),
+                self.started,
+            );
+            self.threads.push(self.lab.spawn_in(host, move || {
+                let mut last = false;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = holds_shared();
+                    if now != last {
+                        if let Ok(mut list) = holds.lock() {
+                            list.push((started.elapsed(), now));
+                        }
+                        last = now;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(())
+            })?);
+        }
+        Ok(())
+    }
+
+    fn wait_page(&self, host: Host, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.status(host).is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{host}'s agent did not serve its status page within {within:?}")
+    }
+
+    /// `host`'s `/status.json`, read from the client.
+    fn status(&self, host: Host) -> Option<serde_json::Value> {
+        self.lab
+            .run_in(Host::Client, move || site::status_json(host))
+            .ok()
+            .flatten()
+    }
+
+    fn role(&self, host: Host) -> Option<String> {
+        self.status(host)
+            .and_then(|s| s["state"]["role"].as_str().map(str::to_owned))
+    }
+
+    fn wait_role(&self, host: Host, role: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.role(host);
+            if last.as_deref() == Some(role) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{host} was not {role} within {within:?} (last: {last:?})")
+    }
+
+    fn wait_peer_link(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let up = [Host::Node1, Host::Node2].iter().all(|&h| {
+                self.status(h)
+                    .is_some_and(|s| s["peer"]["connected"] == serde_json::Value::Bool(true))
+            });
+            if up {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the agents' peer link did not come up within 20 s")
+    }
+
+    /// Whether both nodes' replication says the peer is connected.
+    fn replication_connected(&self) -> bool {
+        [Host::Node1, Host::Node2].iter().all(|&h| {
+            let mut cmd = self.mp_command(h);
+            cmd.args(["status", "--json"]);
+            output_within(cmd, Duration::from_secs(10))
+                .ok()
+                .and_then(|o| serde_json::from_slice::<tandem_replication::Status>(&o.stdout).ok())
+                .is_some_and(|s| s.remote.status == LinkStatus::Connected)
+        })
+    }
+
+    fn wait_replication(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.replication_connected() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("replication did not connect within {within:?}")
+    }
+
+    /// Waits until the client's latest write was acknowledged by `node`.
+    fn wait_acked_by(&self, node: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let latest = self
+                .samples
+                .lock()
+                .ok()
+                .and_then(|s| s.last().and_then(|(_, who)| who.clone()));
+            if latest.as_deref() == Some(node) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("the client's writes were not acknowledged by {node} within {within:?}")
+    }
+
+    fn active_node(&self) -> Option<Host> {
+        [Host::Node1, Host::Node2]
+            .into_iter()
+            .find(|&h| self.role(h).as_deref() == Some("active"))
+    }
+
+    // ---- scenarios ----
+
+    fn play(
+        &mut self,
+        scenario: Scenario,
+        rng: &mut Rng,
+        outcome: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        // Let the client write for a moment before the fault.
+        std::thread::sleep(rng.ms(200, 800));
+        match scenario {
+            Scenario::KillActive | Scenario::KillStandby => {
+                let active = self.active_node().unwrap_or(Host::Node1);
+                let victim = if scenario == Scenario::KillActive {
+                    active
+                } else {
+                    other(active)
+                };
+                let down = rng.ms(300, 2500);
+                outcome.drawn.push(format!(
+                    "kill -9 {victim}'s agent, restart after {} ms",
+                    down.as_millis()
+                ));
+                self.kill_agent(victim);
+                std::thread::sleep(down);
+                if victim == active && self.role(other(active)).as_deref() == Some("active") {
+                    outcome.notes.push(format!(
+                        "{} took over while {victim}'s agent was dead",
+                        other(active)
+                    ));
+                }
+                self.start_agent(victim)?;
+            }
+            Scenario::KillDuringSwitch => {
+                let from = self.active_node().unwrap_or(Host::Node1);
+                let to = other(from);
+                let victim = if rng.coin() { from } else { to };
+                let after = rng.ms(0, 500);
+                outcome.drawn.push(format!(
+                    "switch {from} -> {to}, kill -9 {victim}'s agent {} ms in",
+                    after.as_millis()
+                ));
+                let switch = {
+                    let mut down = self.failover_command(from);
+                    down.args(["set-server", "standby"]);
+                    let mut up = self.failover_command(to);
+                    up.args(["set-server", "active"]);
+                    std::thread::spawn(move || {
+                        let a = output_within(down, Duration::from_secs(30));
+                        let b = output_within(up, Duration::from_secs(30));
+                        (a, b)
+                    })
+                };
+                std::thread::sleep(after);
+                self.kill_agent(victim);
+                let (a, b) = switch
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the switch thread panicked"))?;
+                for (what, out) in [("set-server standby", a), ("set-server active", b)] {
+                    let ok = out.as_ref().is_ok_and(|o| o.status.success());
+                    if !ok {
+                        outcome
+                            .notes
+                            .push(format!("{what} did not complete (agent killed)"));
+                    }
+                }
+                std::thread::sleep(rng.ms(100, 1000));
+                self.start_agent(victim)?;
+                self.operator_ensures_active(to, outcome)?;
+            }
+            Scenario::CutActive => {
+                let active = self.active_node().unwrap_or(Host::Node1);
+                let down = rng.ms(1500, 4000);
+                outcome
+                    .drawn
+                    .push(format!("cut {active}'s cable for {} ms", down.as_millis()));
+                let from = self.at();
+                self.lab.cut(active)?;
+                std::thread::sleep(down);
+                self.lab.restore(active)?;
+                self.windows.push(Window::Cut(from, self.at()));
+                self.step(&format!("{active}'s cable back"));
+            }
+            Scenario::Partition | Scenario::PartitionAuto => {
+                let down = rng.ms(1500, 4000);
+                outcome.drawn.push(format!(
+                    "partition the nodes for {} ms (both reach the client)",
+                    down.as_millis()
+                ));
+                let from = self.at();
+                self.lab.partition_nodes(true)?;
+                std::thread::sleep(down);
+                self.lab.partition_nodes(false)?;
+                self.windows.push(Window::Partition(from, self.at()));
+                self.step("partition healed");
+            }
+            Scenario::BothBoot => {
+                let pause = rng.ms(0, 500);
+                let skew = rng.ms(0, 30);
+                let first = if rng.coin() { Host::Node1 } else { Host::Node2 };
+                outcome.drawn.push(format!(
+                    "kill -9 both agents, both boot {} ms later ({first} first by {} ms)",
+                    pause.as_millis(),
+                    skew.as_millis()
+                ));
+                self.kill_agent(Host::Node1);
+                self.kill_agent(Host::Node2);
+                // A reboot comes up without the shared address.
+                for host in [Host::Node1, Host::Node2] {
+                    let _ = self.lab.exec(
+                        host,
+                        "ip",
+                        &[
+                            "addr",
+                            "del",
+                            &format!("{}/24", tandem_lab::SHARED_ADDR),
+                            "dev",
+                            "eth0",
+                        ],
+                    );
+                }
+                std::thread::sleep(pause);
+                let a = self.spawn_agent(first)?;
+                std::thread::sleep(skew);
+                let b = self.spawn_agent(other(first))?;
+                self.agents[idx(first)] = Some(a);
+                self.agents[idx(other(first))] = Some(b);
+                self.wait_page(Host::Node1, Duration::from_secs(20))?;
+                self.wait_page(Host::Node2, Duration::from_secs(20))?;
+            }
+            Scenario::RestartFromSync => {
+                let active = self.active_node().unwrap_or(Host::Node1);
+                let standby = other(active);
+                let kill_tool = rng.coin();
+                let after = rng.ms(0, 150);
+                outcome.drawn.push(format!(
+                    "{standby}: switch-on -S -F from-sync, kill -9 of {} {} ms in",
+                    if kill_tool {
+                        "mp_replication"
+                    } else {
+                        "the agent"
+                    },
+                    after.as_millis()
+                ));
+                let mut cmd = self.mp_command(standby);
+                cmd.args(["switch-on", "-S", "-F", "from-sync"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                let mut tool = cmd.spawn().context("starting mp_replication")?;
+                std::thread::sleep(after);
+                if kill_tool {
+                    let _ = tool.kill();
+                    let _ = tool.wait();
+                } else {
+                    self.kill_agent(standby);
+                    let _ = wait_child(&mut tool, Duration::from_secs(30));
+                    self.start_agent(standby)?;
+                }
+                self.wait_role(standby, "standby", Duration::from_secs(20))?;
+                self.resync(standby, outcome)?;
+            }
+            Scenario::RestartRestore => self.restart_restore(rng, outcome)?,
+            Scenario::StandbyDiskFull => self.disk_full(rng, outcome)?,
+        }
+        Ok(())
+    }
+
+    /// `switch-on -S -F from-sync` on `host`, retried as an operator would while
+    /// the agent's replication service is not up yet.
+    fn resync(&self, host: Host, outcome: &mut Outcome) -> anyhow::Result<()> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.mp(host, &["switch-on", "-S", "-F", "from-sync"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 5 => {
+                    outcome.notes.push(format!(
+                        "from-sync on {host} failed, tried again: {}",
+                        first_line(&format!("{e:#}"))
+                    ));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The operator's retry: when no node is active after the fault, `set-server
+    /// active` on `to` (or, if refused, on the other node).
+    fn operator_ensures_active(&self, to: Host, outcome: &mut Outcome) -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(500));
+        if self.active_node().is_some() {
+            return Ok(());
+        }
+        outcome.notes.push(format!(
+            "no node active: the operator runs set-server active on {to}"
+        ));
+        if self.failover(to, &["set-server", "active"]).is_err()
+            || self
+                .wait_role(to, "active", Duration::from_secs(5))
+                .is_err()
+        {
+            outcome.notes.push(format!(
+                "refused on {to}: the operator runs set-server active on {}",
+                other(to)
+            ));
+            self.failover(other(to), &["set-server", "active"])?;
+        }
+        Ok(())
+    }
+
+    /// Copies a tree of prompts to the standby and kills `restore-config-files`
+    /// part way; the next run must finish or undo it.
+    fn restart_restore(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
+        let active = self.active_node().unwrap_or(Host::Node1);
+        let standby = other(active);
+        // The standby's old prompts, and the active's new ones (more and larger).
+        for n in 0..20u32 {
+            let old = vec![b'o'; 4096 + n as usize];
+            std::fs::write(self.files(standby).join(format!("prompts/p{n}.wav")), old)?;
+        }
+        for n in 0..200u32 {
+            let new: Vec<u8> = (0..32_768u32).map(|i| (i ^ n) as u8).collect();
+            std::fs::write(self.files(active).join(format!("prompts/p{n}.wav")), new)?;
+        }
+        self.failover(active, &["copy-config-files"])?;
+        let incoming = self
+            .state_dir(standby)
+            .join("incoming")
+            .join("config-files.tar.gz");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !incoming.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let after = rng.ms(0, 400);
+        outcome.drawn.push(format!(
+            "{standby}: restore-config-files killed {} ms in",
+            after.as_millis()
+        ));
+        let mut cmd = self.failover_command(standby);
+        cmd.arg("restore-config-files")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut tool = cmd.spawn().context("starting restore-config-files")?;
+        std::thread::sleep(after);
+        let finished = matches!(tool.try_wait(), Ok(Some(_)));
+        let _ = tool.kill();
+        let _ = tool.wait();
+        if finished {
+            outcome
+                .notes
+                .push("restore-config-files had finished before the kill".into());
+        }
+        let journal = self
+            .state_dir(standby)
+            .join("config-files")
+            .join("journal.json");
+        if journal.exists() {
+            outcome
+                .notes
+                .push("the kill left a restore journal; the next run resolves it".into());
+        }
+        self.failover(standby, &["restore-config-files"])?;
+        if journal.exists() {
+            outcome.damaged.push(format!(
+                "{} still there after a second restore-config-files",
+                journal.display()
+            ));
+        }
+        for n in 0..200u32 {
+            let rel = format!("prompts/p{n}.wav");
+            let a = std::fs::read(self.files(active).join(&rel))?;
+            let b = std::fs::read(self.files(standby).join(&rel)).unwrap_or_default();
+            if a != b {
+                outcome.damaged.push(format!(
+                    "{standby}'s {rel} differs from {active}'s after restore-config-files"
+                ));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the standby's state directory (a tmpfs), keeps it full for a while,
+    /// then frees the space.
+    fn disk_full(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
+        let active = self.active_node().unwrap_or(Host::Node1);
+        let standby = other(active);
+        let full_for = rng.ms(1500, 4000);
+        outcome.drawn.push(format!(
+            "fill {standby}'s state directory for {} ms",
+            full_for.as_millis()
+        ));
+        let filler = self.state_dir(standby).join("filler");
+        fill(&filler)?;
+        let from = self.at();
+        std::thread::sleep(full_for);
+        let to = self.at();
+        let alarms = self
+            .status(standby)
+            .map(|s| s["alarms"].to_string())
+            .unwrap_or_default();
+        let replication = {
+            let mut cmd = self.mp_command(standby);
+            cmd.args(["status"]);
+            output_within(cmd, Duration::from_secs(10))
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        std::fs::remove_file(&filler)?;
+        let during = self
+            .samples
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(t, who)| *t >= from && *t <= to && who.is_some())
+                    .count()
+            })
+            .unwrap_or(0);
+        outcome.notes.push(format!(
+            "{during} writes acknowledged while {standby}'s disk was full"
+        ));
+        let reported = alarms.to_lowercase().contains("space")
+            || alarms.to_lowercase().contains("full")
+            || replication.to_lowercase().contains("full")
+            || replication.to_lowercase().contains("space");
+        outcome.notes.push(if reported {
+            format!("{standby} reported the full disk")
+        } else {
+            format!("{standby} did not report the full disk on its status page or in mp_replication status")
+        });
+        Ok(())
+    }
+
+    // ---- checks ----
+
+    /// Brings the site back as an operator would, then checks it.
+    fn check(&mut self, outcome: &mut Outcome) -> anyhow::Result<()> {
+        // Roles settle: exactly one active.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut roles = (None, None);
+        while Instant::now() < deadline {
+            roles = (self.role(Host::Node1), self.role(Host::Node2));
+            let settled = matches!(
+                (roles.0.as_deref(), roles.1.as_deref()),
+                (Some("active"), Some("standby")) | (Some("standby"), Some("active"))
+            );
+            if settled {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let (Some(_), Some(_)) = &roles
+            && self.active_node().is_none()
+        {
+            self.operator_ensures_active(Host::Node1, outcome)?;
+        }
+        // Replication resumes on its own, or the operator resynchronises the standby.
+        if let Some(active) = self.active_node()
+            && self.wait_replication(Duration::from_secs(8)).is_err()
+        {
+            let standby = other(active);
+            outcome.notes.push(format!(
+                "replication did not resume: switch-on -S -F from-sync on {standby}"
+            ));
+            if self.role(standby).as_deref() == Some("standby") {
+                self.resync(standby, outcome)?;
+            }
+            self.wait_replication(Duration::from_secs(20))?;
+        }
+        // The client stops; every acknowledged write must be on both nodes.
+        if let Some(active) = self.active_node() {
+            let _ = self.wait_acked_by(active.name(), Duration::from_secs(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop_client.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1200));
+        let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        outcome.acked = acked.len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let lost = loop {
+            let mut lost = BTreeSet::new();
+            for host in [Host::Node1, Host::Node2] {
+                lost.extend(self.missing(host, &acked)?);
+            }
+            if lost.is_empty() || Instant::now() > deadline {
+                break lost;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        outcome.lost = lost.into_iter().collect();
+        // Stated roles, from the status pages and from the interfaces.
+        let mut described = Vec::new();
+        let mut actives = 0;
+        for host in [Host::Node1, Host::Node2] {
+            let status = self.status(host);
+            let role = status
+                .as_ref()
+                .and_then(|s| s["state"]["role"].as_str().map(str::to_owned));
+            let holds = self.holds_now(host);
+            match role.as_deref() {
+                Some("active") => {
+                    actives += 1;
+                    if !holds {
+                        outcome
+                            .unstated
+                            .push(format!("{host} says active but lacks the shared address"));
+                    }
+                }
+                Some("standby") => {
+                    if holds {
+                        outcome
+                            .unstated
+                            .push(format!("{host} says standby but holds the shared address"));
+                    }
+                }
+                other => outcome
+                    .unstated
+                    .push(format!("{host}'s agent reports no role ({other:?})")),
+            }
+            described.push(format!("{host} {}", role.as_deref().unwrap_or("?")));
+        }
+        if actives != 1 {
+            outcome
+                .unstated
+                .push(format!("{actives} active nodes at the end"));
+        }
+        outcome.roles = described.join(", ");
+        // Damaged files.
+        self.stop.store(true, Ordering::Relaxed);
+        for host in [Host::Node1, Host::Node2] {
+            let dir = self.state_dir(host);
+            match tandem_role::StateFile::in_dir(&dir).load() {
+                Ok(Some(_)) => {}
+                Ok(None) => outcome.damaged.push(format!("{host}: no state file")),
+                Err(e) => outcome.damaged.push(format!("{host}: state file: {e}")),
+            }
+            match self.integrity(host) {
+                Ok(answer) if answer == "ok" => {}
+                Ok(answer) => outcome
+                    .damaged
+                    .push(format!("{host}: integrity_check: {answer}")),
+                Err(e) => outcome.damaged.push(format!("{host}: database: {e:#}")),
+            }
+            let journal = dir.join("config-files").join("journal.json");
+            if journal.exists() {
+                outcome.damaged.push(format!(
+                    "{host}: restore journal left: {}",
+                    journal.display()
+                ));
+            }
+        }
+        if let Err(e) = tandem_peer::SiteKey::load(Path::new(&self.key_file())) {
+            outcome.damaged.push(format!("site key: {e}"));
+        }
+        // Two holders, from the address watch.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let end = self.at();
+        let (overlap, split) = self.overlaps(end);
+        outcome.overlap = overlap;
+        outcome.split_brain = split;
+        Ok(())
+    }
+
+    fn holds_now(&self, host: Host) -> bool {
+        self.lab.run_in(host, holds_shared).unwrap_or(false)
+    }
+
+    /// The longest stretch in which both nodes held the shared address while
+    /// both were on the wire, outside partitions; and the longest inside one.
+    fn overlaps(&self, end: Duration) -> (Duration, Duration) {
+        let spans = |i: usize| -> Vec<(Duration, Duration)> {
+            let list = self.holds[i].lock().map(|l| l.clone()).unwrap_or_default();
+            let mut out = Vec::new();
+            let mut since = None;
+            for (t, held) in list {
+                match (held, since) {
+                    (true, None) => since = Some(t),
+                    (false, Some(s)) => {
+                        out.push((s, t));
+                        since = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = since {
+                out.push((s, end));
+            }
+            out
+        };
+        let (a, b) = (spans(0), spans(1));
+        let mut both = Vec::new();
+        for &(s1, e1) in &a {
+            for &(s2, e2) in &b {
+                let (s, e) = (s1.max(s2), e1.min(e2));
+                if s < e {
+                    both.push((s, e));
+                }
+            }
+        }
+        let mut outside = Duration::ZERO;
+        let mut inside = Duration::ZERO;
+        for (s, e) in both {
+            let mut pieces = vec![(s, e)];
+            for w in &self.windows {
+                let (ws, we, partition) = match *w {
+                    Window::Cut(ws, we) => (ws, we, false),
+                    Window::Partition(ws, we) => (ws, we, true),
+                };
+                // Without automatic failover two holders during a partition
+                // count like any other.
+                if partition && !self.auto {
+                    continue;
+                }
+                let mut next = Vec::new();
+                for (ps, pe) in pieces {
+                    let (is, ie) = (ps.max(ws), pe.min(we));
+                    if is >= ie {
+                        next.push((ps, pe));
+                        continue;
+                    }
+                    if partition {
+                        inside = inside.max(ie - is);
+                    }
+                    if ps < is {
+                        next.push((ps, is));
+                    }
+                    if ie < pe {
+                        next.push((ie, pe));
+                    }
+                }
+                pieces = next;
+            }
+            for (ps, pe) in pieces {
+                outside = outside.max(pe - ps);
+            }
+        }
+        (outside, inside)
+    }
+
+    /// The acknowledged transactions whose rows `host`'s database lacks.
+    fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
+        let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let backend = SqliteBackend::open_existing(&settings).await?;
+            let mut conn = backend.pool().acquire().await?;
+            let present = sample::transactions_present(&mut conn).await?;
+            drop(conn);
+            backend.close().await;
+            Ok(acked
+                .iter()
+                .filter(|tx| !present.contains(tx))
+                .copied()
+                .collect())
+        })
+    }
+
+    /// `PRAGMA integrity_check` of `host`'s database.
+    fn integrity(&self, host: Host) -> anyhow::Result<String> {
+        let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let backend = SqliteBackend::open_existing(&settings).await?;
+            let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+                .fetch_all(backend.pool())
+                .await?;
+            backend.close().await;
+            Ok(rows.join("; "))
+        })
+    }
+
+    /// Keeps a failed trial's agent logs under `target/chaos/`.
+    fn keep_logs(&self, trial: u32, scenario: Scenario, outcome: &mut Outcome) {
+        let to = crate::workspace_root()
+            .join("target")
+            .join("chaos")
+            .join(format!(
+                "trial-{trial}-{}-{}",
+                scenario.name(),
+                outcome.trial_seed
+            ));
+        if std::fs::create_dir_all(&to).is_err() {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.root().join("logs")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::copy(entry.path(), to.join(entry.file_name()));
+            }
+        }
+        for host in [Host::Node1, Host::Node2] {
+            let _ = std::fs::copy(
+                self.config_path(host),
+                to.join(format!("{}.toml", host.name())),
+            );
+        }
+        outcome
+            .notes
+            .push(format!("agent logs kept in {}", to.display()));
+    }
+}
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        self.stop_client.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for host in [Host::Node1, Host::Node2] {
+            if let Some(mut child) = self.agents[idx(host)].take() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // The mount goes before the directory; the lab after this.
+        self.mount.take();
+    }
+}
+
+/// The last non-empty line of a message (the tools end with the reason).
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+}
+
+/// Whether this thread's namespace has the shared address on `eth0`.
+fn holds_shared() -> bool {
+    Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains(&format!(" {}/", tandem_lab::SHARED_ADDR))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `cmd`, killing it when it takes longer than `within`.
+fn output_within(mut cmd: Command, within: Duration) -> anyhow::Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a command")?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            bail!("{cmd:?} did not finish within {within:?}")
+        }
+    }
+}
+
+fn wait_child(child: &mut Child, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// Writes `path` until its file system is full.
+fn fill(path: &Path) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => return Err(e).context("filling the disk"),
+        }
+    }
+    // Whatever small space is left goes too.
+    let small = [0u8; 512];
+    while file.write(&small).is_ok_and(|n| n > 0) {}
+    Ok(())
+}
+
+/// A tmpfs mounted for one trial, unmounted on drop (also while a panic unwinds).
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> anyhow::Result<Tmpfs> {
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mount -t tmpfs on {} failed ({status})", path.display());
+        }
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Unmounts the tmpfs of chaos runs that were killed before they could.
+fn sweep_stale_mounts() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    for line in mounts.lines() {
+        let Some(point) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let Some(rest) = point.split("/tandem-chaos-").nth(1) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = Command::new("umount").arg("-l").arg(point).status();
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! What `cargo xtask demo` and `cargo xtask chaos` share: building the two
+//! binaries, the example application (a writer that acknowledges only replicated
+//! writes), the client on the shared address with its list of acknowledged
+//! transactions, the agents' status pages read over HTTP, and the facts of each
+//! lab node.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tandem_lab::Host;
+use tandem_replication::{LinkStatus, ReplicationBackend, Settings, SqliteBackend, sample};
+
+/// Builds the two binaries (the debug profile, as `cargo test` builds them).
+pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
+    let root = crate::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "failover", "-p", "mp_replication"])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building failover and mp_replication failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(Binaries {
+        failover: target.join("debug").join("failover"),
+        mp_replication: target.join("debug").join("mp_replication"),
+    })
+}
+
+/// The example application on port 8080 of every address of its node: a line
+/// `write N` writes transaction N of the sample workload (a group, a profile and
+/// a meeting) and answers `ok <node>` once the standby has it. When the standby is
+/// known to be gone it answers after the local commit (the `degrade` policy);
+/// a standby's database refuses the write and the answer is `err`.
+pub(crate) fn serve_app(host: Host, settings: &Settings, stop: &AtomicBool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let backend = SqliteBackend::open_existing(settings).await?;
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
+        while !stop.load(Ordering::Relaxed) {
+            let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+            let Ok(Ok((stream, _))) = accepted else {
+                continue;
+            };
+            let answer = async {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await?;
+                let tx: u64 = line
+                    .trim()
+                    .strip_prefix("write ")
+                    .and_then(|n| n.parse().ok())
+                    .context("bad request")?;
+                let reply = match write_replicated(&backend, tx).await {
+                    Ok(()) => format!("ok {}\n", host.name()),
+                    Err(e) => format!("err {e:#}\n"),
+                };
+                tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
+                anyhow::Ok(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        }
+        backend.close().await;
+        anyhow::Ok(())
+    })
+}
+
+pub(crate) async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow::Result<()> {
+    let position = {
+        let mut conn = backend.pool().acquire().await?;
+        sample::write_transaction(&mut conn, tx, ROWS).await?
+    };
+    match backend
+        .wait_replicated(position, Duration::from_millis(800))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The standby is gone: keep serving, as the `degrade` policy does.
+            let status = backend.status().await?;
+            if status.remote.status == LinkStatus::Connected {
+                Err(e.into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The client: writes through the shared address every 10 ms and records who
+/// acknowledged each write.
+pub(crate) fn client(
+    started: Instant,
+    stop: &AtomicBool,
+    samples: &Mutex<Vec<Sample>>,
+    acked: &Mutex<Vec<u64>>,
+) -> anyhow::Result<()> {
+    let target = std::net::SocketAddr::from((tandem_lab::SHARED_ADDR, APP_PORT));
+    let mut tx = 1_000u64;
+    while !stop.load(Ordering::Relaxed) {
+        tx += 1;
+        let t = started.elapsed();
+        let who = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(100))
+            .ok()
+            .and_then(|mut s| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                s.write_all(format!("write {tx}\n").as_bytes()).ok()?;
+                let mut line = String::new();
+                BufReader::new(s).read_line(&mut line).ok()?;
+                line.trim().strip_prefix("ok ").map(str::to_owned)
+            });
+        if who.is_some()
+            && let Ok(mut list) = acked.lock()
+        {
+            list.push(tx);
+        }
+        if let Ok(mut list) = samples.lock() {
+            list.push((t, who));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// The status page of `host`'s agent, read over HTTP from the client.
+pub(crate) fn status_page(host: Host) -> Option<String> {
+    let addr = std::net::SocketAddr::from((host.addr(), STATUS_PORT));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: node\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some(html_to_text(body))
+}
+
+/// The page's text without tags, one line per block.
+pub(crate) fn html_to_text(body: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push('\n');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) fn node_facts(host: Host) -> (u8, std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    match host {
+        Host::Node1 => (1, tandem_lab::NODE1_ADDR, tandem_lab::NODE2_ADDR),
+        _ => (2, tandem_lab::NODE2_ADDR, tandem_lab::NODE1_ADDR),
+    }
+}
+
+/// The two binaries, built for this run.
+pub(crate) struct Binaries {
+    pub(crate) failover: PathBuf,
+    pub(crate) mp_replication: PathBuf,
+}
+
+/// The example application's port on the shared address.
+pub(crate) const APP_PORT: u16 = 8080;
+
+/// The agents' status page port.
+pub(crate) const STATUS_PORT: u16 = tandem_node::DEFAULT_STATUS_PORT;
+
+/// Rows per acknowledged write of the application (a group, a profile, a meeting).
+pub(crate) const ROWS: u32 = 3;
+
+/// What the client saw at one moment: which node acknowledged its write, or none.
+pub(crate) type Sample = (Duration, Option<String>);
+
+/// A GET of `path` on `host`'s status page server, from the caller's namespace:
+/// the body, or `None` when the agent does not answer.
+pub(crate) fn status_get(host: Host, path: &str) -> Option<String> {
+    let addr = std::net::SocketAddr::from((host.addr(), STATUS_PORT));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// `host`'s `/status.json`, parsed.
+pub(crate) fn status_json(host: Host) -> Option<serde_json::Value> {
+    serde_json::from_str(&status_get(host, "/status.json")?).ok()
+}
