@@ -842,15 +842,30 @@ path = "{files}/prompts"
         bail!("the agents' peer link did not come up within 20 s")
     }
 
+    fn replication_status(&self, host: Host) -> Option<tandem_replication::Status> {
+        let mut cmd = self.mp_command(host);
+        cmd.args(["status", "--json"]);
+        output_within(cmd, Duration::from_secs(10))
+            .ok()
+            .and_then(|o| serde_json::from_slice::<tandem_replication::Status>(&o.stdout).ok())
+    }
+
     /// Whether both nodes' replication says the peer is connected.
     fn replication_connected(&self) -> bool {
         [Host::Node1, Host::Node2].iter().all(|&h| {
-            let mut cmd = self.mp_command(h);
-            cmd.args(["status", "--json"]);
-            output_within(cmd, Duration::from_secs(10))
-                .ok()
-                .and_then(|o| serde_json::from_slice::<tandem_replication::Status>(&o.stdout).ok())
+            self.replication_status(h)
                 .is_some_and(|s| s.remote.status == LinkStatus::Connected)
+        })
+    }
+
+    /// Connected, and neither node says it holds changes the other never
+    /// received (a diverged standby applies nothing until `from-sync`).
+    fn replication_healthy(&self) -> bool {
+        [Host::Node1, Host::Node2].iter().all(|&h| {
+            self.replication_status(h).is_some_and(|s| {
+                s.remote.status == LinkStatus::Connected
+                    && !s.alarms.iter().any(|a| a.contains("diverged"))
+            })
         })
     }
 
@@ -863,6 +878,17 @@ path = "{files}/prompts"
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("replication did not connect within {within:?}")
+    }
+
+    fn wait_healthy(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.replication_healthy() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// Waits until the client's latest write was acknowledged by `node`.
@@ -1099,33 +1125,44 @@ path = "{files}/prompts"
         Ok(())
     }
 
-    /// Copies a tree of prompts to the standby and kills `restore-config-files`
-    /// part way; the next run must finish or undo it.
+    /// Copies a tree of prompts to the standby and restores it once (timing
+    /// the restore), then copies a changed tree and kills
+    /// `restore-config-files` at a random moment within that time; the next run
+    /// must finish or undo it.
     fn restart_restore(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
         let active = self.active_node().unwrap_or(Host::Node1);
         let standby = other(active);
-        // The standby's old prompts, and the active's new ones (more and larger).
         for n in 0..20u32 {
             let old = vec![b'o'; 4096 + n as usize];
             std::fs::write(self.files(standby).join(format!("prompts/p{n}.wav")), old)?;
         }
-        for n in 0..200u32 {
-            let new: Vec<u8> = (0..32_768u32).map(|i| (i ^ n) as u8).collect();
-            std::fs::write(self.files(active).join(format!("prompts/p{n}.wav")), new)?;
-        }
-        self.failover(active, &["copy-config-files"])?;
         let incoming = self
             .state_dir(standby)
             .join("incoming")
             .join("config-files.tar.gz");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !incoming.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let mut took = Duration::ZERO;
+        for round in 0..2u32 {
+            for n in 0..200u32 {
+                let new: Vec<u8> = (0..32_768u32).map(|i| (i ^ n ^ round) as u8).collect();
+                std::fs::write(self.files(active).join(format!("prompts/p{n}.wav")), new)?;
+            }
+            let _ = std::fs::remove_file(&incoming);
+            self.failover(active, &["copy-config-files"])?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !incoming.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if round == 0 {
+                let at = Instant::now();
+                self.failover(standby, &["restore-config-files"])?;
+                took = at.elapsed();
+            }
         }
-        let after = rng.ms(0, 400);
+        let after = rng.ms(0, u64::try_from(took.as_millis()).unwrap_or(500).max(1));
         outcome.drawn.push(format!(
-            "{standby}: restore-config-files killed {} ms in",
-            after.as_millis()
+            "{standby}: restore-config-files killed {} ms in (a whole restore took {} ms)",
+            after.as_millis(),
+            took.as_millis()
         ));
         let mut cmd = self.failover_command(standby);
         cmd.arg("restore-config-files")
@@ -1247,11 +1284,11 @@ path = "{files}/prompts"
         }
         // Replication resumes on its own, or the operator resynchronises the standby.
         if let Some(active) = self.active_node()
-            && self.wait_replication(Duration::from_secs(8)).is_err()
+            && !self.wait_healthy(Duration::from_secs(8))
         {
             let standby = other(active);
             outcome.notes.push(format!(
-                "replication did not resume: switch-on -S -F from-sync on {standby}"
+                "replication did not resume (disconnected or diverged): switch-on -S -F from-sync on {standby}"
             ));
             if self.role(standby).as_deref() == Some("standby") {
                 self.resync(standby, outcome)?;
@@ -1268,16 +1305,49 @@ path = "{files}/prompts"
         let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
         outcome.acked = acked.len();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let lost = loop {
+        let (lost, missing) = loop {
             let mut lost = BTreeSet::new();
+            let mut missing = Vec::new();
             for host in [Host::Node1, Host::Node2] {
-                lost.extend(self.missing(host, &acked)?);
+                let m = self.missing(host, &acked)?;
+                lost.extend(m.iter().copied());
+                missing.push((host, m));
             }
             if lost.is_empty() || Instant::now() > deadline {
-                break lost;
+                break (lost, missing);
             }
             std::thread::sleep(Duration::from_millis(250));
         };
+        // Which node acknowledged each lost write, when, and which node lacks it
+        // (the client's transaction numbers count its samples from 1001).
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        for tx in &lost {
+            let sample = usize::try_from(tx.saturating_sub(1001))
+                .ok()
+                .and_then(|i| samples.get(i));
+            let lacking: Vec<&str> = missing
+                .iter()
+                .filter(|(_, m)| m.contains(tx))
+                .map(|(h, _)| h.name())
+                .collect();
+            outcome.notes.push(format!(
+                "transaction {tx} acknowledged by {} at {:.3} s is missing on {}",
+                sample.and_then(|(_, who)| who.clone()).unwrap_or_default(),
+                sample.map_or(0.0, |(t, _)| t.as_secs_f64()),
+                lacking.join(" and ")
+            ));
+        }
+        for w in &self.windows {
+            let (what, from, to) = match *w {
+                Window::Cut(a, b) => ("cable cut", a, b),
+                Window::Partition(a, b) => ("partition", a, b),
+            };
+            outcome.notes.push(format!(
+                "{what} from {:.3} s to {:.3} s",
+                from.as_secs_f64(),
+                to.as_secs_f64()
+            ));
+        }
         outcome.lost = lost.into_iter().collect();
         // Stated roles, from the status pages and from the interfaces.
         let mut described = Vec::new();
