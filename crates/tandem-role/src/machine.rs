@@ -308,10 +308,6 @@ pub struct Machine {
     state: NodeState,
     pending: Option<ProbeReason>,
     peer: Peer,
-    /// This node's current claim was made (or re-sent) while the peer link was
-    /// up, so the peer knows its epoch: a peer found holding the address after
-    /// the link was lost claimed later, with a higher epoch.
-    claim_known: bool,
 }
 
 impl Machine {
@@ -324,7 +320,6 @@ impl Machine {
             state,
             pending: None,
             peer: Peer::default(),
-            claim_known: false,
         }
     }
 
@@ -595,23 +590,16 @@ impl Machine {
             }
             _ => {
                 // Without the peer's word, release: two holders is the worst
-                // outcome. Then probe again so that one node wins: a node whose
-                // claim the peer knew yields (the peer claimed after it, e.g. an
-                // old active whose cable comes back after the standby took over),
-                // so it waits longer; within each group node 2 after node 1.
-                let known = self.claim_known;
+                // outcome. Then probe again, node 2 after a pause, so one node wins.
                 self.become_standby(
                     out,
                     Hook::Fault,
                     &format!("address conflict: {mac} also answers for the shared address"),
                 );
                 self.pending = Some(ProbeReason::Conflict);
-                let backoff = self.config.conflict_backoff;
-                let after = match (known, self.state.node) {
-                    (false, NodeId::One) => Duration::ZERO,
-                    (false, NodeId::Two) => backoff,
-                    (true, NodeId::One) => backoff.saturating_mul(2),
-                    (true, NodeId::Two) => backoff.saturating_mul(3),
+                let after = match self.state.node {
+                    NodeId::One => Duration::ZERO,
+                    NodeId::Two => self.config.conflict_backoff,
                 };
                 out.push(Action::Probe { after });
             }
@@ -656,7 +644,6 @@ impl Machine {
         if self.state.role == Role::Active {
             // After a partition both sides may believe they are active: tell the
             // peer our epoch so the loser steps down.
-            self.claim_known = true;
             out.push(Action::SendClaim {
                 epoch: self.state.epoch,
             });
@@ -709,7 +696,6 @@ impl Machine {
         self.state.epoch = self.state.epoch.next();
         self.state.role_changed_ms = out.now_ms;
         self.pending = None;
-        self.claim_known = self.peer.up;
         out.persist(&self.state);
         if failover {
             out.push(Action::PromoteDatabase);
