@@ -104,6 +104,8 @@ struct Agent {
     replication: Option<tandem_replication::Status>,
     /// What the peer said about itself.
     peer_facts: Option<crate::check::PeerFacts>,
+    /// When the machine last heard that the peer is lost (or still lost).
+    peer_lost_seen: Instant,
 }
 
 impl Agent {
@@ -156,6 +158,7 @@ impl Agent {
             stop_replicator: watch::channel(false).0,
             replication: None,
             peer_facts: None,
+            peer_lost_seen: Instant::now(),
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -187,6 +190,7 @@ impl Agent {
                         self.session = None;
                         self.peer_claim = None;
                         self.peer_facts = None;
+                        self.peer_lost_seen = Instant::now();
                         self.event(Event::PeerLost).await;
                     }
                     Some(LinkEvent::DialFailed { error, retry_in, .. }) => {
@@ -211,6 +215,7 @@ impl Agent {
                     }
                 }
                 _ = watch.tick() => {
+                    self.watch_lost_peer().await;
                     self.watch_shared_address().await;
                     self.watch_database().await;
                 }
@@ -402,6 +407,22 @@ impl Agent {
         let excess = self.alarms.len().saturating_sub(50);
         self.alarms.drain(..excess);
         self.publish().await;
+    }
+
+    /// While the peer stays lost, tells the machine again every detection
+    /// interval, so that with automatic failover a standby takes over from an
+    /// active node that died after the link was already down.
+    async fn watch_lost_peer(&mut self) {
+        let failover = &self.node.config().failover;
+        if !failover.auto_failover || self.session.as_ref().is_some_and(|s| !s.is_closed()) {
+            return;
+        }
+        let interval =
+            Duration::from_millis(failover.heartbeat_ms) * failover.missed_heartbeats.max(1);
+        if self.peer_lost_seen.elapsed() >= interval {
+            self.peer_lost_seen = Instant::now();
+            self.event(Event::PeerStillLost).await;
+        }
     }
 
     /// While active, another MAC answering ARP for the shared address is a conflict.
