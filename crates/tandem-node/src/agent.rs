@@ -59,6 +59,11 @@ pub enum AgentError {
     Peer(#[from] tandem_peer::Error),
 }
 
+/// How long after a claim the agent announces the shared address once more:
+/// past the one-second lock time of Linux neighbour tables, so that clients that
+/// heard another host's announcement just before follow this one.
+const REANNOUNCE_AFTER: Duration = Duration::from_millis(1500);
+
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -106,6 +111,8 @@ struct Agent {
     peer_facts: Option<crate::check::PeerFacts>,
     /// When the machine last heard that the peer is lost (or still lost).
     peer_lost_seen: Instant,
+    /// When to announce the shared address again after a claim.
+    reannounce_at: Option<Instant>,
 }
 
 impl Agent {
@@ -159,6 +166,7 @@ impl Agent {
             replication: None,
             peer_facts: None,
             peer_lost_seen: Instant::now(),
+            reannounce_at: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -215,6 +223,7 @@ impl Agent {
                     }
                 }
                 _ = watch.tick() => {
+                    self.announce_again().await;
                     self.watch_lost_peer().await;
                     self.watch_shared_address().await;
                     self.watch_database().await;
@@ -379,6 +388,9 @@ impl Agent {
     /// Sends the report's claims to the peer, records alarms, refreshes the status.
     async fn after(&mut self, report: &Report) {
         let me = self.node.state().node;
+        if !report.claims.is_empty() && self.node.state().role == Role::Active {
+            self.reannounce_at = Some(Instant::now() + REANNOUNCE_AFTER);
+        }
         for epoch in &report.claims {
             let message = PeerMessage::Claim {
                 node: me,
@@ -407,6 +419,15 @@ impl Agent {
         let excess = self.alarms.len().saturating_sub(50);
         self.alarms.drain(..excess);
         self.publish().await;
+    }
+
+    /// The second announcement after a claim, once [`REANNOUNCE_AFTER`] passed.
+    async fn announce_again(&mut self) {
+        if self.reannounce_at.is_some_and(|at| Instant::now() >= at) {
+            self.reannounce_at = None;
+            let report = self.node.reannounce().await;
+            log_report("reannounce", &report);
+        }
     }
 
     /// While the peer stays lost, tells the machine again every detection
