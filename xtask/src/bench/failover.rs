@@ -440,6 +440,26 @@ impl<'a> Site<'a> {
         })
     }
 
+    /// Waits until the same single node has held the shared address for 2 s.
+    fn stable_holder(&self, limit: Duration) -> anyhow::Result<Host> {
+        let deadline = Instant::now() + limit;
+        'again: while Instant::now() < deadline {
+            let holder = self.wait_one_holder(limit)?;
+            let since = Instant::now();
+            while since.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(100));
+                if self.holds(holder) == self.holds(other(holder)) || !self.holds(holder) {
+                    continue 'again;
+                }
+            }
+            return Ok(holder);
+        }
+        bail!(
+            "{}: the shared address did not settle on one node",
+            self.system.label()
+        )
+    }
+
     /// Waits until exactly one node holds the shared address; returns it.
     fn wait_one_holder(&self, limit: Duration) -> anyhow::Result<Host> {
         self.wait(limit, "exactly one node holding the shared address", |s| {
@@ -485,16 +505,35 @@ impl<'a> Site<'a> {
             std::thread::sleep(Duration::from_millis(5));
         };
         self.lab.restore(old)?;
-        // Settle: one holder again, the client hears it, and (tandem) the agents'
-        // link is back, as on a healthy site before the next failure.
-        let holder = self.wait_one_holder(Duration::from_secs(30))?;
+        // Settle: the agents' link is back (tandem) and one holder stays the
+        // holder, as on a healthy site before the next failure.
         self.wait_peer_link()?;
+        let holder = self.stable_holder(Duration::from_secs(60))?;
         let from = probe.now();
-        self.wait(
+        let heard = self.wait(
             Duration::from_secs(10),
             "the client hearing the holder after the heal",
             |_| probe.first_from(holder.name(), from).is_some(),
-        )?;
+        );
+        if let Err(e) = heard {
+            let show = |host: Host, args: &[&str]| {
+                self.lab
+                    .exec(host, "ip", args)
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let last: Vec<(Duration, String)> = probe
+                .answers
+                .lock()
+                .map(|a| a.iter().rev().take(3).cloned().collect())
+                .unwrap_or_default();
+            return Err(e.context(format!(
+                "holder {holder}; client neighbours:\n{}node1: {}node2: {}last answers: {last:?}",
+                show(Host::Client, &["neigh", "show", "dev", "eth0"]),
+                show(Host::Node1, &["-br", "addr", "show", "dev", "eth0"]),
+                show(Host::Node2, &["-br", "addr", "show", "dev", "eth0"]),
+            )));
+        }
         std::thread::sleep(Duration::from_millis(500));
         Ok(first.saturating_sub(cut))
     }
@@ -644,6 +683,14 @@ fn ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+fn other(host: Host) -> Host {
+    if host == Host::Node1 {
+        Host::Node2
+    } else {
+        Host::Node1
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
