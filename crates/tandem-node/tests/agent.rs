@@ -314,6 +314,15 @@ fn automatic_failover_takes_over_only_when_the_active_node_is_really_gone() {
         taken.alarms
     );
 
+    // node1, still cut off, notices that it is the one cut off (peer lost, no
+    // gateway) and releases the address before its cable returns.
+    wait_until("node1 steps away while cut off", || {
+        node1
+            .status()
+            .is_some_and(|s| s.state.role == Role::Standby && !s.holds_shared_address)
+    });
+    assert!(!holds_shared(&lab, Host::Node1));
+
     // The cable comes back: the two holders settle on one (node1 hears node2's
     // newer claim, or both see the conflict and re-elect) and agree on its epoch.
     lab.restore(Host::Node1).unwrap();

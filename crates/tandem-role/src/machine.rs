@@ -296,6 +296,8 @@ enum ProbeReason {
     AutoFailover,
     /// Another look while the peer stays lost: a refusal is expected and quiet.
     AutoFailoverRetry,
+    /// An active node that lost its peer checks that it is not the one cut off.
+    SelfCheck,
 }
 
 /// What the machine knows of its peer. Not persisted.
@@ -418,6 +420,21 @@ impl Machine {
         let Some(reason) = self.pending.take() else {
             return; // Nobody asked: a late answer to a cancelled probe.
         };
+        if reason == ProbeReason::SelfCheck {
+            // With automatic failover the peer takes over once this node is
+            // silent; a node cut off from its network must step away first, or
+            // both hold the address when its cable returns and the writes the
+            // peer acknowledged meanwhile are at stake (keepalived's FAULT state).
+            if self.state.role == Role::Active && !self.peer.up && isolation == Isolation::Failed {
+                self.become_standby(
+                    out,
+                    Hook::Fault,
+                    "cut off: the peer is lost and the reference address does not answer; \
+                     released the shared address for the peer",
+                );
+            }
+            return;
+        }
         if self.state.role == Role::Active {
             return;
         }
@@ -426,9 +443,9 @@ impl Machine {
                 let why = match reason {
                     ProbeReason::Operator => "operator: set-server active",
                     ProbeReason::Conflict => "re-election after an address conflict",
-                    ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry => {
-                        "automatic failover: the peer is lost"
-                    }
+                    ProbeReason::AutoFailover
+                    | ProbeReason::AutoFailoverRetry
+                    | ProbeReason::SelfCheck => "automatic failover: the peer is lost",
                 };
                 self.become_active(out, why);
             }
@@ -437,7 +454,7 @@ impl Machine {
                 ProbeReason::Conflict | ProbeReason::AutoFailover => {
                     out.notify(Hook::Fault, &format!("staying standby: {}", refusal.fact()))
                 }
-                ProbeReason::AutoFailoverRetry => {}
+                ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck => {}
             },
         }
     }
@@ -645,6 +662,18 @@ impl Machine {
                 after: Duration::ZERO,
             });
         }
+        self.self_check(out);
+    }
+
+    /// With automatic failover, an active node that lost its peer probes to learn
+    /// whether it is the one cut off (see [`ProbeReason::SelfCheck`]).
+    fn self_check(&mut self, out: &mut Actions) {
+        if self.config.auto_failover && self.state.role == Role::Active && self.pending.is_none() {
+            self.pending = Some(ProbeReason::SelfCheck);
+            out.push(Action::Probe {
+                after: Duration::ZERO,
+            });
+        }
     }
 
     fn peer_still_lost(&mut self, out: &mut Actions) {
@@ -661,6 +690,7 @@ impl Machine {
                 after: Duration::ZERO,
             });
         }
+        self.self_check(out);
     }
 
     fn peer_back(&mut self, out: &mut Actions) {
@@ -670,7 +700,9 @@ impl Machine {
         self.peer.up = true;
         if matches!(
             self.pending,
-            Some(ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry)
+            Some(
+                ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck
+            )
         ) {
             self.pending = None;
         }
