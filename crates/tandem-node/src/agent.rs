@@ -59,6 +59,11 @@ pub enum AgentError {
     Peer(#[from] tandem_peer::Error),
 }
 
+/// How long after a claim the agent announces the shared address once more:
+/// past the one-second lock time of Linux neighbour tables, so that clients that
+/// heard another host's announcement just before follow this one.
+const REANNOUNCE_AFTER: Duration = Duration::from_millis(1500);
+
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,6 +109,10 @@ struct Agent {
     replication: Option<tandem_replication::Status>,
     /// What the peer said about itself.
     peer_facts: Option<crate::check::PeerFacts>,
+    /// When the machine last heard that the peer is lost (or still lost).
+    peer_lost_seen: Instant,
+    /// When to announce the shared address again after a claim.
+    reannounce_at: Option<Instant>,
 }
 
 impl Agent {
@@ -156,6 +165,8 @@ impl Agent {
             stop_replicator: watch::channel(false).0,
             replication: None,
             peer_facts: None,
+            peer_lost_seen: Instant::now(),
+            reannounce_at: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -187,6 +198,7 @@ impl Agent {
                         self.session = None;
                         self.peer_claim = None;
                         self.peer_facts = None;
+                        self.peer_lost_seen = Instant::now();
                         self.event(Event::PeerLost).await;
                     }
                     Some(LinkEvent::DialFailed { error, retry_in, .. }) => {
@@ -211,6 +223,8 @@ impl Agent {
                     }
                 }
                 _ = watch.tick() => {
+                    self.announce_again().await;
+                    self.watch_lost_peer().await;
                     self.watch_shared_address().await;
                     self.watch_database().await;
                 }
@@ -374,6 +388,9 @@ impl Agent {
     /// Sends the report's claims to the peer, records alarms, refreshes the status.
     async fn after(&mut self, report: &Report) {
         let me = self.node.state().node;
+        if !report.claims.is_empty() && self.node.state().role == Role::Active {
+            self.reannounce_at = Some(Instant::now() + REANNOUNCE_AFTER);
+        }
         for epoch in &report.claims {
             let message = PeerMessage::Claim {
                 node: me,
@@ -402,6 +419,31 @@ impl Agent {
         let excess = self.alarms.len().saturating_sub(50);
         self.alarms.drain(..excess);
         self.publish().await;
+    }
+
+    /// The second announcement after a claim, once [`REANNOUNCE_AFTER`] passed.
+    async fn announce_again(&mut self) {
+        if self.reannounce_at.is_some_and(|at| Instant::now() >= at) {
+            self.reannounce_at = None;
+            let report = self.node.reannounce().await;
+            log_report("reannounce", &report);
+        }
+    }
+
+    /// While the peer stays lost, tells the machine again every detection
+    /// interval, so that with automatic failover a standby takes over from an
+    /// active node that died after the link was already down.
+    async fn watch_lost_peer(&mut self) {
+        let failover = &self.node.config().failover;
+        if !failover.auto_failover || self.session.as_ref().is_some_and(|s| !s.is_closed()) {
+            return;
+        }
+        let interval =
+            Duration::from_millis(failover.heartbeat_ms) * failover.missed_heartbeats.max(1);
+        if self.peer_lost_seen.elapsed() >= interval {
+            self.peer_lost_seen = Instant::now();
+            self.event(Event::PeerStillLost).await;
+        }
     }
 
     /// While active, another MAC answering ARP for the shared address is a conflict.

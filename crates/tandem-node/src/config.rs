@@ -107,7 +107,9 @@ impl NetworkSection {
     }
 }
 
-/// `[probe]`: how long to wait for answers.
+/// `[probe]`: how long to wait for answers. The defaults (3 probes, 100 ms each,
+/// 50 ms apart: an address is silent after about 400 ms) suit a LAN, where an ARP
+/// answer takes well under a millisecond.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeSection {
@@ -122,14 +124,16 @@ pub struct ProbeSection {
 impl Default for ProbeSection {
     fn default() -> Self {
         ProbeSection {
-            timeout_ms: 200,
+            timeout_ms: 100,
             attempts: 3,
-            interval_ms: 100,
+            interval_ms: 50,
         }
     }
 }
 
-/// `[failover]`: timing and policy.
+/// `[failover]`: timing and policy. The default heartbeat (200 ms, peer lost
+/// after 3 missed) detects a lost peer in about 600 ms; a false alarm costs only
+/// a probe, since a standby claims nothing while the shared address answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverSection {
@@ -155,7 +159,7 @@ impl Default for FailoverSection {
     fn default() -> Self {
         FailoverSection {
             auto_failover: false,
-            heartbeat_ms: 1000,
+            heartbeat_ms: 200,
             missed_heartbeats: 3,
             conflict_backoff_ms: 1000,
             announce_count: 3,

@@ -429,6 +429,21 @@ impl Node {
             .unwrap_or(false)
     }
 
+    /// Announces the shared address again (gratuitous ARP) while this node is
+    /// active and holds it. Clients ignore an announcement that comes within
+    /// their neighbour-table lock time (one second on Linux) of another host's,
+    /// so after a contested claim only a later announcement makes them all
+    /// follow the final holder; keepalived repeats its own for the same reason.
+    pub async fn reannounce(&mut self) -> Report {
+        let mut report = Report::default();
+        if self.machine.role() == Role::Active && self.holds_shared_address().await {
+            let _ = self.run_step(&mut report, &Action::Announce).await;
+        }
+        report.role = Some(self.machine.role());
+        report.state = Some(self.machine.state().clone());
+        report
+    }
+
     /// Releases the shared address and stops the active-only services without
     /// changing the persisted role, for an agent that shuts down: no address may
     /// stay up without an agent watching it.

@@ -314,31 +314,51 @@ fn automatic_failover_takes_over_only_when_the_active_node_is_really_gone() {
         taken.alarms
     );
 
-    // The cable comes back: node1 hears node2's newer claim and steps down.
-    lab.restore(Host::Node1).unwrap();
-    wait_until("node1 steps down", || {
+    // node1, still cut off, notices that it is the one cut off (peer lost, no
+    // gateway) and releases the address before its cable returns.
+    wait_until("node1 steps away while cut off", || {
         node1
             .status()
-            .is_some_and(|s| s.state.role == Role::Standby && s.state.epoch == taken.state.epoch)
+            .is_some_and(|s| s.state.role == Role::Standby && !s.holds_shared_address)
     });
-    assert!(!holds_shared(&lab, Host::Node1) && holds_shared(&lab, Host::Node2));
+    assert!(!holds_shared(&lab, Host::Node1));
 
-    // Now the standby (node1) is the one cut off: it loses the peer too, but its
+    // The cable comes back: the two holders settle on one (node1 hears node2's
+    // newer claim, or both see the conflict and re-elect) and agree on its epoch.
+    lab.restore(Host::Node1).unwrap();
+    wait_until("one active node, known to both", || {
+        let (Some(a), Some(b)) = (node1.status(), node2.status()) else {
+            return false;
+        };
+        (a.state.role == Role::Active) != (b.state.role == Role::Active)
+            && a.state.epoch == b.state.epoch
+            && a.peer.connected
+            && b.peer.connected
+    });
+    let (standby, standby_host, active_host) =
+        if node1.status().unwrap().state.role == Role::Standby {
+            (&node1, Host::Node1, Host::Node2)
+        } else {
+            (&node2, Host::Node2, Host::Node1)
+        };
+    assert!(holds_shared(&lab, active_host) && !holds_shared(&lab, standby_host));
+
+    // Now the standby is the one cut off: it loses the peer too, but its
     // isolation check fails (no gateway), so it never claims.
-    lab.cut(Host::Node1).unwrap();
-    wait_until("node1 loses the peer", || {
-        node1.status().is_some_and(|s| !s.peer.connected)
+    lab.cut(standby_host).unwrap();
+    wait_until("the standby loses the peer", || {
+        standby.status().is_some_and(|s| !s.peer.connected)
     });
     holds_for(
-        "node1 standby while cut off",
+        "the standby stays standby while cut off",
         Duration::from_secs(2),
         || {
-            node1
+            standby
                 .status()
                 .is_some_and(|s| s.state.role == Role::Standby && !s.holds_shared_address)
         },
     );
-    lab.restore(Host::Node1).unwrap();
+    lab.restore(standby_host).unwrap();
     node1.stop();
     node2.stop();
 }
@@ -375,6 +395,44 @@ fn without_automatic_failover_a_lost_active_node_only_raises_an_alarm() {
                 .is_some_and(|s| s.state.role == Role::Standby && !s.holds_shared_address)
         },
     );
+    lab.restore(Host::Node1).unwrap();
+    node1.stop();
+    node2.stop();
+}
+
+#[test]
+fn automatic_failover_replaces_an_active_node_that_dies_while_the_link_is_down() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (dir1, dir2) = (
+        state_dir(tmp.path(), Host::Node1),
+        state_dir(tmp.path(), Host::Node2),
+    );
+    let node1 = RunningAgent::start(&lab, Host::Node1, config(Host::Node1, true), &dir1, &key);
+    wait_until("node1 active", || {
+        node1.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    // node2 has another site key: the peer link never comes up. It boots standby
+    // (node1 answers for the shared address) and stays so while node1 answers.
+    let other = SiteKey::generate().unwrap();
+    let node2 = RunningAgent::start(&lab, Host::Node2, config(Host::Node2, true), &dir2, &other);
+    holds_for(
+        "node2 standby while node1 answers",
+        Duration::from_secs(1),
+        || {
+            node2
+                .status()
+                .is_some_and(|s| s.state.role == Role::Standby && !s.peer.connected)
+        },
+    );
+    // Then node1 goes away: with no heartbeats to miss, node2's next look while
+    // the peer is still lost finds the address silent and takes over.
+    lab.cut(Host::Node1).unwrap();
+    wait_until("node2 takes over", || {
+        node2.status().is_some_and(|s| s.state.role == Role::Active)
+    });
+    assert!(holds_shared(&lab, Host::Node2));
     lab.restore(Host::Node1).unwrap();
     node1.stop();
     node2.stop();

@@ -79,6 +79,11 @@ pub enum Event {
     },
     /// The peer missed its heartbeats.
     PeerLost,
+    /// The peer is still lost, a detection interval after [`Event::PeerLost`] or
+    /// the previous one. With automatic failover a standby probes the shared
+    /// address again, so an active node that dies while the link was already
+    /// down is still replaced; nothing is raised when it still answers.
+    PeerStillLost,
     /// The peer is heard again.
     PeerBack,
     /// Database replication was switched on.
@@ -289,6 +294,10 @@ enum ProbeReason {
     Conflict,
     /// Automatic failover after the peer was lost.
     AutoFailover,
+    /// Another look while the peer stays lost: a refusal is expected and quiet.
+    AutoFailoverRetry,
+    /// An active node that lost its peer checks that it is not the one cut off.
+    SelfCheck,
 }
 
 /// What the machine knows of its peer. Not persisted.
@@ -368,6 +377,7 @@ impl Machine {
             Event::PeerClaim { node, epoch } => self.peer_claim(&mut out, node, epoch),
             Event::AddressConflict { mac } => self.conflict(&mut out, mac),
             Event::PeerLost => self.peer_lost(&mut out),
+            Event::PeerStillLost => self.peer_still_lost(&mut out),
             Event::PeerBack => self.peer_back(&mut out),
             Event::ReplicationOn => self.replication(&mut out, Replication::On, None),
             Event::ReplicationOff => self.replication(&mut out, Replication::Off, None),
@@ -410,6 +420,21 @@ impl Machine {
         let Some(reason) = self.pending.take() else {
             return; // Nobody asked: a late answer to a cancelled probe.
         };
+        if reason == ProbeReason::SelfCheck {
+            // With automatic failover the peer takes over once this node is
+            // silent; a node cut off from its network must step away first, or
+            // both hold the address when its cable returns and the writes the
+            // peer acknowledged meanwhile are at stake (keepalived's FAULT state).
+            if self.state.role == Role::Active && !self.peer.up && isolation == Isolation::Failed {
+                self.become_standby(
+                    out,
+                    Hook::Fault,
+                    "cut off: the peer is lost and the reference address does not answer; \
+                     released the shared address for the peer",
+                );
+            }
+            return;
+        }
         if self.state.role == Role::Active {
             return;
         }
@@ -418,7 +443,9 @@ impl Machine {
                 let why = match reason {
                     ProbeReason::Operator => "operator: set-server active",
                     ProbeReason::Conflict => "re-election after an address conflict",
-                    ProbeReason::AutoFailover => "automatic failover: the peer is lost",
+                    ProbeReason::AutoFailover
+                    | ProbeReason::AutoFailoverRetry
+                    | ProbeReason::SelfCheck => "automatic failover: the peer is lost",
                 };
                 self.become_active(out, why);
             }
@@ -427,6 +454,7 @@ impl Machine {
                 ProbeReason::Conflict | ProbeReason::AutoFailover => {
                     out.notify(Hook::Fault, &format!("staying standby: {}", refusal.fact()))
                 }
+                ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck => {}
             },
         }
     }
@@ -554,7 +582,10 @@ impl Machine {
                     self.state.standby_hold = false;
                     changed = true;
                 }
-                if self.pending == Some(ProbeReason::AutoFailover) {
+                if matches!(
+                    self.pending,
+                    Some(ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry)
+                ) {
                     self.pending = None;
                 }
                 if changed {
@@ -631,6 +662,35 @@ impl Machine {
                 after: Duration::ZERO,
             });
         }
+        self.self_check(out);
+    }
+
+    /// With automatic failover, an active node that lost its peer probes to learn
+    /// whether it is the one cut off (see [`ProbeReason::SelfCheck`]).
+    fn self_check(&mut self, out: &mut Actions) {
+        if self.config.auto_failover && self.state.role == Role::Active && self.pending.is_none() {
+            self.pending = Some(ProbeReason::SelfCheck);
+            out.push(Action::Probe {
+                after: Duration::ZERO,
+            });
+        }
+    }
+
+    fn peer_still_lost(&mut self, out: &mut Actions) {
+        if !self.failover() || self.peer.up {
+            return;
+        }
+        if self.config.auto_failover
+            && self.state.role == Role::Standby
+            && !self.state.standby_hold
+            && self.pending.is_none()
+        {
+            self.pending = Some(ProbeReason::AutoFailoverRetry);
+            out.push(Action::Probe {
+                after: Duration::ZERO,
+            });
+        }
+        self.self_check(out);
     }
 
     fn peer_back(&mut self, out: &mut Actions) {
@@ -638,7 +698,12 @@ impl Machine {
             return;
         }
         self.peer.up = true;
-        if self.pending == Some(ProbeReason::AutoFailover) {
+        if matches!(
+            self.pending,
+            Some(
+                ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck
+            )
+        ) {
             self.pending = None;
         }
         if self.state.role == Role::Active {
@@ -850,6 +915,7 @@ impl fmt::Display for Event {
             Event::PeerClaim { node, epoch } => write!(f, "peer-claim node={node} epoch={epoch}"),
             Event::AddressConflict { mac } => write!(f, "address-conflict mac={mac}"),
             Event::PeerLost => f.write_str("peer-lost"),
+            Event::PeerStillLost => f.write_str("peer-still-lost"),
             Event::PeerBack => f.write_str("peer-back"),
             Event::ReplicationOn => f.write_str("replication-on"),
             Event::ReplicationOff => f.write_str("replication-off"),

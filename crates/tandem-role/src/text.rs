@@ -77,6 +77,10 @@ impl FromStr for Event {
                 only(0)?;
                 Event::PeerLost
             }
+            "peer-still-lost" => {
+                only(0)?;
+                Event::PeerStillLost
+            }
             "peer-back" => {
                 only(0)?;
                 Event::PeerBack
@@ -221,6 +225,7 @@ mod tests {
             "peer-claim node=1 epoch=4",
             "address-conflict mac=02:00:00:00:00:02",
             "peer-lost",
+            "peer-still-lost",
             "replication-failed \"table locked\"",
             "step-failed claim-shared-address \"permission denied\"",
         ] {

@@ -89,6 +89,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         2 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerClaim { node, epoch: Epoch::new(e) }),
         1 => prop_oneof![Just(PEER_MAC), Just(STRANGER_MAC)].prop_map(|mac| Event::AddressConflict { mac }),
         1 => Just(Event::PeerLost),
+        1 => Just(Event::PeerStillLost),
         1 => Just(Event::PeerBack),
         1 => Just(Event::ReplicationOn),
         1 => Just(Event::ReplicationOff),

@@ -48,6 +48,11 @@ fn split_brain_after_a_partition() {
 }
 
 #[test]
+fn an_active_node_cut_off_steps_away_before_its_cable_returns() {
+    check("cut-off-active.trace");
+}
+
+#[test]
 fn every_trace_file_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
     let mut files: Vec<String> = std::fs::read_dir(&dir)

@@ -4,6 +4,7 @@
 //! table and are written as JSON under `target/bench/`.
 
 mod bundle;
+mod failover;
 mod netif;
 mod replication;
 
@@ -23,6 +24,9 @@ pub(crate) struct Args {
 enum Area {
     /// Config-file bundles: create and restore beside GNU tar.
     Bundle,
+    /// Client outage of unplanned failovers beside keepalived, planned
+    /// switchovers, and the agent's memory and CPU.
+    Failover,
     /// Probe round trip and takeover time in the lab.
     Netif,
     /// Committed transactions per second with replication off, async and waiting for
@@ -33,11 +37,12 @@ enum Area {
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let areas = match args.area {
         Some(area) => vec![area],
-        None => vec![Area::Bundle, Area::Netif, Area::Replication],
+        None => vec![Area::Bundle, Area::Netif, Area::Replication, Area::Failover],
     };
     for area in areas {
         match area {
             Area::Bundle => bundle::run().context("bench bundle")?,
+            Area::Failover => failover::run().context("bench failover")?,
             Area::Netif => netif::run().context("bench netif")?,
             Area::Replication => replication::run().context("bench replication")?,
         }
@@ -45,7 +50,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(dead_code)] // used by the bench areas as they land
+/// Builds the release binaries of `packages` and returns the release directory.
+pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let root = crate::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--release", "--quiet"]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        anyhow::bail!("building {} failed", packages.join(", "));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release"))
+}
+
 /// Where benchmark results are written: `target/bench/` under the workspace root.
 pub(crate) fn output_dir() -> anyhow::Result<PathBuf> {
     let dir = crate::workspace_root().join("target").join("bench");

@@ -1,0 +1,783 @@
+//! `cargo xtask bench failover`: how long clients are cut off when the active
+//! node's link is cut, for tandem beside keepalived, in the same lab with the
+//! same client probe; and the agent's memory and CPU.
+//!
+//! Unplanned failover, [`RUNS`] runs per system and setting, as median and p99:
+//! - tandem's agents (`failover agent`, release build) with `auto_failover = true`
+//!   at the default timing (heartbeat 200 ms, 3 missed, probes of 3 x 100 ms) and
+//!   at a heartbeat of 1 s and 100 ms;
+//! - keepalived (the distribution's package, VRRPv3, unicast between the node
+//!   addresses) at `advert_int 1` and `0.1`.
+//!
+//! Each run cuts the cable of whichever node holds the shared address, waits for
+//! the client to hear the other node, then plugs the cable back and waits until
+//! one node holds the address again. The client sends a UDP datagram to the
+//! shared address every [`PROBE_EVERY`]; each node's echo server answers with its
+//! name. The outage is the time from the cut to the first answer of the new node.
+//!
+//! Planned switchover (tandem only, keepalived has no such command): `failover
+//! set-server standby` on the active node, then `set-server active` on the other,
+//! through the agents; the outage is the client's gap between the last answer of
+//! the old node and the first of the new one.
+//!
+//! The agents' resident memory and CPU are read from `/proc` over an idle window,
+//! beside keepalived's.
+//!
+//! Needs root (the lab) and keepalived (`bash .ci/install-deps` installs it).
+//! Results print as a table and go to `target/bench/failover.json`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tandem_lab::{Host, Lab, LabConfig, SHARED_ADDR};
+
+/// Runs per system and setting.
+const RUNS: usize = 20;
+/// How often the client probes the shared address.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// UDP port of the echo servers.
+const ECHO_PORT: u16 = 9008;
+/// Longest wait for a takeover before the run counts as failed.
+const TAKEOVER_CAP: Duration = Duration::from_secs(30);
+
+/// One system under test at one setting.
+#[derive(Clone, Copy, Debug)]
+enum System {
+    /// tandem's agents with this heartbeat interval in milliseconds.
+    Tandem(u64),
+    /// keepalived with this `advert_int` in centiseconds.
+    Keepalived(u64),
+}
+
+impl System {
+    fn label(self) -> String {
+        match self {
+            System::Tandem(200) => "tandem, heartbeat 200 ms (default), 3 missed".into(),
+            System::Tandem(ms) => format!("tandem, heartbeat {ms} ms, 3 missed"),
+            System::Keepalived(100) => "keepalived VRRPv3, advert_int 1".into(),
+            System::Keepalived(cs) => {
+                format!("keepalived VRRPv3, advert_int {}", cs as f64 / 100.0)
+            }
+        }
+    }
+}
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    if Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!(
+            "keepalived is missing: run `bash .ci/install-deps` as root (Debian package keepalived)"
+        );
+    }
+    let bin = super::build_release(&["failover"])?.join("failover");
+    let mut results = Vec::new();
+    let mut planned = None;
+    let mut memory = Vec::new();
+    for system in [
+        System::Tandem(200),
+        System::Tandem(1000),
+        System::Keepalived(100),
+        System::Tandem(100),
+        System::Keepalived(10),
+    ] {
+        println!("bench failover: {} ({RUNS} runs)", system.label());
+        let lab =
+            Lab::up(LabConfig::default()).context("building the namespace lab (needs root)")?;
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-bench-failover-")
+            .tempdir()?;
+        let probe = Probe::start(&lab)?;
+        let measured = (|| {
+            let site = Site::start(&lab, &bin, dir.path(), system)?;
+            site.wait_one_holder(Duration::from_secs(30))?;
+            site.wait_peer_link()?;
+            if let System::Tandem(200) | System::Keepalived(100) = system {
+                std::thread::sleep(Duration::from_secs(3));
+                memory.extend(site.usage(Duration::from_secs(5))?);
+            }
+            let mut outages = Vec::new();
+            for run in 0..RUNS {
+                let outage = site.unplanned(&probe)?;
+                println!(
+                    "  run {:>2}: {:>7.1} ms",
+                    run + 1,
+                    outage.as_secs_f64() * 1000.0
+                );
+                outages.push(outage);
+            }
+            if let System::Tandem(200) = system {
+                planned = Some(site.planned_runs(&probe)?);
+            }
+            anyhow::Ok(outages)
+        })();
+        probe.stop();
+        let mut outages: Vec<Duration> = match measured {
+            Ok(outages) => outages,
+            Err(e) => {
+                // Keep the logs for the operator.
+                let kept = dir.keep();
+                return Err(e.context(format!("logs kept in {}", kept.display())));
+            }
+        };
+        outages.sort();
+        results.push((system, outages));
+    }
+    print(&results, planned.as_deref(), &memory);
+    write_json(&results, planned.as_deref(), &memory)
+}
+
+/// The client's probe: a datagram to the shared address every [`PROBE_EVERY`],
+/// answers recorded with the time they arrived and the node that sent them.
+struct Probe {
+    started: Instant,
+    answers: Arc<Mutex<Vec<(Duration, String)>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<tandem_lab::Result<anyhow::Result<()>>>>,
+}
+
+impl Probe {
+    fn start(lab: &Lab) -> anyhow::Result<Probe> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        for host in [Host::Node1, Host::Node2] {
+            let stop = stop.clone();
+            threads.push(lab.spawn_in(host, move || echo(host, &stop))?);
+        }
+        let (s, a) = (stop.clone(), answers.clone());
+        threads.push(lab.spawn_in(Host::Client, move || client(started, &s, &a))?);
+        Ok(Probe {
+            started,
+            answers,
+            stop,
+            threads,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The first answer of `node` at or after `from`.
+    fn first_from(&self, node: &str, from: Duration) -> Option<Duration> {
+        let answers = self.answers.lock().ok()?;
+        answers
+            .iter()
+            .find(|(t, who)| *t >= from && who == node)
+            .map(|(t, _)| *t)
+    }
+
+    /// The last answer of any node before `before`.
+    fn last_before(&self, before: Duration) -> Option<Duration> {
+        let answers = self.answers.lock().ok()?;
+        answers
+            .iter()
+            .rev()
+            .find(|(t, _)| *t < before)
+            .map(|(t, _)| *t)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn echo(host: Host, stop: &AtomicBool) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(("0.0.0.0", ECHO_PORT))?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(host.name().as_bytes(), from);
+        }
+    }
+    Ok(())
+}
+
+fn client(
+    started: Instant,
+    stop: &AtomicBool,
+    answers: &Mutex<Vec<(Duration, String)>>,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    socket.set_read_timeout(Some(Duration::from_millis(1)))?;
+    let target = SocketAddr::from((SHARED_ADDR, ECHO_PORT));
+    let mut buf = [0u8; 64];
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next {
+            let _ = socket.send_to(b"?", target);
+            next += PROBE_EVERY;
+        }
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let who = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Ok(mut list) = answers.lock() {
+                list.push((started.elapsed(), who));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two nodes running one system, killed when dropped.
+struct Site<'a> {
+    lab: &'a Lab,
+    bin: &'a Path,
+    dir: &'a Path,
+    system: System,
+    children: Vec<(Host, Child)>,
+}
+
+impl<'a> Site<'a> {
+    fn start(
+        lab: &'a Lab,
+        bin: &'a Path,
+        dir: &'a Path,
+        system: System,
+    ) -> anyhow::Result<Site<'a>> {
+        let mut site = Site {
+            lab,
+            bin,
+            dir,
+            system,
+            children: Vec::new(),
+        };
+        match system {
+            System::Tandem(heartbeat) => {
+                tandem_peer::keygen(&dir.join("authkey"))?;
+                for host in [Host::Node1, Host::Node2] {
+                    site.tandem_config(host, heartbeat)?;
+                }
+                // node1 boots first and claims (the shared address is silent);
+                // node2 boots once it answers and stays standby.
+                site.spawn_agent(Host::Node1)?;
+                site.wait(Duration::from_secs(20), "node1 claiming at boot", |s| {
+                    s.holds(Host::Node1)
+                })?;
+                site.spawn_agent(Host::Node2)?;
+                site.wait(Duration::from_secs(20), "node2's agent", |s| {
+                    s.failover(Host::Node2, &["status"])
+                        .is_ok_and(|t| t.contains("Standby"))
+                })?;
+            }
+            System::Keepalived(advert) => {
+                for host in [Host::Node1, Host::Node2] {
+                    site.spawn_keepalived(host, advert)?;
+                }
+            }
+        }
+        Ok(site)
+    }
+
+    fn paths(&self, host: Host) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{}.toml", host.name())),
+            self.dir.join(host.name()),
+        )
+    }
+
+    fn tandem_config(&self, host: Host, heartbeat: u64) -> anyhow::Result<()> {
+        let (id, peer) = match host {
+            Host::Node1 => (1, Host::Node2),
+            _ => (2, Host::Node1),
+        };
+        let text = format!(
+            "[node]\nid = {id}\nhostname = \"meetings{id}.lab.test\"\n\n\
+             [network]\nshared_address = \"{SHARED_ADDR}/24\"\nnode_address = \"{}/24\"\n\
+             gateway = \"{}\"\npeer_address = \"{}\"\n\n\
+             [failover]\nauto_failover = true\nheartbeat_ms = {heartbeat}\nmissed_heartbeats = 3\n\n\
+             [peer]\nkey_file = \"{}\"\n",
+            host.addr(),
+            tandem_lab::GATEWAY_ADDR,
+            peer.addr(),
+            self.dir.join("authkey").display()
+        );
+        let (config, state) = self.paths(host);
+        std::fs::write(&config, text)?;
+        let node =
+            tandem_role::NodeId::try_from(id).map_err(|e| anyhow::anyhow!("node id: {e}"))?;
+        let mut s = tandem_role::NodeState::first_boot(node, tandem_role::SiteId::ONE);
+        s.deployment = tandem_role::DeploymentMode::Failover;
+        tandem_role::StateFile::in_dir(&state).save(&s)?;
+        Ok(())
+    }
+
+    fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+        let (config, state) = self.paths(host);
+        let out = self
+            .lab
+            .command(host, &self.bin.display().to_string())
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "failover {} on {host}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn spawn_agent(&mut self, host: Host) -> anyhow::Result<()> {
+        let (config, state) = self.paths(host);
+        let log = std::fs::File::create(self.dir.join(format!("{}-agent.log", host.name())))?;
+        let child = self
+            .lab
+            .command(host, &self.bin.display().to_string())
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["agent", "--key-file"])
+            .arg(self.dir.join("authkey"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        self.children.push((host, child));
+        Ok(())
+    }
+
+    fn spawn_keepalived(&mut self, host: Host, advert_cs: u64) -> anyhow::Result<()> {
+        let (peer, priority) = match host {
+            Host::Node1 => (Host::Node2, 150),
+            _ => (Host::Node1, 100),
+        };
+        let conf = self.dir.join(format!("{}-keepalived.conf", host.name()));
+        let advert = format!("{}", advert_cs as f64 / 100.0);
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  enable_script_security\n}}\n\
+                 vrrp_instance tandem {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n\
+                 priority {priority}\n  advert_int {advert}\n  unicast_src_ip {own}\n\
+                 unicast_peer {{\n    {peer}\n  }}\n  virtual_ipaddress {{\n    {SHARED_ADDR}/24 dev eth0\n  }}\n}}\n",
+                name = host.name(),
+                own = host.addr(),
+                peer = peer.addr(),
+            ),
+        )?;
+        let run = self.dir.join(host.name());
+        std::fs::create_dir_all(&run)?;
+        let log = std::fs::File::create(self.dir.join(format!("{}-keepalived.log", host.name())))?;
+        let child = self
+            .lab
+            .command(host, "keepalived")
+            .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+            .arg(&conf)
+            .arg("--pid")
+            .arg(run.join("keepalived.pid"))
+            .arg("--vrrp_pid")
+            .arg(run.join("vrrp.pid"))
+            .arg("--checkers_pid")
+            .arg(run.join("checkers.pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting keepalived")?;
+        self.children.push((host, child));
+        Ok(())
+    }
+
+    fn holds(&self, host: Host) -> bool {
+        self.lab
+            .exec(host, "ip", &["-4", "-br", "addr", "show", "dev", "eth0"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{SHARED_ADDR}/24")))
+            .unwrap_or(false)
+    }
+
+    fn wait(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if check(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "{}: gave up waiting for {what} (logs in {})",
+            self.system.label(),
+            self.dir.display()
+        )
+    }
+
+    /// For tandem, waits until both agents report the peer link up.
+    fn wait_peer_link(&self) -> anyhow::Result<()> {
+        if let System::Keepalived(_) = self.system {
+            return Ok(());
+        }
+        self.wait(Duration::from_secs(30), "the agents' peer link", |s| {
+            [Host::Node1, Host::Node2].iter().all(|h| {
+                s.failover(*h, &["status", "--json"])
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["peer"]["connected"] == serde_json::Value::Bool(true))
+            })
+        })
+    }
+
+    /// Waits until the same single node has held the shared address for 2 s.
+    fn stable_holder(&self, limit: Duration) -> anyhow::Result<Host> {
+        let deadline = Instant::now() + limit;
+        'again: while Instant::now() < deadline {
+            let holder = self.wait_one_holder(limit)?;
+            let since = Instant::now();
+            while since.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(100));
+                if self.holds(holder) == self.holds(other(holder)) || !self.holds(holder) {
+                    continue 'again;
+                }
+            }
+            return Ok(holder);
+        }
+        bail!(
+            "{}: the shared address did not settle on one node",
+            self.system.label()
+        )
+    }
+
+    /// Waits until exactly one node holds the shared address; returns it.
+    fn wait_one_holder(&self, limit: Duration) -> anyhow::Result<Host> {
+        self.wait(limit, "exactly one node holding the shared address", |s| {
+            s.holds(Host::Node1) != s.holds(Host::Node2)
+        })?;
+        Ok(if self.holds(Host::Node1) {
+            Host::Node1
+        } else {
+            Host::Node2
+        })
+    }
+
+    /// One unplanned failover: cut the holder's cable, time the client's outage,
+    /// plug the cable back and wait for one holder again.
+    fn unplanned(&self, probe: &Probe) -> anyhow::Result<Duration> {
+        let old = self.wait_one_holder(Duration::from_secs(30))?;
+        let new = if old == Host::Node1 {
+            Host::Node2
+        } else {
+            Host::Node1
+        };
+        // The client must be hearing the holder before the cut.
+        let warm = probe.now();
+        self.wait(
+            Duration::from_secs(10),
+            "the client hearing the holder",
+            |_| probe.first_from(old.name(), warm).is_some(),
+        )?;
+        self.lab.cut(old)?;
+        let cut = probe.now();
+        let deadline = Instant::now() + TAKEOVER_CAP;
+        let first = loop {
+            if let Some(t) = probe.first_from(new.name(), cut) {
+                break t;
+            }
+            if Instant::now() > deadline {
+                self.lab.restore(old)?;
+                bail!(
+                    "{}: {new} did not take over within {TAKEOVER_CAP:?}",
+                    self.system.label()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.lab.restore(old)?;
+        // Settle: the agents' link is back (tandem) and one holder stays the
+        // holder, as on a healthy site before the next failure.
+        self.wait_peer_link()?;
+        let holder = self.stable_holder(Duration::from_secs(60))?;
+        let from = probe.now();
+        let heard = self.wait(
+            Duration::from_secs(10),
+            "the client hearing the holder after the heal",
+            |_| probe.first_from(holder.name(), from).is_some(),
+        );
+        if let Err(e) = heard {
+            let show = |host: Host, args: &[&str]| {
+                self.lab
+                    .exec(host, "ip", args)
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let last: Vec<(Duration, String)> = probe
+                .answers
+                .lock()
+                .map(|a| a.iter().rev().take(3).cloned().collect())
+                .unwrap_or_default();
+            return Err(e.context(format!(
+                "holder {holder}; client neighbours:\n{}node1: {}node2: {}last answers: {last:?}",
+                show(Host::Client, &["neigh", "show", "dev", "eth0"]),
+                show(Host::Node1, &["-br", "addr", "show", "dev", "eth0"]),
+                show(Host::Node2, &["-br", "addr", "show", "dev", "eth0"]),
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(first.saturating_sub(cut))
+    }
+
+    /// Planned switchovers through the agents, alternating direction.
+    fn planned_runs(&self, probe: &Probe) -> anyhow::Result<Vec<Duration>> {
+        println!("bench failover: tandem planned switchover ({RUNS} runs)");
+        let mut outages = Vec::new();
+        for run in 0..RUNS {
+            let old = self.wait_one_holder(Duration::from_secs(30))?;
+            let new = if old == Host::Node1 {
+                Host::Node2
+            } else {
+                Host::Node1
+            };
+            let from = probe.now();
+            self.failover(old, &["set-server", "standby"])?;
+            self.failover(new, &["set-server", "active"])?;
+            let deadline = Instant::now() + TAKEOVER_CAP;
+            let first = loop {
+                if let Some(t) = probe.first_from(new.name(), from) {
+                    break t;
+                }
+                if Instant::now() > deadline {
+                    bail!("planned switchover: the client never heard {new}");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let last = probe.last_before(first).unwrap_or(from).max(from);
+            let outage = first.saturating_sub(last);
+            println!(
+                "  run {:>2}: {:>7.1} ms",
+                run + 1,
+                outage.as_secs_f64() * 1000.0
+            );
+            outages.push(outage);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        outages.sort();
+        Ok(outages)
+    }
+
+    /// Resident memory and CPU of each node's process over `window`, idle.
+    fn usage(&self, window: Duration) -> anyhow::Result<Vec<Usage>> {
+        let before: Vec<(Host, u32, u64)> = self
+            .children
+            .iter()
+            .filter_map(|(h, c)| cpu_ticks(c.id()).map(|t| (*h, c.id(), t)))
+            .collect();
+        std::thread::sleep(window);
+        let ticks = ticks_per_second();
+        Ok(before
+            .into_iter()
+            .map(|(host, pid, t0)| {
+                let used = cpu_ticks(pid).unwrap_or(t0).saturating_sub(t0);
+                Usage {
+                    what: format!(
+                        "{} on {host}",
+                        match self.system {
+                            System::Tandem(_) => "failover agent",
+                            System::Keepalived(_) => "keepalived (all processes)",
+                        }
+                    ),
+                    rss_kib: rss_kib(pid, self.system),
+                    cpu_percent: used as f64 / ticks / window.as_secs_f64() * 100.0,
+                }
+            })
+            .collect())
+    }
+}
+
+impl Drop for Site<'_> {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for (_, child) in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Memory and CPU of one process.
+struct Usage {
+    what: String,
+    rss_kib: u64,
+    cpu_percent: f64,
+}
+
+/// utime + stime of `pid` and its children that are still running (keepalived's
+/// VRRP child), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for p in family(pid) {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        total += utime + stime;
+    }
+    Some(total)
+}
+
+/// `pid` and its direct children.
+fn family(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+fn rss_kib(pid: u32, _system: System) -> u64 {
+    family(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn other(host: Host) -> Host {
+    if host == Host::Node1 {
+        Host::Node2
+    } else {
+        Host::Node1
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn print(results: &[(System, Vec<Duration>)], planned: Option<&[Duration]>, memory: &[Usage]) {
+    println!("\nUnplanned failover (the holder's cable cut), client outage over {RUNS} runs:");
+    println!(
+        "  {:<44} {:>10} {:>10} {:>10}",
+        "system", "median ms", "p99 ms", "max ms"
+    );
+    for (system, outages) in results {
+        println!(
+            "  {:<44} {:>10.1} {:>10.1} {:>10.1}",
+            system.label(),
+            ms(percentile(outages, 50.0)),
+            ms(percentile(outages, 99.0)),
+            ms(outages.last().copied().unwrap_or_default())
+        );
+    }
+    // tandem beside keepalived at the same interval: 1 s and 100 ms.
+    for (a, b) in [(1usize, 2usize), (3, 4)] {
+        if let (Some((sa, oa)), Some((sb, ob))) = (results.get(a), results.get(b)) {
+            let ratio = ms(percentile(oa, 50.0)) / ms(percentile(ob, 50.0)).max(0.001);
+            println!("  {} / {}: median ratio {ratio:.2}", sa.label(), sb.label());
+        }
+    }
+    if let Some(planned) = planned {
+        println!(
+            "\nPlanned switchover (tandem, set-server standby then active through the agents):"
+        );
+        println!(
+            "  median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} runs",
+            ms(percentile(planned, 50.0)),
+            ms(percentile(planned, 99.0)),
+            ms(planned.last().copied().unwrap_or_default()),
+            planned.len()
+        );
+    }
+    println!("\nResident memory and CPU, idle (5 s window):");
+    for usage in memory {
+        println!(
+            "  {:<44} {:>8} KiB {:>7.2} % CPU",
+            usage.what, usage.rss_kib, usage.cpu_percent
+        );
+    }
+}
+
+fn write_json(
+    results: &[(System, Vec<Duration>)],
+    planned: Option<&[Duration]>,
+    memory: &[Usage],
+) -> anyhow::Result<()> {
+    let unplanned: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(system, outages)| {
+            serde_json::json!({
+                "system": system.label(),
+                "runs": outages.len(),
+                "median_ms": ms(percentile(outages, 50.0)),
+                "p99_ms": ms(percentile(outages, 99.0)),
+                "outages_ms": outages.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "unplanned": unplanned,
+        "planned": planned.map(|p| serde_json::json!({
+            "median_ms": ms(percentile(p, 50.0)),
+            "p99_ms": ms(percentile(p, 99.0)),
+            "outages_ms": p.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        })),
+        "memory": memory.iter().map(|u| serde_json::json!({
+            "process": u.what, "rss_kib": u.rss_kib, "cpu_percent": u.cpu_percent,
+        })).collect::<Vec<_>>(),
+    });
+    let path = super::output_dir()?.join("failover.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
