@@ -34,6 +34,14 @@ pub enum PeerMessage {
         /// The epoch of its claim.
         epoch: Epoch,
     },
+    /// The sender released the shared address and is standby (a planned
+    /// switchover): the receiver's next probe may be a single one.
+    Released {
+        /// The sender's node id.
+        node: NodeId,
+        /// The sender's epoch.
+        epoch: Epoch,
+    },
     /// What the sender is (sent when the link comes up), for `failover check`.
     Facts(crate::check::PeerFacts),
     /// The next blob on the link is a config-file bundle (`copy-config-files`)
@@ -213,6 +221,11 @@ impl Agent {
                         self.event(Event::PeerClaim { node, epoch }).await;
                     }
                     PeerMessage::Facts(facts) => self.peer_facts = Some(facts),
+                    PeerMessage::Released { node, epoch } => {
+                        tracing::info!(%node, %epoch, "the peer released the shared address");
+                        self.peer_claim = None;
+                        self.node.note_peer_released();
+                    }
                     PeerMessage::Bundle { bytes } => {
                         tracing::info!(bytes, "config-file bundle received from the peer");
                     }
@@ -390,6 +403,24 @@ impl Agent {
         let me = self.node.state().node;
         if !report.claims.is_empty() && self.node.state().role == Role::Active {
             self.reannounce_at = Some(Instant::now() + REANNOUNCE_AFTER);
+        }
+        let released = report
+            .steps
+            .iter()
+            .any(|s| s.action == "release-shared-address" && s.error.is_none());
+        if released
+            && self.node.state().role == Role::Standby
+            && let Some(session) = &self.session
+        {
+            let message = PeerMessage::Released {
+                node: me,
+                epoch: self.node.state().epoch,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&message)
+                && let Err(e) = session.send(bytes).await
+            {
+                tracing::warn!(error = %e, "could not tell the peer about the release");
+            }
         }
         for epoch in &report.claims {
             let message = PeerMessage::Claim {
