@@ -98,6 +98,7 @@
 mod config;
 mod error;
 mod observer;
+mod postgres;
 pub mod sample;
 mod service;
 mod sqlite;
@@ -112,14 +113,16 @@ use std::time::Duration;
 
 pub use config::{
     BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
-    DEFAULT_STATE_DIR, NodeFacts, ReplicationConfig, Settings,
+    DEFAULT_STATE_DIR, NodeFacts, PostgresConfig, ReplicationConfig, Settings, StandbyLostPolicy,
 };
 pub use error::{Error, Result, chain};
 pub use observer::{Observer, Quiet};
+pub use postgres::{PostgresBackend, WatchOutcome, parse_lsn};
 pub use service::{PeerEvent, Replicator, Transport};
 pub use sqlite::{Identity, SqliteBackend, TableChecksum, connect_options, position_in};
 pub use status::{
-    LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, outcome_line,
+    LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,
+    outcome_line,
 };
 
 /// What `init` needs: who this node is and where its peer is.
@@ -235,8 +238,8 @@ pub struct SwitchReport {
     pub copied_rows: u64,
 }
 
-/// One trait for every replication backend (SQLite now, PostgreSQL later): the
-/// operations of `mp_replication` and of the node agent.
+/// One trait for every replication backend (SQLite and PostgreSQL): the operations of
+/// `mp_replication` and of the node agent.
 pub trait ReplicationBackend {
     /// Prepares this node's database for replication (idempotent): records node id,
     /// site and remote, and installs what the backend needs.
@@ -319,6 +322,8 @@ impl ReplicationBackend for SqliteBackend {
 pub enum Backend {
     /// The embedded SQLite backend.
     Sqlite(SqliteBackend),
+    /// PostgreSQL's streaming replication.
+    Postgres(Box<PostgresBackend>),
 }
 
 impl Backend {
@@ -326,6 +331,9 @@ impl Backend {
     pub async fn open(settings: &Settings) -> Result<Backend> {
         match settings.replication.backend {
             BackendKind::Sqlite => Ok(Backend::Sqlite(SqliteBackend::open(settings).await?)),
+            BackendKind::Postgres => Ok(Backend::Postgres(Box::new(
+                PostgresBackend::open(settings).await?,
+            ))),
         }
     }
 
@@ -336,6 +344,9 @@ impl Backend {
             BackendKind::Sqlite => Ok(Backend::Sqlite(
                 SqliteBackend::open_existing(settings).await?,
             )),
+            BackendKind::Postgres => Ok(Backend::Postgres(Box::new(
+                PostgresBackend::open_existing(settings).await?,
+            ))),
         }
     }
 
@@ -343,6 +354,24 @@ impl Backend {
     pub fn as_sqlite(&self) -> Option<&SqliteBackend> {
         match self {
             Backend::Sqlite(b) => Some(b),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL backend, if that is the one.
+    pub fn as_postgres(&self) -> Option<&PostgresBackend> {
+        match self {
+            Backend::Postgres(b) => Some(b),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// [`promote`](ReplicationBackend::promote); with `force`, PostgreSQL promotes a
+    /// standby even when it may be stale (see [`PostgresBackend::promote_with`]).
+    pub async fn promote_forced(&self, force: bool) -> Result<()> {
+        match self {
+            Backend::Sqlite(b) => b.promote().await,
+            Backend::Postgres(b) => b.promote_with(force).await,
         }
     }
 }
@@ -351,6 +380,7 @@ impl ReplicationBackend for Backend {
     async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
         match self {
             Backend::Sqlite(b) => b.init(options, observer).await,
+            Backend::Postgres(b) => b.init(options, observer).await,
         }
     }
 
@@ -361,36 +391,42 @@ impl ReplicationBackend for Backend {
     ) -> Result<SwitchReport> {
         match self {
             Backend::Sqlite(b) => b.switch_on(options, observer).await,
+            Backend::Postgres(b) => b.switch_on(options, observer).await,
         }
     }
 
     async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
         match self {
             Backend::Sqlite(b) => b.switch_off(observer).await,
+            Backend::Postgres(b) => b.switch_off(observer).await,
         }
     }
 
     async fn status(&self) -> Result<Status> {
         match self {
             Backend::Sqlite(b) => ReplicationBackend::status(b).await,
+            Backend::Postgres(b) => ReplicationBackend::status(b.as_ref()).await,
         }
     }
 
     async fn promote(&self) -> Result<()> {
         match self {
             Backend::Sqlite(b) => b.promote().await,
+            Backend::Postgres(b) => b.promote().await,
         }
     }
 
     async fn demote(&self) -> Result<()> {
         match self {
             Backend::Sqlite(b) => b.demote().await,
+            Backend::Postgres(b) => b.demote().await,
         }
     }
 
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
         match self {
             Backend::Sqlite(b) => b.wait_replicated(position, timeout).await,
+            Backend::Postgres(b) => b.wait_replicated(position, timeout).await,
         }
     }
 }

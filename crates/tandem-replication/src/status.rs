@@ -175,6 +175,40 @@ pub struct Status {
     pub remote_detail: Option<String>,
     /// Alarms of this node and of the peer, newest first.
     pub alarms: Vec<String>,
+    /// The WAL positions of a PostgreSQL pair (`None` for SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
+}
+
+/// WAL positions of a PostgreSQL pair, from `pg_stat_replication` (on the primary) and
+/// `pg_stat_wal_receiver` (on the standby). LSNs are in PostgreSQL's `X/Y` form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WalStatus {
+    /// This node's WAL position: written (primary) or replayed (standby).
+    pub lsn: String,
+    /// The newest WAL the standby has flushed, if known.
+    pub flushed: Option<String>,
+    /// The newest WAL the standby has replayed, if known.
+    pub replayed: Option<String>,
+    /// Bytes of WAL between the primary's position and the standby's replay (the LSN
+    /// lag), if known.
+    pub lag_bytes: Option<u64>,
+    /// How the primary waits for the standby (`sync`, `async`, `potential`), if it
+    /// streams.
+    pub sync_state: Option<String>,
+    /// The primary's `synchronous_standby_names` (empty: commits do not wait).
+    pub synchronous_standby_names: String,
+}
+
+impl WalStatus {
+    /// A WAL status with this node's position only.
+    pub fn new(lsn: impl Into<String>) -> WalStatus {
+        WalStatus {
+            lsn: lsn.into(),
+            ..WalStatus::default()
+        }
+    }
 }
 
 impl Status {
@@ -202,9 +236,13 @@ impl Status {
         let right = column(&self.remote, "Remote Server");
         let mut out = render_two_columns(&left, &right);
         out.push('\n');
-        let backlog = match self.backlog {
-            Some(n) => format!("{n} change{}", if n == 1 { "" } else { "s" }),
-            None => "unknown".to_owned(),
+        let backlog = match (self.backlog, &self.wal) {
+            (_, Some(wal)) => match wal.lag_bytes {
+                Some(n) => format!("{n} byte{} of WAL", if n == 1 { "" } else { "s" }),
+                None => "unknown".to_owned(),
+            },
+            (Some(n), None) => format!("{n} change{}", if n == 1 { "" } else { "s" }),
+            (None, None) => "unknown".to_owned(),
         };
         out.push_str(&format!("Backlog: {backlog}\n"));
         let lag = match self.lag_ms {
@@ -217,6 +255,24 @@ impl Status {
             role_word(self.local.writable),
             role_word(self.remote.writable)
         ));
+        if let Some(wal) = &self.wal {
+            let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+            let waits = if wal.synchronous_standby_names.is_empty() {
+                "commits do not wait for the standby".to_owned()
+            } else {
+                format!(
+                    "commits wait for {} ({})",
+                    wal.synchronous_standby_names,
+                    wal.sync_state.as_deref().unwrap_or("not streaming")
+                )
+            };
+            out.push_str(&format!(
+                "WAL: {} on this node; standby flushed {}, replayed {}; {waits}\n",
+                wal.lsn,
+                or_unknown(&wal.flushed),
+                or_unknown(&wal.replayed)
+            ));
+        }
         if let Some(detail) = &self.remote_detail {
             out.push_str(&format!("Remote: {detail}\n"));
         }
@@ -301,6 +357,7 @@ mod tests {
             service_running: true,
             remote_detail: None,
             alarms: vec![],
+            wal: None,
         }
     }
 
