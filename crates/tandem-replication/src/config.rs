@@ -530,6 +530,36 @@ mod tests {
     }
 
     #[test]
+    fn the_postgres_table_is_read_and_checked() {
+        let text = "[replication]\nbackend = \"postgres\"\n\n[replication.postgres]\n\
+                    data_dir = \"/srv/pg\"\nport = 5433\ndegrade_after_ms = 500\n";
+        let s = Settings::parse(text, Path::new("n.toml"), "/s").unwrap();
+        let pg = &s.replication.postgres;
+        assert_eq!(pg.config_file(), PathBuf::from("/srv/pg/postgresql.conf"));
+        assert_eq!(pg.hba_file(), PathBuf::from("/srv/pg/pg_hba.conf"));
+        assert_eq!(pg.tandem_conf(), PathBuf::from("/srv/pg/tandem.conf"));
+        assert_eq!(pg.standby_lost, StandbyLostPolicy::Degrade);
+        assert!(pg.synchronous);
+        assert_eq!(s.port(), 5433);
+        for (text, needle) in [
+            (
+                "[replication.postgres]\nreplication_user = \"a b\"",
+                "replication_user",
+            ),
+            ("[replication.postgres]\nport = 0", "port"),
+            (
+                "[replication.postgres]\nstandby_lost = \"maybe\"",
+                "standby_lost",
+            ),
+            ("[replication.postgres]\nbogus = 1", "bogus"),
+        ] {
+            let err = Settings::parse(text, Path::new("n.toml"), "/s").unwrap_err();
+            let msg = crate::error::chain(&err);
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
+    }
+
+    #[test]
     fn defaults_without_a_file() {
         let s = Settings::load(Path::new("/nonexistent/node.toml"), false, "/st").unwrap();
         assert_eq!(s.database_path(), PathBuf::from("/st/replicated.sqlite"));

@@ -11,6 +11,19 @@
 //! its applied position, so every change is applied exactly once across crashes of
 //! either side. The standby's guard triggers refuse application writes.
 //!
+//! The PostgreSQL backend ([`PostgresBackend`], `[replication] backend = "postgres"`)
+//! controls PostgreSQL's own streaming replication, as Patroni and repmgr do, and copies
+//! no rows itself: `init` creates the replication role (SCRAM, its password derived from
+//! the site key), a `pg_hba.conf` entry for the peer's node address only,
+//! `wal_log_hints` and a physical slot for the peer; `switch-on` streams from the peer
+//! (`standby.signal`, `primary_conninfo`, `primary_slot_name`), with from-sync after a
+//! `pg_rewind` (a former primary) or a fresh `pg_basebackup`; `switch-off` on the
+//! primary drops the slot; commits wait for the standby through
+//! `synchronous_standby_names`, and the `standby_lost` policy ([`StandbyLostPolicy`])
+//! says what happens when it is gone; `promote` is `pg_promote()`. Status comes from
+//! `pg_stat_replication` and `pg_stat_wal_receiver`, in the same table, with the WAL
+//! positions ([`WalStatus`]).
+//!
 //! # Design choices
 //!
 //! - **Positions per source.** A node's changelog holds only changes made while it was
@@ -63,9 +76,16 @@
 //! port, [`DEFAULT_PORT`] (7452), beside the node agent's 7451, until the agent carries
 //! replication on its own link ([`Replicator::run`] takes its sessions).
 //!
+//! The PostgreSQL backend keeps `<state dir>/postgres.json` (node, peer, state; versioned
+//! and checksummed), `<state dir>/postgres.contact` (when this standby last streamed) and
+//! `<state dir>/postgres/` (the server log, PostgreSQL programs' logs, the password file
+//! and this node's own config files saved across a from-sync); in the cluster's config
+//! directory `tandem.conf` and one include line at the end of `postgresql.conf`.
+//!
 //! What this crate never does: touch interfaces or addresses, decide roles (the node
 //! agent calls [`promote`](ReplicationBackend::promote) and
-//! [`demote`](ReplicationBackend::demote)), or parse command lines.
+//! [`demote`](ReplicationBackend::demote)), parse command lines, or, for PostgreSQL,
+//! copy rows itself or promote a standby that may be stale without being told to.
 //!
 //! # Example
 //!
@@ -93,6 +113,21 @@
 //! assert!(status.render().contains("Status: Not connected"));
 //! # Ok(())
 //! # }
+//! ```
+//!
+//! The node config selects PostgreSQL; `-r REMOTE` without a port then names the peer's
+//! server:
+//!
+//! ```
+//! use tandem_replication::{BackendKind, Settings, StandbyLostPolicy};
+//!
+//! let text = "[replication]\nbackend = \"postgres\"\n\n\
+//!             [replication.postgres]\nport = 5433\nstandby_lost = \"strict\"\n";
+//! let settings = Settings::parse(text, "node.toml".as_ref(), "/var/lib/tandem")?;
+//! assert_eq!(settings.replication.backend, BackendKind::Postgres);
+//! assert_eq!(settings.replication.postgres.standby_lost, StandbyLostPolicy::Strict);
+//! assert_eq!(settings.port(), 5433);
+//! # Ok::<(), tandem_replication::Error>(())
 //! ```
 
 mod config;

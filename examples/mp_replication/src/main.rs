@@ -13,6 +13,11 @@
 //! the reason, with exit status 1). `service` runs the replication service that the
 //! node agent hosts; `promote` and `demote` are what `failover set-server active |
 //! standby` do to the database. All logic lives in `tandem-replication`.
+//!
+//! The backend comes from the node config: `[replication] backend = "sqlite"` (the
+//! default) or `"postgres"` (PostgreSQL's streaming replication; `-r REMOTE` then names
+//! the peer's server, port `[replication.postgres] port` unless given, and `service`
+//! applies the `standby_lost` policy). Both print the same table and final line.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
