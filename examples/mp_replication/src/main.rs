@@ -478,17 +478,26 @@ impl Observer for Steps {
     }
 
     fn progress(&self, done: u64, total: u64) {
+        self.show(done, total, "rows");
+    }
+
+    fn copied_kb(&self, done: u64, total: u64) {
+        self.show(done, total, "kB");
+    }
+}
+
+impl Steps {
+    fn show(&self, done: u64, total: u64, unit: &str) {
         if !std::io::stderr().is_terminal() {
             if self.verbose && total > 0 && done == total {
-                println!("* copied {done} of {total} rows");
+                println!("* copied {done} of {total} {unit}");
             }
             return;
         }
         let bar = self.bar.get_or_init(|| {
             let bar = ProgressBar::new(total);
-            if let Ok(style) =
-                ProgressStyle::with_template("{bar:40} {pos}/{len} rows copied ({eta})")
-            {
+            let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} copied ({{eta}})");
+            if let Ok(style) = ProgressStyle::with_template(&template) {
                 bar.set_style(style);
             }
             bar

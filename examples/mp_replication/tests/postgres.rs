@@ -17,7 +17,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tandem_lab::postgres::{PgServer, require_postgres};
 use tandem_lab::{Host, Lab};
-use tandem_replication::Status;
+use tandem_replication::{Backend, Position, ReplicationBackend, Settings, Status, parse_lsn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mp_replication");
 const PORT: u16 = 5433;
@@ -73,6 +73,19 @@ impl Site {
             runtime,
             dir,
         })
+    }
+
+    /// The node's backend, opened from the test process with the node's config.
+    fn backend(&self, host: Host) -> Backend {
+        let settings = Settings::load(
+            &self.dir.path().join(format!("{host}.toml")),
+            true,
+            self.dir.path().join(format!("{host}-state")),
+        )
+        .unwrap();
+        self.runtime
+            .block_on(Backend::open_existing(&settings))
+            .unwrap()
     }
 
     fn server(&self, host: Host) -> &PgServer {
@@ -360,6 +373,18 @@ fn writes_on_node1_appear_on_node2_and_the_standby_refuses_writes() {
     site.wait_same_data();
     assert!(site.checksum(Host::Node2).starts_with("1000 "));
 
+    // wait_replicated: the WAL position of node 1's last commit reaches node 2.
+    let mut conn = site.connect(Host::Node1);
+    let lsn: String = site
+        .runtime
+        .block_on(sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut conn))
+        .unwrap();
+    let position = Position(parse_lsn(&lsn).unwrap());
+    let backend = site.backend(Host::Node1);
+    site.runtime
+        .block_on(backend.wait_replicated(position, Duration::from_secs(30)))
+        .unwrap();
+
     let mut conn = site.connect(Host::Node2);
     let err = site
         .runtime
@@ -469,6 +494,7 @@ fn acknowledged_commits_survive_node1_dying_and_node1_rejoins_with_pg_rewind() {
     insert(&site, Host::Node2, 20_000, 20_500);
     let rejoin = site.mp_ok(Host::Node1, &["switch-on", "-S", "-F", "from-sync", "-v"]);
     assert!(rejoin.contains("with pg_rewind"), "{rejoin}");
+    assert!(rejoin.contains(" kB\n"), "progress of the copy: {rejoin}");
     site.wait("node 1 to have node 2's data", || {
         site.checksum(Host::Node1) == site.checksum(Host::Node2)
     });
@@ -549,4 +575,87 @@ fn a_lost_standby_degrades_the_primary_and_is_not_promoted() {
     assert!(refused.contains("may be stale"), "{refused}");
     site.mp_ok(Host::Node2, &["promote", "--force"]);
     assert!(site.checksum(Host::Node2).starts_with("10 "));
+}
+
+#[test]
+fn a_switchover_demotes_node1_and_promotes_node2() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 100);
+    site.wait_same_data();
+    // What `failover set-server standby` on node 1, then `active` on node 2, do.
+    site.mp_ok(Host::Node1, &["demote"]);
+    site.mp_ok(Host::Node2, &["promote"]);
+    insert(&site, Host::Node2, 101, 200);
+    site.wait("node 1 to follow node 2", || {
+        site.checksum(Host::Node1) == site.checksum(Host::Node2)
+    });
+    assert!(site.checksum(Host::Node1).starts_with("200 "));
+    site.wait_synchronous(Host::Node2);
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+    let status = site.status(Host::Node2);
+    assert_eq!(status.local.writable, Some(true));
+    assert_eq!(status.remote.writable, Some(false));
+    // The node that is the standby now refuses writes.
+    let mut conn = site.connect(Host::Node1);
+    let err = site
+        .runtime
+        .block_on(sqlx::query("INSERT INTO t VALUES (900, 'no')").execute(&mut conn))
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).unwrap(),
+        "25006"
+    );
+}
+
+#[test]
+fn a_strict_primary_blocks_commits_until_its_standby_is_back() {
+    let Some(mut site) = Site::new("standby_lost = \"strict\"\ndegrade_after_ms = 200\n") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 10);
+    site.wait_same_data();
+    site.server(Host::Node2).kill().unwrap();
+    let options = PgConnectOptions::new_without_pgpass()
+        .socket(&site.server(Host::Node1).socket_dir)
+        .port(PORT)
+        .username("postgres")
+        .database("postgres");
+    let writer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = PgConnection::connect_with(&options).await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (11, 'waits')")
+                .execute(&mut conn)
+                .await
+                .map(drop)
+        })
+    });
+    // The service notices the lost standby (and raises its alarm) but does not degrade.
+    site.wait("the strict alarm", || {
+        site.status(Host::Node1)
+            .alarms
+            .iter()
+            .any(|a| a.contains("strict"))
+    });
+    let status = site.status(Host::Node1);
+    assert_eq!(
+        status.wal.unwrap().synchronous_standby_names,
+        "tandem_node2"
+    );
+    assert!(
+        !writer.is_finished(),
+        "a commit returned without the standby"
+    );
+    site.server(Host::Node2).start().unwrap();
+    writer.join().unwrap().unwrap();
+    site.wait_same_data();
+    assert!(site.checksum(Host::Node2).starts_with("11 "));
 }

@@ -190,7 +190,7 @@ impl Server {
                         if let (Some(obs), Some((done, total))) =
                             (progress, parse_progress(&String::from_utf8_lossy(&piece)))
                         {
-                            obs.progress(done, total);
+                            obs.copied_kb(done, total);
                         }
                     }
                 }
