@@ -149,7 +149,7 @@ pub struct ServerStatus {
 /// lag, positions and alarms. Serializes to the `--json` form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// The backend (`sqlite`, later `postgresql`).
+    /// The backend (`sqlite` or `postgres`).
     pub backend: String,
     /// This server.
     pub local: ServerStatus,

@@ -630,6 +630,23 @@ impl PostgresBackend {
         let mut conn = self.connect_local().await?;
         let message = if Self::in_recovery(&mut conn).await? {
             observer.step("this node is a standby: streaming from the peer");
+            if let Ok(mut peer) = self.connect_peer(&state).await {
+                let ids = "SELECT system_identifier::text FROM pg_control_system()";
+                let mine: String = sqlx::query_scalar(ids)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(Error::db("reading the system identifier"))?;
+                let theirs: String = sqlx::query_scalar(ids)
+                    .fetch_one(&mut peer)
+                    .await
+                    .map_err(Error::db("reading the peer's system identifier"))?;
+                if mine != theirs {
+                    return Err(Error::State(format!(
+                        "this node's cluster is not a copy of the peer's (system identifier \
+                         {mine}, the peer's {theirs}): run `switch-on -S -F from-sync`"
+                    )));
+                }
+            }
             state.state = ReplicationState::Active;
             state.following = true;
             state.degraded_since = None;
