@@ -563,16 +563,25 @@ impl PostgresBackend {
                 )));
             }
             let mut conn = self.connect_local().await?;
-            let hints: String = sqlx::query_scalar(
-                "SELECT current_setting('wal_log_hints') || ' ' || current_setting('data_checksums') \
-                 || ' ' || current_setting('wal_level')",
+            let settings: (String, String, i32, i32) = sqlx::query_as(
+                "SELECT current_setting('wal_log_hints'), current_setting('wal_level'), \
+                 current_setting('max_wal_senders')::int, \
+                 current_setting('max_replication_slots')::int",
             )
             .fetch_one(&mut conn)
             .await
-            .map_err(Error::db("reading wal_log_hints"))?;
-            let words: Vec<&str> = hints.split(' ').collect();
-            let needs_restart = words.first() != Some(&"on") && words.get(1) != Some(&"on")
-                || words.get(2) == Some(&"minimal");
+            .map_err(Error::db("reading the replication settings"))?;
+            let (hints, level, senders, slots) = settings;
+            if level == "minimal" || senders < 2 || slots < 1 {
+                return Err(Error::State(format!(
+                    "PostgreSQL cannot replicate with wal_level = {level}, max_wal_senders = \
+                     {senders}, max_replication_slots = {slots}: set wal_level = replica (or \
+                     logical), max_wal_senders of at least 2 and max_replication_slots of at \
+                     least 1 in {}, restart it and run init again",
+                    self.cfg().config_file().display()
+                )));
+            }
+            let needs_restart = hints != "on";
             if needs_restart {
                 observer.step("restarting PostgreSQL so that wal_log_hints takes effect");
                 drop(conn);
@@ -1170,12 +1179,10 @@ fn render_conf(cfg: &PostgresConfig, state: &PgState, passfile: &Path) -> String
     let mut set = |key: &str, value: String| {
         out.push_str(&format!("{key} = {value}\n"));
     };
-    set("wal_level", "replica".into());
+    // Only what replication needs and the operator would not set otherwise; wal_level,
+    // max_wal_senders, max_replication_slots and hot_standby keep their (working)
+    // defaults or the operator's values, which init checks.
     set("wal_log_hints", "on".into());
-    set("hot_standby", "on".into());
-    set("max_wal_senders", "10".into());
-    set("max_replication_slots", "10".into());
-    set("synchronous_commit", "on".into());
     set("synchronous_standby_names", conf_quote(&names));
     set("tandem.node", conf_quote(&state.node.to_string()));
     set("tandem.site", conf_quote(&state.site.to_string()));

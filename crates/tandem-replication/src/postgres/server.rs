@@ -671,6 +671,39 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_program_names_itself_its_log_and_its_last_lines() {
+        let dir = std::env::temp_dir().join(format!("tandem-pg-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("pg_rewind.log");
+        std::fs::write(
+            &log,
+            "=== 20261201T200000Z pg_rewind -D /x\npg_rewind: connected to server\n\
+             pg_rewind: fatal: could not find previous WAL record at 0/3000028\n",
+        )
+        .unwrap();
+        let e = Error::Program {
+            program: "pg_rewind".into(),
+            what: "rewinding from the peer".into(),
+            status: "exit status: 1".into(),
+            tail: tail_of(&log, 6),
+            log: log.clone(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("pg_rewind failed while rewinding from the peer (exit status: 1)"),
+            "{text}"
+        );
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        assert!(
+            text.ends_with(
+                "connected to server | pg_rewind: fatal: could not find previous WAL record at 0/3000028"
+            ),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn values_are_quoted() {
         assert_eq!(conf_quote("a'b"), "'a''b'");
         assert_eq!(conninfo_quote("a'b\\"), "'a\\'b\\\\'");
