@@ -199,9 +199,43 @@ pub struct WalStatus {
     pub sync_state: Option<String>,
     /// The primary's `synchronous_standby_names` (empty: commits do not wait).
     pub synchronous_standby_names: String,
+    /// Whether this node is the primary (else the positions are this standby's).
+    #[serde(default)]
+    pub primary: bool,
+    /// On a standby: the primary's WAL position, if it answers.
+    #[serde(default)]
+    pub primary_lsn: Option<String>,
 }
 
 impl WalStatus {
+    /// The `WAL:` line of the status text.
+    pub fn render(&self) -> String {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        if !self.primary {
+            return format!(
+                "WAL: received {}, replayed {} on this node; the primary is at {}\n",
+                or_unknown(&self.flushed),
+                or_unknown(&self.replayed),
+                or_unknown(&self.primary_lsn)
+            );
+        }
+        let waits = if self.synchronous_standby_names.is_empty() {
+            "commits do not wait for the standby".to_owned()
+        } else {
+            format!(
+                "commits wait for {} ({})",
+                self.synchronous_standby_names,
+                self.sync_state.as_deref().unwrap_or("not streaming")
+            )
+        };
+        format!(
+            "WAL: {} on this node; standby flushed {}, replayed {}; {waits}\n",
+            self.lsn,
+            or_unknown(&self.flushed),
+            or_unknown(&self.replayed)
+        )
+    }
+
     /// A WAL status with this node's position only.
     pub fn new(lsn: impl Into<String>) -> WalStatus {
         WalStatus {
@@ -256,22 +290,7 @@ impl Status {
             role_word(self.remote.writable)
         ));
         if let Some(wal) = &self.wal {
-            let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
-            let waits = if wal.synchronous_standby_names.is_empty() {
-                "commits do not wait for the standby".to_owned()
-            } else {
-                format!(
-                    "commits wait for {} ({})",
-                    wal.synchronous_standby_names,
-                    wal.sync_state.as_deref().unwrap_or("not streaming")
-                )
-            };
-            out.push_str(&format!(
-                "WAL: {} on this node; standby flushed {}, replayed {}; {waits}\n",
-                wal.lsn,
-                or_unknown(&wal.flushed),
-                or_unknown(&wal.replayed)
-            ));
+            out.push_str(&wal.render());
         }
         if let Some(detail) = &self.remote_detail {
             out.push_str(&format!("Remote: {detail}\n"));
@@ -399,6 +418,35 @@ Database: writable (active) on this node, read-only (standby) on the remote node
             "{text}"
         );
         assert!(text.contains("Alarm: backlog past 10 changes"), "{text}");
+    }
+
+    #[test]
+    fn postgres_positions_are_shown_in_bytes_of_wal() {
+        let mut status = seed_status();
+        status.backend = "postgres".into();
+        let mut wal = WalStatus::new("0/3000148");
+        wal.primary = true;
+        wal.flushed = Some("0/3000148".into());
+        wal.replayed = Some("0/3000100".into());
+        wal.lag_bytes = Some(72);
+        wal.sync_state = Some("sync".into());
+        wal.synchronous_standby_names = "tandem_node2".into();
+        status.wal = Some(wal.clone());
+        let text = status.render();
+        assert!(text.contains("Backlog: 72 bytes of WAL\n"), "{text}");
+        assert!(
+            text.contains(
+                "WAL: 0/3000148 on this node; standby flushed 0/3000148, replayed 0/3000100; \
+                 commits wait for tandem_node2 (sync)\n"
+            ),
+            "{text}"
+        );
+        wal.primary = false;
+        wal.primary_lsn = Some("0/3000200".into());
+        assert_eq!(
+            wal.render(),
+            "WAL: received 0/3000148, replayed 0/3000100 on this node; the primary is at 0/3000200\n"
+        );
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         head = Position(here);
         let mut w = WalStatus::new(l.lsn.clone().unwrap_or_else(|| "unknown".into()));
         w.synchronous_standby_names = l.names.clone();
+        w.primary = l.primary;
         if l.primary {
             if let Some(s) = &l.standby {
                 w.flushed = s.flushed.clone();
@@ -230,16 +231,20 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
                 w.sync_state = Some(s.sync_state.clone());
                 acked = Position(lsn(&s.flushed).unwrap_or(0));
                 w.lag_bytes = lsn(&s.replayed).map(|r| here.saturating_sub(r));
+                // replay_lag keeps its last value for a while after the standby caught
+                // up; a standby with nothing left to replay lags by nothing.
                 lag_ms = s
                     .lag_ms
                     .map(|v| v.max(0).unsigned_abs())
                     .or(Some(0))
-                    .filter(|_| s.state == "streaming");
+                    .filter(|_| s.state == "streaming")
+                    .map(|ms| if w.lag_bytes == Some(0) { 0 } else { ms });
             }
         } else {
             applied = Position(here);
             w.flushed = l.received.clone();
             w.replayed = l.lsn.clone();
+            w.primary_lsn = remote.as_ref().and_then(|r| r.lsn.clone());
             if let Some(peer) = remote.as_ref().and_then(|r| lsn(&r.lsn)) {
                 w.lag_bytes = Some(peer.saturating_sub(here));
                 if w.lag_bytes == Some(0) {
