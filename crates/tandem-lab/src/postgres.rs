@@ -99,15 +99,24 @@ impl PgServer {
             bindir: bindir.to_path_buf(),
             owner,
         };
-        // Every directory above must be searchable by postgres.
-        let mut up = Some(dir);
+        // postgres must reach the directory: it is made searchable (a temporary
+        // directory is 0700), and every directory above must already be.
+        let meta = std::fs::metadata(dir).map_err(|e| io_error("reading", dir, e))?;
+        let mode = meta.permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))
+            .map_err(|e| io_error("chmod", dir, e))?;
+        let mut up = dir.parent();
         while let Some(d) = up {
-            if let Ok(meta) = std::fs::metadata(d) {
-                let mode = meta.permissions().mode();
-                if mode & 0o001 == 0 {
-                    let _ =
-                        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011));
-                }
+            let mode = std::fs::metadata(d).map_or(0, |m| m.permissions().mode());
+            if mode & 0o001 == 0 {
+                return Err(Error::Parse {
+                    what: format!("the test directory {}", dir.display()),
+                    detail: format!(
+                        "PostgreSQL's user cannot reach it: {} is not searchable by others; \
+                         set TMPDIR to a directory under /tmp",
+                        d.display()
+                    ),
+                });
             }
             up = d.parent();
         }
