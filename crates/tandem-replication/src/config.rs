@@ -114,6 +114,10 @@ pub struct PostgresConfig {
     /// it, in milliseconds. A standby that has not streamed for this long may be stale
     /// and is not promoted (without `--force`).
     pub degrade_after_ms: u64,
+    /// WAL a primary keeps at most for a standby's slot, in MB
+    /// (`max_slot_wal_keep_size`); past it the slot is given up and the standby needs
+    /// from-sync, instead of the primary's disk filling up. 0: no limit.
+    pub max_slot_wal_keep_mb: u64,
     /// Time limit of a connection to either server, in milliseconds.
     pub connect_timeout_ms: u64,
 }
@@ -134,6 +138,7 @@ impl Default for PostgresConfig {
             synchronous: true,
             standby_lost: StandbyLostPolicy::Degrade,
             degrade_after_ms: 30_000,
+            max_slot_wal_keep_mb: 10_240,
             connect_timeout_ms: 3_000,
         }
     }

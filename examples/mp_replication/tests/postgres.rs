@@ -542,6 +542,21 @@ fn switch_off_on_the_primary_drops_the_slot_and_from_sync_recovers() {
     site.wait_synchronous(Host::Node1);
     site.check_table(Host::Node1, "Active", "Active", true);
     site.check_table(Host::Node2, "Active", "Active", true);
+
+    // switch-off on the standby gives up its slot on the primary too.
+    let off = site.mp_ok(Host::Node2, &["switch-off"]);
+    assert!(
+        off.contains("its slot tandem_node2 there is dropped"),
+        "{off}"
+    );
+    let slots: i64 = site
+        .runtime
+        .block_on(
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut conn),
+        )
+        .unwrap();
+    assert_eq!(slots, 0);
+    site.check_table(Host::Node2, "Off", "Active", true);
 }
 
 #[test]

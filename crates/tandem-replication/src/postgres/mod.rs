@@ -903,9 +903,25 @@ impl PostgresBackend {
             state.following = false;
             self.apply(&state)?;
             self.reload(&mut conn).await?;
-            "replication is off: this node no longer streams from the peer and stays a \
-             read-only standby"
-                .to_owned()
+            // The primary would keep WAL for this node's slot; give it up there.
+            let slot = state.app_name();
+            let dropped = match self.connect_peer(&state).await {
+                Ok(mut peer) => Self::drop_slot(&mut peer, &slot).await.unwrap_or(false),
+                Err(_) => false,
+            };
+            if dropped {
+                format!(
+                    "replication is off: this node no longer streams from the peer, its slot \
+                     {slot} there is dropped, and it stays a read-only standby; bring it back \
+                     with `switch-on -S -F from-sync`"
+                )
+            } else {
+                format!(
+                    "replication is off: this node no longer streams from the peer and stays a \
+                     read-only standby; the peer was not reached, so its slot {slot} keeps WAL \
+                     there (at most max_slot_wal_keep_mb) until switch-off runs there"
+                )
+            }
         } else {
             observer.step("this node is the primary: commits stop waiting, the slot is dropped");
             state.state = ReplicationState::Off;
@@ -1183,6 +1199,11 @@ fn render_conf(cfg: &PostgresConfig, state: &PgState, passfile: &Path) -> String
     // max_wal_senders, max_replication_slots and hot_standby keep their (working)
     // defaults or the operator's values, which init checks.
     set("wal_log_hints", "on".into());
+    let keep = match cfg.max_slot_wal_keep_mb {
+        0 => "-1".to_owned(),
+        mb => conf_quote(&format!("{mb}MB")),
+    };
+    set("max_slot_wal_keep_size", keep);
     set("synchronous_standby_names", conf_quote(&names));
     set("tandem.node", conf_quote(&state.node.to_string()));
     set("tandem.site", conf_quote(&state.site.to_string()));
@@ -1269,6 +1290,10 @@ mod tests {
         );
         assert!(conf.contains("primary_conninfo = ''\n"), "{conf}");
         assert!(conf.contains("tandem.state = 'active'\n"), "{conf}");
+        assert!(
+            conf.contains("max_slot_wal_keep_size = '10240MB'\n"),
+            "{conf}"
+        );
         s.degraded_since = Some(1);
         assert!(render_conf(&cfg, &s, pass).contains("synchronous_standby_names = ''\n"));
         s.degraded_since = None;
