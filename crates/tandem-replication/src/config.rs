@@ -23,6 +23,7 @@
 //! port = 5432
 //! synchronous = true          # zero loss: commits wait for the standby
 //! standby_lost = "degrade"    # or "strict": block writes while the standby is gone
+//! max_slot_wal_keep_mb = 10240  # WAL kept for a standby left out, at most
 //! ```
 //!
 //! Precedence: what `mp_replication init` recorded in the database (node id, remote

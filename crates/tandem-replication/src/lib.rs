@@ -17,8 +17,9 @@
 //! the site key), a `pg_hba.conf` entry for the peer's node address only,
 //! `wal_log_hints` and a physical slot for the peer; `switch-on` streams from the peer
 //! (`standby.signal`, `primary_conninfo`, `primary_slot_name`), with from-sync after a
-//! `pg_rewind` (a former primary) or a fresh `pg_basebackup`; `switch-off` on the
-//! primary drops the slot; commits wait for the standby through
+//! `pg_rewind` (a former primary) or a fresh `pg_basebackup`; `switch-off` drops the
+//! standby's slot on the primary, and `max_slot_wal_keep_size` bounds what a slot may
+//! keep, so a standby left out never fills the primary's disk; commits wait for the standby through
 //! `synchronous_standby_names`, and the `standby_lost` policy ([`StandbyLostPolicy`])
 //! says what happens when it is gone; `promote` is `pg_promote()`. Status comes from
 //! `pg_stat_replication` and `pg_stat_wal_receiver`, in the same table, with the WAL
