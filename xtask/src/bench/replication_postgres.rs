@@ -113,6 +113,9 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let (mut sync, mut asynchronous, mut off) = (Vec::new(), Vec::new(), Vec::new());
     let mut lag_ms = Vec::new();
     let mut lag_bytes = Vec::new();
+    // Samples of the async rounds, and those that saw a session waiting for the standby
+    // (there should be none: the check that the async mode is asynchronous).
+    let (mut samples, mut waited) = (0u64, 0u64);
     for _ in 0..ROUNDS {
         sync.push(pgbench(None)?);
         let stop = Arc::new(AtomicBool::new(false));
@@ -130,7 +133,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
                         .args([
                             "-c",
                             "SELECT coalesce((EXTRACT(epoch FROM replay_lag) * 1000)::bigint, 0), \
-                             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint \
+                             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
+                             (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep') \
                              FROM pg_stat_replication",
                             "postgres",
                         ])
@@ -139,11 +143,12 @@ pub(crate) fn run() -> anyhow::Result<()> {
                     if let Ok(out) = out {
                         let text = String::from_utf8_lossy(&out.stdout).into_owned();
                         let mut fields = text.split_whitespace();
-                        if let (Some(Ok(ms)), Some(Ok(bytes))) = (
+                        if let (Some(Ok(ms)), Some(Ok(bytes)), Some(Ok(waiting))) = (
+                            fields.next().map(str::parse::<u64>),
                             fields.next().map(str::parse::<u64>),
                             fields.next().map(str::parse::<u64>),
                         ) {
-                            samples.push((ms, bytes));
+                            samples.push((ms, bytes, waiting));
                         }
                     }
                     std::thread::sleep(Duration::from_millis(100));
@@ -153,9 +158,13 @@ pub(crate) fn run() -> anyhow::Result<()> {
         };
         asynchronous.push(pgbench(Some("-c synchronous_commit=local"))?);
         stop.store(true, Ordering::Relaxed);
-        for (ms, bytes) in sampler.join().unwrap_or_default() {
+        for (ms, bytes, waiting) in sampler.join().unwrap_or_default() {
             lag_ms.push(ms);
             lag_bytes.push(bytes);
+            samples += 1;
+            if waiting > 0 {
+                waited += 1;
+            }
         }
     }
     mp(Host::Node1, &["switch-off"])?;
@@ -173,6 +182,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         lag_ms_p99: percentile(&lag_ms, 0.99),
         lag_bytes_p50: percentile(&lag_bytes, 0.5),
         lag_bytes_max: lag_bytes.last().copied(),
+        samples,
+        waited,
     };
     results.print();
     results.write_json()?;
@@ -268,6 +279,8 @@ struct Results {
     lag_ms_p99: Option<u64>,
     lag_bytes_p50: Option<u64>,
     lag_bytes_max: Option<u64>,
+    samples: u64,
+    waited: u64,
 }
 
 impl Results {
@@ -291,6 +304,10 @@ impl Results {
             opt(self.lag_ms_p99),
             opt(self.lag_bytes_p50),
             opt(self.lag_bytes_max)
+        );
+        println!(
+            "async check: {} of {} samples saw a session waiting for the standby (SyncRep)",
+            self.waited, self.samples
         );
         if let Ok(dir) = super::output_dir()
             && let Ok(text) = std::fs::read_to_string(dir.join("replication.json"))
