@@ -48,12 +48,15 @@ impl Site {
             std::fs::create_dir_all(&state).unwrap();
             let server = &servers[if id == 1 { 0 } else { 1 }];
             let config = format!(
-                "[node]\nid = {id}\nhostname = \"{host}\"\n\n\
+                "[node]\nid = {id}\nhostname = \"{}\"\n\n\
                  [network]\nnode_address = \"{}/24\"\npeer_address = \"{}\"\n\n\
                  [peer]\nkey_file = \"{}\"\n\n\
                  [replication]\nbackend = \"postgres\"\nheartbeat_ms = 200\n\n\
                  [replication.postgres]\ndata_dir = \"{}\"\nport = {PORT}\nsocket_dir = \"{}\"\n\
                  connect_timeout_ms = 2000\n{extra}",
+                // The machine's own name: the final line names the config's hostname
+                // or, without one, the machine's; both are the same here.
+                hostname(),
                 host.addr(),
                 peer.addr(),
                 dir.path().join("site.key").display(),
