@@ -598,6 +598,7 @@ impl SqliteBackend {
             service_running: running,
             remote_detail,
             alarms,
+            wal: None,
         })
     }
 
