@@ -295,6 +295,10 @@ impl Agent {
                 return;
             }
         };
+        if settings.replication.backend == tandem_replication::BackendKind::Postgres {
+            self.start_postgres_watch(&settings).await;
+            return;
+        }
         let backend = match tandem_replication::SqliteBackend::open_existing(&settings).await {
             Ok(backend) => std::sync::Arc::new(backend),
             Err(tandem_replication::Error::NotInitialized) => return,
@@ -303,11 +307,7 @@ impl Agent {
                 return;
             }
         };
-        if self.node.database().is_none()
-            && let Ok(Some(db)) = crate::open_database(self.node.config(), &self.state_dir).await
-        {
-            self.node.attach_database(db);
-        }
+        self.attach_database().await;
         let key = self.key.clone();
         let mut stop = self.stop_replicator.subscribe();
         self.replicator = Some(tokio::spawn(async move {
@@ -323,6 +323,42 @@ impl Agent {
             }
         }));
         tracing::info!("replication service started");
+    }
+
+    /// Attaches the database to the node if it is not yet.
+    async fn attach_database(&mut self) {
+        if self.node.database().is_none()
+            && let Ok(Some(db)) = crate::open_database(self.node.config(), &self.state_dir).await
+        {
+            self.node.attach_database(db);
+        }
+    }
+
+    /// The PostgreSQL backend's service: PostgreSQL streams by itself; the watch
+    /// records the standby's contact and applies the `degrade` policy.
+    async fn start_postgres_watch(&mut self, settings: &tandem_replication::Settings) {
+        let backend = match tandem_replication::PostgresBackend::open_existing(settings).await {
+            Ok(backend) => backend,
+            Err(tandem_replication::Error::NotInitialized) => return,
+            Err(e) => {
+                tracing::warn!(error = %tandem_replication::chain(&e), "cannot open the PostgreSQL backend");
+                return;
+            }
+        };
+        self.attach_database().await;
+        let mut stop = self.stop_replicator.subscribe();
+        self.replicator = Some(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            match backend.watch(shutdown).await {
+                Ok(()) => tracing::info!("PostgreSQL replication watch stopped"),
+                Err(e) => {
+                    tracing::warn!(error = %tandem_replication::chain(&e), "PostgreSQL replication watch stopped")
+                }
+            }
+        }));
+        tracing::info!("PostgreSQL replication watch started");
     }
 
     /// Stops the hosted replication service.
