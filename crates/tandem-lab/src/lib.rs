@@ -52,6 +52,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sched::CloneFlags;
 
+pub mod postgres;
+
 /// The shared address of the lab site (RFC 5737 TEST-NET-1).
 pub const SHARED_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// node1's node address.

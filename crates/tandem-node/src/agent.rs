@@ -34,6 +34,14 @@ pub enum PeerMessage {
         /// The epoch of its claim.
         epoch: Epoch,
     },
+    /// The sender released the shared address and is standby (a planned
+    /// switchover): the receiver's next probe may be a single one.
+    Released {
+        /// The sender's node id.
+        node: NodeId,
+        /// The sender's epoch.
+        epoch: Epoch,
+    },
     /// What the sender is (sent when the link comes up), for `failover check`.
     Facts(crate::check::PeerFacts),
     /// The next blob on the link is a config-file bundle (`copy-config-files`)
@@ -213,6 +221,11 @@ impl Agent {
                         self.event(Event::PeerClaim { node, epoch }).await;
                     }
                     PeerMessage::Facts(facts) => self.peer_facts = Some(facts),
+                    PeerMessage::Released { node, epoch } => {
+                        tracing::info!(%node, %epoch, "the peer released the shared address");
+                        self.peer_claim = None;
+                        self.node.note_peer_released();
+                    }
                     PeerMessage::Bundle { bytes } => {
                         tracing::info!(bytes, "config-file bundle received from the peer");
                     }
@@ -282,6 +295,10 @@ impl Agent {
                 return;
             }
         };
+        if settings.replication.backend == tandem_replication::BackendKind::Postgres {
+            self.start_postgres_watch(&settings).await;
+            return;
+        }
         let backend = match tandem_replication::SqliteBackend::open_existing(&settings).await {
             Ok(backend) => std::sync::Arc::new(backend),
             Err(tandem_replication::Error::NotInitialized) => return,
@@ -290,11 +307,7 @@ impl Agent {
                 return;
             }
         };
-        if self.node.database().is_none()
-            && let Ok(Some(db)) = crate::open_database(self.node.config(), &self.state_dir).await
-        {
-            self.node.attach_database(db);
-        }
+        self.attach_database().await;
         let key = self.key.clone();
         let mut stop = self.stop_replicator.subscribe();
         self.replicator = Some(tokio::spawn(async move {
@@ -310,6 +323,42 @@ impl Agent {
             }
         }));
         tracing::info!("replication service started");
+    }
+
+    /// Attaches the database to the node if it is not yet.
+    async fn attach_database(&mut self) {
+        if self.node.database().is_none()
+            && let Ok(Some(db)) = crate::open_database(self.node.config(), &self.state_dir).await
+        {
+            self.node.attach_database(db);
+        }
+    }
+
+    /// The PostgreSQL backend's service: PostgreSQL streams by itself; the watch
+    /// records the standby's contact and applies the `degrade` policy.
+    async fn start_postgres_watch(&mut self, settings: &tandem_replication::Settings) {
+        let backend = match tandem_replication::PostgresBackend::open_existing(settings).await {
+            Ok(backend) => backend,
+            Err(tandem_replication::Error::NotInitialized) => return,
+            Err(e) => {
+                tracing::warn!(error = %tandem_replication::chain(&e), "cannot open the PostgreSQL backend");
+                return;
+            }
+        };
+        self.attach_database().await;
+        let mut stop = self.stop_replicator.subscribe();
+        self.replicator = Some(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            match backend.watch(shutdown).await {
+                Ok(()) => tracing::info!("PostgreSQL replication watch stopped"),
+                Err(e) => {
+                    tracing::warn!(error = %tandem_replication::chain(&e), "PostgreSQL replication watch stopped")
+                }
+            }
+        }));
+        tracing::info!("PostgreSQL replication watch started");
     }
 
     /// Stops the hosted replication service.
@@ -390,6 +439,24 @@ impl Agent {
         let me = self.node.state().node;
         if !report.claims.is_empty() && self.node.state().role == Role::Active {
             self.reannounce_at = Some(Instant::now() + REANNOUNCE_AFTER);
+        }
+        let released = report
+            .steps
+            .iter()
+            .any(|s| s.action == "release-shared-address" && s.error.is_none());
+        if released
+            && self.node.state().role == Role::Standby
+            && let Some(session) = &self.session
+        {
+            let message = PeerMessage::Released {
+                node: me,
+                epoch: self.node.state().epoch,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&message)
+                && let Err(e) = session.send(bytes).await
+            {
+                tracing::warn!(error = %e, "could not tell the peer about the release");
+            }
         }
         for epoch in &report.claims {
             let message = PeerMessage::Claim {

@@ -64,7 +64,7 @@ pub use config::{
 };
 pub use database::{open_database, replication_settings, replication_status};
 pub use hooks::HookRunner;
-pub use node::{LOCK_FILE_NAME, Node, NodeError, Report, StepRecord};
+pub use node::{LOCK_FILE_NAME, Node, NodeError, PEER_RELEASE_FRESH, Report, StepRecord};
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;
 pub use status::{Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};

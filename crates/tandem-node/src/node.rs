@@ -21,6 +21,10 @@ use crate::{HookRunner, Services};
 /// Name of the lock file in the state directory.
 pub const LOCK_FILE_NAME: &str = "node.lock";
 
+/// How long the peer's word that it released the shared address shortens the
+/// next probe (see [`Node::note_peer_released`]).
+pub const PEER_RELEASE_FRESH: Duration = Duration::from_secs(10);
+
 /// How many failure reports one command may chain before it stops: each report
 /// moves the node toward standby, so a handful always suffices.
 const MAX_ROUNDS: usize = 16;
@@ -110,6 +114,10 @@ pub struct Node {
     machine: Machine,
     interfaces: Interfaces,
     prober: Prober,
+    /// One probe instead of several, for right after the peer said it released.
+    quick_prober: Prober,
+    /// When the peer last said on the peer link that it released the address.
+    peer_released: Option<Instant>,
     services: Services,
     hooks: HookRunner,
     database: Option<Backend>,
@@ -149,16 +157,20 @@ impl Node {
             reason: e.to_string(),
         })?;
         let probe = &config.probe;
-        let prober = Prober::new(ProbeConfig {
-            timeout: probe.timeout(),
-            interval: probe.interval(),
-            retries: probe.attempts.saturating_sub(1),
-            collect: Collect::First,
-        })
-        .map_err(|e| NodeError::Setup {
-            what: "the prober",
-            reason: e.to_string(),
-        })?;
+        let prober_with = |retries: u32| {
+            Prober::new(ProbeConfig {
+                timeout: probe.timeout(),
+                interval: probe.interval(),
+                retries,
+                collect: Collect::First,
+            })
+            .map_err(|e| NodeError::Setup {
+                what: "the prober",
+                reason: e.to_string(),
+            })
+        };
+        let prober = prober_with(probe.attempts.saturating_sub(1))?;
+        let quick_prober = prober_with(0)?;
         Ok(Node {
             services: Services::new(config.services.clone()),
             hooks: HookRunner::new(config.hooks.clone()),
@@ -167,9 +179,19 @@ impl Node {
             machine,
             interfaces,
             prober,
+            quick_prober,
+            peer_released: None,
             database: None,
             _lock: lock,
         })
+    }
+
+    /// Records that the peer said, on the authenticated peer link, that it has
+    /// released the shared address (a planned switchover). The next probe within
+    /// [`PEER_RELEASE_FRESH`] sends one probe instead of `[probe] attempts`: it
+    /// still catches a third host, and the peer's word covers the peer.
+    pub fn note_peer_released(&mut self) {
+        self.peer_released = Some(Instant::now());
     }
 
     /// Opens the node as [`open`](Self::open) does and attaches its replicated
@@ -232,7 +254,7 @@ impl Node {
             .run_step(&mut report, &Action::ReleaseSharedAddress)
             .await;
         let (probe, isolation) = match released {
-            Ok(()) => self.probe().await,
+            Ok(()) => self.probe(false).await,
             Err((_, reason)) => (
                 ProbeOutcome::Error {
                     reason: format!("cannot release the shared address: {reason}"),
@@ -275,7 +297,11 @@ impl Node {
                 match action {
                     Action::Probe { after } => {
                         tokio::time::sleep(after).await;
-                        let (probe, isolation) = self.probe().await;
+                        let quick = self
+                            .peer_released
+                            .take()
+                            .is_some_and(|at| at.elapsed() < PEER_RELEASE_FRESH);
+                        let (probe, isolation) = self.probe(quick).await;
                         next = Some(Event::Probed { probe, isolation });
                         // A probe ends the batch: the machine's answer to it comes next.
                         break;
@@ -459,12 +485,17 @@ impl Node {
     }
 
     /// Probes the shared address and runs the isolation check.
-    async fn probe(&self) -> (ProbeOutcome, Isolation) {
+    async fn probe(&self, quick: bool) -> (ProbeOutcome, Isolation) {
         let net = &self.config.network;
         let iface = net.interface.as_str();
+        let prober = if quick {
+            &self.quick_prober
+        } else {
+            &self.prober
+        };
         let (shared, reference) = tokio::join!(
-            self.prober.address(iface, net.shared_address.addr()),
-            self.prober.isolation_check(iface, net.reference())
+            prober.address(iface, net.shared_address.addr()),
+            prober.isolation_check(iface, net.reference())
         );
         let probe = match shared {
             Ok(outcome) if outcome.is_answered() => ProbeOutcome::Answered {

@@ -4,10 +4,26 @@
 //!
 //! ```toml
 //! [replication]
-//! backend = "sqlite"                       # the only backend so far
+//! backend = "sqlite"                       # or "postgres"
 //! database = "/var/lib/meetingplace/app.sqlite"
 //! tables = ["user_groups", "user_profiles", "meetings"]
 //! max_backlog = 1000000                    # changes; past it replication suspends itself
+//! ```
+//!
+//! The PostgreSQL backend reads its own table, `[replication.postgres]`
+//! ([`PostgresConfig`]); `database`, `tables` and the batch settings are the SQLite
+//! backend's and do not apply to it:
+//!
+//! ```toml
+//! [replication]
+//! backend = "postgres"
+//!
+//! [replication.postgres]
+//! data_dir = "/var/lib/postgresql/15/main"
+//! port = 5432
+//! synchronous = true          # zero loss: commits wait for the standby
+//! standby_lost = "degrade"    # or "strict": block writes while the standby is gone
+//! max_slot_wal_keep_mb = 10240  # WAL kept for a standby left out, at most
 //! ```
 //!
 //! Precedence: what `mp_replication init` recorded in the database (node id, remote
@@ -42,6 +58,149 @@ pub enum BackendKind {
     /// The embedded SQLite backend (nothing to install).
     #[default]
     Sqlite,
+    /// PostgreSQL's own streaming replication, controlled by tandem.
+    Postgres,
+}
+
+/// What a synchronous primary does when its standby is gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StandbyLostPolicy {
+    /// Keep accepting writes once the standby has been gone for `degrade_after_ms`,
+    /// raise an alarm, and refuse to promote the stale standby (pg_auto_failover's
+    /// `wait_primary`).
+    #[default]
+    Degrade,
+    /// Block writes until the standby is back: nothing is ever acknowledged that only
+    /// one node has.
+    Strict,
+}
+
+/// The `[replication.postgres]` table: where the PostgreSQL server of this node lives
+/// and how tandem replicates it. Every field has a default (Debian's layout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// PostgreSQL's programs (`pg_ctl`, `pg_basebackup`, `pg_rewind`, `postgres`);
+    /// default `pg_config --bindir`, else `/usr/lib/postgresql/15/bin`.
+    pub bindir: Option<PathBuf>,
+    /// The data directory (the cluster).
+    pub data_dir: PathBuf,
+    /// `postgresql.conf`; default `<data_dir>/postgresql.conf`. tandem's own settings
+    /// go into `tandem.conf` beside it, included at its end.
+    pub config_file: Option<PathBuf>,
+    /// `pg_hba.conf`; default beside `config_file`.
+    pub hba_file: Option<PathBuf>,
+    /// The server's TCP port, on both nodes.
+    pub port: u16,
+    /// The directory of the server's Unix socket, through which tandem connects.
+    pub socket_dir: PathBuf,
+    /// The operating system user that owns the cluster and runs PostgreSQL's programs.
+    pub os_user: String,
+    /// The database superuser tandem connects as over the Unix socket (`pg_hba.conf`
+    /// must let this node's root connect as it, for example `peer` with a map).
+    pub superuser: String,
+    /// The database tandem connects to.
+    pub database: String,
+    /// The replication role that each node's standby logs in as (SCRAM; its password is
+    /// derived from the site key, so both nodes know it and it is never stored).
+    pub replication_user: String,
+    /// Synchronous replication: a commit returns once the standby has flushed it.
+    pub synchronous: bool,
+    /// What a synchronous primary does when its standby is gone.
+    pub standby_lost: StandbyLostPolicy,
+    /// How long the standby may be gone before a `degrade` primary stops waiting for
+    /// it, in milliseconds. A standby that has not streamed for this long may be stale
+    /// and is not promoted (without `--force`).
+    pub degrade_after_ms: u64,
+    /// WAL a primary keeps at most for a standby's slot, in MB
+    /// (`max_slot_wal_keep_size`); past it the slot is given up and the standby needs
+    /// from-sync, instead of the primary's disk filling up. 0: no limit.
+    pub max_slot_wal_keep_mb: u64,
+    /// Time limit of a connection to either server, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            bindir: None,
+            data_dir: PathBuf::from("/var/lib/postgresql/15/main"),
+            config_file: None,
+            hba_file: None,
+            port: 5432,
+            socket_dir: PathBuf::from("/var/run/postgresql"),
+            os_user: "postgres".to_owned(),
+            superuser: "postgres".to_owned(),
+            database: "postgres".to_owned(),
+            replication_user: "tandem_replicator".to_owned(),
+            synchronous: true,
+            standby_lost: StandbyLostPolicy::Degrade,
+            degrade_after_ms: 30_000,
+            max_slot_wal_keep_mb: 10_240,
+            connect_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// `postgresql.conf`.
+    pub fn config_file(&self) -> PathBuf {
+        self.config_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("postgresql.conf"))
+    }
+
+    /// The directory of `postgresql.conf` (what `pg_ctl -D` takes).
+    pub fn config_dir(&self) -> PathBuf {
+        let file = self.config_file();
+        file.parent()
+            .map_or_else(|| self.data_dir.clone(), Path::to_path_buf)
+    }
+
+    /// `pg_hba.conf`.
+    pub fn hba_file(&self) -> PathBuf {
+        self.hba_file
+            .clone()
+            .unwrap_or_else(|| self.config_dir().join("pg_hba.conf"))
+    }
+
+    /// tandem's include file beside `postgresql.conf`.
+    pub fn tandem_conf(&self) -> PathBuf {
+        self.config_dir().join("tandem.conf")
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |text: String| Err(Error::Config(text));
+        for (name, value) in [
+            ("os_user", &self.os_user),
+            ("superuser", &self.superuser),
+            ("database", &self.database),
+            ("replication_user", &self.replication_user),
+        ] {
+            let ok = !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return bad(format!(
+                    "[replication.postgres] {name} = {value:?}: use letters, digits, `_` or `-`"
+                ));
+            }
+        }
+        if self.port == 0 {
+            return bad("[replication.postgres] port must not be 0".into());
+        }
+        if self.degrade_after_ms == 0 || self.connect_timeout_ms == 0 {
+            return bad(
+                "[replication.postgres] degrade_after_ms and connect_timeout_ms must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The `[replication]` table. Every field has a default.
@@ -76,6 +235,8 @@ pub struct ReplicationConfig {
     pub heartbeat_ms: u64,
     /// Heartbeats missed before the peer counts as lost.
     pub missed_heartbeats: u32,
+    /// The PostgreSQL backend's settings (`[replication.postgres]`).
+    pub postgres: PostgresConfig,
 }
 
 impl Default for ReplicationConfig {
@@ -94,6 +255,7 @@ impl Default for ReplicationConfig {
             poll_ms: 1,
             heartbeat_ms: 1000,
             missed_heartbeats: 3,
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -134,7 +296,7 @@ impl ReplicationConfig {
         if self.heartbeat_ms == 0 || self.missed_heartbeats == 0 {
             return bad("`heartbeat_ms` and `missed_heartbeats` must be at least 1".into());
         }
-        Ok(())
+        self.postgres.validate()
     }
 
     /// The poll interval.
@@ -267,9 +429,13 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE))
     }
 
-    /// The standalone service's peer link port.
+    /// The port of the peer that `-r REMOTE` names when it gives none: the standalone
+    /// service's peer link port, or for PostgreSQL the servers' port.
     pub fn port(&self) -> u16 {
-        self.replication.port.unwrap_or(DEFAULT_PORT)
+        match self.replication.backend {
+            BackendKind::Sqlite => self.replication.port.unwrap_or(DEFAULT_PORT),
+            BackendKind::Postgres => self.replication.postgres.port,
+        }
     }
 }
 
@@ -367,6 +533,36 @@ mod tests {
         assert_eq!(s.database_path(), PathBuf::from("/var/lib/app.sqlite"));
         assert_eq!(s.key_file(), PathBuf::from("/etc/tandem/site.key"));
         assert_eq!(s.port(), 7452);
+    }
+
+    #[test]
+    fn the_postgres_table_is_read_and_checked() {
+        let text = "[replication]\nbackend = \"postgres\"\n\n[replication.postgres]\n\
+                    data_dir = \"/srv/pg\"\nport = 5433\ndegrade_after_ms = 500\n";
+        let s = Settings::parse(text, Path::new("n.toml"), "/s").unwrap();
+        let pg = &s.replication.postgres;
+        assert_eq!(pg.config_file(), PathBuf::from("/srv/pg/postgresql.conf"));
+        assert_eq!(pg.hba_file(), PathBuf::from("/srv/pg/pg_hba.conf"));
+        assert_eq!(pg.tandem_conf(), PathBuf::from("/srv/pg/tandem.conf"));
+        assert_eq!(pg.standby_lost, StandbyLostPolicy::Degrade);
+        assert!(pg.synchronous);
+        assert_eq!(s.port(), 5433);
+        for (text, needle) in [
+            (
+                "[replication.postgres]\nreplication_user = \"a b\"",
+                "replication_user",
+            ),
+            ("[replication.postgres]\nport = 0", "port"),
+            (
+                "[replication.postgres]\nstandby_lost = \"maybe\"",
+                "standby_lost",
+            ),
+            ("[replication.postgres]\nbogus = 1", "bogus"),
+        ] {
+            let err = Settings::parse(text, Path::new("n.toml"), "/s").unwrap_err();
+            let msg = crate::error::chain(&err);
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
     }
 
     #[test]

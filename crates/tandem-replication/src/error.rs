@@ -106,6 +106,26 @@ pub enum Error {
     /// The peer link failed.
     #[error("peer link")]
     Peer(#[from] tandem_peer::Error),
+    /// A PostgreSQL program (`pg_ctl`, `pg_basebackup`, `pg_rewind`, ...) failed or
+    /// could not start. The text ends with the last lines of its output; all of it is
+    /// kept in `log`.
+    #[error(
+        "{program} failed while {what} ({status}); its output is kept in {}{}",
+        log.display(),
+        if tail.is_empty() { String::new() } else { format!(": {tail}") }
+    )]
+    Program {
+        /// The program.
+        program: String,
+        /// What it was doing.
+        what: String,
+        /// Its exit status, or why it did not run.
+        status: String,
+        /// The file with its whole output.
+        log: PathBuf,
+        /// The last lines of its output.
+        tail: String,
+    },
     /// A file under the state directory could not be written or read.
     #[error("{what} {}", path.display())]
     File {

@@ -11,6 +11,20 @@
 //! its applied position, so every change is applied exactly once across crashes of
 //! either side. The standby's guard triggers refuse application writes.
 //!
+//! The PostgreSQL backend ([`PostgresBackend`], `[replication] backend = "postgres"`)
+//! controls PostgreSQL's own streaming replication, as Patroni and repmgr do, and copies
+//! no rows itself: `init` creates the replication role (SCRAM, its password derived from
+//! the site key), a `pg_hba.conf` entry for the peer's node address only,
+//! `wal_log_hints` and a physical slot for the peer; `switch-on` streams from the peer
+//! (`standby.signal`, `primary_conninfo`, `primary_slot_name`), with from-sync after a
+//! `pg_rewind` (a former primary) or a fresh `pg_basebackup`; `switch-off` drops the
+//! standby's slot on the primary, and `max_slot_wal_keep_size` bounds what a slot may
+//! keep, so a standby left out never fills the primary's disk; commits wait for the standby through
+//! `synchronous_standby_names`, and the `standby_lost` policy ([`StandbyLostPolicy`])
+//! says what happens when it is gone; `promote` is `pg_promote()`. Status comes from
+//! `pg_stat_replication` and `pg_stat_wal_receiver`, in the same table, with the WAL
+//! positions ([`WalStatus`]).
+//!
 //! # Design choices
 //!
 //! - **Positions per source.** A node's changelog holds only changes made while it was
@@ -63,9 +77,16 @@
 //! port, [`DEFAULT_PORT`] (7452), beside the node agent's 7451, until the agent carries
 //! replication on its own link ([`Replicator::run`] takes its sessions).
 //!
+//! The PostgreSQL backend keeps `<state dir>/postgres.json` (node, peer, state; versioned
+//! and checksummed), `<state dir>/postgres.contact` (when this standby last streamed) and
+//! `<state dir>/postgres/` (the server log, PostgreSQL programs' logs, the password file
+//! and this node's own config files saved across a from-sync); in the cluster's config
+//! directory `tandem.conf` and one include line at the end of `postgresql.conf`.
+//!
 //! What this crate never does: touch interfaces or addresses, decide roles (the node
 //! agent calls [`promote`](ReplicationBackend::promote) and
-//! [`demote`](ReplicationBackend::demote)), or parse command lines.
+//! [`demote`](ReplicationBackend::demote)), parse command lines, or, for PostgreSQL,
+//! copy rows itself or promote a standby that may be stale without being told to.
 //!
 //! # Example
 //!
@@ -94,10 +115,26 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The node config selects PostgreSQL; `-r REMOTE` without a port then names the peer's
+//! server:
+//!
+//! ```
+//! use tandem_replication::{BackendKind, Settings, StandbyLostPolicy};
+//!
+//! let text = "[replication]\nbackend = \"postgres\"\n\n\
+//!             [replication.postgres]\nport = 5433\nstandby_lost = \"strict\"\n";
+//! let settings = Settings::parse(text, "node.toml".as_ref(), "/var/lib/tandem")?;
+//! assert_eq!(settings.replication.backend, BackendKind::Postgres);
+//! assert_eq!(settings.replication.postgres.standby_lost, StandbyLostPolicy::Strict);
+//! assert_eq!(settings.port(), 5433);
+//! # Ok::<(), tandem_replication::Error>(())
+//! ```
 
 mod config;
 mod error;
 mod observer;
+mod postgres;
 pub mod sample;
 mod service;
 mod sqlite;
@@ -112,14 +149,16 @@ use std::time::Duration;
 
 pub use config::{
     BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
-    DEFAULT_STATE_DIR, NodeFacts, ReplicationConfig, Settings,
+    DEFAULT_STATE_DIR, NodeFacts, PostgresConfig, ReplicationConfig, Settings, StandbyLostPolicy,
 };
 pub use error::{Error, Result, chain};
 pub use observer::{Observer, Quiet};
+pub use postgres::{PostgresBackend, WatchOutcome, parse_lsn};
 pub use service::{PeerEvent, Replicator, Transport};
 pub use sqlite::{Identity, SqliteBackend, TableChecksum, connect_options, position_in};
 pub use status::{
-    LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, outcome_line,
+    LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,
+    outcome_line,
 };
 
 /// What `init` needs: who this node is and where its peer is.
@@ -235,8 +274,8 @@ pub struct SwitchReport {
     pub copied_rows: u64,
 }
 
-/// One trait for every replication backend (SQLite now, PostgreSQL later): the
-/// operations of `mp_replication` and of the node agent.
+/// One trait for every replication backend (SQLite and PostgreSQL): the operations of
+/// `mp_replication` and of the node agent.
 pub trait ReplicationBackend {
     /// Prepares this node's database for replication (idempotent): records node id,
     /// site and remote, and installs what the backend needs.
@@ -319,6 +358,8 @@ impl ReplicationBackend for SqliteBackend {
 pub enum Backend {
     /// The embedded SQLite backend.
     Sqlite(SqliteBackend),
+    /// PostgreSQL's streaming replication.
+    Postgres(Box<PostgresBackend>),
 }
 
 impl Backend {
@@ -326,6 +367,9 @@ impl Backend {
     pub async fn open(settings: &Settings) -> Result<Backend> {
         match settings.replication.backend {
             BackendKind::Sqlite => Ok(Backend::Sqlite(SqliteBackend::open(settings).await?)),
+            BackendKind::Postgres => Ok(Backend::Postgres(Box::new(
+                PostgresBackend::open(settings).await?,
+            ))),
         }
     }
 
@@ -336,6 +380,9 @@ impl Backend {
             BackendKind::Sqlite => Ok(Backend::Sqlite(
                 SqliteBackend::open_existing(settings).await?,
             )),
+            BackendKind::Postgres => Ok(Backend::Postgres(Box::new(
+                PostgresBackend::open_existing(settings).await?,
+            ))),
         }
     }
 
@@ -343,6 +390,24 @@ impl Backend {
     pub fn as_sqlite(&self) -> Option<&SqliteBackend> {
         match self {
             Backend::Sqlite(b) => Some(b),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL backend, if that is the one.
+    pub fn as_postgres(&self) -> Option<&PostgresBackend> {
+        match self {
+            Backend::Postgres(b) => Some(b),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// [`promote`](ReplicationBackend::promote); with `force`, PostgreSQL promotes a
+    /// standby even when it may be stale (see [`PostgresBackend::promote_with`]).
+    pub async fn promote_forced(&self, force: bool) -> Result<()> {
+        match self {
+            Backend::Sqlite(b) => b.promote().await,
+            Backend::Postgres(b) => b.promote_with(force).await,
         }
     }
 }
@@ -351,6 +416,7 @@ impl ReplicationBackend for Backend {
     async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
         match self {
             Backend::Sqlite(b) => b.init(options, observer).await,
+            Backend::Postgres(b) => b.init(options, observer).await,
         }
     }
 
@@ -361,36 +427,42 @@ impl ReplicationBackend for Backend {
     ) -> Result<SwitchReport> {
         match self {
             Backend::Sqlite(b) => b.switch_on(options, observer).await,
+            Backend::Postgres(b) => b.switch_on(options, observer).await,
         }
     }
 
     async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
         match self {
             Backend::Sqlite(b) => b.switch_off(observer).await,
+            Backend::Postgres(b) => b.switch_off(observer).await,
         }
     }
 
     async fn status(&self) -> Result<Status> {
         match self {
             Backend::Sqlite(b) => ReplicationBackend::status(b).await,
+            Backend::Postgres(b) => ReplicationBackend::status(b.as_ref()).await,
         }
     }
 
     async fn promote(&self) -> Result<()> {
         match self {
             Backend::Sqlite(b) => b.promote().await,
+            Backend::Postgres(b) => b.promote().await,
         }
     }
 
     async fn demote(&self) -> Result<()> {
         match self {
             Backend::Sqlite(b) => b.demote().await,
+            Backend::Postgres(b) => b.demote().await,
         }
     }
 
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
         match self {
             Backend::Sqlite(b) => b.wait_replicated(position, timeout).await,
+            Backend::Postgres(b) => b.wait_replicated(position, timeout).await,
         }
     }
 }

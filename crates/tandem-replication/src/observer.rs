@@ -12,6 +12,12 @@ pub trait Observer: Sync {
     fn progress(&self, done: u64, total: u64) {
         let _ = (done, total);
     }
+
+    /// Progress of a copy counted in kB (PostgreSQL's `pg_basebackup` and `pg_rewind`);
+    /// by default reported as [`progress`](Self::progress).
+    fn copied_kb(&self, done: u64, total: u64) {
+        self.progress(done, total);
+    }
 }
 
 /// An observer that ignores everything.

@@ -149,7 +149,7 @@ pub struct ServerStatus {
 /// lag, positions and alarms. Serializes to the `--json` form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// The backend (`sqlite`, later `postgresql`).
+    /// The backend (`sqlite` or `postgres`).
     pub backend: String,
     /// This server.
     pub local: ServerStatus,
@@ -175,6 +175,74 @@ pub struct Status {
     pub remote_detail: Option<String>,
     /// Alarms of this node and of the peer, newest first.
     pub alarms: Vec<String>,
+    /// The WAL positions of a PostgreSQL pair (`None` for SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
+}
+
+/// WAL positions of a PostgreSQL pair, from `pg_stat_replication` (on the primary) and
+/// `pg_stat_wal_receiver` (on the standby). LSNs are in PostgreSQL's `X/Y` form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WalStatus {
+    /// This node's WAL position: written (primary) or replayed (standby).
+    pub lsn: String,
+    /// The newest WAL the standby has flushed, if known.
+    pub flushed: Option<String>,
+    /// The newest WAL the standby has replayed, if known.
+    pub replayed: Option<String>,
+    /// Bytes of WAL between the primary's position and the standby's replay (the LSN
+    /// lag), if known.
+    pub lag_bytes: Option<u64>,
+    /// How the primary waits for the standby (`sync`, `async`, `potential`), if it
+    /// streams.
+    pub sync_state: Option<String>,
+    /// The primary's `synchronous_standby_names` (empty: commits do not wait).
+    pub synchronous_standby_names: String,
+    /// Whether this node is the primary (else the positions are this standby's).
+    #[serde(default)]
+    pub primary: bool,
+    /// On a standby: the primary's WAL position, if it answers.
+    #[serde(default)]
+    pub primary_lsn: Option<String>,
+}
+
+impl WalStatus {
+    /// The `WAL:` line of the status text.
+    pub fn render(&self) -> String {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        if !self.primary {
+            return format!(
+                "WAL: received {}, replayed {} on this node; the primary is at {}\n",
+                or_unknown(&self.flushed),
+                or_unknown(&self.replayed),
+                or_unknown(&self.primary_lsn)
+            );
+        }
+        let waits = if self.synchronous_standby_names.is_empty() {
+            "commits do not wait for the standby".to_owned()
+        } else {
+            format!(
+                "commits wait for {} ({})",
+                self.synchronous_standby_names,
+                self.sync_state.as_deref().unwrap_or("not streaming")
+            )
+        };
+        format!(
+            "WAL: {} on this node; standby flushed {}, replayed {}; {waits}\n",
+            self.lsn,
+            or_unknown(&self.flushed),
+            or_unknown(&self.replayed)
+        )
+    }
+
+    /// A WAL status with this node's position only.
+    pub fn new(lsn: impl Into<String>) -> WalStatus {
+        WalStatus {
+            lsn: lsn.into(),
+            ..WalStatus::default()
+        }
+    }
 }
 
 impl Status {
@@ -202,9 +270,13 @@ impl Status {
         let right = column(&self.remote, "Remote Server");
         let mut out = render_two_columns(&left, &right);
         out.push('\n');
-        let backlog = match self.backlog {
-            Some(n) => format!("{n} change{}", if n == 1 { "" } else { "s" }),
-            None => "unknown".to_owned(),
+        let backlog = match (self.backlog, &self.wal) {
+            (_, Some(wal)) => match wal.lag_bytes {
+                Some(n) => format!("{n} byte{} of WAL", if n == 1 { "" } else { "s" }),
+                None => "unknown".to_owned(),
+            },
+            (Some(n), None) => format!("{n} change{}", if n == 1 { "" } else { "s" }),
+            (None, None) => "unknown".to_owned(),
         };
         out.push_str(&format!("Backlog: {backlog}\n"));
         let lag = match self.lag_ms {
@@ -217,6 +289,9 @@ impl Status {
             role_word(self.local.writable),
             role_word(self.remote.writable)
         ));
+        if let Some(wal) = &self.wal {
+            out.push_str(&wal.render());
+        }
         if let Some(detail) = &self.remote_detail {
             out.push_str(&format!("Remote: {detail}\n"));
         }
@@ -301,6 +376,7 @@ mod tests {
             service_running: true,
             remote_detail: None,
             alarms: vec![],
+            wal: None,
         }
     }
 
@@ -342,6 +418,35 @@ Database: writable (active) on this node, read-only (standby) on the remote node
             "{text}"
         );
         assert!(text.contains("Alarm: backlog past 10 changes"), "{text}");
+    }
+
+    #[test]
+    fn postgres_positions_are_shown_in_bytes_of_wal() {
+        let mut status = seed_status();
+        status.backend = "postgres".into();
+        let mut wal = WalStatus::new("0/3000148");
+        wal.primary = true;
+        wal.flushed = Some("0/3000148".into());
+        wal.replayed = Some("0/3000100".into());
+        wal.lag_bytes = Some(72);
+        wal.sync_state = Some("sync".into());
+        wal.synchronous_standby_names = "tandem_node2".into();
+        status.wal = Some(wal.clone());
+        let text = status.render();
+        assert!(text.contains("Backlog: 72 bytes of WAL\n"), "{text}");
+        assert!(
+            text.contains(
+                "WAL: 0/3000148 on this node; standby flushed 0/3000148, replayed 0/3000100; \
+                 commits wait for tandem_node2 (sync)\n"
+            ),
+            "{text}"
+        );
+        wal.primary = false;
+        wal.primary_lsn = Some("0/3000200".into());
+        assert_eq!(
+            wal.render(),
+            "WAL: received 0/3000148, replayed 0/3000100 on this node; the primary is at 0/3000200\n"
+        );
     }
 
     #[test]

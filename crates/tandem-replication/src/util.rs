@@ -61,6 +61,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename, fsync of the directory. Readers see the old file or the whole new one.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomically_as(path, data, None)
+}
+
+/// [`write_atomically`], the new file given to `owner` (uid, gid, mode) before it
+/// replaces the old one (for files PostgreSQL reads).
+pub(crate) fn write_atomically_as(
+    path: &Path,
+    data: &[u8],
+    owner: Option<(u32, u32, u32)>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -77,6 +87,11 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
             .create(true)
             .truncate(true)
             .open(&tmp)?;
+        if let Some((uid, gid, mode)) = owner {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -307,6 +307,11 @@ struct Peer {
     up: bool,
     /// The epoch of the peer's latest claim while it is believed active.
     claim: Option<Epoch>,
+    /// This node, active, found itself cut off while the peer was lost (no
+    /// answer from the reference address): if it meets another holder when its
+    /// link returns, that holder most likely took over meanwhile, so this node
+    /// gives it the first chance to claim again.
+    cut_off: bool,
 }
 
 /// The role machine of one node. It does no IO: [`Machine::handle`] takes an event
@@ -426,12 +431,22 @@ impl Machine {
             // both hold the address when its cable returns and the writes the
             // peer acknowledged meanwhile are at stake (keepalived's FAULT state).
             if self.state.role == Role::Active && !self.peer.up && isolation == Isolation::Failed {
-                self.become_standby(
-                    out,
-                    Hook::Fault,
-                    "cut off: the peer is lost and the reference address does not answer; \
-                     released the shared address for the peer",
-                );
+                if self.config.auto_failover {
+                    self.become_standby(
+                        out,
+                        Hook::Fault,
+                        "cut off: the peer is lost and the reference address does not answer; \
+                         released the shared address for the peer",
+                    );
+                } else if !self.peer.cut_off {
+                    // Failover is the operator's: keep serving whoever still
+                    // reaches this node, but yield first if a holder shows up.
+                    self.peer.cut_off = true;
+                    out.notify(
+                        Hook::Fault,
+                        "cut off: the peer is lost and the reference address does not answer",
+                    );
+                }
             }
             return;
         }
@@ -621,16 +636,20 @@ impl Machine {
             }
             _ => {
                 // Without the peer's word, release: two holders is the worst
-                // outcome. Then probe again, node 2 after a pause, so one node wins.
+                // outcome. Then probe again, node 2 after a pause, so one node
+                // wins; a node that was cut off waits longest, since the other
+                // holder most likely took over while it was away.
+                let cut_off = self.peer.cut_off;
                 self.become_standby(
                     out,
                     Hook::Fault,
                     &format!("address conflict: {mac} also answers for the shared address"),
                 );
                 self.pending = Some(ProbeReason::Conflict);
-                let after = match self.state.node {
-                    NodeId::One => Duration::ZERO,
-                    NodeId::Two => self.config.conflict_backoff,
+                let after = match (cut_off, self.state.node) {
+                    (true, _) => self.config.conflict_backoff * 3,
+                    (false, NodeId::One) => Duration::ZERO,
+                    (false, NodeId::Two) => self.config.conflict_backoff,
                 };
                 out.push(Action::Probe { after });
             }
@@ -668,7 +687,7 @@ impl Machine {
     /// With automatic failover, an active node that lost its peer probes to learn
     /// whether it is the one cut off (see [`ProbeReason::SelfCheck`]).
     fn self_check(&mut self, out: &mut Actions) {
-        if self.config.auto_failover && self.state.role == Role::Active && self.pending.is_none() {
+        if self.state.role == Role::Active && self.pending.is_none() {
             self.pending = Some(ProbeReason::SelfCheck);
             out.push(Action::Probe {
                 after: Duration::ZERO,
@@ -698,6 +717,7 @@ impl Machine {
             return;
         }
         self.peer.up = true;
+        self.peer.cut_off = false;
         if matches!(
             self.pending,
             Some(

@@ -48,6 +48,11 @@ fn split_brain_after_a_partition() {
 }
 
 #[test]
+fn a_node_cut_off_yields_to_the_takeover_when_its_cable_returns() {
+    check("cable-back.trace");
+}
+
+#[test]
 fn an_active_node_cut_off_steps_away_before_its_cable_returns() {
     check("cut-off-active.trace");
 }

@@ -13,6 +13,11 @@
 //! the reason, with exit status 1). `service` runs the replication service that the
 //! node agent hosts; `promote` and `demote` are what `failover set-server active |
 //! standby` do to the database. All logic lives in `tandem-replication`.
+//!
+//! The backend comes from the node config: `[replication] backend = "sqlite"` (the
+//! default) or `"postgres"` (PostgreSQL's streaming replication; `-r REMOTE` then names
+//! the peer's server, port `[replication.postgres] port` unless given, and `service`
+//! applies the `standby_lost` policy). Both print the same table and final line.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -25,8 +30,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tandem_replication::{
-    Backend, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer, ReplicationBackend,
-    Replicator, Settings, SqliteBackend, SwitchOnOptions, outcome_line, route_source, sample,
+    Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
+    PostgresBackend, ReplicationBackend, Replicator, Settings, SqliteBackend, SwitchOnOptions,
+    outcome_line, route_source, sample,
 };
 
 /// Database replication control for a tandem site.
@@ -93,6 +99,10 @@ enum Command {
     Service,
     /// Make this node's database the writable one (what `failover set-server active` does).
     Promote {
+        /// PostgreSQL: promote even a standby that may be stale (it has not streamed for
+        /// longer than the primary waits before it degrades).
+        #[arg(long)]
+        force: bool,
         /// Show the steps.
         #[arg(short, long)]
         verbose: bool,
@@ -243,15 +253,18 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             .await;
             finish(&settings, ip, result)
         }
-        Command::Promote { verbose } | Command::Demote { verbose } => {
-            let promote = matches!(cli.command, Command::Promote { .. });
+        Command::Promote { verbose, .. } | Command::Demote { verbose } => {
+            let (promote, force) = match cli.command {
+                Command::Promote { force, .. } => (true, force),
+                _ => (false, false),
+            };
             let steps = Steps::new(verbose);
             let (backend, ip) = open_for_change(&settings).await;
             let result = async {
                 let backend = backend?;
                 if promote {
                     steps.step("making this node's database writable");
-                    backend.promote().await?;
+                    backend.promote_forced(force).await?;
                 } else {
                     steps.step("making this node's database the standby");
                     backend.demote().await?;
@@ -272,6 +285,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checksum { json } => {
+            sqlite_only(&settings, "checksum")?;
             let backend = SqliteBackend::open_existing(&settings).await?;
             let sums = backend.table_checksums().await?;
             if json {
@@ -281,6 +295,17 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{:<24} {:>10} rows  sha256 {}", s.table, s.rows, s.sha256);
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service if settings.replication.backend == BackendKind::Postgres => {
+            init_logging();
+            let backend = PostgresBackend::open_existing(&settings).await?;
+            tracing::info!(
+                data_dir = %backend.data_dir().display(),
+                "replication service (PostgreSQL) starting"
+            );
+            backend.watch(shutdown_signal()).await?;
+            tracing::info!("replication service stopped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Service => {
@@ -305,6 +330,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             rows,
             wait_replicated,
         } => {
+            sqlite_only(&settings, "write-sample")?;
             let backend = SqliteBackend::open_existing(&settings).await?;
             let mut conn = backend.pool().acquire().await?;
             let mut out = std::io::stdout().lock();
@@ -335,15 +361,29 @@ async fn open_for_change(settings: &Settings) -> (anyhow::Result<Backend>, Optio
         .await
         .map_err(anyhow::Error::from);
     let mut ip = settings.node.node_address;
-    if let Ok(Backend::Sqlite(b)) = &backend
-        && let Ok(identity) = b.identity().await
-    {
-        ip = identity
-            .local
-            .or(ip)
-            .or_else(|| identity.remote.and_then(route_source));
+    match &backend {
+        Ok(Backend::Sqlite(b)) => {
+            if let Ok(identity) = b.identity().await {
+                ip = identity
+                    .local
+                    .or(ip)
+                    .or_else(|| identity.remote.and_then(route_source));
+            }
+        }
+        Ok(Backend::Postgres(b)) => ip = b.local_address().or(ip),
+        _ => {}
     }
     (backend, ip)
+}
+
+/// Refuses a command that only the SQLite backend has.
+fn sqlite_only(settings: &Settings, command: &str) -> anyhow::Result<()> {
+    if settings.replication.backend == BackendKind::Postgres {
+        bail!(
+            "`{command}` works with the SQLite backend only; this node's config selects              PostgreSQL (compare or write with SQL there)"
+        );
+    }
+    Ok(())
 }
 
 /// Prints the seed's final line and gives the exit status.
@@ -445,17 +485,26 @@ impl Observer for Steps {
     }
 
     fn progress(&self, done: u64, total: u64) {
+        self.show(done, total, "rows");
+    }
+
+    fn copied_kb(&self, done: u64, total: u64) {
+        self.show(done, total, "kB");
+    }
+}
+
+impl Steps {
+    fn show(&self, done: u64, total: u64, unit: &str) {
         if !std::io::stderr().is_terminal() {
             if self.verbose && total > 0 && done == total {
-                println!("* copied {done} of {total} rows");
+                println!("* copied {done} of {total} {unit}");
             }
             return;
         }
         let bar = self.bar.get_or_init(|| {
             let bar = ProgressBar::new(total);
-            if let Ok(style) =
-                ProgressStyle::with_template("{bar:40} {pos}/{len} rows copied ({eta})")
-            {
+            let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} copied ({{eta}})");
+            if let Ok(style) = ProgressStyle::with_template(&template) {
                 bar.set_style(style);
             }
             bar

@@ -7,6 +7,7 @@ mod bundle;
 mod failover;
 mod netif;
 mod replication;
+mod replication_postgres;
 
 use std::path::PathBuf;
 
@@ -18,6 +19,17 @@ pub(crate) struct Args {
     /// What to measure; all areas when omitted.
     #[arg(value_enum)]
     area: Option<Area>,
+    /// The replication backend to measure (`replication` area).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// The embedded SQLite backend.
+    Sqlite,
+    /// PostgreSQL's streaming replication (needs PostgreSQL 15).
+    Postgres,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -30,7 +42,7 @@ enum Area {
     /// Probe round trip and takeover time in the lab.
     Netif,
     /// Committed transactions per second with replication off, async and waiting for
-    /// the standby, and replication lag, in the lab.
+    /// the standby, and replication lag, in the lab (`--backend postgres`: pgbench).
     Replication,
 }
 
@@ -44,6 +56,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             Area::Bundle => bundle::run().context("bench bundle")?,
             Area::Failover => failover::run().context("bench failover")?,
             Area::Netif => netif::run().context("bench netif")?,
+            Area::Replication if args.backend == Backend::Postgres => {
+                replication_postgres::run().context("bench replication --backend postgres")?;
+            }
             Area::Replication => replication::run().context("bench replication")?,
         }
     }

@@ -259,7 +259,7 @@ fn async_round(
 }
 
 /// Builds the release `mp_replication` and returns its path.
-fn build_release() -> anyhow::Result<PathBuf> {
+pub(super) fn build_release() -> anyhow::Result<PathBuf> {
     let root = crate::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)

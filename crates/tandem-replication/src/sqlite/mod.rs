@@ -612,6 +612,7 @@ impl SqliteBackend {
             service_running: running,
             remote_detail,
             alarms,
+            wal: None,
         })
     }
 

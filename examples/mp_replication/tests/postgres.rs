@@ -1,0 +1,679 @@
+//! `mp_replication` with the PostgreSQL backend on two nodes of the namespace lab:
+//! real PostgreSQL 15 servers started by the test as `postgres` inside the node
+//! namespaces, listening on the node addresses. Writes replicate and the standby
+//! refuses them (SQLSTATE 25006); synchronous commits survive node 1 dying; the old
+//! primary rejoins with pg_rewind; switch-off drops the slot and from-sync recovers; a
+//! lost standby degrades the primary and is not promoted; the seed's status table on
+//! both nodes in each state. Needs root and PostgreSQL 15 (under `CI=true` a machine
+//! without them fails these tests).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use tandem_lab::postgres::{PgServer, require_postgres};
+use tandem_lab::{Host, Lab};
+use tandem_replication::{Backend, Position, ReplicationBackend, Settings, Status, parse_lsn};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mp_replication");
+const PORT: u16 = 5433;
+
+/// A lab site with a PostgreSQL server per node. Fields drop in order: services,
+/// then servers, then the lab, then the directory.
+struct Site {
+    services: Vec<(Host, Child)>,
+    servers: Vec<PgServer>,
+    lab: Lab,
+    runtime: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// `None` outside CI on a machine without PostgreSQL.
+    fn new(extra: &str) -> Option<Site> {
+        let bindir = require_postgres()?;
+        let lab = Lab::for_test();
+        let dir = tempfile::tempdir().unwrap();
+        tandem_peer::keygen(&dir.path().join("site.key")).unwrap();
+        let mut servers = Vec::new();
+        for host in [Host::Node1, Host::Node2] {
+            servers.push(PgServer::create(&lab, host, dir.path(), PORT, &bindir).unwrap());
+        }
+        for (host, id, peer) in [(Host::Node1, 1, Host::Node2), (Host::Node2, 2, Host::Node1)] {
+            let state = dir.path().join(format!("{host}-state"));
+            std::fs::create_dir_all(&state).unwrap();
+            let server = &servers[if id == 1 { 0 } else { 1 }];
+            let config = format!(
+                "[node]\nid = {id}\nhostname = \"{}\"\n\n\
+                 [network]\nnode_address = \"{}/24\"\npeer_address = \"{}\"\n\n\
+                 [peer]\nkey_file = \"{}\"\n\n\
+                 [replication]\nbackend = \"postgres\"\nheartbeat_ms = 200\n\n\
+                 [replication.postgres]\ndata_dir = \"{}\"\nport = {PORT}\nsocket_dir = \"{}\"\n\
+                 connect_timeout_ms = 2000\n{extra}",
+                // The machine's own name: the final line names the config's hostname
+                // or, without one, the machine's; both are the same here.
+                hostname(),
+                host.addr(),
+                peer.addr(),
+                dir.path().join("site.key").display(),
+                server.data_dir.display(),
+                server.socket_dir.display(),
+            );
+            std::fs::write(dir.path().join(format!("{host}.toml")), config).unwrap();
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Some(Site {
+            services: Vec::new(),
+            servers,
+            lab,
+            runtime,
+            dir,
+        })
+    }
+
+    /// The node's backend, opened from the test process with the node's config.
+    fn backend(&self, host: Host) -> Backend {
+        let settings = Settings::load(
+            &self.dir.path().join(format!("{host}.toml")),
+            true,
+            self.dir.path().join(format!("{host}-state")),
+        )
+        .unwrap();
+        self.runtime
+            .block_on(Backend::open_existing(&settings))
+            .unwrap()
+    }
+
+    fn server(&self, host: Host) -> &PgServer {
+        self.servers.iter().find(|s| s.host == host).unwrap()
+    }
+
+    fn command(&self, host: Host) -> Command {
+        let mut cmd = self.lab.command(host, BIN);
+        cmd.arg("--config")
+            .arg(self.dir.path().join(format!("{host}.toml")))
+            .arg("--state-dir")
+            .arg(self.dir.path().join(format!("{host}-state")));
+        cmd
+    }
+
+    fn mp(&self, host: Host, args: &[&str]) -> Output {
+        self.command(host).args(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed and end with the seed's SUCCESSFUL line.
+    fn mp_ok(&self, host: Host, args: &[&str]) -> String {
+        let out = self.mp(host, args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "mp_replication {args:?} on {host} failed:\n{text}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        let last = text.lines().last().unwrap_or_default();
+        let expected = format!(
+            "(Host = {}; IP Addr = {}) is SUCCESSFUL",
+            hostname(),
+            host.addr()
+        );
+        assert!(
+            last.ends_with(&expected),
+            "last line of {args:?} on {host}: {last}"
+        );
+        text
+    }
+
+    /// Runs a command that must fail with the seed's FAILED line; returns that line.
+    fn mp_fails(&self, host: Host, args: &[&str]) -> String {
+        let out = self.mp(host, args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !out.status.success(),
+            "{args:?} on {host} succeeded:\n{text}"
+        );
+        let last = text.lines().last().unwrap_or_default().to_owned();
+        assert!(last.contains(") is FAILED: "), "{last}");
+        last
+    }
+
+    fn status(&self, host: Host) -> Status {
+        let out = self.mp(host, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn status_text(&self, host: Host) -> String {
+        let out = self.mp(host, &["status"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Checks the seed's table (its first seven lines) on `host`, waiting for it a
+    /// while (a stream takes a moment to notice that its peer died).
+    fn check_table(&self, host: Host, local: &str, remote: &str, connected: bool) {
+        let started = Instant::now();
+        loop {
+            let (text, table, expected) = self.table(host, local, remote, connected);
+            if table == expected {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                assert_eq!(
+                    table,
+                    expected,
+                    "status on {host}:\n{text}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn table(
+        &self,
+        host: Host,
+        local: &str,
+        remote: &str,
+        connected: bool,
+    ) -> (String, Vec<String>, Vec<String>) {
+        let text = self.status_text(host);
+        let table: Vec<String> = text.lines().take(7).map(str::to_owned).collect();
+        let me = if host == Host::Node1 { 1 } else { 2 };
+        let status = if connected {
+            "Connected"
+        } else {
+            "Not connected"
+        };
+        let left = [
+            "Local Server".to_owned(),
+            "Replication Type: Local".to_owned(),
+            "Site: 1".to_owned(),
+            format!("Node: {me}"),
+            format!("State: {local}"),
+            "Status: Local".to_owned(),
+        ];
+        let right = [
+            "Remote Server".to_owned(),
+            "Replication Type: Intra-site".to_owned(),
+            "Site: 1".to_owned(),
+            format!("Node: {}", 3 - me),
+            format!("State: {remote}"),
+            format!("Status: {status}"),
+        ];
+        let wl = left.iter().map(String::len).max().unwrap();
+        let wr = right.iter().map(String::len).max().unwrap();
+        let mut expected = Vec::new();
+        for (i, (l, r)) in left.iter().zip(&right).enumerate() {
+            expected.push(format!("| {l:<wl$} | {r:<wr$} |"));
+            if i == 0 {
+                expected.push(format!("|{}|{}|", "-".repeat(wl + 2), "-".repeat(wr + 2)));
+            }
+        }
+        (text, table, expected)
+    }
+
+    fn start_service(&mut self, host: Host) {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{host}-service.log"))).unwrap();
+        let child = self
+            .command(host)
+            .arg("service")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.services.push((host, child));
+        self.wait(&format!("the service on {host}"), || {
+            self.status(host).service_running
+        });
+    }
+
+    fn connect(&self, host: Host) -> PgConnection {
+        let server = self.server(host);
+        let options = PgConnectOptions::new_without_pgpass()
+            .socket(&server.socket_dir)
+            .port(PORT)
+            .username("postgres")
+            .database("postgres");
+        self.runtime
+            .block_on(PgConnection::connect_with(&options))
+            .unwrap()
+    }
+
+    fn sql(&self, host: Host, sql: &str) {
+        let mut conn = self.connect(host);
+        self.runtime
+            .block_on(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn))
+            .unwrap_or_else(|e| panic!("{sql} on {host}: {e}"));
+    }
+
+    /// Row count and md5 of table `t`, as text.
+    fn checksum(&self, host: Host) -> String {
+        let mut conn = self.connect(host);
+        self.runtime
+            .block_on(
+                sqlx::query_scalar::<_, String>(
+                    "SELECT count(*)::text || ' ' || coalesce(md5(string_agg(id::text || ':' || v, \
+                     ',' ORDER BY id)), '-') FROM t",
+                )
+                .fetch_one(&mut conn),
+            )
+            .unwrap()
+    }
+
+    fn wait(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}\n{}", self.logs());
+    }
+
+    /// Waits until node `primary` waits synchronously for its standby.
+    fn wait_synchronous(&self, primary: Host) {
+        self.wait(&format!("{primary} to wait for its standby"), || {
+            let s = self.status(primary);
+            s.wal
+                .as_ref()
+                .is_some_and(|w| w.sync_state.as_deref() == Some("sync"))
+        });
+    }
+
+    fn wait_same_data(&self) {
+        self.wait("node 2 to have node 1's data", || {
+            self.checksum(Host::Node1) == self.checksum(Host::Node2)
+        });
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in [
+            "node1-service.log",
+            "node2-service.log",
+            "node1-state/postgres/server.log",
+            "node2-state/postgres/server.log",
+            "node1/test-server.log",
+            "node2/test-server.log",
+        ] {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            out.push_str(&format!("--- {name}\n{tail}\n"));
+        }
+        out
+    }
+
+    /// init on both nodes, switch-on on node 1 (the primary), from-sync on node 2
+    /// (a fresh copy: node 2's own cluster is not node 1's), services on both.
+    fn set_up(&mut self) {
+        self.sql(
+            Host::Node1,
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)",
+        );
+        self.mp_ok(Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"]);
+        let init = self.mp_ok(Host::Node1, &["init", "-n", "1", "-r", "192.0.2.12", "-v"]);
+        assert!(init.contains("wal_log_hints"), "{init}");
+        self.check_table(Host::Node1, "Initialized", "Initialized", true);
+        self.mp_ok(Host::Node1, &["switch-on"]);
+        let sync = self.mp_ok(Host::Node2, &["switch-on", "-S", "-F", "from-sync"]);
+        assert!(
+            sync.contains("a fresh pg_basebackup (this node's cluster is not a copy"),
+            "{sync}"
+        );
+        self.start_service(Host::Node1);
+        self.start_service(Host::Node2);
+        self.wait_synchronous(Host::Node1);
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.services {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .unwrap()
+        .into_string()
+        .unwrap_or_default()
+}
+
+fn insert(site: &Site, host: Host, from: i64, to: i64) {
+    site.sql(
+        host,
+        &format!("INSERT INTO t SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"),
+    );
+}
+
+#[test]
+fn writes_on_node1_appear_on_node2_and_the_standby_refuses_writes() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+    insert(&site, Host::Node1, 1, 1000);
+    site.wait_same_data();
+    assert!(site.checksum(Host::Node2).starts_with("1000 "));
+
+    // wait_replicated: the WAL position of node 1's last commit reaches node 2.
+    let mut conn = site.connect(Host::Node1);
+    let lsn: String = site
+        .runtime
+        .block_on(sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut conn))
+        .unwrap();
+    let position = Position(parse_lsn(&lsn).unwrap());
+    let backend = site.backend(Host::Node1);
+    site.runtime
+        .block_on(backend.wait_replicated(position, Duration::from_secs(30)))
+        .unwrap();
+
+    let mut conn = site.connect(Host::Node2);
+    let err = site
+        .runtime
+        .block_on(sqlx::query("INSERT INTO t VALUES (5000, 'no')").execute(&mut conn))
+        .unwrap_err();
+    let code = err.as_database_error().and_then(|e| e.code()).unwrap();
+    assert_eq!(code, "25006", "{err}");
+
+    let status = site.status(Host::Node1);
+    assert_eq!(status.backend, "postgres");
+    assert_eq!(status.local.writable, Some(true));
+    assert_eq!(status.remote.writable, Some(false));
+    let wal = status.wal.unwrap();
+    assert_eq!(wal.synchronous_standby_names, "tandem_node2");
+    let text = site.status_text(Host::Node2);
+    assert!(text.contains("Backlog: "), "{text}");
+    assert!(
+        text.contains("bytes of WAL") || text.contains("byte of WAL"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Database: read-only (standby) on this node, writable (active) on the remote node"
+        ),
+        "{text}"
+    );
+
+    // Node 1's pg_hba.conf lets the replication role in from node 2's address only.
+    let hba =
+        std::fs::read_to_string(site.server(Host::Node1).data_dir.join("pg_hba.conf")).unwrap();
+    assert!(
+        hba.contains("host replication tandem_replicator 192.0.2.12/32 scram-sha-256"),
+        "{hba}"
+    );
+    assert!(!hba.contains("192.0.2.0/24"), "{hba}");
+}
+
+#[test]
+fn acknowledged_commits_survive_node1_dying_and_node1_rejoins_with_pg_rewind() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 100);
+
+    // A writer commits one row per transaction on node 1 and records each commit that
+    // returned; node 1 dies under it.
+    let options = PgConnectOptions::new_without_pgpass()
+        .socket(&site.server(Host::Node1).socket_dir)
+        .port(PORT)
+        .username("postgres")
+        .database("postgres");
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (Arc::clone(&acked), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut conn = PgConnection::connect_with(&options).await.unwrap();
+                let mut id = 10_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = sqlx::query("INSERT INTO t VALUES ($1, 'acked')")
+                        .bind(id)
+                        .execute(&mut conn)
+                        .await;
+                    if r.is_err() {
+                        return;
+                    }
+                    acked.lock().unwrap().push(id);
+                    id += 1;
+                }
+            });
+        })
+    };
+    site.wait("200 acknowledged commits", || {
+        acked.lock().unwrap().len() >= 200
+    });
+    site.server(Host::Node1).kill().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    site.check_table(Host::Node2, "Active", "Unknown", false);
+    site.mp_ok(Host::Node2, &["promote"]);
+    let mut conn = site.connect(Host::Node2);
+    let present: Vec<i64> = site
+        .runtime
+        .block_on(
+            sqlx::query_scalar("SELECT id FROM t WHERE id >= 10000 ORDER BY id")
+                .fetch_all(&mut conn),
+        )
+        .unwrap();
+    let missing: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged on node 1 but missing on node 2 after promotion: {missing:?}"
+    );
+    let status = site.status(Host::Node2);
+    assert_eq!(status.local.writable, Some(true));
+    site.check_table(Host::Node2, "Active", "Unknown", false);
+
+    // Node 2 writes more; node 1 comes back as its standby.
+    insert(&site, Host::Node2, 20_000, 20_500);
+    let rejoin = site.mp_ok(Host::Node1, &["switch-on", "-S", "-F", "from-sync", "-v"]);
+    assert!(rejoin.contains("with pg_rewind"), "{rejoin}");
+    assert!(rejoin.contains(" kB\n"), "progress of the copy: {rejoin}");
+    site.wait("node 1 to have node 2's data", || {
+        site.checksum(Host::Node1) == site.checksum(Host::Node2)
+    });
+    site.wait_synchronous(Host::Node2);
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+    let status = site.status(Host::Node1);
+    assert_eq!(status.local.writable, Some(false));
+    assert_eq!(status.remote.writable, Some(true));
+}
+
+#[test]
+fn switch_off_on_the_primary_drops_the_slot_and_from_sync_recovers() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 100);
+    site.wait_same_data();
+    let off = site.mp_ok(Host::Node1, &["switch-off"]);
+    assert!(off.contains("slot tandem_node2 is dropped"), "{off}");
+    let mut conn = site.connect(Host::Node1);
+    let slots: i64 = site
+        .runtime
+        .block_on(
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut conn),
+        )
+        .unwrap();
+    assert_eq!(slots, 0);
+    site.check_table(Host::Node1, "Off", "Active", true);
+    site.check_table(Host::Node2, "Active", "Off", true);
+
+    // Writes go on without the standby, past a few WAL segments that nobody keeps.
+    for round in 0..3 {
+        insert(&site, Host::Node1, 1000 + round * 1000, 1999 + round * 1000);
+        site.sql(Host::Node1, "SELECT pg_switch_wal(); CHECKPOINT");
+    }
+    site.mp_ok(Host::Node1, &["switch-on"]);
+    let sync = site.mp_ok(Host::Node2, &["switch-on", "-S", "-F", "from-sync"]);
+    assert!(
+        sync.contains("pg_basebackup (this node was a standby)"),
+        "{sync}"
+    );
+    site.wait_same_data();
+    site.wait_synchronous(Host::Node1);
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+
+    // switch-off on the standby gives up its slot on the primary too.
+    let off = site.mp_ok(Host::Node2, &["switch-off"]);
+    assert!(
+        off.contains("its slot tandem_node2 there is dropped"),
+        "{off}"
+    );
+    let slots: i64 = site
+        .runtime
+        .block_on(
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut conn),
+        )
+        .unwrap();
+    assert_eq!(slots, 0);
+    site.check_table(Host::Node2, "Off", "Active", true);
+}
+
+#[test]
+fn a_lost_standby_degrades_the_primary_and_is_not_promoted() {
+    let Some(mut site) = Site::new("degrade_after_ms = 1000\n") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 10);
+    site.wait_same_data();
+    site.server(Host::Node2).kill().unwrap();
+    // The commit waits for the lost standby until node 1's service degrades.
+    insert(&site, Host::Node1, 11, 20);
+    let status = site.status(Host::Node1);
+    assert_eq!(
+        status.wal.as_ref().unwrap().synchronous_standby_names,
+        "",
+        "{status:?}"
+    );
+    assert!(
+        status.alarms.iter().any(|a| a.contains("degraded since")),
+        "{:?}",
+        status.alarms
+    );
+    site.check_table(Host::Node1, "Active", "Unknown", false);
+
+    // Node 1 dies too; node 2 comes back and must not be promoted: it lacks rows 11-20.
+    site.server(Host::Node1).kill().unwrap();
+    site.server(Host::Node2).start().unwrap();
+    let refused = site.mp_fails(Host::Node2, &["promote"]);
+    assert!(refused.contains("may be stale"), "{refused}");
+    site.mp_ok(Host::Node2, &["promote", "--force"]);
+    assert!(site.checksum(Host::Node2).starts_with("10 "));
+}
+
+#[test]
+fn a_switchover_demotes_node1_and_promotes_node2() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 100);
+    site.wait_same_data();
+    // What `failover set-server standby` on node 1, then `active` on node 2, do.
+    site.mp_ok(Host::Node1, &["demote"]);
+    site.mp_ok(Host::Node2, &["promote"]);
+    insert(&site, Host::Node2, 101, 200);
+    site.wait("node 1 to follow node 2", || {
+        site.checksum(Host::Node1) == site.checksum(Host::Node2)
+    });
+    assert!(site.checksum(Host::Node1).starts_with("200 "));
+    site.wait_synchronous(Host::Node2);
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+    let status = site.status(Host::Node2);
+    assert_eq!(status.local.writable, Some(true));
+    assert_eq!(status.remote.writable, Some(false));
+    // The node that is the standby now refuses writes.
+    let mut conn = site.connect(Host::Node1);
+    let err = site
+        .runtime
+        .block_on(sqlx::query("INSERT INTO t VALUES (900, 'no')").execute(&mut conn))
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).unwrap(),
+        "25006"
+    );
+}
+
+#[test]
+fn a_strict_primary_blocks_commits_until_its_standby_is_back() {
+    let Some(mut site) = Site::new("standby_lost = \"strict\"\ndegrade_after_ms = 200\n") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 10);
+    site.wait_same_data();
+    site.server(Host::Node2).kill().unwrap();
+    let options = PgConnectOptions::new_without_pgpass()
+        .socket(&site.server(Host::Node1).socket_dir)
+        .port(PORT)
+        .username("postgres")
+        .database("postgres");
+    let writer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = PgConnection::connect_with(&options).await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (11, 'waits')")
+                .execute(&mut conn)
+                .await
+                .map(drop)
+        })
+    });
+    // The service notices the lost standby (and raises its alarm) but does not degrade.
+    site.wait("the strict alarm", || {
+        site.status(Host::Node1)
+            .alarms
+            .iter()
+            .any(|a| a.contains("strict"))
+    });
+    let status = site.status(Host::Node1);
+    assert_eq!(
+        status.wal.unwrap().synchronous_standby_names,
+        "tandem_node2"
+    );
+    assert!(
+        !writer.is_finished(),
+        "a commit returned without the standby"
+    );
+    site.server(Host::Node2).start().unwrap();
+    writer.join().unwrap().unwrap();
+    site.wait_same_data();
+    assert!(site.checksum(Host::Node2).starts_with("11 "));
+}
