@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 use tandem_lab::{Host, Lab, LabConfig};
-use tandem_replication::{LinkStatus, Settings, SqliteBackend, sample};
+use tandem_replication::{LinkStatus, Settings, SqliteBackend};
 
 use crate::site::{self, Binaries};
 
@@ -533,19 +533,19 @@ impl Trial {
     }
 
     fn key_file(&self) -> String {
-        self.root().join("authkey").display().to_string()
+        crate::site::Layout { dir: self.root() }.key_file()
     }
 
     fn config_path(&self, host: Host) -> PathBuf {
-        self.root().join(format!("{}.toml", host.name()))
+        crate::site::Layout { dir: self.root() }.config_path(host)
     }
 
     fn state_dir(&self, host: Host) -> PathBuf {
-        self.root().join(host.name())
+        crate::site::Layout { dir: self.root() }.state_dir(host)
     }
 
     fn files(&self, host: Host) -> PathBuf {
-        self.root().join(format!("{}-files", host.name()))
+        crate::site::Layout { dir: self.root() }.files(host)
     }
 
     fn at(&self) -> Duration {
@@ -559,25 +559,11 @@ impl Trial {
     }
 
     fn failover_command(&self, host: Host) -> Command {
-        let mut cmd = self
-            .lab
-            .command(host, &self.bins.failover.display().to_string());
-        cmd.arg("--config")
-            .arg(self.config_path(host))
-            .arg("--state-dir")
-            .arg(self.state_dir(host));
-        cmd
+        crate::site::Layout { dir: self.root() }.tool(&self.lab, &self.bins.failover, host)
     }
 
     fn mp_command(&self, host: Host) -> Command {
-        let mut cmd = self
-            .lab
-            .command(host, &self.bins.mp_replication.display().to_string());
-        cmd.arg("--config")
-            .arg(self.config_path(host))
-            .arg("--state-dir")
-            .arg(self.state_dir(host));
-        cmd
+        crate::site::Layout { dir: self.root() }.tool(&self.lab, &self.bins.mp_replication, host)
     }
 
     /// Runs `failover args...` on `host`; fails when it fails.
@@ -1502,22 +1488,7 @@ path = "{files}/prompts"
 
     /// The acknowledged transactions whose rows `host`'s database lacks.
     fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
-        let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let backend = SqliteBackend::open_existing(&settings).await?;
-            let mut conn = backend.pool().acquire().await?;
-            let present = sample::transactions_present(&mut conn).await?;
-            drop(conn);
-            backend.close().await;
-            Ok(acked
-                .iter()
-                .filter(|tx| !present.contains(tx))
-                .copied()
-                .collect())
-        })
+        crate::site::Layout { dir: self.root() }.missing(host, acked)
     }
 
     /// `PRAGMA integrity_check` of `host`'s database.

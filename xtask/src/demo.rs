@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig};
-use tandem_replication::{LinkStatus, Settings, SqliteBackend, sample};
+use tandem_replication::{LinkStatus, Settings};
 
 use crate::site::{Binaries, Sample, build_binaries, client, node_facts, serve_app, status_page};
 
@@ -192,7 +192,7 @@ impl Demo {
             "Sent to the standby",
             "copy-config-files sends the bundle",
         )?;
-        self.wait_file(&tandem_bundle_incoming(&self.dir.join("node2")))?;
+        self.wait_file(&tandem_bundle::incoming_path(&self.state_dir(Host::Node2)))?;
         let out = self.run(
             Host::Node2,
             &["restore-config-files"],
@@ -271,19 +271,19 @@ impl Demo {
     }
 
     fn key_file(&self) -> String {
-        self.dir.join("authkey").display().to_string()
+        crate::site::Layout { dir: &self.dir }.key_file()
     }
 
     fn config_path(&self, host: Host) -> PathBuf {
-        self.dir.join(format!("{}.toml", host.name()))
+        crate::site::Layout { dir: &self.dir }.config_path(host)
     }
 
     fn state_dir(&self, host: Host) -> PathBuf {
-        self.dir.join(host.name())
+        crate::site::Layout { dir: &self.dir }.state_dir(host)
     }
 
     fn files(&self, host: Host) -> PathBuf {
-        self.dir.join(format!("{}-files", host.name()))
+        crate::site::Layout { dir: &self.dir }.files(host)
     }
 
     /// What the operator adds to the config `set-deployment` wrote: the site key,
@@ -363,25 +363,11 @@ path = "{files}/prompts"
     }
 
     fn failover_command(&self, host: Host) -> Command {
-        let mut cmd = self
-            .lab
-            .command(host, &self.bins.failover.display().to_string());
-        cmd.arg("--config")
-            .arg(self.config_path(host))
-            .arg("--state-dir")
-            .arg(self.state_dir(host));
-        cmd
+        crate::site::Layout { dir: &self.dir }.tool(&self.lab, &self.bins.failover, host)
     }
 
     fn mp_command(&self, host: Host) -> Command {
-        let mut cmd = self
-            .lab
-            .command(host, &self.bins.mp_replication.display().to_string());
-        cmd.arg("--config")
-            .arg(self.config_path(host))
-            .arg("--state-dir")
-            .arg(self.state_dir(host));
-        cmd
+        crate::site::Layout { dir: &self.dir }.tool(&self.lab, &self.bins.mp_replication, host)
     }
 
     /// Runs `failover args...` on `host`; prints the step; fails when it fails.
@@ -684,27 +670,8 @@ path = "{files}/prompts"
 
     /// The acknowledged transactions whose rows `host`'s database lacks.
     fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
-        let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let backend = SqliteBackend::open_existing(&settings).await?;
-            let mut conn = backend.pool().acquire().await?;
-            let present = sample::transactions_present(&mut conn).await?;
-            drop(conn);
-            backend.close().await;
-            Ok(acked
-                .iter()
-                .filter(|tx| !present.contains(tx))
-                .copied()
-                .collect())
-        })
+        crate::site::Layout { dir: &self.dir }.missing(host, acked)
     }
-}
-
-fn tandem_bundle_incoming(state_dir: &Path) -> PathBuf {
-    state_dir.join("incoming").join("config-files.tar.gz")
 }
 
 /// The line of a command's output worth showing in the timeline.

@@ -1,18 +1,19 @@
 //! What `cargo xtask demo` and `cargo xtask chaos` share: building the two
 //! binaries, the example application (a writer that acknowledges only replicated
 //! writes), the client on the shared address with its list of acknowledged
-//! transactions, the agents' status pages read over HTTP, and the facts of each
-//! lab node.
+//! transactions, the agents' status pages read over HTTP, the facts of each
+//! lab node, and where a site keeps its files ([`Layout`]).
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tandem_lab::Host;
+use tandem_lab::{Host, Lab};
 use tandem_replication::{LinkStatus, ReplicationBackend, Settings, SqliteBackend, sample};
 
 /// Builds the two binaries (the debug profile, as `cargo test` builds them).
@@ -218,4 +219,61 @@ pub(crate) fn status_get(host: Host, path: &str) -> Option<String> {
 /// `host`'s `/status.json`, parsed.
 pub(crate) fn status_json(host: Host) -> Option<serde_json::Value> {
     serde_json::from_str(&status_get(host, "/status.json")?).ok()
+}
+
+/// Where a two-node site keeps its files under one directory: the site key, each
+/// node's config (`<node>.toml`), state directory (`<node>/`) and config-file
+/// roots (`<node>-files/`); and the two tools run inside a node's namespace
+/// against them.
+pub(crate) struct Layout<'a> {
+    /// The site's directory.
+    pub(crate) dir: &'a Path,
+}
+
+impl Layout<'_> {
+    pub(crate) fn key_file(&self) -> String {
+        self.dir.join("authkey").display().to_string()
+    }
+
+    pub(crate) fn config_path(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}.toml", host.name()))
+    }
+
+    pub(crate) fn state_dir(&self, host: Host) -> PathBuf {
+        self.dir.join(host.name())
+    }
+
+    pub(crate) fn files(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}-files", host.name()))
+    }
+
+    /// `program --config <node>.toml --state-dir <node>/` inside `host`'s namespace.
+    pub(crate) fn tool(&self, lab: &Lab, program: &Path, host: Host) -> Command {
+        let mut cmd = lab.command(host, &program.display().to_string());
+        cmd.arg("--config")
+            .arg(self.config_path(host))
+            .arg("--state-dir")
+            .arg(self.state_dir(host));
+        cmd
+    }
+
+    /// The acknowledged transactions whose rows `host`'s database lacks.
+    pub(crate) fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
+        let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let backend = SqliteBackend::open_existing(&settings).await?;
+            let mut conn = backend.pool().acquire().await?;
+            let present = sample::transactions_present(&mut conn).await?;
+            drop(conn);
+            backend.close().await;
+            Ok(acked
+                .iter()
+                .filter(|tx| !present.contains(tx))
+                .copied()
+                .collect())
+        })
+    }
 }

@@ -72,6 +72,10 @@ pub enum AgentError {
 /// heard another host's announcement just before follow this one.
 const REANNOUNCE_AFTER: Duration = Duration::from_millis(1500);
 
+/// How often the agent reads the database's status and size (not every
+/// heartbeat tick: the tick is 200 ms by default).
+const DATABASE_WATCH_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -121,6 +125,8 @@ struct Agent {
     peer_lost_seen: Instant,
     /// When to announce the shared address again after a claim.
     reannounce_at: Option<Instant>,
+    /// When the database was last watched.
+    database_watched: Option<Instant>,
 }
 
 impl Agent {
@@ -175,6 +181,7 @@ impl Agent {
             peer_facts: None,
             peer_lost_seen: Instant::now(),
             reannounce_at: None,
+            database_watched: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -372,6 +379,13 @@ impl Agent {
     /// Starts the replication service when the database appeared, reads its
     /// status and raises the database alarms.
     async fn watch_database(&mut self) {
+        if self
+            .database_watched
+            .is_some_and(|at| at.elapsed() < DATABASE_WATCH_EVERY)
+        {
+            return;
+        }
+        self.database_watched = Some(Instant::now());
         if self.replicator.as_ref().is_some_and(|t| t.is_finished()) {
             self.replicator = None;
         }

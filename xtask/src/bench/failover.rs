@@ -597,7 +597,7 @@ impl<'a> Site<'a> {
                             System::Keepalived(_) => "keepalived (all processes)",
                         }
                     ),
-                    rss_kib: rss_kib(pid, self.system),
+                    rss_kib: rss_kib(pid),
                     cpu_percent: used as f64 / ticks / window.as_secs_f64() * 100.0,
                 }
             })
@@ -660,7 +660,7 @@ fn family(pid: u32) -> Vec<u32> {
     out
 }
 
-fn rss_kib(pid: u32, _system: System) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     family(pid)
         .into_iter()
         .filter_map(|p| {

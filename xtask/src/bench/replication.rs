@@ -260,20 +260,7 @@ fn async_round(
 
 /// Builds the release `mp_replication` and returns its path.
 pub(super) fn build_release() -> anyhow::Result<PathBuf> {
-    let root = crate::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "mp_replication"])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building mp_replication failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("mp_replication"))
+    Ok(super::build_release(&["mp_replication"])?.join("mp_replication"))
 }
 
 fn write_configs(dir: &Path) -> anyhow::Result<()> {
