@@ -79,6 +79,9 @@ const DATABASE_WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How much before the peer's loss is declared a probe ahead of it should end.
+const AHEAD_MARGIN: Duration = Duration::from_millis(10);
+
 /// Runs the agent of the node until `shutdown` completes. `status` receives a
 /// fresh snapshot after every event, for the status page.
 pub async fn run(
@@ -127,6 +130,8 @@ struct Agent {
     reannounce_at: Option<Instant>,
     /// When the database was last watched.
     database_watched: Option<Instant>,
+    /// The peer's last frame before which a probe ahead of its loss ran.
+    probed_ahead_of: Option<tokio::time::Instant>,
 }
 
 impl Agent {
@@ -182,6 +187,7 @@ impl Agent {
             peer_lost_seen: Instant::now(),
             reannounce_at: None,
             database_watched: None,
+            probed_ahead_of: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -194,8 +200,10 @@ impl Agent {
         let mut watch = tokio::time::interval(heartbeat);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let ahead_at = self.probe_ahead_at();
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
+                () = sleep_until_some(ahead_at) => self.probe_ahead().await,
                 event = self.link.next_event() => match event {
                     Some(LinkEvent::PeerUp(session)) => {
                         tracing::info!(peer = %session.peer_addr(), "peer up");
@@ -511,6 +519,46 @@ impl Agent {
         }
     }
 
+    /// When a standby that fails over on its own should probe ahead of the
+    /// peer's loss: late enough that the peer has missed at least one and a half
+    /// heartbeat intervals, and early enough that the probe ends about when the
+    /// loss is declared. `None` when no such probe is due.
+    fn probe_ahead_at(&self) -> Option<tokio::time::Instant> {
+        let failover = &self.node.config().failover;
+        let state = self.node.state();
+        if !failover.auto_failover
+            || state.deployment != tandem_role::DeploymentMode::Failover
+            || state.role != Role::Standby
+            || state.standby_hold
+        {
+            return None;
+        }
+        let session = self.session.as_ref().filter(|s| !s.is_closed())?;
+        let heard = session.last_heard();
+        if self.probed_ahead_of == Some(heard) {
+            return None;
+        }
+        let silence = session.silence_limit();
+        let interval = silence / failover.missed_heartbeats.max(1);
+        let lead = self.node.probe_duration() + AHEAD_MARGIN;
+        let quiet = silence.saturating_sub(lead).max(interval * 3 / 2);
+        (quiet < silence).then(|| heard + quiet)
+    }
+
+    /// Runs the probe ahead of the peer's loss, if it is still due (no frame
+    /// arrived since it was scheduled).
+    async fn probe_ahead(&mut self) {
+        let Some(at) = self.probe_ahead_at() else {
+            return;
+        };
+        if tokio::time::Instant::now() < at {
+            return;
+        }
+        self.probed_ahead_of = self.session.as_ref().map(Session::last_heard);
+        let kept = self.node.probe_ahead().await;
+        tracing::info!(kept, "the peer is quiet: probed ahead of its loss");
+    }
+
     /// While the peer stays lost, tells the machine again every detection
     /// interval, so that with automatic failover a standby takes over from an
     /// active node that died after the link was already down.
@@ -730,6 +778,14 @@ async fn receive_bundle(blob: &mut tandem_peer::BlobReader, path: &Path) -> std:
 }
 
 /// The peer link's port: `[peer] port` in the node config, else the default.
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn peer_port(config: &NodeConfig) -> u16 {
     config
         .peer

@@ -340,3 +340,59 @@ fn one_command_at_a_time_and_a_corrupt_state_is_named() {
         "the corrupt file must be left as it was"
     );
 }
+
+#[test]
+fn a_probe_ahead_of_the_peer_loss_answers_it_only_while_fresh_and_silent() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir1, dir2) = (
+        state_dir(tmp.path(), Host::Node1, false),
+        state_dir(tmp.path(), Host::Node2, false),
+    );
+    let auto = "auto_failover = true";
+    let boot = with_node(
+        &lab,
+        Host::Node1,
+        config(Host::Node1, auto),
+        &dir1,
+        async |n| n.boot().await,
+    );
+    assert_eq!(boot.role, Some(Role::Active), "{boot:#?}");
+    let ip = |args: &[&str]| {
+        let out = lab.exec(Host::Node1, "ip", args).unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    let drop_shared = || ip(&["addr", "del", "192.0.2.10/24", "dev", "eth0"]);
+    let add_shared = || ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"]);
+
+    with_node(
+        &lab,
+        Host::Node2,
+        config(Host::Node2, auto),
+        &dir2,
+        async |n| {
+            // The active node answers: nothing is kept, and the loss runs its own
+            // probe, which finds node1 and keeps node2 standby.
+            assert!(!n.probe_ahead().await);
+            let lost = n.handle(tandem_role::Event::PeerLost).await;
+            assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
+
+            // Silent, but the address is back before the loss and the result has
+            // gone stale (older than the probe timeout of 150 ms): probed again.
+            drop_shared();
+            assert!(n.probe_ahead().await);
+            add_shared();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let lost = n.handle(tandem_role::Event::PeerStillLost).await;
+            assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
+
+            // Silent and fresh: the loss is answered by it without probing again
+            // (the address came back too late for the probe ahead to see it).
+            drop_shared();
+            assert!(n.probe_ahead().await);
+            add_shared();
+            let lost = n.handle(tandem_role::Event::PeerStillLost).await;
+            assert_eq!(lost.role, Some(Role::Active), "{lost:#?}");
+        },
+    );
+}

@@ -43,6 +43,10 @@ const MAX_PEER_HEARTBEAT_MS: u32 = 3_600_000;
 pub(crate) struct Shared {
     state: watch::Sender<Option<CloseReason>>,
     clock: Mutex<ClockTracker>,
+    /// When the reader last took a frame off the wire.
+    heard: Mutex<Instant>,
+    /// How long a silence ends the session.
+    silence: Duration,
     peer_addr: SocketAddr,
     peer_node: u8,
 }
@@ -81,6 +85,10 @@ impl Shared {
             Err(_) => None,
         };
         reason.unwrap_or_else(|| CloseReason::Local("the session was dropped".to_owned()))
+    }
+
+    fn heard(&self) -> MutexGuard<'_, Instant> {
+        self.heard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn clock(&self) -> MutexGuard<'_, ClockTracker> {
@@ -240,9 +248,16 @@ impl Session {
             send_nonce,
             recv_nonce,
         } = established;
+        let peer_interval =
+            Duration::from_millis(u64::from(peer.heartbeat_ms.clamp(1, MAX_PEER_HEARTBEAT_MS)));
+        let silence = peer_interval
+            .saturating_mul(config.missed_heartbeats)
+            .min(MAX_SILENCE);
         let shared = Arc::new(Shared {
             state: watch::Sender::new(None),
             clock: Mutex::new(clock),
+            heard: Mutex::new(Instant::now()),
+            silence,
             peer_addr,
             peer_node: peer.node_id,
         });
@@ -262,8 +277,6 @@ impl Session {
         };
         let writer = tokio::spawn(writer.run(out_rx, config.heartbeat_interval, grace));
 
-        let peer_interval =
-            Duration::from_millis(u64::from(peer.heartbeat_ms.clamp(1, MAX_PEER_HEARTBEAT_MS)));
         let reader = Reader {
             rd: BufReader::with_capacity(READ_BUFFER, rd),
             transport,
@@ -271,9 +284,7 @@ impl Session {
             shared: Arc::clone(&shared),
             in_tx,
             writer: writer.abort_handle(),
-            silence: peer_interval
-                .saturating_mul(config.missed_heartbeats)
-                .min(MAX_SILENCE),
+            silence,
             missed: config.missed_heartbeats,
             max_message_len: config.max_message_len,
             grace,
@@ -457,6 +468,18 @@ impl Session {
         self.inner.peer_max_message_len
     }
 
+    /// When a frame (a heartbeat or anything else) last arrived from the peer.
+    pub fn last_heard(&self) -> Instant {
+        *self.inner.shared.heard()
+    }
+
+    /// How long the peer may stay silent before the session ends with
+    /// [`CloseReason::PeerLost`]: the peer's heartbeat interval times this node's
+    /// `missed_heartbeats`.
+    pub fn silence_limit(&self) -> Duration {
+        self.inner.shared.silence
+    }
+
     /// The current estimate of the peer's clock offset, from the handshake and
     /// heartbeats; `None` until a first round trip completed.
     pub fn clock_offset(&self) -> Option<ClockOffset> {
@@ -636,7 +659,7 @@ impl Reader {
                 }
             };
             match read {
-                Ok(true) => {}
+                Ok(true) => *self.shared.heard() = Instant::now(),
                 Ok(false) => return stop(CloseReason::ConnectionEnded),
                 Err(ReadError::Frame(e)) => return stop(CloseReason::Frame(e)),
                 Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
