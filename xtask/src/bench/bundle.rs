@@ -25,7 +25,7 @@ const TREE_VERSION: &str = "1";
 /// The roots of the bench tree.
 const ROOTS: [&str; 3] = ["enrollment", "web-conf", "prompts"];
 
-pub(crate) fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     let out = crate::bench::output_dir()?;
     let tree = out.join("bundle-tree");
     let generated = generate(&tree)?;
@@ -185,7 +185,33 @@ pub(crate) fn run() -> anyhow::Result<()> {
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
     remove(&work)?;
-    Ok(())
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let what = format!("{} files, {mb:.0} MB", generated.files);
+    Ok(vec![
+        super::Row::new(
+            "bundle",
+            format!("create ({what})"),
+            secs(our_create),
+            format!("tar czf {}", secs(tar_create)),
+        )
+        .ratio(our_create.as_secs_f64(), tar_create.as_secs_f64()),
+        super::Row::new(
+            "bundle",
+            format!("restore, synced ({what})"),
+            secs(our_restore),
+            format!("tar xzf {}", secs(tar_extract)),
+        )
+        .ratio(our_restore.as_secs_f64(), tar_extract.as_secs_f64())
+        .target("<= tar xzf + 5 %", restore_speedup >= 1.0 / 1.05),
+        super::Row::new(
+            "bundle",
+            "size",
+            format!("{:.1} MB", our_size as f64 / 1e6),
+            format!("tar czf {:.1} MB", tar_size as f64 / 1e6),
+        )
+        .ratio(our_size as f64, tar_size as f64)
+        .target("<= 1.05 x tar", size_ratio <= 1.05),
+    ])
 }
 
 fn cores() -> usize {

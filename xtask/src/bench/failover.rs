@@ -2,12 +2,14 @@
 //! node's link is cut, for tandem beside keepalived, in the same lab with the
 //! same client probe; and the agent's memory and CPU.
 //!
-//! Unplanned failover, [`RUNS`] runs per system and setting, as median and p99:
+//! Unplanned failover, [`RUNS`] runs per system and setting (`--runs`), as
+//! median and p99 (`--system tandem:100 --system keepalived:0.1` picks settings):
 //! - tandem's agents (`failover agent`, release build) with `auto_failover = true`
 //!   at the default timing (heartbeat 200 ms, 3 missed, probes of 3 x 100 ms) and
 //!   at a heartbeat of 1 s and 100 ms;
 //! - keepalived (the distribution's package, VRRPv3, unicast between the node
-//!   addresses) at `advert_int 1` and `0.1`.
+//!   addresses) at `advert_int 1` and `0.1`, with `nopreempt` on both nodes: like
+//!   tandem, it does not hand the address back to the recovered node.
 //!
 //! Each run cuts the cable of whichever node holds the shared address, waits for
 //! the client to hear the other node, then plugs the cable back and waits until
@@ -37,7 +39,7 @@ use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig, SHARED_ADDR};
 
 /// Runs per system and setting.
-const RUNS: usize = 20;
+pub(crate) const RUNS: usize = 20;
 /// How often the client probes the shared address.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// UDP port of the echo servers.
@@ -55,6 +57,26 @@ enum System {
 }
 
 impl System {
+    /// The heartbeat or advertisement interval in milliseconds.
+    fn interval_ms(self) -> u64 {
+        match self {
+            System::Tandem(ms) => ms,
+            System::Keepalived(cs) => cs * 10,
+        }
+    }
+
+    fn is_tandem(self) -> bool {
+        matches!(self, System::Tandem(_))
+    }
+
+    /// `keepalived advert_int 0.1` or `tandem 200 ms`.
+    fn short_label(self) -> String {
+        match self {
+            System::Tandem(ms) => format!("tandem {ms} ms"),
+            System::Keepalived(cs) => format!("keepalived advert_int {}", cs as f64 / 100.0),
+        }
+    }
+
     fn label(self) -> String {
         match self {
             System::Tandem(200) => "tandem, heartbeat 200 ms (default), 3 missed".into(),
@@ -67,7 +89,59 @@ impl System {
     }
 }
 
-pub(crate) fn run() -> anyhow::Result<()> {
+/// What to run of the failover area.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Unplanned and planned runs per setting.
+    pub runs: usize,
+    /// The settings to measure; all of [`SETTINGS`] when empty.
+    pub systems: Vec<String>,
+}
+
+/// The settings the issue asks for, in the order they run.
+const SETTINGS: [System; 5] = [
+    System::Tandem(200),
+    System::Tandem(1000),
+    System::Keepalived(100),
+    System::Tandem(100),
+    System::Keepalived(10),
+];
+
+impl System {
+    /// Parses `tandem:<heartbeat ms>` or `keepalived:<advert_int s>`.
+    fn parse(text: &str) -> anyhow::Result<System> {
+        let bad = || {
+            anyhow::anyhow!(
+                "`{text}` is not a failover setting: use tandem:<heartbeat ms> (tandem:200) or \
+                 keepalived:<advert_int seconds> (keepalived:0.1)"
+            )
+        };
+        let (what, value) = text.split_once(':').ok_or_else(bad)?;
+        match what {
+            "tandem" => value.parse().map(System::Tandem).map_err(|_| bad()),
+            "keepalived" => {
+                let secs: f64 = value.parse().map_err(|_| bad())?;
+                if !(0.01..=2.55).contains(&secs) {
+                    return Err(bad());
+                }
+                Ok(System::Keepalived((secs * 100.0).round() as u64))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
+    let systems: Vec<System> = if options.systems.is_empty() {
+        SETTINGS.to_vec()
+    } else {
+        options
+            .systems
+            .iter()
+            .map(|s| System::parse(s))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let runs = options.runs.max(1);
     if Command::new("keepalived")
         .arg("--version")
         .output()
@@ -81,14 +155,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut planned = None;
     let mut memory = Vec::new();
-    for system in [
-        System::Tandem(200),
-        System::Tandem(1000),
-        System::Keepalived(100),
-        System::Tandem(100),
-        System::Keepalived(10),
-    ] {
-        println!("bench failover: {} ({RUNS} runs)", system.label());
+    for system in systems {
+        println!("bench failover: {} ({runs} runs)", system.label());
         let lab =
             Lab::up(LabConfig::default()).context("building the namespace lab (needs root)")?;
         let dir = tempfile::Builder::new()
@@ -104,7 +172,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
                 memory.extend(site.usage(Duration::from_secs(5))?);
             }
             let mut outages = Vec::new();
-            for run in 0..RUNS {
+            for run in 0..runs {
                 let outage = site.unplanned(&probe)?;
                 println!(
                     "  run {:>2}: {:>7.1} ms",
@@ -114,7 +182,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
                 outages.push(outage);
             }
             if let System::Tandem(200) = system {
-                planned = Some(site.planned_runs(&probe)?);
+                planned = Some(site.planned_runs(&probe, runs)?);
             }
             anyhow::Ok(outages)
         })();
@@ -131,7 +199,112 @@ pub(crate) fn run() -> anyhow::Result<()> {
         results.push((system, outages));
     }
     print(&results, planned.as_deref(), &memory);
-    write_json(&results, planned.as_deref(), &memory)
+    write_json(&results, planned.as_deref(), &memory)?;
+    Ok(summary(&results, planned.as_deref(), &memory))
+}
+
+/// The summary lines: each tandem setting beside keepalived at the same
+/// interval, the planned switchover and the processes' memory and CPU.
+fn summary(
+    results: &[(System, Vec<Duration>)],
+    planned: Option<&[Duration]>,
+    memory: &[Usage],
+) -> Vec<super::Row> {
+    let fig = |o: &[Duration]| {
+        format!(
+            "{:.0} / {:.0} ms",
+            ms(percentile(o, 50.0)),
+            ms(percentile(o, 99.0))
+        )
+    };
+    let find = |want: System| {
+        results.iter().find(|(s, _)| {
+            s.interval_ms() == want.interval_ms() && s.is_tandem() == want.is_tandem()
+        })
+    };
+    let mut rows = Vec::new();
+    for (system, outages) in results.iter().filter(|(s, _)| s.is_tandem()) {
+        let median = ms(percentile(outages, 50.0));
+        let mut row = super::Row::new(
+            "failover",
+            format!(
+                "unplanned outage, heartbeat {} ms (median / p99)",
+                system.interval_ms()
+            ),
+            fig(outages),
+            "",
+        );
+        let mut met = system.interval_ms() != 200 || median < 1000.0;
+        let mut target = if system.interval_ms() == 200 {
+            vec!["< 1 s"]
+        } else {
+            Vec::new()
+        };
+        if let Some((k, ko)) = find(System::Keepalived(system.interval_ms() / 10)) {
+            let kmedian = ms(percentile(ko, 50.0));
+            row.baseline = format!("{}: {}", k.short_label(), fig(ko));
+            row = row.ratio(median, kmedian);
+            met &= median <= kmedian;
+            target.push("<= keepalived");
+        }
+        if !target.is_empty() {
+            row = row.target(target.join(", "), met);
+        }
+        rows.push(row);
+    }
+    for (system, outages) in results.iter().filter(|(s, _)| !s.is_tandem()) {
+        if find(System::Tandem(system.interval_ms())).is_none() {
+            rows.push(super::Row::new(
+                "failover",
+                format!("unplanned outage, {} (median / p99)", system.short_label()),
+                "",
+                fig(outages),
+            ));
+        }
+    }
+    if let Some(planned) = planned {
+        rows.push(
+            super::Row::new(
+                "failover",
+                "planned switchover, client outage (median / p99)",
+                fig(planned),
+                "keepalived: no such command",
+            )
+            .target("< 200 ms", ms(percentile(planned, 50.0)) < 200.0),
+        );
+    }
+    let tandem_mem: Vec<&Usage> = memory
+        .iter()
+        .filter(|u| u.what.starts_with("failover"))
+        .collect();
+    let keepalived_mem: Vec<&Usage> = memory
+        .iter()
+        .filter(|u| !u.what.starts_with("failover"))
+        .collect();
+    let worst = |u: &[&Usage]| {
+        (
+            u.iter().map(|u| u.rss_kib).max().unwrap_or(0),
+            u.iter().map(|u| u.cpu_percent).fold(0.0, f64::max),
+        )
+    };
+    if !tandem_mem.is_empty() {
+        let (rss, cpu) = worst(&tandem_mem);
+        let (krss, kcpu) = worst(&keepalived_mem);
+        rows.push(
+            super::Row::new(
+                "failover",
+                "idle agent: resident memory, CPU (larger node)",
+                format!("{:.1} MiB, {cpu:.1} %", rss as f64 / 1024.0),
+                if keepalived_mem.is_empty() {
+                    String::new()
+                } else {
+                    format!("keepalived {:.1} MiB, {kcpu:.1} %", krss as f64 / 1024.0)
+                },
+            )
+            .ratio(rss as f64, krss as f64),
+        );
+    }
+    rows
 }
 
 /// The client's probe: a datagram to the shared address every [`PROBE_EVERY`],
@@ -368,7 +541,7 @@ impl<'a> Site<'a> {
             &conf,
             format!(
                 "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  enable_script_security\n}}\n\
-                 vrrp_instance tandem {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n\
+                 vrrp_instance tandem {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 51\n\
                  priority {priority}\n  advert_int {advert}\n  unicast_src_ip {own}\n\
                  unicast_peer {{\n    {peer}\n  }}\n  virtual_ipaddress {{\n    {SHARED_ADDR}/24 dev eth0\n  }}\n}}\n",
                 name = host.name(),
@@ -539,10 +712,10 @@ impl<'a> Site<'a> {
     }
 
     /// Planned switchovers through the agents, alternating direction.
-    fn planned_runs(&self, probe: &Probe) -> anyhow::Result<Vec<Duration>> {
-        println!("bench failover: tandem planned switchover ({RUNS} runs)");
+    fn planned_runs(&self, probe: &Probe, runs: usize) -> anyhow::Result<Vec<Duration>> {
+        println!("bench failover: tandem planned switchover ({runs} runs)");
         let mut outages = Vec::new();
-        for run in 0..RUNS {
+        for run in 0..runs {
             let old = self.wait_one_holder(Duration::from_secs(30))?;
             let new = if old == Host::Node1 {
                 Host::Node2
@@ -706,7 +879,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn print(results: &[(System, Vec<Duration>)], planned: Option<&[Duration]>, memory: &[Usage]) {
-    println!("\nUnplanned failover (the holder's cable cut), client outage over {RUNS} runs:");
+    let runs = results.first().map_or(0, |(_, o)| o.len());
+    println!("\nUnplanned failover (the holder's cable cut), client outage over {runs} runs:");
     println!(
         "  {:<44} {:>10} {:>10} {:>10}",
         "system", "median ms", "p99 ms", "max ms"
@@ -720,9 +894,12 @@ fn print(results: &[(System, Vec<Duration>)], planned: Option<&[Duration]>, memo
             ms(outages.last().copied().unwrap_or_default())
         );
     }
-    // tandem beside keepalived at the same interval: 1 s and 100 ms.
-    for (a, b) in [(1usize, 2usize), (3, 4)] {
-        if let (Some((sa, oa)), Some((sb, ob))) = (results.get(a), results.get(b)) {
+    // tandem beside keepalived at the same interval.
+    for (sa, oa) in results.iter().filter(|(s, _)| s.is_tandem()) {
+        let same = results
+            .iter()
+            .find(|(s, _)| !s.is_tandem() && s.interval_ms() == sa.interval_ms());
+        if let Some((sb, ob)) = same {
             let ratio = ms(percentile(oa, 50.0)) / ms(percentile(ob, 50.0)).max(0.001);
             println!("  {} / {}: median ratio {ratio:.2}", sa.label(), sb.label());
         }

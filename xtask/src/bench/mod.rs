@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: speed and memory beside their baselines, from one run.
 //!
-//! Each area lives in its own module with a `run` function; results print as a
-//! table and are written as JSON under `target/bench/`.
+//! Each area lives in its own module with a `run` function that prints its own
+//! detailed table, writes it as JSON under `target/bench/<area>.json` and returns
+//! its lines for the summary: one table of every measure beside its baseline and
+//! the issue's target, printed at the end of the run and written to
+//! `target/bench/summary.json`.
 
 mod bundle;
 mod failover;
@@ -19,9 +22,17 @@ pub(crate) struct Args {
     /// What to measure; all areas when omitted.
     #[arg(value_enum)]
     area: Option<Area>,
-    /// The replication backend to measure (`replication` area).
+    /// The replication backend to measure (`replication` area; both when no
+    /// area is named).
     #[arg(long, value_enum, default_value = "sqlite")]
     backend: Backend,
+    /// Runs per setting of the `failover` area (20 for the issue's figures).
+    #[arg(long, default_value_t = failover::RUNS)]
+    runs: usize,
+    /// Only these settings of the `failover` area, each `tandem:<heartbeat ms>`
+    /// or `keepalived:<advert_int s>` (all five when omitted).
+    #[arg(long = "system", value_name = "SETTING")]
+    systems: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,21 +58,152 @@ enum Area {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    // (area, backend) pairs; all areas and both backends when none is named.
     let areas = match args.area {
-        Some(area) => vec![area],
-        None => vec![Area::Bundle, Area::Netif, Area::Replication, Area::Failover],
+        Some(area) => vec![(area, args.backend)],
+        None => vec![
+            (Area::Bundle, Backend::Sqlite),
+            (Area::Netif, Backend::Sqlite),
+            (Area::Replication, Backend::Sqlite),
+            (Area::Replication, Backend::Postgres),
+            (Area::Failover, Backend::Sqlite),
+        ],
     };
-    for area in areas {
-        match area {
-            Area::Bundle => bundle::run().context("bench bundle")?,
-            Area::Failover => failover::run().context("bench failover")?,
-            Area::Netif => netif::run().context("bench netif")?,
-            Area::Replication if args.backend == Backend::Postgres => {
-                replication_postgres::run().context("bench replication --backend postgres")?;
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for (area, backend) in areas {
+        let (name, result) = match (area, backend) {
+            (Area::Bundle, _) => ("bundle", bundle::run()),
+            (Area::Failover, _) => (
+                "failover",
+                failover::run(&failover::Options {
+                    runs: args.runs,
+                    systems: args.systems.clone(),
+                }),
+            ),
+            (Area::Netif, _) => ("netif", netif::run()),
+            (Area::Replication, Backend::Postgres) => (
+                "replication --backend postgres",
+                replication_postgres::run(),
+            ),
+            (Area::Replication, Backend::Sqlite) => ("replication", replication::run()),
+        };
+        match result {
+            Ok(mut area_rows) => rows.append(&mut area_rows),
+            Err(e) => {
+                // One area failing does not hide the others' numbers.
+                eprintln!("bench {name} failed: {e:#}");
+                failed.push(name);
             }
-            Area::Replication => replication::run().context("bench replication")?,
         }
     }
+    print_summary(&rows, started.elapsed());
+    write_summary(&rows, &failed)?;
+    if !failed.is_empty() {
+        anyhow::bail!("bench areas failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// One line of the summary table: a measure of tandem beside its baseline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Row {
+    /// The bench area (`bundle`, `failover`, ...).
+    pub area: &'static str,
+    /// What is measured, with its unit.
+    pub measure: String,
+    /// tandem's figure, as text (`721 / 809 ms`).
+    pub tandem: String,
+    /// The baseline and its figure (`keepalived advert_int 1: 3,301 / 3,545 ms`),
+    /// empty when there is none.
+    pub baseline: String,
+    /// tandem's figure over the baseline's, when both are one number.
+    pub ratio: Option<f64>,
+    /// The issue's target for this measure and whether this run met it.
+    pub target: Option<Target>,
+}
+
+/// A target of the issue and whether a run met it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Target {
+    /// The target in words (`< 1 s`).
+    pub text: String,
+    /// Whether this run met it.
+    pub met: bool,
+}
+
+impl Row {
+    /// A row without a ratio or target.
+    pub(crate) fn new(
+        area: &'static str,
+        measure: impl Into<String>,
+        tandem: impl Into<String>,
+        baseline: impl Into<String>,
+    ) -> Row {
+        Row {
+            area,
+            measure: measure.into(),
+            tandem: tandem.into(),
+            baseline: baseline.into(),
+            ratio: None,
+            target: None,
+        }
+    }
+
+    /// Sets the ratio of tandem's figure to the baseline's.
+    pub(crate) fn ratio(mut self, tandem: f64, baseline: f64) -> Row {
+        self.ratio = (baseline > 0.0).then(|| tandem / baseline);
+        self
+    }
+
+    /// Sets the target and whether it was met.
+    pub(crate) fn target(mut self, text: impl Into<String>, met: bool) -> Row {
+        self.target = Some(Target {
+            text: text.into(),
+            met,
+        });
+        self
+    }
+}
+
+fn print_summary(rows: &[Row], took: std::time::Duration) {
+    println!(
+        "\n=== tandem bench summary ({:.0} s) ===",
+        took.as_secs_f64()
+    );
+    let width =
+        |f: &dyn Fn(&Row) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
+    let (wa, wm, wt, wb) = (
+        width(&|r| r.area.len(), 4),
+        width(&|r| r.measure.len(), 7),
+        width(&|r| r.tandem.len(), 6),
+        width(&|r| r.baseline.len(), 8),
+    );
+    println!(
+        "{:<wa$}  {:<wm$}  {:>wt$}  {:<wb$}  {:>6}  target",
+        "area", "measure", "tandem", "baseline", "ratio"
+    );
+    for r in rows {
+        let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default();
+        let target = r
+            .target
+            .as_ref()
+            .map(|t| format!("{} {}", t.text, if t.met { "met" } else { "MISSED" }))
+            .unwrap_or_default();
+        println!(
+            "{:<wa$}  {:<wm$}  {:>wt$}  {:<wb$}  {:>6}  {target}",
+            r.area, r.measure, r.tandem, r.baseline, ratio
+        );
+    }
+}
+
+fn write_summary(rows: &[Row], failed: &[&str]) -> anyhow::Result<()> {
+    let path = output_dir()?.join("summary.json");
+    let json = serde_json::json!({ "rows": rows, "failed_areas": failed });
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("summary written to {}", path.display());
     Ok(())
 }
 

@@ -34,7 +34,7 @@ const ECHO_PORT: u16 = 9007;
 /// Longest wait for the client's cache to expire in the baseline run.
 const KERNEL_ONLY_CAP: Duration = Duration::from_secs(90);
 
-pub(crate) fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     let lab = Lab::up(LabConfig::default()).context("building the namespace lab (needs root)")?;
     let node1 = Worker::spawn(&lab, Host::Node1)?;
     let node2 = Worker::spawn(&lab, Host::Node2)?;
@@ -62,7 +62,29 @@ pub(crate) fn run() -> anyhow::Result<()> {
     rows.extend(takeover);
     print_table(&rows, kernel_only);
     write_json(&rows, kernel_only)?;
-    Ok(())
+    let mut summary = Vec::new();
+    if let Some(takeover) = rows.iter().find(|r| r.key == "takeover") {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let baseline = match kernel_only {
+            Some(d) => format!("no announce (kernel only): {:.1} ms", ms(d)),
+            None => format!("no announce (kernel only): > {KERNEL_ONLY_CAP:?}"),
+        };
+        let mut row = super::Row::new(
+            "netif",
+            "address takeover to client's first answer (median / p99)",
+            format!(
+                "{:.1} / {:.1} ms",
+                ms(takeover.median()),
+                ms(takeover.p99())
+            ),
+            baseline,
+        );
+        if let Some(d) = kernel_only {
+            row = row.ratio(ms(takeover.median()), ms(d));
+        }
+        summary.push(row);
+    }
+    Ok(summary)
 }
 
 /// One measured series.

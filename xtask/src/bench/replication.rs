@@ -41,7 +41,7 @@ const WARM_UP_FIRST: u64 = 1_000_000;
 /// Rows per transaction.
 const ROWS: u32 = 5;
 
-pub(crate) fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     let bin = build_release()?;
     let lab = Lab::up(LabConfig::default()).context("building the namespace lab (needs root)")?;
     let dir = tempfile::tempdir()?;
@@ -135,7 +135,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     };
     results.print();
     results.write_json()?;
-    Ok(())
+    Ok(results.summary())
 }
 
 /// What the phases share.
@@ -405,6 +405,40 @@ impl Results {
                 &self.waited,
             ),
         ]
+    }
+
+    /// The summary lines: each mode's rate beside the unreplicated one, with its
+    /// lag or latency.
+    fn summary(&self) -> Vec<super::Row> {
+        let base = self.unreplicated.rate();
+        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        self.rows()
+            .into_iter()
+            .filter(|(key, _, _)| *key != "unreplicated")
+            .map(|(key, what, phase)| {
+                let delays = if phase.delays.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", p50 {:.1} / p99 {:.1} ms",
+                        ms(phase.percentile(0.5)),
+                        ms(phase.percentile(0.99))
+                    )
+                };
+                let row = super::Row::new(
+                    "replication sqlite",
+                    format!("{what}, 1 writer (tx/s)"),
+                    format!("{:.0}{delays}", phase.rate()),
+                    format!("unreplicated {base:.0}"),
+                )
+                .ratio(phase.rate(), base);
+                if key == "wait_replicated" {
+                    row.target(">= 0.5 x unreplicated", phase.rate() >= base / 2.0)
+                } else {
+                    row
+                }
+            })
+            .collect()
     }
 
     fn print(&self) {

@@ -29,7 +29,7 @@ const ROUNDS: usize = 3;
 const SECONDS: u32 = 5;
 const CLIENTS: u32 = 2;
 
-pub(crate) fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     let bin = super::replication::build_release()?;
     let bindir = bindir().context(
         "PostgreSQL 15 (/usr/lib/postgresql/15/bin) and the postgres user are needed: \
@@ -188,7 +188,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     results.print();
     results.write_json()?;
     drop(servers);
-    Ok(())
+    Ok(results.summary())
 }
 
 /// Runs pgbench as postgres inside the namespace `ns` with `PGOPTIONS` set.
@@ -284,6 +284,33 @@ struct Results {
 }
 
 impl Results {
+    /// The summary lines: async and synchronous beside replication off.
+    fn summary(&self) -> Vec<super::Row> {
+        let area = "replication postgres";
+        let base = format!("off {:.0}", self.off);
+        let lag = match (self.lag_ms_p50, self.lag_ms_p99) {
+            (Some(p50), Some(p99)) => format!(", replay lag p50 {p50} / p99 {p99} ms"),
+            _ => String::new(),
+        };
+        vec![
+            super::Row::new(
+                area,
+                format!("async, pgbench {CLIENTS} clients (tx/s)"),
+                format!("{:.0}{lag}", self.asynchronous),
+                base.clone(),
+            )
+            .ratio(self.asynchronous, self.off),
+            super::Row::new(
+                area,
+                format!("synchronous, pgbench {CLIENTS} clients (tx/s)"),
+                format!("{:.0}", self.sync),
+                base,
+            )
+            .ratio(self.sync, self.off)
+            .target(">= 0.5 x off", self.sync >= self.off / 2.0),
+        ]
+    }
+
     fn print(&self) {
         println!(
             "bench replication --backend postgres: pgbench TPC-B-like, scale 1, {CLIENTS} clients, \
