@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
 use tandem_replication::ReplicationBackend;
-use tandem_role::{Epoch, Event, NodeId, Role};
+use tandem_role::{Epoch, Event, Isolation, NodeId, ProbeOutcome, Role};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, watch};
 
@@ -79,8 +79,9 @@ const DATABASE_WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How much before the peer's loss is declared a probe ahead of it should end.
-const AHEAD_MARGIN: Duration = Duration::from_millis(10);
+/// The shortest quiet of the peer, in heartbeat intervals, after which a standby
+/// probes ahead of the peer's loss (a heartbeat a little late is not a reason).
+const AHEAD_QUIET: f64 = 1.2;
 
 /// Runs the agent of the node until `shutdown` completes. `status` receives a
 /// fresh snapshot after every event, for the status page.
@@ -132,6 +133,8 @@ struct Agent {
     database_watched: Option<Instant>,
     /// The peer's last frame before which a probe ahead of its loss ran.
     probed_ahead_of: Option<tokio::time::Instant>,
+    /// The probe ahead of the peer's loss, while it runs.
+    ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
 }
 
 impl Agent {
@@ -188,6 +191,7 @@ impl Agent {
             reannounce_at: None,
             database_watched: None,
             probed_ahead_of: None,
+            ahead: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -203,7 +207,11 @@ impl Agent {
             let ahead_at = self.probe_ahead_at();
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                () = sleep_until_some(ahead_at) => self.probe_ahead().await,
+                () = sleep_until_some(ahead_at) => self.probe_ahead(),
+                probed = wait_some(self.ahead.as_mut()) => {
+                    self.ahead = None;
+                    self.keep_probe_ahead(probed);
+                }
                 event = self.link.next_event() => match event {
                     Some(LinkEvent::PeerUp(session)) => {
                         tracing::info!(peer = %session.peer_addr(), "peer up");
@@ -222,6 +230,10 @@ impl Agent {
                         self.peer_claim = None;
                         self.peer_facts = None;
                         self.peer_lost_seen = Instant::now();
+                        // The loss's probe waits for one already under way.
+                        if let Some(ahead) = self.ahead.take() {
+                            self.keep_probe_ahead(ahead.await);
+                        }
                         self.event(Event::PeerLost).await;
                     }
                     Some(LinkEvent::DialFailed { error, retry_in, .. }) => {
@@ -520,13 +532,14 @@ impl Agent {
     }
 
     /// When a standby that fails over on its own should probe ahead of the
-    /// peer's loss: late enough that the peer has missed at least one and a half
-    /// heartbeat intervals, and early enough that the probe ends about when the
-    /// loss is declared. `None` when no such probe is due.
+    /// peer's loss: early enough that the probe ends when the loss is declared,
+    /// but not before the peer has been quiet for [`AHEAD_QUIET`] heartbeat
+    /// intervals. `None` when no such probe is due.
     fn probe_ahead_at(&self) -> Option<tokio::time::Instant> {
         let failover = &self.node.config().failover;
         let state = self.node.state();
         if !failover.auto_failover
+            || self.ahead.is_some()
             || state.deployment != tandem_role::DeploymentMode::Failover
             || state.role != Role::Standby
             || state.standby_hold
@@ -540,14 +553,15 @@ impl Agent {
         }
         let silence = session.silence_limit();
         let interval = silence / failover.missed_heartbeats.max(1);
-        let lead = self.node.probe_duration() + AHEAD_MARGIN;
-        let quiet = silence.saturating_sub(lead).max(interval * 3 / 2);
+        let quiet = silence
+            .saturating_sub(self.node.probe_duration())
+            .max(interval.mul_f64(AHEAD_QUIET));
         (quiet < silence).then(|| heard + quiet)
     }
 
-    /// Runs the probe ahead of the peer's loss, if it is still due (no frame
-    /// arrived since it was scheduled).
-    async fn probe_ahead(&mut self) {
+    /// Starts the probe ahead of the peer's loss, if it is still due (no frame
+    /// arrived since it was scheduled). It runs beside the agent's loop.
+    fn probe_ahead(&mut self) {
         let Some(at) = self.probe_ahead_at() else {
             return;
         };
@@ -555,8 +569,20 @@ impl Agent {
             return;
         }
         self.probed_ahead_of = self.session.as_ref().map(Session::last_heard);
-        let kept = self.node.probe_ahead().await;
-        tracing::info!(kept, "the peer is quiet: probed ahead of its loss");
+        self.ahead = Some(tokio::spawn(self.node.probe_ahead()));
+    }
+
+    fn keep_probe_ahead(
+        &mut self,
+        probed: Result<(ProbeOutcome, Isolation), tokio::task::JoinError>,
+    ) {
+        match probed {
+            Ok((probe, isolation)) => {
+                let kept = self.node.keep_probe_ahead(&probe, isolation);
+                tracing::info!(%probe, %isolation, kept, "the peer is quiet: probed ahead of its loss");
+            }
+            Err(e) => tracing::warn!(error = %e, "the probe ahead of the peer's loss failed"),
+        }
     }
 
     /// While the peer stays lost, tells the machine again every detection
@@ -778,6 +804,16 @@ async fn receive_bundle(blob: &mut tandem_peer::BlobReader, path: &Path) -> std:
 }
 
 /// The peer link's port: `[peer] port` in the node config, else the default.
+/// Waits for the task, or forever without one.
+async fn wait_some<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {

@@ -207,18 +207,30 @@ impl Node {
             .saturating_add(probe.timeout())
     }
 
-    /// Probes the shared address and the reference now, while the peer has been
-    /// silent for a while but is not yet declared lost, so that the probe the
-    /// role machine asks for when the loss comes is already answered. A silent
+    /// A probe of the shared address and the reference that borrows nothing from
+    /// the node, to run while the peer has been silent for a while but is not yet
+    /// declared lost (the agent spawns it); hand its outcome to
+    /// [`keep_probe_ahead`](Self::keep_probe_ahead).
+    pub fn probe_ahead(&self) -> impl Future<Output = (ProbeOutcome, Isolation)> + Send + 'static {
+        let net = &self.config.network;
+        run_probe(
+            self.prober,
+            net.interface.clone(),
+            net.shared_address.addr(),
+            net.reference(),
+        )
+    }
+
+    /// Keeps the outcome of a [`probe_ahead`](Self::probe_ahead), so that the probe
+    /// the role machine asks for when the loss comes is already answered: a silent
     /// probe with the isolation check passed is kept for one probe timeout and
     /// answers the next immediate probe; any other outcome is dropped, and that
-    /// probe then runs as usual. Returns whether the result was kept.
+    /// probe then runs as usual. Returns whether it was kept.
     ///
     /// The evidence is the same as a probe run after the loss: nobody answered
     /// for the shared address while the peer sent nothing, only taken earlier.
-    pub async fn probe_ahead(&mut self) -> bool {
-        let (probe, isolation) = self.probe(false).await;
-        let silent = probe == ProbeOutcome::Silent && isolation == Isolation::Passed;
+    pub fn keep_probe_ahead(&mut self, probe: &ProbeOutcome, isolation: Isolation) -> bool {
+        let silent = *probe == ProbeOutcome::Silent && isolation == Isolation::Passed;
         self.ahead = silent.then(Instant::now);
         silent
     }
@@ -525,34 +537,50 @@ impl Node {
     /// Probes the shared address and runs the isolation check.
     async fn probe(&self, quick: bool) -> (ProbeOutcome, Isolation) {
         let net = &self.config.network;
-        let iface = net.interface.as_str();
         let prober = if quick {
-            &self.quick_prober
+            self.quick_prober
         } else {
-            &self.prober
+            self.prober
         };
-        let (shared, reference) = tokio::join!(
-            prober.address(iface, net.shared_address.addr()),
-            prober.isolation_check(iface, net.reference())
-        );
-        let probe = match shared {
-            Ok(outcome) if outcome.is_answered() => ProbeOutcome::Answered {
-                macs: outcome.macs().into_iter().map(|m| MacAddr(m.0)).collect(),
-            },
-            Ok(_) => ProbeOutcome::Silent,
-            Err(e) => ProbeOutcome::Error {
-                reason: e.to_string(),
-            },
-        };
-        let isolation = match reference {
-            Ok(outcome) if outcome.is_answered() => Isolation::Passed,
-            Ok(_) => Isolation::Failed,
-            Err(e) => {
-                tracing::warn!(error = %e, "isolation check failed to run");
-                Isolation::Failed
-            }
-        };
-        tracing::info!(%probe, %isolation, reference = %self.config.network.reference(), "probed");
-        (probe, isolation)
+        run_probe(
+            prober,
+            net.interface.clone(),
+            net.shared_address.addr(),
+            net.reference(),
+        )
+        .await
     }
+}
+
+/// Probes `shared` on `iface` and runs the isolation check against `reference`,
+/// both at once.
+async fn run_probe(
+    prober: Prober,
+    iface: String,
+    shared: std::net::IpAddr,
+    reference: std::net::IpAddr,
+) -> (ProbeOutcome, Isolation) {
+    let (answers, reached) = tokio::join!(
+        prober.address(&iface, shared),
+        prober.isolation_check(&iface, reference)
+    );
+    let probe = match answers {
+        Ok(outcome) if outcome.is_answered() => ProbeOutcome::Answered {
+            macs: outcome.macs().into_iter().map(|m| MacAddr(m.0)).collect(),
+        },
+        Ok(_) => ProbeOutcome::Silent,
+        Err(e) => ProbeOutcome::Error {
+            reason: e.to_string(),
+        },
+    };
+    let isolation = match reached {
+        Ok(outcome) if outcome.is_answered() => Isolation::Passed,
+        Ok(_) => Isolation::Failed,
+        Err(e) => {
+            tracing::warn!(error = %e, "isolation check failed to run");
+            Isolation::Failed
+        }
+    };
+    tracing::info!(%probe, %isolation, %reference, "probed");
+    (probe, isolation)
 }

@@ -373,14 +373,19 @@ fn a_probe_ahead_of_the_peer_loss_answers_it_only_while_fresh_and_silent() {
         async |n| {
             // The active node answers: nothing is kept, and the loss runs its own
             // probe, which finds node1 and keeps node2 standby.
-            assert!(!n.probe_ahead().await);
+            let (probe, isolation) = n.probe_ahead().await;
+            assert!(
+                !n.keep_probe_ahead(&probe, isolation),
+                "{probe} {isolation}"
+            );
             let lost = n.handle(tandem_role::Event::PeerLost).await;
             assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
 
             // Silent, but the address is back before the loss and the result has
             // gone stale (older than the probe timeout of 150 ms): probed again.
             drop_shared();
-            assert!(n.probe_ahead().await);
+            let (probe, isolation) = n.probe_ahead().await;
+            assert!(n.keep_probe_ahead(&probe, isolation), "{probe} {isolation}");
             add_shared();
             tokio::time::sleep(Duration::from_millis(400)).await;
             let lost = n.handle(tandem_role::Event::PeerStillLost).await;
@@ -389,7 +394,8 @@ fn a_probe_ahead_of_the_peer_loss_answers_it_only_while_fresh_and_silent() {
             // Silent and fresh: the loss is answered by it without probing again
             // (the address came back too late for the probe ahead to see it).
             drop_shared();
-            assert!(n.probe_ahead().await);
+            let (probe, isolation) = n.probe_ahead().await;
+            assert!(n.keep_probe_ahead(&probe, isolation), "{probe} {isolation}");
             add_shared();
             let lost = n.handle(tandem_role::Event::PeerStillLost).await;
             assert_eq!(lost.role, Some(Role::Active), "{lost:#?}");
