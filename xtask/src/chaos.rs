@@ -733,10 +733,11 @@ path = "{files}/prompts"
         for host in [Host::Node1, Host::Node2] {
             let stop = self.stop.clone();
             let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
-            self.threads.push(
-                self.lab
-                    .spawn_in(host, move || site::serve_app(host, &settings, &stop))?,
-            );
+            // No `[[service]]` entry here: the application is never paused.
+            let paused = site::Layout { dir: self.root() }.app_paused(host);
+            self.threads.push(self.lab.spawn_in(host, move || {
+                site::serve_app(host, &settings, &stop, &paused)
+            })?);
         }
         let (stop, samples, acked, started) = (
             self.stop_client.clone(),

@@ -44,39 +44,9 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let bins = build_binaries()?;
-    let lab = Lab::up(LabConfig::default()).context("building the namespace lab")?;
-    let dir = tempfile::Builder::new().prefix("tandem-demo-").tempdir()?;
-    println!("tandem demo: the seed's failover procedures in a namespace lab");
-    println!(
-        "  lab: node1 {} and node2 {} (eth0:0), client {}, gateway {}, shared address {}",
-        tandem_lab::NODE1_ADDR,
-        tandem_lab::NODE2_ADDR,
-        tandem_lab::CLIENT_ADDR,
-        tandem_lab::GATEWAY_ADDR,
-        tandem_lab::SHARED_ADDR
-    );
-    println!("  node config and state in {}", dir.path().display());
-    let mut demo = Demo {
-        lab,
-        dir: dir.path().to_path_buf(),
-        bins,
-        started,
-        verbose: args.verbose,
-        failovers: Vec::new(),
-        agents: Vec::new(),
-        stop: Arc::new(AtomicBool::new(false)),
-        threads: Vec::new(),
-        samples: Arc::default(),
-        acked: Arc::default(),
-        both_active: Arc::default(),
-        heal: None,
-    };
-    let result = demo.procedures();
-    demo.stop.store(true, Ordering::Relaxed);
-    for thread in demo.threads.drain(..) {
-        let _ = thread.join();
-    }
+    let (mut demo, _dir) = Demo::new(build_binaries()?, args.verbose)?;
+    let result = demo.setup().and_then(|()| demo.failovers());
+    demo.stop_threads();
     let result = result.and_then(|()| demo.verify_and_summarize());
     demo.stop_agents();
     result?;
@@ -85,6 +55,71 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What [`planned_with_writes`] measured.
+pub(crate) struct PlannedWrites {
+    /// The client-visible outage of each planned switchover, sorted.
+    pub outages: Vec<Duration>,
+    /// Writes the application acknowledged over the whole run.
+    pub acked: usize,
+    /// Acknowledged writes missing on either node at the end.
+    pub lost: usize,
+    /// Whether both nodes' tables were identical at the end.
+    pub identical: bool,
+}
+
+/// The demo's site with its writing client, then `runs` planned switchovers
+/// (alternating direction) through the agents: the client's outage of each and
+/// the acknowledged writes lost, for `cargo xtask bench failover`.
+pub(crate) fn planned_with_writes(bins: Binaries, runs: usize) -> anyhow::Result<PlannedWrites> {
+    let (mut demo, dir) = Demo::new(bins, false)?;
+    if std::env::var_os("TANDEM_KEEP_SITE").is_some() {
+        println!(
+            "  TANDEM_KEEP_SITE: the site and its logs stay in {}",
+            dir.keep().display()
+        );
+    }
+    let result = demo.setup().and_then(|()| {
+        let mut from = Host::Node1;
+        for _ in 0..runs {
+            let to = if from == Host::Node1 {
+                Host::Node2
+            } else {
+                Host::Node1
+            };
+            demo.planned(from, to)?;
+            std::thread::sleep(Duration::from_millis(300));
+            from = to;
+        }
+        Ok(())
+    });
+    demo.stop_threads();
+    let checked = result.and_then(|()| demo.check_data());
+    demo.stop_agents();
+    let checked = checked?;
+    let samples = demo.samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut outages = Vec::new();
+    for entry in &demo.failovers {
+        let (gap, _) = outage(&samples, entry.from, entry.to)
+            .with_context(|| format!("the client never reached {}", entry.to))?;
+        outages.push(gap);
+    }
+    outages.sort();
+    Ok(PlannedWrites {
+        outages,
+        acked: checked.acked,
+        lost: checked.missing.len(),
+        identical: checked.identical,
+    })
+}
+
+/// The data check at the end of a run.
+struct DataCheck {
+    acked: usize,
+    /// Acknowledged transactions missing on either node.
+    missing: BTreeSet<u64>,
+    identical: bool,
 }
 
 struct Demo {
@@ -114,7 +149,49 @@ struct Failover {
 }
 
 impl Demo {
-    fn procedures(&mut self) -> anyhow::Result<()> {
+    /// A lab and a site directory (removed when the returned guard drops).
+    fn new(bins: Binaries, verbose: bool) -> anyhow::Result<(Demo, tempfile::TempDir)> {
+        let lab = Lab::up(LabConfig::default()).context("building the namespace lab")?;
+        let dir = tempfile::Builder::new().prefix("tandem-demo-").tempdir()?;
+        println!("tandem demo: the seed's failover procedures in a namespace lab");
+        println!(
+            "  lab: node1 {} and node2 {} (eth0:0), client {}, gateway {}, shared address {}",
+            tandem_lab::NODE1_ADDR,
+            tandem_lab::NODE2_ADDR,
+            tandem_lab::CLIENT_ADDR,
+            tandem_lab::GATEWAY_ADDR,
+            tandem_lab::SHARED_ADDR
+        );
+        println!("  node config and state in {}", dir.path().display());
+        let demo = Demo {
+            lab,
+            dir: dir.path().to_path_buf(),
+            bins,
+            started: Instant::now(),
+            verbose,
+            failovers: Vec::new(),
+            agents: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            samples: Arc::default(),
+            acked: Arc::default(),
+            both_active: Arc::default(),
+            heal: None,
+        };
+        Ok((demo, dir))
+    }
+
+    /// Stops the application, the client and the role watch.
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// The seed's setup: both nodes, replication, config files, and the client
+    /// writing through node1.
+    fn setup(&mut self) -> anyhow::Result<()> {
         section("Setting up failover for two newly installed Application Servers");
         self.run(
             Host::Node1,
@@ -207,7 +284,11 @@ impl Demo {
         self.wait_for_client("node1")?;
         self.note("client's writes are acknowledged", "by node1");
         std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
 
+    /// The seed's failovers: planned there and back, then unplanned and back.
+    fn failovers(&mut self) -> anyhow::Result<()> {
         section("Performing Application Server Failover (planned)");
         self.planned(Host::Node1, Host::Node2)?;
         section("Performing Application Server Failover to Switch to the Previous Active Server");
@@ -324,7 +405,7 @@ path = "{files}/prompts"
 "#,
             key = self.key_file(),
             files = files.display()
-        );
+        ) + &crate::site::Layout { dir: &self.dir }.app_service(host);
         let path = self.config_path(host);
         let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
         let extra: toml::Table = toml::from_str(&text)?;
@@ -424,7 +505,10 @@ path = "{files}/prompts"
         let child = self
             .failover_command(host)
             .args(["agent", "--key-file", &self.key_file()])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANDEM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -539,9 +623,10 @@ path = "{files}/prompts"
         for host in [Host::Node1, Host::Node2] {
             let stop = self.stop.clone();
             let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+            let paused = crate::site::Layout { dir: &self.dir }.app_paused(host);
             self.threads.push(
                 self.lab
-                    .spawn_in(host, move || serve_app(host, &settings, &stop))?,
+                    .spawn_in(host, move || serve_app(host, &settings, &stop, &paused))?,
             );
         }
         let (stop, samples, acked, started) = (
@@ -595,29 +680,9 @@ path = "{files}/prompts"
     /// Checks that both databases hold every acknowledged write and are equal, then
     /// prints the summary.
     fn verify_and_summarize(&mut self) -> anyhow::Result<()> {
-        section("Checking the data");
-        let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (sums, missing) = loop {
-            let sums = [Host::Node1, Host::Node2].map(|h| self.mp_quiet(h, &["checksum"]));
-            let missing = [Host::Node1, Host::Node2].map(|h| self.missing(h, &acked));
-            let equal = matches!(&sums, [Ok(a), Ok(b)] if a == b);
-            if (equal && missing.iter().all(|m| matches!(m, Ok(v) if v.is_empty())))
-                || Instant::now() > deadline
-            {
-                break (sums, missing);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let lost = match &missing {
-            [Ok(a), Ok(b)] => a.union(b).count(),
-            [Err(e), _] | [_, Err(e)] => bail!("cannot read a node's database: {e:#}"),
-        };
-        let equal = matches!(&sums, [Ok(a), Ok(b)] if a == b);
-        self.note(
-            "tables on node1 and node2 (mp_replication checksum)",
-            if equal { "identical" } else { "DIFFERENT" },
-        );
+        let checked = self.check_data()?;
+        let (equal, lost, missing) = (checked.identical, checked.missing.len(), &checked.missing);
+        let acked = checked.acked;
         let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
         println!("\n== Timeline summary");
         println!("  client-visible outage of each failover (the client writes every 10 ms):");
@@ -658,14 +723,46 @@ path = "{files}/prompts"
             );
         }
         println!(
-            "  acknowledged writes: {}; lost: {lost}; tables on both nodes {}",
-            acked.len(),
+            "  acknowledged writes: {acked}; lost: {lost}; tables on both nodes {}",
             if equal { "identical" } else { "DIFFERENT" }
         );
         if lost > 0 || !equal {
             bail!("{lost} acknowledged writes are missing or the nodes differ: {missing:?}");
         }
         Ok(())
+    }
+
+    /// Waits (up to 30 s) until both nodes hold every acknowledged write and
+    /// their tables are identical, and says how far they got.
+    fn check_data(&mut self) -> anyhow::Result<DataCheck> {
+        section("Checking the data");
+        let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (sums, missing) = loop {
+            let sums = [Host::Node1, Host::Node2].map(|h| self.mp_quiet(h, &["checksum"]));
+            let missing = [Host::Node1, Host::Node2].map(|h| self.missing(h, &acked));
+            let equal = matches!(&sums, [Ok(a), Ok(b)] if a == b);
+            if (equal && missing.iter().all(|m| matches!(m, Ok(v) if v.is_empty())))
+                || Instant::now() > deadline
+            {
+                break (sums, missing);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let missing = match missing {
+            [Ok(a), Ok(b)] => a.union(&b).copied().collect(),
+            [Err(e), _] | [_, Err(e)] => bail!("cannot read a node's database: {e:#}"),
+        };
+        let identical = matches!(&sums, [Ok(a), Ok(b)] if a == b);
+        self.note(
+            "tables on node1 and node2 (mp_replication checksum)",
+            if identical { "identical" } else { "DIFFERENT" },
+        );
+        Ok(DataCheck {
+            acked: acked.len(),
+            missing,
+            identical,
+        })
     }
 
     /// The acknowledged transactions whose rows `host`'s database lacks.

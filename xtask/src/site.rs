@@ -42,7 +42,19 @@ pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
 /// a meeting) and answers `ok <node>` once the standby has it. When the standby is
 /// known to be gone it answers after the local commit (the `degrade` policy);
 /// a standby's database refuses the write and the answer is `err`.
-pub(crate) fn serve_app(host: Host, settings: &Settings, stop: &AtomicBool) -> anyhow::Result<()> {
+///
+/// While the file `paused` exists (the agent's stop-services step creates it
+/// before the shared address is released, see [`Layout::app_service`]) every
+/// request is answered `err paused` at once, and the app marks that it holds no
+/// request any more by creating `paused` + `.drained`: no answer is lost with the
+/// address.
+pub(crate) fn serve_app(
+    host: Host,
+    settings: &Settings,
+    stop: &AtomicBool,
+    paused: &Path,
+) -> anyhow::Result<()> {
+    let drained = drained_path(paused);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -50,7 +62,11 @@ pub(crate) fn serve_app(host: Host, settings: &Settings, stop: &AtomicBool) -> a
         let backend = SqliteBackend::open_existing(settings).await?;
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
         while !stop.load(Ordering::Relaxed) {
-            let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+            let pausing = paused.exists();
+            if pausing && !drained.exists() {
+                std::fs::write(&drained, b"")?;
+            }
+            let accepted = tokio::time::timeout(Duration::from_millis(2), listener.accept()).await;
             let Ok(Ok((stream, _))) = accepted else {
                 continue;
             };
@@ -63,9 +79,13 @@ pub(crate) fn serve_app(host: Host, settings: &Settings, stop: &AtomicBool) -> a
                     .strip_prefix("write ")
                     .and_then(|n| n.parse().ok())
                     .context("bad request")?;
-                let reply = match write_replicated(&backend, tx).await {
-                    Ok(()) => format!("ok {}\n", host.name()),
-                    Err(e) => format!("err {e:#}\n"),
+                let reply = if pausing {
+                    "err paused\n".to_owned()
+                } else {
+                    match write_replicated(&backend, tx).await {
+                        Ok(()) => format!("ok {}\n", host.name()),
+                        Err(e) => format!("err {e:#}\n"),
+                    }
                 };
                 tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
                 anyhow::Ok(())
@@ -99,6 +119,17 @@ pub(crate) async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow
     }
 }
 
+fn drained_path(paused: &Path) -> PathBuf {
+    let mut name = paused.as_os_str().to_owned();
+    name.push(".drained");
+    PathBuf::from(name)
+}
+
+/// How long the client waits for its connection to the shared address before it
+/// tries again: the lab's round trip is well under a millisecond, so this is the
+/// resolution at which the client notices the address has moved.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
+
 /// The client: writes through the shared address every 10 ms and records who
 /// acknowledged each write.
 pub(crate) fn client(
@@ -112,7 +143,7 @@ pub(crate) fn client(
     while !stop.load(Ordering::Relaxed) {
         tx += 1;
         let t = started.elapsed();
-        let who = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(100))
+        let who = std::net::TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
             .ok()
             .and_then(|mut s| {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
@@ -255,6 +286,31 @@ impl Layout<'_> {
             .arg("--state-dir")
             .arg(self.state_dir(host));
         cmd
+    }
+
+    /// The example application's pause file on `host` (see [`serve_app`]).
+    pub(crate) fn app_paused(&self, host: Host) -> PathBuf {
+        self.state_dir(host).join("app.paused")
+    }
+
+    /// The `[[service]]` entry that runs the example application with the node:
+    /// started (unpaused) once the node is active, stopped (paused and drained of
+    /// the request it holds) before the shared address is released.
+    pub(crate) fn app_service(&self, host: Host) -> String {
+        let paused = self.app_paused(host);
+        let drained = drained_path(&paused);
+        format!(
+            r#"
+[[service]]
+name = "meetings-app"
+start = "rm -f '{paused}'"
+stop = "rm -f '{drained}'; touch '{paused}'; i=0; while [ ! -e '{drained}' ] && [ $i -lt 400 ]; do sleep 0.005; i=$((i+1)); done"
+run_on = "active"
+timeout_ms = 5000
+"#,
+            paused = paused.display(),
+            drained = drained.display(),
+        )
     }
 
     /// The acknowledged transactions whose rows `host`'s database lacks.

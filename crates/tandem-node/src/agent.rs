@@ -81,7 +81,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shortest quiet of the peer, in heartbeat intervals, after which a standby
 /// probes ahead of the peer's loss (a heartbeat a little late is not a reason).
-const AHEAD_QUIET: f64 = 1.2;
+const AHEAD_QUIET: f64 = 1.1;
 
 /// Runs the agent of the node until `shutdown` completes. `status` receives a
 /// fresh snapshot after every event, for the status page.
@@ -127,8 +127,8 @@ struct Agent {
     peer_facts: Option<crate::check::PeerFacts>,
     /// When the machine last heard that the peer is lost (or still lost).
     peer_lost_seen: Instant,
-    /// When to announce the shared address again after a claim.
-    reannounce_at: Option<Instant>,
+    /// When to announce the shared address again after a claim, soonest first.
+    reannounce: std::collections::VecDeque<tokio::time::Instant>,
     /// When the database was last watched.
     database_watched: Option<Instant>,
     /// The peer's last frame before which a probe ahead of its loss ran.
@@ -145,6 +145,7 @@ impl Agent {
         status: watch::Sender<StatusSnapshot>,
     ) -> Result<Agent, AgentError> {
         let mut node = Node::open(config.clone(), state_dir)?;
+        node.repeat_announcements_elsewhere();
         match crate::open_database(&config, state_dir).await {
             Ok(Some(db)) => node.attach_database(db),
             Ok(None) => tracing::info!(
@@ -188,7 +189,7 @@ impl Agent {
             replication: None,
             peer_facts: None,
             peer_lost_seen: Instant::now(),
-            reannounce_at: None,
+            reannounce: std::collections::VecDeque::new(),
             database_watched: None,
             probed_ahead_of: None,
             ahead: None,
@@ -262,8 +263,8 @@ impl Agent {
                         self.serve_tool(stream).await;
                     }
                 }
+                () = sleep_until_some(self.reannounce.front().copied()) => self.announce_again().await,
                 _ = watch.tick() => {
-                    self.announce_again().await;
                     self.watch_lost_peer().await;
                     self.watch_shared_address().await;
                     self.watch_database().await;
@@ -472,7 +473,16 @@ impl Agent {
     async fn after(&mut self, report: &Report) {
         let me = self.node.state().node;
         if !report.claims.is_empty() && self.node.state().role == Role::Active {
-            self.reannounce_at = Some(Instant::now() + REANNOUNCE_AFTER);
+            // The announce step sent the first round: the others follow
+            // `announce_interval_ms` apart, and one more after the neighbour
+            // tables' lock time.
+            let failover = &self.node.config().failover;
+            let now = tokio::time::Instant::now();
+            let every = Duration::from_millis(failover.announce_interval_ms);
+            self.reannounce = (1..failover.announce_count.max(1))
+                .map(|round| now + every * round)
+                .chain(std::iter::once(now + REANNOUNCE_AFTER))
+                .collect();
         }
         let released = report
             .steps
@@ -522,13 +532,12 @@ impl Agent {
         self.publish().await;
     }
 
-    /// The second announcement after a claim, once [`REANNOUNCE_AFTER`] passed.
+    /// The next round of announcements after a claim (the node checks that it
+    /// is still active and holds the address).
     async fn announce_again(&mut self) {
-        if self.reannounce_at.is_some_and(|at| Instant::now() >= at) {
-            self.reannounce_at = None;
-            let report = self.node.reannounce().await;
-            log_report("reannounce", &report);
-        }
+        self.reannounce.pop_front();
+        let report = self.node.reannounce().await;
+        log_report("reannounce", &report);
     }
 
     /// When a standby that fails over on its own should probe ahead of the

@@ -120,6 +120,9 @@ pub struct Node {
     peer_released: Option<Instant>,
     /// A silent probe run ahead of a peer loss (see [`Node::probe_ahead`]).
     ahead: Option<Instant>,
+    /// Announce one round per step; the caller repeats (see
+    /// [`Node::repeat_announcements_elsewhere`]).
+    announce_once: bool,
     services: Services,
     hooks: HookRunner,
     database: Option<Backend>,
@@ -184,6 +187,7 @@ impl Node {
             quick_prober,
             peer_released: None,
             ahead: None,
+            announce_once: false,
             database: None,
             _lock: lock,
         })
@@ -195,6 +199,15 @@ impl Node {
     /// still catches a third host, and the peer's word covers the peer.
     pub fn note_peer_released(&mut self) {
         self.peer_released = Some(Instant::now());
+    }
+
+    /// From now on an announce step sends one round and returns, instead of
+    /// `announce_count` rounds `announce_interval_ms` apart: the caller (the
+    /// agent, which has a timer) sends the later rounds with
+    /// [`reannounce`](Self::reannounce), so that the services start right after
+    /// the first round.
+    pub fn repeat_announcements_elsewhere(&mut self) {
+        self.announce_once = true;
     }
 
     /// How long a probe that finds the shared address silent takes:
@@ -430,7 +443,11 @@ impl Node {
                 .map_err(|e| (Step::ReleaseSharedAddress, e.to_string())),
             Action::Announce => {
                 let announce = AnnounceConfig {
-                    count: self.config.failover.announce_count.max(1),
+                    count: if self.announce_once {
+                        1
+                    } else {
+                        self.config.failover.announce_count.max(1)
+                    },
                     interval: Duration::from_millis(self.config.failover.announce_interval_ms),
                 };
                 self.interfaces

@@ -22,6 +22,12 @@
 //! through the agents; the outage is the client's gap between the last answer of
 //! the old node and the first of the new one.
 //!
+//! Planned switchover with writes: the demo's site (`cargo xtask demo`, release
+//! build) with its client writing through an application that acknowledges a
+//! write once the standby has it, then the same number of planned switchovers;
+//! the outage is the client's gap between acknowledgements, and every
+//! acknowledged write is looked up on both nodes at the end.
+//!
 //! The agents' resident memory and CPU are read from `/proc` over an idle window,
 //! beside keepalived's.
 //!
@@ -151,7 +157,8 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
             "keepalived is missing: run `bash .ci/install-deps` as root (Debian package keepalived)"
         );
     }
-    let bin = super::build_release(&["failover"])?.join("failover");
+    let release = super::build_release(&["failover", "mp_replication"])?;
+    let bin = release.join("failover");
     let mut results = Vec::new();
     let mut planned = None;
     let mut memory = Vec::new();
@@ -198,9 +205,18 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
         outages.sort();
         results.push((system, outages));
     }
-    print(&results, planned.as_deref(), &memory);
-    write_json(&results, planned.as_deref(), &memory)?;
-    Ok(summary(&results, planned.as_deref(), &memory))
+    println!("bench failover: planned switchovers with a writing client ({runs} runs)");
+    let writes = crate::demo::planned_with_writes(
+        crate::site::Binaries {
+            failover: bin.clone(),
+            mp_replication: release.join("mp_replication"),
+        },
+        runs,
+    )
+    .context("planned switchovers with a writing client")?;
+    print(&results, planned.as_deref(), &memory, &writes);
+    write_json(&results, planned.as_deref(), &memory, &writes)?;
+    Ok(summary(&results, planned.as_deref(), &memory, &writes))
 }
 
 /// The summary lines: each tandem setting beside keepalived at the same
@@ -209,6 +225,7 @@ fn summary(
     results: &[(System, Vec<Duration>)],
     planned: Option<&[Duration]>,
     memory: &[Usage],
+    writes: &crate::demo::PlannedWrites,
 ) -> Vec<super::Row> {
     let fig = |o: &[Duration]| {
         format!(
@@ -273,6 +290,21 @@ fn summary(
             .target("< 200 ms", ms(percentile(planned, 50.0)) < 200.0),
         );
     }
+    rows.push(
+        super::Row::new(
+            "failover",
+            format!(
+                "planned switchover, writing client: outage (median / p99), {} acked writes",
+                writes.acked
+            ),
+            format!("{}, {} lost", fig(&writes.outages), writes.lost),
+            "keepalived: no such command",
+        )
+        .target(
+            "< 200 ms, 0 lost",
+            ms(percentile(&writes.outages, 50.0)) < 200.0 && writes.lost == 0 && writes.identical,
+        ),
+    );
     let tandem_mem: Vec<&Usage> = memory
         .iter()
         .filter(|u| u.what.starts_with("failover"))
@@ -878,7 +910,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn print(results: &[(System, Vec<Duration>)], planned: Option<&[Duration]>, memory: &[Usage]) {
+fn print(
+    results: &[(System, Vec<Duration>)],
+    planned: Option<&[Duration]>,
+    memory: &[Usage],
+    writes: &crate::demo::PlannedWrites,
+) {
     let runs = results.first().map_or(0, |(_, o)| o.len());
     println!("\nUnplanned failover (the holder's cable cut), client outage over {runs} runs:");
     println!(
@@ -916,6 +953,23 @@ fn print(results: &[(System, Vec<Duration>)], planned: Option<&[Duration]>, memo
             planned.len()
         );
     }
+    println!(
+        "\nPlanned switchover with a client writing through the application (acknowledged \
+         only once replicated):"
+    );
+    println!(
+        "  median {:.1} ms, p99 {:.1} ms over {} runs; {} acknowledged writes, {} lost; tables {}",
+        ms(percentile(&writes.outages, 50.0)),
+        ms(percentile(&writes.outages, 99.0)),
+        writes.outages.len(),
+        writes.acked,
+        writes.lost,
+        if writes.identical {
+            "identical"
+        } else {
+            "DIFFERENT"
+        }
+    );
     println!("\nResident memory and CPU, idle (5 s window):");
     for usage in memory {
         println!(
@@ -929,6 +983,7 @@ fn write_json(
     results: &[(System, Vec<Duration>)],
     planned: Option<&[Duration]>,
     memory: &[Usage],
+    writes: &crate::demo::PlannedWrites,
 ) -> anyhow::Result<()> {
     let unplanned: Vec<serde_json::Value> = results
         .iter()
@@ -949,6 +1004,14 @@ fn write_json(
             "p99_ms": ms(percentile(p, 99.0)),
             "outages_ms": p.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         })),
+        "planned_with_writes": {
+            "median_ms": ms(percentile(&writes.outages, 50.0)),
+            "p99_ms": ms(percentile(&writes.outages, 99.0)),
+            "outages_ms": writes.outages.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "acked": writes.acked,
+            "lost": writes.lost,
+            "identical": writes.identical,
+        },
         "memory": memory.iter().map(|u| serde_json::json!({
             "process": u.what, "rss_kib": u.rss_kib, "cpu_percent": u.cpu_percent,
         })).collect::<Vec<_>>(),
