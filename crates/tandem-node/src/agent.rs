@@ -146,6 +146,7 @@ impl Agent {
     ) -> Result<Agent, AgentError> {
         let mut node = Node::open(config.clone(), state_dir)?;
         node.repeat_announcements_elsewhere();
+        node.defer_delayed_probes();
         match crate::open_database(&config, state_dir).await {
             Ok(Some(db)) => node.attach_database(db),
             Ok(None) => tracing::info!(
@@ -264,6 +265,11 @@ impl Agent {
                     }
                 }
                 () = sleep_until_some(self.reannounce.front().copied()) => self.announce_again().await,
+                () = sleep_until_some(self.node.probe_due().map(tokio::time::Instant::from_std)) => {
+                    let report = self.node.run_due_probe().await;
+                    log_report("deferred probe", &report);
+                    self.after(&report).await;
+                }
                 _ = watch.tick() => {
                     self.watch_lost_peer().await;
                     self.watch_shared_address().await;

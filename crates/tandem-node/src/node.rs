@@ -102,6 +102,17 @@ impl Report {
     pub fn succeeded(&self) -> bool {
         self.refused.is_none() && self.steps.iter().all(|s| s.error.is_none())
     }
+
+    /// Appends what a later part of the same command did; its end state wins.
+    fn extend(&mut self, later: Report) {
+        self.steps.extend(later.steps);
+        self.refused = later.refused.or(self.refused.take());
+        self.faults.extend(later.faults);
+        self.alarms.extend(later.alarms);
+        self.claims.extend(later.claims);
+        self.role = later.role.or(self.role);
+        self.state = later.state.or(self.state.take());
+    }
 }
 
 /// A node: its config, its persisted state under a lock, the role machine and
@@ -123,6 +134,10 @@ pub struct Node {
     /// Announce one round per step; the caller repeats (see
     /// [`Node::repeat_announcements_elsewhere`]).
     announce_once: bool,
+    /// Leave delayed probes to the caller (see [`Node::defer_delayed_probes`]).
+    defer_probes: bool,
+    /// When a deferred probe is due.
+    probe_due: Option<Instant>,
     services: Services,
     hooks: HookRunner,
     database: Option<Backend>,
@@ -188,6 +203,8 @@ impl Node {
             peer_released: None,
             ahead: None,
             announce_once: false,
+            defer_probes: false,
+            probe_due: None,
             database: None,
             _lock: lock,
         })
@@ -208,6 +225,32 @@ impl Node {
     /// the first round.
     pub fn repeat_announcements_elsewhere(&mut self) {
         self.announce_once = true;
+    }
+
+    /// From now on a probe the role machine asks for after a delay (the backoff
+    /// after an address conflict, up to seconds) is not slept through: the
+    /// command that led to it returns, [`probe_due`](Self::probe_due) says when
+    /// it is due, and the caller (the agent, which has a timer and other work
+    /// meanwhile) runs it with [`run_due_probe`](Self::run_due_probe).
+    pub fn defer_delayed_probes(&mut self) {
+        self.defer_probes = true;
+    }
+
+    /// When the deferred probe is due, if one is.
+    pub fn probe_due(&self) -> Option<Instant> {
+        self.probe_due
+    }
+
+    /// Runs the deferred probe and carries out what the machine decides on its
+    /// outcome. Without a deferred probe it does nothing. A probe that an event
+    /// in between made moot is answered anyway; the machine ignores answers
+    /// nobody waits for.
+    pub async fn run_due_probe(&mut self) -> Report {
+        if self.probe_due.take().is_none() {
+            return Report::default();
+        }
+        let (probe, isolation) = self.answer_probe(false).await;
+        self.handle(Event::Probed { probe, isolation }).await
     }
 
     /// How long a probe that finds the shared address silent takes:
@@ -322,8 +365,18 @@ impl Node {
     }
 
     /// The operator's `set-server active|standby`.
+    ///
+    /// `set-server active` while a deferred probe waits (the backoff after an
+    /// address conflict, see [`defer_delayed_probes`](Self::defer_delayed_probes))
+    /// runs that probe now: the operator's word ends the wait.
     pub async fn set_server(&mut self, role: Role) -> Report {
-        self.handle(Event::SetServer(role)).await
+        let mut report = self.handle(Event::SetServer(role)).await;
+        if role == Role::Active && self.probe_due.is_some() && self.machine.probe_pending() {
+            tracing::info!("the operator's set-server active runs the deferred probe now");
+            let probed = self.run_due_probe().await;
+            report.extend(probed);
+        }
+        report
     }
 
     /// Feeds one event and carries out everything that follows from it,
@@ -350,23 +403,16 @@ impl Node {
             for action in actions {
                 match action {
                     Action::Probe { after } => {
-                        tokio::time::sleep(after).await;
-                        let ahead = self
-                            .ahead
-                            .take()
-                            .is_some_and(|at| at.elapsed() <= self.config.probe.timeout());
-                        let quick = self
-                            .peer_released
-                            .take()
-                            .is_some_and(|at| at.elapsed() < PEER_RELEASE_FRESH);
-                        let (probe, isolation) = if ahead && after.is_zero() {
-                            tracing::info!("probe answered by the one run ahead of the loss");
-                            (ProbeOutcome::Silent, Isolation::Passed)
-                        } else {
-                            self.probe(quick).await
-                        };
-                        next = Some(Event::Probed { probe, isolation });
                         // A probe ends the batch: the machine's answer to it comes next.
+                        if self.defer_probes && !after.is_zero() {
+                            self.probe_due = Some(Instant::now() + after);
+                            tracing::info!(after_ms = after.as_millis(), "probe deferred");
+                            break;
+                        }
+                        self.probe_due = None;
+                        tokio::time::sleep(after).await;
+                        let (probe, isolation) = self.answer_probe(after.is_zero()).await;
+                        next = Some(Event::Probed { probe, isolation });
                         break;
                     }
                     Action::Refuse(refusal) => report.refused = Some(refusal),
@@ -549,6 +595,25 @@ impl Node {
         report.role = Some(self.machine.role());
         report.state = Some(self.machine.state().clone());
         report
+    }
+
+    /// The probe the machine asked for: answered by a fresh probe ahead of a
+    /// loss when it was asked for at once, one probe instead of several right
+    /// after the peer said it released, the configured probe otherwise.
+    async fn answer_probe(&mut self, immediate: bool) -> (ProbeOutcome, Isolation) {
+        let ahead = self
+            .ahead
+            .take()
+            .is_some_and(|at| at.elapsed() <= self.config.probe.timeout());
+        let quick = self
+            .peer_released
+            .take()
+            .is_some_and(|at| at.elapsed() < PEER_RELEASE_FRESH);
+        if ahead && immediate {
+            tracing::info!("probe answered by the one run ahead of the loss");
+            return (ProbeOutcome::Silent, Isolation::Passed);
+        }
+        self.probe(quick).await
     }
 
     /// Probes the shared address and runs the isolation check.

@@ -402,3 +402,59 @@ fn a_probe_ahead_of_the_peer_loss_answers_it_only_while_fresh_and_silent() {
         },
     );
 }
+
+#[test]
+fn a_deferred_conflict_probe_is_left_to_the_caller_and_finishes_the_re_election() {
+    let lab = Lab::for_test();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir2 = state_dir(tmp.path(), Host::Node2, false);
+    with_node(
+        &lab,
+        Host::Node2,
+        config(Host::Node2, ""),
+        &dir2,
+        async |n| {
+            n.defer_delayed_probes();
+            let boot = n.boot().await;
+            assert_eq!(boot.role, Some(Role::Active), "{boot:#?}");
+            assert_eq!(n.probe_due(), None);
+
+            // Another MAC answers and the peer said nothing: node 2 releases and
+            // would probe again after the conflict backoff. The call returns
+            // standby, with the probe left for later.
+            let conflict = n
+                .handle(tandem_role::Event::AddressConflict {
+                    mac: tandem_role::MacAddr([0x02, 0, 0, 0, 0, 0x99]),
+                })
+                .await;
+            assert_eq!(conflict.role, Some(Role::Standby), "{conflict:#?}");
+            let due = n.probe_due().expect("the re-election probe is deferred");
+            assert!(due > std::time::Instant::now());
+
+            // The caller runs it when due: the address is silent, node 2 claims
+            // again with a newer epoch, and nothing is left pending.
+            let reelected = n.run_due_probe().await;
+            assert_eq!(reelected.role, Some(Role::Active), "{reelected:#?}");
+            assert_eq!(reelected.state.unwrap().epoch.get(), 2);
+            assert_eq!(n.probe_due(), None);
+            // With nothing due it does nothing.
+            let idle = n.run_due_probe().await;
+            assert!(idle.steps.is_empty(), "{idle:#?}");
+
+            // The operator's `set-server active` does not wait for a deferred
+            // probe: it runs it at once.
+            let conflict = n
+                .handle(tandem_role::Event::AddressConflict {
+                    mac: tandem_role::MacAddr([0x02, 0, 0, 0, 0, 0x99]),
+                })
+                .await;
+            assert_eq!(conflict.role, Some(Role::Standby), "{conflict:#?}");
+            assert!(n.probe_due().is_some());
+            let operator = n.set_server(Role::Active).await;
+            assert_eq!(operator.role, Some(Role::Active), "{operator:#?}");
+            assert_eq!(operator.state.unwrap().epoch.get(), 3);
+            assert_eq!(n.probe_due(), None);
+        },
+    );
+    assert!(holds_shared(&lab, Host::Node2));
+}
