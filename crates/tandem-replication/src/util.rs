@@ -292,6 +292,35 @@ mod tests {
         assert_eq!(timestamp_for_file(951_782_400_000), "20000229T000000Z");
     }
 
+    #[tokio::test]
+    async fn a_published_acknowledgement_wakes_its_watcher_and_a_datagram_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.acked");
+        let watch = FileWatch::new(&path).expect("inotify");
+        let writer = tokio::spawn({
+            let path = path.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                write_ack(&path, 1, 7).unwrap();
+            }
+        });
+        // A limit only so that a missing event fails instead of hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(30), watch.changed())
+            .await
+            .expect("the watch saw the published acknowledgement");
+        writer.await.unwrap();
+        assert_eq!(read_ack(&path), Some((1, 7)));
+
+        let wake_path = dir.path().join("replication.wake");
+        let socket = WakeSocket::bind(&wake_path).expect("bound");
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        wake(&sender, &wake_path);
+        wake(&sender, &wake_path);
+        tokio::time::timeout(std::time::Duration::from_secs(30), socket.woken())
+            .await
+            .expect("woken");
+    }
+
     #[test]
     fn the_lock_is_exclusive_and_probing_does_not_take_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -534,11 +534,13 @@ impl SqliteBackend {
         /// How often the state is re-read while waiting.
         const RECHECK: Duration = Duration::from_millis(10);
         let started = tokio::time::Instant::now();
+        // The commit is there: the service can ship it while we look.
+        self.wake_service();
         // Made before the first look, so that no acknowledgement published after it is missed.
-        let mut watch = None;
+        let watch = FileWatch::new(&self.ack_path());
         let mut log = None;
         let mut full = true;
-        let mut wake = true;
+        let mut wake = false;
         loop {
             let acked = if full {
                 let (acked, state, writable, l) = self.ack_state().await?;
@@ -570,18 +572,12 @@ impl SqliteBackend {
                     limit,
                 });
             }
-            if watch.is_none() {
-                watch = Some(FileWatch::new(&self.ack_path()));
-                // Look again now that the watch is there.
-                full = true;
-                continue;
-            }
             if wake {
                 self.wake_service();
             }
             let left = limit.saturating_sub(started.elapsed());
             let pause = RECHECK.min(left);
-            full = match watch.as_ref().and_then(Option::as_ref) {
+            full = match &watch {
                 Some(w) => tokio::time::timeout(pause, w.changed()).await.is_err(),
                 None => {
                     tokio::time::sleep(pause.min(Duration::from_millis(1))).await;
