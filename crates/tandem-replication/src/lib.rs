@@ -56,10 +56,18 @@
 //! - **Acknowledgements.** The standby acknowledges a batch only after its transaction
 //!   committed (`synchronous = FULL`). The active node's service publishes each
 //!   acknowledgement at once in a small file that
-//!   [`wait_replicated`](ReplicationBackend::wait_replicated) polls (every millisecond
-//!   at most), and records it in the meta table, pruning the changelog, at most every
-//!   100 ms and in the background, so a busy application never makes replication wait
-//!   for the write lock.
+//!   [`wait_replicated`](ReplicationBackend::wait_replicated) watches (inotify, with a
+//!   re-check every 10 ms), and records it in the meta table, pruning the changelog, at
+//!   most every 100 ms and in the background, so a busy application never makes
+//!   replication wait for the write lock.
+//! - **Group commit.** A commit that starts waiting in `wait_replicated` wakes the
+//!   service (a datagram on its socket `replication.wake`) instead of waiting for its
+//!   next poll; the service ships every pending change in one batch (up to `window`
+//!   batches in flight), and the standby takes every batch that arrived while it was
+//!   applying the previous one and applies them together in one transaction (one
+//!   fsync, its position in the same transaction) with one acknowledgement. So
+//!   concurrent writers share round trips and fsyncs on the standby, and the
+//!   guarantees are those of one batch: exactly once, acknowledged = durable there.
 //! - **Exact values.** Rows travel as JSON built in Rust from native values (REALs are
 //!   captured natively beside the changelog, since SQLite's float-to-text conversion
 //!   is not exact) and are applied with typed parameters, in multi-row statements.
@@ -69,7 +77,8 @@
 //! In the application's database: `_tandem_meta`, `_tandem_changelog`,
 //! `_tandem_reals` and the `_tandem_<table>_*` triggers. In the node's state directory
 //! (`/var/lib/tandem`): `replication.lock` (held by the running service),
-//! `replication.acked` (the published acknowledgement) and
+//! `replication.acked` (the published acknowledgement), `replication.wake` (the
+//! service's wake-up socket) and
 //! `local-only-rows-<UTC time>-node<N>.jsonl` (one per from-sync that found rows: each
 //! line names the table, the key, this node's row or `null` if it deleted it, and the
 //! peer's row or `null`). The standalone service (`mp_replication service`) uses the

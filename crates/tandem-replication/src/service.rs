@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use sqlx::{ConnectOptions, SqliteConnection};
 use tandem_peer::{Incoming, LinkConfig, LinkEvent, SiteKey};
 use tokio::sync::mpsc;
@@ -36,8 +37,8 @@ use crate::sqlite::{
     SqliteBackend, SyncStage,
 };
 use crate::status::ReplicationState;
-use crate::util::{ServiceLock, now_ms};
-use crate::wire::{Batch, Message, NodeState};
+use crate::util::{ServiceLock, WakeSocket, now_ms};
+use crate::wire::{self, Batch, Message, NodeState};
 
 /// How often acknowledgements are recorded in the database at most.
 const ACK_FLUSH: Duration = Duration::from_millis(100);
@@ -45,13 +46,17 @@ const ACK_FLUSH: Duration = Duration::from_millis(100);
 const RETRY_REFUSED: Duration = Duration::from_secs(2);
 /// How often a state whose only change is a position is sent at most.
 const STATE_EVERY: Duration = Duration::from_millis(250);
+/// Batches merged into one transaction at most (more than the window in practice).
+const MAX_COALESCED: usize = 64;
 
 /// How the service talks to the peer: one session's messages, in order. Implemented for
 /// [`tandem_peer::Session`]; the node agent can implement it over its own channel.
 pub trait Transport: Send + Sync {
     /// Sends one message.
     fn send(&self, message: Message) -> impl Future<Output = Result<()>> + Send;
-    /// Receives the next message; an error ends the session.
+    /// Receives the next message; an error ends the session. Must be cancel safe: a
+    /// receive that is dropped before it completed loses no message (the service races
+    /// it with timers, and polls it once to see whether more batches are waiting).
     fn recv(&self) -> impl Future<Output = Result<Message>> + Send;
 }
 
@@ -167,6 +172,8 @@ struct Engine {
     /// A peer record not yet written, and the write in progress.
     peer_record: Option<PeerRecord>,
     peer_task: Option<JoinHandle<()>>,
+    /// Wake-ups from commits waiting in `wait_replicated` (none: poll only).
+    wake: Option<WakeSocket>,
 }
 
 impl Replicator {
@@ -334,6 +341,7 @@ async fn start_link(config: LinkConfig) -> Result<tandem_peer::Link> {
 
 impl Engine {
     async fn start(backend: Arc<SqliteBackend>) -> Result<Engine> {
+        let backend_wake_path = backend.wake_path();
         let path = backend.database_path();
         let mut watch = sqlite::connect_options(&path)
             .connect()
@@ -371,6 +379,7 @@ impl Engine {
             ack_task: None,
             peer_record: None,
             peer_task: None,
+            wake: WakeSocket::bind(&backend_wake_path),
         })
     }
 
@@ -412,7 +421,11 @@ impl Engine {
             tokio::select! {
                 msg = t.recv() => {
                     let msg = msg?;
-                    self.handle(t, &mut s, msg).await?;
+                    self.received(t, &mut s, msg).await?;
+                }
+                () = woken(self.wake.as_ref()) => {
+                    // A commit waits for the peer: ship it now, not at the next poll.
+                    self.tick(Some((t, &mut s))).await?;
                 }
                 item = next_snapshot(&mut s.providing), if providing => {
                     match item {
@@ -438,6 +451,36 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Handles a received message. Batches are applied with group commit: the batches
+    /// that arrived meanwhile (the transport already holds them) are taken too, merged
+    /// ([`wire::coalesce`]) and applied in one transaction with one acknowledgement, so a
+    /// standby that falls behind catches up in fewer, larger commits (one fsync each).
+    async fn received<T: Transport>(&mut self, t: &T, s: &mut Session, msg: Message) -> Result<()> {
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            let Message::Batch(batch) = msg else {
+                self.handle(t, s, msg).await?;
+                continue;
+            };
+            let mut batches = vec![batch];
+            while batches.len() < MAX_COALESCED {
+                match t.recv().now_or_never() {
+                    Some(Ok(Message::Batch(b))) => batches.push(b),
+                    Some(Ok(other)) => {
+                        next = Some(other);
+                        break;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => break,
+                }
+            }
+            for batch in wire::coalesce(batches) {
+                self.on_batch(t, s, batch).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Drops a pending peer record and waits for one being written, so that a record
@@ -1255,6 +1298,13 @@ fn empty_record(node: Option<u8>) -> PeerRecord {
         alarm: None,
         lag_ms: None,
         last_seen_ms: None,
+    }
+}
+
+async fn woken(wake: Option<&WakeSocket>) {
+    match wake {
+        Some(w) => w.woken().await,
+        None => std::future::pending().await,
     }
 }
 

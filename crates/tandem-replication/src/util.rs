@@ -177,6 +177,109 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(Error::file("cannot open", path))
 }
 
+/// Wakes a waiter when a file of one directory is replaced or written (inotify), so
+/// that it need not poll. Only a hint: a waiter still re-checks on a timer, in case the
+/// watch could not be set up or an event was missed.
+pub(crate) struct FileWatch {
+    fd: tokio::io::unix::AsyncFd<InotifyFd>,
+    name: std::ffi::OsString,
+}
+
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl FileWatch {
+    /// Watches for `path` being renamed into place or written and closed; `None` when
+    /// inotify is not available (the caller polls).
+    pub(crate) fn new(path: &Path) -> Option<FileWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+        let name = path.file_name()?.to_owned();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        inotify
+            .add_watch(
+                dir,
+                AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
+            )
+            .ok()?;
+        tokio::runtime::Handle::try_current().ok()?;
+        // SAFETY: the descriptor belongs to the `Inotify` inside the `InotifyFd`, which the
+        // `AsyncFd` owns: it stays open, and `as_raw_fd` returns the same descriptor, for
+        // as long as the `AsyncFd` lives.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(InotifyFd(inotify)) }.ok()?;
+        Some(FileWatch { fd, name })
+    }
+
+    /// Waits until the file changed since the last call (or the watch was made). Never
+    /// returns if the watch broke; callers race it with a timer.
+    pub(crate) async fn changed(&self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            let mut hit = false;
+            // Drains what is queued (bounded: the queue is finite, but never spin).
+            for _ in 0..64 {
+                match guard.get_inner().0.read_events() {
+                    Ok(events) if !events.is_empty() => {
+                        hit |= events
+                            .iter()
+                            .any(|e| e.name.as_deref() == Some(self.name.as_os_str()));
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(_) => return std::future::pending().await,
+                }
+            }
+            if hit {
+                return;
+            }
+        }
+    }
+}
+
+/// The service's wake-up socket: a waiter that needs the service to act now (a commit
+/// waits in `wait_replicated`) sends it an empty datagram, instead of waiting for the
+/// service's next poll.
+pub(crate) struct WakeSocket {
+    socket: tokio::net::UnixDatagram,
+}
+
+impl WakeSocket {
+    /// Binds the socket at `path`, replacing a stale one (the caller holds the service
+    /// lock, so no other service owns it). `None` when it cannot be bound (a path too
+    /// long for a socket address, say): the service polls only.
+    pub(crate) fn bind(path: &Path) -> Option<WakeSocket> {
+        let _ = fs::remove_file(path);
+        tokio::net::UnixDatagram::bind(path)
+            .ok()
+            .map(|socket| WakeSocket { socket })
+    }
+
+    /// Waits for a wake-up and takes all that are queued.
+    pub(crate) async fn woken(&self) {
+        let mut buf = [0u8; 16];
+        if self.socket.recv(&mut buf).await.is_err() {
+            return std::future::pending().await;
+        }
+        while self.socket.try_recv(&mut buf).is_ok() {}
+    }
+}
+
+/// Sends the service a wake-up on `socket` (unbound, non-blocking) to `path`. Errors are
+/// ignored: without a service listening the waiter's own timer covers it.
+pub(crate) fn wake(socket: &std::os::unix::net::UnixDatagram, path: &Path) {
+    let _ = socket.send_to(&[], path);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +290,35 @@ mod tests {
         // 2026-11-22 08:01:02 UTC
         assert_eq!(timestamp_for_file(1_795_334_462_000), "20261122T080102Z");
         assert_eq!(timestamp_for_file(951_782_400_000), "20000229T000000Z");
+    }
+
+    #[tokio::test]
+    async fn a_published_acknowledgement_wakes_its_watcher_and_a_datagram_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.acked");
+        let watch = FileWatch::new(&path).expect("inotify");
+        let writer = tokio::spawn({
+            let path = path.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                write_ack(&path, 1, 7).unwrap();
+            }
+        });
+        // A limit only so that a missing event fails instead of hanging.
+        tokio::time::timeout(std::time::Duration::from_secs(30), watch.changed())
+            .await
+            .expect("the watch saw the published acknowledgement");
+        writer.await.unwrap();
+        assert_eq!(read_ack(&path), Some((1, 7)));
+
+        let wake_path = dir.path().join("replication.wake");
+        let socket = WakeSocket::bind(&wake_path).expect("bound");
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        wake(&sender, &wake_path);
+        wake(&sender, &wake_path);
+        tokio::time::timeout(std::time::Duration::from_secs(30), socket.woken())
+            .await
+            .expect("woken");
     }
 
     #[test]

@@ -110,6 +110,28 @@ impl Batch {
     pub fn last(&self) -> u64 {
         self.changes.last().map_or(self.prev, |c| c.seq)
     }
+
+    /// Whether `next` follows this batch directly (same changelog, starting where this
+    /// one ends), so that both can be applied as one.
+    pub fn is_followed_by(&self, next: &Batch) -> bool {
+        next.log == self.log && next.prev == self.last()
+    }
+}
+
+/// Group commit on the receiving side: merges runs of batches that follow each other
+/// directly ([`Batch::is_followed_by`]) into one batch each, in order, so that a receiver
+/// that found several batches waiting applies them in one transaction and acknowledges
+/// once. Batches that do not follow on start a new group; nothing is dropped or reordered,
+/// so applying the result is the same as applying the input one by one.
+pub fn coalesce(batches: impl IntoIterator<Item = Batch>) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    for batch in batches {
+        match out.last_mut() {
+            Some(group) if group.is_followed_by(&batch) => group.changes.extend(batch.changes),
+            _ => out.push(batch),
+        }
+    }
+    out
 }
 
 /// One row of a snapshot.
@@ -758,6 +780,69 @@ mod tests {
             let i = at.index(bytes.len());
             bytes[i] ^= 1 << bit;
             let _ = Message::decode(&bytes);
+        }
+    }
+
+    /// Batches cut from one run of changes after `start`, at the given sizes (with some
+    /// empty), some of them from another changelog or out of line.
+    fn batch_runs() -> impl Strategy<Value = Vec<Batch>> {
+        (
+            0u64..1000,
+            proptest::collection::vec((0usize..5, 0u8..10), 0..12),
+        )
+            .prop_map(|(start, cuts)| {
+                let mut prev = start;
+                cuts.into_iter()
+                    .map(|(n, odd)| {
+                        let (log, from) = match odd {
+                            0 => (7, prev),
+                            1 => (1, prev + 3),
+                            _ => (1, prev),
+                        };
+                        let changes: Vec<Change> = (1..=n as u64)
+                            .map(|i| Change {
+                                seq: from + i,
+                                table: "t".into(),
+                                op: Op::Insert,
+                                pk: format!("{{\"id\":{}}}", from + i),
+                                row: Some("{}".into()),
+                                ts_ms: 0,
+                            })
+                            .collect();
+                        let batch = Batch {
+                            log,
+                            prev: from,
+                            changes,
+                        };
+                        prev = batch.last();
+                        batch
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn coalescing_keeps_every_change_in_order(batches in batch_runs()) {
+            let merged = coalesce(batches.clone());
+            let flat = |bs: &[Batch]| -> Vec<(u64, u64)> {
+                bs.iter().flat_map(|b| b.changes.iter().map(move |c| (b.log, c.seq))).collect()
+            };
+            prop_assert_eq!(flat(&merged), flat(&batches));
+            prop_assert!(merged.len() <= batches.len());
+            // Neighbours that could have merged did.
+            for pair in merged.windows(2) {
+                prop_assert!(!pair[0].is_followed_by(&pair[1]));
+            }
+            // Each group starts where one input batch started and ends where one ended.
+            for group in &merged {
+                prop_assert!(batches.iter().any(|b| b.log == group.log && b.prev == group.prev));
+                prop_assert!(batches.iter().any(|b| b.log == group.log && b.last() == group.last()));
+            }
+            // Contiguous input becomes one batch.
+            if batches.windows(2).all(|p| p[0].is_followed_by(&p[1])) {
+                prop_assert!(merged.len() == batches.len().min(1));
+            }
         }
     }
 

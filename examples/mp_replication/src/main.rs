@@ -121,7 +121,10 @@ enum Command {
     },
     /// Write transactions of the sample workload (demo, tests and benchmark). Prints
     /// `committed <tx> <position>` per transaction, or with `--wait-replicated`
-    /// `acked <tx> <position> <microseconds waited>`.
+    /// `acked <tx> <position> <microseconds waited>`. With `--writers N`, N concurrent
+    /// writers (each its own connection) share the transaction numbers round robin;
+    /// their commits take turns (SQLite has one writer at a time, and a writer that
+    /// finds the lock taken sleeps in its busy handler), their waits overlap.
     #[command(hide = true)]
     WriteSample {
         /// First transaction number.
@@ -136,6 +139,9 @@ enum Command {
         /// Acknowledge each transaction only once the standby has it.
         #[arg(long)]
         wait_replicated: bool,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+        writers: u64,
     },
 }
 
@@ -329,29 +335,61 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             count,
             rows,
             wait_replicated,
+            writers,
         } => {
             sqlite_only(&settings, "write-sample")?;
-            let backend = SqliteBackend::open_existing(&settings).await?;
-            let mut conn = backend.pool().acquire().await?;
-            let mut out = std::io::stdout().lock();
-            for tx in first..first.saturating_add(count) {
-                let position = sample::write_transaction(&mut conn, tx, rows).await?;
-                if wait_replicated {
-                    let committed = std::time::Instant::now();
-                    backend
-                        .wait_replicated(position, Duration::from_secs(60))
-                        .await
-                        .with_context(|| format!("transaction {tx}"))?;
-                    let waited = committed.elapsed().as_micros();
-                    writeln!(out, "acked {tx} {position} {waited}")?;
-                } else {
-                    writeln!(out, "committed {tx} {position}")?;
-                }
-                out.flush()?;
+            let backend = Arc::new(SqliteBackend::open_existing(&settings).await?);
+            let end = first.saturating_add(count);
+            let mut tasks = tokio::task::JoinSet::new();
+            let turn = Arc::new(tokio::sync::Mutex::new(()));
+            for k in 0..writers {
+                let backend = Arc::clone(&backend);
+                let turn = Arc::clone(&turn);
+                tasks.spawn(async move {
+                    let txs = (first + k..end).step_by(writers as usize);
+                    write_sample(&backend, &turn, txs, rows, wait_replicated).await
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.context("a writer task failed")??;
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One writer of `write-sample`: transactions `txs` on a connection of its own, each
+/// committed in its `turn` (FIFO among the writers).
+async fn write_sample(
+    backend: &SqliteBackend,
+    turn: &tokio::sync::Mutex<()>,
+    txs: impl Iterator<Item = u64>,
+    rows: u32,
+    wait_replicated: bool,
+) -> anyhow::Result<()> {
+    let mut conn = backend.connect().await?;
+    for tx in txs {
+        let position = {
+            let _turn = turn.lock().await;
+            sample::write_transaction(&mut conn, tx, rows).await?
+        };
+        // One line per write call: concurrent writers' lines do not mix.
+        let line = if wait_replicated {
+            let committed = std::time::Instant::now();
+            backend
+                .wait_replicated(position, Duration::from_secs(60))
+                .await
+                .with_context(|| format!("transaction {tx}"))?;
+            let waited = committed.elapsed().as_micros();
+            format!("acked {tx} {position} {waited}\n")
+        } else {
+            format!("committed {tx} {position}\n")
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// Opens the backend for a command that ends with the seed's line; the IP for that

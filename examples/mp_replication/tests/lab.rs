@@ -397,6 +397,69 @@ fn every_acknowledged_write_is_on_node_2_when_node_1_dies_right_after() {
 }
 
 #[test]
+fn concurrent_writers_waiting_with_wait_replicated_are_all_acknowledged_and_arrive_identical() {
+    let mut site = Site::new();
+    site.replicate();
+    // Eight writers, each waiting for node 2 after every commit: their waits overlap,
+    // so the service ships and node 2 applies several writers' commits together.
+    let out = site
+        .command(Host::Node1)
+        .args([
+            "write-sample",
+            "--first",
+            "1",
+            "--count",
+            "240",
+            "--rows",
+            "5",
+            "--writers",
+            "8",
+            "--wait-replicated",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "write-sample: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        site.logs()
+    );
+    let mut acked: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.first(), Some(&"acked"), "{line}");
+            fields[1].parse().unwrap()
+        })
+        .collect();
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=240).collect::<Vec<u64>>());
+    // Acknowledged means on node 2: every transaction is there already.
+    let n2 = site.backend(Host::Node2);
+    let present = site
+        .runtime
+        .block_on(async {
+            let mut conn = n2.pool().acquire().await.unwrap();
+            tandem_replication::sample::transactions_present(&mut conn).await
+        })
+        .unwrap();
+    site.runtime.block_on(n2.close());
+    let missing: Vec<u64> = acked
+        .iter()
+        .filter(|tx| !present.contains(tx))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not on node 2: {missing:?}"
+    );
+    site.wait_caught_up(Host::Node1, Host::Node2);
+    let (a, b) = (site.checksums(Host::Node1), site.checksums(Host::Node2));
+    assert_eq!(a, b);
+    assert!(rows(&a) >= 1_000, "{a:?}");
+}
+
+#[test]
 fn a_diverged_node_2_rejoins_with_from_sync_and_its_own_rows_are_saved() {
     let mut site = Site::new();
     site.replicate();

@@ -840,7 +840,7 @@ struct Usage {
 
 /// utime + stime of `pid` and its children that are still running (keepalived's
 /// VRRP child), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
     let mut total = 0;
     for p in family(pid) {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
@@ -865,7 +865,7 @@ fn family(pid: u32) -> Vec<u32> {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(super) fn rss_kib(pid: u32) -> u64 {
     family(pid)
         .into_iter()
         .filter_map(|p| {
@@ -881,7 +881,7 @@ fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-fn ticks_per_second() -> f64 {
+pub(super) fn ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()

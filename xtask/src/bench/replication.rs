@@ -8,12 +8,17 @@
 //!   acknowledgement is seen on node 1, p50/p99);
 //! - `wait_replicated`: every commit waits until node 2 has it (latency p50/p99).
 //!
-//! Each rate is also given as a ratio to the unreplicated rate. Everything runs the
-//! release build of `mp_replication`: `service` on both nodes, and the writer (the
-//! hidden `write-sample` command, one process per phase, which prints a line per
-//! commit) on node 1; this process reads those lines and node 1's acknowledged
-//! position. Dirty pages are flushed (`sync`) before each phase. Needs root (the
-//! lab). Results print as a table and go to `target/bench/replication.json`.
+//! `unreplicated` and `wait_replicated` also run with [`WRITERS`] concurrent writers
+//! (group commit: the waiting commits share round trips to node 2). Each rate is also
+//! given as a ratio to the unreplicated rate at the same number of writers. While the
+//! async rounds run, the resident memory (VmRSS) and CPU time (utime + stime) of the
+//! process hosting the replication service on each node are measured. Everything runs
+//! the release build of `mp_replication`: `service` on both nodes (it hosts the
+//! `Replicator`, as the `failover` agent does in production), and the writer (the
+//! hidden `write-sample` command, one process per phase, `--writers N` tasks, which
+//! prints a line per commit) on node 1; this process reads those lines and node 1's
+//! acknowledged position. Dirty pages are flushed (`sync`) before each phase. Needs
+//! root (the lab). Results print as a table and go to `target/bench/replication.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,6 +45,12 @@ const WARM_UP: u64 = 1000;
 const WARM_UP_FIRST: u64 = 1_000_000;
 /// Rows per transaction.
 const ROWS: u32 = 5;
+/// Concurrent writers of the multi-writer modes.
+const WRITERS: u64 = 8;
+/// Transactions per round of the multi-writer wait_replicated mode.
+const WAITED_MANY: u64 = 800;
+/// What hosts the replication service in this bench (named in the results).
+const SERVICE_PROCESS: &str = "mp_replication service";
 
 pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     let bin = build_release()?;
@@ -67,7 +78,14 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
         anyhow::Ok(())
     })?;
     // Warm-ups (untimed) bring each database file and its WAL to a steady size.
-    bench.write("unreplicated", Host::Node1, WARM_UP_FIRST, WARM_UP, false)?;
+    bench.write(
+        "unreplicated",
+        Host::Node1,
+        WARM_UP_FIRST,
+        WARM_UP,
+        false,
+        1,
+    )?;
 
     bench.mp(Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"])?;
     bench.mp(Host::Node1, &["init", "-n", "1", "-r", "192.0.2.12"])?;
@@ -81,46 +99,88 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     })?;
     bench.mp(Host::Node1, &["switch-on"])?;
     bench.mp(Host::Node1, &["promote"])?;
-    bench.write("node1", Host::Node1, WARM_UP_FIRST, WARM_UP, false)?;
+    bench.write("node1", Host::Node1, WARM_UP_FIRST, WARM_UP, false, 1)?;
     let warm_head = runtime.block_on(node1.head())?;
     runtime.block_on(node1.wait_replicated(warm_head, Duration::from_secs(120)))?;
 
     // Rounds alternate the modes, so that drift in the machine's load and disk hits
     // them alike; each mode's rate is the median of its rounds.
     let (mut plain_next, mut next) = (1, 1);
-    let mut unreplicated = Vec::new();
-    let (mut asynchronous, mut waited, mut off) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut unreplicated, mut unreplicated_many) = (Vec::new(), Vec::new());
+    let (mut asynchronous, mut waited, mut waited_many, mut off) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let pids = services.pids();
+    let mut usage = [Usage::default(), Usage::default()];
     for _ in 0..ROUNDS {
         unreplicated.push(
             bench
-                .write("unreplicated", Host::Node1, plain_next, TRANSACTIONS, false)?
+                .write(
+                    "unreplicated",
+                    Host::Node1,
+                    plain_next,
+                    TRANSACTIONS,
+                    false,
+                    1,
+                )?
                 .0,
         );
         plain_next += TRANSACTIONS;
-        asynchronous.push(async_round(&bench, &runtime, &node1, next)?);
+        unreplicated_many.push(
+            bench
+                .write(
+                    "unreplicated",
+                    Host::Node1,
+                    plain_next,
+                    TRANSACTIONS,
+                    false,
+                    WRITERS,
+                )?
+                .0,
+        );
+        plain_next += TRANSACTIONS;
+        let (phase, used) = async_round(&bench, &runtime, &node1, next, &pids)?;
+        asynchronous.push(phase);
+        for (total, round) in usage.iter_mut().zip(used) {
+            total.add(&round);
+        }
         next += TRANSACTIONS;
-        waited.push(bench.write("node1", Host::Node1, next, WAITED, true)?.0);
+        waited.push(bench.write("node1", Host::Node1, next, WAITED, true, 1)?.0);
         next += WAITED;
+        waited_many.push(
+            bench
+                .write("node1", Host::Node1, next, WAITED_MANY, true, WRITERS)?
+                .0,
+        );
+        next += WAITED_MANY;
     }
     bench.mp(Host::Node1, &["switch-off"])?;
     for _ in 0..ROUNDS {
         unreplicated.push(
             bench
-                .write("unreplicated", Host::Node1, plain_next, TRANSACTIONS, false)?
+                .write(
+                    "unreplicated",
+                    Host::Node1,
+                    plain_next,
+                    TRANSACTIONS,
+                    false,
+                    1,
+                )?
                 .0,
         );
         plain_next += TRANSACTIONS;
         off.push(
             bench
-                .write("node1", Host::Node1, next, TRANSACTIONS, false)?
+                .write("node1", Host::Node1, next, TRANSACTIONS, false, 1)?
                 .0,
         );
         next += TRANSACTIONS;
     }
-    let (unreplicated, asynchronous, waited, off) = (
+    let (unreplicated, unreplicated_many, asynchronous, waited, waited_many, off) = (
         Phase::combine(unreplicated),
+        Phase::combine(unreplicated_many),
         Phase::combine(asynchronous),
         Phase::combine(waited),
+        Phase::combine(waited_many),
         Phase::combine(off),
     );
 
@@ -128,9 +188,12 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     drop(services);
     let results = Results {
         unreplicated,
+        unreplicated_many,
         off,
         asynchronous,
         waited,
+        waited_many,
+        usage,
         rows: sums1.iter().map(|s| s.rows).sum(),
     };
     results.print();
@@ -170,8 +233,9 @@ impl Bench<'_> {
     }
 
     /// Runs the writer on the database in state dir `state`: `count` transactions from
-    /// number `first`. Returns the phase (with the waited latencies for `wait`) and the
-    /// commit times as this process saw the writer's lines.
+    /// number `first`, by `writers` concurrent writers. Returns the phase (with the
+    /// waited latencies for `wait`) and the commit times as this process saw the
+    /// writer's lines.
     fn write(
         &self,
         state: &str,
@@ -179,11 +243,23 @@ impl Bench<'_> {
         first: u64,
         count: u64,
         wait: bool,
+        writers: u64,
     ) -> anyhow::Result<(Phase, Vec<(Instant, Position)>)> {
         let _ = Command::new("sync").status();
         let (f, c, r) = (first.to_string(), count.to_string(), ROWS.to_string());
+        let w = writers.to_string();
         let mut cmd = self.command(host, state);
-        cmd.args(["write-sample", "--first", &f, "--count", &c, "--rows", &r]);
+        cmd.args([
+            "write-sample",
+            "--first",
+            &f,
+            "--count",
+            &c,
+            "--rows",
+            &r,
+            "--writers",
+            &w,
+        ]);
         if wait {
             cmd.arg("--wait-replicated");
         }
@@ -212,6 +288,9 @@ impl Bench<'_> {
         if !status.success() {
             bail!("the writer failed ({status})");
         }
+        if commits.len() as u64 != count {
+            bail!("the writer reported {} of {count} commits", commits.len());
+        }
         delays.sort();
         Ok((Phase::new(count, elapsed, delays), commits))
     }
@@ -219,12 +298,16 @@ impl Bench<'_> {
 
 /// One asynchronous round: the writer runs while this process watches node 1's
 /// acknowledged position; the lag of a commit is the time until the position covers it.
+/// Also returns the memory and CPU of the service processes `pids` (node 1, node 2)
+/// over the round.
 fn async_round(
     bench: &Bench<'_>,
     runtime: &tokio::runtime::Runtime,
     node1: &Arc<SqliteBackend>,
     first: u64,
-) -> anyhow::Result<Phase> {
+    pids: &[u32; 2],
+) -> anyhow::Result<(Phase, [Usage; 2])> {
+    let sampler = Sampler::start(*pids);
     let watched = Arc::clone(node1);
     let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
     let watcher = runtime.spawn(async move {
@@ -240,9 +323,10 @@ fn async_round(
             }
         }
     });
-    let (mut phase, commits) = bench.write("node1", Host::Node1, first, TRANSACTIONS, false)?;
-    let last = commits.last().map_or(Position(0), |(_, p)| *p);
+    let (mut phase, commits) = bench.write("node1", Host::Node1, first, TRANSACTIONS, false, 1)?;
+    let last = commits.iter().map(|(_, p)| *p).max().unwrap_or(Position(0));
     runtime.block_on(node1.wait_replicated(last, Duration::from_secs(120)))?;
+    let usage = sampler.stop();
     std::thread::sleep(Duration::from_millis(5));
     let _ = stop_tx.send(());
     let seen = runtime.block_on(watcher)??;
@@ -255,7 +339,90 @@ fn async_round(
         })
         .collect();
     phase.delays.sort();
-    Ok(phase)
+    Ok((phase, usage))
+}
+
+/// Memory and CPU of one process over some time.
+#[derive(Debug, Default, Clone)]
+struct Usage {
+    /// The highest VmRSS seen, KiB.
+    rss_peak_kib: u64,
+    /// Sum and count of the VmRSS samples, KiB.
+    rss_sum_kib: u64,
+    samples: u64,
+    /// utime + stime used, seconds.
+    cpu_s: f64,
+    /// Time measured, seconds.
+    wall_s: f64,
+}
+
+impl Usage {
+    fn add(&mut self, other: &Usage) {
+        self.rss_peak_kib = self.rss_peak_kib.max(other.rss_peak_kib);
+        self.rss_sum_kib += other.rss_sum_kib;
+        self.samples += other.samples;
+        self.cpu_s += other.cpu_s;
+        self.wall_s += other.wall_s;
+    }
+
+    fn rss_mean_mib(&self) -> f64 {
+        self.rss_sum_kib as f64 / self.samples.max(1) as f64 / 1024.0
+    }
+
+    fn rss_peak_mib(&self) -> f64 {
+        self.rss_peak_kib as f64 / 1024.0
+    }
+
+    /// CPU time over wall time, percent of one core.
+    fn cpu_percent(&self) -> f64 {
+        100.0 * self.cpu_s / self.wall_s.max(1e-9)
+    }
+}
+
+/// Samples the memory of two processes every 20 ms on a thread, and their CPU time
+/// from start to stop.
+struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<[Usage; 2]>,
+}
+
+impl Sampler {
+    fn start(pids: [u32; 2]) -> Sampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let ticks0 = pids.map(|p| super::failover::cpu_ticks(p).unwrap_or(0));
+            let mut usage = [Usage::default(), Usage::default()];
+            loop {
+                for (u, pid) in usage.iter_mut().zip(pids) {
+                    let rss = super::failover::rss_kib(pid);
+                    u.rss_peak_kib = u.rss_peak_kib.max(rss);
+                    u.rss_sum_kib += rss;
+                    u.samples += 1;
+                }
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let per_s = super::failover::ticks_per_second();
+            for ((u, pid), t0) in usage.iter_mut().zip(pids).zip(ticks0) {
+                let used = super::failover::cpu_ticks(pid)
+                    .unwrap_or(t0)
+                    .saturating_sub(t0);
+                u.cpu_s = used as f64 / per_s;
+                u.wall_s = started.elapsed().as_secs_f64();
+            }
+            usage
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> [Usage; 2] {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// Builds the release `mp_replication` and returns its path.
@@ -301,6 +468,15 @@ impl Services {
             .context("starting mp_replication service")?;
         self.0.push(child);
         Ok(())
+    }
+}
+
+impl Services {
+    /// The service processes of node 1 and node 2 (`ip netns exec` execs the program,
+    /// so the child is the service itself).
+    fn pids(&self) -> [u32; 2] {
+        let pid = |i: usize| self.0.get(i).map_or(0, Child::id);
+        [pid(0), pid(1)]
     }
 }
 
@@ -379,79 +555,135 @@ impl Phase {
 
 struct Results {
     unreplicated: Phase,
+    unreplicated_many: Phase,
     off: Phase,
     asynchronous: Phase,
     waited: Phase,
+    waited_many: Phase,
+    /// The service processes of node 1 and node 2 over the async rounds.
+    usage: [Usage; 2],
     rows: u64,
 }
 
+/// One mode of the results.
+struct Mode<'a> {
+    key: &'static str,
+    what: &'static str,
+    writers: u64,
+    phase: &'a Phase,
+    /// The unreplicated phase at the same number of writers.
+    base: &'a Phase,
+}
+
 impl Results {
-    fn rows(&self) -> [(&'static str, &'static str, &Phase); 4] {
+    fn modes(&self) -> [Mode<'_>; 6] {
+        let mode = |key, what, writers, phase, base| Mode {
+            key,
+            what,
+            writers,
+            phase,
+            base,
+        };
+        let (one, many) = (&self.unreplicated, &self.unreplicated_many);
         [
-            (
-                "unreplicated",
+            mode("unreplicated", "unreplicated (no tandem)", 1, one, one),
+            mode(
+                "unreplicated_many",
                 "unreplicated (no tandem)",
-                &self.unreplicated,
+                WRITERS,
+                many,
+                many,
             ),
-            ("off", "replication off", &self.off),
-            (
+            mode("off", "replication off", 1, &self.off, one),
+            mode(
                 "async",
                 "async (lag: commit to ack seen)",
+                1,
                 &self.asynchronous,
+                one,
             ),
-            (
+            mode(
                 "wait_replicated",
                 "wait_replicated (commit to ack)",
+                1,
                 &self.waited,
+                one,
+            ),
+            mode(
+                "wait_replicated_many",
+                "wait_replicated (commit to ack)",
+                WRITERS,
+                &self.waited_many,
+                many,
             ),
         ]
     }
 
-    /// The summary lines: each mode's rate beside the unreplicated one, with its
-    /// lag or latency.
+    /// The summary lines: each mode's rate beside the unreplicated one at the same
+    /// number of writers, with its lag or latency; then the service's memory and CPU.
     fn summary(&self) -> Vec<super::Row> {
-        let base = self.unreplicated.rate();
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        self.rows()
+        let mut rows: Vec<super::Row> = self
+            .modes()
             .into_iter()
-            .filter(|(key, _, _)| *key != "unreplicated")
-            .map(|(key, what, phase)| {
-                let delays = if phase.delays.is_empty() {
+            .filter(|m| !m.key.starts_with("unreplicated"))
+            .map(|m| {
+                let delays = if m.phase.delays.is_empty() {
                     String::new()
                 } else {
                     format!(
                         ", p50 {:.1} / p99 {:.1} ms",
-                        ms(phase.percentile(0.5)),
-                        ms(phase.percentile(0.99))
+                        ms(m.phase.percentile(0.5)),
+                        ms(m.phase.percentile(0.99))
                     )
                 };
+                let (rate, base) = (m.phase.rate(), m.base.rate());
                 let row = super::Row::new(
                     "replication sqlite",
-                    format!("{what}, 1 writer (tx/s)"),
-                    format!("{:.0}{delays}", phase.rate()),
-                    format!("unreplicated {base:.0}"),
+                    format!("{}, {} (tx/s)", m.what, writers_text(m.writers)),
+                    format!("{rate:.0}{delays}"),
+                    format!("unreplicated, {}: {base:.0}", writers_text(m.writers)),
                 )
-                .ratio(phase.rate(), base);
-                if key == "wait_replicated" {
-                    row.target(">= 0.5 x unreplicated", phase.rate() >= base / 2.0)
+                .ratio(rate, base);
+                // The issue's target is about batching the commits of several writers.
+                if m.key == "wait_replicated_many" {
+                    row.target(
+                        format!(">= 0.5 x unreplicated ({} writers)", m.writers),
+                        rate >= base / 2.0,
+                    )
                 } else {
                     row
                 }
             })
-            .collect()
+            .collect();
+        let [n1, n2] = &self.usage;
+        rows.push(super::Row::new(
+            "replication sqlite",
+            format!(
+                "replication service while replicating: RSS, CPU ({SERVICE_PROCESS}, async phase)"
+            ),
+            format!(
+                "node 1 {:.1} MiB, {:.0}% CPU; node 2 {:.1} MiB, {:.0}% CPU",
+                n1.rss_peak_mib(),
+                n1.cpu_percent(),
+                n2.rss_peak_mib(),
+                n2.cpu_percent()
+            ),
+            "",
+        ));
+        rows
     }
 
     fn print(&self) {
-        let base = self.unreplicated.rate();
         println!(
             "bench replication: sample workload, {ROWS} rows per transaction, node 1 -> node 2 in the namespace lab, \
-             median of {ROUNDS} alternating rounds"
+             median of {ROUNDS} alternating rounds; ratio to unreplicated at the same number of writers"
         );
         println!(
-            "{:<36} {:>8} {:>10} {:>8} {:>10} {:>10}",
-            "mode", "txs", "tx/s", "ratio", "p50", "p99"
+            "{:<36} {:>7} {:>8} {:>10} {:>8} {:>10} {:>10}",
+            "mode", "writers", "txs", "tx/s", "ratio", "p50", "p99"
         );
-        for (_, what, phase) in self.rows() {
+        for m in self.modes() {
             let ms = |d: Option<Duration>| {
                 d.map_or_else(
                     || "-".to_owned(),
@@ -459,45 +691,79 @@ impl Results {
                 )
             };
             println!(
-                "{:<36} {:>8} {:>10.0} {:>8.2} {:>10} {:>10}",
-                what,
-                phase.transactions,
-                phase.rate(),
-                phase.rate() / base,
-                ms(phase.percentile(0.5)),
-                ms(phase.percentile(0.99)),
+                "{:<36} {:>7} {:>8} {:>10.0} {:>8.2} {:>10} {:>10}",
+                m.what,
+                m.writers,
+                m.phase.transactions,
+                m.phase.rate(),
+                m.phase.rate() / m.base.rate(),
+                ms(m.phase.percentile(0.5)),
+                ms(m.phase.percentile(0.99)),
             );
         }
         println!("rows on node 1 at the end: {}", self.rows);
+        println!("replication service ({SERVICE_PROCESS}) during the async rounds:");
+        for (node, u) in [1, 2].into_iter().zip(&self.usage) {
+            println!(
+                "  node {node}: RSS peak {:.1} MiB (mean {:.1}), CPU {:.2} s in {:.1} s = {:.0}% of a core",
+                u.rss_peak_mib(),
+                u.rss_mean_mib(),
+                u.cpu_s,
+                u.wall_s,
+                u.cpu_percent()
+            );
+        }
     }
 
     fn write_json(&self) -> anyhow::Result<()> {
-        let base = self.unreplicated.rate();
-        let ms = |d: Option<Duration>| {
-            d.map_or_else(
-                || "null".to_owned(),
-                |d| format!("{:.3}", d.as_secs_f64() * 1e3),
-            )
-        };
-        let mut out = format!(
-            "{{\n  \"area\": \"replication\",\n  \"rows_per_transaction\": {ROWS},\n  \"series\": {{\n"
-        );
-        let rows = self.rows();
-        for (i, (key, _, p)) in rows.iter().enumerate() {
-            let comma = if i + 1 == rows.len() { "" } else { "," };
-            out.push_str(&format!(
-                "    \"{key}\": {{ \"transactions\": {}, \"tx_per_s\": {:.1}, \"ratio\": {:.3}, \"p50_ms\": {}, \"p99_ms\": {} }}{comma}\n",
-                p.transactions,
-                p.rate(),
-                p.rate() / base,
-                ms(p.percentile(0.5)),
-                ms(p.percentile(0.99)),
-            ));
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        let mut series = serde_json::Map::new();
+        for m in self.modes() {
+            series.insert(
+                m.key.to_owned(),
+                serde_json::json!({
+                    "writers": m.writers,
+                    "transactions": m.phase.transactions,
+                    "tx_per_s": m.phase.rate(),
+                    "ratio": m.phase.rate() / m.base.rate(),
+                    "p50_ms": ms(m.phase.percentile(0.5)),
+                    "p99_ms": ms(m.phase.percentile(0.99)),
+                }),
+            );
         }
-        out.push_str("  }\n}\n");
+        let usage = |u: &Usage| {
+            serde_json::json!({
+                "rss_peak_mib": u.rss_peak_mib(),
+                "rss_mean_mib": u.rss_mean_mib(),
+                "cpu_s": u.cpu_s,
+                "wall_s": u.wall_s,
+                "cpu_percent": u.cpu_percent(),
+            })
+        };
+        let json = serde_json::json!({
+            "area": "replication",
+            "rows_per_transaction": ROWS,
+            "writers_many": WRITERS,
+            "series": series,
+            "service_while_replicating": {
+                "process": SERVICE_PROCESS,
+                "phase": "async",
+                "node1": usage(&self.usage[0]),
+                "node2": usage(&self.usage[1]),
+            },
+        });
         let path = super::output_dir()?.join("replication.json");
-        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("written to {}", path.display());
         Ok(())
+    }
+}
+
+fn writers_text(n: u64) -> String {
+    if n == 1 {
+        "1 writer".to_owned()
+    } else {
+        format!("{n} writers")
     }
 }

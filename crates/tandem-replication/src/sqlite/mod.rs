@@ -41,7 +41,7 @@ use crate::sample;
 use crate::status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
 };
-use crate::util::{ServiceLock, now_ms, random_u64, read_ack, write_ack};
+use crate::util::{FileWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
 pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
@@ -107,6 +107,9 @@ pub struct SqliteBackend {
     pool: SqlitePool,
     settings: Arc<Settings>,
     tables: Mutex<Option<Arc<Tables>>>,
+    /// An unbound socket for waking the service (made on first use; `None` if it
+    /// could not be made).
+    waker: std::sync::OnceLock<Option<std::os::unix::net::UnixDatagram>>,
 }
 
 impl SqliteBackend {
@@ -141,6 +144,7 @@ impl SqliteBackend {
             pool,
             settings: Arc::new(settings.clone()),
             tables: Mutex::new(None),
+            waker: std::sync::OnceLock::new(),
         })
     }
 
@@ -155,13 +159,14 @@ impl SqliteBackend {
 
     /// The newest position of this node's changelog that the peer acknowledged.
     pub async fn acked(&self) -> Result<Position> {
-        let (acked, _, _) = self.ack_state().await?;
+        let (acked, _, _, _) = self.ack_state().await?;
         Ok(Position(acked))
     }
 
     /// The acknowledged position (the service's published one or the recorded one,
-    /// whichever is newer), the replication state and whether the node is writable.
-    async fn ack_state(&self) -> Result<(u64, ReplicationState, bool)> {
+    /// whichever is newer), the replication state, whether the node is writable and the
+    /// changelog's id.
+    async fn ack_state(&self) -> Result<(u64, ReplicationState, bool, Option<u64>)> {
         let mut conn = self.conn().await?;
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state', 'writable', 'log')",
@@ -186,7 +191,7 @@ impl SqliteBackend {
         {
             acked = acked.max(seq);
         }
-        Ok((acked, state, writable))
+        Ok((acked, state, writable, log))
     }
 
     pub(crate) fn ack_path(&self) -> PathBuf {
@@ -197,6 +202,33 @@ impl SqliteBackend {
     /// records it with [`record_ack`](Self::record_ack), which may come later.
     pub(crate) fn publish_ack(&self, log: u64, seq: u64) -> Result<()> {
         write_ack(&self.ack_path(), log, seq)
+    }
+
+    /// Where the service listens for wake-ups.
+    pub(crate) fn wake_path(&self) -> PathBuf {
+        self.settings.state_dir.join("replication.wake")
+    }
+
+    /// Asks the service to look for new changes now rather than at its next poll (a
+    /// commit waits for the peer). Best effort.
+    fn wake_service(&self) {
+        let socket = self.waker.get_or_init(|| {
+            let s = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            s.set_nonblocking(true).ok()?;
+            Some(s)
+        });
+        if let Some(s) = socket {
+            wake(s, &self.wake_path());
+        }
+    }
+
+    /// A connection of its own to the database, outside the pool and with the same
+    /// options (for a writer that keeps one open).
+    pub async fn connect(&self) -> Result<SqliteConnection> {
+        let path = self.database_path();
+        sqlx::ConnectOptions::connect(&connect_options(&path))
+            .await
+            .map_err(Error::db(format!("connecting to {}", path.display())))
     }
 
     /// The connection pool (applications may write through it).
@@ -488,24 +520,48 @@ impl SqliteBackend {
             .map_err(Error::db("committing the role change"))
     }
 
+    /// Group commit for the waiting side: a waiter wakes the service (which ships every
+    /// pending change in one batch) and then sleeps until the service publishes a new
+    /// acknowledgement (an inotify watch on the published file), so that any number of
+    /// concurrent waiters share one round trip to the peer. A timer re-checks in case the
+    /// watch is missing or an event was lost, and to notice replication being switched
+    /// off.
     pub(crate) async fn wait_replicated_impl(
         &self,
         position: Position,
         limit: Duration,
     ) -> Result<()> {
+        /// How often the state is re-read while waiting.
+        const RECHECK: Duration = Duration::from_millis(10);
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_micros(200);
+        // The commit is there: the service can ship it while we look.
+        self.wake_service();
+        // Made before the first look, so that no acknowledgement published after it is missed.
+        let watch = FileWatch::new(&self.ack_path());
+        let mut log = None;
+        let mut full = true;
+        let mut wake = false;
         loop {
-            let (acked, state, writable) = self.ack_state().await?;
-            // Without capture nothing written now reaches the standby, whatever was acknowledged.
-            if state != ReplicationState::Active {
-                return Err(Error::NotReplicating { position, state });
-            }
-            if !writable {
-                return Err(Error::State(
-                    "wait_replicated is for the active node; this node is the standby".into(),
-                ));
-            }
+            let acked = if full {
+                let (acked, state, writable, l) = self.ack_state().await?;
+                log = l;
+                // Without capture nothing written now reaches the standby, whatever was acknowledged.
+                if state != ReplicationState::Active {
+                    return Err(Error::NotReplicating { position, state });
+                }
+                if !writable {
+                    return Err(Error::State(
+                        "wait_replicated is for the active node; this node is the standby".into(),
+                    ));
+                }
+                acked
+            } else {
+                // Woken by a new acknowledgement: the published file is enough.
+                match (read_ack(&self.ack_path()), log) {
+                    (Some((l, seq)), Some(want)) if l == want => seq,
+                    _ => 0,
+                }
+            };
             if acked >= position.0 {
                 return Ok(());
             }
@@ -516,8 +572,21 @@ impl SqliteBackend {
                     limit,
                 });
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(1));
+            if wake {
+                self.wake_service();
+            }
+            let left = limit.saturating_sub(started.elapsed());
+            let pause = RECHECK.min(left);
+            full = match &watch {
+                Some(w) => tokio::time::timeout(pause, w.changed()).await.is_err(),
+                None => {
+                    tokio::time::sleep(pause.min(Duration::from_millis(1))).await;
+                    true
+                }
+            };
+            // Woken by an acknowledgement, our commit is on its way already; after a
+            // quiet pause the service is asked again.
+            wake = full;
         }
     }
 
