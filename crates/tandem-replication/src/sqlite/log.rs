@@ -122,6 +122,34 @@ impl SqliteBackend {
     /// applied position. Entries at or below the applied position are skipped; a batch
     /// that does not follow on (a gap) is refused and nothing changes.
     pub(crate) async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome> {
+        // Foreign keys are checked as each row goes in, which is cheap; a batch
+        // whose rows are consistent only as a whole (an application with
+        // deferred constraints, a transaction split over two batches) is applied
+        // again from the start with the checks deferred to the commit, which
+        // makes SQLite track every parent and child row and costs several times
+        // more.
+        match self.apply_batch_checked(batch, false).await? {
+            Some(outcome) => Ok(outcome),
+            None => {
+                tracing::debug!(
+                    prev = batch.prev,
+                    "a foreign key held only for the whole batch: applying it with deferred checks"
+                );
+                self.apply_batch_checked(batch, true).await?.ok_or_else(|| {
+                    Error::State("applying with deferred foreign keys failed".into())
+                })
+            }
+        }
+    }
+
+    /// Applies `batch` in one transaction, with foreign key checks deferred to
+    /// the commit or not. `None` when, not deferred, a row broke a foreign key
+    /// (nothing was applied).
+    async fn apply_batch_checked(
+        &self,
+        batch: &Batch,
+        defer_foreign_keys: bool,
+    ) -> Result<Option<ApplyOutcome>> {
         let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let mut m = meta::read(&mut tx).await?;
@@ -158,13 +186,15 @@ impl SqliteBackend {
         }
         let last = batch.last();
         if last <= applied {
-            return Ok(ApplyOutcome::Duplicate { applied });
+            return Ok(Some(ApplyOutcome::Duplicate { applied }));
         }
         meta::set(&mut tx, "mode", Mode::Applying.as_str()).await?;
-        sqlx::query("PRAGMA defer_foreign_keys = ON")
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("deferring foreign key checks"))?;
+        if defer_foreign_keys {
+            sqlx::query("PRAGMA defer_foreign_keys = ON")
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("deferring foreign key checks"))?;
+        }
         // Consecutive changes of one table and kind go in multi-row statements (fewer
         // round trips); rows of one statement are applied in order, as one by one.
         let mut count = 0usize;
@@ -205,16 +235,20 @@ impl SqliteBackend {
             };
             let same = group_kind.is_some_and(|(t, k)| t.name == table.name && k == kind);
             if !same {
-                if let Some((t, k)) = group_kind {
-                    apply_group(&mut tx, t, k, std::mem::take(&mut group)).await?;
+                if let Some((t, k)) = group_kind
+                    && !apply_group(&mut tx, t, k, std::mem::take(&mut group)).await?
+                {
+                    return Ok(None);
                 }
                 group_kind = Some((table, kind));
             }
             group.push(values);
             count += 1;
         }
-        if let Some((t, k)) = group_kind {
-            apply_group(&mut tx, t, k, group).await?;
+        if let Some((t, k)) = group_kind
+            && !apply_group(&mut tx, t, k, group).await?
+        {
+            return Ok(None);
         }
         meta::set(&mut tx, "mode", m.mode.as_str()).await?;
         meta::set(&mut tx, "applied_log", &meta::log_text(batch.log)).await?;
@@ -222,10 +256,10 @@ impl SqliteBackend {
         tx.commit()
             .await
             .map_err(Error::db("committing applied changes"))?;
-        Ok(ApplyOutcome::Applied {
+        Ok(Some(ApplyOutcome::Applied {
             last,
             changes: count,
-        })
+        }))
     }
 
     /// Records that the peer applied this node's changelog `log` up to `seq`, and prunes
@@ -306,12 +340,14 @@ enum Kind {
 /// distinct statements, so they stay in the statement cache.
 const CHUNKS: [usize; 4] = [32, 8, 2, 1];
 
+/// Applies one group; `false` when a row broke a foreign key checked at once
+/// (the caller rolls back and applies the batch with deferred checks).
 async fn apply_group(
     conn: &mut sqlx::SqliteConnection,
     table: &TableInfo,
     kind: Kind,
     rows: Vec<Vec<Value>>,
-) -> Result<()> {
+) -> Result<bool> {
     let mut rest = rows.into_iter().peekable();
     while rest.peek().is_some() {
         let left = rest.len();
@@ -331,12 +367,26 @@ async fn apply_group(
                 query = v.bind(query);
             }
         }
-        query.execute(&mut *conn).await.map_err(Error::db(format!(
-            "applying changes to table {}",
-            table.name
-        )))?;
+        match query.execute(&mut *conn).await {
+            Ok(_) => {}
+            Err(e) if is_foreign_key_violation(&e) => return Ok(false),
+            Err(e) => {
+                return Err(Error::db(format!(
+                    "applying changes to table {}",
+                    table.name
+                ))(e));
+            }
+        }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Whether a statement failed on a foreign key constraint
+/// (`SQLITE_CONSTRAINT_FOREIGNKEY`, extended result code 787).
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        d.code().as_deref() == Some("787") || d.message().contains("FOREIGN KEY constraint failed")
+    })
 }
 
 /// The alarm of a node holding changes its peer never received.

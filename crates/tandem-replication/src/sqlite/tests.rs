@@ -692,3 +692,71 @@ proptest! {
         });
     }
 }
+
+const PARENT_CHILD: &[&str] = &[
+    "CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT)",
+    "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parent (id))",
+];
+
+fn change(seq: u64, table: &str, id: i64, row: String) -> Change {
+    Change {
+        seq,
+        table: table.to_owned(),
+        op: crate::wire::Op::Insert,
+        pk: format!(r#"{{"id":{id}}}"#),
+        row: Some(row),
+        ts_ms: 0,
+    }
+}
+
+#[test]
+fn a_batch_consistent_only_as_a_whole_applies_with_deferred_foreign_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (n1, n2) = pair(dir.path(), &["parent", "child"], PARENT_CHILD).await;
+        let log = n1.meta().await.unwrap().log;
+        // The child comes first: checked row by row this breaks the foreign key;
+        // at the commit the parent is there.
+        let batch = Batch {
+            log,
+            prev: 0,
+            changes: vec![
+                change(1, "child", 1, r#"{"id":1,"parent_id":7}"#.to_owned()),
+                change(2, "parent", 7, r#"{"id":7,"name":"p"}"#.to_owned()),
+            ],
+        };
+        let outcome = n2.apply_batch(&batch).await.unwrap();
+        assert_eq!(
+            outcome,
+            ApplyOutcome::Applied {
+                last: 2,
+                changes: 2
+            }
+        );
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM child JOIN parent ON parent.id = child.parent_id",
+        )
+        .fetch_one(&mut *n2.conn().await.unwrap())
+        .await
+        .unwrap();
+        assert_eq!(rows, 1);
+
+        // A child whose parent never comes is refused as a whole: nothing applied.
+        let broken = Batch {
+            log,
+            prev: 2,
+            changes: vec![
+                change(3, "parent", 8, r#"{"id":8,"name":"q"}"#.to_owned()),
+                change(4, "child", 2, r#"{"id":2,"parent_id":99}"#.to_owned()),
+            ],
+        };
+        let err = crate::chain(&n2.apply_batch(&broken).await.unwrap_err());
+        assert!(err.contains("FOREIGN KEY"), "{err}");
+        assert_eq!(n2.meta().await.unwrap().applied, 2);
+        let parents: i64 = sqlx::query_scalar("SELECT count(*) FROM parent")
+            .fetch_one(&mut *n2.conn().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(parents, 1);
+    });
+}
