@@ -41,7 +41,7 @@ use serde_json::json;
 use tandem_lab::{Host, Lab, LabConfig};
 use tandem_replication::{LinkStatus, Settings, SqliteBackend};
 
-use crate::site::{self, Binaries};
+use crate::site::{self, Binaries, other};
 
 /// Arguments of `cargo xtask chaos`.
 #[derive(clap::Args)]
@@ -475,13 +475,6 @@ fn idx(host: Host) -> usize {
     match host {
         Host::Node1 => 0,
         _ => 1,
-    }
-}
-
-fn other(host: Host) -> Host {
-    match host {
-        Host::Node1 => Host::Node2,
-        _ => Host::Node1,
     }
 }
 
@@ -1547,18 +1540,7 @@ impl Drop for Trial {
         }
         for host in [Host::Node1, Host::Node2] {
             if let Some(mut child) = self.agents[idx(host)].take() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
+                site::stop_processes([&mut child], Duration::from_secs(5));
             }
         }
         // The mount goes before the directory; the lab after this.

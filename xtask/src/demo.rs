@@ -83,11 +83,7 @@ pub(crate) fn planned_with_writes(bins: Binaries, runs: usize) -> anyhow::Result
     let result = demo.setup().and_then(|()| {
         let mut from = Host::Node1;
         for _ in 0..runs {
-            let to = if from == Host::Node1 {
-                Host::Node2
-            } else {
-                Host::Node1
-            };
+            let to = crate::site::other(from);
             demo.planned(from, to)?;
             std::thread::sleep(Duration::from_millis(300));
             from = to;
@@ -523,22 +519,10 @@ path = "{files}/prompts"
     }
 
     fn stop_agents(&mut self) {
-        for (_, child) in &mut self.agents {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, child) in &mut self.agents {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::site::stop_processes(
+            self.agents.iter_mut().map(|(_, c)| c),
+            Duration::from_secs(10),
+        );
         self.agents.clear();
     }
 

@@ -217,6 +217,39 @@ pub(crate) struct Binaries {
     pub(crate) mp_replication: PathBuf,
 }
 
+/// The other node of the pair (node1 for the client, which has no pair).
+pub(crate) fn other(host: Host) -> Host {
+    match host {
+        Host::Node1 => Host::Node2,
+        _ => Host::Node1,
+    }
+}
+
+/// Stops processes as an operator would: SIGTERM to all, up to `grace` for them
+/// to exit (an agent releases the shared address on the way out), then SIGKILL.
+pub(crate) fn stop_processes<'a>(
+    children: impl IntoIterator<Item = &'a mut std::process::Child>,
+    grace: Duration,
+) {
+    let children: Vec<&mut std::process::Child> = children.into_iter().collect();
+    for child in &children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + grace;
+    for child in children {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// The example application's port on the shared address.
 pub(crate) const APP_PORT: u16 = 8080;
 

@@ -102,17 +102,6 @@ impl Report {
     pub fn succeeded(&self) -> bool {
         self.refused.is_none() && self.steps.iter().all(|s| s.error.is_none())
     }
-
-    /// Appends what a later part of the same command did; its end state wins.
-    fn extend(&mut self, later: Report) {
-        self.steps.extend(later.steps);
-        self.refused = later.refused.or(self.refused.take());
-        self.faults.extend(later.faults);
-        self.alarms.extend(later.alarms);
-        self.claims.extend(later.claims);
-        self.role = later.role.or(self.role);
-        self.state = later.state.or(self.state.take());
-    }
 }
 
 /// A node: its config, its persisted state under a lock, the role machine and
@@ -365,18 +354,8 @@ impl Node {
     }
 
     /// The operator's `set-server active|standby`.
-    ///
-    /// `set-server active` while a deferred probe waits (the backoff after an
-    /// address conflict, see [`defer_delayed_probes`](Self::defer_delayed_probes))
-    /// runs that probe now: the operator's word ends the wait.
     pub async fn set_server(&mut self, role: Role) -> Report {
-        let mut report = self.handle(Event::SetServer(role)).await;
-        if role == Role::Active && self.probe_due.is_some() && self.machine.probe_pending() {
-            tracing::info!("the operator's set-server active runs the deferred probe now");
-            let probed = self.run_due_probe().await;
-            report.extend(probed);
-        }
-        report
+        self.handle(Event::SetServer(role)).await
     }
 
     /// Feeds one event and carries out everything that follows from it,

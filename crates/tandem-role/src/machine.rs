@@ -513,7 +513,12 @@ impl Machine {
                 if held {
                     out.persist(&self.state);
                 }
-                if self.pending.replace(ProbeReason::Operator).is_none() {
+                // The operator's word ends a re-election backoff: probe now
+                // (the node drops the delayed probe it was waiting to run).
+                if matches!(
+                    self.pending.replace(ProbeReason::Operator),
+                    None | Some(ProbeReason::Conflict)
+                ) {
                     out.push(Action::Probe {
                         after: Duration::ZERO,
                     });

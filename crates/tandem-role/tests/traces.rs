@@ -33,6 +33,11 @@ fn one_existing_and_one_new_application_server() {
 }
 
 #[test]
+fn the_operator_ends_a_re_election_backoff() {
+    check("operator-ends-backoff.trace");
+}
+
+#[test]
 fn performing_application_server_failover() {
     check("failover.trace");
 }

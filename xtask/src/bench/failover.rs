@@ -227,13 +227,7 @@ fn summary(
     memory: &[Usage],
     writes: &crate::demo::PlannedWrites,
 ) -> Vec<super::Row> {
-    let fig = |o: &[Duration]| {
-        format!(
-            "{:.0} / {:.0} ms",
-            ms(percentile(o, 50.0)),
-            ms(percentile(o, 99.0))
-        )
-    };
+    let fig = |o: &[Duration]| format!("{:.0} / {:.0} ms", ms(pct(o, 50.0)), ms(pct(o, 99.0)));
     let find = |want: System| {
         results.iter().find(|(s, _)| {
             s.interval_ms() == want.interval_ms() && s.is_tandem() == want.is_tandem()
@@ -241,7 +235,7 @@ fn summary(
     };
     let mut rows = Vec::new();
     for (system, outages) in results.iter().filter(|(s, _)| s.is_tandem()) {
-        let median = ms(percentile(outages, 50.0));
+        let median = ms(pct(outages, 50.0));
         let mut row = super::Row::new(
             "failover",
             format!(
@@ -258,7 +252,7 @@ fn summary(
             Vec::new()
         };
         if let Some((k, ko)) = find(System::Keepalived(system.interval_ms() / 10)) {
-            let kmedian = ms(percentile(ko, 50.0));
+            let kmedian = ms(pct(ko, 50.0));
             row.baseline = format!("{}: {}", k.short_label(), fig(ko));
             row = row.ratio(median, kmedian);
             met &= median <= kmedian;
@@ -287,7 +281,7 @@ fn summary(
                 fig(planned),
                 "keepalived: no such command",
             )
-            .target("< 200 ms", ms(percentile(planned, 50.0)) < 200.0),
+            .target("< 200 ms", ms(pct(planned, 50.0)) < 200.0),
         );
     }
     rows.push(
@@ -302,7 +296,7 @@ fn summary(
         )
         .target(
             "< 200 ms, 0 lost",
-            ms(percentile(&writes.outages, 50.0)) < 200.0 && writes.lost == 0 && writes.identical,
+            ms(pct(&writes.outages, 50.0)) < 200.0 && writes.lost == 0 && writes.identical,
         ),
     );
     let tandem_mem: Vec<&Usage> = memory
@@ -653,7 +647,9 @@ impl<'a> Site<'a> {
             let since = Instant::now();
             while since.elapsed() < Duration::from_secs(2) {
                 std::thread::sleep(Duration::from_millis(100));
-                if self.holds(holder) == self.holds(other(holder)) || !self.holds(holder) {
+                if self.holds(holder) == self.holds(crate::site::other(holder))
+                    || !self.holds(holder)
+                {
                     continue 'again;
                 }
             }
@@ -681,11 +677,7 @@ impl<'a> Site<'a> {
     /// plug the cable back and wait for one holder again.
     fn unplanned(&self, probe: &Probe) -> anyhow::Result<Duration> {
         let old = self.wait_one_holder(Duration::from_secs(30))?;
-        let new = if old == Host::Node1 {
-            Host::Node2
-        } else {
-            Host::Node1
-        };
+        let new = crate::site::other(old);
         // The client must be hearing the holder before the cut.
         let warm = probe.now();
         self.wait(
@@ -749,11 +741,7 @@ impl<'a> Site<'a> {
         let mut outages = Vec::new();
         for run in 0..runs {
             let old = self.wait_one_holder(Duration::from_secs(30))?;
-            let new = if old == Host::Node1 {
-                Host::Node2
-            } else {
-                Host::Node1
-            };
+            let new = crate::site::other(old);
             let from = probe.now();
             self.failover(old, &["set-server", "standby"])?;
             self.failover(new, &["set-server", "active"])?;
@@ -812,22 +800,10 @@ impl<'a> Site<'a> {
 
 impl Drop for Site<'_> {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for (_, child) in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::site::stop_processes(
+            self.children.iter_mut().map(|(_, c)| c),
+            Duration::from_secs(5),
+        );
     }
 }
 
@@ -890,20 +866,9 @@ pub(super) fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn other(host: Host) -> Host {
-    if host == Host::Node1 {
-        Host::Node2
-    } else {
-        Host::Node1
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// The `p`th percentile of sorted outages (zero without any).
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    super::percentile(sorted, p).unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -926,8 +891,8 @@ fn print(
         println!(
             "  {:<44} {:>10.1} {:>10.1} {:>10.1}",
             system.label(),
-            ms(percentile(outages, 50.0)),
-            ms(percentile(outages, 99.0)),
+            ms(pct(outages, 50.0)),
+            ms(pct(outages, 99.0)),
             ms(outages.last().copied().unwrap_or_default())
         );
     }
@@ -937,7 +902,7 @@ fn print(
             .iter()
             .find(|(s, _)| !s.is_tandem() && s.interval_ms() == sa.interval_ms());
         if let Some((sb, ob)) = same {
-            let ratio = ms(percentile(oa, 50.0)) / ms(percentile(ob, 50.0)).max(0.001);
+            let ratio = ms(pct(oa, 50.0)) / ms(pct(ob, 50.0)).max(0.001);
             println!("  {} / {}: median ratio {ratio:.2}", sa.label(), sb.label());
         }
     }
@@ -947,8 +912,8 @@ fn print(
         );
         println!(
             "  median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} runs",
-            ms(percentile(planned, 50.0)),
-            ms(percentile(planned, 99.0)),
+            ms(pct(planned, 50.0)),
+            ms(pct(planned, 99.0)),
             ms(planned.last().copied().unwrap_or_default()),
             planned.len()
         );
@@ -959,8 +924,8 @@ fn print(
     );
     println!(
         "  median {:.1} ms, p99 {:.1} ms over {} runs; {} acknowledged writes, {} lost; tables {}",
-        ms(percentile(&writes.outages, 50.0)),
-        ms(percentile(&writes.outages, 99.0)),
+        ms(pct(&writes.outages, 50.0)),
+        ms(pct(&writes.outages, 99.0)),
         writes.outages.len(),
         writes.acked,
         writes.lost,
@@ -991,8 +956,8 @@ fn write_json(
             serde_json::json!({
                 "system": system.label(),
                 "runs": outages.len(),
-                "median_ms": ms(percentile(outages, 50.0)),
-                "p99_ms": ms(percentile(outages, 99.0)),
+                "median_ms": ms(pct(outages, 50.0)),
+                "p99_ms": ms(pct(outages, 99.0)),
                 "outages_ms": outages.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             })
         })
@@ -1000,13 +965,13 @@ fn write_json(
     let json = serde_json::json!({
         "unplanned": unplanned,
         "planned": planned.map(|p| serde_json::json!({
-            "median_ms": ms(percentile(p, 50.0)),
-            "p99_ms": ms(percentile(p, 99.0)),
+            "median_ms": ms(pct(p, 50.0)),
+            "p99_ms": ms(pct(p, 99.0)),
             "outages_ms": p.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         })),
         "planned_with_writes": {
-            "median_ms": ms(percentile(&writes.outages, 50.0)),
-            "p99_ms": ms(percentile(&writes.outages, 99.0)),
+            "median_ms": ms(pct(&writes.outages, 50.0)),
+            "p99_ms": ms(pct(&writes.outages, 99.0)),
             "outages_ms": writes.outages.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "acked": writes.acked,
             "lost": writes.lost,

@@ -229,9 +229,38 @@ pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(target.join("release"))
 }
 
+/// The `p`th percentile (0 to 100) of `sorted` by nearest rank; `None` when
+/// there are no samples. Every area reports its medians and p99s with it.
+pub(crate) fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let len = sorted.len();
+    if len == 0 {
+        return None;
+    }
+    let rank = ((p / 100.0) * len as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, len) - 1).copied()
+}
+
 /// Where benchmark results are written: `target/bench/` under the workspace root.
 pub(crate) fn output_dir() -> anyhow::Result<PathBuf> {
     let dir = crate::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::percentile;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&samples, 50.0), Some(Duration::from_millis(50)));
+        assert_eq!(percentile(&samples, 99.0), Some(Duration::from_millis(99)));
+        let few: Vec<Duration> = (1..=3).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&few, 99.0), Some(Duration::from_millis(3)));
+        assert_eq!(percentile(&few, 0.0), Some(Duration::from_millis(1)));
+        assert_eq!(percentile::<Duration>(&[], 50.0), None);
+    }
 }

@@ -69,7 +69,9 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
             Some(d) => format!("no announce (kernel only): {:.1} ms", ms(d)),
             None => format!("no announce (kernel only): > {KERNEL_ONLY_CAP:?}"),
         };
-        let mut row = super::Row::new(
+        // No ratio: the baseline is the client's neighbour-cache expiry, not a
+        // takeover by another tool.
+        summary.push(super::Row::new(
             "netif",
             "address takeover to client's first answer (median / p99)",
             format!(
@@ -78,11 +80,7 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
                 ms(takeover.p99())
             ),
             baseline,
-        );
-        if let Some(d) = kernel_only {
-            row = row.ratio(ms(takeover.median()), ms(d));
-        }
-        summary.push(row);
+        ));
     }
     Ok(summary)
 }
@@ -101,21 +99,12 @@ impl Row {
     }
 
     fn median(&self) -> Duration {
-        percentile(&self.samples, 50)
+        super::percentile(&self.samples, 50.0).unwrap_or_default()
     }
 
     fn p99(&self) -> Duration {
-        percentile(&self.samples, 99)
+        super::percentile(&self.samples, 99.0).unwrap_or_default()
     }
-}
-
-/// The `p`th percentile of sorted samples (nearest rank).
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (sorted.len() * p).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied().unwrap_or_default()
 }
 
 fn probe_rtts(lab: &Lab, client: &Worker, target: SocketAddr) -> anyhow::Result<Vec<Row>> {
@@ -545,19 +534,4 @@ fn write_json(rows: &[Row], kernel_only: Option<Duration>) -> anyhow::Result<()>
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
     println!("written to {}", path.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&samples, 50), Duration::from_millis(50));
-        assert_eq!(percentile(&samples, 99), Duration::from_millis(99));
-        let few: Vec<Duration> = (1..=3).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&few, 99), Duration::from_millis(3));
-        assert_eq!(percentile(&[], 50), Duration::ZERO);
-    }
 }

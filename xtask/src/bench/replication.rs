@@ -81,7 +81,7 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     bench.write(
         "unreplicated",
         Host::Node1,
-        WARM_UP_FIRST,
+        &mut { WARM_UP_FIRST },
         WARM_UP,
         false,
         1,
@@ -99,7 +99,14 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     })?;
     bench.mp(Host::Node1, &["switch-on"])?;
     bench.mp(Host::Node1, &["promote"])?;
-    bench.write("node1", Host::Node1, WARM_UP_FIRST, WARM_UP, false, 1)?;
+    bench.write(
+        "node1",
+        Host::Node1,
+        &mut { WARM_UP_FIRST },
+        WARM_UP,
+        false,
+        1,
+    )?;
     let warm_head = runtime.block_on(node1.head())?;
     runtime.block_on(node1.wait_replicated(warm_head, Duration::from_secs(120)))?;
 
@@ -117,41 +124,40 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
                 .write(
                     "unreplicated",
                     Host::Node1,
-                    plain_next,
+                    &mut plain_next,
                     TRANSACTIONS,
                     false,
                     1,
                 )?
                 .0,
         );
-        plain_next += TRANSACTIONS;
         unreplicated_many.push(
             bench
                 .write(
                     "unreplicated",
                     Host::Node1,
-                    plain_next,
+                    &mut plain_next,
                     TRANSACTIONS,
                     false,
                     WRITERS,
                 )?
                 .0,
         );
-        plain_next += TRANSACTIONS;
-        let (phase, used) = async_round(&bench, &runtime, &node1, next, &pids)?;
+        let (phase, used) = async_round(&bench, &runtime, &node1, &mut next, &pids)?;
         asynchronous.push(phase);
         for (total, round) in usage.iter_mut().zip(used) {
             total.add(&round);
         }
-        next += TRANSACTIONS;
-        waited.push(bench.write("node1", Host::Node1, next, WAITED, true, 1)?.0);
-        next += WAITED;
-        waited_many.push(
+        waited.push(
             bench
-                .write("node1", Host::Node1, next, WAITED_MANY, true, WRITERS)?
+                .write("node1", Host::Node1, &mut next, WAITED, true, 1)?
                 .0,
         );
-        next += WAITED_MANY;
+        waited_many.push(
+            bench
+                .write("node1", Host::Node1, &mut next, WAITED_MANY, true, WRITERS)?
+                .0,
+        );
     }
     bench.mp(Host::Node1, &["switch-off"])?;
     for _ in 0..ROUNDS {
@@ -160,20 +166,18 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
                 .write(
                     "unreplicated",
                     Host::Node1,
-                    plain_next,
+                    &mut plain_next,
                     TRANSACTIONS,
                     false,
                     1,
                 )?
                 .0,
         );
-        plain_next += TRANSACTIONS;
         off.push(
             bench
-                .write("node1", Host::Node1, next, TRANSACTIONS, false, 1)?
+                .write("node1", Host::Node1, &mut next, TRANSACTIONS, false, 1)?
                 .0,
         );
-        next += TRANSACTIONS;
     }
     let (unreplicated, unreplicated_many, asynchronous, waited, waited_many, off) = (
         Phase::combine(unreplicated),
@@ -233,18 +237,21 @@ impl Bench<'_> {
     }
 
     /// Runs the writer on the database in state dir `state`: `count` transactions from
-    /// number `first`, by `writers` concurrent writers. Returns the phase (with the
+    /// number `next` on (which then points past them), by `writers` concurrent writers. Returns the phase (with the
     /// waited latencies for `wait`) and the commit times as this process saw the
     /// writer's lines.
     fn write(
         &self,
         state: &str,
         host: Host,
-        first: u64,
+        next: &mut u64,
         count: u64,
         wait: bool,
         writers: u64,
     ) -> anyhow::Result<(Phase, Vec<(Instant, Position)>)> {
+        // Transaction numbers `next..next + count`; `next` moves past them.
+        let first = *next;
+        *next += count;
         let _ = Command::new("sync").status();
         let (f, c, r) = (first.to_string(), count.to_string(), ROWS.to_string());
         let w = writers.to_string();
@@ -304,7 +311,7 @@ fn async_round(
     bench: &Bench<'_>,
     runtime: &tokio::runtime::Runtime,
     node1: &Arc<SqliteBackend>,
-    first: u64,
+    next: &mut u64,
     pids: &[u32; 2],
 ) -> anyhow::Result<(Phase, [Usage; 2])> {
     let sampler = Sampler::start(*pids);
@@ -323,7 +330,7 @@ fn async_round(
             }
         }
     });
-    let (mut phase, commits) = bench.write("node1", Host::Node1, first, TRANSACTIONS, false, 1)?;
+    let (mut phase, commits) = bench.write("node1", Host::Node1, next, TRANSACTIONS, false, 1)?;
     let last = commits.iter().map(|(_, p)| *p).max().unwrap_or(Position(0));
     runtime.block_on(node1.wait_replicated(last, Duration::from_secs(120)))?;
     let usage = sampler.stop();
@@ -544,12 +551,9 @@ impl Phase {
         rates.get(rates.len() / 2).copied().unwrap_or(0.0)
     }
 
+    /// The `p`th percentile (0 to 100) of the sorted delays.
     fn percentile(&self, p: f64) -> Option<Duration> {
-        if self.delays.is_empty() {
-            return None;
-        }
-        let i = ((self.delays.len() - 1) as f64 * p).round() as usize;
-        self.delays.get(i).copied()
+        super::percentile(&self.delays, p)
     }
 }
 
@@ -633,8 +637,8 @@ impl Results {
                 } else {
                     format!(
                         ", p50 {:.1} / p99 {:.1} ms",
-                        ms(m.phase.percentile(0.5)),
-                        ms(m.phase.percentile(0.99))
+                        ms(m.phase.percentile(50.0)),
+                        ms(m.phase.percentile(99.0))
                     )
                 };
                 let (rate, base) = (m.phase.rate(), m.base.rate());
@@ -697,8 +701,8 @@ impl Results {
                 m.phase.transactions,
                 m.phase.rate(),
                 m.phase.rate() / m.base.rate(),
-                ms(m.phase.percentile(0.5)),
-                ms(m.phase.percentile(0.99)),
+                ms(m.phase.percentile(50.0)),
+                ms(m.phase.percentile(99.0)),
             );
         }
         println!("rows on node 1 at the end: {}", self.rows);
@@ -726,8 +730,8 @@ impl Results {
                     "transactions": m.phase.transactions,
                     "tx_per_s": m.phase.rate(),
                     "ratio": m.phase.rate() / m.base.rate(),
-                    "p50_ms": ms(m.phase.percentile(0.5)),
-                    "p99_ms": ms(m.phase.percentile(0.99)),
+                    "p50_ms": ms(m.phase.percentile(50.0)),
+                    "p99_ms": ms(m.phase.percentile(99.0)),
                 }),
             );
         }

@@ -178,9 +178,9 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
         off: median(&off),
         asynchronous: median(&asynchronous),
         sync: median(&sync),
-        lag_ms_p50: percentile(&lag_ms, 0.5),
-        lag_ms_p99: percentile(&lag_ms, 0.99),
-        lag_bytes_p50: percentile(&lag_bytes, 0.5),
+        lag_ms_p50: super::percentile(&lag_ms, 50.0),
+        lag_ms_p99: super::percentile(&lag_ms, 99.0),
+        lag_bytes_p50: super::percentile(&lag_bytes, 50.0),
         lag_bytes_max: lag_bytes.last().copied(),
         samples,
         waited,
@@ -220,14 +220,6 @@ fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(i).copied()
 }
 
 fn mp_command(lab: &Lab, bin: &Path, dir: &Path, host: Host) -> Command {
