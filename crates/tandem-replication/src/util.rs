@@ -177,24 +177,22 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(Error::file("cannot open", path))
 }
 
-/// Wakes a waiter when a file of one directory is replaced or written (inotify), so
-/// that it need not poll. Only a hint: a waiter still re-checks on a timer, in case the
-/// watch could not be set up or an event was missed.
+/// Tells waiters when a file of one directory is replaced or written (inotify), so that
+/// they need not poll. One watch serves every waiter of a backend for as long as the
+/// backend lives: closing an inotify instance waits for a kernel grace period (5 to
+/// 20 ms here), which a watch made and dropped per `wait_replicated` added to every
+/// commit. A thread of its own reads the events, so the watch works from any runtime.
+/// Only a hint: a waiter still re-checks on a timer, in case the watch could not be set
+/// up or an event was missed.
+#[derive(Debug)]
 pub(crate) struct FileWatch {
-    fd: tokio::io::unix::AsyncFd<InotifyFd>,
-    name: std::ffi::OsString,
-}
-
-struct InotifyFd(nix::sys::inotify::Inotify);
-
-impl std::os::fd::AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl FileWatch {
+    /// How often the watch thread looks whether its `FileWatch` is gone.
+    const ALIVE_CHECK: u16 = 500;
+
     /// Watches for `path` being renamed into place or written and closed; `None` when
     /// inotify is not available (the caller polls).
     pub(crate) fn new(path: &Path) -> Option<FileWatch> {
@@ -208,40 +206,58 @@ impl FileWatch {
                 AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
             )
             .ok()?;
-        tokio::runtime::Handle::try_current().ok()?;
-        // SAFETY: the descriptor belongs to the `Inotify` inside the `InotifyFd`, which the
-        // `AsyncFd` owns: it stays open, and `as_raw_fd` returns the same descriptor, for
-        // as long as the `AsyncFd` lives.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(InotifyFd(inotify)) }.ok()?;
-        Some(FileWatch { fd, name })
+        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let weak = std::sync::Arc::downgrade(&changes);
+        std::thread::Builder::new()
+            .name("tandem-ack-watch".into())
+            .spawn(move || watch_thread(&inotify, &name, &weak))
+            .ok()?;
+        Some(FileWatch { changes })
     }
 
-    /// Waits until the file changed since the last call (or the watch was made). Never
-    /// returns if the watch broke; callers race it with a timer.
-    pub(crate) async fn changed(&self) {
-        loop {
-            let Ok(mut guard) = self.fd.readable().await else {
-                return std::future::pending().await;
-            };
-            let mut hit = false;
-            // Drains what is queued (bounded: the queue is finite, but never spin).
-            for _ in 0..64 {
-                match guard.get_inner().0.read_events() {
-                    Ok(events) if !events.is_empty() => {
-                        hit |= events
-                            .iter()
-                            .any(|e| e.name.as_deref() == Some(self.name.as_os_str()));
-                    }
-                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(_) => return std::future::pending().await,
+    /// A receiver that sees every change from now on (`changed()` resolves at the first
+    /// one after this call).
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// Reads `inotify` until its [`FileWatch`] is dropped, counting the events for `name`.
+fn watch_thread(
+    inotify: &nix::sys::inotify::Inotify,
+    name: &std::ffi::OsStr,
+    changes: &std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(FileWatch::ALIVE_CHECK)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {
+                if changes.strong_count() == 0 {
+                    return;
                 }
+                continue;
             }
-            if hit {
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        let mut hit = false;
+        // Drains what is queued (bounded: the queue is finite, but never spin).
+        for _ in 0..64 {
+            match inotify.read_events() {
+                Ok(events) if !events.is_empty() => {
+                    hit |= events.iter().any(|e| e.name.as_deref() == Some(name));
+                }
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => return,
+            }
+        }
+        if hit {
+            let Some(sender) = changes.upgrade() else {
                 return;
-            }
+            };
+            sender.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 }
@@ -297,6 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replication.acked");
         let watch = FileWatch::new(&path).expect("inotify");
+        let mut changes = watch.subscribe();
         let writer = tokio::spawn({
             let path = path.clone();
             async move {
@@ -305,9 +322,10 @@ mod tests {
             }
         });
         // A limit only so that a missing event fails instead of hanging.
-        tokio::time::timeout(std::time::Duration::from_secs(30), watch.changed())
+        tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed())
             .await
-            .expect("the watch saw the published acknowledgement");
+            .expect("the watch saw the published acknowledgement")
+            .expect("the watch is alive");
         writer.await.unwrap();
         assert_eq!(read_ack(&path), Some((1, 7)));
 

@@ -110,6 +110,9 @@ pub struct SqliteBackend {
     /// An unbound socket for waking the service (made on first use; `None` if it
     /// could not be made).
     waker: std::sync::OnceLock<Option<std::os::unix::net::UnixDatagram>>,
+    /// The watch on the published acknowledgement that every `wait_replicated` shares
+    /// (made on first use; `None` if inotify is not available).
+    ack_watch: std::sync::OnceLock<Option<FileWatch>>,
 }
 
 impl SqliteBackend {
@@ -145,6 +148,7 @@ impl SqliteBackend {
             settings: Arc::new(settings.clone()),
             tables: Mutex::new(None),
             waker: std::sync::OnceLock::new(),
+            ack_watch: std::sync::OnceLock::new(),
         })
     }
 
@@ -536,8 +540,13 @@ impl SqliteBackend {
         let started = tokio::time::Instant::now();
         // The commit is there: the service can ship it while we look.
         self.wake_service();
-        // Made before the first look, so that no acknowledgement published after it is missed.
-        let watch = FileWatch::new(&self.ack_path());
+        // Subscribed before the first look, so that no acknowledgement published after it
+        // is missed.
+        let mut changes = self
+            .ack_watch
+            .get_or_init(|| FileWatch::new(&self.ack_path()))
+            .as_ref()
+            .map(FileWatch::subscribe);
         let mut log = None;
         let mut full = true;
         let mut wake = false;
@@ -577,8 +586,16 @@ impl SqliteBackend {
             }
             let left = limit.saturating_sub(started.elapsed());
             let pause = RECHECK.min(left);
-            full = match &watch {
-                Some(w) => tokio::time::timeout(pause, w.changed()).await.is_err(),
+            full = match changes.as_mut() {
+                Some(rx) => match tokio::time::timeout(pause, rx.changed()).await {
+                    Ok(Ok(())) => false,
+                    Ok(Err(_)) => {
+                        // The watch thread ended: poll from now on.
+                        changes = None;
+                        true
+                    }
+                    Err(_) => true,
+                },
                 None => {
                     tokio::time::sleep(pause.min(Duration::from_millis(1))).await;
                     true
