@@ -1106,6 +1106,11 @@ impl Engine {
                     seq: last,
                 })
                 .await?;
+                // The batch's transaction moved exactly these; the next tick re-reads
+                // the rest (the commit changed the data version).
+                self.meta.applied_log = Some(batch.log);
+                self.meta.applied = last;
+                return Ok(());
             }
             Err(e @ (Error::Gap { .. } | Error::State(_))) => {
                 warn!(error = %chain(&e), "not applying the peer's batch");
@@ -1186,6 +1191,12 @@ impl Engine {
         while serving.inflight.len() < usize::try_from(window).unwrap_or(1)
             && serving.sent < self.meta.head
         {
+            // Group commit: while a batch is on its way, a partial one waits for its
+            // acknowledgement and then goes with everything committed meanwhile, so
+            // that busy writers share batches (a full batch is sent at once).
+            if !serving.inflight.is_empty() && self.meta.head - serving.sent < u64::from(limit) {
+                break;
+            }
             let changes = self
                 .backend
                 .read_changes(serving.sent, limit, bytes)
@@ -1212,15 +1223,7 @@ impl Engine {
         force: bool,
     ) -> Result<()> {
         let m = &self.meta;
-        let lag_ms = if m.writable && m.head > m.acked {
-            self.backend
-                .oldest_unacked_ms(m.acked)
-                .await?
-                .map(|ts| now_ms().saturating_sub(ts))
-        } else {
-            None
-        };
-        let state = NodeState {
+        let mut state = NodeState {
             node: m.node,
             site: m.site,
             log: m.log,
@@ -1233,17 +1236,25 @@ impl Engine {
             state: m.state,
             schema: self.fingerprint.clone(),
             alarm: m.alarm.clone(),
-            lag_ms,
+            lag_ms: None,
         };
+        // The lag is looked up only for a state that goes out (a query each time).
         let due = match &s.last_state {
             None => true,
             Some((last, at)) => {
                 !same_but_positions(last, &state)
-                    || (*last != state && at.elapsed() >= STATE_EVERY)
+                    || (positions(last) != positions(&state) && at.elapsed() >= STATE_EVERY)
                     || at.elapsed() >= Duration::from_secs(1)
             }
         };
         if due || force {
+            if m.writable && m.head > m.acked {
+                state.lag_ms = self
+                    .backend
+                    .oldest_unacked_ms(m.acked)
+                    .await?
+                    .map(|ts| now_ms().saturating_sub(ts));
+            }
             t.send(Message::State(state.clone())).await?;
             s.last_state = Some((state, Instant::now()));
         }
@@ -1258,6 +1269,11 @@ fn peer_applied(m: &Meta, peer: &NodeState) -> u64 {
     } else {
         0
     }
+}
+
+/// A state's positions.
+fn positions(s: &NodeState) -> (u64, u64, u64, u64) {
+    (s.head, s.floor, s.acked, s.applied)
 }
 
 /// Whether two states differ at most in their positions and lag.

@@ -250,9 +250,15 @@ impl SqliteBackend {
         {
             return Ok(None);
         }
-        meta::set(&mut tx, "mode", m.mode.as_str()).await?;
-        meta::set(&mut tx, "applied_log", &meta::log_text(batch.log)).await?;
-        meta::set_num(&mut tx, "applied", last).await?;
+        meta::set_many(
+            &mut tx,
+            &[
+                ("mode", m.mode.as_str()),
+                ("applied_log", &meta::log_text(batch.log)),
+                ("applied", &last.to_string()),
+            ],
+        )
+        .await?;
         tx.commit()
             .await
             .map_err(Error::db("committing applied changes"))?;

@@ -210,8 +210,37 @@ pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<u64> {
     Ok(seq.map_or(0, |s| s.max(0).cast_unsigned()))
 }
 
-/// Reads the whole meta table (and the changelog head).
+/// Reads the whole meta table (and the changelog head), in one statement: the service
+/// does this on every tick that follows a commit, and each statement is a round trip
+/// to the connection's thread.
 pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
+    let rows: std::result::Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
+        "SELECT key, value FROM _tandem_meta UNION ALL SELECT '', COALESCE(CAST(\
+         (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog') AS TEXT), '0')",
+    )
+    .fetch_all(&mut *conn)
+    .await;
+    let mut map: HashMap<String, String> = match rows {
+        Ok(rows) => rows.into_iter().collect(),
+        // No meta table (not initialized) or no sequence table: the long way, which
+        // tells these apart.
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
+            return read_step_by_step(conn).await;
+        }
+        Err(e) => return Err(Error::db("reading the replication meta table")(e)),
+    };
+    if !map.contains_key("node") {
+        return Err(Error::NotInitialized);
+    }
+    let head = map
+        .remove("")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(0, |s| s.max(0).cast_unsigned());
+    parse(&map, head)
+}
+
+/// [`read`] one question at a time.
+async fn read_step_by_step(conn: &mut SqliteConnection) -> Result<Meta> {
     if !initialized(conn).await? {
         return Err(Error::NotInitialized);
     }
@@ -302,6 +331,35 @@ pub(crate) async fn set(conn: &mut SqliteConnection, key: &str, value: &str) -> 
 /// Sets a key to a number.
 pub(crate) async fn set_num(conn: &mut SqliteConnection, key: &str, value: u64) -> Result<()> {
     set(conn, key, &value.to_string()).await
+}
+
+/// The statement that sets `n` keys, with positional parameters (key, value, ...).
+pub(crate) fn set_many_sql(n: usize) -> String {
+    let values = vec!["(?, ?)"; n].join(", ");
+    format!(
+        "INSERT INTO _tandem_meta (key, value) VALUES {values} \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+}
+
+/// Sets several keys in one statement (one round trip to the connection's thread).
+pub(crate) async fn set_many(conn: &mut SqliteConnection, pairs: &[(&str, &str)]) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(set_many_sql(pairs.len())));
+    for (key, value) in pairs {
+        query = query.bind(*key).bind(*value);
+    }
+    query.execute(&mut *conn).await.map_err(Error::db(format!(
+        "writing {} to the replication meta table",
+        pairs
+            .iter()
+            .map(|(k, _)| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))?;
+    Ok(())
 }
 
 /// Sets a key to a value as JSON.

@@ -88,6 +88,33 @@ pub struct TableChecksum {
     pub sha256: String,
 }
 
+/// A write transaction (`BEGIN IMMEDIATE`) and this process's turn to write, given back
+/// when it ends. Derefs to the connection.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    /// Commits.
+    pub(crate) async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
 /// The declared tables as found in the database.
 #[derive(Debug)]
 pub(crate) struct Tables {
@@ -110,6 +137,8 @@ pub struct SqliteBackend {
     /// An unbound socket for waking the service (made on first use; `None` if it
     /// could not be made).
     waker: std::sync::OnceLock<Option<std::os::unix::net::UnixDatagram>>,
+    /// Whose turn it is to write, among this process's users of the backend.
+    writing: Arc<tokio::sync::Mutex<()>>,
     /// The watch on the published acknowledgement that every `wait_replicated` shares
     /// (made on first use; `None` if inotify is not available).
     ack_watch: std::sync::OnceLock<Option<FileWatch>>,
@@ -149,6 +178,7 @@ impl SqliteBackend {
             tables: Mutex::new(None),
             waker: std::sync::OnceLock::new(),
             ack_watch: std::sync::OnceLock::new(),
+            writing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -302,11 +332,18 @@ impl SqliteBackend {
     }
 
     /// Begins a write transaction (taking the write lock at once).
-    pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool
+    pub(crate) async fn write(&self) -> Result<WriteTx> {
+        // Writers of this process take turns here rather than in SQLite's busy
+        // handler, which sleeps 1, 2, 5, 10 ms... between tries: the service's
+        // background writes (acknowledgements, peer records) would otherwise make the
+        // apply of a batch wait milliseconds for a lock held for a fraction of one.
+        let turn = Arc::clone(&self.writing).lock_owned().await;
+        let tx = self
+            .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(Error::db("starting a write transaction"))
+            .map_err(Error::db("starting a write transaction"))?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     pub(crate) async fn meta(&self) -> Result<Meta> {
