@@ -424,8 +424,13 @@ impl Engine {
                     self.received(t, &mut s, msg).await?;
                 }
                 () = woken(self.wake.as_ref()) => {
-                    // A commit waits for the peer: ship it now, not at the next poll.
-                    self.tick(Some((t, &mut s))).await?;
+                    // A commit waits for the peer: ship it now, not at the next poll;
+                    // while a batch is in flight it goes with the next one, which the
+                    // acknowledgement sends, so there is nothing to do yet.
+                    let waiting = s.serving.as_ref().is_some_and(|sv| !sv.inflight.is_empty());
+                    if !waiting {
+                        self.tick(Some((t, &mut s))).await?;
+                    }
                 }
                 item = next_snapshot(&mut s.providing), if providing => {
                     match item {
@@ -855,6 +860,8 @@ impl Engine {
                         self.ack_pending = Some((log, seq));
                     }
                 }
+                // The next batch takes everything committed until now.
+                self.refresh(false).await?;
                 self.serve(t, s).await?;
             }
             Message::Refuse { reason } => {

@@ -103,23 +103,50 @@ pub(crate) fn write_atomically_as(
     result.map_err(Error::file("cannot write", path))
 }
 
-/// Publishes this node's acknowledged position (`<log hex> <seq>`) for
-/// `wait_replicated` in other processes: a whole-file replace, without fsync (the
-/// position is also recorded in the database, less often; after a crash the peer
-/// acknowledges again).
+/// Publishes this node's acknowledged position for `wait_replicated` in other
+/// processes: one line, `<log hex> <seq> <check hex>`, of fixed length, written over
+/// the previous one in place (an open, a write and a close: the service does it for
+/// every acknowledgement, and replacing the file by rename cost several times more).
+/// The check value lets a reader refuse a line torn between two writes. No fsync: the
+/// position is also recorded in the database, less often, and after a crash the peer
+/// acknowledges again.
 pub(crate) fn write_ack(path: &Path, log: u64, seq: u64) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".replication.acked.tmp-{}", std::process::id()));
-    fs::write(&tmp, format!("{log:016x} {seq}\n"))
-        .and_then(|()| fs::rename(&tmp, path))
-        .map_err(Error::file("cannot write", path))
+    use std::os::unix::fs::FileExt;
+    let line = ack_line(log, seq);
+    match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f
+            .write_all_at(line.as_bytes(), 0)
+            .map_err(Error::file("cannot write", path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The first one: made whole and renamed into place.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let tmp = dir.join(format!(".replication.acked.tmp-{}", std::process::id()));
+            fs::write(&tmp, line)
+                .and_then(|()| fs::rename(&tmp, path))
+                .map_err(Error::file("cannot write", path))
+        }
+        Err(e) => Err(Error::file("cannot write", path)(e)),
+    }
 }
 
-/// Reads what [`write_ack`] wrote, if the file is there and well formed.
+/// The line [`write_ack`] writes.
+fn ack_line(log: u64, seq: u64) -> String {
+    format!("{log:016x} {seq:020} {:016x}\n", ack_check(log, seq))
+}
+
+/// A check value of a published position (not secret: it only tells a torn line).
+fn ack_check(log: u64, seq: u64) -> u64 {
+    (log.rotate_left(29) ^ seq ^ 0x7461_6e64_656d_6163).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Reads what [`write_ack`] wrote, if the file is there and its line whole.
 pub(crate) fn read_ack(path: &Path) -> Option<(u64, u64)> {
     let text = fs::read_to_string(path).ok()?;
-    let (log, seq) = text.trim().split_once(' ')?;
-    Some((u64::from_str_radix(log, 16).ok()?, seq.parse().ok()?))
+    let mut fields = text.lines().next()?.split(' ');
+    let log = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let check = u64::from_str_radix(fields.next()?, 16).ok()?;
+    (fields.next().is_none() && check == ack_check(log, seq)).then_some((log, seq))
 }
 
 /// The replication service's lock on its state directory: held while a service runs,
@@ -177,25 +204,26 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(Error::file("cannot open", path))
 }
 
-/// Tells waiters when a file of one directory is replaced or written (inotify), so that
-/// they need not poll. One watch serves every waiter of a backend for as long as the
-/// backend lives: closing an inotify instance waits for a kernel grace period (5 to
-/// 20 ms here), which a watch made and dropped per `wait_replicated` added to every
-/// commit. A thread of its own reads the events, so the watch works from any runtime.
-/// Only a hint: a waiter still re-checks on a timer, in case the watch could not be set
-/// up or an event was missed.
+/// Tells waiters the acknowledgement that the service publishes ([`write_ack`]) each
+/// time it changes (inotify), so that they need not poll or read the file themselves.
+/// One watch serves every waiter of a backend for as long as the backend lives:
+/// closing an inotify instance waits for a kernel grace period (5 to 20 ms here), which
+/// a watch made and dropped per `wait_replicated` added to every commit. A thread of
+/// its own reads the events and the file, so the watch works from any runtime. Only a
+/// hint: a waiter still re-checks on a timer, in case the watch could not be set up or
+/// an event was missed.
 #[derive(Debug)]
-pub(crate) struct FileWatch {
-    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+pub(crate) struct AckWatch {
+    changes: std::sync::Arc<tokio::sync::watch::Sender<Option<(u64, u64)>>>,
 }
 
-impl FileWatch {
-    /// How often the watch thread looks whether its `FileWatch` is gone.
+impl AckWatch {
+    /// How often the watch thread looks whether its `AckWatch` is gone, in ms.
     const ALIVE_CHECK: u16 = 500;
 
-    /// Watches for `path` being renamed into place or written and closed; `None` when
-    /// inotify is not available (the caller polls).
-    pub(crate) fn new(path: &Path) -> Option<FileWatch> {
+    /// Watches the acknowledgement published at `path`; `None` when inotify is not
+    /// available (the caller polls).
+    pub(crate) fn new(path: &Path) -> Option<AckWatch> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
         let name = path.file_name()?.to_owned();
@@ -206,33 +234,36 @@ impl FileWatch {
                 AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
             )
             .ok()?;
-        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(read_ack(path)));
         let weak = std::sync::Arc::downgrade(&changes);
+        let path = path.to_owned();
         std::thread::Builder::new()
             .name("tandem-ack-watch".into())
-            .spawn(move || watch_thread(&inotify, &name, &weak))
+            .spawn(move || watch_thread(&inotify, &path, &name, &weak))
             .ok()?;
-        Some(FileWatch { changes })
+        Some(AckWatch { changes })
     }
 
-    /// A receiver that sees every change from now on (`changed()` resolves at the first
-    /// one after this call).
-    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// A receiver of every acknowledgement published from now on (`changed()` resolves
+    /// at the first one after this call; the value is what [`read_ack`] read then).
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<(u64, u64)>> {
         self.changes.subscribe()
     }
 }
 
-/// Reads `inotify` until its [`FileWatch`] is dropped, counting the events for `name`.
+/// Reads `inotify` until its [`AckWatch`] is dropped; at each event for `name`, reads
+/// the acknowledgement at `path` and tells the receivers.
 fn watch_thread(
     inotify: &nix::sys::inotify::Inotify,
+    path: &Path,
     name: &std::ffi::OsStr,
-    changes: &std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+    changes: &std::sync::Weak<tokio::sync::watch::Sender<Option<(u64, u64)>>>,
 ) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     loop {
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(FileWatch::ALIVE_CHECK)) {
+        match poll(&mut fds, PollTimeout::from(AckWatch::ALIVE_CHECK)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => {
                 if changes.strong_count() == 0 {
                     return;
@@ -257,7 +288,7 @@ fn watch_thread(
             let Some(sender) = changes.upgrade() else {
                 return;
             };
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+            sender.send_replace(read_ack(path));
         }
     }
 }
@@ -312,8 +343,9 @@ mod tests {
     async fn a_published_acknowledgement_wakes_its_watcher_and_a_datagram_the_service() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replication.acked");
-        let watch = FileWatch::new(&path).expect("inotify");
+        let watch = AckWatch::new(&path).expect("inotify");
         let mut changes = watch.subscribe();
+        assert_eq!(*changes.borrow(), None);
         let writer = tokio::spawn({
             let path = path.clone();
             async move {
@@ -327,7 +359,16 @@ mod tests {
             .expect("the watch saw the published acknowledgement")
             .expect("the watch is alive");
         writer.await.unwrap();
-        assert_eq!(read_ack(&path), Some((1, 7)));
+        assert_eq!(*changes.borrow_and_update(), Some((1, 7)));
+        // Written in place now: the watch sees that too.
+        write_ack(&path, 1, 8).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while *changes.borrow_and_update() != Some((1, 8)) {
+                changes.changed().await.expect("the watch is alive");
+            }
+        })
+        .await
+        .expect("the watch saw the acknowledgement written in place");
 
         let wake_path = dir.path().join("replication.wake");
         let socket = WakeSocket::bind(&wake_path).expect("bound");
@@ -364,6 +405,30 @@ mod tests {
         write_ack(&path, 0xfeed, 42).unwrap();
         assert_eq!(read_ack(&path), Some((0xfeed, 42)));
         fs::write(&path, "garbage").unwrap();
+        assert_eq!(read_ack(&path), None);
+        // Written in place over whatever is there.
+        write_ack(&path, 0xfeed, 43).unwrap();
+        assert_eq!(read_ack(&path), Some((0xfeed, 43)));
+        write_ack(&path, 0xbeef, 9).unwrap();
+        assert_eq!(read_ack(&path), Some((0xbeef, 9)));
+    }
+
+    #[test]
+    fn a_published_line_torn_between_two_writes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.acked");
+        let (old, new) = (ack_line(7, 1_999), ack_line(7, 2_000));
+        assert_eq!(old.len(), new.len());
+        for cut in 1..old.len() - 1 {
+            let torn = format!("{}{}", &new[..cut], &old[cut..]);
+            fs::write(&path, &torn).unwrap();
+            let read = read_ack(&path);
+            assert!(
+                read.is_none() || read == Some((7, 2_000)) || read == Some((7, 1_999)),
+                "{torn:?} read as {read:?}"
+            );
+        }
+        fs::write(&path, &new[..20]).unwrap();
         assert_eq!(read_ack(&path), None);
     }
 

@@ -41,7 +41,7 @@ use crate::sample;
 use crate::status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
 };
-use crate::util::{FileWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
+use crate::util::{AckWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
 pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
@@ -141,7 +141,7 @@ pub struct SqliteBackend {
     writing: Arc<tokio::sync::Mutex<()>>,
     /// The watch on the published acknowledgement that every `wait_replicated` shares
     /// (made on first use; `None` if inotify is not available).
-    ack_watch: std::sync::OnceLock<Option<FileWatch>>,
+    ack_watch: std::sync::OnceLock<Option<AckWatch>>,
 }
 
 impl SqliteBackend {
@@ -581,10 +581,11 @@ impl SqliteBackend {
         // is missed.
         let mut changes = self
             .ack_watch
-            .get_or_init(|| FileWatch::new(&self.ack_path()))
+            .get_or_init(|| AckWatch::new(&self.ack_path()))
             .as_ref()
-            .map(FileWatch::subscribe);
+            .map(AckWatch::subscribe);
         let mut log = None;
+        let mut published = None;
         let mut full = true;
         let mut wake = false;
         loop {
@@ -602,8 +603,8 @@ impl SqliteBackend {
                 }
                 acked
             } else {
-                // Woken by a new acknowledgement: the published file is enough.
-                match (read_ack(&self.ack_path()), log) {
+                // Woken by a new acknowledgement: what the watch read is enough.
+                match (published, log) {
                     (Some((l, seq)), Some(want)) if l == want => seq,
                     _ => 0,
                 }
@@ -625,7 +626,10 @@ impl SqliteBackend {
             let pause = RECHECK.min(left);
             full = match changes.as_mut() {
                 Some(rx) => match tokio::time::timeout(pause, rx.changed()).await {
-                    Ok(Ok(())) => false,
+                    Ok(Ok(())) => {
+                        published = *rx.borrow_and_update();
+                        false
+                    }
                     Ok(Err(_)) => {
                         // The watch thread ended: poll from now on.
                         changes = None;
