@@ -387,14 +387,18 @@ impl Engine {
         &self.backend.settings().replication
     }
 
-    /// Re-reads the meta table if anything was committed since the last look.
+    /// Re-reads the meta table if anything was committed since the last look (one
+    /// statement on the watch connection, which asks and reads at once).
     async fn refresh(&mut self, force: bool) -> Result<bool> {
-        let v = data_version(&mut self.watch).await?;
-        if v == self.data_version && !force {
+        let seen = if force { None } else { Some(self.data_version) };
+        let (version, meta) =
+            sqlite::read_meta_if_changed(&mut self.watch, seen.unwrap_or(i64::MIN)).await?;
+        self.data_version = version;
+        let Some(mut meta) = meta else {
             return Ok(false);
-        }
-        self.data_version = v;
-        self.meta = self.backend.meta().await?;
+        };
+        self.backend.with_published_ack(&mut meta);
+        self.meta = meta;
         if self.meta.schema != self.fingerprint {
             let tables = self.backend.reload_tables().await?;
             self.fingerprint = tables.fingerprint.clone();

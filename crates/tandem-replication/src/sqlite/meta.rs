@@ -210,33 +210,68 @@ pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<u64> {
     Ok(seq.map_or(0, |s| s.max(0).cast_unsigned()))
 }
 
-/// Reads the whole meta table (and the changelog head), in one statement: the service
-/// does this on every tick that follows a commit, and each statement is a round trip
-/// to the connection's thread.
+/// The meta table as one JSON object and the changelog head, in one row: each
+/// statement is a round trip to the connection's thread, and each row of a result one
+/// more message between the threads.
+const READ_SQL: &str = "SELECT \
+     (SELECT json_group_object(key, COALESCE(CAST(value AS TEXT), '')) FROM _tandem_meta), \
+     (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog')";
+
+/// Reads the whole meta table (and the changelog head), in one statement and one row:
+/// the service does this on every tick that follows a commit.
 pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
-    let rows: std::result::Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
-        "SELECT key, value FROM _tandem_meta UNION ALL SELECT '', COALESCE(CAST(\
-         (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog') AS TEXT), '0')",
-    )
-    .fetch_all(&mut *conn)
-    .await;
-    let mut map: HashMap<String, String> = match rows {
-        Ok(rows) => rows.into_iter().collect(),
+    let row: std::result::Result<(String, Option<i64>), sqlx::Error> =
+        sqlx::query_as(READ_SQL).fetch_one(&mut *conn).await;
+    match row {
+        Ok((map, head)) => from_row(&map, head),
         // No meta table (not initialized) or no sequence table: the long way, which
         // tells these apart.
         Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
-            return read_step_by_step(conn).await;
+            read_step_by_step(conn).await
         }
-        Err(e) => return Err(Error::db("reading the replication meta table")(e)),
-    };
+        Err(e) => Err(Error::db("reading the replication meta table")(e)),
+    }
+}
+
+/// The connection's data version (`PRAGMA data_version`, which changes when another
+/// connection commits) and, when it is not `seen`, the meta table: the service's poll,
+/// in one statement.
+pub(crate) async fn read_if_changed(
+    conn: &mut SqliteConnection,
+    seen: i64,
+) -> Result<(i64, Option<Meta>)> {
+    let row: std::result::Result<(i64, String, Option<i64>), sqlx::Error> = sqlx::query_as(
+        "SELECT (SELECT data_version FROM pragma_data_version()), \
+         (SELECT json_group_object(key, COALESCE(CAST(value AS TEXT), '')) FROM _tandem_meta), \
+         (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog')",
+    )
+    .fetch_one(&mut *conn)
+    .await;
+    match row {
+        Ok((version, _, _)) if version == seen => Ok((version, None)),
+        Ok((version, map, head)) => Ok((version, Some(from_row(&map, head)?))),
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
+            let version = sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("polling the database for changes"))?;
+            Ok((version, Some(read_step_by_step(conn).await?)))
+        }
+        Err(e) => Err(Error::db("reading the replication meta table")(e)),
+    }
+}
+
+/// A meta table read by [`READ_SQL`]: its JSON object and the head.
+fn from_row(map: &str, head: Option<i64>) -> Result<Meta> {
+    let map: HashMap<String, String> = serde_json::from_str(map).map_err(|e| {
+        Error::State(format!(
+            "the replication meta table could not be read as text ({e}); run `mp_replication init` again"
+        ))
+    })?;
     if !map.contains_key("node") {
         return Err(Error::NotInitialized);
     }
-    let head = map
-        .remove("")
-        .and_then(|v| v.parse::<i64>().ok())
-        .map_or(0, |s| s.max(0).cast_unsigned());
-    parse(&map, head)
+    parse(&map, head.map_or(0, |s| s.max(0).cast_unsigned()))
 }
 
 /// [`read`] one question at a time.

@@ -76,6 +76,15 @@ pub async fn position_in(conn: &mut SqliteConnection) -> Result<Position> {
     meta::head(conn).await.map(Position)
 }
 
+/// The connection's data version and, when it is not `seen`, the meta table (the
+/// service's poll).
+pub(crate) async fn read_meta_if_changed(
+    conn: &mut SqliteConnection,
+    seen: i64,
+) -> Result<(i64, Option<Meta>)> {
+    meta::read_if_changed(conn, seen).await
+}
+
 /// Row count and SHA-256 of one table's rows (in key order, as replicated JSON): equal
 /// on both nodes when they hold the same data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
