@@ -211,24 +211,30 @@ impl SqliteBackend {
     /// changelog's id.
     async fn ack_state(&self) -> Result<(u64, ReplicationState, bool, Option<u64>)> {
         let mut conn = self.conn().await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT key, value FROM _tandem_meta WHERE key IN ('acked', 'state', 'writable', 'log')",
+        // One row: each row of a result is a message between the connection's thread
+        // and this task, and every commit waiting for the peer asks this once.
+        let (acked, state, writable, log): (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = sqlx::query_as(
+            "SELECT (SELECT value FROM _tandem_meta WHERE key = 'acked'), \
+                 (SELECT value FROM _tandem_meta WHERE key = 'state'), \
+                 (SELECT value FROM _tandem_meta WHERE key = 'writable'), \
+                 (SELECT value FROM _tandem_meta WHERE key = 'log')",
         )
-        .fetch_all(&mut *conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(Error::db("reading the acknowledged position"))?;
-        let mut acked = 0;
-        let mut state = ReplicationState::Unknown;
-        let mut writable = false;
-        let mut log = None;
-        for (k, v) in rows {
-            match k.as_str() {
-                "acked" => acked = v.parse().unwrap_or(0),
-                "writable" => writable = v == "1",
-                "log" => log = u64::from_str_radix(&v, 16).ok(),
-                _ => state = ReplicationState::parse(&v).unwrap_or(ReplicationState::Unknown),
-            }
-        }
+        drop(conn);
+        let mut acked = acked.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let state = state
+            .as_deref()
+            .and_then(ReplicationState::parse)
+            .unwrap_or(ReplicationState::Unknown);
+        let writable = writable.as_deref() == Some("1");
+        let log = log.and_then(|v| u64::from_str_radix(&v, 16).ok());
         if let Some((file_log, seq)) = read_ack(&self.ack_path())
             && Some(file_log) == log
         {
