@@ -390,9 +390,9 @@ impl Engine {
     /// Re-reads the meta table if anything was committed since the last look (one
     /// statement on the watch connection, which asks and reads at once).
     async fn refresh(&mut self, force: bool) -> Result<bool> {
-        let seen = if force { None } else { Some(self.data_version) };
-        let (version, meta) =
-            sqlite::read_meta_if_changed(&mut self.watch, seen.unwrap_or(i64::MIN)).await?;
+        // A data version is a small counter, never i64::MIN: forced, the meta is read.
+        let seen = if force { i64::MIN } else { self.data_version };
+        let (version, meta) = sqlite::read_meta_if_changed(&mut self.watch, seen).await?;
         self.data_version = version;
         let Some(mut meta) = meta else {
             return Ok(false);

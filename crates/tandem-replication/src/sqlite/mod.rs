@@ -146,6 +146,14 @@ pub struct SqliteBackend {
     /// An unbound socket for waking the service (made on first use; `None` if it
     /// could not be made).
     waker: std::sync::OnceLock<Option<std::os::unix::net::UnixDatagram>>,
+    /// The last look at the acknowledged state by a waiter, and when it started.
+    #[allow(clippy::type_complexity)]
+    checked: tokio::sync::Mutex<
+        Option<(
+            tokio::time::Instant,
+            (u64, ReplicationState, bool, Option<u64>),
+        )>,
+    >,
     /// Whose turn it is to write, among this process's users of the backend.
     writing: Arc<tokio::sync::Mutex<()>>,
     /// The watch on the published acknowledgement that every `wait_replicated` shares
@@ -188,6 +196,7 @@ impl SqliteBackend {
             waker: std::sync::OnceLock::new(),
             ack_watch: std::sync::OnceLock::new(),
             writing: Arc::new(tokio::sync::Mutex::new(())),
+            checked: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -577,17 +586,22 @@ impl SqliteBackend {
     }
 
     /// Group commit for the waiting side: a waiter wakes the service (which ships every
-    /// pending change in one batch) and then sleeps until the service publishes a new
-    /// acknowledgement (an inotify watch on the published file), so that any number of
-    /// concurrent waiters share one round trip to the peer. A timer re-checks in case the
-    /// watch is missing or an event was lost, and to notice replication being switched
-    /// off.
+    /// pending change in one batch) and then sleeps until the service publishes an
+    /// acknowledgement that covers its position (the shared inotify watch of the
+    /// published file), so that any number of concurrent waiters share one round trip
+    /// to the peer. The acknowledgement counts once the database says it belongs to the
+    /// current changelog, this node is writable and replication is on; the waiters that
+    /// one acknowledgement covers share that look ([`checked_since`](Self::checked_since)),
+    /// and it is not made before the acknowledgement is there, where it would take the
+    /// CPU from the next writer's commit. Without a covering acknowledgement the state is
+    /// looked at every 10 ms, to notice replication being switched off and in case the
+    /// watch is missing or an event was lost.
     pub(crate) async fn wait_replicated_impl(
         &self,
         position: Position,
         limit: Duration,
     ) -> Result<()> {
-        /// How often the state is re-read while waiting.
+        /// How often the state is looked at while no acknowledgement covers the position.
         const RECHECK: Duration = Duration::from_millis(10);
         let started = tokio::time::Instant::now();
         // The commit is there: the service can ship it while we look.
@@ -599,14 +613,16 @@ impl SqliteBackend {
             .get_or_init(|| AckWatch::new(&self.ack_path()))
             .as_ref()
             .map(AckWatch::subscribe);
-        let mut log = None;
-        let mut published = None;
-        let mut full = true;
-        let mut wake = false;
+        let mut published = match changes.as_mut() {
+            Some(rx) => *rx.borrow_and_update(),
+            None => read_ack(&self.ack_path()),
+        };
+        let mut next_check = started + RECHECK;
         loop {
-            let acked = if full {
-                let (acked, state, writable, l) = self.ack_state().await?;
-                log = l;
+            let covered = published.is_some_and(|(_, seq)| seq >= position.0);
+            let mut acked = 0;
+            if covered || tokio::time::Instant::now() >= next_check {
+                let (recorded, state, writable, log) = self.checked_since(started).await?;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
                     return Err(Error::NotReplicating { position, state });
@@ -616,16 +632,18 @@ impl SqliteBackend {
                         "wait_replicated is for the active node; this node is the standby".into(),
                     ));
                 }
-                acked
-            } else {
-                // Woken by a new acknowledgement: what the watch read is enough.
-                match (published, log) {
-                    (Some((l, seq)), Some(want)) if l == want => seq,
-                    _ => 0,
+                acked = match published {
+                    Some((l, seq)) if Some(l) == log => recorded.max(seq),
+                    _ => recorded,
+                };
+                if acked >= position.0 {
+                    return Ok(());
                 }
-            };
-            if acked >= position.0 {
-                return Ok(());
+                if !covered {
+                    // A quiet pause: the service is asked again.
+                    self.wake_service();
+                }
+                next_check = tokio::time::Instant::now() + RECHECK;
             }
             if started.elapsed() >= limit {
                 return Err(Error::NotReplicated {
@@ -634,33 +652,42 @@ impl SqliteBackend {
                     limit,
                 });
             }
-            if wake {
-                self.wake_service();
-            }
-            let left = limit.saturating_sub(started.elapsed());
-            let pause = RECHECK.min(left);
-            full = match changes.as_mut() {
-                Some(rx) => match tokio::time::timeout(pause, rx.changed()).await {
-                    Ok(Ok(())) => {
-                        published = *rx.borrow_and_update();
-                        false
-                    }
+            let until = next_check.min(started + limit);
+            match changes.as_mut() {
+                Some(rx) => match tokio::time::timeout_at(until, rx.changed()).await {
+                    Ok(Ok(())) => published = *rx.borrow_and_update(),
                     Ok(Err(_)) => {
                         // The watch thread ended: poll from now on.
                         changes = None;
-                        true
                     }
-                    Err(_) => true,
+                    Err(_) => {}
                 },
                 None => {
-                    tokio::time::sleep(pause.min(Duration::from_millis(1))).await;
-                    true
+                    let poll = tokio::time::Instant::now() + Duration::from_millis(1);
+                    tokio::time::sleep_until(poll.min(until)).await;
+                    published = read_ack(&self.ack_path());
                 }
-            };
-            // Woken by an acknowledgement, our commit is on its way already; after a
-            // quiet pause the service is asked again.
-            wake = full;
+            }
         }
+    }
+
+    /// [`ack_state`](Self::ack_state) as read by a look that started at `since` or later:
+    /// the last one if it did, else a new one. Concurrent waiters share the looks this
+    /// way; a look that started after a waiter's commit is as good as its own.
+    async fn checked_since(
+        &self,
+        since: tokio::time::Instant,
+    ) -> Result<(u64, ReplicationState, bool, Option<u64>)> {
+        let mut last = self.checked.lock().await;
+        if let Some((at, state)) = *last
+            && at >= since
+        {
+            return Ok(state);
+        }
+        let at = tokio::time::Instant::now();
+        let state = self.ack_state().await?;
+        *last = Some((at, state));
+        Ok(state)
     }
 
     pub(crate) async fn status_impl(&self) -> Result<Status> {
