@@ -55,19 +55,21 @@
 //!   holds a lock file in the state directory; commands use it to tell whether it runs.
 //! - **Acknowledgements.** The standby acknowledges a batch only after its transaction
 //!   committed (`synchronous = FULL`). The active node's service publishes each
-//!   acknowledgement at once in a small file that
-//!   [`wait_replicated`](ReplicationBackend::wait_replicated) watches (one inotify
-//!   watch per backend, read by a thread of its own and shared by every waiter, since
-//!   closing an inotify instance costs milliseconds; a re-check every 10 ms), and
-//!   records it in the meta table, pruning the changelog, at
-//!   most every 100 ms and in the background, so a busy application never makes
-//!   replication wait for the write lock.
+//!   acknowledgement at once in a small file (rewritten in place, with a check value
+//!   against torn reads) that [`wait_replicated`](ReplicationBackend::wait_replicated)
+//!   watches (one inotify watch per backend, read by a thread of its own and shared by
+//!   every waiter, since closing an inotify instance costs milliseconds). A waiter
+//!   looks at the database (changelog, role, replication state) once an
+//!   acknowledgement covers its commit, one look for all the waiters it covers, or
+//!   every 10 ms without one. The service records the acknowledgement in the meta
+//!   table, pruning the changelog, at most every 100 ms and in the background, so a
+//!   busy application never makes replication wait for the write lock.
 //! - **Group commit.** A commit that starts waiting in `wait_replicated` wakes the
 //!   service (a datagram on its socket `replication.wake`) instead of waiting for its
 //!   next poll; the service ships every pending change in one batch (while a batch is
 //!   on its way, a partial one waits for its acknowledgement and takes everything
-//!   committed meanwhile; full batches go up to `window` at a time), and the standby takes every batch that arrived while it was
-//!   applying the previous one and applies them together in one transaction (one
+//!   committed meanwhile; full batches go up to `window` at a time), and the standby
+//!   takes every batch that arrived while it was applying the previous one and applies them together in one transaction (one
 //!   fsync, its position in the same transaction) with one acknowledgement. So
 //!   concurrent writers share round trips and fsyncs on the standby, and the
 //!   guarantees are those of one batch: exactly once, acknowledged = durable there.
