@@ -390,8 +390,7 @@ impl Engine {
     /// Re-reads the meta table if anything was committed since the last look (one
     /// statement on the watch connection, which asks and reads at once).
     async fn refresh(&mut self, force: bool) -> Result<bool> {
-        // A data version is a small counter, never i64::MIN: forced, the meta is read.
-        let seen = if force { i64::MIN } else { self.data_version };
+        let seen = (!force).then_some(self.data_version);
         let (version, meta) = sqlite::read_meta_if_changed(&mut self.watch, seen).await?;
         self.data_version = version;
         let Some(mut meta) = meta else {

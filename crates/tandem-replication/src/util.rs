@@ -117,13 +117,9 @@ pub(crate) fn write_ack(path: &Path, log: u64, seq: u64) -> Result<()> {
         Ok(f) => f
             .write_all_at(line.as_bytes(), 0)
             .map_err(Error::file("cannot write", path)),
+        // The first one: made whole and renamed into place.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // The first one: made whole and renamed into place.
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let tmp = dir.join(format!(".replication.acked.tmp-{}", std::process::id()));
-            fs::write(&tmp, line)
-                .and_then(|()| fs::rename(&tmp, path))
-                .map_err(Error::file("cannot write", path))
+            write_atomically(path, line.as_bytes())
         }
         Err(e) => Err(Error::file("cannot write", path)(e)),
     }

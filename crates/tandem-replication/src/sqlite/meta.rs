@@ -210,18 +210,22 @@ pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<u64> {
     Ok(seq.map_or(0, |s| s.max(0).cast_unsigned()))
 }
 
-/// The meta table as one JSON object and the changelog head, in one row: each
-/// statement is a round trip to the connection's thread, and each row of a result one
-/// more message between the threads.
-const READ_SQL: &str = "SELECT \
-     (SELECT json_group_object(key, COALESCE(CAST(value AS TEXT), '')) FROM _tandem_meta), \
-     (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog')";
+/// The meta table as one JSON object and the changelog head: the columns of one row,
+/// since each statement is a round trip to the connection's thread, and each row of a
+/// result one more message between the threads.
+macro_rules! meta_columns {
+    () => {
+        "(SELECT json_group_object(key, COALESCE(CAST(value AS TEXT), '')) FROM _tandem_meta), \
+         (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog')"
+    };
+}
 
-/// Reads the whole meta table (and the changelog head), in one statement and one row:
-/// the service does this on every tick that follows a commit.
+/// Reads the whole meta table (and the changelog head), in one statement and one row.
 pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
     let row: std::result::Result<(String, Option<i64>), sqlx::Error> =
-        sqlx::query_as(READ_SQL).fetch_one(&mut *conn).await;
+        sqlx::query_as(concat!("SELECT ", meta_columns!()))
+            .fetch_one(&mut *conn)
+            .await;
     match row {
         Ok((map, head)) => from_row(&map, head),
         // No meta table (not initialized) or no sequence table: the long way, which
@@ -234,21 +238,21 @@ pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
 }
 
 /// The connection's data version (`PRAGMA data_version`, which changes when another
-/// connection commits) and, when it is not `seen`, the meta table: the service's poll,
+/// connection commits) and, unless it is `seen`, the meta table: the service's poll,
 /// in one statement.
 pub(crate) async fn read_if_changed(
     conn: &mut SqliteConnection,
-    seen: i64,
+    seen: Option<i64>,
 ) -> Result<(i64, Option<Meta>)> {
-    let row: std::result::Result<(i64, String, Option<i64>), sqlx::Error> = sqlx::query_as(
-        "SELECT (SELECT data_version FROM pragma_data_version()), \
-         (SELECT json_group_object(key, COALESCE(CAST(value AS TEXT), '')) FROM _tandem_meta), \
-         (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog')",
-    )
-    .fetch_one(&mut *conn)
-    .await;
+    let row: std::result::Result<(i64, String, Option<i64>), sqlx::Error> =
+        sqlx::query_as(concat!(
+            "SELECT (SELECT data_version FROM pragma_data_version()), ",
+            meta_columns!()
+        ))
+        .fetch_one(&mut *conn)
+        .await;
     match row {
-        Ok((version, _, _)) if version == seen => Ok((version, None)),
+        Ok((version, _, _)) if Some(version) == seen => Ok((version, None)),
         Ok((version, map, head)) => Ok((version, Some(from_row(&map, head)?))),
         Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
             let version = sqlx::query_scalar("PRAGMA data_version")
@@ -261,7 +265,7 @@ pub(crate) async fn read_if_changed(
     }
 }
 
-/// A meta table read by [`READ_SQL`]: its JSON object and the head.
+/// A meta table read as [`meta_columns`] gives it: its JSON object and the head.
 fn from_row(map: &str, head: Option<i64>) -> Result<Meta> {
     let map: HashMap<String, String> = serde_json::from_str(map).map_err(|e| {
         Error::State(format!(
@@ -349,18 +353,7 @@ fn parse(map: &HashMap<String, String>, head: u64) -> Result<Meta> {
 
 /// Sets one key (inside the caller's transaction).
 pub(crate) async fn set(conn: &mut SqliteConnection, key: &str, value: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO _tandem_meta (key, value) VALUES (?1, ?2) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(key)
-    .bind(value)
-    .execute(&mut *conn)
-    .await
-    .map_err(Error::db(format!(
-        "writing `{key}` to the replication meta table"
-    )))?;
-    Ok(())
+    set_many(conn, &[(key, value)]).await
 }
 
 /// Sets a key to a number.
@@ -368,21 +361,17 @@ pub(crate) async fn set_num(conn: &mut SqliteConnection, key: &str, value: u64) 
     set(conn, key, &value.to_string()).await
 }
 
-/// The statement that sets `n` keys, with positional parameters (key, value, ...).
-pub(crate) fn set_many_sql(n: usize) -> String {
-    let values = vec!["(?, ?)"; n].join(", ");
-    format!(
-        "INSERT INTO _tandem_meta (key, value) VALUES {values} \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-    )
-}
-
 /// Sets several keys in one statement (one round trip to the connection's thread).
 pub(crate) async fn set_many(conn: &mut SqliteConnection, pairs: &[(&str, &str)]) -> Result<()> {
     if pairs.is_empty() {
         return Ok(());
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(set_many_sql(pairs.len())));
+    let sql = format!(
+        "INSERT INTO _tandem_meta (key, value) VALUES {} \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        vec!["(?, ?)"; pairs.len()].join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (key, value) in pairs {
         query = query.bind(*key).bind(*value);
     }

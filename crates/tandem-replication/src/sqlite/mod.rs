@@ -45,7 +45,9 @@ use crate::util::{AckWatch, ServiceLock, now_ms, random_u64, read_ack, wake, wri
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
 pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
-pub(crate) use meta::{Meta, PeerRecord, Progress, Request, RequestDone};
+pub(crate) use meta::{
+    Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
+};
 pub(crate) use schema::TableInfo;
 pub(crate) use sync::{SnapshotReader, SyncStage};
 
@@ -74,15 +76,6 @@ pub fn connect_options(path: &Path) -> SqliteConnectOptions {
 /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated).
 pub async fn position_in(conn: &mut SqliteConnection) -> Result<Position> {
     meta::head(conn).await.map(Position)
-}
-
-/// The connection's data version and, when it is not `seen`, the meta table (the
-/// service's poll).
-pub(crate) async fn read_meta_if_changed(
-    conn: &mut SqliteConnection,
-    seen: i64,
-) -> Result<(i64, Option<Meta>)> {
-    meta::read_if_changed(conn, seen).await
 }
 
 /// Row count and SHA-256 of one table's rows (in key order, as replicated JSON): equal
@@ -124,6 +117,18 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// What a commit waiting for the peer needs to know of the database, as recorded in
+/// its meta table.
+#[derive(Debug, Clone, Copy)]
+struct AckState {
+    /// The acknowledged position recorded (the published one may be newer).
+    acked: u64,
+    state: ReplicationState,
+    writable: bool,
+    /// The changelog's id.
+    log: Option<u64>,
+}
+
 /// The declared tables as found in the database.
 #[derive(Debug)]
 pub(crate) struct Tables {
@@ -147,13 +152,7 @@ pub struct SqliteBackend {
     /// could not be made).
     waker: std::sync::OnceLock<Option<std::os::unix::net::UnixDatagram>>,
     /// The last look at the acknowledged state by a waiter, and when it started.
-    #[allow(clippy::type_complexity)]
-    checked: tokio::sync::Mutex<
-        Option<(
-            tokio::time::Instant,
-            (u64, ReplicationState, bool, Option<u64>),
-        )>,
-    >,
+    checked: tokio::sync::Mutex<Option<(tokio::time::Instant, AckState)>>,
     /// Whose turn it is to write, among this process's users of the backend.
     writing: Arc<tokio::sync::Mutex<()>>,
     /// The watch on the published acknowledgement that every `wait_replicated` shares
@@ -209,16 +208,18 @@ impl SqliteBackend {
         SqliteBackend::open(settings).await
     }
 
-    /// The newest position of this node's changelog that the peer acknowledged.
+    /// The newest position of this node's changelog that the peer acknowledged (the
+    /// service's published one or the recorded one, whichever is newer).
     pub async fn acked(&self) -> Result<Position> {
-        let (acked, _, _, _) = self.ack_state().await?;
-        Ok(Position(acked))
+        let recorded = self.ack_state().await?;
+        let published = read_ack(&self.ack_path())
+            .filter(|(log, _)| Some(*log) == recorded.log)
+            .map_or(0, |(_, seq)| seq);
+        Ok(Position(recorded.acked.max(published)))
     }
 
-    /// The acknowledged position (the service's published one or the recorded one,
-    /// whichever is newer), the replication state, whether the node is writable and the
-    /// changelog's id.
-    async fn ack_state(&self) -> Result<(u64, ReplicationState, bool, Option<u64>)> {
+    /// The acknowledged position, replication state, role and changelog as recorded.
+    async fn ack_state(&self) -> Result<AckState> {
         let mut conn = self.conn().await?;
         // One row: each row of a result is a message between the connection's thread
         // and this task, and every commit waiting for the peer asks this once.
@@ -236,20 +237,15 @@ impl SqliteBackend {
         .fetch_one(&mut *conn)
         .await
         .map_err(Error::db("reading the acknowledged position"))?;
-        drop(conn);
-        let mut acked = acked.and_then(|v| v.parse().ok()).unwrap_or(0);
-        let state = state
-            .as_deref()
-            .and_then(ReplicationState::parse)
-            .unwrap_or(ReplicationState::Unknown);
-        let writable = writable.as_deref() == Some("1");
-        let log = log.and_then(|v| u64::from_str_radix(&v, 16).ok());
-        if let Some((file_log, seq)) = read_ack(&self.ack_path())
-            && Some(file_log) == log
-        {
-            acked = acked.max(seq);
-        }
-        Ok((acked, state, writable, log))
+        Ok(AckState {
+            acked: acked.and_then(|v| v.parse().ok()).unwrap_or(0),
+            state: state
+                .as_deref()
+                .and_then(ReplicationState::parse)
+                .unwrap_or(ReplicationState::Unknown),
+            writable: writable.as_deref() == Some("1"),
+            log: log.and_then(|v| u64::from_str_radix(&v, 16).ok()),
+        })
     }
 
     pub(crate) fn ack_path(&self) -> PathBuf {
@@ -622,7 +618,12 @@ impl SqliteBackend {
             let covered = published.is_some_and(|(_, seq)| seq >= position.0);
             let mut acked = 0;
             if covered || tokio::time::Instant::now() >= next_check {
-                let (recorded, state, writable, log) = self.checked_since(started).await?;
+                let AckState {
+                    acked: recorded,
+                    state,
+                    writable,
+                    log,
+                } = self.checked_since(started).await?;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
                     return Err(Error::NotReplicating { position, state });
@@ -674,10 +675,7 @@ impl SqliteBackend {
     /// [`ack_state`](Self::ack_state) as read by a look that started at `since` or later:
     /// the last one if it did, else a new one. Concurrent waiters share the looks this
     /// way; a look that started after a waiter's commit is as good as its own.
-    async fn checked_since(
-        &self,
-        since: tokio::time::Instant,
-    ) -> Result<(u64, ReplicationState, bool, Option<u64>)> {
+    async fn checked_since(&self, since: tokio::time::Instant) -> Result<AckState> {
         let mut last = self.checked.lock().await;
         if let Some((at, state)) = *last
             && at >= since
@@ -722,7 +720,8 @@ impl SqliteBackend {
             }
         };
         let (backlog, lag_ms) = if m.writable {
-            let acked = m.acked.max(self.ack_state().await?.0);
+            // `meta()` took the published acknowledgement already.
+            let acked = m.acked;
             let lag = self.oldest_unacked_ms(acked).await?;
             (
                 Some(m.head.saturating_sub(acked.max(m.floor))),
