@@ -79,6 +79,24 @@ pub enum Error {
         /// How long it waited.
         limit: Duration,
     },
+    /// [`wait_replicated_while_connected`](crate::SqliteBackend::wait_replicated_while_connected)
+    /// stopped waiting because this node's replication service has lost the standby: its peer link
+    /// is down, so no acknowledgement can come until the link is back. The commit
+    /// stays captured and reaches the standby when it returns; whether to accept the
+    /// write meanwhile (the `degrade` policy) or refuse it (`strict`) is the caller's
+    /// choice.
+    #[error(
+        "node {peer} is not connected ({reason}), so position {position} is not replicated yet; \
+         it is kept and sent once the peer link is back"
+    )]
+    StandbyUnreachable {
+        /// The position waited for.
+        position: Position,
+        /// The standby's node id.
+        peer: u8,
+        /// Why the replication service counts the standby as gone, as it recorded it.
+        reason: String,
+    },
     /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) cannot succeed because
     /// replication is not running on this node.
     #[error("replication is {state} on this node, so position {position} will not be replicated")]

@@ -361,7 +361,7 @@ impl ReplicationBackend for SqliteBackend {
     }
 
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
-        self.wait_replicated_impl(position, timeout).await
+        self.wait_replicated_impl(position, timeout, false).await
     }
 }
 

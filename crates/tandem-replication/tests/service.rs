@@ -430,3 +430,71 @@ async fn a_diverged_node_stops_applying_and_rejoins_with_from_sync() {
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_while_connected_stops_once_the_standby_is_lost_and_waits_again_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (mut n1, mut n2) = pair(dir.path(), &key).await;
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    eventually("node 1 to see node 2", || async {
+        n1.backend.status().await.unwrap().remote.status == LinkStatus::Connected
+    })
+    .await;
+    let p = write(&n1, 1, 10).await;
+    n1.backend
+        .wait_replicated_while_connected(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // Node 2's service stops: node 1's service records the lost link, and a waiting
+    // commit is told so instead of waiting out its limit.
+    n2.stop().await;
+    eventually("node 1 to see node 2 gone", || async {
+        n1.backend.status().await.unwrap().remote.status != LinkStatus::Connected
+    })
+    .await;
+    let p = write(&n1, 2, 10).await;
+    let err = n1
+        .backend
+        .wait_replicated_while_connected(p, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::StandbyUnreachable { position, peer, .. } => {
+            assert_eq!((*position, *peer), (p, 2), "{err}");
+        }
+        other => panic!("expected StandbyUnreachable, got {other}"),
+    }
+    assert!(err.to_string().contains("node 2 is not connected"), "{err}");
+    // Plain wait_replicated keeps waiting for the acknowledgement.
+    let err = n1
+        .backend
+        .wait_replicated(p, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotReplicated { .. }), "{err}");
+
+    // Back: the kept commit reaches node 2 and waiting succeeds again.
+    n2.start(&key);
+    eventually("node 1 to see node 2 again", || async {
+        n1.backend.status().await.unwrap().remote.status == LinkStatus::Connected
+    })
+    .await;
+    let p3 = write(&n1, 3, 10).await;
+    n1.backend
+        .wait_replicated_while_connected(p3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(n2.backend.status().await.unwrap().applied >= p3);
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+    n1.stop().await;
+    n2.stop().await;
+}

@@ -119,7 +119,7 @@ impl std::ops::DerefMut for WriteTx {
 
 /// What a commit waiting for the peer needs to know of the database, as recorded in
 /// its meta table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct AckState {
     /// The acknowledged position recorded (the published one may be newer).
     acked: u64,
@@ -127,6 +127,10 @@ struct AckState {
     writable: bool,
     /// The changelog's id.
     log: Option<u64>,
+    /// This node's id.
+    node: u8,
+    /// Why the service counts the peer as gone, when its record says so.
+    peer_lost: Option<String>,
 }
 
 /// The declared tables as found in the database.
@@ -223,16 +227,23 @@ impl SqliteBackend {
         let mut conn = self.conn().await?;
         // One row: each row of a result is a message between the connection's thread
         // and this task, and every commit waiting for the peer asks this once.
-        let (acked, state, writable, log): (
+        type Row = (
             Option<String>,
             Option<String>,
             Option<String>,
             Option<String>,
-        ) = sqlx::query_as(
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        );
+        let (acked, state, writable, log, node, connected, error): Row = sqlx::query_as(
             "SELECT (SELECT value FROM _tandem_meta WHERE key = 'acked'), \
                  (SELECT value FROM _tandem_meta WHERE key = 'state'), \
                  (SELECT value FROM _tandem_meta WHERE key = 'writable'), \
-                 (SELECT value FROM _tandem_meta WHERE key = 'log')",
+                 (SELECT value FROM _tandem_meta WHERE key = 'log'), \
+                 (SELECT value FROM _tandem_meta WHERE key = 'node'), \
+                 (SELECT json_extract(value, '$.connected') FROM _tandem_meta WHERE key = 'peer'), \
+                 (SELECT json_extract(value, '$.error') FROM _tandem_meta WHERE key = 'peer')",
         )
         .fetch_one(&mut *conn)
         .await
@@ -245,6 +256,10 @@ impl SqliteBackend {
                 .unwrap_or(ReplicationState::Unknown),
             writable: writable.as_deref() == Some("1"),
             log: log.and_then(|v| u64::from_str_radix(&v, 16).ok()),
+            node: node.and_then(|v| v.parse().ok()).unwrap_or(0),
+            // No record yet (the service has not tried the peer): not known to be gone.
+            peer_lost: (connected == Some(0))
+                .then(|| error.unwrap_or_else(|| "the peer link is down".to_owned())),
         })
     }
 
@@ -581,6 +596,31 @@ impl SqliteBackend {
             .map_err(Error::db("committing the role change"))
     }
 
+    /// [`wait_replicated`](ReplicationBackend::wait_replicated) for applications that
+    /// apply the `degrade` policy themselves: it also stops, with
+    /// [`Error::StandbyUnreachable`], as soon as this node's replication service counts
+    /// the standby as gone (its peer link is down), instead of waiting out `limit` for
+    /// an acknowledgement that cannot come. Plain `wait_replicated` waits through a
+    /// standby's restart; this one answers within about 10 ms while it is down.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: &tandem_replication::SqliteBackend, position: tandem_replication::Position) -> tandem_replication::Result<()> {
+    /// use std::time::Duration;
+    /// match backend.wait_replicated_while_connected(position, Duration::from_millis(800)).await {
+    ///     Ok(()) => {}                                                  // on both nodes
+    ///     Err(tandem_replication::Error::StandbyUnreachable { .. }) => {} // degrade: accept
+    ///     Err(e) => return Err(e),                                      // refuse the write
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_replicated_while_connected(
+        &self,
+        position: Position,
+        limit: Duration,
+    ) -> Result<()> {
+        self.wait_replicated_impl(position, limit, true).await
+    }
+
     /// Group commit for the waiting side: a waiter wakes the service (which ships every
     /// pending change in one batch) and then sleeps until the service publishes an
     /// acknowledgement that covers its position (the shared inotify watch of the
@@ -591,11 +631,13 @@ impl SqliteBackend {
     /// and it is not made before the acknowledgement is there, where it would take the
     /// CPU from the next writer's commit. Without a covering acknowledgement the state is
     /// looked at every 10 ms, to notice replication being switched off and in case the
-    /// watch is missing or an event was lost.
+    /// watch is missing or an event was lost. With `while_connected` a recorded loss of
+    /// the peer link ends the wait.
     pub(crate) async fn wait_replicated_impl(
         &self,
         position: Position,
         limit: Duration,
+        while_connected: bool,
     ) -> Result<()> {
         /// How often the state is looked at while no acknowledgement covers the position.
         const RECHECK: Duration = Duration::from_millis(10);
@@ -623,6 +665,8 @@ impl SqliteBackend {
                     state,
                     writable,
                     log,
+                    node,
+                    peer_lost,
                 } = self.checked_since(started).await?;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
@@ -639,6 +683,17 @@ impl SqliteBackend {
                 };
                 if acked >= position.0 {
                     return Ok(());
+                }
+                // No acknowledgement can come while the link is down; a record left by a
+                // service that stopped says nothing about now.
+                if let Some(reason) = peer_lost.filter(|_| while_connected)
+                    && self.service_running()
+                {
+                    return Err(Error::StandbyUnreachable {
+                        position,
+                        peer: 3 - node.clamp(1, 2),
+                        reason,
+                    });
                 }
                 if !covered {
                     // A quiet pause: the service is asked again.
@@ -677,14 +732,14 @@ impl SqliteBackend {
     /// way; a look that started after a waiter's commit is as good as its own.
     async fn checked_since(&self, since: tokio::time::Instant) -> Result<AckState> {
         let mut last = self.checked.lock().await;
-        if let Some((at, state)) = *last
-            && at >= since
+        if let Some((at, state)) = last.as_ref()
+            && *at >= since
         {
-            return Ok(state);
+            return Ok(state.clone());
         }
         let at = tokio::time::Instant::now();
         let state = self.ack_state().await?;
-        *last = Some((at, state));
+        *last = Some((at, state.clone()));
         Ok(state)
     }
 
