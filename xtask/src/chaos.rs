@@ -875,12 +875,7 @@ path = "{files}/prompts"
     fn wait_acked_by(&self, node: &str, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let latest = self
-                .samples
-                .lock()
-                .ok()
-                .and_then(|s| s.last().and_then(|(_, who)| who.clone()));
-            if latest.as_deref() == Some(node) {
+            if site::latest_answer(&self.samples).as_deref() == Some(node) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -1220,7 +1215,7 @@ path = "{files}/prompts"
             .lock()
             .map(|s| {
                 s.iter()
-                    .filter(|(t, who)| *t >= from && *t <= to && who.is_some())
+                    .filter(|w| w.sent >= from && w.sent <= to && w.who.is_some())
                     .count()
             })
             .unwrap_or(0);
@@ -1312,8 +1307,8 @@ path = "{files}/prompts"
                 .collect();
             outcome.notes.push(format!(
                 "transaction {tx} acknowledged by {} at {:.3} s is missing on {}",
-                sample.and_then(|(_, who)| who.clone()).unwrap_or_default(),
-                sample.map_or(0.0, |(t, _)| t.as_secs_f64()),
+                sample.and_then(|w| w.who.clone()).unwrap_or_default(),
+                sample.map_or(0.0, |w| w.sent.as_secs_f64()),
                 lacking.join(" and ")
             ));
         }

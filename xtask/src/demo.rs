@@ -648,12 +648,7 @@ path = "{files}/prompts"
     fn wait_for_client(&self, node: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let latest = self
-                .samples
-                .lock()
-                .ok()
-                .and_then(|s| s.last().and_then(|(_, who)| who.clone()));
-            if latest.as_deref() == Some(node) {
+            if crate::site::latest_answer(&self.samples).as_deref() == Some(node) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -842,23 +837,80 @@ fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The client-visible outage of a failover that started at `from` towards `new`:
-/// from the last acknowledgement (of any node, not before `from`) to the first of
-/// `new`, and how many writes in between were not acknowledged.
+/// The client-visible outage of a failover that started at `from` towards `new`,
+/// in answer times: from the last acknowledgement that arrived (of any node, not
+/// before `from`) to the first that `new` sent, and how many writes in flight
+/// during that gap were not acknowledged.
 fn outage(samples: &[Sample], from: Duration, new: &str) -> Option<(Duration, usize)> {
     let first_new = samples
         .iter()
-        .find(|(t, who)| *t >= from && who.as_deref() == Some(new))?
-        .0;
-    let before = samples.iter().filter(|(t, _)| *t < first_new);
-    let last_answer = before
-        .clone()
-        .rev()
-        .find(|(_, who)| who.is_some())
-        .map_or(from, |(t, _)| *t);
-    let start = last_answer.max(from);
-    let unanswered = before
-        .filter(|(t, who)| *t > start && who.is_none())
+        .filter(|s| s.who.as_deref() == Some(new))
+        .filter_map(|s| s.done)
+        .filter(|done| *done >= from)
+        .min()?;
+    let start = samples
+        .iter()
+        .filter(|s| s.who.is_some())
+        .filter_map(|s| s.done)
+        .filter(|done| *done < first_new)
+        .max()
+        .map_or(from, |done| done.max(from));
+    let unanswered = samples
+        .iter()
+        .filter(|s| s.who.is_none() && s.sent < first_new && s.done.is_none_or(|d| d > start))
         .count();
     Some((first_new.saturating_sub(start), unanswered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn write(sent: u64, done: Option<u64>, who: Option<&str>) -> Sample {
+        Sample {
+            sent: ms(sent),
+            done: done.map(ms),
+            who: who.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_write_lost_with_the_address_counts_once_and_does_not_stretch_the_outage() {
+        // node1 answers until the cut at 100 ms; the write sent at 95 ms is lost
+        // (given up on at 2,095 ms); node2 answers from 300 ms on.
+        let samples = vec![
+            write(85, Some(87), Some("node1")),
+            write(95, Some(2_095), None),
+            write(105, Some(125), None),
+            write(290, Some(302), Some("node2")),
+            write(300, Some(301), Some("node2")),
+        ];
+        assert_eq!(outage(&samples, ms(100), "node2"), Some((ms(201), 2)));
+    }
+
+    #[test]
+    fn a_slow_first_answer_of_the_new_node_is_part_of_the_outage() {
+        // Sent at once but answered 800 ms later: the client waited that long.
+        let samples = vec![
+            write(0, Some(2), Some("node1")),
+            write(10, Some(810), Some("node2")),
+            write(20, Some(811), Some("node2")),
+        ];
+        assert_eq!(outage(&samples, ms(5), "node2"), Some((ms(805), 0)));
+    }
+
+    #[test]
+    fn answers_of_the_old_node_after_the_switch_started_shorten_the_outage() {
+        let samples = vec![
+            write(0, Some(1), Some("node1")),
+            write(10, Some(11), Some("node1")),
+            write(20, Some(70), Some("node2")),
+        ];
+        assert_eq!(outage(&samples, ms(5), "node2"), Some((ms(59), 0)));
+        assert_eq!(outage(&samples, ms(5), "node3"), None);
+    }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -40,8 +40,9 @@ pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
 /// The example application on port 8080 of every address of its node: a line
 /// `write N` writes transaction N of the sample workload (a group, a profile and
 /// a meeting) and answers `ok <node>` once the standby has it. When the standby is
-/// known to be gone it answers after the local commit (the `degrade` policy);
-/// a standby's database refuses the write and the answer is `err`.
+/// known to be gone it answers after the local commit (the `degrade` policy), if
+/// the node still reaches its gateway; a standby's database refuses the write and
+/// the answer is `err`.
 ///
 /// While the file `paused` exists (the agent's stop-services step creates it
 /// before the shared address is released, see [`Layout::app_service`]) every
@@ -59,18 +60,23 @@ pub(crate) fn serve_app(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let backend = SqliteBackend::open_existing(settings).await?;
+        let backend = std::sync::Arc::new(SqliteBackend::open_existing(settings).await?);
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
+        // Requests are answered concurrently, as a real application server does: one
+        // that waits for the standby does not hold up the ones behind it.
+        let mut answering = tokio::task::JoinSet::new();
         while !stop.load(Ordering::Relaxed) {
+            while answering.try_join_next().is_some() {}
             let pausing = paused.exists();
-            if pausing && !drained.exists() {
+            if pausing && answering.is_empty() && !drained.exists() {
                 std::fs::write(&drained, b"")?;
             }
             let accepted = tokio::time::timeout(Duration::from_millis(2), listener.accept()).await;
             let Ok(Ok((stream, _))) = accepted else {
                 continue;
             };
-            let answer = async {
+            let backend = std::sync::Arc::clone(&backend);
+            let answer = async move {
                 let mut stream = tokio::io::BufReader::new(stream);
                 let mut line = String::new();
                 tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await?;
@@ -90,8 +96,11 @@ pub(crate) fn serve_app(
                 tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
                 anyhow::Ok(())
             };
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            answering.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            });
         }
+        answering.join_all().await;
         backend.close().await;
         anyhow::Ok(())
     })
@@ -102,20 +111,39 @@ pub(crate) async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow
         let mut conn = backend.pool().acquire().await?;
         sample::write_transaction(&mut conn, tx, ROWS).await?
     };
-    match backend
-        .wait_replicated(position, Duration::from_millis(800))
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // The standby is gone: keep serving, as the `degrade` policy does.
-            let status = backend.status().await?;
-            if status.remote.status == LinkStatus::Connected {
-                Err(e.into())
-            } else {
-                Ok(())
-            }
-        }
+    let waited = backend
+        .wait_replicated_while_connected(position, Duration::from_millis(800))
+        .await;
+    let gone = match &waited {
+        Ok(()) => return Ok(()),
+        Err(tandem_replication::Error::StandbyUnreachable { .. }) => true,
+        // For example the replication service is not running.
+        Err(_) => backend.status().await?.remote.status != LinkStatus::Connected,
+    };
+    // The `degrade` policy: with the standby gone, keep serving, but only while
+    // this node still reaches its network. A node cut off from it may be the one
+    // the operator replaces, and what it acknowledged meanwhile would go with its
+    // data (its answer can still reach the client once the cable is back).
+    match waited {
+        Err(_) if gone && reaches_network().await => Ok(()),
+        other => other.map_err(Into::into),
+    }
+}
+
+/// Whether the lab's gateway answers this node (the agents' isolation check).
+async fn reaches_network() -> bool {
+    let prober = tandem_probe::Prober::new(tandem_probe::ProbeConfig {
+        timeout: Duration::from_millis(100),
+        interval: Duration::from_millis(50),
+        retries: 1,
+        collect: tandem_probe::Collect::First,
+    });
+    match prober {
+        Ok(prober) => prober
+            .isolation_check(tandem_lab::LAB_IFACE, tandem_lab::GATEWAY_ADDR.into())
+            .await
+            .is_ok_and(|o| o.is_answered()),
+        Err(_) => false,
     }
 }
 
@@ -125,44 +153,87 @@ fn drained_path(paused: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// How long the client waits for its connection to the shared address before it
-/// tries again: the lab's round trip is well under a millisecond, so this is the
-/// resolution at which the client notices the address has moved.
+/// How long a write waits for its connection to the shared address: the lab's
+/// round trip is well under a millisecond, so a connection not made by then went
+/// to a node that is gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
 
-/// The client: writes through the shared address every 10 ms and records who
-/// acknowledged each write.
+/// How long the client waits for an answer before it counts the write as not
+/// acknowledged (longer than the application's 800 ms wait for the standby).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The client: sends a write through the shared address every 10 ms and records
+/// when each was answered and which node acknowledged it (`samples[i]` is
+/// transaction 1001 + i). The schedule does not wait for answers (an open-loop
+/// probe, like the bench's UDP one): a write lost with the address costs that
+/// write, not the client's timeout on every write behind it.
 pub(crate) fn client(
     started: Instant,
     stop: &AtomicBool,
-    samples: &Mutex<Vec<Sample>>,
-    acked: &Mutex<Vec<u64>>,
+    samples: &Arc<Mutex<Vec<Sample>>>,
+    acked: &Arc<Mutex<Vec<u64>>>,
 ) -> anyhow::Result<()> {
     let target = std::net::SocketAddr::from((tandem_lab::SHARED_ADDR, APP_PORT));
     let mut tx = 1_000u64;
+    let mut next = Instant::now();
+    let mut writes: Vec<std::thread::JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         tx += 1;
-        let t = started.elapsed();
-        let who = std::net::TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
-            .ok()
-            .and_then(|mut s| {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                s.write_all(format!("write {tx}\n").as_bytes()).ok()?;
-                let mut line = String::new();
-                BufReader::new(s).read_line(&mut line).ok()?;
-                line.trim().strip_prefix("ok ").map(str::to_owned)
+        let index = {
+            let mut list = samples
+                .lock()
+                .map_err(|_| anyhow::anyhow!("samples poisoned"))?;
+            list.push(Sample {
+                sent: started.elapsed(),
+                done: None,
+                who: None,
             });
-        if who.is_some()
-            && let Ok(mut list) = acked.lock()
-        {
-            list.push(tx);
-        }
-        if let Ok(mut list) = samples.lock() {
-            list.push((t, who));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+            list.len() - 1
+        };
+        let (samples, acked) = (Arc::clone(samples), Arc::clone(acked));
+        // A thread inherits the network namespace of the one that creates it.
+        writes.push(std::thread::spawn(move || {
+            let who = write_once(target, tx);
+            if who.is_some()
+                && let Ok(mut list) = acked.lock()
+            {
+                list.push(tx);
+            }
+            if let Ok(mut list) = samples.lock()
+                && let Some(sample) = list.get_mut(index)
+            {
+                sample.done = Some(started.elapsed());
+                sample.who = who;
+            }
+        }));
+        writes.retain(|w| !w.is_finished());
+        next = (next + Duration::from_millis(10)).max(Instant::now());
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    for write in writes {
+        let _ = write.join();
     }
     Ok(())
+}
+
+/// One write of transaction `tx`: the node that acknowledged it, or `None`.
+fn write_once(target: std::net::SocketAddr, tx: u64) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).ok()?;
+    let _ = s.set_read_timeout(Some(ANSWER_TIMEOUT));
+    s.write_all(format!("write {tx}\n").as_bytes()).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.trim().strip_prefix("ok ").map(str::to_owned)
+}
+
+/// The node that acknowledged the latest write that has been answered (or given
+/// up on), if it was acknowledged.
+pub(crate) fn latest_answer(samples: &Mutex<Vec<Sample>>) -> Option<String> {
+    let list = samples.lock().ok()?;
+    list.iter()
+        .rev()
+        .find(|s| s.done.is_some())
+        .and_then(|s| s.who.clone())
 }
 
 /// The status page of `host`'s agent, read over HTTP from the client.
@@ -259,8 +330,16 @@ pub(crate) const STATUS_PORT: u16 = tandem_node::DEFAULT_STATUS_PORT;
 /// Rows per acknowledged write of the application (a group, a profile, a meeting).
 pub(crate) const ROWS: u32 = 3;
 
-/// What the client saw at one moment: which node acknowledged its write, or none.
-pub(crate) type Sample = (Duration, Option<String>);
+/// One write of the client, in times since the run started.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// When it was sent.
+    pub(crate) sent: Duration,
+    /// When its answer came or the client gave up; `None` while it is in flight.
+    pub(crate) done: Option<Duration>,
+    /// The node that acknowledged it, if one did.
+    pub(crate) who: Option<String>,
+}
 
 /// A GET of `path` on `host`'s status page server, from the caller's namespace:
 /// the body, or `None` when the agent does not answer.
