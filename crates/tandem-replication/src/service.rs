@@ -1116,6 +1116,11 @@ impl Engine {
                     seq: last,
                 })
                 .await?;
+                // The batch's transaction moved exactly these; the next tick re-reads
+                // the rest (the commit changed the data version).
+                self.meta.applied_log = Some(batch.log);
+                self.meta.applied = last;
+                return Ok(());
             }
             Err(e @ (Error::Gap { .. } | Error::State(_))) => {
                 warn!(error = %chain(&e), "not applying the peer's batch");
