@@ -1198,10 +1198,15 @@ path = "{files}/prompts"
         let from = self.at();
         std::thread::sleep(full_for);
         let to = self.at();
-        let alarms = self
-            .status(standby)
-            .map(|s| s["alarms"].to_string())
-            .unwrap_or_default();
+        // Where an operator looks: either node's status page (the standby may be
+        // unable to record anything, the active shows what its peer reports).
+        let alarms = [standby, active]
+            .map(|h| {
+                self.status(h)
+                    .map(|s| s["alarms"].to_string())
+                    .unwrap_or_default()
+            })
+            .join(" ");
         let replication = {
             let mut cmd = self.mp_command(standby);
             cmd.args(["status"]);
@@ -1229,7 +1234,9 @@ path = "{files}/prompts"
         outcome.notes.push(if reported {
             format!("{standby} reported the full disk")
         } else {
-            format!("{standby} did not report the full disk on its status page or in mp_replication status")
+            format!(
+                "the full disk of {standby} was not reported on the status pages or in its mp_replication status"
+            )
         });
         Ok(())
     }

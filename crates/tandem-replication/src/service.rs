@@ -174,6 +174,10 @@ struct Engine {
     peer_task: Option<JoinHandle<()>>,
     /// Wake-ups from commits waiting in `wait_replicated` (none: poll only).
     wake: Option<WakeSocket>,
+    /// Why the last batch from the peer could not be applied, until one is: sent to
+    /// the peer as this node's alarm, since this node may be unable to record
+    /// anything itself (its disk is full).
+    apply_failure: Option<String>,
 }
 
 impl Replicator {
@@ -380,6 +384,7 @@ impl Engine {
             peer_record: None,
             peer_task: None,
             wake: WakeSocket::bind(&backend_wake_path),
+            apply_failure: None,
         })
     }
 
@@ -1111,6 +1116,7 @@ impl Engine {
         match self.backend.apply_batch(&batch).await {
             Ok(ApplyOutcome::Applied { last, .. })
             | Ok(ApplyOutcome::Duplicate { applied: last }) => {
+                self.apply_failure = None;
                 t.send(Message::Ack {
                     log: batch.log,
                     seq: last,
@@ -1131,7 +1137,22 @@ impl Engine {
                     s.refused = Some((chain(&e), self.pull_key(peer), Instant::now()));
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Nothing was applied (the transaction rolled back). The session ends
+                // and starts again; the peer learns why from this node's state.
+                let alarm = format!(
+                    "node {} cannot apply node {}'s changes: {}; replication resumes by itself \
+                     once node {} can write its database again",
+                    self.meta.node,
+                    3 - self.meta.node,
+                    chain(&e),
+                    self.meta.node
+                );
+                warn!(%alarm, "applying the peer's batch failed");
+                self.apply_failure = Some(alarm);
+                let _ = self.send_state(t, s, true).await;
+                return Err(e);
+            }
         }
         self.refresh(true).await?;
         Ok(())
@@ -1245,7 +1266,10 @@ impl Engine {
             writable: m.writable,
             state: m.state,
             schema: self.fingerprint.clone(),
-            alarm: m.alarm.clone(),
+            alarm: match &self.apply_failure {
+                Some(failure) if m.alarm.is_empty() => failure.clone(),
+                _ => m.alarm.clone(),
+            },
             lag_ms: None,
         };
         // The lag is looked up only for a state that goes out (a query each time).

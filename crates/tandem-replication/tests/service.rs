@@ -498,3 +498,59 @@ async fn waiting_while_connected_stops_once_the_standby_is_lost_and_waits_again_
     n1.stop().await;
     n2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_cannot_apply_says_why_on_the_active_and_catches_up_once_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (mut n1, mut n2) = pair(dir.path(), &key).await;
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    let p = write(&n1, 1, 10).await;
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // Node 2's database refuses every new meeting (as a full disk refuses every page).
+    let mut conn = n2.backend.connect().await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON meetings \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full (test trigger)'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let p = write(&n1, 2, 10).await;
+    eventually("node 1 to show node 2's apply failure", || async {
+        n1.backend.status().await.unwrap().alarms.iter().any(|a| {
+            a.contains("node 2 cannot apply node 1's changes") && a.contains("disk is full")
+        })
+    })
+    .await;
+    assert!(n2.backend.status().await.unwrap().applied < p);
+
+    // Fixed: replication resumes by itself and the alarm goes.
+    sqlx::query("DROP TRIGGER refuse")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    eventually("the alarm to clear", || async {
+        n1.backend.status().await.unwrap().alarms.is_empty()
+    })
+    .await;
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+    drop(conn);
+    n1.stop().await;
+    n2.stop().await;
+}
