@@ -67,7 +67,14 @@ pub(crate) struct PlannedWrites {
     pub lost: usize,
     /// Whether both nodes' tables were identical at the end.
     pub identical: bool,
+    /// Each agent's resident memory (KiB) and CPU (% of a core) over
+    /// [`REPLICATING_WINDOW`] while the client writes through node1 and the agents'
+    /// replication services ship every write to node2, before the switchovers.
+    pub replicating: Vec<(Host, u64, f64)>,
 }
+
+/// How long [`planned_with_writes`] watches the agents while they replicate.
+pub(crate) const REPLICATING_WINDOW: Duration = Duration::from_secs(5);
 
 /// The demo's site with its writing client, then `runs` planned switchovers
 /// (alternating direction) through the agents: the client's outage of each and
@@ -80,7 +87,9 @@ pub(crate) fn planned_with_writes(bins: Binaries, runs: usize) -> anyhow::Result
             dir.keep().display()
         );
     }
+    let mut replicating = Vec::new();
     let result = demo.setup().and_then(|()| {
+        replicating = demo.agents_usage(REPLICATING_WINDOW);
         let mut from = Host::Node1;
         for _ in 0..runs {
             let to = crate::site::other(from);
@@ -107,6 +116,7 @@ pub(crate) fn planned_with_writes(bins: Binaries, runs: usize) -> anyhow::Result
         acked: checked.acked,
         lost: checked.missing.len(),
         identical: checked.identical,
+        replicating,
     })
 }
 
@@ -516,6 +526,26 @@ path = "{files}/prompts"
             "running; status page up",
         );
         Ok(())
+    }
+
+    /// Each agent's resident memory (KiB) and CPU (% of a core) over `window`.
+    fn agents_usage(&self, window: Duration) -> Vec<(Host, u64, f64)> {
+        use crate::bench::failover::{cpu_ticks, rss_kib, ticks_per_second};
+        let before: Vec<(Host, u32, u64)> = self
+            .agents
+            .iter()
+            .filter_map(|(h, c)| cpu_ticks(c.id()).map(|t| (*h, c.id(), t)))
+            .collect();
+        std::thread::sleep(window);
+        let ticks = ticks_per_second();
+        before
+            .into_iter()
+            .map(|(host, pid, t0)| {
+                let used = cpu_ticks(pid).unwrap_or(t0).saturating_sub(t0);
+                let cpu = used as f64 / ticks / window.as_secs_f64() * 100.0;
+                (host, rss_kib(pid), cpu)
+            })
+            .collect()
     }
 
     fn stop_agents(&mut self) {

@@ -25,11 +25,13 @@
 //! Planned switchover with writes: the demo's site (`cargo xtask demo`, release
 //! build) with its client writing through an application that acknowledges a
 //! write once the standby has it, then the same number of planned switchovers;
-//! the outage is the client's gap between acknowledgements, and every
-//! acknowledged write is looked up on both nodes at the end.
+//! the outage is the client's gap between acknowledgements as they arrive (the
+//! client sends a write every 10 ms without waiting for the last answer), and
+//! every acknowledged write is looked up on both nodes at the end.
 //!
 //! The agents' resident memory and CPU are read from `/proc` over an idle window,
-//! beside keepalived's.
+//! beside keepalived's, and over a window of the writing client's site before its
+//! switchovers, where each agent hosts its node's replication service.
 //!
 //! Needs root (the lab) and keepalived (`bash .ci/install-deps` installs it).
 //! Results print as a table and go to `target/bench/failover.json`.
@@ -329,6 +331,16 @@ fn summary(
             )
             .ratio(rss as f64, krss as f64),
         );
+    }
+    if !writes.replicating.is_empty() {
+        let rss = writes.replicating.iter().map(|u| u.1).max().unwrap_or(0);
+        let cpu = writes.replicating.iter().map(|u| u.2).fold(0.0, f64::max);
+        rows.push(super::Row::new(
+            "failover",
+            "agent while replicating (client writing every 10 ms): memory, CPU (larger node)",
+            format!("{:.1} MiB, {cpu:.1} %", rss as f64 / 1024.0),
+            "keepalived does not replicate",
+        ));
     }
     rows
 }
@@ -816,7 +828,7 @@ struct Usage {
 
 /// utime + stime of `pid` and its children that are still running (keepalived's
 /// VRRP child), in clock ticks.
-pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let mut total = 0;
     for p in family(pid) {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
@@ -841,7 +853,7 @@ fn family(pid: u32) -> Vec<u32> {
     out
 }
 
-pub(super) fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     family(pid)
         .into_iter()
         .filter_map(|p| {
@@ -857,7 +869,7 @@ pub(super) fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-pub(super) fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -942,6 +954,19 @@ fn print(
             usage.what, usage.rss_kib, usage.cpu_percent
         );
     }
+    println!(
+        "\nResident memory and CPU of the agents while replicating (the writing client's site, \
+         {} s window, before the switchovers):",
+        crate::demo::REPLICATING_WINDOW.as_secs()
+    );
+    for (host, rss, cpu) in &writes.replicating {
+        println!(
+            "  {:<44} {:>8} KiB {:>7.2} % CPU",
+            format!("failover agent on {host}"),
+            rss,
+            cpu
+        );
+    }
 }
 
 fn write_json(
@@ -979,6 +1004,9 @@ fn write_json(
         },
         "memory": memory.iter().map(|u| serde_json::json!({
             "process": u.what, "rss_kib": u.rss_kib, "cpu_percent": u.cpu_percent,
+        })).collect::<Vec<_>>(),
+        "memory_replicating": writes.replicating.iter().map(|(host, rss, cpu)| serde_json::json!({
+            "process": format!("failover agent on {host}"), "rss_kib": rss, "cpu_percent": cpu,
         })).collect::<Vec<_>>(),
     });
     let path = super::output_dir()?.join("failover.json");

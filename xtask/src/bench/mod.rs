@@ -7,7 +7,7 @@
 //! `target/bench/summary.json`.
 
 mod bundle;
-mod failover;
+pub(crate) mod failover;
 mod netif;
 mod replication;
 mod replication_postgres;
