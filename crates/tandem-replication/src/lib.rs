@@ -323,7 +323,10 @@ pub trait ReplicationBackend {
     fn demote(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Waits until the standby has durably applied everything up to `position` (for
-    /// applications that acknowledge only replicated writes), at most `timeout`.
+    /// applications that acknowledge only replicated writes), at most `timeout`. It
+    /// waits through a lost standby; the SQLite backend's
+    /// [`wait_replicated_while_connected`](SqliteBackend::wait_replicated_while_connected)
+    /// stops as soon as the service has lost it, for applications that degrade.
     fn wait_replicated(
         &self,
         position: Position,
