@@ -530,22 +530,8 @@ path = "{files}/prompts"
 
     /// Each agent's resident memory (KiB) and CPU (% of a core) over `window`.
     fn agents_usage(&self, window: Duration) -> Vec<(Host, u64, f64)> {
-        use crate::bench::failover::{cpu_ticks, rss_kib, ticks_per_second};
-        let before: Vec<(Host, u32, u64)> = self
-            .agents
-            .iter()
-            .filter_map(|(h, c)| cpu_ticks(c.id()).map(|t| (*h, c.id(), t)))
-            .collect();
-        std::thread::sleep(window);
-        let ticks = ticks_per_second();
-        before
-            .into_iter()
-            .map(|(host, pid, t0)| {
-                let used = cpu_ticks(pid).unwrap_or(t0).saturating_sub(t0);
-                let cpu = used as f64 / ticks / window.as_secs_f64() * 100.0;
-                (host, rss_kib(pid), cpu)
-            })
-            .collect()
+        let pids: Vec<(Host, u32)> = self.agents.iter().map(|(h, c)| (*h, c.id())).collect();
+        crate::bench::failover::usage_over(&pids, window)
     }
 
     fn stop_agents(&mut self) {

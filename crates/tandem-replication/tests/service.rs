@@ -115,6 +115,23 @@ async fn pair(dir: &Path, key: &SiteKey) -> (Node, Node) {
     (n1, n2)
 }
 
+/// [`pair`], switched on from node 1, node 1 active, and transaction 1 written on
+/// node 1 and acknowledged by node 2.
+async fn replicating_pair(dir: &Path, key: &SiteKey) -> (Node, Node) {
+    let (n1, n2) = pair(dir, key).await;
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    let p = write(&n1, 1, 10).await;
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    (n1, n2)
+}
+
 /// Polls `check` every 10 ms for at most 30 s.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -374,17 +391,7 @@ async fn after_a_switchover_the_new_standby_follows_the_new_active_node() {
 async fn a_diverged_node_stops_applying_and_rejoins_with_from_sync() {
     let dir = tempfile::tempdir().unwrap();
     let key = SiteKey::generate().unwrap();
-    let (mut n1, mut n2) = pair(dir.path(), &key).await;
-    n1.backend
-        .switch_on(&SwitchOnOptions::new(), &Quiet)
-        .await
-        .unwrap();
-    n1.backend.promote().await.unwrap();
-    let p = write(&n1, 1, 10).await;
-    n1.backend
-        .wait_replicated(p, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (mut n1, mut n2) = replicating_pair(dir.path(), &key).await;
 
     // Split brain: node 2 loses node 1, becomes active and takes writes of its own.
     n2.stop().await;
@@ -435,17 +442,12 @@ async fn a_diverged_node_stops_applying_and_rejoins_with_from_sync() {
 async fn waiting_while_connected_stops_once_the_standby_is_lost_and_waits_again_when_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let key = SiteKey::generate().unwrap();
-    let (mut n1, mut n2) = pair(dir.path(), &key).await;
-    n1.backend
-        .switch_on(&SwitchOnOptions::new(), &Quiet)
-        .await
-        .unwrap();
-    n1.backend.promote().await.unwrap();
-    eventually("node 1 to see node 2", || async {
+    let (mut n1, mut n2) = replicating_pair(dir.path(), &key).await;
+    eventually("node 1 to record node 2 as connected", || async {
         n1.backend.status().await.unwrap().remote.status == LinkStatus::Connected
     })
     .await;
-    let p = write(&n1, 1, 10).await;
+    let p = write(&n1, 4, 10).await;
     n1.backend
         .wait_replicated_while_connected(p, Duration::from_secs(30))
         .await
@@ -503,17 +505,7 @@ async fn waiting_while_connected_stops_once_the_standby_is_lost_and_waits_again_
 async fn a_standby_that_cannot_apply_says_why_on_the_active_and_catches_up_once_it_can() {
     let dir = tempfile::tempdir().unwrap();
     let key = SiteKey::generate().unwrap();
-    let (mut n1, mut n2) = pair(dir.path(), &key).await;
-    n1.backend
-        .switch_on(&SwitchOnOptions::new(), &Quiet)
-        .await
-        .unwrap();
-    n1.backend.promote().await.unwrap();
-    let p = write(&n1, 1, 10).await;
-    n1.backend
-        .wait_replicated(p, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (mut n1, mut n2) = replicating_pair(dir.path(), &key).await;
 
     // Node 2's database refuses every new meeting (as a full disk refuses every page).
     let mut conn = n2.backend.connect().await.unwrap();

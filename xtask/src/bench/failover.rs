@@ -783,28 +783,19 @@ impl<'a> Site<'a> {
 
     /// Resident memory and CPU of each node's process over `window`, idle.
     fn usage(&self, window: Duration) -> anyhow::Result<Vec<Usage>> {
-        let before: Vec<(Host, u32, u64)> = self
-            .children
-            .iter()
-            .filter_map(|(h, c)| cpu_ticks(c.id()).map(|t| (*h, c.id(), t)))
-            .collect();
-        std::thread::sleep(window);
-        let ticks = ticks_per_second();
-        Ok(before
+        let pids: Vec<(Host, u32)> = self.children.iter().map(|(h, c)| (*h, c.id())).collect();
+        Ok(usage_over(&pids, window)
             .into_iter()
-            .map(|(host, pid, t0)| {
-                let used = cpu_ticks(pid).unwrap_or(t0).saturating_sub(t0);
-                Usage {
-                    what: format!(
-                        "{} on {host}",
-                        match self.system {
-                            System::Tandem(_) => "failover agent",
-                            System::Keepalived(_) => "keepalived (all processes)",
-                        }
-                    ),
-                    rss_kib: rss_kib(pid),
-                    cpu_percent: used as f64 / ticks / window.as_secs_f64() * 100.0,
-                }
+            .map(|(host, rss_kib, cpu_percent)| Usage {
+                what: format!(
+                    "{} on {host}",
+                    match self.system {
+                        System::Tandem(_) => "failover agent",
+                        System::Keepalived(_) => "keepalived (all processes)",
+                    }
+                ),
+                rss_kib,
+                cpu_percent,
             })
             .collect())
     }
@@ -826,9 +817,28 @@ struct Usage {
     cpu_percent: f64,
 }
 
+/// Each process's resident memory (KiB, with its children) at the end of `window`
+/// and its CPU over it (% of a core); processes already gone are left out.
+pub(crate) fn usage_over(pids: &[(Host, u32)], window: Duration) -> Vec<(Host, u64, f64)> {
+    let before: Vec<(Host, u32, u64)> = pids
+        .iter()
+        .filter_map(|&(h, pid)| cpu_ticks(pid).map(|t| (h, pid, t)))
+        .collect();
+    std::thread::sleep(window);
+    let ticks = ticks_per_second();
+    before
+        .into_iter()
+        .map(|(host, pid, t0)| {
+            let used = cpu_ticks(pid).unwrap_or(t0).saturating_sub(t0);
+            let cpu = used as f64 / ticks / window.as_secs_f64() * 100.0;
+            (host, rss_kib(pid), cpu)
+        })
+        .collect()
+}
+
 /// utime + stime of `pid` and its children that are still running (keepalived's
 /// VRRP child), in clock ticks.
-pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
     let mut total = 0;
     for p in family(pid) {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
@@ -853,7 +863,7 @@ fn family(pid: u32) -> Vec<u32> {
     out
 }
 
-pub(crate) fn rss_kib(pid: u32) -> u64 {
+pub(super) fn rss_kib(pid: u32) -> u64 {
     family(pid)
         .into_iter()
         .filter_map(|p| {
@@ -869,7 +879,7 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-pub(crate) fn ticks_per_second() -> f64 {
+pub(super) fn ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
