@@ -460,7 +460,6 @@ struct Trial {
     stop: Arc<AtomicBool>,
     stop_client: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<tandem_lab::Result<anyhow::Result<()>>>>,
-    acked: Arc<Mutex<Vec<u64>>>,
     samples: Arc<Mutex<Vec<site::Sample>>>,
     /// Per node: when it started and stopped holding the shared address.
     holds: [Holds; 2],
@@ -503,7 +502,6 @@ impl Trial {
             stop: Arc::new(AtomicBool::new(false)),
             stop_client: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
-            acked: Arc::default(),
             samples: Arc::default(),
             holds: [Arc::default(), Arc::default()],
             windows: Vec::new(),
@@ -732,15 +730,12 @@ path = "{files}/prompts"
                 site::serve_app(host, &settings, &stop, &paused)
             })?);
         }
-        let (stop, samples, acked, started) = (
-            self.stop_client.clone(),
-            self.samples.clone(),
-            self.acked.clone(),
-            self.started,
+        let (stop, samples, started) =
+            (self.stop_client.clone(), self.samples.clone(), self.started);
+        self.threads.push(
+            self.lab
+                .spawn_in(Host::Client, move || site::client(started, &stop, &samples))?,
         );
-        self.threads.push(self.lab.spawn_in(Host::Client, move || {
-            site::client(started, &stop, &samples, &acked)
-        })?);
         Ok(())
     }
 
@@ -1283,8 +1278,9 @@ path = "{files}/prompts"
         }
         std::thread::sleep(Duration::from_millis(300));
         self.stop_client.store(true, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(1200));
-        let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        // Writes still in flight may yet be acknowledged: every one is checked.
+        site::wait_answered(&self.samples);
+        let acked = site::acknowledged(&self.samples);
         outcome.acked = acked.len();
         let deadline = Instant::now() + Duration::from_secs(20);
         let (lost, missing) = loop {
@@ -1301,10 +1297,10 @@ path = "{files}/prompts"
             std::thread::sleep(Duration::from_millis(250));
         };
         // Which node acknowledged each lost write, when, and which node lacks it
-        // (the client's transaction numbers count its samples from 1001).
+        // (the client's transaction numbers count its samples from FIRST_TX).
         let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
         for tx in &lost {
-            let sample = usize::try_from(tx.saturating_sub(1001))
+            let sample = usize::try_from(tx.saturating_sub(site::FIRST_TX))
                 .ok()
                 .and_then(|i| samples.get(i));
             let lacking: Vec<&str> = missing

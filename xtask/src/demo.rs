@@ -140,7 +140,6 @@ struct Demo {
     threads: Vec<std::thread::JoinHandle<tandem_lab::Result<anyhow::Result<()>>>>,
     samples: Arc<Mutex<Vec<Sample>>>,
     /// Transaction numbers the application acknowledged.
-    acked: Arc<Mutex<Vec<u64>>>,
     /// Intervals in which both status pages said "Active server".
     both_active: Arc<Mutex<Vec<(Duration, Duration)>>>,
     /// From node1's cable coming back to its status page saying standby.
@@ -180,7 +179,6 @@ impl Demo {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             samples: Arc::default(),
-            acked: Arc::default(),
             both_active: Arc::default(),
             heal: None,
         };
@@ -629,15 +627,11 @@ path = "{files}/prompts"
                     .spawn_in(host, move || serve_app(host, &settings, &stop, &paused))?,
             );
         }
-        let (stop, samples, acked, started) = (
-            self.stop.clone(),
-            self.samples.clone(),
-            self.acked.clone(),
-            self.started,
+        let (stop, samples, started) = (self.stop.clone(), self.samples.clone(), self.started);
+        self.threads.push(
+            self.lab
+                .spawn_in(Host::Client, move || client(started, &stop, &samples))?,
         );
-        self.threads.push(self.lab.spawn_in(Host::Client, move || {
-            client(started, &stop, &samples, &acked)
-        })?);
         let (stop, both, started) = (self.stop.clone(), self.both_active.clone(), self.started);
         self.threads.push(
             self.lab
@@ -731,7 +725,7 @@ path = "{files}/prompts"
     /// their tables are identical, and says how far they got.
     fn check_data(&mut self) -> anyhow::Result<DataCheck> {
         section("Checking the data");
-        let acked: Vec<u64> = self.acked.lock().map(|a| a.clone()).unwrap_or_default();
+        let acked = crate::site::acknowledged(&self.samples);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (sums, missing) = loop {
             let sums = [Host::Node1, Host::Node2].map(|h| self.mp_quiet(h, &["checksum"]));

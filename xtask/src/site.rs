@@ -60,7 +60,7 @@ pub(crate) fn serve_app(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let backend = std::sync::Arc::new(SqliteBackend::open_existing(settings).await?);
+        let backend = Arc::new(SqliteBackend::open_existing(settings).await?);
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
         // Requests are answered concurrently, as a real application server does: one
         // that waits for the standby does not hold up the ones behind it.
@@ -75,7 +75,7 @@ pub(crate) fn serve_app(
             let Ok(Ok((stream, _))) = accepted else {
                 continue;
             };
-            let backend = std::sync::Arc::clone(&backend);
+            let backend = Arc::clone(&backend);
             let answer = async move {
                 let mut stream = tokio::io::BufReader::new(stream);
                 let mut line = String::new();
@@ -111,22 +111,23 @@ pub(crate) async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow
         let mut conn = backend.pool().acquire().await?;
         sample::write_transaction(&mut conn, tx, ROWS).await?
     };
-    let waited = backend
+    let Err(e) = backend
         .wait_replicated_while_connected(position, Duration::from_millis(800))
-        .await;
-    let gone = match &waited {
-        Ok(()) => return Ok(()),
-        Err(tandem_replication::Error::StandbyUnreachable { .. }) => true,
-        // For example the replication service is not running.
-        Err(_) => backend.status().await?.remote.status != LinkStatus::Connected,
+        .await
+    else {
+        return Ok(());
     };
+    let gone = matches!(e, tandem_replication::Error::StandbyUnreachable { .. })
+        // For example the replication service is not running.
+        || backend.status().await?.remote.status != LinkStatus::Connected;
     // The `degrade` policy: with the standby gone, keep serving, but only while
     // this node still reaches its network. A node cut off from it may be the one
     // the operator replaces, and what it acknowledged meanwhile would go with its
     // data (its answer can still reach the client once the cable is back).
-    match waited {
-        Err(_) if gone && reaches_network().await => Ok(()),
-        other => other.map_err(Into::into),
+    if gone && reaches_network().await {
+        Ok(())
+    } else {
+        Err(e.into())
     }
 }
 
@@ -162,19 +163,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
 /// acknowledged (longer than the application's 800 ms wait for the standby).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The client's first transaction number: `samples[i]` is transaction
+/// `FIRST_TX + i`.
+pub(crate) const FIRST_TX: u64 = 1001;
+
 /// The client: sends a write through the shared address every 10 ms and records
 /// when each was answered and which node acknowledged it (`samples[i]` is
-/// transaction 1001 + i). The schedule does not wait for answers (an open-loop
-/// probe, like the bench's UDP one): a write lost with the address costs that
-/// write, not the client's timeout on every write behind it.
+/// transaction [`FIRST_TX`] + i). The schedule does not wait for answers (an
+/// open-loop probe, like the bench's UDP one): a write lost with the address costs
+/// that write, not the client's timeout on every write behind it. Once `stop` is
+/// set it returns when every write has been answered or given up on.
 pub(crate) fn client(
     started: Instant,
     stop: &AtomicBool,
     samples: &Arc<Mutex<Vec<Sample>>>,
-    acked: &Arc<Mutex<Vec<u64>>>,
 ) -> anyhow::Result<()> {
     let target = std::net::SocketAddr::from((tandem_lab::SHARED_ADDR, APP_PORT));
-    let mut tx = 1_000u64;
+    let mut tx = FIRST_TX - 1;
     let mut next = Instant::now();
     let mut writes: Vec<std::thread::JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -190,15 +195,10 @@ pub(crate) fn client(
             });
             list.len() - 1
         };
-        let (samples, acked) = (Arc::clone(samples), Arc::clone(acked));
+        let samples = Arc::clone(samples);
         // A thread inherits the network namespace of the one that creates it.
         writes.push(std::thread::spawn(move || {
             let who = write_once(target, tx);
-            if who.is_some()
-                && let Ok(mut list) = acked.lock()
-            {
-                list.push(tx);
-            }
             if let Ok(mut list) = samples.lock()
                 && let Some(sample) = list.get_mut(index)
             {
@@ -224,6 +224,36 @@ fn write_once(target: std::net::SocketAddr, tx: u64) -> Option<String> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     line.trim().strip_prefix("ok ").map(str::to_owned)
+}
+
+/// Waits until the client, told to stop, has no write in flight (each is answered
+/// or given up on within [`ANSWER_TIMEOUT`]).
+pub(crate) fn wait_answered(samples: &Mutex<Vec<Sample>>) {
+    // The client looks at `stop` every 10 ms: after this it sends nothing more.
+    std::thread::sleep(Duration::from_millis(50));
+    let deadline = Instant::now() + ANSWER_TIMEOUT + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let in_flight = samples
+            .lock()
+            .map(|list| list.iter().any(|s| s.done.is_none()))
+            .unwrap_or(false);
+        if !in_flight {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The transactions that a node acknowledged.
+pub(crate) fn acknowledged(samples: &Mutex<Vec<Sample>>) -> Vec<u64> {
+    let Ok(list) = samples.lock() else {
+        return Vec::new();
+    };
+    (FIRST_TX..)
+        .zip(list.iter())
+        .filter(|(_, s)| s.who.is_some())
+        .map(|(tx, _)| tx)
+        .collect()
 }
 
 /// The node that acknowledged the latest write that has been answered (or given

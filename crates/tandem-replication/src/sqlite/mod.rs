@@ -119,7 +119,7 @@ impl std::ops::DerefMut for WriteTx {
 
 /// What a commit waiting for the peer needs to know of the database, as recorded in
 /// its meta table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct AckState {
     /// The acknowledged position recorded (the published one may be newer).
     acked: u64,
@@ -127,10 +127,17 @@ struct AckState {
     writable: bool,
     /// The changelog's id.
     log: Option<u64>,
-    /// This node's id.
-    node: u8,
-    /// Why the service counts the peer as gone, when its record says so.
-    peer_lost: Option<String>,
+}
+
+impl AckState {
+    /// The acknowledged position: the recorded one, or the `published` one if it is
+    /// newer and belongs to this changelog.
+    fn with_published(&self, published: Option<(u64, u64)>) -> u64 {
+        match published {
+            Some((log, seq)) if Some(log) == self.log => self.acked.max(seq),
+            _ => self.acked,
+        }
+    }
 }
 
 /// The declared tables as found in the database.
@@ -216,10 +223,9 @@ impl SqliteBackend {
     /// service's published one or the recorded one, whichever is newer).
     pub async fn acked(&self) -> Result<Position> {
         let recorded = self.ack_state().await?;
-        let published = read_ack(&self.ack_path())
-            .filter(|(log, _)| Some(*log) == recorded.log)
-            .map_or(0, |(_, seq)| seq);
-        Ok(Position(recorded.acked.max(published)))
+        Ok(Position(
+            recorded.with_published(read_ack(&self.ack_path())),
+        ))
     }
 
     /// The acknowledged position, replication state, role and changelog as recorded.
@@ -227,23 +233,16 @@ impl SqliteBackend {
         let mut conn = self.conn().await?;
         // One row: each row of a result is a message between the connection's thread
         // and this task, and every commit waiting for the peer asks this once.
-        type Row = (
+        let (acked, state, writable, log): (
             Option<String>,
             Option<String>,
             Option<String>,
             Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<String>,
-        );
-        let (acked, state, writable, log, node, connected, error): Row = sqlx::query_as(
+        ) = sqlx::query_as(
             "SELECT (SELECT value FROM _tandem_meta WHERE key = 'acked'), \
                  (SELECT value FROM _tandem_meta WHERE key = 'state'), \
                  (SELECT value FROM _tandem_meta WHERE key = 'writable'), \
-                 (SELECT value FROM _tandem_meta WHERE key = 'log'), \
-                 (SELECT value FROM _tandem_meta WHERE key = 'node'), \
-                 (SELECT json_extract(value, '$.connected') FROM _tandem_meta WHERE key = 'peer'), \
-                 (SELECT json_extract(value, '$.error') FROM _tandem_meta WHERE key = 'peer')",
+                 (SELECT value FROM _tandem_meta WHERE key = 'log')",
         )
         .fetch_one(&mut *conn)
         .await
@@ -256,11 +255,32 @@ impl SqliteBackend {
                 .unwrap_or(ReplicationState::Unknown),
             writable: writable.as_deref() == Some("1"),
             log: log.and_then(|v| u64::from_str_radix(&v, 16).ok()),
-            node: node.and_then(|v| v.parse().ok()).unwrap_or(0),
-            // No record yet (the service has not tried the peer): not known to be gone.
-            peer_lost: (connected == Some(0))
-                .then(|| error.unwrap_or_else(|| "the peer link is down".to_owned())),
         })
+    }
+
+    /// The peer's node id and why the service counts it as gone, when its peer record
+    /// says the link is down and the service is running (a record left by a service
+    /// that stopped says nothing about now). No record yet: not known to be gone.
+    async fn standby_lost(&self) -> Result<Option<(u8, String)>> {
+        let mut conn = self.conn().await?;
+        let (node, connected, error): (Option<String>, Option<i64>, Option<String>) =
+            sqlx::query_as(
+                "SELECT (SELECT value FROM _tandem_meta WHERE key = 'node'), \
+                     (SELECT json_extract(value, '$.connected') FROM _tandem_meta WHERE key = 'peer'), \
+                     (SELECT json_extract(value, '$.error') FROM _tandem_meta WHERE key = 'peer')",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::db("reading the peer record"))?;
+        drop(conn);
+        if connected != Some(0) || !self.service_running() {
+            return Ok(None);
+        }
+        let node: u8 = node.and_then(|v| v.parse().ok()).unwrap_or(1);
+        Ok(Some((
+            3 - node.clamp(1, 2),
+            error.unwrap_or_else(|| "the peer link is down".to_owned()),
+        )))
     }
 
     pub(crate) fn ack_path(&self) -> PathBuf {
@@ -660,38 +680,27 @@ impl SqliteBackend {
             let covered = published.is_some_and(|(_, seq)| seq >= position.0);
             let mut acked = 0;
             if covered || tokio::time::Instant::now() >= next_check {
-                let AckState {
-                    acked: recorded,
-                    state,
-                    writable,
-                    log,
-                    node,
-                    peer_lost,
-                } = self.checked_since(started).await?;
+                let recorded = self.checked_since(started).await?;
+                let state = recorded.state;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
                     return Err(Error::NotReplicating { position, state });
                 }
-                if !writable {
+                if !recorded.writable {
                     return Err(Error::State(
                         "wait_replicated is for the active node; this node is the standby".into(),
                     ));
                 }
-                acked = match published {
-                    Some((l, seq)) if Some(l) == log => recorded.max(seq),
-                    _ => recorded,
-                };
+                acked = recorded.with_published(published);
                 if acked >= position.0 {
                     return Ok(());
                 }
-                // No acknowledgement can come while the link is down; a record left by a
-                // service that stopped says nothing about now.
-                if let Some(reason) = peer_lost.filter(|_| while_connected)
-                    && self.service_running()
-                {
+                // No acknowledgement can come while the link is down. Asked only here,
+                // off the path of a commit that is acknowledged.
+                if while_connected && let Some((peer, reason)) = self.standby_lost().await? {
                     return Err(Error::StandbyUnreachable {
                         position,
-                        peer: 3 - node.clamp(1, 2),
+                        peer,
                         reason,
                     });
                 }
@@ -732,14 +741,14 @@ impl SqliteBackend {
     /// way; a look that started after a waiter's commit is as good as its own.
     async fn checked_since(&self, since: tokio::time::Instant) -> Result<AckState> {
         let mut last = self.checked.lock().await;
-        if let Some((at, state)) = last.as_ref()
-            && *at >= since
+        if let Some((at, state)) = *last
+            && at >= since
         {
-            return Ok(state.clone());
+            return Ok(state);
         }
         let at = tokio::time::Instant::now();
         let state = self.ack_state().await?;
-        *last = Some((at, state.clone()));
+        *last = Some((at, state));
         Ok(state)
     }
 
