@@ -73,6 +73,9 @@ pub(crate) struct PlannedWrites {
     pub replicating: Vec<(Host, u64, f64)>,
 }
 
+/// How long the unplanned failover keeps node1's cable out at least.
+const CUT_AT_LEAST: Duration = Duration::from_millis(2500);
+
 /// How long [`planned_with_writes`] watches the agents while they replicate.
 pub(crate) const REPLICATING_WINDOW: Duration = Duration::from_secs(5);
 
@@ -310,7 +313,11 @@ impl Demo {
         expect(&out, "active", "node2 takes over")?;
         self.wait_for_client("node2")?;
         self.failover_note("client's writes acked by node2", "node2", from);
-        std::thread::sleep(Duration::from_millis(500));
+        // The cable stays out long enough for node1 to find itself cut off (peer
+        // lost, then its gateway silent). Back sooner, node1 can keep its claim
+        // beside node2's newer one: RELIABILITY.md, finding 11.
+        let back = from + CUT_AT_LEAST;
+        std::thread::sleep(back.saturating_sub(self.started.elapsed()));
         self.lab.restore(Host::Node1)?;
         let restored = self.started.elapsed();
         self.note("plug node1's cable back in", "");
