@@ -8,7 +8,11 @@
 //!
 //! - `kill-active`, `kill-standby`: `kill -9` of an agent, restarted later;
 //! - `kill-during-switch`: `kill -9` of one agent during a planned switch;
-//! - `cut-active`: the active node's cable cut and plugged back in;
+//! - `cut-active`: the active node's cable cut and plugged back in (automatic
+//!   failover);
+//! - `cut-takeover`: the demo's unplanned failover: the active node's cable cut,
+//!   the operator's `set-server active` on the standby, the cable back, sometimes
+//!   before the old active has noticed anything (manual failover);
 //! - `partition`: only the link between the nodes cut, both still reach the
 //!   client (manual failover, the default policy); `partition-auto` is the same
 //!   with automatic failover on, run only when asked for by name;
@@ -79,6 +83,7 @@ enum Scenario {
     KillStandby,
     KillDuringSwitch,
     CutActive,
+    CutTakeover,
     Partition,
     PartitionAuto,
     BothBoot,
@@ -88,11 +93,12 @@ enum Scenario {
 }
 
 impl Scenario {
-    const DEFAULT_MIX: [Scenario; 9] = [
+    const DEFAULT_MIX: [Scenario; 10] = [
         Scenario::KillActive,
         Scenario::KillStandby,
         Scenario::KillDuringSwitch,
         Scenario::CutActive,
+        Scenario::CutTakeover,
         Scenario::Partition,
         Scenario::BothBoot,
         Scenario::RestartFromSync,
@@ -106,6 +112,7 @@ impl Scenario {
             Scenario::KillStandby => "kill-standby",
             Scenario::KillDuringSwitch => "kill-during-switch",
             Scenario::CutActive => "cut-active",
+            Scenario::CutTakeover => "cut-takeover",
             Scenario::Partition => "partition",
             Scenario::PartitionAuto => "partition-auto",
             Scenario::BothBoot => "both-boot",
@@ -956,7 +963,9 @@ path = "{files}/prompts"
             }
             Scenario::CutActive => {
                 let active = self.active_node().unwrap_or(Host::Node1);
-                let down = rng.ms(1500, 4000);
+                // Short cuts end before the peer link declares the loss, or
+                // while the old active is still checking itself.
+                let down = rng.ms(300, 4000);
                 outcome
                     .drawn
                     .push(format!("cut {active}'s cable for {} ms", down.as_millis()));
@@ -966,6 +975,38 @@ path = "{files}/prompts"
                 self.lab.restore(active)?;
                 self.windows.push(Window::Cut(from, self.at()));
                 self.step(&format!("{active}'s cable back"));
+            }
+            Scenario::CutTakeover => {
+                let active = self.active_node().unwrap_or(Host::Node1);
+                let standby = other(active);
+                let after = rng.ms(50, 400);
+                let down = rng.ms(300, 3000).max(after + Duration::from_millis(100));
+                outcome.drawn.push(format!(
+                    "cut {active}'s cable for {} ms, set-server active on {standby} {} ms in",
+                    down.as_millis(),
+                    after.as_millis()
+                ));
+                let from = self.at();
+                let cut_at = Instant::now();
+                self.lab.cut(active)?;
+                std::thread::sleep(after);
+                let takeover = {
+                    let mut up = self.failover_command(standby);
+                    up.args(["set-server", "active"]);
+                    std::thread::spawn(move || output_within(up, Duration::from_secs(30)))
+                };
+                std::thread::sleep(down.saturating_sub(cut_at.elapsed()));
+                self.lab.restore(active)?;
+                self.windows.push(Window::Cut(from, self.at()));
+                self.step(&format!("{active}'s cable back"));
+                let out = takeover
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the set-server thread panicked"))?;
+                if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                    outcome
+                        .notes
+                        .push(format!("set-server active on {standby} was refused"));
+                }
             }
             Scenario::Partition | Scenario::PartitionAuto => {
                 let down = rng.ms(1500, 4000);

@@ -34,6 +34,14 @@ pub enum PeerMessage {
         /// The epoch of its claim.
         epoch: Epoch,
     },
+    /// The receiver's claim is older than the sender's epoch: the sender took
+    /// over while the receiver was away. An active receiver steps down.
+    Superseded {
+        /// The sender's node id.
+        node: NodeId,
+        /// The sender's epoch.
+        epoch: Epoch,
+    },
     /// The sender released the shared address and is standby (a planned
     /// switchover): the receiver's next probe may be a single one.
     Released {
@@ -248,6 +256,9 @@ impl Agent {
                     PeerMessage::Claim { node, epoch } => {
                         self.peer_claim = Some(epoch);
                         self.event(Event::PeerClaim { node, epoch }).await;
+                    }
+                    PeerMessage::Superseded { node, epoch } => {
+                        self.event(Event::PeerSuperseded { node, epoch }).await;
                     }
                     PeerMessage::Facts(facts) => self.peer_facts = Some(facts),
                     PeerMessage::Released { node, epoch } => {
@@ -508,21 +519,28 @@ impl Agent {
                 tracing::warn!(error = %e, "could not tell the peer about the release");
             }
         }
-        for epoch in &report.claims {
-            let message = PeerMessage::Claim {
-                node: me,
-                epoch: *epoch,
-            };
+        let claims = report
+            .claims
+            .iter()
+            .map(|&epoch| ("claim", epoch, PeerMessage::Claim { node: me, epoch }));
+        let superseded = report.superseded.iter().map(|&epoch| {
+            (
+                "superseded claim",
+                epoch,
+                PeerMessage::Superseded { node: me, epoch },
+            )
+        });
+        for (what, epoch, message) in claims.chain(superseded) {
             match (&self.session, serde_json::to_vec(&message)) {
                 (Some(session), Ok(bytes)) => {
                     if let Err(e) = session.send(bytes).await {
-                        tracing::warn!(error = %e, "could not send the claim to the peer");
+                        tracing::warn!(error = %e, "could not send the {what} to the peer");
                     }
                 }
                 (None, _) => {
-                    tracing::info!(%epoch, "no peer link: the claim waits for the peer to come back")
+                    tracing::info!(%epoch, "no peer link: the {what} is not sent (a claim goes again when the peer is back)")
                 }
-                (_, Err(e)) => tracing::warn!(error = %e, "cannot encode the claim"),
+                (_, Err(e)) => tracing::warn!(error = %e, "cannot encode the {what}"),
             }
         }
         let now = now_ms();

@@ -80,6 +80,10 @@ pub struct Report {
     /// Claims to tell the peer about, by epoch (the agent sends them on the peer
     /// link; a command run without the agent cannot).
     pub claims: Vec<tandem_role::Epoch>,
+    /// This node's epoch, to tell a peer whose claim is older (the agent sends it
+    /// on the peer link as [`crate::PeerMessage::Superseded`]).
+    #[serde(default)]
+    pub superseded: Vec<tandem_role::Epoch>,
     /// The node's role at the end.
     pub role: Option<Role>,
     /// The node's state at the end.
@@ -403,6 +407,14 @@ impl Node {
                         });
                         report.claims.push(epoch);
                     }
+                    Action::SendSuperseded { epoch } => {
+                        report.steps.push(StepRecord {
+                            action: format!("send-superseded epoch={epoch}"),
+                            took: Duration::ZERO,
+                            error: None,
+                        });
+                        report.superseded.push(epoch);
+                    }
                     Action::Notify { hook, reason } => {
                         match hook {
                             tandem_role::Hook::Fault => report.faults.push(reason.clone()),
@@ -509,7 +521,8 @@ impl Node {
             Action::Probe { .. }
             | Action::Refuse(_)
             | Action::Notify { .. }
-            | Action::SendClaim { .. } => Ok(()),
+            | Action::SendClaim { .. }
+            | Action::SendSuperseded { .. } => Ok(()),
             // Actions added to the machine later are refused loudly, not skipped.
             other => Err((
                 Step::Persist,

@@ -72,6 +72,15 @@ pub enum Event {
         /// The epoch of its claim.
         epoch: Epoch,
     },
+    /// The peer says this node's claim is older than the peer's epoch: the peer
+    /// took over (claimed with a newer epoch) while this node was away, so the
+    /// writes it acknowledged since are not here. An active node steps down.
+    PeerSuperseded {
+        /// The peer's node id.
+        node: NodeId,
+        /// The peer's epoch.
+        epoch: Epoch,
+    },
     /// Another MAC address answers for the shared address while this node holds it.
     AddressConflict {
         /// The other host's MAC address.
@@ -230,6 +239,12 @@ pub enum Action {
         /// The epoch of the claim.
         epoch: Epoch,
     },
+    /// Tell the peer, whose claim is older than this node's epoch, that it is
+    /// superseded (it steps down; this node probes and claims again).
+    SendSuperseded {
+        /// This node's epoch.
+        epoch: Epoch,
+    },
     /// Run the notify hook.
     Notify {
         /// Which hook.
@@ -259,7 +274,10 @@ impl Action {
     pub fn is_peer_or_replication(&self) -> bool {
         matches!(
             self,
-            Action::SendClaim { .. } | Action::PromoteDatabase | Action::DemoteDatabase
+            Action::SendClaim { .. }
+                | Action::SendSuperseded { .. }
+                | Action::PromoteDatabase
+                | Action::DemoteDatabase
         )
     }
 }
@@ -380,6 +398,7 @@ impl Machine {
                 }
             }
             Event::PeerClaim { node, epoch } => self.peer_claim(&mut out, node, epoch),
+            Event::PeerSuperseded { node, epoch } => self.superseded(&mut out, node, epoch),
             Event::AddressConflict { mac } => self.conflict(&mut out, mac),
             Event::PeerLost => self.peer_lost(&mut out),
             Event::PeerStillLost => self.peer_still_lost(&mut out),
@@ -596,6 +615,28 @@ impl Machine {
                 );
             }
             Role::Active => self.reassert(out),
+            Role::Standby if epoch < self.state.epoch && !self.state.standby_hold => {
+                // This node claimed after the peer's claim and the peer never heard
+                // of it (it was cut off or partitioned away meanwhile): the writes
+                // acknowledged under the newer epoch are here, not there. The peer
+                // steps down; this node probes and claims again.
+                let ours = self.state.epoch;
+                out.push(Action::SendSuperseded { epoch: ours });
+                out.notify(
+                    Hook::Alarm,
+                    &format!(
+                        "node {node} claims the shared address with epoch {epoch}, older than \
+                         this node's epoch {ours}: it was away when this node took over; \
+                         asked it to step down"
+                    ),
+                );
+                if self.pending.is_none() {
+                    self.pending = Some(ProbeReason::Conflict);
+                    out.push(Action::Probe {
+                        after: self.config.conflict_backoff,
+                    });
+                }
+            }
             Role::Standby => {
                 // The peer has taken over: an operator's standby request is fulfilled.
                 if self.state.standby_hold {
@@ -612,6 +653,32 @@ impl Machine {
                     out.persist(&self.state);
                 }
             }
+        }
+    }
+
+    fn superseded(&mut self, out: &mut Actions, node: NodeId, epoch: Epoch) {
+        if !self.failover() || node == self.state.node || epoch <= self.state.epoch {
+            return;
+        }
+        let ours = self.state.epoch;
+        // Never claim with an epoch at or below the peer's again.
+        self.state.epoch = epoch;
+        if self.state.role == Role::Active {
+            self.become_standby(
+                out,
+                Hook::Standby,
+                &format!(
+                    "node {node} took over with epoch {epoch} while this node was away \
+                     (its claim had epoch {ours}): released the shared address for it"
+                ),
+            );
+            // Should the peer fail to claim, this node probes again, last.
+            self.pending = Some(ProbeReason::Conflict);
+            out.push(Action::Probe {
+                after: self.config.conflict_backoff * 3,
+            });
+        } else {
+            out.persist(&self.state);
         }
     }
 
@@ -938,6 +1005,9 @@ impl fmt::Display for Event {
             Event::SetDeployment(mode) => write!(f, "set-deployment {mode}"),
             Event::Identify { node, site } => write!(f, "identify node={node} site={site}"),
             Event::PeerClaim { node, epoch } => write!(f, "peer-claim node={node} epoch={epoch}"),
+            Event::PeerSuperseded { node, epoch } => {
+                write!(f, "peer-superseded node={node} epoch={epoch}")
+            }
             Event::AddressConflict { mac } => write!(f, "address-conflict mac={mac}"),
             Event::PeerLost => f.write_str("peer-lost"),
             Event::PeerStillLost => f.write_str("peer-still-lost"),
@@ -974,6 +1044,7 @@ impl fmt::Display for Action {
             Action::StartServices => f.write_str("start-services"),
             Action::StopServices => f.write_str("stop-services"),
             Action::SendClaim { epoch } => write!(f, "send-claim epoch={epoch}"),
+            Action::SendSuperseded { epoch } => write!(f, "send-superseded epoch={epoch}"),
             Action::Notify { hook, reason } => write!(f, "notify {hook} {reason:?}"),
             Action::Refuse(refusal) => write!(f, "refuse {:?}", refusal.to_string()),
         }

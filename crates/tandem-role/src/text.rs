@@ -67,6 +67,16 @@ impl FromStr for Event {
                     epoch: crate::Epoch::new(epoch),
                 }
             }
+            "peer-superseded" => {
+                only(2)?;
+                let epoch = key("epoch")?
+                    .parse::<u64>()
+                    .map_err(|_| bad("epoch must be a number"))?;
+                Event::PeerSuperseded {
+                    node: key("node")?.parse()?,
+                    epoch: crate::Epoch::new(epoch),
+                }
+            }
             "address-conflict" => {
                 only(1)?;
                 Event::AddressConflict {

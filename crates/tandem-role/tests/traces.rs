@@ -58,6 +58,11 @@ fn a_node_cut_off_yields_to_the_takeover_when_its_cable_returns() {
 }
 
 #[test]
+fn a_claim_older_than_the_takeover_is_superseded_when_the_link_returns() {
+    check("stale-claim.trace");
+}
+
+#[test]
 fn an_active_node_cut_off_steps_away_before_its_cable_returns() {
     check("cut-off-active.trace");
 }
