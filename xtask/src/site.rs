@@ -41,8 +41,9 @@ pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
 /// `write N` writes transaction N of the sample workload (a group, a profile and
 /// a meeting) and answers `ok <node>` once the standby has it. When the standby is
 /// known to be gone it answers after the local commit (the `degrade` policy), if
-/// the node still reaches its gateway; a standby's database refuses the write and
-/// the answer is `err`.
+/// [`tandem_node::DegradeGuard`] allows it (the cable stayed in, the gateway
+/// answers, nobody else holds the shared address); a standby's database refuses
+/// the write and the answer is `err`.
 ///
 /// While the file `paused` exists (the agent's stop-services step creates it
 /// before the shared address is released, see [`Layout::app_service`]) every
@@ -61,6 +62,15 @@ pub(crate) fn serve_app(
         .build()?;
     rt.block_on(async {
         let backend = Arc::new(SqliteBackend::open_existing(settings).await?);
+        let guard = Arc::new(
+            tandem_node::DegradeGuard::new(
+                tandem_lab::LAB_IFACE,
+                tandem_lab::GATEWAY_ADDR.into(),
+                tandem_lab::SHARED_ADDR,
+                tandem_node::DEFAULT_SETTLE,
+            )
+            .await?,
+        );
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
         // Requests are answered concurrently, as a real application server does: one
         // that waits for the standby does not hold up the ones behind it.
@@ -76,6 +86,7 @@ pub(crate) fn serve_app(
                 continue;
             };
             let backend = Arc::clone(&backend);
+            let guard = Arc::clone(&guard);
             let answer = async move {
                 let mut stream = tokio::io::BufReader::new(stream);
                 let mut line = String::new();
@@ -88,7 +99,7 @@ pub(crate) fn serve_app(
                 let reply = if pausing {
                     "err paused\n".to_owned()
                 } else {
-                    match write_replicated(&backend, tx).await {
+                    match write_replicated(&backend, &guard, tx).await {
                         Ok(()) => format!("ok {}\n", host.name()),
                         Err(e) => format!("err {e:#}\n"),
                     }
@@ -106,7 +117,12 @@ pub(crate) fn serve_app(
     })
 }
 
-pub(crate) async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow::Result<()> {
+pub(crate) async fn write_replicated(
+    backend: &SqliteBackend,
+    guard: &tandem_node::DegradeGuard,
+    tx: u64,
+) -> anyhow::Result<()> {
+    let mark = guard.mark().await;
     let position = {
         let mut conn = backend.pool().acquire().await?;
         sample::write_transaction(&mut conn, tx, ROWS).await?
@@ -120,32 +136,16 @@ pub(crate) async fn write_replicated(backend: &SqliteBackend, tx: u64) -> anyhow
     let gone = matches!(e, tandem_replication::Error::StandbyUnreachable { .. })
         // For example the replication service is not running.
         || backend.status().await?.remote.status != LinkStatus::Connected;
+    if !gone {
+        return Err(e.into());
+    }
     // The `degrade` policy: with the standby gone, keep serving, but only while
-    // this node still reaches its network. A node cut off from it may be the one
-    // the operator replaces, and what it acknowledged meanwhile would go with its
+    // this node is the one the site goes on with. A node cut off meanwhile may be
+    // the one the operator replaced, and what it acknowledged would go with its
     // data (its answer can still reach the client once the cable is back).
-    if gone && reaches_network().await {
-        Ok(())
-    } else {
-        Err(e.into())
-    }
-}
-
-/// Whether the lab's gateway answers this node (the agents' isolation check).
-async fn reaches_network() -> bool {
-    let prober = tandem_probe::Prober::new(tandem_probe::ProbeConfig {
-        timeout: Duration::from_millis(100),
-        interval: Duration::from_millis(50),
-        retries: 1,
-        collect: tandem_probe::Collect::First,
-    });
-    match prober {
-        Ok(prober) => prober
-            .isolation_check(tandem_lab::LAB_IFACE, tandem_lab::GATEWAY_ADDR.into())
-            .await
-            .is_ok_and(|o| o.is_answered()),
-        Err(_) => false,
-    }
+    guard.allow(mark).await.map_err(|refused| {
+        anyhow::Error::new(e).context(format!("not acknowledged alone: {refused}"))
+    })
 }
 
 fn drained_path(paused: &Path) -> PathBuf {

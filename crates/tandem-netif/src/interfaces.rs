@@ -103,6 +103,11 @@ pub struct LinkState {
     pub oper: OperState,
     /// MTU, if reported.
     pub mtu: Option<u32>,
+    /// How many times the carrier came or went since the link was created
+    /// (`IFLA_CARRIER_CHANGES`), if reported: a cable pulled and plugged back in
+    /// between two readings shows here even when [`LinkState::carrier`] is the
+    /// same in both.
+    pub carrier_changes: Option<u32>,
 }
 
 impl LinkState {
@@ -464,6 +469,7 @@ fn to_link_state(link: &LinkMessage, iface: &str) -> LinkState {
         carrier: link.header.flags.contains(LinkFlags::LowerUp),
         oper: OperState::Unknown,
         mtu: None,
+        carrier_changes: None,
     };
     for attribute in &link.attributes {
         match attribute {
@@ -472,6 +478,7 @@ fn to_link_state(link: &LinkMessage, iface: &str) -> LinkState {
                 state.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr);
             }
             LinkAttribute::Mtu(mtu) => state.mtu = Some(*mtu),
+            LinkAttribute::CarrierChanges(n) => state.carrier_changes = Some(*n),
             LinkAttribute::OperState(s) => {
                 state.oper = match s {
                     State::Up => OperState::Up,

@@ -18,6 +18,10 @@
 //! - [`open_database`] and [`Node::attach_database`]: the database the role
 //!   machine's promote and demote act on;
 //! - [`check`]: `failover check`, the seed's prerequisites as a report;
+//! - [`DegradeGuard`]: whether an active node whose standby is unreachable may
+//!   acknowledge a write alone (the application's `degrade` policy): not when its
+//!   cable came or went meanwhile, its gateway is silent or another node holds the
+//!   shared address;
 //! - [`Services`] and [`HookRunner`]: services that follow the role and
 //!   keepalived-style notify hooks.
 //!
@@ -50,6 +54,7 @@ pub mod check;
 mod config;
 pub mod control;
 mod database;
+pub mod degrade;
 mod hooks;
 mod node;
 mod services;
@@ -63,6 +68,7 @@ pub use config::{
     NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
 };
 pub use database::{open_database, replication_settings, replication_status};
+pub use degrade::{DEFAULT_SETTLE, DegradeError, DegradeGuard};
 pub use hooks::HookRunner;
 pub use node::{LOCK_FILE_NAME, Node, NodeError, PEER_RELEASE_FRESH, Report, StepRecord};
 pub use services::{ServiceError, Services};
