@@ -136,6 +136,9 @@ impl Scenario {
     }
 }
 
+/// How long the roles must stay the same before the operator acts on them.
+const STEADY: Duration = Duration::from_millis(1500);
+
 /// A small seeded generator (splitmix64): the same seed, the same trials.
 struct Rng(u64);
 
@@ -1281,16 +1284,23 @@ path = "{files}/prompts"
 
     /// Brings the site back as an operator would, then checks it.
     fn check(&mut self, outcome: &mut Outcome) -> anyhow::Result<()> {
-        // Roles settle: exactly one active.
+        // Roles settle: exactly one active, and it stays so for a while (a node
+        // that stepped down for a newer claim leaves the roles stated but
+        // swapped for a moment, until the other claims again).
         let deadline = Instant::now() + Duration::from_secs(20);
+        let steady_for = Duration::from_millis(3 * self.timing.conflict_backoff_ms).max(STEADY);
         let mut roles = (None, None);
+        let mut since = (Instant::now(), (None, None));
         while Instant::now() < deadline {
             roles = (self.role(Host::Node1), self.role(Host::Node2));
-            let settled = matches!(
+            if roles != since.1 {
+                since = (Instant::now(), roles.clone());
+            }
+            let stated = matches!(
                 (roles.0.as_deref(), roles.1.as_deref()),
                 (Some("active"), Some("standby")) | (Some("standby"), Some("active"))
             );
-            if settled {
+            if stated && since.0.elapsed() >= steady_for {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -56,7 +56,10 @@ fn a_cable_pulled_and_plugged_back_while_the_write_waited_refuses() {
         "{refused:?}"
     );
     let text = refused.unwrap_err().to_string();
-    assert!(text.contains("came or went while the write waited"), "{text}");
+    assert!(
+        text.contains("came or went while the write waited"),
+        "{text}"
+    );
 }
 
 #[test]
