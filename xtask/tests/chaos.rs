@@ -9,11 +9,12 @@
 
 use std::process::Command;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "kill-active",
     "kill-standby",
     "kill-during-switch",
     "cut-active",
+    "cut-takeover",
     "partition",
     "both-boot",
     "restart-from-sync",
@@ -22,13 +23,13 @@ const SCENARIOS: [&str; 9] = [
 ];
 
 /// Scenarios in which both nodes may hold the address for a moment.
-const MAY_OVERLAP: [&str; 2] = ["cut-active", "both-boot"];
+const MAY_OVERLAP: [&str; 3] = ["cut-active", "cut-takeover", "both-boot"];
 
 #[test]
 fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
     let before = tandem_lab::test_namespaces();
     let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["chaos", "--trials", "9", "--seed", "1"])
+        .args(["chaos", "--trials", "10", "--seed", "1"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
@@ -52,11 +53,11 @@ fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
         .collect();
     assert!(stale.is_empty(), "chaos left a tmpfs mounted: {stale:?}");
     assert!(
-        out.contains("tandem chaos: 9 trials, seed 1"),
+        out.contains("tandem chaos: 10 trials, seed 1"),
         "{out}\n{err}"
     );
     let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
-    assert_eq!(trials.len(), 9, "{out}\n{err}");
+    assert_eq!(trials.len(), 10, "{out}\n{err}");
     for name in SCENARIOS {
         let line = trials
             .iter()
