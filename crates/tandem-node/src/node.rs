@@ -399,21 +399,18 @@ impl Node {
                         break;
                     }
                     Action::Refuse(refusal) => report.refused = Some(refusal),
-                    Action::SendClaim { epoch } => {
+                    Action::SendClaim { epoch } | Action::SendSuperseded { epoch } => {
+                        // The agent sends them on the peer link.
                         report.steps.push(StepRecord {
-                            action: format!("send-claim epoch={epoch}"),
+                            action: action.to_string(),
                             took: Duration::ZERO,
                             error: None,
                         });
-                        report.claims.push(epoch);
-                    }
-                    Action::SendSuperseded { epoch } => {
-                        report.steps.push(StepRecord {
-                            action: format!("send-superseded epoch={epoch}"),
-                            took: Duration::ZERO,
-                            error: None,
-                        });
-                        report.superseded.push(epoch);
+                        if matches!(action, Action::SendClaim { .. }) {
+                            report.claims.push(epoch);
+                        } else {
+                            report.superseded.push(epoch);
+                        }
                     }
                     Action::Notify { hook, reason } => {
                         match hook {

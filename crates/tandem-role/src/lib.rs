@@ -18,6 +18,10 @@
 //! - Of two active nodes, the one with the higher (epoch, node preference) stays;
 //!   without the peer's word, a node that sees another MAC answer for the shared
 //!   address releases it.
+//! - Once the peer link is back the newer epoch wins: a standby that hears a
+//!   claim older than its own epoch (it took over while the claimant was away)
+//!   says so ([`Action::SendSuperseded`]), the claimant steps down
+//!   ([`Event::PeerSuperseded`]) and the standby probes and claims again.
 //! - A single-server deployment never emits a peer or replication action.
 //!
 //! [`StateFile`] persists a [`NodeState`] as versioned, checksummed JSON, written

@@ -57,24 +57,17 @@ impl FromStr for Event {
                     site: key("site")?.parse()?,
                 }
             }
-            "peer-claim" => {
+            "peer-claim" | "peer-superseded" => {
                 only(2)?;
+                let node = key("node")?.parse()?;
                 let epoch = key("epoch")?
                     .parse::<u64>()
+                    .map(crate::Epoch::new)
                     .map_err(|_| bad("epoch must be a number"))?;
-                Event::PeerClaim {
-                    node: key("node")?.parse()?,
-                    epoch: crate::Epoch::new(epoch),
-                }
-            }
-            "peer-superseded" => {
-                only(2)?;
-                let epoch = key("epoch")?
-                    .parse::<u64>()
-                    .map_err(|_| bad("epoch must be a number"))?;
-                Event::PeerSuperseded {
-                    node: key("node")?.parse()?,
-                    epoch: crate::Epoch::new(epoch),
+                if name == "peer-claim" {
+                    Event::PeerClaim { node, epoch }
+                } else {
+                    Event::PeerSuperseded { node, epoch }
                 }
             }
             "address-conflict" => {
