@@ -102,20 +102,18 @@ fn another_holder_of_the_shared_address_refuses_and_is_named() {
 }
 
 #[test]
-fn a_carrier_back_only_just_now_waits_out_the_settle_time_then_allows() {
+fn a_carrier_back_only_just_now_is_not_trusted_before_the_settle_time() {
     let lab = Lab::for_test();
-    let allowed = on_node1(&lab, Duration::from_millis(300), async |guard| {
+    let answered = on_node1(&lab, Duration::from_secs(60), async |guard| {
         lab.cut(Host::Node1).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         lab.restore(Host::Node1).unwrap();
-        // The first mark after the change starts the settle time.
+        // The first mark after the change starts the settle time: with a minute
+        // to settle, the guard gives no answer, yes or no, within half a second.
         let mark = guard.mark().await;
-        let before = tokio::time::Instant::now();
-        let allowed = guard.allow(mark).await;
-        (allowed, before.elapsed())
+        tokio::time::timeout(Duration::from_millis(500), guard.allow(mark))
+            .await
+            .ok()
     });
-    assert!(allowed.0.is_ok(), "{allowed:?}");
-    // What is checked is the order of events, not a speed: the guard did not
-    // answer before the settle time it was given had passed.
-    assert!(allowed.1 >= Duration::from_millis(300), "{allowed:?}");
+    assert!(answered.is_none(), "answered before settling: {answered:?}");
 }

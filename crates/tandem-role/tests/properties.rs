@@ -366,6 +366,8 @@ impl Site {
     fn feed(&mut self, i: usize, event: Event) {
         let shown = event.to_string();
         let actions = self.nodes[i].handle(event, at(self.now));
+        // `SITE_DEBUG=1` prints the simulated site's events and actions, to read a
+        // shrunk counterexample.
         if std::env::var_os("SITE_DEBUG").is_some() {
             eprintln!("@{} node{}: {shown}", self.now, i + 1);
             for a in &actions {
