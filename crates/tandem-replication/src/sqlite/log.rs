@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteBackend;
 use super::meta::{self, Mode};
+use super::order::{self, Step};
 use super::schema::TableInfo;
 use super::value::Value;
 use crate::error::{Error, Result};
@@ -195,12 +196,9 @@ impl SqliteBackend {
                 .await
                 .map_err(Error::db("deferring foreign key checks"))?;
         }
-        // Consecutive changes of one table and kind go in multi-row statements (fewer
-        // round trips); rows of one statement are applied in order, as one by one.
-        let mut count = 0usize;
+        // The batch's changes, checked, in commit order.
+        let mut items: Vec<(usize, Kind, Vec<Value>)> = Vec::with_capacity(batch.changes.len());
         let mut previous = batch.prev;
-        let mut group: Vec<Vec<Value>> = Vec::new();
-        let mut group_kind: Option<(&TableInfo, Kind)> = None;
         for change in batch.changes.iter().filter(|c| c.seq > applied) {
             if change.seq <= previous {
                 return Err(Error::Protocol(format!(
@@ -209,13 +207,14 @@ impl SqliteBackend {
                 )));
             }
             previous = change.seq;
-            let table = tables.get(&change.table).ok_or_else(|| {
+            let index = tables.index(&change.table).ok_or_else(|| {
                 Error::State(format!(
                     "the peer sent a change to table `{}`, which this node does not replicate; \
                      declare the same tables on both nodes",
                     change.table
                 ))
             })?;
+            let table = &tables.list[index];
             let (kind, values) = match change.op {
                 Op::Insert | Op::Update => {
                     let row = change.row.as_deref().ok_or_else(|| {
@@ -233,20 +232,52 @@ impl SqliteBackend {
                     }
                 }
             };
-            let same = group_kind.is_some_and(|(t, k)| t.name == table.name && k == kind);
-            if !same {
+            items.push((index, kind, values));
+        }
+        let count = items.len();
+        // Table by table where the links allow it (see `order`), else in commit order.
+        let links = self.links(&mut tx, &tables).await?;
+        let steps: Vec<Step> = items
+            .iter()
+            .map(|(index, kind, values)| {
+                let table = &tables.list[*index];
+                let delete = *kind != Kind::Upsert;
+                let key = if delete {
+                    order::key_identity(values)
+                } else {
+                    order::key_identity(&table.key_of(values))
+                };
+                Step {
+                    table: *index,
+                    delete,
+                    key,
+                }
+            })
+            .collect();
+        let planned = order::plan(&links, &steps);
+        let mut slots: Vec<Option<(usize, Kind, Vec<Value>)>> =
+            items.into_iter().map(Some).collect();
+        let sequence: Vec<usize> = planned.unwrap_or_else(|| (0..slots.len()).collect());
+        // Consecutive changes of one table and kind go in multi-row statements (fewer
+        // round trips); rows of one statement are applied in order, as one by one.
+        let mut group: Vec<Vec<Value>> = Vec::new();
+        let mut group_kind: Option<(usize, Kind)> = None;
+        for i in sequence {
+            let Some((index, kind, values)) = slots.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            if group_kind != Some((index, kind)) {
                 if let Some((t, k)) = group_kind
-                    && !apply_group(&mut tx, t, k, std::mem::take(&mut group)).await?
+                    && !apply_group(&mut tx, &tables.list[t], k, std::mem::take(&mut group)).await?
                 {
                     return Ok(None);
                 }
-                group_kind = Some((table, kind));
+                group_kind = Some((index, kind));
             }
             group.push(values);
-            count += 1;
         }
         if let Some((t, k)) = group_kind
-            && !apply_group(&mut tx, t, k, group).await?
+            && !apply_group(&mut tx, &tables.list[t], k, group).await?
         {
             return Ok(None);
         }

@@ -16,6 +16,7 @@
 
 mod log;
 mod meta;
+mod order;
 mod schema;
 mod sync;
 mod value;
@@ -145,11 +146,19 @@ impl AckState {
 pub(crate) struct Tables {
     pub(crate) list: Vec<TableInfo>,
     pub(crate) fingerprint: String,
+    /// The links between the tables (what the apply order may be), and the schema
+    /// version they were read at.
+    links: std::sync::Mutex<Option<(i64, Arc<order::Links>)>>,
 }
 
 impl Tables {
     pub(crate) fn get(&self, name: &str) -> Option<&TableInfo> {
         self.list.iter().find(|t| t.name == name)
+    }
+
+    /// The position of table `name` in [`list`](Self::list).
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|t| t.name == name)
     }
 }
 
@@ -454,7 +463,38 @@ impl SqliteBackend {
             list.push(t);
         }
         let fingerprint = schema::fingerprint(&list);
-        Ok(Tables { list, fingerprint })
+        Ok(Tables {
+            list,
+            fingerprint,
+            links: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The links between the declared tables ([`order::Links`]) as the schema stands in
+    /// `conn`'s transaction: read again whenever the schema version moved (a trigger
+    /// or a table created since), else one `PRAGMA` statement.
+    pub(crate) async fn links(
+        &self,
+        conn: &mut SqliteConnection,
+        tables: &Tables,
+    ) -> Result<Arc<order::Links>> {
+        let version: i64 = sqlx::query_scalar("PRAGMA schema_version")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::db("reading the schema version"))?;
+        let cached = tables.links.lock().ok().and_then(|l| {
+            l.as_ref()
+                .filter(|(v, _)| *v == version)
+                .map(|(_, l)| Arc::clone(l))
+        });
+        if let Some(links) = cached {
+            return Ok(links);
+        }
+        let links = Arc::new(order::load(conn, &tables.list).await?);
+        if let Ok(mut l) = tables.links.lock() {
+            *l = Some((version, Arc::clone(&links)));
+        }
+        Ok(links)
     }
 
     pub(crate) fn lock_path(&self) -> PathBuf {

@@ -226,6 +226,16 @@ impl TableInfo {
         value::decode(&self.columns, row)
     }
 
+    /// The key values of a row's column values (as [`row_values`](Self::row_values)
+    /// gives them), in key order.
+    pub(crate) fn key_of(&self, values: &[Value]) -> Vec<Value> {
+        self.key
+            .iter()
+            .filter_map(|k| self.columns.iter().position(|c| c == k))
+            .filter_map(|i| values.get(i).cloned())
+            .collect()
+    }
+
     /// The key values of a canonical key, in key order.
     pub(crate) fn key_values(&self, key: &str) -> Result<Vec<Value>> {
         value::decode(&self.key, key)

@@ -760,3 +760,195 @@ fn a_batch_consistent_only_as_a_whole_applies_with_deferred_foreign_keys() {
         assert_eq!(parents, 1);
     });
 }
+
+/// Three linked tables, declared children first: `CASCADE` over two levels and
+/// `SET NULL` foreign keys, unique columns and a `NOCASE` text key.
+const LINKED: &[&str] = &[
+    "CREATE TABLE grp (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+    "CREATE TABLE usr (id INTEGER PRIMARY KEY, login TEXT UNIQUE COLLATE NOCASE, \
+     grp INTEGER REFERENCES grp (id) ON DELETE CASCADE)",
+    "CREATE TABLE mtg (id TEXT PRIMARY KEY COLLATE NOCASE, \
+     owner INTEGER NOT NULL REFERENCES usr (id) ON DELETE CASCADE, \
+     backup INTEGER REFERENCES usr (id) ON DELETE SET NULL, title TEXT)",
+];
+const LINKED_TABLES: &[&str] = &["mtg", "usr", "grp"];
+
+/// One application statement on the linked tables.
+#[derive(Debug, Clone)]
+enum LinkedOp {
+    Group(u8, u8),
+    DropGroup(u8),
+    User(u8, u8, u8),
+    MoveUser(u8, u8),
+    Login(u8, u8),
+    DropUser(u8),
+    Meeting(u8, bool, u8),
+    ReplaceMeeting(u8, u8),
+    Rename(u8, bool),
+    DropMeeting(u8, bool),
+}
+
+impl LinkedOp {
+    fn sql(&self) -> String {
+        // Meeting keys differ only in case: `NOCASE` makes them one key.
+        let key = |k: &u8, upper: &bool| {
+            if *upper {
+                format!("'M{k}'")
+            } else {
+                format!("'m{k}'")
+            }
+        };
+        match self {
+            LinkedOp::Group(k, n) => format!("INSERT INTO grp (id, name) VALUES ({k}, 'g{n}')"),
+            LinkedOp::DropGroup(k) => format!("DELETE FROM grp WHERE id = {k}"),
+            LinkedOp::User(k, l, g) => {
+                format!("INSERT INTO usr (id, login, grp) VALUES ({k}, 'u{l}', {g})")
+            }
+            LinkedOp::MoveUser(k, g) => format!("UPDATE usr SET grp = {g} WHERE id = {k}"),
+            LinkedOp::Login(k, l) => format!("UPDATE usr SET login = 'U{l}' WHERE id = {k}"),
+            LinkedOp::DropUser(k) => format!("DELETE FROM usr WHERE id = {k}"),
+            LinkedOp::Meeting(k, upper, o) => format!(
+                "INSERT INTO mtg (id, owner, backup, title) VALUES ({}, {o}, {}, 'new')",
+                key(k, upper),
+                (o + 1) % 5
+            ),
+            LinkedOp::ReplaceMeeting(k, o) => format!(
+                "INSERT OR REPLACE INTO mtg (id, owner, backup, title) \
+                 VALUES ('m{k}', {o}, {}, 'replaced')",
+                (o + 2) % 5
+            ),
+            LinkedOp::Rename(k, upper) => format!(
+                "UPDATE mtg SET title = title || '+' WHERE id = {}",
+                key(k, upper)
+            ),
+            LinkedOp::DropMeeting(k, upper) => {
+                format!("DELETE FROM mtg WHERE id = {}", key(k, upper))
+            }
+        }
+    }
+}
+
+fn linked_op() -> impl Strategy<Value = LinkedOp> {
+    let k = || 0u8..3;
+    prop_oneof![
+        3 => (k(), k()).prop_map(|(a, b)| LinkedOp::Group(a, b)),
+        1 => k().prop_map(LinkedOp::DropGroup),
+        3 => (k(), k(), k()).prop_map(|(a, b, c)| LinkedOp::User(a, b, c)),
+        2 => (k(), k()).prop_map(|(a, b)| LinkedOp::MoveUser(a, b)),
+        2 => (k(), k()).prop_map(|(a, b)| LinkedOp::Login(a, b)),
+        1 => k().prop_map(LinkedOp::DropUser),
+        4 => (k(), any::<bool>(), k()).prop_map(|(a, b, c)| LinkedOp::Meeting(a, b, c)),
+        2 => (k(), k()).prop_map(|(a, b)| LinkedOp::ReplaceMeeting(a, b)),
+        2 => (k(), any::<bool>()).prop_map(|(a, b)| LinkedOp::Rename(a, b)),
+        3 => (k(), any::<bool>()).prop_map(|(a, b)| LinkedOp::DropMeeting(a, b)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Batches over linked tables, applied table by table where the planner allows it
+    /// and in commit order where it does not, yield the source's tables.
+    #[test]
+    fn linked_tables_replicate_whatever_the_apply_order(
+        transactions in proptest::collection::vec(proptest::collection::vec(linked_op(), 1..8), 1..12),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 1..5),
+    ) {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (n1, n2) = pair(dir.path(), LINKED_TABLES, LINKED).await;
+            for tx in &transactions {
+                let mut conn = n1.conn().await.unwrap();
+                sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+                for op in tx {
+                    // Statements that break a constraint fail alone, as in an application.
+                    let _ = sqlx::query(AssertSqlSafe(op.sql())).execute(&mut *conn).await;
+                }
+                sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+            }
+            let m1 = n1.meta().await.unwrap();
+            let changes = all_changes(&n1, 0).await;
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(changes.len() + 1)).collect();
+            bounds.push(0);
+            bounds.push(changes.len());
+            bounds.sort_unstable();
+            bounds.dedup();
+            for w in bounds.windows(2) {
+                let prev = if w[0] == 0 { 0 } else { changes[w[0] - 1].seq };
+                let batch = Batch { log: m1.log, prev, changes: changes[w[0]..w[1]].to_vec() };
+                deliver(&n2, &batch).await;
+            }
+            assert_eq!(n2.meta().await.unwrap().applied, m1.head);
+            assert_eq!(n1.table_checksums().await.unwrap(), n2.table_checksums().await.unwrap());
+        });
+    }
+}
+
+/// Runs `sql` on node 1 as one transaction each and ships the changes to node 2 as
+/// one batch per call.
+async fn write_and_ship(n1: &SqliteBackend, n2: &SqliteBackend, sql: &[&str]) {
+    for s in sql {
+        exec(n1, s).await.unwrap();
+    }
+    ship(n1, n2).await;
+    assert_eq!(
+        n1.table_checksums().await.unwrap(),
+        n2.table_checksums().await.unwrap()
+    );
+}
+
+#[test]
+fn a_batch_that_moves_a_child_away_and_deletes_its_parent_applies_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (n1, n2) = pair(dir.path(), LINKED_TABLES, LINKED).await;
+        write_and_ship(
+            &n1,
+            &n2,
+            &[
+                "INSERT INTO grp (id, name) VALUES (1, 'a'), (2, 'b')",
+                "INSERT INTO usr (id, login, grp) VALUES (1, 'u1', 1), (2, 'u2', 2)",
+                "INSERT INTO mtg (id, owner, backup, title) VALUES ('m1', 1, 2, 't')",
+            ],
+        )
+        .await;
+        // Table by table, the delete of group 1 would go first and cascade to user 1
+        // and on to m1; the batch's upsert of user 1 brings the user back, but
+        // nothing in it brings m1 back.
+        write_and_ship(
+            &n1,
+            &n2,
+            &[
+                "UPDATE usr SET grp = 2 WHERE id = 1",
+                "DELETE FROM grp WHERE id = 1",
+            ],
+        )
+        .await;
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM mtg WHERE owner = 1")
+            .fetch_one(&mut *n2.conn().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(left, 1);
+    });
+}
+
+#[test]
+fn the_apply_order_follows_foreign_keys_and_stops_at_a_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let b = open(dir.path(), "node", LINKED_TABLES, LINKED).await;
+        let tables = b.tables().await.unwrap();
+        let mut conn = b.conn().await.unwrap();
+        let links = b.links(&mut conn, &tables).await.unwrap();
+        // Declared mtg, usr, grp: applied grp, usr, mtg; mtg is nobody's parent.
+        assert_eq!(links.order, Some(vec![2, 1, 0]));
+        assert_eq!(links.parent, vec![false, true, true]);
+        // An application trigger may read any table: commit order from now on.
+        sqlx::query("CREATE TRIGGER audit AFTER INSERT ON usr BEGIN SELECT 1; END")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let links = b.links(&mut conn, &tables).await.unwrap();
+        assert_eq!(links.order, None);
+    });
+}
