@@ -124,7 +124,7 @@ pub(crate) async fn write_replicated(
 ) -> anyhow::Result<()> {
     let mark = guard.mark().await;
     let position = {
-        let mut conn = backend.pool().acquire().await?;
+        let mut conn = backend.writer().await?;
         sample::write_transaction(&mut conn, tx, ROWS).await?
     };
     let Err(e) = backend

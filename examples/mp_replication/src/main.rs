@@ -122,9 +122,9 @@ enum Command {
     /// Write transactions of the sample workload (demo, tests and benchmark). Prints
     /// `committed <tx> <position>` per transaction, or with `--wait-replicated`
     /// `acked <tx> <position> <microseconds waited>`. With `--writers N`, N concurrent
-    /// writers (each its own connection) share the transaction numbers round robin;
-    /// their commits take turns (SQLite has one writer at a time, and a writer that
-    /// finds the lock taken sleeps in its busy handler), their waits overlap.
+    /// writers share the transaction numbers round robin; their commits take turns on
+    /// the backend's shared write connection (`SqliteBackend::writer`), their waits
+    /// overlap.
     #[command(hide = true)]
     WriteSample {
         /// First transaction number.
@@ -341,13 +341,11 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             let backend = Arc::new(SqliteBackend::open_existing(&settings).await?);
             let end = first.saturating_add(count);
             let mut tasks = tokio::task::JoinSet::new();
-            let turn = Arc::new(tokio::sync::Mutex::new(()));
             for k in 0..writers {
                 let backend = Arc::clone(&backend);
-                let turn = Arc::clone(&turn);
                 tasks.spawn(async move {
                     let txs = (first + k..end).step_by(writers as usize);
-                    write_sample(&backend, &turn, txs, rows, wait_replicated).await
+                    write_sample(&backend, txs, rows, wait_replicated).await
                 });
             }
             while let Some(done) = tasks.join_next().await {
@@ -358,19 +356,17 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One writer of `write-sample`: transactions `txs` on a connection of its own, each
-/// committed in its `turn` (FIFO among the writers).
+/// One writer of `write-sample`: transactions `txs`, each committed in its turn on the
+/// shared write connection (first come first served among the writers).
 async fn write_sample(
     backend: &SqliteBackend,
-    turn: &tokio::sync::Mutex<()>,
     txs: impl Iterator<Item = u64>,
     rows: u32,
     wait_replicated: bool,
 ) -> anyhow::Result<()> {
-    let mut conn = backend.connect().await?;
     for tx in txs {
         let position = {
-            let _turn = turn.lock().await;
+            let mut conn = backend.writer().await?;
             sample::write_transaction(&mut conn, tx, rows).await?
         };
         // One line per write call: concurrent writers' lines do not mix.

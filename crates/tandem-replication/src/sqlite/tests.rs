@@ -952,3 +952,52 @@ fn the_apply_order_follows_foreign_keys_and_stops_at_a_trigger() {
         assert_eq!(links.order, None);
     });
 }
+
+#[test]
+fn the_shared_writer_takes_turns_and_drops_an_unfinished_transaction() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
+        // A writer that lets go in the middle of a transaction leaves nothing behind.
+        {
+            let mut conn = n1.writer().await.unwrap();
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+            sqlx::query("INSERT INTO kv (k, s) VALUES (1, 'never committed')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        // Writers take turns: each holds the connection for a whole transaction.
+        let write = |k: i64| {
+            let n1 = &n1;
+            async move {
+                let mut conn = n1.writer().await.unwrap();
+                assert!(!sqlx::Connection::is_in_transaction(&*conn));
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+                for i in 0..3 {
+                    sqlx::query("INSERT INTO kv (k, s) VALUES (?1, 'x')")
+                        .bind(k * 10 + i)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+                tx.commit().await.unwrap();
+            }
+        };
+        futures::future::join_all((2..10).map(write)).await;
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT k, s FROM kv ORDER BY k")
+            .fetch_all(n1.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 24, "{rows:?}");
+        assert!(rows.iter().all(|(k, _)| *k >= 20), "{rows:?}");
+        // What went through the shared writer was captured and replicates.
+        ship(&n1, &n2).await;
+        assert_eq!(
+            n1.table_checksums().await.unwrap(),
+            n2.table_checksums().await.unwrap()
+        );
+        n1.close().await;
+    });
+}
