@@ -33,7 +33,7 @@ use tandem_replication::{
 };
 
 /// Rounds of each mode.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// Transactions per round of the unreplicated, off and async modes.
 const TRANSACTIONS: u64 = 1000;
 /// Transactions per round of the wait_replicated mode (each waits for a round trip).
