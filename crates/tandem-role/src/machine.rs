@@ -423,6 +423,9 @@ impl Machine {
         self.pending = None;
         self.peer = Peer::default();
         if self.failover() && self.state.standby_hold {
+            // The database keeps its role across a reboot: one that was the
+            // active's takes writes until it is demoted.
+            out.push(Action::DemoteDatabase);
             out.persist(&self.state);
             out.notify(Hook::Standby, "boot: held in standby by the operator");
             return;
@@ -430,6 +433,9 @@ impl Machine {
         match self.verdict(&probe, isolation) {
             Ok(()) => self.become_active(out, "boot: the shared address is silent"),
             Err(refusal) => {
+                if self.failover() {
+                    out.push(Action::DemoteDatabase);
+                }
                 out.persist(&self.state);
                 let hook = match refusal {
                     Refusal::SharedAddressAnswered { .. } => Hook::Standby,

@@ -273,6 +273,9 @@ proptest! {
 struct Site {
     nodes: [Machine; 2],
     holds: [bool; 2],
+    /// Per node: whether its database takes writes (promoted and not demoted since;
+    /// a reboot keeps it as it was, as a database file does).
+    writable: [bool; 2],
     link_up: bool,
     cut: Option<usize>,
     /// Per node: whether the operator told it `set-server standby` since it last
@@ -330,6 +333,7 @@ impl Site {
         Site {
             nodes: [node(NodeId::One), node(NodeId::Two)],
             holds: [false; 2],
+            writable: [false; 2],
             link_up: true,
             cut: None,
             held_since_claim: [false; 2],
@@ -386,6 +390,8 @@ impl Site {
                     }
                 }
                 Action::ReleaseSharedAddress => self.holds[i] = false,
+                Action::PromoteDatabase => self.writable[i] = true,
+                Action::DemoteDatabase => self.writable[i] = false,
                 Action::SendClaim { epoch } if self.link_up => {
                     let node = self.nodes[i].state().node;
                     self.send(1, 1 - i, Event::PeerClaim { node, epoch });
@@ -503,7 +509,8 @@ proptest! {
     /// cable is out, no two nodes hold the shared address, each node's role
     /// matches what it holds, and the node that holds it has the newest epoch:
     /// a node that took over while the other was away keeps the site (the writes
-    /// it acknowledged are on it), unless the operator has put it in standby since.
+    /// it acknowledged are on it), unless the operator has put it in standby since;
+    /// and exactly the node holding the address has a writable database.
     #[test]
     fn two_nodes_never_both_hold_the_shared_address_once_messages_are_delivered(
         auto_failover in any::<bool>(), ops in prop::collection::vec(arb_op(), 1..40),
@@ -519,6 +526,13 @@ proptest! {
             prop_assert!(!(site.holds[0] && site.holds[1]), "both hold the shared address after {:?}", op);
             for i in 0..2 {
                 prop_assert_eq!(site.nodes[i].role() == Role::Active, site.holds[i], "node {} after {:?}", i + 1, op);
+                // A standby's database refuses writes, also after a reboot: a
+                // writable one beside the active's is a split brain of the data.
+                prop_assert_eq!(
+                    site.writable[i], site.holds[i],
+                    "node {}'s database writable = {} while it holds the address = {}, after {:?}",
+                    i + 1, site.writable[i], site.holds[i], op
+                );
             }
             if let Some(i) = (0..2).find(|&i| site.holds[i]) {
                 let (active, other) = (site.nodes[i].state(), site.nodes[1 - i].state());
