@@ -22,6 +22,9 @@
 //!   claim older than its own epoch (it took over while the claimant was away)
 //!   says so ([`Action::SendSuperseded`]), the claimant steps down
 //!   ([`Event::PeerSuperseded`]) and the standby probes and claims again.
+//! - Only the active node's database takes writes: a failover node that boots
+//!   standby demotes its database, which keeps its role across the reboot (a
+//!   rebooted active's would otherwise take writes beside the new active's).
 //! - A single-server deployment never emits a peer or replication action.
 //!
 //! [`StateFile`] persists a [`NodeState`] as versioned, checksummed JSON, written
