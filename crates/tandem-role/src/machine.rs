@@ -423,27 +423,32 @@ impl Machine {
         self.pending = None;
         self.peer = Peer::default();
         if self.failover() && self.state.standby_hold {
-            // The database keeps its role across a reboot: one that was the
-            // active's takes writes until it is demoted.
-            out.push(Action::DemoteDatabase);
-            out.persist(&self.state);
-            out.notify(Hook::Standby, "boot: held in standby by the operator");
+            self.stay_standby_at_boot(out, Hook::Standby, "boot: held in standby by the operator");
             return;
         }
         match self.verdict(&probe, isolation) {
             Ok(()) => self.become_active(out, "boot: the shared address is silent"),
             Err(refusal) => {
-                if self.failover() {
-                    out.push(Action::DemoteDatabase);
-                }
-                out.persist(&self.state);
                 let hook = match refusal {
                     Refusal::SharedAddressAnswered { .. } => Hook::Standby,
                     _ => Hook::Fault,
                 };
-                out.notify(hook, &format!("boot: staying standby: {}", refusal.fact()));
+                let why = format!("boot: staying standby: {}", refusal.fact());
+                self.stay_standby_at_boot(out, hook, &why);
             }
         }
+    }
+
+    /// The end of a boot that stays standby (the caller already stopped the services
+    /// and released the address). The database keeps its role across a reboot, so
+    /// one that was the active's is demoted, or it would take writes beside the new
+    /// active's.
+    fn stay_standby_at_boot(&mut self, out: &mut Actions, hook: Hook, why: &str) {
+        if self.failover() {
+            out.push(Action::DemoteDatabase);
+        }
+        out.persist(&self.state);
+        out.notify(hook, why);
     }
 
     fn probed(&mut self, out: &mut Actions, probe: ProbeOutcome, isolation: Isolation) {

@@ -17,8 +17,9 @@
 //! `Replicator`, as the `failover` agent does in production), and the writer (the
 //! hidden `write-sample` command, one process per phase, `--writers N` tasks taking
 //! turns on the backend's shared write connection, a line printed per commit) on
-//! node 1; this process reads those lines and node 1's acknowledged position. Dirty pages are flushed (`sync`) before each phase. Needs
-//! root (the lab). Results print as a table and go to `target/bench/replication.json`.
+//! node 1; this process reads those lines and node 1's acknowledged position. Dirty
+//! pages are flushed (`sync`) before each phase. Needs root (the lab). Results print
+//! as a table and go to `target/bench/replication.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -178,14 +178,32 @@ pub struct SqliteBackend {
     /// The watch on the published acknowledgement that every `wait_replicated` shares
     /// (made on first use; `None` if inotify is not available).
     ack_watch: std::sync::OnceLock<Option<AckWatch>>,
-    /// The application's shared write connection ([`writer`](Self::writer)), opened on
-    /// first use (boxed: a connection is large, and a backend is moved around).
-    writer: Box<tokio::sync::Mutex<Option<SqliteConnection>>>,
+    /// The application's shared write connection ([`writer`](Self::writer)): a pool of
+    /// one, opened on first use.
+    writer: SqlitePool,
 }
 
-/// This process's shared write connection, lent by [`SqliteBackend::writer`] until the
-/// guard is dropped. Derefs to the connection.
-pub type Writer<'a> = tokio::sync::MappedMutexGuard<'a, SqliteConnection>;
+/// This process's shared write connection, lent by [`SqliteBackend::writer`] until it
+/// is dropped. Derefs to the connection.
+pub type Writer = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+
+/// Pool options shared by the backend's pools: at most `max` connections. A COMMIT
+/// that fails (a full disk: SQLITE_FULL) may leave sqlx counting a transaction that
+/// SQLite already rolled back; its queued rollback then fails and every later `BEGIN`
+/// on that connection is refused. Such a connection is closed instead of going back
+/// to the pool (the ping first runs a rollback still queued by a dropped transaction).
+fn pool_options(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                if sqlx::Connection::is_in_transaction(conn) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(!sqlx::Connection::is_in_transaction(conn))
+            })
+        })
+}
 
 impl SqliteBackend {
     /// Opens (creating if missing) the database named by the settings. Nothing is
@@ -196,25 +214,16 @@ impl SqliteBackend {
             std::fs::create_dir_all(dir)
                 .map_err(Error::file("cannot create the directory", dir))?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // A COMMIT that fails (a full disk: SQLITE_FULL) may leave sqlx
-            // counting a transaction that SQLite already rolled back; its queued
-            // rollback then fails and every later `BEGIN` on that connection is
-            // refused. Such a connection is closed instead of going back to the
-            // pool (the ping first runs a rollback still queued by a dropped
-            // transaction).
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    if sqlx::Connection::is_in_transaction(conn) {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(!sqlx::Connection::is_in_transaction(conn))
-                })
-            })
+        let pool = pool_options(4)
             .connect_with(connect_options(&path))
             .await
             .map_err(Error::db(format!("cannot open {}", path.display())))?;
+        // Opened on the first write: commands that only read never open it.
+        let writer = pool_options(1)
+            // A SQLite connection does not go stale; the ping would be one more
+            // round trip to its thread on every write.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect_options(&path));
         Ok(SqliteBackend {
             pool,
             settings: Arc::new(settings.clone()),
@@ -223,7 +232,7 @@ impl SqliteBackend {
             ack_watch: std::sync::OnceLock::new(),
             writing: Arc::new(tokio::sync::Mutex::new(())),
             checked: tokio::sync::Mutex::new(None),
-            writer: Box::new(tokio::sync::Mutex::new(None)),
+            writer,
         })
     }
 
@@ -348,9 +357,9 @@ impl SqliteBackend {
     /// and eight writers on connections of their own took about twice as long per
     /// commit as eight on this one (`cargo xtask bench replication`).
     ///
-    /// A transaction left open by a dropped guard is rolled back before the next
-    /// writer gets the connection; a connection that cannot leave its transaction
-    /// (a commit that failed on a full disk) is replaced by a new one.
+    /// A transaction left open by a dropped [`Writer`] is rolled back when it is
+    /// dropped; a connection that cannot leave its transaction (a commit that failed on
+    /// a full disk) is closed, and the next writer gets a new one.
     ///
     /// ```no_run
     /// # async fn demo(backend: &tandem_replication::SqliteBackend) -> tandem_replication::Result<()> {
@@ -362,22 +371,11 @@ impl SqliteBackend {
     /// tandem_replication::ReplicationBackend::wait_replicated(backend, position, Duration::from_secs(1)).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn writer(&self) -> Result<Writer<'_>> {
-        let mut slot = self.writer.lock().await;
-        if let Some(conn) = slot.as_mut()
-            && sqlx::Connection::is_in_transaction(conn)
-        {
-            // The ping runs the rollback that a dropped transaction queued.
-            let _ = sqlx::Connection::ping(&mut *conn).await;
-            if sqlx::Connection::is_in_transaction(conn) {
-                *slot = None;
-            }
-        }
-        if slot.is_none() {
-            *slot = Some(self.connect().await?);
-        }
-        tokio::sync::MutexGuard::try_map(slot, Option::as_mut)
-            .map_err(|_| Error::State("the shared write connection could not be opened".into()))
+    pub async fn writer(&self) -> Result<Writer> {
+        self.writer.acquire().await.map_err(Error::db(format!(
+            "connecting to {}",
+            self.database_path().display()
+        )))
     }
 
     /// The connection pool (applications may write through it).
@@ -398,9 +396,7 @@ impl SqliteBackend {
     /// Closes the pool (waits for connections to be returned) and the shared write
     /// connection (waits for its writer).
     pub async fn close(&self) {
-        if let Some(conn) = self.writer.lock().await.take() {
-            let _ = sqlx::Connection::close(conn).await;
-        }
+        self.writer.close().await;
         self.pool.close().await;
     }
 

@@ -954,7 +954,7 @@ fn the_apply_order_follows_foreign_keys_and_stops_at_a_trigger() {
 }
 
 #[test]
-fn the_shared_writer_takes_turns_and_drops_an_unfinished_transaction() {
+fn the_shared_writer_is_one_connection_and_drops_an_unfinished_transaction() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let (n1, n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
@@ -967,7 +967,7 @@ fn the_shared_writer_takes_turns_and_drops_an_unfinished_transaction() {
                 .await
                 .unwrap();
         }
-        // Writers take turns: each holds the connection for a whole transaction.
+        // Concurrent writers take turns on one connection, each for a whole transaction.
         let write = |k: i64| {
             let n1 = &n1;
             async move {
@@ -986,6 +986,11 @@ fn the_shared_writer_takes_turns_and_drops_an_unfinished_transaction() {
             }
         };
         futures::future::join_all((2..10).map(write)).await;
+        assert_eq!(
+            n1.writer.size(),
+            1,
+            "the writers opened more than one connection"
+        );
         let rows: Vec<(i64, String)> = sqlx::query_as("SELECT k, s FROM kv ORDER BY k")
             .fetch_all(n1.pool())
             .await
