@@ -19,8 +19,9 @@ use tandem_role::{Epoch, Event, Isolation, NodeId, ProbeOutcome, Role};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, watch};
 
+use crate::alarms::{AlarmBoard, AlarmKind};
 use crate::control::{self, ControlError, Request, Response};
-use crate::{Alarm, Node, NodeConfig, NodeError, PeerStatus, Report, StatusSnapshot};
+use crate::{Node, NodeConfig, NodeError, PeerStatus, Report, StatusSnapshot};
 
 /// What the agents say to each other on the peer link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +105,8 @@ pub async fn run(
     let result = agent.serve(shutdown).await;
     let report = agent.node.stand_down().await;
     agent.stop_replicator().await;
+    let always = agent.node.stop_always_services().await;
+    log_report("stop always-running services", &always);
     tracing::info!(
         steps = report.steps.len(),
         "agent stopped; shared address released"
@@ -120,7 +123,9 @@ struct Agent {
     link: Link,
     session: Option<Session>,
     peer_claim: Option<Epoch>,
-    alarms: Vec<Alarm>,
+    alarms: AlarmBoard,
+    /// When another host last answered for the shared address.
+    conflict_seen: Option<Instant>,
     from_peer: mpsc::Receiver<PeerMessage>,
     to_agent: mpsc::Sender<PeerMessage>,
     state_dir: PathBuf,
@@ -165,6 +170,10 @@ impl Agent {
             }
         }
         let control = control::bind(state_dir).await?;
+        // The services of both roles (the seed's database, Tomcat, SIM) run
+        // before the boot decision, so a standby has them too.
+        let always = node.start_always_services().await;
+        log_report("start always-running services", &always);
         let report = node.boot().await;
         log_report("boot", &report);
         let failover = &config.failover;
@@ -188,7 +197,8 @@ impl Agent {
             link,
             session: None,
             peer_claim: None,
-            alarms: Vec::new(),
+            alarms: AlarmBoard::new(),
+            conflict_seen: None,
             from_peer,
             to_agent,
             state_dir: state_dir.to_path_buf(),
@@ -285,6 +295,10 @@ impl Agent {
                     self.watch_lost_peer().await;
                     self.watch_shared_address().await;
                     self.watch_database().await;
+                    self.clear_alarms().await;
+                    // Every tick, whatever the role: a standby's page must not
+                    // go stale between events.
+                    self.publish().await;
                 }
             }
         }
@@ -354,6 +368,7 @@ impl Agent {
         };
         self.attach_database().await;
         let key = self.key.clone();
+        self.stop_replicator.send_replace(false);
         let mut stop = self.stop_replicator.subscribe();
         self.replicator = Some(tokio::spawn(async move {
             let replicator = tandem_replication::Replicator::new(backend);
@@ -391,6 +406,7 @@ impl Agent {
             }
         };
         self.attach_database().await;
+        self.stop_replicator.send_replace(false);
         let mut stop = self.stop_replicator.subscribe();
         self.replicator = Some(tokio::spawn(async move {
             let shutdown = async move {
@@ -431,22 +447,26 @@ impl Agent {
         let Some(db) = self.node.database() else {
             return;
         };
-        let before: Vec<String> = self
+        self.replication = db.status().await.ok();
+        self.tell_replication_state().await;
+        let now = now_ms();
+        let mut raised = Vec::new();
+        let current: Vec<String> = self
             .replication
             .as_ref()
             .map(|s| s.alarms.clone())
             .unwrap_or_default();
-        self.replication = db.status().await.ok();
-        let mut raised = Vec::new();
-        if let Some(status) = &self.replication {
-            raised.extend(
-                status
-                    .alarms
-                    .iter()
-                    .filter(|a| !before.contains(a))
-                    .cloned(),
-            );
+        for message in &current {
+            if self.alarms.raise(AlarmKind::Replication, message, now) {
+                raised.push(message.clone());
+            }
         }
+        let failed = self.node.state().replication == tandem_role::Replication::Failed;
+        self.alarms.clear_where(now, |a| {
+            a.kind == AlarmKind::Replication
+                && !current.contains(&a.message)
+                && !(failed && a.message.starts_with("database replication failed"))
+        });
         if let Some(limit_mb) = self.node.config().failover.database_size_alarm_mb {
             let path = crate::replication_settings(self.node.config(), &self.state_dir)
                 .map(|s| s.database_path());
@@ -458,11 +478,10 @@ impl Agent {
                     path.display(),
                     size >> 20
                 );
-                if over
-                    && !self
-                        .alarms
-                        .iter()
-                        .any(|a| a.message.starts_with("database "))
+                if !over {
+                    self.alarms.clear_kind(AlarmKind::DatabaseSize, now);
+                } else if !self.alarms.has(AlarmKind::DatabaseSize)
+                    && self.alarms.raise(AlarmKind::DatabaseSize, &message, now)
                 {
                     raised.push(message);
                 }
@@ -471,11 +490,66 @@ impl Agent {
         for message in raised {
             tracing::warn!(alarm = %message, "alarm");
             self.node.run_hook(tandem_role::Hook::Alarm, &message).await;
-            self.alarms.push(Alarm {
-                raised_ms: now_ms(),
-                message,
-            });
         }
+    }
+
+    /// Clears the alarms whose condition is over: the peer is back, a conflict
+    /// is resolved (the link is up, only one node holds the shared address and
+    /// nobody else has answered for it for a detection interval).
+    async fn clear_alarms(&mut self) {
+        let now = now_ms();
+        let connected = self.session.as_ref().is_some_and(|s| !s.is_closed());
+        if !connected {
+            return;
+        }
+        self.alarms.clear_kind(AlarmKind::PeerLost, now);
+        self.alarms.clear_kind(AlarmKind::CutOff, now);
+        if self.alarms.has(AlarmKind::Conflict) {
+            let failover = &self.node.config().failover;
+            let detection =
+                Duration::from_millis(failover.heartbeat_ms) * failover.missed_heartbeats.max(1);
+            let quiet = self
+                .conflict_seen
+                .is_none_or(|at| at.elapsed() >= detection);
+            let both = self.peer_claim.is_some() && self.node.holds_shared_address().await;
+            if quiet && !both {
+                self.alarms.clear_kind(AlarmKind::Conflict, now);
+            }
+        }
+    }
+
+    /// Tells the role machine when replication was switched on or off (by
+    /// `mp_replication` through the replication service) or failed, so that
+    /// `failover status`, the state file and the status page agree with
+    /// `mp_replication status`.
+    async fn tell_replication_state(&mut self) {
+        use tandem_replication::ReplicationState as S;
+        use tandem_role::Replication;
+        let Some(status) = &self.replication else {
+            return;
+        };
+        let now = match status.local.state {
+            S::Active => Replication::On,
+            S::Off | S::Initialized => Replication::Off,
+            S::Suspended | S::Failed => Replication::Failed,
+            // Syncing, unknown: no change until the outcome is known.
+            _ => return,
+        };
+        if now == self.node.state().replication {
+            return;
+        }
+        let event = match now {
+            Replication::On => Event::ReplicationOn,
+            Replication::Off => Event::ReplicationOff,
+            Replication::Failed => Event::ReplicationFailed {
+                reason: status
+                    .alarms
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| format!("replication is {}", status.local.state)),
+            },
+        };
+        self.event(event).await;
     }
 
     /// Feeds an event to the node and handles what follows.
@@ -543,16 +617,19 @@ impl Agent {
                 (_, Err(e)) => tracing::warn!(error = %e, "cannot encode the {what}"),
             }
         }
+        if self.node.state().deployment == tandem_role::DeploymentMode::Single
+            && self.replicator.is_some()
+        {
+            // A single server replicates with nobody.
+            tracing::info!("single-server deployment: stopping the replication service");
+            self.stop_replicator().await;
+        }
         let now = now_ms();
         for message in report.alarms.iter().chain(&report.faults) {
-            self.alarms.push(Alarm {
-                raised_ms: now,
-                message: message.clone(),
-            });
+            // The node ran the hooks already.
+            self.alarms
+                .raise(AlarmKind::of_notice(message), message, now);
         }
-        // Keep the most recent alarms only; the hooks and the log have them all.
-        let excess = self.alarms.len().saturating_sub(50);
-        self.alarms.drain(..excess);
         self.publish().await;
     }
 
@@ -642,13 +719,13 @@ impl Agent {
         match self.node.conflicting_macs().await {
             Ok(macs) => {
                 if let Some(mac) = macs.first() {
+                    self.conflict_seen = Some(Instant::now());
                     tracing::warn!(%mac, "another host answers for the shared address");
                     self.event(Event::AddressConflict { mac: *mac }).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot watch the shared address"),
         }
-        self.publish().await;
     }
 
     async fn serve_tool(&mut self, stream: tokio::net::UnixStream) {
@@ -666,11 +743,13 @@ impl Agent {
         let response = match request {
             Request::SetServer(role) => {
                 let report = self.node.set_server(role).await;
+                self.operator_done(&report);
                 self.after(&report).await;
                 Response::Report(report)
             }
             Request::SetDeployment(mode) => {
                 let report = self.node.handle(Event::SetDeployment(mode)).await;
+                self.operator_done(&report);
                 self.after(&report).await;
                 Response::Report(report)
             }
@@ -687,6 +766,18 @@ impl Agent {
                 return;
             }
             Request::SendBundle { path } => {
+                let state = self.node.state();
+                if state.deployment != tandem_role::DeploymentMode::Failover
+                    || state.role != Role::Active
+                {
+                    let response = Response::Error(format!(
+                        "this node is the {} of a {} deployment: config files go from the \
+                         active node to the standby only; run copy-config-files on the active node",
+                        state.role, state.deployment
+                    ));
+                    let _ = control::write_response(&mut stream, &response).await;
+                    return;
+                }
                 // A large bundle must not stall the agent: send it on a task of its own.
                 let Some(session) = self.session.clone().filter(|s| !s.is_closed()) else {
                     let response = Response::Error(format!(
@@ -711,6 +802,13 @@ impl Agent {
         }
     }
 
+    /// An operator's command that succeeded clears the faults of earlier steps.
+    fn operator_done(&mut self, report: &Report) {
+        if report.succeeded() {
+            self.alarms.clear_kind(AlarmKind::Fault, now_ms());
+        }
+    }
+
     async fn snapshot(&self) -> StatusSnapshot {
         let config = self.node.config();
         StatusSnapshot {
@@ -730,7 +828,8 @@ impl Agent {
                     .map(|o| o.offset_micros as f64 / 1000.0),
             },
             replication: self.replication.as_ref().map(crate::replication_status),
-            alarms: self.alarms.clone(),
+            alarms: self.alarms.active().to_vec(),
+            alarm_history: self.alarms.history(),
             uptime_seconds: self.started.elapsed().as_secs(),
             taken_ms: now_ms(),
         }

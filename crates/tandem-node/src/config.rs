@@ -29,11 +29,14 @@ pub struct NodeConfig {
     /// Failover timing and policy.
     #[serde(default)]
     pub failover: FailoverSection,
-    /// Services started and stopped with the role, in order.
-    #[serde(default, rename = "service")]
+    /// Services started and stopped with the role, in order. Not written when
+    /// empty, so that an operator can append `[[service]]` blocks to the file
+    /// that `set-deployment` wrote.
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceSpec>,
-    /// Notify hooks, like keepalived's notify scripts.
-    #[serde(default)]
+    /// Notify hooks, like keepalived's notify scripts. Not written while all
+    /// defaults, so that an operator can append a `[hooks]` table.
+    #[serde(default, skip_serializing_if = "Hooks::is_default")]
     pub hooks: Hooks,
     /// The config-file bundle spec (`tandem-bundle`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +220,7 @@ fn service_timeout() -> u64 {
 
 /// `[hooks]`: shell commands run on transitions and alarms (like keepalived's
 /// `notify_master`, `notify_backup`, `notify_fault`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
     /// Run after the node became active.
@@ -239,6 +242,26 @@ pub struct Hooks {
 
 fn hook_timeout() -> u64 {
     10_000
+}
+
+impl Default for Hooks {
+    /// No hooks, each allowed the default time (10 s) once configured.
+    fn default() -> Self {
+        Hooks {
+            active: None,
+            standby: None,
+            fault: None,
+            alarm: None,
+            timeout_ms: hook_timeout(),
+        }
+    }
+}
+
+impl Hooks {
+    /// Whether these are the defaults (nothing configured).
+    pub fn is_default(&self) -> bool {
+        *self == Hooks::default()
+    }
 }
 
 /// Errors loading a node config. Each names the file.
@@ -401,6 +424,23 @@ impl NodeConfig {
                 "heartbeat_ms and missed_heartbeats must be at least 1".to_string(),
             ));
         }
+        if self.hooks.timeout_ms == 0 {
+            return Err((
+                "hooks.timeout_ms",
+                "must be at least 1 (a hook is killed when it runs longer); the default is 10000"
+                    .to_string(),
+            ));
+        }
+        if let Some(service) = self.services.iter().find(|s| s.timeout_ms == 0) {
+            return Err((
+                "service.timeout_ms",
+                format!(
+                    "`{}`: must be at least 1 (start and stop are killed when they run longer); \
+                     the default is 30000",
+                    service.name
+                ),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for service in &self.services {
             if service.name.trim().is_empty() || !names.insert(service.name.as_str()) {
@@ -514,6 +554,33 @@ stop = "true"
                 "{to}: {err}"
             );
         }
+    }
+
+    /// The operator's path: the file a tool wrote, with `[[service]]` and
+    /// `[hooks]` blocks appended by hand, as the docs say.
+    #[test]
+    fn blocks_appended_to_a_written_config_parse_with_their_defaults() {
+        let mut written = parse(LAB_NODE1).expect("valid");
+        written.services.clear();
+        let text = written.to_toml();
+        assert!(!text.contains("service"), "{text}");
+        assert!(!text.contains("[hooks]"), "{text}");
+        let appended = format!(
+            "{text}\n[[service]]\nname = \"db\"\nstart = \"true\"\nstop = \"true\"\nrun_on = \"always\"\n\n\
+             [hooks]\nactive = \"logger active\"\n"
+        );
+        let c = parse(&appended).expect("appended blocks parse");
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services[0].run_on, RunOn::Always);
+        assert_eq!(c.hooks.timeout_ms, 10_000);
+        assert_eq!(Hooks::default().timeout_ms, 10_000);
+        // Written again, the hooks keep their default time limit.
+        let again = parse(&c.to_toml()).expect("round trip");
+        assert_eq!(again, c);
+        let err = parse(&format!("{appended}timeout_ms = 0\n"))
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("hooks.timeout_ms"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,7 @@
 //! ```
 
 mod agent;
+pub mod alarms;
 pub mod check;
 mod config;
 pub mod control;

@@ -572,6 +572,47 @@ impl Node {
         report
     }
 
+    /// Starts the services that run on both nodes (`run_on = "always"`: the seed's
+    /// database, Tomcat and SIM), in order, whatever the role. The agent calls it
+    /// before the boot decision, so they run on a standby too. A failure is
+    /// reported as a failed step and through the fault hook; the node goes on (a
+    /// standby without them is still a standby).
+    pub async fn start_always_services(&mut self) -> Report {
+        let mut report = Report::default();
+        let started = Instant::now();
+        let result = self.services.start(RunOn::Always).await;
+        report.steps.push(StepRecord {
+            action: "start-always-services".to_string(),
+            took: started.elapsed(),
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        if let Err(e) = result {
+            let message = format!("the always-running services did not start: {e}");
+            tracing::warn!(error = %e, "always-running services did not start");
+            self.run_hook(tandem_role::Hook::Fault, &message).await;
+            report.faults.push(message);
+        }
+        report.role = Some(self.machine.role());
+        report.state = Some(self.machine.state().clone());
+        report
+    }
+
+    /// Stops the services that run on both nodes, in reverse order (an agent that
+    /// shuts down, after [`Node::stand_down`]).
+    pub async fn stop_always_services(&mut self) -> Report {
+        let mut report = Report::default();
+        let started = Instant::now();
+        let result = self.services.stop(RunOn::Always).await;
+        report.steps.push(StepRecord {
+            action: "stop-always-services".to_string(),
+            took: started.elapsed(),
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        report.role = Some(self.machine.role());
+        report.state = Some(self.machine.state().clone());
+        report
+    }
+
     /// Releases the shared address and stops the active-only services without
     /// changing the persisted role, for an agent that shuts down: no address may
     /// stay up without an agent watching it.

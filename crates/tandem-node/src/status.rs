@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use tandem_role::{DeploymentMode, NodeState, Role};
 
+use crate::alarms::AlarmKind;
+
 /// Everything the status page shows, taken at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusSnapshot {
@@ -25,6 +27,10 @@ pub struct StatusSnapshot {
     pub replication: Option<ReplicationStatus>,
     /// Alarms raised and not cleared, oldest first.
     pub alarms: Vec<Alarm>,
+    /// Alarms that were raised and have cleared since, newest first (at most
+    /// [`crate::alarms::HISTORY`]).
+    #[serde(default)]
+    pub alarm_history: Vec<Alarm>,
     /// Seconds since the agent started.
     pub uptime_seconds: u64,
     /// When the snapshot was taken, in milliseconds since the Unix epoch.
@@ -79,6 +85,28 @@ pub struct Alarm {
     pub raised_ms: u64,
     /// What it says.
     pub message: String,
+    /// What it is about, which says what clears it.
+    #[serde(default = "fault_kind")]
+    pub kind: AlarmKind,
+    /// When it cleared, in milliseconds since the Unix epoch; `None` while active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_ms: Option<u64>,
+}
+
+fn fault_kind() -> AlarmKind {
+    AlarmKind::Fault
+}
+
+impl Alarm {
+    /// An active alarm raised at `raised_ms`.
+    pub fn new(kind: AlarmKind, message: impl Into<String>, raised_ms: u64) -> Alarm {
+        Alarm {
+            raised_ms,
+            message: message.into(),
+            kind,
+            cleared_ms: None,
+        }
+    }
 }
 
 impl StatusSnapshot {
@@ -115,6 +143,7 @@ mod tests {
             },
             replication: None,
             alarms: Vec::new(),
+            alarm_history: Vec::new(),
             uptime_seconds: 1,
             taken_ms: 0,
         }

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::{Alarm, ReplicationSide, StatusSnapshot};
+use crate::{ReplicationSide, StatusSnapshot};
 
 /// The port the status page listens on when the node config names none: next to
 /// the peer link (7451) and the replication service (7452).
@@ -91,6 +91,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 ///     },
 ///     replication: None,
 ///     alarms: Vec::new(),
+///     alarm_history: Vec::new(),
 ///     uptime_seconds: 5,
 ///     taken_ms: 0,
 /// };
@@ -221,12 +222,32 @@ pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
         page.push_str("<h2>No alarms</h2>\n");
     } else {
         let _ = writeln!(page, "<h2>Alarms ({})</h2>\n<ul>", snapshot.alarms.len());
-        for Alarm { raised_ms, message } in &snapshot.alarms {
+        for alarm in &snapshot.alarms {
             let _ = writeln!(
                 page,
                 "<li>{}: {}</li>",
-                escape(&format_utc(*raised_ms)),
-                escape(message),
+                escape(&format_utc(alarm.raised_ms)),
+                escape(&alarm.message),
+            );
+        }
+        page.push_str("</ul>\n");
+    }
+    if !snapshot.alarm_history.is_empty() {
+        let _ = writeln!(
+            page,
+            "<h2>Cleared alarms ({})</h2>\n<ul class=\"history\">",
+            snapshot.alarm_history.len()
+        );
+        for alarm in &snapshot.alarm_history {
+            let cleared = alarm
+                .cleared_ms
+                .map_or_else(String::new, |ms| format!(", cleared {}", format_utc(ms)));
+            let _ = writeln!(
+                page,
+                "<li>{}{}: {}</li>",
+                escape(&format_utc(alarm.raised_ms)),
+                escape(&cleared),
+                escape(&alarm.message),
             );
         }
         page.push_str("</ul>\n");
@@ -244,7 +265,8 @@ h2{font-size:1.2em;margin:1.5em 0 .5em}\
 table{border-collapse:collapse}\
 th,td{text-align:left;padding:.25em 1em .25em 0;vertical-align:top}\
 .replication td,.replication th{border:1px solid #999;padding:.25em .75em}\
-.links{margin-top:2em;color:#555}";
+.links{margin-top:2em;color:#555}\
+.history{color:#555}";
 
 fn fact(page: &mut String, label: &str, value: &str) {
     let _ = writeln!(
@@ -388,7 +410,7 @@ struct StatusDocument<'a> {
 /// #     holds_shared_address: false,
 /// #     peer: PeerStatus { address: "192.0.2.12".into(), connected: false,
 /// #         claim_epoch: None, clock_offset_ms: None },
-/// #     replication: None, alarms: Vec::new(), uptime_seconds: 5, taken_ms: 0,
+/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0,
 /// # };
 /// let json = render_status_json(&snapshot)?;
 /// let value: serde_json::Value = serde_json::from_str(&json)?;
@@ -432,7 +454,7 @@ pub fn render_status_json(snapshot: &StatusSnapshot) -> Result<String, serde_jso
 /// #     holds_shared_address: false,
 /// #     peer: PeerStatus { address: "192.0.2.12".into(), connected: false,
 /// #         claim_epoch: None, clock_offset_ms: None },
-/// #     replication: None, alarms: Vec::new(), uptime_seconds: 5, taken_ms: 0,
+/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0,
 /// # };
 /// let metrics = render_metrics(&snapshot);
 /// assert!(metrics.contains("\ntandem_active{node=\"1\",site=\"1\"} 0\n"));
@@ -1154,7 +1176,8 @@ fn is_exhaustion(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PeerStatus, ReplicationStatus};
+    use crate::alarms::AlarmKind;
+    use crate::{Alarm, PeerStatus, ReplicationStatus};
     use tandem_role::{DeploymentMode, Epoch, NodeId, NodeState, SiteId};
 
     /// Node 1, active, in the seed's replication state, with one alarm.
@@ -1193,10 +1216,12 @@ mod tests {
                 backlog: 3,
                 lag_ms: Some(1250),
             }),
-            alarms: vec![Alarm {
-                raised_ms: 1_714_564_800_000,
-                message: "replication backlog past 1000 changes".into(),
-            }],
+            alarms: vec![Alarm::new(
+                AlarmKind::Replication,
+                "replication backlog past 1000 changes",
+                1_714_564_800_000,
+            )],
+            alarm_history: Vec::new(),
             uptime_seconds: 3_725,
             taken_ms: 1_714_568_400_000,
         }
@@ -1222,6 +1247,7 @@ mod tests {
             },
             replication: None,
             alarms: Vec::new(),
+            alarm_history: Vec::new(),
             uptime_seconds: 42,
             taken_ms: 0,
         }
@@ -1265,7 +1291,7 @@ mod tests {
 <meta charset="utf-8">
 <meta http-equiv="refresh" content="5">
 <title>Failover deployment. Active server. (meetings1.example.com)</title>
-<style>body{font-family:sans-serif;margin:2em;color:#111;background:#fff}h1{font-size:1.6em;margin:0 0 1em}h2{font-size:1.2em;margin:1.5em 0 .5em}table{border-collapse:collapse}th,td{text-align:left;padding:.25em 1em .25em 0;vertical-align:top}.replication td,.replication th{border:1px solid #999;padding:.25em .75em}.links{margin-top:2em;color:#555}</style>
+<style>body{font-family:sans-serif;margin:2em;color:#111;background:#fff}h1{font-size:1.6em;margin:0 0 1em}h2{font-size:1.2em;margin:1.5em 0 .5em}table{border-collapse:collapse}th,td{text-align:left;padding:.25em 1em .25em 0;vertical-align:top}.replication td,.replication th{border:1px solid #999;padding:.25em .75em}.links{margin-top:2em;color:#555}.history{color:#555}</style>
 </head>
 <body>
 <h1>Failover deployment. Active server.</h1>
@@ -1498,6 +1524,7 @@ tandem_uptime_seconds{node="1",site="1"} 3725
   },
   "replication": null,
   "alarms": [],
+  "alarm_history": [],
   "uptime_seconds": 42,
   "taken_ms": 0
 }

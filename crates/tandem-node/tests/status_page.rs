@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tandem_node::alarms::AlarmKind;
 use tandem_node::{
     Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusServer, StatusSnapshot,
     parse_request_head, render_metrics, render_status_page, serve_status,
@@ -61,10 +62,12 @@ fn standby() -> StatusSnapshot {
             backlog: 0,
             lag_ms: Some(12),
         }),
-        alarms: vec![Alarm {
-            raised_ms: 1_714_564_800_000,
-            message: "peer link was down for 12 s".into(),
-        }],
+        alarms: vec![Alarm::new(
+            AlarmKind::PeerLost,
+            "peer link was down for 12 s",
+            1_714_564_800_000,
+        )],
+        alarm_history: Vec::new(),
         uptime_seconds: 3_725,
         taken_ms: 1_714_568_400_000,
     }
@@ -707,10 +710,11 @@ fn first_visible_text(dom: &str) -> String {
 async fn chromium_shows_the_banner_first_and_renders_the_page() {
     let chromium = chromium();
     let mut snapshot = standby();
-    snapshot.alarms.push(Alarm {
-        raised_ms: 1_714_568_000_000,
-        message: "<b>not bold</b> & not markup".into(),
-    });
+    snapshot.alarms.push(Alarm::new(
+        AlarmKind::Fault,
+        "<b>not bold</b> & not markup",
+        1_714_568_000_000,
+    ));
     let server = Server::start(snapshot).await;
     let url = format!("http://{}/", server.addr);
 

@@ -306,8 +306,11 @@ impl Default for Config {
 /// Why the machine asked for a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeReason {
-    /// `set-server active` or `set-deployment single`.
+    /// `set-server active`, or `set-deployment single` on an active node.
     Operator,
+    /// `set-deployment single` on a standby: the node becomes a single server
+    /// only if it may take the shared address; a refusal changes nothing.
+    SingleDeployment,
     /// Re-election after an address conflict.
     Conflict,
     /// Automatic failover after the peer was lost.
@@ -483,10 +486,27 @@ impl Machine {
         if self.state.role == Role::Active {
             return;
         }
+        if reason == ProbeReason::SingleDeployment {
+            // Judged as the single server it would become (no isolation check:
+            // it has no peer to hand over to).
+            let failover = self.state.deployment;
+            self.state.deployment = DeploymentMode::Single;
+            let verdict = self.verdict(&probe, isolation);
+            self.state.deployment = failover;
+            match verdict {
+                Ok(()) => {
+                    self.single_server();
+                    self.become_active(out, "operator: set-deployment single");
+                }
+                Err(refusal) => out.push(Action::Refuse(refusal)),
+            }
+            return;
+        }
         match self.verdict(&probe, isolation) {
             Ok(()) => {
                 let why = match reason {
                     ProbeReason::Operator => "operator: set-server active",
+                    ProbeReason::SingleDeployment => "operator: set-deployment single",
                     ProbeReason::Conflict => "re-election after an address conflict",
                     ProbeReason::AutoFailover
                     | ProbeReason::AutoFailoverRetry
@@ -495,7 +515,9 @@ impl Machine {
                 self.become_active(out, why);
             }
             Err(refusal) => match reason {
-                ProbeReason::Operator => out.push(Action::Refuse(refusal)),
+                ProbeReason::Operator | ProbeReason::SingleDeployment => {
+                    out.push(Action::Refuse(refusal))
+                }
                 ProbeReason::Conflict | ProbeReason::AutoFailover => {
                     out.notify(Hook::Fault, &format!("staying standby: {}", refusal.fact()))
                 }
@@ -568,6 +590,15 @@ impl Machine {
 
     fn set_deployment(&mut self, out: &mut Actions, mode: DeploymentMode) {
         self.pending = None;
+        if mode == DeploymentMode::Single && self.state.role == Role::Standby {
+            // Nothing changes until the probe says the address is free: a
+            // refused command leaves the node as it was.
+            self.pending = Some(ProbeReason::SingleDeployment);
+            out.push(Action::Probe {
+                after: Duration::ZERO,
+            });
+            return;
+        }
         self.state.deployment = mode;
         match mode {
             DeploymentMode::Failover => {
@@ -581,18 +612,18 @@ impl Machine {
                 }
             }
             DeploymentMode::Single => {
-                self.state.standby_hold = false;
-                self.state.replication = Replication::Off;
-                self.peer = Peer::default();
+                self.single_server();
                 out.persist(&self.state);
-                if self.state.role == Role::Standby {
-                    self.pending = Some(ProbeReason::Operator);
-                    out.push(Action::Probe {
-                        after: Duration::ZERO,
-                    });
-                }
             }
         }
+    }
+
+    /// The state of a single server: no hold, no replication, no peer.
+    fn single_server(&mut self) {
+        self.state.deployment = DeploymentMode::Single;
+        self.state.standby_hold = false;
+        self.state.replication = Replication::Off;
+        self.peer = Peer::default();
     }
 
     fn peer_claim(&mut self, out: &mut Actions, node: NodeId, epoch: Epoch) {

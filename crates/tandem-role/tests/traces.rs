@@ -68,6 +68,11 @@ fn an_active_node_cut_off_steps_away_before_its_cable_returns() {
 }
 
 #[test]
+fn set_deployment_single_on_a_standby_changes_nothing_when_refused() {
+    check("single-on-standby.trace");
+}
+
+#[test]
 fn every_trace_file_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
     let mut files: Vec<String> = std::fs::read_dir(&dir)

@@ -92,6 +92,7 @@ fn initial_status(config: &NodeConfig) -> tandem_node::StatusSnapshot {
         },
         replication: None,
         alarms: Vec::new(),
+        alarm_history: Vec::new(),
         uptime_seconds: 0,
         taken_ms: 0,
     }

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 use tandem_bundle::{Action, BundleSpec, CreateOptions, RestoreOptions, RestoreReport};
+use tandem_role::{DeploymentMode, Role, StateFile};
 
 use crate::Common;
 use crate::progress::Bar;
@@ -26,6 +27,13 @@ pub(crate) struct CopyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// This node's deployment and role as its state file says (the agent keeps it
+/// current); `None` before `set-deployment`.
+fn role_of(common: &Common) -> anyhow::Result<Option<(DeploymentMode, Role)>> {
+    let state = StateFile::in_dir(&common.state_dir).load()?;
+    Ok(state.map(|s| (s.deployment, s.role)))
 }
 
 /// Arguments of `restore-config-files`.
@@ -44,6 +52,10 @@ pub(crate) struct RestoreArgs {
     /// Put back what the last restore replaced, from its backup bundle.
     #[arg(long)]
     rollback: bool,
+    /// Restore on the active node too (the seed restores on the standby only:
+    /// the active's files are the ones the site runs on).
+    #[arg(long)]
+    force: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -64,6 +76,15 @@ struct CopyOutput<'a> {
 }
 
 pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode> {
+    if args.output.is_none()
+        && let Some((DeploymentMode::Failover, Role::Standby)) = role_of(common)?
+    {
+        anyhow::bail!(
+            "this node is the standby: config files are copied from the active node to the \
+             standby only. Run `failover copy-config-files` on the active node, or use \
+             `--output FILE` to only write a bundle here"
+        );
+    }
     let spec = BundleSpec::load(&common.config)?;
     if spec.roots.is_empty() {
         anyhow::bail!(
@@ -152,6 +173,17 @@ fn send_to_peer(common: &Common, bundle: &Path) -> anyhow::Result<Option<String>
 }
 
 pub(crate) fn restore(common: &Common, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    if args.root.is_none()
+        && !args.dry_run
+        && !args.force
+        && let Some((DeploymentMode::Failover, Role::Active)) = role_of(common)?
+    {
+        anyhow::bail!(
+            "this node is the active server: config files are restored on the standby, from \
+             the bundle the active sent. Run it on the standby, `--dry-run` to see what would \
+             change, or `--force` to replace the active's files anyway"
+        );
+    }
     let spec = load_spec(common, args.root.is_some())?;
     let mut options = RestoreOptions::new(&common.state_dir).dry_run(args.dry_run);
     if let Some(root) = &args.root {

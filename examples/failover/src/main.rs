@@ -5,6 +5,26 @@
 //! Exit codes: 0 success, 1 failure (the error is printed with its causes),
 //! 2 usage error.
 
+/// `println!` for this tool: writes through [`write_stdout`], which ends the
+/// program quietly when stdout is a closed pipe (`failover status | head -1`)
+/// instead of panicking as `std`'s macro does. Defined before the modules so
+/// that every module's `println!` is this one.
+macro_rules! println {
+    () => {
+        $crate::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for this tool, like [`println!`].
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
 mod agent;
 mod check;
 mod config_files;
@@ -52,11 +72,11 @@ enum Command {
     /// Make this node part of a failover deployment (asks for the node address,
     /// subnet mask, gateway and hostname when flags do not give them) or a
     /// single-server one. The node is left standby.
-    #[command(alias = "setDeployment")]
+    #[command(visible_alias = "setDeployment")]
     SetDeployment(roles::SetDeploymentArgs),
     /// Make this node the active server (it claims the shared address once a
     /// probe finds it silent and the gateway answers) or the standby.
-    #[command(alias = "setServer")]
+    #[command(visible_alias = "setServer")]
     SetServer(roles::SetServerArgs),
     /// Show this node's deployment, role, epoch, peer and alarms.
     Status(roles::JsonArgs),
@@ -69,16 +89,34 @@ enum Command {
     /// Make the site key that both nodes share for the peer link.
     Keygen(roles::KeygenArgs),
     /// Bundle the copied config files and custom prompts for the standby.
-    #[command(alias = "copyConfigFiles")]
+    #[command(visible_alias = "copyConfigFiles")]
     CopyConfigFiles(config_files::CopyArgs),
     /// Verify a received bundle and put its files in place (or roll back).
-    #[command(alias = "restoreConfigFiles")]
+    #[command(visible_alias = "restoreConfigFiles")]
     RestoreConfigFiles(config_files::RestoreArgs),
     /// Check the seed's prerequisites: forward and reverse DNS of the shared and
     /// both node hostnames, the clock offset to the peer, the same shared address
     /// and site key on both nodes, distinct node ids, the database size. Exit 1
     /// when a check fails.
     Check(check::CheckArgs),
+}
+
+/// Writes to stdout. A reader that went away (`| head -1`) ends the program with
+/// status 0, as it has all it wanted; any other write error ends it with 1.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mut written = out.write_fmt(args);
+    if newline && written.is_ok() {
+        written = out.write_all(b"\n");
+    }
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn main() -> ExitCode {

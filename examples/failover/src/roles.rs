@@ -30,7 +30,8 @@ pub(crate) struct SetDeploymentArgs {
     /// This node's id in the site: 1 or 2.
     #[arg(long, value_name = "N")]
     node_id: Option<NodeId>,
-    /// The node address (the seed's eth0:0), as IP/prefix or IP with --netmask.
+    /// The node address (the seed's eth0:0), as IP/prefix, or a plain IP with
+    /// --netmask (asked for on a terminal when missing).
     #[arg(long, value_name = "IP[/PREFIX]")]
     node_address: Option<String>,
     /// Subnet mask of the node address, e.g. 255.255.255.0 (instead of a prefix).
@@ -45,8 +46,9 @@ pub(crate) struct SetDeploymentArgs {
     /// The shared hostname (the seed's eth0 hostname), for `failover check`.
     #[arg(long, value_name = "NAME")]
     shared_hostname: Option<String>,
-    /// The shared address both nodes answer on (the seed's eth0), IP/prefix.
-    #[arg(long, value_name = "IP/PREFIX")]
+    /// The shared address both nodes answer on (the seed's eth0): IP/prefix, or
+    /// a plain IP, which takes the node address's mask (both are in one subnet).
+    #[arg(long, value_name = "IP[/PREFIX]")]
     shared_address: Option<String>,
     /// The other node's node address.
     #[arg(long, value_name = "IP")]
@@ -270,6 +272,14 @@ fn print_snapshot(s: &StatusSnapshot) {
     for alarm in &s.alarms {
         println!("  alarm: {}", alarm.message);
     }
+    if !s.alarm_history.is_empty() {
+        println!(
+            "  {} cleared alarm{} (the status page lists them; the newest: {})",
+            s.alarm_history.len(),
+            if s.alarm_history.len() == 1 { "" } else { "s" },
+            s.alarm_history[0].message
+        );
+    }
 }
 
 pub(crate) fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
@@ -291,6 +301,31 @@ struct Prompter {
 }
 
 impl Prompter {
+    /// Asks for a value that may stay empty; without a terminal, the default.
+    fn ask_optional(
+        &self,
+        question: &str,
+        default: Option<String>,
+    ) -> anyhow::Result<Option<String>> {
+        if !self.interactive {
+            return Ok(default);
+        }
+        let shown = default
+            .as_deref()
+            .map(|d| format!(" [{d}]"))
+            .unwrap_or_default();
+        print!("{question}{shown} (Enter to skip): ");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let line = line.trim();
+        Ok(if line.is_empty() {
+            default
+        } else {
+            Some(line.to_string())
+        })
+    }
+
     fn ask(&self, flag: &str, question: &str, default: Option<String>) -> anyhow::Result<String> {
         if !self.interactive {
             return default
@@ -335,15 +370,20 @@ pub(crate) fn set_deployment(
 ) -> anyhow::Result<ExitCode> {
     let existing = NodeConfig::load(&common.config).ok();
     let config = match args.mode {
-        DeploymentMode::Failover => failover_config(args, existing.as_ref())?,
+        DeploymentMode::Failover => {
+            let config = failover_config(args, existing.as_ref())?;
+            config.save(&common.config)?;
+            if !args.json {
+                println!("wrote {}", common.config.display());
+            }
+            config
+        }
+        // A single server keeps the node's config as it is (nothing is written,
+        // so a refused command changes nothing).
         DeploymentMode::Single => existing.with_context(|| {
             format!("{} does not exist or is invalid: a single-server deployment keeps the node's config", common.config.display())
         })?,
     };
-    config.save(&common.config)?;
-    if !args.json {
-        println!("wrote {}", common.config.display());
-    }
     let rt = runtime()?;
     rt.block_on(apply_network(&config, args.apply_hostname))?;
     let report = carry_out(
@@ -380,17 +420,25 @@ fn failover_config(
             )?
             .parse()?,
     };
-    let node_address = match &args.node_address {
-        Some(text) => parse_address(text, args.netmask.as_deref(), "node address")?,
-        None => {
-            let text = ask.ask(
-                "--node-address",
-                "Node address (eth0:0) IP/prefix",
-                old_net.map(|n| n.node_address.to_string()),
-            )?;
-            parse_address(&text, args.netmask.as_deref(), "node address")?
-        }
+    let node_text = match &args.node_address {
+        Some(text) => text.clone(),
+        None => ask.ask(
+            "--node-address",
+            "Node address (eth0:0), IP or IP/prefix",
+            old_net.map(|n| n.node_address.to_string()),
+        )?,
     };
+    // The seed asks for the subnet mask apart: a plain address takes one.
+    let netmask = match (&args.netmask, node_text.contains('/')) {
+        (Some(mask), _) => Some(mask.clone()),
+        (None, true) => None,
+        (None, false) => Some(ask.ask(
+            "--netmask",
+            "Subnet mask",
+            old_net.map(|n| n.node_address.netmask().to_string()),
+        )?),
+    };
+    let node_address = parse_address(&node_text, netmask.as_deref(), "node address")?;
     let gateway: IpAddr = match args.gateway {
         Some(gw) => gw,
         None => {
@@ -411,16 +459,24 @@ fn failover_config(
             existing.map(|c| c.node.hostname.clone()),
         )?,
     };
-    let shared_address = match &args.shared_address {
-        Some(text) => parse_address(text, None, "shared address")?,
-        None => {
-            let text = ask.ask(
-                "--shared-address",
-                "Shared address (eth0) IP/prefix",
-                old_net.map(|n| n.shared_address.to_string()),
-            )?;
-            parse_address(&text, None, "shared address")?
-        }
+    let shared_text = match &args.shared_address {
+        Some(text) => text.clone(),
+        None => ask.ask(
+            "--shared-address",
+            "Shared address (eth0), IP or IP/prefix",
+            old_net.map(|n| n.shared_address.to_string()),
+        )?,
+    };
+    // Both addresses are in one subnet: a plain shared address takes the node
+    // address's mask.
+    let node_mask = node_address.netmask().to_string();
+    let shared_address = parse_address(&shared_text, Some(&node_mask), "shared address")?;
+    let shared_hostname = match &args.shared_hostname {
+        Some(name) => Some(name.clone()),
+        None => ask.ask_optional(
+            "Shared hostname (eth0), for `failover check`",
+            existing.and_then(|c| c.node.shared_hostname.clone()),
+        )?,
     };
     let peer_address: IpAddr = match args.peer_address {
         Some(ip) => ip,
@@ -458,7 +514,7 @@ fn failover_config(
         config.replication = old.replication.clone();
         config.peer = old.peer.clone();
     }
-    if let Some(name) = &args.shared_hostname {
+    if let Some(name) = &shared_hostname {
         tandem_netif::validate_hostname(name)
             .with_context(|| format!("shared hostname `{name}`"))?;
         config.node.shared_hostname = Some(name.clone());
