@@ -31,7 +31,8 @@
 //! first handshake message must arrive within [`FIRST_MESSAGE_TIMEOUT`], a [`Link`]
 //! keeps pending-handshake slots for its peer's address that nobody else can take, and
 //! refused connections are logged at a bounded rate (a burst, then one line counting
-//! the suppressed ones).
+//! the suppressed ones). A received blob can be bounded with
+//! [`BlobReader::copy_to_limited`].
 //!
 //! What it never does: interpret payloads (they are bytes; the caller chooses their
 //! meaning and encoding), decide roles, or touch interfaces. It does not retransmit: a
