@@ -239,6 +239,7 @@ impl Agent {
                             session.clone(),
                             self.to_agent.clone(),
                             tandem_bundle::incoming_path(&self.state_dir),
+                            max_bundle_bytes(self.node.config()),
                         );
                         self.send_facts(&session).await;
                         self.session = Some(session);
@@ -875,25 +876,34 @@ async fn send_bundle(session: &Session, path: &Path) -> Response {
 
 /// Forwards the peer's messages to the agent until the session ends, and keeps a
 /// bundle the peer sends at `incoming` (written to a temporary file, synced and
-/// renamed, so a cut link never leaves half a bundle there).
-fn spawn_reader(session: Session, to_agent: mpsc::Sender<PeerMessage>, incoming: PathBuf) {
+/// renamed, so a cut link never leaves half a bundle there). A bundle must have
+/// the size announced before it, at most `max_bundle`.
+fn spawn_reader(
+    session: Session,
+    to_agent: mpsc::Sender<PeerMessage>,
+    incoming: PathBuf,
+    max_bundle: u64,
+) {
     tokio::spawn(async move {
-        let mut expect_bundle = false;
+        let mut expect_bundle = None;
         loop {
             match session.recv().await {
                 Ok(Incoming::Message(bytes)) => match serde_json::from_slice::<PeerMessage>(&bytes)
                 {
                     Ok(message) => {
-                        expect_bundle = matches!(message, PeerMessage::Bundle { .. });
+                        expect_bundle = match message {
+                            PeerMessage::Bundle { bytes } => Some(bytes),
+                            _ => None,
+                        };
                         if to_agent.send(message).await.is_err() {
                             return;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable message from the peer"),
                 },
-                Ok(Incoming::Blob(mut blob)) if expect_bundle => {
-                    expect_bundle = false;
-                    match receive_bundle(&mut blob, &incoming).await {
+                Ok(Incoming::Blob(mut blob)) if expect_bundle.is_some() => {
+                    let announced = expect_bundle.take().unwrap_or(0);
+                    match receive_bundle(&mut blob, &incoming, announced, max_bundle).await {
                         Ok(bytes) => tracing::info!(
                             bytes,
                             path = %incoming.display(),
@@ -909,30 +919,65 @@ fn spawn_reader(session: Session, to_agent: mpsc::Sender<PeerMessage>, incoming:
     });
 }
 
-async fn receive_bundle(blob: &mut tandem_peer::BlobReader, path: &Path) -> std::io::Result<u64> {
+/// Keeps a bundle of `announced` bytes: refused before anything is written past
+/// `max`, refused (and the partial file removed) if it is longer or shorter.
+async fn receive_bundle(
+    blob: &mut tandem_peer::BlobReader,
+    path: &Path,
+    announced: u64,
+    max: u64,
+) -> std::io::Result<u64> {
     use tokio::io::AsyncWriteExt;
+    if announced > max {
+        return Err(std::io::Error::other(format!(
+            "the peer announced a bundle of {announced} bytes, more than the {max} bytes \
+             [bundle.limits] max_total_bytes allows; refused"
+        )));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(dir).await?;
     let partial = path.with_extension("gz.partial");
     let mut file = tokio::fs::File::create(&partial).await?;
-    let copied = blob
-        .copy_to(&mut file)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()));
-    let bytes = match copied {
+    let kept = async {
+        let bytes = blob
+            .copy_to_limited(&mut file, announced)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if bytes != announced {
+            return Err(std::io::Error::other(format!(
+                "the peer sent {bytes} bytes of a bundle announced as {announced}; refused"
+            )));
+        }
+        file.flush().await?;
+        file.sync_all().await?;
+        Ok(bytes)
+    }
+    .await;
+    drop(file);
+    let bytes = match kept {
         Ok(bytes) => bytes,
         Err(e) => {
-            drop(file);
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(e);
         }
     };
-    file.flush().await?;
-    file.sync_all().await?;
-    drop(file);
     tokio::fs::rename(&partial, path).await?;
     tokio::fs::File::open(dir).await?.sync_all().await?;
     Ok(bytes)
+}
+
+/// The largest bundle file the agent takes from the peer: what the receiving
+/// node's `[bundle.limits] max_total_bytes` lets a restore unpack (compression
+/// never makes a bundle much larger), with room for gzip's framing.
+fn max_bundle_bytes(config: &NodeConfig) -> u64 {
+    let limits = config
+        .bundle
+        .clone()
+        .and_then(|table| table.try_into::<tandem_bundle::BundleSpec>().ok())
+        .map(|spec| spec.limits)
+        .unwrap_or_default();
+    let total = limits.max_total_bytes;
+    total.saturating_add(total / 64).saturating_add(1 << 20)
 }
 
 /// The peer link's port: `[peer] port` in the node config, else the default.
@@ -981,4 +1026,66 @@ fn now_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod bundle_size_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// A pair of sessions on 127.0.0.1 and the blob `len` bytes long that one sends.
+    async fn blob_of(len: usize) -> (Session, Session, tandem_peer::BlobReader) {
+        let key = SiteKey::from_bytes([3; 32]);
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut listener =
+            tandem_peer::Listener::bind(any, tandem_peer::Config::new(key.clone(), 2))
+                .await
+                .unwrap();
+        let addr = listener.local_addr();
+        let node1 = tandem_peer::Config::new(key, 1);
+        let (sender, receiver) = tokio::join!(tandem_peer::dial(addr, &node1), listener.accept());
+        let (sender, receiver) = (sender.unwrap(), receiver.unwrap());
+        let sending = sender.clone();
+        tokio::spawn(async move { sending.send_blob(&vec![7u8; len][..]).await });
+        match receiver.recv().await.unwrap() {
+            Incoming::Blob(blob) => (sender, receiver, blob),
+            other => panic!("expected a blob, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_is_kept_only_with_its_announced_size_and_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("incoming").join("config-files.tar.gz");
+        let partial = path.with_extension("gz.partial");
+        let len = 200_000;
+        for (announced, max, kept) in [
+            (len as u64 - 1, u64::MAX, false),   // longer than announced
+            (len as u64 + 1, u64::MAX, false),   // shorter than announced
+            (len as u64, len as u64 - 1, false), // announced past the limit
+            (len as u64, len as u64, true),
+        ] {
+            let (_sender, _receiver, mut blob) = blob_of(len).await;
+            let result = receive_bundle(&mut blob, &path, announced, max).await;
+            assert_eq!(result.is_ok(), kept, "{announced} {max}: {result:?}");
+            assert_eq!(path.exists(), kept, "{announced} {max}");
+            assert!(
+                !partial.exists(),
+                "{announced} {max}: a partial file was left"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bundle_limit_follows_the_config() {
+        let text = "[node]\nid = 2\nhostname = \"node2.lab.test\"\n\n[network]\n\
+                    shared_address = \"192.0.2.10/24\"\nnode_address = \"192.0.2.12/24\"\n\
+                    gateway = \"192.0.2.1\"\npeer_address = \"192.0.2.11\"\n\n\
+                    [bundle.limits]\nmax_total_bytes = 6400\n";
+        let mut config = NodeConfig::parse(text, Path::new("test.toml")).unwrap();
+        assert_eq!(max_bundle_bytes(&config), 6400 + 100 + (1 << 20));
+        config.bundle = None;
+        let default = tandem_bundle::Limits::default().max_total_bytes;
+        assert!(max_bundle_bytes(&config) > default);
+    }
 }

@@ -88,6 +88,14 @@ pub enum Error {
     /// Writing a received blob to the caller's writer failed.
     #[error("writing the received blob failed")]
     BlobSink(#[source] io::Error),
+    /// A received blob was longer than the receiver's limit
+    /// ([`BlobReader::copy_to_limited`](crate::BlobReader::copy_to_limited)); the rest
+    /// of it was skipped.
+    #[error("the peer's blob is longer than the limit of {limit} bytes; the rest was skipped")]
+    BlobTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// The sender aborted the blob it was sending.
     #[error("the peer aborted the blob it was sending: {0}")]
     BlobAborted(String),

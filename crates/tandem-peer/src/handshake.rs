@@ -12,6 +12,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
+use std::time::Duration;
 
 use snow::{HandshakeState, StatelessTransportState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -251,16 +252,23 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Runs the listening side of the handshake. `replay` is locked only briefly, never
-/// across an await.
+/// across an await. The first message must arrive whole within `first_within` (a peer
+/// sends it as soon as it is connected); `authenticated` is called once it proved that
+/// the other side holds the site key.
 pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     config: &Config,
     replay: &std::sync::Mutex<ReplayCache>,
+    first_within: Duration,
+    authenticated: impl FnOnce(),
 ) -> Result<Established, HandshakeError> {
     let mut hs = state(&config.key, false)?;
     let mut clock = ClockTracker::default();
     let mut buf = Vec::new();
-    read_handshake_frame(stream, &mut buf).await?;
+    match tokio::time::timeout(first_within, read_handshake_frame(stream, &mut buf)).await {
+        Ok(read) => read?,
+        Err(_) => return Err(HandshakeError::Timeout(first_within)),
+    }
     let rx = now_micros();
     let mut msg = vec![0u8; MAX_FRAME_LEN];
     let n = hs.read_message(&buf, &mut msg).map_err(decrypt_error)?;
@@ -277,6 +285,7 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     if !fresh {
         return Err(HandshakeError::Replayed);
     }
+    authenticated();
     let peer = Hello::decode(msg.get(..n).unwrap_or_default()).map_err(HandshakeError::Protocol)?;
     clock.received(peer.stamps, rx);
 
@@ -343,7 +352,10 @@ mod tests {
         let replay = std::sync::Mutex::default();
         let ca = config([7; 32], 1);
         let cb = config([7; 32], 2);
-        let (ra, rb) = tokio::join!(initiate(&mut a, &ca), respond(&mut b, &cb, &replay));
+        let (ra, rb) = tokio::join!(
+            initiate(&mut a, &ca),
+            respond(&mut b, &cb, &replay, Duration::from_secs(5), || {})
+        );
         let (ea, eb) = (ra.unwrap(), rb.unwrap());
         assert_eq!(ea.peer.node_id, 2);
         assert_eq!(eb.peer.node_id, 1);
@@ -359,7 +371,7 @@ mod tests {
         let ca = config([7; 32], 1);
         let cb = config([8; 32], 2);
         let responder = async {
-            let r = respond(&mut b, &cb, &replay).await;
+            let r = respond(&mut b, &cb, &replay, Duration::from_secs(5), || {}).await;
             drop(b);
             r
         };

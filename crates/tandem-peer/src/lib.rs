@@ -25,6 +25,15 @@
 //! [`CloseReason::Authentication`]; an oversized length prefix closes it before anything
 //! is allocated ([`frame`]).
 //!
+//! The listening port is open to the whole LAN, so a [`Listener`] expects floods of
+//! keyless connections: pending handshakes are bounded per source address and in total,
+//! a full set closes an older pending handshake rather than refusing a newcomer, the
+//! first handshake message must arrive within [`FIRST_MESSAGE_TIMEOUT`], a [`Link`]
+//! keeps pending-handshake slots for its peer's address that nobody else can take, and
+//! refused connections are logged at a bounded rate (a burst, then one line counting
+//! the suppressed ones). A received blob can be bounded with
+//! [`BlobReader::copy_to_limited`].
+//!
 //! What it never does: interpret payloads (they are bytes; the caller chooses their
 //! meaning and encoding), decide roles, or touch interfaces. It does not retransmit: a
 //! message queued on a session that is then lost may not have arrived, so protocols on
@@ -68,6 +77,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod body;
 mod clock;
 mod config;
@@ -77,6 +87,7 @@ mod handshake;
 mod key;
 mod link;
 mod listener;
+mod ratelog;
 mod session;
 
 pub use clock::ClockOffset;
@@ -84,7 +95,7 @@ pub use config::{Config, DEFAULT_PORT};
 pub use error::{CloseReason, Error, HandshakeError, KeyFileProblem, Result};
 pub use key::{KEY_LEN, SiteKey, keygen, write_key_file};
 pub use link::{Backoff, Link, LinkConfig, LinkEvent, LinkRole};
-pub use listener::{Listener, dial, dial_from};
+pub use listener::{FIRST_MESSAGE_TIMEOUT, Listener, dial, dial_from};
 pub use session::{BlobReader, Incoming, Session};
 
 /// The Noise protocol name the link uses.

@@ -174,7 +174,12 @@ impl Link {
         let (task, listen_addr) = match role {
             LinkRole::Dial => (tokio::spawn(dial_loop(config, tx)), None),
             LinkRole::Listen => {
-                let listener = Listener::bind(config.local_addr, config.config.clone()).await?;
+                let listener = Listener::bind_for_peer(
+                    config.local_addr,
+                    config.config.clone(),
+                    config.peer_addr.ip(),
+                )
+                .await?;
                 let addr = listener.local_addr();
                 (tokio::spawn(listen_loop(listener, config, tx)), Some(addr))
             }

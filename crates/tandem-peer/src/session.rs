@@ -188,6 +188,36 @@ impl BlobReader {
         Ok(written)
     }
 
+    /// Like [`BlobReader::copy_to`], but refuses a blob longer than `limit` bytes: the
+    /// chunk that would pass the limit is not written, the rest of the blob is skipped
+    /// (the session goes on) and this fails with [`Error::BlobTooLarge`]. Use it for
+    /// every blob whose size was announced or is bounded by policy, so that a peer
+    /// cannot fill the disk; the caller removes what was written.
+    pub async fn copy_to_limited<W: AsyncWrite + Unpin>(
+        &mut self,
+        sink: &mut W,
+        limit: u64,
+    ) -> Result<u64> {
+        let mut written = 0u64;
+        while let Some(chunk) = self.chunk().await? {
+            let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+            if written.saturating_add(len) > limit {
+                self.skip_rest();
+                return Err(Error::BlobTooLarge { limit });
+            }
+            sink.write_all(&chunk).await.map_err(Error::BlobSink)?;
+            written = written.saturating_add(len);
+        }
+        sink.flush().await.map_err(Error::BlobSink)?;
+        Ok(written)
+    }
+
+    /// Stops receiving: the session's reader discards the rest of the blob.
+    fn skip_rest(&mut self) {
+        self.finished = true;
+        self.rx.close();
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received

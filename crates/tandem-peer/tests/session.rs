@@ -464,6 +464,65 @@ async fn a_blob_dropped_unread_is_skipped_and_later_messages_arrive() {
 }
 
 #[tokio::test]
+async fn a_blob_longer_than_the_limit_is_refused_before_it_passes_it() {
+    let (client, server) = pair().await;
+    let sender = client.clone();
+    let sending = tokio::spawn(async move {
+        sender
+            .send_blob(PatternSource {
+                pos: 0,
+                len: 2_000_000,
+                fail_at: None,
+            })
+            .await?;
+        sender.send("after the blob").await
+    });
+    let Incoming::Blob(mut blob) = within("receiving a blob", server.recv()).await.unwrap() else {
+        panic!("expected a blob");
+    };
+    let mut sink = PatternSink::default();
+    let limit = 1_000_000;
+    match within("copying", blob.copy_to_limited(&mut sink, limit)).await {
+        Err(Error::BlobTooLarge { limit: l }) => assert_eq!(l, limit),
+        other => panic!("expected the blob to be refused, got {other:?}"),
+    }
+    assert!(
+        sink.pos <= limit,
+        "{} bytes written past the limit",
+        sink.pos
+    );
+    assert_eq!(sink.mismatches, 0);
+    // The session goes on: the rest of the blob is skipped.
+    assert_eq!(message(&server).await, b"after the blob");
+    sending.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_blob_of_exactly_the_limit_is_copied_whole() {
+    let (client, server) = pair().await;
+    let len = 300_000;
+    let sender = client.clone();
+    let sending = tokio::spawn(async move {
+        sender
+            .send_blob(PatternSource {
+                pos: 0,
+                len,
+                fail_at: None,
+            })
+            .await
+    });
+    let Incoming::Blob(mut blob) = within("receiving a blob", server.recv()).await.unwrap() else {
+        panic!("expected a blob");
+    };
+    let mut sink = PatternSink::default();
+    let copied = within("copying", blob.copy_to_limited(&mut sink, len)).await;
+    assert_eq!(copied.unwrap(), len);
+    assert_eq!((sink.pos, sink.mismatches), (len, 0));
+    assert_eq!(sending.await.unwrap().unwrap(), len);
+    drop(client);
+}
+
+#[tokio::test]
 async fn a_blob_cancelled_by_its_sender_is_aborted_on_the_receiver() {
     let (client, server) = pair().await;
     let sender = client.clone();
