@@ -51,6 +51,7 @@ struct Site {
     dir: tempfile::TempDir,
     bins: Binaries,
     agents: Vec<(Host, Child)>,
+    started: Instant,
 }
 
 impl Drop for Site {
@@ -87,6 +88,7 @@ impl Site {
             dir,
             bins,
             agents: Vec::new(),
+            started: Instant::now(),
         }
     }
 
@@ -113,6 +115,7 @@ impl Site {
     }
 
     fn failover(&self, host: Host, args: &[&str]) -> Output {
+        self.step(&format!("{host}: failover {}", args.join(" ")));
         self.tool(host, &self.bins.failover)
             .args(args)
             .output()
@@ -120,6 +123,7 @@ impl Site {
     }
 
     fn mp_replication(&self, host: Host, args: &[&str]) -> Output {
+        self.step(&format!("{host}: mp_replication {}", args.join(" ")));
         self.tool(host, &self.bins.mp_replication)
             .args(args)
             .output()
@@ -192,7 +196,13 @@ impl Site {
             .flatten()
     }
 
+    /// Notes a step with the time since the start (shown when the test fails).
+    fn step(&self, what: &str) {
+        eprintln!("{:>8.2?} {what}", self.started.elapsed());
+    }
+
     fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        self.step(&format!("waiting until {what}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while !check() {
             assert!(

@@ -59,6 +59,16 @@ pub enum PeerMessage {
         /// Its size.
         bytes: u64,
     },
+    /// The receiver's answer to a bundle: kept (whole, synced to disk and
+    /// verified against its own `[bundle]` policy), or why not.
+    BundleKept {
+        /// The bytes received.
+        bytes: u64,
+        /// Entries in the verified bundle.
+        entries: u64,
+        /// Why the bundle was not kept; `None` when it was.
+        error: Option<String>,
+    },
 }
 
 /// Errors that stop the agent.
@@ -148,7 +158,16 @@ struct Agent {
     probed_ahead_of: Option<tokio::time::Instant>,
     /// The probe ahead of the peer's loss, while it runs.
     ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
+    /// The `copy-config-files` waiting for the peer's [`PeerMessage::BundleKept`].
+    bundle_waiter: Option<tokio::sync::oneshot::Sender<BundleAnswer>>,
 }
+
+/// What the peer answered to a bundle: bytes, entries, why it was not kept.
+type BundleAnswer = (u64, u64, Option<String>);
+
+/// How long `copy-config-files` waits for the standby to keep a bundle after
+/// the last byte went out (it syncs and verifies the whole file first).
+const BUNDLE_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Agent {
     async fn start(
@@ -212,6 +231,7 @@ impl Agent {
             database_watched: None,
             probed_ahead_of: None,
             ahead: None,
+            bundle_waiter: None,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -239,7 +259,7 @@ impl Agent {
                             session.clone(),
                             self.to_agent.clone(),
                             tandem_bundle::incoming_path(&self.state_dir),
-                            max_bundle_bytes(self.node.config()),
+                            bundle_spec(self.node.config()),
                         );
                         self.send_facts(&session).await;
                         self.session = Some(session);
@@ -278,7 +298,16 @@ impl Agent {
                         self.node.note_peer_released();
                     }
                     PeerMessage::Bundle { bytes } => {
-                        tracing::info!(bytes, "config-file bundle received from the peer");
+                        tracing::info!(bytes, "config-file bundle announced by the peer");
+                    }
+                    PeerMessage::BundleKept { bytes, entries, error } => {
+                        match &error {
+                            None => tracing::info!(bytes, entries, "the peer kept the config-file bundle"),
+                            Some(e) => tracing::warn!(error = %e, "the peer did not keep the config-file bundle"),
+                        }
+                        if let Some(waiter) = self.bundle_waiter.take() {
+                            let _ = waiter.send((bytes, entries, error));
+                        }
                     }
                 },
                 accepted = self.control.accept() => {
@@ -789,8 +818,12 @@ impl Agent {
                     let _ = control::write_response(&mut stream, &response).await;
                     return;
                 };
+                let (waiter, answer) = tokio::sync::oneshot::channel();
+                // A newer copy replaces an older one still waiting: that one
+                // hears that its answer will not come.
+                self.bundle_waiter = Some(waiter);
                 tokio::spawn(async move {
-                    let response = send_bundle(&session, &path).await;
+                    let response = send_bundle(&session, &path, answer).await;
                     if let Err(e) = control::write_response(&mut stream, &response).await {
                         tracing::warn!(error = %e, "could not answer the tool");
                     }
@@ -842,8 +875,13 @@ impl Agent {
     }
 }
 
-/// Sends a bundle file to the peer: the announcement, then the file as a blob.
-async fn send_bundle(session: &Session, path: &Path) -> Response {
+/// Sends a bundle file to the peer: the announcement, then the file as a blob,
+/// then waits for the peer to say it kept it (synced and verified).
+async fn send_bundle(
+    session: &Session,
+    path: &Path,
+    answer: tokio::sync::oneshot::Receiver<BundleAnswer>,
+) -> Response {
     let file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) => return Response::Error(format!("cannot open {}: {e}", path.display())),
@@ -859,17 +897,34 @@ async fn send_bundle(session: &Session, path: &Path) -> Response {
     if let Err(e) = session.send(announce).await {
         return Response::Error(format!("the peer link failed: {e}"));
     }
-    match session.send_blob(tokio::io::BufReader::new(file)).await {
-        Ok(sent) => {
-            tracing::info!(bytes = sent, path = %path.display(), "bundle sent to the peer");
-            Response::Sent {
-                bytes: sent,
-                peer: session.peer_addr().to_string(),
-            }
+    let sent = match session.send_blob(tokio::io::BufReader::new(file)).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            return Response::Error(format!(
+                "sending {} to the peer failed: {e}; run copy-config-files again",
+                path.display()
+            ));
         }
-        Err(e) => Response::Error(format!(
-            "sending {} to the peer failed: {e}; run copy-config-files again",
-            path.display()
+    };
+    tracing::info!(bytes = sent, path = %path.display(), "bundle sent; waiting for the peer to keep it");
+    match tokio::time::timeout(BUNDLE_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok((bytes, _, None))) if bytes == sent => Response::Sent {
+            bytes: sent,
+            peer: session.peer_addr().to_string(),
+        },
+        Ok(Ok((bytes, _, None))) => Response::Error(format!(
+            "the peer kept {bytes} bytes of the {sent} sent; run copy-config-files again"
+        )),
+        Ok(Ok((_, _, Some(why)))) => {
+            Response::Error(format!("the peer did not keep the bundle: {why}"))
+        }
+        Ok(Err(_)) => Response::Error(
+            "another copy-config-files replaced this one before the peer answered".to_string(),
+        ),
+        Err(_) => Response::Error(format!(
+            "the peer did not say within {} s whether it kept the bundle; check its agent's \
+             log and `failover status` there, then run copy-config-files again",
+            BUNDLE_ANSWER_TIMEOUT.as_secs()
         )),
     }
 }
@@ -882,8 +937,9 @@ fn spawn_reader(
     session: Session,
     to_agent: mpsc::Sender<PeerMessage>,
     incoming: PathBuf,
-    max_bundle: u64,
+    spec: tandem_bundle::BundleSpec,
 ) {
+    let max_bundle = max_bundle_bytes(&spec);
     tokio::spawn(async move {
         let mut expect_bundle = None;
         loop {
@@ -903,13 +959,23 @@ fn spawn_reader(
                 },
                 Ok(Incoming::Blob(mut blob)) if expect_bundle.is_some() => {
                     let announced = expect_bundle.take().unwrap_or(0);
-                    match receive_bundle(&mut blob, &incoming, announced, max_bundle).await {
-                        Ok(bytes) => tracing::info!(
+                    let answer = keep_bundle(&mut blob, &incoming, announced, max_bundle, &spec).await;
+                    match &answer {
+                        PeerMessage::BundleKept { bytes, entries, error: None } => tracing::info!(
                             bytes,
+                            entries,
                             path = %incoming.display(),
-                            "config-file bundle kept; run `failover restore-config-files`"
+                            "config-file bundle kept and verified; run `failover restore-config-files`"
                         ),
-                        Err(e) => tracing::warn!(error = %e, "receiving the bundle failed"),
+                        PeerMessage::BundleKept { error: Some(e), .. } => {
+                            tracing::warn!(error = %e, "the config-file bundle was not kept")
+                        }
+                        _ => {}
+                    }
+                    if let Ok(bytes) = serde_json::to_vec(&answer)
+                        && let Err(e) = session.send(bytes).await
+                    {
+                        tracing::warn!(error = %e, "could not tell the peer about its bundle");
                     }
                 }
                 Ok(_) => tracing::warn!("unexpected blob from the peer; dropped"),
@@ -917,6 +983,42 @@ fn spawn_reader(
             }
         }
     });
+}
+
+/// Receives a bundle, then verifies the kept file against this node's own
+/// `[bundle]` policy (a bundle this node would refuse to restore is removed
+/// again), and says which in the answer for the sender.
+async fn keep_bundle(
+    blob: &mut tandem_peer::BlobReader,
+    incoming: &Path,
+    announced: u64,
+    max: u64,
+    spec: &tandem_bundle::BundleSpec,
+) -> PeerMessage {
+    let refused = |bytes, error: String| PeerMessage::BundleKept {
+        bytes,
+        entries: 0,
+        error: Some(error),
+    };
+    let bytes = match receive_bundle(blob, incoming, announced, max).await {
+        Ok(bytes) => bytes,
+        Err(e) => return refused(0, format!("receiving it failed: {e}")),
+    };
+    let (path, spec) = (incoming.to_path_buf(), spec.clone());
+    let verified =
+        tokio::task::spawn_blocking(move || tandem_bundle::verify_file(&path, &spec)).await;
+    match verified {
+        Ok(Ok(manifest)) => PeerMessage::BundleKept {
+            bytes,
+            entries: manifest.entries.len() as u64,
+            error: None,
+        },
+        Ok(Err(e)) => {
+            let _ = tokio::fs::remove_file(incoming).await;
+            refused(bytes, format!("it does not pass this node's checks: {e}"))
+        }
+        Err(e) => refused(bytes, format!("verifying it failed: {e}")),
+    }
 }
 
 /// Keeps a bundle of `announced` bytes: refused before anything is written past
@@ -935,9 +1037,20 @@ async fn receive_bundle(
         )));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(dir).await?;
+    // A bundle carries secrets (the site key's enrollment files): owner only.
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await?;
     let partial = path.with_extension("gz.partial");
-    let mut file = tokio::fs::File::create(&partial).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .await?;
     let kept = async {
         let bytes = blob
             .copy_to_limited(&mut file, announced)
@@ -969,18 +1082,21 @@ async fn receive_bundle(
 /// The largest bundle file the agent takes from the peer: what the receiving
 /// node's `[bundle.limits] max_total_bytes` lets a restore unpack (compression
 /// never makes a bundle much larger), with room for gzip's framing.
-fn max_bundle_bytes(config: &NodeConfig) -> u64 {
-    let limits = config
-        .bundle
-        .clone()
-        .and_then(|table| table.try_into::<tandem_bundle::BundleSpec>().ok())
-        .map(|spec| spec.limits)
-        .unwrap_or_default();
-    let total = limits.max_total_bytes;
+fn max_bundle_bytes(spec: &tandem_bundle::BundleSpec) -> u64 {
+    let total = spec.limits.max_total_bytes;
     total.saturating_add(total / 64).saturating_add(1 << 20)
 }
 
-/// The peer link's port: `[peer] port` in the node config, else the default.
+/// This node's `[bundle]` policy (defaults when the table is missing or does
+/// not parse: the tools report that when they load it).
+fn bundle_spec(config: &NodeConfig) -> tandem_bundle::BundleSpec {
+    config
+        .bundle
+        .clone()
+        .and_then(|table| table.try_into::<tandem_bundle::BundleSpec>().ok())
+        .unwrap_or_default()
+}
+
 /// Waits for the task, or forever without one.
 async fn wait_some<T>(
     task: Option<&mut tokio::task::JoinHandle<T>>,
@@ -999,6 +1115,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The peer link's port: `[peer] port` in the node config, else the default.
 fn peer_port(config: &NodeConfig) -> u16 {
     config
         .peer
@@ -1083,9 +1200,9 @@ mod bundle_size_tests {
                     gateway = \"192.0.2.1\"\npeer_address = \"192.0.2.11\"\n\n\
                     [bundle.limits]\nmax_total_bytes = 6400\n";
         let mut config = NodeConfig::parse(text, Path::new("test.toml")).unwrap();
-        assert_eq!(max_bundle_bytes(&config), 6400 + 100 + (1 << 20));
+        assert_eq!(max_bundle_bytes(&bundle_spec(&config)), 6400 + 100 + (1 << 20));
         config.bundle = None;
         let default = tandem_bundle::Limits::default().max_total_bytes;
-        assert!(max_bundle_bytes(&config) > default);
+        assert!(max_bundle_bytes(&bundle_spec(&config)) > default);
     }
 }

@@ -71,7 +71,9 @@ pub use config::{
 pub use database::{open_database, replication_settings, replication_status};
 pub use degrade::{DEFAULT_SETTLE, DegradeError, DegradeGuard};
 pub use hooks::HookRunner;
-pub use node::{LOCK_FILE_NAME, Node, NodeError, PEER_RELEASE_FRESH, Report, StepRecord};
+pub use node::{
+    LOCK_FILE_NAME, Node, NodeError, PEER_RELEASE_FRESH, Report, StepRecord, create_private_dir,
+};
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;
 pub use status::{Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};

@@ -137,6 +137,22 @@ pub struct Node {
     _lock: Flock<File>,
 }
 
+/// Creates `dir` (and missing parents) as 0700, and takes group and other
+/// access away from one that exists: the state directory holds received
+/// bundles, backups and the database, which carry the site's secrets.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
+}
+
 impl Node {
     /// Opens the node: takes the state directory's lock, loads the state (a node
     /// without one starts as on first boot, with the id and site of its config),
@@ -146,7 +162,7 @@ impl Node {
             path: path.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(|e| dir_error(state_dir, e))?;
+        create_private_dir(state_dir).map_err(|e| dir_error(state_dir, e))?;
         let lock_path = state_dir.join(LOCK_FILE_NAME);
         let lock_file = File::options()
             .create(true)

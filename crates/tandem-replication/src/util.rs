@@ -1,5 +1,6 @@
 //! Small helpers: clock, randomness, atomic files and the service lock.
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -75,7 +76,11 @@ pub(crate) fn write_atomically_as(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    fs::create_dir_all(&dir).map_err(Error::file("cannot create the directory", &dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(Error::file("cannot create the directory", &dir))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

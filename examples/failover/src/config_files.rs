@@ -98,7 +98,8 @@ pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode>
         .clone()
         .unwrap_or_else(|| outgoing_path(&common.state_dir));
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        tandem_node::create_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut bar = Bar::new();
     let report = tandem_bundle::create_file(&spec, &output, &CreateOptions::default(), &mut |p| {

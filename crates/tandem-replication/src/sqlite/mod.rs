@@ -21,6 +21,7 @@ mod schema;
 mod sync;
 mod value;
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -211,7 +212,11 @@ impl SqliteBackend {
     pub async fn open(settings: &Settings) -> Result<SqliteBackend> {
         let path = settings.database_path();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            // Owner only: the database is the site's data.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(Error::file("cannot create the directory", dir))?;
         }
         let pool = pool_options(4)
