@@ -158,6 +158,7 @@ fn collect(spec: &BundleSpec, compiled: &CompiledSpec) -> Result<(Vec<Item>, Vec
                 reason: "root is not a directory".into(),
             });
         }
+        walk.check_setid(&root.path, &meta)?;
         walk.links.clear();
         walk.items.push(Item {
             path: root.name.clone(),
@@ -285,6 +286,7 @@ impl Walk<'_> {
         Ok(any)
     }
 
+    /// Setid and world-writable bits, unless the spec allows them.
     fn check_setid(&self, source: &Path, meta: &Metadata) -> Result<()> {
         let mode = meta.mode() & 0o7777;
         if mode & 0o6000 != 0 && !self.spec.allow_setid {
@@ -292,6 +294,14 @@ impl Walk<'_> {
                 path: source.to_owned(),
                 reason: format!(
                     "mode {mode:o} has setuid/setgid bits and the spec has allow_setid = false"
+                ),
+            });
+        }
+        if mode & 0o002 != 0 && !self.spec.allow_world_writable {
+            return Err(Error::Unbundlable {
+                path: source.to_owned(),
+                reason: format!(
+                    "mode {mode:o} is writable by every user and the spec has allow_world_writable = false"
                 ),
             });
         }
@@ -366,8 +376,14 @@ pub(crate) fn write_bundle(
             kind: EntryKind::Dir,
             size: 0,
             mode: meta.mode() & 0o7777,
-            mtime: meta.mtime(),
-            mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+            // The tar header has no negative times: a file from before 1970
+            // is bundled at 1970, in the header and the manifest alike.
+            mtime: meta.mtime().max(0),
+            mtime_nsec: if meta.mtime() < 0 {
+                0
+            } else {
+                u32::try_from(meta.mtime_nsec()).unwrap_or(0)
+            },
             uid: meta.uid(),
             gid: meta.gid(),
             user: names.user(meta.uid()),

@@ -158,6 +158,8 @@ pub enum LimitKind {
     Entries,
     /// Decompressed bytes per compressed byte.
     Ratio,
+    /// Bytes of one GNU long name or long link record.
+    LongName,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -166,6 +168,7 @@ impl std::fmt::Display for LimitKind {
             LimitKind::TotalBytes => "total size",
             LimitKind::Entries => "entry count",
             LimitKind::Ratio => "compression ratio",
+            LimitKind::LongName => "GNU long name or link record",
         })
     }
 }
@@ -233,4 +236,25 @@ pub enum Refusal {
     /// Something follows the manifest.
     #[error("entry after the manifest")]
     AfterManifest,
+    /// A name, path or link target longer than the file system takes.
+    #[error("{0} is longer than a file system takes")]
+    TooLong(String),
+    /// A name restore keeps for itself (its staging directories).
+    #[error("`{0}` is a name restore keeps for its staging directory")]
+    Reserved(String),
+    /// A negative modification time in the manifest.
+    #[error("modification time {0} is before 1970")]
+    NegativeMtime(i64),
+    /// A GNU long name or link record, or a pax header, that restore does not take.
+    #[error("{0}")]
+    BadExtension(String),
+    /// A `remove` list in a bundle that is not a backup.
+    #[error("only backup bundles carry a `remove` list; a received bundle never removes files")]
+    RemoveList,
+    /// Write permission for everyone without `allow_world_writable`.
+    #[error("mode {0:o} is writable by every user and the spec does not allow it")]
+    WorldWritable(u32),
+    /// An owner or group that is not on the spec's allow-list.
+    #[error("{0} is not in the spec's allow-list (`owners` / `groups` of [bundle])")]
+    Owner(String),
 }

@@ -23,6 +23,13 @@ pub const FORMAT_NAME: &str = "tandem-bundle";
 /// Current [`Manifest::version`].
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Longest file name component a restore accepts, in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Longest entry path, symlink target or path on disk a restore accepts, in
+/// bytes (Linux `PATH_MAX` less its terminating NUL).
+pub const MAX_PATH_BYTES: usize = 4095;
+
 /// Length in bytes of the trailer at the end of every bundle.
 pub const TRAILER_LEN: usize = 74;
 
@@ -164,8 +171,15 @@ impl EntryPath {
 }
 
 /// Checks a raw entry path from a tar header: relative, UTF-8, no `..`, no empty
-/// or `.` components. One trailing `/` (directories) is dropped.
+/// or `.` components, no component over [`MAX_NAME_BYTES`] and no more than
+/// [`MAX_PATH_BYTES`] in all. One trailing `/` (directories) is dropped.
 pub(crate) fn parse_entry_path(raw: &[u8]) -> Result<EntryPath, Refusal> {
+    if raw.len() > MAX_PATH_BYTES + 1 {
+        return Err(Refusal::TooLong(format!(
+            "path of {} bytes (at most {MAX_PATH_BYTES})",
+            raw.len()
+        )));
+    }
     if raw.first() == Some(&b'/') {
         return Err(Refusal::AbsolutePath);
     }
@@ -185,8 +199,20 @@ pub(crate) fn parse_entry_path(raw: &[u8]) -> Result<EntryPath, Refusal> {
         match component {
             "" => return Err(Refusal::BadPath("empty component")),
             "." => return Err(Refusal::BadPath("`.` component")),
+            long if long.len() > MAX_NAME_BYTES => {
+                return Err(Refusal::TooLong(format!(
+                    "name of {} bytes (at most {MAX_NAME_BYTES})",
+                    long.len()
+                )));
+            }
             _ => depth += 1,
         }
+    }
+    if text.len() > MAX_PATH_BYTES {
+        return Err(Refusal::TooLong(format!(
+            "path of {} bytes (at most {MAX_PATH_BYTES})",
+            text.len()
+        )));
     }
     Ok(EntryPath {
         full: text.to_owned(),
@@ -207,6 +233,12 @@ pub(crate) fn check_symlink_target(entry: &EntryPath, target: &[u8]) -> Result<S
     }
     if text.starts_with('/') {
         return Err(Refusal::AbsoluteLink(text.to_owned()));
+    }
+    if text.len() > MAX_PATH_BYTES {
+        return Err(Refusal::TooLong(format!(
+            "link target of {} bytes (at most {MAX_PATH_BYTES})",
+            text.len()
+        )));
     }
     // The link's directory is `depth - 1` components deep; the root is depth 1.
     let room = entry.depth.saturating_sub(2);
@@ -281,6 +313,18 @@ mod tests {
             (p.root(), p.rel(), p.parent(), p.depth),
             ("web", "a b/ü.wav", Some("web/a b"), 3)
         );
+        let long = "a".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(
+            parse_entry_path(format!("r/{long}").as_bytes()),
+            Err(Refusal::TooLong(_))
+        ));
+        let deep = format!("r{}", "/abcdefgh".repeat(MAX_PATH_BYTES / 9 + 1));
+        assert!(matches!(
+            parse_entry_path(deep.as_bytes()),
+            Err(Refusal::TooLong(_))
+        ));
+        let fits = format!("r/{}", "a".repeat(MAX_NAME_BYTES));
+        assert!(parse_entry_path(fits.as_bytes()).is_ok());
         let root = path("web/");
         assert_eq!(
             (root.root(), root.rel(), root.parent(), root.depth),

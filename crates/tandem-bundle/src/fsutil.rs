@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{UtimensatFlags, utimensat};
@@ -12,7 +12,8 @@ use nix::sys::time::TimeSpec;
 use crate::error::{Error, Result};
 
 /// Writes a file atomically: temporary file beside it, fsync, rename, fsync the
-/// directory. `fill` gets a buffered writer.
+/// directory. `fill` gets a buffered writer. The file is private (0600): the
+/// files this crate writes (bundles, backups, journals) hold secrets.
 pub(crate) fn write_atomic<T>(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> Result<T>,
@@ -24,7 +25,16 @@ pub(crate) fn write_atomic<T>(
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("creating", &tmp, e))?;
+        // A leftover temporary file keeps its mode on open: set it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("changing mode of", &tmp, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let value = fill(&mut out)?;
         let file = out
@@ -78,11 +88,34 @@ pub(crate) fn sync_filesystems<'a>(paths: impl IntoIterator<Item = &'a Path>) ->
     Ok(())
 }
 
-/// `lstat`, with `None` for a path that does not exist.
+/// Creates a directory of this crate's own state (and missing parents) as
+/// 0700, and makes an existing one 0700.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("creating state directory", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("changing mode of", dir, e))
+}
+
+/// Whether an error means nothing can be at the path: it does not exist, a
+/// component is not a directory, or the name is longer than the file system
+/// takes (nothing by that name can ever have been created).
+pub(crate) fn cannot_exist(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+        || matches!(
+            e.raw_os_error(),
+            Some(code) if code == nix::libc::ENAMETOOLONG || code == nix::libc::ENOTDIR
+        )
+}
+
+/// `lstat`, with `None` for a path that does not (or cannot) exist.
 pub(crate) fn lstat(path: &Path) -> Result<Option<Metadata>> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if cannot_exist(&e) => Ok(None),
         Err(e) => Err(Error::io("inspecting", path, e)),
     }
 }
@@ -188,30 +221,32 @@ impl Names {
     /// The local uid for a bundled owner: by name when the name exists here,
     /// else the numeric id (as GNU tar does).
     pub(crate) fn local_uid(&mut self, name: Option<&str>, uid: u32) -> u32 {
-        let Some(name) = name else { return uid };
-        self.uids
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                nix::unistd::User::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|u| u.uid.as_raw())
-            })
-            .unwrap_or(uid)
+        name.and_then(|name| self.uid_of(name)).unwrap_or(uid)
     }
 
     /// The local gid for a bundled group, as [`Names::local_uid`].
     pub(crate) fn local_gid(&mut self, name: Option<&str>, gid: u32) -> u32 {
-        let Some(name) = name else { return gid };
-        self.gids
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|g| g.gid.as_raw())
-            })
-            .unwrap_or(gid)
+        name.and_then(|name| self.gid_of(name)).unwrap_or(gid)
+    }
+
+    /// The uid of a local user name.
+    pub(crate) fn uid_of(&mut self, name: &str) -> Option<u32> {
+        *self.uids.entry(name.to_owned()).or_insert_with(|| {
+            nix::unistd::User::from_name(name)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        })
+    }
+
+    /// The gid of a local group name.
+    pub(crate) fn gid_of(&mut self, name: &str) -> Option<u32> {
+        *self.gids.entry(name.to_owned()).or_insert_with(|| {
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        })
     }
 }
 
@@ -219,7 +254,7 @@ impl Names {
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if cannot_exist(&e) => Ok(()),
         Err(e) => Err(Error::io("removing", path, e)),
     }
 }
@@ -228,7 +263,7 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
 pub(crate) fn remove_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if cannot_exist(&e) => Ok(()),
         Err(e) => Err(Error::io("removing", path, e)),
     }
 }

@@ -13,9 +13,15 @@
 //!
 //! A restore refuses, with an error that names the entry and nothing changed on
 //! disk: absolute paths, `..`, links that leave their root, devices and fifos,
-//! setuid/setgid bits unless `allow_setid`, entries missing from the manifest or
-//! not in it, checksum mismatches, truncated or corrupt archives, and bundles past
-//! the [`Limits`] (checked while decompressing, so a bomb stops early). A failure
+//! setuid/setgid bits unless `allow_setid`, world-writable entries unless
+//! `allow_world_writable`, owners off the `owners`/`groups` allow-lists, names
+//! over 255 bytes and paths over 4,095 (in the bundle or on disk), the names
+//! restore keeps for its staging (`.tandem-stage*` directly under a root),
+//! negative mtimes, pax headers and oversized GNU long names (by their header,
+//! before reading them), a `remove` list (backups only), entries missing from
+//! the manifest or not in it, checksum mismatches, truncated or corrupt
+//! archives, and bundles past the [`Limits`] (checked while decompressing, so a
+//! bomb stops early). `docs/SECURITY.md` has the threat model. A failure
 //! or a kill during the swap leaves the old tree (or, after the commit, the new
 //! one), never a mix.
 //!
@@ -34,7 +40,11 @@
 //!   journal of a running restore and the backup bundle of the last restore;
 //!   [`rollback`] goes back one restore and uses the backup up.
 //! - Owners are restored only when running as root, by name when the name
-//!   exists locally, else by number (as GNU tar does).
+//!   exists locally, else by number (as GNU tar does), and only to the users
+//!   and groups of [`BundleSpec::owners`] and [`BundleSpec::groups`].
+//! - An existing root keeps its owner, and its mode is only ever tightened; a
+//!   local symlink is never replaced by a directory (a conflict instead).
+//! - Bundles, backups and journals are written 0600, the state directory 0700.
 //!
 //! This crate never touches the network (the peer link carries the bundle file)
 //! and never follows a symlink inside a root while restoring.

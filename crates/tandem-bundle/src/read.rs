@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use globset::GlobSet;
 use sha2::{Digest, Sha256};
 
+use crate::create::STAGE_PREFIX;
 use crate::error::{Error, LimitKind, Refusal, Result};
 use crate::format::{
-    EntryKind, EntryPath, FORMAT_NAME, FORMAT_VERSION, MANIFEST_PATH, Manifest, ManifestEntry,
-    TRAILER_LEN, check_symlink_target, parse_entry_path, parse_trailer,
+    EntryKind, EntryPath, FORMAT_NAME, FORMAT_VERSION, MANIFEST_PATH, MAX_PATH_BYTES, Manifest,
+    ManifestEntry, TRAILER_LEN, check_symlink_target, parse_entry_path, parse_trailer,
 };
 use crate::spec::{BundleSpec, Limits, check_root_name};
 use crate::{Phase, Progress};
@@ -31,6 +32,24 @@ pub(crate) struct Policy<'a> {
     pub(crate) strict_links: bool,
     /// Config class `node` globs: matching entries are refused.
     pub(crate) node: Option<&'a GlobSet>,
+    /// Whether files and directories may be writable by every user.
+    pub(crate) allow_world_writable: bool,
+    /// Whether the manifest may carry a `remove` list (backups only).
+    pub(crate) allow_remove: bool,
+}
+
+impl<'a> Policy<'a> {
+    /// The policy for a bundle received from elsewhere, from the local spec.
+    pub(crate) fn received(spec: &BundleSpec, node: &'a GlobSet) -> Self {
+        Policy {
+            limits: spec.limits,
+            allow_setid: spec.allow_setid,
+            strict_links: true,
+            node: Some(node),
+            allow_world_writable: spec.allow_world_writable,
+            allow_remove: false,
+        }
+    }
 }
 
 /// Checks a whole bundle held in memory against `spec`'s policy and returns its
@@ -38,12 +57,7 @@ pub(crate) struct Policy<'a> {
 /// fuzzing.
 pub fn verify_bytes(bytes: &[u8], spec: &BundleSpec) -> Result<Manifest> {
     let compiled = spec.compile()?;
-    let policy = Policy {
-        limits: spec.limits,
-        allow_setid: spec.allow_setid,
-        strict_links: true,
-        node: Some(&compiled.node),
-    };
+    let policy = Policy::received(spec, &compiled.node);
     let (_, body_len) = check_digest(bytes, bytes.len() as u64, &mut |_| {})?;
     let body = bytes
         .get(..usize::try_from(body_len).unwrap_or(usize::MAX))
@@ -56,12 +70,7 @@ pub fn verify_bytes(bytes: &[u8], spec: &BundleSpec) -> Result<Manifest> {
 /// Writes nothing.
 pub fn verify_file(path: &std::path::Path, spec: &BundleSpec) -> Result<Manifest> {
     let compiled = spec.compile()?;
-    let policy = Policy {
-        limits: spec.limits,
-        allow_setid: spec.allow_setid,
-        strict_links: true,
-        node: Some(&compiled.node),
-    };
+    let policy = Policy::received(spec, &compiled.node);
     Ok(verify_path(path, &policy, &mut |_| {})?.manifest)
 }
 
@@ -187,13 +196,37 @@ pub(crate) fn scan(
     let mut archive = tar::Archive::new(limited);
     let mut manifest: Option<Vec<u8>> = None;
     {
+        // Raw entries: GNU long names and pax records come to this loop as
+        // entries of their own, so their size is checked before a byte of
+        // them is read (the tar crate would read them whole into memory).
         let entries = archive
             .entries()
-            .map_err(|e| fail(Error::corrupt(format!("tar: {e}"))))?;
+            .map_err(|e| fail(Error::corrupt(format!("tar: {e}"))))?
+            .raw(true);
         let mut count = 0u64;
         let mut declared = 0u64;
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
         for entry in entries {
             let mut entry = entry.map_err(|e| fail(Error::corrupt(format!("tar: {e}"))))?;
+            let kind = entry.header().entry_type();
+            if kind.is_gnu_longname() || kind.is_gnu_longlink() {
+                let slot = if kind.is_gnu_longname() {
+                    &mut long_name
+                } else {
+                    &mut long_link
+                };
+                *slot = Some(read_long_name(&mut entry, slot.is_some()).map_err(&fail)?);
+                continue;
+            }
+            if kind.is_pax_local_extensions() || kind.is_pax_global_extensions() {
+                return Err(Error::refused(
+                    String::from_utf8_lossy(&entry.path_bytes()),
+                    Refusal::BadExtension(
+                        "pax extended headers are refused (tandem never writes them)".into(),
+                    ),
+                ));
+            }
             count += 1;
             if count > limits.max_entries {
                 return Err(Error::Limit {
@@ -214,8 +247,14 @@ pub(crate) fn scan(
                     decompressed: entry.raw_header_position(),
                 });
             }
+            let path = long_name
+                .take()
+                .unwrap_or_else(|| entry.path_bytes().into_owned());
+            let link = long_link
+                .take()
+                .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
             let raw = RawEntry {
-                path: entry.path_bytes().into_owned(),
+                path,
                 kind: header.entry_type(),
                 size,
                 mode: header
@@ -230,7 +269,7 @@ pub(crate) fn scan(
                 mtime: header
                     .mtime()
                     .map_err(|e| Error::corrupt(format!("tar mtime: {e}")))?,
-                link: entry.link_name_bytes().map(|l| l.into_owned()),
+                link,
             };
             if manifest.is_some() {
                 return Err(Error::refused(
@@ -260,6 +299,12 @@ pub(crate) fn scan(
                 total: body_len,
             });
         }
+        if long_name.is_some() || long_link.is_some() {
+            return Err(Error::refused(
+                "<end of archive>",
+                Refusal::BadExtension("a GNU long name or link record ends the archive".into()),
+            ));
+        }
     }
     // Past the end-of-archive block only zero padding may follow.
     let mut rest = archive.into_inner();
@@ -281,6 +326,35 @@ pub(crate) fn scan(
         total: body_len,
     });
     manifest.ok_or_else(|| Error::refused(MANIFEST_PATH, Refusal::BadManifest("missing".into())))
+}
+
+/// Reads one GNU long name or long link record, refusing it by its declared
+/// size before reading any of it. The trailing NUL is dropped.
+fn read_long_name<R: Read>(entry: &mut tar::Entry<'_, R>, twice: bool) -> Result<Vec<u8>> {
+    let size = entry.size();
+    let limit = MAX_PATH_BYTES as u64 + 1;
+    if size > limit {
+        return Err(Error::Limit {
+            kind: LimitKind::LongName,
+            value: size,
+            limit,
+            decompressed: entry.raw_header_position().saturating_add(512),
+        });
+    }
+    if twice {
+        return Err(Error::refused(
+            "<GNU long name>",
+            Refusal::BadExtension("two GNU long name or link records for one entry".into()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::corrupt(format!("reading a GNU long name: {e}")))?;
+    if bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    Ok(bytes)
 }
 
 /// Pass 1: every rule, every content hash, the manifest.
@@ -336,7 +410,7 @@ pub(crate) fn verify_body(
             Ok(())
         },
     )?;
-    match_manifest(&manifest, seen)
+    match_manifest(&manifest, seen, policy)
 }
 
 /// An entry as pass 1 saw it.
@@ -377,6 +451,16 @@ fn check_entry(
     let mode = raw.mode & 0o7777;
     if mode & 0o6000 != 0 && !policy.allow_setid {
         return Err(refuse(Refusal::SetId(mode)));
+    }
+    // A symlink's mode is never applied (Linux has none to set).
+    if mode & 0o002 != 0 && kind != EntryKind::Symlink && !policy.allow_world_writable {
+        return Err(refuse(Refusal::WorldWritable(mode)));
+    }
+    // Restore stages inside a root that is a mount point, under this name.
+    if let Some(first) = path.rel().split('/').next()
+        && first.starts_with(STAGE_PREFIX)
+    {
+        return Err(refuse(Refusal::Reserved(first.to_owned())));
     }
     if index.contains_key(&path.full) {
         return Err(refuse(Refusal::Duplicate));
@@ -435,7 +519,7 @@ fn check_entry(
 
 /// Cross-checks what the archive holds with what the manifest says; returns the
 /// manifest with its entries in archive order.
-fn match_manifest(bytes: &[u8], seen: Vec<Seen>) -> Result<Manifest> {
+fn match_manifest(bytes: &[u8], seen: Vec<Seen>, policy: &Policy<'_>) -> Result<Manifest> {
     let bad = |why: String| Error::refused(MANIFEST_PATH, Refusal::BadManifest(why));
     let mut manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if manifest.format != FORMAT_NAME || manifest.version != FORMAT_VERSION {
@@ -456,6 +540,9 @@ fn match_manifest(bytes: &[u8], seen: Vec<Seen>) -> Result<Manifest> {
         if listed.insert(entry.path.as_str(), entry).is_some() {
             return Err(bad(format!("`{}` listed twice", entry.path)));
         }
+    }
+    if !manifest.remove.is_empty() && !policy.allow_remove {
+        return Err(Error::refused(MANIFEST_PATH, Refusal::RemoveList));
     }
     for path in &manifest.remove {
         let parsed =
@@ -488,7 +575,10 @@ fn match_manifest(bytes: &[u8], seen: Vec<Seen>) -> Result<Manifest> {
         if u64::from(m.uid) != s.uid || u64::from(m.gid) != s.gid {
             return Err(refuse(Refusal::ManifestMismatch("owner")));
         }
-        if u64::try_from(m.mtime).unwrap_or(0) != s.mtime || m.mtime_nsec >= 1_000_000_000 {
+        if m.mtime < 0 {
+            return Err(refuse(Refusal::NegativeMtime(m.mtime)));
+        }
+        if u64::try_from(m.mtime).ok() != Some(s.mtime) || m.mtime_nsec >= 1_000_000_000 {
             return Err(refuse(Refusal::ManifestMismatch("mtime")));
         }
         if m.link != s.link {

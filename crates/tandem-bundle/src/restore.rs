@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::create::{Item, ItemKind, STAGE_PREFIX, read_link_normalized, write_bundle};
 use crate::error::{Error, Refusal, Result};
-use crate::format::{EntryKind, ManifestEntry, ManifestRoot, parse_entry_path};
+use crate::format::{EntryKind, MAX_PATH_BYTES, ManifestEntry, ManifestRoot, parse_entry_path};
 use crate::fsutil::{self, Attrs, Names};
 use crate::read::{Policy, Verified, scan, verify_path};
 use crate::spec::{BundleSpec, Limits};
@@ -203,14 +203,12 @@ pub fn restore(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RestoreReport> {
     let compiled = spec.compile()?;
-    let policy = Policy {
-        limits: spec.limits,
-        allow_setid: spec.allow_setid,
-        strict_links: true,
-        node: Some(&compiled.node),
-    };
+    let policy = Policy::received(spec, &compiled.node);
     // Verify before taking the lock: a refused bundle writes nothing at all.
     let verified = verify_path(bundle, &policy, progress)?;
+    if fsutil::can_chown() {
+        check_owners(&verified.manifest.entries, spec)?;
+    }
     let mut targets = HashMap::new();
     for root in &verified.manifest.roots {
         let path = match (&options.under, spec.root(&root.name)) {
@@ -227,8 +225,9 @@ pub fn restore(
         let path = std::fs::canonicalize(&path).unwrap_or(path);
         targets.insert(root.name.clone(), path);
     }
+    check_lengths(&verified.manifest.entries, &targets)?;
     let mut session = Session::open(options)?;
-    let plan = Plan::build(&verified.manifest.entries, &[], &targets)?;
+    let plan = Plan::build(&verified.manifest.entries, &[], &targets, true)?;
     let mut report = RestoreReport {
         changes: plan.changes(),
         dry_run: options.dry_run,
@@ -275,6 +274,8 @@ pub fn rollback(
         allow_setid: true,
         strict_links: false,
         node: None,
+        allow_world_writable: true,
+        allow_remove: true,
     };
     let verified = verify_path(&backup, &policy, progress)?;
     let targets: HashMap<String, PathBuf> = verified
@@ -287,6 +288,7 @@ pub fn rollback(
         &verified.manifest.entries,
         &verified.manifest.remove,
         &targets,
+        false,
     )?;
     let mut report = RestoreReport {
         changes: plan.changes(),
@@ -307,6 +309,83 @@ pub fn rollback(
         progress,
     )?;
     Ok(report)
+}
+
+/// Refuses entries whose paths on disk would be longer than the file system
+/// takes (`mkdir` and `lstat` would fail with "File name too long" mid-swap).
+fn check_lengths(entries: &[ManifestEntry], targets: &HashMap<String, PathBuf>) -> Result<()> {
+    for entry in entries {
+        let parsed = parse_entry_path(entry.path.as_bytes())
+            .map_err(|r| Error::refused(entry.path.clone(), r))?;
+        let Some(root) = targets.get(parsed.root()) else {
+            continue;
+        };
+        let len = root.as_os_str().len() + 1 + parsed.rel().len();
+        if len > MAX_PATH_BYTES {
+            return Err(Error::refused(
+                entry.path.clone(),
+                Refusal::TooLong(format!(
+                    "path on disk under {} of {len} bytes (at most {MAX_PATH_BYTES})",
+                    root.display()
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses entries whose owner or group (resolved as the restore would: by
+/// name when the name exists here, else by number) is not on the spec's
+/// allow-lists. Only checked when the restore gives files away (as root).
+fn check_owners(entries: &[ManifestEntry], spec: &BundleSpec) -> Result<()> {
+    let mut names = Names::default();
+    let mut users = HashSet::new();
+    for owner in &spec.owners {
+        let uid = match owner.parse::<u32>() {
+            Ok(uid) => Some(uid),
+            Err(_) => names.uid_of(owner),
+        };
+        users.insert(uid.ok_or_else(|| {
+            Error::Spec(format!(
+                "owners: `{owner}` is neither a local user nor a number"
+            ))
+        })?);
+    }
+    let mut groups = HashSet::new();
+    for group in &spec.groups {
+        let gid = match group.parse::<u32>() {
+            Ok(gid) => Some(gid),
+            Err(_) => names.gid_of(group),
+        };
+        groups.insert(gid.ok_or_else(|| {
+            Error::Spec(format!(
+                "groups: `{group}` is neither a local group nor a number"
+            ))
+        })?);
+    }
+    for entry in entries {
+        let uid = names.local_uid(entry.user.as_deref(), entry.uid);
+        if !users.contains(&uid) {
+            return Err(Error::refused(
+                entry.path.clone(),
+                Refusal::Owner(format!(
+                    "owner `{}` (uid {uid} here)",
+                    entry.user.as_deref().unwrap_or("-")
+                )),
+            ));
+        }
+        let gid = names.local_gid(entry.group.as_deref(), entry.gid);
+        if !groups.contains(&gid) {
+            return Err(Error::refused(
+                entry.path.clone(),
+                Refusal::Owner(format!(
+                    "group `{}` (gid {gid} here)",
+                    entry.group.as_deref().unwrap_or("-")
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Finishes a restore or rollback that was interrupted (killed, power loss):
@@ -443,12 +522,13 @@ fn is_crash(e: &Error, failpoint: Option<Failpoint>) -> bool {
 
 fn lock(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let dir = state_subdir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating state directory", &dir, e))?;
+    fsutil::private_dir(&dir)?;
     let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io("opening lock", &path, e))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
@@ -537,6 +617,7 @@ impl<'a> Plan<'a> {
         entries: &'a [ManifestEntry],
         remove: &[String],
         targets: &HashMap<String, PathBuf>,
+        received: bool,
     ) -> Result<Self> {
         let chown = fsutil::can_chown();
         let mut names = Names::default();
@@ -615,13 +696,23 @@ impl<'a> Plan<'a> {
             } else {
                 fsutil::lstat(&target)?
             };
-            let attrs = Attrs {
+            let mut attrs = Attrs {
                 mode: entry.mode,
                 uid: names.local_uid(entry.user.as_deref(), entry.uid),
                 gid: names.local_gid(entry.group.as_deref(), entry.gid),
                 mtime: entry.mtime,
                 mtime_nsec: entry.mtime_nsec,
             };
+            // An existing root is the local administrator's: a received bundle
+            // may tighten its mode, never loosen it, and never changes its owner.
+            if received
+                && parsed.depth == 1
+                && let Some(meta) = old.as_ref().filter(|m| m.is_dir())
+            {
+                attrs.mode &= meta.mode() & 0o7777;
+                attrs.uid = meta.uid();
+                attrs.gid = meta.gid();
+            }
             let step = match &old {
                 None if entry.kind == EntryKind::Dir => Step::MkDir,
                 None => Step::Create,
@@ -637,6 +728,12 @@ impl<'a> Plan<'a> {
                         EntryKind::Dir if kind.is_dir() => Step::KeepDir {
                             changed: !attrs.matches(meta, chown),
                         },
+                        EntryKind::Dir if received && kind.is_symlink() => {
+                            return Err(Error::Conflict {
+                                path: target,
+                                reason: "it is a symlink and the bundle has a directory there; a restore never replaces a local symlink with a directory (remove the link first if that is wanted)".into(),
+                            });
+                        }
                         EntryKind::Dir => Step::PutDir,
                         _ if kind.is_dir() => {
                             // Children a rollback removes first do not count.
@@ -1150,65 +1247,96 @@ fn swap(
 }
 
 /// Undoes the renames of a swap that did not commit, whatever step it reached.
+///
+/// Every step is attempted even when an earlier one fails, so one path that
+/// cannot be put back does not leave the others replaced; the first error is
+/// returned (and the journal stays for the next run, which repeats the undo:
+/// each step checks what is there first, so repeating it is safe).
 fn undo(journal: &Journal) -> Result<()> {
+    let mut first: Option<Error> = None;
+    let mut keep = |result: Result<()>| {
+        if let Err(e) = result
+            && first.is_none()
+        {
+            first = Some(e);
+        }
+    };
     for op in journal.ops.iter().rev() {
-        match op {
-            Op::MkDir { target } => {
+        keep(undo_op(op, journal.chown));
+    }
+    // Undoing renames touched the directories' mtimes again.
+    for (dir, attrs) in &journal.parents {
+        keep(fsutil::lstat(dir).and_then(|meta| match meta {
+            Some(m) if m.is_dir() => attrs.apply(dir, false, journal.chown),
+            _ => Ok(()),
+        }));
+    }
+    for op in journal.ops.iter().rev() {
+        if let Op::KeepDir { target, old } = op {
+            keep(fsutil::lstat(target).and_then(|meta| match meta {
+                Some(m) if m.is_dir() => old.apply(target, false, journal.chown),
+                _ => Ok(()),
+            }));
+        }
+    }
+    keep(fsutil::sync_filesystems(
+        journal
+            .stages
+            .iter()
+            .filter_map(|s| s.path.parent())
+            .filter(|p| p.exists()),
+    ));
+    match first {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// Undoes one swap operation, if it was done.
+fn undo_op(op: &Op, chown: bool) -> Result<()> {
+    match op {
+        Op::MkDir { target } => {
+            if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
+                std::fs::remove_dir(target)
+                    .map_err(|e| Error::io("removing created directory", target, e))?;
+            }
+        }
+        Op::KeepDir { target, old } => {
+            if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
+                old.apply(target, false, chown)?;
+            }
+        }
+        Op::Put {
+            target,
+            staged,
+            old,
+        } => {
+            if !fsutil::exists(staged)? && fsutil::exists(target)? {
+                fsutil::rename(target, staged)?;
+            }
+            if let Some(old) = old
+                && fsutil::exists(old)?
+                && !fsutil::exists(target)?
+            {
+                fsutil::rename(old, target)?;
+            }
+        }
+        Op::PutDir { target, old } => {
+            if fsutil::exists(old)? {
                 if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
                     std::fs::remove_dir(target)
                         .map_err(|e| Error::io("removing created directory", target, e))?;
                 }
+                fsutil::rename(old, target)?;
             }
-            Op::KeepDir { target, old } => {
-                if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
-                    old.apply(target, false, journal.chown)?;
-                }
-            }
-            Op::Put {
-                target,
-                staged,
-                old,
-            } => {
-                if !fsutil::exists(staged)? && fsutil::exists(target)? {
-                    fsutil::rename(target, staged)?;
-                }
-                if let Some(old) = old
-                    && fsutil::exists(old)?
-                    && !fsutil::exists(target)?
-                {
-                    fsutil::rename(old, target)?;
-                }
-            }
-            Op::PutDir { target, old } => {
-                if fsutil::exists(old)? {
-                    if fsutil::lstat(target)?.is_some_and(|m| m.is_dir()) {
-                        std::fs::remove_dir(target)
-                            .map_err(|e| Error::io("removing created directory", target, e))?;
-                    }
-                    fsutil::rename(old, target)?;
-                }
-            }
-            Op::Remove { target, old } => {
-                if fsutil::exists(old)? && !fsutil::exists(target)? {
-                    fsutil::rename(old, target)?;
-                }
+        }
+        Op::Remove { target, old } => {
+            if fsutil::exists(old)? && !fsutil::exists(target)? {
+                fsutil::rename(old, target)?;
             }
         }
     }
-    // Undoing renames touched the directories' mtimes again.
-    for (dir, attrs) in &journal.parents {
-        if fsutil::lstat(dir)?.is_some_and(|m| m.is_dir()) {
-            attrs.apply(dir, false, journal.chown)?;
-        }
-    }
-    for op in journal.ops.iter().rev() {
-        if let Op::KeepDir { target, old } = op
-            && fsutil::lstat(target)?.is_some_and(|m| m.is_dir())
-        {
-            old.apply(target, false, journal.chown)?;
-        }
-    }
-    fsutil::sync_filesystems(journal.stages.iter().filter_map(|s| s.path.parent()))
+    Ok(())
 }
 
 /// Removes the staging directories, the pending backup and the journal of a
@@ -1283,4 +1411,69 @@ fn recover_locked(state_dir: &Path) -> Result<Option<Recovered>> {
         }
     };
     Ok(Some(recovered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The journal of a swap that stopped at a directory whose name the file
+    /// system refuses, with a file replaced before it (what older versions
+    /// left behind for a bundle with a 256-byte name).
+    fn wedged(dir: &Path, stage: &Path) -> Journal {
+        let long = dir.join("fresh").join("n".repeat(256));
+        let deep = dir.join(vec!["c".repeat(250); 17].join("/"));
+        Journal {
+            mode: Mode::Restore,
+            phase: JournalPhase::Swapping,
+            stages: vec![Stage {
+                path: stage.to_owned(),
+                inside: None,
+            }],
+            ops: vec![
+                Op::Put {
+                    target: dir.join("keep.conf"),
+                    staged: stage.join("new/1"),
+                    old: Some(stage.join("old/1")),
+                },
+                Op::MkDir {
+                    target: dir.join("fresh"),
+                },
+                Op::MkDir { target: long },
+                Op::MkDir { target: deep },
+            ],
+            dir_attrs: Vec::new(),
+            parents: Vec::new(),
+            chown: false,
+            backup: dir.join("backup"),
+        }
+    }
+
+    #[test]
+    fn recovery_treats_names_that_cannot_exist_as_absent() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (root, stage, state) = (
+            scratch.path().join("r"),
+            scratch.path().join(".tandem-stage.r"),
+            scratch.path().join("state"),
+        );
+        for dir in [
+            &root,
+            &stage.join("new"),
+            &stage.join("old"),
+            &root.join("fresh"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        // The swap got as far as the first mkdir: keep.conf replaced.
+        std::fs::write(stage.join("old/1"), b"old\n").unwrap();
+        std::fs::write(root.join("keep.conf"), b"new\n").unwrap();
+        std::fs::create_dir_all(state_subdir(&state)).unwrap();
+        wedged(&root, &stage).save(&state).unwrap();
+        assert_eq!(recover(&state).unwrap(), Some(Recovered::RolledBack));
+        assert_eq!(std::fs::read(root.join("keep.conf")).unwrap(), b"old\n");
+        assert!(!root.join("fresh").exists());
+        assert!(!stage.exists());
+        assert_eq!(recover(&state).unwrap(), None);
+    }
 }

@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 ///
 /// [`BundleSpec::EXAMPLE`] shows every key with the seed's three directories.
 /// Restore maps a bundle's roots to this node's roots by name; `node` globs,
-/// `limits` and `allow_setid` are the receiving node's policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `limits`, `allow_setid`, `allow_world_writable`, `owners` and `groups` are the
+/// receiving node's policy (see `docs/SECURITY.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSpec {
     /// The directories whose files are bundled, each under a name.
@@ -28,6 +29,19 @@ pub struct BundleSpec {
     /// Whether setuid and setgid bits may be bundled and restored.
     #[serde(default)]
     pub allow_setid: bool,
+    /// Whether files and directories writable by every user (mode `o+w`) may be
+    /// bundled and restored.
+    #[serde(default)]
+    pub allow_world_writable: bool,
+    /// Local users (names, or numeric ids) a restore running as root may give
+    /// restored files to; an entry whose owner resolves to anyone else is
+    /// refused. `["root"]` when absent.
+    #[serde(default = "default_owners")]
+    pub owners: Vec<String>,
+    /// Local groups (names, or numeric ids) a restore running as root may give
+    /// restored files to, as [`BundleSpec::owners`]. `["root"]` when absent.
+    #[serde(default = "default_owners")]
+    pub groups: Vec<String>,
     /// gzip level 0-9 used when creating (6, as `gzip`, when absent).
     #[serde(default = "default_level")]
     pub compression_level: u32,
@@ -35,6 +49,25 @@ pub struct BundleSpec {
 
 fn default_level() -> u32 {
     6
+}
+
+fn default_owners() -> Vec<String> {
+    vec!["root".to_owned()]
+}
+
+impl Default for BundleSpec {
+    fn default() -> Self {
+        BundleSpec {
+            roots: Vec::new(),
+            node: Vec::new(),
+            limits: Limits::default(),
+            allow_setid: false,
+            allow_world_writable: false,
+            owners: default_owners(),
+            groups: default_owners(),
+            compression_level: default_level(),
+        }
+    }
 }
 
 /// One named directory of a [`BundleSpec`].
@@ -112,6 +145,10 @@ impl BundleSpec {
     /// directory, the web configuration, and the custom prompts.
     pub const EXAMPLE: &'static str = r#"[bundle]
 allow_setid = false
+allow_world_writable = false
+# Who a restore (as root) may give files to; anything else is refused.
+owners = ["root"]
+groups = ["root"]
 # Config class `node`: server-specific files, never bundled nor restored.
 # Globs over `<root name>/<path inside the root>`.
 node = ["web-conf/server.xml", "enrollment/**/*.host.key"]
@@ -289,6 +326,17 @@ mod tests {
         assert_eq!(spec.limits.max_entries, 10);
         assert_eq!(spec.limits.max_ratio, Limits::default().max_ratio);
         assert!(!spec.allow_setid);
+        assert!(!spec.allow_world_writable);
+        assert_eq!(spec.owners, vec!["root"]);
+        assert_eq!(
+            spec,
+            BundleSpec {
+                roots: spec.roots.clone(),
+                node: spec.node.clone(),
+                limits: spec.limits,
+                ..BundleSpec::default()
+            }
+        );
         assert_eq!(spec.compression_level, 6);
         spec.validate().unwrap();
     }

@@ -21,7 +21,7 @@ fn restore(
 }
 
 #[test]
-fn a_symlink_on_the_standby_is_replaced_never_followed() {
+fn a_symlink_on_the_standby_is_replaced_by_a_file_never_followed_nor_made_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -34,6 +34,8 @@ fn a_symlink_on_the_standby_is_replaced_never_followed() {
     std::os::unix::fs::symlink(outside.join("victim"), target.join("r/file")).unwrap();
     let before_outside = snapshot(&outside);
 
+    // A directory where the standby has a symlink is a conflict (the link is
+    // the administrator's, see docs/SECURITY.md): nothing changes.
     let bundle = craft(
         &["r"],
         &[
@@ -43,16 +45,23 @@ fn a_symlink_on_the_standby_is_replaced_never_followed() {
             Raw::file("r/file", b"new"),
         ],
     );
+    let before_target = snapshot(&target);
+    let path = dir.path().join("bundle.tar.gz");
+    std::fs::write(&path, &bundle).unwrap();
     let options = RestoreOptions::new(dir.path().join("state")).under(&target);
-    restore(&bundle, dir.path(), &BundleSpec::default(), options.clone());
-
-    assert_same(&before_outside, &snapshot(&outside), "outside the root");
+    let err =
+        tandem_bundle::restore(&path, &BundleSpec::default(), &options, &mut |_| {}).unwrap_err();
     assert!(
-        std::fs::symlink_metadata(target.join("r/sub"))
-            .unwrap()
-            .is_dir()
+        matches!(err, tandem_bundle::Error::Conflict { .. }),
+        "{err}"
     );
-    assert_eq!(std::fs::read(target.join("r/sub/x")).unwrap(), b"new");
+    assert_same(&before_target, &snapshot(&target), "after the conflict");
+    assert_same(&before_outside, &snapshot(&outside), "outside the root");
+
+    // A file replaces a symlink: the link itself, never what it points to.
+    let bundle = craft(&["r"], &[Raw::dir("r/"), Raw::file("r/file", b"new")]);
+    restore(&bundle, dir.path(), &BundleSpec::default(), options.clone());
+    assert_same(&before_outside, &snapshot(&outside), "outside the root");
     assert!(
         std::fs::symlink_metadata(target.join("r/file"))
             .unwrap()

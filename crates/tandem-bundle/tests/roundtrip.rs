@@ -137,6 +137,8 @@ fn spec_for(dir: &Path, n: usize) -> BundleSpec {
         roots: (0..n)
             .map(|i| RootSpec::new(format!("r{i}"), dir.join(format!("r{i}"))))
             .collect(),
+        // The generated trees have 1777 directories.
+        allow_world_writable: true,
         ..BundleSpec::default()
     }
 }
@@ -157,10 +159,12 @@ proptest! {
         let bundle = work.path().join("b.tar.gz");
         tandem_bundle::create_file(&spec, &bundle, &CreateOptions::with_threads(threads), &mut |_| {}).unwrap();
 
+        // The generated trees have 1777 directories: the receiving side allows them too.
+        let receiving = BundleSpec { allow_world_writable: true, ..BundleSpec::default() };
         let dst = work.path().join("dst");
         std::fs::create_dir(&dst).unwrap();
         let options = RestoreOptions::new(work.path().join("state")).under(&dst);
-        let report = tandem_bundle::restore(&bundle, &BundleSpec::default(), &options, &mut |_| {}).unwrap();
+        let report = tandem_bundle::restore(&bundle, &receiving, &options, &mut |_| {}).unwrap();
         prop_assert_eq!(report.changed(), report.changes.len());
         for i in 0..trees.len() {
             let name = format!("r{i}");
@@ -170,7 +174,7 @@ proptest! {
         prop_assert_eq!(names.len(), trees.len(), "no staging left behind: {:?}", names);
 
         // Restoring the same bundle again changes nothing.
-        let again = tandem_bundle::restore(&bundle, &BundleSpec::default(), &options, &mut |_| {}).unwrap();
+        let again = tandem_bundle::restore(&bundle, &receiving, &options, &mut |_| {}).unwrap();
         prop_assert_eq!(again.changed(), 0);
 
         // Rolling back the second restore (which changed nothing) and then ... the
@@ -184,7 +188,7 @@ proptest! {
         let fresh = work.path().join("fresh");
         std::fs::create_dir(&fresh).unwrap();
         let options = RestoreOptions::new(work.path().join("state2")).under(&fresh);
-        tandem_bundle::restore(&bundle, &BundleSpec::default(), &options, &mut |_| {}).unwrap();
+        tandem_bundle::restore(&bundle, &receiving, &options, &mut |_| {}).unwrap();
         tandem_bundle::rollback(&options, &mut |_| {}).unwrap();
         let left: Vec<_> = snapshot(&fresh).into_keys().collect();
         prop_assert_eq!(left, vec![String::new()], "after rollback the directory is empty again");

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: tree snapshots, tree building, and
-//! hand-crafted bundles.
+//! Helpers shared by the integration tests (and the fuzz target): tree
+//! snapshots, tree building, hand-crafted bundles, and the generator of hostile
+//! bundles with the invariant every restore must keep (`generate`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tandem_bundle::format::{EntryKind, Manifest, ManifestEntry, ManifestRoot, trailer};
+
+pub mod generate;
 
 /// What a user would compare between two trees: type, bytes, link target, mode,
 /// mtime to the nanosecond, owner.
@@ -162,6 +165,10 @@ pub struct Raw {
     pub data: Vec<u8>,
     pub link: Option<Vec<u8>>,
     pub mtime: u64,
+    /// Owner as header and manifest state it; the manifest's name, if any.
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
 }
 
 impl Raw {
@@ -173,6 +180,9 @@ impl Raw {
             data: vec![],
             link: None,
             mtime: 1_600_000_000,
+            uid: 0,
+            gid: 0,
+            user: None,
         }
     }
     pub fn file(path: &str, data: &[u8]) -> Raw {
@@ -183,6 +193,9 @@ impl Raw {
             data: data.to_vec(),
             link: None,
             mtime: 1_600_000_000,
+            uid: 0,
+            gid: 0,
+            user: None,
         }
     }
     pub fn symlink(path: &str, target: &str) -> Raw {
@@ -193,6 +206,9 @@ impl Raw {
             data: vec![],
             link: Some(target.as_bytes().to_vec()),
             mtime: 1_600_000_000,
+            uid: 0,
+            gid: 0,
+            user: None,
         }
     }
     pub fn hardlink(path: &str, target: &str) -> Raw {
@@ -208,6 +224,12 @@ impl Raw {
     }
     pub fn with_mode(mut self, mode: u32) -> Raw {
         self.mode = mode;
+        self
+    }
+    pub fn with_owner(mut self, uid: u32, gid: u32, user: Option<&str>) -> Raw {
+        self.uid = uid;
+        self.gid = gid;
+        self.user = user.map(str::to_owned);
         self
     }
 
@@ -229,9 +251,9 @@ impl Raw {
             mode: self.mode,
             mtime: self.mtime as i64,
             mtime_nsec: 0,
-            uid: 0,
-            gid: 0,
-            user: None,
+            uid: self.uid,
+            gid: self.gid,
+            user: self.user.clone(),
             group: None,
             sha256: (kind == EntryKind::File).then(|| hex::encode(Sha256::digest(&self.data))),
             link: self
@@ -260,31 +282,70 @@ pub fn manifest_for(roots: &[&str], entries: &[Raw]) -> Manifest {
 }
 
 /// The uncompressed tar stream of `entries` followed by `manifest` (as JSON).
+/// Paths and link targets longer than a header holds go into GNU long name
+/// (`L`) and long link (`K`) records, as GNU tar writes them.
 pub fn tar_stream(entries: &[Raw], manifest: Option<&[u8]>) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
+    let mut out = Vec::new();
     let mut all: Vec<Raw> = entries.to_vec();
     if let Some(json) = manifest {
         all.push(Raw::file(".tandem-bundle/manifest.json", json));
     }
     for raw in &all {
         let mut header = tar::Header::new_gnu();
+        if raw.path.len() > 100 {
+            long_record(&mut out, tar::EntryType::GNULongName, &raw.path);
+        }
         let name = &mut header.as_old_mut().name;
-        assert!(raw.path.len() <= name.len(), "keep crafted paths short");
-        name[..raw.path.len()].copy_from_slice(&raw.path);
+        let n = raw.path.len().min(name.len());
+        name[..n].copy_from_slice(&raw.path[..n]);
         if let Some(link) = &raw.link {
+            if link.len() > 100 {
+                long_record(&mut out, tar::EntryType::GNULongLink, link);
+            }
             let slot = &mut header.as_old_mut().linkname;
-            slot[..link.len()].copy_from_slice(link);
+            let n = link.len().min(slot.len());
+            slot[..n].copy_from_slice(&link[..n]);
         }
         header.set_entry_type(raw.kind);
         header.set_mode(raw.mode);
-        header.set_uid(0);
-        header.set_gid(0);
+        header.set_uid(raw.uid.into());
+        header.set_gid(raw.gid.into());
         header.set_mtime(raw.mtime);
         header.set_size(raw.data.len() as u64);
         header.set_cksum();
-        builder.append(&header, &raw.data[..]).unwrap();
+        block(&mut out, header.as_bytes(), &raw.data);
     }
-    builder.into_inner().unwrap()
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A GNU long name or long link record holding `value` and its NUL.
+pub fn long_record(out: &mut Vec<u8>, kind: tar::EntryType, value: &[u8]) {
+    let mut data = value.to_vec();
+    data.push(0);
+    extension_record(out, kind, &data, data.len() as u64);
+}
+
+/// An extension record (`L`, `K`, `x`, `g`) with `data`, its header claiming
+/// `declared` bytes (a lie when they differ).
+pub fn extension_record(out: &mut Vec<u8>, kind: tar::EntryType, data: &[u8], declared: u64) {
+    let mut header = tar::Header::new_gnu();
+    let label = b"././@LongLink";
+    header.as_old_mut().name[..label.len()].copy_from_slice(label);
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_size(declared);
+    header.set_mtime(0);
+    header.set_cksum();
+    block(out, header.as_bytes(), data);
+}
+
+/// A header and its data, padded to whole 512-byte blocks.
+fn block(out: &mut Vec<u8>, header: &[u8; 512], data: &[u8]) {
+    out.extend_from_slice(header);
+    out.extend_from_slice(data);
+    let pad = (512 - data.len() % 512) % 512;
+    out.extend(std::iter::repeat_n(0u8, pad));
 }
 
 /// gzip of `data`.
@@ -357,4 +418,14 @@ impl Scratch {
     pub fn options(&self) -> tandem_bundle::RestoreOptions {
         tandem_bundle::RestoreOptions::new(self.state()).under(self.target())
     }
+}
+
+/// A test that needs root and does not have it: fails under `CI=true`, else
+/// says so on stderr (never skipped in silence).
+pub fn need_root(what: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this test needs root: {what}"
+    );
+    eprintln!("not root: {what}; the check was not made");
 }
