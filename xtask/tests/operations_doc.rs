@@ -491,6 +491,12 @@ fn invocations<'a>(span: &'a str, program: &str) -> Vec<Vec<&'a str>> {
     found
 }
 
+/// Commands the guide describes ahead of their landing on main (being written
+/// by others while the guide was). Each must not exist yet: once it does, this
+/// test fails until it is removed here, and its flags are checked from then on.
+/// One that lands under another name fails the "not in the guide" check below.
+const PENDING: &[&str] = &["mp_replication restore-local-rows"];
+
 #[test]
 fn every_command_the_guide_names_exists() {
     let doc = doc();
@@ -528,6 +534,15 @@ fn every_command_the_guide_names_exists() {
                     continue;
                 }
                 seen.insert(format!("{program} {command}"));
+                let pending = PENDING.contains(&format!("{program} {command}").as_str());
+                if pending {
+                    if t.commands.contains(*command) {
+                        problems.push(format!(
+                            "`{program} {command}` exists now: remove it from PENDING"
+                        ));
+                    }
+                    continue;
+                }
                 if !t.commands.contains(*command) {
                     problems.push(format!("`{program} {command}`: no such command"));
                 }
