@@ -1,6 +1,7 @@
 //! tandem's automation, run as `cargo xtask <command>`.
 //!
-//! - `lab up|down|status|exec`: the namespace lab of `DESIGN.md` for people.
+//! - `lab up|down|status|exec|cut|uncut|partition|heal`: the namespace lab of
+//!   `DESIGN.md` for people, with cables to cut for rehearsing a failover.
 //! - `demo`: the README's main job, the seed's procedures in the lab.
 //! - `bench [area]`: speed and memory beside their baselines.
 //! - `chaos --trials N`: randomised faults in the lab, each trial checked for two

@@ -529,6 +529,48 @@ impl Lab {
         Ok(())
     }
 
+    /// Whether `host`'s cable is cut (its bridge port is down).
+    pub fn is_cut(&self, host: Host) -> Result<bool> {
+        let out = ip(&[
+            "-n",
+            &self.switch_namespace(),
+            "-o",
+            "link",
+            "show",
+            "dev",
+            host.port(),
+        ])?;
+        // `3: p-node1@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> ...`: the flags say
+        // whether the port was set up, whatever its peer's state.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let flags = text
+            .split_once('<')
+            .and_then(|(_, rest)| rest.split_once('>'))
+            .map(|(flags, _)| flags)
+            .ok_or_else(|| Error::Parse {
+                what: format!("link flags of {}", host.port()),
+                detail: text.trim().to_string(),
+            })?;
+        Ok(!flags.split(',').any(|f| f == "UP"))
+    }
+
+    /// Whether node1 and node2 are partitioned from each other ([`Lab::partition_nodes`]).
+    pub fn is_partitioned(&self) -> Result<bool> {
+        let out = Command::new("bridge")
+            .args(["-n", &self.switch_namespace(), "-d", "link", "show", "dev"])
+            .arg(Host::Node1.port())
+            .output()
+            .map_err(|source| Error::MissingProgram {
+                program: "bridge".into(),
+                source,
+            })?;
+        let out = check(
+            out,
+            &format!("bridge -d link show dev {}", Host::Node1.port()),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("isolated on"))
+    }
+
     /// Leaves the lab in place when this value is dropped (for `cargo xtask lab up`).
     pub fn keep(mut self) {
         self.keep = true;
