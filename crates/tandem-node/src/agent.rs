@@ -529,11 +529,14 @@ impl Agent {
     async fn clear_alarms(&mut self) {
         let now = now_ms();
         let connected = self.session.as_ref().is_some_and(|s| !s.is_closed());
-        if !connected {
+        let single = self.node.state().deployment == tandem_role::DeploymentMode::Single;
+        if !connected && !single {
             return;
         }
-        self.alarms.clear_kind(AlarmKind::PeerLost, now);
-        self.alarms.clear_kind(AlarmKind::CutOff, now);
+        if connected {
+            self.alarms.clear_kind(AlarmKind::PeerLost, now);
+            self.alarms.clear_kind(AlarmKind::CutOff, now);
+        }
         if self.alarms.has(AlarmKind::Conflict) {
             let failover = &self.node.config().failover;
             let detection =

@@ -28,8 +28,9 @@ pub enum AlarmKind {
     /// The node found itself cut off (no peer, no reference address); cleared
     /// when the link is back.
     CutOff,
-    /// Another host answers for the shared address, or the peer claims it too;
-    /// cleared once the link is up and only one node holds the address.
+    /// Another host answers for the shared address, the peer claims it too, or
+    /// the node stays standby because it is held elsewhere; cleared once the
+    /// link is up (a single server: at once) and only one node holds the address.
     Conflict,
     /// Database replication reported a problem (suspended, split brain,
     /// diverged, failed); cleared when the replication status no longer says so.
@@ -51,6 +52,8 @@ impl AlarmKind {
         } else if message.starts_with("address conflict")
             || message.starts_with("another host")
             || message.contains("claims the shared address")
+            || message.starts_with("staying standby")
+            || message.starts_with("boot: staying standby")
         {
             AlarmKind::Conflict
         } else if message.starts_with("database replication") {
@@ -199,6 +202,10 @@ mod tests {
             (
                 "database replication failed: suspended",
                 AlarmKind::Replication,
+            ),
+            (
+                "staying standby: 02:00:00:00:00:01 answers for the shared address",
+                AlarmKind::Conflict,
             ),
             ("claim-shared-address failed: busy", AlarmKind::Fault),
         ] {

@@ -12,6 +12,8 @@ use tandem_role::{NodeId, SiteId};
 
 /// Where the node config lives unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/node.toml";
+/// Where the site key lives unless `[peer] key_file` says otherwise.
+pub const DEFAULT_KEY_FILE: &str = "/etc/tandem/authkey";
 /// Where a node keeps its state unless `--state-dir` or `TANDEM_STATE_DIR` say otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
 
@@ -349,6 +351,16 @@ impl NodeConfig {
                 source,
             }
         })
+    }
+
+    /// The site key file: `[peer] key_file`, else [`DEFAULT_KEY_FILE`] (what
+    /// `mp_replication` reads too).
+    pub fn key_file(&self) -> PathBuf {
+        self.peer
+            .as_ref()
+            .and_then(|t| t.get("key_file"))
+            .and_then(|v| v.as_str())
+            .map_or_else(|| PathBuf::from(DEFAULT_KEY_FILE), PathBuf::from)
     }
 
     /// The config as TOML text.

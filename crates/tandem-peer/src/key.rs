@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -152,6 +152,14 @@ pub fn write_key_file(path: &Path, key: &SiteKey) -> Result<()> {
             "the path has no file name".into(),
         ))
     })?;
+    // A missing directory (`/etc/tandem` on a fresh server) is made owner-only.
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| fail(KeyFileProblem::Write(e)))?;
+    }
     let mut tag = [0u8; 8];
     DefaultResolver
         .resolve_rng()

@@ -12,9 +12,10 @@ use crate::Common;
 /// Arguments of `agent`.
 #[derive(clap::Args)]
 pub(crate) struct AgentArgs {
-    /// The site key shared by both nodes (made by `failover keygen`).
-    #[arg(long, value_name = "FILE", default_value = "/etc/tandem/authkey")]
-    key_file: PathBuf,
+    /// The site key shared by both nodes (made by `failover keygen`); default
+    /// `[peer] key_file` in the node config, else /etc/tandem/authkey.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// TCP port of the status page (`/`, `/status.json`, `/metrics`) on the node
     /// address; 0 turns it off.
     #[arg(long, value_name = "PORT", default_value_t = tandem_node::DEFAULT_STATUS_PORT)]
@@ -30,8 +31,16 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
         .with_writer(std::io::stderr)
         .init();
     let config = NodeConfig::load(&common.config)?;
-    let key = tandem_peer::SiteKey::load(&args.key_file)
-        .with_context(|| "the agent needs the site key; make one with `failover keygen` and copy it to both nodes")?;
+    let key_file = args
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.key_file());
+    let key = tandem_peer::SiteKey::load(&key_file).with_context(|| {
+        format!(
+            "the agent needs the site key {}; make one with `failover keygen` and copy it to both nodes",
+            key_file.display()
+        )
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
