@@ -876,10 +876,9 @@ impl SqliteBackend {
         };
         let (backlog, lag_ms) = if m.writable {
             // `meta()` took the published acknowledgement already.
-            let acked = m.acked;
-            let lag = self.oldest_unacked_ms(acked).await?;
+            let lag = self.oldest_unacked_ms(m.acked).await?;
             (
-                Some(m.head.saturating_sub(acked.max(m.floor))),
+                Some(m.backlog()),
                 Some(lag.map_or(0, |ts| now_ms().saturating_sub(ts))),
             )
         } else if let Some(p) = peer.as_ref().filter(|p| p.connected) {
