@@ -246,10 +246,13 @@ async fn switch_on_from_node_1_streams_to_node_2_and_status_shows_both() {
     assert!(status.remote_detail.unwrap().contains("not running"));
     let err = n1
         .backend
-        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .switch_on(
+            &SwitchOnOptions::new().with_timeout(Duration::from_millis(200)),
+            &Quiet,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ServiceNotRunning), "{err}");
+    assert!(matches!(err, Error::ServiceNotStarted { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,4 +608,66 @@ async fn from_sync_after_a_backlog_suspension_resumes_replication_for_good() {
     assert!(s1.alarms.is_empty(), "{:?}", s1.alarms);
     n1.stop().await;
     n2.stop().await;
+}
+
+/// The steps an operation reported.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<String>>);
+
+impl tandem_replication::Observer for Steps {
+    fn step(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_owned());
+    }
+}
+
+impl Steps {
+    fn any(&self, part: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|s| s.contains(part))
+    }
+}
+
+/// Bug 6: `switch-on` straight after `init` waits for the service the node agent is
+/// about to start, instead of failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_on_straight_after_init_waits_for_the_service_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = Node::new(dir.path(), 1, p1, p2, |_| {}).await;
+    let backend = Arc::clone(&n1.backend);
+    let steps = Arc::new(Steps::default());
+    let seen = Arc::clone(&steps);
+    let switch = tokio::spawn(async move {
+        backend
+            .switch_on(&SwitchOnOptions::new(), seen.as_ref())
+            .await
+    });
+    eventually("switch-on to wait for the service (or end)", || async {
+        steps.any("waiting for the replication service") || switch.is_finished()
+    })
+    .await;
+    // The agent starts the service about now.
+    n1.start(&key);
+    let report = switch.await.unwrap().unwrap();
+    assert!(
+        report.message.contains("switched on on node 1"),
+        "{}",
+        report.message
+    );
+    assert!(steps.any("waiting for the replication service"));
+    n1.stop().await;
+
+    // A service that does not come: the error says it waited, and what to start.
+    let err = n1
+        .backend
+        .switch_on(
+            &SwitchOnOptions::new().with_timeout(Duration::from_millis(300)),
+            &Quiet,
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("waited"), "{text}");
+    assert!(text.contains("mp_replication service"), "{text}");
+    assert!(text.contains("node agent"), "{text}");
 }

@@ -52,6 +52,14 @@ pub(crate) use meta::{
 pub(crate) use schema::TableInfo;
 pub(crate) use sync::{SnapshotReader, SyncStage};
 
+/// How long `switch-on` waits at most for the replication service to start, whatever
+/// its time limit: the node agent starts it within about a second of `init` made the
+/// database.
+const SERVICE_START_WAIT: Duration = Duration::from_secs(15);
+/// How long `switch-off` waits for the service before it switches this node off alone
+/// (it can do without the service, so it waits only as long as the agent needs).
+const SERVICE_START_WAIT_OFF: Duration = Duration::from_secs(3);
+
 /// How long a database call waits for another writer before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1016,6 +1024,30 @@ impl SqliteBackend {
         }
     }
 
+    /// Whether the replication service runs, waiting up to `limit` for it to start
+    /// (`switch-on` straight after `init`: the node agent starts it within a second).
+    async fn wait_for_service(&self, limit: Duration, observer: &dyn Observer) -> bool {
+        if self.service_running() {
+            return true;
+        }
+        observer.step(&format!(
+            "waiting for the replication service to start (at most {:.1} s; the node agent \
+             starts it within about a second of `mp_replication init`)",
+            limit.as_secs_f64()
+        ));
+        let started = tokio::time::Instant::now();
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return self.service_running();
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+            if self.service_running() {
+                return true;
+            }
+        }
+    }
+
     pub(crate) async fn switch_on_impl(
         &self,
         options: &SwitchOnOptions,
@@ -1029,8 +1061,9 @@ impl SqliteBackend {
                 m.node
             )));
         }
-        if !self.service_running() {
-            return Err(Error::ServiceNotRunning);
+        let limit = options.timeout.min(SERVICE_START_WAIT);
+        if !self.wait_for_service(limit, observer).await {
+            return Err(Error::ServiceNotStarted { waited: limit });
         }
         observer.step(&format!(
             "asking the replication service to switch on{}",
@@ -1059,7 +1092,10 @@ impl SqliteBackend {
 
     pub(crate) async fn switch_off_impl(&self, observer: &dyn Observer) -> Result<SwitchReport> {
         self.meta().await?;
-        if self.service_running() {
+        if self
+            .wait_for_service(SERVICE_START_WAIT_OFF, observer)
+            .await
+        {
             observer.step("asking the replication service to switch off here and on the peer");
             let limit = Duration::from_secs(15);
             let id = self.submit_request(false, false, limit).await?;
@@ -1074,7 +1110,11 @@ impl SqliteBackend {
                 ..SwitchReport::default()
             });
         }
-        observer.step("the replication service is not running: switching off locally only");
+        observer.step(&format!(
+            "the replication service did not start within {} s: switching off locally only \
+             (switch the peer off there too if it should stay off)",
+            SERVICE_START_WAIT_OFF.as_secs()
+        ));
         let message = self.switch_local(false).await?;
         Ok(SwitchReport {
             message,
