@@ -18,6 +18,34 @@
 //! default) or `"postgres"` (PostgreSQL's streaming replication; `-r REMOTE` then names
 //! the peer's server, port `[replication.postgres] port` unless given, and `service`
 //! applies the `standby_lost` policy). Both print the same table and final line.
+//!
+//! The config file is `--config PATH`, else `TANDEM_CONFIG` (as for `failover`); a file
+//! named either way must exist. Without both, `/etc/tandem/node.toml` is read if it
+//! exists; if it does not, the tool runs with the defaults and commands that change
+//! something say so once on stderr (the final line then names the machine's hostname).
+//!
+//! Output goes through the `println!` and `print!` below: when the reader of stdout has
+//! gone (`mp_replication checksum | head -1`) the program ends at once, quietly and with
+//! exit status 0, as `failover` does: the reader took what it wanted, and a command
+//! that changed something has finished that change before it prints its result.
+
+/// `println!` that ends the program quietly when stdout's reader has gone (see the
+/// crate doc) instead of panicking.
+macro_rules! println {
+    () => {
+        crate::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        crate::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that ends the program quietly when stdout's reader has gone.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        crate::write_stdout(format_args!($($arg)*), false)
+    };
+}
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -39,8 +67,9 @@ use tandem_replication::{
 #[derive(Parser)]
 #[command(name = "mp_replication", version, about, long_about = None)]
 struct Cli {
-    /// The node config file (its `[replication]` table and node facts).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The node config file (its `[replication]` table and node facts); it must exist.
+    /// Default: /etc/tandem/node.toml if it exists, else built-in defaults.
+    #[arg(long, global = true, env = "TANDEM_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
     /// The node's state directory.
     #[arg(long, global = true, env = "TANDEM_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
@@ -171,12 +200,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_async(cli))
 }
 
+/// The settings from the config file that `--config` or `TANDEM_CONFIG` names (it must
+/// exist), else from the default file if there is one, else the defaults.
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let (path, required) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    Ok(Settings::load(&path, required, &cli.state_dir)?)
+    let settings = Settings::load(&path, required, &cli.state_dir)?;
+    if settings.config_path.is_none() && cli.command.changes_something() {
+        eprintln!(
+            "mp_replication: no config file ({DEFAULT_CONFIG_PATH} is missing and neither \
+             --config nor TANDEM_CONFIG names one): running with the defaults, so the final \
+             line names this machine's hostname"
+        );
+    }
+    Ok(settings)
+}
+
+impl Command {
+    /// Whether the command changes the database or replication (and so deserves a
+    /// word when it runs without a config file).
+    fn changes_something(&self) -> bool {
+        !matches!(self, Command::Status { .. } | Command::Checksum { .. })
+    }
+}
+
+/// Writes to stdout for [`println!`] and [`print!`]: a reader that has gone ends the
+/// program with exit status 0, any other failure with 1, after a word on stderr.
+fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+    let mut out = std::io::stdout().lock();
+    let result = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("mp_replication: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -369,21 +440,18 @@ async fn write_sample(
             let mut conn = backend.writer().await?;
             sample::write_transaction(&mut conn, tx, rows).await?
         };
-        // One line per write call: concurrent writers' lines do not mix.
-        let line = if wait_replicated {
+        // One line under stdout's lock: concurrent writers' lines do not mix.
+        if wait_replicated {
             let committed = std::time::Instant::now();
             backend
                 .wait_replicated(position, Duration::from_secs(60))
                 .await
                 .with_context(|| format!("transaction {tx}"))?;
             let waited = committed.elapsed().as_micros();
-            format!("acked {tx} {position} {waited}\n")
+            println!("acked {tx} {position} {waited}");
         } else {
-            format!("committed {tx} {position}\n")
-        };
-        let mut out = std::io::stdout().lock();
-        out.write_all(line.as_bytes())?;
-        out.flush()?;
+            println!("committed {tx} {position}");
+        }
     }
     Ok(())
 }
