@@ -169,7 +169,10 @@ pub use error::{Error, Result, chain};
 pub use observer::{Observer, Quiet};
 pub use postgres::{PostgresBackend, WatchOutcome, parse_lsn};
 pub use service::{PeerEvent, Replicator, Transport};
-pub use sqlite::{Identity, SqliteBackend, TableChecksum, Writer, connect_options, position_in};
+pub use sqlite::{
+    Identity, RestoreConflict, RestoreReport, SavedRow, SqliteBackend, TableChecksum, Writer,
+    connect_options, position_in,
+};
 pub use status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,
     outcome_line,

@@ -6,6 +6,7 @@
 //! mp_replication switch-on [-S] [-F from-sync] [-v]      (alias switchON)
 //! mp_replication switch-off [-v]                         (alias switchOFF)
 //! mp_replication status [--json]
+//! mp_replication restore-local-rows FILE [--dry-run] [--json]
 //! ```
 //!
 //! Commands that change replication end with the seed's line `Database Replication
@@ -59,8 +60,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
-    PostgresBackend, ReplicationBackend, Replicator, Settings, SqliteBackend, SwitchOnOptions,
-    outcome_line, route_source, sample,
+    PostgresBackend, ReplicationBackend, Replicator, RestoreReport, Settings, SqliteBackend,
+    SwitchOnOptions, outcome_line, route_source, sample,
 };
 
 /// Database replication control for a tandem site.
@@ -141,6 +142,25 @@ enum Command {
         /// Show the steps.
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// Put back the rows a from-sync saved (the file it named), on the active node:
+    /// inserts, in one transaction that replicates like the application's writes, every
+    /// saved row whose key is free, and reports conflicts (a key that now holds a
+    /// different row) instead of overwriting them. Rows the synchronized node had
+    /// deleted are reported, not deleted. Exit status 0 even with conflicts: they are
+    /// listed for you to resolve.
+    #[command(name = "restore-local-rows")]
+    RestoreLocalRows {
+        /// The local-only rows file (`local-only-rows-<time>-node<N>.jsonl`; copy it to
+        /// the active node first).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Change nothing; report what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Row count and SHA-256 of each replicated table, to compare the two nodes.
     Checksum {
@@ -374,6 +394,21 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::RestoreLocalRows {
+            ref file,
+            dry_run,
+            json,
+        } => {
+            sqlite_only(&settings, "restore-local-rows")?;
+            let backend = SqliteBackend::open_existing(&settings).await?;
+            let report = backend.restore_local_rows(file, dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_restore(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Service if settings.replication.backend == BackendKind::Postgres => {
             init_logging();
             let backend = PostgresBackend::open_existing(&settings).await?;
@@ -454,6 +489,52 @@ async fn write_sample(
         }
     }
     Ok(())
+}
+
+/// Prints what `restore-local-rows` did (or would do), a line per row and a summary.
+fn print_restore(report: &RestoreReport) {
+    for r in &report.restored {
+        println!("restored  {} {}", r.table, r.key);
+    }
+    for r in &report.already_present {
+        println!("present   {} {}", r.table, r.key);
+    }
+    for c in &report.conflicts {
+        println!(
+            "conflict  {} {}: saved {}, now {}",
+            c.table, c.key, c.saved, c.current
+        );
+    }
+    for r in &report.deleted_locally {
+        println!(
+            "deleted   {} {}: the synchronized node had deleted it; kept here",
+            r.table, r.key
+        );
+    }
+    let verb = if report.dry_run {
+        "Would restore"
+    } else {
+        "Restored"
+    };
+    let mut summary = format!(
+        "{verb} {} rows from {}; {} already there",
+        report.restored.len(),
+        report.file.display(),
+        report.already_present.len()
+    );
+    if !report.conflicts.is_empty() {
+        summary.push_str(&format!(
+            "; {} conflicts left as they are (resolve them by hand)",
+            report.conflicts.len()
+        ));
+    }
+    if !report.deleted_locally.is_empty() {
+        summary.push_str(&format!(
+            "; {} rows the synchronized node had deleted kept",
+            report.deleted_locally.len()
+        ));
+    }
+    println!("{summary}.");
 }
 
 /// Opens the backend for a command that ends with the seed's line; the IP for that

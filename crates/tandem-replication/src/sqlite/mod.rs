@@ -17,6 +17,7 @@
 mod log;
 mod meta;
 mod order;
+mod restore;
 mod schema;
 mod sync;
 mod value;
@@ -49,6 +50,7 @@ pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
 pub(crate) use meta::{
     Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
+pub use restore::{RestoreConflict, RestoreReport, SavedRow};
 pub(crate) use schema::TableInfo;
 pub(crate) use sync::{SnapshotReader, SyncStage};
 
