@@ -512,7 +512,9 @@ impl SqliteBackend {
     ) -> Result<Tables> {
         let mut list = Vec::new();
         for name in &self.settings.replication.tables {
-            let t = TableInfo::load(conn, name).await?;
+            let t = TableInfo::load(conn, name)
+                .await
+                .map_err(|e| self.explain_missing_table(e))?;
             if let Some(o) = observer {
                 o.step(&format!(
                     "table {}: {} columns, primary key ({})",
@@ -529,6 +531,50 @@ impl SqliteBackend {
             fingerprint,
             links: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A missing declared table, explained: which database was looked in, and where and
+    /// how the application's tables are declared (most often nobody declared any, and
+    /// the sample schema's tables were assumed).
+    fn explain_missing_table(&self, error: Error) -> Error {
+        let Error::Table { table, problem } = error else {
+            return error;
+        };
+        if !problem.starts_with("it does not exist") {
+            return Error::Table { table, problem };
+        }
+        let cfg = &self.settings.replication;
+        let config = match &self.settings.config_path {
+            Some(path) => format!("the node config {}", path.display()),
+            None => format!(
+                "the node config (none was read: --config, TANDEM_CONFIG or {})",
+                crate::DEFAULT_CONFIG_PATH
+            ),
+        };
+        let db = self.database_path();
+        let undeclared = !cfg.sample_schema
+            && cfg
+                .tables
+                .iter()
+                .map(String::as_str)
+                .eq(sample::TABLES.iter().copied());
+        let problem = if undeclared {
+            format!(
+                "it does not exist in {}: no tables are declared, so the sample schema's \
+                 were assumed; declare the application's database and tables under \
+                 [replication] in {config}, for example `database = \"/var/lib/app/app.sqlite\"` \
+                 and `tables = [\"accounts\", \"orders\"]` (each table needs a primary key), \
+                 then run `mp_replication init` again (see docs/OPERATIONS.md)",
+                db.display()
+            )
+        } else {
+            format!(
+                "it does not exist in {} (create it, or remove it from `tables` under \
+                 [replication] in {config}; see docs/OPERATIONS.md)",
+                db.display()
+            )
+        };
+        Error::Table { table, problem }
     }
 
     /// The links between the declared tables ([`order::Links`]) as the schema stands in

@@ -257,6 +257,24 @@ fn a_table_without_a_primary_key_or_missing_is_refused_by_name() {
         );
         // Nothing was half-installed.
         assert!(!b.is_initialized().await.unwrap());
+
+        // No tables declared: the error says how to declare the application's.
+        let b = SqliteBackend::open(&Settings::new(
+            dir.path().join("d"),
+            ReplicationConfig::default(),
+        ))
+        .await
+        .unwrap();
+        let err = b.init_impl(&options, &Quiet).await.unwrap_err().to_string();
+        for part in [
+            "`user_groups`",
+            "no tables are declared",
+            "[replication]",
+            "tables = [",
+            "docs/OPERATIONS.md",
+        ] {
+            assert!(err.contains(part), "{part:?} missing in: {err}");
+        }
     });
 }
 
