@@ -448,24 +448,17 @@ impl Agent {
             );
         }
         if let Some(limit_mb) = self.node.config().failover.database_size_alarm_mb {
-            let path = crate::replication_settings(self.node.config(), &self.state_dir)
-                .map(|s| s.database_path());
-            if let Ok(path) = path {
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                let over = size > limit_mb.saturating_mul(1 << 20);
-                let message = format!(
-                    "database {} is over {limit_mb} MB ({} MB)",
-                    path.display(),
-                    size >> 20
-                );
-                if over
-                    && !self
-                        .alarms
-                        .iter()
-                        .any(|a| a.message.starts_with("database "))
-                {
-                    raised.push(message);
-                }
+            // Every file of the database (the WAL and -shm too), in MB like the limit.
+            let settings = crate::replication_settings(self.node.config(), &self.state_dir);
+            if let Some(message) = settings
+                .ok()
+                .and_then(|s| tandem_replication::database_size_alarm(&s, limit_mb))
+                && !self
+                    .alarms
+                    .iter()
+                    .any(|a| a.message.starts_with("database "))
+            {
+                raised.push(message);
             }
         }
         for message in raised {
