@@ -105,7 +105,8 @@ enum Command {
         /// Where the data comes from: `from-sync` (the peer).
         #[arg(short = 'F', long = "from", value_enum, requires = "sync")]
         from: Option<SyncFrom>,
-        /// How long to wait for the service and the peer, in seconds.
+        /// How long to wait for the service and the peer, in seconds (for the
+        /// service to start, right after `init`, at most 15 of them).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
         /// Show the steps.
