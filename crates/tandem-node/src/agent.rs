@@ -498,22 +498,19 @@ impl Agent {
                 && !(failed && a.message.starts_with("database replication failed"))
         });
         if let Some(limit_mb) = self.node.config().failover.database_size_alarm_mb {
-            let path = crate::replication_settings(self.node.config(), &self.state_dir)
-                .map(|s| s.database_path());
-            if let Ok(path) = path {
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                let over = size > limit_mb.saturating_mul(1 << 20);
-                let message = format!(
-                    "database {} is over {limit_mb} MB ({} MB)",
-                    path.display(),
-                    size >> 20
-                );
-                if !over {
-                    self.alarms.clear_kind(AlarmKind::DatabaseSize, now);
-                } else if !self.alarms.has(AlarmKind::DatabaseSize)
-                    && self.alarms.raise(AlarmKind::DatabaseSize, &message, now)
-                {
-                    raised.push(message);
+            // Every file of the database (the WAL and -shm too), in MB like the limit.
+            let settings = crate::replication_settings(self.node.config(), &self.state_dir);
+            match settings
+                .ok()
+                .and_then(|s| tandem_replication::database_size_alarm(&s, limit_mb))
+            {
+                None => self.alarms.clear_kind(AlarmKind::DatabaseSize, now),
+                Some(message) => {
+                    if !self.alarms.has(AlarmKind::DatabaseSize)
+                        && self.alarms.raise(AlarmKind::DatabaseSize, &message, now)
+                    {
+                        raised.push(message);
+                    }
                 }
             }
         }

@@ -55,6 +55,18 @@ pub enum Error {
          start it, or `mp_replication service` for a standalone node)"
     )]
     ServiceNotRunning,
+    /// A command waited for the replication service to start on this node (as the
+    /// node agent does within about a second of `init`) and it did not.
+    #[error(
+        "the replication service is not running on this node: waited {:.1} s for it to start; \
+         start the node agent (`failover agent`, which hosts it) or, on a node without the \
+         agent, `mp_replication service`, then run the command again",
+        waited.as_secs_f64()
+    )]
+    ServiceNotStarted {
+        /// How long the command waited.
+        waited: Duration,
+    },
     /// A request to the replication service failed; the text is the service's reason.
     #[error("{0}")]
     Request(String),

@@ -151,6 +151,7 @@ mod observer;
 mod postgres;
 pub mod sample;
 mod service;
+mod size;
 mod sqlite;
 mod status;
 mod util;
@@ -169,7 +170,11 @@ pub use error::{Error, Result, chain};
 pub use observer::{Observer, Quiet};
 pub use postgres::{PostgresBackend, WatchOutcome, parse_lsn};
 pub use service::{PeerEvent, Replicator, Transport};
-pub use sqlite::{Identity, SqliteBackend, TableChecksum, Writer, connect_options, position_in};
+pub use size::{database_bytes, database_size_alarm};
+pub use sqlite::{
+    Identity, RestoreConflict, RestoreReport, SavedRow, SqliteBackend, TableChecksum, Writer,
+    connect_options, position_in,
+};
 pub use status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,
     outcome_line,

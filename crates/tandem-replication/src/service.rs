@@ -13,7 +13,10 @@
 //! changelog, not below its floor, not past its head), then streams
 //! [`Message::Batch`]es with at most `window` unacknowledged. The puller applies each
 //! batch in one transaction with its new position and answers [`Message::Ack`]; the
-//! source records the acknowledgement and prunes. Both directions are symmetric, so
+//! source records the acknowledgement and prunes. A from-sync ends the same way: the
+//! receiver acknowledges the snapshot's position once it committed the snapshot. The
+//! backlog limit counts the changes past both the acknowledged position and the floor
+//! (what was dropped reaches the peer only by a from-sync). Both directions are symmetric, so
 //! after a switchover the new standby resumes from its own applied position of the new
 //! active node's changelog.
 
@@ -632,15 +635,15 @@ impl Engine {
     async fn check_backlog(&mut self) -> Result<()> {
         let m = &self.meta;
         let limit = self.cfg().max_backlog;
-        if m.writable
-            && m.state == ReplicationState::Active
-            && m.head.saturating_sub(m.acked) > limit
-        {
+        // Counted from the floor too: after a suspension the last acknowledgement is
+        // older than the dropped changelog, and counting from it suspended again the
+        // moment a from-sync switched replication back on.
+        if m.writable && m.state == ReplicationState::Active && m.backlog() > limit {
             let alarm = format!(
                 "replication switched itself off: {} changes waited for node {}, past max_backlog = {limit}; \
                  the changelog was dropped to protect this node's disk; bring node {} back and run \
                  `mp_replication switch-on -S -F from-sync` on it",
-                m.head.saturating_sub(m.acked),
+                m.backlog(),
                 3 - m.node,
                 3 - m.node
             );
@@ -974,6 +977,13 @@ impl Engine {
                         Ok(outcome) => {
                             s.refused = None;
                             s.pulling = false;
+                            // The snapshot is committed here: the peer counts its backlog
+                            // (and its waiting commits) from the snapshot's position.
+                            t.send(Message::Ack {
+                                log: outcome.log,
+                                seq: outcome.position,
+                            })
+                            .await?;
                             let file = outcome.file.as_ref().map(|f| f.display().to_string());
                             let mut text =
                                 format!("copied {} rows from node {peer}", outcome.copied);

@@ -246,10 +246,13 @@ async fn switch_on_from_node_1_streams_to_node_2_and_status_shows_both() {
     assert!(status.remote_detail.unwrap().contains("not running"));
     let err = n1
         .backend
-        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .switch_on(
+            &SwitchOnOptions::new().with_timeout(Duration::from_millis(200)),
+            &Quiet,
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ServiceNotRunning), "{err}");
+    assert!(matches!(err, Error::ServiceNotStarted { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,4 +548,126 @@ async fn a_standby_that_cannot_apply_says_why_on_the_active_and_catches_up_once_
     drop(conn);
     n1.stop().await;
     n2.stop().await;
+}
+
+/// Bug 7: after the active node suspended replication past `max_backlog`, the
+/// alarm's advice (from-sync on the standby) must bring replication back for good:
+/// the active counts its backlog from the snapshot's position, not from the
+/// acknowledgement it had before the suspension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_sync_after_a_backlog_suspension_resumes_replication_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = Node::new(dir.path(), 1, p1, p2, |c| c.max_backlog = 50).await;
+    let mut n2 = Node::new(dir.path(), 2, p2, p1, |_| {}).await;
+    n1.start(&key);
+    n2.start(&key);
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    let p = write(&n1, 1, 10).await;
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // The standby's service is gone while 200 rows are written: node 1 suspends.
+    n2.stop().await;
+    for tx in 2..=21 {
+        write(&n1, tx, 10).await;
+    }
+    eventually("the suspension", || async {
+        n1.backend.status().await.unwrap().local.state == ReplicationState::Suspended
+    })
+    .await;
+
+    // What the alarm says: bring node 2 back and run from-sync on it.
+    n2.start(&key);
+    n2.backend
+        .switch_on(&SwitchOnOptions::new().from_sync(), &Quiet)
+        .await
+        .unwrap();
+    let mut last = Position(0);
+    for tx in 22..=25 {
+        last = write(&n1, tx, 10).await;
+        n1.backend
+            .wait_replicated(last, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("transaction {tx} after the from-sync: {e}"));
+    }
+    assert!(n2.backend.status().await.unwrap().applied >= last);
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+    let s1 = n1.backend.status().await.unwrap();
+    assert_eq!(s1.local.state, ReplicationState::Active);
+    assert!(s1.alarms.is_empty(), "{:?}", s1.alarms);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+/// The steps an operation reported.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<String>>);
+
+impl tandem_replication::Observer for Steps {
+    fn step(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_owned());
+    }
+}
+
+impl Steps {
+    fn any(&self, part: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|s| s.contains(part))
+    }
+}
+
+/// Bug 6: `switch-on` straight after `init` waits for the service the node agent is
+/// about to start, instead of failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_on_straight_after_init_waits_for_the_service_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let mut n1 = Node::new(dir.path(), 1, p1, p2, |_| {}).await;
+    let backend = Arc::clone(&n1.backend);
+    let steps = Arc::new(Steps::default());
+    let seen = Arc::clone(&steps);
+    let switch = tokio::spawn(async move {
+        backend
+            .switch_on(&SwitchOnOptions::new(), seen.as_ref())
+            .await
+    });
+    eventually("switch-on to wait for the service (or end)", || async {
+        steps.any("waiting for the replication service") || switch.is_finished()
+    })
+    .await;
+    // The agent starts the service about now.
+    n1.start(&key);
+    let report = switch.await.unwrap().unwrap();
+    assert!(
+        report.message.contains("switched on on node 1"),
+        "{}",
+        report.message
+    );
+    assert!(steps.any("waiting for the replication service"));
+    n1.stop().await;
+
+    // A service that does not come: the error says it waited, and what to start.
+    let err = n1
+        .backend
+        .switch_on(
+            &SwitchOnOptions::new().with_timeout(Duration::from_millis(300)),
+            &Quiet,
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("waited"), "{text}");
+    assert!(text.contains("mp_replication service"), "{text}");
+    assert!(text.contains("node agent"), "{text}");
 }

@@ -6,6 +6,7 @@
 //! mp_replication switch-on [-S] [-F from-sync] [-v]      (alias switchON)
 //! mp_replication switch-off [-v]                         (alias switchOFF)
 //! mp_replication status [--json]
+//! mp_replication restore-local-rows FILE [--dry-run] [--json]
 //! ```
 //!
 //! Commands that change replication end with the seed's line `Database Replication
@@ -18,6 +19,34 @@
 //! default) or `"postgres"` (PostgreSQL's streaming replication; `-r REMOTE` then names
 //! the peer's server, port `[replication.postgres] port` unless given, and `service`
 //! applies the `standby_lost` policy). Both print the same table and final line.
+//!
+//! The config file is `--config PATH`, else `TANDEM_CONFIG` (as for `failover`); a file
+//! named either way must exist. Without both, `/etc/tandem/node.toml` is read if it
+//! exists; if it does not, the tool runs with the defaults and commands that change
+//! something say so once on stderr (the final line then names the machine's hostname).
+//!
+//! Output goes through the `println!` and `print!` below: when the reader of stdout has
+//! gone (`mp_replication checksum | head -1`) the program ends at once, quietly and with
+//! exit status 0, as `failover` does: the reader took what it wanted, and a command
+//! that changed something has finished that change before it prints its result.
+
+/// `println!` that ends the program quietly when stdout's reader has gone (see the
+/// crate doc) instead of panicking.
+macro_rules! println {
+    () => {
+        crate::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        crate::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that ends the program quietly when stdout's reader has gone.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        crate::write_stdout(format_args!($($arg)*), false)
+    };
+}
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -31,16 +60,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
-    PostgresBackend, ReplicationBackend, Replicator, Settings, SqliteBackend, SwitchOnOptions,
-    outcome_line, route_source, sample,
+    PostgresBackend, ReplicationBackend, Replicator, RestoreReport, Settings, SqliteBackend,
+    SwitchOnOptions, outcome_line, route_source, sample,
 };
 
 /// Database replication control for a tandem site.
 #[derive(Parser)]
 #[command(name = "mp_replication", version, about, long_about = None)]
 struct Cli {
-    /// The node config file (its `[replication]` table and node facts).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The node config file (its `[replication]` table and node facts); it must exist.
+    /// Default: /etc/tandem/node.toml if it exists, else built-in defaults.
+    #[arg(long, global = true, env = "TANDEM_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
     /// The node's state directory.
     #[arg(long, global = true, env = "TANDEM_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
@@ -75,7 +105,8 @@ enum Command {
         /// Where the data comes from: `from-sync` (the peer).
         #[arg(short = 'F', long = "from", value_enum, requires = "sync")]
         from: Option<SyncFrom>,
-        /// How long to wait for the service and the peer, in seconds.
+        /// How long to wait for the service and the peer, in seconds (for the
+        /// service to start, right after `init`, at most 15 of them).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
         /// Show the steps.
@@ -112,6 +143,25 @@ enum Command {
         /// Show the steps.
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// Put back the rows a from-sync saved (the file it named), on the active node:
+    /// inserts, in one transaction that replicates like the application's writes, every
+    /// saved row whose key is free, and reports conflicts (a key that now holds a
+    /// different row) instead of overwriting them. Rows the synchronized node had
+    /// deleted are reported, not deleted. Exit status 0 even with conflicts: they are
+    /// listed for you to resolve.
+    #[command(name = "restore-local-rows")]
+    RestoreLocalRows {
+        /// The local-only rows file (`local-only-rows-<time>-node<N>.jsonl`; copy it to
+        /// the active node first).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Change nothing; report what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Row count and SHA-256 of each replicated table, to compare the two nodes.
     Checksum {
@@ -171,12 +221,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_async(cli))
 }
 
+/// The settings from the config file that `--config` or `TANDEM_CONFIG` names (it must
+/// exist), else from the default file if there is one, else the defaults.
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let (path, required) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    Ok(Settings::load(&path, required, &cli.state_dir)?)
+    let settings = Settings::load(&path, required, &cli.state_dir)?;
+    if settings.config_path.is_none() && cli.command.changes_something() {
+        eprintln!(
+            "mp_replication: no config file ({DEFAULT_CONFIG_PATH} is missing and neither \
+             --config nor TANDEM_CONFIG names one): running with the defaults, so the final \
+             line names this machine's hostname"
+        );
+    }
+    Ok(settings)
+}
+
+impl Command {
+    /// Whether the command changes the database or replication (and so deserves a
+    /// word when it runs without a config file).
+    fn changes_something(&self) -> bool {
+        !matches!(self, Command::Status { .. } | Command::Checksum { .. })
+    }
+}
+
+/// Writes to stdout for [`println!`] and [`print!`]: a reader that has gone ends the
+/// program with exit status 0, any other failure with 1, after a word on stderr.
+fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+    let mut out = std::io::stdout().lock();
+    let result = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("mp_replication: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -303,6 +395,21 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::RestoreLocalRows {
+            ref file,
+            dry_run,
+            json,
+        } => {
+            sqlite_only(&settings, "restore-local-rows")?;
+            let backend = SqliteBackend::open_existing(&settings).await?;
+            let report = backend.restore_local_rows(file, dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_restore(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Service if settings.replication.backend == BackendKind::Postgres => {
             init_logging();
             let backend = PostgresBackend::open_existing(&settings).await?;
@@ -369,23 +476,66 @@ async fn write_sample(
             let mut conn = backend.writer().await?;
             sample::write_transaction(&mut conn, tx, rows).await?
         };
-        // One line per write call: concurrent writers' lines do not mix.
-        let line = if wait_replicated {
+        // One line under stdout's lock: concurrent writers' lines do not mix.
+        if wait_replicated {
             let committed = std::time::Instant::now();
             backend
                 .wait_replicated(position, Duration::from_secs(60))
                 .await
                 .with_context(|| format!("transaction {tx}"))?;
             let waited = committed.elapsed().as_micros();
-            format!("acked {tx} {position} {waited}\n")
+            println!("acked {tx} {position} {waited}");
         } else {
-            format!("committed {tx} {position}\n")
-        };
-        let mut out = std::io::stdout().lock();
-        out.write_all(line.as_bytes())?;
-        out.flush()?;
+            println!("committed {tx} {position}");
+        }
     }
     Ok(())
+}
+
+/// Prints what `restore-local-rows` did (or would do), a line per row and a summary.
+fn print_restore(report: &RestoreReport) {
+    for r in &report.restored {
+        println!("restored  {} {}", r.table, r.key);
+    }
+    for r in &report.already_present {
+        println!("present   {} {}", r.table, r.key);
+    }
+    for c in &report.conflicts {
+        println!(
+            "conflict  {} {}: saved {}, now {}",
+            c.table, c.key, c.saved, c.current
+        );
+    }
+    for r in &report.deleted_locally {
+        println!(
+            "deleted   {} {}: the synchronized node had deleted it; kept here",
+            r.table, r.key
+        );
+    }
+    let verb = if report.dry_run {
+        "Would restore"
+    } else {
+        "Restored"
+    };
+    let mut summary = format!(
+        "{verb} {} rows from {}; {} already there",
+        report.restored.len(),
+        report.file.display(),
+        report.already_present.len()
+    );
+    if !report.conflicts.is_empty() {
+        summary.push_str(&format!(
+            "; {} conflicts left as they are (resolve them by hand)",
+            report.conflicts.len()
+        ));
+    }
+    if !report.deleted_locally.is_empty() {
+        summary.push_str(&format!(
+            "; {} rows the synchronized node had deleted kept",
+            report.deleted_locally.len()
+        ));
+    }
+    println!("{summary}.");
 }
 
 /// Opens the backend for a command that ends with the seed's line; the IP for that

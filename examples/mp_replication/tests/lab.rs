@@ -81,6 +81,17 @@ impl Site {
         self.command(host).args(args).output().unwrap()
     }
 
+    /// Runs a command that must succeed; its stdout.
+    fn mp_text(&self, host: Host, args: &[&str]) -> String {
+        let out = self.mp(host, args);
+        assert!(
+            out.status.success(),
+            "mp_replication {args:?} on {host} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a command that must succeed and end with the seed's SUCCESSFUL line.
     fn mp_ok(&self, host: Host, args: &[&str]) -> String {
         let out = self.mp(host, args);
@@ -519,6 +530,30 @@ fn a_diverged_node_2_rejoins_with_from_sync_and_its_own_rows_are_saved() {
     assert_eq!(saved.lines().count(), 10, "{saved}");
     assert!(saved.contains("\"login\":\"user900001\""), "{saved}");
     assert!(Path::new(file).starts_with(site.state_dir(Host::Node2)));
+
+    // Step 13: node 2's own rows go back on the active node, node 1 (the file is
+    // copied there; here both state directories are on one machine).
+    let out = site.mp(Host::Node2, &["restore-local-rows", file]);
+    assert!(!out.status.success(), "node 2 is the standby");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standby"));
+    let out = site.mp(Host::Node1, &["restore-local-rows", file, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: tandem_replication::RestoreReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report.restored.len() + report.conflicts.len() + report.deleted_locally.len(),
+        10,
+        "{report:?}"
+    );
+    assert!(
+        report.restored.iter().any(|r| r.table == "user_profiles"),
+        "{report:?}"
+    );
+    let text = site.mp_text(Host::Node1, &["restore-local-rows", file, "--dry-run"]);
+    assert!(text.contains("Would restore 0 rows"), "{text}");
 
     site.write(Host::Node1, 26, 5, 10);
     site.wait_caught_up(Host::Node1, Host::Node2);

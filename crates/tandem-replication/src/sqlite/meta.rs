@@ -165,6 +165,16 @@ pub(crate) struct Meta {
     pub(crate) head: u64,
 }
 
+impl Meta {
+    /// The changes the peer still has to take from this node's changelog: those past
+    /// both the acknowledged position and the floor. Entries below the floor were
+    /// dropped (a suspension, a switch-off, a snapshot) and reach the peer only by a
+    /// from-sync, so they are no backlog, whatever the last acknowledgement was.
+    pub(crate) fn backlog(&self) -> u64 {
+        self.head.saturating_sub(self.acked.max(self.floor))
+    }
+}
+
 pub(crate) const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS _tandem_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID";
 
 pub(crate) const CREATE_CHANGELOG: &str = "CREATE TABLE IF NOT EXISTS _tandem_changelog (\

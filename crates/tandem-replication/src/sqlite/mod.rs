@@ -17,6 +17,7 @@
 mod log;
 mod meta;
 mod order;
+mod restore;
 mod schema;
 mod sync;
 mod value;
@@ -50,8 +51,17 @@ pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
 pub(crate) use meta::{
     Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
+pub use restore::{RestoreConflict, RestoreReport, SavedRow};
 pub(crate) use schema::TableInfo;
 pub(crate) use sync::{SnapshotReader, SyncStage};
+
+/// How long `switch-on` waits at most for the replication service to start, whatever
+/// its time limit: the node agent starts it within about a second of `init` made the
+/// database.
+const SERVICE_START_WAIT: Duration = Duration::from_secs(15);
+/// How long `switch-off` waits for the service before it switches this node off alone
+/// (it can do without the service, so it waits only as long as the agent needs).
+const SERVICE_START_WAIT_OFF: Duration = Duration::from_secs(3);
 
 /// How long a database call waits for another writer before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -507,7 +517,9 @@ impl SqliteBackend {
     ) -> Result<Tables> {
         let mut list = Vec::new();
         for name in &self.settings.replication.tables {
-            let t = TableInfo::load(conn, name).await?;
+            let t = TableInfo::load(conn, name)
+                .await
+                .map_err(|e| self.explain_missing_table(e))?;
             if let Some(o) = observer {
                 o.step(&format!(
                     "table {}: {} columns, primary key ({})",
@@ -524,6 +536,50 @@ impl SqliteBackend {
             fingerprint,
             links: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A missing declared table, explained: which database was looked in, and where and
+    /// how the application's tables are declared (most often nobody declared any, and
+    /// the sample schema's tables were assumed).
+    fn explain_missing_table(&self, error: Error) -> Error {
+        let Error::Table { table, problem } = error else {
+            return error;
+        };
+        if !problem.starts_with("it does not exist") {
+            return Error::Table { table, problem };
+        }
+        let cfg = &self.settings.replication;
+        let config = match &self.settings.config_path {
+            Some(path) => format!("the node config {}", path.display()),
+            None => format!(
+                "the node config (none was read: --config, TANDEM_CONFIG or {})",
+                crate::DEFAULT_CONFIG_PATH
+            ),
+        };
+        let db = self.database_path();
+        let undeclared = !cfg.sample_schema
+            && cfg
+                .tables
+                .iter()
+                .map(String::as_str)
+                .eq(sample::TABLES.iter().copied());
+        let problem = if undeclared {
+            format!(
+                "it does not exist in {}: no tables are declared, so the sample schema's \
+                 were assumed; declare the application's database and tables under \
+                 [replication] in {config}, for example `database = \"/var/lib/app/app.sqlite\"` \
+                 and `tables = [\"accounts\", \"orders\"]` (each table needs a primary key), \
+                 then run `mp_replication init` again (see docs/OPERATIONS.md)",
+                db.display()
+            )
+        } else {
+            format!(
+                "it does not exist in {} (create it, or remove it from `tables` under \
+                 [replication] in {config}; see docs/OPERATIONS.md)",
+                db.display()
+            )
+        };
+        Error::Table { table, problem }
     }
 
     /// The links between the declared tables ([`order::Links`]) as the schema stands in
@@ -881,10 +937,9 @@ impl SqliteBackend {
         };
         let (backlog, lag_ms) = if m.writable {
             // `meta()` took the published acknowledgement already.
-            let acked = m.acked;
-            let lag = self.oldest_unacked_ms(acked).await?;
+            let lag = self.oldest_unacked_ms(m.acked).await?;
             (
-                Some(m.head.saturating_sub(acked.max(m.floor))),
+                Some(m.backlog()),
                 Some(lag.map_or(0, |ts| now_ms().saturating_sub(ts))),
             )
         } else if let Some(p) = peer.as_ref().filter(|p| p.connected) {
@@ -1022,6 +1077,30 @@ impl SqliteBackend {
         }
     }
 
+    /// Whether the replication service runs, waiting up to `limit` for it to start
+    /// (`switch-on` straight after `init`: the node agent starts it within a second).
+    async fn wait_for_service(&self, limit: Duration, observer: &dyn Observer) -> bool {
+        if self.service_running() {
+            return true;
+        }
+        observer.step(&format!(
+            "waiting for the replication service to start (at most {:.1} s; the node agent \
+             starts it within about a second of `mp_replication init`)",
+            limit.as_secs_f64()
+        ));
+        let started = tokio::time::Instant::now();
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return self.service_running();
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+            if self.service_running() {
+                return true;
+            }
+        }
+    }
+
     pub(crate) async fn switch_on_impl(
         &self,
         options: &SwitchOnOptions,
@@ -1035,8 +1114,9 @@ impl SqliteBackend {
                 m.node
             )));
         }
-        if !self.service_running() {
-            return Err(Error::ServiceNotRunning);
+        let limit = options.timeout.min(SERVICE_START_WAIT);
+        if !self.wait_for_service(limit, observer).await {
+            return Err(Error::ServiceNotStarted { waited: limit });
         }
         observer.step(&format!(
             "asking the replication service to switch on{}",
@@ -1065,7 +1145,10 @@ impl SqliteBackend {
 
     pub(crate) async fn switch_off_impl(&self, observer: &dyn Observer) -> Result<SwitchReport> {
         self.meta().await?;
-        if self.service_running() {
+        if self
+            .wait_for_service(SERVICE_START_WAIT_OFF, observer)
+            .await
+        {
             observer.step("asking the replication service to switch off here and on the peer");
             let limit = Duration::from_secs(15);
             let id = self.submit_request(false, false, limit).await?;
@@ -1080,7 +1163,11 @@ impl SqliteBackend {
                 ..SwitchReport::default()
             });
         }
-        observer.step("the replication service is not running: switching off locally only");
+        observer.step(&format!(
+            "the replication service did not start within {} s: switching off locally only \
+             (switch the peer off there too if it should stay off)",
+            SERVICE_START_WAIT_OFF.as_secs()
+        ));
         let message = self.switch_local(false).await?;
         Ok(SwitchReport {
             message,

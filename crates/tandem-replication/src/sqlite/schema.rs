@@ -122,6 +122,29 @@ impl TableInfo {
         }
     }
 
+    /// `SELECT <key columns>, <columns>` of the one row whose key is `?1..?k` (in key
+    /// order), in the form [`canonical`](Self::canonical) reads.
+    pub(crate) fn select_by_key_sql(&self) -> String {
+        let list = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| ident(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "SELECT {}, {} FROM main.{} WHERE {}",
+            list(&self.key),
+            list(&self.columns),
+            ident(&self.name),
+            self.key
+                .iter()
+                .map(|k| format!("{} = ?", ident(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        )
+    }
+
     /// The JSON object of the key columns of the row `prefix` (`NEW.`, `OLD.` or `""`).
     pub(crate) fn key_json(&self, prefix: &str) -> String {
         json_object(&self.key, prefix)

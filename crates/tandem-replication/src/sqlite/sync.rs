@@ -3,7 +3,11 @@
 //! changed that the peer never received (its unacknowledged changelog: rows it wrote,
 //! and keys it deleted, where they differ from the snapshot) to a file, and then
 //! replaces its tables, its positions and its own superseded changelog in one
-//! transaction.
+//! transaction. Once that committed, the receiver acknowledges the snapshot's position
+//! to the provider (a [`Message::Ack`]), which counts its backlog and its waiting
+//! commits from there: its own acknowledged position may be far older (replication
+//! was suspended past `max_backlog`), and its changelog below the snapshot is
+//! superseded.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +61,10 @@ pub(crate) struct SyncOutcome {
     pub(crate) saved: u64,
     /// The file, if rows were saved.
     pub(crate) file: Option<PathBuf>,
+    /// The peer's changelog and the position of it that the snapshot holds (now
+    /// applied here).
+    pub(crate) log: u64,
+    pub(crate) position: u64,
 }
 
 impl SqliteBackend {
@@ -376,6 +384,8 @@ impl SyncStage {
             copied,
             saved,
             file,
+            log: self.log,
+            position: self.position,
         })
     }
 }

@@ -257,6 +257,24 @@ fn a_table_without_a_primary_key_or_missing_is_refused_by_name() {
         );
         // Nothing was half-installed.
         assert!(!b.is_initialized().await.unwrap());
+
+        // No tables declared: the error says how to declare the application's.
+        let b = SqliteBackend::open(&Settings::new(
+            dir.path().join("d"),
+            ReplicationConfig::default(),
+        ))
+        .await
+        .unwrap();
+        let err = b.init_impl(&options, &Quiet).await.unwrap_err().to_string();
+        for part in [
+            "`user_groups`",
+            "no tables are declared",
+            "[replication]",
+            "tables = [",
+            "docs/OPERATIONS.md",
+        ] {
+            assert!(err.contains(part), "{part:?} missing in: {err}");
+        }
     });
 }
 
@@ -478,6 +496,57 @@ fn from_sync_copies_the_snapshot_and_saves_the_local_only_rows() {
             n1.table_checksums().await.unwrap(),
             n2.table_checksums().await.unwrap()
         );
+
+        // Step 13: the saved rows go back on the active node with one command. Not on
+        // the standby.
+        let err = n2.restore_local_rows(&file, false).await.unwrap_err();
+        assert!(err.to_string().contains("standby"), "{err}");
+        let names = |rows: &[crate::SavedRow]| -> Vec<String> {
+            rows.iter()
+                .map(|r| format!("{} {}", r.table, r.key))
+                .collect()
+        };
+        let before = n1.table_checksums().await.unwrap();
+        let dry = n1.restore_local_rows(&file, true).await.unwrap();
+        assert_eq!(n1.table_checksums().await.unwrap(), before, "a dry run");
+        let report = n1.restore_local_rows(&file, false).await.unwrap();
+        assert_eq!(report.restored, dry.restored);
+        assert_eq!(
+            names(&report.restored),
+            [r#"kv {"k":4}"#, r#"pair {"a":"q","b":2}"#]
+        );
+        assert_eq!(names(&report.deleted_locally), [r#"pair {"a":"p","b":1}"#]);
+        assert!(report.already_present.is_empty());
+        // Key 2 holds node 1's row now: reported with both rows, not overwritten.
+        let conflicts: Vec<String> = report
+            .conflicts
+            .iter()
+            .map(|c| format!("{} {} {} {}", c.table, c.key, c.saved["s"], c.current["s"]))
+            .collect();
+        assert_eq!(conflicts, [r#"kv {"k":2} "mine" "theirs""#]);
+        let s: Vec<String> = sqlx::query_scalar("SELECT s FROM kv ORDER BY k")
+            .fetch_all(n1.pool())
+            .await
+            .unwrap();
+        assert_eq!(s, ["theirs", "only on 1", "only on 2", "after"]);
+        // Captured like the application's writes: the standby gets them.
+        let prev = n2.meta().await.unwrap().applied;
+        let batch = Batch {
+            log: m1.log,
+            prev,
+            changes: all_changes(&n1, prev).await,
+        };
+        assert_eq!(batch.changes.len(), 2);
+        n2.apply_batch(&batch).await.unwrap();
+        assert_eq!(
+            n1.table_checksums().await.unwrap(),
+            n2.table_checksums().await.unwrap()
+        );
+        // Run again: nothing left to insert.
+        let again = n1.restore_local_rows(&file, false).await.unwrap();
+        assert!(again.restored.is_empty(), "{again:?}");
+        assert_eq!(again.already_present.len(), 2);
+        assert_eq!(again.conflicts.len(), 1);
     });
 }
 
