@@ -12,6 +12,8 @@
 //!   claims and epochs ([`PeerMessage`]), a watch on the shared address for
 //!   conflicts, the [`control`] socket the operator's tools talk to, and a
 //!   [`StatusSnapshot`] for the status page;
+//!   The status page itself is [`serve_status`] / [`StatusServer`] (hyper, with
+//!   caps on connections and a request-head timeout);
 //!   The agent also hosts the replication service once `mp_replication init` made
 //!   the database, carries config bundles to the peer ([`control::Request::SendBundle`])
 //!   and raises the database alarms;
@@ -78,7 +80,7 @@ pub use services::{ServiceError, Services};
 pub use shell::ShellError;
 pub use status::{Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};
 pub use status_http::{
-    DEFAULT_HEAD_TIMEOUT, DEFAULT_STATUS_PORT, MAX_HEAD_BYTES, RequestError, RequestHead,
-    StatusServer, parse_request_head, render_metrics, render_status_json, render_status_page,
-    serve_status,
+    DEFAULT_HEAD_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_STATUS_PORT, MAX_HEAD_BYTES, StatusServer, render_metrics, render_status_json,
+    render_status_page, serve_status,
 };

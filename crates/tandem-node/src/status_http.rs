@@ -3,29 +3,47 @@
 //! alarms below it, `/status.json` for tools and `/metrics` for Prometheus.
 //!
 //! Three pure renderers turn a [`StatusSnapshot`] into text
-//! ([`render_status_page`], [`render_status_json`], [`render_metrics`]); a small
-//! HTTP/1.1 server on a tokio listener ([`serve_status`], [`StatusServer`])
-//! answers `GET` and `HEAD` for `/`, `/status`, `/status.json` and `/metrics`
-//! with whatever snapshot a [`watch`] channel holds at the time of the request.
+//! ([`render_status_page`], [`render_status_json`], [`render_metrics`]); a server
+//! on tokio listeners ([`serve_status`], [`StatusServer`]) answers `GET` and
+//! `HEAD` for `/`, `/status`, `/status.json` and `/metrics` with whatever
+//! snapshot a [`watch`] channel holds at the time of the request.
 //!
-//! The server is deliberately small: one request per connection
-//! (`Connection: close`), at most [`MAX_HEAD_BYTES`] of request head read within
-//! a timeout, no request bodies, no keep-alive, no TLS. The page carries no
-//! script and loads nothing from elsewhere; every value is HTML-escaped.
+//! HTTP is hyper's (HTTP/1.x), a well-kept implementation, not one of our own:
+//! it parses the request heads, refuses malformed ones (`400`) and those over
+//! [`MAX_HEAD_BYTES`] (`431`), and disconnects a client that has not sent its
+//! whole request head within [`DEFAULT_HEAD_TIMEOUT`]. Around it the server
+//! keeps the connections within caps, in all ([`DEFAULT_MAX_CONNECTIONS`]) and
+//! per client ([`DEFAULT_MAX_CONNECTIONS_PER_CLIENT`]); a new connection that
+//! meets a cap takes the place of the oldest one still sending its request
+//! head, so slow clients (slowloris) cannot keep an operator out. One request
+//! per connection (`Connection: close`), no request bodies, no TLS. The page
+//! carries no script and loads nothing from elsewhere; every value is
+//! HTML-escaped.
 
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tandem_role::Role;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{self, AbortHandle, JoinSet};
 
 use crate::{ReplicationSide, StatusSnapshot};
 
@@ -37,22 +55,23 @@ pub const DEFAULT_STATUS_PORT: u16 = 7450;
 /// a longer head is answered with `431 Request Header Fields Too Large`.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
-/// How long a client may take to send its request head by default; a slower one
-/// is answered with `408 Request Timeout`.
-pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take, from the moment it connects, to send its whole
+/// request head by default; a slower one is disconnected without an answer. A
+/// browser or a scraper sends its head at once; a client that trickles it
+/// (slowloris) holds a connection no longer than this.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many connections are served at once; further clients wait in the
-/// listen backlog until one finishes.
-const MAX_CONNECTIONS: usize = 64;
+/// How many connections the status page keeps open at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
-/// How long writing the response may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many of them one client (an IPv4 address or an IPv6 /64) may hold by
+/// default: more than a browser or a scraper opens, few enough that one
+/// address cannot take the page's connections from others.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 
-/// After the response, how long and how much of the client's unread input is
-/// drained before closing, so that closing does not reset the connection and
-/// destroy the response before the client has read it.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
+/// How long answering may take once the request head is in (writing the
+/// response to a client that reads slowly); the connection is closed then.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long to pause accepting after the process ran out of file descriptors or
 /// memory, so that a full table does not turn into a busy loop.
@@ -320,31 +339,6 @@ fn format_utc(ms: u64) -> String {
         date.year,
         date.month,
         date.day,
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    )
-}
-
-/// The IMF-fixdate of RFC 9110 for the `Date` header:
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (date, secs_of_day) = civil(secs);
-    // 1970-01-01 was a Thursday.
-    let weekday = DAYS
-        .get(((secs / 86_400 + 4) % 7) as usize)
-        .unwrap_or(&"Sun");
-    let month = MONTHS
-        .get((date.month as usize).wrapping_sub(1))
-        .unwrap_or(&"Jan");
-    format!(
-        "{weekday}, {:02} {month} {:04} {:02}:{:02}:{:02} GMT",
-        date.day,
-        date.year,
         secs_of_day / 3600,
         secs_of_day / 60 % 60,
         secs_of_day % 60
@@ -620,232 +614,29 @@ fn float(value: f64) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Request heads
-
-/// A parsed HTTP/1.x request head: what the server needs of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RequestHead {
-    /// The method, as sent (methods are case-sensitive: `GET`, not `get`).
-    pub method: String,
-    /// The request target as sent, e.g. `/status?x=1`.
-    pub target: String,
-    /// The path of the target without query or fragment, e.g. `/status`.
-    pub path: String,
-    /// The minor version of HTTP/1.x: 0 or 1 (up to 9).
-    pub minor_version: u8,
-}
-
-/// Why a request head was refused. Messages name the problem but never repeat
-/// the client's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// Nothing but empty lines.
-    #[error("empty request")]
-    Empty,
-    /// The request line is not `METHOD SP target SP HTTP/x.y`.
-    #[error("malformed request line: expected `METHOD /path HTTP/1.1`")]
-    RequestLine,
-    /// The method has characters a method token cannot have.
-    #[error("invalid method")]
-    Method,
-    /// The target is not a path starting with `/` nor an absolute `http` URL.
-    #[error("request target must be a path starting with `/`")]
-    Target,
-    /// The version is not `HTTP/<digit>.<digit>`.
-    #[error("malformed HTTP version")]
-    Version,
-    /// A well-formed version other than HTTP/1.x.
-    #[error("HTTP version {major}.{minor} is not supported; use HTTP/1.1")]
-    UnsupportedVersion {
-        /// The major version sent.
-        major: u8,
-        /// The minor version sent.
-        minor: u8,
-    },
-    /// A carriage return that does not end a line.
-    #[error("carriage return inside line {line} of the request head")]
-    StrayCarriageReturn {
-        /// The line, counting the request line as 1.
-        line: usize,
-    },
-    /// A header line without a colon, with an invalid name or with control
-    /// characters in its value.
-    #[error("malformed header field on line {line} of the request head")]
-    Header {
-        /// The line, counting the request line as 1.
-        line: usize,
-    },
-    /// A header line that continues the previous one (obsolete line folding).
-    #[error("obsolete line folding on line {line} of the request head")]
-    Folded {
-        /// The line, counting the request line as 1.
-        line: usize,
-    },
-    /// An HTTP/1.1 request without a `Host` header.
-    #[error("HTTP/1.1 request without a Host header")]
-    MissingHost,
-    /// More than one `Host` header.
-    #[error("more than one Host header")]
-    DuplicateHost,
-}
-
-/// Parses an HTTP/1.x request head: the request line and the header lines, each
-/// ended by CRLF (a bare LF is accepted too), optionally followed by the empty
-/// line that ends the head; anything after that empty line is ignored. One
-/// empty line before the request line is ignored, as RFC 9112 advises.
-///
-/// Checks what RFC 9112 asks a server to check: the method is a token, the
-/// target a path (origin form) or an absolute `http(s)` URL, the version
-/// `HTTP/1.x`; header names are tokens directly followed by the colon, values
-/// carry no control characters, no line is folded, and an HTTP/1.1 request has
-/// exactly one `Host`. Never panics, whatever the bytes.
-///
-/// ```
-/// # use tandem_node::parse_request_head;
-/// let head = parse_request_head(b"GET /status?x=1 HTTP/1.1\r\nHost: node1\r\n\r\n")?;
-/// assert_eq!((head.method.as_str(), head.path.as_str()), ("GET", "/status"));
-/// assert!(parse_request_head(b"GET /status HTTP/1.1\r\n\r\n").is_err()); // no Host
-/// # Ok::<(), tandem_node::RequestError>(())
-/// ```
-pub fn parse_request_head(head: &[u8]) -> Result<RequestHead, RequestError> {
-    let mut lines = head.split(|&b| b == b'\n').enumerate().map(|(i, line)| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.contains(&b'\r') {
-            Err(RequestError::StrayCarriageReturn { line: i + 1 })
-        } else {
-            Ok(line)
-        }
-    });
-    let mut request_line = lines.next().ok_or(RequestError::Empty)??;
-    if request_line.is_empty() {
-        request_line = lines.next().ok_or(RequestError::Empty)??;
-    }
-    if request_line.is_empty() {
-        return Err(RequestError::Empty);
-    }
-    let mut parts = request_line.splitn(3, |&b| b == b' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::RequestLine);
-    };
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
-        return Err(RequestError::Method);
-    }
-    let path = target_path(target).ok_or(RequestError::Target)?;
-    let minor_version = parse_version(version)?;
-
-    let mut hosts = 0usize;
-    for (i, line) in lines.enumerate() {
-        let line = line?;
-        let number = i + 2;
-        if line.is_empty() {
-            break;
-        }
-        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            return Err(RequestError::Folded { line: number });
-        }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(RequestError::Header { line: number })?;
-        let (name, value) = line.split_at(colon);
-        let value = value.get(1..).unwrap_or_default();
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err(RequestError::Header { line: number });
-        }
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(RequestError::Header { line: number });
-        }
-        if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        }
-    }
-    match hosts {
-        0 if minor_version >= 1 => return Err(RequestError::MissingHost),
-        0 | 1 => {}
-        _ => return Err(RequestError::DuplicateHost),
-    }
-
-    Ok(RequestHead {
-        method: String::from_utf8_lossy(method).into_owned(),
-        target: String::from_utf8_lossy(target).into_owned(),
-        path,
-        minor_version,
-    })
-}
-
-/// The token characters of RFC 9110 (methods and header names).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// The path of a request target: origin form (`/a?q`), absolute form
-/// (`http://host/a?q`) or asterisk form (`*`). `None` for anything else.
-fn target_path(target: &[u8]) -> Option<String> {
-    if target.is_empty() || !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
-        return None;
-    }
-    let text = std::str::from_utf8(target).ok()?;
-    let path_and_query = if text.starts_with('/') || text == "*" {
-        text
-    } else {
-        let scheme_end = text.find("://")?;
-        let scheme = text.get(..scheme_end)?;
-        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return None;
-        }
-        let rest = text.get(scheme_end + 3..)?;
-        match rest.find(['/', '?', '#']) {
-            Some(i) if rest.get(i..)?.starts_with('/') => rest.get(i..)?,
-            _ => "/",
-        }
-    };
-    let end = path_and_query
-        .find(['?', '#'])
-        .unwrap_or(path_and_query.len());
-    Some(path_and_query.get(..end)?.to_owned())
-}
-
-fn parse_version(version: &[u8]) -> Result<u8, RequestError> {
-    let Some([major, b'.', minor]) = version.strip_prefix(b"HTTP/") else {
-        return Err(RequestError::Version);
-    };
-    if !major.is_ascii_digit() || !minor.is_ascii_digit() {
-        return Err(RequestError::Version);
-    }
-    let (major, minor) = (major - b'0', minor - b'0');
-    if major != 1 {
-        return Err(RequestError::UnsupportedVersion { major, minor });
-    }
-    Ok(minor)
-}
-
-/// The length of the request head in `buf` up to and including the empty line
-/// that ends it (CRLF CRLF, or bare LFs), if `buf` holds all of it.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.iter().enumerate().find_map(|(i, &b)| {
-        if b != b'\n' {
-            return None;
-        }
-        match (buf.get(i + 1), buf.get(i + 2)) {
-            (Some(b'\n'), _) => Some(i + 2),
-            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
-            _ => None,
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------
 // The server
 
 /// The status page's HTTP server, with its settings. [`serve_status`] runs one
-/// with the defaults.
+/// with the defaults on one listener; [`StatusServer::serve_all`] serves several
+/// (the node address and the shared address) under one set of limits.
+///
+/// HTTP itself is hyper's (HTTP/1.x only): request heads are parsed, limited to
+/// [`MAX_HEAD_BYTES`] and timed out there. This type adds what keeps slow and
+/// numerous clients from starving the others: caps on connections in all and
+/// per client, where a new connection that meets a cap takes the place of the
+/// oldest connection that has still not sent its request head.
 #[derive(Debug, Clone)]
 pub struct StatusServer {
     status: watch::Receiver<StatusSnapshot>,
     head_timeout: Duration,
+    limits: Limits,
+}
+
+/// The connection caps of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    total: usize,
+    per_client: usize,
 }
 
 impl StatusServer {
@@ -855,190 +646,178 @@ impl StatusServer {
         StatusServer {
             status,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
+            limits: Limits {
+                total: DEFAULT_MAX_CONNECTIONS,
+                per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            },
         }
     }
 
-    /// How long a client may take to send its request head (default
-    /// [`DEFAULT_HEAD_TIMEOUT`]).
+    /// How long a client may take, from the moment it connects, to send its
+    /// whole request head (default [`DEFAULT_HEAD_TIMEOUT`]); a slower client's
+    /// connection is closed without an answer.
     pub fn with_head_timeout(mut self, timeout: Duration) -> StatusServer {
         self.head_timeout = timeout;
         self
     }
 
-    /// Serves connections from `listener` until `shutdown` completes, each in a
-    /// task of its own; connections still open then are dropped. Returns an
-    /// error only when the listener itself fails; running out of file
-    /// descriptors or memory pauses accepting for a moment instead. The future
-    /// is `Send` when `shutdown` is, so it can be spawned.
+    /// How many connections are open at once, in all and from one client (an
+    /// IPv4 address or an IPv6 /64); defaults [`DEFAULT_MAX_CONNECTIONS`] and
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_CLIENT`], each at least 1. The total is
+    /// lowered further to half the process's soft limit on open files when
+    /// serving starts, so that the page cannot take the descriptors the rest of
+    /// the agent needs.
+    pub fn with_connection_limits(mut self, total: usize, per_client: usize) -> StatusServer {
+        self.limits = Limits {
+            total: total.max(1),
+            per_client: per_client.max(1),
+        };
+        self
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes; see
+    /// [`StatusServer::serve_all`].
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let shared = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        self.serve_all(vec![listener], shutdown).await
+    }
+
+    /// Serves connections from every listener in `listeners` until `shutdown`
+    /// completes, each connection in a task of its own, one request per
+    /// connection; connections still open then are dropped. Returns an error
+    /// only when a listener itself fails; running out of file descriptors or
+    /// memory pauses accepting for a moment instead. The future is `Send` when
+    /// `shutdown` is, so it can be spawned.
+    pub async fn serve_all(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let limits = Limits {
+            total: self.limits.total.min(descriptor_budget()),
+            per_client: self.limits.per_client,
+        };
+        if limits.total < self.limits.total {
+            tracing::warn!(
+                connections = limits.total,
+                "the limit on open files leaves the status page fewer connections; \
+                 raise RLIMIT_NOFILE"
+            );
+        }
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.head_timeout)
+            .keep_alive(false)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES);
+        let lifetime = self.head_timeout.saturating_add(RESPONSE_TIMEOUT);
+        let status = self.status;
+
+        for listener in &listeners {
+            if let Ok(local) = listener.local_addr() {
+                tracing::info!(%local, "status page listening");
+            }
+        }
+        let mut incoming = futures::stream::select_all(listeners.into_iter().map(|listener| {
+            Box::pin(futures::stream::unfold(listener, |listener| async move {
+                let accepted = listener.accept().await;
+                Some((accepted, listener))
+            }))
+        }));
+        let mut registry: Registry<AbortHandle> = Registry::new(limits);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        if let Ok(local) = listener.local_addr() {
-            tracing::info!(%local, "status page listening");
-        }
         loop {
-            // Accepting waits for a free connection slot first; a client beyond
-            // the limit waits in the listen backlog.
-            let accept = async {
-                let permit = Arc::clone(&permits).acquire_owned().await;
-                (permit, listener.accept().await)
-            };
-            let (permit, accepted) = tokio::select! {
+            let accepted = tokio::select! {
                 () = &mut shutdown => break,
-                Some(_) = connections.join_next() => continue,
-                accepted = accept => accepted,
+                Some(done) = connections.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => e.id(),
+                    };
+                    registry.remove(id);
+                    continue;
+                }
+                accepted = incoming.next() => accepted,
             };
-            let Ok(permit) = permit else { break };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let server = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        server.connection(stream, peer).await;
-                        drop(permit);
-                    });
+            let (stream, peer) = match accepted {
+                Some(Ok(accepted)) => accepted,
+                // Listener streams never end; with none at all there is nothing
+                // to serve but the shutdown.
+                None => {
+                    shutdown.await;
+                    break;
                 }
-                Err(e) if is_transient(&e) => {
+                Some(Err(e)) if is_transient(&e) => {
                     tracing::debug!(error = %e, "connection failed before it was accepted");
+                    continue;
                 }
-                Err(e) if is_exhaustion(&e) => {
+                Some(Err(e)) if is_exhaustion(&e) => {
                     tracing::warn!(error = %e, "cannot accept connections; pausing");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) => return Err(e),
+            };
+            let client = client_of(peer.ip());
+            match registry.admit(client) {
+                Admission::Open => {}
+                Admission::Evict(old) => {
+                    tracing::debug!(%peer, "connection limit reached; closing the oldest connection still sending its request");
+                    old.abort();
+                }
+                Admission::Refuse => {
+                    tracing::debug!(%peer, "connection limit reached; refusing a connection");
+                    drop(stream);
+                    continue;
+                }
             }
+            let head_done = Arc::new(AtomicBool::new(false));
+            let service = {
+                let status = status.clone();
+                let head_done = Arc::clone(&head_done);
+                service_fn(move |request: Request<Incoming>| {
+                    head_done.store(true, Ordering::Relaxed);
+                    let reply = match malformed(&request) {
+                        Some(reply) => reply,
+                        None => answer(request.method(), request.uri().path(), &status),
+                    };
+                    tracing::debug!(%peer, method = %request.method(), path = request.uri().path(),
+                        status = reply.status().as_u16(), "status page request");
+                    std::future::ready(Ok::<_, Infallible>(reply))
+                })
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let task = connections.spawn(async move {
+                match tokio::time::timeout(lifetime, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "status page connection failed")
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "status page connection took too long; closed")
+                    }
+                }
+            });
+            registry.insert(task.id(), client, head_done, task);
         }
         tracing::info!(open = connections.len(), "status page stopped");
         connections.shutdown().await;
         Ok(())
     }
-
-    /// Reads one request, answers it and closes the connection.
-    async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) {
-        let reply = match tokio::time::timeout(self.head_timeout, read_head(&mut stream)).await {
-            Err(_) => {
-                tracing::debug!(%peer, "request head timed out");
-                Reply::error(
-                    408,
-                    "Request Timeout",
-                    "the request took too long to arrive",
-                )
-            }
-            Ok(Err(HeadError::TooLarge)) => Reply::error(
-                431,
-                "Request Header Fields Too Large",
-                "the request head is longer than 8 KiB",
-            ),
-            Ok(Err(HeadError::Closed)) => return,
-            Ok(Err(HeadError::Io(e))) => {
-                tracing::debug!(%peer, error = %e, "cannot read the request");
-                return;
-            }
-            Ok(Ok(head)) => match parse_request_head(&head) {
-                Ok(request) => {
-                    let reply = self.route(&request);
-                    tracing::debug!(%peer, method = %request.method, path = %request.path,
-                        status = reply.status, "status page request");
-                    let head_only = request.method == "HEAD";
-                    return self.finish(stream, peer, reply, head_only).await;
-                }
-                Err(e) => match e {
-                    RequestError::UnsupportedVersion { .. } => {
-                        Reply::error(505, "HTTP Version Not Supported", &e.to_string())
-                    }
-                    e => Reply::error(400, "Bad Request", &e.to_string()),
-                },
-            },
-        };
-        tracing::debug!(%peer, status = reply.status, "status page request refused");
-        self.finish(stream, peer, reply, false).await;
-    }
-
-    fn route(&self, request: &RequestHead) -> Reply {
-        let page = match request.path.as_str() {
-            "/" | "/status" => Page::Html,
-            "/status.json" => Page::Json,
-            "/metrics" => Page::Metrics,
-            _ => {
-                return Reply::error(
-                    404,
-                    "Not Found",
-                    "no such page; try /, /status, /status.json or /metrics",
-                );
-            }
-        };
-        if request.method != "GET" && request.method != "HEAD" {
-            return Reply::error(
-                405,
-                "Method Not Allowed",
-                "the status page answers only GET and HEAD",
-            );
-        }
-        // Clone so that rendering does not hold the channel's lock.
-        let snapshot = self.status.borrow().clone();
-        match page {
-            Page::Html => Reply::ok(HTML, render_status_page(&snapshot)),
-            Page::Metrics => Reply::ok(METRICS, render_metrics(&snapshot)),
-            Page::Json => match render_status_json(&snapshot) {
-                Ok(json) => Reply::ok(JSON, json),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot render status.json");
-                    Reply::error(
-                        500,
-                        "Internal Server Error",
-                        "cannot render the status as JSON",
-                    )
-                }
-            },
-        }
-    }
-
-    /// Writes the reply, closes the sending side and drains what the client
-    /// still sends, so that closing does not reset the connection under the
-    /// client before it has read the reply.
-    async fn finish(&self, mut stream: TcpStream, peer: SocketAddr, reply: Reply, head_only: bool) {
-        let bytes = reply.to_bytes(head_only, SystemTime::now());
-        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-            stream.write_all(&bytes).await?;
-            stream.shutdown().await
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "cannot send the reply");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "sending the reply timed out");
-                return;
-            }
-        }
-        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            let mut sink = [0u8; 4096];
-            let mut drained = 0usize;
-            while drained < LINGER_BYTES {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        })
-        .await;
-    }
 }
 
 /// Serves the status page on `listener` until `shutdown` completes: `GET` and
 /// `HEAD` for `/` and `/status` (the HTML page), `/status.json` and `/metrics`;
-/// `404` for other paths, `405` for other methods, `400` for malformed requests,
-/// `431` for a request head over [`MAX_HEAD_BYTES`], `408` for a client slower
-/// than [`DEFAULT_HEAD_TIMEOUT`]. Each request shows the snapshot `status`
-/// holds at that moment.
+/// `404` for other paths, `405` for other methods, `400` for malformed requests
+/// and `431` for a request head over [`MAX_HEAD_BYTES`] (the last two from
+/// hyper); a client that has not sent its request head within
+/// [`DEFAULT_HEAD_TIMEOUT`] is disconnected. Each request shows the snapshot
+/// `status` holds at that moment. The connection caps are those of
+/// [`StatusServer::new`].
 ///
 /// ```no_run
 /// # async fn run(snapshot: tandem_node::StatusSnapshot) -> std::io::Result<()> {
@@ -1058,97 +837,228 @@ pub async fn serve_status(
     StatusServer::new(status).serve(listener, shutdown).await
 }
 
-enum Page {
-    Html,
-    Json,
-    Metrics,
-}
-
-enum HeadError {
-    TooLarge,
-    Closed,
-    Io(io::Error),
-}
-
-/// Reads until the request head is complete; at most [`MAX_HEAD_BYTES`].
-async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
-    let mut buf = vec![0u8; MAX_HEAD_BYTES];
-    let mut filled = 0usize;
-    loop {
-        let Some(free) = buf.get_mut(filled..) else {
-            return Err(HeadError::TooLarge);
-        };
-        if free.is_empty() {
-            return Err(HeadError::TooLarge);
-        }
-        let n = stream.read(free).await.map_err(HeadError::Io)?;
-        if n == 0 {
-            return Err(HeadError::Closed);
-        }
-        // The end can straddle the previous read: look back three bytes.
-        let from = filled.saturating_sub(3);
-        filled += n;
-        if let Some(end) = buf.get(from..filled).and_then(head_end) {
-            buf.truncate(from + end);
-            return Ok(buf);
-        }
+/// A `400` for what hyper lets through but RFC 9112 asks a server to refuse:
+/// a target that is not a path (the authority form belongs to `CONNECT`), and
+/// an HTTP/1.1 request without exactly one `Host` header (HTTP/1.0: at most
+/// one).
+fn malformed<B>(request: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    if !request.uri().path().starts_with('/') {
+        return Some(refusal(
+            StatusCode::BAD_REQUEST,
+            "the request target must be a path starting with `/`",
+        ));
     }
+    let one_host = match request.headers().get_all(header::HOST).iter().count() {
+        0 => request.version() < hyper::Version::HTTP_11,
+        1 => true,
+        _ => false,
+    };
+    if !one_host {
+        return Some(refusal(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    None
 }
 
-struct Reply {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Reply {
-    fn ok(content_type: &'static str, body: String) -> Reply {
-        Reply {
-            status: 200,
-            reason: "OK",
-            content_type,
-            body,
-        }
+/// The answer to one request whose head hyper has parsed.
+fn answer(
+    method: &Method,
+    path: &str,
+    status: &watch::Receiver<StatusSnapshot>,
+) -> Response<Full<Bytes>> {
+    enum Page {
+        Html,
+        Json,
+        Metrics,
     }
-
-    fn error(status: u16, reason: &'static str, message: &str) -> Reply {
-        Reply {
-            status,
-            reason,
-            content_type: TEXT,
-            body: format!("{status} {reason}: {message}\n"),
+    let page = match path {
+        "/" | "/status" => Page::Html,
+        "/status.json" => Page::Json,
+        "/metrics" => Page::Metrics,
+        _ => {
+            return refusal(
+                StatusCode::NOT_FOUND,
+                "no such page; try /, /status, /status.json or /metrics",
+            );
         }
-    }
-
-    fn to_bytes(&self, head_only: bool, now: SystemTime) -> Vec<u8> {
-        let secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\n\
-             Date: {}\r\n\
-             Content-Type: {}\r\n\
-             Content-Length: {}\r\n\
-             Cache-Control: no-store\r\n\
-             X-Content-Type-Options: nosniff\r\n\
-             Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'\r\n\
-             Connection: close\r\n",
-            self.status,
-            self.reason,
-            http_date(secs),
-            self.content_type,
-            self.body.len(),
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut reply = refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the status page answers only GET and HEAD",
         );
-        if self.status == 405 {
-            head.push_str("Allow: GET, HEAD\r\n");
+        reply
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return reply;
+    }
+    // Clone so that rendering does not hold the channel's lock.
+    let snapshot = status.borrow().clone();
+    match page {
+        Page::Html => reply(StatusCode::OK, HTML, render_status_page(&snapshot)),
+        Page::Metrics => reply(StatusCode::OK, METRICS, render_metrics(&snapshot)),
+        Page::Json => match render_status_json(&snapshot) {
+            Ok(json) => reply(StatusCode::OK, JSON, json),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot render status.json");
+                refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot render the status as JSON",
+                )
+            }
+        },
+    }
+}
+
+/// A plain-text refusal: `404 Not Found: <message>`.
+fn refusal(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    reply(
+        status,
+        TEXT,
+        format!("{} {reason}: {message}\n", status.as_u16()),
+    )
+}
+
+/// A reply with the headers every reply carries (hyper adds `Date` and
+/// `Content-Length`, and leaves out the body of an answer to `HEAD`).
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+        (header::CONNECTION, "close"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    reply
+}
+
+/// Who a connection counts against: its IPv4 address (an IPv4-mapped IPv6
+/// address counts as the IPv4 one), or the /64 of its IPv6 address, the least
+/// that one IPv6 site is given.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
         }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        if !head_only {
-            bytes.extend_from_slice(self.body.as_bytes());
+    }
+}
+
+/// Half the soft limit on open files: the most connections the status page
+/// takes, leaving the rest for the agent's other work. Unlimited when the limit
+/// cannot be read.
+fn descriptor_budget() -> usize {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => usize::try_from(soft / 2).unwrap_or(usize::MAX).max(1),
+        Err(_) => usize::MAX,
+    }
+}
+
+/// What to do with a new connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission<H> {
+    /// Serve it.
+    Open,
+    /// Serve it in place of this connection, which has been taken out of the
+    /// registry and is to be closed.
+    Evict(H),
+    /// Close it: the caps are reached and every open connection has sent its
+    /// request (each is being answered, and will close soon).
+    Refuse,
+}
+
+/// The open connections, oldest first, with how many each client has: the caps
+/// and whom to evict. `H` is what closes a connection (the task's abort
+/// handle).
+#[derive(Debug)]
+struct Registry<H> {
+    limits: Limits,
+    open: VecDeque<Open<H>>,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+struct Open<H> {
+    id: task::Id,
+    client: IpAddr,
+    /// Set once the connection's request head has arrived.
+    head_done: Arc<AtomicBool>,
+    handle: H,
+}
+
+impl<H> Registry<H> {
+    fn new(limits: Limits) -> Registry<H> {
+        Registry {
+            limits,
+            open: VecDeque::new(),
+            per_client: HashMap::new(),
         }
-        bytes
+    }
+
+    /// Decides about a new connection from `client`. At a cap, the oldest
+    /// connection that still has not sent its request head (of the same client
+    /// when it is the client's cap) makes room: a slow or silent client never
+    /// keeps a newer one out, and an answered connection is never cut short.
+    fn admit(&mut self, client: IpAddr) -> Admission<H> {
+        let theirs = self.per_client.get(&client).copied().unwrap_or(0);
+        let victim = if theirs >= self.limits.per_client {
+            self.oldest_waiting(|open| open.client == client)
+        } else if self.open.len() >= self.limits.total {
+            self.oldest_waiting(|_| true)
+        } else {
+            return Admission::Open;
+        };
+        match victim.and_then(|i| self.take(i)) {
+            Some(open) => Admission::Evict(open.handle),
+            None => Admission::Refuse,
+        }
+    }
+
+    fn oldest_waiting(&self, pick: impl Fn(&Open<H>) -> bool) -> Option<usize> {
+        self.open
+            .iter()
+            .position(|open| pick(open) && !open.head_done.load(Ordering::Relaxed))
+    }
+
+    /// Records a connection that [`Registry::admit`] let in.
+    fn insert(&mut self, id: task::Id, client: IpAddr, head_done: Arc<AtomicBool>, handle: H) {
+        *self.per_client.entry(client).or_insert(0) += 1;
+        self.open.push_back(Open {
+            id,
+            client,
+            head_done,
+            handle,
+        });
+    }
+
+    /// Forgets a connection that has ended; nothing if it was evicted before.
+    fn remove(&mut self, id: task::Id) {
+        if let Some(i) = self.open.iter().position(|open| open.id == id) {
+            self.take(i);
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<Open<H>> {
+        let open = self.open.remove(i)?;
+        if let Some(count) = self.per_client.get_mut(&open.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_client.remove(&open.client);
+            }
+        }
+        Some(open)
     }
 }
 
@@ -1542,165 +1452,137 @@ tandem_uptime_seconds{node="1",site="1"} 3725
         assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(1_709_251_199_999), "2024-02-29 23:59:59 UTC");
         assert_eq!(format_utc(4_107_542_400_000), "2100-03-01 00:00:00 UTC");
-        // RFC 9110's own example.
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert!(format_utc(u64::MAX).ends_with(" UTC"));
-        assert!(http_date(u64::MAX).ends_with(" GMT"));
         assert_eq!(format_uptime(0), "0s");
         assert_eq!(format_uptime(61), "1m 1s");
         assert_eq!(format_uptime(3_600), "1h 0m 0s");
         assert_eq!(format_uptime(90_061), "1d 1h 1m 1s");
     }
 
-    #[test]
-    fn request_heads() {
-        let ok = |method: &str, target: &str, path: &str, minor_version: u8| {
-            Ok(RequestHead {
-                method: method.into(),
-                target: target.into(),
-                path: path.into(),
-                minor_version,
-            })
-        };
-        let cases: &[(&[u8], Result<RequestHead, RequestError>)] = &[
-            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ok("GET", "/", "/", 1)),
-            (
-                b"HEAD /status.json?pretty HTTP/1.1\r\nhost: a\r\n\r\nbody",
-                ok("HEAD", "/status.json?pretty", "/status.json", 1),
-            ),
-            (
-                b"GET /metrics HTTP/1.0\n\n",
-                ok("GET", "/metrics", "/metrics", 0),
-            ),
-            (
-                b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                ok("GET", "/", "/", 1),
-            ),
-            (
-                b"GET http://192.0.2.11:7450/status#top HTTP/1.1\r\nHost: a\r\n\r\n",
-                ok("GET", "http://192.0.2.11:7450/status#top", "/status", 1),
-            ),
-            (
-                b"GET http://192.0.2.11 HTTP/1.1\r\nHost: a\r\n\r\n",
-                ok("GET", "http://192.0.2.11", "/", 1),
-            ),
-            (
-                b"POST /status HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
-                ok("POST", "/status", "/status", 1),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Tab:\tv\xff\r\n\r\n",
-                ok("GET", "/", "/", 1),
-            ),
-            (b"", Err(RequestError::Empty)),
-            (b"\r\n\r\n", Err(RequestError::Empty)),
-            (b"GET /\r\n\r\n", Err(RequestError::RequestLine)),
-            (
-                b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
-                Err(RequestError::Target),
-            ),
-            (
-                b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
-                Err(RequestError::Version),
-            ),
-            (
-                b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
-                Err(RequestError::Method),
-            ),
-            (
-                b"GET status HTTP/1.1\r\nHost: a\r\n\r\n",
-                Err(RequestError::Target),
-            ),
-            (
-                b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-                Err(RequestError::Target),
-            ),
-            (
-                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
-                Err(RequestError::Target),
-            ),
-            (
-                b"GET / HTTP/1.10\r\nHost: a\r\n\r\n",
-                Err(RequestError::Version),
-            ),
-            (
-                b"GET / http/1.1\r\nHost: a\r\n\r\n",
-                Err(RequestError::Version),
-            ),
-            (
-                b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
-                Err(RequestError::UnsupportedVersion { major: 2, minor: 0 }),
-            ),
-            (
-                b"GET / HTTP/1.1\rHost: a\r\n\r\n",
-                Err(RequestError::StrayCarriageReturn { line: 1 }),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: a\r\nBad\r\n\r\n",
-                Err(RequestError::Header { line: 3 }),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
-                Err(RequestError::Header { line: 2 }),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
-                Err(RequestError::Header { line: 2 }),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
-                Err(RequestError::Folded { line: 3 }),
-            ),
-            (b"GET / HTTP/1.1\r\n\r\n", Err(RequestError::MissingHost)),
-            (
-                b"GET / HTTP/1.1\r\nHost: a\r\nHOST: b\r\n\r\n",
-                Err(RequestError::DuplicateHost),
-            ),
-            (
-                b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
-                Err(RequestError::DuplicateHost),
-            ),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(
-                &parse_request_head(input),
-                expected,
-                "{}",
-                String::from_utf8_lossy(input)
-            );
+    fn waiting() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
+    /// Task ids for the registry: those of real (finished) tasks, as ids
+    /// cannot be made otherwise.
+    async fn ids(n: usize) -> Vec<task::Id> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let handle = tokio::spawn(async {});
+            ids.push(handle.id());
+            let _ = handle.await;
         }
+        ids
+    }
+
+    #[tokio::test]
+    async fn the_oldest_waiting_connection_of_a_client_at_its_cap_makes_room() {
+        let ids = ids(6).await;
+        let a: IpAddr = "192.0.2.100".parse().unwrap();
+        let b: IpAddr = "192.0.2.101".parse().unwrap();
+        let mut registry = Registry::new(Limits {
+            total: 10,
+            per_client: 3,
+        });
+        let answered = Arc::new(AtomicBool::new(true));
+        // a: one answered connection, then two that are still waiting.
+        assert_eq!(registry.admit(a), Admission::Open);
+        registry.insert(ids[0], a, Arc::clone(&answered), "a0");
+        for (i, name) in [(1, "a1"), (2, "a2")] {
+            assert_eq!(registry.admit(a), Admission::Open);
+            registry.insert(ids[i], a, waiting(), name);
+        }
+        // b is not held back by a's cap.
+        assert_eq!(registry.admit(b), Admission::Open);
+        registry.insert(ids[3], b, waiting(), "b0");
+        // a's fourth takes the place of a's oldest waiting one, never b's and
+        // never the answered one.
+        assert_eq!(registry.admit(a), Admission::Evict("a1"));
+        registry.insert(ids[4], a, waiting(), "a3");
+        assert_eq!(registry.admit(a), Admission::Evict("a2"));
+        registry.insert(ids[5], a, waiting(), "a4");
+        assert_eq!(registry.per_client.get(&a), Some(&3));
+        // An evicted connection that ends later is forgotten without harm.
+        registry.remove(ids[1]);
+        assert_eq!(registry.open.len(), 4);
+        // Ended connections free their client's places.
+        registry.remove(ids[4]);
+        registry.remove(ids[5]);
+        assert_eq!(registry.admit(a), Admission::Open);
+        registry.remove(ids[0]);
+        registry.remove(ids[3]);
+        assert!(registry.open.is_empty() && registry.per_client.is_empty());
+    }
+
+    #[tokio::test]
+    async fn at_the_total_cap_the_oldest_waiting_connection_of_anyone_makes_room() {
+        let ids = ids(4).await;
+        let clients: Vec<IpAddr> = ["192.0.2.100", "192.0.2.101", "192.0.2.102"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut registry = Registry::new(Limits {
+            total: 2,
+            per_client: 2,
+        });
+        let first = waiting();
+        registry.insert(ids[0], clients[0], Arc::clone(&first), 0);
+        registry.insert(ids[1], clients[1], waiting(), 1);
+        first.store(true, Ordering::Relaxed);
+        // The first has sent its request: the second goes.
+        assert_eq!(registry.admit(clients[2]), Admission::Evict(1));
+        registry.insert(ids[2], clients[2], Arc::new(AtomicBool::new(true)), 2);
+        // Everyone is being answered: a newcomer waits its turn elsewhere.
+        assert_eq!(registry.admit(clients[1]), Admission::Refuse);
+        registry.remove(ids[0]);
+        assert_eq!(registry.admit(clients[1]), Admission::Open);
     }
 
     #[test]
-    fn the_head_ends_at_the_first_empty_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.0\n\nbody"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
-        assert_eq!(head_end(b""), None);
+    fn clients_are_ipv4_addresses_and_ipv6_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_of(ip("192.0.2.100")), ip("192.0.2.100"));
+        assert_eq!(client_of(ip("::ffff:192.0.2.100")), ip("192.0.2.100"));
+        assert_eq!(client_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            client_of(ip("2001:db8:1:2:ffff::1")),
+            client_of(ip("2001:db8:1:2::9"))
+        );
+    }
+
+    fn body_text(reply: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt as _;
+        let bytes = futures::executor::block_on(reply.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[test]
-    fn replies_carry_length_type_date_and_close() {
-        let reply = Reply::error(405, "Method Not Allowed", "only GET and HEAD");
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        let expected = "HTTP/1.1 405 Method Not Allowed\r\n\
-            Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
-            Content-Type: text/plain; charset=utf-8\r\n\
-            Content-Length: 42\r\n\
-            Cache-Control: no-store\r\n\
-            X-Content-Type-Options: nosniff\r\n\
-            Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'\r\n\
-            Connection: close\r\n\
-            Allow: GET, HEAD\r\n\
-            \r\n";
-        let head_only = String::from_utf8(reply.to_bytes(true, now)).unwrap();
-        check(&head_only, expected);
-        let full = String::from_utf8(reply.to_bytes(false, now)).unwrap();
-        check(
-            &full,
-            &format!("{expected}405 Method Not Allowed: only GET and HEAD\n"),
+    fn answers_route_by_path_then_method() {
+        let (_status, receiver) = watch::channel(standby_node());
+        let page = answer(&Method::GET, "/status", &receiver);
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.headers()[header::CONTENT_TYPE], HTML);
+        assert_eq!(page.headers()[header::CONNECTION], "close");
+        assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(body_text(page), render_status_page(&standby_node()));
+        let head = answer(&Method::HEAD, "/metrics", &receiver);
+        assert_eq!(head.headers()[header::CONTENT_TYPE], METRICS);
+
+        let missing = answer(&Method::POST, "/admin", &receiver);
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            body_text(missing),
+            "404 Not Found: no such page; try /, /status, /status.json or /metrics\n"
+        );
+        let post = answer(&Method::POST, "/", &receiver);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+        assert_eq!(post.headers()[header::CONTENT_TYPE], TEXT);
+        assert_eq!(
+            body_text(post),
+            "405 Method Not Allowed: the status page answers only GET and HEAD\n"
         );
     }
 

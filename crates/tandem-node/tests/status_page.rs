@@ -1,8 +1,9 @@
 //! The status page as a user meets it: over real HTTP on 127.0.0.1 (each page,
 //! its content type, the refusals, a request head that is too large, slow
-//! clients), property tests for the request-head parser, the HTML escaping and
-//! the metrics format, and a real headless Chromium that loads the page, shows
-//! the banner first and takes a screenshot.
+//! clients), property tests for the HTML escaping and the metrics format, and a
+//! real headless Chromium that loads the page, shows the banner first and takes
+//! a screenshot. The page under floods, slowloris and garbage, and on the
+//! shared address, is in `status_page_lab.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,7 +16,7 @@ use proptest::prelude::*;
 use tandem_node::alarms::AlarmKind;
 use tandem_node::{
     Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusServer, StatusSnapshot,
-    parse_request_head, render_metrics, render_status_page, serve_status,
+    render_metrics, render_status_page, serve_status,
 };
 use tandem_role::{DeploymentMode, Epoch, NodeId, NodeState, Role, SiteId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,7 +154,10 @@ fn parse_response(bytes: &[u8]) -> Response {
     let mut lines = text[..end].split("\r\n");
     let status_line = lines.next().unwrap();
     let mut parts = status_line.splitn(3, ' ');
-    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
+    assert!(
+        matches!(parts.next(), Some("HTTP/1.1" | "HTTP/1.0")),
+        "{status_line}"
+    );
     let status = parts.next().unwrap().parse().unwrap();
     let headers = lines
         .map(|line| {
@@ -286,28 +290,37 @@ async fn other_paths_methods_and_malformed_requests_are_refused() {
         assert_well_formed(&refused);
     }
 
-    for (request, says) in [
-        (&b"\x00\x01\x02\xff\r\n\r\n"[..], "malformed request line"),
-        (b"GET /status\r\n\r\n", "malformed request line"),
-        (b"GET status HTTP/1.1\r\nHost: x\r\n\r\n", "request target"),
-        (b"GET / HTTP/1.1\r\n\r\n", "without a Host header"),
-        (
-            b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
-            "line folding",
-        ),
-        (
-            b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
-            "malformed header",
-        ),
+    // Malformed requests: hyper refuses them with a bare 400; a missing or
+    // doubled Host header is refused by the page itself, with a message.
+    for request in [
+        &b"\x00\x01\x02\xff\r\n\r\n"[..],
+        b"GET /status\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+    ] {
+        let refused = exchange(addr, request).await;
+        assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(request));
+    }
+    for request in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nHOST: y\r\n\r\n",
     ] {
         let refused = exchange(addr, request).await;
         assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(request));
         assert_well_formed(&refused);
-        assert!(refused.text().contains(says), "{}", refused.text());
+        assert!(refused.text().contains("Host header"), "{}", refused.text());
     }
-
-    let http2 = exchange(addr, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").await;
-    assert_eq!(http2.status, 505);
+    let refused = exchange(addr, b"GET status HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.text().contains("path starting with `/`"),
+        "{}",
+        refused.text()
+    );
+    // HTTP/1.0 needs no Host.
+    assert_eq!(exchange(addr, b"GET / HTTP/1.0\r\n\r\n").await.status, 200);
 
     // After all that, the server still answers.
     assert_eq!(get(addr, "/").await.status, 200);
@@ -325,8 +338,6 @@ async fn a_request_head_over_8_kib_is_refused() {
     request.extend_from_slice(b"\r\n");
     let refused = exchange(server.addr, &request).await;
     assert_eq!(refused.status, 431);
-    assert_well_formed(&refused);
-    assert!(refused.text().contains("8 KiB"), "{}", refused.text());
 
     // A head just under the limit is fine.
     let mut request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: ".to_vec();
@@ -342,8 +353,9 @@ async fn a_slow_client_does_not_block_others() {
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET /metrics HT").await.unwrap();
 
-    // While the slow client dawdles, others are served, many at once.
-    let clients: Vec<_> = (0..80)
+    // While the slow client dawdles, others are served, many at once (fewer
+    // than the cap on one client's connections: all come from 127.0.0.1).
+    let clients: Vec<_> = (0..48)
         .map(|i| {
             let addr = server.addr;
             let path = ["/", "/status.json", "/metrics"][i % 3];
@@ -364,22 +376,50 @@ async fn a_slow_client_does_not_block_others() {
     server.stop().await.unwrap();
 }
 
+/// Reads until the server closes the connection, which it must do within
+/// `within`; returns what it sent (a reset counts as closing).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut reply = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut reply)).await {
+        Ok(_) => reply,
+        Err(_) => panic!("the server kept the connection open for {within:?}"),
+    }
+}
+
 #[tokio::test]
-async fn a_client_that_never_finishes_its_request_gets_408() {
+async fn a_client_that_never_finishes_its_request_is_disconnected() {
     let server = Server::start_with(standby(), Some(Duration::from_millis(200))).await;
     let mut stalled = TcpStream::connect(server.addr).await.unwrap();
     stalled.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
-    let mut reply = Vec::new();
-    stalled.read_to_end(&mut reply).await.unwrap();
-    let reply = parse_response(&reply);
-    assert_eq!(reply.status, 408);
-    assert_well_formed(&reply);
+    // Closed after the 200 ms head timeout; 10 s is only the bound of a hang.
+    let reply = closed_within(&mut stalled, Duration::from_secs(10)).await;
+    assert!(reply.is_empty(), "{:?}", String::from_utf8_lossy(&reply));
 
-    // A silent client is closed after its 408 as well.
+    // A slowloris client, a byte now and then, is closed all the same: the
+    // timeout counts from the connection, not from the last byte.
+    let mut trickling = TcpStream::connect(server.addr).await.unwrap();
+    let trickle = async {
+        for byte in b"GET / HTTP/1.1\r\nX-a: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" {
+            if trickling.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .unwrap();
+    let reply = closed_within(&mut trickling, Duration::from_secs(10)).await;
+    assert!(reply.is_empty(), "{:?}", String::from_utf8_lossy(&reply));
+
+    // A silent client is closed as well.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    let mut reply = Vec::new();
-    silent.read_to_end(&mut reply).await.unwrap();
-    assert_eq!(parse_response(&reply).status, 408);
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10))
+            .await
+            .is_empty()
+    );
+    assert_eq!(get(server.addr, "/").await.status, 200);
 }
 
 #[tokio::test]
@@ -538,31 +578,6 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
 }
 
 proptest! {
-    #[test]
-    fn the_request_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..9000)) {
-        let _ = parse_request_head(&bytes);
-    }
-
-    #[test]
-    fn near_valid_heads_never_panic_and_parse_to_a_path(
-        method in "[A-Z]{1,7}",
-        target in "[ -~]{0,40}",
-        version in "HTTP/[0-9]\\.[0-9]",
-        headers in proptest::collection::vec(("[!-9;-~]{0,12}", "[\t -~\u{80}-\u{10ffff}]{0,20}"), 0..6),
-        line_end in prop_oneof![Just("\r\n"), Just("\n")],
-    ) {
-        let mut head = format!("{method} {target} {version}{line_end}");
-        for (name, value) in &headers {
-            head.push_str(&format!("{name}: {value}{line_end}"));
-        }
-        head.push_str(line_end);
-        if let Ok(parsed) = parse_request_head(head.as_bytes()) {
-            prop_assert_eq!(parsed.method, method);
-            prop_assert!(parsed.path.starts_with('/') || parsed.path == "*", "{:?}", parsed.path);
-            prop_assert!(!parsed.path.contains(['?', '#']));
-        }
-    }
-
     #[test]
     fn every_value_on_the_page_is_escaped(value in "[<>&\"'a-z /=;:()\u{e9}]{0,24}") {
         let page = render_status_page(&with_values(&value));
