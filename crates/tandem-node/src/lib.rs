@@ -13,7 +13,9 @@
 //!   conflicts, the [`control`] socket the operator's tools talk to, and a
 //!   [`StatusSnapshot`] for the status page;
 //!   The status page itself is [`serve_status`] / [`StatusServer`] (hyper, with
-//!   caps on connections and a request-head timeout);
+//!   caps on connections and a request-head timeout) on the listeners of
+//!   [`bind_status_listeners`]: the node address, and the shared address while
+//!   the node holds it;
 //!   The agent also hosts the replication service once `mp_replication init` made
 //!   the database, carries config bundles to the peer ([`control::Request::SendBundle`])
 //!   and raises the database alarms;
@@ -64,6 +66,7 @@ mod services;
 mod shell;
 mod status;
 mod status_http;
+mod status_listen;
 
 pub use agent::{AgentError, PeerMessage, run as run_agent};
 pub use config::{
@@ -84,3 +87,4 @@ pub use status_http::{
     DEFAULT_STATUS_PORT, MAX_HEAD_BYTES, StatusServer, render_metrics, render_status_json,
     render_status_page, serve_status,
 };
+pub use status_listen::{StatusListenError, bind_status_listeners, raise_open_file_limit};

@@ -17,10 +17,15 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// TCP port of the status page (`/`, `/status.json`, `/metrics`) on the node
-    /// address; 0 turns it off.
+    /// address, and on the shared address while this node holds it; 0 turns it
+    /// off.
     #[arg(long, value_name = "PORT", default_value_t = tandem_node::DEFAULT_STATUS_PORT)]
     status_port: u16,
 }
+
+/// The soft limit on open files the agent asks for: the status page keeps at
+/// most half of it in connections, and its cap of 1024 needs 2048.
+const STATUS_PAGE_FILES: u64 = 8192;
 
 pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -48,17 +53,17 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
         let (status, status_rx) = tokio::sync::watch::channel(initial_status(&config));
         let (stop_page, mut page_stopped) = tokio::sync::watch::channel(false);
         let page = if args.status_port != 0 {
-            let addr =
-                std::net::SocketAddr::new(config.network.node_address.addr(), args.status_port);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the status page to {addr}"))?;
-            tracing::info!(%addr, "status page listening");
+            match tandem_node::raise_open_file_limit(STATUS_PAGE_FILES) {
+                Ok(limit) => tracing::debug!(limit, "open files"),
+                Err(e) => tracing::warn!(error = %e, "the status page keeps fewer connections"),
+            }
+            let listeners = tandem_node::bind_status_listeners(&config.network, args.status_port)?;
             Some(tokio::spawn(async move {
                 let stopped = async move {
                     let _ = page_stopped.wait_for(|s| *s).await;
                 };
-                if let Err(e) = tandem_node::serve_status(listener, status_rx, stopped).await {
+                let server = tandem_node::StatusServer::new(status_rx);
+                if let Err(e) = server.serve_all(listeners, stopped).await {
                     tracing::warn!(error = %e, "status page stopped");
                 }
             }))
