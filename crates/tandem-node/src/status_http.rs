@@ -18,7 +18,8 @@
 //! head, so slow clients (slowloris) cannot keep an operator out. One request
 //! per connection (`Connection: close`), no request bodies, no TLS. The page
 //! carries no script and loads nothing from elsewhere; every value is
-//! HTML-escaped.
+//! HTML-escaped. `status_listen.rs` binds the listeners: the node address,
+//! and the shared address, which answers while the node holds it.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -803,6 +804,11 @@ impl StatusServer {
                 }
             });
             registry.insert(task.id(), client, head_done, task);
+            // Let the new connection read the head it may already have sent
+            // before accepting more: in a burst of connections from one client,
+            // a normal request is then past its head before newer connections
+            // could make it the oldest one still waiting, and be evicted.
+            tokio::task::yield_now().await;
         }
         tracing::info!(open = connections.len(), "status page stopped");
         connections.shutdown().await;
