@@ -56,6 +56,11 @@ struct Site {
 
 impl Drop for Site {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for host in [Host::Node1, Host::Node2] {
+                eprintln!("--- {host}'s agent log\n{}", self.agent_log(host));
+            }
+        }
         for (_, agent) in &mut self.agents {
             let _ = agent.kill();
             let _ = agent.wait();
@@ -339,19 +344,9 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
     assert!(!site.exists(Host::Node1, "app-running"));
     assert!(!site.exists(Host::Node2, "app-running"));
 
-    // The seed: `setServer active` on node 1.
-    let out = site.failover(Host::Node1, &["set-server", "active"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(site.exists(Host::Node1, "app-running"));
-    // Bug 2: the notify hook ran to its end instead of being killed at once.
-    site.wait_until("node 1's active hook wrote its line", || {
-        std::fs::read_to_string(site.node_dir(Host::Node1).join("hooks.log"))
-            .is_ok_and(|log| log.contains("active"))
-    });
-    assert!(!site.agent_log(Host::Node1).contains("was killed"));
-
-    // Replication: init on both, then switch-on at once (bug 6: it waits for the
-    // agent's replication service instead of failing).
+    // The seed's steps 11-13 on the held standbys: init on both, then switch-on
+    // at once (bug 6: it waits for the agent's replication service instead of
+    // failing).
     for (host, n, remote) in [
         (Host::Node1, "1", "192.0.2.12"),
         (Host::Node2, "2", "192.0.2.11"),
@@ -369,6 +364,17 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
     let out = site.mp_replication(Host::Node1, &["switchON"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("is SUCCESSFUL"), "{}", text(&out));
+
+    // The seed's step 14: `setServer active` on node 1, once replication is on.
+    let out = site.failover(Host::Node1, &["set-server", "active"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(site.exists(Host::Node1, "app-running"));
+    // Bug 2: the notify hook ran to its end instead of being killed at once.
+    site.wait_until("node 1's active hook wrote its line", || {
+        std::fs::read_to_string(site.node_dir(Host::Node1).join("hooks.log"))
+            .is_ok_and(|log| log.contains("active"))
+    });
+    assert!(!site.agent_log(Host::Node1).contains("was killed"));
 
     // Bug 4: the role's view of replication agrees with mp_replication's.
     site.wait_until("both nodes' status says replication is on", || {

@@ -421,6 +421,8 @@ impl Agent {
             && let Ok(Some(db)) = crate::open_database(self.node.config(), &self.state_dir).await
         {
             self.node.attach_database(db);
+            let report = self.node.promote_late_database().await;
+            log_report("database made after the claim", &report);
         }
     }
 

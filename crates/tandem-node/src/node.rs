@@ -325,6 +325,20 @@ impl Node {
         self.database = Some(database);
     }
 
+    /// Makes a database attached while the node was already active writable:
+    /// `mp_replication init` run on the active node makes the database after
+    /// the node claimed, so the promote of that claim found none. A standby's
+    /// new database is left as `init` made it (the standby).
+    pub async fn promote_late_database(&mut self) -> Report {
+        let mut report = Report::default();
+        if self.database.is_some() && self.machine.role() == Role::Active {
+            let _ = self.run_step(&mut report, &Action::PromoteDatabase).await;
+        }
+        report.role = Some(self.machine.role());
+        report.state = Some(self.machine.state().clone());
+        report
+    }
+
     /// Runs a notify hook outside a transition (alarms the agent raises itself).
     pub async fn run_hook(&self, hook: tandem_role::Hook, reason: &str) {
         if let Err(e) = self.hooks.run(hook, reason, self.machine.state()).await {
