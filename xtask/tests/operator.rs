@@ -85,8 +85,16 @@ impl Site {
         })
         .unwrap_or_else(|e| panic!("this test needs the namespace lab (root, iproute2): {e}"));
         let dir = tempfile::tempdir().unwrap();
+        // Open to every local user, like /etc and /var/lib: what keeps them out
+        // of the state must be tandem's own modes.
+        let open = |path: &Path| {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        open(dir.path());
         for host in [Host::Node1, Host::Node2] {
             std::fs::create_dir_all(dir.path().join(host.name())).unwrap();
+            open(&dir.path().join(host.name()));
         }
         Site {
             lab,
@@ -251,6 +259,10 @@ standby = "echo standby >> {d}/hooks.log"
 
 [replication]
 sample_schema = true
+
+[[bundle.roots]]
+name = "enrollment"
+path = "{d}/enrollment"
 "#
     )
 }
@@ -449,6 +461,57 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
         text(&out).contains("this node is the active server"),
         "{}",
         text(&out)
+    );
+
+    // Copying the config files: node 1's enrollment directory, with its 0600
+    // site key, reaches node 2 only once node 2 kept it whole and verified it,
+    // and no other local user can read the received bundle or the state.
+    let enrollment = site.node_dir(Host::Node1).join("enrollment");
+    std::fs::create_dir_all(&enrollment).unwrap();
+    std::fs::write(enrollment.join("site.key"), "secret\n").unwrap();
+    std::fs::set_permissions(
+        enrollment.join("site.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::create_dir_all(site.node_dir(Host::Node2).join("enrollment")).unwrap();
+    let out = site.failover(Host::Node1, &["copyConfigFiles"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Sent to the standby"), "{}", text(&out));
+    let incoming = site
+        .node_dir(Host::Node2)
+        .join("state/incoming/config-files.tar.gz");
+    assert!(
+        incoming.exists(),
+        "the standby kept the bundle before `Sent`"
+    );
+    for secret in [
+        incoming.clone(),
+        site.node_dir(Host::Node2).join("state"),
+        site.node_dir(Host::Node1).join("state"),
+    ] {
+        let probe = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["sh", "-c", "cat \"$1\" || ls \"$1\"", "probe"])
+            .arg(&secret)
+            .output()
+            .unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&secret).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", secret.display());
+        assert!(
+            !probe.status.success(),
+            "an unprivileged user could read {}: {}",
+            secret.display(),
+            text(&probe)
+        );
+    }
+    let out = site.failover(Host::Node2, &["restoreConfigFiles"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(site.node_dir(Host::Node2).join("enrollment/site.key")).unwrap(),
+        "secret\n"
     );
 
     // A refused `set-deployment single` on the standby changes nothing.

@@ -961,9 +961,14 @@ fn spawn_reader(
                 },
                 Ok(Incoming::Blob(mut blob)) if expect_bundle.is_some() => {
                     let announced = expect_bundle.take().unwrap_or(0);
-                    let answer = keep_bundle(&mut blob, &incoming, announced, max_bundle, &spec).await;
+                    let answer =
+                        keep_bundle(&mut blob, &incoming, announced, max_bundle, &spec).await;
                     match &answer {
-                        PeerMessage::BundleKept { bytes, entries, error: None } => tracing::info!(
+                        PeerMessage::BundleKept {
+                            bytes,
+                            entries,
+                            error: None,
+                        } => tracing::info!(
                             bytes,
                             entries,
                             path = %incoming.display(),
@@ -1202,7 +1207,10 @@ mod bundle_size_tests {
                     gateway = \"192.0.2.1\"\npeer_address = \"192.0.2.11\"\n\n\
                     [bundle.limits]\nmax_total_bytes = 6400\n";
         let mut config = NodeConfig::parse(text, Path::new("test.toml")).unwrap();
-        assert_eq!(max_bundle_bytes(&bundle_spec(&config)), 6400 + 100 + (1 << 20));
+        assert_eq!(
+            max_bundle_bytes(&bundle_spec(&config)),
+            6400 + 100 + (1 << 20)
+        );
         config.bundle = None;
         let default = tandem_bundle::Limits::default().max_total_bytes;
         assert!(max_bundle_bytes(&bundle_spec(&config)) > default);

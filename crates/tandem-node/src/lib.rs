@@ -70,8 +70,8 @@ mod status_listen;
 
 pub use agent::{AgentError, PeerMessage, run as run_agent};
 pub use config::{
-    ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR, FailoverSection, Hooks, NetworkSection,
-    NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
+    ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR, FailoverSection, Hooks,
+    NetworkSection, NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
 };
 pub use database::{open_database, replication_settings, replication_status};
 pub use degrade::{DEFAULT_SETTLE, DegradeError, DegradeGuard};

@@ -1,8 +1,8 @@
 //! Small helpers: clock, randomness, atomic files and the service lock.
 
-use std::os::unix::fs::DirBuilderExt as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 

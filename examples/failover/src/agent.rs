@@ -36,10 +36,7 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
         .with_writer(std::io::stderr)
         .init();
     let config = NodeConfig::load(&common.config)?;
-    let key_file = args
-        .key_file
-        .clone()
-        .unwrap_or_else(|| config.key_file());
+    let key_file = args.key_file.clone().unwrap_or_else(|| config.key_file());
     let key = tandem_peer::SiteKey::load(&key_file).with_context(|| {
         format!(
             "the agent needs the site key {}; make one with `failover keygen` and copy it to both nodes",

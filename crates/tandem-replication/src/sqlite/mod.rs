@@ -22,8 +22,8 @@ mod schema;
 mod sync;
 mod value;
 
-use std::os::unix::fs::DirBuilderExt as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
