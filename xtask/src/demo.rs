@@ -144,6 +144,9 @@ struct Demo {
     both_active: Arc<Mutex<Vec<(Duration, Duration)>>>,
     /// From node1's cable coming back to its status page saying standby.
     heal: Option<(Duration, Duration)>,
+    /// The stand-in Media Server in the client namespace (the seed: one Media
+    /// Server always goes with the active Application Server).
+    media: Option<tandem_lab::media::MediaServer>,
 }
 
 /// A failover to measure: what the client waited for and when the step began.
@@ -181,6 +184,7 @@ impl Demo {
             samples: Arc::default(),
             both_active: Arc::default(),
             heal: None,
+            media: None,
         };
         Ok((demo, dir))
     }
@@ -217,7 +221,7 @@ impl Demo {
                     "--gateway",
                     &tandem_lab::GATEWAY_ADDR.to_string(),
                     "--hostname",
-                    &format!("meetings{id}.lab.test"),
+                    &hostname(host),
                     "--shared-address",
                     &format!("{}/24", tandem_lab::SHARED_ADDR),
                     "--peer-address",
@@ -237,6 +241,15 @@ impl Demo {
             )?;
             expect(&out, "is SUCCESSFUL", "init")?;
         }
+        self.media = Some(tandem_lab::media::MediaServer::start(&self.lab)?);
+        self.note(
+            "stand-in Media Server on the client",
+            &format!(
+                "{}:{}",
+                tandem_lab::CLIENT_ADDR,
+                tandem_lab::media::MEDIA_SERVER_PORT
+            ),
+        );
         for host in [Host::Node1, Host::Node2] {
             self.start_agent(host)?;
         }
@@ -252,6 +265,7 @@ impl Demo {
         expect(&out, "active", "node1 becomes active")?;
         self.wait_status(Host::Node1, "Failover deployment. Active server.")?;
         self.wait_status(Host::Node2, "Failover deployment. Standby server.")?;
+        self.wait_media_server(Host::Node1)?;
         self.wait_replication_connected()?;
         for host in [Host::Node1, Host::Node2] {
             let out = self.mp_quiet(host, &["status"])?;
@@ -310,6 +324,7 @@ impl Demo {
         expect(&out, "active", "node2 takes over")?;
         self.wait_for_client("node2")?;
         self.failover_note("client's writes acked by node2", "node2", from);
+        self.wait_media_server(Host::Node2)?;
         // The cable comes back at once, often before node1 has noticed the
         // loss: node1 steps down when it meets node2 holding the address or when
         // node2 tells it its claim is superseded (RELIABILITY.md, finding 11).
@@ -354,7 +369,35 @@ impl Demo {
         self.wait_for_client(name)?;
         self.failover_note(&format!("client's writes acked by {name}"), name, at);
         self.wait_status(from, "Failover deployment. Standby server.")?;
+        self.wait_media_server(to)?;
         Ok(())
+    }
+
+    /// Waits until the stand-in Media Server has `host` registered, and says so.
+    fn wait_media_server(&self, host: Host) -> anyhow::Result<()> {
+        let Some(media) = &self.media else {
+            return Ok(());
+        };
+        let want = hostname(host);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = media.registrations();
+            if seen.current.as_deref() == Some(want.as_str()) {
+                self.note(
+                    "the Media Server follows the active node",
+                    &format!("registered with {want}"),
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the Media Server is not registered with {want} (it has {:?}; messages {:?})",
+                    seen.current,
+                    seen.log
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn key_file(&self) -> String {
@@ -411,7 +454,8 @@ path = "{files}/prompts"
 "#,
             key = self.key_file(),
             files = files.display()
-        ) + &crate::site::Layout { dir: &self.dir }.app_service(host);
+        ) + &crate::site::Layout { dir: &self.dir }.app_service(host)
+            + &media_service(host);
         let path = self.config_path(host);
         let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
         let extra: toml::Table = toml::from_str(&text)?;
@@ -872,6 +916,27 @@ fn outage(samples: &[Sample], from: Duration, new: &str) -> Option<(Duration, us
         .filter(|s| s.who.is_none() && s.sent < first_new && s.done.is_none_or(|d| d > start))
         .count();
     Some((first_new.saturating_sub(start), unanswered))
+}
+
+/// The node's own hostname in the demo (the seed's eth0:0 hostname).
+fn hostname(host: Host) -> String {
+    match host {
+        Host::Node1 => "meetings1.lab.test".to_owned(),
+        _ => "meetings2.lab.test".to_owned(),
+    }
+}
+
+/// The seed's Media Server rule as an active-only service: it registers the
+/// node with the stand-in Media Server when the node becomes active and
+/// unregisters it before the node gives up the shared address
+/// (docs/OPERATIONS.md, "The Media Server follows the active node").
+fn media_service(host: Host) -> String {
+    let name = hostname(host);
+    format!(
+        "\n[[service]]\nname = \"media-server\"\nrun_on = \"active\"\nstart = {:?}\nstop = {:?}\n",
+        tandem_lab::media::register_command(&name),
+        tandem_lab::media::unregister_command(&name),
+    )
 }
 
 #[cfg(test)]

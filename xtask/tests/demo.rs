@@ -45,6 +45,24 @@ fn the_demo_walks_the_seed_procedures_and_cleans_up() {
         );
     }
     assert!(line_with(&out, "node1: mp_replication switchON").ends_with("is SUCCESSFUL"));
+    // The seed's Media Server rule: the registration follows every failover
+    // (node1, planned to node2, back, unplanned to node2, back to node1).
+    let follows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("the Media Server follows the active node"))
+        .map(|l| l.rsplit(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        follows,
+        [
+            "meetings1.lab.test",
+            "meetings2.lab.test",
+            "meetings1.lab.test",
+            "meetings2.lab.test",
+            "meetings1.lab.test"
+        ],
+        "{out}"
+    );
     // Both status tables, as the seed prints them.
     assert_eq!(
         out.matches("| Replication Type: Local | Replication Type: Intra-site |")

@@ -236,8 +236,10 @@ impl Site {
 /// What the operator appends to the file `set-deployment` wrote: the seed's
 /// services (the database stand-in runs on both nodes, the application on the
 /// active one), notify hooks and the replicated tables.
-fn appended(dir: &Path) -> String {
+fn appended(dir: &Path, hostname: &str) -> String {
     let d = dir.display();
+    let register = tandem_lab::media::register_command(hostname);
+    let unregister = tandem_lab::media::unregister_command(hostname);
     format!(
         r#"
 # Added by hand, as docs/OPERATIONS.md shows.
@@ -252,6 +254,13 @@ name = "meetingplace"
 run_on = "active"
 start = "touch {d}/app-running"
 stop = "rm -f {d}/app-running"
+
+# The seed: one Media Server always goes with the active Application Server.
+[[service]]
+name = "media-server"
+run_on = "active"
+start = {register:?}
+stop = {unregister:?}
 
 [hooks]
 active = "echo active >> {d}/hooks.log"
@@ -271,6 +280,29 @@ path = "{d}/enrollment"
 fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
     let mut site = Site::new();
     let key = site.key();
+
+    // `--help` shows the seed's camelCase names beside the commands.
+    for (program, names) in [
+        (
+            &site.bins.failover,
+            &[
+                "setDeployment",
+                "setServer",
+                "copyConfigFiles",
+                "restoreConfigFiles",
+            ][..],
+        ),
+        (&site.bins.mp_replication, &["switchON", "switchOFF"][..]),
+    ] {
+        let help = Command::new(program).arg("--help").output().unwrap();
+        for name in names {
+            assert!(
+                text(&help).contains(name),
+                "{name} missing from --help:\n{}",
+                text(&help)
+            );
+        }
+    }
 
     // The site key: made once, the same file for both nodes.
     let out = Command::new(&site.bins.failover)
@@ -336,15 +368,17 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
             .append(true)
             .open(site.config(host))
             .unwrap();
-        file.write_all(appended(&site.node_dir(host)).as_bytes())
+        let hostname = format!("meetings{}.lab.test", &host.name()[4..]);
+        file.write_all(appended(&site.node_dir(host), &hostname).as_bytes())
             .unwrap();
         // Bug 2: the hooks keep their time limit (the checks run the config's loader).
         let config = tandem_node::NodeConfig::load(site.config(host))
             .unwrap_or_else(|e| panic!("{host}: the appended config does not load: {e}"));
         assert_eq!(config.hooks.timeout_ms, 10_000);
-        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.services.len(), 3);
     }
 
+    let media = tandem_lab::media::MediaServer::start(&site.lab).unwrap();
     site.start_agent(Host::Node1);
     site.start_agent(Host::Node2);
 
@@ -387,6 +421,11 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
             .is_ok_and(|log| log.contains("active"))
     });
     assert!(!site.agent_log(Host::Node1).contains("was killed"));
+    // The Media Server rule: registered with the active node.
+    assert_eq!(
+        media.registrations().current.as_deref(),
+        Some("meetings1.lab.test")
+    );
 
     // Bug 4: the role's view of replication agrees with mp_replication's.
     site.wait_until("both nodes' status says replication is on", || {
@@ -568,6 +607,28 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
     assert!(
         site.exists(Host::Node1, "database-running"),
         "always services stay up"
+    );
+    let seen = media.registrations();
+    assert_eq!(
+        seen.current.as_deref(),
+        Some("meetings2.lab.test"),
+        "{seen:?}"
+    );
+    // Each boot stops the active-only services first ("eth0 is initially
+    // disabled"): those unregister nobody. From then on the registration
+    // follows the role.
+    let followed: Vec<&String> = seen
+        .log
+        .iter()
+        .skip_while(|l| l.starts_with("unregister"))
+        .collect();
+    assert_eq!(
+        followed,
+        [
+            "register meetings1.lab.test",
+            "unregister meetings1.lab.test",
+            "register meetings2.lab.test"
+        ]
     );
 
     // Agents that stop take their services with them.

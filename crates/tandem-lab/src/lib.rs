@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sched::CloneFlags;
 
+pub mod media;
 pub mod postgres;
 
 /// The shared address of the lab site (RFC 5737 TEST-NET-1).

@@ -366,6 +366,13 @@ impl Node {
     /// address, and let the role machine decide.
     pub async fn boot(&mut self) -> Report {
         let mut report = Report::default();
+        // An agent restarted while the machine ran on: an active node that
+        // still holds the shared address resumes instead of releasing it and
+        // probing, which would let the peer claim the same silence.
+        if self.machine.role() == Role::Active && self.holds_shared_address().await {
+            self.drive(Event::Resume, &mut report).await;
+            return report;
+        }
         // "When a node is rebooted, interface eth0 is initially disabled." A
         // service that will not stop is recorded; an address that cannot be
         // released makes the probe meaningless, so the node stays standby.

@@ -79,10 +79,25 @@ fn keygen_never_replaces_an_existing_key() {
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+/// A fresh server has no `/etc/tandem`: keygen makes it, owner-only.
 #[test]
-fn keygen_into_a_missing_directory_fails_cleanly() {
+fn keygen_into_a_missing_directory_makes_it_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("no/such/dir/site.key");
+    let path = dir.path().join("etc/tandem/site.key");
+    keygen(&path).unwrap();
+    let mode = std::fs::metadata(dir.path().join("etc/tandem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn keygen_where_no_directory_can_be_made_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    let path = dir.path().join("file/dir/site.key");
     match keygen(&path) {
         Err(Error::KeyFile {
             problem: KeyFileProblem::Write(_),

@@ -47,6 +47,13 @@ pub enum Event {
         /// The isolation check.
         isolation: Isolation,
     },
+    /// The agent started again and found the shared address still configured
+    /// on this node, whose persisted role is active: the agent was restarted
+    /// (or killed) while the machine kept running, and the node never stopped
+    /// answering for the address. It stays active with its epoch: releasing
+    /// and probing again would open a window in which the peer, probing the
+    /// same silence, claims with the same epoch.
+    Resume,
     /// The answer to [`Action::Probe`].
     Probed {
         /// What the probe of the shared address found.
@@ -390,6 +397,7 @@ impl Machine {
         };
         match event {
             Event::Boot { probe, isolation } => self.boot(&mut out, probe, isolation),
+            Event::Resume => self.resume(&mut out),
             Event::Probed { probe, isolation } => self.probed(&mut out, probe, isolation),
             Event::SetServer(role) => self.set_server(&mut out, role),
             Event::SetDeployment(mode) => self.set_deployment(&mut out, mode),
@@ -440,6 +448,32 @@ impl Machine {
                 self.stay_standby_at_boot(out, hook, &why);
             }
         }
+    }
+
+    /// An agent restart that found this active node still holding the shared
+    /// address: announce again, make sure the services and the database are up,
+    /// tell the peer the (unchanged) epoch. Not active: nothing to resume (the
+    /// caller boots instead).
+    fn resume(&mut self, out: &mut Actions) {
+        if self.state.role != Role::Active {
+            return;
+        }
+        self.pending = None;
+        self.peer = Peer::default();
+        if self.failover() {
+            out.push(Action::PromoteDatabase);
+        }
+        out.push(Action::Announce);
+        out.push(Action::StartServices);
+        if self.failover() {
+            out.push(Action::SendClaim {
+                epoch: self.state.epoch,
+            });
+        }
+        out.notify(
+            Hook::Active,
+            "resume: the agent restarted while this node held the shared address",
+        );
     }
 
     /// The end of a boot that stays standby (the caller already stopped the services
@@ -1040,6 +1074,7 @@ impl fmt::Display for Event {
             Event::Boot { probe, isolation } => {
                 write!(f, "boot probe={probe} isolation={isolation}")
             }
+            Event::Resume => f.write_str("resume"),
             Event::Probed { probe, isolation } => {
                 write!(f, "probed probe={probe} isolation={isolation}")
             }

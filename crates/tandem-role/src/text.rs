@@ -76,6 +76,10 @@ impl FromStr for Event {
                     mac: key("mac")?.parse()?,
                 }
             }
+            "resume" => {
+                only(0)?;
+                Event::Resume
+            }
             "peer-lost" => {
                 only(0)?;
                 Event::PeerLost

@@ -82,6 +82,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
 fn arb_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         2 => (arb_probe(), arb_isolation()).prop_map(|(probe, isolation)| Event::Boot { probe, isolation }),
+        1 => Just(Event::Resume),
         4 => (arb_probe(), arb_isolation()).prop_map(|(probe, isolation)| Event::Probed { probe, isolation }),
         3 => prop_oneof![Just(Role::Active), Just(Role::Standby)].prop_map(Event::SetServer),
         1 => prop_oneof![Just(DeploymentMode::Single), Just(DeploymentMode::Failover)].prop_map(Event::SetDeployment),

@@ -73,6 +73,11 @@ fn set_deployment_single_on_a_standby_changes_nothing_when_refused() {
 }
 
 #[test]
+fn an_agent_restart_on_the_active_node_resumes_without_a_new_claim() {
+    check("agent-restart.trace");
+}
+
+#[test]
 fn every_trace_file_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
     let mut files: Vec<String> = std::fs::read_dir(&dir)

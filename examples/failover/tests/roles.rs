@@ -475,6 +475,9 @@ fn copy_config_files_reaches_the_standby_over_the_peer_link() {
     std::fs::create_dir_all(source.join("custom")).unwrap();
     std::fs::write(source.join("custom/bye.wav"), b"RIFF....WAVE").unwrap();
 
+    // Config files go from the active node to the standby.
+    let out = site.failover(Host::Node1, &["set-server", "active"]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = site.failover(Host::Node1, &["copy-config-files", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let copy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -486,7 +489,8 @@ fn copy_config_files_reaches_the_standby_over_the_peer_link() {
     );
     let (_, state2) = site.paths(Host::Node2);
     let incoming = state2.join("incoming/config-files.tar.gz");
-    wait_until("the bundle on node2", || incoming.exists());
+    // "Sent" comes only once node2 kept the whole bundle.
+    assert!(incoming.exists(), "sent, but node2 has no bundle");
     let out = site.failover(Host::Node2, &["restore-config-files"]);
     assert!(out.status.success(), "{}", text(&out));
     let target = site.dir.path().join("node2-prompts");
@@ -531,6 +535,8 @@ fn copy_config_files_says_what_to_do_when_the_peer_is_down() {
             .status
             .success()
     });
+    let out = site.failover(Host::Node1, &["set-server", "active"]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = site.failover(Host::Node1, &["copy-config-files"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);

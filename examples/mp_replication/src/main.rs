@@ -97,7 +97,7 @@ enum Command {
         verbose: bool,
     },
     /// Switch replication on here and on the peer.
-    #[command(name = "switch-on", alias = "switchON")]
+    #[command(name = "switch-on", visible_alias = "switchON")]
     SwitchOn {
         /// Synchronize: copy the peer's data first.
         #[arg(short = 'S', long = "sync")]
@@ -114,7 +114,7 @@ enum Command {
         verbose: bool,
     },
     /// Switch replication off here and on the peer.
-    #[command(name = "switch-off", alias = "switchOFF")]
+    #[command(name = "switch-off", visible_alias = "switchOFF")]
     SwitchOff {
         /// Show the steps.
         #[arg(short, long)]
