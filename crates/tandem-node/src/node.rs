@@ -615,36 +615,34 @@ impl Node {
     /// reported as a failed step and through the fault hook; the node goes on (a
     /// standby without them is still a standby).
     pub async fn start_always_services(&mut self) -> Report {
-        let mut report = Report::default();
-        let started = Instant::now();
-        let result = self.services.start(RunOn::Always).await;
-        report.steps.push(StepRecord {
-            action: "start-always-services".to_string(),
-            took: started.elapsed(),
-            error: result.as_ref().err().map(ToString::to_string),
-        });
-        if let Err(e) = result {
-            let message = format!("the always-running services did not start: {e}");
-            tracing::warn!(error = %e, "always-running services did not start");
-            self.run_hook(tandem_role::Hook::Fault, &message).await;
-            report.faults.push(message);
-        }
-        report.role = Some(self.machine.role());
-        report.state = Some(self.machine.state().clone());
-        report
+        self.always_services(true).await
     }
 
     /// Stops the services that run on both nodes, in reverse order (an agent that
     /// shuts down, after [`Node::stand_down`]).
     pub async fn stop_always_services(&mut self) -> Report {
+        self.always_services(false).await
+    }
+
+    async fn always_services(&mut self, start: bool) -> Report {
         let mut report = Report::default();
         let started = Instant::now();
-        let result = self.services.stop(RunOn::Always).await;
+        let (action, result) = if start {
+            ("start", self.services.start(RunOn::Always).await)
+        } else {
+            ("stop", self.services.stop(RunOn::Always).await)
+        };
         report.steps.push(StepRecord {
-            action: "stop-always-services".to_string(),
+            action: format!("{action}-always-services"),
             took: started.elapsed(),
             error: result.as_ref().err().map(ToString::to_string),
         });
+        if let Err(e) = result {
+            let message = format!("the always-running services did not {action}: {e}");
+            tracing::warn!(error = %e, "always-running services did not {action}");
+            self.run_hook(tandem_role::Hook::Fault, &message).await;
+            report.faults.push(message);
+        }
         report.role = Some(self.machine.role());
         report.state = Some(self.machine.state().clone());
         report
