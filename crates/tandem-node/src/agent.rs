@@ -58,10 +58,16 @@ pub enum PeerMessage {
     Bundle {
         /// Its size.
         bytes: u64,
+        /// Which copy this is, repeated in the receiver's answer.
+        #[serde(default)]
+        id: u64,
     },
     /// The receiver's answer to a bundle: kept (whole, synced to disk and
     /// verified against its own `[bundle]` policy), or why not.
     BundleKept {
+        /// The [`PeerMessage::Bundle`] it answers.
+        #[serde(default)]
+        id: u64,
         /// The bytes received.
         bytes: u64,
         /// Entries in the verified bundle.
@@ -159,7 +165,7 @@ struct Agent {
     /// The probe ahead of the peer's loss, while it runs.
     ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
     /// The `copy-config-files` waiting for the peer's [`PeerMessage::BundleKept`].
-    bundle_waiter: Option<tokio::sync::oneshot::Sender<BundleAnswer>>,
+    bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
 }
 
 /// What the peer answered to a bundle: bytes, entries, why it was not kept.
@@ -297,15 +303,19 @@ impl Agent {
                         self.peer_claim = None;
                         self.node.note_peer_released();
                     }
-                    PeerMessage::Bundle { bytes } => {
+                    PeerMessage::Bundle { bytes, .. } => {
                         tracing::info!(bytes, "config-file bundle announced by the peer");
                     }
-                    PeerMessage::BundleKept { bytes, entries, error } => {
+                    PeerMessage::BundleKept { id, bytes, entries, error } => {
                         match &error {
-                            None => tracing::info!(bytes, entries, "the peer kept the config-file bundle"),
-                            Some(e) => tracing::warn!(error = %e, "the peer did not keep the config-file bundle"),
+                            None => tracing::info!(id, bytes, entries, "the peer kept the config-file bundle"),
+                            Some(e) => tracing::warn!(id, error = %e, "the peer did not keep the config-file bundle"),
                         }
-                        if let Some(waiter) = self.bundle_waiter.take() {
+                        // Only the copy waiting for this answer hears it; an
+                        // answer to a copy that was replaced is only logged.
+                        if self.bundle_waiter.as_ref().is_some_and(|(waits, _)| *waits == id)
+                            && let Some((_, waiter)) = self.bundle_waiter.take()
+                        {
                             let _ = waiter.send((bytes, entries, error));
                         }
                     }
@@ -823,9 +833,10 @@ impl Agent {
                 let (waiter, answer) = tokio::sync::oneshot::channel();
                 // A newer copy replaces an older one still waiting: that one
                 // hears that its answer will not come.
-                self.bundle_waiter = Some(waiter);
+                let id = now_ms();
+                self.bundle_waiter = Some((id, waiter));
                 tokio::spawn(async move {
-                    let response = send_bundle(&session, &path, answer).await;
+                    let response = send_bundle(&session, &path, id, answer).await;
                     if let Err(e) = control::write_response(&mut stream, &response).await {
                         tracing::warn!(error = %e, "could not answer the tool");
                     }
@@ -882,6 +893,7 @@ impl Agent {
 async fn send_bundle(
     session: &Session,
     path: &Path,
+    id: u64,
     answer: tokio::sync::oneshot::Receiver<BundleAnswer>,
 ) -> Response {
     let file = match tokio::fs::File::open(path).await {
@@ -892,7 +904,7 @@ async fn send_bundle(
         Ok(meta) => meta.len(),
         Err(e) => return Response::Error(format!("cannot read {}: {e}", path.display())),
     };
-    let announce = match serde_json::to_vec(&PeerMessage::Bundle { bytes }) {
+    let announce = match serde_json::to_vec(&PeerMessage::Bundle { bytes, id }) {
         Ok(announce) => announce,
         Err(e) => return Response::Error(format!("cannot encode the announcement: {e}")),
     };
@@ -950,7 +962,7 @@ fn spawn_reader(
                 {
                     Ok(message) => {
                         expect_bundle = match message {
-                            PeerMessage::Bundle { bytes } => Some(bytes),
+                            PeerMessage::Bundle { bytes, id } => Some((bytes, id)),
                             _ => None,
                         };
                         if to_agent.send(message).await.is_err() {
@@ -960,14 +972,15 @@ fn spawn_reader(
                     Err(e) => tracing::warn!(error = %e, "unreadable message from the peer"),
                 },
                 Ok(Incoming::Blob(mut blob)) if expect_bundle.is_some() => {
-                    let announced = expect_bundle.take().unwrap_or(0);
+                    let (announced, id) = expect_bundle.take().unwrap_or((0, 0));
                     let answer =
-                        keep_bundle(&mut blob, &incoming, announced, max_bundle, &spec).await;
+                        keep_bundle(&mut blob, &incoming, (announced, id), max_bundle, &spec).await;
                     match &answer {
                         PeerMessage::BundleKept {
                             bytes,
                             entries,
                             error: None,
+                            ..
                         } => tracing::info!(
                             bytes,
                             entries,
@@ -998,11 +1011,12 @@ fn spawn_reader(
 async fn keep_bundle(
     blob: &mut tandem_peer::BlobReader,
     incoming: &Path,
-    announced: u64,
+    (announced, id): (u64, u64),
     max: u64,
     spec: &tandem_bundle::BundleSpec,
 ) -> PeerMessage {
     let refused = |bytes, error: String| PeerMessage::BundleKept {
+        id,
         bytes,
         entries: 0,
         error: Some(error),
@@ -1016,6 +1030,7 @@ async fn keep_bundle(
         tokio::task::spawn_blocking(move || tandem_bundle::verify_file(&path, &spec)).await;
     match verified {
         Ok(Ok(manifest)) => PeerMessage::BundleKept {
+            id,
             bytes,
             entries: manifest.entries.len() as u64,
             error: None,
