@@ -166,6 +166,8 @@ struct Agent {
     ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
     /// The `copy-config-files` waiting for the peer's [`PeerMessage::BundleKept`].
     bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
+    /// The id of the last bundle sent.
+    bundle_sent: u64,
 }
 
 /// What the peer answered to a bundle: bytes, entries, why it was not kept.
@@ -195,12 +197,6 @@ impl Agent {
             }
         }
         let control = control::bind(state_dir).await?;
-        // The services of both roles (the seed's database, Tomcat, SIM) run
-        // before the boot decision, so a standby has them too.
-        let always = node.start_always_services().await;
-        log_report("start always-running services", &always);
-        let report = node.boot().await;
-        log_report("boot", &report);
         let failover = &config.failover;
         let port = peer_port(&config);
         let peer_config = tandem_peer::Config::new(key.clone(), config.node.id.get())
@@ -213,6 +209,13 @@ impl Agent {
             config.node.id.peer().get(),
         ))
         .await?;
+        // The link first: if it cannot start, nothing was claimed or started.
+        // The services of both roles (the seed's database, Tomcat, SIM) run
+        // before the boot decision, so a standby has them too.
+        let always = node.start_always_services().await;
+        log_report("start always-running services", &always);
+        let report = node.boot().await;
+        log_report("boot", &report);
         let (to_agent, from_peer) = mpsc::channel(64);
         let mut agent = Agent {
             node,
@@ -238,6 +241,7 @@ impl Agent {
             probed_ahead_of: None,
             ahead: None,
             bundle_waiter: None,
+            bundle_sent: 0,
         };
         agent.start_replicator().await;
         agent.after(&report).await;
@@ -276,6 +280,9 @@ impl Agent {
                         self.session = None;
                         self.peer_claim = None;
                         self.peer_facts = None;
+                        // A copy waiting for the peer's answer hears at once
+                        // that none will come.
+                        self.bundle_waiter = None;
                         self.peer_lost_seen = Instant::now();
                         // The loss's probe waits for one already under way.
                         if let Some(ahead) = self.ahead.take() {
@@ -313,7 +320,8 @@ impl Agent {
                         }
                         // Only the copy waiting for this answer hears it; an
                         // answer to a copy that was replaced is only logged.
-                        if self.bundle_waiter.as_ref().is_some_and(|(waits, _)| *waits == id)
+                        // (An older peer answers without an id: 0.)
+                        if self.bundle_waiter.as_ref().is_some_and(|(waits, _)| *waits == id || id == 0)
                             && let Some((_, waiter)) = self.bundle_waiter.take()
                         {
                             let _ = waiter.send((bytes, entries, error));
@@ -433,6 +441,15 @@ impl Agent {
             self.node.attach_database(db);
             let report = self.node.promote_late_database().await;
             log_report("database made after the claim", &report);
+            for step in report.steps.iter().filter(|s| s.error.is_some()) {
+                let message = format!(
+                    "the database made after this node became active is not writable: {}",
+                    step.error.as_deref().unwrap_or_default()
+                );
+                if self.alarms.raise(AlarmKind::Fault, &message, now_ms()) {
+                    self.node.run_hook(tandem_role::Hook::Fault, &message).await;
+                }
+            }
         }
     }
 
@@ -489,7 +506,15 @@ impl Agent {
         let Some(db) = self.node.database() else {
             return;
         };
-        self.replication = db.status().await.ok();
+        match db.status().await {
+            Ok(status) => self.replication = Some(status),
+            Err(e) => {
+                // Keep the last status and its alarms: a busy database must not
+                // make them clear and come back.
+                tracing::debug!(error = %tandem_replication::chain(&e), "reading the replication status");
+                return;
+            }
+        }
         self.tell_replication_state().await;
         let now = now_ms();
         let mut raised = Vec::new();
@@ -542,10 +567,9 @@ impl Agent {
         if !connected && !single {
             return;
         }
-        if connected {
-            self.alarms.clear_kind(AlarmKind::PeerLost, now);
-            self.alarms.clear_kind(AlarmKind::CutOff, now);
-        }
+        // A single server has no peer to lose.
+        self.alarms.clear_kind(AlarmKind::PeerLost, now);
+        self.alarms.clear_kind(AlarmKind::CutOff, now);
         if self.alarms.has(AlarmKind::Conflict) {
             let failover = &self.node.config().failover;
             let detection =
@@ -570,6 +594,9 @@ impl Agent {
         let Some(status) = &self.replication else {
             return;
         };
+        if self.node.state().deployment != tandem_role::DeploymentMode::Failover {
+            return; // A single server's machine keeps replication off.
+        }
         let now = match status.local.state {
             S::Active => Replication::On,
             S::Off | S::Initialized => Replication::Off,
@@ -662,8 +689,15 @@ impl Agent {
         if self.node.state().deployment == tandem_role::DeploymentMode::Single
             && self.replicator.is_some()
         {
-            // A single server replicates with nobody.
+            // A single server replicates with nobody: the service stops, and
+            // the database stops capturing changes nobody will fetch (the
+            // service enforced the changelog's bound).
             tracing::info!("single-server deployment: stopping the replication service");
+            if let Some(db) = self.node.database()
+                && let Err(e) = db.switch_off(&tandem_replication::Quiet).await
+            {
+                tracing::warn!(error = %tandem_replication::chain(&e), "switching replication off");
+            }
             self.stop_replicator().await;
         }
         let now = now_ms();
@@ -830,10 +864,22 @@ impl Agent {
                     let _ = control::write_response(&mut stream, &response).await;
                     return;
                 };
+                if self
+                    .bundle_waiter
+                    .as_ref()
+                    .is_some_and(|(_, waiter)| !waiter.is_closed())
+                {
+                    let response = Response::Error(
+                        "another copy-config-files is still waiting for the peer to keep its \
+                         bundle; run it again once that one has finished"
+                            .to_string(),
+                    );
+                    let _ = control::write_response(&mut stream, &response).await;
+                    return;
+                }
                 let (waiter, answer) = tokio::sync::oneshot::channel();
-                // A newer copy replaces an older one still waiting: that one
-                // hears that its answer will not come.
-                let id = now_ms();
+                self.bundle_sent += 1;
+                let id = self.bundle_sent;
                 self.bundle_waiter = Some((id, waiter));
                 tokio::spawn(async move {
                     let response = send_bundle(&session, &path, id, answer).await;
@@ -1015,31 +1061,19 @@ async fn keep_bundle(
     max: u64,
     spec: &tandem_bundle::BundleSpec,
 ) -> PeerMessage {
-    let refused = |bytes, error: String| PeerMessage::BundleKept {
-        id,
-        bytes,
-        entries: 0,
-        error: Some(error),
-    };
-    let bytes = match receive_bundle(blob, incoming, announced, max).await {
-        Ok(bytes) => bytes,
-        Err(e) => return refused(0, format!("receiving it failed: {e}")),
-    };
-    let (path, spec) = (incoming.to_path_buf(), spec.clone());
-    let verified =
-        tokio::task::spawn_blocking(move || tandem_bundle::verify_file(&path, &spec)).await;
-    match verified {
-        Ok(Ok(manifest)) => PeerMessage::BundleKept {
+    match receive_bundle(blob, incoming, announced, max, Some(spec)).await {
+        Ok((bytes, entries)) => PeerMessage::BundleKept {
             id,
             bytes,
-            entries: manifest.entries.len() as u64,
+            entries,
             error: None,
         },
-        Ok(Err(e)) => {
-            let _ = tokio::fs::remove_file(incoming).await;
-            refused(bytes, format!("it does not pass this node's checks: {e}"))
-        }
-        Err(e) => refused(bytes, format!("verifying it failed: {e}")),
+        Err(e) => PeerMessage::BundleKept {
+            id,
+            bytes: 0,
+            entries: 0,
+            error: Some(format!("it was not kept: {e}")),
+        },
     }
 }
 
@@ -1050,7 +1084,8 @@ async fn receive_bundle(
     path: &Path,
     announced: u64,
     max: u64,
-) -> std::io::Result<u64> {
+    verify: Option<&tandem_bundle::BundleSpec>,
+) -> std::io::Result<(u64, u64)> {
     use tokio::io::AsyncWriteExt;
     if announced > max {
         return Err(std::io::Error::other(format!(
@@ -1096,9 +1131,30 @@ async fn receive_bundle(
             return Err(e);
         }
     };
+    // Checked before it replaces the bundle kept last: a refused one never
+    // takes the place of a good one.
+    let mut entries = 0;
+    if let Some(spec) = verify {
+        let (file, spec) = (partial.clone(), spec.clone());
+        let verified =
+            tokio::task::spawn_blocking(move || tandem_bundle::verify_file(&file, &spec)).await;
+        match verified {
+            Ok(Ok(manifest)) => entries = manifest.entries.len() as u64,
+            Ok(Err(e)) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(std::io::Error::other(format!(
+                    "it does not pass this node's checks: {e}"
+                )));
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(std::io::Error::other(format!("verifying it failed: {e}")));
+            }
+        }
+    }
     tokio::fs::rename(&partial, path).await?;
     tokio::fs::File::open(dir).await?.sync_all().await?;
-    Ok(bytes)
+    Ok((bytes, entries))
 }
 
 /// The largest bundle file the agent takes from the peer: what the receiving
@@ -1205,7 +1261,7 @@ mod bundle_size_tests {
             (len as u64, len as u64, true),
         ] {
             let (_sender, _receiver, mut blob) = blob_of(len).await;
-            let result = receive_bundle(&mut blob, &path, announced, max).await;
+            let result = receive_bundle(&mut blob, &path, announced, max, None).await;
             assert_eq!(result.is_ok(), kept, "{announced} {max}: {result:?}");
             assert_eq!(path.exists(), kept, "{announced} {max}");
             assert!(

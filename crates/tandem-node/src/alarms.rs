@@ -49,11 +49,15 @@ impl AlarmKind {
             AlarmKind::PeerLost
         } else if message.starts_with("cut off") {
             AlarmKind::CutOff
+        } else if message.contains("which is this node's id") {
+            // Two nodes with one id: a misconfiguration, not a passing conflict.
+            AlarmKind::Fault
         } else if message.starts_with("address conflict")
             || message.starts_with("another host")
             || message.contains("claims the shared address")
-            || message.starts_with("staying standby")
-            || message.starts_with("boot: staying standby")
+            || ((message.starts_with("staying standby")
+                || message.starts_with("boot: staying standby"))
+                && message.contains("answers for the shared address"))
         {
             AlarmKind::Conflict
         } else if message.starts_with("database replication") {
@@ -208,6 +212,15 @@ mod tests {
                 AlarmKind::Conflict,
             ),
             ("claim-shared-address failed: busy", AlarmKind::Fault),
+            (
+                "the peer claims the shared address as node 1, which is this node's id; give \
+                 the nodes distinct ids",
+                AlarmKind::Fault,
+            ),
+            (
+                "staying standby: the probe failed: no socket",
+                AlarmKind::Fault,
+            ),
         ] {
             assert_eq!(AlarmKind::of_notice(text), kind, "{text}");
         }

@@ -368,8 +368,13 @@ impl Node {
         let mut report = Report::default();
         // An agent restarted while the machine ran on: an active node that
         // still holds the shared address resumes instead of releasing it and
-        // probing, which would let the peer claim the same silence.
-        if self.machine.role() == Role::Active && self.holds_shared_address().await {
+        // probing, which would let the peer claim the same silence. Not when
+        // another host answers too (the peer took over meanwhile): then the
+        // node boots as after a reboot.
+        if self.machine.role() == Role::Active
+            && self.holds_shared_address().await
+            && self.conflicting_macs().await.is_ok_and(|m| m.is_empty())
+        {
             self.drive(Event::Resume, &mut report).await;
             return report;
         }

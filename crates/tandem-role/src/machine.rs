@@ -451,7 +451,8 @@ impl Machine {
     }
 
     /// An agent restart that found this active node still holding the shared
-    /// address: announce again, make sure the services and the database are up,
+    /// address (and nobody else answering for it): nothing changed for the
+    /// clients, so no announcement; make sure the services and the database are up,
     /// tell the peer the (unchanged) epoch. Not active: nothing to resume (the
     /// caller boots instead).
     fn resume(&mut self, out: &mut Actions) {
@@ -463,7 +464,6 @@ impl Machine {
         if self.failover() {
             out.push(Action::PromoteDatabase);
         }
-        out.push(Action::Announce);
         out.push(Action::StartServices);
         if self.failover() {
             out.push(Action::SendClaim {

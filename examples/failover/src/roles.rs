@@ -368,7 +368,16 @@ pub(crate) fn set_deployment(
     common: &Common,
     args: &SetDeploymentArgs,
 ) -> anyhow::Result<ExitCode> {
-    let existing = NodeConfig::load(&common.config).ok();
+    // A config that exists but does not load is reported, never replaced: the
+    // operator's services, hooks and tables are in it.
+    let existing = match NodeConfig::load(&common.config) {
+        Ok(config) => Some(config),
+        Err(_) if !common.config.exists() => None,
+        Err(e) => {
+            return Err(anyhow::Error::from(e)
+                .context("set-deployment keeps the tables you added to the config; fix it first"));
+        }
+    };
     let config = match args.mode {
         DeploymentMode::Failover => {
             let config = failover_config(args, existing.as_ref())?;
