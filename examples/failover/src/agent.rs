@@ -34,6 +34,8 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs sent to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = NodeConfig::load(&common.config)?;
     let key_file = args.key_file.clone().unwrap_or_else(|| config.key_file());
