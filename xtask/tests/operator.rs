@@ -434,8 +434,12 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
             .all(|&h| site.status(h)["state"]["replication"] == "on")
     });
 
-    // Bug 5: the standby's page stays fresh and shows replication switched on.
+    // Bug 5: the standby's page stays fresh and shows replication switched on,
+    // also after a quiet spell with no event to republish it.
+    std::thread::sleep(Duration::from_secs(4));
+    let deadline = Instant::now() + Duration::from_millis(1500);
     site.wait_until("the standby's /status.json is fresh", || {
+        assert!(Instant::now() < deadline, "the standby's page went stale");
         let Some(page) = site.page("192.0.2.12", "/status.json") else {
             return false;
         };

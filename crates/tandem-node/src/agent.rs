@@ -160,6 +160,8 @@ struct Agent {
     reannounce: std::collections::VecDeque<tokio::time::Instant>,
     /// When the database was last watched.
     database_watched: Option<Instant>,
+    /// When a tick last republished the status snapshot.
+    published_tick: Instant,
     /// The peer's last frame before which a probe ahead of its loss ran.
     probed_ahead_of: Option<tokio::time::Instant>,
     /// The probe ahead of the peer's loss, while it runs.
@@ -238,6 +240,7 @@ impl Agent {
             peer_lost_seen: Instant::now(),
             reannounce: std::collections::VecDeque::new(),
             database_watched: None,
+            published_tick: Instant::now(),
             probed_ahead_of: None,
             ahead: None,
             bundle_waiter: None,
@@ -344,9 +347,13 @@ impl Agent {
                     self.watch_shared_address().await;
                     self.watch_database().await;
                     self.clear_alarms().await;
-                    // Every tick, whatever the role: a standby's page must not
-                    // go stale between events.
-                    self.publish().await;
+                    // Whatever the role, at least once a second: a standby's
+                    // page must not go stale between events (events publish
+                    // at once, in `after`).
+                    if self.published_tick.elapsed() >= DATABASE_WATCH_EVERY {
+                        self.published_tick = Instant::now();
+                        self.publish().await;
+                    }
                 }
             }
         }

@@ -110,6 +110,29 @@ impl Alarm {
 }
 
 impl StatusSnapshot {
+    /// What a node shows before its agent has made the boot decision: its
+    /// first-boot state, addresses from the config, no peer, no replication.
+    pub fn initial(config: &crate::NodeConfig) -> StatusSnapshot {
+        StatusSnapshot {
+            state: NodeState::first_boot(config.node.id, config.node.site),
+            hostname: config.node.hostname.clone(),
+            node_address: config.network.node_address.to_string(),
+            shared_address: config.network.shared_address.to_string(),
+            holds_shared_address: false,
+            peer: PeerStatus {
+                address: config.network.peer_address.to_string(),
+                connected: false,
+                claim_epoch: None,
+                clock_offset_ms: None,
+            },
+            replication: None,
+            alarms: Vec::new(),
+            alarm_history: Vec::new(),
+            uptime_seconds: 0,
+            taken_ms: 0,
+        }
+    }
+
     /// The first line of the status page, in the seed's words.
     pub fn banner(&self) -> &'static str {
         match (self.state.deployment, self.state.role) {

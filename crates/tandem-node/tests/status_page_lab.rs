@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tandem_lab::{CLIENT_ADDR, Host, LAB_IFACE, Lab, NODE1_ADDR, NODE2_ADDR, SHARED_ADDR};
-use tandem_node::{DEFAULT_STATUS_PORT, NodeConfig, PeerStatus, StatusServer, StatusSnapshot};
-use tandem_role::{DeploymentMode, Epoch, NodeState, Role, SiteId};
+use tandem_node::{DEFAULT_STATUS_PORT, NodeConfig, StatusServer, StatusSnapshot};
+use tandem_role::{DeploymentMode, Epoch, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
@@ -80,29 +80,14 @@ fn config(node: Host) -> NodeConfig {
 }
 
 fn snapshot(node: Host, role: Role) -> StatusSnapshot {
-    let config = config(node);
-    let mut state = NodeState::first_boot(config.node.id, SiteId::ONE);
-    state.deployment = DeploymentMode::Failover;
-    state.role = role;
-    state.epoch = Epoch::new(3);
-    StatusSnapshot {
-        state,
-        hostname: config.node.hostname.clone(),
-        node_address: config.network.node_address.to_string(),
-        shared_address: config.network.shared_address.to_string(),
-        holds_shared_address: role == Role::Active,
-        peer: PeerStatus {
-            address: config.network.peer_address.to_string(),
-            connected: true,
-            claim_epoch: None,
-            clock_offset_ms: None,
-        },
-        replication: None,
-        alarms: Vec::new(),
-        alarm_history: Vec::new(),
-        uptime_seconds: 1,
-        taken_ms: 0,
-    }
+    let mut snapshot = StatusSnapshot::initial(&config(node));
+    snapshot.state.deployment = DeploymentMode::Failover;
+    snapshot.state.role = role;
+    snapshot.state.epoch = Epoch::new(3);
+    snapshot.holds_shared_address = role == Role::Active;
+    snapshot.peer.connected = true;
+    snapshot.uptime_seconds = 1;
+    snapshot
 }
 
 /// A node's status page, served as the agent serves it, on its own runtime

@@ -49,7 +49,8 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (status, status_rx) = tokio::sync::watch::channel(initial_status(&config));
+        let (status, status_rx) =
+            tokio::sync::watch::channel(tandem_node::StatusSnapshot::initial(&config));
         let (stop_page, mut page_stopped) = tokio::sync::watch::channel(false);
         let page = if args.status_port != 0 {
             match tandem_node::raise_open_file_limit(STATUS_PAGE_FILES) {
@@ -88,25 +89,4 @@ pub(crate) fn run(common: &Common, args: &AgentArgs) -> anyhow::Result<ExitCode>
         result.map_err(anyhow::Error::from)
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn initial_status(config: &NodeConfig) -> tandem_node::StatusSnapshot {
-    tandem_node::StatusSnapshot {
-        state: tandem_role::NodeState::first_boot(config.node.id, config.node.site),
-        hostname: config.node.hostname.clone(),
-        node_address: config.network.node_address.to_string(),
-        shared_address: config.network.shared_address.to_string(),
-        holds_shared_address: false,
-        peer: tandem_node::PeerStatus {
-            address: config.network.peer_address.to_string(),
-            connected: false,
-            claim_epoch: None,
-            clock_offset_ms: None,
-        },
-        replication: None,
-        alarms: Vec::new(),
-        alarm_history: Vec::new(),
-        uptime_seconds: 0,
-        taken_ms: 0,
-    }
 }
