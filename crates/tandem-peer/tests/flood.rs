@@ -310,6 +310,7 @@ const ROUNDS: usize = 3;
 
 #[test]
 fn the_keyed_peer_gets_its_link_through_a_keyless_flood() {
+    common::wanting_global_subscriber();
     let lab = Lab::for_test();
     let node2_addr = SocketAddr::new(IpAddr::V4(NODE2_ADDR), PORT);
     let node1_addr = SocketAddr::new(IpAddr::V4(NODE1_ADDR), PORT);
@@ -419,6 +420,7 @@ fn the_keyed_peer_gets_its_link_through_a_keyless_flood() {
 
 #[test]
 fn a_keyed_newcomer_gets_through_a_plain_listener_under_a_flood_from_many_sources() {
+    common::wanting_global_subscriber();
     let lab = Lab::for_test();
     let node2_addr = SocketAddr::new(IpAddr::V4(NODE2_ADDR), PORT);
     let bound = heartbeat_loss_interval(&site_config(1));

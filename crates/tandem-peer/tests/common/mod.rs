@@ -131,6 +131,16 @@ impl AsyncWrite for PatternSink {
     }
 }
 
+/// Sets, once per process, an inert global subscriber that wants every log line (see
+/// [`LogCapture::install`]). Tests that capture logs call it first thing.
+pub fn wanting_global_subscriber() {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        // Another global subscriber already set serves the same purpose.
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
+}
+
 /// Captures the `tracing` output of the current thread (tests run on a current-thread
 /// runtime, so the session tasks log here too).
 #[derive(Clone, Default)]
@@ -148,7 +158,14 @@ impl Write for LogCapture {
 
 impl LogCapture {
     /// Installs the capture for this thread until the guard is dropped.
+    ///
+    /// `tracing` caches, once per process, whether a log line's call site is wanted,
+    /// asking the subscriber of whichever thread reaches it first. A sibling test's
+    /// thread without a subscriber would cache "never" and blind this capture (the
+    /// flood test once saw none of node2's refusals that way). So the process first
+    /// gets an inert global subscriber that wants every line; it writes nothing.
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        wanting_global_subscriber();
         let writer = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
