@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
 use tandem_replication::ReplicationBackend;
-use tandem_role::{Epoch, Event, Isolation, NodeId, ProbeOutcome, Role};
+use tandem_role::{Epoch, Event, FenceToken, Isolation, NodeId, ProbeOutcome, Role};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +34,9 @@ pub enum PeerMessage {
         node: NodeId,
         /// The epoch of its claim.
         epoch: Epoch,
+        /// The witness fencing token of the sender's lease, on a site with a witness.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<FenceToken>,
     },
     /// The receiver's claim is older than the sender's epoch: the sender took
     /// over while the receiver was away. An active receiver steps down.
@@ -300,9 +303,9 @@ impl Agent {
                     None => return Ok(()),
                 },
                 Some(message) = self.from_peer.recv() => match message {
-                    PeerMessage::Claim { node, epoch } => {
+                    PeerMessage::Claim { node, epoch, token } => {
                         self.peer_claim = Some(epoch);
-                        self.event(Event::PeerClaim { node, epoch }).await;
+                        self.event(Event::PeerClaim { node, epoch, token }).await;
                     }
                     PeerMessage::Superseded { node, epoch } => {
                         self.event(Event::PeerSuperseded { node, epoch }).await;
@@ -669,10 +672,18 @@ impl Agent {
                 tracing::warn!(error = %e, "could not tell the peer about the release");
             }
         }
-        let claims = report
-            .claims
-            .iter()
-            .map(|&epoch| ("claim", epoch, PeerMessage::Claim { node: me, epoch }));
+        let token = self.node.lease_token();
+        let claims = report.claims.iter().map(|&epoch| {
+            (
+                "claim",
+                epoch,
+                PeerMessage::Claim {
+                    node: me,
+                    epoch,
+                    token,
+                },
+            )
+        });
         let superseded = report.superseded.iter().map(|&epoch| {
             (
                 "superseded claim",

@@ -180,6 +180,7 @@ impl FailoverSection {
         tandem_role::Config {
             auto_failover: self.auto_failover,
             conflict_backoff: Duration::from_millis(self.conflict_backoff_ms),
+            witness: false,
         }
     }
 }

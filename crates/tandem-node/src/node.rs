@@ -361,6 +361,11 @@ impl Node {
         &self.config
     }
 
+    /// The fencing token of the witness lease this node holds, if it holds one.
+    pub fn lease_token(&self) -> Option<tandem_role::FenceToken> {
+        self.machine.lease_token()
+    }
+
     /// The boot decision of the seed: with the shared address released and the
     /// active-only services stopped, probe the shared address and the reference
     /// address, and let the role machine decide.
@@ -441,7 +446,7 @@ impl Node {
                         break;
                     }
                     Action::Refuse(refusal) => report.refused = Some(refusal),
-                    Action::SendClaim { epoch } | Action::SendSuperseded { epoch } => {
+                    Action::SendClaim { epoch, .. } | Action::SendSuperseded { epoch } => {
                         // The agent sends them on the peer link.
                         report.steps.push(StepRecord {
                             action: action.to_string(),

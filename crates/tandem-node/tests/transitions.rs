@@ -192,6 +192,7 @@ fn planned_failover_moves_the_shared_address_and_the_clients() {
             n.handle(tandem_role::Event::PeerClaim {
                 node: NodeId::One,
                 epoch,
+                token: None,
             })
             .await
         },

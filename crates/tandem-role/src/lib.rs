@@ -26,6 +26,15 @@
 //!   standby demotes its database, which keeps its role across the reboot (a
 //!   rebooted active's would otherwise take writes beside the new active's).
 //! - A single-server deployment never emits a peer or replication action.
+//! - Node 1 claims with odd epochs and node 2 with even ones, so the two never
+//!   claim with the same epoch.
+//! - On a site with a witness ([`Config::witness`]) a node claims only once it
+//!   holds the site's leader key ([`Action::AcquireLease`], answered by
+//!   [`Event::LeaseAcquired`]); the key's creation revision, a [`FenceToken`],
+//!   travels with the epoch and orders two claimants for certain. An active node
+//!   that hears another holds the key steps down at once; one whose lease is
+//!   lost steps down unless its peer is in sight (failsafe: it serves on, nobody
+//!   can be promoted, and a planned handover is refused until the witness is back).
 //!
 //! [`StateFile`] persists a [`NodeState`] as versioned, checksummed JSON, written
 //! atomically.
@@ -69,7 +78,7 @@ pub use machine::{Action, Config, Event, Hook, Isolation, Machine, ProbeOutcome,
 pub use state::{
     NodeState, Replication, STATE_FILE_NAME, STATE_VERSION, StateError, StateFile, write_atomically,
 };
-pub use types::{DeploymentMode, Epoch, MacAddr, NodeId, Role, SiteId};
+pub use types::{DeploymentMode, Epoch, FenceToken, MacAddr, NodeId, Role, SiteId};
 
 /// A value given as text that does not parse; the message names the value and
 /// what was expected.

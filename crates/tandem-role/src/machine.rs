@@ -3,7 +3,9 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::{DeploymentMode, Epoch, MacAddr, NodeId, NodeState, Replication, Role, SiteId};
+use crate::{
+    DeploymentMode, Epoch, FenceToken, MacAddr, NodeId, NodeState, Replication, Role, SiteId,
+};
 
 /// What a probe of the shared address found (the seed's boot-time ping).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,8 @@ pub enum Event {
         node: NodeId,
         /// The epoch of its claim.
         epoch: Epoch,
+        /// The witness fencing token of its claim, on a site with a witness.
+        token: Option<FenceToken>,
     },
     /// The peer says this node's claim is older than the peer's epoch: the peer
     /// took over (claimed with a newer epoch) while this node was away, so the
@@ -111,6 +115,41 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The answer to [`Action::AcquireLease`]: this node created the site's leader
+    /// key on the witness and holds its lease. Also sent when an agent restarted on
+    /// the holder adopts its own live key.
+    LeaseAcquired {
+        /// The revision of the key's creation.
+        token: FenceToken,
+    },
+    /// The witness says another node holds the leader key: the answer to
+    /// [`Action::AcquireLease`] when the key exists, or what the lease keeper saw.
+    /// An active node steps down at once.
+    LeaseHeldByPeer {
+        /// The holder.
+        node: NodeId,
+        /// Its token.
+        token: FenceToken,
+    },
+    /// The witness says nobody holds the leader key (the holder released it or its
+    /// lease expired).
+    LeaseFree,
+    /// This node could not renew its lease in time: the step-down deadline, which
+    /// comes before the lease can have expired anywhere, has passed. An active node
+    /// whose peer is not in sight steps down; one whose peer is in sight stays
+    /// (failsafe: nobody can be promoted without the lease, and the peer is there).
+    LeaseLost {
+        /// Why (the last error from the witness).
+        reason: String,
+    },
+    /// No witness member answers: the answer to [`Action::AcquireLease`], or what
+    /// the lease keeper saw.
+    WitnessUnreachable {
+        /// Why.
+        reason: String,
+    },
+    /// A witness member answers again.
+    WitnessReachable,
     /// An action failed. The caller runs a batch of actions in order and stops at
     /// the first that fails, then reports it with this event.
     StepFailed {
@@ -175,6 +214,16 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// The witness says another node holds the site's leader key.
+    LeaseHeld {
+        /// The holder.
+        node: NodeId,
+    },
+    /// No witness member answers: no node may take over (or hand over) now.
+    WitnessUnreachable {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -189,6 +238,12 @@ impl Refusal {
                 format!("cannot probe the shared address ({reason})")
             }
             Refusal::NotFailover => "this node is a single-server deployment".to_string(),
+            Refusal::LeaseHeld { node } => {
+                format!("node {node} holds the site's leader key on the witness")
+            }
+            Refusal::WitnessUnreachable { reason } => {
+                format!("the witness does not answer ({reason})")
+            }
         }
     }
 }
@@ -210,6 +265,14 @@ impl fmt::Display for Refusal {
             Refusal::ProbeFailed { reason } => {
                 write!(f, "cannot probe the shared address ({reason}); not claiming it")
             }
+            Refusal::LeaseHeld { node } => write!(
+                f,
+                "node {node} holds the site's leader key on the witness; make that node standby first"
+            ),
+            Refusal::WitnessUnreachable { reason } => write!(
+                f,
+                "the witness does not answer ({reason}): no node may take over until it does; check `failover check`"
+            ),
         }
     }
 }
@@ -245,7 +308,16 @@ pub enum Action {
     SendClaim {
         /// The epoch of the claim.
         epoch: Epoch,
+        /// The witness fencing token, on a site with a witness.
+        token: Option<FenceToken>,
     },
+    /// Create the site's leader key on the witness under a lease of this node's,
+    /// in one transaction that fails if the key exists, and keep the lease alive;
+    /// report with [`Event::LeaseAcquired`], [`Event::LeaseHeldByPeer`] or
+    /// [`Event::WitnessUnreachable`].
+    AcquireLease,
+    /// Revoke this node's lease (the leader key goes with it), after stepping down.
+    ReleaseLease,
     /// Tell the peer, whose claim is older than this node's epoch, that it is
     /// superseded (it steps down; this node probes and claims again).
     SendSuperseded {
@@ -276,8 +348,9 @@ impl Action {
         )
     }
 
-    /// Whether this action concerns the peer or database replication, which a
-    /// single-server deployment never does.
+    /// Whether this action concerns the peer, the witness's leader key or database
+    /// replication, which a single-server deployment never does (it may give
+    /// back a lease it held as a failover node: [`Action::ReleaseLease`]).
     pub fn is_peer_or_replication(&self) -> bool {
         matches!(
             self,
@@ -285,6 +358,7 @@ impl Action {
                 | Action::SendSuperseded { .. }
                 | Action::PromoteDatabase
                 | Action::DemoteDatabase
+                | Action::AcquireLease
         )
     }
 }
@@ -299,6 +373,10 @@ pub struct Config {
     /// long before probing again (node 1 probes at once), so the two do not race
     /// for the address.
     pub conflict_backoff: Duration,
+    /// The site has a witness: a node claims the shared address only while it
+    /// holds the leader key ([`Action::AcquireLease`]), and an active node that
+    /// cannot keep it steps down unless its peer is in sight (failsafe).
+    pub witness: bool,
 }
 
 impl Default for Config {
@@ -306,6 +384,7 @@ impl Default for Config {
         Config {
             auto_failover: false,
             conflict_backoff: Duration::from_secs(1),
+            witness: false,
         }
     }
 }
@@ -326,6 +405,30 @@ enum ProbeReason {
     AutoFailoverRetry,
     /// An active node that lost its peer checks that it is not the one cut off.
     SelfCheck,
+    /// The boot decision (only while the lease is being acquired).
+    Boot,
+    /// An active node takes the lease (again): after an agent restart, or when
+    /// the witness is back after a failsafe spell.
+    Retake,
+}
+
+/// What the machine knows of the witness's leader key. Not persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Lease {
+    /// No word yet (or this node just released its lease).
+    #[default]
+    Unknown,
+    /// This node holds the lease.
+    Held(FenceToken),
+    /// Another node holds it.
+    Peer(FenceToken),
+    /// Nobody holds it.
+    Free,
+    /// No witness member answers.
+    Unreachable,
+    /// This active node lost the lease (or could not take it again) while its
+    /// peer is in sight, and serves on: nobody can be promoted meanwhile.
+    Failsafe,
 }
 
 /// What the machine knows of its peer. Not persisted.
@@ -349,6 +452,9 @@ pub struct Machine {
     config: Config,
     state: NodeState,
     pending: Option<ProbeReason>,
+    /// The claim waiting for [`Action::AcquireLease`]'s answer, and why.
+    acquiring: Option<ProbeReason>,
+    lease: Lease,
     peer: Peer,
 }
 
@@ -361,6 +467,8 @@ impl Machine {
             config,
             state,
             pending: None,
+            acquiring: None,
+            lease: Lease::Unknown,
             peer: Peer::default(),
         }
     }
@@ -383,6 +491,25 @@ impl Machine {
     /// Whether a probe asked for with [`Action::Probe`] has not been answered yet.
     pub fn probe_pending(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// The fencing token of the lease this node holds on the witness, if it holds it.
+    pub fn lease_token(&self) -> Option<FenceToken> {
+        match self.lease {
+            Lease::Held(token) => Some(token),
+            _ => None,
+        }
+    }
+
+    /// Whether a probe or a lease acquisition is under way (no new one starts).
+    fn busy(&self) -> bool {
+        self.pending.is_some() || self.acquiring.is_some()
+    }
+
+    /// Forgets the probe and the lease acquisition under way.
+    fn cancel(&mut self) {
+        self.pending = None;
+        self.acquiring = None;
     }
 
     /// Handles one event at time `now` and returns what to do, in order.
@@ -408,7 +535,9 @@ impl Machine {
                     out.persist(&self.state);
                 }
             }
-            Event::PeerClaim { node, epoch } => self.peer_claim(&mut out, node, epoch),
+            Event::PeerClaim { node, epoch, token } => {
+                self.peer_claim(&mut out, node, epoch, token)
+            }
             Event::PeerSuperseded { node, epoch } => self.superseded(&mut out, node, epoch),
             Event::AddressConflict { mac } => self.conflict(&mut out, mac),
             Event::PeerLost => self.peer_lost(&mut out),
@@ -420,6 +549,12 @@ impl Machine {
                 self.replication(&mut out, Replication::Failed, Some(reason))
             }
             Event::StepFailed { step, reason } => self.step_failed(&mut out, step, reason),
+            Event::LeaseAcquired { token } => self.lease_acquired(&mut out, token),
+            Event::LeaseHeldByPeer { node, token } => self.lease_held_by(&mut out, node, token),
+            Event::LeaseFree => self.lease_free(&mut out),
+            Event::LeaseLost { reason } => self.lease_lost(&mut out, &reason),
+            Event::WitnessUnreachable { reason } => self.witness_unreachable(&mut out, reason),
+            Event::WitnessReachable => self.witness_reachable(&mut out),
         }
         out.list
     }
@@ -431,22 +566,16 @@ impl Machine {
     fn boot(&mut self, out: &mut Actions, probe: ProbeOutcome, isolation: Isolation) {
         // The shared address is not configured at boot, whatever the old role was.
         self.state.role = Role::Standby;
-        self.pending = None;
+        self.cancel();
+        self.lease = Lease::Unknown;
         self.peer = Peer::default();
         if self.failover() && self.state.standby_hold {
             self.stay_standby_at_boot(out, Hook::Standby, "boot: held in standby by the operator");
             return;
         }
         match self.verdict(&probe, isolation) {
-            Ok(()) => self.become_active(out, "boot: the shared address is silent"),
-            Err(refusal) => {
-                let hook = match refusal {
-                    Refusal::SharedAddressAnswered { .. } => Hook::Standby,
-                    _ => Hook::Fault,
-                };
-                let why = format!("boot: staying standby: {}", refusal.fact());
-                self.stay_standby_at_boot(out, hook, &why);
-            }
+            Ok(()) => self.claim(out, ProbeReason::Boot),
+            Err(refusal) => self.not_claiming(out, ProbeReason::Boot, refusal),
         }
     }
 
@@ -459,7 +588,7 @@ impl Machine {
         if self.state.role != Role::Active {
             return;
         }
-        self.pending = None;
+        self.cancel();
         self.peer = Peer::default();
         if self.failover() {
             out.push(Action::PromoteDatabase);
@@ -468,12 +597,18 @@ impl Machine {
         if self.failover() {
             out.push(Action::SendClaim {
                 epoch: self.state.epoch,
+                token: self.lease_token(),
             });
         }
         out.notify(
             Hook::Active,
             "resume: the agent restarted while this node held the shared address",
         );
+        // The lease went with the old agent's keeper: take it again (a live key
+        // of this node's is adopted). Should the peer hold it, this node steps down.
+        if self.witness_applies() && self.lease_token().is_none() {
+            self.retake(out);
+        }
     }
 
     /// The end of a boot that stays standby (the caller already stopped the services
@@ -537,26 +672,43 @@ impl Machine {
             return;
         }
         match self.verdict(&probe, isolation) {
-            Ok(()) => {
-                let why = match reason {
-                    ProbeReason::Operator => "operator: set-server active",
-                    ProbeReason::SingleDeployment => "operator: set-deployment single",
-                    ProbeReason::Conflict => "re-election after an address conflict",
-                    ProbeReason::AutoFailover
-                    | ProbeReason::AutoFailoverRetry
-                    | ProbeReason::SelfCheck => "automatic failover: the peer is lost",
-                };
-                self.become_active(out, why);
+            Ok(()) => self.claim(out, reason),
+            Err(refusal) => self.not_claiming(out, reason, refusal),
+        }
+    }
+
+    /// The probe (and the isolation check) let this node claim: on a site with a
+    /// witness it first takes the leader key (the claim follows
+    /// [`Event::LeaseAcquired`]); otherwise it claims now.
+    fn claim(&mut self, out: &mut Actions, reason: ProbeReason) {
+        if self.witness_applies() && self.lease_token().is_none() {
+            self.acquiring = Some(reason);
+            out.push(Action::AcquireLease);
+        } else {
+            self.become_active(out, why_active(reason));
+        }
+    }
+
+    /// A claim for `reason` cannot go ahead: tell whoever asked.
+    fn not_claiming(&mut self, out: &mut Actions, reason: ProbeReason, refusal: Refusal) {
+        match reason {
+            ProbeReason::Operator | ProbeReason::SingleDeployment => {
+                out.push(Action::Refuse(refusal))
             }
-            Err(refusal) => match reason {
-                ProbeReason::Operator | ProbeReason::SingleDeployment => {
-                    out.push(Action::Refuse(refusal))
-                }
-                ProbeReason::Conflict | ProbeReason::AutoFailover => {
-                    out.notify(Hook::Fault, &format!("staying standby: {}", refusal.fact()))
-                }
-                ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck => {}
-            },
+            ProbeReason::Boot => {
+                let hook = match refusal {
+                    Refusal::SharedAddressAnswered { .. } | Refusal::LeaseHeld { .. } => {
+                        Hook::Standby
+                    }
+                    _ => Hook::Fault,
+                };
+                let why = format!("boot: staying standby: {}", refusal.fact());
+                self.stay_standby_at_boot(out, hook, &why);
+            }
+            ProbeReason::Conflict | ProbeReason::AutoFailover => {
+                out.notify(Hook::Fault, &format!("staying standby: {}", refusal.fact()))
+            }
+            ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck | ProbeReason::Retake => {}
         }
     }
 
@@ -587,6 +739,21 @@ impl Machine {
             return;
         }
         match role {
+            Role::Active if self.acquiring.is_some() => {
+                // A claim waits for the witness: the operator hears its answer.
+                self.acquiring = Some(ProbeReason::Operator);
+            }
+            Role::Standby
+                if self.state.role == Role::Active
+                    && self.witness_applies()
+                    && self.lease == Lease::Failsafe =>
+            {
+                // Failsafe: the standby could not take the leader key, so a
+                // handover would leave the site without an active node.
+                out.push(Action::Refuse(Refusal::WitnessUnreachable {
+                    reason: "this node serves in failsafe mode".into(),
+                }));
+            }
             Role::Active => {
                 let held = self.state.standby_hold;
                 self.state.standby_hold = false;
@@ -612,7 +779,7 @@ impl Machine {
             }
             Role::Standby => {
                 self.state.standby_hold = true;
-                self.pending = None;
+                self.cancel();
                 if self.state.role == Role::Active {
                     self.become_standby(out, Hook::Standby, "operator: set-server standby");
                 } else {
@@ -623,7 +790,7 @@ impl Machine {
     }
 
     fn set_deployment(&mut self, out: &mut Actions, mode: DeploymentMode) {
-        self.pending = None;
+        self.cancel();
         if mode == DeploymentMode::Single && self.state.role == Role::Standby {
             // Nothing changes until the probe says the address is free: a
             // refused command leaves the node as it was.
@@ -647,6 +814,9 @@ impl Machine {
             }
             DeploymentMode::Single => {
                 self.single_server();
+                if let Lease::Held(_) = std::mem::take(&mut self.lease) {
+                    out.push(Action::ReleaseLease);
+                }
                 out.persist(&self.state);
             }
         }
@@ -660,7 +830,13 @@ impl Machine {
         self.peer = Peer::default();
     }
 
-    fn peer_claim(&mut self, out: &mut Actions, node: NodeId, epoch: Epoch) {
+    fn peer_claim(
+        &mut self,
+        out: &mut Actions,
+        node: NodeId,
+        epoch: Epoch,
+        token: Option<FenceToken>,
+    ) {
         if !self.failover() {
             return;
         }
@@ -675,15 +851,25 @@ impl Machine {
             return;
         }
         self.peer.claim = Some(epoch);
-        let ours = (self.state.epoch, self.state.node.preference());
-        let theirs = (epoch, node.preference());
+        // The witness orders holders for certain; without it, the epoch and
+        // the node preference decide.
+        let theirs_win = match (token, self.lease_token()) {
+            (Some(theirs), Some(ours)) if theirs != ours => theirs > ours,
+            _ => (epoch, node.preference()) > (self.state.epoch, self.state.node.preference()),
+        };
         let mut changed = false;
         if epoch > self.state.epoch {
             self.state.epoch = epoch;
             changed = true;
         }
+        if let Some(token) = token
+            && self.state.token.is_none_or(|seen| token > seen)
+        {
+            self.state.token = Some(token);
+            changed = true;
+        }
         match self.state.role {
-            Role::Active if theirs > ours => {
+            Role::Active if theirs_win => {
                 self.become_standby(
                     out,
                     Hook::Standby,
@@ -706,7 +892,7 @@ impl Machine {
                          asked it to step down"
                     ),
                 );
-                if self.pending.is_none() {
+                if !self.busy() {
                     self.pending = Some(ProbeReason::Conflict);
                     out.push(Action::Probe {
                         after: self.config.conflict_backoff,
@@ -724,6 +910,12 @@ impl Machine {
                     Some(ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry)
                 ) {
                     self.pending = None;
+                }
+                if matches!(
+                    self.acquiring,
+                    Some(ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry)
+                ) {
+                    self.acquiring = None;
                 }
                 if changed {
                     out.persist(&self.state);
@@ -809,6 +1001,7 @@ impl Machine {
         out.push(Action::Announce);
         out.push(Action::SendClaim {
             epoch: self.state.epoch,
+            token: self.lease_token(),
         });
     }
 
@@ -819,10 +1012,25 @@ impl Machine {
         self.peer.up = false;
         self.peer.claim = None;
         out.notify(Hook::Alarm, "peer lost: it missed its heartbeats");
+        if self.witness_applies()
+            && self.state.role == Role::Active
+            && self.lease_token().is_none()
+            && self.acquiring.is_none()
+        {
+            // Failsafe ends: without the lease and without the peer, this node
+            // cannot know that nobody else took over.
+            self.become_standby(
+                out,
+                Hook::Fault,
+                "the peer is lost and this node does not hold the witness lease: \
+                 released the shared address",
+            );
+            return;
+        }
         if self.config.auto_failover
             && self.state.role == Role::Standby
             && !self.state.standby_hold
-            && self.pending.is_none()
+            && !self.busy()
         {
             self.pending = Some(ProbeReason::AutoFailover);
             out.push(Action::Probe {
@@ -835,7 +1043,7 @@ impl Machine {
     /// With automatic failover, an active node that lost its peer probes to learn
     /// whether it is the one cut off (see [`ProbeReason::SelfCheck`]).
     fn self_check(&mut self, out: &mut Actions) {
-        if self.state.role == Role::Active && self.pending.is_none() {
+        if self.state.role == Role::Active && !self.busy() {
             self.pending = Some(ProbeReason::SelfCheck);
             out.push(Action::Probe {
                 after: Duration::ZERO,
@@ -850,7 +1058,7 @@ impl Machine {
         if self.config.auto_failover
             && self.state.role == Role::Standby
             && !self.state.standby_hold
-            && self.pending.is_none()
+            && !self.busy()
         {
             self.pending = Some(ProbeReason::AutoFailoverRetry);
             out.push(Action::Probe {
@@ -874,11 +1082,19 @@ impl Machine {
         ) {
             self.pending = None;
         }
+        if matches!(
+            self.acquiring,
+            Some(ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry)
+        ) {
+            // A lease that arrives now is given back.
+            self.acquiring = None;
+        }
         if self.state.role == Role::Active {
             // After a partition both sides may believe they are active: tell the
             // peer our epoch so the loser steps down.
             out.push(Action::SendClaim {
                 epoch: self.state.epoch,
+                token: self.lease_token(),
             });
         }
     }
@@ -926,9 +1142,9 @@ impl Machine {
         let failover = self.failover();
         self.state.role = Role::Active;
         self.state.standby_hold = false;
-        self.state.epoch = self.state.epoch.next();
+        self.state.epoch = self.state.epoch.next_for(self.state.node);
         self.state.role_changed_ms = out.now_ms;
-        self.pending = None;
+        self.cancel();
         out.persist(&self.state);
         if failover {
             out.push(Action::PromoteDatabase);
@@ -939,6 +1155,7 @@ impl Machine {
         if failover {
             out.push(Action::SendClaim {
                 epoch: self.state.epoch,
+                token: self.lease_token(),
             });
         }
         out.notify(Hook::Active, why);
@@ -949,14 +1166,218 @@ impl Machine {
     fn become_standby(&mut self, out: &mut Actions, hook: Hook, why: &str) {
         self.state.role = Role::Standby;
         self.state.role_changed_ms = out.now_ms;
-        self.pending = None;
+        self.cancel();
         out.push(Action::StopServices);
         out.push(Action::ReleaseSharedAddress);
         if self.failover() {
             out.push(Action::DemoteDatabase);
         }
+        match self.lease {
+            Lease::Held(_) => {
+                // Only after the address is gone: the next holder may claim at once.
+                self.lease = Lease::Unknown;
+                out.push(Action::ReleaseLease);
+            }
+            Lease::Failsafe => self.lease = Lease::Unknown,
+            Lease::Unknown | Lease::Peer(_) | Lease::Free | Lease::Unreachable => {}
+        }
         out.persist(&self.state);
         out.notify(hook, why);
+    }
+
+    /// Whether the witness rules apply: a failover node of a site with a witness.
+    fn witness_applies(&self) -> bool {
+        self.config.witness && self.failover()
+    }
+
+    /// An active node takes the leader key (again).
+    fn retake(&mut self, out: &mut Actions) {
+        self.acquiring = Some(ProbeReason::Retake);
+        out.push(Action::AcquireLease);
+    }
+
+    fn lease_acquired(&mut self, out: &mut Actions, token: FenceToken) {
+        if !self.witness_applies() {
+            // Not wanted here (the node became a single server meanwhile).
+            out.push(Action::ReleaseLease);
+            return;
+        }
+        self.lease = Lease::Held(token);
+        let newer = self.state.token.is_none_or(|seen| token > seen);
+        if newer {
+            self.state.token = Some(token);
+        }
+        match (self.state.role, self.acquiring.take()) {
+            (Role::Standby, Some(reason)) => self.become_active(out, why_active(reason)),
+            (Role::Standby, None) => {
+                // Nobody waits for it any more (the peer came back, the
+                // operator changed their mind): give it back.
+                self.lease = Lease::Unknown;
+                out.push(Action::ReleaseLease);
+                if newer {
+                    out.persist(&self.state);
+                }
+            }
+            (Role::Active, _) => {
+                if newer {
+                    out.persist(&self.state);
+                }
+                out.push(Action::SendClaim {
+                    epoch: self.state.epoch,
+                    token: Some(token),
+                });
+            }
+        }
+    }
+
+    fn lease_held_by(&mut self, out: &mut Actions, node: NodeId, token: FenceToken) {
+        if !self.witness_applies() || node == self.state.node {
+            return;
+        }
+        self.lease = Lease::Peer(token);
+        let newer = self.state.token.is_none_or(|seen| token > seen);
+        if newer {
+            self.state.token = Some(token);
+        }
+        let reason = self.acquiring.take();
+        if self.state.role == Role::Active {
+            self.become_standby(
+                out,
+                Hook::Fault,
+                &format!(
+                    "node {node} holds the site's leader key on the witness (token {token}): \
+                     released the shared address"
+                ),
+            );
+            return;
+        }
+        match reason {
+            Some(ProbeReason::AutoFailover) => out.notify(
+                Hook::Alarm,
+                &format!(
+                    "not taking over yet: node {node} still holds the site's leader key on the \
+                     witness (it is alive but out of sight, or its lease has not run out)"
+                ),
+            ),
+            Some(reason) => {
+                let boot = reason == ProbeReason::Boot;
+                self.not_claiming(out, reason, Refusal::LeaseHeld { node });
+                if boot {
+                    return; // persisted
+                }
+            }
+            None => {}
+        }
+        if newer {
+            out.persist(&self.state);
+        }
+    }
+
+    fn lease_free(&mut self, out: &mut Actions) {
+        if !self.witness_applies() {
+            return;
+        }
+        if let Lease::Held(_) = self.lease {
+            self.lease_lost(out, "the leader key is gone from the witness");
+            return;
+        }
+        self.lease = Lease::Free;
+        if self.state.role == Role::Active && !self.busy() {
+            self.retake(out);
+        }
+    }
+
+    fn lease_lost(&mut self, out: &mut Actions, reason: &str) {
+        if !self.witness_applies() {
+            return;
+        }
+        let Lease::Held(_) = self.lease else {
+            return;
+        };
+        self.lease = Lease::Unknown;
+        if self.state.role != Role::Active {
+            return;
+        }
+        if self.peer.up {
+            self.lease = Lease::Failsafe;
+            out.notify(
+                Hook::Alarm,
+                &format!(
+                    "witness lease lost ({reason}); failsafe: staying active while the peer is \
+                     in sight, and no node takes over"
+                ),
+            );
+        } else {
+            self.become_standby(
+                out,
+                Hook::Fault,
+                &format!(
+                    "witness lease lost ({reason}) and the peer is not in sight: released the \
+                     shared address before the lease can expire"
+                ),
+            );
+        }
+    }
+
+    fn witness_unreachable(&mut self, out: &mut Actions, reason: String) {
+        if !self.witness_applies() {
+            return;
+        }
+        // While this node holds the lease, its keeper's deadline decides
+        // ([`Event::LeaseLost`]).
+        let held = self.lease_token().is_some();
+        if !held && self.lease != Lease::Failsafe {
+            self.lease = Lease::Unreachable;
+        }
+        if let Some(asked) = self.acquiring.take() {
+            let refusal = Refusal::WitnessUnreachable {
+                reason: reason.clone(),
+            };
+            self.not_claiming(out, asked, refusal);
+            if asked == ProbeReason::Boot {
+                return;
+            }
+        }
+        if self.state.role == Role::Active && !held {
+            if self.peer.up {
+                self.lease = Lease::Failsafe;
+            } else {
+                self.become_standby(
+                    out,
+                    Hook::Fault,
+                    &format!(
+                        "the witness does not answer ({reason}) and the peer is not in sight: \
+                         released the shared address"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn witness_reachable(&mut self, out: &mut Actions) {
+        if !self.witness_applies() {
+            return;
+        }
+        if self.lease == Lease::Unreachable {
+            self.lease = Lease::Unknown;
+        }
+        if self.state.role == Role::Active && self.lease_token().is_none() && !self.busy() {
+            self.retake(out);
+        }
+    }
+}
+
+/// Why a node became active, for the hook and the log.
+fn why_active(reason: ProbeReason) -> &'static str {
+    match reason {
+        ProbeReason::Boot => "boot: the shared address is silent",
+        ProbeReason::Operator => "operator: set-server active",
+        ProbeReason::SingleDeployment => "operator: set-deployment single",
+        ProbeReason::Conflict => "re-election after an address conflict",
+        ProbeReason::AutoFailover | ProbeReason::AutoFailoverRetry | ProbeReason::SelfCheck => {
+            "automatic failover: the peer is lost"
+        }
+        ProbeReason::Retake => "took the witness lease again",
     }
 }
 
@@ -1081,7 +1502,13 @@ impl fmt::Display for Event {
             Event::SetServer(role) => write!(f, "set-server {role}"),
             Event::SetDeployment(mode) => write!(f, "set-deployment {mode}"),
             Event::Identify { node, site } => write!(f, "identify node={node} site={site}"),
-            Event::PeerClaim { node, epoch } => write!(f, "peer-claim node={node} epoch={epoch}"),
+            Event::PeerClaim { node, epoch, token } => {
+                write!(f, "peer-claim node={node} epoch={epoch}")?;
+                match token {
+                    Some(token) => write!(f, " token={token}"),
+                    None => Ok(()),
+                }
+            }
             Event::PeerSuperseded { node, epoch } => {
                 write!(f, "peer-superseded node={node} epoch={epoch}")
             }
@@ -1093,6 +1520,14 @@ impl fmt::Display for Event {
             Event::ReplicationOff => f.write_str("replication-off"),
             Event::ReplicationFailed { reason } => write!(f, "replication-failed {reason:?}"),
             Event::StepFailed { step, reason } => write!(f, "step-failed {step} {reason:?}"),
+            Event::LeaseAcquired { token } => write!(f, "lease-acquired token={token}"),
+            Event::LeaseHeldByPeer { node, token } => {
+                write!(f, "lease-held node={node} token={token}")
+            }
+            Event::LeaseFree => f.write_str("lease-free"),
+            Event::LeaseLost { reason } => write!(f, "lease-lost {reason:?}"),
+            Event::WitnessUnreachable { reason } => write!(f, "witness-unreachable {reason:?}"),
+            Event::WitnessReachable => f.write_str("witness-reachable"),
         }
     }
 }
@@ -1103,14 +1538,18 @@ impl fmt::Display for Action {
         match self {
             Action::Persist(s) => write!(
                 f,
-                "persist deployment={} node={} site={} role={} epoch={} hold={} replication={}",
+                "persist deployment={} node={} site={} role={} epoch={} hold={} replication={}{}",
                 s.deployment,
                 s.node,
                 s.site,
                 s.role,
                 s.epoch,
                 if s.standby_hold { "yes" } else { "no" },
-                s.replication
+                s.replication,
+                match s.token {
+                    Some(token) => format!(" token={token}"),
+                    None => String::new(),
+                }
             ),
             Action::Probe { after } => write!(f, "probe after={}ms", after.as_millis()),
             Action::ClaimSharedAddress => f.write_str("claim-shared-address"),
@@ -1120,7 +1559,15 @@ impl fmt::Display for Action {
             Action::DemoteDatabase => f.write_str("demote-database"),
             Action::StartServices => f.write_str("start-services"),
             Action::StopServices => f.write_str("stop-services"),
-            Action::SendClaim { epoch } => write!(f, "send-claim epoch={epoch}"),
+            Action::SendClaim { epoch, token } => {
+                write!(f, "send-claim epoch={epoch}")?;
+                match token {
+                    Some(token) => write!(f, " token={token}"),
+                    None => Ok(()),
+                }
+            }
+            Action::AcquireLease => f.write_str("acquire-lease"),
+            Action::ReleaseLease => f.write_str("release-lease"),
             Action::SendSuperseded { epoch } => write!(f, "send-superseded epoch={epoch}"),
             Action::Notify { hook, reason } => write!(f, "notify {hook} {reason:?}"),
             Action::Refuse(refusal) => write!(f, "refuse {:?}", refusal.to_string()),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::{DeploymentMode, Epoch, NodeId, Role, SiteId};
+use crate::{DeploymentMode, Epoch, FenceToken, NodeId, Role, SiteId};
 
 /// What a node remembers across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub struct NodeState {
     pub replication: Replication,
     /// When the role last changed, in milliseconds since the Unix epoch.
     pub role_changed_ms: u64,
+    /// The highest witness fencing token this node has held or seen; `None` on a
+    /// site without a witness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<FenceToken>,
 }
 
 impl NodeState {
@@ -48,6 +52,7 @@ impl NodeState {
             standby_hold: false,
             replication: Replication::Off,
             role_changed_ms: 0,
+            token: None,
         }
     }
 }
@@ -294,6 +299,7 @@ mod tests {
             standby_hold: false,
             replication: Replication::On,
             role_changed_ms: 1_700_000_000_000,
+            token: Some(FenceToken::new(42)),
         }
     }
 

@@ -58,17 +58,56 @@ impl FromStr for Event {
                 }
             }
             "peer-claim" | "peer-superseded" => {
-                only(2)?;
+                let with_token = name == "peer-claim" && args.len() == 3;
+                only(if with_token { 3 } else { 2 })?;
                 let node = key("node")?.parse()?;
                 let epoch = key("epoch")?
                     .parse::<u64>()
                     .map(crate::Epoch::new)
                     .map_err(|_| bad("epoch must be a number"))?;
+                let token = if with_token {
+                    Some(parse_token(key("token")?).map_err(|_| bad("token must be a number"))?)
+                } else {
+                    None
+                };
                 if name == "peer-claim" {
-                    Event::PeerClaim { node, epoch }
+                    Event::PeerClaim { node, epoch, token }
                 } else {
                     Event::PeerSuperseded { node, epoch }
                 }
+            }
+            "lease-acquired" => {
+                only(1)?;
+                Event::LeaseAcquired {
+                    token: parse_token(key("token")?).map_err(|_| bad("token must be a number"))?,
+                }
+            }
+            "lease-held" => {
+                only(2)?;
+                Event::LeaseHeldByPeer {
+                    node: key("node")?.parse()?,
+                    token: parse_token(key("token")?).map_err(|_| bad("token must be a number"))?,
+                }
+            }
+            "lease-free" => {
+                only(0)?;
+                Event::LeaseFree
+            }
+            "lease-lost" => {
+                only(1)?;
+                Event::LeaseLost {
+                    reason: args[0].clone(),
+                }
+            }
+            "witness-unreachable" => {
+                only(1)?;
+                Event::WitnessUnreachable {
+                    reason: args[0].clone(),
+                }
+            }
+            "witness-reachable" => {
+                only(0)?;
+                Event::WitnessReachable
             }
             "address-conflict" => {
                 only(1)?;
@@ -117,6 +156,10 @@ impl FromStr for Event {
         };
         Ok(event)
     }
+}
+
+fn parse_token(text: &str) -> Result<crate::FenceToken, std::num::ParseIntError> {
+    text.parse::<u64>().map(crate::FenceToken::new)
 }
 
 fn parse_probe(text: &str) -> Result<ProbeOutcome, ParseError> {
@@ -230,6 +273,13 @@ mod tests {
             "set-deployment failover",
             "identify node=2 site=1",
             "peer-claim node=1 epoch=4",
+            "peer-claim node=1 epoch=4 token=17",
+            "lease-acquired token=9",
+            "lease-held node=2 token=12",
+            "lease-free",
+            "lease-lost \"no member answered\"",
+            "witness-unreachable \"connection refused\"",
+            "witness-reachable",
             "address-conflict mac=02:00:00:00:00:02",
             "peer-lost",
             "peer-still-lost",

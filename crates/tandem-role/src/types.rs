@@ -184,9 +184,54 @@ impl Epoch {
     pub fn next(self) -> Epoch {
         Epoch(self.0.saturating_add(1))
     }
+
+    /// The next epoch that `node` may claim with: node 1 claims odd epochs, node 2
+    /// even ones, so the two nodes never claim with the same epoch, whatever each
+    /// has or has not heard of the other's claims.
+    pub fn next_for(self, node: NodeId) -> Epoch {
+        let next = self.next();
+        let parity = match node {
+            NodeId::One => 1,
+            NodeId::Two => 0,
+        };
+        if next.0 % 2 == parity {
+            next
+        } else {
+            next.next()
+        }
+    }
 }
 
 impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A fencing token: the revision at which the witness (etcd) created the site's
+/// leader key for its holder. Later holders always have higher tokens, whatever
+/// the clocks say, so a node or a replication stream can refuse a holder whose
+/// token is older than one it has seen. Carried beside the [`Epoch`] when the
+/// site has a witness.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct FenceToken(u64);
+
+impl FenceToken {
+    /// A token with the given revision.
+    pub fn new(revision: u64) -> FenceToken {
+        FenceToken(revision)
+    }
+
+    /// The revision.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for FenceToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
     }

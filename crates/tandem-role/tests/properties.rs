@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
 use tandem_role::{
-    Action, Config, DeploymentMode, Epoch, Event, Isolation, MacAddr, Machine, NodeId, NodeState,
-    ProbeOutcome, Replication, Role, SiteId, StateFile, Step,
+    Action, Config, DeploymentMode, Epoch, Event, FenceToken, Isolation, MacAddr, Machine, NodeId,
+    NodeState, ProbeOutcome, Replication, Role, SiteId, StateFile, Step,
 };
 
 const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
@@ -49,6 +49,7 @@ fn arb_state() -> impl Strategy<Value = NodeState> {
                 standby_hold: hold,
                 replication,
                 role_changed_ms: ms,
+                token: None,
             },
         )
 }
@@ -87,7 +88,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
         3 => prop_oneof![Just(Role::Active), Just(Role::Standby)].prop_map(Event::SetServer),
         1 => prop_oneof![Just(DeploymentMode::Single), Just(DeploymentMode::Failover)].prop_map(Event::SetDeployment),
         1 => (arb_node(), 1u32..3).prop_map(|(node, site)| Event::Identify { node, site: SiteId::new(site).unwrap() }),
-        2 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerClaim { node, epoch: Epoch::new(e) }),
+        2 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerClaim { node, epoch: Epoch::new(e), token: None }),
         1 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerSuperseded { node, epoch: Epoch::new(e) }),
         1 => prop_oneof![Just(PEER_MAC), Just(STRANGER_MAC)].prop_map(|mac| Event::AddressConflict { mac }),
         1 => Just(Event::PeerLost),
@@ -97,12 +98,19 @@ fn arb_event() -> impl Strategy<Value = Event> {
         1 => Just(Event::ReplicationOff),
         1 => Just(Event::ReplicationFailed { reason: "table locked".into() }),
         1 => (arb_step(), Just("injected".to_string())).prop_map(|(step, reason)| Event::StepFailed { step, reason }),
+        1 => (1u64..50).prop_map(|t| Event::LeaseAcquired { token: FenceToken::new(t) }),
+        1 => (arb_node(), 1u64..50).prop_map(|(node, t)| Event::LeaseHeldByPeer { node, token: FenceToken::new(t) }),
+        1 => Just(Event::LeaseFree),
+        1 => Just(Event::LeaseLost { reason: "not renewed".into() }),
+        1 => Just(Event::WitnessUnreachable { reason: "cut".into() }),
+        1 => Just(Event::WitnessReachable),
     ]
 }
 
 fn arb_config() -> impl Strategy<Value = Config> {
-    any::<bool>().prop_map(|auto_failover| Config {
+    (any::<bool>(), any::<bool>()).prop_map(|(auto_failover, witness)| Config {
         auto_failover,
+        witness,
         ..Config::default()
     })
 }
@@ -117,11 +125,18 @@ proptest! {
         config in arb_config(), state in arb_state(), events in prop::collection::vec(arb_event(), 1..60),
     ) {
         let mut m = Machine::new(config, state);
+        // With a witness the claim follows the lease, asked for right after a
+        // probe that allowed it.
+        let mut lease_asked_after_probe = false;
         for (i, event) in events.into_iter().enumerate() {
             let failover = m.state().deployment == DeploymentMode::Failover;
             let actions = m.handle(event.clone(), at(i as u64));
+            let asked = actions.contains(&Action::AcquireLease);
             if actions.contains(&Action::ClaimSharedAddress) {
                 match &event {
+                    Event::LeaseAcquired { .. } => {
+                        prop_assert!(lease_asked_after_probe, "claim on a lease nobody asked for after a probe");
+                    }
                     Event::Boot { probe, isolation } | Event::Probed { probe, isolation } => {
                         prop_assert_eq!(probe, &ProbeOutcome::Silent, "claim after {}", event);
                         // A standby that `set-deployment single` turns into a
@@ -133,6 +148,18 @@ proptest! {
                     }
                     other => prop_assert!(false, "claim in answer to {}", other),
                 }
+            }
+            if asked {
+                lease_asked_after_probe = match &event {
+                    Event::Boot { probe, isolation } | Event::Probed { probe, isolation } => {
+                        *probe == ProbeOutcome::Silent
+                            && (*isolation == Isolation::Passed || !failover)
+                    }
+                    _ => false,
+                };
+            }
+            if matches!(event, Event::LeaseAcquired { .. }) {
+                lease_asked_after_probe = false;
             }
         }
     }
@@ -146,7 +173,7 @@ proptest! {
         let mut highest = state.epoch;
         let mut m = Machine::new(config, state);
         for (i, event) in events.into_iter().enumerate() {
-            if let Event::PeerClaim { epoch, node } | Event::PeerSuperseded { epoch, node } = &event {
+            if let Event::PeerClaim { epoch, node, .. } | Event::PeerSuperseded { epoch, node } = &event {
                 // Only a claim the machine accepts raises what it has seen: a single
                 // server ignores peers, and a claim under this node's own id is a
                 // misconfiguration reported as a fault.
@@ -169,10 +196,14 @@ proptest! {
                     }
                     Action::ClaimSharedAddress => {
                         prop_assert!(persisted > highest, "claim at epoch {} after seeing {}", persisted, highest);
-                        prop_assert_eq!(persisted, before.next(), "a claim raises the epoch by one");
+                        prop_assert_eq!(
+                            persisted,
+                            before.next_for(m.state().node),
+                            "a claim takes the node's next epoch"
+                        );
                         highest = persisted;
                     }
-                    Action::SendClaim { epoch } | Action::SendSuperseded { epoch } => {
+                    Action::SendClaim { epoch, .. } | Action::SendSuperseded { epoch } => {
                         prop_assert_eq!(*epoch, m.state().epoch)
                     }
                     _ => {}
@@ -202,6 +233,12 @@ proptest! {
                 _ => {}
             }
             let actions = m.handle(event.clone(), at(i as u64));
+            if matches!(event, Event::SetServer(Role::Standby))
+                && actions.iter().any(|a| matches!(a, Action::Refuse(_)))
+            {
+                // Refused (an active node serving in failsafe mode): nothing held.
+                held = false;
+            }
             if held {
                 for action in &actions {
                     prop_assert!(!action.is_active_only(), "{} while held, after {}", action, event);
@@ -396,9 +433,9 @@ impl Site {
                 Action::ReleaseSharedAddress => self.holds[i] = false,
                 Action::PromoteDatabase => self.writable[i] = true,
                 Action::DemoteDatabase => self.writable[i] = false,
-                Action::SendClaim { epoch } if self.link_up => {
+                Action::SendClaim { epoch, token } if self.link_up => {
                     let node = self.nodes[i].state().node;
-                    self.send(1, 1 - i, Event::PeerClaim { node, epoch });
+                    self.send(1, 1 - i, Event::PeerClaim { node, epoch, token });
                 }
                 Action::SendSuperseded { epoch } if self.link_up => {
                     let node = self.nodes[i].state().node;

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use tandem_role::{Config, Epoch, Event, Machine, NodeState, Replication};
+use tandem_role::{Config, Epoch, Event, FenceToken, Machine, NodeState, Replication};
 
 #[test]
 fn two_newly_installed_application_servers() {
@@ -75,6 +75,36 @@ fn set_deployment_single_on_a_standby_changes_nothing_when_refused() {
 #[test]
 fn an_agent_restart_on_the_active_node_resumes_without_a_new_claim() {
     check("agent-restart.trace");
+}
+
+#[test]
+fn with_a_witness_a_standby_claims_only_once_the_dead_actives_lease_ran_out() {
+    check("witness-failover.trace");
+}
+
+#[test]
+fn with_a_witness_a_partition_between_the_nodes_leaves_one_holder() {
+    check("witness-partition.trace");
+}
+
+#[test]
+fn an_active_that_loses_the_witness_serves_while_its_peer_is_in_sight() {
+    check("witness-lost.trace");
+}
+
+#[test]
+fn with_a_witness_a_boot_claims_only_with_the_key() {
+    check("witness-boot.trace");
+}
+
+#[test]
+fn a_planned_switchover_hands_the_key_over_after_the_address() {
+    check("witness-switchover.trace");
+}
+
+#[test]
+fn a_restarted_agent_takes_its_key_again_or_steps_down() {
+    check("witness-resume.trace");
 }
 
 #[test]
@@ -167,7 +197,7 @@ fn run(text: &str) -> Result<String, String> {
 }
 
 /// `NAME node=N site=S [deployment=..] [role=..] [epoch=..] [hold=yes|no]
-/// [replication=on|off] [auto-failover=yes|no]`
+/// [replication=on|off] [auto-failover=yes|no] [witness=yes|no] [token=N]`
 fn declare(decl: &str) -> Result<(String, Machine), String> {
     let mut words = decl.split_whitespace();
     let name = words.next().ok_or("machine without a name")?.to_string();
@@ -205,6 +235,12 @@ fn declare(decl: &str) -> Result<(String, Machine), String> {
                 }
             }
             "auto-failover" => config.auto_failover = yes(v),
+            "witness" => config.witness = yes(v),
+            "token" => {
+                state.token = Some(FenceToken::new(
+                    v.parse().map_err(|_| format!("bad token {v}"))?,
+                ))
+            }
             other => return Err(format!("unknown field {other}")),
         }
     }
