@@ -69,7 +69,10 @@ pub(crate) fn serve_app(
                 tandem_lab::SHARED_ADDR,
                 tandem_node::DEFAULT_SETTLE,
             )
-            .await?,
+            .await?
+            // Never alone while the node's agent is down (issue 21: a killed
+            // agent left the app acknowledging alone while the peer took over).
+            .with_agent(&settings.state_dir, tandem_node::DEFAULT_LEASE_MARGIN),
         );
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
         // Requests are answered concurrently, as a real application server does: one

@@ -848,6 +848,7 @@ impl Agent {
                 Response::Report(report)
             }
             Request::Status => Response::Status(Box::new(self.snapshot().await)),
+            Request::Standing => Response::Standing(self.standing()),
             Request::Check => {
                 // DNS look-ups may take seconds: answer from a task of its own.
                 let check = self.check();
@@ -917,6 +918,18 @@ impl Agent {
     fn operator_done(&mut self, report: &Report) {
         if report.succeeded() {
             self.alarms.clear_kind(AlarmKind::Fault, now_ms());
+        }
+    }
+
+    /// Where this node stands, for an application's [`crate::DegradeGuard`].
+    fn standing(&self) -> control::Standing {
+        let state = self.node.state();
+        control::Standing {
+            role: state.role,
+            epoch: state.epoch,
+            witness: false,
+            token: self.node.lease_token(),
+            lease_valid_ms: None,
         }
     }
 

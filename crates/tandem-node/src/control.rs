@@ -40,6 +40,25 @@ pub enum Request {
     },
     /// `failover check`.
     Check,
+    /// Where this node stands, for [`crate::DegradeGuard`]: its role and its hold
+    /// on the witness's leader key.
+    Standing,
+}
+
+/// Where a node stands: the agent's answer to [`Request::Standing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// The node's role.
+    pub role: Role,
+    /// Its epoch.
+    pub epoch: tandem_role::Epoch,
+    /// Whether the site has a witness.
+    pub witness: bool,
+    /// The fencing token of the lease this node holds, if it holds one.
+    pub token: Option<tandem_role::FenceToken>,
+    /// How long the node may still count on its lease: the time to its step-down
+    /// deadline, which comes before the lease can expire anywhere.
+    pub lease_valid_ms: Option<u64>,
 }
 
 /// What the agent answers.
@@ -60,6 +79,8 @@ pub enum Response {
     },
     /// The prerequisites report.
     Check(crate::check::CheckReport),
+    /// Where the node stands.
+    Standing(Standing),
     /// The agent could not serve the request.
     Error(String),
 }

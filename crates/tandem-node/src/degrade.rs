@@ -16,16 +16,24 @@
 //!    before the commit, and has been steady for the settle time (so that a peer's
 //!    takeover begun while this node was away has finished and shows);
 //! 2. the reference address (the gateway) answers: this node reaches its network;
-//! 3. no other host answers ARP for the shared address: nobody took over.
+//! 3. no other host answers ARP for the shared address: nobody took over;
+//! 4. with [`DegradeGuard::with_agent`] (what [`DegradeGuard::for_node`] makes): the
+//!    node's agent answers, says the node is active and, on a site with a witness,
+//!    holds the leader key with more than the margin left before its step-down
+//!    deadline. A killed agent must not leave an application acknowledging alone:
+//!    its peer may take over while the address still answers here.
 //!
-//! What it cannot see: a fault between the switch and the peer that leaves this
-//! node's carrier up (a partition). Without a witness a two-node site cannot tell
-//! that from a dead peer; see `docs/RELIABILITY.md`.
+//! What the network checks cannot see: a fault between the switch and the peer
+//! that leaves this node's carrier up (a partition). Without a witness a two-node
+//! site cannot tell that from a dead peer; with one, check 4 can: the peer takes
+//! over only with the key, after this node's lease ran out. See
+//! `docs/RELIABILITY.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tandem_node::DegradeError> {
+//! use std::path::Path;
 //! use std::time::Duration;
-//! use tandem_node::DegradeGuard;
+//! use tandem_node::{DEFAULT_LEASE_MARGIN, DegradeGuard};
 //!
 //! let guard = DegradeGuard::new(
 //!     "eth0",
@@ -33,7 +41,8 @@
 //!     "192.0.2.10".parse().unwrap(),
 //!     Duration::from_secs(1),
 //! )
-//! .await?;
+//! .await?
+//! .with_agent(Path::new("/var/lib/tandem"), DEFAULT_LEASE_MARGIN);
 //! let mark = guard.mark().await;
 //! // ... commit, wait for the standby, learn that it is unreachable ...
 //! guard.allow(mark).await?; // Err: answer the client with an error instead
@@ -42,6 +51,7 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -52,6 +62,13 @@ use tokio::time::Instant;
 /// How long the carrier must have been steady before a lone acknowledgement, by
 /// default: well over a peer's probe of the shared address and its claim.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
+
+/// How much of its lease a node must have left to acknowledge alone, by default:
+/// the answer must reach the client well before the step-down deadline.
+pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long the guard waits for the agent's answer.
+const AGENT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a lone acknowledgement is refused, or the guard cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +96,29 @@ pub enum DegradeError {
         shared: Ipv4Addr,
         /// Who answered.
         macs: Vec<tandem_probe::MacAddr>,
+    },
+    /// The node's agent does not answer: nothing watches the shared address and
+    /// the peer may take over.
+    #[error("the node's agent does not answer ({reason}): never acknowledge alone without it")]
+    NoAgent {
+        /// Why.
+        reason: String,
+    },
+    /// The agent says the node is not active.
+    #[error("this node is not the active node any more")]
+    NotActive,
+    /// The site has a witness and this node does not hold the leader key.
+    #[error("this node does not hold the site's leader key on the witness")]
+    NoLease,
+    /// The node holds the leader key, but too little of its lease is left.
+    #[error(
+        "this node's witness lease has {left_ms} ms left, less than the margin of {margin_ms} ms"
+    )]
+    LeaseEnding {
+        /// What is left before the step-down deadline.
+        left_ms: u64,
+        /// The margin required.
+        margin_ms: u64,
     },
     /// A check could not be run; never taken for a pass.
     #[error("cannot {what}: {reason}")]
@@ -117,6 +157,8 @@ pub struct DegradeGuard {
     interfaces: Interfaces,
     /// The last carrier count seen and when it was first seen.
     seen: Mutex<Option<(u32, Instant)>>,
+    /// The agent's state directory, and the lease margin, for check 4.
+    agent: Option<(PathBuf, Duration)>,
 }
 
 impl DegradeGuard {
@@ -141,14 +183,27 @@ impl DegradeGuard {
             settle,
             interfaces,
             seen: Mutex::new(None),
+            agent: None,
         };
         guard.mark().await;
         Ok(guard)
     }
 
-    /// A guard from a node's config: its interface, gateway and shared address.
+    /// Also asks the node's agent (the one serving `state_dir`) before every lone
+    /// acknowledgement: refused unless it answers that the node is active and, on
+    /// a site with a witness, holds the leader key with more than `lease_margin`
+    /// ([`DEFAULT_LEASE_MARGIN`]) left.
+    pub fn with_agent(mut self, state_dir: &Path, lease_margin: Duration) -> Self {
+        self.agent = Some((state_dir.to_path_buf(), lease_margin));
+        self
+    }
+
+    /// A guard for a node run by a tandem agent: its config's interface, gateway
+    /// and shared address, and the agent of `state_dir` (see
+    /// [`DegradeGuard::with_agent`]).
     pub async fn for_node(
         config: &crate::NodeConfig,
+        state_dir: &Path,
         settle: Duration,
     ) -> Result<Self, DegradeError> {
         let net = &config.network;
@@ -158,7 +213,11 @@ impl DegradeGuard {
                 reason: "only an IPv4 shared address can be checked with ARP".into(),
             });
         };
-        DegradeGuard::new(&net.interface, net.gateway, shared, settle).await
+        Ok(
+            DegradeGuard::new(&net.interface, net.gateway, shared, settle)
+                .await?
+                .with_agent(state_dir, DEFAULT_LEASE_MARGIN),
+        )
     }
 
     /// Reads the carrier; take it before the commit whose acknowledgement may be
@@ -198,6 +257,8 @@ impl DegradeGuard {
         if self.carrier_changes().await != Some(before) {
             return Err(changed());
         }
+        // A dead agent or a lost lease refuses at once, before the settle time.
+        self.ask_agent().await?;
         tokio::time::sleep_until(mark.steady_since + self.settle).await;
         let prober = |collect| {
             Prober::new(ProbeConfig {
@@ -239,7 +300,32 @@ impl DegradeGuard {
         if self.carrier_changes().await != Some(before) {
             return Err(changed());
         }
-        Ok(())
+        // And the agent may have stepped down meanwhile.
+        self.ask_agent().await
+    }
+
+    /// Check 4: the agent answers, the node is active, and holds the key if the
+    /// site has a witness.
+    async fn ask_agent(&self) -> Result<(), DegradeError> {
+        let Some((state_dir, margin)) = &self.agent else {
+            return Ok(());
+        };
+        let answer =
+            crate::control::request(state_dir, &crate::control::Request::Standing, AGENT_TIMEOUT)
+                .await
+                .map_err(|e| DegradeError::NoAgent {
+                    reason: e.to_string(),
+                })?;
+        let standing = match answer {
+            crate::control::Response::Standing(standing) => standing,
+            crate::control::Response::Error(e) => return Err(DegradeError::NoAgent { reason: e }),
+            _ => {
+                return Err(DegradeError::NoAgent {
+                    reason: "the agent does not know the request (an older build?)".into(),
+                });
+            }
+        };
+        judge(&standing, *margin)
     }
 
     async fn carrier_changes(&self) -> Option<u32> {
@@ -248,5 +334,68 @@ impl DegradeGuard {
             .await
             .ok()
             .and_then(|l| l.carrier_changes)
+    }
+}
+
+/// Whether a node standing so may acknowledge alone (check 4).
+fn judge(standing: &crate::control::Standing, margin: Duration) -> Result<(), DegradeError> {
+    if standing.role != tandem_role::Role::Active {
+        return Err(DegradeError::NotActive);
+    }
+    if !standing.witness {
+        return Ok(());
+    }
+    if standing.token.is_none() {
+        return Err(DegradeError::NoLease);
+    }
+    let margin_ms = u64::try_from(margin.as_millis()).unwrap_or(u64::MAX);
+    match standing.lease_valid_ms {
+        Some(left_ms) if left_ms > margin_ms => Ok(()),
+        left => Err(DegradeError::LeaseEnding {
+            left_ms: left.unwrap_or(0),
+            margin_ms,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Standing;
+    use tandem_role::{Epoch, FenceToken, Role};
+
+    fn standing(role: Role, witness: bool, token: Option<u64>, left: Option<u64>) -> Standing {
+        Standing {
+            role,
+            epoch: Epoch::new(3),
+            witness,
+            token: token.map(FenceToken::new),
+            lease_valid_ms: left,
+        }
+    }
+
+    #[test]
+    fn only_an_active_node_holding_the_key_with_time_left_acknowledges_alone() {
+        let margin = Duration::from_millis(500);
+        let ok = |s: Standing| judge(&s, margin).is_ok();
+        assert!(ok(standing(Role::Active, false, None, None)));
+        assert!(!ok(standing(Role::Standby, false, None, None)));
+        assert!(ok(standing(Role::Active, true, Some(7), Some(1500))));
+        assert!(matches!(
+            judge(&standing(Role::Active, true, None, None), margin),
+            Err(DegradeError::NoLease)
+        ));
+        let ending = judge(&standing(Role::Active, true, Some(7), Some(400)), margin);
+        assert!(
+            matches!(
+                ending,
+                Err(DegradeError::LeaseEnding {
+                    left_ms: 400,
+                    margin_ms: 500
+                })
+            ),
+            "{ending:?}"
+        );
+        assert!(!ok(standing(Role::Standby, true, Some(7), Some(1500))));
     }
 }

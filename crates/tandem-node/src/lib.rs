@@ -74,7 +74,7 @@ pub use config::{
     NetworkSection, NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
 };
 pub use database::{open_database, replication_settings, replication_status};
-pub use degrade::{DEFAULT_SETTLE, DegradeError, DegradeGuard};
+pub use degrade::{DEFAULT_LEASE_MARGIN, DEFAULT_SETTLE, DegradeError, DegradeGuard};
 pub use hooks::HookRunner;
 pub use node::{
     LOCK_FILE_NAME, Node, NodeError, PEER_RELEASE_FRESH, Report, StepRecord, create_private_dir,

@@ -117,3 +117,34 @@ fn a_carrier_back_only_just_now_is_not_trusted_before_the_settle_time() {
     });
     assert!(answered.is_none(), "answered before settling: {answered:?}");
 }
+
+/// Issue 21: a killed agent left its application acknowledging alone while the
+/// peer took over. A guard that asks the agent refuses when none answers.
+#[test]
+fn without_a_running_agent_nothing_is_acknowledged_alone() {
+    let lab = Lab::for_test();
+    let state_dir = tempfile::tempdir().unwrap();
+    let refused = lab
+        .run_in(Host::Node1, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let guard =
+                    DegradeGuard::new(LAB_IFACE, GATEWAY_ADDR.into(), SHARED_ADDR, Duration::ZERO)
+                        .await
+                        .unwrap()
+                        .with_agent(state_dir.path(), tandem_node::DEFAULT_LEASE_MARGIN);
+                let mark = guard.mark().await;
+                guard.allow(mark).await
+            })
+        })
+        .unwrap();
+    assert!(
+        matches!(refused, Err(DegradeError::NoAgent { .. })),
+        "{refused:?}"
+    );
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("agent does not answer"), "{text}");
+}
