@@ -1281,6 +1281,7 @@ impl Engine {
                 _ => m.alarm.clone(),
             },
             lag_ms: None,
+            token: None,
         };
         // The lag is looked up only for a state that goes out (a query each time).
         let due = match &s.last_state {
