@@ -19,6 +19,14 @@
 //! (what was dropped reaches the peer only by a from-sync). Both directions are symmetric, so
 //! after a switchover the new standby resumes from its own applied position of the new
 //! active node's changelog.
+//!
+//! With a witness ([`Replicator::with_fence`]) every state carries the sender's fencing
+//! token ([`NodeState::token`]). A puller whose fence has a floor applies a batch only
+//! while the peer's last state announced a token at least that floor (checked again
+//! inside the batch's transaction before it commits); otherwise it sends
+//! [`Message::Stop`], raises an alarm saying why, and pulls again once the peer's token
+//! is new enough. A node whose own token is older than the one its peer announces
+//! answers pulls and sync requests with a refusal and stops a stream in progress.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

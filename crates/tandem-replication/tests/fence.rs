@@ -238,6 +238,54 @@ async fn a_standby_whose_floor_rises_stops_applying_at_once() {
     n2.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_from_sync_from_a_holder_with_an_older_token_fails_and_copies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = pair(dir.path(), Fence::new(Some(5), 5), Fence::new(None, 9)).await;
+    write(&n1.backend, 1, 10).await;
+    eventually("node 2 to know node 1's token", || async {
+        let status = n2.backend.status().await.unwrap();
+        status
+            .alarms
+            .iter()
+            .any(|a| a.contains("refused changes from node 1"))
+    })
+    .await;
+    let err = n2
+        .backend
+        .switch_on(&SwitchOnOptions::new().from_sync(), &Quiet)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("from-sync failed"), "{text}");
+    assert!(
+        text.contains("its witness token 5 is older than token 9 seen here"),
+        "{text}"
+    );
+    assert_eq!(meetings(&n2.backend).await, 0);
+
+    // Node 1 holds the key with token 9: the from-sync copies everything.
+    n1.fence.send_replace(Fence::new(Some(9), 9));
+    eventually("node 2 to stop refusing node 1", || async {
+        let status = n2.backend.status().await.unwrap();
+        !status
+            .alarms
+            .iter()
+            .any(|a| a.contains("refused changes from node 1"))
+    })
+    .await;
+    n2.backend
+        .switch_on(&SwitchOnOptions::new().from_sync(), &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        n1.backend.table_checksums().await.unwrap(),
+        n2.backend.table_checksums().await.unwrap()
+    );
+    n1.stop().await;
+    n2.stop().await;
+}
+
 /// One end of an in-memory session; messages go through the codec as on the link.
 struct Mem {
     tx: mpsc::UnboundedSender<Vec<u8>>,
