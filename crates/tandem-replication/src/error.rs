@@ -130,6 +130,39 @@ pub enum Error {
         /// The position applied here.
         applied: u64,
     },
+    /// The peer's changes were refused because of the witness's fencing token (see
+    /// [`Fence`](crate::Fence)): it announced no token, or one older than the highest
+    /// this node has seen, so it is a stale holder of the leader key. Nothing was applied.
+    #[error(
+        "refused changes from node {peer}: {} (a stale holder); they are applied again \
+         once node {peer} holds the leader key with a token of at least {floor}",
+        stale_peer(*.token, *.floor)
+    )]
+    Fenced {
+        /// The peer's node id.
+        peer: u8,
+        /// The token the peer announced, if any.
+        token: Option<u64>,
+        /// The highest token this node has seen.
+        floor: u64,
+    },
+    /// This node does not stream its changes to the peer: the peer announced a fencing
+    /// token newer than the one this node holds, so this node is the stale holder.
+    #[error(
+        "node {node} does not stream its changes to node {peer}: {} (node {node} is a stale \
+         holder)",
+        own_token(*.mine, *.peer, *.token)
+    )]
+    StaleHolder {
+        /// This node's id.
+        node: u8,
+        /// The token this node holds, if any.
+        mine: Option<u64>,
+        /// The peer's node id.
+        peer: u8,
+        /// The token the peer announced.
+        token: u64,
+    },
     /// A message from the peer could not be decoded or broke the protocol.
     #[error("replication protocol: {0}")]
     Protocol(String),
@@ -183,6 +216,20 @@ impl Error {
     ) -> impl FnOnce(std::io::Error) -> Error {
         let (what, path) = (what.into(), path.into());
         move |source| Error::File { what, path, source }
+    }
+}
+
+fn stale_peer(token: Option<u64>, floor: u64) -> String {
+    match token {
+        Some(t) => format!("its witness token {t} is older than token {floor} seen here"),
+        None => format!("it announces no witness token, and token {floor} was seen here"),
+    }
+}
+
+fn own_token(mine: Option<u64>, peer: u8, token: u64) -> String {
+    match mine {
+        Some(m) => format!("its witness token {m} is older than node {peer}'s token {token}"),
+        None => format!("it holds no witness token while node {peer} announces token {token}"),
     }
 }
 

@@ -76,6 +76,16 @@
 //! - **Exact values.** Rows travel as JSON built in Rust from native values (REALs are
 //!   captured natively beside the changelog, since SQLite's float-to-text conversion
 //!   is not exact) and are applied with typed parameters, in multi-row statements.
+//! - **Fencing.** On a site with a witness the node agent hands the service a [`Fence`]
+//!   ([`Replicator::with_fence`]): the token of the leader key lease this node holds and
+//!   the highest token it has seen. Every state a node sends carries its token, and a
+//!   standby applies nothing from a peer whose token is missing or older than the
+//!   highest it has seen: it checks before applying and again inside the batch's
+//!   transaction just before the commit, so a stale holder's batch never reaches the
+//!   database, even in part. It stops pulling, says why in its alarm, and resumes by
+//!   itself once the peer announces a token at least as new. A node whose own token is
+//!   older than its peer's does not stream to it nor send it a snapshot. Without a
+//!   fence (no witness) nothing changes.
 //!
 //! # Files
 //!
@@ -147,6 +157,7 @@
 
 mod config;
 mod error;
+mod fence;
 mod observer;
 mod postgres;
 pub mod sample;
@@ -167,6 +178,7 @@ pub use config::{
     DEFAULT_STATE_DIR, NodeFacts, PostgresConfig, ReplicationConfig, Settings, StandbyLostPolicy,
 };
 pub use error::{Error, Result, chain};
+pub use fence::Fence;
 pub use observer::{Observer, Quiet};
 pub use postgres::{PostgresBackend, WatchOutcome, parse_lsn};
 pub use service::{PeerEvent, Replicator, Transport};

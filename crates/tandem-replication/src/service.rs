@@ -19,6 +19,14 @@
 //! (what was dropped reaches the peer only by a from-sync). Both directions are symmetric, so
 //! after a switchover the new standby resumes from its own applied position of the new
 //! active node's changelog.
+//!
+//! With a witness ([`Replicator::with_fence`]) every state carries the sender's fencing
+//! token ([`NodeState::token`]). A puller whose fence has a floor applies a batch only
+//! while the peer's last state announced a token at least that floor (checked again
+//! inside the batch's transaction before it commits); otherwise it sends
+//! [`Message::Stop`], raises an alarm saying why, and pulls again once the peer's token
+//! is new enough. A node whose own token is older than the one its peer announces
+//! answers pulls and sync requests with a refusal and stops a stream in progress.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,12 +37,13 @@ use std::time::Duration;
 use futures::FutureExt;
 use sqlx::{ConnectOptions, SqliteConnection};
 use tandem_peer::{Incoming, LinkConfig, LinkEvent, SiteKey};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result, chain};
+use crate::fence::Fence;
 use crate::sqlite::{
     self, ApplyOutcome, Meta, PeerRecord, Progress, PullCheck, RequestDone, SnapshotReader,
     SqliteBackend, SyncStage,
@@ -95,6 +104,8 @@ pub enum PeerEvent<T> {
 #[derive(Debug, Clone)]
 pub struct Replicator {
     backend: Arc<SqliteBackend>,
+    /// The witness's fencing tokens as the host knows them (none: no witness).
+    fence: Option<watch::Receiver<Fence>>,
 }
 
 /// Per-session state.
@@ -120,6 +131,8 @@ struct PullKey {
     applied: u64,
     peer_log: u64,
     peer_floor: u64,
+    /// A refusal for a stale token ends when the peer announces a new one.
+    peer_token: Option<u64>,
 }
 
 struct Serving {
@@ -181,6 +194,8 @@ struct Engine {
     /// the peer as this node's alarm, since this node may be unable to record
     /// anything itself (its disk is full).
     apply_failure: Option<String>,
+    /// The witness's fencing tokens (none: no witness, nothing is fenced).
+    fence: Option<watch::Receiver<Fence>>,
 }
 
 impl Replicator {
@@ -188,7 +203,23 @@ impl Replicator {
     /// [`run`](Self::run) or [`run_standalone`](Self::run_standalone) get far; they wait
     /// for `init` if it has not happened yet.
     pub fn new(backend: Arc<SqliteBackend>) -> Replicator {
-        Replicator { backend }
+        Replicator {
+            backend,
+            fence: None,
+        }
+    }
+
+    /// Fences replication with the witness's tokens (a site with a witness): the host
+    /// keeps `fence` current with the token of the leader key lease this node holds and
+    /// the highest token it has seen. The service announces [`Fence::mine`] in its
+    /// states (at once when it changes), applies the peer's changes only while the
+    /// peer's token is at least [`Fence::floor`] ([`Fence::admits`]), and streams to the
+    /// peer only while the peer announces no newer token than its own
+    /// ([`Fence::may_serve`]). Without a fence nothing is fenced. Set it before
+    /// [`run`](Self::run) or [`run_standalone`](Self::run_standalone).
+    pub fn with_fence(mut self, fence: watch::Receiver<Fence>) -> Replicator {
+        self.fence = Some(fence);
+        self
     }
 
     /// The backend.
@@ -257,7 +288,7 @@ impl Replicator {
             m = self.wait_for_init() => { m?; }
             () = &mut shutdown => return Ok(()),
         }
-        let mut engine = Engine::start(Arc::clone(&self.backend)).await?;
+        let mut engine = Engine::start(Arc::clone(&self.backend), self.fence.clone()).await?;
         let idle = Duration::from_millis(50);
         loop {
             tokio::select! {
@@ -347,7 +378,10 @@ async fn start_link(config: LinkConfig) -> Result<tandem_peer::Link> {
 }
 
 impl Engine {
-    async fn start(backend: Arc<SqliteBackend>) -> Result<Engine> {
+    async fn start(
+        backend: Arc<SqliteBackend>,
+        fence: Option<watch::Receiver<Fence>>,
+    ) -> Result<Engine> {
         let backend_wake_path = backend.wake_path();
         let path = backend.database_path();
         let mut watch = sqlite::connect_options(&path)
@@ -388,7 +422,31 @@ impl Engine {
             peer_task: None,
             wake: WakeSocket::bind(&backend_wake_path),
             apply_failure: None,
+            fence,
         })
+    }
+
+    /// The current fence (the default, which fences nothing, without a witness).
+    fn fence(&self) -> Fence {
+        self.fence.as_ref().map(|f| *f.borrow()).unwrap_or_default()
+    }
+
+    /// Whether this node may stream to the peer (always without a fence).
+    fn may_serve(&self, peer: Option<&NodeState>) -> Result<()> {
+        match (&self.fence, peer) {
+            (Some(_), Some(p)) => self.fence().may_serve(self.meta.node, p.node, p.token),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fence changed: announce the new token, and start or stop pulling and
+    /// serving as it now allows.
+    async fn on_fence_change<T: Transport>(&mut self, t: &T, s: &mut Session) -> Result<()> {
+        let fence = self.fence();
+        info!(mine = ?fence.mine, floor = fence.floor, "the witness's fence changed");
+        self.update_pull(t, s).await?;
+        self.serve(t, s).await?;
+        self.send_state(t, s, true).await
     }
 
     fn cfg(&self) -> &crate::config::ReplicationConfig {
@@ -434,6 +492,7 @@ impl Engine {
                     let msg = msg?;
                     self.received(t, &mut s, msg).await?;
                 }
+                () = fence_changed(&mut self.fence) => self.on_fence_change(t, &mut s).await?,
                 () = woken(self.wake.as_ref()) => {
                     // A commit waits for the peer: ship it now, not at the next poll;
                     // while a batch is in flight it goes with the next one, which the
@@ -755,6 +814,10 @@ impl Engine {
                             self.fail_sync(id, schema_mismatch(&self.meta, &peer)).await;
                             return Ok(());
                         }
+                        if let Err(e) = self.fence().admits(peer.node, peer.token) {
+                            self.fail_sync(id, chain(&e)).await;
+                            return Ok(());
+                        }
                         info!(id, peer = peer.node, "requesting a snapshot from the peer");
                         t.send(Message::SyncRequest {
                             id,
@@ -832,28 +895,46 @@ impl Engine {
             .await;
     }
 
+    /// The peer pulls this node's changelog: serve it if the fence and the changelog
+    /// allow, else tell it why not.
+    async fn on_pull<T: Transport>(
+        &mut self,
+        t: &T,
+        s: &mut Session,
+        log: Option<u64>,
+        from: u64,
+    ) -> Result<()> {
+        let check = match self.may_serve(s.peer.as_ref()) {
+            Ok(()) => {
+                self.backend
+                    .check_pull(log, from, 3 - self.meta.node)
+                    .await?
+            }
+            Err(e) => PullCheck::Refuse(chain(&e)),
+        };
+        match check {
+            PullCheck::Serve => {
+                debug!(from, "the peer pulls our changelog");
+                self.refresh(true).await?;
+                s.serving = Some(Serving {
+                    log: self.meta.log,
+                    sent: from,
+                    inflight: std::collections::VecDeque::new(),
+                });
+            }
+            PullCheck::Refuse(reason) => {
+                warn!(%reason, "refused the peer's pull");
+                s.serving = None;
+                t.send(Message::Refuse { reason }).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn handle<T: Transport>(&mut self, t: &T, s: &mut Session, msg: Message) -> Result<()> {
         match msg {
             Message::State(peer) => self.on_peer_state(t, s, peer).await?,
-            Message::Pull { log, from } => {
-                let puller = 3 - self.meta.node;
-                match self.backend.check_pull(log, from, puller).await? {
-                    PullCheck::Serve => {
-                        debug!(from, "the peer pulls our changelog");
-                        self.refresh(true).await?;
-                        s.serving = Some(Serving {
-                            log: self.meta.log,
-                            sent: from,
-                            inflight: std::collections::VecDeque::new(),
-                        });
-                    }
-                    PullCheck::Refuse(reason) => {
-                        warn!(%reason, "refused the peer's pull");
-                        s.serving = None;
-                        t.send(Message::Refuse { reason }).await?;
-                    }
-                }
-            }
+            Message::Pull { log, from } => self.on_pull(t, s, log, from).await?,
             Message::Stop => s.serving = None,
             Message::Batch(batch) => self.on_batch(t, s, batch).await?,
             Message::Ack { log, seq } => {
@@ -973,6 +1054,13 @@ impl Engine {
                     .take_if(|p| p.id() == id && matches!(p, Pending::SyncReceiving { .. }))
                 {
                     let peer = 3 - self.meta.node;
+                    let token = s.peer.as_ref().and_then(|p| p.token);
+                    if let Err(e) = self.fence().admits(peer, token) {
+                        // Dropping the stage leaves the database as it was.
+                        drop(stage);
+                        self.fail_sync(id, chain(&e)).await;
+                        return Ok(());
+                    }
                     match stage.finish(&self.backend, rows, peer).await {
                         Ok(outcome) => {
                             s.refused = None;
@@ -1030,6 +1118,7 @@ impl Engine {
             )));
         }
         let first = s.peer.is_none();
+        let token_changed = s.peer.as_ref().is_some_and(|p| p.token != peer.token);
         let record_due = match &s.peer_recorded {
             Some((last, at)) => {
                 !same_but_positions(last, &peer) || at.elapsed() >= Duration::from_secs(1)
@@ -1053,8 +1142,11 @@ impl Engine {
             info!(%text, "switched on because the peer is on");
         }
         self.refresh(true).await?;
-        if first {
+        if first || token_changed {
             self.update_pull(t, s).await?;
+        }
+        if token_changed {
+            self.serve(t, s).await?;
         }
         Ok(())
     }
@@ -1065,6 +1157,7 @@ impl Engine {
             applied: self.meta.applied,
             peer_log: peer.log,
             peer_floor: peer.floor,
+            peer_token: peer.token,
         }
     }
 
@@ -1086,6 +1179,11 @@ impl Engine {
             alarm = "both nodes are writable (split brain): changes made on either are not replicated; \
                  make one node the standby and run `mp_replication switch-on -S -F from-sync` on it"
                 .to_owned();
+        } else if on
+            && !m.writable
+            && let Err(e) = self.fence().admits(peer.node, peer.token)
+        {
+            alarm = chain(&e);
         } else if on && peer.schema != self.fingerprint {
             alarm = schema_mismatch(m, &peer);
         } else if on
@@ -1123,7 +1221,23 @@ impl Engine {
             // Sent before our stop arrived.
             return Ok(());
         }
-        match self.backend.apply_batch(&batch).await {
+        // Fenced: checked now, and again in the batch's transaction just before it
+        // commits, in case the host raised the floor meanwhile.
+        let (peer, token) = s
+            .peer
+            .as_ref()
+            .map_or((3 - self.meta.node, None), |p| (p.node, p.token));
+        let fence = self.fence.clone();
+        let gate = move || {
+            fence
+                .as_ref()
+                .map_or(Ok(()), |f| f.borrow().admits(peer, token))
+        };
+        let applied = match gate() {
+            Ok(()) => self.backend.apply_batch_gated(&batch, &gate).await,
+            Err(e) => Err(e),
+        };
+        match applied {
             Ok(ApplyOutcome::Applied { last, .. })
             | Ok(ApplyOutcome::Duplicate { applied: last }) => {
                 self.apply_failure = None;
@@ -1138,7 +1252,7 @@ impl Engine {
                 self.meta.applied = last;
                 return Ok(());
             }
-            Err(e @ (Error::Gap { .. } | Error::State(_))) => {
+            Err(e @ (Error::Gap { .. } | Error::State(_) | Error::Fenced { .. })) => {
                 warn!(error = %chain(&e), "not applying the peer's batch");
                 self.backend.set_alarm(&chain(&e)).await?;
                 t.send(Message::Stop).await?;
@@ -1187,6 +1301,8 @@ impl Engine {
                 .as_ref()
                 .map(|p| schema_mismatch(&self.meta, p))
                 .or(Some("the declared tables differ".into()))
+        } else if let Err(e) = self.may_serve(s.peer.as_ref()) {
+            Some(chain(&e))
         } else if s.providing.is_some() {
             Some("a snapshot is already being sent".into())
         } else {
@@ -1222,6 +1338,14 @@ impl Engine {
                 c.window,
             )
         };
+        if s.serving.is_some()
+            && let Err(e) = self.may_serve(s.peer.as_ref())
+        {
+            warn!(reason = %chain(&e), "stopped streaming to the peer");
+            s.serving = None;
+            t.send(Message::Refuse { reason: chain(&e) }).await?;
+            return Ok(());
+        }
         let Some(serving) = s.serving.as_mut() else {
             return Ok(());
         };
@@ -1263,6 +1387,7 @@ impl Engine {
         s: &mut Session,
         force: bool,
     ) -> Result<()> {
+        let token = self.fence().mine;
         let m = &self.meta;
         let mut state = NodeState {
             node: m.node,
@@ -1281,6 +1406,7 @@ impl Engine {
                 _ => m.alarm.clone(),
             },
             lag_ms: None,
+            token,
         };
         // The lag is looked up only for a state that goes out (a query each time).
         let due = match &s.last_state {
@@ -1358,6 +1484,19 @@ fn empty_record(node: Option<u8>) -> PeerRecord {
         alarm: None,
         lag_ms: None,
         last_seen_ms: None,
+    }
+}
+
+/// Resolves when the fence changes; never without one or once its sender is gone (the
+/// last fence then stays in force).
+async fn fence_changed(fence: &mut Option<watch::Receiver<Fence>>) {
+    match fence {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

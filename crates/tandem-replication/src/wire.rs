@@ -42,6 +42,12 @@ pub struct NodeState {
     pub alarm: String,
     /// Age in milliseconds of the sender's oldest unacknowledged change, if it has one.
     pub lag_ms: Option<u64>,
+    /// The sender's fencing token: the witness revision at which the site's leader key
+    /// was created for the sender, if it holds the key (`None`: it holds none, or the
+    /// site has no witness). Encoded as an optional trailing field, absent when `None`,
+    /// so a state without a token is byte for byte what peers without fencing send,
+    /// and a state from such a peer decodes with `None`.
+    pub token: Option<u64>,
 }
 
 /// An operation recorded in the changelog.
@@ -285,6 +291,10 @@ impl Message {
                 e.str(&s.schema);
                 e.str(&s.alarm);
                 e.opt_u64(s.lag_ms);
+                // Trailing and optional: absent when there is no token.
+                if s.token.is_some() {
+                    e.opt_u64(s.token);
+                }
             }
             Message::Pull { log, from } => {
                 e.u8(TAG_PULL);
@@ -419,6 +429,8 @@ impl Message {
                 schema: d.str()?,
                 alarm: d.str()?,
                 lag_ms: d.opt_u64()?,
+                // Absent in states from peers without fencing.
+                token: if d.0.is_empty() { None } else { d.opt_u64()? },
             }),
             TAG_PULL => Message::Pull {
                 log: d.opt_u64()?,
@@ -648,13 +660,13 @@ mod tests {
                 any::<u64>(),
             ),
             (any::<Option<u64>>(), any::<u64>(), any::<bool>(), state()),
-            (text(), text(), any::<Option<u64>>()),
+            (text(), text(), any::<Option<u64>>(), any::<Option<u64>>()),
         )
             .prop_map(
                 |(
                     (node, site, log, head, floor, acked),
                     (applied_log, applied, writable, state),
-                    (schema, alarm, lag_ms),
+                    (schema, alarm, lag_ms, token),
                 )| {
                     NodeState {
                         node,
@@ -670,6 +682,7 @@ mod tests {
                         schema,
                         alarm,
                         lag_ms,
+                        token,
                     }
                 },
             )
@@ -766,7 +779,27 @@ mod tests {
         fn every_truncation_is_an_error(m in message(), cut in any::<prop::sample::Index>()) {
             let bytes = m.encode();
             let n = cut.index(bytes.len());
-            prop_assert!(Message::decode(&bytes[..n]).is_err());
+            match (Message::decode(&bytes[..n]), &m) {
+                (Err(_), _) => {}
+                // The one exception: a state cut exactly before its trailing token is a
+                // state without one (as older peers send it).
+                (Ok(Message::State(cut_state)), Message::State(full)) => {
+                    prop_assert!(full.token.is_some());
+                    prop_assert_eq!(n, bytes.len() - 9);
+                    prop_assert_eq!(cut_state, NodeState { token: None, ..full.clone() });
+                }
+                (Ok(other), _) => prop_assert!(false, "a truncation decoded as {:?}", other),
+            }
+        }
+
+        #[test]
+        fn a_state_without_a_token_is_encoded_as_before_fencing(s in node_state(), t in any::<u64>()) {
+            let without = Message::State(NodeState { token: None, ..s.clone() }).encode();
+            let with = Message::State(NodeState { token: Some(t), ..s }).encode();
+            // The token is a trailing field: a flag byte and eight bytes, nothing else moves.
+            prop_assert_eq!(with.len(), without.len() + 9);
+            prop_assert_eq!(&with[..without.len()], &without[..]);
+            prop_assert_eq!(&with[without.len()..], &[&[1u8][..], &t.to_be_bytes()[..]].concat()[..]);
         }
 
         #[test]
@@ -853,6 +886,79 @@ mod tests {
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
         let err = Message::decode(&bytes).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    fn sample_state(token: Option<u64>) -> NodeState {
+        NodeState {
+            node: 2,
+            site: 1,
+            log: 77,
+            head: 10,
+            floor: 3,
+            acked: 9,
+            applied_log: Some(55),
+            applied: 8,
+            writable: true,
+            state: ReplicationState::Active,
+            schema: "abc".into(),
+            alarm: String::new(),
+            lag_ms: Some(12),
+            token,
+        }
+    }
+
+    /// The bytes a node sent before fencing existed: the state's fields up to `lag_ms`.
+    fn pre_fencing_bytes(s: &NodeState) -> Vec<u8> {
+        let mut e = Enc(Vec::new());
+        e.u8(WIRE_VERSION);
+        e.u8(TAG_STATE);
+        e.u8(s.node);
+        e.u16(s.site);
+        e.u64(s.log);
+        e.u64(s.head);
+        e.u64(s.floor);
+        e.u64(s.acked);
+        e.opt_u64(s.applied_log);
+        e.u64(s.applied);
+        e.bool(s.writable);
+        e.u8(1); // Active
+        e.str(&s.schema);
+        e.str(&s.alarm);
+        e.opt_u64(s.lag_ms);
+        e.0
+    }
+
+    #[test]
+    fn a_state_from_a_peer_without_fencing_decodes_without_a_token() {
+        let state = sample_state(None);
+        let old = pre_fencing_bytes(&state);
+        assert_eq!(
+            Message::decode(&old).unwrap(),
+            Message::State(state.clone())
+        );
+        // And a state without a token is exactly what such a peer sends.
+        assert_eq!(Message::State(state).encode(), old);
+    }
+
+    #[test]
+    fn a_state_with_a_token_round_trips_and_an_explicit_none_is_accepted() {
+        for token in [Some(0), Some(5), Some(u64::MAX)] {
+            let m = Message::State(sample_state(token));
+            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        }
+        let mut bytes = pre_fencing_bytes(&sample_state(None));
+        bytes.push(0);
+        assert_eq!(
+            Message::decode(&bytes).unwrap(),
+            Message::State(sample_state(None))
+        );
+        // A bad flag byte or a cut token is an error, not a guess.
+        let mut bad = pre_fencing_bytes(&sample_state(None));
+        bad.push(2);
+        assert!(Message::decode(&bad).is_err());
+        let mut cut = pre_fencing_bytes(&sample_state(None));
+        cut.extend_from_slice(&[1, 0, 0, 0]);
+        assert!(Message::decode(&cut).is_err());
     }
 
     #[test]

@@ -121,24 +121,39 @@ impl SqliteBackend {
 
     /// Applies a batch of the peer's changes in one transaction together with the new
     /// applied position. Entries at or below the applied position are skipped; a batch
-    /// that does not follow on (a gap) is refused and nothing changes.
+    /// that does not follow on (a gap) is refused and nothing changes. The service
+    /// applies with [`apply_batch_gated`](Self::apply_batch_gated).
+    #[cfg(test)]
     pub(crate) async fn apply_batch(&self, batch: &Batch) -> Result<ApplyOutcome> {
+        self.apply_batch_gated(batch, &|| Ok(())).await
+    }
+
+    /// [`apply_batch`](Self::apply_batch), asking `gate` inside the transaction just
+    /// before it commits: an error from it rolls the whole batch back and is returned
+    /// (the fencing check, so that a fence raised during the apply still holds).
+    pub(crate) async fn apply_batch_gated(
+        &self,
+        batch: &Batch,
+        gate: &(dyn Fn() -> Result<()> + Send + Sync),
+    ) -> Result<ApplyOutcome> {
         // Foreign keys are checked as each row goes in, which is cheap; a batch
         // whose rows are consistent only as a whole (an application with
         // deferred constraints, a transaction split over two batches) is applied
         // again from the start with the checks deferred to the commit, which
         // makes SQLite track every parent and child row and costs several times
         // more.
-        match self.apply_batch_checked(batch, false).await? {
+        match self.apply_batch_checked(batch, false, gate).await? {
             Some(outcome) => Ok(outcome),
             None => {
                 tracing::debug!(
                     prev = batch.prev,
                     "a foreign key held only for the whole batch: applying it with deferred checks"
                 );
-                self.apply_batch_checked(batch, true).await?.ok_or_else(|| {
-                    Error::State("applying with deferred foreign keys failed".into())
-                })
+                self.apply_batch_checked(batch, true, gate)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::State("applying with deferred foreign keys failed".into())
+                    })
             }
         }
     }
@@ -150,6 +165,7 @@ impl SqliteBackend {
         &self,
         batch: &Batch,
         defer_foreign_keys: bool,
+        gate: &(dyn Fn() -> Result<()> + Send + Sync),
     ) -> Result<Option<ApplyOutcome>> {
         let tables = self.tables().await?;
         let mut tx = self.write().await?;
@@ -281,6 +297,8 @@ impl SqliteBackend {
         {
             return Ok(None);
         }
+        // Dropping the transaction rolls the batch back.
+        gate()?;
         meta::set_many(
             &mut tx,
             &[

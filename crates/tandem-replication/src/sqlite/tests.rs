@@ -317,6 +317,67 @@ fn pulls_are_checked_against_changelog_floor_and_head() {
     });
 }
 
+/// The fencing check runs inside the batch's transaction, after its rows went in and
+/// before the commit: refused there, nothing of the batch stays.
+#[test]
+fn a_batch_refused_by_the_fence_at_commit_leaves_nothing_behind() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, n2) = pair(dir.path(), &["kv"], MIXED).await;
+        for k in 1..=20 {
+            exec(
+                &n1,
+                &format!("INSERT INTO kv (k, s) VALUES ({k}, 'row {k}')"),
+            )
+            .await
+            .unwrap();
+        }
+        let m1 = n1.meta().await.unwrap();
+        let batch = Batch {
+            log: m1.log,
+            prev: 0,
+            changes: all_changes(&n1, 0).await,
+        };
+        let asked = std::sync::atomic::AtomicU32::new(0);
+        let fenced = || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            crate::Fence::new(None, 9).admits(1, Some(5))
+        };
+        let err = n2.apply_batch_gated(&batch, &fenced).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Fenced {
+                    peer: 1,
+                    token: Some(5),
+                    floor: 9
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM kv")
+            .fetch_one(n2.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+        let m2 = n2.meta().await.unwrap();
+        assert_eq!((m2.applied_log, m2.applied), (None, 0));
+        assert_eq!(m2.mode, meta::Mode::Standby);
+
+        // Admitted, the same batch applies whole.
+        let outcome = n2.apply_batch_gated(&batch, &|| Ok(())).await.unwrap();
+        assert!(
+            matches!(outcome, ApplyOutcome::Applied { last: 20, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            n1.table_checksums().await.unwrap(),
+            n2.table_checksums().await.unwrap()
+        );
+    });
+}
+
 #[test]
 fn a_node_holding_unacknowledged_changes_does_not_apply_the_peers() {
     runtime().block_on(async {
