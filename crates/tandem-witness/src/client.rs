@@ -124,7 +124,9 @@ impl Witness {
             });
         }
         let options = connect_options(&config)?;
-        let single_options = options.clone().0;
+        // A member that answers without a leader (an election, a lost quorum) is
+        // still up: the status probe must not require one.
+        let single_options = options.clone().0.with_require_leader(false);
         let timeout = config.request_timeout();
         let endpoints = config.endpoints.join(", ");
         let client = bounded(timeout, &endpoints, "connect", async {
@@ -176,7 +178,7 @@ impl Witness {
         // is deleted with it, so the next transaction can create the key.
         for _ in 0..2 {
             let ttl = i64::from(self.config.ttl_s);
-            let grant = self.call("lease grant", self.client.clone(), |mut c| async move {
+            let grant = self.call("lease grant", |mut c| async move {
                 c.lease_grant(ttl, None).await
             });
             let lease = grant.await?.id();
@@ -191,8 +193,9 @@ impl Witness {
                 )])
                 .or_else([TxnOp::get(key, None)]);
             let response = match self
-                .call("txn", self.client.clone(), |mut c| async move {
-                    c.txn(txn).await
+                .call("txn", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
                 })
                 .await
             {
@@ -211,17 +214,27 @@ impl Witness {
                     lease_id: lease,
                 });
             }
-            self.revoke_quietly(lease).await;
             let existing = response.op_responses().into_iter().find_map(|op| match op {
                 TxnOpResponse::Get(get) => get.kvs().first().cloned(),
                 _ => None,
             });
             let Some(kv) = existing else {
-                // Deleted between the compare and the get cannot happen in one
-                // transaction; an empty answer means the key expired just now.
+                // The get runs in the same transaction as the failed compare, so
+                // the key existed; an empty answer cannot come from etcd.
+                self.revoke_quietly(lease).await;
                 continue;
             };
             let holder = self.parse_holder(kv.value(), kv.create_revision())?;
+            if kv.lease() == lease && holder.node == self.node {
+                // A repeated transaction whose first send was applied: the key was
+                // created under the fresh lease, at the revision now in the key.
+                self.held = Some((lease, holder.token));
+                return Ok(Acquire::Acquired {
+                    token: holder.token,
+                    lease_id: lease,
+                });
+            }
+            self.revoke_quietly(lease).await;
             if holder.node != self.node {
                 return Ok(Acquire::HeldBy(holder));
             }
@@ -252,15 +265,11 @@ impl Witness {
         };
         let sent_at = Instant::now();
         let result = self
-            .call(
-                "lease keep-alive",
-                self.client.clone(),
-                |mut c| async move {
-                    // lease_keep_alive sends one keep-alive and waits for its answer (a
-                    // TTL of 0 there is an error); the stream is dropped: one per call.
-                    c.lease_keep_alive(lease).await.map(drop)
-                },
-            )
+            .call("lease keep-alive", |mut c| async move {
+                // lease_keep_alive sends one keep-alive and waits for its answer (a
+                // TTL of 0 there is an error); the stream is dropped: one per call.
+                c.lease_keep_alive(lease).await.map(drop)
+            })
             .await;
         match result {
             Ok(()) => {}
@@ -279,11 +288,9 @@ impl Witness {
         }
         // The TTL etcd reports now (a keep-alive resets it to the full TTL).
         let ttl = self
-            .call(
-                "lease time-to-live",
-                self.client.clone(),
-                |mut c| async move { c.lease_time_to_live(lease, None).await },
-            )
+            .call("lease time-to-live", |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
             .await
             .map(|r| r.ttl())
             .unwrap_or(i64::from(self.config.ttl_s));
@@ -304,7 +311,7 @@ impl Witness {
             return Ok(());
         };
         let result = self
-            .call("lease revoke", self.client.clone(), |mut c| async move {
+            .call("lease revoke", |mut c| async move {
                 c.lease_revoke(lease).await
             })
             .await;
@@ -328,8 +335,9 @@ impl Witness {
     pub async fn holder(&mut self) -> Result<Option<(Holder, Duration)>, WitnessError> {
         let key = self.key.clone();
         let got = self
-            .call("get", self.client.clone(), |mut c| async move {
-                c.get(key, None).await
+            .call("get", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
             })
             .await?;
         let Some(kv) = got.kvs().first().cloned() else {
@@ -338,11 +346,9 @@ impl Witness {
         let holder = self.parse_holder(kv.value(), kv.create_revision())?;
         let lease = kv.lease();
         let ttl = self
-            .call(
-                "lease time-to-live",
-                self.client.clone(),
-                |mut c| async move { c.lease_time_to_live(lease, None).await },
-            )
+            .call("lease time-to-live", |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
             .await?
             .ttl();
         Ok(Some((
@@ -385,8 +391,9 @@ impl Witness {
         };
         let (k, v) = (key.clone(), value.clone());
         let put = self
-            .call("put", self.client.clone(), |mut c| async move {
-                c.put(k, v, None).await
+            .call("put", |mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, None).await }
             })
             .await;
         if let Err(e) = put {
@@ -395,8 +402,9 @@ impl Witness {
         }
         let k = key.clone();
         match self
-            .call("get", self.client.clone(), |mut c| async move {
-                c.get(k, None).await
+            .call("get", |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
             })
             .await
         {
@@ -413,8 +421,9 @@ impl Witness {
         }
         let k = key.clone();
         match self
-            .call("delete", self.client.clone(), |mut c| async move {
-                c.delete(k, None).await
+            .call("delete", |mut c| {
+                let k = k.clone();
+                async move { c.delete(k, None).await }
             })
             .await
         {
@@ -467,31 +476,42 @@ impl Witness {
 
     async fn revoke_quietly(&self, lease: i64) {
         let _ = self
-            .call("lease revoke", self.client.clone(), |mut c| async move {
+            .call("lease revoke", |mut c| async move {
                 c.lease_revoke(lease).await
             })
             .await;
     }
 
     /// Runs one request under the request timeout and sorts its failure into
-    /// unreachable (transport, timeout, no leader) or refused.
-    async fn call<T, F, Fut>(
-        &self,
-        op: &'static str,
-        client: Client,
-        f: F,
-    ) -> Result<T, WitnessError>
+    /// unreachable (transport, timeout, no leader) or refused. A request that
+    /// fails as unreachable is sent again while the timeout lasts: the balanced
+    /// channel may have picked a member that is down (its connection refused at
+    /// once) while others answer. Every request here may be repeated: reads,
+    /// keep-alives and revokes are idempotent, a repeated grant leaves a spare
+    /// lease that expires, and [`Witness::acquire`] recognises its own key.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, WitnessError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        bounded(
-            self.config.request_timeout(),
-            &self.config.endpoints.join(", "),
-            op,
-            f(client),
-        )
-        .await
+        let timeout = self.config.request_timeout();
+        let give_up = Instant::now() + timeout;
+        let endpoints = self.config.endpoints.join(", ");
+        loop {
+            let left = give_up.saturating_duration_since(Instant::now());
+            match bounded(left, &endpoints, op, f(self.client.clone())).await {
+                Err(WitnessError::Unreachable { .. }) if Instant::now() + RETRY_PAUSE < give_up => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(WitnessError::Unreachable { endpoints, reason }) => {
+                    return Err(WitnessError::Unreachable {
+                        endpoints,
+                        reason: format!("{reason} (tried for {timeout:?})"),
+                    });
+                }
+                other => return other,
+            }
+        }
     }
 
     fn unreachable(&self, reason: String) -> WitnessError {
@@ -501,6 +521,9 @@ impl Witness {
         }
     }
 }
+
+/// The pause between attempts of one request.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Per-member clients, to ask each member for its status.
 #[derive(Clone)]
