@@ -21,6 +21,10 @@
 //! run in parallel; [`LabConfig::plain_names`] gives the names of `DESIGN.md`
 //! (`node1`, `node2`, `client`) for `cargo xtask lab`.
 //!
+//! With [`Lab::start_witness`] a test adds one or three etcd members (the site's
+//! optional witness) at 192.0.2.21-23 in namespaces `witness1`... of their own; see
+//! [`witness`].
+//!
 //! This crate never touches the machine's own network namespace beyond creating
 //! and deleting named namespaces, and never configures the shared address.
 //!
@@ -54,6 +58,9 @@ use nix::sched::CloneFlags;
 
 pub mod media;
 pub mod postgres;
+pub mod witness;
+
+pub use witness::WitnessCluster;
 
 /// The shared address of the lab site (RFC 5737 TEST-NET-1).
 pub const SHARED_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -129,6 +136,26 @@ pub enum Error {
     AlreadyUp {
         /// The namespaces that exist.
         names: String,
+    },
+    /// etcd, for the witness members, is not installed.
+    #[error(
+        "the lab's witness needs etcd ({path}; Debian package etcd-server, as .ci/install-deps installs): {source}",
+        path = witness::ETCD
+    )]
+    MissingEtcd {
+        /// Why it could not be started.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A witness member did not become healthy.
+    #[error("witness member {member}: {detail}; its log ends with:\n{log_tail}")]
+    WitnessNotReady {
+        /// The member's name (`w1`, ...).
+        member: String,
+        /// What went wrong.
+        detail: String,
+        /// The last lines of its log.
+        log_tail: String,
     },
     /// Output of a command could not be understood.
     #[error("cannot read {what}: {detail}")]
@@ -582,6 +609,13 @@ impl Lab {
     pub fn down_plain() -> Result<Vec<String>> {
         preflight()?;
         let mut removed = Vec::new();
+        for member in 1..=witness::MAX_MEMBERS {
+            let ns = format!("witness{member}");
+            if namespace_exists(&ns) {
+                witness::remove_namespace(&ns);
+                removed.push(ns);
+            }
+        }
         for ns in plain_namespaces() {
             if namespace_exists(&ns) {
                 ip(&["netns", "del", &ns])?;
@@ -606,6 +640,11 @@ impl Lab {
     }
 
     fn teardown(&self) {
+        // Witness members outlived by nothing: a cluster still alive has its etcd
+        // processes killed with the namespaces (its own drop then finds nothing).
+        for member in 1..=witness::MAX_MEMBERS {
+            witness::remove_namespace(&self.witness_namespace(member));
+        }
         for ns in self.all_namespaces() {
             if namespace_exists(&ns) {
                 // Deleting a namespace destroys its veth ends; the bridge goes with
@@ -711,13 +750,22 @@ fn parse_test_name(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Removes test namespaces whose process is gone (killed before its drop ran).
+/// Removes test namespaces whose process is gone (killed before its drop ran), with
+/// whatever still runs inside them (etcd witness members), and the witness
+/// directories of such processes.
 fn sweep_stale() {
+    let gone = |pid: u32| !Path::new("/proc").join(pid.to_string()).exists();
     for ns in list_namespaces() {
-        if let Some(pid) = parse_test_name(&ns)
-            && !Path::new("/proc").join(pid.to_string()).exists()
-        {
-            let _ = ip(&["netns", "del", &ns]);
+        if parse_test_name(&ns).is_some_and(gone) {
+            witness::remove_namespace(&ns);
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in dir.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains("-witness") && parse_test_name(&name).is_some_and(gone) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
 }
