@@ -74,6 +74,11 @@ pub(crate) struct Args {
     /// Print every step of every trial.
     #[arg(short, long)]
     verbose: bool,
+    /// Run the site with a three-member etcd witness (automatic failover on, the
+    /// `[witness]` table appended to each node's config): the witness scenarios by
+    /// default, and no moment of two holders is tolerated.
+    #[arg(long)]
+    witness: bool,
 }
 
 /// A fault to inject.
@@ -90,6 +95,16 @@ enum Scenario {
     RestartFromSync,
     RestartRestore,
     StandbyDiskFull,
+    /// The active node cut from the witness only (needs `--witness`).
+    WitnessCutActive,
+    /// The standby cut from the witness only (needs `--witness`).
+    WitnessCutStandby,
+    /// One etcd member killed and restarted (needs `--witness`).
+    WitnessMemberKill,
+    /// The whole etcd cluster down, then back (needs `--witness`).
+    WitnessDown,
+    /// The nodes partitioned while the whole etcd cluster restarts (needs `--witness`).
+    WitnessRestartPartitioned,
 }
 
 impl Scenario {
@@ -106,6 +121,30 @@ impl Scenario {
         Scenario::StandbyDiskFull,
     ];
 
+    /// The mix of `--witness` runs: the faults a witness is for, and the kill of
+    /// the active's agent that once lost a write without it.
+    const WITNESS_MIX: [Scenario; 7] = [
+        Scenario::PartitionAuto,
+        Scenario::WitnessCutActive,
+        Scenario::WitnessCutStandby,
+        Scenario::WitnessMemberKill,
+        Scenario::WitnessDown,
+        Scenario::WitnessRestartPartitioned,
+        Scenario::KillActive,
+    ];
+
+    /// Whether the scenario needs the witness.
+    fn needs_witness(self) -> bool {
+        matches!(
+            self,
+            Scenario::WitnessCutActive
+                | Scenario::WitnessCutStandby
+                | Scenario::WitnessMemberKill
+                | Scenario::WitnessDown
+                | Scenario::WitnessRestartPartitioned
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Scenario::KillActive => "kill-active",
@@ -119,20 +158,26 @@ impl Scenario {
             Scenario::RestartFromSync => "restart-from-sync",
             Scenario::RestartRestore => "restart-restore",
             Scenario::StandbyDiskFull => "standby-disk-full",
+            Scenario::WitnessCutActive => "witness-cut-active",
+            Scenario::WitnessCutStandby => "witness-cut-standby",
+            Scenario::WitnessMemberKill => "witness-member-kill",
+            Scenario::WitnessDown => "witness-down",
+            Scenario::WitnessRestartPartitioned => "witness-restart-partitioned",
         }
     }
 
     /// Whether the agents run with `auto_failover = true` (no operator acts on
     /// a lost peer); the others keep the default, manual failover.
     fn auto_failover(self) -> bool {
-        matches!(
-            self,
-            Scenario::KillActive
-                | Scenario::KillStandby
-                | Scenario::CutActive
-                | Scenario::PartitionAuto
-                | Scenario::BothBoot
-        )
+        self.needs_witness()
+            || matches!(
+                self,
+                Scenario::KillActive
+                    | Scenario::KillStandby
+                    | Scenario::CutActive
+                    | Scenario::PartitionAuto
+                    | Scenario::BothBoot
+            )
     }
 }
 
@@ -170,13 +215,20 @@ impl Rng {
 struct Timing {
     heartbeat_ms: u64,
     conflict_backoff_ms: u64,
+    /// The site runs with a witness.
+    witness: bool,
 }
 
 impl Timing {
-    /// The conflict-detection interval: the agents' watch runs every heartbeat
-    /// and a conflict is settled within the backoff.
+    /// How long two holders are tolerated: none with a witness; without one,
+    /// the conflict-detection interval (the agents' watch runs every heartbeat
+    /// and a conflict is settled within the backoff).
     fn bound(self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms + self.conflict_backoff_ms)
+        if self.witness {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.heartbeat_ms + self.conflict_backoff_ms)
+        }
     }
 }
 
@@ -204,7 +256,11 @@ struct Outcome {
 
 impl Outcome {
     fn passed(&self, bound: Duration) -> bool {
+        // With a witness (bound zero) two holders are not tolerated even inside a
+        // partition.
+        let split_ok = !bound.is_zero() || self.split_brain.is_zero();
         self.error.is_none()
+            && split_ok
             && self.overlap <= bound
             && self.lost.is_empty()
             && self.damaged.is_empty()
@@ -223,12 +279,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let timing = Timing {
         heartbeat_ms: args.heartbeat_ms,
         conflict_backoff_ms: args.conflict_backoff_ms,
+        witness: args.witness,
     };
-    let mix: Vec<Scenario> = if args.scenario.is_empty() {
-        Scenario::DEFAULT_MIX.to_vec()
-    } else {
-        args.scenario.clone()
+    let mix: Vec<Scenario> = match (args.scenario.is_empty(), args.witness) {
+        (true, false) => Scenario::DEFAULT_MIX.to_vec(),
+        (true, true) => Scenario::WITNESS_MIX.to_vec(),
+        (false, _) => args.scenario.clone(),
     };
+    if let Some(s) = mix.iter().find(|s| s.needs_witness() && !args.witness) {
+        bail!(
+            "scenario {} needs the witness: run `cargo xtask chaos --witness --scenario {}`",
+            s.name(),
+            s.name()
+        );
+    }
     let trials = if args.trial_seed.is_some() {
         1
     } else {
@@ -237,17 +301,29 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     sweep_stale_mounts();
     let bins = site::build_binaries()?;
     println!("tandem chaos: {trials} trials, seed {seed}");
-    println!(
-        "  agents: heartbeat {} ms, conflict backoff {} ms; conflict-detection interval {} ms",
-        timing.heartbeat_ms,
-        timing.conflict_backoff_ms,
-        timing.bound().as_millis()
-    );
+    if timing.witness {
+        println!(
+            "  agents: heartbeat {} ms, conflict backoff {} ms; witness: three etcd members, lease TTL {} s; two holders tolerated: none",
+            timing.heartbeat_ms,
+            timing.conflict_backoff_ms,
+            tandem_witness::WitnessConfig::new(Vec::new()).ttl_s
+        );
+    } else {
+        println!(
+            "  agents: heartbeat {} ms, conflict backoff {} ms; conflict-detection interval {} ms",
+            timing.heartbeat_ms,
+            timing.conflict_backoff_ms,
+            timing.bound().as_millis()
+        );
+    }
     println!(
         "  scenarios: {}",
         mix.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
     );
-    println!("  replay a run with: cargo xtask chaos --trials {trials} --seed {seed}");
+    println!(
+        "  replay a run with: cargo xtask chaos{} --trials {trials} --seed {seed}",
+        if timing.witness { " --witness" } else { "" }
+    );
     let mut order = Rng(seed);
     let mut deck: Vec<Scenario> = Vec::new();
     let mut outcomes = Vec::new();
@@ -331,7 +407,7 @@ fn print_outcome(o: &Outcome, trials: u32, bound: Duration) {
     }
     if o.overlap > bound {
         println!(
-            "    two holders for {} ms, over the {} ms conflict-detection interval",
+            "    two holders for {} ms, over the {} ms tolerated",
             o.overlap.as_millis(),
             bound.as_millis()
         );
@@ -385,6 +461,7 @@ fn results_json(outcomes: &[Outcome], timing: Timing, seed: u64) -> serde_json::
         "heartbeat_ms": timing.heartbeat_ms,
         "conflict_backoff_ms": timing.conflict_backoff_ms,
         "conflict_detection_ms": bound.as_millis() as u64,
+        "witness": timing.witness,
         "trials": outcomes.iter().map(|o| json!({
             "trial": o.trial,
             "scenario": o.scenario.name(),
@@ -475,6 +552,8 @@ struct Trial {
     holds: [Holds; 2],
     windows: Vec<Window>,
     mount: Option<Tmpfs>,
+    /// The etcd witness members, with `--witness`.
+    witness: Option<tandem_lab::WitnessCluster>,
     // Dropped last: the lab (namespaces) and the directory.
     lab: Lab,
     dir: tempfile::TempDir,
@@ -516,9 +595,18 @@ impl Trial {
             holds: [Arc::default(), Arc::default()],
             windows: Vec::new(),
             mount: None,
+            witness: None,
             lab,
             dir,
         };
+        if timing.witness {
+            trial.witness = Some(
+                trial
+                    .lab
+                    .start_witness(3)
+                    .context("starting the etcd witness members")?,
+            );
+        }
         std::fs::create_dir_all(trial.dir.path().join("logs"))?;
         if scenario == Scenario::StandbyDiskFull {
             let path = trial.state_dir(Host::Node2);
@@ -686,6 +774,19 @@ path = "{files}/prompts"
             key = self.key_file(),
             files = files.display()
         );
+        let mut text = text;
+        if let Some(witness) = &self.witness {
+            // What an operator appends to use the site's etcd cluster.
+            let endpoints: Vec<String> = witness
+                .endpoints()
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect();
+            text.push_str(&format!(
+                "\n[witness]\nendpoints = [{}]\n",
+                endpoints.join(", ")
+            ));
+        }
         let path = self.config_path(host);
         let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
         let extra: toml::Table = toml::from_str(&text)?;
@@ -1091,7 +1192,94 @@ path = "{files}/prompts"
             }
             Scenario::RestartRestore => self.restart_restore(rng, outcome)?,
             Scenario::StandbyDiskFull => self.disk_full(rng, outcome)?,
+            Scenario::WitnessCutActive
+            | Scenario::WitnessCutStandby
+            | Scenario::WitnessMemberKill
+            | Scenario::WitnessDown
+            | Scenario::WitnessRestartPartitioned => self.witness_fault(scenario, rng, outcome)?,
         }
+        Ok(())
+    }
+
+    /// The witness scenarios: the client must notice nothing, and no moment may
+    /// have two holders.
+    fn witness_fault(
+        &mut self,
+        scenario: Scenario,
+        rng: &mut Rng,
+        outcome: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let active = self.active_node().unwrap_or(Host::Node1);
+        // Sometimes shorter, sometimes longer than the lease's TTL (3 s).
+        let down = rng.ms(1000, 6000);
+        let started = self.started;
+        let Some(witness) = self.witness.as_mut() else {
+            bail!("{} needs the witness (--witness)", scenario.name());
+        };
+        match scenario {
+            Scenario::WitnessCutActive | Scenario::WitnessCutStandby => {
+                let host = if scenario == Scenario::WitnessCutActive {
+                    active
+                } else {
+                    other(active)
+                };
+                outcome.drawn.push(format!(
+                    "cut {host} from the witness for {} ms",
+                    down.as_millis()
+                ));
+                self.lab.cut_from_witness(host, true)?;
+                std::thread::sleep(down);
+                self.lab.cut_from_witness(host, false)?;
+            }
+            Scenario::WitnessMemberKill => {
+                let member = rng.range(0, 2) as usize;
+                outcome.drawn.push(format!(
+                    "kill etcd member {} for {} ms",
+                    member + 1,
+                    down.as_millis()
+                ));
+                witness.kill(member)?;
+                std::thread::sleep(down);
+                witness.start(member)?;
+            }
+            Scenario::WitnessDown => {
+                outcome.drawn.push(format!(
+                    "stop every etcd member for {} ms",
+                    down.as_millis()
+                ));
+                for member in 0..witness.len() {
+                    witness.kill(member)?;
+                }
+                std::thread::sleep(down);
+                for member in 0..witness.len() {
+                    witness.start(member)?;
+                }
+            }
+            Scenario::WitnessRestartPartitioned => {
+                let restart_in = rng.ms(200, 1500);
+                outcome.drawn.push(format!(
+                    "partition the nodes for {} ms, restart every etcd member {} ms in",
+                    down.as_millis(),
+                    restart_in.as_millis()
+                ));
+                let from = started.elapsed();
+                let cut_at = Instant::now();
+                self.lab.partition_nodes(true)?;
+                std::thread::sleep(restart_in);
+                for member in 0..witness.len() {
+                    witness.kill(member)?;
+                }
+                for member in 0..witness.len() {
+                    witness.start(member)?;
+                }
+                std::thread::sleep(down.saturating_sub(cut_at.elapsed()));
+                self.lab.partition_nodes(false)?;
+                self.windows
+                    .push(Window::Partition(from, started.elapsed()));
+            }
+            _ => bail!("{} is not a witness scenario", scenario.name()),
+        }
+        self.step("witness fault over");
         Ok(())
     }
 

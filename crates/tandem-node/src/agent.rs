@@ -173,6 +173,10 @@ struct Agent {
     bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
     /// The id of the last bundle sent.
     bundle_sent: u64,
+    /// What the witness lease keeper reports, on a site with a witness.
+    lease_events: Option<mpsc::Receiver<tandem_witness::LeaseEvent>>,
+    /// The fencing tokens for the replication service, on a site with a witness.
+    fence: Option<watch::Sender<tandem_replication::Fence>>,
 }
 
 /// What the peer answered to a bundle: bytes, entries, why it was not kept.
@@ -219,6 +223,9 @@ impl Agent {
         // before the boot decision, so a standby has them too.
         let always = node.start_always_services().await;
         log_report("start always-running services", &always);
+        // The keeper before the boot: on a site with a witness the boot claims
+        // only with the leader key.
+        let lease_events = start_witness(&config, &mut node).await;
         let report = node.boot().await;
         log_report("boot", &report);
         let (to_agent, from_peer) = mpsc::channel(64);
@@ -248,7 +255,12 @@ impl Agent {
             ahead: None,
             bundle_waiter: None,
             bundle_sent: 0,
+            fence: lease_events
+                .is_some()
+                .then(|| watch::channel(tandem_replication::Fence::default()).0),
+            lease_events,
         };
+        agent.update_fence();
         agent.start_replicator().await;
         agent.after(&report).await;
         Ok(agent)
@@ -337,6 +349,12 @@ impl Agent {
                 accepted = self.control.accept() => {
                     if let Ok((stream, _)) = accepted {
                         self.serve_tool(stream).await;
+                    }
+                }
+                Some(lease) = recv_some(self.lease_events.as_mut()) => {
+                    let me = self.node.state().node;
+                    if let Some(event) = crate::node::lease_event(lease, me) {
+                        self.event(event).await;
                     }
                 }
                 () = sleep_until_some(self.reannounce.front().copied()) => self.announce_again().await,
@@ -428,8 +446,13 @@ impl Agent {
         let key = self.key.clone();
         self.stop_replicator.send_replace(false);
         let mut stop = self.stop_replicator.subscribe();
+        let fence = self.fence.as_ref().map(watch::Sender::subscribe);
         self.replicator = Some(tokio::spawn(async move {
-            let replicator = tandem_replication::Replicator::new(backend);
+            let mut replicator = tandem_replication::Replicator::new(backend);
+            if let Some(fence) = fence {
+                // A standby applies nothing from a holder with an older token.
+                replicator = replicator.with_fence(fence);
+            }
             let shutdown = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             };
@@ -639,9 +662,28 @@ impl Agent {
         self.after(&report).await;
     }
 
+    /// Tells the replication service the tokens the role machine knows now.
+    fn update_fence(&self) {
+        if let Some(fence) = &self.fence {
+            let mine = self.node.lease_token().map(tandem_role::FenceToken::get);
+            let floor = self
+                .node
+                .state()
+                .token
+                .map_or(0, tandem_role::FenceToken::get);
+            fence.send_if_modified(|current| {
+                let next = tandem_replication::Fence::new(mine, floor);
+                let changed = *current != next;
+                *current = next;
+                changed
+            });
+        }
+    }
+
     /// Sends the report's claims to the peer, records alarms, refreshes the status.
     async fn after(&mut self, report: &Report) {
         let me = self.node.state().node;
+        self.update_fence();
         if !report.claims.is_empty() && self.node.state().role == Role::Active {
             // The announce step sent the first round: the others follow
             // `announce_interval_ms` apart, and one more after the neighbour
@@ -924,12 +966,16 @@ impl Agent {
     /// Where this node stands, for an application's [`crate::DegradeGuard`].
     fn standing(&self) -> control::Standing {
         let state = self.node.state();
+        let view = self.node.witness_view();
+        let now = tokio::time::Instant::now();
         control::Standing {
             role: state.role,
             epoch: state.epoch,
-            witness: false,
+            witness: view.is_some(),
             token: self.node.lease_token(),
-            lease_valid_ms: None,
+            lease_valid_ms: view.and_then(|v| v.valid_until).map(|until| {
+                u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+            }),
         }
     }
 
@@ -956,6 +1002,10 @@ impl Agent {
             alarm_history: self.alarms.history(),
             uptime_seconds: self.started.elapsed().as_secs(),
             taken_ms: now_ms(),
+            witness: self
+                .node
+                .witness_view()
+                .map(|v| crate::status::WitnessStatus::of(&v)),
         }
     }
 
@@ -1217,6 +1267,40 @@ async fn wait_some<T>(
 }
 
 /// Sleeps until `at`, or forever without one.
+/// The next message of `rx`, or never when there is no receiver (or it closed).
+async fn recv_some<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(value) => Some(value),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the witness lease keeper on a site with a witness and gives it to the
+/// node; its events go to the agent. A keeper that cannot start (the cluster's
+/// authentication does not answer) leaves the node without one: it stays
+/// standby (every acquisition answers that the witness is unreachable).
+async fn start_witness(
+    config: &NodeConfig,
+    node: &mut Node,
+) -> Option<mpsc::Receiver<tandem_witness::LeaseEvent>> {
+    let witness = config.witness.clone()?;
+    let site = u8::try_from(config.node.site.get()).unwrap_or(u8::MAX);
+    match tandem_witness::Keeper::start(witness, site, config.node.id.get()).await {
+        Ok((keeper, events)) => {
+            node.attach_witness(keeper);
+            tracing::info!("witness lease keeper started");
+            Some(events)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the witness lease keeper: this node stays standby");
+            None
+        }
+    }
+}
+
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

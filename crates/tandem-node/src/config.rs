@@ -49,6 +49,11 @@ pub struct NodeConfig {
     /// Peer link settings (`tandem-peer`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<toml::Table>,
+    /// The site's witness (`tandem-witness`): an etcd cluster whose leader key
+    /// the active node holds. Without it the site behaves as a plain two-node
+    /// site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<tandem_witness::WitnessConfig>,
 }
 
 /// `[node]`: who this node is.
@@ -370,8 +375,20 @@ impl NodeConfig {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// The role machine's settings: the failover policy, and whether the site
+    /// has a witness.
+    pub fn role_config(&self) -> tandem_role::Config {
+        tandem_role::Config {
+            witness: self.witness.is_some(),
+            ..self.failover.role_config()
+        }
+    }
+
     /// Checks the relations between fields.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(witness) = &self.witness {
+            witness.validate().map_err(|e| ("witness", e.to_string()))?;
+        }
         check_hostname(&self.node.hostname).map_err(|p| ("node.hostname", p))?;
         if let Some(shared) = &self.node.shared_hostname {
             check_hostname(shared).map_err(|p| ("node.shared_hostname", p))?;

@@ -81,7 +81,9 @@ pub use node::{
 };
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;
-pub use status::{Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};
+pub use status::{
+    Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot, WitnessStatus,
+};
 pub use status_http::{
     DEFAULT_HEAD_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_STATUS_PORT, MAX_HEAD_BYTES, StatusServer, render_metrics, render_status_json,

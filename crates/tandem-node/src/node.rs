@@ -134,7 +134,40 @@ pub struct Node {
     services: Services,
     hooks: HookRunner,
     database: Option<Backend>,
+    /// The witness lease keeper, on a site with a witness while the agent runs.
+    witness: Option<tandem_witness::Keeper>,
     _lock: Flock<File>,
+}
+
+/// The role machine's event for what the witness keeper reports; `None` for a
+/// report the machine has no use for (this node's own old key, seen after it
+/// lost the lease, until etcd expires it).
+pub(crate) fn lease_event(
+    event: tandem_witness::LeaseEvent,
+    me: tandem_role::NodeId,
+) -> Option<Event> {
+    use tandem_role::FenceToken;
+    use tandem_witness::LeaseEvent;
+    Some(match event {
+        LeaseEvent::Acquired { token } => Event::LeaseAcquired {
+            token: FenceToken::new(token.0),
+        },
+        LeaseEvent::HeldBy(holder) => {
+            let node = tandem_role::NodeId::try_from(holder.node).ok()?;
+            if node == me {
+                return None;
+            }
+            Event::LeaseHeldByPeer {
+                node,
+                token: FenceToken::new(holder.token.0),
+            }
+        }
+        LeaseEvent::Free => Event::LeaseFree,
+        LeaseEvent::Lost { reason } => Event::LeaseLost { reason },
+        LeaseEvent::Unreachable { reason } => Event::WitnessUnreachable { reason },
+        LeaseEvent::Reachable => Event::WitnessReachable,
+        _ => return None,
+    })
 }
 
 /// Creates `dir` (and missing parents) as 0700, and takes group and other
@@ -180,7 +213,7 @@ impl Node {
             Some(state) => state,
             None => NodeState::first_boot(config.node.id, config.node.site),
         };
-        let machine = Machine::new(config.failover.role_config(), state);
+        let machine = Machine::new(config.role_config(), state);
         let interfaces = Interfaces::new().map_err(|e| NodeError::Setup {
             what: "a netlink connection",
             reason: e.to_string(),
@@ -215,6 +248,7 @@ impl Node {
             defer_probes: false,
             probe_due: None,
             database: None,
+            witness: None,
             _lock: lock,
         })
     }
@@ -366,6 +400,34 @@ impl Node {
         self.machine.lease_token()
     }
 
+    /// Hands the node the witness lease keeper (the agent starts it): the
+    /// machine's [`Action::AcquireLease`] and [`Action::ReleaseLease`] go to it.
+    pub fn attach_witness(&mut self, keeper: tandem_witness::Keeper) {
+        self.witness = Some(keeper);
+    }
+
+    /// What the witness keeper knows now, on a site with a witness.
+    pub fn witness_view(&self) -> Option<tandem_witness::LeaseView> {
+        self.witness.as_ref().map(tandem_witness::Keeper::view)
+    }
+
+    /// The answer to [`Action::AcquireLease`].
+    async fn acquire_lease(&self) -> Event {
+        let Some(keeper) = &self.witness else {
+            return Event::WitnessUnreachable {
+                reason: "no agent keeps the witness lease on this node (start `failover agent`; \
+                         with a witness, roles change only through it)"
+                    .into(),
+            };
+        };
+        let me = self.machine.state().node;
+        lease_event(keeper.acquire_now().await, me).unwrap_or_else(|| Event::WitnessUnreachable {
+            reason: "the leader key still names this node under a lease it lost; \
+                     it is free once etcd expires that lease"
+                .into(),
+        })
+    }
+
     /// The boot decision of the seed: with the shared address released and the
     /// active-only services stopped, probe the shared address and the reference
     /// address, and let the role machine decide.
@@ -446,6 +508,28 @@ impl Node {
                         break;
                     }
                     Action::Refuse(refusal) => report.refused = Some(refusal),
+                    Action::AcquireLease => {
+                        // Like a probe, the lease's answer is the next event.
+                        let started = Instant::now();
+                        let answer = self.acquire_lease().await;
+                        report.steps.push(StepRecord {
+                            action: action.to_string(),
+                            took: started.elapsed(),
+                            error: None,
+                        });
+                        next = Some(answer);
+                        break;
+                    }
+                    Action::ReleaseLease => {
+                        if let Some(keeper) = &self.witness {
+                            keeper.release();
+                        }
+                        report.steps.push(StepRecord {
+                            action: action.to_string(),
+                            took: Duration::ZERO,
+                            error: None,
+                        });
+                    }
                     Action::SendClaim { epoch, .. } | Action::SendSuperseded { epoch } => {
                         // The agent sends them on the peer link.
                         report.steps.push(StepRecord {

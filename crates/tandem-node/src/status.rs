@@ -35,6 +35,65 @@ pub struct StatusSnapshot {
     pub uptime_seconds: u64,
     /// When the snapshot was taken, in milliseconds since the Unix epoch.
     pub taken_ms: u64,
+    /// The site's witness as this node sees it; `None` on a site without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessStatus>,
+}
+
+/// The witness (etcd) as a node sees it, for `failover status` and the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    /// Members that answered the last status round.
+    pub members_up: usize,
+    /// Members configured.
+    pub members: usize,
+    /// The node holding the site's leader key, as last seen.
+    pub holder: Option<u8>,
+    /// Its fencing token.
+    pub token: Option<u64>,
+    /// Whether this node holds the key.
+    pub holding: bool,
+    /// While this node holds the key: milliseconds to its step-down deadline.
+    pub valid_for_ms: Option<u64>,
+    /// The last error from the witness.
+    pub last_error: Option<String>,
+}
+
+impl WitnessStatus {
+    /// The status from the lease keeper's view.
+    pub fn of(view: &tandem_witness::LeaseView) -> WitnessStatus {
+        let now = tokio::time::Instant::now();
+        WitnessStatus {
+            members_up: view.members_up,
+            members: view.members,
+            holder: view.holder.map(|h| h.node),
+            token: view.holder.map(|h| h.token.0),
+            holding: view.holding.is_some(),
+            valid_for_ms: view.valid_until.map(|t| {
+                u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+            }),
+            last_error: view.last_error.clone(),
+        }
+    }
+
+    /// One line for people: `2 of 3 members reached; node 1 holds the leader key
+    /// (token 57), 1840 ms left here`.
+    pub fn line(&self) -> String {
+        let holder = match (self.holder, self.token) {
+            (Some(node), Some(token)) => {
+                format!("node {node} holds the leader key (token {token})")
+            }
+            _ => "nobody holds the leader key".to_string(),
+        };
+        let left = match self.valid_for_ms {
+            Some(ms) if self.holding => format!(", {ms} ms left before this node must step down"),
+            _ => String::new(),
+        };
+        format!(
+            "{} of {} members reached; {holder}{left}",
+            self.members_up, self.members
+        )
+    }
 }
 
 /// The peer as the agent sees it.
@@ -130,6 +189,7 @@ impl StatusSnapshot {
             alarm_history: Vec::new(),
             uptime_seconds: 0,
             taken_ms: 0,
+            witness: None,
         }
     }
 
@@ -169,6 +229,7 @@ mod tests {
             alarm_history: Vec::new(),
             uptime_seconds: 1,
             taken_ms: 0,
+            witness: None,
         }
     }
 

@@ -114,6 +114,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 ///     alarm_history: Vec::new(),
 ///     uptime_seconds: 5,
 ///     taken_ms: 0,
+///     witness: None,
 /// };
 /// let page = render_status_page(&snapshot);
 /// assert!(page.contains("<h1>Single-server deployment.</h1>"));
@@ -198,6 +199,9 @@ pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
             .clock_offset_ms
             .map_or_else(|| "not measured".to_owned(), |o| format!("{o:+.2} ms")),
     );
+    if let Some(witness) = &snapshot.witness {
+        fact(&mut page, "Witness", &witness.line());
+    }
     fact(&mut page, "Uptime", &format_uptime(snapshot.uptime_seconds));
     fact(&mut page, "Taken", &format_utc(snapshot.taken_ms));
     page.push_str("</table>\n");
@@ -405,7 +409,7 @@ struct StatusDocument<'a> {
 /// #     holds_shared_address: false,
 /// #     peer: PeerStatus { address: "192.0.2.12".into(), connected: false,
 /// #         claim_epoch: None, clock_offset_ms: None },
-/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0,
+/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0, witness: None,
 /// # };
 /// let json = render_status_json(&snapshot)?;
 /// let value: serde_json::Value = serde_json::from_str(&json)?;
@@ -449,7 +453,7 @@ pub fn render_status_json(snapshot: &StatusSnapshot) -> Result<String, serde_jso
 /// #     holds_shared_address: false,
 /// #     peer: PeerStatus { address: "192.0.2.12".into(), connected: false,
 /// #         claim_epoch: None, clock_offset_ms: None },
-/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0,
+/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0, witness: None,
 /// # };
 /// let metrics = render_metrics(&snapshot);
 /// assert!(metrics.contains("\ntandem_active{node=\"1\",site=\"1\"} 0\n"));
@@ -1140,6 +1144,7 @@ mod tests {
             alarm_history: Vec::new(),
             uptime_seconds: 3_725,
             taken_ms: 1_714_568_400_000,
+            witness: None,
         }
     }
 
@@ -1166,6 +1171,7 @@ mod tests {
             alarm_history: Vec::new(),
             uptime_seconds: 42,
             taken_ms: 0,
+            witness: None,
         }
     }
 

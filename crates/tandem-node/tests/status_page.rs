@@ -71,6 +71,7 @@ fn standby() -> StatusSnapshot {
         alarm_history: Vec::new(),
         uptime_seconds: 3_725,
         taken_ms: 1_714_568_400_000,
+        witness: None,
     }
 }
 

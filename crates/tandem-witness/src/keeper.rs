@@ -280,6 +280,8 @@ impl Tracker {
 #[derive(Debug)]
 enum Command {
     Acquire,
+    /// Acquire and hand the answer back instead of reporting it.
+    AcquireNow(tokio::sync::oneshot::Sender<Vec<LeaseEvent>>),
     Release,
 }
 
@@ -345,6 +347,32 @@ impl Keeper {
         let _ = self.commands.send(Command::Acquire);
     }
 
+    /// Tries to acquire the key now and returns the answer ([`LeaseEvent::Acquired`],
+    /// [`LeaseEvent::HeldBy`] or [`LeaseEvent::Unreachable`]) instead of reporting
+    /// it on the event channel: for a caller that decides on it at once (the node
+    /// claiming the shared address). Bounded by the config's request timeouts.
+    pub async fn acquire_now(&self) -> LeaseEvent {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let gone = || LeaseEvent::Unreachable {
+            reason: "the witness keeper stopped".into(),
+        };
+        if self.commands.send(Command::AcquireNow(answer)).is_err() {
+            return gone();
+        }
+        let events = answered.await.unwrap_or_default();
+        events
+            .into_iter()
+            .find(|e| {
+                matches!(
+                    e,
+                    LeaseEvent::Acquired { .. }
+                        | LeaseEvent::HeldBy(_)
+                        | LeaseEvent::Unreachable { .. }
+                )
+            })
+            .unwrap_or_else(gone)
+    }
+
     /// Steps down: revokes the lease (which deletes the key) and stops renewing.
     pub fn release(&self) {
         let _ = self.commands.send(Command::Release);
@@ -391,7 +419,17 @@ impl Task {
                 }
                 command = commands.recv() => match command {
                     None => return,
-                    Some(Command::Acquire) => self.acquire().await,
+                    Some(Command::Acquire) => {
+                        let events = self.acquire().await;
+                        self.emit(events).await;
+                    }
+                    Some(Command::AcquireNow(answer)) => {
+                        let events = self.acquire().await;
+                        for event in &events {
+                            tracing::info!(?event, "witness");
+                        }
+                        let _ = answer.send(events);
+                    }
                     Some(Command::Release) => self.release().await,
                 },
                 changed = statuses.changed() => {
@@ -465,13 +503,12 @@ impl Task {
         }
     }
 
-    async fn acquire(&mut self) {
+    async fn acquire(&mut self) -> Vec<LeaseEvent> {
         if let Some(token) = self.tracker.holding() {
-            self.emit(vec![LeaseEvent::Acquired { token }]).await;
-            return;
+            return vec![LeaseEvent::Acquired { token }];
         }
         let sent_at = Instant::now();
-        let events = match self.witness.acquire().await {
+        match self.witness.acquire().await {
             Ok(Acquire::Acquired { token, .. }) => self.tracker.acquired(token, sent_at),
             Ok(Acquire::HeldBy(holder)) => self.tracker.held_by(holder),
             Err(e) => {
@@ -480,8 +517,7 @@ impl Task {
                     reason: e.to_string(),
                 }]
             }
-        };
-        self.emit(events).await;
+        }
     }
 
     async fn release(&mut self) {

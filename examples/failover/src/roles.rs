@@ -265,6 +265,9 @@ fn print_snapshot(s: &StatusSnapshot) {
             .map(|o| format!(", clock offset {o:.1} ms"))
             .unwrap_or_default()
     );
+    if let Some(witness) = &s.witness {
+        println!("  witness: {}", witness.line());
+    }
     println!("  replication: {}", s.state.replication);
     if s.alarms.is_empty() {
         println!("  no alarms");
