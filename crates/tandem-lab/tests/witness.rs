@@ -150,3 +150,70 @@ fn a_partition_of_the_nodes_keeps_both_on_the_witness() {
     assert!(health_from(&lab, Host::Node2, 1).is_ok());
     lab.partition_nodes(false).unwrap();
 }
+
+/// Set in the child process of the sweep test, which builds a witness and waits
+/// to be killed.
+const CHILD_ENV: &str = "TANDEM_LAB_WITNESS_CHILD";
+
+#[test]
+fn a_killed_test_process_leaves_etcd_and_namespaces_that_the_next_lab_sweeps() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let lab = Lab::for_test();
+        let mut cluster = witness(&lab, 1);
+        let pid = cluster.pids()[0];
+        let ns = cluster.namespace(1).unwrap().to_string();
+        println!("READY {pid} {ns} {}", lab.switch_namespace());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    /// Kills the child when the test fails before it does.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_test_process_leaves_etcd_and_namespaces_that_the_next_lab_sweeps",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let stdout = child.0.stdout.take().unwrap();
+    // The child prints one line when its witness is up (or fails and exits).
+    let mut ready = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        // libtest has printed `test NAME ... ` without a newline before it.
+        if let Some((_, rest)) = line.split_once("READY ") {
+            ready = Some(rest.to_string());
+            break;
+        }
+    }
+    // Killed before any drop can run.
+    drop(child);
+    let ready = ready.expect("the child never started its witness");
+    let mut parts = ready.split_whitespace();
+    let pid: u32 = parts.next().unwrap().parse().unwrap();
+    let names: Vec<String> = parts.map(String::from).collect();
+    assert!(etcd_processes().contains(&pid), "etcd died with its test");
+    for ns in &names {
+        assert!(namespace_exists(ns), "{ns} vanished before the sweep");
+    }
+    let _next = Lab::for_test(); // sweeps what the killed process left
+    assert!(
+        !etcd_processes().contains(&pid),
+        "the sweep left etcd {pid} running"
+    );
+    for ns in &names {
+        assert!(!namespace_exists(ns), "the sweep left {ns}");
+    }
+}

@@ -20,9 +20,8 @@ use tokio::time::Instant;
 use crate::config::read_file;
 use crate::{Holder, LeaderValue, Token, WitnessConfig, WitnessError};
 
-/// The outcome of [`Witness::acquire`].
+/// The outcome of [`Witness::acquire`]: one or the other, never a third.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Acquire {
     /// This node holds the leader key (created now, or adopted from a previous run
     /// of this node's agent whose lease is still alive).
@@ -345,6 +344,13 @@ impl Witness {
         };
         let holder = self.parse_holder(kv.value(), kv.create_revision())?;
         let lease = kv.lease();
+        if lease == 0 {
+            // Not tandem's writing (tandem's key always has a lease): it never expires.
+            return Err(WitnessError::BadValue {
+                key: self.key.clone(),
+                detail: "the key has no lease, so it would never expire; delete it".into(),
+            });
+        }
         let ttl = self
             .call("lease time-to-live", |mut c| async move {
                 c.lease_time_to_live(lease, None).await
@@ -662,5 +668,48 @@ fn down(endpoint: &str, error: String) -> MemberStatus {
         version: None,
         leader: false,
         error: Some(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::TlsFiles;
+
+    #[tokio::test]
+    async fn a_missing_tls_file_is_named_before_anything_is_sent() {
+        let mut config = WitnessConfig::new(vec!["https://etcd1.example:2379".into()]);
+        config.tls = Some(TlsFiles {
+            ca_file: "/nonexistent/tandem-ca.pem".into(),
+            cert_file: None,
+            key_file: None,
+        });
+        match Witness::connect(config, 1, 1).await {
+            Err(WitnessError::File { path, .. }) => {
+                assert_eq!(path, std::path::Path::new("/nonexistent/tandem-ca.pem"));
+            }
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_id_other_than_1_or_2_is_refused() {
+        let config = WitnessConfig::new(vec!["http://192.0.2.21:2379".into()]);
+        let e = Witness::connect(config, 1, 3).await.unwrap_err();
+        assert!(
+            matches!(e, WitnessError::Config { field: "node", .. }),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connecting_is_lazy_without_a_user() {
+        // TEST-NET-1 from outside the lab: nothing answers, and nothing needs to.
+        let config = WitnessConfig::new(vec!["http://192.0.2.21:2379".into()]);
+        let w = Witness::connect(config, 1, 1).await.unwrap();
+        assert_eq!(w.key(), "/tandem/1/leader");
+        assert_eq!(w.held(), None);
     }
 }

@@ -127,7 +127,6 @@ fn a_holder_that_stops_renewing_frees_the_key_within_the_ttl_and_the_next_token_
             match w.acquire().await.unwrap() {
                 Acquire::Acquired { token, .. } => break token,
                 Acquire::HeldBy(h) => assert_eq!(h.token, first),
-                other => panic!("{other:?}"),
             }
             assert!(
                 stopped.elapsed() < Duration::from_secs(10),
@@ -360,5 +359,88 @@ fn check_reports_members_and_a_writable_prefix() {
             .version
             .as_deref()
             .is_some_and(|v| v.starts_with("3."))
+    );
+}
+
+/// The keeper's next event, within a generous bound.
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no event")
+        .expect("keeper stopped")
+}
+
+#[test]
+fn a_standby_keeper_follows_the_key_and_acquires_once_it_is_free() {
+    let site = site(1);
+    let config = site.config();
+    let node1_config = site.config();
+    let (node1_tx, node1_rx) = std_mpsc::channel::<&'static str>();
+    let (done_tx, done) = std_mpsc::channel::<Token>();
+    // node1 takes the key when told, and releases it when told.
+    let node1 = site
+        .lab
+        .spawn_in(Host::Node1, move || {
+            runtime().block_on(async move {
+                let mut w = Witness::connect(node1_config, SITE, 1).await.unwrap();
+                assert_eq!(node1_rx.recv().unwrap(), "acquire");
+                let token = acquired(w.acquire().await.unwrap());
+                done_tx.send(token).unwrap();
+                assert_eq!(node1_rx.recv().unwrap(), "release");
+                w.release().await.unwrap();
+            })
+        })
+        .unwrap();
+    let events = site.block_in(Host::Node2, move || async move {
+        let (keeper, mut rx) = Keeper::start(config, SITE, 2).await.unwrap();
+        let mut seen = Vec::new();
+        // The first reading of the key: free.
+        loop {
+            let e = next(&mut rx).await;
+            seen.push(e.clone());
+            if e == LeaseEvent::Free {
+                break;
+            }
+        }
+        node1_tx.send("acquire").unwrap();
+        let first = done.recv().unwrap();
+        loop {
+            let e = next(&mut rx).await;
+            seen.push(e.clone());
+            if e == LeaseEvent::HeldBy(Holder {
+                node: 1,
+                token: first,
+            }) {
+                break;
+            }
+        }
+        node1_tx.send("release").unwrap();
+        loop {
+            let e = next(&mut rx).await;
+            seen.push(e.clone());
+            if e == LeaseEvent::Free {
+                break;
+            }
+        }
+        keeper.acquire();
+        loop {
+            let e = next(&mut rx).await;
+            seen.push(e.clone());
+            if let LeaseEvent::Acquired { token } = e {
+                assert!(token > first, "{token} after {first}");
+                assert_eq!(keeper.view().holding, Some(token));
+                break;
+            }
+        }
+        keeper.release();
+        seen
+    });
+    node1.join().unwrap().unwrap();
+    assert!(events.contains(&LeaseEvent::Reachable), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, LeaseEvent::Lost { .. } | LeaseEvent::Unreachable { .. })),
+        "{events:?}"
     );
 }
