@@ -1232,10 +1232,9 @@ path = "{files}/prompts"
                 self.lab.cut_from_witness(host, false)?;
             }
             Scenario::WitnessMemberKill => {
-                let member = rng.range(0, 2) as usize;
+                let member = rng.range(1, 3) as usize;
                 outcome.drawn.push(format!(
-                    "kill etcd member {} for {} ms",
-                    member + 1,
+                    "kill etcd member {member} for {} ms",
                     down.as_millis()
                 ));
                 witness.kill(member)?;
@@ -1247,13 +1246,9 @@ path = "{files}/prompts"
                     "stop every etcd member for {} ms",
                     down.as_millis()
                 ));
-                for member in 0..witness.len() {
-                    witness.kill(member)?;
-                }
+                witness.stop_all();
                 std::thread::sleep(down);
-                for member in 0..witness.len() {
-                    witness.start(member)?;
-                }
+                witness.start_all()?;
             }
             Scenario::WitnessRestartPartitioned => {
                 let restart_in = rng.ms(200, 1500);
@@ -1266,12 +1261,8 @@ path = "{files}/prompts"
                 let cut_at = Instant::now();
                 self.lab.partition_nodes(true)?;
                 std::thread::sleep(restart_in);
-                for member in 0..witness.len() {
-                    witness.kill(member)?;
-                }
-                for member in 0..witness.len() {
-                    witness.start(member)?;
-                }
+                witness.stop_all();
+                witness.start_all()?;
                 std::thread::sleep(down.saturating_sub(cut_at.elapsed()));
                 self.lab.partition_nodes(false)?;
                 self.windows

@@ -266,6 +266,25 @@ impl WitnessCluster {
         self.wait_index_healthy(index)
     }
 
+    /// Starts every member that is not running (after [`WitnessCluster::stop_all`]
+    /// or a kill of each: one alone would never find a quorum), then waits until
+    /// each is healthy.
+    pub fn start_all(&mut self) -> Result<()> {
+        for index in 0..self.members.len() {
+            let running = self.members[index]
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if !running {
+                self.spawn(index)?;
+            }
+        }
+        for index in 0..self.members.len() {
+            self.wait_index_healthy(index)?;
+        }
+        Ok(())
+    }
+
     /// Kills every member; the namespaces and directories stay until drop.
     pub fn stop_all(&mut self) {
         for m in &mut self.members {

@@ -325,7 +325,84 @@ pub async fn run_checks(
             "replication is not initialized here: run `mp_replication init`",
         ),
     }
+    if let Some(witness) = &config.witness {
+        check_witness(&mut report, config, witness).await;
+    }
     report
+}
+
+/// The witness: members reached, the site's prefix readable and writable.
+async fn check_witness(
+    report: &mut CheckReport,
+    config: &NodeConfig,
+    witness: &tandem_witness::WitnessConfig,
+) {
+    let site = u8::try_from(config.node.site.get()).unwrap_or(u8::MAX);
+    let node = config.node.id.get();
+    let checked = match tandem_witness::Witness::connect(witness.clone(), site, node).await {
+        Ok(mut client) => client.check().await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(found) => {
+            let up = found.members.iter().filter(|m| m.up).count();
+            let total = found.members.len();
+            let down: Vec<&str> = found
+                .members
+                .iter()
+                .filter(|m| !m.up)
+                .map(|m| m.endpoint.as_str())
+                .collect();
+            let verdict = if up * 2 > total {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            };
+            let detail = if down.is_empty() {
+                format!("{up} of {total} members answer")
+            } else {
+                format!(
+                    "{up} of {total} members answer; not answering: {}",
+                    down.join(", ")
+                )
+            };
+            report.push("witness members", verdict, detail);
+            let prefix = format!("{}/{site}", witness.prefix);
+            if found.readable && found.writable {
+                report.push(
+                    "witness key prefix",
+                    Verdict::Pass,
+                    format!("{prefix} is readable and writable"),
+                );
+            } else {
+                report.push(
+                    "witness key prefix",
+                    Verdict::Fail,
+                    format!(
+                        "{prefix}: {}; grant this node's etcd user read and write on it",
+                        found
+                            .problem
+                            .unwrap_or_else(|| "not readable or not writable".into())
+                    ),
+                );
+            }
+        }
+        Err(e) => {
+            report.push(
+                "witness members",
+                Verdict::Fail,
+                format!("{e}: check [witness] endpoints and that etcd runs"),
+            );
+            report.push("witness key prefix", Verdict::Unknown, "the witness does not answer");
+        }
+    }
+    // etcd reports no clock; the lease deadlines do not need one.
+    report.push(
+        "witness clock",
+        Verdict::Pass,
+        "no clock to compare: each node times its lease on its own monotonic clock, \
+         from when it sent the keep-alive, so clock offsets cannot shorten a deadline",
+    );
 }
 
 fn peer_missing(peer: &PeerView) -> String {
