@@ -353,7 +353,16 @@ impl Agent {
                 }
                 Some(lease) = recv_some(self.lease_events.as_mut()) => {
                     let me = self.node.state().node;
-                    if let Some(event) = crate::node::lease_event(lease, me) {
+                    // What the keeper saw of the key before this node took it
+                    // (queued while the claim ran) is stale now.
+                    let holding = self.node.witness_view().is_some_and(|v| v.holding.is_some());
+                    let observation = matches!(
+                        lease,
+                        tandem_witness::LeaseEvent::Free | tandem_witness::LeaseEvent::HeldBy(_)
+                    );
+                    if holding && observation {
+                        tracing::debug!(?lease, "stale witness observation ignored");
+                    } else if let Some(event) = crate::node::lease_event(lease, me) {
                         self.event(event).await;
                     }
                 }

@@ -393,7 +393,11 @@ async fn check_witness(
                 Verdict::Fail,
                 format!("{e}: check [witness] endpoints and that etcd runs"),
             );
-            report.push("witness key prefix", Verdict::Unknown, "the witness does not answer");
+            report.push(
+                "witness key prefix",
+                Verdict::Unknown,
+                "the witness does not answer",
+            );
         }
     }
     // etcd reports no clock; the lease deadlines do not need one.

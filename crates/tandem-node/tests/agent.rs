@@ -14,6 +14,11 @@ use tandem_peer::SiteKey;
 use tandem_role::{DeploymentMode, NodeId, NodeState, Role, SiteId, StateFile};
 
 fn config(host: Host, auto_failover: bool) -> NodeConfig {
+    config_with(host, auto_failover, "")
+}
+
+/// The node config with `extra` appended, as an operator appends a table.
+fn config_with(host: Host, auto_failover: bool, extra: &str) -> NodeConfig {
     let (id, own, peer) = match host {
         Host::Node1 => (1, "192.0.2.11", "192.0.2.12"),
         _ => (2, "192.0.2.12", "192.0.2.11"),
@@ -41,7 +46,7 @@ heartbeat_ms = 100
 missed_heartbeats = 3
 announce_count = 2
 announce_interval_ms = 20
-"#
+{extra}"#
     );
     NodeConfig::parse(&text, Path::new("test.toml")).unwrap()
 }
@@ -442,4 +447,112 @@ fn automatic_failover_replaces_an_active_node_that_dies_while_the_link_is_down()
     lab.restore(Host::Node1).unwrap();
     node1.stop();
     node2.stop();
+}
+
+/// The witness as a node's status shows it.
+fn witness_of(agent: &RunningAgent) -> Option<tandem_node::WitnessStatus> {
+    agent.status().and_then(|s| s.witness)
+}
+
+fn role_of(agent: &RunningAgent) -> Option<Role> {
+    agent.status().map(|s| s.state.role)
+}
+
+/// Issue 21: with an etcd witness, a partition between the nodes changes
+/// nothing (the active keeps its key, the standby cannot take it); an active
+/// node cut from the witness serves on while its peer is in sight (failsafe),
+/// and once the peer is out of sight too it steps down, and the standby takes
+/// the key with a newer token and claims.
+#[test]
+fn with_a_witness_a_partition_changes_nothing_and_the_key_decides_the_takeover() {
+    let lab = Lab::for_test();
+    let witness = lab.start_witness(3).unwrap();
+    let endpoints: Vec<String> = witness
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    let table = format!("\n[witness]\nendpoints = [{}]\n", endpoints.join(", "));
+    let root = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (dir1, dir2) = (
+        state_dir(root.path(), Host::Node1),
+        state_dir(root.path(), Host::Node2),
+    );
+    let node1 = RunningAgent::start(
+        &lab,
+        Host::Node1,
+        config_with(Host::Node1, true, &table),
+        &dir1,
+        &key,
+    );
+    wait_until("node1 active with the leader key", || {
+        role_of(&node1) == Some(Role::Active) && witness_of(&node1).is_some_and(|w| w.holding)
+    });
+    let token1 = witness_of(&node1).and_then(|w| w.token).unwrap();
+    let node2 = RunningAgent::start(
+        &lab,
+        Host::Node2,
+        config_with(Host::Node2, true, &table),
+        &dir2,
+        &key,
+    );
+    wait_until("node2 sees node1 hold the key", || {
+        role_of(&node2) == Some(Role::Standby)
+            && witness_of(&node2).is_some_and(|w| w.holder == Some(1) && !w.holding)
+    });
+    let shown = node1.status().unwrap();
+    assert_eq!(
+        shown.state.token.map(|t| t.get()),
+        Some(token1),
+        "{shown:?}"
+    );
+
+    // A partition: node2 loses its peer, finds the address silent, and cannot
+    // take the key that node1 keeps renewing.
+    lab.partition_nodes(true).unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let (one, two) = (
+            holds_shared(&lab, Host::Node1),
+            holds_shared(&lab, Host::Node2),
+        );
+        assert!(
+            one && !two,
+            "during the partition node1 holds: {one}, node2 holds: {two}\nnode1: {:#?}\nnode2: {:#?}",
+            node1.status(),
+            node2.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(role_of(&node2), Some(Role::Standby));
+    lab.partition_nodes(false).unwrap();
+    wait_until("the link back", || {
+        node1.status().is_some_and(|s| s.peer.connected)
+    });
+
+    // node1 loses the witness but sees its peer: failsafe.
+    lab.cut_from_witness(Host::Node1, true).unwrap();
+    wait_until("node1's failsafe alarm", || {
+        node1
+            .status()
+            .is_some_and(|s| s.alarms.iter().any(|a| a.message.contains("failsafe")))
+    });
+    assert_eq!(role_of(&node1), Some(Role::Active));
+    assert!(holds_shared(&lab, Host::Node1));
+    assert!(!holds_shared(&lab, Host::Node2));
+
+    // Then it loses its peer too: it steps down; node2 takes the key and claims.
+    lab.partition_nodes(true).unwrap();
+    wait_until("node2 active with a newer token", || {
+        role_of(&node2) == Some(Role::Active)
+            && witness_of(&node2).is_some_and(|w| w.holding && w.token.is_some_and(|t| t > token1))
+    });
+    assert_eq!(role_of(&node1), Some(Role::Standby));
+    assert!(!holds_shared(&lab, Host::Node1));
+    lab.partition_nodes(false).unwrap();
+    lab.cut_from_witness(Host::Node1, false).unwrap();
+    node1.stop();
+    node2.stop();
+    drop(witness);
 }

@@ -1234,6 +1234,10 @@ impl Machine {
         if !self.witness_applies() || node == self.state.node {
             return;
         }
+        if self.lease_token().is_some_and(|ours| token <= ours) {
+            // Seen before this node took the key: that holder is gone.
+            return;
+        }
         self.lease = Lease::Peer(token);
         let newer = self.state.token.is_none_or(|seen| token > seen);
         if newer {
@@ -1278,7 +1282,7 @@ impl Machine {
             return;
         }
         if let Lease::Held(_) = self.lease {
-            self.lease_lost(out, "the leader key is gone from the witness");
+            // Seen before this node took the key; a loss comes as LeaseLost.
             return;
         }
         self.lease = Lease::Free;

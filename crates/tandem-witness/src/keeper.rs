@@ -428,6 +428,8 @@ impl Task {
                         for event in &events {
                             tracing::info!(?event, "witness");
                         }
+                        // The view first: whoever gets the answer may read it.
+                        self.view.send_replace(self.tracker.view());
                         let _ = answer.send(events);
                     }
                     Some(Command::Release) => self.release().await,
