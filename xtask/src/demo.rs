@@ -40,11 +40,19 @@ pub(crate) struct Args {
     /// Print each command's whole output.
     #[arg(short, long)]
     verbose: bool,
+    /// Run the site with a three-member etcd witness and automatic failover:
+    /// the unplanned failover happens by itself, and a partition between the
+    /// nodes is shown changing nothing for the client.
+    #[arg(long)]
+    witness: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut demo, _dir) = Demo::new(build_binaries()?, args.verbose)?;
+    if args.witness {
+        demo.start_witness()?;
+    }
     let result = demo.setup().and_then(|()| demo.failovers());
     demo.stop_threads();
     let result = result.and_then(|()| demo.verify_and_summarize());
@@ -147,6 +155,10 @@ struct Demo {
     /// The stand-in Media Server in the client namespace (the seed: one Media
     /// Server always goes with the active Application Server).
     media: Option<tandem_lab::media::MediaServer>,
+    /// The etcd witness members, with `--witness`.
+    witness: Option<tandem_lab::WitnessCluster>,
+    /// The partition of `--witness`, from and to.
+    partition: Option<(Duration, Duration)>,
 }
 
 /// A failover to measure: what the client waited for and when the step began.
@@ -185,8 +197,24 @@ impl Demo {
             both_active: Arc::default(),
             heal: None,
             media: None,
+            witness: None,
+            partition: None,
         };
         Ok((demo, dir))
+    }
+
+    /// Starts three etcd members in the lab for `--witness`.
+    fn start_witness(&mut self) -> anyhow::Result<()> {
+        let witness = self
+            .lab
+            .start_witness(3)
+            .context("starting the etcd witness members")?;
+        println!(
+            "  witness: etcd members {} (automatic failover on)",
+            witness.endpoints().join(", ")
+        );
+        self.witness = Some(witness);
+        Ok(())
     }
 
     /// Stops the application, the client and the role watch.
@@ -312,6 +340,9 @@ impl Demo {
         section("Performing Application Server Failover to Switch to the Previous Active Server");
         self.planned(Host::Node2, Host::Node1)?;
 
+        if self.witness.is_some() {
+            return self.failovers_with_witness();
+        }
         section("Unplanned failover: node1's cable is cut");
         self.lab.cut(Host::Node1)?;
         let from = self.started.elapsed();
@@ -342,6 +373,67 @@ impl Demo {
         expect(&out, "is SUCCESSFUL", "node1 rejoins replication")?;
         self.wait_replication_connected()?;
         std::thread::sleep(Duration::from_millis(500));
+
+        section("Switching back to node1");
+        self.planned(Host::Node2, Host::Node1)?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
+    /// With the witness: the unplanned failover happens by itself once node1's
+    /// lease ran out, and a partition between the nodes changes nothing.
+    fn failovers_with_witness(&mut self) -> anyhow::Result<()> {
+        section("Unplanned failover with the witness: node1's cable is cut");
+        self.lab.cut(Host::Node1)?;
+        let from = self.started.elapsed();
+        self.note(
+            "cut node1's cable",
+            "node1 unreachable, its lease runs out unrenewed",
+        );
+        self.wait_for_client("node2")?;
+        self.failover_note("node2 takes the key and claims by itself", "node2", from);
+        self.wait_media_server(Host::Node2)?;
+        self.lab.restore(Host::Node1)?;
+        let restored = self.started.elapsed();
+        self.note("plug node1's cable back in", "");
+        self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
+        self.heal = Some((restored, self.started.elapsed()));
+        self.note("node1 stepped down before its lease could run out", "node1 standby");
+        let out = self.mp(
+            Host::Node1,
+            &["switch-on", "-S", "-F", "from-sync"],
+            "mp_replication switchON -S -F from-sync",
+        )?;
+        expect(&out, "is SUCCESSFUL", "node1 rejoins replication")?;
+        self.wait_replication_connected()?;
+        std::thread::sleep(Duration::from_millis(500));
+
+        section("A partition between the nodes (both reach the client and the witness)");
+        let before = crate::site::acknowledged(&self.samples).len();
+        let at = self.started.elapsed();
+        self.lab.partition_nodes(true)?;
+        self.note("partition node1 from node2", "for 4 s");
+        std::thread::sleep(Duration::from_secs(4));
+        self.lab.partition_nodes(false)?;
+        let healed = self.started.elapsed();
+        self.partition = Some((at, healed));
+        let during = crate::site::acknowledged(&self.samples).len() - before;
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let others: Vec<String> = samples
+            .iter()
+            .filter(|w| w.sent >= at && w.sent <= healed)
+            .filter_map(|w| w.who.clone())
+            .filter(|who| who != "node2")
+            .collect();
+        if !others.is_empty() {
+            bail!("during the partition writes were acknowledged by {others:?}, not only node2");
+        }
+        self.note(
+            "writes acknowledged during the partition",
+            &format!("{during}, all by node2; node1 stayed standby"),
+        );
+        self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
+        self.wait_status(Host::Node2, "Failover deployment. Active server.")?;
 
         section("Switching back to node1");
         self.planned(Host::Node2, Host::Node1)?;
@@ -433,6 +525,7 @@ heartbeat_ms = 200
 missed_heartbeats = 3
 announce_count = 3
 announce_interval_ms = 20
+auto_failover = {auto}
 
 [peer]
 key_file = "{key}"
@@ -453,9 +546,11 @@ name = "prompts"
 path = "{files}/prompts"
 "#,
             key = self.key_file(),
-            files = files.display()
+            files = files.display(),
+            auto = self.witness.is_some(),
         ) + &crate::site::Layout { dir: &self.dir }.app_service(host)
-            + &media_service(host);
+            + &media_service(host)
+            + &self.witness_table();
         let path = self.config_path(host);
         let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
         let extra: toml::Table = toml::from_str(&text)?;
@@ -464,6 +559,19 @@ path = "{files}/prompts"
         std::fs::create_dir_all(files.join("web-conf"))?;
         std::fs::create_dir_all(files.join("prompts"))?;
         Ok(())
+    }
+
+    /// What an operator appends to use the site's etcd cluster; nothing without one.
+    fn witness_table(&self) -> String {
+        let Some(witness) = &self.witness else {
+            return String::new();
+        };
+        let endpoints: Vec<String> = witness
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        format!("\n[witness]\nendpoints = [{}]\n", endpoints.join(", "))
     }
 
     /// Node1's copied files: web settings and custom prompts; and a server-specific
@@ -746,6 +854,16 @@ path = "{files}/prompts"
             let healing = self
                 .heal
                 .is_some_and(|(start, end)| *from >= start && *from <= end);
+            let partitioned = self
+                .partition
+                .is_some_and(|(start, end)| *from >= start && *from <= end);
+            if partitioned {
+                bail!(
+                    "both nodes said active during the partition ({:.0} ms from {:.3} s)",
+                    to.saturating_sub(*from).as_secs_f64() * 1000.0,
+                    from.as_secs_f64()
+                );
+            }
             println!(
                 "  both nodes active at once: {:.0} ms from {:.3} s ({})",
                 to.saturating_sub(*from).as_secs_f64() * 1000.0,
