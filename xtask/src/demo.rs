@@ -49,7 +49,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (mut demo, _dir) = Demo::new(build_binaries()?, args.verbose)?;
+    let (mut demo, dir) = Demo::new(build_binaries()?, args.verbose)?;
     if args.witness {
         demo.start_witness()?;
     }
@@ -57,7 +57,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     demo.stop_threads();
     let result = result.and_then(|()| demo.verify_and_summarize());
     demo.stop_agents();
-    result?;
+    if let Err(e) = result {
+        // The agents' logs and the nodes' state, for whoever reads the error.
+        let kept = dir.keep();
+        return Err(e.context(format!("logs and state kept in {}", kept.display())));
+    }
     println!(
         "\ndemo finished in {:.1} s; the lab is removed",
         started.elapsed().as_secs_f64()
@@ -398,7 +402,10 @@ impl Demo {
         self.note("plug node1's cable back in", "");
         self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
         self.heal = Some((restored, self.started.elapsed()));
-        self.note("node1 stepped down before its lease could run out", "node1 standby");
+        self.note(
+            "node1 stepped down before its lease could run out",
+            "node1 standby",
+        );
         let out = self.mp(
             Host::Node1,
             &["switch-on", "-S", "-F", "from-sync"],
@@ -434,6 +441,11 @@ impl Demo {
         );
         self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
         self.wait_status(Host::Node2, "Failover deployment. Active server.")?;
+        // What node2 acknowledged alone (it held the key) reaches node1 once
+        // the link is back; the switch back waits for it, as an operator would.
+        self.wait_replication_connected()?;
+        self.wait_caught_up()?;
+        self.note("node1 caught up with node2's writes", "backlog 0");
 
         section("Switching back to node1");
         self.planned(Host::Node2, Host::Node1)?;
@@ -735,6 +747,29 @@ path = "{files}/prompts"
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("replication did not connect within 30 s; last status:\n{last}")
+    }
+
+    /// Waits until the active node's backlog for its standby is (nearly) empty:
+    /// the client writes on, so a few changes are always in flight.
+    fn wait_caught_up(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let small = [Host::Node1, Host::Node2].iter().all(|&h| {
+                self.mp_quiet(h, &["status", "--json"])
+                    .ok()
+                    .and_then(|s| {
+                        last = s.clone();
+                        serde_json::from_str::<tandem_replication::Status>(&s).ok()
+                    })
+                    .is_some_and(|s| s.backlog.unwrap_or(0) <= 20)
+            });
+            if small {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the standby did not catch up within 30 s; last status:\n{last}")
     }
 
     /// Waits until both agents report their peer link up.

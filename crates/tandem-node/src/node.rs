@@ -482,6 +482,7 @@ impl Node {
     async fn drive(&mut self, first: Event, report: &mut Report) {
         let mut next = Some(first);
         let mut rounds = 0;
+        let mut deferred: Option<Event> = None;
         while let Some(event) = next.take() {
             rounds += 1;
             if rounds > MAX_ROUNDS {
@@ -555,11 +556,23 @@ impl Node {
                     }
                     action => {
                         if let Err((step, reason)) = self.run_step(report, &action).await {
+                            // A service that will not stop, or a database that will
+                            // not demote, must not keep the rest of a step-down
+                            // (releasing the address, giving the lease back,
+                            // persisting) from happening: reported once the batch
+                            // is through.
+                            if matches!(step, Step::StopServices | Step::DemoteDatabase) {
+                                deferred.get_or_insert(Event::StepFailed { step, reason });
+                                continue;
+                            }
                             next = Some(Event::StepFailed { step, reason });
                             break;
                         }
                     }
                 }
+            }
+            if next.is_none() {
+                next = deferred.take();
             }
         }
         report.role = Some(self.machine.role());

@@ -151,7 +151,9 @@ pub enum Event {
     /// A witness member answers again.
     WitnessReachable,
     /// An action failed. The caller runs a batch of actions in order and stops at
-    /// the first that fails, then reports it with this event.
+    /// the first that fails, then reports it with this event; a failed
+    /// [`Action::StopServices`] or [`Action::DemoteDatabase`] does not stop the
+    /// batch (the rest of a step-down must happen) and is reported after it.
     StepFailed {
         /// The action that failed.
         step: Step,
@@ -634,11 +636,13 @@ impl Machine {
             // peer acknowledged meanwhile are at stake (keepalived's FAULT state).
             if self.state.role == Role::Active && !self.peer.up && isolation == Isolation::Failed {
                 if self.config.auto_failover {
-                    self.become_standby(
+                    // With a witness the lease's deadline runs: the address first.
+                    self.step_down(
                         out,
                         Hook::Fault,
                         "cut off: the peer is lost and the reference address does not answer; \
                          released the shared address for the peer",
+                        self.witness_applies(),
                     );
                 } else if !self.peer.cut_off {
                     // Failover is the operator's: keep serving whoever still
@@ -1019,7 +1023,7 @@ impl Machine {
         {
             // Failsafe ends: without the lease and without the peer, this node
             // cannot know that nobody else took over.
-            self.become_standby(
+            self.step_away(
                 out,
                 Hook::Fault,
                 "the peer is lost and this node does not hold the witness lease: \
@@ -1161,14 +1165,30 @@ impl Machine {
         out.notify(Hook::Active, why);
     }
 
-    /// Step down in the order that never leaves two writers: stop the services,
-    /// release the address, then demote the database.
+    /// Step down in the order that never leaves two writers: stop the services
+    /// (the application drains), release the address, then demote the database.
     fn become_standby(&mut self, out: &mut Actions, hook: Hook, why: &str) {
+        self.step_down(out, hook, why, false);
+    }
+
+    /// Step down against a deadline (the witness lease is lost or held by
+    /// another): the address goes first, before services whose stop commands may
+    /// take seconds, so that it is gone before the lease can run out anywhere.
+    fn step_away(&mut self, out: &mut Actions, hook: Hook, why: &str) {
+        self.step_down(out, hook, why, true);
+    }
+
+    fn step_down(&mut self, out: &mut Actions, hook: Hook, why: &str, urgent: bool) {
         self.state.role = Role::Standby;
         self.state.role_changed_ms = out.now_ms;
         self.cancel();
-        out.push(Action::StopServices);
-        out.push(Action::ReleaseSharedAddress);
+        if urgent {
+            out.push(Action::ReleaseSharedAddress);
+            out.push(Action::StopServices);
+        } else {
+            out.push(Action::StopServices);
+            out.push(Action::ReleaseSharedAddress);
+        }
         if self.failover() {
             out.push(Action::DemoteDatabase);
         }
@@ -1245,7 +1265,7 @@ impl Machine {
         }
         let reason = self.acquiring.take();
         if self.state.role == Role::Active {
-            self.become_standby(
+            self.step_away(
                 out,
                 Hook::Fault,
                 &format!(
@@ -1312,7 +1332,7 @@ impl Machine {
                 ),
             );
         } else {
-            self.become_standby(
+            self.step_away(
                 out,
                 Hook::Fault,
                 &format!(
@@ -1346,7 +1366,7 @@ impl Machine {
             if self.peer.up {
                 self.lease = Lease::Failsafe;
             } else {
-                self.become_standby(
+                self.step_away(
                     out,
                     Hook::Fault,
                     &format!(
