@@ -1,5 +1,6 @@
 //! `cargo xtask chaos`, one trial of every default scenario (one round of the
-//! shuffled deck), run as a user would. It asserts the safety properties only,
+//! shuffled deck), and one of every witness scenario with `--witness`, run as a
+//! user would. It asserts the safety properties only,
 //! never timings: no acknowledged write lost, no damaged file, both nodes in a
 //! stated role with exactly one active, two holders of the shared address only in
 //! the scenarios where the nodes may briefly both claim it (a cut cable coming
@@ -25,8 +26,24 @@ const SCENARIOS: [&str; 10] = [
 /// Scenarios in which both nodes may hold the address for a moment.
 const MAY_OVERLAP: [&str; 3] = ["cut-active", "cut-takeover", "both-boot"];
 
+/// The witness scenarios of `cargo xtask chaos --witness` (its default mix).
+const WITNESS_SCENARIOS: [&str; 7] = [
+    "partition-auto",
+    "witness-cut-active",
+    "witness-cut-standby",
+    "witness-member-kill",
+    "witness-down",
+    "witness-restart-partitioned",
+    "kill-active",
+];
+
+/// The chaos runs take turns: two at once on a small machine would time each
+/// other's agents out.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let before = tandem_lab::test_namespaces();
     let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["chaos", "--trials", "10", "--seed", "1"])
@@ -97,6 +114,60 @@ fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
     }
     assert!(out.contains("| scenario | trials | passed |"), "{out}");
     assert!(out.contains("results: "), "{out}");
+}
+
+/// Issue 21: with a witness, no scenario may leave two holders of the shared
+/// address for any time at all, not even during a partition, and none may lose
+/// an acknowledged write.
+#[test]
+fn with_a_witness_no_scenario_has_two_holders_or_loses_a_write() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let before = tandem_lab::test_namespaces();
+    let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["chaos", "--witness", "--trials", "7", "--seed", "1"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    let left: Vec<String> = tandem_lab::test_namespaces()
+        .into_iter()
+        .filter(|ns| !before.contains(ns) && !owner_alive(ns))
+        .collect();
+    assert!(left.is_empty(), "chaos left namespaces behind: {left:?}");
+    let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
+    assert_eq!(trials.len(), 7, "{out}\n{err}");
+    for name in WITNESS_SCENARIOS {
+        let line = trials
+            .iter()
+            .find(|l| l.split_whitespace().nth(2) == Some(name))
+            .unwrap_or_else(|| panic!("no trial of {name}:\n{out}"));
+        assert!(
+            line.contains(" lost 0 "),
+            "{name} lost writes: {line}\n{out}"
+        );
+        assert!(
+            line.contains("files ok"),
+            "{name} damaged files: {line}\n{out}"
+        );
+        assert!(
+            line.contains("overlap    0 ms"),
+            "{name} had two holders of the shared address: {line}\n{out}"
+        );
+        let roles = line.split("roles ").nth(1).unwrap_or_default();
+        assert!(
+            roles.starts_with("node1 active, node2 standby")
+                || roles.starts_with("node1 standby, node2 active"),
+            "{name} did not end with one active and one standby: {line}\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("split brain during the partition"),
+        "two holders during a partition:\n{out}"
+    );
+    assert!(
+        run.status.success(),
+        "chaos --witness failed:\n{out}\n{err}"
+    );
 }
 
 /// Whether the process named in a test namespace (`tdm<pid>x<n>-<host>`) runs.
