@@ -553,6 +553,37 @@ pub fn render_metrics(snapshot: &StatusSnapshot) -> String {
             float((offset_ms * 1000.0).round() / 1e6),
         );
     }
+    if let Some(witness) = &snapshot.witness {
+        sample(
+            "tandem_witness_members_up",
+            "Witness (etcd) members that answered the last status round.",
+            witness.members_up.to_string(),
+        );
+        sample(
+            "tandem_witness_members",
+            "Witness (etcd) members configured.",
+            witness.members.to_string(),
+        );
+        sample(
+            "tandem_witness_holding",
+            "Whether this node holds the site's leader key (1) or not (0).",
+            flag(witness.holding),
+        );
+        if let Some(token) = witness.token {
+            sample(
+                "tandem_witness_token",
+                "The fencing token of the leader key's holder.",
+                token.to_string(),
+            );
+        }
+        if let (true, Some(ms)) = (witness.holding, witness.valid_for_ms) {
+            sample(
+                "tandem_witness_lease_valid_seconds",
+                "Seconds left before this node must step down unless it renews its lease.",
+                format!("{}.{:03}", ms / 1000, ms % 1000),
+            );
+        }
+    }
     sample(
         "tandem_replication_configured",
         "Whether database replication reports a status (1) or not (0).",
@@ -1201,6 +1232,46 @@ mod tests {
     /// The part of a page from `<body>` on.
     fn body(page: &str) -> &str {
         &page[page.find("<body>").unwrap()..]
+    }
+
+    #[test]
+    fn a_site_with_a_witness_shows_it_on_the_page_and_in_the_metrics() {
+        let mut snapshot = active_node();
+        snapshot.witness = Some(crate::WitnessStatus {
+            members_up: 2,
+            members: 3,
+            holder: Some(1),
+            token: Some(57),
+            holding: true,
+            valid_for_ms: Some(1840),
+            last_error: None,
+        });
+        let page = render_status_page(&snapshot);
+        assert!(
+            page.contains(
+                "<tr><th>Witness</th><td>2 of 3 members reached; node 1 holds the leader key \
+                 (token 57), 1840 ms left before this node must step down</td></tr>"
+            ),
+            "{page}"
+        );
+        let metrics = render_metrics(&snapshot);
+        for (name, value) in [
+            ("tandem_witness_members_up", "2"),
+            ("tandem_witness_members", "3"),
+            ("tandem_witness_holding", "1"),
+            ("tandem_witness_token", "57"),
+            ("tandem_witness_lease_valid_seconds", "1.840"),
+        ] {
+            let sample = format!("{name}{{node=\"1\",site=\"1\"}} {value}");
+            assert!(
+                metrics.lines().any(|l| l == sample),
+                "{sample} in\n{metrics}"
+            );
+        }
+        // Without a witness: no row, no metric.
+        let plain = render_status_page(&active_node());
+        assert!(!plain.contains("Witness"), "{plain}");
+        assert!(!render_metrics(&active_node()).contains("tandem_witness"));
     }
 
     #[test]

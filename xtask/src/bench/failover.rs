@@ -60,6 +60,8 @@ const TAKEOVER_CAP: Duration = Duration::from_secs(30);
 enum System {
     /// tandem's agents with this heartbeat interval in milliseconds.
     Tandem(u64),
+    /// tandem's agents with this heartbeat and a three-member etcd witness.
+    Witness(u64),
     /// keepalived with this `advert_int` in centiseconds.
     Keepalived(u64),
 }
@@ -68,19 +70,26 @@ impl System {
     /// The heartbeat or advertisement interval in milliseconds.
     fn interval_ms(self) -> u64 {
         match self {
-            System::Tandem(ms) => ms,
+            System::Tandem(ms) | System::Witness(ms) => ms,
             System::Keepalived(cs) => cs * 10,
         }
     }
 
+    /// tandem without a witness (the rows compared with keepalived).
     fn is_tandem(self) -> bool {
         matches!(self, System::Tandem(_))
+    }
+
+    /// tandem's agents, with or without a witness.
+    fn runs_agents(self) -> bool {
+        matches!(self, System::Tandem(_) | System::Witness(_))
     }
 
     /// `keepalived advert_int 0.1` or `tandem 200 ms`.
     fn short_label(self) -> String {
         match self {
             System::Tandem(ms) => format!("tandem {ms} ms"),
+            System::Witness(ms) => format!("tandem {ms} ms with the witness"),
             System::Keepalived(cs) => format!("keepalived advert_int {}", cs as f64 / 100.0),
         }
     }
@@ -89,6 +98,7 @@ impl System {
         match self {
             System::Tandem(200) => "tandem, heartbeat 200 ms (default), 3 missed".into(),
             System::Tandem(ms) => format!("tandem, heartbeat {ms} ms, 3 missed"),
+            System::Witness(ms) => format!("tandem, heartbeat {ms} ms, etcd witness, TTL 3 s"),
             System::Keepalived(100) => "keepalived VRRPv3, advert_int 1".into(),
             System::Keepalived(cs) => {
                 format!("keepalived VRRPv3, advert_int {}", cs as f64 / 100.0)
@@ -107,8 +117,9 @@ pub(crate) struct Options {
 }
 
 /// The settings the issue asks for, in the order they run.
-const SETTINGS: [System; 5] = [
+const SETTINGS: [System; 6] = [
     System::Tandem(200),
+    System::Witness(200),
     System::Tandem(1000),
     System::Keepalived(100),
     System::Tandem(100),
@@ -120,13 +131,14 @@ impl System {
     fn parse(text: &str) -> anyhow::Result<System> {
         let bad = || {
             anyhow::anyhow!(
-                "`{text}` is not a failover setting: use tandem:<heartbeat ms> (tandem:200) or \
-                 keepalived:<advert_int seconds> (keepalived:0.1)"
+                "`{text}` is not a failover setting: use tandem:<heartbeat ms> (tandem:200), \
+                 tandem-witness:<heartbeat ms> or keepalived:<advert_int seconds> (keepalived:0.1)"
             )
         };
         let (what, value) = text.split_once(':').ok_or_else(bad)?;
         match what {
             "tandem" => value.parse().map(System::Tandem).map_err(|_| bad()),
+            "tandem-witness" => value.parse().map(System::Witness).map_err(|_| bad()),
             "keepalived" => {
                 let secs: f64 = value.parse().map_err(|_| bad())?;
                 if !(0.01..=2.55).contains(&secs) {
@@ -232,7 +244,8 @@ fn summary(
     let fig = |o: &[Duration]| format!("{:.0} / {:.0} ms", ms(pct(o, 50.0)), ms(pct(o, 99.0)));
     let find = |want: System| {
         results.iter().find(|(s, _)| {
-            s.interval_ms() == want.interval_ms() && s.is_tandem() == want.is_tandem()
+            s.interval_ms() == want.interval_ms()
+                && std::mem::discriminant(s) == std::mem::discriminant(&want)
         })
     };
     let mut rows = Vec::new();
@@ -265,7 +278,27 @@ fn summary(
         }
         rows.push(row);
     }
-    for (system, outages) in results.iter().filter(|(s, _)| !s.is_tandem()) {
+    for (system, outages) in results
+        .iter()
+        .filter(|(s, _)| s.runs_agents() && !s.is_tandem())
+    {
+        // With the witness, beside the same heartbeat without it.
+        let mut row = super::Row::new(
+            "failover",
+            format!(
+                "unplanned outage with the etcd witness (lease TTL 3 s), heartbeat {} ms (median / p99)",
+                system.interval_ms()
+            ),
+            fig(outages),
+            "",
+        );
+        if let Some((t, to)) = find(System::Tandem(system.interval_ms())) {
+            row.baseline = format!("{} without: {}", t.short_label(), fig(to));
+            row = row.ratio(ms(pct(outages, 50.0)), ms(pct(to, 50.0)));
+        }
+        rows.push(row);
+    }
+    for (system, outages) in results.iter().filter(|(s, _)| !s.runs_agents()) {
         if find(System::Tandem(system.interval_ms())).is_none() {
             rows.push(super::Row::new(
                 "failover",
@@ -449,6 +482,7 @@ struct Site<'a> {
     dir: &'a Path,
     system: System,
     children: Vec<(Host, Child)>,
+    witness: Option<tandem_lab::WitnessCluster>,
 }
 
 impl<'a> Site<'a> {
@@ -464,9 +498,13 @@ impl<'a> Site<'a> {
             dir,
             system,
             children: Vec::new(),
+            witness: None,
         };
+        if let System::Witness(_) = system {
+            site.witness = Some(lab.start_witness(3).context("starting the etcd witness")?);
+        }
         match system {
-            System::Tandem(heartbeat) => {
+            System::Tandem(heartbeat) | System::Witness(heartbeat) => {
                 tandem_peer::keygen(&dir.join("authkey"))?;
                 for host in [Host::Node1, Host::Node2] {
                     site.tandem_config(host, heartbeat)?;
@@ -509,11 +547,12 @@ impl<'a> Site<'a> {
              [network]\nshared_address = \"{SHARED_ADDR}/24\"\nnode_address = \"{}/24\"\n\
              gateway = \"{}\"\npeer_address = \"{}\"\n\n\
              [failover]\nauto_failover = true\nheartbeat_ms = {heartbeat}\nmissed_heartbeats = 3\n\n\
-             [peer]\nkey_file = \"{}\"\n",
+             [peer]\nkey_file = \"{}\"\n{}",
             host.addr(),
             tandem_lab::GATEWAY_ADDR,
             peer.addr(),
-            self.dir.join("authkey").display()
+            self.dir.join("authkey").display(),
+            self.witness_table()
         );
         let (config, state) = self.paths(host);
         std::fs::write(&config, text)?;
@@ -523,6 +562,14 @@ impl<'a> Site<'a> {
         s.deployment = tandem_role::DeploymentMode::Failover;
         tandem_role::StateFile::in_dir(&state).save(&s)?;
         Ok(())
+    }
+
+    /// The `[witness]` table an operator appends; nothing without a witness.
+    fn witness_table(&self) -> String {
+        self.witness.as_ref().map_or_else(String::new, |w| {
+            let endpoints: Vec<String> = w.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+            format!("\n[witness]\nendpoints = [{}]\n", endpoints.join(", "))
+        })
     }
 
     fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
@@ -790,7 +837,7 @@ impl<'a> Site<'a> {
                 what: format!(
                     "{} on {host}",
                     match self.system {
-                        System::Tandem(_) => "failover agent",
+                        System::Tandem(_) | System::Witness(_) => "failover agent",
                         System::Keepalived(_) => "keepalived (all processes)",
                     }
                 ),
@@ -922,7 +969,7 @@ fn print(
     for (sa, oa) in results.iter().filter(|(s, _)| s.is_tandem()) {
         let same = results
             .iter()
-            .find(|(s, _)| !s.is_tandem() && s.interval_ms() == sa.interval_ms());
+            .find(|(s, _)| !s.runs_agents() && s.interval_ms() == sa.interval_ms());
         if let Some((sb, ob)) = same {
             let ratio = ms(pct(oa, 50.0)) / ms(pct(ob, 50.0)).max(0.001);
             println!("  {} / {}: median ratio {ratio:.2}", sa.label(), sb.label());
