@@ -674,12 +674,16 @@ impl Agent {
     /// Tells the replication service the tokens the role machine knows now.
     fn update_fence(&self) {
         if let Some(fence) = &self.fence {
-            let mine = self.node.lease_token().map(tandem_role::FenceToken::get);
-            let floor = self
-                .node
-                .state()
-                .token
-                .map_or(0, tandem_role::FenceToken::get);
+            let state = self.node.state();
+            // An active node serving in failsafe (its lease lost, its peer in
+            // sight) still speaks for the token it last held: nobody newer can
+            // have taken over meanwhile without its peer hearing of it.
+            let mine = match (self.node.lease_token(), state.role) {
+                (Some(token), _) => Some(token.get()),
+                (None, Role::Active) => state.token.map(tandem_role::FenceToken::get),
+                (None, Role::Standby) => None,
+            };
+            let floor = state.token.map_or(0, tandem_role::FenceToken::get);
             fence.send_if_modified(|current| {
                 let next = tandem_replication::Fence::new(mine, floor);
                 let changed = *current != next;
