@@ -43,19 +43,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let before = tandem_lab::test_namespaces();
-    let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["chaos", "--trials", "10", "--seed", "1"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    let err = String::from_utf8_lossy(&run.stderr).into_owned();
-    let left: Vec<String> = tandem_lab::test_namespaces()
-        .into_iter()
-        .filter(|ns| !before.contains(ns) && !owner_alive(ns))
-        .collect();
-    assert!(left.is_empty(), "chaos left namespaces behind: {left:?}");
+    let (run, out, err) = run_chaos(&["chaos", "--trials", "10", "--seed", "1"]);
     // Mounts of chaos runs carry their pid (`/tmp/tandem-chaos-<pid>-...`).
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let stale: Vec<&str> = mounts
@@ -114,6 +102,7 @@ fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
     }
     assert!(out.contains("| scenario | trials | passed |"), "{out}");
     assert!(out.contains("results: "), "{out}");
+    assert!(run.status.success(), "chaos failed:\n{out}\n{err}");
 }
 
 /// Issue 21: with a witness, no scenario may leave two holders of the shared
@@ -121,19 +110,7 @@ fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
 /// an acknowledged write.
 #[test]
 fn with_a_witness_no_scenario_has_two_holders_or_loses_a_write() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let before = tandem_lab::test_namespaces();
-    let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["chaos", "--witness", "--trials", "7", "--seed", "1"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    let err = String::from_utf8_lossy(&run.stderr).into_owned();
-    let left: Vec<String> = tandem_lab::test_namespaces()
-        .into_iter()
-        .filter(|ns| !before.contains(ns) && !owner_alive(ns))
-        .collect();
-    assert!(left.is_empty(), "chaos left namespaces behind: {left:?}");
+    let (run, out, err) = run_chaos(&["chaos", "--witness", "--trials", "7", "--seed", "1"]);
     let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
     assert_eq!(trials.len(), 7, "{out}\n{err}");
     for name in WITNESS_SCENARIOS {
@@ -168,6 +145,25 @@ fn with_a_witness_no_scenario_has_two_holders_or_loses_a_write() {
         run.status.success(),
         "chaos --witness failed:\n{out}\n{err}"
     );
+}
+
+/// Runs `cargo xtask <args>` (one chaos run at a time) and checks that it left
+/// no namespace behind; its status, standard output and standard error.
+fn run_chaos(args: &[&str]) -> (std::process::Output, String, String) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let before = tandem_lab::test_namespaces();
+    let run = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    let left: Vec<String> = tandem_lab::test_namespaces()
+        .into_iter()
+        .filter(|ns| !before.contains(ns) && !owner_alive(ns))
+        .collect();
+    assert!(left.is_empty(), "chaos left namespaces behind: {left:?}");
+    (run, out, err)
 }
 
 /// Whether the process named in a test namespace (`tdm<pid>x<n>-<host>`) runs.

@@ -256,14 +256,17 @@ impl WitnessCluster {
     /// healthy. Does nothing to a member that runs.
     pub fn start(&mut self, member: usize) -> Result<()> {
         let index = self.index(member)?;
+        self.ensure_running(index)?;
+        self.wait_index_healthy(index)
+    }
+
+    /// Spawns member `index` unless it runs.
+    fn ensure_running(&mut self, index: usize) -> Result<()> {
         let running = self.members[index]
             .child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        if !running {
-            self.spawn(index)?;
-        }
-        self.wait_index_healthy(index)
+        if running { Ok(()) } else { self.spawn(index) }
     }
 
     /// Starts every member that is not running (after [`WitnessCluster::stop_all`]
@@ -271,13 +274,7 @@ impl WitnessCluster {
     /// each is healthy.
     pub fn start_all(&mut self) -> Result<()> {
         for index in 0..self.members.len() {
-            let running = self.members[index]
-                .child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-            if !running {
-                self.spawn(index)?;
-            }
+            self.ensure_running(index)?;
         }
         for index in 0..self.members.len() {
             self.wait_index_healthy(index)?;

@@ -352,17 +352,11 @@ impl Agent {
                     }
                 }
                 Some(lease) = recv_some(self.lease_events.as_mut()) => {
-                    let me = self.node.state().node;
                     // What the keeper saw of the key before this node took it
-                    // (queued while the claim ran) is stale now.
-                    let holding = self.node.witness_view().is_some_and(|v| v.holding.is_some());
-                    let observation = matches!(
-                        lease,
-                        tandem_witness::LeaseEvent::Free | tandem_witness::LeaseEvent::HeldBy(_)
-                    );
-                    if holding && observation {
-                        tracing::debug!(?lease, "stale witness observation ignored");
-                    } else if let Some(event) = crate::node::lease_event(lease, me) {
+                    // (queued while the claim ran) is stale: the role machine
+                    // ignores a free key or an older holder while it holds one.
+                    let me = self.node.state().node;
+                    if let Some(event) = crate::node::lease_event(lease, me) {
                         self.event(event).await;
                     }
                 }
@@ -980,15 +974,12 @@ impl Agent {
     fn standing(&self) -> control::Standing {
         let state = self.node.state();
         let view = self.node.witness_view();
-        let now = tokio::time::Instant::now();
         control::Standing {
             role: state.role,
             epoch: state.epoch,
             witness: view.is_some(),
             token: self.node.lease_token(),
-            lease_valid_ms: view.and_then(|v| v.valid_until).map(|until| {
-                u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
-            }),
+            lease_valid_ms: view.and_then(|v| v.valid_for_ms()),
         }
     }
 

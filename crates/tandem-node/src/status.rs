@@ -62,16 +62,13 @@ pub struct WitnessStatus {
 impl WitnessStatus {
     /// The status from the lease keeper's view.
     pub fn of(view: &tandem_witness::LeaseView) -> WitnessStatus {
-        let now = tokio::time::Instant::now();
         WitnessStatus {
             members_up: view.members_up,
             members: view.members,
             holder: view.holder.map(|h| h.node),
             token: view.holder.map(|h| h.token.0),
             holding: view.holding.is_some(),
-            valid_for_ms: view.valid_until.map(|t| {
-                u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
-            }),
+            valid_for_ms: view.valid_for_ms(),
             last_error: view.last_error.clone(),
         }
     }

@@ -82,12 +82,9 @@ impl Serialize for LeaseView {
             members: usize,
             last_error: Option<&'a str>,
         }
-        let now = Instant::now();
         Json {
             holding: self.holding,
-            valid_for_ms: self.valid_until.map(|t| {
-                u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
-            }),
+            valid_for_ms: self.valid_for_ms(),
             holder: self.holder,
             reachable: self.reachable,
             members_up: self.members_up,
@@ -95,6 +92,16 @@ impl Serialize for LeaseView {
             last_error: self.last_error.as_deref(),
         }
         .serialize(s)
+    }
+}
+
+impl LeaseView {
+    /// Milliseconds left now before the step-down deadline, while holding.
+    pub fn valid_for_ms(&self) -> Option<u64> {
+        let now = Instant::now();
+        self.valid_until.map(|t| {
+            u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        })
     }
 }
 
