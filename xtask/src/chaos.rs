@@ -79,6 +79,18 @@ pub(crate) struct Args {
     /// default, and no moment of two holders is tolerated.
     #[arg(long)]
     witness: bool,
+    /// The replicated database: the embedded SQLite backend, or PostgreSQL 15
+    /// servers in the lab (one per node, its streaming replication controlled by
+    /// tandem; adds the `kill-postgres` scenario to the default mix).
+    #[arg(long, value_enum, default_value_t = Db::Sqlite)]
+    backend: Db,
+}
+
+/// The database of the site under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Db {
+    Sqlite,
+    Postgres,
 }
 
 /// A fault to inject.
@@ -105,6 +117,10 @@ enum Scenario {
     WitnessDown,
     /// The nodes partitioned while the whole etcd cluster restarts (needs `--witness`).
     WitnessRestartPartitioned,
+    /// `kill -9` of PostgreSQL's postmaster or of one of its backends on either
+    /// node, the postmaster restarted later as its service manager would (needs
+    /// `--backend postgres`).
+    KillPostgres,
 }
 
 impl Scenario {
@@ -163,6 +179,7 @@ impl Scenario {
             Scenario::WitnessMemberKill => "witness-member-kill",
             Scenario::WitnessDown => "witness-down",
             Scenario::WitnessRestartPartitioned => "witness-restart-partitioned",
+            Scenario::KillPostgres => "kill-postgres",
         }
     }
 
@@ -217,6 +234,8 @@ struct Timing {
     conflict_backoff_ms: u64,
     /// The site runs with a witness.
     witness: bool,
+    /// The site replicates PostgreSQL.
+    postgres: bool,
 }
 
 impl Timing {
@@ -280,12 +299,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         heartbeat_ms: args.heartbeat_ms,
         conflict_backoff_ms: args.conflict_backoff_ms,
         witness: args.witness,
+        postgres: args.backend == Db::Postgres,
     };
     let mix: Vec<Scenario> = match (args.scenario.is_empty(), args.witness) {
+        (true, false) if timing.postgres => {
+            let mut mix = Scenario::DEFAULT_MIX.to_vec();
+            mix.push(Scenario::KillPostgres);
+            mix
+        }
         (true, false) => Scenario::DEFAULT_MIX.to_vec(),
         (true, true) => Scenario::WITNESS_MIX.to_vec(),
         (false, _) => args.scenario.clone(),
     };
+    if mix.contains(&Scenario::KillPostgres) && !timing.postgres {
+        bail!(
+            "scenario kill-postgres needs the PostgreSQL site: run `cargo xtask chaos \
+             --backend postgres --scenario kill-postgres`"
+        );
+    }
     if let Some(s) = mix.iter().find(|s| s.needs_witness() && !args.witness) {
         bail!(
             "scenario {} needs the witness: run `cargo xtask chaos --witness --scenario {}`",
@@ -316,13 +347,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             timing.bound().as_millis()
         );
     }
+    if timing.postgres {
+        println!(
+            "  database: PostgreSQL 15 on each node, synchronous streaming replication, degrade after {} ms",
+            crate::pgsite::DEGRADE_AFTER_MS
+        );
+    }
     println!(
         "  scenarios: {}",
         mix.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
     );
     println!(
-        "  replay a run with: cargo xtask chaos{} --trials {trials} --seed {seed}",
-        if timing.witness { " --witness" } else { "" }
+        "  replay a run with: cargo xtask chaos{}{} --trials {trials} --seed {seed}",
+        if timing.witness { " --witness" } else { "" },
+        if timing.postgres {
+            " --backend postgres"
+        } else {
+            ""
+        }
     );
     let mut order = Rng(seed);
     let mut deck: Vec<Scenario> = Vec::new();
@@ -554,6 +596,11 @@ struct Trial {
     mount: Option<Tmpfs>,
     /// The etcd witness members, with `--witness`.
     witness: Option<tandem_lab::WitnessCluster>,
+    /// Each node's PostgreSQL server, with `--backend postgres` (stopped before
+    /// the lab goes).
+    pg: Vec<tandem_lab::postgres::PgServer>,
+    /// Their clusters (a directory that PostgreSQL's user can reach).
+    pg_dir: Option<tempfile::TempDir>,
     // Dropped last: the lab (namespaces) and the directory.
     lab: Lab,
     dir: tempfile::TempDir,
@@ -596,6 +643,8 @@ impl Trial {
             windows: Vec::new(),
             mount: None,
             witness: None,
+            pg: Vec::new(),
+            pg_dir: None,
             lab,
             dir,
         };
@@ -608,6 +657,16 @@ impl Trial {
             );
         }
         std::fs::create_dir_all(trial.dir.path().join("logs"))?;
+        if timing.postgres {
+            let pg_dir = tempfile::Builder::new()
+                .prefix(&format!("tandem-chaos-pg-{}-", std::process::id()))
+                .tempdir_in("/tmp")?;
+            for host in [Host::Node1, Host::Node2] {
+                let server = crate::pgsite::server(&trial.lab, host, pg_dir.path())?;
+                trial.pg.push(server);
+            }
+            trial.pg_dir = Some(pg_dir);
+        }
         if scenario == Scenario::StandbyDiskFull {
             let path = trial.state_dir(Host::Node2);
             std::fs::create_dir_all(&path)?;
@@ -635,6 +694,15 @@ impl Trial {
 
     fn files(&self, host: Host) -> PathBuf {
         crate::site::Layout { dir: self.root() }.files(host)
+    }
+
+    /// `host`'s replication settings, from its config.
+    fn settings(&self, host: Host) -> anyhow::Result<Settings> {
+        Ok(Settings::load(
+            &self.config_path(host),
+            true,
+            self.state_dir(host),
+        )?)
     }
 
     fn at(&self) -> Duration {
@@ -722,12 +790,25 @@ impl Trial {
                 &["init", "-n", &id.to_string(), "-r", &peer.to_string()],
             )?;
         }
+        if self.timing.postgres {
+            // PostgreSQL replicates the whole cluster: node1's becomes the primary
+            // (with the application's table), node2's a fresh copy of it.
+            self.mp(Host::Node1, &["switch-on"])?;
+            let settings = self.settings(Host::Node1)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::pgsite::create_schema(&settings))?;
+            self.mp(Host::Node2, &["switch-on", "-S", "-F", "from-sync"])?;
+        }
         self.start_watch()?;
         for host in [Host::Node1, Host::Node2] {
             self.start_agent(host)?;
         }
         self.wait_peer_link()?;
-        self.mp(Host::Node1, &["switch-on"])?;
+        if !self.timing.postgres {
+            self.mp(Host::Node1, &["switch-on"])?;
+        }
         self.failover(Host::Node1, &["set-server", "active"])?;
         self.wait_role(Host::Node1, "active", Duration::from_secs(20))?;
         self.wait_role(Host::Node2, "standby", Duration::from_secs(20))?;
@@ -760,10 +841,6 @@ announce_interval_ms = 20
 [peer]
 key_file = "{key}"
 
-[replication]
-sample_schema = true
-heartbeat_ms = {heartbeat}
-
 [[bundle.roots]]
 name = "prompts"
 path = "{files}/prompts"
@@ -775,6 +852,13 @@ path = "{files}/prompts"
             files = files.display()
         );
         let mut text = text;
+        match self.pg.get(idx(host)) {
+            Some(server) => text.push_str(&crate::pgsite::config(server, self.timing.heartbeat_ms)),
+            None => text.push_str(&format!(
+                "\n[replication]\nsample_schema = true\nheartbeat_ms = {}\n",
+                self.timing.heartbeat_ms
+            )),
+        }
         if let Some(witness) = &self.witness {
             // What an operator appends to use the site's etcd cluster.
             let endpoints: Vec<String> = witness
@@ -1191,6 +1275,7 @@ path = "{files}/prompts"
                 self.resync(standby, outcome)?;
             }
             Scenario::RestartRestore => self.restart_restore(rng, outcome)?,
+            Scenario::KillPostgres => self.kill_postgres(rng, outcome)?,
             Scenario::StandbyDiskFull => self.disk_full(rng, outcome)?,
             Scenario::WitnessCutActive
             | Scenario::WitnessCutStandby
@@ -1397,6 +1482,74 @@ path = "{files}/prompts"
                 ));
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of PostgreSQL on either node: of the postmaster, started again a
+    /// while later as its service manager would (`Restart=on-failure`), or of one
+    /// server process, after which the postmaster restarts the others itself
+    /// (crash recovery).
+    fn kill_postgres(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
+        let active = self.active_node().unwrap_or(Host::Node1);
+        let victim = if rng.coin() { active } else { other(active) };
+        let role = if victim == active {
+            "active"
+        } else {
+            "standby"
+        };
+        let kill = |pid: i32| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        };
+        if rng.coin() {
+            let down = rng.ms(300, 4000);
+            outcome.drawn.push(format!(
+                "kill -9 of the {role} {victim}'s postmaster, started again after {} ms",
+                down.as_millis()
+            ));
+            let server = &self.pg[idx(victim)];
+            let pid = crate::pgsite::postmaster_pid(&server.data_dir)
+                .with_context(|| format!("{victim}'s postmaster.pid"))?;
+            kill(pid);
+            self.step(&format!("{victim}: kill -9 of the postmaster ({pid})"));
+            std::thread::sleep(down);
+            // The killed postmaster's children exit once they notice; until then
+            // a new postmaster refuses to start.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match self.pg[idx(victim)].start() {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() < deadline => {
+                        self.step(&format!("{victim}: postgres not started yet: {e}"));
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Err(e) => return Err(e).context(format!("starting {victim}'s postgres")),
+                }
+            }
+            self.step(&format!("{victim}: postgres started again"));
+        } else {
+            let settings = self.settings(victim)?;
+            let kinds = ["client backend", "walsender", "walreceiver", "checkpointer"];
+            let mut present = Vec::new();
+            for kind in kinds {
+                for pid in crate::pgsite::backends(&settings, kind)? {
+                    present.push((kind, pid));
+                }
+            }
+            anyhow::ensure!(
+                !present.is_empty(),
+                "{victim}'s server has none of the processes {kinds:?}"
+            );
+            let (kind, pid) = present[rng.range(0, present.len() as u64 - 1) as usize];
+            outcome.drawn.push(format!(
+                "kill -9 of a {kind} of the {role} {victim}'s postgres"
+            ));
+            kill(pid);
+            self.step(&format!("{victim}: kill -9 of {kind} {pid}"));
+            std::thread::sleep(rng.ms(500, 3000));
         }
         Ok(())
     }
@@ -1715,6 +1868,9 @@ path = "{files}/prompts"
 
     /// `PRAGMA integrity_check` of `host`'s database.
     fn integrity(&self, host: Host) -> anyhow::Result<String> {
+        if let Some(server) = self.pg.get(idx(host)) {
+            return crate::pgsite::integrity(server);
+        }
         let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1752,6 +1908,16 @@ path = "{files}/prompts"
                 self.config_path(host),
                 to.join(format!("{}.toml", host.name())),
             );
+            let _ = std::fs::copy(
+                self.state_dir(host).join("postgres").join("server.log"),
+                to.join(format!("{}-postgres.log", host.name())),
+            );
+            if let Some(server) = self.pg.get(idx(host)) {
+                let _ = std::fs::copy(
+                    server.home.join("test-server.log"),
+                    to.join(format!("{}-postgres-lab.log", host.name())),
+                );
+            }
         }
         outcome
             .notes

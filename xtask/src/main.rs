@@ -16,6 +16,7 @@ mod chaos;
 mod ci;
 mod demo;
 mod lab;
+mod pgsite;
 mod site;
 
 use std::process::ExitCode;

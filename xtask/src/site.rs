@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab};
-use tandem_replication::{LinkStatus, ReplicationBackend, Settings, SqliteBackend, sample};
+use tandem_replication::{
+    BackendKind, LinkStatus, ReplicationBackend, Settings, SqliteBackend, sample,
+};
 
 /// Builds the two binaries (the debug profile, as `cargo test` builds them).
 pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
@@ -61,7 +63,7 @@ pub(crate) fn serve_app(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let backend = Arc::new(SqliteBackend::open_existing(settings).await?);
+        let backend = Arc::new(AppDb::open(settings).await?);
         let guard = Arc::new(
             tandem_node::DegradeGuard::new(
                 tandem_lab::LAB_IFACE,
@@ -102,7 +104,7 @@ pub(crate) fn serve_app(
                 let reply = if pausing {
                     "err paused\n".to_owned()
                 } else {
-                    match write_replicated(&backend, &guard, tx).await {
+                    match backend.write(&guard, tx, host.name()).await {
                         Ok(()) => format!("ok {}\n", host.name()),
                         Err(e) => format!("err {e:#}\n"),
                     }
@@ -115,9 +117,46 @@ pub(crate) fn serve_app(
             });
         }
         answering.join_all().await;
-        backend.close().await;
+        if let Ok(backend) = Arc::try_unwrap(backend) {
+            backend.close().await;
+        }
         anyhow::Ok(())
     })
+}
+
+/// The application's database: the embedded backend's sample tables, or the
+/// PostgreSQL site's table.
+enum AppDb {
+    Sqlite(SqliteBackend),
+    Postgres(crate::pgsite::AppDb),
+}
+
+impl AppDb {
+    async fn open(settings: &Settings) -> anyhow::Result<AppDb> {
+        Ok(match settings.replication.backend {
+            BackendKind::Postgres => AppDb::Postgres(crate::pgsite::AppDb::open(settings).await?),
+            _ => AppDb::Sqlite(SqliteBackend::open_existing(settings).await?),
+        })
+    }
+
+    async fn write(
+        &self,
+        guard: &tandem_node::DegradeGuard,
+        tx: u64,
+        node: &str,
+    ) -> anyhow::Result<()> {
+        match self {
+            AppDb::Sqlite(backend) => write_replicated(backend, guard, tx).await,
+            AppDb::Postgres(db) => db.write_replicated(guard, tx, node).await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            AppDb::Sqlite(backend) => backend.close().await,
+            AppDb::Postgres(db) => db.close().await,
+        }
+    }
 }
 
 pub(crate) async fn write_replicated(
@@ -461,6 +500,9 @@ timeout_ms = 5000
     /// The acknowledged transactions whose rows `host`'s database lacks.
     pub(crate) fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
         let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
+        if settings.replication.backend == BackendKind::Postgres {
+            return crate::pgsite::missing(&settings, acked);
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

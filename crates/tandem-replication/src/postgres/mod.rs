@@ -956,8 +956,9 @@ impl PostgresBackend {
         let mut state = self.load()?;
         let mut conn = self.connect_local().await?;
         if Self::in_recovery(&mut conn).await? {
-            if let Ok(mut peer) = self.connect_peer(&state).await
-                && !Self::in_recovery(&mut peer).await?
+            let mut peer = self.connect_peer(&state).await.ok();
+            if let Some(peer) = peer.as_mut()
+                && !Self::in_recovery(peer).await?
             {
                 return Err(Error::State(format!(
                     "the peer {} is a running primary: make it the standby first (`failover \
@@ -970,10 +971,21 @@ impl PostgresBackend {
                 self.record_contact()?;
             }
             let limit = cfg.degrade_after_ms;
-            let stale = match self.last_contact() {
+            let mut stale = match self.last_contact() {
                 Some(at) => now_ms().saturating_sub(at) > limit,
                 None => true,
             };
+            // A peer that is a standby itself and not ahead of this node (same or
+            // older timeline, no more WAL) cannot have acknowledged anything this
+            // node lacks: for example both nodes after their agents booted, the
+            // former primary demoted at boot.
+            if stale && let Some(peer) = peer.as_mut() {
+                let mine = Self::wal_point(&mut conn).await?;
+                let theirs = Self::wal_point(peer).await?;
+                if theirs <= mine {
+                    stale = false;
+                }
+            }
             if cfg.synchronous
                 && cfg.standby_lost == StandbyLostPolicy::Degrade
                 && state.following
@@ -1016,6 +1028,25 @@ impl PostgresBackend {
     /// Makes this node the standby: if the peer is a primary, stop, rewind (or copy) and
     /// restart streaming from it; otherwise restart as a standby that streams once the
     /// peer is back.
+    /// Where a server's WAL stands: (timeline of its last checkpoint or
+    /// restartpoint, the furthest position it has written, received or replayed).
+    /// Both readable by any role.
+    async fn wal_point(conn: &mut PgConnection) -> Result<(u32, u64)> {
+        let (tli, lsn): (i32, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT timeline_id FROM pg_control_checkpoint()), \
+             CASE WHEN pg_is_in_recovery() THEN \
+               greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text \
+             ELSE pg_current_wal_lsn()::text END",
+        )
+        .fetch_one(conn)
+        .await
+        .map_err(Error::db("reading the timeline and WAL position"))?;
+        Ok((
+            u32::try_from(tli).unwrap_or(0),
+            lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
+        ))
+    }
+
     async fn demote_impl(&self) -> Result<()> {
         let mut state = self.load()?;
         if self.server.running().await? {

@@ -20,14 +20,20 @@ use crate::util::{now_ms, timestamp_for_file, write_atomically_as};
 pub(crate) const INCLUDE_LINE: &str = "include_if_exists = 'tandem.conf'";
 const HBA_BEGIN: &str = "# tandem: begin (written by mp_replication init; edits here are replaced)";
 const HBA_END: &str = "# tandem: end";
+/// The password file of the standby's connections to the peer, beside
+/// `postgresql.conf`: the server's own processes (the walreceiver) read it, so it
+/// lives where PostgreSQL's user can reach, not in tandem's state directory (mode
+/// 0700, root's).
+const PASSFILE: &str = "tandem.pgpass";
 /// The files of a data directory that belong to this node, not to the cluster: kept
 /// across a `pg_rewind` or `pg_basebackup`, which copy the peer's.
-pub(crate) const NODE_FILES: [&str; 5] = [
+pub(crate) const NODE_FILES: [&str; 6] = [
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
     "pg_ident.conf",
     "tandem.conf",
+    PASSFILE,
 ];
 
 /// One node's PostgreSQL installation: where its programs and files are and who owns
@@ -40,7 +46,9 @@ pub(crate) struct Server {
     pub(crate) owner: (u32, u32),
     /// Whether programs must switch to the owner (this process is root).
     switch_user: bool,
-    /// `<state dir>/postgres`: program logs, the server log, the password file.
+    /// `<state dir>/postgres`: program logs and the server log (written through
+    /// descriptors that this process opens, so the state directory may stay root's
+    /// alone), and the node's own files saved during a copy.
     pub(crate) log_dir: PathBuf,
 }
 
@@ -86,7 +94,7 @@ impl Server {
     }
 
     pub(crate) fn passfile(&self) -> PathBuf {
-        self.log_dir.join("pgpass")
+        self.cfg.config_dir().join(PASSFILE)
     }
 
     fn program_log(&self, program: &str) -> PathBuf {
@@ -127,22 +135,8 @@ impl Server {
         progress: Option<&dyn Observer>,
     ) -> Result<(String, bool, String)> {
         let path = self.bindir.join(program);
-        let mut cmd = if self.switch_user {
-            let mut cmd = tokio::process::Command::new("setpriv");
-            cmd.arg(format!("--reuid={}", self.owner.0))
-                .arg(format!("--regid={}", self.owner.1))
-                .arg("--init-groups")
-                .arg("--")
-                .arg(&path);
-            cmd
-        } else {
-            tokio::process::Command::new(&path)
-        };
+        let mut cmd = self.command(program);
         cmd.args(args)
-            .current_dir("/")
-            .env_remove("PGDATA")
-            .env_remove("PGHOST")
-            .env_remove("PGPORT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -208,6 +202,28 @@ impl Server {
         Ok((String::from_utf8_lossy(&out).into_owned(), ok, status))
     }
 
+    /// `program` of PostgreSQL's, to run as the cluster's owner, from `/`, without
+    /// the environment's `PGDATA`, `PGHOST` and `PGPORT`.
+    fn command(&self, program: &str) -> tokio::process::Command {
+        let path = self.bindir.join(program);
+        let mut cmd = if self.switch_user {
+            let mut cmd = tokio::process::Command::new("setpriv");
+            cmd.arg(format!("--reuid={}", self.owner.0))
+                .arg(format!("--regid={}", self.owner.1))
+                .arg("--init-groups")
+                .arg("--")
+                .arg(&path);
+            cmd
+        } else {
+            tokio::process::Command::new(&path)
+        };
+        cmd.current_dir("/")
+            .env_remove("PGDATA")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT");
+        cmd
+    }
+
     fn program_error(&self, program: &str, what: &str, status: &str) -> Error {
         let log = self.program_log(program);
         Error::Program {
@@ -237,6 +253,10 @@ impl Server {
 
     /// Starts the server and waits until it accepts connections (a standby: once it is
     /// consistent).
+    ///
+    /// The server's output goes to `<log dir>/server.log` through a descriptor this
+    /// process opens (not `pg_ctl -l`, which PostgreSQL's user would have to open in
+    /// the state directory); `pg_ctl`'s own lines go there too.
     pub(crate) async fn start(&self) -> Result<()> {
         self.prepare_log_dir()?;
         let args = [
@@ -246,26 +266,53 @@ impl Server {
             os("600"),
             os("-D"),
             self.cfg.config_dir().into_os_string(),
-            os("-l"),
-            self.server_log().into_os_string(),
         ];
-        match self
-            .run_status("pg_ctl", &args, "starting the server", None)
-            .await?
-        {
-            (_, true, _) => Ok(()),
-            (_, false, status) => {
-                let mut e = self.program_error("pg_ctl", "starting the server", &status);
-                if let Error::Program { tail, .. } = &mut e {
-                    let server = tail_of(&self.server_log(), 4);
-                    tail.push_str(&format!(
-                        " (server log {}: {server})",
-                        self.server_log().display()
-                    ));
-                }
-                Err(e)
-            }
+        let log_path = self.server_log();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(Error::file("cannot open the server log", &log_path))
+        };
+        let (out, err) = (open()?, open()?);
+        append(
+            &self.program_log("pg_ctl"),
+            format!(
+                "\n=== {} pg_ctl start -D {} (output in {})\n",
+                timestamp_for_file(now_ms()),
+                self.cfg.config_dir().display(),
+                log_path.display()
+            )
+            .as_bytes(),
+        );
+        let status = self
+            .command("pg_ctl")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .await
+            .map_err(|e| Error::Program {
+                program: "pg_ctl".to_owned(),
+                what: "starting the server".to_owned(),
+                status: format!("cannot start pg_ctl: {e}"),
+                log: log_path.clone(),
+                tail: String::new(),
+            })?;
+        if status.success() {
+            return Ok(());
         }
+        let mut e = self.program_error("pg_ctl", "starting the server", &status.to_string());
+        if let Error::Program { tail, .. } = &mut e {
+            let server = tail_of(&self.server_log(), 4);
+            tail.push_str(&format!(
+                " (server log {}: {server})",
+                self.server_log().display()
+            ));
+        }
+        Err(e)
     }
 
     /// Stops the server (fast: sessions are ended, a checkpoint is written); if that
@@ -361,7 +408,6 @@ impl Server {
 
     /// Writes the password file that the standby's connections to the peer use.
     pub(crate) fn write_passfile(&self, password: &str) -> Result<()> {
-        self.prepare_log_dir()?;
         let text = format!("*:*:*:{}:{password}\n", self.cfg.replication_user);
         write_atomically_as(
             &self.passfile(),
