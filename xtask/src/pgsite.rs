@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection};
 use tandem_lab::Host;
 use tandem_lab::postgres::PgServer;
-use tandem_replication::{Position, ReplicationBackend, Settings};
+use tandem_replication::{Position, Settings};
 
 /// The TCP port of the lab's servers (on each node's own address).
 pub(crate) const PORT: u16 = 5432;
@@ -80,7 +80,6 @@ pub(crate) async fn create_schema(settings: &Settings) -> anyhow::Result<()> {
 
 /// The application's database on one node.
 pub(crate) struct AppDb {
-    backend: tandem_replication::PostgresBackend,
     pool: PgPool,
     /// `application_name` of the peer's walreceiver.
     peer_app: String,
@@ -88,14 +87,12 @@ pub(crate) struct AppDb {
 
 impl AppDb {
     pub(crate) async fn open(settings: &Settings) -> anyhow::Result<AppDb> {
-        let backend = tandem_replication::PostgresBackend::open_existing(settings).await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_millis(500))
             .connect_lazy_with(options(settings));
         let peer = 3 - settings.node.id.unwrap_or(1);
         Ok(AppDb {
-            backend,
             pool,
             peer_app: format!("tandem_node{peer}"),
         })
@@ -125,19 +122,42 @@ impl AppDb {
                 .await?;
             Position(tandem_replication::parse_lsn(&lsn).context("reading the commit's LSN")?)
         };
-        let Err(e) = self
-            .backend
-            .wait_replicated(position, Duration::from_millis(800))
-            .await
-        else {
+        if self.flushed_by_standby(position).await? {
             return Ok(());
-        };
-        if self.standby_streams().await? {
-            return Err(e.into());
         }
-        guard.allow(mark).await.map_err(|refused| {
-            anyhow::Error::new(e).context(format!("not acknowledged alone: {refused}"))
-        })
+        let e = anyhow::anyhow!("the standby has not flushed {position:?} within 800 ms");
+        if self.standby_streams().await? {
+            return Err(e);
+        }
+        guard
+            .allow(mark)
+            .await
+            .map_err(|refused| e.context(format!("not acknowledged alone: {refused}")))
+    }
+
+    /// Waits up to 800 ms until the peer's walreceiver has flushed `position`
+    /// (through the application's own pool: one connection a check, none left open).
+    async fn flushed_by_standby(&self, position: Position) -> anyhow::Result<bool> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+        loop {
+            let flushed: Option<String> = sqlx::query_scalar(
+                "SELECT max(flush_lsn)::text FROM pg_stat_replication WHERE application_name = $1",
+            )
+            .bind(&self.peer_app)
+            .fetch_one(&self.pool)
+            .await?;
+            let flushed = flushed
+                .as_deref()
+                .and_then(tandem_replication::parse_lsn)
+                .unwrap_or(0);
+            if flushed >= position.0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Whether the peer's walreceiver streams from this server.

@@ -142,7 +142,7 @@ impl PgServer {
         )?;
         let conf = format!(
             "\n# test server (tandem-lab)\nlisten_addresses = '{}'\nport = {port}\n\
-             unix_socket_directories = '{}'\nmax_connections = 40\nshared_buffers = 32MB\n\
+             unix_socket_directories = '{}'\nmax_connections = 100\nshared_buffers = 32MB\n\
              log_min_messages = warning\n",
             host.addr(),
             server.socket_dir.display()

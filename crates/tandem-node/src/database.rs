@@ -75,5 +75,9 @@ pub fn replication_status(status: &Status) -> ReplicationStatus {
         remote: side(&status.remote),
         backlog: status.backlog.unwrap_or(0),
         lag_ms: status.lag_ms,
+        resync: status
+            .resync
+            .as_ref()
+            .map(|r| r.render().trim_end().to_owned()),
     }
 }

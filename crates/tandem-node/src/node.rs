@@ -651,10 +651,20 @@ impl Node {
                     .map_err(|e| (Step::PromoteDatabase, tandem_replication::chain(&e))),
                 None => Ok(()),
             },
+            // A PostgreSQL standby's rewind or copy from its new primary is left to
+            // the replication service: heartbeats, the status page and the tools go
+            // on meanwhile.
             Action::DemoteDatabase => match &self.database {
                 Some(db) => db
-                    .demote()
+                    .demote_deferring_copy()
                     .await
+                    .map(|due| {
+                        if due {
+                            tracing::info!(
+                                "the database is read-only; its resynchronisation from the peer runs in the replication service"
+                            );
+                        }
+                    })
                     .map_err(|e| (Step::DemoteDatabase, tandem_replication::chain(&e))),
                 None => Ok(()),
             },

@@ -117,6 +117,10 @@ pub struct ReplicationStatus {
     pub backlog: u64,
     /// Replication lag in milliseconds, when known.
     pub lag_ms: Option<u64>,
+    /// A resynchronisation from the peer under way on this node (what runs and how
+    /// far it got), if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<String>,
 }
 
 /// One column of the seed's replication table.

@@ -239,6 +239,9 @@ pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
                 if replication.backlog == 1 { "" } else { "s" },
                 escape(&lag),
             );
+            if let Some(resync) = &replication.resync {
+                let _ = writeln!(page, "<p>{}</p>", escape(resync));
+            }
         }
     }
 
@@ -1166,6 +1169,7 @@ mod tests {
                 },
                 backlog: 3,
                 lag_ms: Some(1250),
+                resync: None,
             }),
             alarms: vec![Alarm::new(
                 AlarmKind::Replication,

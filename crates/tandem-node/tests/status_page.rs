@@ -62,6 +62,7 @@ fn standby() -> StatusSnapshot {
             },
             backlog: 0,
             lag_ms: Some(12),
+            resync: None,
         }),
         alarms: vec![Alarm::new(
             AlarmKind::PeerLost,

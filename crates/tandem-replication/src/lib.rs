@@ -180,7 +180,7 @@ pub use config::{
 pub use error::{Error, Result, chain};
 pub use fence::Fence;
 pub use observer::{Observer, Quiet};
-pub use postgres::{PostgresBackend, WatchOutcome, parse_lsn};
+pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn};
 pub use service::{PeerEvent, Replicator, Transport};
 pub use size::{database_bytes, database_size_alarm};
 pub use sqlite::{
@@ -442,6 +442,17 @@ impl Backend {
         match self {
             Backend::Sqlite(b) => b.promote().await,
             Backend::Postgres(b) => b.promote_with(force).await,
+        }
+    }
+
+    /// Makes this node's database the standby's without waiting for a long copy: the
+    /// PostgreSQL backend leaves the resynchronisation from its peer to its
+    /// replication service (see [`PostgresBackend::demote_deferring_copy`]); the
+    /// embedded backend has none to leave. Returns whether one is due.
+    pub async fn demote_deferring_copy(&self) -> Result<bool> {
+        match self {
+            Backend::Sqlite(b) => b.demote().await.map(|()| false),
+            Backend::Postgres(b) => b.demote_deferring_copy().await,
         }
     }
 }

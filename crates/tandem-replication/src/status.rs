@@ -178,6 +178,9 @@ pub struct Status {
     /// The WAL positions of a PostgreSQL pair (`None` for SQLite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalStatus>,
+    /// A resynchronisation from the peer under way on this node, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<crate::postgres::ResyncProgress>,
 }
 
 /// WAL positions of a PostgreSQL pair, from `pg_stat_replication` (on the primary) and
@@ -292,6 +295,9 @@ impl Status {
         if let Some(wal) = &self.wal {
             out.push_str(&wal.render());
         }
+        if let Some(resync) = &self.resync {
+            out.push_str(&resync.render());
+        }
         if let Some(detail) = &self.remote_detail {
             out.push_str(&format!("Remote: {detail}\n"));
         }
@@ -377,6 +383,7 @@ mod tests {
             remote_detail: None,
             alarms: vec![],
             wal: None,
+            resync: None,
         }
     }
 

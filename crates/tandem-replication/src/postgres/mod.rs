@@ -17,6 +17,7 @@
 //! (`<state dir>/postgres.contact`) and refuses to be promoted when that was longer ago
 //! than `degrade_after_ms`: its primary may have taken writes without it since.
 
+mod resync;
 mod scram;
 mod server;
 mod status;
@@ -40,6 +41,7 @@ use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
 use server::{Server, conf_quote, conninfo_quote, os};
 
+pub use resync::ResyncProgress;
 pub use status::parse_lsn;
 
 /// The state file's format version.
@@ -69,6 +71,11 @@ pub(crate) struct PgState {
     pub(crate) missing_since: Option<u64>,
     /// What the last from-sync did.
     pub(crate) last_copy: Option<String>,
+    /// This standby must be resynchronised from its peer (it was made the standby
+    /// while the peer was the primary, and may have diverged from it): the
+    /// replication service rewinds or copies it, off the agent's event loop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) resync: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +114,14 @@ impl PgState {
                 timestamp_for_file(since)
             ));
         }
+        if self.resync {
+            alarms.push(format!(
+                "this node was made the standby and waits to be resynchronised (pg_rewind, \
+                 else pg_basebackup) from node {}, once that is a primary it reaches; the \
+                 replication service does it",
+                3 - self.node
+            ));
+        }
         alarms
     }
 }
@@ -131,6 +146,9 @@ pub enum WatchOutcome {
     Degraded,
     /// The standby streams again and caught up: commits wait for it again.
     Restored,
+    /// This standby was resynchronised from its primary (rewound or copied), as its
+    /// demotion left due.
+    Resynchronised,
 }
 
 impl PostgresBackend {
@@ -537,6 +555,7 @@ impl PostgresBackend {
             degraded_since: None,
             missing_since: None,
             last_copy: None,
+            resync: false,
         });
         state.node = options.node;
         state.site = options.site;
@@ -835,6 +854,7 @@ impl PostgresBackend {
         state.degraded_since = None;
         state.missing_since = None;
         state.last_copy = Some(format!("{} at {}", how, timestamp_for_file(now_ms())));
+        state.resync = false;
         self.server.ensure_include()?;
         self.apply(state)?;
         observer.step("starting this node's PostgreSQL as a standby");
@@ -1014,6 +1034,8 @@ impl PostgresBackend {
                 .await
                 .map_err(Error::db("checkpoint after the promotion"))?;
         }
+        // A node made the primary has nothing to catch up from its peer.
+        state.resync = false;
         if state.state == ReplicationState::Off || state.state == ReplicationState::Initialized {
             state.following = false;
             self.apply(&state)?;
@@ -1045,6 +1067,71 @@ impl PostgresBackend {
             u32::try_from(tli).unwrap_or(0),
             lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
         ))
+    }
+
+    /// Makes this node the standby at once, leaving the copy to the replication
+    /// service: the server restarts read-only (a standby), and when the peer is a
+    /// primary the resynchronisation from it (`pg_rewind` or `pg_basebackup`, which
+    /// may take minutes) is recorded as due and run by [`watch`](Self::watch).
+    /// Returns whether one is due. This is how the agent demotes: its event loop
+    /// must go on with heartbeats, the status page and the tools meanwhile.
+    pub async fn demote_deferring_copy(&self) -> Result<bool> {
+        let mut state = self.load()?;
+        let was_primary = if self.server.running().await? {
+            let mut conn = self.connect_local().await?;
+            if Self::in_recovery(&mut conn).await? {
+                return Ok(state.resync);
+            }
+            true
+        } else {
+            self.server
+                .control_data()
+                .await?
+                .is_some_and(|c| c.was_primary())
+        };
+        let peer_is_primary = match self.connect_peer(&state).await {
+            Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
+            Err(_) => false,
+        };
+        self.server.stop().await?;
+        if self.server.has_cluster() {
+            self.server.write_standby_signal()?;
+        }
+        state.following = state.state != ReplicationState::Off;
+        state.degraded_since = None;
+        state.missing_since = None;
+        // A former primary may hold WAL its peer never had (it may have been cut off
+        // when the peer took over, and cannot be asked now): it is rewound from the
+        // peer once the peer is a primary it reaches; pg_rewind finds nothing to do
+        // when the two did not diverge.
+        state.resync = (was_primary || peer_is_primary) && state.state != ReplicationState::Off;
+        self.apply(&state)?;
+        if self.server.has_cluster() {
+            self.server.start().await?;
+        }
+        Ok(state.resync)
+    }
+
+    /// The resynchronisation that [`demote_deferring_copy`](Self::demote_deferring_copy)
+    /// left due, with its progress in `<state dir>/postgres/resync.json`.
+    async fn resync_due(&self, state: &mut PgState) -> Result<()> {
+        let recorder = resync::Recorder::new(&self.server.log_dir);
+        let options = SwitchOnOptions::new().from_sync();
+        let result = self.sync_from_peer(state, &options, &recorder).await;
+        resync::clear(&self.server.log_dir);
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                // Tried again by the next round of the service, not at once.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return Err(e);
+            }
+        };
+        let mut state = self.load()?;
+        state.resync = false;
+        self.save(&state)?;
+        tracing::info!(report = %report.message, "resynchronised from the peer");
+        Ok(())
     }
 
     async fn demote_impl(&self) -> Result<()> {
@@ -1083,6 +1170,18 @@ impl PostgresBackend {
         let Ok(mut state) = self.load() else {
             return Ok(WatchOutcome::Nothing);
         };
+        if state.resync {
+            let peer_is_primary = match self.connect_peer(&state).await {
+                Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
+                Err(_) => false,
+            };
+            if !peer_is_primary {
+                // Not yet: the alarm says what it waits for.
+                return Ok(WatchOutcome::Nothing);
+            }
+            self.resync_due(&mut state).await?;
+            return Ok(WatchOutcome::Resynchronised);
+        }
         let mut conn = self.connect_local().await?;
         if Self::in_recovery(&mut conn).await? {
             if Self::streaming(&mut conn).await? {
@@ -1306,6 +1405,7 @@ mod tests {
             degraded_since: None,
             missing_since: None,
             last_copy: None,
+            resync: false,
         }
     }
 

@@ -299,6 +299,7 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         remote_detail,
         alarms,
         wal,
+        resync: super::resync::read(&backend.server.log_dir),
     })
 }
 

@@ -996,6 +996,7 @@ impl SqliteBackend {
             remote_detail,
             alarms,
             wal: None,
+            resync: None,
         })
     }
 
