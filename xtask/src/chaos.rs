@@ -84,6 +84,10 @@ pub(crate) struct Args {
     /// tandem; adds the `kill-postgres` scenario to the default mix).
     #[arg(long, value_enum, default_value_t = Db::Sqlite)]
     backend: Db,
+    /// With `--backend postgres`: MB of rows written on the primary before the
+    /// trial (so that `standby-reinstalled` copies a cluster of that size).
+    #[arg(long, default_value_t = 0)]
+    pg_fill_mb: u64,
 }
 
 /// The database of the site under test.
@@ -121,6 +125,11 @@ enum Scenario {
     /// node, the postmaster restarted later as its service manager would (needs
     /// `--backend postgres`).
     KillPostgres,
+    /// The standby reinstalled with a new, empty PostgreSQL cluster and `init`
+    /// run again: its agent's boot leaves the copy of the primary's cluster to the
+    /// replication service, and the status page, `failover status` and the peer
+    /// link are timed while it copies (needs `--backend postgres`).
+    StandbyReinstalled,
 }
 
 impl Scenario {
@@ -161,6 +170,11 @@ impl Scenario {
         )
     }
 
+    /// Whether the scenario needs the PostgreSQL site.
+    fn needs_postgres(self) -> bool {
+        matches!(self, Scenario::KillPostgres | Scenario::StandbyReinstalled)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Scenario::KillActive => "kill-active",
@@ -180,6 +194,7 @@ impl Scenario {
             Scenario::WitnessDown => "witness-down",
             Scenario::WitnessRestartPartitioned => "witness-restart-partitioned",
             Scenario::KillPostgres => "kill-postgres",
+            Scenario::StandbyReinstalled => "standby-reinstalled",
         }
     }
 
@@ -236,6 +251,8 @@ struct Timing {
     witness: bool,
     /// The site replicates PostgreSQL.
     postgres: bool,
+    /// MB of rows written on the PostgreSQL primary before each trial.
+    pg_fill_mb: u64,
 }
 
 impl Timing {
@@ -300,21 +317,25 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         conflict_backoff_ms: args.conflict_backoff_ms,
         witness: args.witness,
         postgres: args.backend == Db::Postgres,
+        pg_fill_mb: args.pg_fill_mb,
     };
     let mix: Vec<Scenario> = match (args.scenario.is_empty(), args.witness) {
         (true, false) if timing.postgres => {
             let mut mix = Scenario::DEFAULT_MIX.to_vec();
             mix.push(Scenario::KillPostgres);
+            mix.push(Scenario::StandbyReinstalled);
             mix
         }
         (true, false) => Scenario::DEFAULT_MIX.to_vec(),
         (true, true) => Scenario::WITNESS_MIX.to_vec(),
         (false, _) => args.scenario.clone(),
     };
-    if mix.contains(&Scenario::KillPostgres) && !timing.postgres {
+    if let Some(s) = mix.iter().find(|s| s.needs_postgres() && !timing.postgres) {
         bail!(
-            "scenario kill-postgres needs the PostgreSQL site: run `cargo xtask chaos \
-             --backend postgres --scenario kill-postgres`"
+            "scenario {} needs the PostgreSQL site: run `cargo xtask chaos --backend postgres \
+             --scenario {}`",
+            s.name(),
+            s.name()
         );
     }
     if let Some(s) = mix.iter().find(|s| s.needs_witness() && !args.witness) {
@@ -330,6 +351,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         args.trials
     };
     sweep_stale_mounts();
+    sweep_stale_postgres();
     let bins = site::build_binaries()?;
     println!("tandem chaos: {trials} trials, seed {seed}");
     if timing.witness {
@@ -798,7 +820,10 @@ impl Trial {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(crate::pgsite::create_schema(&settings))?;
+                .block_on(async {
+                    crate::pgsite::create_schema(&settings).await?;
+                    crate::pgsite::fill(&settings, self.timing.pg_fill_mb).await
+                })?;
             self.mp(Host::Node2, &["switch-on", "-S", "-F", "from-sync"])?;
         }
         self.start_watch()?;
@@ -1034,7 +1059,11 @@ path = "{files}/prompts"
         [Host::Node1, Host::Node2].iter().all(|&h| {
             self.replication_status(h).is_some_and(|s| {
                 s.remote.status == LinkStatus::Connected
-                    && !s.alarms.iter().any(|a| a.contains("diverged"))
+                    && s.resync.is_none()
+                    && !s
+                        .alarms
+                        .iter()
+                        .any(|a| a.contains("diverged") || a.contains("resynchronised"))
             })
         })
     }
@@ -1276,6 +1305,7 @@ path = "{files}/prompts"
             }
             Scenario::RestartRestore => self.restart_restore(rng, outcome)?,
             Scenario::KillPostgres => self.kill_postgres(rng, outcome)?,
+            Scenario::StandbyReinstalled => self.standby_reinstalled(outcome)?,
             Scenario::StandbyDiskFull => self.disk_full(rng, outcome)?,
             Scenario::WitnessCutActive
             | Scenario::WitnessCutStandby
@@ -1554,6 +1584,112 @@ path = "{files}/prompts"
         Ok(())
     }
 
+    /// The standby reinstalled: its agent and server gone, a new server with an
+    /// empty cluster, the `[replication.postgres]` paths of the new server in its
+    /// config, `mp_replication init`, its agent started. The agent's boot makes the
+    /// database the standby's and its replication service copies the primary's
+    /// cluster; meanwhile the harness reads the standby's status page every 100 ms
+    /// and runs `failover status` there every second, and notes how slow the
+    /// slowest answers were and whether the peer link stayed up.
+    fn standby_reinstalled(&mut self, outcome: &mut Outcome) -> anyhow::Result<()> {
+        let active = self.active_node().unwrap_or(Host::Node1);
+        let standby = other(active);
+        outcome.drawn.push(format!(
+            "{standby} reinstalled with an empty cluster, `mp_replication init`, its agent started"
+        ));
+        self.kill_agent(standby);
+        let _ = self.pg[idx(standby)].kill();
+        let dir = self
+            .pg_dir
+            .as_ref()
+            .context("no PostgreSQL directory")?
+            .path()
+            .join("reinstalled");
+        std::fs::create_dir_all(&dir)?;
+        self.pg[idx(standby)] = crate::pgsite::server(&self.lab, standby, &dir)?;
+        let state = self.state_dir(standby);
+        for gone in ["postgres.json", "postgres.contact"] {
+            let _ = std::fs::remove_file(state.join(gone));
+        }
+        let _ = std::fs::remove_dir_all(state.join("postgres"));
+        // The operator's edit: the new server's paths.
+        let path = self.config_path(standby);
+        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let server = &self.pg[idx(standby)];
+        if let Some(toml::Value::Table(pg)) = config
+            .get_mut("replication")
+            .and_then(|r| r.as_table_mut())
+            .and_then(|r| r.get_mut("postgres"))
+        {
+            pg.insert(
+                "data_dir".into(),
+                server.data_dir.display().to_string().into(),
+            );
+            pg.insert(
+                "socket_dir".into(),
+                server.socket_dir.display().to_string().into(),
+            );
+        }
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let (id, _, peer) = site::node_facts(standby);
+        self.mp(
+            standby,
+            &["init", "-n", &id.to_string(), "-r", &peer.to_string()],
+        )?;
+        let copy_from = Instant::now();
+        self.start_agent(standby)?;
+        let (mut slowest_page, mut slowest_tool) = (Duration::ZERO, Duration::ZERO);
+        let (mut pages, mut unanswered, mut link_down, mut progress_seen) = (0, 0, 0, 0);
+        let mut last_tool = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let asked = Instant::now();
+            let page = self.status(standby);
+            slowest_page = slowest_page.max(asked.elapsed());
+            pages += 1;
+            let Some(page) = page else {
+                unanswered += 1;
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            if page["peer"]["connected"] != serde_json::Value::Bool(true) {
+                link_down += 1;
+            }
+            let resync = page["replication"]["resync"].as_str().map(str::to_owned);
+            if resync.is_some() {
+                progress_seen += 1;
+            }
+            if last_tool.elapsed() >= Duration::from_secs(1) {
+                last_tool = Instant::now();
+                self.failover(standby, &["status"])?;
+                slowest_tool = slowest_tool.max(last_tool.elapsed());
+            }
+            let streams = resync.is_none()
+                && self.replication_status(standby).is_some_and(|s| {
+                    s.wal
+                        .as_ref()
+                        .is_some_and(|w| !w.primary && w.flushed.is_some())
+                });
+            if streams || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        outcome.notes.push(format!(
+            "{standby} copied the primary's cluster ({} MB written before the trial) and streams {:.1} s after its agent started",
+            self.timing.pg_fill_mb,
+            copy_from.elapsed().as_secs_f64()
+        ));
+        outcome.notes.push(format!(
+            "meanwhile: {pages} status page reads, {unanswered} unanswered, slowest {} ms; \
+             `failover status` slowest {} ms; peer link down in {link_down} reads; \
+             progress shown in {progress_seen} reads",
+            slowest_page.as_millis(),
+            slowest_tool.as_millis()
+        ));
+        Ok(())
+    }
+
     /// Fills the standby's state directory (a tmpfs), keeps it full for a while,
     /// then frees the space.
     fn disk_full(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
@@ -1670,7 +1806,13 @@ path = "{files}/prompts"
             let mut lost = BTreeSet::new();
             let mut missing = Vec::new();
             for host in [Host::Node1, Host::Node2] {
-                let m = self.missing(host, &acked)?;
+                // A PostgreSQL standby being copied from its primary does not
+                // answer until the copy is done.
+                let m = match self.missing(host, &acked) {
+                    Ok(m) => m,
+                    Err(_) if Instant::now() < deadline => acked.iter().copied().collect(),
+                    Err(e) => return Err(e),
+                };
                 lost.extend(m.iter().copied());
                 missing.push((host, m));
             }
@@ -1937,6 +2079,12 @@ impl Drop for Trial {
                 site::stop_processes([&mut child], Duration::from_secs(5));
             }
         }
+        // The servers go before their namespaces; whatever of theirs still runs
+        // (a server an agent or a tool started after a copy) with them.
+        self.pg.clear();
+        if let Some(dir) = &self.pg_dir {
+            kill_processes_naming(dir.path());
+        }
         // The mount goes before the directory; the lab after this.
         self.mount.take();
     }
@@ -2050,6 +2198,50 @@ impl Drop for Tmpfs {
 }
 
 /// Unmounts the tmpfs of chaos runs that were killed before they could.
+/// Kills every process whose command line names `dir` (the PostgreSQL servers of
+/// a trial, whoever started them: the lab, the agents or the tools).
+fn kill_processes_naming(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The PostgreSQL servers and directories of chaos runs that died before
+/// cleaning up (`/tmp/tandem-chaos-pg-<pid>-...` of a process that is gone).
+fn sweep_stale_postgres() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("tandem-chaos-pg-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            kill_processes_naming(&entry.path());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn sweep_stale_mounts() {
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
         return;

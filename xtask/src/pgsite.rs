@@ -78,6 +78,38 @@ pub(crate) async fn create_schema(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes about `mb` MB of rows (1 kB each) on the primary, in its own table,
+/// without waiting for the standby.
+pub(crate) async fn fill(settings: &Settings, mb: u64) -> anyhow::Result<()> {
+    if mb == 0 {
+        return Ok(());
+    }
+    let mut conn = PgConnection::connect_with(&options(settings)).await?;
+    sqlx::raw_sql(
+        "SET synchronous_commit = local; \
+         CREATE TABLE IF NOT EXISTS chaos_fill (id bigint PRIMARY KEY, pad text NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await?;
+    let rows = i64::try_from(mb * 1000)?;
+    let mut from = 1i64;
+    while from <= rows {
+        let to = (from + 99_999).min(rows);
+        sqlx::query(
+            "INSERT INTO chaos_fill SELECT g, repeat(md5(g::text), 31) \
+             FROM generate_series($1::bigint, $2::bigint) g",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&mut conn)
+        .await
+        .context("filling the primary")?;
+        from = to + 1;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
 /// The application's database on one node.
 pub(crate) struct AppDb {
     pool: PgPool,

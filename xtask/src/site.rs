@@ -127,7 +127,7 @@ pub(crate) fn serve_app(
 /// The application's database: the embedded backend's sample tables, or the
 /// PostgreSQL site's table.
 enum AppDb {
-    Sqlite(SqliteBackend),
+    Sqlite(Box<SqliteBackend>),
     Postgres(crate::pgsite::AppDb),
 }
 
@@ -135,7 +135,7 @@ impl AppDb {
     async fn open(settings: &Settings) -> anyhow::Result<AppDb> {
         Ok(match settings.replication.backend {
             BackendKind::Postgres => AppDb::Postgres(crate::pgsite::AppDb::open(settings).await?),
-            _ => AppDb::Sqlite(SqliteBackend::open_existing(settings).await?),
+            _ => AppDb::Sqlite(Box::new(SqliteBackend::open_existing(settings).await?)),
         })
     }
 

@@ -1,6 +1,6 @@
 //! `cargo xtask chaos`, one trial of every default scenario (one round of the
-//! shuffled deck), and one of every witness scenario with `--witness`, run as a
-//! user would. It asserts the safety properties only,
+//! shuffled deck), one of every witness scenario with `--witness`, and three on a
+//! PostgreSQL site with `--backend postgres`, run as a user would. It asserts the safety properties only,
 //! never timings: no acknowledged write lost, no damaged file, both nodes in a
 //! stated role with exactly one active, two holders of the shared address only in
 //! the scenarios where the nodes may briefly both claim it (a cut cable coming
@@ -144,6 +144,68 @@ fn with_a_witness_no_scenario_has_two_holders_or_loses_a_write() {
     assert!(
         run.status.success(),
         "chaos --witness failed:\n{out}\n{err}"
+    );
+}
+
+/// Issue 22: a site whose database is PostgreSQL 15 (two real servers in the
+/// lab) through the faults that demote a primary (a cut cable and a takeover), a
+/// killed agent, and a killed postmaster or server process: no acknowledged
+/// write lost, `pg_amcheck` clean on both clusters, one active and one standby,
+/// and no PostgreSQL server left running afterwards.
+#[test]
+fn a_postgresql_site_keeps_its_acknowledged_writes_through_faults() {
+    let scenarios = ["cut-takeover", "kill-active", "kill-postgres"];
+    let mut args = vec![
+        "chaos",
+        "--backend",
+        "postgres",
+        "--trials",
+        "3",
+        "--seed",
+        "1",
+    ];
+    for name in scenarios {
+        args.extend(["--scenario", name]);
+    }
+    let (run, out, err) = run_chaos(&args);
+    assert!(
+        out.contains("database: PostgreSQL 15 on each node"),
+        "{out}\n{err}"
+    );
+    let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
+    assert_eq!(trials.len(), 3, "{out}\n{err}");
+    for name in scenarios {
+        let line = trials
+            .iter()
+            .find(|l| l.split_whitespace().nth(2) == Some(name))
+            .unwrap_or_else(|| panic!("no trial of {name}:\n{out}"));
+        assert!(
+            line.contains(" lost 0 "),
+            "{name} lost writes: {line}\n{out}"
+        );
+        assert!(
+            line.contains("files ok"),
+            "{name} damaged a cluster or a file: {line}\n{out}"
+        );
+        let roles = line.split("roles ").nth(1).unwrap_or_default();
+        assert!(
+            roles.starts_with("node1 active, node2 standby")
+                || roles.starts_with("node1 standby, node2 active"),
+            "{name} did not end with one active and one standby: {line}\n{out}"
+        );
+    }
+    let left = Command::new("pgrep")
+        .args(["-f", "tandem-chaos-pg-"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "PostgreSQL servers of the chaos run are still running:\n{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert!(
+        run.status.success(),
+        "chaos --backend postgres failed:\n{out}\n{err}"
     );
 }
 

@@ -190,6 +190,23 @@ impl PostgresBackend {
         self.settings.state_dir.join("postgres.contact")
     }
 
+    /// Held while this node's cluster is copied from the peer or restarted in a
+    /// new role: one at a time, whether the tool, the agent's demotion or the
+    /// replication service's resynchronisation asks.
+    fn copy_lock_path(&self) -> PathBuf {
+        self.settings.state_dir.join("postgres.copy.lock")
+    }
+
+    fn copy_lock(&self) -> Result<ServiceLock> {
+        ServiceLock::acquire(&self.copy_lock_path()).map_err(|_| {
+            Error::State(
+                "this node's cluster is being copied from the peer right now (`mp_replication \
+                 status` shows how far it got); try again when it is done"
+                    .to_owned(),
+            )
+        })
+    }
+
     fn lock_path(&self) -> PathBuf {
         self.settings.state_dir.join("replication.lock")
     }
@@ -725,6 +742,7 @@ impl PostgresBackend {
         options: &SwitchOnOptions,
         observer: &dyn Observer,
     ) -> Result<SwitchReport> {
+        let _copying = self.copy_lock()?;
         observer.step(&format!("asking the peer {} for its cluster", state.remote));
         let mut peer = self.connect_peer(state).await?;
         if Self::in_recovery(&mut peer).await? {
@@ -973,6 +991,7 @@ impl PostgresBackend {
     /// primary acknowledged without it; `force` promotes it anyway. A running primary
     /// peer is never overruled.
     pub async fn promote_with(&self, force: bool) -> Result<()> {
+        let _promoting = self.copy_lock()?;
         let mut state = self.load()?;
         let mut conn = self.connect_local().await?;
         if Self::in_recovery(&mut conn).await? {
@@ -1076,6 +1095,11 @@ impl PostgresBackend {
     /// Returns whether one is due. This is how the agent demotes: its event loop
     /// must go on with heartbeats, the status page and the tools meanwhile.
     pub async fn demote_deferring_copy(&self) -> Result<bool> {
+        // A copy under way (or another restart) leaves the server read-only or
+        // stopped, and the copy ends as a standby.
+        let Ok(_restarting) = ServiceLock::acquire(&self.copy_lock_path()) else {
+            return Ok(true);
+        };
         let mut state = self.load()?;
         let was_primary = if self.server.running().await? {
             let mut conn = self.connect_local().await?;
