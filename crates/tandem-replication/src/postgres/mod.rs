@@ -20,6 +20,7 @@
 mod scram;
 mod server;
 mod status;
+mod tls;
 
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +42,7 @@ use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 use server::{Server, conf_quote, conninfo_quote, os};
 
 pub use status::parse_lsn;
+pub use tls::site_ca_pem;
 
 /// The state file's format version.
 const STATE_VERSION: u32 = 1;
