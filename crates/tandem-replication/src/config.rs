@@ -121,6 +121,11 @@ pub struct PostgresConfig {
     pub max_slot_wal_keep_mb: u64,
     /// Time limit of a connection to either server, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// TLS on the connections between the nodes (default on): `init` issues this node a
+    /// certificate from a CA derived from the site key, the server turns `ssl` on, the
+    /// replication role may log in over TLS only (`hostssl`), and the standby checks
+    /// the peer's certificate (`sslmode=verify-full`). Off: plain text, as before.
+    pub tls: bool,
 }
 
 impl Default for PostgresConfig {
@@ -141,6 +146,7 @@ impl Default for PostgresConfig {
             degrade_after_ms: 30_000,
             max_slot_wal_keep_mb: 10_240,
             connect_timeout_ms: 3_000,
+            tls: true,
         }
     }
 }

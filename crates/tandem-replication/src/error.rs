@@ -163,6 +163,10 @@ pub enum Error {
         /// The token the peer announced.
         token: u64,
     },
+    /// The TLS certificates of the PostgreSQL replication connection could not be made
+    /// (the text says which and why).
+    #[error("TLS certificates of the replication connection: {0}")]
+    Tls(String),
     /// A message from the peer could not be decoded or broke the protocol.
     #[error("replication protocol: {0}")]
     Protocol(String),

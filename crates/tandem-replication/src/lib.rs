@@ -180,7 +180,7 @@ pub use config::{
 pub use error::{Error, Result, chain};
 pub use fence::Fence;
 pub use observer::{Observer, Quiet};
-pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn};
+pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn, site_ca_pem};
 pub use service::{PeerEvent, Replicator, Transport};
 pub use size::{database_bytes, database_size_alarm};
 pub use sqlite::{

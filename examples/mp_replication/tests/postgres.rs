@@ -4,7 +4,8 @@
 //! refuses them (SQLSTATE 25006); synchronous commits survive node 1 dying; the old
 //! primary rejoins with pg_rewind; switch-off drops the slot and from-sync recovers; a
 //! lost standby degrades the primary and is not promoted; the seed's status table on
-//! both nodes in each state. Needs root and PostgreSQL 15 (under `CI=true` a machine
+//! both nodes in each state; replication runs over TLS, and plain text or a certificate
+//! of another site is refused. Needs root and PostgreSQL 15 (under `CI=true` a machine
 //! without them fails these tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -415,11 +416,12 @@ fn writes_on_node1_appear_on_node2_and_the_standby_refuses_writes() {
         "{text}"
     );
 
-    // Node 1's pg_hba.conf lets the replication role in from node 2's address only.
+    // Node 1's pg_hba.conf lets the replication role in from node 2's address only
+    // (over TLS: see replication_runs_over_tls_and_plain_text_or_another_site_s_ca_is_refused).
     let hba =
         std::fs::read_to_string(site.server(Host::Node1).data_dir.join("pg_hba.conf")).unwrap();
     assert!(
-        hba.contains("host replication tandem_replicator 192.0.2.12/32 scram-sha-256"),
+        hba.contains("hostssl replication tandem_replicator 192.0.2.12/32 scram-sha-256"),
         "{hba}"
     );
     assert!(!hba.contains("192.0.2.0/24"), "{hba}");
@@ -676,4 +678,152 @@ fn a_strict_primary_blocks_commits_until_its_standby_is_back() {
     writer.join().unwrap().unwrap();
     site.wait_same_data();
     assert!(site.checksum(Host::Node2).starts_with("11 "));
+}
+
+/// Runs `psql` inside `host`'s namespace with the connection string `conninfo`.
+fn psql(site: &Site, host: Host, conninfo: &str, sql: &str) -> Output {
+    let psql = tandem_lab::postgres::bindir().unwrap().join("psql");
+    site.lab
+        .command(host, &psql.display().to_string())
+        .args(["-X", "-w", "-A", "-t", "-d", conninfo, "-c", sql])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn replication_runs_over_tls_and_plain_text_or_another_site_s_ca_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+
+    // Node 2's walsender on node 1 speaks TLS.
+    let mut conn = site.connect(Host::Node1);
+    let rows: Vec<(bool, Option<String>)> = site
+        .runtime
+        .block_on(
+            sqlx::query_as(
+                "SELECT s.ssl, s.version FROM pg_stat_replication r JOIN pg_stat_ssl s \
+                 USING (pid) WHERE r.application_name = 'tandem_node2'",
+            )
+            .fetch_all(&mut conn),
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].0, "the standby's connection is not TLS: {rows:?}");
+
+    // Where the files are: beside postgresql.conf, the key 0600, all PostgreSQL's.
+    let postgres = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let files = site.server(Host::Node2).data_dir.clone();
+    for (name, mode) in [
+        ("tandem.key", 0o600),
+        ("tandem.crt", 0o644),
+        ("tandem-site-ca.crt", 0o644),
+    ] {
+        let meta = std::fs::metadata(files.join(name)).unwrap();
+        assert_eq!(meta.mode() & 0o777, mode, "{name}");
+        assert_eq!(meta.uid(), postgres, "{name}");
+    }
+    let conf =
+        std::fs::read_to_string(site.server(Host::Node2).data_dir.join("tandem.conf")).unwrap();
+    assert!(conf.contains("ssl = on\n"), "{conf}");
+    assert!(conf.contains("sslmode=verify-full"), "{conf}");
+    let hba =
+        std::fs::read_to_string(site.server(Host::Node1).data_dir.join("pg_hba.conf")).unwrap();
+    assert!(
+        !hba.contains("\nhost replication tandem_replicator"),
+        "a plain-text line for the replication role: {hba}"
+    );
+
+    // From node 2's namespace, as the replication role with node 2's password file.
+    let base = format!(
+        "host=192.0.2.11 port={PORT} user=tandem_replicator passfile={}",
+        files.join("tandem.pgpass").display()
+    );
+    let root = files.join("tandem-site-ca.crt");
+    let run = |conninfo: String, sql: &str| {
+        let out = psql(&site, Host::Node2, &conninfo, sql);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tls = format!("{base} sslmode=verify-full sslrootcert={}", root.display());
+    let (ok, out, err) = run(
+        format!("{tls} dbname=postgres"),
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok && out == "t", "the role over TLS: {out} {err}");
+    let (ok, _, err) = run(format!("{tls} replication=true"), "IDENTIFY_SYSTEM");
+    assert!(ok, "a replication connection over TLS: {err}");
+
+    // Plain text is refused, for replication and for SQL.
+    for (extra, kind) in [
+        ("replication=true", "replication connection"),
+        ("dbname=postgres", "connection"),
+    ] {
+        let (ok, _, err) = run(format!("{base} sslmode=disable {extra}"), "SELECT 1");
+        assert!(!ok, "plain text was let in ({extra})");
+        assert!(
+            err.contains(&format!(
+                "pg_hba.conf rejects {kind} for host \"192.0.2.12\""
+            )),
+            "{extra}: {err}"
+        );
+    }
+
+    // verify-full refuses node 1's certificate checked against another site's CA, and
+    // a certificate that does not name the address asked for.
+    let other = tandem_peer::SiteKey::generate().unwrap();
+    let wrong = site.dir.path().join("other-site-ca.crt");
+    std::fs::write(&wrong, tandem_replication::site_ca_pem(&other).unwrap()).unwrap();
+    let (ok, _, err) = run(
+        format!(
+            "{base} sslmode=verify-full sslrootcert={} dbname=postgres",
+            wrong.display()
+        ),
+        "SELECT 1",
+    );
+    assert!(!ok, "another site's CA accepted node 1's certificate");
+    assert!(err.contains("certificate verify failed"), "{err}");
+    let (ok, _, err) = run(
+        format!(
+            "host=192.0.2.99 hostaddr=192.0.2.11 port={PORT} user=tandem_replicator \
+             passfile={} sslmode=verify-full sslrootcert={} dbname=postgres",
+            files.join("tandem.pgpass").display(),
+            root.display()
+        ),
+        "SELECT 1",
+    );
+    assert!(!ok, "a certificate for another address was accepted");
+    assert!(err.contains("does not match host name"), "{err}");
+
+    // tandem's own connection to the peer (sqlx, rustls) checks the same: with another
+    // site's CA in node 2's place, from-sync stops before it changes anything.
+    let saved = std::fs::read(&root).unwrap();
+    std::fs::copy(&wrong, &root).unwrap();
+    let out = site.mp(Host::Node2, &["switch-on", "-S", "-F", "from-sync"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("connecting to the peer's PostgreSQL at 192.0.2.11"),
+        "{text}"
+    );
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    std::fs::write(&root, saved).unwrap();
+    // Node 2 still streams: nothing was touched.
+    insert(&site, Host::Node1, 1, 10);
+    site.wait_same_data();
+    assert!(site.checksum(Host::Node2).starts_with("10 "));
 }

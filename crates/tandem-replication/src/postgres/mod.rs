@@ -16,11 +16,18 @@
 //! and wait again once the standby streams. A standby records when it last streamed
 //! (`<state dir>/postgres.contact`) and refuses to be promoted when that was longer ago
 //! than `degrade_after_ms`: its primary may have taken writes without it since.
+//!
+//! The connections between the nodes use TLS (`[replication.postgres] tls`, on by
+//! default): see [`tls`] for the certificates; the standby and tandem's own
+//! connections to the peer check the peer's certificate against the site CA and its
+//! node address (`verify-full`), and `pg_hba.conf` lets the replication role in over
+//! TLS only.
 
 mod resync;
 mod scram;
 mod server;
 mod status;
+mod tls;
 
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
@@ -39,10 +46,11 @@ use crate::status::{Position, ReplicationState, Status};
 use crate::util::{ServiceLock, now_ms, random_u64, timestamp_for_file, write_atomically};
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
-use server::{Server, conf_quote, conninfo_quote, os};
+use server::{NodeFiles, Server, conf_quote, conninfo_quote, os};
 
 pub use resync::ResyncProgress;
 pub use status::parse_lsn;
+pub use tls::site_ca_pem;
 
 /// The state file's format version.
 const STATE_VERSION: u32 = 1;
@@ -290,11 +298,13 @@ impl PostgresBackend {
         }
     }
 
-    /// Connects to the peer's server over TCP as the replication role.
+    /// Connects to the peer's server over TCP as the replication role; with TLS on,
+    /// only to a server whose certificate names the peer's node address and chains to
+    /// the site CA (`verify-full`).
     async fn connect_peer(&self, state: &PgState) -> Result<PgConnection> {
         let cfg = self.cfg();
         let password = self.password()?;
-        let options = PgConnectOptions::new_without_pgpass()
+        let mut options = PgConnectOptions::new_without_pgpass()
             .host(&state.remote.to_string())
             .port(cfg.port)
             .username(&cfg.replication_user)
@@ -302,6 +312,19 @@ impl PostgresBackend {
             .database(&cfg.database)
             .ssl_mode(PgSslMode::Disable)
             .application_name("tandem");
+        if cfg.tls {
+            let root = self.server.files().root;
+            if !root.is_file() {
+                return Err(Error::State(format!(
+                    "the site CA's certificate {} is missing, so the peer's certificate cannot \
+                     be checked: run `mp_replication init` again on this node",
+                    root.display()
+                )));
+            }
+            options = options
+                .ssl_mode(PgSslMode::VerifyFull)
+                .ssl_root_cert(self.server.files().root);
+        }
         let what = format!(
             "connecting to the peer's PostgreSQL at {} as {}",
             SocketAddr::new(state.remote, cfg.port),
@@ -319,16 +342,39 @@ impl PostgresBackend {
     }
 
     fn peer_conninfo(&self, state: &PgState, database: bool) -> String {
-        peer_conninfo(self.cfg(), state, &self.server.passfile(), database)
+        peer_conninfo(self.cfg(), state, &self.server.files(), database)
     }
 
     fn render_conf(&self, state: &PgState) -> String {
-        render_conf(self.cfg(), state, &self.server.passfile())
+        render_conf(self.cfg(), state, &self.server.files())
+    }
+
+    /// With TLS on, issues this node's certificate (for its node address, by the site
+    /// CA derived from the site key) when `renew` or when a file is missing (a node
+    /// initialized before TLS). Returns whether it issued one.
+    fn ensure_tls(&self, state: &PgState, renew: bool) -> Result<bool> {
+        if !self.cfg().tls || (!renew && self.server.has_tls_files()) {
+            return Ok(false);
+        }
+        let Some(local) = state.local else {
+            return Err(Error::State(
+                "TLS on the replication connection needs this node's node address for its \
+                 certificate, and init did not learn it: set [network] node_address and run \
+                 init again (or set [replication.postgres] tls = false)"
+                    .to_owned(),
+            ));
+        };
+        let key = tandem_peer::SiteKey::load(&self.settings.key_file())?;
+        let issued = tls::issue(key.as_bytes(), state.node, local)?;
+        self.server.write_tls(&issued)?;
+        Ok(true)
     }
 
     /// Writes `tandem.conf` and records the state.
     fn apply(&self, state: &PgState) -> Result<()> {
         if self.cfg().config_dir().is_dir() {
+            // tandem.conf names the certificate files: the server must find them.
+            self.ensure_tls(state, false)?;
             self.server
                 .write_file(&self.cfg().tandem_conf(), &self.render_conf(state))?;
         }
@@ -584,6 +630,15 @@ impl PostgresBackend {
         ));
         let password = self.password()?;
         self.server.write_passfile(&password)?;
+        if self.cfg().tls {
+            observer.step(&format!(
+                "TLS: a certificate for {} from the site CA (derived from the site key)",
+                state
+                    .local
+                    .map_or_else(|| "this node".to_owned(), |a| a.to_string())
+            ));
+            self.ensure_tls(&state, true)?;
+        }
         let mut writable = false;
         if self.server.has_cluster() {
             observer.step("pg_hba.conf: the replication role from the peer's node address only");
@@ -866,6 +921,10 @@ impl PostgresBackend {
             self.basebackup(state, observer).await?;
         }
         self.server.restore_node_files()?;
+        // Where the configuration lives in the data directory, the copy brought the
+        // peer's certificate and key along, and a node that had no cluster before had
+        // none of its own to put back: issue this node's again.
+        self.ensure_tls(state, true)?;
         self.server.write_standby_signal()?;
         state.following = true;
         state.state = ReplicationState::Active;
@@ -1315,16 +1374,36 @@ impl PostgresBackend {
     }
 }
 
-/// The libpq connection string of this node's connections to the peer.
-fn peer_conninfo(cfg: &PostgresConfig, state: &PgState, passfile: &Path, database: bool) -> String {
+/// The libpq connection string of this node's connections to the peer. With TLS on,
+/// the peer's certificate must name its node address and chain to the site CA, and
+/// SCRAM must be bound to the TLS channel (so a server that skips authentication is
+/// refused too). The client certificate is named too: this node's own, instead of
+/// libpq's default under `~/.postgresql`, which the programs run as PostgreSQL's user
+/// with root's home cannot read (and then refuse to connect).
+fn peer_conninfo(
+    cfg: &PostgresConfig,
+    state: &PgState,
+    files: &NodeFiles,
+    database: bool,
+) -> String {
     let mut text = format!(
-        "host={} port={} user={} passfile={} application_name={} sslmode=prefer",
+        "host={} port={} user={} passfile={} application_name={}",
         conninfo_quote(&state.remote.to_string()),
         cfg.port,
         conninfo_quote(&cfg.replication_user),
-        conninfo_quote(&passfile.display().to_string()),
+        conninfo_quote(&files.passfile.display().to_string()),
         conninfo_quote(&state.app_name()),
     );
+    if cfg.tls {
+        text.push_str(&format!(
+            " sslmode=verify-full sslrootcert={} sslcert={} sslkey={} channel_binding=require",
+            conninfo_quote(&files.root.display().to_string()),
+            conninfo_quote(&files.cert.display().to_string()),
+            conninfo_quote(&files.key.display().to_string()),
+        ));
+    } else {
+        text.push_str(" sslmode=prefer");
+    }
     if database {
         text.push_str(&format!(" dbname={}", conninfo_quote(&cfg.database)));
     }
@@ -1332,7 +1411,7 @@ fn peer_conninfo(cfg: &PostgresConfig, state: &PgState, passfile: &Path, databas
 }
 
 /// `tandem.conf` for `state`.
-fn render_conf(cfg: &PostgresConfig, state: &PgState, passfile: &Path) -> String {
+fn render_conf(cfg: &PostgresConfig, state: &PgState, files: &NodeFiles) -> String {
     let names = if state.state == ReplicationState::Active
         && cfg.synchronous
         && state.degraded_since.is_none()
@@ -1353,6 +1432,14 @@ fn render_conf(cfg: &PostgresConfig, state: &PgState, passfile: &Path) -> String
     // max_wal_senders, max_replication_slots and hot_standby keep their (working)
     // defaults or the operator's values, which init checks.
     set("wal_log_hints", "on".into());
+    if cfg.tls {
+        set("ssl", "on".into());
+        set(
+            "ssl_cert_file",
+            conf_quote(&files.cert.display().to_string()),
+        );
+        set("ssl_key_file", conf_quote(&files.key.display().to_string()));
+    }
     let keep = match cfg.max_slot_wal_keep_mb {
         0 => "-1".to_owned(),
         mb => conf_quote(&format!("{mb}MB")),
@@ -1365,7 +1452,7 @@ fn render_conf(cfg: &PostgresConfig, state: &PgState, passfile: &Path) -> String
     if state.following {
         set(
             "primary_conninfo",
-            conf_quote(&peer_conninfo(cfg, state, passfile, false)),
+            conf_quote(&peer_conninfo(cfg, state, files, false)),
         );
         set("primary_slot_name", conf_quote(&state.app_name()));
     } else {
@@ -1436,7 +1523,7 @@ mod tests {
     #[test]
     fn a_synchronous_primary_waits_for_its_peer_unless_degraded() {
         let cfg = PostgresConfig::default();
-        let pass = Path::new("/var/lib/tandem/postgres/pgpass");
+        let pass = &NodeFiles::in_dir(Path::new("/etc/postgresql/15/main"));
         let mut s = state();
         let conf = render_conf(&cfg, &s, pass);
         assert!(
@@ -1465,6 +1552,43 @@ mod tests {
         assert!(
             standby.contains("application_name=''tandem_node2''"),
             "{standby}"
+        );
+    }
+
+    #[test]
+    fn with_tls_the_server_uses_its_certificate_and_the_standby_checks_the_peer_s() {
+        let files = NodeFiles::in_dir(Path::new("/etc/postgresql/15/main"));
+        let mut s = state();
+        s.following = true;
+        let conf = render_conf(&PostgresConfig::default(), &s, &files);
+        for line in [
+            "ssl = on\n",
+            "ssl_cert_file = '/etc/postgresql/15/main/tandem.crt'\n",
+            "ssl_key_file = '/etc/postgresql/15/main/tandem.key'\n",
+        ] {
+            assert!(conf.contains(line), "{line} in {conf}");
+        }
+        assert!(
+            conf.contains(
+                "sslmode=verify-full sslrootcert=''/etc/postgresql/15/main/tandem-site-ca.crt'' \
+                 sslcert=''/etc/postgresql/15/main/tandem.crt'' \
+                 sslkey=''/etc/postgresql/15/main/tandem.key'' channel_binding=require"
+            ),
+            "{conf}"
+        );
+        assert!(!conf.contains("sslmode=prefer"), "{conf}");
+        let plain = PostgresConfig {
+            tls: false,
+            ..PostgresConfig::default()
+        };
+        let conf = render_conf(&plain, &s, &files);
+        assert!(
+            !conf.contains("ssl = on") && !conf.contains("ssl_cert_file"),
+            "{conf}"
+        );
+        assert!(
+            peer_conninfo(&plain, &s, &files, true).contains("sslmode=prefer dbname="),
+            "{conf}"
         );
     }
 

@@ -1,7 +1,8 @@
 //! PostgreSQL's programs and files: `pg_ctl`, `pg_basebackup`, `pg_rewind` and
 //! `pg_controldata` run as the cluster's owner with their whole output kept in a log
 //! file, and the files tandem edits (`tandem.conf`, its include line, a marked block
-//! in `pg_hba.conf`, the password file) written atomically and owned by that user.
+//! in `pg_hba.conf`, the password file, the TLS certificates and key) written
+//! atomically and owned by that user.
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -25,15 +26,25 @@ const HBA_END: &str = "# tandem: end";
 /// lives where PostgreSQL's user can reach, not in tandem's state directory (mode
 /// 0700, root's).
 const PASSFILE: &str = "tandem.pgpass";
+/// This node's certificate (`ssl_cert_file`), beside `postgresql.conf` for the same
+/// reason: the server reads it.
+const TLS_CERT: &str = "tandem.crt";
+/// Its private key (`ssl_key_file`, mode 0600).
+const TLS_KEY: &str = "tandem.key";
+/// The site CA's certificate (`sslrootcert` of the connections to the peer).
+const TLS_ROOT: &str = "tandem-site-ca.crt";
 /// The files of a data directory that belong to this node, not to the cluster: kept
 /// across a `pg_rewind` or `pg_basebackup`, which copy the peer's.
-pub(crate) const NODE_FILES: [&str; 6] = [
+pub(crate) const NODE_FILES: [&str; 9] = [
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
     "pg_ident.conf",
     "tandem.conf",
     PASSFILE,
+    TLS_CERT,
+    TLS_KEY,
+    TLS_ROOT,
 ];
 
 /// One node's PostgreSQL installation: where its programs and files are and who owns
@@ -94,7 +105,13 @@ impl Server {
     }
 
     pub(crate) fn passfile(&self) -> PathBuf {
-        self.cfg.config_dir().join(PASSFILE)
+        self.files().passfile
+    }
+
+    /// The files of this node that its connections to the peer and its server's TLS
+    /// use, beside `postgresql.conf` (where PostgreSQL's user reaches them).
+    pub(crate) fn files(&self) -> NodeFiles {
+        NodeFiles::in_dir(&self.cfg.config_dir())
     }
 
     fn program_log(&self, program: &str) -> PathBuf {
@@ -399,7 +416,13 @@ impl Server {
     pub(crate) fn ensure_hba(&self, peer: IpAddr) -> Result<bool> {
         let path = self.cfg.hba_file();
         let text = self.read_file(&path)?;
-        let new = with_hba_block(&text, &self.cfg.replication_user, &self.cfg.database, peer);
+        let new = with_hba_block(
+            &text,
+            &self.cfg.replication_user,
+            &self.cfg.database,
+            peer,
+            self.cfg.tls,
+        );
         if new == text {
             return Ok(false);
         }
@@ -414,6 +437,31 @@ impl Server {
             text.as_bytes(),
             Some((self.owner.0, self.owner.1, 0o600)),
         )
+    }
+
+    /// Whether this node's certificate, its key and the site CA's certificate are there.
+    pub(crate) fn has_tls_files(&self) -> bool {
+        let files = self.files();
+        [files.cert, files.key, files.root]
+            .iter()
+            .all(|p| p.is_file())
+    }
+
+    /// Writes this node's certificate, its key (mode 0600: PostgreSQL refuses a key
+    /// that others may read) and the site CA's certificate, owned by the cluster's
+    /// owner. The key goes first, so a certificate never names a key not yet written.
+    pub(crate) fn write_tls(&self, issued: &super::tls::Issued) -> Result<()> {
+        let dir = self.cfg.config_dir();
+        if !dir.exists() {
+            // No cluster here yet: PostgreSQL's programs (pg_basebackup) read the
+            // files before the copy fills the directory.
+            make_owned_dir(&dir, self.owner)?;
+        }
+        let files = self.files();
+        let own = |mode| Some((self.owner.0, self.owner.1, mode));
+        write_atomically_as(&files.key, issued.key.as_bytes(), own(0o600))?;
+        write_atomically_as(&files.cert, issued.cert.as_bytes(), own(0o644))?;
+        write_atomically_as(&files.root, issued.ca.as_bytes(), own(0o644))
     }
 
     /// Marks the cluster as a standby (`standby.signal`).
@@ -459,6 +507,32 @@ impl Server {
             std::fs::remove_dir_all(path).map_err(Error::file("cannot remove", path))?;
         }
         make_owned_dir(path, self.owner)
+    }
+}
+
+/// The files beside `postgresql.conf` that tandem writes for a node's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeFiles {
+    /// The password file of the connections to the peer (`passfile`).
+    pub(crate) passfile: PathBuf,
+    /// This node's server certificate (`ssl_cert_file`).
+    pub(crate) cert: PathBuf,
+    /// Its private key (`ssl_key_file`).
+    pub(crate) key: PathBuf,
+    /// The site CA's certificate, which the peer's certificate must chain to
+    /// (`sslrootcert`).
+    pub(crate) root: PathBuf,
+}
+
+impl NodeFiles {
+    /// The files in `dir`.
+    pub(crate) fn in_dir(dir: &Path) -> NodeFiles {
+        NodeFiles {
+            passfile: dir.join(PASSFILE),
+            cert: dir.join(TLS_CERT),
+            key: dir.join(TLS_KEY),
+            root: dir.join(TLS_ROOT),
+        }
     }
 }
 
@@ -523,13 +597,30 @@ pub(crate) fn with_include(text: &str) -> Option<String> {
 
 /// `pg_hba.conf` with tandem's block first: the replication role may connect from the
 /// peer's node address only, with SCRAM (replication connections, and `database` for
-/// `pg_rewind` and the status of the remote node).
-pub(crate) fn with_hba_block(text: &str, user: &str, database: &str, peer: IpAddr) -> String {
+/// `pg_rewind` and the status of the remote node). With `tls` only over TLS
+/// (`hostssl`), and the role's plain-text connections are rejected from anywhere, so a
+/// broader line of the operator's further down cannot let them in.
+pub(crate) fn with_hba_block(
+    text: &str,
+    user: &str,
+    database: &str,
+    peer: IpAddr,
+    tls: bool,
+) -> String {
     let mask = if peer.is_ipv4() { 32 } else { 128 };
+    let host = if tls { "hostssl" } else { "host" };
     let mut out = format!(
-        "{HBA_BEGIN}\nhost replication {user} {peer}/{mask} scram-sha-256\n\
-         host {database} {user} {peer}/{mask} scram-sha-256\n{HBA_END}\n"
+        "{HBA_BEGIN}\n{host} replication {user} {peer}/{mask} scram-sha-256\n\
+         {host} {database} {user} {peer}/{mask} scram-sha-256\n"
     );
+    if tls {
+        // `all` does not match replication connections: both are named.
+        out.push_str(&format!(
+            "hostnossl replication {user} all reject\nhostnossl all {user} all reject\n"
+        ));
+    }
+    out.push_str(HBA_END);
+    out.push('\n');
     let mut inside = false;
     for line in text.lines() {
         if line == HBA_BEGIN {
@@ -671,7 +762,7 @@ mod tests {
     fn the_hba_block_comes_first_and_is_replaced() {
         let peer: IpAddr = "192.0.2.12".parse().unwrap();
         let base = "local all all trust\n";
-        let one = with_hba_block(base, "repl", "postgres", peer);
+        let one = with_hba_block(base, "repl", "postgres", peer, false);
         assert_eq!(
             one,
             format!(
@@ -680,11 +771,34 @@ mod tests {
             )
         );
         let other: IpAddr = "2001:db8::12".parse().unwrap();
-        let two = with_hba_block(&one, "repl", "postgres", other);
+        let two = with_hba_block(&one, "repl", "postgres", other, false);
         assert!(!two.contains("192.0.2.12"), "{two}");
         assert!(two.contains("2001:db8::12/128"), "{two}");
         assert_eq!(two.matches(HBA_BEGIN).count(), 1);
         assert!(two.ends_with("local all all trust\n"));
+    }
+
+    #[test]
+    fn with_tls_the_hba_block_lets_the_role_in_over_tls_only() {
+        let peer: IpAddr = "192.0.2.12".parse().unwrap();
+        let base = "local all all trust\nhost all all 0.0.0.0/0 scram-sha-256\n";
+        let block = with_hba_block(base, "repl", "postgres", peer, true);
+        assert_eq!(
+            block,
+            format!(
+                "{HBA_BEGIN}\nhostssl replication repl 192.0.2.12/32 scram-sha-256\n\
+                 hostssl postgres repl 192.0.2.12/32 scram-sha-256\n\
+                 hostnossl replication repl all reject\nhostnossl all repl all reject\n\
+                 {HBA_END}\n{base}"
+            )
+        );
+        assert!(!block.contains("\nhost replication"), "{block}");
+        // Switching TLS off again replaces the whole block.
+        let plain = with_hba_block(&block, "repl", "postgres", peer, false);
+        assert!(
+            !plain.contains("hostssl") && !plain.contains("reject"),
+            "{plain}"
+        );
     }
 
     #[test]
