@@ -1060,6 +1060,11 @@ path = "{files}/prompts"
             self.replication_status(h).is_some_and(|s| {
                 s.remote.status == LinkStatus::Connected
                     && s.resync.is_none()
+                    // A PostgreSQL primary: its standby streams.
+                    && s
+                        .wal
+                        .as_ref()
+                        .is_none_or(|w| !w.primary || w.sync_state.is_some())
                     && !s
                         .alarms
                         .iter()
@@ -1640,6 +1645,8 @@ path = "{files}/prompts"
         self.start_agent(standby)?;
         let (mut slowest_page, mut slowest_tool) = (Duration::ZERO, Duration::ZERO);
         let (mut pages, mut unanswered, mut link_down, mut progress_seen) = (0, 0, 0, 0);
+        // The peer link counts once it came up after the agent's start.
+        let mut link_was_up = false;
         let mut last_tool = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
@@ -1652,7 +1659,9 @@ path = "{files}/prompts"
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             };
-            if page["peer"]["connected"] != serde_json::Value::Bool(true) {
+            if page["peer"]["connected"] == serde_json::Value::Bool(true) {
+                link_was_up = true;
+            } else if link_was_up {
                 link_down += 1;
             }
             let resync = page["replication"]["resync"].as_str().map(str::to_owned);
@@ -1682,7 +1691,7 @@ path = "{files}/prompts"
         ));
         outcome.notes.push(format!(
             "meanwhile: {pages} status page reads, {unanswered} unanswered, slowest {} ms; \
-             `failover status` slowest {} ms; peer link down in {link_down} reads; \
+             `failover status` slowest {} ms; peer link down in {link_down} reads after it came up; \
              progress shown in {progress_seen} reads",
             slowest_page.as_millis(),
             slowest_tool.as_millis()

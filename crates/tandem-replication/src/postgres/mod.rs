@@ -52,6 +52,11 @@ pub use resync::ResyncProgress;
 pub use status::parse_lsn;
 pub use tls::site_ca_pem;
 
+/// How long a standby may fail to stream from a peer that answers as a primary
+/// before the replication service resynchronises it (the walreceiver retries every
+/// 5 s by itself; a standby that still does not stream has diverged or is stuck).
+const STANDBY_IDLE_LIMIT_MS: u64 = 10_000;
+
 /// The state file's format version.
 const STATE_VERSION: u32 = 1;
 
@@ -84,6 +89,10 @@ pub(crate) struct PgState {
     /// replication service rewinds or copies it, off the agent's event loop.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) resync: bool,
+    /// Since when this standby has not been streaming (while its peer answered as a
+    /// primary, once that was checked), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) idle_since: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -619,6 +628,7 @@ impl PostgresBackend {
             missing_since: None,
             last_copy: None,
             resync: false,
+            idle_since: None,
         });
         state.node = options.node;
         state.site = options.site;
@@ -932,6 +942,7 @@ impl PostgresBackend {
         state.missing_since = None;
         state.last_copy = Some(format!("{} at {}", how, timestamp_for_file(now_ms())));
         state.resync = false;
+        state.idle_since = None;
         self.server.ensure_include()?;
         self.apply(state)?;
         observer.step("starting this node's PostgreSQL as a standby");
@@ -1269,9 +1280,12 @@ impl PostgresBackend {
         if Self::in_recovery(&mut conn).await? {
             if Self::streaming(&mut conn).await? {
                 self.record_contact()?;
+                if state.idle_since.take().is_some() {
+                    self.save(&state)?;
+                }
                 return Ok(WatchOutcome::Streaming);
             }
-            return Ok(WatchOutcome::Nothing);
+            return self.standby_idle(&mut state).await;
         }
         let cfg = self.cfg();
         if state.state != ReplicationState::Active || state.following || !cfg.synchronous {
@@ -1313,6 +1327,39 @@ impl PostgresBackend {
                 Ok(WatchOutcome::StandbyMissing)
             }
         }
+    }
+
+    /// A following standby that does not stream: once it has not streamed for
+    /// [`STANDBY_IDLE_LIMIT_MS`] while its peer answers as a primary, it is marked
+    /// for resynchronisation (the next round rewinds it; `pg_rewind` finds nothing
+    /// to do when nothing diverged, and the restart starts its walreceiver afresh).
+    /// The clock starts again while the peer is no primary.
+    async fn standby_idle(&self, state: &mut PgState) -> Result<WatchOutcome> {
+        if !state.following || state.state != ReplicationState::Active {
+            return Ok(WatchOutcome::Nothing);
+        }
+        let now = now_ms();
+        let since = *state.idle_since.get_or_insert(now);
+        if now.saturating_sub(since) >= STANDBY_IDLE_LIMIT_MS {
+            let peer_is_primary = match self.connect_peer(state).await {
+                Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
+                Err(_) => false,
+            };
+            if peer_is_primary {
+                tracing::warn!(
+                    idle_ms = now.saturating_sub(since),
+                    "this standby does not stream from its primary: resynchronising it"
+                );
+                state.idle_since = None;
+                state.resync = true;
+            } else {
+                state.idle_since = Some(now);
+            }
+            self.save(state)?;
+        } else if since == now {
+            self.save(state)?;
+        }
+        Ok(WatchOutcome::Nothing)
     }
 
     /// The replication service of a PostgreSQL node: [`watch_once`](Self::watch_once)
@@ -1517,6 +1564,7 @@ mod tests {
             missing_since: None,
             last_copy: None,
             resync: false,
+            idle_since: None,
         }
     }
 
