@@ -1112,10 +1112,23 @@ impl PostgresBackend {
                      with --force only if you know it did not"
                 )));
             }
-            sqlx::query("SELECT pg_promote(true, 60)")
+            // Asked without waiting, then watched from short statements: a session
+            // that waits inside `pg_promote(true)` holds a snapshot, which the
+            // end of recovery can conflict with (it was cancelled after
+            // max_standby_streaming_delay, 30 s, in a chaos trial).
+            sqlx::query("SELECT pg_promote(false)")
                 .execute(&mut conn)
                 .await
                 .map_err(Error::db("promoting this node (pg_promote)"))?;
+            let asked = std::time::Instant::now();
+            while Self::in_recovery(&mut conn).await? {
+                if asked.elapsed() > Duration::from_secs(60) {
+                    return Err(Error::State(
+                        "the promotion did not finish within 60 s: see the server log".to_owned(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             // The control file names the new timeline only after a checkpoint; until
             // then pg_rewind from here would find nothing to rewind.
             sqlx::query("CHECKPOINT")
