@@ -1673,12 +1673,14 @@ path = "{files}/prompts"
                 self.failover(standby, &["status"])?;
                 slowest_tool = slowest_tool.max(last_tool.elapsed());
             }
+            // Done once no copy is due or under way and the standby's own
+            // walreceiver streams.
+            let due = page["alarms"]
+                .to_string()
+                .contains("waits to be resynchronised");
             let streams = resync.is_none()
-                && self.replication_status(standby).is_some_and(|s| {
-                    s.wal
-                        .as_ref()
-                        .is_some_and(|w| !w.primary && w.flushed.is_some())
-                });
+                && !due
+                && crate::pgsite::wal_receiver_streams(&self.settings(standby)?);
             if streams || Instant::now() > deadline {
                 break;
             }

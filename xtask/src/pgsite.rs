@@ -256,6 +256,29 @@ pub(crate) fn integrity(server: &PgServer) -> anyhow::Result<String> {
     }
 }
 
+/// Whether the server's walreceiver streams (`pg_stat_wal_receiver`); false when
+/// the server does not answer.
+pub(crate) fn wal_receiver_streams(settings: &Settings) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async {
+        let Ok(mut conn) = PgConnection::connect_with(&options(settings)).await else {
+            return false;
+        };
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM pg_stat_wal_receiver")
+            .fetch_optional(&mut conn)
+            .await
+            .ok()
+            .flatten();
+        let _ = conn.close().await;
+        status.as_deref() == Some("streaming")
+    })
+}
+
 /// The process ID in the first line of the cluster's `postmaster.pid`.
 pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     std::fs::read_to_string(data_dir.join("postmaster.pid"))
