@@ -1176,9 +1176,11 @@ impl Engine {
         let mut alarm = String::new();
         let on = m.state == ReplicationState::Active && peer.state == ReplicationState::Active;
         if on && m.writable && peer.writable {
-            alarm = "both nodes are writable (split brain): changes made on either are not replicated; \
-                 make one node the standby and run `mp_replication switch-on -S -F from-sync` on it"
-                .to_owned();
+            alarm = format!(
+                "{}: changes made on either are not replicated; make one node the standby and \
+                 run `mp_replication switch-on -S -F from-sync` on it",
+                sqlite::BOTH_WRITABLE
+            );
         } else if on
             && !m.writable
             && let Err(e) = self.fence().admits(peer.node, peer.token)

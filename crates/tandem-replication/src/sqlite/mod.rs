@@ -47,7 +47,9 @@ use crate::status::{
 use crate::util::{AckWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
-pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
+pub(crate) use log::{
+    ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm,
+};
 pub(crate) use meta::{
     Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
@@ -954,9 +956,24 @@ impl SqliteBackend {
         if !m.alarm.is_empty() {
             alarms.push(format!("node {}: {}", m.node, m.alarm));
         }
+        let peer_alarm = peer
+            .as_ref()
+            .filter(|p| p.connected)
+            .and_then(|p| p.alarm.clone());
         if let Some(a) = peer.as_ref().and_then(|p| p.alarm.clone()) {
             alarms.push(format!("node {}: {a}", 3 - m.node));
         }
+        // The service's alarms say when the data has forked: a node holding changes its
+        // peer never received, or both nodes writable.
+        let diverged = connected
+            && [Some(m.alarm.as_str()), peer_alarm.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(is_divergence_alarm);
+        // A standby that should apply and does not says why on its own page.
+        let local_detail =
+            (!m.writable && m.state == ReplicationState::Active && !m.alarm.is_empty())
+                .then(|| format!("not applying node {}'s changes: {}", 3 - m.node, m.alarm));
         Ok(Status {
             backend: "sqlite".into(),
             local: ServerStatus {
@@ -972,10 +989,10 @@ impl SqliteBackend {
                 site: peer.as_ref().and_then(|p| p.site).or(Some(m.site)),
                 node: Some(peer.as_ref().and_then(|p| p.node).unwrap_or(3 - m.node)),
                 state: remote_state,
-                status: if connected {
-                    LinkStatus::Connected
-                } else {
-                    LinkStatus::NotConnected
+                status: match (connected, diverged) {
+                    (true, true) => LinkStatus::Diverged,
+                    (true, false) => LinkStatus::Connected,
+                    (false, _) => LinkStatus::NotConnected,
                 },
                 writable: peer
                     .as_ref()
@@ -994,6 +1011,7 @@ impl SqliteBackend {
                 .map(Position),
             service_running: running,
             remote_detail,
+            local_detail,
             alarms,
             wal: None,
             resync: None,
