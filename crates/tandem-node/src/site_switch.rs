@@ -111,7 +111,7 @@ pub struct SiteSwitch {
     pub timeout: Duration,
 }
 
-/// What [`switch_site`] did: a line per node, this node's first.
+/// What [`switch_site`] did: a line per node, in the order the parts ran.
 #[derive(Debug, Clone, Default)]
 pub struct SiteSwitchReport {
     /// One outcome per node, in the order they ran.
@@ -208,7 +208,9 @@ pub async fn switch_site(
     };
     if peer_first {
         let theirs = ask_peer.await;
-        if theirs.kind == OutcomeKind::Failed {
+        let failed = theirs.kind == OutcomeKind::Failed;
+        report.outcomes.push(theirs);
+        if failed {
             report.outcomes.push(NodeOutcome {
                 node: me,
                 kind: OutcomeKind::NotAttempted,
@@ -216,12 +218,10 @@ pub async fn switch_site(
                     "left as it was, since node {peer}'s part, which comes first, failed"
                 ),
             });
-            report.outcomes.push(theirs);
             return report;
         }
         let (mine, local) = local_part(backend, me, switch, observer).await;
         report.outcomes.push(mine);
-        report.outcomes.push(theirs);
         report.local = local;
     } else {
         let (mine, local) = local_part(backend, me, switch, observer).await;
