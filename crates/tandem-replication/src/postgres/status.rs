@@ -259,8 +259,12 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
     } else {
         LogFacts::default()
     };
+    // Two servers that were never switched on together (right after init, or one
+    // switched off) are apart by design, not forked.
+    let both_on =
+        state.state == ReplicationState::Active && remote_state == ReplicationState::Active;
     let divergence = match &local {
-        Some(l) => {
+        Some(l) if both_on => {
             check_divergence(
                 l,
                 remote.as_ref(),
@@ -270,7 +274,7 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
             )
             .await
         }
-        None => None,
+        _ => None,
     };
     drop((local_conn, peer_conn));
     let me = state.node;
