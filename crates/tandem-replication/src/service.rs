@@ -1242,7 +1242,9 @@ impl Engine {
         match applied {
             Ok(ApplyOutcome::Applied { last, .. })
             | Ok(ApplyOutcome::Duplicate { applied: last }) => {
-                self.apply_failure = None;
+                if self.apply_failure.take().is_some() {
+                    self.backend.record_apply_failure(None);
+                }
                 t.send(Message::Ack {
                     log: batch.log,
                     seq: last,
@@ -1275,6 +1277,7 @@ impl Engine {
                     self.meta.node
                 );
                 warn!(%alarm, "applying the peer's batch failed");
+                self.backend.record_apply_failure(Some(&alarm));
                 self.apply_failure = Some(alarm);
                 let _ = self.send_state(t, s, true).await;
                 return Err(e);

@@ -330,6 +330,39 @@ impl SqliteBackend {
         self.settings.state_dir.join("replication.acked")
     }
 
+    /// Where the service records why this node cannot apply its peer's batches (its
+    /// database refuses them: full, locked), for this node's own status: the
+    /// database itself may be what cannot be written.
+    fn apply_failure_path(&self) -> PathBuf {
+        self.settings.state_dir.join("replication.apply-failure")
+    }
+
+    /// Records (`Some`) or clears (`None`) the apply failure. Best effort: a disk too
+    /// full for this small file loses only the reason on this node's page (the peer
+    /// still hears it).
+    pub(crate) fn record_apply_failure(&self, failure: Option<&str>) {
+        let path = self.apply_failure_path();
+        let result = match failure {
+            Some(text) => crate::util::write_atomically(&path, text.as_bytes()),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::file("cannot remove", &path)(e))
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %crate::error::chain(&e), "recording the apply failure");
+        }
+    }
+
+    /// The apply failure the running service recorded, if any.
+    fn apply_failure(&self) -> Option<String> {
+        std::fs::read_to_string(self.apply_failure_path())
+            .ok()
+            .filter(|t| !t.is_empty())
+    }
+
     /// Publishes an acknowledgement at once (for `wait_replicated`); the database
     /// records it with [`record_ack`](Self::record_ack), which may come later.
     pub(crate) fn publish_ack(&self, log: u64, seq: u64) -> Result<()> {
@@ -971,9 +1004,14 @@ impl SqliteBackend {
                 .flatten()
                 .any(is_divergence_alarm);
         // A standby that should apply and does not says why on its own page.
-        let local_detail =
-            (!m.writable && m.state == ReplicationState::Active && !m.alarm.is_empty())
-                .then(|| format!("not applying node {}'s changes: {}", 3 - m.node, m.alarm));
+        let reason = if m.alarm.is_empty() {
+            self.apply_failure().filter(|_| running)
+        } else {
+            Some(m.alarm.clone())
+        };
+        let local_detail = reason
+            .filter(|_| !m.writable && m.state == ReplicationState::Active)
+            .map(|r| format!("not applying node {}'s changes: {r}", 3 - m.node));
         Ok(Status {
             backend: "sqlite".into(),
             local: ServerStatus {
