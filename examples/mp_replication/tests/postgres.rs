@@ -1029,8 +1029,10 @@ fn a_forked_pair_reads_diverged_until_from_sync() {
         .unwrap();
     std::fs::write(node1.data_dir.join("standby.signal"), "").unwrap();
     node1.start().unwrap();
-    let refused = site.mp_fails(Host::Node1, &["switch-on", "--timeout", "3"]);
-    assert!(refused.contains("does not stream"), "{refused}");
+    // Its switch-on may fail (it does not stream) or, when its WAL receiver streams
+    // the start of the old timeline's segment from node 2 for a moment, report
+    // success: the status is what must tell.
+    site.mp(Host::Node1, &["switch-on", "--timeout", "3"]);
     site.wait("node 1 to say it has diverged", || {
         let s = site.status(Host::Node1);
         s.remote.status == LinkStatus::Diverged

@@ -17,8 +17,12 @@
 //!   ("new timeline N forked off current database system timeline M before current
 //!   recovery point", "requested starting point ... is not in this server's history").
 //!
-//! A streaming standby is never diverged: PostgreSQL checked its history when it
-//! started the stream.
+//! The timeline verdicts hold whether or not the standby's WAL receiver streams at
+//! the moment: a diverged standby asks for its WAL from the start of a segment, so
+//! it may stream the primary's copy of its old timeline up to the fork point for a
+//! moment before PostgreSQL stops it again, every few seconds. Its timeline is then
+//! the one its WAL receiver streams (`received_tli`), never older than its control
+//! file says. What the log says counts only while it does not stream.
 
 use std::fmt;
 
@@ -166,10 +170,10 @@ pub(crate) fn divergence(facts: &Facts) -> Option<Divergence> {
         (false, true) => (local, remote, true),
         (true, false) => (remote, local, false),
     };
-    if standby.streaming {
-        return None;
-    }
-    if standby_is_local && let Some(line) = &facts.logged_fork {
+    if !standby.streaming
+        && standby_is_local
+        && let Some(line) = &facts.logged_fork
+    {
         return Some(Divergence::Logged(line.clone()));
     }
     let (timeline, primary_timeline) = (standby.timeline?, primary.timeline?);
@@ -377,9 +381,19 @@ mod tests {
             divergence(&f),
             Some(Divergence::PastForkPoint { .. })
         ));
-        // Streaming says PostgreSQL agreed: never diverged.
+        // Streaming the old timeline's start again does not make it whole.
         let f = facts(
             standby(1, 0x300_0200, true),
+            primary(2, 0x400_0000),
+            &history,
+        );
+        assert!(matches!(
+            divergence(&f),
+            Some(Divergence::PastForkPoint { .. })
+        ));
+        // A standby streaming the old timeline up to the fork point is catching up.
+        let f = facts(
+            standby(1, 0x300_0100, true),
             primary(2, 0x400_0000),
             &history,
         );
@@ -415,6 +429,9 @@ mod tests {
         let mut f = facts(standby(1, 0x100, false), primary(1, 0x400), &[]);
         f.logged_fork = Some("LOG: new timeline 2 forked off".into());
         assert!(matches!(divergence(&f), Some(Divergence::Logged(_))));
+        // ... only while it does not stream.
+        f.local.streaming = true;
+        assert_eq!(divergence(&f), None);
     }
 
     #[test]
@@ -477,7 +494,7 @@ mod tests {
         }
 
         #[test]
-        fn a_streaming_standby_or_a_silent_peer_is_never_diverged(
+        fn a_standby_in_step_or_a_silent_peer_is_never_diverged(
             local in side(),
             remote in side(),
             history in proptest::collection::vec((0u32..5, 0u64..1000), 0..4),
@@ -491,8 +508,9 @@ mod tests {
             } else if !local.primary && !remote.primary {
                 prop_assert_eq!(verdict, None);
             } else {
-                let s = if local.primary { remote } else { local };
-                if s.streaming {
+                // A standby on its primary's timeline, not past it, is not diverged.
+                let (s, p) = if local.primary { (remote, local) } else { (local, remote) };
+                if s.streaming && s.timeline == p.timeline && s.lsn <= p.lsn {
                     prop_assert_eq!(verdict, None);
                 }
             }

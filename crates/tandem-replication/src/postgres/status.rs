@@ -71,7 +71,8 @@ struct Remote {
 /// A server's timeline: a primary's from the name of its current WAL file, a
 /// standby's from its control file.
 const TIMELINE_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN \
-     (SELECT greatest(c.timeline_id, r.min_recovery_end_timeline) \
+     (SELECT greatest(c.timeline_id, r.min_recovery_end_timeline, \
+        (SELECT max(received_tli) FROM pg_stat_wal_receiver)) \
       FROM pg_control_checkpoint() c, pg_control_recovery() r)::bigint \
      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
 
@@ -435,18 +436,17 @@ async fn check_divergence(
         history: None,
         logged_fork: log.fork.clone(),
     };
-    // Cheap first: without the history only the plain cases decide.
-    let stalled = (local.primary && !remote.primary && !remote.streaming)
-        || (!local.primary && remote.primary && !local.streaming);
-    if stalled {
-        let (conn, tli) = if local.primary {
-            (local_conn, local.timeline)
-        } else {
-            (peer_conn, remote.timeline)
-        };
-        if let (Some(conn), Some(tli)) = (conn, tli) {
-            facts.history = history(conn, tli).await;
-        }
+    // The primary's history is read only when the standby is on an older timeline:
+    // not in the steady state.
+    let (standby_tli, primary_tli, conn) = match (local.primary, remote.primary) {
+        (false, true) => (local_side.timeline, remote.timeline, peer_conn),
+        (true, false) => (remote.timeline, local.timeline, local_conn),
+        _ => (None, None, None),
+    };
+    if let (Some(s), Some(p), Some(conn)) = (standby_tli, primary_tli, conn)
+        && s < p
+    {
+        facts.history = history(conn, p).await;
     }
     diverge::divergence(&facts)
 }
