@@ -1012,7 +1012,15 @@ fn a_forked_pair_reads_diverged_until_from_sync() {
     );
     // Node 1 goes on writing on its old timeline, then is made a standby without a
     // rewind: its WAL is past the point where node 2's timeline branched off.
+    // (The insert returns once node 1's service stops waiting for its lost standby.)
     insert(&site, Host::Node1, 101, 200);
+    // Then the replication services stop: node 1's would resynchronise it by itself once
+    // it has not streamed for 10 s, and what is tested here is what the status says
+    // until someone does.
+    for (_, mut child) in site.services.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let node1 = site.server(Host::Node1);
     node1
         .run(
