@@ -78,6 +78,21 @@ pub enum PeerMessage {
         /// Why the bundle was not kept; `None` when it was.
         error: Option<String>,
     },
+    /// `mp_replication switch-on` / `switch-off` ran on the sender: the receiver's
+    /// agent does its node's part and answers with [`PeerMessage::Switched`].
+    Switch {
+        /// Which request this is, repeated in the answer.
+        id: u64,
+        /// What to do.
+        action: crate::SwitchAction,
+    },
+    /// What the receiver of a [`PeerMessage::Switch`] did.
+    Switched {
+        /// The [`PeerMessage::Switch`] it answers.
+        id: u64,
+        /// Its node's outcome.
+        outcome: crate::NodeOutcome,
+    },
 }
 
 /// Errors that stop the agent.
@@ -173,6 +188,11 @@ struct Agent {
     bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
     /// The id of the last bundle sent.
     bundle_sent: u64,
+    /// The tools waiting for the peer's [`PeerMessage::Switched`], by request id.
+    switch_waiters:
+        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<crate::NodeOutcome>>,
+    /// The id of the last [`PeerMessage::Switch`] sent.
+    switch_sent: u64,
     /// What the witness lease keeper reports, on a site with a witness.
     lease_events: Option<mpsc::Receiver<tandem_witness::LeaseEvent>>,
     /// The fencing tokens for the replication service, on a site with a witness.
@@ -255,6 +275,8 @@ impl Agent {
             ahead: None,
             bundle_waiter: None,
             bundle_sent: 0,
+            switch_waiters: std::collections::HashMap::new(),
+            switch_sent: 0,
             fence: lease_events
                 .is_some()
                 .then(|| watch::channel(tandem_replication::Fence::default()).0),
@@ -301,6 +323,7 @@ impl Agent {
                         // A copy waiting for the peer's answer hears at once
                         // that none will come.
                         self.bundle_waiter = None;
+                        self.switch_waiters.clear();
                         self.peer_lost_seen = Instant::now();
                         // The loss's probe waits for one already under way.
                         if let Some(ahead) = self.ahead.take() {
@@ -330,6 +353,13 @@ impl Agent {
                     }
                     PeerMessage::Bundle { bytes, .. } => {
                         tracing::info!(bytes, "config-file bundle announced by the peer");
+                    }
+                    PeerMessage::Switch { id, action } => self.switch_for_peer(id, action),
+                    PeerMessage::Switched { id, outcome } => {
+                        tracing::info!(id, line = %outcome.line(), "the peer's replication switch");
+                        if let Some(waiter) = self.switch_waiters.remove(&id) {
+                            let _ = waiter.send(outcome);
+                        }
                     }
                     PeerMessage::BundleKept { id, bytes, entries, error } => {
                         match &error {
@@ -909,6 +939,28 @@ impl Agent {
                 });
                 return;
             }
+            Request::PeerSwitch(action) => {
+                let Some(session) = self.session.clone().filter(|s| !s.is_closed()) else {
+                    let response = Response::Error(format!(
+                        "the peer link to {} is down, so its agent cannot be asked",
+                        self.node.config().network.peer_address
+                    ));
+                    let _ = control::write_response(&mut stream, &response).await;
+                    return;
+                };
+                self.switch_sent += 1;
+                let id = self.switch_sent;
+                let (waiter, answer) = tokio::sync::oneshot::channel();
+                self.switch_waiters.retain(|_, w| !w.is_closed());
+                self.switch_waiters.insert(id, waiter);
+                tokio::spawn(async move {
+                    let response = ask_peer_switch(&session, id, action, answer).await;
+                    if let Err(e) = control::write_response(&mut stream, &response).await {
+                        tracing::warn!(error = %e, "could not answer the tool");
+                    }
+                });
+                return;
+            }
             Request::SendBundle { path } => {
                 let state = self.node.state();
                 if state.deployment != tandem_role::DeploymentMode::Failover
@@ -961,6 +1013,28 @@ impl Agent {
         if let Err(e) = control::write_response(&mut stream, &response).await {
             tracing::warn!(error = %e, "could not answer the tool");
         }
+    }
+
+    /// Does this node's part of a switch the peer's tool asked for, on a task of its
+    /// own (a standby's switch-on waits for its stream), and answers the peer.
+    fn switch_for_peer(&self, id: u64, action: crate::SwitchAction) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let (config, state_dir) = (self.node.config().clone(), self.state_dir.clone());
+        tracing::info!(id, ?action, "the peer asks for a replication switch here");
+        tokio::spawn(async move {
+            let outcome = crate::site_switch::peer_part(&config, &state_dir, action).await;
+            tracing::info!(id, line = %outcome.line(), "replication switch for the peer");
+            match serde_json::to_vec(&PeerMessage::Switched { id, outcome }) {
+                Ok(bytes) => {
+                    if let Err(e) = session.send(bytes).await {
+                        tracing::warn!(error = %e, "could not answer the peer's switch");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot encode the switch's answer"),
+            }
+        });
     }
 
     /// An operator's command that succeeded clears the faults of earlier steps.
@@ -1073,6 +1147,43 @@ async fn send_bundle(
         )),
     }
 }
+
+/// Asks the peer's agent to do its part of a switch and waits for its answer (the
+/// peer's own switch may wait as long as the action's time limit).
+async fn ask_peer_switch(
+    session: &Session,
+    id: u64,
+    action: crate::SwitchAction,
+    answer: tokio::sync::oneshot::Receiver<crate::NodeOutcome>,
+) -> Response {
+    let bytes = match serde_json::to_vec(&PeerMessage::Switch { id, action }) {
+        Ok(bytes) => bytes,
+        Err(e) => return Response::Error(format!("cannot encode the request: {e}")),
+    };
+    if let Err(e) = session.send(bytes).await {
+        return Response::Error(format!("the peer link failed: {e}"));
+    }
+    let limit = match action {
+        crate::SwitchAction::On { timeout_ms } => Duration::from_millis(timeout_ms),
+        _ => Duration::ZERO,
+    }
+    .saturating_add(SWITCH_ANSWER_MARGIN);
+    match tokio::time::timeout(limit, answer).await {
+        Ok(Ok(outcome)) => Response::PeerSwitched(outcome),
+        Ok(Err(_)) => Response::Error(
+            "the peer link went down before the peer's agent answered; its part may or may \
+             not have run (see `mp_replication status` there)"
+                .to_owned(),
+        ),
+        Err(_) => Response::Error(format!(
+            "the peer's agent did not answer within {} s; see `mp_replication status` there",
+            limit.as_secs()
+        )),
+    }
+}
+
+/// How long the agent waits for the peer's switch beyond the switch's own limit.
+const SWITCH_ANSWER_MARGIN: Duration = Duration::from_secs(20);
 
 /// Forwards the peer's messages to the agent until the session ends, and keeps a
 /// bundle the peer sends at `incoming` (written to a temporary file, synced and

@@ -43,6 +43,10 @@ pub enum Request {
     /// Where this node stands, for [`crate::DegradeGuard`]: its role and its hold
     /// on the witness's leader key.
     Standing,
+    /// `mp_replication switch-on` / `switch-off` on the site: ask the peer's agent,
+    /// over the peer link, to switch replication on or off on its node, and answer
+    /// with what it did (this node's part is the tool's own).
+    PeerSwitch(crate::SwitchAction),
 }
 
 /// Where a node stands: the agent's answer to [`Request::Standing`].
@@ -81,6 +85,8 @@ pub enum Response {
     Check(crate::check::CheckReport),
     /// Where the node stands.
     Standing(Standing),
+    /// What the peer's agent did for [`Request::PeerSwitch`].
+    PeerSwitched(crate::NodeOutcome),
     /// The agent could not serve the request.
     Error(String),
 }

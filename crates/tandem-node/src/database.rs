@@ -79,5 +79,7 @@ pub fn replication_status(status: &Status) -> ReplicationStatus {
             .resync
             .as_ref()
             .map(|r| r.render().trim_end().to_owned()),
+        local_detail: status.local_detail.clone(),
+        remote_detail: status.remote_detail.clone(),
     }
 }

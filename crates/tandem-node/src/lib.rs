@@ -22,6 +22,8 @@
 //! - [`open_database`] and [`Node::attach_database`]: the database the role
 //!   machine's promote and demote act on;
 //! - [`check`]: `failover check`, the seed's prerequisites as a report;
+//! - [`switch_site`]: `mp_replication switch-on` / `switch-off` on both nodes, the
+//!   peer's part asked of its agent over the peer link;
 //! - [`DegradeGuard`]: whether an active node whose standby is unreachable may
 //!   acknowledge a write alone (the application's `degrade` policy): not when its
 //!   cable came or went meanwhile, its gateway is silent or another node holds the
@@ -64,6 +66,7 @@ mod hooks;
 mod node;
 mod services;
 mod shell;
+mod site_switch;
 mod status;
 mod status_http;
 mod status_listen;
@@ -81,6 +84,9 @@ pub use node::{
 };
 pub use services::{ServiceError, Services};
 pub use shell::ShellError;
+pub use site_switch::{
+    NodeOutcome, OutcomeKind, SiteSwitch, SiteSwitchReport, SwitchAction, switch_site,
+};
 pub use status::{
     Alarm, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot, WitnessStatus,
 };

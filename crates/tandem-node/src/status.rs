@@ -121,6 +121,13 @@ pub struct ReplicationStatus {
     /// far it got), if one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<String>,
+    /// Why this node, which should apply the peer's changes, does not (the
+    /// backend's [`tandem_replication::Status::local_detail`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_detail: Option<String>,
+    /// Why the remote node is not connected, or what is wrong with the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_detail: Option<String>,
 }
 
 /// One column of the seed's replication table.
@@ -134,7 +141,7 @@ pub struct ReplicationSide {
     pub node: u8,
     /// e.g. `Active`.
     pub state: String,
-    /// e.g. `Local`, `Connected`, `Disconnected`.
+    /// e.g. `Local`, `Connected`, `Not connected`, `Diverged`.
     pub status: String,
 }
 

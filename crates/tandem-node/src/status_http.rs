@@ -242,6 +242,14 @@ pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
             if let Some(resync) = &replication.resync {
                 let _ = writeln!(page, "<p>{}</p>", escape(resync));
             }
+            for (label, detail) in [
+                ("This node", &replication.local_detail),
+                ("Remote", &replication.remote_detail),
+            ] {
+                if let Some(detail) = detail {
+                    let _ = writeln!(page, "<p class=\"detail\">{label}: {}</p>", escape(detail));
+                }
+            }
         }
     }
 
@@ -1170,6 +1178,8 @@ mod tests {
                 backlog: 3,
                 lag_ms: Some(1250),
                 resync: None,
+                local_detail: None,
+                remote_detail: None,
             }),
             alarms: vec![Alarm::new(
                 AlarmKind::Replication,
@@ -1382,6 +1392,26 @@ mod tests {
             replication.lag_ms = None;
         }
         assert!(render_status_page(&snapshot).contains("<p>Backlog: 1 change. Lag: unknown.</p>"));
+    }
+
+    #[test]
+    fn a_standby_that_does_not_apply_says_why() {
+        let mut snapshot = active_node();
+        if let Some(replication) = &mut snapshot.replication {
+            replication.remote.status = "Diverged".into();
+            replication.local_detail = Some("not applying: <forked>".into());
+            replication.remote_detail = Some("PostgreSQL at 192.0.2.12 answers".into());
+        }
+        let page = render_status_page(&snapshot);
+        assert!(page.contains("<td>Status: Diverged</td>"), "{page}");
+        assert!(
+            page.contains("<p class=\"detail\">This node: not applying: &lt;forked&gt;</p>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<p class=\"detail\">Remote: PostgreSQL at 192.0.2.12 answers</p>"),
+            "{page}"
+        );
     }
 
     #[test]

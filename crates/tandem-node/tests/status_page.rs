@@ -63,6 +63,8 @@ fn standby() -> StatusSnapshot {
             backlog: 0,
             lag_ms: Some(12),
             resync: None,
+            local_detail: None,
+            remote_detail: None,
         }),
         alarms: vec![Alarm::new(
             AlarmKind::PeerLost,

@@ -1176,9 +1176,11 @@ impl Engine {
         let mut alarm = String::new();
         let on = m.state == ReplicationState::Active && peer.state == ReplicationState::Active;
         if on && m.writable && peer.writable {
-            alarm = "both nodes are writable (split brain): changes made on either are not replicated; \
-                 make one node the standby and run `mp_replication switch-on -S -F from-sync` on it"
-                .to_owned();
+            alarm = format!(
+                "{}: changes made on either are not replicated; make one node the standby and \
+                 run `mp_replication switch-on -S -F from-sync` on it",
+                sqlite::BOTH_WRITABLE
+            );
         } else if on
             && !m.writable
             && let Err(e) = self.fence().admits(peer.node, peer.token)
@@ -1240,7 +1242,9 @@ impl Engine {
         match applied {
             Ok(ApplyOutcome::Applied { last, .. })
             | Ok(ApplyOutcome::Duplicate { applied: last }) => {
-                self.apply_failure = None;
+                if self.apply_failure.take().is_some() {
+                    self.backend.record_apply_failure(None);
+                }
                 t.send(Message::Ack {
                     log: batch.log,
                     seq: last,
@@ -1273,6 +1277,7 @@ impl Engine {
                     self.meta.node
                 );
                 warn!(%alarm, "applying the peer's batch failed");
+                self.backend.record_apply_failure(Some(&alarm));
                 self.apply_failure = Some(alarm);
                 let _ = self.send_state(t, s, true).await;
                 return Err(e);

@@ -107,8 +107,13 @@ impl fmt::Display for ReplicationState {
 }
 
 /// The seed's "Status" row: `Local` for this server, `Connected` for a reachable peer.
+/// `Diverged` is tandem's own word for a peer that answers but whose data has forked
+/// from this node's (both took writes, or a PostgreSQL standby replayed past the point
+/// where its primary's timeline branched off): nothing flows until
+/// `switch-on -S -F from-sync` on the node that should follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum LinkStatus {
     /// This server.
     Local,
@@ -116,6 +121,9 @@ pub enum LinkStatus {
     Connected,
     /// The peer link is down (the status detail says why).
     NotConnected,
+    /// The peer answers, but the two nodes' data has forked: the standby applies
+    /// nothing until it is resynchronised (an alarm says how).
+    Diverged,
 }
 
 impl fmt::Display for LinkStatus {
@@ -124,6 +132,7 @@ impl fmt::Display for LinkStatus {
             LinkStatus::Local => "Local",
             LinkStatus::Connected => "Connected",
             LinkStatus::NotConnected => "Not connected",
+            LinkStatus::Diverged => "Diverged",
         })
     }
 }
@@ -173,6 +182,11 @@ pub struct Status {
     pub service_running: bool,
     /// Why the remote node is not connected, or when it was last seen.
     pub remote_detail: Option<String>,
+    /// Why this node, which should apply the peer's changes, does not (a PostgreSQL
+    /// standby whose WAL receiver is not streaming, with PostgreSQL's last word on it; a
+    /// SQLite standby's apply failure). `None` when it applies, or has nothing to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_detail: Option<String>,
     /// Alarms of this node and of the peer, newest first.
     pub alarms: Vec<String>,
     /// The WAL positions of a PostgreSQL pair (`None` for SQLite).
@@ -298,6 +312,9 @@ impl Status {
         if let Some(resync) = &self.resync {
             out.push_str(&resync.render());
         }
+        if let Some(detail) = &self.local_detail {
+            out.push_str(&format!("Local: {detail}\n"));
+        }
         if let Some(detail) = &self.remote_detail {
             out.push_str(&format!("Remote: {detail}\n"));
         }
@@ -381,6 +398,7 @@ mod tests {
             remote_head: Some(Position(0)),
             service_running: true,
             remote_detail: None,
+            local_detail: None,
             alarms: vec![],
             wal: None,
             resync: None,
@@ -425,6 +443,44 @@ Database: writable (active) on this node, read-only (standby) on the remote node
             "{text}"
         );
         assert!(text.contains("Alarm: backlog past 10 changes"), "{text}");
+    }
+
+    #[test]
+    fn a_diverged_peer_keeps_the_seeds_rows_and_says_why_here() {
+        let mut status = seed_status();
+        status.local.writable = Some(false);
+        status.remote.status = LinkStatus::Diverged;
+        status.local_detail = Some("not applying: the timelines forked".into());
+        let text = status.render();
+        assert!(
+            text.contains("| Status: Local           | Status: Diverged "),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 12, "{text}");
+        assert!(
+            text.contains("\nLocal: not applying: the timelines forked\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn link_statuses_keep_their_json_words() {
+        for (status, word) in [
+            (LinkStatus::Local, "\"local\""),
+            (LinkStatus::Connected, "\"connected\""),
+            (LinkStatus::NotConnected, "\"not-connected\""),
+            (LinkStatus::Diverged, "\"diverged\""),
+        ] {
+            assert_eq!(serde_json::to_string(&status).ok().as_deref(), Some(word));
+        }
+        // A status written before `local_detail` existed still reads.
+        let mut old = serde_json::to_value(seed_status()).unwrap_or_default();
+        if let Some(map) = old.as_object_mut() {
+            map.remove("local_detail");
+        }
+        let back: Status = serde_json::from_value(old).unwrap_or_else(|_| seed_status());
+        assert_eq!(back.local_detail, None);
+        assert_eq!(back, seed_status());
     }
 
     #[test]

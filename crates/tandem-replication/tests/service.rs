@@ -405,7 +405,12 @@ async fn a_diverged_node_stops_applying_and_rejoins_with_from_sync() {
     n2.start(&key);
     eventually("node 2 to report the divergence", || async {
         let s = n2.backend.status().await.unwrap();
-        s.remote.status == LinkStatus::Connected && s.alarms.iter().any(|a| a.contains("diverged"))
+        // The link is up, and the status says the data has forked.
+        s.remote.status == LinkStatus::Diverged
+            && s.alarms.iter().any(|a| a.contains("diverged"))
+            && s.local_detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("not applying node 1's changes: diverged"))
     })
     .await;
     assert_ne!(
@@ -527,6 +532,18 @@ async fn a_standby_that_cannot_apply_says_why_on_the_active_and_catches_up_once_
     })
     .await;
     assert!(n2.backend.status().await.unwrap().applied < p);
+    // The standby's own status says why too.
+    eventually("node 2 to show its own apply failure", || async {
+        n2.backend
+            .status()
+            .await
+            .unwrap()
+            .local_detail
+            .is_some_and(|d| {
+                d.contains("not applying node 1's changes") && d.contains("disk is full")
+            })
+    })
+    .await;
 
     // Fixed: replication resumes by itself and the alarm goes.
     sqlx::query("DROP TRIGGER refuse")
@@ -539,6 +556,7 @@ async fn a_standby_that_cannot_apply_says_why_on_the_active_and_catches_up_once_
         .unwrap();
     eventually("the alarm to clear", || async {
         n1.backend.status().await.unwrap().alarms.is_empty()
+            && n2.backend.status().await.unwrap().local_detail.is_none()
     })
     .await;
     assert_eq!(

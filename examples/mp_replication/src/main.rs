@@ -13,7 +13,9 @@
 //! changes for this machine (Host = H; IP Addr = A) is SUCCESSFUL` (or `FAILED:` and
 //! the reason, with exit status 1). `service` runs the replication service that the
 //! node agent hosts; `promote` and `demote` are what `failover set-server active |
-//! standby` do to the database. All logic lives in `tandem-replication`.
+//! standby` do to the database. All logic lives in `tandem-replication`, and the
+//! switch of both nodes in `tandem-node` (`switch_site`: with PostgreSQL the peer's part
+//! is asked of its agent over the peer link, through this node's agent).
 //!
 //! The backend comes from the node config: `[replication] backend = "sqlite"` (the
 //! default) or `"postgres"` (PostgreSQL's streaming replication; `-r REMOTE` then names
@@ -58,10 +60,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use tandem_node::{OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
     PostgresBackend, ReplicationBackend, Replicator, RestoreReport, Settings, SqliteBackend,
-    SwitchOnOptions, outcome_line, route_source, sample,
+    outcome_line, route_source, sample,
 };
 
 /// Database replication control for a tandem site.
@@ -96,7 +99,9 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Switch replication on here and on the peer.
+    /// Switch replication on here and on the peer. With PostgreSQL the peer's part is
+    /// asked of its agent over the peer link (a line per node); without an agent here,
+    /// this node only.
     #[command(name = "switch-on", visible_alias = "switchON")]
     SwitchOn {
         /// Synchronize: copy the peer's data first.
@@ -113,7 +118,7 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Switch replication off here and on the peer.
+    /// Switch replication off here and on the peer (PostgreSQL: as switch-on does).
     #[command(name = "switch-off", visible_alias = "switchOFF")]
     SwitchOff {
         /// Show the steps.
@@ -316,40 +321,20 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             verbose,
         } => {
-            let steps = Steps::new(verbose);
-            let (backend, ip) = open_for_change(&settings).await;
-            let result = async {
-                let backend = backend?;
-                let mut options = SwitchOnOptions::new().with_timeout(Duration::from_secs(timeout));
-                if sync {
-                    options = options.from_sync();
-                }
-                let report = backend.switch_on(&options, &steps).await;
-                steps.done();
-                let report = report?;
-                println!("{}.", capitalized(&report.message));
-                if let Some(file) = &report.local_only_file {
-                    println!(
-                        "Rows only this node had ({}) are saved in {}",
-                        report.saved_rows,
-                        file.display()
-                    );
-                }
-                anyhow::Ok(())
-            }
-            .await;
-            finish(&settings, ip, result)
+            let switch = SiteSwitch {
+                on: true,
+                sync,
+                timeout: Duration::from_secs(timeout),
+            };
+            switch_on_site(&cli, &settings, switch, verbose).await
         }
         Command::SwitchOff { verbose } => {
-            let steps = Steps::new(verbose);
-            let (backend, ip) = open_for_change(&settings).await;
-            let result = async {
-                let report = backend?.switch_off(&steps).await?;
-                println!("{}.", capitalized(&report.message));
-                anyhow::Ok(())
-            }
-            .await;
-            finish(&settings, ip, result)
+            let switch = SiteSwitch {
+                on: false,
+                sync: false,
+                timeout: Duration::from_secs(15),
+            };
+            switch_on_site(&cli, &settings, switch, verbose).await
         }
         Command::Promote { verbose, .. } | Command::Demote { verbose } => {
             let (promote, force) = match cli.command {
@@ -490,6 +475,52 @@ async fn write_sample(
         }
     }
     Ok(())
+}
+
+/// `switch-on` / `switch-off` on the site (`tandem_node::switch_site`): a line per
+/// node, then the seed's final line, which fails when either node did.
+async fn switch_on_site(
+    cli: &Cli,
+    settings: &Settings,
+    switch: SiteSwitch,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let steps = Steps::new(verbose);
+    let (backend, ip) = open_for_change(settings).await;
+    let result = async {
+        let backend = backend?;
+        let report = switch_site(&backend, &cli.state_dir, settings.node.id, switch, &steps).await;
+        steps.done();
+        let failure = match (&backend, report.outcomes.as_slice()) {
+            // SQLite's service switched both nodes; its message says so.
+            (Backend::Sqlite(_), [one]) if one.kind == OutcomeKind::Done => {
+                println!("{}.", capitalized(one.message.trim_end_matches('.')));
+                None
+            }
+            (Backend::Sqlite(_), [one]) => Some(one.message.clone()),
+            (_, outcomes) => {
+                for outcome in outcomes {
+                    println!("{}.", outcome.line().trim_end_matches('.'));
+                }
+                report.failure()
+            }
+        };
+        if let Some(local) = &report.local
+            && let Some(file) = &local.local_only_file
+        {
+            println!(
+                "Rows only this node had ({}) are saved in {}",
+                local.saved_rows,
+                file.display()
+            );
+        }
+        match failure {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(()),
+        }
+    }
+    .await;
+    finish(settings, ip, result)
 }
 
 /// Prints what `restore-local-rows` did (or would do), a line per row and a summary.

@@ -499,9 +499,15 @@ fn a_diverged_node_2_rejoins_with_from_sync_and_its_own_rows_are_saved() {
     site.lab.partition_nodes(false).unwrap();
     site.wait("node 2 to report the divergence", || {
         let s = site.status(Host::Node2);
-        s.remote.status == tandem_replication::LinkStatus::Connected
+        s.remote.status == tandem_replication::LinkStatus::Diverged
             && s.alarms.iter().any(|a| a.contains("diverged"))
     });
+    let text = String::from_utf8_lossy(&site.mp(Host::Node2, &["status"]).stdout).into_owned();
+    assert!(text.contains("Status: Diverged"), "{text}");
+    assert!(
+        text.contains("\nLocal: not applying node 1's changes: diverged"),
+        "{text}"
+    );
     assert_ne!(site.checksums(Host::Node1), site.checksums(Host::Node2));
 
     // With node 1's service down the sync fails, and says why...

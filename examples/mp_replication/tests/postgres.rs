@@ -5,10 +5,14 @@
 //! primary rejoins with pg_rewind; switch-off drops the slot and from-sync recovers; a
 //! lost standby degrades the primary and is not promoted; the seed's status table on
 //! both nodes in each state; replication runs over TLS, and plain text or a certificate
-//! of another site is refused. Needs root and PostgreSQL 15 (under `CI=true` a machine
-//! without them fails these tests).
+//! of another site is refused; a forked pair reads `Diverged`; with the node agents
+//! (`failover agent`) running, a standby whose primary is stopped says why on its
+//! status page, and `switch-on` / `switch-off` on one node switch both. Needs root and
+//! PostgreSQL 15 (under `CI=true` a machine without them fails these tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,15 +22,21 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tandem_lab::postgres::{PgServer, require_postgres};
 use tandem_lab::{Host, Lab};
-use tandem_replication::{Backend, Position, ReplicationBackend, Settings, Status, parse_lsn};
+use tandem_replication::{
+    Backend, LinkStatus, Position, ReplicationBackend, Settings, Status, parse_lsn,
+};
+use tandem_role::{DeploymentMode, NodeId, NodeState, SiteId, StateFile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mp_replication");
+/// The status page's port.
+const PAGE_PORT: u16 = 7450;
 const PORT: u16 = 5433;
 
 /// A lab site with a PostgreSQL server per node. Fields drop in order: services,
 /// then servers, then the lab, then the directory.
 struct Site {
     services: Vec<(Host, Child)>,
+    agents: Vec<(Host, Child)>,
     servers: Vec<PgServer>,
     lab: Lab,
     runtime: tokio::runtime::Runtime,
@@ -50,7 +60,10 @@ impl Site {
             let server = &servers[if id == 1 { 0 } else { 1 }];
             let config = format!(
                 "[node]\nid = {id}\nhostname = \"{}\"\n\n\
-                 [network]\nnode_address = \"{}/24\"\npeer_address = \"{}\"\n\n\
+                 [network]\nnode_address = \"{}/24\"\npeer_address = \"{}\"\n\
+                 shared_address = \"192.0.2.10/24\"\ngateway = \"192.0.2.1\"\n\n\
+                 [probe]\ntimeout_ms = 150\nattempts = 2\ninterval_ms = 50\n\n\
+                 [failover]\nheartbeat_ms = 100\nmissed_heartbeats = 3\n\n\
                  [peer]\nkey_file = \"{}\"\n\n\
                  [replication]\nbackend = \"postgres\"\nheartbeat_ms = 200\n\n\
                  [replication.postgres]\ndata_dir = \"{}\"\nport = {PORT}\nsocket_dir = \"{}\"\n\
@@ -72,6 +85,7 @@ impl Site {
             .unwrap();
         Some(Site {
             services: Vec::new(),
+            agents: Vec::new(),
             servers,
             lab,
             runtime,
@@ -164,9 +178,19 @@ impl Site {
     /// Checks the seed's table (its first seven lines) on `host`, waiting for it a
     /// while (a stream takes a moment to notice that its peer died).
     fn check_table(&self, host: Host, local: &str, remote: &str, connected: bool) {
+        let status = if connected {
+            "Connected"
+        } else {
+            "Not connected"
+        };
+        self.check_table_status(host, local, remote, status);
+    }
+
+    /// As [`check_table`](Self::check_table), with the remote column's status word.
+    fn check_table_status(&self, host: Host, local: &str, remote: &str, status: &str) {
         let started = Instant::now();
         loop {
-            let (text, table, expected) = self.table(host, local, remote, connected);
+            let (text, table, expected) = self.table(host, local, remote, status);
             if table == expected {
                 return;
             }
@@ -187,16 +211,11 @@ impl Site {
         host: Host,
         local: &str,
         remote: &str,
-        connected: bool,
+        status: &str,
     ) -> (String, Vec<String>, Vec<String>) {
         let text = self.status_text(host);
         let table: Vec<String> = text.lines().take(7).map(str::to_owned).collect();
         let me = if host == Host::Node1 { 1 } else { 2 };
-        let status = if connected {
-            "Connected"
-        } else {
-            "Not connected"
-        };
         let left = [
             "Local Server".to_owned(),
             "Replication Type: Local".to_owned(),
@@ -340,11 +359,146 @@ impl Site {
         self.start_service(Host::Node2);
         self.wait_synchronous(Host::Node1);
     }
+
+    /// As [`set_up`](Self::set_up), with the node agents (`failover agent`) instead of
+    /// `mp_replication service`: node 1's agent first, which takes the shared address
+    /// (its server is the primary already), then node 2's, which stays standby.
+    fn set_up_with_agents(&mut self) {
+        self.sql(
+            Host::Node1,
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)",
+        );
+        self.mp_ok(Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"]);
+        self.mp_ok(Host::Node1, &["init", "-n", "1", "-r", "192.0.2.12"]);
+        self.mp_ok(Host::Node1, &["switch-on"]);
+        self.mp_ok(Host::Node2, &["switch-on", "-S", "-F", "from-sync"]);
+        self.start_agent(Host::Node1);
+        self.wait("node 1's agent to take the shared address", || {
+            self.page_json(Host::Node1)
+                .is_some_and(|j| j["holds_shared_address"] == true)
+        });
+        self.start_agent(Host::Node2);
+        self.wait("the agents to see each other", || {
+            [Host::Node1, Host::Node2].iter().all(|&h| {
+                self.page_json(h)
+                    .is_some_and(|j| j["peer"]["connected"] == true)
+            })
+        });
+        self.wait_synchronous(Host::Node1);
+    }
+
+    fn agent_log(&self, host: Host) -> PathBuf {
+        self.dir.path().join(format!("{host}-agent.log"))
+    }
+
+    /// Starts `failover agent` on `host`, a node of a failover deployment.
+    fn start_agent(&mut self, host: Host) {
+        let state = self.dir.path().join(format!("{host}-state"));
+        let node = if host == Host::Node1 {
+            NodeId::One
+        } else {
+            NodeId::Two
+        };
+        let mut node_state = NodeState::first_boot(node, SiteId::ONE);
+        node_state.deployment = DeploymentMode::Failover;
+        let file = StateFile::in_dir(&state);
+        if !matches!(file.load(), Ok(Some(_))) {
+            file.save(&node_state).unwrap();
+        }
+        let log = std::fs::File::create(self.agent_log(host)).unwrap();
+        let child = self
+            .lab
+            .command(host, failover_binary().to_str().unwrap())
+            .env(
+                "TANDEM_CONFIG",
+                self.dir.path().join(format!("{host}.toml")),
+            )
+            .env("TANDEM_STATE_DIR", &state)
+            .args(["agent", "--key-file"])
+            .arg(self.dir.path().join("site.key"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents.push((host, child));
+        self.wait(&format!("{host}'s status page"), || {
+            self.page(host, "/status.json").is_some()
+        });
+    }
+
+    fn kill_agent(&mut self, host: Host) {
+        let i = self.agents.iter().position(|(h, _)| *h == host).unwrap();
+        let (_, mut child) = self.agents.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The body of `GET path` on the node's status page, from the client namespace.
+    fn page(&self, host: Host, path: &str) -> Option<String> {
+        let addr = format!("{}:{PAGE_PORT}", host.addr());
+        let path = path.to_owned();
+        self.lab
+            .run_in(Host::Client, move || {
+                let mut stream = std::net::TcpStream::connect_timeout(
+                    &addr.parse().ok()?,
+                    Duration::from_secs(2),
+                )
+                .ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .ok()?;
+                let mut text = String::new();
+                stream.read_to_string(&mut text).ok()?;
+                let (head, body) = text.split_once("\r\n\r\n")?;
+                head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn page_json(&self, host: Host) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.page(host, "/status.json")?).ok()
+    }
+}
+
+/// The `failover` binary (the agent), built as `cargo test` builds this package.
+fn failover_binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "failover"])
+            .current_dir(root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building failover failed");
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("debug/failover")
+    })
 }
 
 impl Drop for Site {
     fn drop(&mut self) {
-        for (_, child) in &mut self.services {
+        if std::thread::panicking() {
+            for host in [Host::Node1, Host::Node2] {
+                let log = std::fs::read_to_string(self.agent_log(host)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- {host}'s agent log\n{tail}");
+            }
+        }
+        for (_, child) in self.services.iter_mut().chain(self.agents.iter_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -521,6 +675,11 @@ fn switch_off_on_the_primary_drops_the_slot_and_from_sync_recovers() {
     site.wait_same_data();
     let off = site.mp_ok(Host::Node1, &["switch-off"]);
     assert!(off.contains("slot tandem_node2 is dropped"), "{off}");
+    // No agent runs here: this node only, and the tool says so.
+    assert!(
+        off.contains("Node 2: not asked: no agent runs on this node"),
+        "{off}"
+    );
     let mut conn = site.connect(Host::Node1);
     let slots: i64 = site
         .runtime
@@ -826,4 +985,186 @@ fn replication_runs_over_tls_and_plain_text_or_another_site_s_ca_is_refused() {
     insert(&site, Host::Node1, 1, 10);
     site.wait_same_data();
     assert!(site.checksum(Host::Node2).starts_with("10 "));
+}
+
+#[test]
+fn a_forked_pair_reads_diverged_until_from_sync() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up();
+    insert(&site, Host::Node1, 1, 100);
+    site.wait_same_data();
+    // Node 2 is promoted behind node 1's back (as a cut-off standby would be): both
+    // take writes.
+    site.sql(Host::Node2, "SELECT pg_promote(true, 60); CHECKPOINT");
+    for host in [Host::Node1, Host::Node2] {
+        site.check_table_status(host, "Active", "Active", "Diverged");
+    }
+    let status = site.status(Host::Node1);
+    assert!(
+        status
+            .alarms
+            .iter()
+            .any(|a| a.contains("both nodes are primaries")),
+        "{:?}",
+        status.alarms
+    );
+    // Node 1 goes on writing on its old timeline, then is made a standby without a
+    // rewind: its WAL is past the point where node 2's timeline branched off.
+    // (The insert returns once node 1's service stops waiting for its lost standby.)
+    insert(&site, Host::Node1, 101, 200);
+    // Then the replication services stop: node 1's would resynchronise it by itself once
+    // it has not streamed for 10 s, and what is tested here is what the status says
+    // until someone does.
+    for (_, mut child) in site.services.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let node1 = site.server(Host::Node1);
+    node1
+        .run(
+            "pg_ctl",
+            &[
+                "stop",
+                "-w",
+                "-m",
+                "fast",
+                "-D",
+                &node1.data_dir.display().to_string(),
+            ],
+        )
+        .unwrap();
+    std::fs::write(node1.data_dir.join("standby.signal"), "").unwrap();
+    node1.start().unwrap();
+    // Its switch-on may fail (it does not stream) or, when its WAL receiver streams
+    // the start of the old timeline's segment from node 2 for a moment, report
+    // success: the status is what must tell.
+    site.mp(Host::Node1, &["switch-on", "--timeout", "3"]);
+    site.wait("node 1 to say it has diverged", || {
+        let s = site.status(Host::Node1);
+        s.remote.status == LinkStatus::Diverged
+            && s.local_detail
+                .as_deref()
+                .is_some_and(|d| d.contains("diverged"))
+            && s.alarms
+                .iter()
+                .any(|a| a.contains("diverged: node 1 (the standby)"))
+    });
+    let text = site.status_text(Host::Node1);
+    assert!(text.contains("\nLocal: not applying: "), "{text}");
+    assert!(text.contains("switch-on -S -F from-sync"), "{text}");
+    site.check_table_status(Host::Node1, "Active", "Active", "Diverged");
+    // The primary sees it too, from the standby's timeline and its own history.
+    site.wait("node 2 to see node 1 diverged", || {
+        let s = site.status(Host::Node2);
+        s.remote.status == LinkStatus::Diverged
+            && s.alarms
+                .iter()
+                .any(|a| a.contains("diverged: node 1 (the standby)"))
+    });
+    // from-sync puts node 1 on node 2's timeline (a fresh copy: a cluster last run as a
+    // standby is not rewound): connected again.
+    let rejoin = site.mp_ok(Host::Node1, &["switch-on", "-S", "-F", "from-sync"]);
+    assert!(rejoin.contains("copied the peer's data"), "{rejoin}");
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+    let status = site.status(Host::Node1);
+    assert_eq!(status.local_detail, None);
+    assert!(
+        !status.alarms.iter().any(|a| a.contains("diverged")),
+        "{:?}",
+        status.alarms
+    );
+}
+
+#[test]
+fn a_standby_whose_primary_is_stopped_says_why_on_its_status_page() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up_with_agents();
+    site.check_table(Host::Node2, "Active", "Active", true);
+    site.server(Host::Node1).kill().unwrap();
+    site.wait("node 2's page to say why it does not apply", || {
+        site.page(Host::Node2, "/").is_some_and(|page| {
+            page.contains("This node: not applying: this standby does not stream from 192.0.2.11: it cannot connect to the primary")
+                && page.contains("PostgreSQL&#39;s last error: FATAL: could not connect to the primary server")
+                && page.contains("node 2 (standby) does not stream from node 1: it cannot connect to the primary")
+        })
+    });
+    let json = site.page_json(Host::Node2).unwrap();
+    let detail = json["replication"]["local_detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.contains("could not connect"), "{json}");
+    // Back: the reason and its alarm go.
+    site.server(Host::Node1).start().unwrap();
+    site.wait("node 2's page to clear the reason", || {
+        site.page(Host::Node2, "/").is_some_and(|page| {
+            !page.contains("This node: not applying") && page.contains("Status: Connected")
+        })
+    });
+}
+
+#[test]
+fn switch_on_and_off_on_one_node_switch_both_through_the_agents() {
+    let Some(mut site) = Site::new("") else {
+        return;
+    };
+    site.set_up_with_agents();
+    insert(&site, Host::Node1, 1, 100);
+    site.wait_same_data();
+
+    // From the standby: its part, then the primary's, a line for each.
+    let off = site.mp_ok(Host::Node2, &["switch-off"]);
+    assert!(off.contains("Node 2: replication is off: "), "{off}");
+    assert!(
+        off.contains("Node 1: replication is off: commits no longer wait for node 2"),
+        "{off}"
+    );
+    site.check_table(Host::Node1, "Off", "Off", true);
+    site.check_table(Host::Node2, "Off", "Off", true);
+
+    // switch-on -S -F from-sync on the standby: the primary switches on first (its
+    // slot), then the standby copies and streams.
+    let on = site.mp_ok(Host::Node2, &["switch-on", "-S", "-F", "from-sync"]);
+    let first = on.find("Node 1: replication is on: this node is the primary");
+    let second = on.find("Node 2: copied the peer's data");
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "{on}"
+    );
+    site.wait_synchronous(Host::Node1);
+    site.check_table(Host::Node1, "Active", "Active", true);
+    site.check_table(Host::Node2, "Active", "Active", true);
+    insert(&site, Host::Node1, 101, 200);
+    site.wait_same_data();
+
+    // From the primary, switch-on again is idempotent on both.
+    let on = site.mp_ok(Host::Node1, &["switch-on"]);
+    assert!(on.contains("Node 1: replication is on"), "{on}");
+    assert!(
+        on.contains("Node 2: replication is on: this node streams from 192.0.2.11"),
+        "{on}"
+    );
+
+    // The peer's agent gone: this node switches, the command fails and says what to do.
+    site.kill_agent(Host::Node1);
+    site.wait("node 2's agent to lose its peer", || {
+        site.page_json(Host::Node2)
+            .is_some_and(|j| j["peer"]["connected"] == false)
+    });
+    let failed = site.mp_fails(Host::Node2, &["switch-off"]);
+    let out = String::from_utf8_lossy(&site.mp(Host::Node2, &["status"]).stdout).into_owned();
+    assert!(
+        failed.contains("node 1: the peer link to node 1"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("run `mp_replication switch-off` on node 1 too"),
+        "{failed}"
+    );
+    assert!(out.contains("State: Off"), "{out}");
+    site.check_table(Host::Node2, "Off", "Active", true);
 }

@@ -23,6 +23,7 @@
 //! node address (`verify-full`), and `pg_hba.conf` lets the replication role in over
 //! TLS only.
 
+mod diverge;
 mod resync;
 mod scram;
 mod server;

@@ -1,10 +1,17 @@
 //! The seed's status table for a PostgreSQL pair: this node from its state file and
 //! its server (`pg_stat_replication` on a primary, `pg_stat_wal_receiver` on a
 //! standby), the remote node from the stream and from its own server over SQL
-//! (`tandem.state`, `tandem.node`, `tandem.site`).
+//! (`tandem.state`, `tandem.node`, `tandem.site`). When one server is a primary and
+//! the other a standby that does not stream, it also reads the timelines, the
+//! primary's timeline history and the standby's server log, for [`super::diverge`]:
+//! a forked pair reads `Diverged`, and a standby says why it does not apply.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use sqlx::postgres::PgConnection;
 
+use super::diverge::{self, Divergence, Facts, LogFacts, Side, Switch};
 use super::{PgState, PostgresBackend};
 use crate::error::{Error, Result};
 use crate::status::{
@@ -30,6 +37,9 @@ struct Local {
     standby: Option<StandbyRow>,
     /// Standby: the WAL receiver streams.
     streaming: bool,
+    /// A primary's current timeline; a standby's latest checkpoint's or minimum
+    /// recovery end's, whichever is newer.
+    timeline: Option<u32>,
 }
 
 /// A row of pg_stat_replication: state, sync_state, flush_lsn, replay_lsn, lag in ms.
@@ -52,6 +62,40 @@ struct Remote {
     state: Option<String>,
     node: Option<String>,
     site: Option<String>,
+    /// As [`Local::timeline`].
+    timeline: Option<u32>,
+    /// A standby's WAL receiver streams.
+    streaming: bool,
+}
+
+/// A server's timeline: a primary's from the name of its current WAL file, a
+/// standby's from its control file.
+const TIMELINE_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN \
+     (SELECT greatest(c.timeline_id, r.min_recovery_end_timeline, \
+        (SELECT max(received_tli) FROM pg_stat_wal_receiver)) \
+      FROM pg_control_checkpoint() c, pg_control_recovery() r)::bigint \
+     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
+
+async fn timeline(conn: &mut PgConnection) -> Option<u32> {
+    let tli: Option<i64> = sqlx::query_scalar(TIMELINE_SQL)
+        .fetch_one(&mut *conn)
+        .await
+        .ok()?;
+    tli.and_then(|t| u32::try_from(t).ok())
+}
+
+/// The timeline history of a primary on timeline `tli` (empty for timeline 1), read
+/// over SQL (`pg_read_binary_file`, which init grants the replication role).
+async fn history(conn: &mut PgConnection, tli: u32) -> Option<Vec<Switch>> {
+    if tli <= 1 {
+        return Some(Vec::new());
+    }
+    let bytes: Vec<u8> = sqlx::query_scalar("SELECT pg_read_binary_file($1)")
+        .bind(format!("pg_wal/{tli:08X}.history"))
+        .fetch_one(&mut *conn)
+        .await
+        .ok()?;
+    diverge::parse_history(&String::from_utf8_lossy(&bytes))
 }
 
 async fn local(conn: &mut PgConnection, standby_name: &str) -> Result<Local> {
@@ -103,6 +147,7 @@ async fn local(conn: &mut PgConnection, standby_name: &str) -> Result<Local> {
         (out.lsn, out.received) = row;
         out.streaming = PostgresBackend::streaming(conn).await?;
     }
+    out.timeline = timeline(conn).await;
     Ok(out)
 }
 
@@ -124,21 +169,28 @@ async fn remote(conn: &mut PgConnection) -> Result<Remote> {
     .await
     .map_err(Error::db("reading the peer's state"))?;
     let (primary, lsn, state, node, site) = row;
+    let streaming = !primary && PostgresBackend::streaming(conn).await.unwrap_or(false);
     Ok(Remote {
         primary,
         lsn,
         state,
         node,
         site,
+        timeline: timeline(conn).await,
+        streaming,
     })
 }
 
 pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result<Status> {
     let cfg = backend.cfg();
     let mut alarms = state.alarms(cfg);
+    let mut local_conn = None;
     let local = match backend.connect_local().await {
         Ok(mut conn) => match local(&mut conn, &state.peer_app_name()).await {
-            Ok(l) => Some(l),
+            Ok(l) => {
+                local_conn = Some(conn);
+                Some(l)
+            }
             Err(e) => {
                 alarms.push(crate::error::chain(&e));
                 None
@@ -152,9 +204,13 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
             None
         }
     };
+    let mut peer_conn = None;
     let (remote, remote_error) = match backend.connect_peer(state).await {
         Ok(mut conn) => match remote(&mut conn).await {
-            Ok(r) => (Some(r), None),
+            Ok(r) => {
+                peer_conn = Some(conn);
+                (Some(r), None)
+            }
             Err(e) => (None, Some(crate::error::chain(&e))),
         },
         Err(e) => (None, Some(crate::error::chain(&e))),
@@ -194,24 +250,64 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
     } else {
         remote_error
     };
-    if let (Some(l), Some(r)) = (&local, &remote)
-        && l.primary
-        && r.primary
-    {
-        alarms.push(
+    // A standby that should stream and does not: what its log says, and whether the
+    // pair has forked.
+    let standby_stalled = local.as_ref().is_some_and(|l| !l.primary && !l.streaming)
+        && state.following
+        && state.state == ReplicationState::Active;
+    let log = if standby_stalled {
+        server_log_facts(backend, local_conn.as_mut()).await
+    } else {
+        LogFacts::default()
+    };
+    // Two servers that were never switched on together (right after init, or one
+    // switched off) are apart by design, not forked.
+    let both_on =
+        state.state == ReplicationState::Active && remote_state == ReplicationState::Active;
+    let divergence = match &local {
+        Some(l) if both_on => {
+            check_divergence(
+                l,
+                remote.as_ref(),
+                &log,
+                local_conn.as_mut(),
+                peer_conn.as_mut(),
+            )
+            .await
+        }
+        _ => None,
+    };
+    drop((local_conn, peer_conn));
+    let me = state.node;
+    let peer = 3 - me;
+    match (&divergence, &local) {
+        (Some(Divergence::BothPrimaries), _) => alarms.push(
             "both nodes are primaries: run `switch-on -S -F from-sync` on the one that should \
              follow (its data is replaced by its peer's)"
                 .to_owned(),
-        );
+        ),
+        (Some(d), Some(l)) => {
+            let standby = if l.primary { peer } else { me };
+            alarms.push(format!(
+                "diverged: node {standby} (the standby) cannot stream, its timeline has forked \
+                 from the primary's ({d}); run `mp_replication switch-on -S -F from-sync` on \
+                 node {standby} (pg_rewind, or a fresh copy when it cannot rewind)"
+            ));
+        }
+        _ => {}
     }
-    if let Some(l) = &local
-        && l.primary
-        && !l.names.is_empty()
-        && !stream_up
+    let local_detail = standby_stalled
+        .then(|| stalled_detail(backend, state, divergence.as_ref(), &log, remote.is_some()));
+    if standby_stalled
+        && divergence.is_none()
+        && backend
+            .last_contact()
+            .is_none_or(|at| crate::util::now_ms().saturating_sub(at) >= STALLED_ALARM_AFTER_MS)
     {
         alarms.push(format!(
-            "commits wait for {} (synchronous_standby_names), which is not streaming",
-            l.names
+            "node {me} (standby) does not stream from node {peer}: {}; see this node's \
+             status page or `mp_replication status` for PostgreSQL's last word",
+            diverge::reason_kind(log.last_error.as_deref())
         ));
     }
     let lsn = |t: &Option<String>| t.as_deref().and_then(parse_lsn);
@@ -279,10 +375,10 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
                     .unwrap_or(3 - state.node),
             ),
             state: remote_state,
-            status: if connected {
-                LinkStatus::Connected
-            } else {
-                LinkStatus::NotConnected
+            status: match (connected, &divergence) {
+                (true, Some(_)) => LinkStatus::Diverged,
+                (true, None) => LinkStatus::Connected,
+                (false, _) => LinkStatus::NotConnected,
             },
             writable: remote
                 .as_ref()
@@ -297,10 +393,145 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         remote_head: remote.as_ref().and_then(|r| lsn(&r.lsn)).map(Position),
         service_running: backend.service_running(),
         remote_detail,
+        local_detail,
         alarms,
         wal,
         resync: super::resync::read(&backend.server.log_dir),
     })
+}
+
+/// How long a standby may go without streaming before its own alarm says so (a WAL
+/// receiver restarting after a blip is not worth an alarm).
+const STALLED_ALARM_AFTER_MS: u64 = 5_000;
+
+/// How much of the end of the server log is read.
+const LOG_TAIL_BYTES: u64 = 64 << 10;
+
+/// Whether the pair has forked: the facts both servers give, the primary's history
+/// read only when a standby does not stream.
+async fn check_divergence(
+    local: &Local,
+    remote: Option<&Remote>,
+    log: &LogFacts,
+    local_conn: Option<&mut PgConnection>,
+    peer_conn: Option<&mut PgConnection>,
+) -> Option<Divergence> {
+    let remote = remote?;
+    let lsn = |t: &Option<String>| t.as_deref().and_then(parse_lsn);
+    let local_side = Side {
+        primary: local.primary,
+        timeline: local.timeline.max(log.streamed_timeline),
+        lsn: lsn(&local.lsn),
+        streaming: local.streaming,
+    };
+    let remote_side = Side {
+        primary: remote.primary,
+        timeline: remote.timeline,
+        lsn: lsn(&remote.lsn),
+        streaming: remote.streaming,
+    };
+    let mut facts = Facts {
+        local: local_side,
+        remote: Some(remote_side),
+        history: None,
+        logged_fork: log.fork.clone(),
+    };
+    // The primary's history is read only when the standby is on an older timeline:
+    // not in the steady state.
+    let (standby_tli, primary_tli, conn) = match (local.primary, remote.primary) {
+        (false, true) => (local_side.timeline, remote.timeline, peer_conn),
+        (true, false) => (remote.timeline, local.timeline, local_conn),
+        _ => (None, None, None),
+    };
+    if let (Some(s), Some(p), Some(conn)) = (standby_tli, primary_tli, conn)
+        && s < p
+    {
+        facts.history = history(conn, p).await;
+    }
+    diverge::divergence(&facts)
+}
+
+/// Why this standby does not apply, for its own status.
+fn stalled_detail(
+    backend: &PostgresBackend,
+    state: &PgState,
+    divergence: Option<&Divergence>,
+    log: &LogFacts,
+    peer_answers: bool,
+) -> String {
+    let head = format!(
+        "not applying: this standby does not stream from {}",
+        state.remote
+    );
+    if let Some(d) = divergence {
+        return format!(
+            "{head}: diverged ({d}); run `mp_replication switch-on -S -F from-sync` here"
+        );
+    }
+    let why = diverge::reason_kind(log.last_error.as_deref());
+    let last = match &log.last_error {
+        Some(e) => format!("; PostgreSQL's last error: {e}"),
+        None => format!(
+            "; no error in the server log since it last streamed (log: {})",
+            server_log_path(backend, None).display()
+        ),
+    };
+    let peer = if peer_answers {
+        ""
+    } else {
+        "; the primary's server does not answer tandem either"
+    };
+    format!("{head}: {why}{last}{peer}")
+}
+
+/// What the server log says since the WAL receiver last streamed.
+async fn server_log_facts(backend: &PostgresBackend, conn: Option<&mut PgConnection>) -> LogFacts {
+    let current: Option<String> = match conn {
+        Some(conn) => sqlx::query_scalar("SELECT pg_current_logfile()")
+            .fetch_one(conn)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let path = server_log_path(backend, current.as_deref());
+    tokio::task::spawn_blocking(move || read_tail(&path, LOG_TAIL_BYTES))
+        .await
+        .ok()
+        .flatten()
+        .map(|text| diverge::read_log(&text))
+        .unwrap_or_default()
+}
+
+/// The server's log file: the logging collector's current file if it runs, else
+/// where the postmaster's stderr goes (`pg_ctl -l`, whoever started it), else the
+/// file tandem's `pg_ctl start` writes.
+fn server_log_path(backend: &PostgresBackend, current: Option<&str>) -> PathBuf {
+    let data = &backend.cfg().data_dir;
+    if let Some(file) = current {
+        let path = Path::new(file);
+        return if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            data.join(path)
+        };
+    }
+    let stderr = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/fd/2")).ok())
+        .filter(|p| p.is_file());
+    stderr.unwrap_or_else(|| backend.server.server_log())
+}
+
+/// The last `limit` bytes of a file, as text.
+fn read_tail(path: &Path, limit: u64) -> Option<String> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(limit))).ok()?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]

@@ -444,6 +444,15 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     })
 }
 
+/// The start of the alarm of two writable nodes (split brain).
+pub(crate) const BOTH_WRITABLE: &str = "both nodes are writable (split brain)";
+
+/// Whether a node's alarm says the two nodes' data has forked: [`diverged_message`]
+/// or [`BOTH_WRITABLE`].
+pub(crate) fn is_divergence_alarm(alarm: &str) -> bool {
+    alarm.starts_with("diverged:") || alarm.starts_with(BOTH_WRITABLE)
+}
+
 /// The alarm of a node holding changes its peer never received.
 pub(crate) fn diverged_message(m: &meta::Meta) -> String {
     format!(
@@ -457,4 +466,18 @@ pub(crate) fn diverged_message(m: &meta::Meta) -> String {
         m.node,
         3 - m.node,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergence_alarms_are_recognised() {
+        assert!(is_divergence_alarm(&format!(
+            "{BOTH_WRITABLE}: changes made"
+        )));
+        assert!(is_divergence_alarm("diverged: node 1 holds 3 change(s)"));
+        assert!(!is_divergence_alarm("backlog past 10 changes"));
+    }
 }

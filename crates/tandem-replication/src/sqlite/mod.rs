@@ -47,7 +47,9 @@ use crate::status::{
 use crate::util::{AckWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
 use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
 
-pub(crate) use log::{ApplyOutcome, PullCheck, diverged_message};
+pub(crate) use log::{
+    ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm,
+};
 pub(crate) use meta::{
     Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
@@ -326,6 +328,39 @@ impl SqliteBackend {
 
     pub(crate) fn ack_path(&self) -> PathBuf {
         self.settings.state_dir.join("replication.acked")
+    }
+
+    /// Where the service records why this node cannot apply its peer's batches (its
+    /// database refuses them: full, locked), for this node's own status: the
+    /// database itself may be what cannot be written.
+    fn apply_failure_path(&self) -> PathBuf {
+        self.settings.state_dir.join("replication.apply-failure")
+    }
+
+    /// Records (`Some`) or clears (`None`) the apply failure. Best effort: a disk too
+    /// full for this small file loses only the reason on this node's page (the peer
+    /// still hears it).
+    pub(crate) fn record_apply_failure(&self, failure: Option<&str>) {
+        let path = self.apply_failure_path();
+        let result = match failure {
+            Some(text) => crate::util::write_atomically(&path, text.as_bytes()),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::file("cannot remove", &path)(e))
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %crate::error::chain(&e), "recording the apply failure");
+        }
+    }
+
+    /// The apply failure the running service recorded, if any.
+    fn apply_failure(&self) -> Option<String> {
+        std::fs::read_to_string(self.apply_failure_path())
+            .ok()
+            .filter(|t| !t.is_empty())
     }
 
     /// Publishes an acknowledgement at once (for `wait_replicated`); the database
@@ -954,9 +989,29 @@ impl SqliteBackend {
         if !m.alarm.is_empty() {
             alarms.push(format!("node {}: {}", m.node, m.alarm));
         }
+        let peer_alarm = peer
+            .as_ref()
+            .filter(|p| p.connected)
+            .and_then(|p| p.alarm.clone());
         if let Some(a) = peer.as_ref().and_then(|p| p.alarm.clone()) {
             alarms.push(format!("node {}: {a}", 3 - m.node));
         }
+        // The service's alarms say when the data has forked: a node holding changes its
+        // peer never received, or both nodes writable.
+        let diverged = connected
+            && [Some(m.alarm.as_str()), peer_alarm.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(is_divergence_alarm);
+        // A standby that should apply and does not says why on its own page.
+        let reason = if m.alarm.is_empty() {
+            self.apply_failure().filter(|_| running)
+        } else {
+            Some(m.alarm.clone())
+        };
+        let local_detail = reason
+            .filter(|_| !m.writable && m.state == ReplicationState::Active)
+            .map(|r| format!("not applying node {}'s changes: {r}", 3 - m.node));
         Ok(Status {
             backend: "sqlite".into(),
             local: ServerStatus {
@@ -972,10 +1027,10 @@ impl SqliteBackend {
                 site: peer.as_ref().and_then(|p| p.site).or(Some(m.site)),
                 node: Some(peer.as_ref().and_then(|p| p.node).unwrap_or(3 - m.node)),
                 state: remote_state,
-                status: if connected {
-                    LinkStatus::Connected
-                } else {
-                    LinkStatus::NotConnected
+                status: match (connected, diverged) {
+                    (true, true) => LinkStatus::Diverged,
+                    (true, false) => LinkStatus::Connected,
+                    (false, _) => LinkStatus::NotConnected,
                 },
                 writable: peer
                     .as_ref()
@@ -994,6 +1049,7 @@ impl SqliteBackend {
                 .map(Position),
             service_running: running,
             remote_detail,
+            local_detail,
             alarms,
             wal: None,
             resync: None,
