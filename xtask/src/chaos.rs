@@ -1797,6 +1797,15 @@ path = "{files}/prompts"
             outcome.notes.push(format!(
                 "replication did not resume (disconnected or diverged): switch-on -S -F from-sync on {standby}"
             ));
+            for host in [active, standby] {
+                if let Some(s) = self.replication_status(host) {
+                    outcome.notes.push(format!(
+                        "{host} said: remote {}, {}",
+                        s.remote.status,
+                        s.alarms.join("; ")
+                    ));
+                }
+            }
             if self.role(standby).as_deref() == Some("standby") {
                 self.resync(standby, outcome)?;
             }

@@ -12,7 +12,8 @@
 //!   but replayed past the point where the primary's line branched off it (a former
 //!   primary that kept writing after its peer was promoted, or that was demoted
 //!   without `pg_rewind`);
-//! - the standby is on the primary's timeline but ahead of it;
+//! - the standby is on the primary's timeline but ahead of it (and not streaming:
+//!   the two positions are read a moment apart);
 //! - or PostgreSQL said so itself in the standby's server log since it last streamed
 //!   ("new timeline N forked off current database system timeline M before current
 //!   recovery point", "requested starting point ... is not in this server's history").
@@ -179,8 +180,10 @@ pub(crate) fn divergence(facts: &Facts) -> Option<Divergence> {
     let (timeline, primary_timeline) = (standby.timeline?, primary.timeline?);
     let at = standby.lsn?;
     if timeline == primary_timeline {
+        // The two positions are read a moment apart: a standby that streams may
+        // well read ahead of its busy primary's earlier reading.
         let primary_at = primary.lsn?;
-        return (at > primary_at).then_some(Divergence::Ahead {
+        return (at > primary_at && !standby.streaming).then_some(Divergence::Ahead {
             timeline,
             at,
             primary_at,
@@ -417,6 +420,9 @@ mod tests {
         let f = facts(standby(1, 0x500, false), primary(1, 0x400), &[]);
         assert!(matches!(divergence(&f), Some(Divergence::Ahead { .. })));
         let f = facts(standby(1, 0x300, false), primary(1, 0x400), &[]);
+        assert_eq!(divergence(&f), None);
+        // A streaming standby read a moment after its primary is not ahead of it.
+        let f = facts(standby(1, 0x500, true), primary(1, 0x400), &[]);
         assert_eq!(divergence(&f), None);
         // Both primaries.
         let f = facts(primary(1, 0x400), primary(2, 0x500), &[]);
