@@ -1546,7 +1546,8 @@ path = "{files}/prompts"
                 down.as_millis()
             ));
             let server = &self.pg[idx(victim)];
-            let pid = crate::pgsite::postmaster_pid(&server.data_dir)
+            let pid = server
+                .postmaster_pid()
                 .with_context(|| format!("{victim}'s postmaster.pid"))?;
             kill(pid);
             self.step(&format!("{victim}: kill -9 of the postmaster ({pid})"));

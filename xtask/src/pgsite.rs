@@ -209,27 +209,39 @@ impl AppDb {
     }
 }
 
-/// The acknowledged transactions that `host`'s cluster lacks.
-pub(crate) fn missing(settings: &Settings, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
+/// Runs `work` on one superuser connection to the node's server, from the
+/// harness's (blocking) thread.
+fn on_server<T>(
+    settings: &Settings,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let mut conn = PgConnection::connect_with(&options(settings)).await?;
-        let present: Vec<i64> = sqlx::query_scalar("SELECT tx FROM chaos_writes")
-            .fetch_all(&mut conn)
-            .await?;
-        conn.close().await?;
-        let present: BTreeSet<u64> = present
-            .into_iter()
-            .filter_map(|t| u64::try_from(t).ok())
-            .collect();
-        Ok(acked
-            .iter()
-            .filter(|tx| !present.contains(tx))
-            .copied()
-            .collect())
+        let out = work(&mut conn).await?;
+        let _ = conn.close().await;
+        Ok(out)
     })
+}
+
+/// The acknowledged transactions that `host`'s cluster lacks.
+pub(crate) fn missing(settings: &Settings, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
+    let present: Vec<i64> = on_server(settings, async |conn| {
+        sqlx::query_scalar("SELECT tx FROM chaos_writes")
+            .fetch_all(conn)
+            .await
+    })?;
+    let present: BTreeSet<u64> = present
+        .into_iter()
+        .filter_map(|t| u64::try_from(t).ok())
+        .collect();
+    Ok(acked
+        .iter()
+        .filter(|tx| !present.contains(tx))
+        .copied()
+        .collect())
 }
 
 /// `pg_amcheck` of every table and index of the application's database (heap and
@@ -259,53 +271,24 @@ pub(crate) fn integrity(server: &PgServer) -> anyhow::Result<String> {
 /// Whether the server's walreceiver streams (`pg_stat_wal_receiver`); false when
 /// the server does not answer.
 pub(crate) fn wal_receiver_streams(settings: &Settings) -> bool {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return false;
-    };
-    rt.block_on(async {
-        let Ok(mut conn) = PgConnection::connect_with(&options(settings)).await else {
-            return false;
-        };
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM pg_stat_wal_receiver")
-            .fetch_optional(&mut conn)
+    let status = on_server(settings, async |conn| {
+        sqlx::query_scalar::<_, String>("SELECT status FROM pg_stat_wal_receiver")
+            .fetch_optional(conn)
             .await
-            .ok()
-            .flatten();
-        let _ = conn.close().await;
-        status.as_deref() == Some("streaming")
-    })
-}
-
-/// The process ID in the first line of the cluster's `postmaster.pid`.
-pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    });
+    matches!(status, Ok(Some(s)) if s == "streaming")
 }
 
 /// The process IDs of the server's backends of one kind (`client backend`,
 /// `walsender`, `walreceiver`, ...), read over its socket.
 pub(crate) fn backends(settings: &Settings, kind: &str) -> anyhow::Result<Vec<i32>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut conn = PgConnection::connect_with(&options(settings)).await?;
-        let pids: Vec<i32> = sqlx::query_scalar(
+    on_server(settings, async |conn| {
+        sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 AND pid <> pg_backend_pid()",
         )
         .bind(kind)
-        .fetch_all(&mut conn)
-        .await?;
-        conn.close().await?;
-        Ok(pids)
+        .fetch_all(conn)
+        .await
     })
 }
 

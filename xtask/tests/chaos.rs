@@ -64,33 +64,10 @@ fn every_scenario_keeps_the_acknowledged_writes_the_files_and_the_roles() {
     let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
     assert_eq!(trials.len(), 10, "{out}\n{err}");
     for name in SCENARIOS {
-        let line = trials
-            .iter()
-            .find(|l| l.split_whitespace().nth(2) == Some(name))
-            .unwrap_or_else(|| panic!("no trial of {name}:\n{out}"));
-        let roles = line.split("roles ").nth(1).unwrap_or_default();
         // A cut-off active now steps away (or yields when its cable returns), so
         // the writes the node that took over acknowledged are never stranded
         // (docs/RELIABILITY.md, finding 2).
-        assert!(
-            line.contains(" lost 0 "),
-            "{name} lost writes: {line}\n{out}"
-        );
-        assert!(
-            line.contains("files ok"),
-            "{name} damaged files: {line}\n{out}"
-        );
-        assert!(
-            roles.starts_with("node1 active, node2 standby")
-                || roles.starts_with("node1 standby, node2 active"),
-            "{name} did not end with one active and one standby: {line}\n{out}"
-        );
-        if !MAY_OVERLAP.contains(&name) {
-            assert!(
-                line.contains("overlap    0 ms"),
-                "{name} had two holders of the shared address: {line}\n{out}"
-            );
-        }
+        check_trial(&trials, name, !MAY_OVERLAP.contains(&name), &out);
     }
     for line in out.lines() {
         assert!(
@@ -114,28 +91,7 @@ fn with_a_witness_no_scenario_has_two_holders_or_loses_a_write() {
     let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
     assert_eq!(trials.len(), 7, "{out}\n{err}");
     for name in WITNESS_SCENARIOS {
-        let line = trials
-            .iter()
-            .find(|l| l.split_whitespace().nth(2) == Some(name))
-            .unwrap_or_else(|| panic!("no trial of {name}:\n{out}"));
-        assert!(
-            line.contains(" lost 0 "),
-            "{name} lost writes: {line}\n{out}"
-        );
-        assert!(
-            line.contains("files ok"),
-            "{name} damaged files: {line}\n{out}"
-        );
-        assert!(
-            line.contains("overlap    0 ms"),
-            "{name} had two holders of the shared address: {line}\n{out}"
-        );
-        let roles = line.split("roles ").nth(1).unwrap_or_default();
-        assert!(
-            roles.starts_with("node1 active, node2 standby")
-                || roles.starts_with("node1 standby, node2 active"),
-            "{name} did not end with one active and one standby: {line}\n{out}"
-        );
+        check_trial(&trials, name, true, &out);
     }
     assert!(
         !out.contains("split brain during the partition"),
@@ -175,24 +131,7 @@ fn a_postgresql_site_keeps_its_acknowledged_writes_through_faults() {
     let trials: Vec<&str> = out.lines().filter(|l| l.starts_with("trial ")).collect();
     assert_eq!(trials.len(), 3, "{out}\n{err}");
     for name in scenarios {
-        let line = trials
-            .iter()
-            .find(|l| l.split_whitespace().nth(2) == Some(name))
-            .unwrap_or_else(|| panic!("no trial of {name}:\n{out}"));
-        assert!(
-            line.contains(" lost 0 "),
-            "{name} lost writes: {line}\n{out}"
-        );
-        assert!(
-            line.contains("files ok"),
-            "{name} damaged a cluster or a file: {line}\n{out}"
-        );
-        let roles = line.split("roles ").nth(1).unwrap_or_default();
-        assert!(
-            roles.starts_with("node1 active, node2 standby")
-                || roles.starts_with("node1 standby, node2 active"),
-            "{name} did not end with one active and one standby: {line}\n{out}"
-        );
+        check_trial(&trials, name, !MAY_OVERLAP.contains(&name), &out);
     }
     let left = Command::new("pgrep")
         .args(["-f", "tandem-chaos-pg-"])
@@ -207,6 +146,36 @@ fn a_postgresql_site_keeps_its_acknowledged_writes_through_faults() {
         run.status.success(),
         "chaos --backend postgres failed:\n{out}\n{err}"
     );
+}
+
+/// The safety properties of one scenario's trial line: no acknowledged write lost,
+/// no damaged file or cluster, one active and one standby at the end, and (when
+/// `no_overlap`) never two holders of the shared address.
+fn check_trial(trials: &[&str], name: &str, no_overlap: bool, out: &str) {
+    let line = trials
+        .iter()
+        .find(|l| l.split_whitespace().nth(2) == Some(name))
+        .unwrap_or_else(|| panic!("no trial of {name}:\n{out}"));
+    assert!(
+        line.contains(" lost 0 "),
+        "{name} lost writes: {line}\n{out}"
+    );
+    assert!(
+        line.contains("files ok"),
+        "{name} damaged files or a cluster: {line}\n{out}"
+    );
+    let roles = line.split("roles ").nth(1).unwrap_or_default();
+    assert!(
+        roles.starts_with("node1 active, node2 standby")
+            || roles.starts_with("node1 standby, node2 active"),
+        "{name} did not end with one active and one standby: {line}\n{out}"
+    );
+    if no_overlap {
+        assert!(
+            line.contains("overlap    0 ms"),
+            "{name} had two holders of the shared address: {line}\n{out}"
+        );
+    }
 }
 
 /// Runs `cargo xtask <args>` (one chaos run at a time) and checks that it left

@@ -197,6 +197,18 @@ impl PgServer {
         .is_ok()
     }
 
+    /// The process ID of the postmaster running from this data directory, from the
+    /// first line of its `postmaster.pid` (whoever started it).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Runs one of PostgreSQL's programs as `postgres` inside the node's namespace.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
         let mut cmd = Command::new("ip");
@@ -232,11 +244,7 @@ impl Drop for PgServer {
         let _ = self.kill();
         // Whatever still runs from this data directory (a server started by the code
         // under test after the data directory was replaced) is killed.
-        let pid_file = self.data_dir.join("postmaster.pid");
-        if let Some(pid) = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
+        if let Some(pid) = self.postmaster_pid() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

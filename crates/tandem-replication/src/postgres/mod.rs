@@ -1172,6 +1172,14 @@ impl PostgresBackend {
         ))
     }
 
+    /// Whether the peer answers as a primary (`false` when it does not answer).
+    async fn peer_is_primary(&self, state: &PgState) -> Result<bool> {
+        match self.connect_peer(state).await {
+            Ok(mut peer) => Ok(!Self::in_recovery(&mut peer).await?),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Makes this node the standby at once, leaving the copy to the replication
     /// service: the server restarts read-only (a standby), and when the peer is a
     /// primary the resynchronisation from it (`pg_rewind` or `pg_basebackup`, which
@@ -1197,10 +1205,7 @@ impl PostgresBackend {
                 .await?
                 .is_some_and(|c| c.was_primary())
         };
-        let peer_is_primary = match self.connect_peer(&state).await {
-            Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
-            Err(_) => false,
-        };
+        let peer_is_primary = self.peer_is_primary(&state).await?;
         self.server.stop().await?;
         if self.server.has_cluster() {
             self.server.write_standby_signal()?;
@@ -1250,10 +1255,7 @@ impl PostgresBackend {
                 return Ok(());
             }
         }
-        let peer_is_primary = match self.connect_peer(&state).await {
-            Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
-            Err(_) => false,
-        };
+        let peer_is_primary = self.peer_is_primary(&state).await?;
         if peer_is_primary {
             let options = SwitchOnOptions::new().from_sync();
             return self
@@ -1279,10 +1281,7 @@ impl PostgresBackend {
             return Ok(WatchOutcome::Nothing);
         };
         if state.resync {
-            let peer_is_primary = match self.connect_peer(&state).await {
-                Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
-                Err(_) => false,
-            };
+            let peer_is_primary = self.peer_is_primary(&state).await?;
             if !peer_is_primary {
                 // Not yet: the alarm says what it waits for.
                 return Ok(WatchOutcome::Nothing);
@@ -1355,10 +1354,7 @@ impl PostgresBackend {
         let now = now_ms();
         let since = *state.idle_since.get_or_insert(now);
         if now.saturating_sub(since) >= STANDBY_IDLE_LIMIT_MS {
-            let peer_is_primary = match self.connect_peer(state).await {
-                Ok(mut peer) => !Self::in_recovery(&mut peer).await?,
-                Err(_) => false,
-            };
+            let peer_is_primary = self.peer_is_primary(state).await?;
             if peer_is_primary {
                 tracing::warn!(
                     idle_ms = now.saturating_sub(since),
