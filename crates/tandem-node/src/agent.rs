@@ -178,6 +178,10 @@ struct Agent {
     reannounce: std::collections::VecDeque<tokio::time::Instant>,
     /// When the database was last watched.
     database_watched: Option<Instant>,
+    /// The replication status read under way, beside the event loop: reading
+    /// it may wait on the peer's database (a PostgreSQL connection, up to its
+    /// `connect_timeout_ms`), which must not hold up peer messages and tools.
+    status_read: Option<tokio::task::JoinHandle<tandem_replication::Result<tandem_replication::Status>>>,
     /// When a tick last republished the status snapshot.
     published_tick: Instant,
     /// The peer's last frame before which a probe ahead of its loss ran.
@@ -270,6 +274,7 @@ impl Agent {
             peer_lost_seen: Instant::now(),
             reannounce: std::collections::VecDeque::new(),
             database_watched: None,
+            status_read: None,
             published_tick: Instant::now(),
             probed_ahead_of: None,
             ahead: None,
@@ -301,6 +306,13 @@ impl Agent {
                 probed = wait_some(self.ahead.as_mut()) => {
                     self.ahead = None;
                     self.keep_probe_ahead(probed);
+                }
+                read = wait_some(self.status_read.as_mut()) => {
+                    self.status_read = None;
+                    match read {
+                        Ok(read) => self.database_status_read(read).await,
+                        Err(e) => tracing::warn!(error = %e, "the replication status read ended abnormally"),
+                    }
                 }
                 event = self.link.next_event() => match event {
                     Some(LinkEvent::PeerUp(session)) => {
@@ -555,8 +567,9 @@ impl Agent {
         }
     }
 
-    /// Starts the replication service when the database appeared, reads its
-    /// status and raises the database alarms.
+    /// Starts the replication service when the database appeared, and a read of
+    /// its status beside the loop ([`database_status_read`](Self::database_status_read)
+    /// takes the result).
     async fn watch_database(&mut self) {
         if self
             .database_watched
@@ -569,10 +582,22 @@ impl Agent {
             self.replicator = None;
         }
         self.start_replicator().await;
-        let Some(db) = self.node.database() else {
-            return;
-        };
-        match db.status().await {
+        if self.status_read.is_some() {
+            return; // The last read is still under way.
+        }
+        if let Some(db) = self.node.database() {
+            let db = std::sync::Arc::clone(db);
+            self.status_read = Some(tokio::spawn(async move { db.status().await }));
+        }
+    }
+
+    /// Takes a replication status read beside the loop, tells the role machine
+    /// about a switch, and raises or clears the database alarms.
+    async fn database_status_read(
+        &mut self,
+        read: tandem_replication::Result<tandem_replication::Status>,
+    ) {
+        match read {
             Ok(status) => self.replication = Some(status),
             Err(e) => {
                 // Keep the last status and its alarms: a busy database must not

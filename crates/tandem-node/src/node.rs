@@ -133,7 +133,7 @@ pub struct Node {
     probe_due: Option<Instant>,
     services: Services,
     hooks: HookRunner,
-    database: Option<Backend>,
+    database: Option<std::sync::Arc<Backend>>,
     /// The witness lease keeper, on a site with a witness while the agent runs.
     witness: Option<tandem_witness::Keeper>,
     _lock: Flock<File>,
@@ -356,7 +356,7 @@ impl Node {
     /// [`open_database`](crate::open_database)). Without one they are recorded
     /// and succeed.
     pub fn attach_database(&mut self, database: Backend) {
-        self.database = Some(database);
+        self.database = Some(std::sync::Arc::new(database));
     }
 
     /// Makes a database attached while the node was already active writable:
@@ -380,8 +380,9 @@ impl Node {
         }
     }
 
-    /// The node's replicated database, if one is attached.
-    pub fn database(&self) -> Option<&Backend> {
+    /// The node's replicated database, if one is attached (shared, so that a
+    /// task beside the caller's loop can read its status).
+    pub fn database(&self) -> Option<&std::sync::Arc<Backend>> {
         self.database.as_ref()
     }
 
