@@ -14,11 +14,14 @@
 //! an applied batch and its acknowledged position are on disk before the peer hears of
 //! them.
 
+mod engine;
 mod log;
 mod meta;
 mod order;
+mod protocol;
 mod restore;
 mod schema;
+mod service;
 mod sync;
 mod value;
 
@@ -54,6 +57,7 @@ pub(crate) use meta::{
     Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
 pub use restore::{RestoreConflict, RestoreReport, SavedRow};
+pub use service::{PeerEvent, Replicator, Transport};
 pub(crate) use schema::TableInfo;
 pub(crate) use sync::{SnapshotReader, SyncStage};
 
