@@ -260,7 +260,7 @@ impl Protocol {
             s.serving = None;
             return Flow::Next;
         }
-        if serving.inflight.len() >= limits.window.max(1) || serving.sent >= head {
+        if serving.inflight.len() >= limits.window || serving.sent >= head {
             return Flow::Next;
         }
         // Group commit: while a batch is on its way, a partial one waits for its

@@ -129,10 +129,14 @@ impl Sim {
                 });
             }
             Command::ApplyBatch { batch, .. } => {
-                let result = self
-                    .next_apply
-                    .take()
-                    .unwrap_or(Applied::Upto(batch.last()));
+                // As the backend: a batch must follow what was applied; one applied
+                // before changes nothing.
+                let applied = if db.applied_log == Some(batch.log) { db.applied } else { 0 };
+                let result = self.next_apply.take().unwrap_or(if batch.prev > applied {
+                    Applied::Refused(format!("gap: {} after {applied}", batch.prev))
+                } else {
+                    Applied::Upto(batch.last().max(applied))
+                });
                 if let Applied::Upto(last) = result {
                     db.applied_log = Some(batch.log);
                     db.applied = last;
@@ -193,8 +197,11 @@ impl Sim {
             Command::FinishSync { id, .. } => {
                 let result = match self.receiving.take() {
                     Some((copied, log, position)) => {
+                        // The snapshot supersedes this node's own changelog.
                         db.applied_log = Some(log);
                         db.applied = position;
+                        db.acked = db.head;
+                        db.floor = db.head;
                         db.state = ReplicationState::Active;
                         Ok(SyncDone {
                             log,
@@ -259,7 +266,7 @@ fn show_message(m: &Message) -> String {
                 opt(s.applied_log),
                 s.applied,
                 yes(s.writable),
-                s.state,
+                s.state.as_str(),
                 s.schema
             );
             if !s.alarm.is_empty() {
@@ -320,9 +327,17 @@ fn show(c: &Command) -> Option<String> {
             format!("send {}", show_message(&Message::State(state.clone())))
         }
         Command::SetAlarm(a) => format!("set-alarm {a:?}"),
-        Command::SetState { state, .. } => format!("set-state {state}"),
+        Command::SetState { state, .. } => format!("set-state {}", state.as_str()),
         Command::Suspend(a) => format!("suspend {a:?}"),
-        Command::SwitchLocal { on, why, .. } => format!("switch-local on={} why={why:?}", yes(*on)),
+        Command::SwitchLocal { on, why, .. } => {
+            let why = match why {
+                Switch::FollowPeer => "follow-peer".to_owned(),
+                Switch::ForSync => "for-sync".to_owned(),
+                Switch::Request { id, .. } => format!("request-{id}"),
+                Switch::Peer { id, .. } => format!("peer-control-{id}"),
+            };
+            format!("switch-local on={} why={why}", yes(*on))
+        }
         Command::ApplyBatch { batch, .. } => format!(
             "apply-batch log={} prev={} last={}",
             batch.log,
