@@ -20,7 +20,9 @@ use super::protocol::{
 use super::service::Transport;
 use crate::error::{Error, Result, chain};
 use crate::fence::Fence;
-use crate::sqlite::{self, ApplyOutcome, Meta, PeerRecord, SnapshotReader, SqliteBackend, SyncStage};
+use crate::sqlite::{
+    self, ApplyOutcome, Meta, PeerRecord, SnapshotReader, SqliteBackend, SyncStage,
+};
 use crate::status::ReplicationState;
 use crate::util::{WakeSocket, now_ms};
 use crate::wire::{self, Batch, Message};
@@ -233,13 +235,18 @@ impl Engine {
         let b = Arc::clone(&self.backend);
         match command {
             Command::PublishAck { log, seq } => b.publish_ack(log, seq)?,
-            Command::RecordAck { log, seq, wait } => return Ok(self.record_ack(log, seq, wait).await),
+            Command::RecordAck { log, seq, wait } => {
+                return Ok(self.record_ack(log, seq, wait).await);
+            }
             Command::RecordPeer { record, wait: true } => {
                 if let Err(e) = b.record_peer(&record).await {
                     warn!(error = %chain(&e), "recording the peer state failed");
                 }
             }
-            Command::RecordPeer { record, wait: false } => {
+            Command::RecordPeer {
+                record,
+                wait: false,
+            } => {
                 self.peer_record = Some(record);
                 self.flush_peer_record();
             }

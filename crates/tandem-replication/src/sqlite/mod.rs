@@ -57,8 +57,8 @@ pub(crate) use meta::{
     Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
 pub use restore::{RestoreConflict, RestoreReport, SavedRow};
-pub use service::{PeerEvent, Replicator, Transport};
 pub(crate) use schema::TableInfo;
+pub use service::{PeerEvent, Replicator, Transport};
 pub(crate) use sync::{SnapshotReader, SyncStage};
 
 /// How long `switch-on` waits at most for the replication service to start, whatever

@@ -152,7 +152,11 @@ pub(crate) enum Command {
     /// Suspend replication with this alarm (drops the changelog).
     Suspend(String),
     /// Switch local replication on or off, then answer [`Input::Switched`].
-    SwitchLocal { on: bool, why: Switch, then: Program },
+    SwitchLocal {
+        on: bool,
+        why: Switch,
+        then: Program,
+    },
     /// Apply the peer's batch while its token (`peer`, `token`) passes the fence,
     /// then answer [`Input::Applied`].
     ApplyBatch {
@@ -456,7 +460,10 @@ impl Protocol {
         match input {
             Input::SessionUp => {
                 self.session = Some(Session::default());
-                self.run(steps([Step::Refresh { force: true }, Step::State { force: true }]), &mut out);
+                self.run(
+                    steps([Step::Refresh { force: true }, Step::State { force: true }]),
+                    &mut out,
+                );
             }
             Input::SessionLost(reason) => self.session_lost(reason, &mut out),
             Input::Unreachable(text) => self.unreachable(text, &mut out),
@@ -574,7 +581,9 @@ fn refresh(force: bool) -> Command {
 /// Gives `command` the rest of the program.
 fn with_then(command: Command, program: Program) -> Command {
     match command {
-        Command::Refresh { force, tolerant, .. } => Command::Refresh {
+        Command::Refresh {
+            force, tolerant, ..
+        } => Command::Refresh {
             force,
             tolerant,
             then: program,

@@ -88,7 +88,12 @@ impl Protocol {
             self.finish(r.id, false, text.into(), None, out);
             return pause_on_last(out);
         }
-        info!(id = r.id, on = r.on, sync = r.sync, "request from a command");
+        info!(
+            id = r.id,
+            on = r.on,
+            sync = r.sync,
+            "request from a command"
+        );
         if !r.sync {
             return Flow::Wait(Command::SwitchLocal {
                 on: r.on,
@@ -129,7 +134,13 @@ impl Protocol {
 
     /// A request's local switch is done: ask the peer to switch too, or finish if
     /// there is no peer.
-    pub(super) fn control(&mut self, id: u64, on: bool, local: String, out: &mut Vec<Command>) -> Flow {
+    pub(super) fn control(
+        &mut self,
+        id: u64,
+        on: bool,
+        local: String,
+        out: &mut Vec<Command>,
+    ) -> Flow {
         if self.session.is_some() {
             out.push(Command::Send(Message::Control { id, on }));
             self.pending = Some(Pending::Control {
@@ -425,7 +436,9 @@ impl Protocol {
                     return;
                 }
                 match result {
-                    Ok((done, total)) => out.push(Command::SetProgress(Progress { id, done, total })),
+                    Ok((done, total)) => {
+                        out.push(Command::SetProgress(Progress { id, done, total }))
+                    }
                     Err(e) => {
                         self.pending = None;
                         out.push(Command::DropSync);
@@ -464,6 +477,12 @@ impl Protocol {
             Some(f) => text.push_str(&format!("; {} local-only rows saved to {f}", done.saved)),
             None => text.push_str("; this node had no rows the peer lacked"),
         }
-        self.finish(id, true, text, Some((done.file, done.saved, done.copied)), out);
+        self.finish(
+            id,
+            true,
+            text,
+            Some((done.file, done.saved, done.copied)),
+            out,
+        );
     }
 }

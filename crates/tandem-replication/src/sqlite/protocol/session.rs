@@ -278,7 +278,12 @@ impl Protocol {
     }
 
     /// Sends the changes read as a batch and goes on serving.
-    pub(super) fn changes(&mut self, changes: Vec<Change>, mut then: Program, out: &mut Vec<Command>) {
+    pub(super) fn changes(
+        &mut self,
+        changes: Vec<Change>,
+        mut then: Program,
+        out: &mut Vec<Command>,
+    ) {
         let last = changes.last().map(|c| c.seq);
         if let Some(last) = last
             && let Some(serving) = self.session.as_mut().and_then(|s| s.serving.as_mut())
@@ -381,7 +386,11 @@ impl Protocol {
                 warn!(error = %reason, "not applying the peer's batch");
                 out.push(Command::SetAlarm(reason.clone()));
                 out.push(Command::Send(Message::Stop));
-                let key = self.session.as_ref().and_then(|s| s.peer.as_ref()).map(|p| self.pull_key(p));
+                let key = self
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.peer.as_ref())
+                    .map(|p| self.pull_key(p));
                 let now = self.now.mono;
                 if let Some(s) = self.session.as_mut() {
                     s.pulling = false;
@@ -436,7 +445,11 @@ impl Protocol {
 
     fn on_refuse(&mut self, reason: String, out: &mut Vec<Command>) {
         warn!(%reason, "the peer refused our pull");
-        let key = self.session.as_ref().and_then(|s| s.peer.as_ref()).map(|p| self.pull_key(p));
+        let key = self
+            .session
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| self.pull_key(p));
         let now = self.now.mono;
         if let Some(s) = self.session.as_mut() {
             s.pulling = false;
@@ -447,7 +460,9 @@ impl Protocol {
     }
 
     fn on_control_done(&mut self, id: u64, ok: bool, message: String, out: &mut Vec<Command>) {
-        if let Some(Pending::Control { id: mine, local, .. }) = self
+        if let Some(Pending::Control {
+            id: mine, local, ..
+        }) = self
             .pending
             .take_if(|p| matches!(p, Pending::Control { id: x, .. } if *x == id))
         {
@@ -475,7 +490,14 @@ impl Protocol {
 
     /// The peer asks for a snapshot (from-sync): refuse, or switch on if needed and
     /// start sending one.
-    fn on_sync_request(&mut self, id: u64, log: u64, head: u64, schema: &str, out: &mut Vec<Command>) {
+    fn on_sync_request(
+        &mut self,
+        id: u64,
+        log: u64,
+        head: u64,
+        schema: &str,
+        out: &mut Vec<Command>,
+    ) {
         let peer = self.session.as_ref().and_then(|s| s.peer.clone());
         let providing = self.session.as_ref().is_some_and(|s| s.providing);
         let refuse = if self.meta.state == ReplicationState::Syncing {

@@ -121,7 +121,11 @@ impl Sim {
                 } else {
                     ReplicationState::Off
                 };
-                let text = format!("switched {} on node {}", if on { "on" } else { "off" }, db.node);
+                let text = format!(
+                    "switched {} on node {}",
+                    if on { "on" } else { "off" },
+                    db.node
+                );
                 return Some(Input::Switched {
                     why,
                     result: Ok(text),
@@ -131,7 +135,11 @@ impl Sim {
             Command::ApplyBatch { batch, .. } => {
                 // As the backend: a batch must follow what was applied; one applied
                 // before changes nothing.
-                let applied = if db.applied_log == Some(batch.log) { db.applied } else { 0 };
+                let applied = if db.applied_log == Some(batch.log) {
+                    db.applied
+                } else {
+                    0
+                };
                 let result = self.next_apply.take().unwrap_or(if batch.prev > applied {
                     Applied::Refused(format!("gap: {} after {applied}", batch.prev))
                 } else {
@@ -364,9 +372,16 @@ fn show(c: &Command) -> Option<String> {
             format!("finish-sync id={id} rows={rows} peer={peer}")
         }
         Command::DropSync => "drop-sync".into(),
-        Command::SetProgress(p) => format!("set-progress id={} done={} total={}", p.id, p.done, p.total),
+        Command::SetProgress(p) => {
+            format!("set-progress id={} done={} total={}", p.id, p.done, p.total)
+        }
         Command::FinishRequest(d) => {
-            format!("finish-request id={} ok={} {:?}", d.id, yes(d.ok), d.message)
+            format!(
+                "finish-request id={} ok={} {:?}",
+                d.id,
+                yes(d.ok),
+                d.message
+            )
         }
         Command::PublishAck { log, seq } => format!("publish-ack log={log} seq={seq}"),
         Command::RecordAck { log, seq, wait } => {
@@ -375,7 +390,10 @@ fn show(c: &Command) -> Option<String> {
         Command::RecordPeer { record, .. } => format!(
             "record-peer connected={} error={}",
             yes(record.connected),
-            record.error.as_deref().map_or("-".into(), |e| format!("{e:?}"))
+            record
+                .error
+                .as_deref()
+                .map_or("-".into(), |e| format!("{e:?}"))
         ),
         Command::RecordApplyFailure(f) => format!("record-apply-failure {f:?}"),
         Command::End(e) => format!("end {e:?}"),
@@ -435,13 +453,18 @@ impl Args {
     }
 
     fn num(&self, k: &str) -> Result<u64, String> {
-        self.str(k)?.parse().map_err(|_| format!("{k}= is not a number"))
+        self.str(k)?
+            .parse()
+            .map_err(|_| format!("{k}= is not a number"))
     }
 
     fn opt_num(&self, k: &str) -> Result<Option<u64>, String> {
         match self.str(k)?.as_str() {
             "-" => Ok(None),
-            v => v.parse().map(Some).map_err(|_| format!("{k}= is not a number")),
+            v => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{k}= is not a number")),
         }
     }
 
@@ -544,7 +567,13 @@ fn parse_message(words: &[String]) -> Result<Message, String> {
 /// applied-log= applied= alarm= window= batch= max-backlog= token= fence-floor=]`
 fn declare(words: &[String]) -> Result<Sim, String> {
     let a = Args::parse(words);
-    let num = |k: &str, d: u64| a.num(k).or(if a.keys.contains_key(k) { Err(format!("bad {k}")) } else { Ok(d) });
+    let num = |k: &str, d: u64| {
+        a.num(k).or(if a.keys.contains_key(k) {
+            Err(format!("bad {k}"))
+        } else {
+            Ok(d)
+        })
+    };
     let writable = a.yes("writable")?;
     let state = state_word(&a.str("state")?)?;
     let node = u8::try_from(a.num("node")?).map_err(|e| e.to_string())?;
@@ -664,7 +693,9 @@ fn run(text: &str) -> Result<String, String> {
         if let Some(decl) = line.strip_prefix("node ") {
             sim = Some(declare(&tokenize(decl).map_err(err)?).map_err(err)?);
         } else if let Some(rest) = line.strip_prefix('@') {
-            let (ms, rest) = rest.split_once(' ').ok_or_else(|| err("expected `@<ms> <event>`".into()))?;
+            let (ms, rest) = rest
+                .split_once(' ')
+                .ok_or_else(|| err("expected `@<ms> <event>`".into()))?;
             let sim = sim.as_mut().ok_or_else(|| err("no node declared".into()))?;
             let ms: u64 = ms.parse().map_err(|_| err(format!("bad time `{ms}`")))?;
             if ms < sim.now_ms {
