@@ -359,7 +359,7 @@ impl Engine {
     /// Re-reads the meta table if anything was committed since the last look (one
     /// statement on the watch connection, which asks and reads at once), and the
     /// declared tables if the recorded fingerprint is not theirs.
-    async fn refresh(&mut self, force: bool) -> Result<(Option<Meta>, Option<String>)> {
+    async fn refresh(&mut self, force: bool) -> Result<(Option<Box<Meta>>, Option<String>)> {
         let seen = (!force).then_some(self.data_version);
         let (version, meta) = sqlite::read_meta_if_changed(&mut self.watch, seen).await?;
         self.data_version = version;
@@ -371,7 +371,7 @@ impl Engine {
         if meta.schema != self.protocol.fingerprint() {
             fingerprint = Some(self.backend.reload_tables().await?.fingerprint.clone());
         }
-        Ok((Some(meta), fingerprint))
+        Ok((Some(Box::new(meta)), fingerprint))
     }
 
     /// Records an acknowledgement now (after the write going on) or in the background.

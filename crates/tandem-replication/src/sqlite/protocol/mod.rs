@@ -286,7 +286,7 @@ pub(crate) enum Input {
     Snapshot(SnapshotItem),
     /// The meta table (none: unchanged) and the tables' fingerprint if reloaded.
     Refreshed {
-        meta: Option<Meta>,
+        meta: Option<Box<Meta>>,
         fingerprint: Option<String>,
         then: Program,
     },
@@ -478,7 +478,7 @@ impl Protocol {
                 then,
             } => {
                 if let Some(meta) = meta {
-                    self.meta = meta;
+                    self.meta = *meta;
                 }
                 if let Some(fingerprint) = fingerprint {
                     self.fingerprint = fingerprint;
@@ -611,10 +611,10 @@ fn with_then(command: Command, program: Program) -> Command {
 /// Ends a step: if the last command is a re-read, the step waits for it (and the
 /// program goes on with what it read).
 fn pause_on_last(out: &mut Vec<Command>) -> Flow {
-    if matches!(out.last(), Some(Command::Refresh { .. })) {
-        if let Some(command) = out.pop() {
-            return Flow::Wait(command);
-        }
+    if matches!(out.last(), Some(Command::Refresh { .. }))
+        && let Some(command) = out.pop()
+    {
+        return Flow::Wait(command);
     }
     Flow::Next
 }

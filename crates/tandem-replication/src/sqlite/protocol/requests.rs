@@ -353,11 +353,11 @@ impl Protocol {
                 tables,
                 rows,
             } => {
-                if self
+                let requested = self
                     .pending
                     .take_if(|p| matches!(p, Pending::SyncRequested { id: x, .. } if *x == id))
-                    .is_some()
-                {
+                    .is_some();
+                if requested {
                     out.push(Command::BeginSync {
                         id,
                         log,
@@ -367,10 +367,8 @@ impl Protocol {
                     });
                 }
             }
-            Message::SnapshotRows { id, table, rows } => {
-                if self.receiving(id) {
-                    out.push(Command::StoreRows { id, table, rows });
-                }
+            Message::SnapshotRows { id, table, rows } if self.receiving(id) => {
+                out.push(Command::StoreRows { id, table, rows });
             }
             Message::SnapshotEnd { id, rows } => self.on_snapshot_end(id, rows, out),
             Message::SyncFailed { id, reason } => {
@@ -450,10 +448,8 @@ impl Protocol {
                 Ok(done) => self.sync_done(id, done, out),
                 Err(e) => self.fail_sync(id, e, out),
             },
-            Input::AckUnrecorded { log, seq } => {
-                if self.ack_pending.is_none_or(|(_, p)| p < seq) {
-                    self.ack_pending = Some((log, seq));
-                }
+            Input::AckUnrecorded { log, seq } if self.ack_pending.is_none_or(|(_, p)| p < seq) => {
+                self.ack_pending = Some((log, seq));
             }
             _ => {}
         }

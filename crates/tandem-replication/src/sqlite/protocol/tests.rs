@@ -100,7 +100,7 @@ impl Sim {
         let db = &mut self.db;
         match command.clone() {
             Command::Refresh { force, then, .. } => {
-                let meta = (force || self.read != *db).then(|| db.clone());
+                let meta = (force || self.read != *db).then(|| Box::new(db.clone()));
                 self.read = db.clone();
                 return Some(Input::Refreshed {
                     meta,
