@@ -161,7 +161,6 @@ mod fence;
 mod observer;
 mod postgres;
 pub mod sample;
-mod service;
 mod size;
 mod sqlite;
 mod status;
@@ -181,11 +180,10 @@ pub use error::{Error, Result, chain};
 pub use fence::Fence;
 pub use observer::{Observer, Quiet};
 pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn, site_ca_pem};
-pub use service::{PeerEvent, Replicator, Transport};
 pub use size::{database_bytes, database_size_alarm};
 pub use sqlite::{
-    Identity, RestoreConflict, RestoreReport, SavedRow, SqliteBackend, TableChecksum, Writer,
-    connect_options, position_in,
+    Identity, PeerEvent, Replicator, RestoreConflict, RestoreReport, SavedRow, SqliteBackend,
+    TableChecksum, Transport, Writer, connect_options, position_in,
 };
 pub use status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,

@@ -14,11 +14,14 @@
 //! an applied batch and its acknowledged position are on disk before the peer hears of
 //! them.
 
+mod engine;
 mod log;
 mod meta;
 mod order;
+mod protocol;
 mod restore;
 mod schema;
+mod service;
 mod sync;
 mod value;
 
@@ -55,6 +58,7 @@ pub(crate) use meta::{
 };
 pub use restore::{RestoreConflict, RestoreReport, SavedRow};
 pub(crate) use schema::TableInfo;
+pub use service::{PeerEvent, Replicator, Transport};
 pub(crate) use sync::{SnapshotReader, SyncStage};
 
 /// How long `switch-on` waits at most for the replication service to start, whatever
