@@ -64,14 +64,13 @@
 
 mod config;
 mod link;
-mod mac;
 mod outcome;
 pub mod packet;
 mod prober;
 
 pub use config::{Collect, MAX_RETRIES, MAX_WAIT, ProbeConfig};
 pub use link::{RawLink, Sent};
-pub use mac::{MacAddr, ParseMacError};
+pub use tandem_core::MacAddr;
 pub use outcome::{Answer, Outcome, Responder};
 pub use prober::Prober;
 
