@@ -10,9 +10,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tandem_core::now_ms;
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
 use tandem_replication::ReplicationBackend;
 use tandem_role::{Epoch, Event, FenceToken, Isolation, NodeId, ProbeOutcome, Role};
@@ -1446,12 +1447,6 @@ fn log_report(what: &str, report: &Report) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 #[cfg(test)]
 mod bundle_size_tests {
