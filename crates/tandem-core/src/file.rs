@@ -198,7 +198,9 @@ impl AtomicFile {
         let done = file
             .sync_all()
             .map_err(at(AtomicStep::Syncing, &self.tmp))
-            .and_then(|()| fs::rename(&self.tmp, &self.path).map_err(at(AtomicStep::Renaming, &self.path)));
+            .and_then(|()| {
+                fs::rename(&self.tmp, &self.path).map_err(at(AtomicStep::Renaming, &self.path))
+            });
         if let Err(e) = done {
             let _ = fs::remove_file(&self.tmp);
             return Err(e);
@@ -250,9 +252,11 @@ fn open_temporary(tmp: &Path, mode: FileMode) -> Result<File, AtomicWriteError> 
     let set = match mode {
         FileMode::Masked(_) => Ok(()),
         FileMode::Exact(m) => set_mode(&file, m).map_err(at(AtomicStep::ChangingMode, tmp)),
-        FileMode::Owned { uid, gid, mode } => std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .map_err(at(AtomicStep::ChangingOwner, tmp))
-            .and_then(|()| set_mode(&file, mode).map_err(at(AtomicStep::ChangingMode, tmp))),
+        FileMode::Owned { uid, gid, mode } => {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(at(AtomicStep::ChangingOwner, tmp))
+                .and_then(|()| set_mode(&file, mode).map_err(at(AtomicStep::ChangingMode, tmp)))
+        }
     };
     if let Err(e) = set {
         drop(file);

@@ -35,6 +35,7 @@ mod mac;
 mod random;
 mod state;
 
+pub use clock::{format_utc, now_ms, timestamp_for_file};
 pub use file::{
     AtomicFile, AtomicOptions, AtomicStep, AtomicWriteError, FileMode, write_atomically,
     write_atomically_with,
@@ -43,7 +44,6 @@ pub use ids::{NodeId, SiteId};
 pub use mac::MacAddr;
 pub use random::random_u64;
 pub use state::{JsonStateFile, StateFileError};
-pub use clock::{format_utc, now_ms, timestamp_for_file};
 
 /// A value given as text (or a number) that is not valid; the message names the
 /// value and what was expected.

@@ -1447,7 +1447,6 @@ fn log_report(what: &str, report: &Report) {
     }
 }
 
-
 #[cfg(test)]
 mod bundle_size_tests {
     #![allow(clippy::unwrap_used, clippy::panic)]

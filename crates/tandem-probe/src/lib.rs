@@ -70,9 +70,9 @@ mod prober;
 
 pub use config::{Collect, MAX_RETRIES, MAX_WAIT, ProbeConfig};
 pub use link::{RawLink, Sent};
-pub use tandem_core::MacAddr;
 pub use outcome::{Answer, Outcome, Responder};
 pub use prober::Prober;
+pub use tandem_core::MacAddr;
 
 use std::io;
 

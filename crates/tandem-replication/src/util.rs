@@ -15,7 +15,10 @@ pub(crate) use tandem_core::timestamp_for_file;
 
 /// A random number from the operating system (`getrandom(2)`).
 pub(crate) fn random_u64() -> Result<u64> {
-    tandem_core::random_u64().map_err(Error::file("cannot get random bytes through", "getrandom(2)"))
+    tandem_core::random_u64().map_err(Error::file(
+        "cannot get random bytes through",
+        "getrandom(2)",
+    ))
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync,
