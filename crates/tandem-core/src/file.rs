@@ -189,6 +189,16 @@ impl AtomicFile {
         &self.tmp
     }
 
+    /// A second handle on the temporary file, for a caller that writes it some
+    /// other way (asynchronously, say); [`commit`](AtomicFile::commit) still
+    /// syncs and renames it.
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        match &self.file {
+            Some(file) => file.try_clone(),
+            None => Err(io::Error::other("the atomic file was already committed")),
+        }
+    }
+
     /// fsyncs the temporary file, renames it over the target and fsyncs the
     /// directory. On an error before the rename, the temporary file is removed.
     pub fn commit(mut self) -> Result<(), AtomicWriteError> {
@@ -343,6 +353,17 @@ mod tests {
         assert!(file.temp_path().exists());
         drop(file);
         assert_eq!(fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(names(dir.path()), ["f"]);
+    }
+
+    #[test]
+    fn a_file_written_through_a_second_handle_commits_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = AtomicFile::create(&path, &AtomicOptions::masked(0o600)).unwrap();
+        file.try_clone_file().unwrap().write_all(b"whole").unwrap();
+        file.commit().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "whole");
         assert_eq!(names(dir.path()), ["f"]);
     }
 
