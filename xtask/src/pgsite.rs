@@ -18,6 +18,7 @@ use sqlx::{Connection as _, PgConnection};
 use tandem_lab::Host;
 use tandem_lab::postgres::PgServer;
 use tandem_replication::{Position, Settings};
+use tandem_role::NodeId;
 
 /// The TCP port of the lab's servers (on each node's own address).
 pub(crate) const PORT: u16 = 5432;
@@ -123,7 +124,7 @@ impl AppDb {
             .max_connections(8)
             .acquire_timeout(Duration::from_millis(500))
             .connect_lazy_with(options(settings));
-        let peer = 3 - settings.node.id.unwrap_or(1);
+        let peer = NodeId::try_from(settings.node.id.unwrap_or(1))?.peer();
         Ok(AppDb {
             pool,
             peer_app: format!("tandem_node{peer}"),

@@ -3,52 +3,43 @@
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
+use tandem_core::{AtomicFile, AtomicOptions, AtomicWriteError, FileMode};
+
 use crate::error::{Error, Result};
 
-/// Writes a file atomically: temporary file beside it, fsync, rename, fsync the
-/// directory. `fill` gets a buffered writer. The file is private (0600): the
+/// Writes a file atomically (`tandem-core`'s [`AtomicFile`]): temporary file
+/// beside it, fsync, rename, fsync the directory. `fill` gets a buffered writer.
+/// The file is private (exactly 0600, also over a leftover temporary file): the
 /// files this crate writes (bundles, backups, journals) hold secrets.
 pub(crate) fn write_atomic<T>(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> Result<T>,
 ) -> Result<T> {
-    let dir = parent_of(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("creating", &tmp, e))?;
-        // A leftover temporary file keeps its mode on open: set it.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("changing mode of", &tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let value = fill(&mut out)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("writing", &tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
-        sync_dir(&dir)?;
-        Ok(value)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let options = AtomicOptions {
+        file: FileMode::Exact(0o600),
+        create_dir: None,
+    };
+    let file = AtomicFile::create(path, &options).map_err(step_error)?;
+    let tmp = file.temp_path().to_path_buf();
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let value = fill(&mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io("writing", &tmp, e.into_error()))?;
+    file.commit().map_err(step_error)?;
+    Ok(value)
+}
+
+/// This crate's error for a failed step of an atomic write.
+fn step_error(e: AtomicWriteError) -> Error {
+    Error::io(e.step.as_str(), e.path, e.source)
 }
 
 /// The directory holding `path` (`.` for a bare name).
@@ -107,7 +98,7 @@ pub(crate) fn cannot_exist(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
         || matches!(
             e.raw_os_error(),
-            Some(code) if code == nix::libc::ENAMETOOLONG || code == nix::libc::ENOTDIR
+            Some(code) if code == Errno::ENAMETOOLONG as i32 || code == Errno::ENOTDIR as i32
         )
 }
 

@@ -10,9 +10,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tandem_core::{AtomicFile, AtomicOptions, FileMode, now_ms};
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
 use tandem_replication::ReplicationBackend;
 use tandem_role::{Epoch, Event, FenceToken, Isolation, NodeId, ProbeOutcome, Role};
@@ -1314,21 +1315,20 @@ async fn receive_bundle(
              [bundle.limits] max_total_bytes allows; refused"
         )));
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // A bundle carries secrets (the site key's enrollment files): owner only.
-    tokio::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .await?;
-    let partial = path.with_extension("gz.partial");
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .await?;
+    // A bundle carries secrets (the site key's enrollment files): owner only. It is
+    // written beside its place (tandem-core's AtomicFile) and renamed over the
+    // bundle kept last only once whole and checked; dropped on any error, the
+    // temporary file is removed.
+    let options = AtomicOptions {
+        file: FileMode::Masked(0o600),
+        create_dir: Some(0o700),
+    };
+    let target = path.to_path_buf();
+    let atomic = tokio::task::spawn_blocking(move || AtomicFile::create(&target, &options))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| e.source)?;
+    let mut file = tokio::fs::File::from_std(atomic.try_clone_file()?);
     let kept = async {
         let bytes = blob
             .copy_to_limited(&mut file, announced)
@@ -1345,36 +1345,30 @@ async fn receive_bundle(
     }
     .await;
     drop(file);
-    let bytes = match kept {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e);
-        }
-    };
+    let bytes = kept?;
     // Checked before it replaces the bundle kept last: a refused one never
     // takes the place of a good one.
     let mut entries = 0;
     if let Some(spec) = verify {
-        let (file, spec) = (partial.clone(), spec.clone());
+        let (file, spec) = (atomic.temp_path().to_path_buf(), spec.clone());
         let verified =
             tokio::task::spawn_blocking(move || tandem_bundle::verify_file(&file, &spec)).await;
         match verified {
             Ok(Ok(manifest)) => entries = manifest.entries.len() as u64,
             Ok(Err(e)) => {
-                let _ = tokio::fs::remove_file(&partial).await;
                 return Err(std::io::Error::other(format!(
                     "it does not pass this node's checks: {e}"
                 )));
             }
             Err(e) => {
-                let _ = tokio::fs::remove_file(&partial).await;
                 return Err(std::io::Error::other(format!("verifying it failed: {e}")));
             }
         }
     }
-    tokio::fs::rename(&partial, path).await?;
-    tokio::fs::File::open(dir).await?.sync_all().await?;
+    tokio::task::spawn_blocking(move || atomic.commit())
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| e.source)?;
     Ok((bytes, entries))
 }
 
@@ -1471,13 +1465,6 @@ fn log_report(what: &str, report: &Report) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod bundle_size_tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -1507,7 +1494,6 @@ mod bundle_size_tests {
     async fn a_bundle_is_kept_only_with_its_announced_size_and_within_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("incoming").join("config-files.tar.gz");
-        let partial = path.with_extension("gz.partial");
         let len = 200_000;
         for (announced, max, kept) in [
             (len as u64 - 1, u64::MAX, false),   // longer than announced
@@ -1519,9 +1505,14 @@ mod bundle_size_tests {
             let result = receive_bundle(&mut blob, &path, announced, max, None).await;
             assert_eq!(result.is_ok(), kept, "{announced} {max}: {result:?}");
             assert_eq!(path.exists(), kept, "{announced} {max}");
+            let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|name| *name != "config-files.tar.gz")
+                .collect();
             assert!(
-                !partial.exists(),
-                "{announced} {max}: a partial file was left"
+                left.is_empty(),
+                "{announced} {max}: a partial file was left: {left:?}"
             );
         }
     }

@@ -238,7 +238,7 @@ pub async fn run_checks(
                     Verdict::Fail,
                     format!(
                         "both nodes are node {me}: give one of them --node-id {}",
-                        3 - me
+                        config.node.id.peer()
                     ),
                 );
             }

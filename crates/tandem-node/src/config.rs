@@ -351,7 +351,7 @@ impl NodeConfig {
                 field,
                 problem,
             })?;
-        tandem_role::write_atomically(path, self.to_toml().as_bytes(), 0o644).map_err(|source| {
+        tandem_core::write_atomically(path, self.to_toml().as_bytes(), 0o644).map_err(|source| {
             ConfigError::Write {
                 path: path.to_path_buf(),
                 source,

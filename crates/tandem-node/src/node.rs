@@ -700,7 +700,7 @@ impl Node {
             .arp(&net.interface, shared)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(outcome.macs().into_iter().map(|m| MacAddr(m.0)).collect())
+        Ok(outcome.macs())
     }
 
     /// Whether this node's interface holds the shared address now.
@@ -831,7 +831,7 @@ async fn run_probe(
     );
     let probe = match answers {
         Ok(outcome) if outcome.is_answered() => ProbeOutcome::Answered {
-            macs: outcome.macs().into_iter().map(|m| MacAddr(m.0)).collect(),
+            macs: outcome.macs(),
         },
         Ok(_) => ProbeOutcome::Silent,
         Err(e) => ProbeOutcome::Error {

@@ -41,6 +41,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use tandem_core::format_utc;
 use tandem_role::Role;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -345,53 +346,6 @@ fn format_uptime(seconds: u64) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-/// `2024-05-01 12:00:00 UTC` for milliseconds since the Unix epoch.
-fn format_utc(ms: u64) -> String {
-    let (date, secs_of_day) = civil(ms / 1000);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        date.year,
-        date.month,
-        date.day,
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    )
-}
-
-struct Date {
-    year: u64,
-    month: u32,
-    day: u32,
-}
-
-/// The proleptic Gregorian date and the second of the day of a Unix time, by
-/// counting 400-year eras (146,097 days each) from 0000-03-01, so that leap
-/// days fall at the end of each counted year.
-fn civil(secs: u64) -> (Date, u64) {
-    const DAYS_0000_03_01_TO_1970_01_01: u64 = 719_468;
-    let days = secs / 86_400 + DAYS_0000_03_01_TO_1970_01_01;
-    let era = days / 146_097;
-    let day_of_era = days % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let march_based_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * march_based_month + 2) / 5 + 1;
-    let month = if march_based_month < 10 {
-        march_based_month + 3
-    } else {
-        march_based_month - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    let date = Date {
-        year,
-        month: u32::try_from(month).unwrap_or(1),
-        day: u32::try_from(day).unwrap_or(1),
-    };
-    (date, secs % 86_400)
 }
 
 // ---------------------------------------------------------------------------
@@ -1701,27 +1655,5 @@ tandem_uptime_seconds{node="1",site="1"} 3725
             body_text(post),
             "405 Method Not Allowed: the status page answers only GET and HEAD\n"
         );
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn dates_agree_with_counting_days(days in 0u64..3_000_000) {
-            let (mut year, mut left) = (1970u64, days);
-            let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
-            loop {
-                let length = if leap(year) { 366 } else { 365 };
-                if left < length { break; }
-                left -= length;
-                year += 1;
-            }
-            let mut month = 1u32;
-            for length in [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
-                if left < length { break; }
-                left -= length;
-                month += 1;
-            }
-            let (date, _) = civil(days * 86_400);
-            proptest::prop_assert_eq!((date.year, date.month, u64::from(date.day)), (year, month, left + 1));
-        }
     }
 }

@@ -64,16 +64,15 @@
 
 mod config;
 mod link;
-mod mac;
 mod outcome;
 pub mod packet;
 mod prober;
 
 pub use config::{Collect, MAX_RETRIES, MAX_WAIT, ProbeConfig};
 pub use link::{RawLink, Sent};
-pub use mac::{MacAddr, ParseMacError};
 pub use outcome::{Answer, Outcome, Responder};
 pub use prober::Prober;
+pub use tandem_core::MacAddr;
 
 use std::io;
 

@@ -9,6 +9,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use pnet::datalink::{self, Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
 
 use crate::{Error, MacAddr};
@@ -163,5 +164,5 @@ pub(crate) fn link_cannot_carry(e: &io::Error) -> bool {
         io::ErrorKind::NetworkDown
             | io::ErrorKind::NetworkUnreachable
             | io::ErrorKind::HostUnreachable
-    ) || e.raw_os_error() == Some(105) // ENOBUFS: the device queue dropped it
+    ) || e.raw_os_error() == Some(Errno::ENOBUFS as i32) // the device queue dropped it
 }

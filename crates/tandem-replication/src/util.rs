@@ -1,66 +1,29 @@
 //! Small helpers: clock, randomness, atomic files and the service lock.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::DirBuilderExt as _;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
+use tandem_core::{AtomicOptions, AtomicStep, FileMode, write_atomically_with};
 
 use crate::error::{Error, Result};
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+/// Milliseconds since the Unix epoch (`tandem-core`'s).
+pub(crate) use tandem_core::now_ms;
+/// `20261122T080102Z` for a time in ms since the epoch (UTC; `tandem-core`'s).
+pub(crate) use tandem_core::timestamp_for_file;
 
-/// A random number from the operating system.
+/// A random number from the operating system (`getrandom(2)`).
 pub(crate) fn random_u64() -> Result<u64> {
-    let mut bytes = [0u8; 8];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(Error::file("cannot read", "/dev/urandom"))?;
-    Ok(u64::from_le_bytes(bytes))
-}
-
-/// `20261122T080102Z` for a time in ms since the epoch (UTC).
-pub(crate) fn timestamp_for_file(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
+    tandem_core::random_u64().map_err(Error::file(
+        "cannot get random bytes through",
+        "getrandom(2)",
+    ))
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename, fsync of the directory. Readers see the old file or the whole new one.
+/// rename, fsync of the directory (`tandem-core`'s). Readers see the old file or the
+/// whole new one. A missing directory is created owner-only.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     write_atomically_as(path, data, None)
 }
@@ -72,40 +35,18 @@ pub(crate) fn write_atomically_as(
     data: &[u8],
     owner: Option<(u32, u32, u32)>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(Error::file("cannot create the directory", &dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        if let Some((uid, gid, mode)) = owner {
-            use std::os::unix::fs::PermissionsExt;
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(Error::file("cannot write", path))
+    let file = match owner {
+        Some((uid, gid, mode)) => FileMode::Owned { uid, gid, mode },
+        None => FileMode::Masked(0o666),
+    };
+    let options = AtomicOptions {
+        file,
+        create_dir: Some(0o700),
+    };
+    write_atomically_with(path, data, &options).map_err(|e| match e.step {
+        AtomicStep::CreatingDir => Error::file("cannot create the directory", e.path)(e.source),
+        _ => Error::file("cannot write", path)(e.source),
+    })
 }
 
 /// Publishes this node's acknowledged position for `wait_replicated` in other
@@ -331,14 +272,6 @@ pub(crate) fn wake(socket: &std::os::unix::net::UnixDatagram, path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_timestamps_are_utc_calendar_times() {
-        assert_eq!(timestamp_for_file(0), "19700101T000000Z");
-        // 2026-11-22 08:01:02 UTC
-        assert_eq!(timestamp_for_file(1_795_334_462_000), "20261122T080102Z");
-        assert_eq!(timestamp_for_file(951_782_400_000), "20000229T000000Z");
-    }
 
     #[tokio::test]
     async fn a_published_acknowledgement_wakes_its_watcher_and_a_datagram_the_service() {

@@ -39,9 +39,10 @@
 //! [`StateFile`] persists a [`NodeState`] as versioned, checksummed JSON, written
 //! atomically.
 //!
-//! This crate never does IO beyond writing files atomically ([`write_atomically`],
-//! for its state file and the node config): no sockets, no interfaces, no
-//! processes, no clock (time comes in with each event).
+//! This crate never does IO beyond its state file (written atomically through
+//! `tandem-core`): no sockets, no interfaces, no processes, no clock (time comes
+//! in with each event). Node and site ids and MAC addresses are `tandem-core`'s
+//! types, re-exported here.
 //!
 //! # Example
 //!
@@ -75,27 +76,6 @@ mod text;
 mod types;
 
 pub use machine::{Action, Config, Event, Hook, Isolation, Machine, ProbeOutcome, Refusal, Step};
-pub use state::{
-    NodeState, Replication, STATE_FILE_NAME, STATE_VERSION, StateError, StateFile, write_atomically,
-};
-pub use types::{DeploymentMode, Epoch, FenceToken, MacAddr, NodeId, Role, SiteId};
-
-/// A value given as text that does not parse; the message names the value and
-/// what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} `{value}`: {expected}")]
-pub struct ParseError {
-    what: &'static str,
-    value: String,
-    expected: String,
-}
-
-impl ParseError {
-    pub(crate) fn new(what: &'static str, value: impl Into<String>, expected: &str) -> ParseError {
-        ParseError {
-            what,
-            value: value.into(),
-            expected: expected.to_string(),
-        }
-    }
-}
+pub use state::{NodeState, Replication, STATE_FILE_NAME, STATE_VERSION, StateError, StateFile};
+pub use tandem_core::{MacAddr, NodeId, ParseError, SiteId};
+pub use types::{DeploymentMode, Epoch, FenceToken, Role};

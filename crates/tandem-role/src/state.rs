@@ -1,13 +1,10 @@
 //! The persisted node state and its file: JSON with a format version and a
-//! checksum, written atomically.
+//! checksum, written atomically (`tandem-core`'s [`JsonStateFile`]).
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
+use tandem_core::{JsonStateFile, StateFileError};
 
 use crate::{DeploymentMode, Epoch, FenceToken, NodeId, Role, SiteId};
 
@@ -129,165 +126,62 @@ pub enum StateError {
     },
 }
 
-#[derive(Serialize)]
-struct EnvelopeOut<'a> {
-    format: &'a str,
-    version: u32,
-    sha256: String,
-    state: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeIn<'a> {
-    format: String,
-    version: u32,
-    sha256: String,
-    #[serde(borrow)]
-    state: &'a RawValue,
-}
-
 /// The node state file in a state directory.
 #[derive(Debug, Clone)]
 pub struct StateFile {
-    path: PathBuf,
+    file: JsonStateFile<NodeState>,
 }
 
 impl StateFile {
     /// The state file `node-state.json` inside `state_dir`.
     pub fn in_dir(state_dir: impl AsRef<Path>) -> StateFile {
+        let path = state_dir.as_ref().join(STATE_FILE_NAME);
         StateFile {
-            path: state_dir.as_ref().join(STATE_FILE_NAME),
+            file: JsonStateFile::new(path, FORMAT, STATE_VERSION, 0o644),
         }
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Reads the state. `Ok(None)` when there is no file (first boot). Never
     /// changes the file, also when it is corrupt.
     pub fn load(&self) -> Result<Option<NodeState>, StateError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        };
-        decode(&bytes).map(Some).map_err(|e| match e {
-            Decode::Corrupt(detail) => StateError::Corrupt {
-                path: self.path.clone(),
-                detail,
-            },
-            Decode::Version(found) => StateError::UnsupportedVersion {
-                path: self.path.clone(),
-                found,
-            },
-        })
+        self.file.load().map_err(StateError::from)
     }
 
     /// Writes the state atomically: a temporary file in the same directory, fsync,
     /// rename over the old file, fsync of the directory. A crash at any point leaves
     /// either the old or the new state. Creates the directory when missing.
     pub fn save(&self, state: &NodeState) -> Result<(), StateError> {
-        let write_error = |source| StateError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = encode(state).map_err(write_error)?;
-        write_atomically(&self.path, &bytes, 0o644).map_err(write_error)
+        self.file.save(state).map_err(StateError::from)
     }
 }
 
-/// Writes `bytes` to `path` so that a crash at any point leaves either the old
-/// file or the new one: a temporary file in the same directory (created with
-/// `mode`), fsync, rename over `path`, fsync of the directory. Creates the
-/// directory when missing. tandem's state and config files are all written this
-/// way.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+impl From<StateFileError> for StateError {
+    fn from(e: StateFileError) -> StateError {
+        match e {
+            StateFileError::Read { path, source } => StateError::Read { path, source },
+            StateFileError::UnsupportedVersion { path, found, .. } => {
+                StateError::UnsupportedVersion { path, found }
+            }
+            StateFileError::Write { path, source } => StateError::Write { path, source },
+            StateFileError::Corrupt { path, detail } => StateError::Corrupt { path, detail },
+            // A kind of error the core crate may add later: the state is not read.
+            other => StateError::Corrupt {
+                path: other.path().to_path_buf(),
+                detail: other.to_string(),
+            },
+        }
     }
-    result
-}
-
-enum Decode {
-    Corrupt(String),
-    Version(u32),
-}
-
-fn checksum(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Serializes a state into the file format.
-fn encode(state: &NodeState) -> Result<Vec<u8>, std::io::Error> {
-    let inner = serde_json::to_string(state).map_err(std::io::Error::other)?;
-    let raw = RawValue::from_string(inner).map_err(std::io::Error::other)?;
-    let envelope = EnvelopeOut {
-        format: FORMAT,
-        version: STATE_VERSION,
-        sha256: checksum(raw.get().as_bytes()),
-        state: &raw,
-    };
-    let mut out = serde_json::to_vec_pretty(&envelope).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    Ok(out)
-}
-
-fn decode(bytes: &[u8]) -> Result<NodeState, Decode> {
-    let envelope: EnvelopeIn<'_> =
-        serde_json::from_slice(bytes).map_err(|e| Decode::Corrupt(format!("not JSON: {e}")))?;
-    if envelope.format != FORMAT {
-        return Err(Decode::Corrupt(format!(
-            "format is `{}`, not `{FORMAT}`",
-            envelope.format
-        )));
-    }
-    if envelope.version != STATE_VERSION {
-        return Err(Decode::Version(envelope.version));
-    }
-    let actual = checksum(envelope.state.get().as_bytes());
-    if actual != envelope.sha256 {
-        return Err(Decode::Corrupt(format!(
-            "checksum mismatch: file says {}, content hashes to {actual}",
-            envelope.sha256
-        )));
-    }
-    serde_json::from_str(envelope.state.get())
-        .map_err(|e| Decode::Corrupt(format!("invalid state: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn sample() -> NodeState {
         NodeState {

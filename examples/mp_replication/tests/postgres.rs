@@ -215,7 +215,11 @@ impl Site {
     ) -> (String, Vec<String>, Vec<String>) {
         let text = self.status_text(host);
         let table: Vec<String> = text.lines().take(7).map(str::to_owned).collect();
-        let me = if host == Host::Node1 { 1 } else { 2 };
+        let me = if host == Host::Node1 {
+            NodeId::One
+        } else {
+            NodeId::Two
+        };
         let left = [
             "Local Server".to_owned(),
             "Replication Type: Local".to_owned(),
@@ -228,7 +232,7 @@ impl Site {
             "Remote Server".to_owned(),
             "Replication Type: Intra-site".to_owned(),
             "Site: 1".to_owned(),
-            format!("Node: {}", 3 - me),
+            format!("Node: {}", me.peer()),
             format!("State: {remote}"),
             format!("Status: {status}"),
         ];

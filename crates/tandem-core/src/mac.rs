@@ -1,19 +1,28 @@
-//! Ethernet hardware (MAC) addresses.
+//! Ethernet hardware (MAC) addresses: one type for the probes that read them off
+//! the wire and the role machine that names them in its decisions.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// An Ethernet hardware address, printed as `aa:bb:cc:dd:ee:ff`.
+use serde::{Deserialize, Serialize};
+
+use crate::ParseError;
+
+/// An Ethernet hardware address, printed and parsed as `aa:bb:cc:dd:ee:ff` (six
+/// octets of two hex digits each) and serialized as that text.
 ///
 /// ```
-/// use tandem_probe::MacAddr;
+/// use tandem_core::MacAddr;
 ///
 /// let mac: MacAddr = "02:00:5e:00:02:0a".parse()?;
 /// assert_eq!(mac.octets(), [0x02, 0x00, 0x5e, 0x00, 0x02, 0x0a]);
 /// assert_eq!(mac.to_string(), "02:00:5e:00:02:0a");
-/// # Ok::<(), tandem_probe::ParseMacError>(())
+/// # Ok::<(), tandem_core::ParseError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
@@ -59,42 +68,67 @@ impl fmt::Display for MacAddr {
     }
 }
 
-/// A text that is not a MAC address in the form `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{text}` is not a MAC address (expected six hex octets separated by colons, e.g. 02:00:5e:00:02:0a)"
-)]
-pub struct ParseMacError {
-    text: String,
-}
-
 impl FromStr for MacAddr {
-    type Err = ParseMacError;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMacError {
-            text: s.to_string(),
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || {
+            ParseError::new(
+                "MAC address",
+                s,
+                "expected six hex bytes like 02:00:5e:00:00:01",
+            )
         };
-        let mut octets = [0u8; 6];
+        let mut mac = [0u8; 6];
         let mut parts = s.split(':');
-        for octet in &mut octets {
-            let part = parts.next().ok_or_else(err)?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(err());
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
             }
-            *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
         }
         if parts.next().is_some() {
-            return Err(err());
+            return Err(bad());
         }
-        Ok(MacAddr(octets))
+        Ok(MacAddr(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = ParseError;
+
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(mac: MacAddr) -> String {
+        mac.to_string()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn macs_round_trip_and_reject_garbage() {
+        let mac: MacAddr = "02:00:5e:0a:0b:ff".parse().expect("valid");
+        assert_eq!(mac.to_string(), "02:00:5e:0a:0b:ff");
+        for bad in [
+            "02:00:5e:0a:0b",
+            "02:00:5e:0a:0b:ff:00",
+            "2:0:5e:a:b:ff",
+            "zz:00:5e:0a:0b:ff",
+            "",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn bad_texts_are_rejected_with_the_text() {
@@ -120,6 +154,15 @@ mod tests {
             MacAddr::ipv6_multicast(all_nodes).to_string(),
             "33:33:00:00:00:01"
         );
+    }
+
+    #[test]
+    fn macs_serialize_as_their_text() {
+        let mac = MacAddr([2, 0, 0x5e, 0, 2, 0x0a]);
+        let json = serde_json::to_string(&mac).unwrap();
+        assert_eq!(json, "\"02:00:5e:00:02:0a\"");
+        assert_eq!(serde_json::from_str::<MacAddr>(&json).unwrap(), mac);
+        assert!(serde_json::from_str::<MacAddr>("\"02:00\"").is_err());
     }
 
     proptest! {
