@@ -1691,37 +1691,46 @@ tandem_uptime_seconds{node="1",site="1"} 3725
         assert_eq!(MAX_HEAD_BYTES, 8 * 1024);
     }
 
-    /// What real HTTP on 127.0.0.1 delivers is exactly the renderers' text (the
-    /// other HTTP tests are in `tests/status_page.rs`).
+    /// What real HTTP on 127.0.0.1 delivers is exactly the renderers' text, for
+    /// this file's active node and for the standby `tests/status_page.rs` serves
+    /// (the other HTTP tests are there).
     #[tokio::test]
     async fn pages_over_http_are_the_renderers_text() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_status, receiver) = watch::channel(active_node());
+        let (status, receiver) = watch::channel(active_node());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
         let server = tokio::spawn(serve_status(listener, receiver, shutdown));
-        for (path, expected) in [
-            ("/", render_status_page(&active_node())),
-            ("/status", render_status_page(&active_node())),
-            ("/metrics", render_metrics(&active_node())),
-        ] {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await.unwrap();
-            let response = String::from_utf8(response).unwrap();
-            let (head, body) = response.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with("HTTP/1.1 200 "), "{path}: {head}");
-            assert_eq!(body, expected, "{path}");
+        for snapshot in [active_node(), super::props::standby()] {
+            status.send_replace(snapshot.clone());
+            for (path, expected) in [
+                ("/", render_status_page(&snapshot)),
+                ("/status", render_status_page(&snapshot)),
+                ("/metrics", render_metrics(&snapshot)),
+            ] {
+                assert_eq!(get_over_http(addr, path).await, expected, "{path}");
+            }
         }
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// The body of a `GET` for `path`, which must answer `200`.
+    async fn get_over_http(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{path}: {head}");
+        body.to_owned()
     }
 
     proptest::proptest! {

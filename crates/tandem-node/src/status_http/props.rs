@@ -9,8 +9,9 @@ use tandem_role::{DeploymentMode, Epoch, NodeId, NodeState, Role, SiteId};
 use super::{render_metrics, render_status_page};
 use crate::{Alarm, AlarmKind, PeerStatus, ReplicationSide, ReplicationStatus, StatusSnapshot};
 
-/// Node 2 of site 1, standby, with the seed's replication table and one alarm.
-fn standby() -> StatusSnapshot {
+/// Node 2 of site 1, standby, with the seed's replication table and one alarm
+/// (the snapshot `tests/status_page.rs` serves).
+pub(super) fn standby() -> StatusSnapshot {
     let mut state = NodeState::first_boot(NodeId::Two, SiteId::ONE);
     state.deployment = DeploymentMode::Failover;
     state.role = Role::Standby;
