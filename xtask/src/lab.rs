@@ -20,7 +20,7 @@ enum LabCommand {
         /// Leave the node addresses unconfigured (for trying `failover set-deployment`).
         #[arg(long)]
         no_node_addresses: bool,
-        /// Also give every host an IPv6 address 2001:db8::<n>/64.
+        /// Also give every host an IPv6 address `2001:db8::<n>/64`.
         #[arg(long)]
         ipv6: bool,
     },

@@ -115,7 +115,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A failure injected by a test (see [`Failpoint`](crate::Failpoint)).
+    /// A failure injected by a test (see [`Failpoint`](crate::Failpoint); only
+    /// with the `failpoints` feature).
+    #[cfg(feature = "failpoints")]
     #[error("injected failure at {0:?}")]
     Injected(crate::Failpoint),
 }

@@ -49,6 +49,11 @@
 //! This crate never touches the network (the peer link carries the bundle file)
 //! and never follows a symlink inside a root while restoring.
 //!
+//! The cargo feature `failpoints` (off by default; the crate's own tests turn it
+//! on) adds the test hooks `Failpoint`, `FailAt` and `RestoreOptions::failpoint`,
+//! which stop a restore at a chosen step like an error or like a kill. Without
+//! it no failpoint code is compiled.
+//!
 //! # Example
 //!
 //! ```
@@ -80,6 +85,7 @@
 
 mod create;
 mod error;
+mod failpoint;
 pub mod format;
 mod fsutil;
 mod inflate;
@@ -90,10 +96,12 @@ mod spec;
 
 pub use create::{CreateOptions, CreateReport, Skipped, create, create_file};
 pub use error::{Error, LimitKind, Refusal, Result};
+#[cfg(feature = "failpoints")]
+pub use failpoint::{FailAt, Failpoint};
 pub use read::{verify_bytes, verify_file};
 pub use restore::{
-    Action, Change, FailAt, Failpoint, Recovered, RestoreOptions, RestoreReport, backup_path,
-    incoming_path, recover, restore, rollback, state_subdir,
+    Action, Change, Recovered, RestoreOptions, RestoreReport, backup_path, incoming_path, recover,
+    restore, rollback, state_subdir,
 };
 pub use spec::{BundleSpec, Limits, RootSpec};
 

@@ -28,6 +28,9 @@ use sha2::{Digest, Sha256};
 
 use crate::create::{Item, ItemKind, STAGE_PREFIX, read_link_normalized, write_bundle};
 use crate::error::{Error, Refusal, Result};
+#[cfg(feature = "failpoints")]
+use crate::failpoint::FailAt;
+use crate::failpoint::Hook;
 use crate::format::{EntryKind, MAX_PATH_BYTES, ManifestEntry, ManifestRoot, parse_entry_path};
 use crate::fsutil::{self, Attrs, Names};
 use crate::read::{Policy, Verified, scan, verify_path};
@@ -68,9 +71,9 @@ pub struct RestoreOptions {
     pub under: Option<PathBuf>,
     /// Only report what would change.
     pub dry_run: bool,
-    /// Test hook: fail at a step.
-    #[doc(hidden)]
-    pub failpoint: Option<Failpoint>,
+    /// Test hook: fail at a step (only with the `failpoints` feature).
+    #[cfg(feature = "failpoints")]
+    pub failpoint: Option<crate::Failpoint>,
 }
 
 impl RestoreOptions {
@@ -80,6 +83,7 @@ impl RestoreOptions {
             state_dir: state_dir.into(),
             under: None,
             dry_run: false,
+            #[cfg(feature = "failpoints")]
             failpoint: None,
         }
     }
@@ -95,33 +99,6 @@ impl RestoreOptions {
         self.dry_run = dry_run;
         self
     }
-}
-
-/// Test hook: where to fail, and whether to fail like a kill (no cleanup at
-/// all) or like an error (the normal undo path).
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failpoint {
-    /// The step.
-    pub at: FailAt,
-    /// `true`: stop dead, as if killed; `false`: return an error.
-    pub crash: bool,
-}
-
-/// Steps a [`Failpoint`] can stop at.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailAt {
-    /// After staging, before the journal says `swapping`.
-    Staged,
-    /// Before swap operation `n`.
-    Op(usize),
-    /// After the renames, before directory attributes.
-    DirAttrs,
-    /// Before the journal says `committed`.
-    Commit,
-    /// After the journal says `committed`, before cleanup.
-    Committed,
 }
 
 /// What a restore or rollback did (or, dry run, would do).
@@ -243,7 +220,7 @@ pub fn restore(
         &plan,
         &targets,
         spec.compression_level,
-        options.failpoint,
+        Hook::of(options),
         progress,
     )?;
     report.backup = Some(backup_path(&options.state_dir));
@@ -305,7 +282,7 @@ pub fn rollback(
         &plan,
         &targets,
         6,
-        options.failpoint,
+        Hook::of(options),
         progress,
     )?;
     Ok(report)
@@ -441,7 +418,7 @@ impl Session {
         plan: &Plan,
         targets: &HashMap<String, PathBuf>,
         level: u32,
-        failpoint: Option<Failpoint>,
+        hook: Hook,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<()> {
         let stages = stage_dirs(targets)?;
@@ -472,10 +449,12 @@ impl Session {
                 .map(|s| s.path.as_path())
                 .chain([state_sub.as_path()]);
             fsutil::sync_filesystems(paths)?;
-            fire(failpoint, FailAt::Staged)
+            #[cfg(feature = "failpoints")]
+            hook.fire(FailAt::Staged)?;
+            Ok(())
         })();
         if let Err(e) = staged {
-            if !is_crash(&e, failpoint) {
+            if !hook.is_crash(&e) {
                 cleanup(&journal, state)?;
             }
             return Err(e);
@@ -483,9 +462,9 @@ impl Session {
         let mut journal = journal;
         journal.phase = JournalPhase::Swapping;
         journal.save(state)?;
-        let swapped = swap(&journal, failpoint, progress);
+        let swapped = swap(&journal, hook, progress);
         if let Err(e) = swapped {
-            if is_crash(&e, failpoint) {
+            if hook.is_crash(&e) {
                 return Err(e);
             }
             return match undo(&journal).and_then(|()| cleanup(&journal, state)) {
@@ -498,26 +477,16 @@ impl Session {
         }
         journal.phase = JournalPhase::Committed;
         journal.save(state)?;
-        if let Err(e) = fire(failpoint, FailAt::Committed) {
+        #[cfg(feature = "failpoints")]
+        if let Err(e) = hook.fire(FailAt::Committed) {
             // Past the commit the new tree stays: finish, unless "killed".
-            if !is_crash(&e, failpoint) {
+            if !hook.is_crash(&e) {
                 finish(&journal, state)?;
             }
             return Err(e);
         }
         finish(&journal, state)
     }
-}
-
-fn fire(failpoint: Option<Failpoint>, here: FailAt) -> Result<()> {
-    match failpoint {
-        Some(f) if f.at == here => Err(Error::Injected(f)),
-        _ => Ok(()),
-    }
-}
-
-fn is_crash(e: &Error, failpoint: Option<Failpoint>) -> bool {
-    matches!(e, Error::Injected(f) if f.crash) && failpoint.is_some_and(|f| f.crash)
 }
 
 fn lock(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
@@ -1201,12 +1170,13 @@ impl Journal {
 /// The renames, then directory attributes, then a file system sync.
 fn swap(
     journal: &Journal,
-    failpoint: Option<Failpoint>,
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))] hook: Hook,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     let total = journal.ops.len() as u64;
     for (k, op) in journal.ops.iter().enumerate() {
-        fire(failpoint, FailAt::Op(k))?;
+        #[cfg(feature = "failpoints")]
+        hook.fire(FailAt::Op(k))?;
         match op {
             Op::MkDir { target } => std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -1238,12 +1208,15 @@ fn swap(
             total,
         });
     }
-    fire(failpoint, FailAt::DirAttrs)?;
+    #[cfg(feature = "failpoints")]
+    hook.fire(FailAt::DirAttrs)?;
     for (target, attrs) in &journal.dir_attrs {
         attrs.apply(target, false, journal.chown)?;
     }
     fsutil::sync_filesystems(journal.stages.iter().map(|s| s.path.as_path()))?;
-    fire(failpoint, FailAt::Commit)
+    #[cfg(feature = "failpoints")]
+    hook.fire(FailAt::Commit)?;
+    Ok(())
 }
 
 /// Undoes the renames of a swap that did not commit, whatever step it reached.

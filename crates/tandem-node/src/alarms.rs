@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::Alarm;
 
 /// How many cleared alarms the board keeps for the page's history.
-pub const HISTORY: usize = 50;
+pub(crate) const HISTORY: usize = 50;
 
 /// How many alarms may be active at once; the oldest go to the history first.
 const MAX_ACTIVE: usize = 50;
@@ -44,7 +44,7 @@ pub enum AlarmKind {
 
 impl AlarmKind {
     /// The kind of an alarm or fault notice of the role machine, from its text.
-    pub fn of_notice(message: &str) -> AlarmKind {
+    pub(crate) fn of_notice(message: &str) -> AlarmKind {
         if message.starts_with("peer lost") {
             AlarmKind::PeerLost
         } else if message.starts_with("cut off") {
@@ -70,20 +70,20 @@ impl AlarmKind {
 
 /// Active alarms and the recent history of cleared ones.
 #[derive(Debug, Clone, Default)]
-pub struct AlarmBoard {
+pub(crate) struct AlarmBoard {
     active: Vec<Alarm>,
     history: VecDeque<Alarm>,
 }
 
 impl AlarmBoard {
     /// An empty board.
-    pub fn new() -> AlarmBoard {
+    pub(crate) fn new() -> AlarmBoard {
         AlarmBoard::default()
     }
 
     /// Raises an alarm unless the same message is already active. Returns
     /// whether it is new (the caller runs the alarm hook for new ones only).
-    pub fn raise(&mut self, kind: AlarmKind, message: &str, now_ms: u64) -> bool {
+    pub(crate) fn raise(&mut self, kind: AlarmKind, message: &str, now_ms: u64) -> bool {
         if self.active.iter().any(|a| a.message == message) {
             return false;
         }
@@ -101,12 +101,12 @@ impl AlarmBoard {
     }
 
     /// Clears every active alarm of `kind`.
-    pub fn clear_kind(&mut self, kind: AlarmKind, now_ms: u64) {
+    pub(crate) fn clear_kind(&mut self, kind: AlarmKind, now_ms: u64) {
         self.clear_where(now_ms, |a| a.kind == kind);
     }
 
     /// Clears every active alarm for which `over` says its condition is over.
-    pub fn clear_where(&mut self, now_ms: u64, mut over: impl FnMut(&Alarm) -> bool) {
+    pub(crate) fn clear_where(&mut self, now_ms: u64, mut over: impl FnMut(&Alarm) -> bool) {
         let (cleared, kept): (Vec<Alarm>, Vec<Alarm>) = std::mem::take(&mut self.active)
             .into_iter()
             .partition(|a| over(a));
@@ -123,17 +123,17 @@ impl AlarmBoard {
     }
 
     /// The active alarms, oldest first.
-    pub fn active(&self) -> &[Alarm] {
+    pub(crate) fn active(&self) -> &[Alarm] {
         &self.active
     }
 
     /// Whether an alarm of `kind` is active.
-    pub fn has(&self, kind: AlarmKind) -> bool {
+    pub(crate) fn has(&self, kind: AlarmKind) -> bool {
         self.active.iter().any(|a| a.kind == kind)
     }
 
     /// The cleared alarms, newest first.
-    pub fn history(&self) -> Vec<Alarm> {
+    pub(crate) fn history(&self) -> Vec<Alarm> {
         self.history.iter().cloned().collect()
     }
 }

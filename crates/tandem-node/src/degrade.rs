@@ -139,7 +139,7 @@ fn join(macs: &[tandem_probe::MacAddr]) -> String {
 
 /// A reading of the carrier taken before a commit, for [`DegradeGuard::allow`].
 #[derive(Debug, Clone, Copy)]
-pub struct Mark {
+pub struct DegradeMark {
     /// The interface's carrier changes, if they could be read.
     changes: Option<u32>,
     /// Since when the guard has seen that count.
@@ -222,7 +222,7 @@ impl DegradeGuard {
 
     /// Reads the carrier; take it before the commit whose acknowledgement may be
     /// a lone one.
-    pub async fn mark(&self) -> Mark {
+    pub async fn mark(&self) -> DegradeMark {
         let changes = self.carrier_changes().await;
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,7 +235,7 @@ impl DegradeGuard {
             }
             (None, _) => now,
         };
-        Mark {
+        DegradeMark {
             changes,
             steady_since,
         }
@@ -244,7 +244,7 @@ impl DegradeGuard {
     /// Whether a write committed after `mark` may be acknowledged without the
     /// standby. Waits until the carrier has been steady for the settle time, then
     /// checks the reference address and the shared address together.
-    pub async fn allow(&self, mark: Mark) -> Result<(), DegradeError> {
+    pub async fn allow(&self, mark: DegradeMark) -> Result<(), DegradeError> {
         let changed = || DegradeError::CarrierChanged {
             iface: self.iface.clone(),
         };

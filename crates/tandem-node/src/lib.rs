@@ -56,12 +56,12 @@
 //! ```
 
 mod agent;
-pub mod alarms;
+mod alarms;
 pub mod check;
 mod config;
 pub mod control;
 mod database;
-pub mod degrade;
+mod degrade;
 mod hooks;
 mod node;
 mod services;
@@ -72,12 +72,13 @@ mod status_http;
 mod status_listen;
 
 pub use agent::{AgentError, PeerMessage, run as run_agent};
+pub use alarms::AlarmKind;
 pub use config::{
     ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR, FailoverSection, Hooks,
     NetworkSection, NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec,
 };
 pub use database::{open_database, replication_settings, replication_status};
-pub use degrade::{DEFAULT_LEASE_MARGIN, DEFAULT_SETTLE, DegradeError, DegradeGuard};
+pub use degrade::{DEFAULT_LEASE_MARGIN, DEFAULT_SETTLE, DegradeError, DegradeGuard, DegradeMark};
 pub use hooks::HookRunner;
 pub use node::{
     LOCK_FILE_NAME, Node, NodeError, PEER_RELEASE_FRESH, Report, StepRecord, create_private_dir,
@@ -92,7 +93,6 @@ pub use status::{
 };
 pub use status_http::{
     DEFAULT_HEAD_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-    DEFAULT_STATUS_PORT, MAX_HEAD_BYTES, StatusServer, render_metrics, render_status_json,
-    render_status_page, serve_status,
+    DEFAULT_STATUS_PORT, StatusServer, serve_status,
 };
 pub use status_listen::{StatusListenError, bind_status_listeners, raise_open_file_limit};

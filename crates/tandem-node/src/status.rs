@@ -28,7 +28,7 @@ pub struct StatusSnapshot {
     /// Alarms raised and not cleared, oldest first.
     pub alarms: Vec<Alarm>,
     /// Alarms that were raised and have cleared since, newest first (at most
-    /// [`crate::alarms::HISTORY`]).
+    /// the 50 most recent).
     #[serde(default)]
     pub alarm_history: Vec<Alarm>,
     /// Seconds since the agent started.

@@ -55,7 +55,7 @@ pub const DEFAULT_STATUS_PORT: u16 = 7450;
 
 /// The most bytes of request head (request line and headers) the server reads;
 /// a longer head is answered with `431 Request Header Fields Too Large`.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 /// How long a client may take, from the moment it connects, to send its whole
 /// request head by default; a slower one is disconnected without an answer. A
@@ -94,34 +94,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 ///
 /// The page has no script and no external resources, refreshes itself every
 /// five seconds, and HTML-escapes every value taken from the snapshot.
-///
-/// ```
-/// # use tandem_node::{render_status_page, PeerStatus, StatusSnapshot};
-/// # use tandem_role::{NodeState, NodeId, SiteId};
-/// let snapshot = StatusSnapshot {
-///     state: NodeState::first_boot(NodeId::One, SiteId::ONE),
-///     hostname: "meetings1.example.com".into(),
-///     node_address: "192.0.2.11/24".into(),
-///     shared_address: "192.0.2.10/24".into(),
-///     holds_shared_address: false,
-///     peer: PeerStatus {
-///         address: "192.0.2.12".into(),
-///         connected: false,
-///         claim_epoch: None,
-///         clock_offset_ms: None,
-///     },
-///     replication: None,
-///     alarms: Vec::new(),
-///     alarm_history: Vec::new(),
-///     uptime_seconds: 5,
-///     taken_ms: 0,
-///     witness: None,
-/// };
-/// let page = render_status_page(&snapshot);
-/// assert!(page.contains("<h1>Single-server deployment.</h1>"));
-/// assert!(page.contains("Replication: not configured"));
-/// ```
-pub fn render_status_page(snapshot: &StatusSnapshot) -> String {
+pub(crate) fn render_status_page(snapshot: &StatusSnapshot) -> String {
     let state = &snapshot.state;
     let banner = snapshot.banner();
     let mut page = String::with_capacity(4096);
@@ -362,27 +335,7 @@ struct StatusDocument<'a> {
 /// Renders `/status.json`: the [`StatusSnapshot`] as JSON, with one more field,
 /// `"banner"`, the page's first line. The document deserializes as a
 /// [`StatusSnapshot`] again (the extra field is ignored).
-///
-/// ```
-/// # use tandem_node::{render_status_json, PeerStatus, StatusSnapshot};
-/// # use tandem_role::{NodeState, NodeId, SiteId};
-/// # let snapshot = StatusSnapshot {
-/// #     state: NodeState::first_boot(NodeId::One, SiteId::ONE),
-/// #     hostname: "meetings1.example.com".into(),
-/// #     node_address: "192.0.2.11/24".into(),
-/// #     shared_address: "192.0.2.10/24".into(),
-/// #     holds_shared_address: false,
-/// #     peer: PeerStatus { address: "192.0.2.12".into(), connected: false,
-/// #         claim_epoch: None, clock_offset_ms: None },
-/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0, witness: None,
-/// # };
-/// let json = render_status_json(&snapshot)?;
-/// let value: serde_json::Value = serde_json::from_str(&json)?;
-/// assert_eq!(value["banner"], "Single-server deployment.");
-/// assert_eq!(serde_json::from_str::<StatusSnapshot>(&json)?, snapshot);
-/// # Ok::<(), serde_json::Error>(())
-/// ```
-pub fn render_status_json(snapshot: &StatusSnapshot) -> Result<String, serde_json::Error> {
+pub(crate) fn render_status_json(snapshot: &StatusSnapshot) -> Result<String, serde_json::Error> {
     let mut json = serde_json::to_string_pretty(&StatusDocument {
         banner: snapshot.banner(),
         snapshot,
@@ -406,24 +359,7 @@ pub fn render_status_json(snapshot: &StatusSnapshot) -> Result<String, serde_jso
 /// known), `tandem_replication_configured`, `tandem_replication_backlog` and
 /// `tandem_replication_lag_seconds` (when known), `tandem_alarms`,
 /// `tandem_uptime_seconds`. All are gauges.
-///
-/// ```
-/// # use tandem_node::{render_metrics, PeerStatus, StatusSnapshot};
-/// # use tandem_role::{NodeState, NodeId, SiteId};
-/// # let snapshot = StatusSnapshot {
-/// #     state: NodeState::first_boot(NodeId::One, SiteId::ONE),
-/// #     hostname: "meetings1.example.com".into(),
-/// #     node_address: "192.0.2.11/24".into(),
-/// #     shared_address: "192.0.2.10/24".into(),
-/// #     holds_shared_address: false,
-/// #     peer: PeerStatus { address: "192.0.2.12".into(), connected: false,
-/// #         claim_epoch: None, clock_offset_ms: None },
-/// #     replication: None, alarms: Vec::new(), alarm_history: Vec::new(), uptime_seconds: 5, taken_ms: 0, witness: None,
-/// # };
-/// let metrics = render_metrics(&snapshot);
-/// assert!(metrics.contains("\ntandem_active{node=\"1\",site=\"1\"} 0\n"));
-/// ```
-pub fn render_metrics(snapshot: &StatusSnapshot) -> String {
+pub(crate) fn render_metrics(snapshot: &StatusSnapshot) -> String {
     let state = &snapshot.state;
     let base = format!("node=\"{}\",site=\"{}\"", state.node, state.site);
     let mut out = String::with_capacity(2048);
@@ -622,7 +558,7 @@ fn float(value: f64) -> String {
 /// (the node address and the shared address) under one set of limits.
 ///
 /// HTTP itself is hyper's (HTTP/1.x only): request heads are parsed, limited to
-/// [`MAX_HEAD_BYTES`] and timed out there. This type adds what keeps slow and
+/// 8 KiB and timed out there. This type adds what keeps slow and
 /// numerous clients from starving the others: caps on connections in all and
 /// per client, where a new connection that meets a cap takes the place of the
 /// oldest connection that has still not sent its request head.
@@ -819,7 +755,7 @@ impl StatusServer {
 /// Serves the status page on `listener` until `shutdown` completes: `GET` and
 /// `HEAD` for `/` and `/status` (the HTML page), `/status.json` and `/metrics`;
 /// `404` for other paths, `405` for other methods, `400` for malformed requests
-/// and `431` for a request head over [`MAX_HEAD_BYTES`] (the last two from
+/// and `431` for a request head over 8 KiB (the last two from
 /// hyper); a client that has not sent its request head within
 /// [`DEFAULT_HEAD_TIMEOUT`] is disconnected. Each request shows the snapshot
 /// `status` holds at that moment. The connection caps are those of
@@ -1088,6 +1024,9 @@ fn is_exhaustion(e: &io::Error) -> bool {
             .any(|&errno| errno as i32 == code)
     }) || e.kind() == io::ErrorKind::OutOfMemory
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -1655,5 +1594,96 @@ tandem_uptime_seconds{node="1",site="1"} 3725
             body_text(post),
             "405 Method Not Allowed: the status page answers only GET and HEAD\n"
         );
+    }
+
+    /// Node 1 on its first boot: a single server, nothing known yet.
+    fn first_boot() -> StatusSnapshot {
+        StatusSnapshot {
+            state: NodeState::first_boot(NodeId::One, SiteId::ONE),
+            hostname: "meetings1.example.com".into(),
+            node_address: "192.0.2.11/24".into(),
+            shared_address: "192.0.2.10/24".into(),
+            holds_shared_address: false,
+            peer: PeerStatus {
+                address: "192.0.2.12".into(),
+                connected: false,
+                claim_epoch: None,
+                clock_offset_ms: None,
+            },
+            replication: None,
+            alarms: Vec::new(),
+            alarm_history: Vec::new(),
+            uptime_seconds: 5,
+            taken_ms: 0,
+            witness: None,
+        }
+    }
+
+    /// The renderers' examples (doc tests while the renderers were public).
+    #[test]
+    fn a_first_boot_renders_as_a_single_server_without_replication() {
+        let snapshot = first_boot();
+        let page = render_status_page(&snapshot);
+        assert!(page.contains("<h1>Single-server deployment.</h1>"));
+        assert!(page.contains("Replication: not configured"));
+
+        let json = render_status_json(&snapshot).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["banner"], "Single-server deployment.");
+        assert_eq!(
+            serde_json::from_str::<StatusSnapshot>(&json).unwrap(),
+            snapshot
+        );
+
+        let metrics = render_metrics(&snapshot);
+        assert!(metrics.contains("\ntandem_active{node=\"1\",site=\"1\"} 0\n"));
+    }
+
+    /// The limit `tests/status_page.rs` holds the server to over HTTP.
+    #[test]
+    fn a_request_head_may_take_8_kib() {
+        assert_eq!(MAX_HEAD_BYTES, 8 * 1024);
+    }
+
+    /// What real HTTP on 127.0.0.1 delivers is exactly the renderers' text, for
+    /// this file's active node and for the standby `tests/status_page.rs` serves
+    /// (the other HTTP tests are there).
+    #[tokio::test]
+    async fn pages_over_http_are_the_renderers_text() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (status, receiver) = watch::channel(active_node());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let server = tokio::spawn(serve_status(listener, receiver, shutdown));
+        for snapshot in [active_node(), super::props::standby()] {
+            status.send_replace(snapshot.clone());
+            for (path, expected) in [
+                ("/", render_status_page(&snapshot)),
+                ("/status", render_status_page(&snapshot)),
+                ("/metrics", render_metrics(&snapshot)),
+            ] {
+                assert_eq!(get_over_http(addr, path).await, expected, "{path}");
+            }
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// The body of a `GET` for `path`, which must answer `200`.
+    async fn get_over_http(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{path}: {head}");
+        body.to_owned()
     }
 }

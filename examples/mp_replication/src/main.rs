@@ -92,7 +92,7 @@ enum Command {
         /// The peer's node address (its eth0:0 hostname or IP, optionally `:port`).
         #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
         remote: String,
-        /// The site number (default: [node] site in the config, else 1).
+        /// The site number (default: `[node] site` in the config, else 1).
         #[arg(long)]
         site: Option<u16>,
         /// Show the steps.

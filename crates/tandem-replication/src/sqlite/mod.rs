@@ -807,7 +807,7 @@ impl SqliteBackend {
             .map_err(Error::db("committing the role change"))
     }
 
-    /// [`wait_replicated`](ReplicationBackend::wait_replicated) for applications that
+    /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) for applications that
     /// apply the `degrade` policy themselves: it also stops, with
     /// [`Error::StandbyUnreachable`], as soon as this node's replication service counts
     /// the standby as gone (its peer link is down), instead of waiting out `limit` for
