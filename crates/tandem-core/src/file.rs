@@ -1,14 +1,18 @@
 //! Files that survive a crash at any point: the new content goes to a temporary
-//! file beside the old one (`.<name>.tmp.<pid>`), which is fsynced, renamed over
-//! the old one, and the directory fsynced. A crash before the rename leaves the old
-//! file (and perhaps a temporary one, which the next write of the same process id
-//! truncates, or an operator removes); a crash after it leaves the whole new file.
-//! A failed write removes its temporary file.
+//! file beside the old one (`.<name>.tmp.<pid>.<n>`, `n` counting the process's
+//! writes, so that two threads writing the same file never share a temporary
+//! one), which is fsynced, renamed over the old one, and the directory fsynced. A
+//! crash before the rename leaves the old file (and perhaps a temporary one, which
+//! an operator removes); a crash after it leaves the whole new file. A failed
+//! write removes its temporary file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+
+/// Counts the temporary files this process made, for their names.
+static TEMPORARY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The mode, and perhaps the owner, an atomic write gives its new file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,14 +176,28 @@ impl AtomicFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-        let mut atomic = AtomicFile {
+        // Unique within the process too: two tasks writing the same file at once
+        // each rename a whole file of their own (the last one wins), instead of
+        // one renaming the other's half-written file or finding it gone. A name
+        // left by a dead process is skipped, never written through.
+        let mut attempt = 0;
+        let (tmp, file) = loop {
+            let n = TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
+            match open_temporary(&tmp, options.file) {
+                Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(file) => break (tmp, file),
+            }
+        };
+        let atomic = AtomicFile {
             path: path.to_path_buf(),
             tmp,
             dir,
-            file: None,
+            file: Some(file),
         };
-        atomic.file = Some(open_temporary(&atomic.tmp, options.file)?);
         Ok(atomic)
     }
 
@@ -245,8 +263,9 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Creates (or truncates) the temporary file with its mode and owner; removes it
-/// again if either cannot be set.
+/// Creates the temporary file (a new one: a file already at that name is an
+/// `AlreadyExists` error) with its mode and owner; removes it again if either
+/// cannot be set.
 fn open_temporary(tmp: &Path, mode: FileMode) -> Result<File, AtomicWriteError> {
     let create_mode = match mode {
         FileMode::Masked(m) | FileMode::Exact(m) => m,
@@ -254,8 +273,7 @@ fn open_temporary(tmp: &Path, mode: FileMode) -> Result<File, AtomicWriteError> 
     };
     let file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(create_mode)
         .open(tmp)
         .map_err(at(AtomicStep::Creating, tmp))?;
@@ -320,7 +338,31 @@ mod tests {
         };
         write_atomically_with(&path, b"key", &options).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
-        assert_eq!(names(dir.path()), ["secret"]);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "key");
+        // Never written through: the leftover keeps its bytes and mode.
+        assert_eq!(fs::read_to_string(&leftover).unwrap(), "old");
+        assert_eq!(fs::metadata(&leftover).unwrap().mode() & 0o7777, 0o644);
+    }
+
+    #[test]
+    fn threads_writing_one_file_at_once_each_rename_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        let text = [b'a' + t; 4096];
+                        write_atomically(path, &text, 0o600).unwrap();
+                    }
+                });
+            }
+        });
+        let text = fs::read(&path).unwrap();
+        assert_eq!(text.len(), 4096);
+        assert!(text.iter().all(|b| *b == text[0]), "a mix of two writes");
+        assert_eq!(names(dir.path()), ["state.json"]);
     }
 
     #[test]
