@@ -6,6 +6,46 @@
 //! keeps a [`StatusSnapshot`] current for the status page. On shutdown it stops
 //! the active-only services and releases the shared address: no address stays up
 //! without an agent watching it.
+//!
+//! # What runs beside the loop, and when
+//!
+//! The loop (`Agent::serve`) is one `select!` over the peer link's events and
+//! messages, the control socket, the witness keeper's reports, timers and the
+//! results of work it started beside itself. It never waits on a database or a
+//! long probe:
+//!
+//! - **Probing ahead of a loss.** A standby that fails over on its own starts a
+//!   probe once the peer has been quiet for 1.1 heartbeat intervals and a probe
+//!   would end about when the loss is declared (`Session::last_heard` and
+//!   `silence_limit` say when); a silent result with the isolation check passed,
+//!   no older than one probe timeout, answers the probe the loss asks for.
+//! - **Announcing again.** After a claim the later announce rounds go out on a
+//!   timer (`announce_interval_ms` apart, and one more 1.5 s later, past Linux's
+//!   neighbour-table lock time), so services start right after the first round;
+//!   each round checks again that the node is active and holds the address.
+//! - **Deferred probes.** A probe the machine asks for after a delay (the
+//!   re-election backoff after an address conflict) runs on a timer
+//!   (`Node::probe_due`, `run_due_probe`); an operator's `set-server active`
+//!   runs it at once.
+//! - **Replication.** The agent hosts the replication service once
+//!   `mp_replication init` made the database, attaches the database to the
+//!   `Node` (promote and demote follow the role), and reads its status in a task
+//!   of its own at most once a second, for the status page, the role machine
+//!   (replication switched on, off or failed) and the backlog and database-size
+//!   alarms.
+//! - **Config bundles** travel on the agents' link as a `PeerMessage::Bundle`
+//!   announcement followed by a blob, kept by the receiver at
+//!   `<state dir>/incoming/config-files.tar.gz` (0600, in a 0700 directory)
+//!   through a synced temporary file, verified against the receiver's own
+//!   `[bundle]` policy and answered with `PeerMessage::BundleKept`;
+//!   `copy-config-files` reports "Sent" only on that answer.
+//! - **Services.** The "always" services start before the boot decision and
+//!   stop after the address is released; the active-only ones follow the role.
+//! - **Alarms** live on an `AlarmBoard`: each has a kind that says which
+//!   condition clears it, and cleared ones move to a bounded history.
+//!
+//! The status snapshot is published after every event and at least once a
+//! second whatever the role.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -182,7 +222,8 @@ struct Agent {
     /// The replication status read under way, beside the event loop: reading
     /// it may wait on the peer's database (a PostgreSQL connection, up to its
     /// `connect_timeout_ms`), which must not hold up peer messages and tools.
-    status_read: Option<tokio::task::JoinHandle<tandem_replication::Result<tandem_replication::Status>>>,
+    status_read:
+        Option<tokio::task::JoinHandle<tandem_replication::Result<tandem_replication::Status>>>,
     /// When a tick last republished the status snapshot.
     published_tick: Instant,
     /// The peer's last frame before which a probe ahead of its loss ran.
