@@ -718,6 +718,62 @@ stop = "true"
         assert!(err.contains("hooks.timeout_ms"), "{err}");
     }
 
+    /// `[replication]` and `[bundle]` are their crates' types, checked by their
+    /// owners when the node config is parsed; refusals name the file, the field and,
+    /// for the parser's, the line.
+    #[test]
+    fn sections_are_checked_by_their_owners() {
+        let c = parse(&format!("{LAB_NODE1}\n[replication]\nmax_backlog = 50\n")).expect("valid");
+        let replication = c.replication.clone().expect("[replication]");
+        assert_eq!(replication.max_backlog, 50);
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        for (extra, want) in [
+            (
+                "[replication]\nmax_backlog = 0\n",
+                "node config /etc/tandem/node.toml: replication.max_backlog: must be at least 1",
+            ),
+            (
+                "[replication.postgres]\ndegrade_after_ms = \"abc\"\n",
+                "node config /etc/tandem/node.toml: replication.postgres.degrade_after_ms: ",
+            ),
+            (
+                "[bundle]\nrots = []\n",
+                "node config /etc/tandem/node.toml: bundle.rots: unknown field `rots`",
+            ),
+            (
+                "[[bundle.roots]]\nname = \"a\"\npath = \"relative\"\n",
+                "node config /etc/tandem/node.toml: bundle: ",
+            ),
+        ] {
+            let err = parse(&format!("{LAB_NODE1}\n{extra}"))
+                .expect_err(extra)
+                .to_string();
+            assert!(err.starts_with(want), "{extra}: {err}");
+        }
+        let err = parse(&format!("{LAB_NODE1}\n[replication]\nwindow = \"x\"\n"))
+            .expect_err("type")
+            .to_string();
+        let line = LAB_NODE1.lines().count() + 3;
+        assert!(err.ends_with(&format!("(line {line})")), "{err}");
+    }
+
+    #[test]
+    fn the_bundle_tools_read_only_their_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[bundle]\nnode = [\"a/b\"]\n").expect("write");
+        assert_eq!(load_bundle_spec(&path).expect("spec").node, ["a/b"]);
+        std::fs::write(&path, "[bundle]\ncompression_level = 12\n").expect("write");
+        let err = load_bundle_spec(&path).expect_err("level").to_string();
+        assert!(
+            err.contains("node.toml: bundle: ") && err.contains("0-9"),
+            "{err}"
+        );
+        let missing = dir.path().join("none.toml");
+        let err = load_bundle_spec(&missing).expect_err("missing").to_string();
+        assert!(err.contains("none.toml"), "{err}");
+    }
+
     #[test]
     fn syntax_errors_name_the_line() {
         let err = parse(&LAB_NODE1.replace("id = 1", "id = 3"))
