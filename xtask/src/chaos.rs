@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 use tandem_lab::{Host, Lab, LabConfig};
+use tandem_node::LoadSettings;
 use tandem_replication::{LinkStatus, Settings, SqliteBackend};
 
 use crate::site::{self, Binaries, other};

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig};
+use tandem_node::LoadSettings;
 use tandem_replication::{LinkStatus, Settings};
 
 use crate::site::{Binaries, Sample, build_binaries, client, node_facts, serve_app, status_page};

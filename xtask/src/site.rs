@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab};
-use tandem_replication::{
-    BackendKind, LinkStatus, ReplicationBackend, Settings, SqliteBackend, sample,
-};
+use tandem_node::LoadSettings;
+use tandem_replication::{BackendKind, LinkStatus, ReplicationBackend, Settings, SqliteBackend};
+use tandem_sample as sample;
 
 /// Builds the two binaries (the debug profile, as `cargo test` builds them).
 pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use tandem_bundle::BundleSpec;
-use tandem_node::NodeConfig;
+use tandem_node::{LoadSettings, NodeConfig, load_bundle_spec};
 use tandem_replication::Settings;
 
 const MARKER: &str = "<!-- config-reference -->";
@@ -77,7 +77,7 @@ fn the_config_reference_parses_with_the_tools_own_loaders() {
     let path = dir.path().join("node.toml");
     std::fs::write(&path, &text).unwrap();
     assert_eq!(NodeConfig::load(&path).unwrap(), config);
-    let spec = BundleSpec::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let spec = load_bundle_spec(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(spec.roots.len(), 3);
     let settings = Settings::load(&path, true, STATE_DIR)
         .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));

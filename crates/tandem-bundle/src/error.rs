@@ -26,15 +26,6 @@ pub enum Error {
     /// The bundle spec (the `[bundle]` table of the node config) is invalid.
     #[error("invalid bundle spec: {0}")]
     Spec(String),
-    /// The node config file is not valid TOML or has wrong types.
-    #[error("node config {}: {source}", path.display())]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// What the TOML parser said.
-        #[source]
-        source: Box<toml::de::Error>,
-    },
     /// A file under a root cannot be bundled.
     #[error("cannot bundle {}: {reason}", path.display())]
     Unbundlable {

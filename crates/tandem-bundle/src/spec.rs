@@ -1,6 +1,8 @@
-//! The bundle spec: the `[bundle]` table of the node config.
+//! The bundle spec: the `[bundle]` table of the node config, as this crate's own
+//! serde type with its checks ([`BundleSpec::validate`]). `tandem-node` reads the
+//! file and composes this table into its node config.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -173,22 +175,12 @@ max_entries = 200000
 max_ratio = 200
 "#;
 
-    /// Reads the `[bundle]` table of a node config (TOML text); other tables are
-    /// ignored. A config without `[bundle]` gives an empty spec.
+    /// Reads the `[bundle]` table of a node config (TOML text) through the same type
+    /// as `tandem-node`; other tables are ignored. A config without `[bundle]` gives
+    /// an empty spec. Not validated (see [`BundleSpec::validate`]).
     pub fn from_node_config(text: &str) -> Result<Self, toml::de::Error> {
         let view: NodeConfigView = toml::from_str(text)?;
         Ok(view.bundle)
-    }
-
-    /// Reads and validates the `[bundle]` table of the node config file at `path`.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-        let spec = Self::from_node_config(&text).map_err(|e| Error::Config {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })?;
-        spec.validate()?;
-        Ok(spec)
     }
 
     /// Checks names, paths and globs.

@@ -1421,14 +1421,10 @@ fn max_bundle_bytes(spec: &tandem_bundle::BundleSpec) -> u64 {
     total.saturating_add(total / 64).saturating_add(1 << 20)
 }
 
-/// This node's `[bundle]` policy (defaults when the table is missing or does
-/// not parse: the tools report that when they load it).
+/// This node's `[bundle]` policy (defaults when the table is missing; the node
+/// config checked it when it was loaded).
 fn bundle_spec(config: &NodeConfig) -> tandem_bundle::BundleSpec {
-    config
-        .bundle
-        .clone()
-        .and_then(|table| table.try_into::<tandem_bundle::BundleSpec>().ok())
-        .unwrap_or_default()
+    config.bundle.clone().unwrap_or_default()
 }
 
 /// Waits for the task, or forever without one.

@@ -1,13 +1,24 @@
 //! The node config file (TOML, default `/etc/tandem/node.toml`): who the node is,
-//! its addresses, probe and failover timing, services and hooks. Validated as a
-//! whole when loaded, with errors that name the file, the field and the problem.
+//! its addresses, probe and failover timing, services and hooks, composed with the
+//! sections other crates own as their own serde types (`[bundle]`: `tandem-bundle`'s
+//! `BundleSpec`; `[replication]`: `tandem-replication`'s `ReplicationConfig`;
+//! `[witness]`: `tandem-witness`'s `WitnessConfig`), each with its checks. This module
+//! is the one place that reads the file: [`NodeConfig::load`] for the whole of it,
+//! [`load_bundle_spec`] and `Settings::load` ([`crate::LoadSettings`]) for tools that
+//! need only their section. Every refusal has one format, naming the file, the field
+//! and (for what the parser refuses) the line:
+//! `node config /etc/tandem/node.toml: replication.postgres.degrade_after_ms: invalid
+//! type: string "abc", expected u64 (line 7)`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tandem_bundle::BundleSpec;
+use tandem_replication::ReplicationConfig;
 use tandem_role::{NodeId, SiteId};
 
 /// Where the node config lives unless `--config` says otherwise.
@@ -40,12 +51,13 @@ pub struct NodeConfig {
     /// defaults, so that an operator can append a `[hooks]` table.
     #[serde(default, skip_serializing_if = "Hooks::is_default")]
     pub hooks: Hooks,
-    /// The config-file bundle spec (`tandem-bundle`), kept as written.
+    /// The config-file bundle spec (`tandem-bundle`'s section and checks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bundle: Option<toml::Table>,
-    /// Replication settings (`tandem-replication`), kept as written.
+    pub bundle: Option<BundleSpec>,
+    /// Replication settings (`tandem-replication`'s section and checks); the
+    /// defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication: Option<toml::Table>,
+    pub replication: Option<ReplicationConfig>,
     /// Peer link settings (`tandem-peer`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<toml::Table>,
@@ -278,7 +290,8 @@ impl Hooks {
 pub enum ConfigError {
     /// The file cannot be read.
     #[error(
-        "cannot read node config {path}: {source}; create it with `failover set-deployment failover`"
+        "cannot read node config {}: {source}; create it with `failover set-deployment failover`",
+        path.display()
     )]
     Read {
         /// The file.
@@ -287,16 +300,22 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML for a node config.
-    #[error("node config {path} does not parse: {detail}")]
+    /// The file is not valid TOML for a node config: a syntax error, a value of the
+    /// wrong type, an unknown key or a missing one.
+    #[error("node config {}: {field}: {problem}{}", path.display(), at_line(*line))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with the line.
-        detail: String,
+        /// Where: the key as a dotted path (`replication.degrade_after_ms`), else
+        /// the table, else `(top level)`.
+        field: String,
+        /// The parser's message.
+        problem: String,
+        /// The line (from 1), when the parser gave a position.
+        line: Option<usize>,
     },
     /// The file cannot be written; the old one, if any, is unchanged.
-    #[error("cannot write node config {path}: {source}")]
+    #[error("cannot write node config {}: {source}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
@@ -305,7 +324,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A value is well-formed but wrong.
-    #[error("node config {path}: {field}: {problem}")]
+    #[error("node config {}: {field}: {problem}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -316,41 +335,121 @@ pub enum ConfigError {
     },
 }
 
+/// The text of ` (line N)` in a [`ConfigError::Parse`] message.
+fn at_line(line: Option<usize>) -> String {
+    line.map(|n| format!(" (line {n})")).unwrap_or_default()
+}
+
+/// The text of the node config file at `path`.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses node config text (`path` is for messages) into `T`: [`NodeConfig`], or the
+/// view of a tool that reads only its own tables.
+pub(crate) fn parse_view<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (field, line) = match e.span() {
+            Some(span) => {
+                let (field, line) = locate(text, span.start);
+                (field, Some(line))
+            }
+            None => ("(top level)".to_owned(), None),
+        };
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            field,
+            problem: e.message().trim_end().to_owned(),
+            line,
+        }
+    })
+}
+
+/// A [`ConfigError::Invalid`].
+pub(crate) fn invalid(path: &Path, field: &'static str, problem: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        problem,
+    }
+}
+
+/// The field at byte `at` of a TOML text, as a dotted path (the table of the last
+/// header before it, and the key on its line), and the line number (from 1). A
+/// header line gives its table (a missing key is reported at its table).
+fn locate(text: &str, at: usize) -> (String, usize) {
+    let at = (0..=at.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let (table, key) = match header(line) {
+        Some(table) => (Some(table), None),
+        None => (
+            text[..line_start].lines().rev().find_map(header),
+            line.split_once('=')
+                .map(|(key, _)| key.trim().trim_matches(['"', '\'']).to_owned()),
+        ),
+    };
+    let field = match (table, key) {
+        (Some(table), Some(key)) => format!("{table}.{key}"),
+        (Some(name), None) | (None, Some(name)) => name,
+        (None, None) => "(top level)".to_owned(),
+    };
+    (field, line_no)
+}
+
+/// The table a header line (`[a.b]` or `[[a.b]]`) opens.
+fn header(line: &str) -> Option<String> {
+    let inner = line.trim().strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let name = inner.split(']').next()?.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The `[bundle]` table of the node config file at `path`, validated by its owner
+/// (`tandem-bundle`); an empty spec when the file has none. The rest of the file is
+/// not checked: `failover copy-config-files` and `restore-config-files` work on a node
+/// whose config has only this table.
+pub fn load_bundle_spec(path: &Path) -> Result<BundleSpec, ConfigError> {
+    /// The part of the node config the bundle tools read.
+    #[derive(Deserialize)]
+    struct BundleView {
+        #[serde(default)]
+        bundle: BundleSpec,
+    }
+    let view: BundleView = parse_view(&read_text(path)?, path)?;
+    view.bundle
+        .validate()
+        .map_err(|e| invalid(path, "bundle", e.to_string()))?;
+    Ok(view.bundle)
+}
+
 impl NodeConfig {
     /// Reads and validates a node config file.
     pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        NodeConfig::parse(&text, path)
+        NodeConfig::parse(&read_text(path)?, path)
     }
 
     /// Parses and validates node config text; `path` is named in errors.
     pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
-        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            detail: e.to_string().trim_end().to_string(),
-        })?;
+        let config: NodeConfig = parse_view(text, path)?;
         config
             .validate()
-            .map_err(|(field, problem)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                problem,
-            })?;
+            .map_err(|(field, problem)| invalid(path, field, problem))?;
         Ok(config)
     }
 
     /// Writes the config atomically (mode 0644), after validating it.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         self.validate()
-            .map_err(|(field, problem)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                problem,
-            })?;
+            .map_err(|(field, problem)| invalid(path, field, problem))?;
         tandem_core::write_atomically(path, self.to_toml().as_bytes(), 0o644).map_err(|source| {
             ConfigError::Write {
                 path: path.to_path_buf(),
@@ -384,10 +483,16 @@ impl NodeConfig {
         }
     }
 
-    /// Checks the relations between fields.
+    /// Checks the relations between fields, and each section with its owner's checks.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(witness) = &self.witness {
             witness.validate().map_err(|e| ("witness", e.to_string()))?;
+        }
+        if let Some(bundle) = &self.bundle {
+            bundle.validate().map_err(|e| ("bundle", e.to_string()))?;
+        }
+        if let Some(replication) = &self.replication {
+            replication.validate().map_err(|e| (e.field, e.problem))?;
         }
         check_hostname(&self.node.hostname).map_err(|p| ("node.hostname", p))?;
         if let Some(shared) = &self.node.shared_hostname {
@@ -611,6 +716,62 @@ stop = "true"
             .expect_err("zero")
             .to_string();
         assert!(err.contains("hooks.timeout_ms"), "{err}");
+    }
+
+    /// `[replication]` and `[bundle]` are their crates' types, checked by their
+    /// owners when the node config is parsed; refusals name the file, the field and,
+    /// for the parser's, the line.
+    #[test]
+    fn sections_are_checked_by_their_owners() {
+        let c = parse(&format!("{LAB_NODE1}\n[replication]\nmax_backlog = 50\n")).expect("valid");
+        let replication = c.replication.clone().expect("[replication]");
+        assert_eq!(replication.max_backlog, 50);
+        assert_eq!(parse(&c.to_toml()).expect("round trip"), c);
+        for (extra, want) in [
+            (
+                "[replication]\nmax_backlog = 0\n",
+                "node config /etc/tandem/node.toml: replication.max_backlog: must be at least 1",
+            ),
+            (
+                "[replication.postgres]\ndegrade_after_ms = \"abc\"\n",
+                "node config /etc/tandem/node.toml: replication.postgres.degrade_after_ms: ",
+            ),
+            (
+                "[bundle]\nrots = []\n",
+                "node config /etc/tandem/node.toml: bundle.rots: unknown field `rots`",
+            ),
+            (
+                "[[bundle.roots]]\nname = \"a\"\npath = \"relative\"\n",
+                "node config /etc/tandem/node.toml: bundle: ",
+            ),
+        ] {
+            let err = parse(&format!("{LAB_NODE1}\n{extra}"))
+                .expect_err(extra)
+                .to_string();
+            assert!(err.starts_with(want), "{extra}: {err}");
+        }
+        let err = parse(&format!("{LAB_NODE1}\n[replication]\nwindow = \"x\"\n"))
+            .expect_err("type")
+            .to_string();
+        let line = LAB_NODE1.lines().count() + 3;
+        assert!(err.ends_with(&format!("(line {line})")), "{err}");
+    }
+
+    #[test]
+    fn the_bundle_tools_read_only_their_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[bundle]\nnode = [\"a/b\"]\n").expect("write");
+        assert_eq!(load_bundle_spec(&path).expect("spec").node, ["a/b"]);
+        std::fs::write(&path, "[bundle]\ncompression_level = 12\n").expect("write");
+        let err = load_bundle_spec(&path).expect_err("level").to_string();
+        assert!(
+            err.contains("node.toml: bundle: ") && err.contains("0-9"),
+            "{err}"
+        );
+        let missing = dir.path().join("none.toml");
+        let err = load_bundle_spec(&missing).expect_err("missing").to_string();
+        assert!(err.contains("none.toml"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Configuration: the `[replication]` table of the node config file
-//! (default `/etc/tandem/node.toml`), and the few facts replication reads from the
-//! rest of that file (`[node]`, `[network]`, `[peer]`), all optional.
+//! (default `/etc/tandem/node.toml`) as this crate's own serde type with its checks
+//! ([`ReplicationConfig::validate`]), and the [`Settings`] a backend runs with. The
+//! file itself is read by `tandem-node`, which composes this table into its
+//! `NodeConfig` and supplies the few facts replication needs from the rest of the file
+//! ([`NodeFacts`]: `[node]`, `[network]`, `[peer]`).
 //!
 //! ```toml
 //! [replication]
@@ -35,8 +38,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::sample;
+use crate::error::Error;
 
 /// Where the node config lives unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/node.toml";
@@ -49,6 +51,34 @@ pub const DEFAULT_KEY_FILE: &str = "/etc/tandem/authkey";
 pub const DEFAULT_PORT: u16 = tandem_peer::DEFAULT_PORT + 1;
 /// The database file name under the state directory unless the config names one.
 pub const DEFAULT_DATABASE_NAME: &str = "replicated.sqlite";
+/// The declared tables when the config names none: those of the sample schema that
+/// the demo and the tests use (`examples/sample`), parents first.
+pub const DEFAULT_TABLES: [&str; 3] = ["user_groups", "user_profiles", "meetings"];
+
+/// A value of the `[replication]` table that cannot work: the field, as a dotted path
+/// from the top of the node config (`replication.postgres.port`), and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    /// The field, e.g. `replication.max_backlog`.
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+impl From<FieldError> for Error {
+    fn from(e: FieldError) -> Error {
+        Error::Config(e.to_string())
+    }
+}
+
+/// A [`FieldError`] as the `Err` of a check.
+fn bad(field: &'static str, problem: impl Into<String>) -> Result<(), FieldError> {
+    Err(FieldError {
+        field,
+        problem: problem.into(),
+    })
+}
 
 /// Which database replication controls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,32 +208,43 @@ impl PostgresConfig {
         self.config_dir().join("tandem.conf")
     }
 
-    fn validate(&self) -> Result<()> {
-        let bad = |text: String| Err(Error::Config(text));
-        for (name, value) in [
-            ("os_user", &self.os_user),
-            ("superuser", &self.superuser),
-            ("database", &self.database),
-            ("replication_user", &self.replication_user),
+    fn validate(&self) -> Result<(), FieldError> {
+        for (field, value) in [
+            ("replication.postgres.os_user", &self.os_user),
+            ("replication.postgres.superuser", &self.superuser),
+            ("replication.postgres.database", &self.database),
+            (
+                "replication.postgres.replication_user",
+                &self.replication_user,
+            ),
         ] {
             let ok = !value.is_empty()
                 && value
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !ok {
-                return bad(format!(
-                    "[replication.postgres] {name} = {value:?}: use letters, digits, `_` or `-`"
-                ));
+                return bad(field, format!("{value:?}: use letters, digits, `_` or `-`"));
             }
         }
         if self.port == 0 {
-            return bad("[replication.postgres] port must not be 0".into());
+            return bad("replication.postgres.port", "must not be 0");
         }
-        if self.degrade_after_ms == 0 || self.connect_timeout_ms == 0 {
-            return bad(
-                "[replication.postgres] degrade_after_ms and connect_timeout_ms must be at least 1"
-                    .into(),
-            );
+        for (field, value) in [
+            (
+                "replication.postgres.degrade_after_ms",
+                self.degrade_after_ms,
+            ),
+            (
+                "replication.postgres.connect_timeout_ms",
+                self.connect_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return bad(
+                    field,
+                    "degrade_after_ms and connect_timeout_ms must be at least 1",
+                );
+            }
         }
         Ok(())
     }
@@ -217,10 +258,11 @@ pub struct ReplicationConfig {
     pub backend: BackendKind,
     /// The application's database file; default `<state dir>/replicated.sqlite`.
     pub database: Option<PathBuf>,
-    /// The declared tables: each needs a primary key. Default: the sample schema's tables.
+    /// The declared tables: each needs a primary key. Default: [`DEFAULT_TABLES`].
     pub tables: Vec<String>,
     /// Create the sample schema (user groups, user profiles, meetings) in the database if
-    /// it is missing (for the demo and tests).
+    /// it is missing (for the demo and tests): `init` runs the statements the program
+    /// supplies in [`Settings::schema`] (the example side's `tandem-sample` does).
     pub sample_schema: bool,
     /// TCP port of the standalone service's peer link; default 7452.
     pub port: Option<u16>,
@@ -250,7 +292,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             backend: BackendKind::Sqlite,
             database: None,
-            tables: sample::TABLES.iter().map(|t| (*t).to_owned()).collect(),
+            tables: DEFAULT_TABLES.iter().map(|t| (*t).to_owned()).collect(),
             sample_schema: false,
             port: None,
             key_file: None,
@@ -268,39 +310,62 @@ impl Default for ReplicationConfig {
 
 impl ReplicationConfig {
     /// Checks the values; the error names the field.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |text: String| Err(Error::Config(text));
+    pub fn validate(&self) -> Result<(), FieldError> {
+        const TABLES: &str = "replication.tables";
         if self.tables.is_empty() {
-            return bad("`tables` is empty: declare at least one table to replicate".into());
+            return bad(TABLES, "empty: declare at least one table to replicate");
         }
         for (i, table) in self.tables.iter().enumerate() {
-            check_identifier(table).map_err(|problem| Error::Table {
-                table: table.clone(),
-                problem,
-            })?;
+            if let Err(problem) = check_identifier(table) {
+                return bad(
+                    TABLES,
+                    format!("table `{table}` cannot be replicated: {problem}"),
+                );
+            }
             if self
                 .tables
                 .iter()
                 .take(i)
                 .any(|t| t.eq_ignore_ascii_case(table))
             {
-                return bad(format!("table `{table}` is declared twice in `tables`"));
+                return bad(TABLES, format!("table `{table}` is declared twice"));
             }
         }
         if self.max_backlog == 0 {
-            return bad("`max_backlog` must be at least 1".into());
+            return bad("replication.max_backlog", "must be at least 1");
         }
-        if self.batch_size == 0 || self.window == 0 {
-            return bad("`batch_size` and `window` must be at least 1".into());
+        if self.batch_size == 0 {
+            return bad(
+                "replication.batch_size",
+                "`batch_size` and `window` must be at least 1",
+            );
+        }
+        if self.window == 0 {
+            return bad(
+                "replication.window",
+                "`batch_size` and `window` must be at least 1",
+            );
         }
         if self.batch_bytes < 1024 || self.batch_bytes > 8 << 20 {
-            return bad("`batch_bytes` must be between 1024 and 8388608".into());
+            return bad(
+                "replication.batch_bytes",
+                "must be between 1024 and 8388608",
+            );
         }
         if self.poll_ms == 0 || self.poll_ms > 10_000 {
-            return bad("`poll_ms` must be between 1 and 10000".into());
+            return bad("replication.poll_ms", "must be between 1 and 10000");
         }
-        if self.heartbeat_ms == 0 || self.missed_heartbeats == 0 {
-            return bad("`heartbeat_ms` and `missed_heartbeats` must be at least 1".into());
+        if self.heartbeat_ms == 0 {
+            return bad(
+                "replication.heartbeat_ms",
+                "`heartbeat_ms` and `missed_heartbeats` must be at least 1",
+            );
+        }
+        if self.missed_heartbeats == 0 {
+            return bad(
+                "replication.missed_heartbeats",
+                "`heartbeat_ms` and `missed_heartbeats` must be at least 1",
+            );
         }
         self.postgres.validate()
     }
@@ -328,7 +393,8 @@ pub(crate) fn check_identifier(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// What replication reads from the rest of the node config file; everything optional.
+/// What replication needs from the rest of the node config file, as `tandem-node`
+/// supplies it; everything optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     /// `[node] id`.
@@ -358,6 +424,11 @@ pub struct Settings {
     pub replication: ReplicationConfig,
     /// Facts from the other tables.
     pub node: NodeFacts,
+    /// The statements `init` runs (in its transaction, before it reads the tables)
+    /// when `[replication] sample_schema` is on: `CREATE TABLE IF NOT EXISTS` of the
+    /// sample schema, which the program that carries the sample supplies
+    /// ([`Settings::with_schema`]); none by default.
+    pub schema: Vec<String>,
 }
 
 impl Settings {
@@ -368,54 +439,14 @@ impl Settings {
             state_dir: state_dir.into(),
             replication,
             node: NodeFacts::default(),
+            schema: Vec::new(),
         }
     }
 
-    /// Loads the node config file at `path`. When `required` is false a missing file
-    /// means defaults (the default path on a machine that has none); otherwise it is an
-    /// error. The `[replication]` table is validated.
-    pub fn load(path: &Path, required: bool, state_dir: impl Into<PathBuf>) -> Result<Settings> {
-        let state_dir = state_dir.into();
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                let settings = Settings::new(state_dir, ReplicationConfig::default());
-                return Ok(settings);
-            }
-            Err(e) => {
-                return Err(Error::ConfigFile {
-                    path: path.to_path_buf(),
-                    source: Box::new(e),
-                });
-            }
-        };
-        let mut settings = Settings::parse(&text, path, state_dir)?;
-        settings.config_path = Some(path.to_path_buf());
-        Ok(settings)
-    }
-
-    /// Parses the text of a node config file (`path` is for messages).
-    pub fn parse(text: &str, path: &Path, state_dir: impl Into<PathBuf>) -> Result<Settings> {
-        let fail = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        let table: toml::Table = toml::from_str(text).map_err(|e| fail(Box::new(e)))?;
-        let replication: ReplicationConfig = match table.get("replication") {
-            Some(value) => value
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| fail(format!("[replication]: {e}").into()))?,
-            None => ReplicationConfig::default(),
-        };
-        replication.validate().map_err(|e| fail(Box::new(e)))?;
-        let node = node_facts(&table).map_err(|e| fail(e.into()))?;
-        Ok(Settings {
-            config_path: Some(path.to_path_buf()),
-            state_dir: state_dir.into(),
-            replication,
-            node,
-        })
+    /// These settings with the statements that `sample_schema = true` runs in `init`.
+    pub fn with_schema(mut self, statements: &[&str]) -> Settings {
+        self.schema = statements.iter().map(|s| (*s).to_owned()).collect();
+        self
     }
 
     /// The database file.
@@ -445,157 +476,22 @@ impl Settings {
     }
 }
 
-fn node_facts(table: &toml::Table) -> Result<NodeFacts, String> {
-    let section = |name: &str| table.get(name).and_then(toml::Value::as_table);
-    let int = |sec: Option<&toml::Table>, key: &str| -> Result<Option<i64>, String> {
-        match sec.and_then(|s| s.get(key)) {
-            None => Ok(None),
-            Some(v) => v
-                .as_integer()
-                .map(Some)
-                .ok_or_else(|| format!("`{key}` must be an integer")),
-        }
-    };
-    let string = |sec: Option<&toml::Table>, key: &str| -> Result<Option<String>, String> {
-        match sec.and_then(|s| s.get(key)) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_owned()))
-                .ok_or_else(|| format!("`{key}` must be a string")),
-        }
-    };
-    let addr = |sec: Option<&toml::Table>, key: &str| -> Result<Option<IpAddr>, String> {
-        let Some(text) = string(sec, key)? else {
-            return Ok(None);
-        };
-        let ip = text.split('/').next().unwrap_or_default();
-        ip.parse()
-            .map(Some)
-            .map_err(|_| format!("`{key}` = {text:?} is not an IP address"))
-    };
-    let (node, network, peer) = (section("node"), section("network"), section("peer"));
-    let id = match int(node, "id")? {
-        None => None,
-        Some(v @ 1..=2) => u8::try_from(v).ok(),
-        Some(v) => return Err(format!("[node] id = {v}: a node id is 1 or 2")),
-    };
-    let site = match int(node, "site")? {
-        None => None,
-        Some(v) => {
-            Some(u16::try_from(v).map_err(|_| format!("[node] site = {v} is out of range"))?)
-        }
-    };
-    let peer_port = match int(peer, "port")? {
-        None => None,
-        Some(v) => {
-            Some(u16::try_from(v).map_err(|_| format!("[peer] port = {v} is out of range"))?)
-        }
-    };
-    Ok(NodeFacts {
-        id,
-        site,
-        hostname: string(node, "hostname")?,
-        node_address: addr(network, "node_address")?,
-        peer_address: addr(network, "peer_address")?,
-        peer_port,
-        key_file: string(peer, "key_file")?.map(PathBuf::from),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_full_node_config_gives_its_facts() {
-        let text = r#"
-            [node]
-            id = 2
-            site = 3
-            hostname = "meetings2.example.com"
-
-            [network]
-            shared_address = "192.0.2.10/24"
-            node_address = "192.0.2.12/24"
-            gateway = "192.0.2.1"
-            peer_address = "192.0.2.11"
-
-            [peer]
-            key_file = "/etc/tandem/site.key"
-
-            [replication]
-            database = "/var/lib/app.sqlite"
-            tables = ["a", "b"]
-            max_backlog = 50
-        "#;
-        let s = Settings::parse(text, Path::new("node.toml"), "/tmp/state").unwrap();
-        assert_eq!(s.node.id, Some(2));
-        assert_eq!(s.node.site, Some(3));
-        assert_eq!(s.node.node_address, Some("192.0.2.12".parse().unwrap()));
-        assert_eq!(s.node.peer_address, Some("192.0.2.11".parse().unwrap()));
-        assert_eq!(s.replication.tables, ["a", "b"]);
-        assert_eq!(s.replication.max_backlog, 50);
-        assert_eq!(s.database_path(), PathBuf::from("/var/lib/app.sqlite"));
-        assert_eq!(s.key_file(), PathBuf::from("/etc/tandem/site.key"));
-        assert_eq!(s.port(), 7452);
-    }
-
-    #[test]
-    fn the_postgres_table_is_read_and_checked() {
-        let text = "[replication]\nbackend = \"postgres\"\n\n[replication.postgres]\n\
-                    data_dir = \"/srv/pg\"\nport = 5433\ndegrade_after_ms = 500\n";
-        let s = Settings::parse(text, Path::new("n.toml"), "/s").unwrap();
-        let pg = &s.replication.postgres;
-        assert_eq!(pg.config_file(), PathBuf::from("/srv/pg/postgresql.conf"));
-        assert_eq!(pg.hba_file(), PathBuf::from("/srv/pg/pg_hba.conf"));
-        assert_eq!(pg.tandem_conf(), PathBuf::from("/srv/pg/tandem.conf"));
-        assert_eq!(pg.standby_lost, StandbyLostPolicy::Degrade);
-        assert!(pg.synchronous);
-        assert_eq!(s.port(), 5433);
-        for (text, needle) in [
-            (
-                "[replication.postgres]\nreplication_user = \"a b\"",
-                "replication_user",
-            ),
-            ("[replication.postgres]\nport = 0", "port"),
-            (
-                "[replication.postgres]\nstandby_lost = \"maybe\"",
-                "standby_lost",
-            ),
-            ("[replication.postgres]\nbogus = 1", "bogus"),
-        ] {
-            let err = Settings::parse(text, Path::new("n.toml"), "/s").unwrap_err();
-            let msg = crate::error::chain(&err);
-            assert!(msg.contains(needle), "{text}: {msg}");
-        }
-    }
-
-    #[test]
-    fn defaults_without_a_file() {
-        let s = Settings::load(Path::new("/nonexistent/node.toml"), false, "/st").unwrap();
-        assert_eq!(s.database_path(), PathBuf::from("/st/replicated.sqlite"));
-        assert_eq!(s.replication.tables, sample::TABLES);
-        let err = Settings::load(Path::new("/nonexistent/node.toml"), true, "/st").unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/node.toml"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let cases = [
-            ("[replication]\ntables = []", "tables"),
-            ("[replication]\nmax_backlog = 0", "max_backlog"),
-            ("[replication]\nbogus = 1", "bogus"),
-            ("[replication]\ntables = [\"a\\\"b\"]", "double quote"),
-            ("[replication]\ntables = [\"x\", \"X\"]", "declared twice"),
-            ("[node]\nid = 3", "node id is 1 or 2"),
-            ("[network]\nnode_address = \"nope\"", "not an IP address"),
-        ];
-        for (text, needle) in cases {
-            let err = Settings::parse(text, Path::new("n.toml"), "/s").unwrap_err();
-            let msg = crate::error::chain(&err);
-            assert!(msg.contains(needle), "{text}: {msg}");
-            assert!(msg.contains("n.toml"), "{msg}");
-        }
+    fn defaults_are_valid_and_name_the_sample_tables() {
+        let config = ReplicationConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.tables, DEFAULT_TABLES);
+        let settings = Settings::new("/st", config).with_schema(&["CREATE TABLE t (k)"]);
+        assert_eq!(
+            settings.database_path(),
+            PathBuf::from("/st/replicated.sqlite")
+        );
+        assert_eq!(settings.schema, ["CREATE TABLE t (k)"]);
+        assert_eq!(settings.key_file(), PathBuf::from(DEFAULT_KEY_FILE));
+        assert_eq!(settings.port(), DEFAULT_PORT);
     }
 }

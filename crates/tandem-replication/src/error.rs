@@ -15,15 +15,6 @@ pub enum Error {
     /// The replication settings cannot work (the text names the setting and the problem).
     #[error("invalid replication configuration: {0}")]
     Config(String),
-    /// A config file could not be read or parsed.
-    #[error("cannot read the config file {}", path.display())]
-    ConfigFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     /// The database reported an error.
     #[error("database {what}")]
     Database {

@@ -116,14 +116,15 @@
 //!
 //! ```
 //! use tandem_replication::{
-//!     InitOptions, Quiet, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend, sample,
+//!     InitOptions, Quiet, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend,
 //! };
+//! use tandem_sample as sample; // the demo's schema and workload (examples/sample)
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let config = ReplicationConfig { sample_schema: true, ..ReplicationConfig::default() };
-//! let node1 = SqliteBackend::open(&Settings::new(dir.path(), config)).await?;
+//! let node1 = SqliteBackend::open(&sample::settings(Settings::new(dir.path(), config))).await?;
 //!
 //! // `mp_replication init -n 1 -r 192.0.2.12`
 //! node1.init(&InitOptions::new(1, "192.0.2.12:7451".parse()?), &Quiet).await?;
@@ -140,19 +141,26 @@
 //! # }
 //! ```
 //!
-//! The node config selects PostgreSQL; `-r REMOTE` without a port then names the peer's
-//! server:
+//! The node config selects PostgreSQL (`tandem-node` reads the file; this crate owns
+//! the `[replication]` table's type and checks); `-r REMOTE` without a port then names
+//! the peer's server:
 //!
 //! ```
-//! use tandem_replication::{BackendKind, Settings, StandbyLostPolicy};
+//! use tandem_replication::{BackendKind, ReplicationConfig, Settings, StandbyLostPolicy};
 //!
+//! #[derive(serde::Deserialize)]
+//! struct File {
+//!     replication: ReplicationConfig,
+//! }
 //! let text = "[replication]\nbackend = \"postgres\"\n\n\
 //!             [replication.postgres]\nport = 5433\nstandby_lost = \"strict\"\n";
-//! let settings = Settings::parse(text, "node.toml".as_ref(), "/var/lib/tandem")?;
+//! let file: File = toml::from_str(text)?;
+//! file.replication.validate()?;
+//! let settings = Settings::new("/var/lib/tandem", file.replication);
 //! assert_eq!(settings.replication.backend, BackendKind::Postgres);
 //! assert_eq!(settings.replication.postgres.standby_lost, StandbyLostPolicy::Strict);
 //! assert_eq!(settings.port(), 5433);
-//! # Ok::<(), tandem_replication::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod config;
@@ -160,7 +168,6 @@ mod error;
 mod fence;
 mod observer;
 mod postgres;
-pub mod sample;
 mod size;
 mod sqlite;
 mod status;
@@ -174,7 +181,8 @@ use std::time::Duration;
 
 pub use config::{
     BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
-    DEFAULT_STATE_DIR, NodeFacts, PostgresConfig, ReplicationConfig, Settings, StandbyLostPolicy,
+    DEFAULT_STATE_DIR, DEFAULT_TABLES, FieldError, NodeFacts, PostgresConfig, ReplicationConfig,
+    Settings, StandbyLostPolicy,
 };
 pub use error::{Error, Result, chain};
 pub use fence::Fence;

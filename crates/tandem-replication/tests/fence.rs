@@ -13,8 +13,9 @@ use tandem_peer::SiteKey;
 use tandem_replication::wire::{Message, NodeState};
 use tandem_replication::{
     Error, Fence, InitOptions, PeerEvent, Position, Quiet, ReplicationBackend, ReplicationConfig,
-    ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions, Transport, sample,
+    ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions, Transport,
 };
+use tandem_sample as sample;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -44,9 +45,12 @@ async fn open(dir: &Path, id: u8, port: u16, remote_port: u16) -> Arc<SqliteBack
         heartbeat_ms: 200,
         ..ReplicationConfig::default()
     };
-    let backend = SqliteBackend::open(&Settings::new(dir.join(format!("node{id}")), cfg))
-        .await
-        .unwrap();
+    let backend = SqliteBackend::open(&sample::settings(Settings::new(
+        dir.join(format!("node{id}")),
+        cfg,
+    )))
+    .await
+    .unwrap();
     let options =
         InitOptions::new(id, SocketAddr::new(LOCALHOST, remote_port)).with_local(LOCALHOST);
     backend.init(&options, &Quiet).await.unwrap();

@@ -11,8 +11,9 @@ use std::time::Duration;
 use tandem_peer::SiteKey;
 use tandem_replication::{
     Error, InitOptions, LinkStatus, Position, Quiet, ReplicationBackend, ReplicationConfig,
-    ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions, sample,
+    ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions,
 };
+use tandem_sample as sample;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -49,7 +50,7 @@ impl Node {
             ..ReplicationConfig::default()
         };
         tweak(&mut cfg);
-        let settings = Settings::new(dir.join(format!("node{id}")), cfg);
+        let settings = sample::settings(Settings::new(dir.join(format!("node{id}")), cfg));
         let backend = SqliteBackend::open(&settings).await.unwrap();
         let options =
             InitOptions::new(id, SocketAddr::new(LOCALHOST, remote_port)).with_local(LOCALHOST);

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 use tandem_bundle::{Action, BundleSpec, CreateOptions, RestoreOptions, RestoreReport};
+use tandem_node::load_bundle_spec;
 use tandem_role::{DeploymentMode, Role, StateFile};
 
 use crate::Common;
@@ -85,7 +86,7 @@ pub(crate) fn copy(common: &Common, args: &CopyArgs) -> anyhow::Result<ExitCode>
              `--output FILE` to only write a bundle here"
         );
     }
-    let spec = BundleSpec::load(&common.config)?;
+    let spec = load_bundle_spec(&common.config)?;
     if spec.roots.is_empty() {
         anyhow::bail!(
             "{} has no [[bundle.roots]]: nothing to copy. For example:\n\n{}",
@@ -225,7 +226,7 @@ fn load_spec(common: &Common, under_root: bool) -> anyhow::Result<BundleSpec> {
     if under_root && !common.config_given && !common.config.exists() {
         return Ok(BundleSpec::default());
     }
-    Ok(BundleSpec::load(&common.config)?)
+    Ok(load_bundle_spec(&common.config)?)
 }
 
 fn print_report(what: &str, report: &RestoreReport) {

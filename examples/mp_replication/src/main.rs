@@ -60,12 +60,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use tandem_node::{OutcomeKind, SiteSwitch, switch_site};
+use tandem_node::{LoadSettings, OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
     PostgresBackend, ReplicationBackend, Replicator, RestoreReport, Settings, SqliteBackend,
-    outcome_line, route_source, sample,
+    outcome_line, route_source,
 };
+use tandem_sample as sample;
 
 /// Database replication control for a tandem site.
 #[derive(Parser)]
@@ -233,7 +234,8 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let settings = Settings::load(&path, required, &cli.state_dir)?;
+    // `[replication] sample_schema = true` creates the sample's tables at `init`.
+    let settings = sample::settings(Settings::load(&path, required, &cli.state_dir)?);
     if settings.config_path.is_none() && cli.command.changes_something() {
         eprintln!(
             "mp_replication: no config file ({DEFAULT_CONFIG_PATH} is missing and neither \

@@ -451,7 +451,7 @@ fn concurrent_writers_waiting_with_wait_replicated_are_all_acknowledged_and_arri
         .runtime
         .block_on(async {
             let mut conn = n2.pool().acquire().await.unwrap();
-            tandem_replication::sample::transactions_present(&mut conn).await
+            tandem_sample::transactions_present(&mut conn).await
         })
         .unwrap();
     site.runtime.block_on(n2.close());

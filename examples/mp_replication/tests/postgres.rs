@@ -22,6 +22,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tandem_lab::postgres::{PgServer, require_postgres};
 use tandem_lab::{Host, Lab};
+use tandem_node::LoadSettings;
 use tandem_replication::{
     Backend, LinkStatus, Position, ReplicationBackend, Settings, Status, parse_lsn,
 };

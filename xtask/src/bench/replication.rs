@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig};
 use tandem_replication::{
-    Position, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend, sample,
+    Position, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend,
 };
+use tandem_sample as sample;
 
 /// Rounds of each mode.
 const ROUNDS: usize = 5;
@@ -458,7 +459,7 @@ fn settings(dir: &Path, state: &str) -> Settings {
         sample_schema: true,
         ..ReplicationConfig::default()
     };
-    Settings::new(dir.join(state), cfg)
+    sample::settings(Settings::new(dir.join(state), cfg))
 }
 
 /// The service processes, killed when dropped.

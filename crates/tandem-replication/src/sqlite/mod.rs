@@ -43,7 +43,6 @@ use tokio::sync::Mutex;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::observer::Observer;
-use crate::sample;
 use crate::status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
 };
@@ -420,7 +419,7 @@ impl SqliteBackend {
     /// use std::time::Duration;
     /// let position = {
     ///     let mut conn = backend.writer().await?;
-    ///     tandem_replication::sample::write_transaction(&mut conn, 1, 5).await?
+    ///     tandem_sample::write_transaction(&mut conn, 1, 5).await?
     /// }; // the next writer's turn
     /// tandem_replication::ReplicationBackend::wait_replicated(backend, position, Duration::from_secs(1)).await?;
     /// # Ok(()) }
@@ -601,7 +600,7 @@ impl SqliteBackend {
                 .tables
                 .iter()
                 .map(String::as_str)
-                .eq(sample::TABLES.iter().copied());
+                .eq(crate::DEFAULT_TABLES.iter().copied());
         let problem = if undeclared {
             format!(
                 "it does not exist in {}: no tables are declared, so the sample schema's \
@@ -684,11 +683,18 @@ impl SqliteBackend {
         observer.step(&format!("database {}", self.database_path().display()));
         let mut tx = self.write().await?;
         if self.settings.replication.sample_schema {
+            if self.settings.schema.is_empty() {
+                return Err(Error::Config(
+                    "`sample_schema = true`, but this program carries no sample schema \
+                     (mp_replication does); create the application's tables instead"
+                        .into(),
+                ));
+            }
             observer.step(
                 "creating the sample schema where missing (user_groups, user_profiles, meetings)",
             );
-            for statement in sample::SCHEMA {
-                sqlx::query(*statement)
+            for statement in &self.settings.schema {
+                sqlx::query(AssertSqlSafe(statement.as_str()))
                     .execute(&mut *tx)
                     .await
                     .map_err(Error::db("creating the sample schema"))?;

@@ -1,17 +1,32 @@
 //! A sample schema for the seed's data (user groups, user profiles, meetings) and a
-//! deterministic workload over it, used by the demo, the tests and the benchmark.
+//! deterministic workload over it, used by the demo, the chaos harness, the tests and
+//! the benchmarks. It is example data, not part of `tandem-replication`: the library
+//! only runs the statements a program hands it ([`settings`]) when the node config says
+//! `[replication] sample_schema = true`, and takes these tables as its default
+//! `tables` ([`tandem_replication::DEFAULT_TABLES`]).
 //!
 //! The tables use the shapes replication must handle: integer and text keys, a
 //! nullable foreign key with `ON DELETE SET NULL`, one with `ON DELETE CASCADE`, a
 //! unique column, a BLOB and a REAL.
+//!
+//! ```
+//! let settings = tandem_sample::settings(tandem_replication::Settings::new(
+//!     "/var/lib/tandem",
+//!     tandem_replication::ReplicationConfig::default(),
+//! ));
+//! assert_eq!(settings.schema.len(), tandem_sample::SCHEMA.len());
+//! assert_eq!(settings.replication.tables, tandem_sample::TABLES);
+//! ```
+//!
+//! What this crate never does: replicate, or serve as anything but example data.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::SqliteConnection;
+use tandem_replication::{Error, Position, Result, Settings};
 
-use crate::error::{Error, Result};
-use crate::status::Position;
-
-/// The sample tables, parents first.
-pub const TABLES: [&str; 3] = ["user_groups", "user_profiles", "meetings"];
+/// The sample tables, parents first: the library's default `tables`.
+pub const TABLES: [&str; 3] = tandem_replication::DEFAULT_TABLES;
 
 /// `CREATE TABLE IF NOT EXISTS` statements of the sample schema.
 pub const SCHEMA: &[&str] = &[
@@ -38,13 +53,32 @@ pub const SCHEMA: &[&str] = &[
         recording_gb REAL)",
 ];
 
+/// `settings` with the sample schema attached: `init` creates it where missing when
+/// the config says `[replication] sample_schema = true`.
+pub fn settings(settings: Settings) -> Settings {
+    settings.with_schema(SCHEMA)
+}
+
+/// Wraps a database error with what was being done.
+fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Database { what, source }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 /// Creates the sample tables where missing.
 pub async fn create_schema(conn: &mut SqliteConnection) -> Result<()> {
     for sql in SCHEMA {
         sqlx::query(*sql)
             .execute(&mut *conn)
             .await
-            .map_err(Error::db("creating the sample schema"))?;
+            .map_err(db("creating the sample schema"))?;
     }
     Ok(())
 }
@@ -58,7 +92,7 @@ pub async fn transactions_present(
     let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM user_groups WHERE id % 1000 = 0")
         .fetch_all(&mut *conn)
         .await
-        .map_err(Error::db("reading the sample groups"))?;
+        .map_err(db("reading the sample groups"))?;
     Ok(ids
         .into_iter()
         .filter_map(|(id,)| u64::try_from(id / 1000).ok())
@@ -82,11 +116,11 @@ pub async fn write_transaction(
 ) -> Result<Position> {
     let mut t = sqlx::Connection::begin(&mut *conn)
         .await
-        .map_err(Error::db("starting a sample transaction"))?;
+        .map_err(db("starting a sample transaction"))?;
     let base = i64::try_from(tx)
         .unwrap_or(i64::MAX / 2)
         .saturating_mul(1000);
-    let now = i64::try_from(crate::util::now_ms()).unwrap_or(0);
+    let now = now_ms();
     let mut owner = None;
     for i in 0..rows {
         let n = base + i64::from(i);
@@ -130,7 +164,7 @@ pub async fn write_transaction(
             .execute(&mut *t)
             .await
         };
-        result.map_err(Error::db(format!("writing sample transaction {tx}")))?;
+        result.map_err(db(format!("writing sample transaction {tx}")))?;
     }
     if tx >= 10 {
         let earlier = (base / 1000 - 7) * 1000;
@@ -144,12 +178,12 @@ pub async fn write_transaction(
         for q in updates {
             q.execute(&mut *t)
                 .await
-                .map_err(Error::db(format!("writing sample transaction {tx}")))?;
+                .map_err(db(format!("writing sample transaction {tx}")))?;
         }
     }
-    let position = crate::sqlite::position_in(&mut t).await?;
+    let position = tandem_replication::position_in(&mut t).await?;
     t.commit()
         .await
-        .map_err(Error::db(format!("committing sample transaction {tx}")))?;
+        .map_err(db(format!("committing sample transaction {tx}")))?;
     Ok(position)
 }
