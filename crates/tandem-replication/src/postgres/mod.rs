@@ -23,6 +23,7 @@
 //! node address (`verify-full`), and `pg_hba.conf` lets the replication role in over
 //! TLS only.
 
+mod derive;
 mod diverge;
 mod resync;
 mod scram;
@@ -273,7 +274,7 @@ impl PostgresBackend {
     fn password(&self) -> Result<String> {
         let path = self.settings.key_file();
         let key = tandem_peer::SiteKey::load(&path)?;
-        Ok(scram::password(key.as_bytes()))
+        scram::password(key.as_bytes())
     }
 
     fn connect_timeout(&self) -> Duration {
@@ -423,7 +424,7 @@ impl PostgresBackend {
         let mut salt = Vec::with_capacity(16);
         salt.extend_from_slice(&random_u64()?.to_le_bytes());
         salt.extend_from_slice(&random_u64()?.to_le_bytes());
-        let verifier = scram::verifier(&self.password()?, &salt);
+        let verifier = scram::verifier(&self.password()?, &salt)?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
             .bind(&cfg.replication_user)
             .fetch_optional(&mut *conn)
