@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 use tandem_netif::{AddressSpec, AnnounceConfig, Interfaces};
 use tandem_probe::{Collect, ProbeConfig, Prober};
-use tandem_replication::{Backend, ReplicationBackend};
+use tandem_replication::{Backend, DemoteOptions, ReplicationBackend};
 use tandem_role::{
     Action, Event, Isolation, MacAddr, Machine, NodeState, ProbeOutcome, Refusal, Role, StateError,
     StateFile, Step,
@@ -657,10 +657,10 @@ impl Node {
             // on meanwhile.
             Action::DemoteDatabase => match &self.database {
                 Some(db) => db
-                    .demote_deferring_copy()
+                    .demote_with(DemoteOptions::new().deferring_copy(true))
                     .await
-                    .map(|due| {
-                        if due {
+                    .map(|done| {
+                        if done.resync_due {
                             tracing::info!(
                                 "the database is read-only; its resynchronisation from the peer runs in the replication service"
                             );

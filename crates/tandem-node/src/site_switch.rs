@@ -145,7 +145,7 @@ pub async fn switch_site(
     observer: &dyn Observer,
 ) -> SiteSwitchReport {
     let mut report = SiteSwitchReport::default();
-    if let Backend::Sqlite(_) = backend {
+    if backend.switches_peer() {
         // The replication service switches the peer itself.
         let (outcome, local) = local_part(backend, me.unwrap_or(0), switch, observer).await;
         report.outcomes.push(outcome);

@@ -176,8 +176,10 @@ pub mod wire;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 pub use config::{
     BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
@@ -311,8 +313,75 @@ pub struct SwitchReport {
     pub copied_rows: u64,
 }
 
+/// How to [`promote`](ReplicationBackend::promote_with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PromoteOptions {
+    /// Promote a standby even when it may be stale (`mp_replication promote --force`):
+    /// with PostgreSQL's `degrade` policy, a standby that has not streamed for
+    /// `degrade_after_ms` may lack writes its primary acknowledged without it. The
+    /// SQLite backend never refuses on that ground, so it ignores this.
+    pub force: bool,
+}
+
+impl PromoteOptions {
+    /// Promote only a standby that cannot be stale.
+    pub fn new() -> PromoteOptions {
+        PromoteOptions::default()
+    }
+
+    /// Sets [`force`](Self::force).
+    pub fn forced(mut self, force: bool) -> PromoteOptions {
+        self.force = force;
+        self
+    }
+}
+
+/// How to [`demote`](ReplicationBackend::demote_with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DemoteOptions {
+    /// Make this node's database the standby's at once and leave a long copy from the
+    /// peer (PostgreSQL's `pg_rewind` or `pg_basebackup`) to the replication service,
+    /// as the node agent does: its event loop must go on meanwhile. The SQLite backend
+    /// has no such copy to leave.
+    pub defer_copy: bool,
+}
+
+impl DemoteOptions {
+    /// Demote, copying from the peer now if that is due.
+    pub fn new() -> DemoteOptions {
+        DemoteOptions::default()
+    }
+
+    /// Sets [`defer_copy`](Self::defer_copy).
+    pub fn deferring_copy(mut self, defer: bool) -> DemoteOptions {
+        self.defer_copy = defer;
+        self
+    }
+}
+
+/// What a demotion did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DemoteReport {
+    /// A resynchronisation from the peer is due and left to the replication service
+    /// (only with [`DemoteOptions::defer_copy`]).
+    pub resync_due: bool,
+}
+
+impl DemoteReport {
+    /// A report saying whether a resynchronisation is due.
+    pub fn new(resync_due: bool) -> DemoteReport {
+        DemoteReport { resync_due }
+    }
+}
+
 /// One trait for every replication backend (SQLite and PostgreSQL): the operations of
-/// `mp_replication` and of the node agent.
+/// `mp_replication` and of the node agent. It is the one way to reach a backend: each
+/// backend implements it once, and [`Backend`] (chosen by configuration) dispatches to
+/// the one it holds. An operation a backend does not have answers with an error that
+/// says so.
 pub trait ReplicationBackend {
     /// Prepares this node's database for replication (idempotent): records node id,
     /// site and remote, and installs what the backend needs.
@@ -322,28 +391,50 @@ pub trait ReplicationBackend {
         observer: &dyn Observer,
     ) -> impl Future<Output = Result<InitReport>> + Send;
 
-    /// Switches replication on here and on the connected peer, after copying the
-    /// peer's data when `options.sync` (from-sync).
+    /// Switches replication on here, after copying the peer's data when
+    /// `options.sync` (from-sync); see [`switches_peer`](Self::switches_peer).
     fn switch_on(
         &self,
         options: &SwitchOnOptions,
         observer: &dyn Observer,
     ) -> impl Future<Output = Result<SwitchReport>> + Send;
 
-    /// Switches replication off here and on the connected peer.
+    /// Switches replication off here; see [`switches_peer`](Self::switches_peer).
     fn switch_off(
         &self,
         observer: &dyn Observer,
     ) -> impl Future<Output = Result<SwitchReport>> + Send;
 
+    /// Whether [`switch_on`](Self::switch_on) and [`switch_off`](Self::switch_off) also
+    /// switch the connected peer (the SQLite backend's replication service does);
+    /// otherwise the caller switches each node itself.
+    fn switches_peer(&self) -> bool;
+
     /// Both nodes' replication status.
     fn status(&self) -> impl Future<Output = Result<Status>> + Send;
 
+    /// Who this node is and where its peer is, as `init` recorded them.
+    fn identity(&self) -> impl Future<Output = Result<Identity>> + Send;
+
     /// Makes this node's database the writable one (the node became active).
-    fn promote(&self) -> impl Future<Output = Result<()>> + Send;
+    fn promote_with(&self, options: PromoteOptions) -> impl Future<Output = Result<()>> + Send;
+
+    /// [`promote_with`](Self::promote_with) the default options.
+    fn promote(&self) -> impl Future<Output = Result<()>> + Send {
+        self.promote_with(PromoteOptions::new())
+    }
 
     /// Makes this node's database the standby (the node became standby).
-    fn demote(&self) -> impl Future<Output = Result<()>> + Send;
+    fn demote_with(
+        &self,
+        options: DemoteOptions,
+    ) -> impl Future<Output = Result<DemoteReport>> + Send;
+
+    /// [`demote_with`](Self::demote_with) the default options.
+    fn demote(&self) -> impl Future<Output = Result<()>> + Send {
+        self.demote_with(DemoteOptions::new())
+            .map(|done| done.map(drop))
+    }
 
     /// Waits until the standby has durably applied everything up to `position` (for
     /// applications that acknowledge only replicated writes), at most `timeout`. It
@@ -355,40 +446,26 @@ pub trait ReplicationBackend {
         position: Position,
         timeout: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// A checksum of every replicated table, to compare the two nodes
+    /// (`mp_replication checksum`; the SQLite backend only).
+    fn table_checksums(&self) -> impl Future<Output = Result<Vec<TableChecksum>>> + Send;
+
+    /// Writes back the rows a from-sync saved as only this node's
+    /// (`mp_replication restore-local-rows`; the SQLite backend only).
+    fn restore_local_rows(
+        &self,
+        file: &Path,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<RestoreReport>> + Send;
 }
 
-impl ReplicationBackend for SqliteBackend {
-    async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
-        self.init_impl(options, observer).await
-    }
-
-    async fn switch_on(
-        &self,
-        options: &SwitchOnOptions,
-        observer: &dyn Observer,
-    ) -> Result<SwitchReport> {
-        self.switch_on_impl(options, observer).await
-    }
-
-    async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
-        self.switch_off_impl(observer).await
-    }
-
-    async fn status(&self) -> Result<Status> {
-        self.status_impl().await
-    }
-
-    async fn promote(&self) -> Result<()> {
-        SqliteBackend::promote(self).await
-    }
-
-    async fn demote(&self) -> Result<()> {
-        SqliteBackend::demote(self).await
-    }
-
-    async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
-        self.wait_replicated_impl(position, timeout, false).await
-    }
+/// The error of an operation the configured backend does not have.
+pub(crate) fn unsupported(command: &str) -> Error {
+    Error::State(format!(
+        "`{command}` works with the SQLite backend only; this node's config selects \
+         PostgreSQL (compare or write with SQL there)"
+    ))
 }
 
 /// A backend chosen by configuration (`[replication] backend`), for tools that serve
@@ -425,50 +502,21 @@ impl Backend {
             ))),
         }
     }
+}
 
-    /// The SQLite backend, if that is the one.
-    pub fn as_sqlite(&self) -> Option<&SqliteBackend> {
-        match self {
-            Backend::Sqlite(b) => Some(b),
-            Backend::Postgres(_) => None,
+/// `backend.$op($args)` on the backend `$self` holds.
+macro_rules! dispatch {
+    ($self:ident.$op:ident($($arg:expr),*)) => {
+        match $self {
+            Backend::Sqlite(b) => ReplicationBackend::$op(b, $($arg),*).await,
+            Backend::Postgres(b) => ReplicationBackend::$op(b.as_ref(), $($arg),*).await,
         }
-    }
-
-    /// The PostgreSQL backend, if that is the one.
-    pub fn as_postgres(&self) -> Option<&PostgresBackend> {
-        match self {
-            Backend::Postgres(b) => Some(b),
-            Backend::Sqlite(_) => None,
-        }
-    }
-
-    /// [`promote`](ReplicationBackend::promote); with `force`, PostgreSQL promotes a
-    /// standby even when it may be stale (see [`PostgresBackend::promote_with`]).
-    pub async fn promote_forced(&self, force: bool) -> Result<()> {
-        match self {
-            Backend::Sqlite(b) => b.promote().await,
-            Backend::Postgres(b) => b.promote_with(force).await,
-        }
-    }
-
-    /// Makes this node's database the standby's without waiting for a long copy: the
-    /// PostgreSQL backend leaves the resynchronisation from its peer to its
-    /// replication service (see [`PostgresBackend::demote_deferring_copy`]); the
-    /// embedded backend has none to leave. Returns whether one is due.
-    pub async fn demote_deferring_copy(&self) -> Result<bool> {
-        match self {
-            Backend::Sqlite(b) => b.demote().await.map(|()| false),
-            Backend::Postgres(b) => b.demote_deferring_copy().await,
-        }
-    }
+    };
 }
 
 impl ReplicationBackend for Backend {
     async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
-        match self {
-            Backend::Sqlite(b) => b.init(options, observer).await,
-            Backend::Postgres(b) => b.init(options, observer).await,
-        }
+        dispatch!(self.init(options, observer))
     }
 
     async fn switch_on(
@@ -476,45 +524,46 @@ impl ReplicationBackend for Backend {
         options: &SwitchOnOptions,
         observer: &dyn Observer,
     ) -> Result<SwitchReport> {
-        match self {
-            Backend::Sqlite(b) => b.switch_on(options, observer).await,
-            Backend::Postgres(b) => b.switch_on(options, observer).await,
-        }
+        dispatch!(self.switch_on(options, observer))
     }
 
     async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
+        dispatch!(self.switch_off(observer))
+    }
+
+    fn switches_peer(&self) -> bool {
         match self {
-            Backend::Sqlite(b) => b.switch_off(observer).await,
-            Backend::Postgres(b) => b.switch_off(observer).await,
+            Backend::Sqlite(b) => b.switches_peer(),
+            Backend::Postgres(b) => b.switches_peer(),
         }
     }
 
     async fn status(&self) -> Result<Status> {
-        match self {
-            Backend::Sqlite(b) => ReplicationBackend::status(b).await,
-            Backend::Postgres(b) => ReplicationBackend::status(b.as_ref()).await,
-        }
+        dispatch!(self.status())
     }
 
-    async fn promote(&self) -> Result<()> {
-        match self {
-            Backend::Sqlite(b) => b.promote().await,
-            Backend::Postgres(b) => b.promote().await,
-        }
+    async fn identity(&self) -> Result<Identity> {
+        dispatch!(self.identity())
     }
 
-    async fn demote(&self) -> Result<()> {
-        match self {
-            Backend::Sqlite(b) => b.demote().await,
-            Backend::Postgres(b) => b.demote().await,
-        }
+    async fn promote_with(&self, options: PromoteOptions) -> Result<()> {
+        dispatch!(self.promote_with(options))
+    }
+
+    async fn demote_with(&self, options: DemoteOptions) -> Result<DemoteReport> {
+        dispatch!(self.demote_with(options))
     }
 
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
-        match self {
-            Backend::Sqlite(b) => b.wait_replicated(position, timeout).await,
-            Backend::Postgres(b) => b.wait_replicated(position, timeout).await,
-        }
+        dispatch!(self.wait_replicated(position, timeout))
+    }
+
+    async fn table_checksums(&self) -> Result<Vec<TableChecksum>> {
+        dispatch!(self.table_checksums())
+    }
+
+    async fn restore_local_rows(&self, file: &Path, dry_run: bool) -> Result<RestoreReport> {
+        dispatch!(self.restore_local_rows(file, dry_run))
     }
 }
 

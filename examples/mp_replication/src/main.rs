@@ -63,8 +63,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tandem_node::{LoadSettings, OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
-    PostgresBackend, ReplicationBackend, Replicator, RestoreReport, Settings, SqliteBackend,
-    outcome_line, route_source,
+    PostgresBackend, PromoteOptions, ReplicationBackend, Replicator, RestoreReport, Settings,
+    SqliteBackend, outcome_line, route_source,
 };
 use tandem_sample as sample;
 
@@ -349,7 +349,9 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 let backend = backend?;
                 if promote {
                     steps.step("making this node's database writable");
-                    backend.promote_forced(force).await?;
+                    backend
+                        .promote_with(PromoteOptions::new().forced(force))
+                        .await?;
                 } else {
                     steps.step("making this node's database the standby");
                     backend.demote().await?;
@@ -370,8 +372,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checksum { json } => {
-            sqlite_only(&settings, "checksum")?;
-            let backend = SqliteBackend::open_existing(&settings).await?;
+            let backend = Backend::open_existing(&settings).await?;
             let sums = backend.table_checksums().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sums)?);
@@ -387,8 +388,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             json,
         } => {
-            sqlite_only(&settings, "restore-local-rows")?;
-            let backend = SqliteBackend::open_existing(&settings).await?;
+            let backend = Backend::open_existing(&settings).await?;
             let report = backend.restore_local_rows(file, dry_run).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -493,13 +493,13 @@ async fn switch_on_site(
         let backend = backend?;
         let report = switch_site(&backend, &cli.state_dir, settings.node.id, switch, &steps).await;
         steps.done();
-        let failure = match (&backend, report.outcomes.as_slice()) {
+        let failure = match (backend.switches_peer(), report.outcomes.as_slice()) {
             // SQLite's service switched both nodes; its message says so.
-            (Backend::Sqlite(_), [one]) if one.kind == OutcomeKind::Done => {
+            (true, [one]) if one.kind == OutcomeKind::Done => {
                 println!("{}.", capitalized(one.message.trim_end_matches('.')));
                 None
             }
-            (Backend::Sqlite(_), [one]) => Some(one.message.clone()),
+            (true, [one]) => Some(one.message.clone()),
             (_, outcomes) => {
                 for outcome in outcomes {
                     println!("{}.", outcome.line().trim_end_matches('.'));
@@ -578,17 +578,13 @@ async fn open_for_change(settings: &Settings) -> (anyhow::Result<Backend>, Optio
         .await
         .map_err(anyhow::Error::from);
     let mut ip = settings.node.node_address;
-    match &backend {
-        Ok(Backend::Sqlite(b)) => {
-            if let Ok(identity) = b.identity().await {
-                ip = identity
-                    .local
-                    .or(ip)
-                    .or_else(|| identity.remote.and_then(route_source));
-            }
-        }
-        Ok(Backend::Postgres(b)) => ip = b.local_address().or(ip),
-        _ => {}
+    if let Ok(backend) = &backend
+        && let Ok(identity) = backend.identity().await
+    {
+        ip = identity
+            .local
+            .or(ip)
+            .or_else(|| identity.remote.and_then(route_source));
     }
     (backend, ip)
 }

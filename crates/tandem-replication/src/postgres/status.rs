@@ -182,39 +182,9 @@ async fn remote(conn: &mut PgConnection) -> Result<Remote> {
 }
 
 pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result<Status> {
-    let cfg = backend.cfg();
-    let mut alarms = state.alarms(cfg);
-    let mut local_conn = None;
-    let local = match backend.connect_local().await {
-        Ok(mut conn) => match local(&mut conn, &state.peer_app_name()).await {
-            Ok(l) => {
-                local_conn = Some(conn);
-                Some(l)
-            }
-            Err(e) => {
-                alarms.push(crate::error::chain(&e));
-                None
-            }
-        },
-        Err(e) => {
-            alarms.push(format!(
-                "PostgreSQL does not answer on this node: {}",
-                crate::error::chain(&e)
-            ));
-            None
-        }
-    };
-    let mut peer_conn = None;
-    let (remote, remote_error) = match backend.connect_peer(state).await {
-        Ok(mut conn) => match remote(&mut conn).await {
-            Ok(r) => {
-                peer_conn = Some(conn);
-                (Some(r), None)
-            }
-            Err(e) => (None, Some(crate::error::chain(&e))),
-        },
-        Err(e) => (None, Some(crate::error::chain(&e))),
-    };
+    let mut alarms = state.alarms(backend.cfg());
+    let (local, mut local_conn) = local_side(backend, state, &mut alarms).await;
+    let (remote, remote_error, mut peer_conn) = remote_side(backend, state).await;
     // Whether replication flows between the two nodes right now.
     let stream_up = local.as_ref().is_some_and(|l| {
         if l.primary {
@@ -238,17 +208,15 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         None => ReplicationState::Unknown,
     };
     let connected = stream_up || remote.is_some();
-    let remote_detail = if connected {
-        if !stream_up && state.state == ReplicationState::Active {
-            Some(format!(
-                "PostgreSQL at {} answers, but no WAL streams between the nodes",
-                state.remote
-            ))
-        } else {
-            None
-        }
-    } else {
+    let remote_detail = if !connected {
         remote_error
+    } else if !stream_up && state.state == ReplicationState::Active {
+        Some(format!(
+            "PostgreSQL at {} answers, but no WAL streams between the nodes",
+            state.remote
+        ))
+    } else {
+        None
     };
     // A standby that should stream and does not: what its log says, and whether the
     // pair has forked.
@@ -266,21 +234,113 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         state.state == ReplicationState::Active && remote_state == ReplicationState::Active;
     let divergence = match &local {
         Some(l) if both_on => {
-            check_divergence(
-                l,
-                remote.as_ref(),
-                &log,
-                local_conn.as_mut(),
-                peer_conn.as_mut(),
-            )
-            .await
+            let (mine, theirs) = (local_conn.as_mut(), peer_conn.as_mut());
+            check_divergence(l, remote.as_ref(), &log, mine, theirs).await
         }
         _ => None,
     };
     drop((local_conn, peer_conn));
+    let stalled = standby_stalled.then_some(&log);
+    stream_alarms(
+        backend,
+        state,
+        divergence.as_ref(),
+        local.as_ref(),
+        stalled,
+        &mut alarms,
+    );
+    let local_detail = standby_stalled
+        .then(|| stalled_detail(backend, state, divergence.as_ref(), &log, remote.is_some()));
+    let figures = wal_figures(local.as_ref(), remote.as_ref());
+    let link = match (connected, &divergence) {
+        (true, Some(_)) => LinkStatus::Diverged,
+        (true, None) => LinkStatus::Connected,
+        (false, _) => LinkStatus::NotConnected,
+    };
+    let mut remote_status = remote_server(state, remote.as_ref(), remote_state, link);
+    remote_status.writable = remote_status
+        .writable
+        .or_else(|| local.as_ref().filter(|_| stream_up).map(|l| !l.primary));
+    Ok(Status {
+        backend: "postgres".into(),
+        local: ServerStatus {
+            replication_type: ReplicationType::Local,
+            site: Some(state.site),
+            node: Some(state.node),
+            state: local_state,
+            status: LinkStatus::Local,
+            writable: local.as_ref().map(|l| l.primary),
+        },
+        remote: remote_status,
+        backlog: figures.wal.as_ref().and_then(|w| w.lag_bytes),
+        lag_ms: figures.lag_ms,
+        head: figures.head,
+        acked: figures.acked,
+        applied: figures.applied,
+        remote_head: remote.as_ref().and_then(|r| lsn(&r.lsn)).map(Position),
+        service_running: backend.service_running(),
+        remote_detail,
+        local_detail,
+        alarms,
+        wal: figures.wal,
+        resync: super::resync::read(&backend.server.log_dir),
+    })
+}
+
+/// This node's server: what it says and the connection (kept for the divergence
+/// checks), or `None` with an alarm saying why not.
+async fn local_side(
+    backend: &PostgresBackend,
+    state: &PgState,
+    alarms: &mut Vec<String>,
+) -> (Option<Local>, Option<PgConnection>) {
+    let mut conn = match backend.connect_local().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            alarms.push(format!(
+                "PostgreSQL does not answer on this node: {}",
+                crate::error::chain(&e)
+            ));
+            return (None, None);
+        }
+    };
+    match local(&mut conn, &state.peer_app_name()).await {
+        Ok(l) => (Some(l), Some(conn)),
+        Err(e) => {
+            alarms.push(crate::error::chain(&e));
+            (None, None)
+        }
+    }
+}
+
+/// The peer's server: what it says and the connection, or why it does not answer.
+async fn remote_side(
+    backend: &PostgresBackend,
+    state: &PgState,
+) -> (Option<Remote>, Option<String>, Option<PgConnection>) {
+    match backend.connect_peer(state).await {
+        Ok(mut conn) => match remote(&mut conn).await {
+            Ok(r) => (Some(r), None, Some(conn)),
+            Err(e) => (None, Some(crate::error::chain(&e)), None),
+        },
+        Err(e) => (None, Some(crate::error::chain(&e)), None),
+    }
+}
+
+/// The alarms of a pair that does not stream: forked (two primaries, or a standby
+/// whose timeline forked), or a standby stalled (`stalled`, with its log's facts) for
+/// longer than [`STALLED_ALARM_AFTER_MS`] for another reason.
+fn stream_alarms(
+    backend: &PostgresBackend,
+    state: &PgState,
+    divergence: Option<&Divergence>,
+    local: Option<&Local>,
+    stalled: Option<&LogFacts>,
+    alarms: &mut Vec<String>,
+) {
     let me = state.node;
     let peer = 3 - me;
-    match (&divergence, &local) {
+    match (divergence, local) {
         (Some(Divergence::BothPrimaries), _) => alarms.push(
             "both nodes are primaries: run `switch-on -S -F from-sync` on the one that should \
              follow (its data is replaced by its peer's)"
@@ -296,9 +356,7 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         }
         _ => {}
     }
-    let local_detail = standby_stalled
-        .then(|| stalled_detail(backend, state, divergence.as_ref(), &log, remote.is_some()));
-    if standby_stalled
+    if let Some(log) = stalled
         && divergence.is_none()
         && backend
             .last_contact()
@@ -310,94 +368,91 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
             diverge::reason_kind(log.last_error.as_deref())
         ));
     }
-    let lsn = |t: &Option<String>| t.as_deref().and_then(parse_lsn);
-    let mut wal = None;
-    let (mut head, mut acked, mut applied) = (Position(0), Position(0), Position(0));
-    let mut lag_ms = None;
-    if let Some(l) = &local {
-        let here = lsn(&l.lsn).unwrap_or(0);
-        head = Position(here);
-        let mut w = WalStatus::new(l.lsn.clone().unwrap_or_else(|| "unknown".into()));
-        w.synchronous_standby_names = l.names.clone();
-        w.primary = l.primary;
-        if l.primary {
-            if let Some(s) = &l.standby {
-                w.flushed = s.flushed.clone();
-                w.replayed = s.replayed.clone();
-                w.sync_state = Some(s.sync_state.clone());
-                acked = Position(lsn(&s.flushed).unwrap_or(0));
-                w.lag_bytes = lsn(&s.replayed).map(|r| here.saturating_sub(r));
-                // replay_lag keeps its last value for a while after the standby caught
-                // up; a standby with nothing left to replay lags by nothing.
-                lag_ms = s
-                    .lag_ms
-                    .map(|v| v.max(0).unsigned_abs())
-                    .or(Some(0))
-                    .filter(|_| s.state == "streaming")
-                    .map(|ms| if w.lag_bytes == Some(0) { 0 } else { ms });
-            }
-        } else {
-            applied = Position(here);
-            w.flushed = l.received.clone();
-            w.replayed = l.lsn.clone();
-            w.primary_lsn = remote.as_ref().and_then(|r| r.lsn.clone());
-            if let Some(peer) = remote.as_ref().and_then(|r| lsn(&r.lsn)) {
-                w.lag_bytes = Some(peer.saturating_sub(here));
-                if w.lag_bytes == Some(0) {
-                    lag_ms = Some(0);
-                }
+}
+
+/// A position from an LSN's text.
+fn lsn(text: &Option<String>) -> Option<u64> {
+    text.as_deref().and_then(parse_lsn)
+}
+
+/// The WAL positions and lag of the status.
+#[derive(Debug, Default)]
+struct Figures {
+    wal: Option<WalStatus>,
+    head: Position,
+    acked: Position,
+    applied: Position,
+    lag_ms: Option<u64>,
+}
+
+/// The WAL positions and lag, from this node's server (and on a standby the
+/// primary's position, when it answers).
+fn wal_figures(local: Option<&Local>, remote: Option<&Remote>) -> Figures {
+    let mut f = Figures::default();
+    let Some(l) = local else {
+        return f;
+    };
+    let here = lsn(&l.lsn).unwrap_or(0);
+    f.head = Position(here);
+    let mut w = WalStatus::new(l.lsn.clone().unwrap_or_else(|| "unknown".into()));
+    w.synchronous_standby_names = l.names.clone();
+    w.primary = l.primary;
+    if l.primary {
+        if let Some(s) = &l.standby {
+            w.flushed = s.flushed.clone();
+            w.replayed = s.replayed.clone();
+            w.sync_state = Some(s.sync_state.clone());
+            f.acked = Position(lsn(&s.flushed).unwrap_or(0));
+            w.lag_bytes = lsn(&s.replayed).map(|r| here.saturating_sub(r));
+            // replay_lag keeps its last value for a while after the standby caught
+            // up; a standby with nothing left to replay lags by nothing.
+            f.lag_ms = s
+                .lag_ms
+                .map(|v| v.max(0).unsigned_abs())
+                .or(Some(0))
+                .filter(|_| s.state == "streaming")
+                .map(|ms| if w.lag_bytes == Some(0) { 0 } else { ms });
+        }
+    } else {
+        f.applied = Position(here);
+        w.flushed = l.received.clone();
+        w.replayed = l.lsn.clone();
+        w.primary_lsn = remote.and_then(|r| r.lsn.clone());
+        if let Some(peer) = remote.and_then(|r| lsn(&r.lsn)) {
+            w.lag_bytes = Some(peer.saturating_sub(here));
+            if w.lag_bytes == Some(0) {
+                f.lag_ms = Some(0);
             }
         }
-        wal = Some(w);
     }
+    f.wal = Some(w);
+    f
+}
+
+/// The remote row of the table, from what the peer's server says (its `writable`
+/// is `None` when it does not answer).
+fn remote_server(
+    state: &PgState,
+    remote: Option<&Remote>,
+    remote_state: ReplicationState,
+    link: LinkStatus,
+) -> ServerStatus {
     let parse_site = |t: &Option<String>| t.as_deref().and_then(|v| v.parse::<u16>().ok());
     let parse_node = |t: &Option<String>| t.as_deref().and_then(|v| v.parse::<u8>().ok());
-    Ok(Status {
-        backend: "postgres".into(),
-        local: ServerStatus {
-            replication_type: ReplicationType::Local,
-            site: Some(state.site),
-            node: Some(state.node),
-            state: local_state,
-            status: LinkStatus::Local,
-            writable: local.as_ref().map(|l| l.primary),
-        },
-        remote: ServerStatus {
-            replication_type: ReplicationType::IntraSite,
-            site: remote
-                .as_ref()
-                .and_then(|r| parse_site(&r.site))
-                .or(Some(state.site)),
-            node: Some(
-                remote
-                    .as_ref()
-                    .and_then(|r| parse_node(&r.node))
-                    .unwrap_or(3 - state.node),
-            ),
-            state: remote_state,
-            status: match (connected, &divergence) {
-                (true, Some(_)) => LinkStatus::Diverged,
-                (true, None) => LinkStatus::Connected,
-                (false, _) => LinkStatus::NotConnected,
-            },
-            writable: remote
-                .as_ref()
-                .map(|r| r.primary)
-                .or_else(|| local.as_ref().filter(|_| stream_up).map(|l| !l.primary)),
-        },
-        backlog: wal.as_ref().and_then(|w: &WalStatus| w.lag_bytes),
-        lag_ms,
-        head,
-        acked,
-        applied,
-        remote_head: remote.as_ref().and_then(|r| lsn(&r.lsn)).map(Position),
-        service_running: backend.service_running(),
-        remote_detail,
-        local_detail,
-        alarms,
-        wal,
-        resync: super::resync::read(&backend.server.log_dir),
-    })
+    ServerStatus {
+        replication_type: ReplicationType::IntraSite,
+        site: remote
+            .and_then(|r| parse_site(&r.site))
+            .or(Some(state.site)),
+        node: Some(
+            remote
+                .and_then(|r| parse_node(&r.node))
+                .unwrap_or(3 - state.node),
+        ),
+        state: remote_state,
+        status: link,
+        writable: remote.map(|r| r.primary),
+    }
 }
 
 /// How long a standby may go without streaming before its own alarm says so (a WAL

@@ -2,7 +2,7 @@
 //! server certificate for each node issued by it at `mp_replication init`.
 //!
 //! Both nodes already hold the site key (0600), so each derives the same CA key with
-//! HKDF-SHA-256 (RFC 5869, its own label) and `init` on one node needs nothing from
+//! HKDF-SHA-256 (RFC 5869, its own label: see [`super::derive`]) and `init` on one node needs nothing from
 //! the other: the seed's procedure runs `init` on each node by itself. The CA key is
 //! never written anywhere; only its certificate is, as the standby's `sslrootcert`.
 //! The CA's name carries a fingerprint of its public key, so a certificate of another
@@ -18,7 +18,6 @@
 
 use std::net::IpAddr;
 
-use hkdf::Hkdf;
 use p256::pkcs8::EncodePrivateKey;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -27,11 +26,9 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+use super::derive::{Label, derive};
 use crate::error::{Error, Result};
 use crate::util::random_u64;
-
-/// The HKDF label of the site CA's key; a new label makes a new CA.
-const CA_LABEL: &[u8] = b"tandem postgres replication site CA key v1";
 
 /// The PEM texts `init` writes for one node.
 #[derive(Debug, Clone)]
@@ -50,14 +47,9 @@ fn tls_error(what: &str) -> impl FnOnce(rcgen::Error) -> Error + '_ {
 
 /// The site CA's key pair, derived from the site key.
 fn ca_key(site_key: &[u8]) -> Result<KeyPair> {
-    let hkdf = Hkdf::<Sha256>::new(None, site_key);
     // About one in 2^32 outputs is not a valid P-256 scalar; the next counter is.
     for counter in 0..=u8::MAX {
-        let mut info = CA_LABEL.to_vec();
-        info.push(counter);
-        let mut bytes = [0u8; 32];
-        hkdf.expand(&info, &mut bytes)
-            .map_err(|_| Error::Tls("HKDF cannot expand 32 bytes".into()))?;
+        let bytes = derive(site_key, Label::SiteCaKey(counter))?;
         let Ok(secret) = p256::SecretKey::from_slice(&bytes) else {
             continue;
         };

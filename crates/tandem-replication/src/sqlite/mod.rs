@@ -47,7 +47,10 @@ use crate::status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
 };
 use crate::util::{AckWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
-use crate::{InitOptions, InitReport, SwitchOnOptions, SwitchReport};
+use crate::{
+    DemoteOptions, DemoteReport, InitOptions, InitReport, PromoteOptions, ReplicationBackend,
+    SwitchOnOptions, SwitchReport,
+};
 
 pub(crate) use log::{
     ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm,
@@ -656,11 +659,361 @@ impl SqliteBackend {
         ServiceLock::held_by_other(&self.lock_path())
     }
 
-    pub(crate) async fn init_impl(
+    async fn set_role(&self, writable: bool) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        if writable && m.state == ReplicationState::Syncing {
+            return Err(Error::State(
+                "this node is copying the peer's data (from-sync); it can become active once that finished"
+                    .into(),
+            ));
+        }
+        meta::transition(&mut tx, &m, writable, m.state).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the role change"))
+    }
+
+    /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) for applications that
+    /// apply the `degrade` policy themselves: it also stops, with
+    /// [`Error::StandbyUnreachable`], as soon as this node's replication service counts
+    /// the standby as gone (its peer link is down), instead of waiting out `limit` for
+    /// an acknowledgement that cannot come. Plain `wait_replicated` waits through a
+    /// standby's restart; this one answers within about 10 ms while it is down.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: &tandem_replication::SqliteBackend, position: tandem_replication::Position) -> tandem_replication::Result<()> {
+    /// use std::time::Duration;
+    /// match backend.wait_replicated_while_connected(position, Duration::from_millis(800)).await {
+    ///     Ok(()) => {}                                                  // on both nodes
+    ///     Err(tandem_replication::Error::StandbyUnreachable { .. }) => {} // degrade: accept
+    ///     Err(e) => return Err(e),                                      // refuse the write
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_replicated_while_connected(
         &self,
-        options: &InitOptions,
+        position: Position,
+        limit: Duration,
+    ) -> Result<()> {
+        self.wait_acknowledged(position, limit, true).await
+    }
+
+    /// Group commit for the waiting side: a waiter wakes the service (which ships every
+    /// pending change in one batch) and then sleeps until the service publishes an
+    /// acknowledgement that covers its position (the shared inotify watch of the
+    /// published file), so that any number of concurrent waiters share one round trip
+    /// to the peer. The acknowledgement counts once the database says it belongs to the
+    /// current changelog, this node is writable and replication is on; the waiters that
+    /// one acknowledgement covers share that look ([`checked_since`](Self::checked_since)),
+    /// and it is not made before the acknowledgement is there, where it would take the
+    /// CPU from the next writer's commit. Without a covering acknowledgement the state is
+    /// looked at every 10 ms, to notice replication being switched off and in case the
+    /// watch is missing or an event was lost. With `while_connected` a recorded loss of
+    /// the peer link ends the wait.
+    async fn wait_acknowledged(
+        &self,
+        position: Position,
+        limit: Duration,
+        while_connected: bool,
+    ) -> Result<()> {
+        /// How often the state is looked at while no acknowledgement covers the position.
+        const RECHECK: Duration = Duration::from_millis(10);
+        let started = tokio::time::Instant::now();
+        // The commit is there: the service can ship it while we look.
+        self.wake_service();
+        // Subscribed before the first look, so that no acknowledgement published after it
+        // is missed.
+        let mut changes = self
+            .ack_watch
+            .get_or_init(|| AckWatch::new(&self.ack_path()))
+            .as_ref()
+            .map(AckWatch::subscribe);
+        let mut published = match changes.as_mut() {
+            Some(rx) => *rx.borrow_and_update(),
+            None => read_ack(&self.ack_path()),
+        };
+        let mut next_check = started + RECHECK;
+        loop {
+            let covered = published.is_some_and(|(_, seq)| seq >= position.0);
+            let mut acked = 0;
+            if covered || tokio::time::Instant::now() >= next_check {
+                let recorded = self.checked_since(started).await?;
+                let state = recorded.state;
+                // Without capture nothing written now reaches the standby, whatever was acknowledged.
+                if state != ReplicationState::Active {
+                    return Err(Error::NotReplicating { position, state });
+                }
+                if !recorded.writable {
+                    return Err(Error::State(
+                        "wait_replicated is for the active node; this node is the standby".into(),
+                    ));
+                }
+                acked = recorded.with_published(published);
+                if acked >= position.0 {
+                    return Ok(());
+                }
+                // No acknowledgement can come while the link is down. Asked only here,
+                // off the path of a commit that is acknowledged.
+                if while_connected && let Some((peer, reason)) = self.standby_lost().await? {
+                    return Err(Error::StandbyUnreachable {
+                        position,
+                        peer,
+                        reason,
+                    });
+                }
+                if !covered {
+                    // A quiet pause: the service is asked again.
+                    self.wake_service();
+                }
+                next_check = tokio::time::Instant::now() + RECHECK;
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::NotReplicated {
+                    position,
+                    acked: Position(acked),
+                    limit,
+                });
+            }
+            let until = next_check.min(started + limit);
+            match changes.as_mut() {
+                Some(rx) => match tokio::time::timeout_at(until, rx.changed()).await {
+                    Ok(Ok(())) => published = *rx.borrow_and_update(),
+                    Ok(Err(_)) => {
+                        // The watch thread ended: poll from now on.
+                        changes = None;
+                    }
+                    Err(_) => {}
+                },
+                None => {
+                    let poll = tokio::time::Instant::now() + Duration::from_millis(1);
+                    tokio::time::sleep_until(poll.min(until)).await;
+                    published = read_ack(&self.ack_path());
+                }
+            }
+        }
+    }
+
+    /// [`ack_state`](Self::ack_state) as read by a look that started at `since` or later:
+    /// the last one if it did, else a new one. Concurrent waiters share the looks this
+    /// way; a look that started after a waiter's commit is as good as its own.
+    async fn checked_since(&self, since: tokio::time::Instant) -> Result<AckState> {
+        let mut last = self.checked.lock().await;
+        if let Some((at, state)) = *last
+            && at >= since
+        {
+            return Ok(state);
+        }
+        let at = tokio::time::Instant::now();
+        let state = self.ack_state().await?;
+        *last = Some((at, state));
+        Ok(state)
+    }
+
+    /// When the oldest change the peer has not acknowledged was written, if any.
+    pub(crate) async fn oldest_unacked_ms(&self, acked: u64) -> Result<Option<u64>> {
+        let mut conn = self.conn().await?;
+        let ts: Option<i64> = sqlx::query_scalar(
+            "SELECT ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT 1",
+        )
+        .bind(acked.cast_signed())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::db("reading the changelog"))?;
+        Ok(ts.map(|t| t.max(0).cast_unsigned()))
+    }
+
+    /// Writes a request for the service and returns its id.
+    pub(crate) async fn submit_request(
+        &self,
+        on: bool,
+        sync: bool,
+        limit: Duration,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        let last = m
+            .request
+            .as_ref()
+            .map_or(0, |r| r.id)
+            .max(m.request_done.as_ref().map_or(0, |d| d.id));
+        let id = last.saturating_add(1);
+        let deadline_ms =
+            now_ms().saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
+        meta::set_json(
+            &mut tx,
+            "request",
+            &Request {
+                id,
+                on,
+                sync,
+                deadline_ms,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(Error::db("writing a request"))?;
+        Ok(id)
+    }
+
+    /// Waits for the service to finish request `id`, reporting progress.
+    pub(crate) async fn wait_request(
+        &self,
+        id: u64,
+        limit: Duration,
         observer: &dyn Observer,
-    ) -> Result<InitReport> {
+    ) -> Result<RequestDone> {
+        let started = tokio::time::Instant::now();
+        let mut last_progress = None;
+        loop {
+            let m = self.meta().await?;
+            if let Some(done) = m.request_done.filter(|d| d.id == id) {
+                return Ok(done);
+            }
+            if let Some(p) = m.progress.filter(|p| p.id == id)
+                && last_progress != Some(p)
+            {
+                observer.progress(p.done, p.total);
+                last_progress = Some(p);
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::Timeout {
+                    what: "the replication service's work".into(),
+                    limit,
+                });
+            }
+            if !self.service_running() {
+                return Err(Error::ServiceNotRunning);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the replication service runs, waiting up to `limit` for it to start
+    /// (`switch-on` straight after `init`: the node agent starts it within a second).
+    async fn wait_for_service(&self, limit: Duration, observer: &dyn Observer) -> bool {
+        if self.service_running() {
+            return true;
+        }
+        observer.step(&format!(
+            "waiting for the replication service to start (at most {:.1} s; the node agent \
+             starts it within about a second of `mp_replication init`)",
+            limit.as_secs_f64()
+        ));
+        let started = tokio::time::Instant::now();
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return self.service_running();
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+            if self.service_running() {
+                return true;
+            }
+        }
+    }
+
+    /// Switches replication on or off on this node only; returns what happened.
+    pub(crate) async fn switch_local(&self, on: bool) -> Result<String> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        let state = if on {
+            ReplicationState::Active
+        } else {
+            ReplicationState::Off
+        };
+        if m.state == state {
+            return Ok(format!(
+                "replication was already {state} on node {}",
+                m.node
+            ));
+        }
+        meta::transition(&mut tx, &m, m.writable, state).await?;
+        if !on && m.writable {
+            // The peer will need a snapshot anyway: free the space now.
+            meta::raise_floor(&mut tx, m.head).await?;
+        }
+        meta::set(&mut tx, "alarm", "").await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the switch"))?;
+        Ok(format!(
+            "replication switched {} on node {}",
+            if on { "on" } else { "off" },
+            m.node
+        ))
+    }
+
+    /// Sets the replication state, keeping the role.
+    pub(crate) async fn set_state(&self, state: ReplicationState) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        meta::transition(&mut tx, &m, m.writable, state).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing a state change"))
+    }
+
+    /// Switches replication off past the backlog limit: drops the changelog and raises
+    /// the alarm.
+    pub(crate) async fn suspend(&self, alarm: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        let m = meta::read(&mut tx).await?;
+        meta::transition(&mut tx, &m, m.writable, ReplicationState::Suspended).await?;
+        meta::raise_floor(&mut tx, m.head).await?;
+        meta::set(&mut tx, "alarm", alarm).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the suspension"))
+    }
+
+    /// Sets (or with "" clears) this node's alarm.
+    pub(crate) async fn set_alarm(&self, alarm: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set(&mut tx, "alarm", alarm).await?;
+        tx.commit().await.map_err(Error::db("recording an alarm"))
+    }
+
+    /// Records what the service knows about the peer.
+    pub(crate) async fn record_peer(&self, record: &PeerRecord) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set_json(&mut tx, "peer", record).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("recording the peer state"))
+    }
+
+    /// Records a request's result.
+    pub(crate) async fn finish_request(&self, done: &RequestDone) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set_json(&mut tx, "request_done", done).await?;
+        meta::set(&mut tx, "progress", "").await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("recording a request result"))
+    }
+
+    /// Records a request's progress.
+    pub(crate) async fn set_progress(&self, progress: Progress) -> Result<()> {
+        let mut tx = self.write().await?;
+        meta::set_json(&mut tx, "progress", &progress).await?;
+        tx.commit().await.map_err(Error::db("recording progress"))
+    }
+
+    /// The addresses recorded by `init`.
+    pub async fn identity(&self) -> Result<Identity> {
+        let m = self.meta().await?;
+        Ok(Identity {
+            node: m.node,
+            site: m.site,
+            remote: SocketAddr::from_str(&m.remote).ok(),
+            local: IpAddr::from_str(&m.local).ok(),
+        })
+    }
+}
+
+/// The SQLite backend's operations, also reached through [`crate::Backend`].
+impl ReplicationBackend for SqliteBackend {
+    async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
         if !(1..=2).contains(&options.node) {
             return Err(Error::Config(format!(
                 "node id {} is not 1 or 2",
@@ -786,170 +1139,81 @@ impl SqliteBackend {
         })
     }
 
-    /// Makes this node's database writable (the active node). The node agent calls this
-    /// when the node becomes active; with replication on, changes are captured from now.
-    pub async fn promote(&self) -> Result<()> {
-        self.set_role(true).await
-    }
-
-    /// Makes this node's database the standby: application writes are refused. Captured
-    /// changes not yet acknowledged still flow to the peer.
-    pub async fn demote(&self) -> Result<()> {
-        self.set_role(false).await
-    }
-
-    async fn set_role(&self, writable: bool) -> Result<()> {
-        let mut tx = self.write().await?;
-        let m = meta::read(&mut tx).await?;
-        if writable && m.state == ReplicationState::Syncing {
-            return Err(Error::State(
-                "this node is copying the peer's data (from-sync); it can become active once that finished"
-                    .into(),
-            ));
+    async fn switch_on(
+        &self,
+        options: &SwitchOnOptions,
+        observer: &dyn Observer,
+    ) -> Result<SwitchReport> {
+        let m = self.meta().await?;
+        if options.sync && m.writable {
+            return Err(Error::State(format!(
+                "node {} is writable (the active node): from-sync would replace its tables with the \
+                 peer's; make it the standby first (failover set-server standby)",
+                m.node
+            )));
         }
-        meta::transition(&mut tx, &m, writable, m.state).await?;
-        tx.commit()
+        let limit = options.timeout.min(SERVICE_START_WAIT);
+        if !self.wait_for_service(limit, observer).await {
+            return Err(Error::ServiceNotStarted { waited: limit });
+        }
+        observer.step(&format!(
+            "asking the replication service to switch on{}",
+            if options.sync {
+                " after copying the peer's data (from-sync)"
+            } else {
+                ""
+            }
+        ));
+        let id = self
+            .submit_request(true, options.sync, options.timeout)
+            .await?;
+        let done = self
+            .wait_request(id, options.timeout + Duration::from_secs(5), observer)
+            .await?;
+        if !done.ok {
+            return Err(Error::Request(done.message));
+        }
+        Ok(SwitchReport {
+            message: done.message,
+            local_only_file: done.file.map(PathBuf::from),
+            saved_rows: done.saved_rows,
+            copied_rows: done.copied_rows,
+        })
+    }
+
+    async fn switch_off(&self, observer: &dyn Observer) -> Result<SwitchReport> {
+        self.meta().await?;
+        if self
+            .wait_for_service(SERVICE_START_WAIT_OFF, observer)
             .await
-            .map_err(Error::db("committing the role change"))
-    }
-
-    /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) for applications that
-    /// apply the `degrade` policy themselves: it also stops, with
-    /// [`Error::StandbyUnreachable`], as soon as this node's replication service counts
-    /// the standby as gone (its peer link is down), instead of waiting out `limit` for
-    /// an acknowledgement that cannot come. Plain `wait_replicated` waits through a
-    /// standby's restart; this one answers within about 10 ms while it is down.
-    ///
-    /// ```no_run
-    /// # async fn demo(backend: &tandem_replication::SqliteBackend, position: tandem_replication::Position) -> tandem_replication::Result<()> {
-    /// use std::time::Duration;
-    /// match backend.wait_replicated_while_connected(position, Duration::from_millis(800)).await {
-    ///     Ok(()) => {}                                                  // on both nodes
-    ///     Err(tandem_replication::Error::StandbyUnreachable { .. }) => {} // degrade: accept
-    ///     Err(e) => return Err(e),                                      // refuse the write
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn wait_replicated_while_connected(
-        &self,
-        position: Position,
-        limit: Duration,
-    ) -> Result<()> {
-        self.wait_replicated_impl(position, limit, true).await
-    }
-
-    /// Group commit for the waiting side: a waiter wakes the service (which ships every
-    /// pending change in one batch) and then sleeps until the service publishes an
-    /// acknowledgement that covers its position (the shared inotify watch of the
-    /// published file), so that any number of concurrent waiters share one round trip
-    /// to the peer. The acknowledgement counts once the database says it belongs to the
-    /// current changelog, this node is writable and replication is on; the waiters that
-    /// one acknowledgement covers share that look ([`checked_since`](Self::checked_since)),
-    /// and it is not made before the acknowledgement is there, where it would take the
-    /// CPU from the next writer's commit. Without a covering acknowledgement the state is
-    /// looked at every 10 ms, to notice replication being switched off and in case the
-    /// watch is missing or an event was lost. With `while_connected` a recorded loss of
-    /// the peer link ends the wait.
-    pub(crate) async fn wait_replicated_impl(
-        &self,
-        position: Position,
-        limit: Duration,
-        while_connected: bool,
-    ) -> Result<()> {
-        /// How often the state is looked at while no acknowledgement covers the position.
-        const RECHECK: Duration = Duration::from_millis(10);
-        let started = tokio::time::Instant::now();
-        // The commit is there: the service can ship it while we look.
-        self.wake_service();
-        // Subscribed before the first look, so that no acknowledgement published after it
-        // is missed.
-        let mut changes = self
-            .ack_watch
-            .get_or_init(|| AckWatch::new(&self.ack_path()))
-            .as_ref()
-            .map(AckWatch::subscribe);
-        let mut published = match changes.as_mut() {
-            Some(rx) => *rx.borrow_and_update(),
-            None => read_ack(&self.ack_path()),
-        };
-        let mut next_check = started + RECHECK;
-        loop {
-            let covered = published.is_some_and(|(_, seq)| seq >= position.0);
-            let mut acked = 0;
-            if covered || tokio::time::Instant::now() >= next_check {
-                let recorded = self.checked_since(started).await?;
-                let state = recorded.state;
-                // Without capture nothing written now reaches the standby, whatever was acknowledged.
-                if state != ReplicationState::Active {
-                    return Err(Error::NotReplicating { position, state });
-                }
-                if !recorded.writable {
-                    return Err(Error::State(
-                        "wait_replicated is for the active node; this node is the standby".into(),
-                    ));
-                }
-                acked = recorded.with_published(published);
-                if acked >= position.0 {
-                    return Ok(());
-                }
-                // No acknowledgement can come while the link is down. Asked only here,
-                // off the path of a commit that is acknowledged.
-                if while_connected && let Some((peer, reason)) = self.standby_lost().await? {
-                    return Err(Error::StandbyUnreachable {
-                        position,
-                        peer,
-                        reason,
-                    });
-                }
-                if !covered {
-                    // A quiet pause: the service is asked again.
-                    self.wake_service();
-                }
-                next_check = tokio::time::Instant::now() + RECHECK;
-            }
-            if started.elapsed() >= limit {
-                return Err(Error::NotReplicated {
-                    position,
-                    acked: Position(acked),
-                    limit,
-                });
-            }
-            let until = next_check.min(started + limit);
-            match changes.as_mut() {
-                Some(rx) => match tokio::time::timeout_at(until, rx.changed()).await {
-                    Ok(Ok(())) => published = *rx.borrow_and_update(),
-                    Ok(Err(_)) => {
-                        // The watch thread ended: poll from now on.
-                        changes = None;
-                    }
-                    Err(_) => {}
-                },
-                None => {
-                    let poll = tokio::time::Instant::now() + Duration::from_millis(1);
-                    tokio::time::sleep_until(poll.min(until)).await;
-                    published = read_ack(&self.ack_path());
-                }
-            }
-        }
-    }
-
-    /// [`ack_state`](Self::ack_state) as read by a look that started at `since` or later:
-    /// the last one if it did, else a new one. Concurrent waiters share the looks this
-    /// way; a look that started after a waiter's commit is as good as its own.
-    async fn checked_since(&self, since: tokio::time::Instant) -> Result<AckState> {
-        let mut last = self.checked.lock().await;
-        if let Some((at, state)) = *last
-            && at >= since
         {
-            return Ok(state);
+            observer.step("asking the replication service to switch off here and on the peer");
+            let limit = Duration::from_secs(15);
+            let id = self.submit_request(false, false, limit).await?;
+            let done = self
+                .wait_request(id, limit + Duration::from_secs(5), observer)
+                .await?;
+            if !done.ok {
+                return Err(Error::Request(done.message));
+            }
+            return Ok(SwitchReport {
+                message: done.message,
+                ..SwitchReport::default()
+            });
         }
-        let at = tokio::time::Instant::now();
-        let state = self.ack_state().await?;
-        *last = Some((at, state));
-        Ok(state)
+        observer.step(&format!(
+            "the replication service did not start within {} s: switching off locally only \
+             (switch the peer off there too if it should stay off)",
+            SERVICE_START_WAIT_OFF.as_secs()
+        ));
+        let message = self.switch_local(false).await?;
+        Ok(SwitchReport {
+            message,
+            ..SwitchReport::default()
+        })
     }
 
-    pub(crate) async fn status_impl(&self) -> Result<Status> {
+    async fn status(&self) -> Result<Status> {
         let m = self.meta().await?;
         let running = self.service_running();
         let peer = m.peer.clone().filter(|_| running);
@@ -1066,278 +1330,40 @@ impl SqliteBackend {
         })
     }
 
-    /// When the oldest change the peer has not acknowledged was written, if any.
-    pub(crate) async fn oldest_unacked_ms(&self, acked: u64) -> Result<Option<u64>> {
-        let mut conn = self.conn().await?;
-        let ts: Option<i64> = sqlx::query_scalar(
-            "SELECT ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT 1",
-        )
-        .bind(acked.cast_signed())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::db("reading the changelog"))?;
-        Ok(ts.map(|t| t.max(0).cast_unsigned()))
+    /// Makes this node's database writable (the active node). The node agent calls this
+    /// when the node becomes active; with replication on, changes are captured from now.
+    /// Nothing here can be stale in the sense of [`PromoteOptions::force`], so it is
+    /// ignored.
+    async fn promote_with(&self, _options: PromoteOptions) -> Result<()> {
+        self.set_role(true).await
     }
 
-    /// Writes a request for the service and returns its id.
-    pub(crate) async fn submit_request(
-        &self,
-        on: bool,
-        sync: bool,
-        limit: Duration,
-    ) -> Result<u64> {
-        let mut tx = self.write().await?;
-        let m = meta::read(&mut tx).await?;
-        let last = m
-            .request
-            .as_ref()
-            .map_or(0, |r| r.id)
-            .max(m.request_done.as_ref().map_or(0, |d| d.id));
-        let id = last.saturating_add(1);
-        let deadline_ms =
-            now_ms().saturating_add(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
-        meta::set_json(
-            &mut tx,
-            "request",
-            &Request {
-                id,
-                on,
-                sync,
-                deadline_ms,
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(Error::db("writing a request"))?;
-        Ok(id)
+    /// Makes this node's database the standby: application writes are refused. Captured
+    /// changes not yet acknowledged still flow to the peer. There is no copy to defer.
+    async fn demote_with(&self, _options: DemoteOptions) -> Result<DemoteReport> {
+        self.set_role(false).await?;
+        Ok(DemoteReport::new(false))
     }
 
-    /// Waits for the service to finish request `id`, reporting progress.
-    pub(crate) async fn wait_request(
-        &self,
-        id: u64,
-        limit: Duration,
-        observer: &dyn Observer,
-    ) -> Result<RequestDone> {
-        let started = tokio::time::Instant::now();
-        let mut last_progress = None;
-        loop {
-            let m = self.meta().await?;
-            if let Some(done) = m.request_done.filter(|d| d.id == id) {
-                return Ok(done);
-            }
-            if let Some(p) = m.progress.filter(|p| p.id == id)
-                && last_progress != Some(p)
-            {
-                observer.progress(p.done, p.total);
-                last_progress = Some(p);
-            }
-            if started.elapsed() >= limit {
-                return Err(Error::Timeout {
-                    what: "the replication service's work".into(),
-                    limit,
-                });
-            }
-            if !self.service_running() {
-                return Err(Error::ServiceNotRunning);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    async fn identity(&self) -> Result<Identity> {
+        SqliteBackend::identity(self).await
     }
 
-    /// Whether the replication service runs, waiting up to `limit` for it to start
-    /// (`switch-on` straight after `init`: the node agent starts it within a second).
-    async fn wait_for_service(&self, limit: Duration, observer: &dyn Observer) -> bool {
-        if self.service_running() {
-            return true;
-        }
-        observer.step(&format!(
-            "waiting for the replication service to start (at most {:.1} s; the node agent \
-             starts it within about a second of `mp_replication init`)",
-            limit.as_secs_f64()
-        ));
-        let started = tokio::time::Instant::now();
-        loop {
-            let left = limit.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return self.service_running();
-            }
-            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
-            if self.service_running() {
-                return true;
-            }
-        }
+    async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
+        self.wait_acknowledged(position, timeout, false).await
     }
 
-    pub(crate) async fn switch_on_impl(
-        &self,
-        options: &SwitchOnOptions,
-        observer: &dyn Observer,
-    ) -> Result<SwitchReport> {
-        let m = self.meta().await?;
-        if options.sync && m.writable {
-            return Err(Error::State(format!(
-                "node {} is writable (the active node): from-sync would replace its tables with the \
-                 peer's; make it the standby first (failover set-server standby)",
-                m.node
-            )));
-        }
-        let limit = options.timeout.min(SERVICE_START_WAIT);
-        if !self.wait_for_service(limit, observer).await {
-            return Err(Error::ServiceNotStarted { waited: limit });
-        }
-        observer.step(&format!(
-            "asking the replication service to switch on{}",
-            if options.sync {
-                " after copying the peer's data (from-sync)"
-            } else {
-                ""
-            }
-        ));
-        let id = self
-            .submit_request(true, options.sync, options.timeout)
-            .await?;
-        let done = self
-            .wait_request(id, options.timeout + Duration::from_secs(5), observer)
-            .await?;
-        if !done.ok {
-            return Err(Error::Request(done.message));
-        }
-        Ok(SwitchReport {
-            message: done.message,
-            local_only_file: done.file.map(PathBuf::from),
-            saved_rows: done.saved_rows,
-            copied_rows: done.copied_rows,
-        })
+    fn switches_peer(&self) -> bool {
+        // The replication service asks the peer to switch too.
+        true
     }
 
-    pub(crate) async fn switch_off_impl(&self, observer: &dyn Observer) -> Result<SwitchReport> {
-        self.meta().await?;
-        if self
-            .wait_for_service(SERVICE_START_WAIT_OFF, observer)
-            .await
-        {
-            observer.step("asking the replication service to switch off here and on the peer");
-            let limit = Duration::from_secs(15);
-            let id = self.submit_request(false, false, limit).await?;
-            let done = self
-                .wait_request(id, limit + Duration::from_secs(5), observer)
-                .await?;
-            if !done.ok {
-                return Err(Error::Request(done.message));
-            }
-            return Ok(SwitchReport {
-                message: done.message,
-                ..SwitchReport::default()
-            });
-        }
-        observer.step(&format!(
-            "the replication service did not start within {} s: switching off locally only \
-             (switch the peer off there too if it should stay off)",
-            SERVICE_START_WAIT_OFF.as_secs()
-        ));
-        let message = self.switch_local(false).await?;
-        Ok(SwitchReport {
-            message,
-            ..SwitchReport::default()
-        })
+    async fn table_checksums(&self) -> Result<Vec<TableChecksum>> {
+        SqliteBackend::table_checksums(self).await
     }
 
-    /// Switches replication on or off on this node only; returns what happened.
-    pub(crate) async fn switch_local(&self, on: bool) -> Result<String> {
-        let mut tx = self.write().await?;
-        let m = meta::read(&mut tx).await?;
-        let state = if on {
-            ReplicationState::Active
-        } else {
-            ReplicationState::Off
-        };
-        if m.state == state {
-            return Ok(format!(
-                "replication was already {state} on node {}",
-                m.node
-            ));
-        }
-        meta::transition(&mut tx, &m, m.writable, state).await?;
-        if !on && m.writable {
-            // The peer will need a snapshot anyway: free the space now.
-            meta::raise_floor(&mut tx, m.head).await?;
-        }
-        meta::set(&mut tx, "alarm", "").await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing the switch"))?;
-        Ok(format!(
-            "replication switched {} on node {}",
-            if on { "on" } else { "off" },
-            m.node
-        ))
-    }
-
-    /// Sets the replication state, keeping the role.
-    pub(crate) async fn set_state(&self, state: ReplicationState) -> Result<()> {
-        let mut tx = self.write().await?;
-        let m = meta::read(&mut tx).await?;
-        meta::transition(&mut tx, &m, m.writable, state).await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing a state change"))
-    }
-
-    /// Switches replication off past the backlog limit: drops the changelog and raises
-    /// the alarm.
-    pub(crate) async fn suspend(&self, alarm: &str) -> Result<()> {
-        let mut tx = self.write().await?;
-        let m = meta::read(&mut tx).await?;
-        meta::transition(&mut tx, &m, m.writable, ReplicationState::Suspended).await?;
-        meta::raise_floor(&mut tx, m.head).await?;
-        meta::set(&mut tx, "alarm", alarm).await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing the suspension"))
-    }
-
-    /// Sets (or with "" clears) this node's alarm.
-    pub(crate) async fn set_alarm(&self, alarm: &str) -> Result<()> {
-        let mut tx = self.write().await?;
-        meta::set(&mut tx, "alarm", alarm).await?;
-        tx.commit().await.map_err(Error::db("recording an alarm"))
-    }
-
-    /// Records what the service knows about the peer.
-    pub(crate) async fn record_peer(&self, record: &PeerRecord) -> Result<()> {
-        let mut tx = self.write().await?;
-        meta::set_json(&mut tx, "peer", record).await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("recording the peer state"))
-    }
-
-    /// Records a request's result.
-    pub(crate) async fn finish_request(&self, done: &RequestDone) -> Result<()> {
-        let mut tx = self.write().await?;
-        meta::set_json(&mut tx, "request_done", done).await?;
-        meta::set(&mut tx, "progress", "").await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("recording a request result"))
-    }
-
-    /// Records a request's progress.
-    pub(crate) async fn set_progress(&self, progress: Progress) -> Result<()> {
-        let mut tx = self.write().await?;
-        meta::set_json(&mut tx, "progress", &progress).await?;
-        tx.commit().await.map_err(Error::db("recording progress"))
-    }
-
-    /// The addresses recorded by `init`.
-    pub async fn identity(&self) -> Result<Identity> {
-        let m = self.meta().await?;
-        Ok(Identity {
-            node: m.node,
-            site: m.site,
-            remote: SocketAddr::from_str(&m.remote).ok(),
-            local: IpAddr::from_str(&m.local).ok(),
-        })
+    async fn restore_local_rows(&self, file: &Path, dry_run: bool) -> Result<RestoreReport> {
+        SqliteBackend::restore_local_rows(self, file, dry_run).await
     }
 }
 

@@ -55,7 +55,7 @@ async fn init(b: &SqliteBackend, node: u8) {
         remote: remote(),
         local: None,
     };
-    b.init_impl(&options, &Quiet).await.unwrap();
+    b.init(&options, &Quiet).await.unwrap();
 }
 
 /// Node 1: writable, replication on. Node 2: standby, replication on.
@@ -244,13 +244,13 @@ fn a_table_without_a_primary_key_or_missing_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let b = open(dir.path(), "n", &["nokey"], &["CREATE TABLE nokey (a, b)"]).await;
         let options = InitOptions::new(1, remote());
-        let err = b.init_impl(&options, &Quiet).await.unwrap_err();
+        let err = b.init(&options, &Quiet).await.unwrap_err();
         assert!(
             err.to_string().contains("`nokey`") && err.to_string().contains("no primary key"),
             "{err}"
         );
         let b = open(dir.path(), "m", &["missing"], &[]).await;
-        let err = b.init_impl(&options, &Quiet).await.unwrap_err();
+        let err = b.init(&options, &Quiet).await.unwrap_err();
         assert!(
             err.to_string().contains("`missing`") && err.to_string().contains("does not exist"),
             "{err}"
@@ -265,7 +265,7 @@ fn a_table_without_a_primary_key_or_missing_is_refused_by_name() {
         ))
         .await
         .unwrap();
-        let err = b.init_impl(&options, &Quiet).await.unwrap_err().to_string();
+        let err = b.init(&options, &Quiet).await.unwrap_err().to_string();
         for part in [
             "`user_groups`",
             "no tables are declared",
@@ -292,7 +292,7 @@ fn init_is_idempotent_and_keeps_positions() {
             (after.log, after.head, after.writable, after.state)
         );
         let options = InitOptions::new(2, remote());
-        let err = n1.init_impl(&options, &Quiet).await.unwrap_err();
+        let err = n1.init(&options, &Quiet).await.unwrap_err();
         assert!(err.to_string().contains("initialized as node 1"), "{err}");
     });
 }
