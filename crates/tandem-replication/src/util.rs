@@ -133,6 +133,19 @@ impl ServiceLock {
     }
 }
 
+/// An exclusive lock on `path` (made if missing), waiting for it: held around a
+/// read-modify-write of a small state file, so that a writer that checks what it
+/// read is still there is not overtaken between the check and the write. Locks of
+/// one process's threads exclude each other too (each opens the file anew).
+pub(crate) fn lock_exclusive(path: &Path) -> Result<Flock<File>> {
+    let file = open_lock_file(path)?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::File {
+        what: "cannot lock".into(),
+        path: path.to_path_buf(),
+        source: std::io::Error::from(errno),
+    })
+}
+
 fn open_lock_file(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(Error::file("cannot create the directory", dir))?;

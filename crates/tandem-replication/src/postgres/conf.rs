@@ -41,13 +41,24 @@ impl PostgresBackend {
 
     /// Writes `tandem.conf` and records the state.
     pub(super) fn apply(&self, state: &PgState) -> Result<()> {
+        self.write_conf(state)?;
+        self.save(state)
+    }
+
+    /// [`apply`](Self::apply) only if the state file still holds `before` (see
+    /// [`save_if_unchanged`](Self::save_if_unchanged)); says whether it did.
+    pub(super) fn apply_if_unchanged(&self, before: &PgState, after: &PgState) -> Result<bool> {
+        self.save_if_unchanged(before, after, || self.write_conf(after))
+    }
+
+    fn write_conf(&self, state: &PgState) -> Result<()> {
         if self.cfg().config_dir().is_dir() {
             // tandem.conf names the certificate files: the server must find them.
             self.ensure_tls(state, false)?;
             self.server
                 .write_file(&self.cfg().tandem_conf(), &self.render_conf(state))?;
         }
-        self.save(state)
+        Ok(())
     }
 }
 

@@ -94,6 +94,19 @@ impl Server {
         })
     }
 
+    /// A server description for unit tests of the state files: no programs are
+    /// looked for and none can run.
+    #[cfg(test)]
+    pub(crate) fn for_state_tests(state_dir: &Path) -> Server {
+        Server {
+            cfg: PostgresConfig::default(),
+            bindir: PathBuf::from("/nonexistent"),
+            owner: (0, 0),
+            switch_user: false,
+            log_dir: state_dir.join("postgres"),
+        }
+    }
+
     /// Makes the log directory, owned by the cluster's owner (the server writes its log
     /// there).
     pub(crate) fn prepare_log_dir(&self) -> Result<()> {

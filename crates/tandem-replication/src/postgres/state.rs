@@ -12,7 +12,7 @@ use super::PostgresBackend;
 use crate::config::{PostgresConfig, StandbyLostPolicy};
 use crate::error::{Error, Result};
 use crate::status::ReplicationState;
-use crate::util::{ServiceLock, now_ms, timestamp_for_file, write_atomically};
+use crate::util::{ServiceLock, lock_exclusive, now_ms, timestamp_for_file, write_atomically};
 
 /// The state file's format version.
 const STATE_VERSION: u32 = 1;
@@ -152,7 +152,40 @@ impl PostgresBackend {
         Ok(file.state)
     }
 
+    /// Records `state`, whatever the file holds now.
     pub(super) fn save(&self, state: &PgState) -> Result<()> {
+        let _lock = lock_exclusive(&self.state_lock_path())?;
+        self.write_state(state)
+    }
+
+    /// Records `after` only if the file still holds `before`, and says whether it
+    /// did. The replication service decides on a state it read before slow
+    /// queries; a switch or a role change that the tool or the agent recorded
+    /// meanwhile must not be overwritten with that stale state (the service's
+    /// next round sees the new one). `conf` runs first, under the same lock, for
+    /// a change that also rewrites `tandem.conf`.
+    pub(super) fn save_if_unchanged(
+        &self,
+        before: &PgState,
+        after: &PgState,
+        conf: impl FnOnce() -> Result<()>,
+    ) -> Result<bool> {
+        let _lock = lock_exclusive(&self.state_lock_path())?;
+        match self.load() {
+            Ok(now) if now == *before => {}
+            Ok(_) | Err(Error::NotInitialized) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        conf()?;
+        self.write_state(after)?;
+        Ok(true)
+    }
+
+    fn state_lock_path(&self) -> PathBuf {
+        self.settings.state_dir.join("postgres.json.lock")
+    }
+
+    fn write_state(&self, state: &PgState) -> Result<()> {
         let file = StateFile {
             version: STATE_VERSION,
             checksum: checksum(state),
@@ -177,6 +210,44 @@ impl PostgresBackend {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_never_overwrites_a_state_recorded_after_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = PostgresBackend {
+            settings: crate::Settings::new(dir.path(), crate::ReplicationConfig::default()),
+            server: crate::postgres::server::Server::for_state_tests(dir.path()),
+        };
+        let read = state();
+        backend.save(&read).unwrap();
+        // The tool switches off while the service's round waits on a query...
+        let switched = PgState {
+            state: ReplicationState::Off,
+            ..read.clone()
+        };
+        backend.save(&switched).unwrap();
+        // ...and the round's stale decision is dropped, not written over it.
+        let stale = PgState {
+            missing_since: Some(5),
+            ..read.clone()
+        };
+        let saved = backend
+            .save_if_unchanged(&read, &stale, || panic!("no conf for a dropped write"))
+            .unwrap();
+        assert!(!saved);
+        assert_eq!(backend.load().unwrap(), switched);
+        // A round that read the current state records its change.
+        let next = PgState {
+            missing_since: Some(6),
+            ..switched.clone()
+        };
+        assert!(
+            backend
+                .save_if_unchanged(&switched, &next, || Ok(()))
+                .unwrap()
+        );
+        assert_eq!(backend.load().unwrap(), next);
+    }
 
     /// Node 2's state, active, primary, nothing recorded.
     pub(in crate::postgres) fn state() -> PgState {

@@ -54,6 +54,9 @@ impl PostgresBackend {
         let Ok(mut state) = self.load() else {
             return Ok(WatchOutcome::Nothing);
         };
+        // What this round decides on: it records a change only if nobody else
+        // recorded one since (a switch-off meanwhile wins).
+        let before = state.clone();
         if state.resync {
             let peer_is_primary = self.peer_is_primary(&state).await?;
             if !peer_is_primary {
@@ -68,11 +71,11 @@ impl PostgresBackend {
             if Self::streaming(&mut conn).await? {
                 self.record_contact()?;
                 if state.idle_since.take().is_some() {
-                    self.save(&state)?;
+                    self.save_if_unchanged(&before, &state, || Ok(()))?;
                 }
                 return Ok(WatchOutcome::Streaming);
             }
-            return self.standby_idle(&mut state).await;
+            return self.standby_idle(&before, &mut state).await;
         }
         let cfg = self.cfg();
         if state.state != ReplicationState::Active || state.following || !cfg.synchronous {
@@ -86,12 +89,14 @@ impl PostgresBackend {
                 // back does not stall commits while it catches up.
                 if state.degraded_since.is_some() && behind < 16 << 20 {
                     state.degraded_since = None;
-                    self.apply(&state)?;
+                    if !self.apply_if_unchanged(&before, &state)? {
+                        return Ok(WatchOutcome::Nothing);
+                    }
                     self.reload(&mut conn).await?;
                     return Ok(WatchOutcome::Restored);
                 }
                 if changed {
-                    self.save(&state)?;
+                    self.save_if_unchanged(&before, &state, || Ok(()))?;
                 }
                 Ok(WatchOutcome::Nothing)
             }
@@ -102,7 +107,9 @@ impl PostgresBackend {
                     && now.saturating_sub(since) >= cfg.degrade_after_ms
                 {
                     state.degraded_since = Some(now);
-                    self.apply(&state)?;
+                    if !self.apply_if_unchanged(&before, &state)? {
+                        return Ok(WatchOutcome::Nothing);
+                    }
                     self.reload(&mut conn).await?;
                     tracing::warn!(
                         standby = %state.peer_app_name(),
@@ -110,7 +117,7 @@ impl PostgresBackend {
                     );
                     return Ok(WatchOutcome::Degraded);
                 }
-                self.save(&state)?;
+                self.save_if_unchanged(&before, &state, || Ok(()))?;
                 Ok(WatchOutcome::StandbyMissing)
             }
         }
@@ -121,7 +128,11 @@ impl PostgresBackend {
     /// for resynchronisation (the next round rewinds it; `pg_rewind` finds nothing
     /// to do when nothing diverged, and the restart starts its walreceiver afresh).
     /// The clock starts again while the peer is no primary.
-    pub(super) async fn standby_idle(&self, state: &mut PgState) -> Result<WatchOutcome> {
+    pub(super) async fn standby_idle(
+        &self,
+        before: &PgState,
+        state: &mut PgState,
+    ) -> Result<WatchOutcome> {
         if !state.following || state.state != ReplicationState::Active {
             return Ok(WatchOutcome::Nothing);
         }
@@ -139,9 +150,9 @@ impl PostgresBackend {
             } else {
                 state.idle_since = Some(now);
             }
-            self.save(state)?;
+            self.save_if_unchanged(before, state, || Ok(()))?;
         } else if since == now {
-            self.save(state)?;
+            self.save_if_unchanged(before, state, || Ok(()))?;
         }
         Ok(WatchOutcome::Nothing)
     }
