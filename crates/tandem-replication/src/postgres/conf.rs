@@ -34,7 +34,7 @@ impl PostgresBackend {
             ));
         };
         let key = tandem_peer::SiteKey::load(&self.settings.key_file())?;
-        let issued = tls::issue(key.as_bytes(), state.node, local)?;
+        let issued = tls::issue(key.as_bytes(), state.node.get(), local)?;
         self.server.write_tls(&issued)?;
         Ok(true)
     }

@@ -16,12 +16,8 @@ impl PostgresBackend {
     /// The state `init` records: the one recorded before, updated with `options`, or a
     /// new one. Also whether it is new.
     pub(super) fn initial_state(&self, options: &InitOptions) -> Result<(PgState, bool)> {
-        if !(1..=2).contains(&options.node) {
-            return Err(Error::State(format!(
-                "node id {} is not 1 or 2",
-                options.node
-            )));
-        }
+        let node = tandem_core::NodeId::try_from(options.node)
+            .map_err(|_| Error::State(format!("node id {} is not 1 or 2", options.node)))?;
         let remote = options.remote.ip();
         if options.local == Some(remote) {
             return Err(Error::State(format!(
@@ -31,7 +27,7 @@ impl PostgresBackend {
         let previous = self.load().ok();
         let created = previous.is_none();
         let mut state = previous.unwrap_or(PgState {
-            node: options.node,
+            node,
             site: options.site,
             remote,
             local: options.local,
@@ -43,7 +39,7 @@ impl PostgresBackend {
             resync: false,
             idle_since: None,
         });
-        state.node = options.node;
+        state.node = node;
         state.site = options.site;
         state.remote = remote;
         state.local = options.local.or(state.local);

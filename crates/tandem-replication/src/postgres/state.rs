@@ -13,6 +13,7 @@ use crate::config::{PostgresConfig, StandbyLostPolicy};
 use crate::error::{Error, Result};
 use crate::status::ReplicationState;
 use crate::util::{ServiceLock, lock_exclusive, now_ms, timestamp_for_file, write_atomically};
+use tandem_core::NodeId;
 
 /// The state file's format version.
 const STATE_VERSION: u32 = 1;
@@ -20,7 +21,7 @@ const STATE_VERSION: u32 = 1;
 /// What this node recorded about replication (`<state dir>/postgres.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PgState {
-    pub(crate) node: u8,
+    pub(crate) node: NodeId,
     pub(crate) site: u16,
     pub(crate) remote: IpAddr,
     pub(crate) local: Option<IpAddr>,
@@ -57,7 +58,7 @@ impl PgState {
     }
 
     pub(super) fn peer_app_name(&self) -> String {
-        app_name(3 - self.node)
+        app_name(self.node.peer())
     }
 
     pub(super) fn alarms(&self, cfg: &PostgresConfig) -> Vec<String> {
@@ -67,7 +68,7 @@ impl PgState {
                 "degraded since {}: node {} is not streaming, so commits here do not wait for \
                  it and it may be stale (it will not be promoted without --force)",
                 timestamp_for_file(since),
-                3 - self.node
+                self.node.peer()
             ));
         } else if let Some(since) = self.missing_since
             && cfg.synchronous
@@ -76,7 +77,7 @@ impl PgState {
             alarms.push(format!(
                 "node {} has not been streaming since {}; standby_lost = \"strict\": commits \
                  wait for it",
-                3 - self.node,
+                self.node.peer(),
                 timestamp_for_file(since)
             ));
         }
@@ -85,7 +86,7 @@ impl PgState {
                 "this node was made the standby and waits to be resynchronised (pg_rewind, \
                  else pg_basebackup) from node {}, once that is a primary it reaches; the \
                  replication service does it",
-                3 - self.node
+                self.node.peer()
             ));
         }
         alarms
@@ -93,7 +94,7 @@ impl PgState {
 }
 
 /// The application name (and slot name) of node `node`'s standby connection.
-fn app_name(node: u8) -> String {
+fn app_name(node: NodeId) -> String {
     format!("tandem_node{node}")
 }
 
@@ -252,7 +253,7 @@ pub(super) mod tests {
     /// Node 2's state, active, primary, nothing recorded.
     pub(in crate::postgres) fn state() -> PgState {
         PgState {
-            node: 2,
+            node: NodeId::Two,
             site: 1,
             remote: "192.0.2.11".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
             local: None,

@@ -266,7 +266,7 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         local: ServerStatus {
             replication_type: ReplicationType::Local,
             site: Some(state.site),
-            node: Some(state.node),
+            node: Some(state.node.get()),
             state: local_state,
             status: LinkStatus::Local,
             writable: local.as_ref().map(|l| l.primary),
@@ -338,8 +338,7 @@ fn stream_alarms(
     stalled: Option<&LogFacts>,
     alarms: &mut Vec<String>,
 ) {
-    let me = state.node;
-    let peer = 3 - me;
+    let (me, peer) = (state.node.get(), state.node.peer().get());
     match (divergence, local) {
         (Some(Divergence::BothPrimaries), _) => alarms.push(
             "both nodes are primaries: run `switch-on -S -F from-sync` on the one that should \
@@ -447,7 +446,7 @@ fn remote_server(
         node: Some(
             remote
                 .and_then(|r| parse_node(&r.node))
-                .unwrap_or(3 - state.node),
+                .unwrap_or(state.node.peer().get()),
         ),
         state: remote_state,
         status: link,

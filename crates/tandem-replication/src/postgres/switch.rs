@@ -73,7 +73,7 @@ impl PostgresBackend {
         self.reload(conn).await?;
         Ok(format!(
             "replication is on: this node is the primary with a slot for node {}; {waits}",
-            3 - state.node
+            state.node.peer()
         ))
     }
 
@@ -199,7 +199,7 @@ impl PostgresBackend {
             "replication is off: commits no longer wait for node {} and its slot {slot} is \
              dropped, so no WAL is kept for it; bring it back with `switch-on` here and \
              `switch-on -S -F from-sync` there",
-            3 - state.node
+            state.node.peer()
         ))
     }
 }
