@@ -461,10 +461,10 @@ pub(crate) fn diverged_message(m: &meta::Meta) -> String {
          (its own rows are saved to a file) or let node {} take them",
         m.node,
         m.head.saturating_sub(m.acked),
-        3 - m.node,
-        3 - m.node,
+        m.node.peer().get(),
+        m.node.peer().get(),
         m.node,
-        3 - m.node,
+        m.node.peer().get(),
     )
 }
 

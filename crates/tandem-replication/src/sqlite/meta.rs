@@ -141,7 +141,7 @@ impl PeerRecord {
 /// The meta table, read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
-    pub(crate) node: u8,
+    pub(crate) node: tandem_core::NodeId,
     pub(crate) site: u16,
     pub(crate) remote: String,
     pub(crate) local: String,
@@ -338,7 +338,10 @@ fn parse(map: &HashMap<String, String>, head: u64) -> Result<Meta> {
         _ => return Err(corrupt("mode")),
     };
     Ok(Meta {
-        node: u8::try_from(num("node")?).map_err(|_| corrupt("node"))?,
+        node: u8::try_from(num("node")?)
+            .ok()
+            .and_then(|n| tandem_core::NodeId::try_from(n).ok())
+            .ok_or_else(|| corrupt("node"))?,
         site: u16::try_from(num("site")?).map_err(|_| corrupt("site"))?,
         remote: get("remote").to_owned(),
         local: get("local").to_owned(),

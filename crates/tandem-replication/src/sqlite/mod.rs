@@ -325,9 +325,11 @@ impl SqliteBackend {
         if connected != Some(0) || !self.service_running() {
             return Ok(None);
         }
-        let node: u8 = node.and_then(|v| v.parse().ok()).unwrap_or(1);
+        let node: tandem_core::NodeId = node
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(tandem_core::NodeId::One);
         Ok(Some((
-            3 - node.clamp(1, 2),
+            node.peer().get(),
             error.unwrap_or_else(|| "the peer link is down".to_owned()),
         )))
     }
@@ -1003,7 +1005,7 @@ impl SqliteBackend {
     pub async fn identity(&self) -> Result<Identity> {
         let m = self.meta().await?;
         Ok(Identity {
-            node: m.node,
+            node: m.node.get(),
             site: m.site,
             remote: SocketAddr::from_str(&m.remote).ok(),
             local: IpAddr::from_str(&m.local).ok(),
@@ -1070,7 +1072,7 @@ impl ReplicationBackend for SqliteBackend {
             Err(e) => return Err(e),
         };
         if let Some(m) = &existing
-            && m.node != options.node
+            && m.node.get() != options.node
         {
             return Err(Error::State(format!(
                 "this database was initialized as node {}; it cannot become node {} \
@@ -1128,7 +1130,7 @@ impl ReplicationBackend for SqliteBackend {
         *self.tables.lock().await = Some(Arc::new(tables));
         let meta = self.meta().await?;
         Ok(InitReport {
-            node: meta.node,
+            node: meta.node.get(),
             site: meta.site,
             remote: options.remote,
             local: options.local,
@@ -1268,7 +1270,7 @@ impl ReplicationBackend for SqliteBackend {
             .filter(|p| p.connected)
             .and_then(|p| p.alarm.clone());
         if let Some(a) = peer.as_ref().and_then(|p| p.alarm.clone()) {
-            alarms.push(format!("node {}: {a}", 3 - m.node));
+            alarms.push(format!("node {}: {a}", m.node.peer().get()));
         }
         // The service's alarms say when the data has forked: a node holding changes its
         // peer never received, or both nodes writable.
@@ -1285,13 +1287,13 @@ impl ReplicationBackend for SqliteBackend {
         };
         let local_detail = reason
             .filter(|_| !m.writable && m.state == ReplicationState::Active)
-            .map(|r| format!("not applying node {}'s changes: {r}", 3 - m.node));
+            .map(|r| format!("not applying node {}'s changes: {r}", m.node.peer().get()));
         Ok(Status {
             backend: "sqlite".into(),
             local: ServerStatus {
                 replication_type: ReplicationType::Local,
                 site: Some(m.site),
-                node: Some(m.node),
+                node: Some(m.node.get()),
                 state: m.state,
                 status: LinkStatus::Local,
                 writable: Some(m.writable),
@@ -1299,7 +1301,11 @@ impl ReplicationBackend for SqliteBackend {
             remote: ServerStatus {
                 replication_type: ReplicationType::IntraSite,
                 site: peer.as_ref().and_then(|p| p.site).or(Some(m.site)),
-                node: Some(peer.as_ref().and_then(|p| p.node).unwrap_or(3 - m.node)),
+                node: Some(
+                    peer.as_ref()
+                        .and_then(|p| p.node)
+                        .unwrap_or(m.node.peer().get()),
+                ),
                 state: remote_state,
                 status: match (connected, diverged) {
                     (true, true) => LinkStatus::Diverged,

@@ -560,7 +560,7 @@ impl Protocol {
 
     /// The peer's node id.
     fn peer_node(&self) -> u8 {
-        3 - self.meta.node
+        self.meta.node.peer().get()
     }
 }
 

@@ -61,8 +61,8 @@ impl Protocol {
                  the changelog was dropped to protect this node's disk; bring node {} back and run \
                  `mp_replication switch-on -S -F from-sync` on it",
                 m.backlog(),
-                3 - m.node,
-                3 - m.node
+                m.node.peer().get(),
+                m.node.peer().get()
             );
             warn!(%alarm, "replication suspended");
             out.push(Command::Suspend(alarm));

@@ -46,7 +46,7 @@ impl Protocol {
     }
 
     fn on_peer_state(&mut self, peer: NodeState, out: &mut Vec<Command>) {
-        if peer.node == self.meta.node {
+        if peer.node == self.meta.node.get() {
             out.push(Command::End(End::Protocol(format!(
                 "the peer claims to be node {} too",
                 peer.node
@@ -109,7 +109,7 @@ impl Protocol {
     /// Whether this node may stream to the peer (always without a fence).
     fn may_serve(&self, peer: Option<&NodeState>) -> Result<()> {
         match (&self.now.fence, peer) {
-            (Some(f), Some(p)) => f.may_serve(self.meta.node, p.node, p.token),
+            (Some(f), Some(p)) => f.may_serve(self.meta.node.get(), p.node, p.token),
             _ => Ok(()),
         }
     }
@@ -307,7 +307,7 @@ impl Protocol {
         let now = self.now.mono;
         let m = &self.meta;
         let state = NodeState {
-            node: m.node,
+            node: m.node.get(),
             site: m.site,
             log: m.log,
             head: m.head,

@@ -576,7 +576,10 @@ fn declare(words: &[String]) -> Result<Sim, String> {
     };
     let writable = a.yes("writable")?;
     let state = state_word(&a.str("state")?)?;
-    let node = u8::try_from(a.num("node")?).map_err(|e| e.to_string())?;
+    let node = u8::try_from(a.num("node")?)
+        .ok()
+        .and_then(|n| tandem_core::NodeId::try_from(n).ok())
+        .ok_or("node is 1 or 2")?;
     let db = Meta {
         node,
         site: 1,
