@@ -379,13 +379,10 @@ impl Trial {
         Ok(())
     }
 
-    /// Copies a tree of prompts to the standby and restores it once (timing
-    /// the restore), then copies a changed tree and kills
-    /// `restore-config-files` at a random moment within that time; the next run
-    /// must finish or undo it.
-    fn restart_restore(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
-        let active = self.site.active_node().unwrap_or(Host::Node1);
-        let standby = other(active);
+    /// Writes old prompts on the standby, then copies a tree of prompts to it and
+    /// restores it (timed), then copies a changed tree (not restored): how long
+    /// the whole restore took.
+    fn copy_prompts_twice(&mut self, active: Host, standby: Host) -> anyhow::Result<Duration> {
         for n in 0..20u32 {
             let old = vec![b'o'; 4096 + n as usize];
             std::fs::write(
@@ -419,6 +416,17 @@ impl Trial {
                 took = at.elapsed();
             }
         }
+        Ok(took)
+    }
+
+    /// Copies a tree of prompts to the standby and restores it once (timing
+    /// the restore), then copies a changed tree and kills
+    /// `restore-config-files` at a random moment within that time; the next run
+    /// must finish or undo it.
+    fn restart_restore(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
+        let active = self.site.active_node().unwrap_or(Host::Node1);
+        let standby = other(active);
+        let took = self.copy_prompts_twice(active, standby)?;
         let after = rng.ms(0, u64::try_from(took.as_millis()).unwrap_or(500).max(1));
         outcome.drawn.push(format!(
             "{standby}: restore-config-files killed {} ms in (a whole restore took {} ms)",
