@@ -319,7 +319,7 @@ impl Site {
         )?)
     }
 
-    /// The key file, `host`'s config, state directory and config-file roots.
+    /// The site key file.
     pub(crate) fn key_file(&self) -> String {
         self.layout().key_file()
     }
