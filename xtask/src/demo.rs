@@ -22,18 +22,19 @@
 //! how long both nodes were seen active at once, and the acknowledged writes lost.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tandem_lab::{Host, Lab, LabConfig};
-use tandem_node::LoadSettings;
-use tandem_replication::{LinkStatus, Settings};
+use tandem_lab::Host;
 
-use crate::site::{Binaries, Sample, build_binaries, client, node_facts, serve_app, status_page};
+use crate::site::harness::expect;
+use crate::site::{
+    Backend, Binaries, Narration, Sample, Site, SiteOptions, build_binaries, client, serve_app,
+    status_page,
+};
 
 /// Arguments of `cargo xtask demo`.
 #[derive(clap::Args)]
@@ -50,17 +51,14 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (mut demo, dir) = Demo::new(build_binaries()?, args.verbose)?;
-    if args.witness {
-        demo.start_witness()?;
-    }
+    let mut demo = Demo::new(&build_binaries()?, args.verbose, args.witness)?;
     let result = demo.setup().and_then(|()| demo.failovers());
     demo.stop_threads();
     let result = result.and_then(|()| demo.verify_and_summarize());
-    demo.stop_agents();
+    demo.site.stop_agents(Duration::from_secs(10));
     if let Err(e) = result {
         // The agents' logs and the nodes' state, for whoever reads the error.
-        let kept = dir.keep();
+        let kept = demo.site.keep_dir();
         return Err(e.context(format!("logs and state kept in {}", kept.display())));
     }
     println!(
@@ -92,17 +90,17 @@ pub(crate) const REPLICATING_WINDOW: Duration = Duration::from_secs(5);
 /// The demo's site with its writing client, then `runs` planned switchovers
 /// (alternating direction) through the agents: the client's outage of each and
 /// the acknowledged writes lost, for `cargo xtask bench failover`.
-pub(crate) fn planned_with_writes(bins: Binaries, runs: usize) -> anyhow::Result<PlannedWrites> {
-    let (mut demo, dir) = Demo::new(bins, false)?;
+pub(crate) fn planned_with_writes(bins: &Binaries, runs: usize) -> anyhow::Result<PlannedWrites> {
+    let mut demo = Demo::new(bins, false, false)?;
     if std::env::var_os("TANDEM_KEEP_SITE").is_some() {
         println!(
             "  TANDEM_KEEP_SITE: the site and its logs stay in {}",
-            dir.keep().display()
+            demo.site.keep_dir().display()
         );
     }
     let mut replicating = Vec::new();
     let result = demo.setup().and_then(|()| {
-        replicating = demo.agents_usage(REPLICATING_WINDOW);
+        replicating = crate::site::usage::usage_over(&demo.site.agent_pids(), REPLICATING_WINDOW);
         let mut from = Host::Node1;
         for _ in 0..runs {
             let to = crate::site::other(from);
@@ -114,7 +112,7 @@ pub(crate) fn planned_with_writes(bins: Binaries, runs: usize) -> anyhow::Result
     });
     demo.stop_threads();
     let checked = result.and_then(|()| demo.check_data());
-    demo.stop_agents();
+    demo.site.stop_agents(Duration::from_secs(10));
     let checked = checked?;
     let samples = demo.samples.lock().map(|s| s.clone()).unwrap_or_default();
     let mut outages = Vec::new();
@@ -141,29 +139,21 @@ struct DataCheck {
     identical: bool,
 }
 
+/// The demo: its site, the application, the client and the watch of the roles,
+/// and what it measured.
 struct Demo {
-    lab: Lab,
-    dir: PathBuf,
-    bins: Binaries,
-    started: Instant,
-    verbose: bool,
     failovers: Vec<Failover>,
-    agents: Vec<(Host, Child)>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<tandem_lab::Result<anyhow::Result<()>>>>,
     samples: Arc<Mutex<Vec<Sample>>>,
-    /// Transaction numbers the application acknowledged.
     /// Intervals in which both status pages said "Active server".
     both_active: Arc<Mutex<Vec<(Duration, Duration)>>>,
     /// From node1's cable coming back to its status page saying standby.
     heal: Option<(Duration, Duration)>,
-    /// The stand-in Media Server in the client namespace (the seed: one Media
-    /// Server always goes with the active Application Server).
-    media: Option<tandem_lab::media::MediaServer>,
-    /// The etcd witness members, with `--witness`.
-    witness: Option<tandem_lab::WitnessCluster>,
     /// The partition of `--witness`, from and to.
     partition: Option<(Duration, Duration)>,
+    /// The lab, the two nodes and their agents (dropped after the threads stop).
+    site: Site,
 }
 
 /// A failover to measure: what the client waited for and when the step began.
@@ -173,11 +163,26 @@ struct Failover {
     from: Duration,
 }
 
+/// The demo's site: SQLite, the seed's services and config files, heartbeats
+/// every 200 ms; with the witness automatic failover is on.
+fn options(verbose: bool, witness: bool) -> SiteOptions {
+    SiteOptions {
+        prefix: "tandem-demo-".into(),
+        narration: Narration::Timeline { verbose },
+        backend: Backend::Sqlite,
+        witness,
+        auto_failover: witness,
+        heartbeat_ms: 200,
+        conflict_backoff_ms: tandem_node::FailoverSection::default().conflict_backoff_ms,
+        services: true,
+        standby_tmpfs: None,
+    }
+}
+
 impl Demo {
-    /// A lab and a site directory (removed when the returned guard drops).
-    fn new(bins: Binaries, verbose: bool) -> anyhow::Result<(Demo, tempfile::TempDir)> {
-        let lab = Lab::up(LabConfig::default()).context("building the namespace lab")?;
-        let dir = tempfile::Builder::new().prefix("tandem-demo-").tempdir()?;
+    /// A lab and a site directory (removed when the demo drops), and the witness.
+    fn new(bins: &Binaries, verbose: bool, witness: bool) -> anyhow::Result<Demo> {
+        let site = Site::new(bins, options(verbose, witness))?;
         println!("tandem demo: the seed's failover procedures in a namespace lab");
         println!(
             "  lab: node1 {} and node2 {} (eth0:0), client {}, gateway {}, shared address {}",
@@ -187,39 +192,23 @@ impl Demo {
             tandem_lab::GATEWAY_ADDR,
             tandem_lab::SHARED_ADDR
         );
-        println!("  node config and state in {}", dir.path().display());
-        let demo = Demo {
-            lab,
-            dir: dir.path().to_path_buf(),
-            bins,
-            started: Instant::now(),
-            verbose,
+        println!("  node config and state in {}", site.dir().display());
+        if let Some(witness) = &site.witness {
+            println!(
+                "  witness: etcd members {} (automatic failover on)",
+                witness.endpoints().join(", ")
+            );
+        }
+        Ok(Demo {
             failovers: Vec::new(),
-            agents: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             samples: Arc::default(),
             both_active: Arc::default(),
             heal: None,
-            media: None,
-            witness: None,
             partition: None,
-        };
-        Ok((demo, dir))
-    }
-
-    /// Starts three etcd members in the lab for `--witness`.
-    fn start_witness(&mut self) -> anyhow::Result<()> {
-        let witness = self
-            .lab
-            .start_witness(3)
-            .context("starting the etcd witness members")?;
-        println!(
-            "  witness: etcd members {} (automatic failover on)",
-            witness.endpoints().join(", ")
-        );
-        self.witness = Some(witness);
-        Ok(())
+            site,
+        })
     }
 
     /// Stops the application, the client and the role watch.
@@ -234,83 +223,34 @@ impl Demo {
     /// writing through node1.
     fn setup(&mut self) -> anyhow::Result<()> {
         section("Setting up failover for two newly installed Application Servers");
-        self.run(
-            Host::Node1,
-            &["keygen", "--key-file", &self.key_file()],
-            "failover keygen (the site key, copied to node2)",
-        )?;
-        for host in [Host::Node1, Host::Node2] {
-            let (id, own, peer) = node_facts(host);
-            let out = self.run(
-                host,
-                &[
-                    "set-deployment",
-                    "failover",
-                    "--no-prompt",
-                    "--node-id",
-                    &id.to_string(),
-                    "--node-address",
-                    &format!("{own}/24"),
-                    "--gateway",
-                    &tandem_lab::GATEWAY_ADDR.to_string(),
-                    "--hostname",
-                    &hostname(host),
-                    "--shared-address",
-                    &format!("{}/24", tandem_lab::SHARED_ADDR),
-                    "--peer-address",
-                    &peer.to_string(),
-                ],
-                "failoverUtil setDeployment failover",
-            )?;
-            expect(&out, "standby", "set-deployment leaves the node standby")?;
-            self.extend_config(host)?;
-        }
-        for host in [Host::Node2, Host::Node1] {
-            let (id, _, peer) = node_facts(host);
-            let out = self.mp(
-                host,
-                &["init", "-n", &id.to_string(), "-r", &peer.to_string()],
-                &format!("mp_replication init -n {id} -r {peer}"),
-            )?;
-            expect(&out, "is SUCCESSFUL", "init")?;
-        }
-        self.media = Some(tandem_lab::media::MediaServer::start(&self.lab)?);
-        self.note(
-            "stand-in Media Server on the client",
-            &format!(
-                "{}:{}",
-                tandem_lab::CLIENT_ADDR,
-                tandem_lab::media::MEDIA_SERVER_PORT
-            ),
-        );
-        for host in [Host::Node1, Host::Node2] {
-            self.start_agent(host)?;
-        }
-        self.wait_peer_link()?;
-        self.note("peer link between the agents", "up");
-        let out = self.mp(Host::Node1, &["switch-on"], "mp_replication switchON")?;
-        expect(&out, "is SUCCESSFUL", "switch-on")?;
-        let out = self.run(
-            Host::Node1,
-            &["set-server", "active"],
-            "failoverUtil setServer active",
-        )?;
-        expect(&out, "active", "node1 becomes active")?;
+        self.site.set_up()?;
         self.wait_status(Host::Node1, "Failover deployment. Active server.")?;
         self.wait_status(Host::Node2, "Failover deployment. Standby server.")?;
         self.wait_media_server(Host::Node1)?;
-        self.wait_replication_connected()?;
         for host in [Host::Node1, Host::Node2] {
-            let out = self.mp_quiet(host, &["status"])?;
+            let out = self.site.mp_quiet(host, &["status"])?;
             println!("\n  {host}: mp_replication status");
             for line in out.lines() {
                 println!("    {line}");
             }
         }
+        self.copy_config_files()?;
 
+        section("A client writes meetings through the application on the shared address");
+        self.start_application()?;
+        self.wait_for_client("node1")?;
+        self.site
+            .note("client's writes are acknowledged", "by node1");
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
+    /// The seed's second procedure: node1's config files sent to the standby and
+    /// restored there.
+    fn copy_config_files(&mut self) -> anyhow::Result<()> {
         section("Copying configuration files to the standby");
         self.make_config_files()?;
-        let out = self.run(
+        let out = self.site.failover(
             Host::Node1,
             &["copy-config-files"],
             "failoverUtil copyConfigFiles",
@@ -320,21 +260,18 @@ impl Demo {
             "Sent to the standby",
             "copy-config-files sends the bundle",
         )?;
-        self.wait_file(&tandem_bundle::incoming_path(&self.state_dir(Host::Node2)))?;
-        let out = self.run(
+        self.wait_file(&tandem_bundle::incoming_path(
+            &self.site.state_dir(Host::Node2),
+        ))?;
+        let out = self.site.failover(
             Host::Node2,
             &["restore-config-files"],
             "failoverUtil restoreConfigFiles",
         )?;
         expect(&out, "", "restore-config-files")?;
-        compare_trees(&self.files(Host::Node1), &self.files(Host::Node2))?;
-        self.note("node2's config files match node1's", "identical");
-
-        section("A client writes meetings through the application on the shared address");
-        self.start_application()?;
-        self.wait_for_client("node1")?;
-        self.note("client's writes are acknowledged", "by node1");
-        std::thread::sleep(Duration::from_millis(500));
+        compare_trees(&self.site.files(Host::Node1), &self.site.files(Host::Node2))?;
+        self.site
+            .note("node2's config files match node1's", "identical");
         Ok(())
     }
 
@@ -345,14 +282,14 @@ impl Demo {
         section("Performing Application Server Failover to Switch to the Previous Active Server");
         self.planned(Host::Node2, Host::Node1)?;
 
-        if self.witness.is_some() {
+        if self.site.witness.is_some() {
             return self.failovers_with_witness();
         }
         section("Unplanned failover: node1's cable is cut");
-        self.lab.cut(Host::Node1)?;
-        let from = self.started.elapsed();
-        self.note("cut node1's cable", "node1 unreachable");
-        let out = self.run(
+        self.site.lab.cut(Host::Node1)?;
+        let from = self.site.started.elapsed();
+        self.site.note("cut node1's cable", "node1 unreachable");
+        let out = self.site.failover(
             Host::Node2,
             &["set-server", "active"],
             "failoverUtil setServer active",
@@ -364,19 +301,20 @@ impl Demo {
         // The cable comes back at once, often before node1 has noticed the
         // loss: node1 steps down when it meets node2 holding the address or when
         // node2 tells it its claim is superseded (RELIABILITY.md, finding 11).
-        self.lab.restore(Host::Node1)?;
-        let restored = self.started.elapsed();
-        self.note("plug node1's cable back in", "");
+        self.site.lab.restore(Host::Node1)?;
+        let restored = self.site.started.elapsed();
+        self.site.note("plug node1's cable back in", "");
         self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
-        self.heal = Some((restored, self.started.elapsed()));
-        self.note("node1's agent hears node2's newer claim", "node1 standby");
-        let out = self.mp(
+        self.heal = Some((restored, self.site.started.elapsed()));
+        self.site
+            .note("node1's agent hears node2's newer claim", "node1 standby");
+        let out = self.site.mp(
             Host::Node1,
             &["switch-on", "-S", "-F", "from-sync"],
             "mp_replication switchON -S -F from-sync",
         )?;
         expect(&out, "is SUCCESSFUL", "node1 rejoins replication")?;
-        self.wait_replication_connected()?;
+        self.site.wait_replication(Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_millis(500));
 
         section("Switching back to node1");
@@ -389,41 +327,41 @@ impl Demo {
     /// lease ran out, and a partition between the nodes changes nothing.
     fn failovers_with_witness(&mut self) -> anyhow::Result<()> {
         section("Unplanned failover with the witness: node1's cable is cut");
-        self.lab.cut(Host::Node1)?;
-        let from = self.started.elapsed();
-        self.note(
+        self.site.lab.cut(Host::Node1)?;
+        let from = self.site.started.elapsed();
+        self.site.note(
             "cut node1's cable",
             "node1 unreachable, its lease runs out unrenewed",
         );
         self.wait_for_client("node2")?;
         self.failover_note("node2 takes the key and claims by itself", "node2", from);
         self.wait_media_server(Host::Node2)?;
-        self.lab.restore(Host::Node1)?;
-        let restored = self.started.elapsed();
-        self.note("plug node1's cable back in", "");
+        self.site.lab.restore(Host::Node1)?;
+        let restored = self.site.started.elapsed();
+        self.site.note("plug node1's cable back in", "");
         self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
-        self.heal = Some((restored, self.started.elapsed()));
-        self.note(
+        self.heal = Some((restored, self.site.started.elapsed()));
+        self.site.note(
             "node1 stepped down before its lease could run out",
             "node1 standby",
         );
-        let out = self.mp(
+        let out = self.site.mp(
             Host::Node1,
             &["switch-on", "-S", "-F", "from-sync"],
             "mp_replication switchON -S -F from-sync",
         )?;
         expect(&out, "is SUCCESSFUL", "node1 rejoins replication")?;
-        self.wait_replication_connected()?;
+        self.site.wait_replication(Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_millis(500));
 
         section("A partition between the nodes (both reach the client and the witness)");
         let before = crate::site::acknowledged(&self.samples).len();
-        let at = self.started.elapsed();
-        self.lab.partition_nodes(true)?;
-        self.note("partition node1 from node2", "for 4 s");
+        let at = self.site.started.elapsed();
+        self.site.lab.partition_nodes(true)?;
+        self.site.note("partition node1 from node2", "for 4 s");
         std::thread::sleep(Duration::from_secs(4));
-        self.lab.partition_nodes(false)?;
-        let healed = self.started.elapsed();
+        self.site.lab.partition_nodes(false)?;
+        let healed = self.site.started.elapsed();
         self.partition = Some((at, healed));
         let during = crate::site::acknowledged(&self.samples).len() - before;
         let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
@@ -436,7 +374,7 @@ impl Demo {
         if !others.is_empty() {
             bail!("during the partition writes were acknowledged by {others:?}, not only node2");
         }
-        self.note(
+        self.site.note(
             "writes acknowledged during the partition",
             &format!("{during}, all by node2; node1 stayed standby"),
         );
@@ -444,9 +382,10 @@ impl Demo {
         self.wait_status(Host::Node2, "Failover deployment. Active server.")?;
         // What node2 acknowledged alone (it held the key) reaches node1 once
         // the link is back; the switch back waits for it, as an operator would.
-        self.wait_replication_connected()?;
+        self.site.wait_replication(Duration::from_secs(30))?;
         self.wait_caught_up()?;
-        self.note("node1 caught up with node2's writes", "backlog 0");
+        self.site
+            .note("node1 caught up with node2's writes", "backlog 0");
 
         section("Switching back to node1");
         self.planned(Host::Node2, Host::Node1)?;
@@ -457,14 +396,14 @@ impl Demo {
     /// The seed's planned failover: `set-server standby` on the active node, then
     /// `set-server active` on the other.
     fn planned(&mut self, from: Host, to: Host) -> anyhow::Result<()> {
-        let at = self.started.elapsed();
-        let out = self.run(
+        let at = self.site.started.elapsed();
+        let out = self.site.failover(
             from,
             &["set-server", "standby"],
             "failoverUtil setServer standby",
         )?;
         expect(&out, "standby", "the active node steps down")?;
-        let out = self.run(
+        let out = self.site.failover(
             to,
             &["set-server", "active"],
             "failoverUtil setServer active",
@@ -480,15 +419,15 @@ impl Demo {
 
     /// Waits until the stand-in Media Server has `host` registered, and says so.
     fn wait_media_server(&self, host: Host) -> anyhow::Result<()> {
-        let Some(media) = &self.media else {
+        let Some(media) = &self.site.media else {
             return Ok(());
         };
-        let want = hostname(host);
+        let want = crate::site::harness::hostname(host);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let seen = media.registrations();
             if seen.current.as_deref() == Some(want.as_str()) {
-                self.note(
+                self.site.note(
                     "the Media Server follows the active node",
                     &format!("registered with {want}"),
                 );
@@ -505,92 +444,10 @@ impl Demo {
         }
     }
 
-    fn key_file(&self) -> String {
-        crate::site::Layout { dir: &self.dir }.key_file()
-    }
-
-    fn config_path(&self, host: Host) -> PathBuf {
-        crate::site::Layout { dir: &self.dir }.config_path(host)
-    }
-
-    fn state_dir(&self, host: Host) -> PathBuf {
-        crate::site::Layout { dir: &self.dir }.state_dir(host)
-    }
-
-    fn files(&self, host: Host) -> PathBuf {
-        crate::site::Layout { dir: &self.dir }.files(host)
-    }
-
-    /// What the operator adds to the config `set-deployment` wrote: the site key,
-    /// the bundle's directories, replication of the sample schema and quick probes
-    /// and heartbeats for the lab.
-    fn extend_config(&self, host: Host) -> anyhow::Result<()> {
-        let files = self.files(host);
-        let text = format!(
-            r#"
-[probe]
-timeout_ms = 100
-attempts = 2
-interval_ms = 50
-
-[failover]
-heartbeat_ms = 200
-missed_heartbeats = 3
-announce_count = 3
-announce_interval_ms = 20
-auto_failover = {auto}
-
-[peer]
-key_file = "{key}"
-
-[replication]
-sample_schema = true
-heartbeat_ms = 200
-
-[bundle]
-node = ["web-conf/server.xml"]
-
-[[bundle.roots]]
-name = "web-conf"
-path = "{files}/web-conf"
-
-[[bundle.roots]]
-name = "prompts"
-path = "{files}/prompts"
-"#,
-            key = self.key_file(),
-            files = files.display(),
-            auto = self.witness.is_some(),
-        ) + &crate::site::Layout { dir: &self.dir }.app_service(host)
-            + &media_service(host)
-            + &self.witness_table();
-        let path = self.config_path(host);
-        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
-        let extra: toml::Table = toml::from_str(&text)?;
-        config.extend(extra);
-        std::fs::write(&path, toml::to_string(&config)?)?;
-        std::fs::create_dir_all(files.join("web-conf"))?;
-        std::fs::create_dir_all(files.join("prompts"))?;
-        Ok(())
-    }
-
-    /// What an operator appends to use the site's etcd cluster; nothing without one.
-    fn witness_table(&self) -> String {
-        let Some(witness) = &self.witness else {
-            return String::new();
-        };
-        let endpoints: Vec<String> = witness
-            .endpoints()
-            .iter()
-            .map(|e| format!("\"{e}\""))
-            .collect();
-        format!("\n[witness]\nendpoints = [{}]\n", endpoints.join(", "))
-    }
-
     /// Node1's copied files: web settings and custom prompts; and a server-specific
     /// file on each node that must stay as it is.
     fn make_config_files(&self) -> anyhow::Result<()> {
-        let files = self.files(Host::Node1);
+        let files = self.site.files(Host::Node1);
         std::fs::write(
             files.join("web-conf/site.properties"),
             "branding=Example Meetings\nlanguage=en\n",
@@ -607,104 +464,11 @@ path = "{files}/prompts"
         }
         for host in [Host::Node1, Host::Node2] {
             std::fs::write(
-                self.files(host).join("web-conf/server.xml"),
+                self.site.files(host).join("web-conf/server.xml"),
                 format!("<server name=\"{}\"/>\n", host.name()),
             )?;
         }
         Ok(())
-    }
-
-    fn failover_command(&self, host: Host) -> Command {
-        crate::site::Layout { dir: &self.dir }.tool(&self.lab, &self.bins.failover, host)
-    }
-
-    fn mp_command(&self, host: Host) -> Command {
-        crate::site::Layout { dir: &self.dir }.tool(&self.lab, &self.bins.mp_replication, host)
-    }
-
-    /// Runs `failover args...` on `host`; prints the step; fails when it fails.
-    fn run(&mut self, host: Host, args: &[&str], what: &str) -> anyhow::Result<String> {
-        let out = self.failover_command(host).args(args).output()?;
-        self.finish_command(host, what, &out)
-    }
-
-    /// Runs `mp_replication args...` on `host`.
-    fn mp(&mut self, host: Host, args: &[&str], what: &str) -> anyhow::Result<String> {
-        let out = self.mp_command(host).args(args).output()?;
-        self.finish_command(host, what, &out)
-    }
-
-    fn mp_quiet(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.mp_command(host).args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "mp_replication {} on {host} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn finish_command(
-        &mut self,
-        host: Host,
-        what: &str,
-        out: &std::process::Output,
-    ) -> anyhow::Result<String> {
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let summary = summary_line(&stdout);
-        if !out.status.success() {
-            self.note(&format!("{host}: {what}"), "FAILED");
-            bail!(
-                "`{what}` on {host} failed ({}):\n{stdout}{stderr}",
-                out.status
-            );
-        }
-        self.note(&format!("{host}: {what}"), &summary);
-        if self.verbose {
-            for line in stdout.lines() {
-                println!("             | {line}");
-            }
-        }
-        Ok(stdout)
-    }
-
-    fn start_agent(&mut self, host: Host) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("{}-agent.log", host.name())))?;
-        let child = self
-            .failover_command(host)
-            .args(["agent", "--key-file", &self.key_file()])
-            .env(
-                "RUST_LOG",
-                std::env::var("TANDEM_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting the agent")?;
-        self.agents.push((host, child));
-        self.wait_status(host, "Failover deployment.")?;
-        self.note(
-            &format!("{host}: failover agent"),
-            "running; status page up",
-        );
-        Ok(())
-    }
-
-    /// Each agent's resident memory (KiB) and CPU (% of a core) over `window`.
-    fn agents_usage(&self, window: Duration) -> Vec<(Host, u64, f64)> {
-        let pids: Vec<(Host, u32)> = self.agents.iter().map(|(h, c)| (*h, c.id())).collect();
-        crate::bench::failover::usage_over(&pids, window)
-    }
-
-    fn stop_agents(&mut self) {
-        crate::site::stop_processes(
-            self.agents.iter_mut().map(|(_, c)| c),
-            Duration::from_secs(10),
-        );
-        self.agents.clear();
     }
 
     /// Waits until `host`'s status page (read from the client) starts with `banner`.
@@ -713,6 +477,7 @@ path = "{files}/prompts"
         let mut last = String::new();
         while Instant::now() < deadline {
             let page = self
+                .site
                 .lab
                 .run_in(Host::Client, move || status_page(host))
                 .ok()
@@ -728,28 +493,6 @@ path = "{files}/prompts"
         bail!("{host}'s status page did not show `{banner}` within 20 s; last:\n{last}")
     }
 
-    /// Waits until node1's replication status says the peer is connected.
-    fn wait_replication_connected(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let ok = [Host::Node1, Host::Node2].iter().all(|&h| {
-                self.mp_quiet(h, &["status", "--json"])
-                    .ok()
-                    .and_then(|s| {
-                        last = s.clone();
-                        serde_json::from_str::<tandem_replication::Status>(&s).ok()
-                    })
-                    .is_some_and(|s| s.remote.status == LinkStatus::Connected)
-            });
-            if ok {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("replication did not connect within 30 s; last status:\n{last}")
-    }
-
     /// Waits until the active node's backlog for its standby is (nearly) empty:
     /// the client writes on, so a few changes are always in flight.
     fn wait_caught_up(&self) -> anyhow::Result<()> {
@@ -757,7 +500,8 @@ path = "{files}/prompts"
         let mut last = String::new();
         while Instant::now() < deadline {
             let small = [Host::Node1, Host::Node2].iter().all(|&h| {
-                self.mp_quiet(h, &["status", "--json"])
+                self.site
+                    .mp_quiet(h, &["status", "--json"])
                     .ok()
                     .and_then(|s| {
                         last = s.clone();
@@ -771,27 +515,6 @@ path = "{files}/prompts"
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("the standby did not catch up within 30 s; last status:\n{last}")
-    }
-
-    /// Waits until both agents report their peer link up.
-    fn wait_peer_link(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let up = [Host::Node1, Host::Node2].iter().all(|&h| {
-                let out = self.failover_command(h).args(["status", "--json"]).output();
-                out.ok()
-                    .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                    .is_some_and(|v| v["peer"]["connected"] == serde_json::Value::Bool(true))
-            });
-            if up {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "the agents' peer link did not come up within 20 s (see the agent logs in {})",
-            self.dir.display()
-        )
     }
 
     fn wait_file(&self, path: &Path) -> anyhow::Result<()> {
@@ -810,33 +533,35 @@ path = "{files}/prompts"
     fn start_application(&mut self) -> anyhow::Result<()> {
         for host in [Host::Node1, Host::Node2] {
             let stop = self.stop.clone();
-            let settings = Settings::load(&self.config_path(host), true, self.state_dir(host))?;
-            let paused = crate::site::Layout { dir: &self.dir }.app_paused(host);
+            let settings = self.site.settings(host)?;
+            let paused = self.site.layout().app_paused(host);
             self.threads.push(
-                self.lab
+                self.site
+                    .lab
                     .spawn_in(host, move || serve_app(host, &settings, &stop, &paused))?,
             );
         }
-        let (stop, samples, started) = (self.stop.clone(), self.samples.clone(), self.started);
+        let (stop, samples, started) = (self.stop.clone(), self.samples.clone(), self.site.started);
         self.threads.push(
-            self.lab
+            self.site
+                .lab
                 .spawn_in(Host::Client, move || client(started, &stop, &samples))?,
         );
-        let (stop, both, started) = (self.stop.clone(), self.both_active.clone(), self.started);
+        let (stop, both, started) = (
+            self.stop.clone(),
+            self.both_active.clone(),
+            self.site.started,
+        );
         self.threads.push(
-            self.lab
+            self.site
+                .lab
                 .spawn_in(Host::Client, move || watch_roles(started, &stop, &both))?,
         );
         Ok(())
     }
 
-    fn note(&self, what: &str, outcome: &str) {
-        let at = self.started.elapsed();
-        println!("  {:>7.3} s  {what:<58} {outcome}", at.as_secs_f64());
-    }
-
     fn failover_note(&mut self, what: &str, to: &'static str, from: Duration) {
-        self.note(what, "");
+        self.site.note(what, "");
         self.failovers.push(Failover {
             what: what.into(),
             to,
@@ -928,7 +653,7 @@ path = "{files}/prompts"
         let acked = crate::site::acknowledged(&self.samples);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (sums, missing) = loop {
-            let sums = [Host::Node1, Host::Node2].map(|h| self.mp_quiet(h, &["checksum"]));
+            let sums = [Host::Node1, Host::Node2].map(|h| self.site.mp_quiet(h, &["checksum"]));
             let missing = [Host::Node1, Host::Node2].map(|h| self.missing(h, &acked));
             let equal = matches!(&sums, [Ok(a), Ok(b)] if a == b);
             if (equal && missing.iter().all(|m| matches!(m, Ok(v) if v.is_empty())))
@@ -943,7 +668,7 @@ path = "{files}/prompts"
             [Err(e), _] | [_, Err(e)] => bail!("cannot read a node's database: {e:#}"),
         };
         let identical = matches!(&sums, [Ok(a), Ok(b)] if a == b);
-        self.note(
+        self.site.note(
             "tables on node1 and node2 (mp_replication checksum)",
             if identical { "identical" } else { "DIFFERENT" },
         );
@@ -956,40 +681,8 @@ path = "{files}/prompts"
 
     /// The acknowledged transactions whose rows `host`'s database lacks.
     fn missing(&self, host: Host, acked: &[u64]) -> anyhow::Result<BTreeSet<u64>> {
-        crate::site::Layout { dir: &self.dir }.missing(host, acked)
+        self.site.layout().missing(host, acked)
     }
-}
-
-/// The line of a command's output worth showing in the timeline.
-fn summary_line(stdout: &str) -> String {
-    let pick = stdout
-        .lines()
-        .rev()
-        .find(|l| {
-            l.contains("SUCCESSFUL")
-                || l.starts_with("set-server")
-                || l.starts_with("set-deployment")
-                || l.starts_with("Sent ")
-                || l.starts_with("Restored")
-                || l.starts_with("node ")
-        })
-        .or_else(|| stdout.lines().rev().find(|l| !l.trim().is_empty()))
-        .unwrap_or_default();
-    let pick = pick
-        .strip_prefix("Database Replication changes for this machine ")
-        .unwrap_or(pick);
-    let mut text: String = pick.chars().take(70).collect();
-    if pick.chars().count() > 70 {
-        text.push_str("...");
-    }
-    text
-}
-
-fn expect(out: &str, needle: &str, what: &str) -> anyhow::Result<()> {
-    if !out.contains(needle) {
-        bail!("{what}: expected `{needle}` in the output:\n{out}");
-    }
-    Ok(())
 }
 
 fn section(title: &str) {
@@ -1070,27 +763,6 @@ fn outage(samples: &[Sample], from: Duration, new: &str) -> Option<(Duration, us
         .filter(|s| s.who.is_none() && s.sent < first_new && s.done.is_none_or(|d| d > start))
         .count();
     Some((first_new.saturating_sub(start), unanswered))
-}
-
-/// The node's own hostname in the demo (the seed's eth0:0 hostname).
-fn hostname(host: Host) -> String {
-    match host {
-        Host::Node1 => "meetings1.lab.test".to_owned(),
-        _ => "meetings2.lab.test".to_owned(),
-    }
-}
-
-/// The seed's Media Server rule as an active-only service: it registers the
-/// node with the stand-in Media Server when the node becomes active and
-/// unregisters it before the node gives up the shared address
-/// (docs/OPERATIONS.md, "The Media Server follows the active node").
-fn media_service(host: Host) -> String {
-    let name = hostname(host);
-    format!(
-        "\n[[service]]\nname = \"media-server\"\nrun_on = \"active\"\nstart = {:?}\nstop = {:?}\n",
-        tandem_lab::media::register_command(&name),
-        tandem_lab::media::unregister_command(&name),
-    )
 }
 
 #[cfg(test)]

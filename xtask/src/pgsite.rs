@@ -28,30 +28,6 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chaos_writes (\
      tx bigint PRIMARY KEY, node text NOT NULL, payload text NOT NULL); \
      CREATE EXTENSION IF NOT EXISTS amcheck";
 
-/// The `[replication]` tables an operator appends for a PostgreSQL site in the lab:
-/// the server the lab made on this node, commits that wait for the standby, and a
-/// primary that stops waiting for a standby gone for `degrade_after_ms`.
-pub(crate) fn config(server: &PgServer, heartbeat_ms: u64) -> String {
-    format!(
-        r#"
-[replication]
-backend = "postgres"
-heartbeat_ms = {heartbeat_ms}
-
-[replication.postgres]
-data_dir = "{data}"
-socket_dir = "{socket}"
-port = {port}
-degrade_after_ms = {degrade}
-connect_timeout_ms = 1000
-"#,
-        data = server.data_dir.display(),
-        socket = server.socket_dir.display(),
-        port = server.port,
-        degrade = DEGRADE_AFTER_MS,
-    )
-}
-
 /// How long a primary waits for a lost standby before it stops waiting (and a
 /// standby that has not streamed for as long refuses promotion).
 pub(crate) const DEGRADE_AFTER_MS: u64 = 3000;

@@ -43,6 +43,11 @@
 //! // Run Rust code inside node1's namespace: sockets made here live in node1.
 //! let node1_sees = lab.run_in(Host::Node1, || std::net::UdpSocket::bind("192.0.2.11:0").is_ok())?;
 //! assert!(node1_sees);
+//! // Async code too: a current-thread runtime on a thread inside node2.
+//! let node2_sees = lab.block_on_in(Host::Node2, || async {
+//!     tokio::net::UdpSocket::bind("192.0.2.12:0").await.is_ok()
+//! })?;
+//! assert!(node2_sees);
 //! drop(lab); // namespaces, veths and the bridge are gone
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -130,6 +135,15 @@ pub enum Error {
     Panicked {
         /// The namespace name.
         namespace: String,
+    },
+    /// The async runtime for code run inside a namespace could not be built.
+    #[error("cannot start an async runtime inside network namespace {namespace}: {source}")]
+    Runtime {
+        /// The namespace name.
+        namespace: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A lab with the plain names already exists.
     #[error("a lab with namespaces {names} already exists; remove it with `cargo xtask lab down`")]
@@ -443,6 +457,18 @@ impl Lab {
         run_in_namespace(&self.namespace(host), f)
     }
 
+    /// Runs the future that `make` builds to completion inside `host`'s network
+    /// namespace, on a current-thread tokio runtime (I/O and timers enabled); see
+    /// [`block_on_in_namespace`].
+    pub fn block_on_in<F, Fut>(&self, host: Host, make: F) -> Result<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: Future,
+        Fut::Output: Send,
+    {
+        block_on_in_namespace(&self.namespace(host), make)
+    }
+
     /// Starts a thread inside `host`'s namespace; see [`spawn_in_namespace`].
     pub fn spawn_in<F, R>(&self, host: Host, f: F) -> Result<std::thread::JoinHandle<Result<R>>>
     where
@@ -688,6 +714,28 @@ where
             })
         })
     })
+}
+
+/// Runs async code inside the named network namespace: a thread enters it, builds
+/// a current-thread tokio runtime there (I/O and timers enabled), and runs the
+/// future that `make` builds to completion. The future is made on that thread, so
+/// it need not be `Send`, and every socket it opens belongs to the namespace.
+pub fn block_on_in_namespace<F, Fut>(namespace: &str, make: F) -> Result<Fut::Output>
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future,
+    Fut::Output: Send,
+{
+    run_in_namespace(namespace, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Runtime {
+                namespace: namespace.to_string(),
+                source,
+            })?;
+        Ok(runtime.block_on(make()))
+    })?
 }
 
 /// Starts a thread that enters the named network namespace and runs `f` there,

@@ -129,3 +129,29 @@ fn a_spawned_thread_lives_in_its_namespace() {
         .unwrap();
     assert!(handle.join().unwrap().unwrap());
 }
+
+#[test]
+fn async_code_run_in_a_namespace_sees_that_namespace() {
+    let lab = lab();
+    // The future is made on the namespace's thread: a socket and a timer there.
+    let answered = lab.block_on_in(Host::Node1, || async {
+        let server = tokio::net::UdpSocket::bind("192.0.2.11:0").await.unwrap();
+        let to = server.local_addr().unwrap();
+        let client = tokio::net::UdpSocket::bind("192.0.2.11:0").await.unwrap();
+        client.send_to(b"hello", to).await.unwrap();
+        let mut buf = [0u8; 8];
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            server.recv_from(&mut buf),
+        )
+        .await;
+        got.map(|r| r.map(|(n, _)| buf[..n].to_vec()).ok())
+            .ok()
+            .flatten()
+    });
+    assert_eq!(answered.unwrap().as_deref(), Some(&b"hello"[..]));
+    let wrong = lab.block_on_in(Host::Node1, || async {
+        tokio::net::UdpSocket::bind("192.0.2.12:0").await.is_ok()
+    });
+    assert!(!wrong.unwrap(), "node2's address is not node1's");
+}

@@ -16,17 +16,11 @@ fn on_node1<R: Send>(
     settle: Duration,
     f: impl AsyncFnOnce(&DegradeGuard) -> R + Send,
 ) -> R {
-    lab.run_in(Host::Node1, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    lab.block_on_in(Host::Node1, || async {
+        let guard = DegradeGuard::new(LAB_IFACE, GATEWAY_ADDR.into(), SHARED_ADDR, settle)
+            .await
             .unwrap();
-        rt.block_on(async {
-            let guard = DegradeGuard::new(LAB_IFACE, GATEWAY_ADDR.into(), SHARED_ADDR, settle)
-                .await
-                .unwrap();
-            f(&guard).await
-        })
+        f(&guard).await
     })
     .unwrap()
 }
@@ -125,20 +119,14 @@ fn without_a_running_agent_nothing_is_acknowledged_alone() {
     let lab = Lab::for_test();
     let state_dir = tempfile::tempdir().unwrap();
     let refused = lab
-        .run_in(Host::Node1, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let guard =
-                    DegradeGuard::new(LAB_IFACE, GATEWAY_ADDR.into(), SHARED_ADDR, Duration::ZERO)
-                        .await
-                        .unwrap()
-                        .with_agent(state_dir.path(), tandem_node::DEFAULT_LEASE_MARGIN);
-                let mark = guard.mark().await;
-                guard.allow(mark).await
-            })
+        .block_on_in(Host::Node1, || async {
+            let guard =
+                DegradeGuard::new(LAB_IFACE, GATEWAY_ADDR.into(), SHARED_ADDR, Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .with_agent(state_dir.path(), tandem_node::DEFAULT_LEASE_MARGIN);
+            let mark = guard.mark().await;
+            guard.allow(mark).await
         })
         .unwrap();
     assert!(

@@ -68,40 +68,28 @@ fn with_node<R: Send>(
     dir: &Path,
     f: impl AsyncFnOnce(&mut Node) -> R + Send,
 ) -> R {
-    lab.run_in(host, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut node = Node::open(config, dir).unwrap();
-            f(&mut node).await
-        })
+    lab.block_on_in(host, || async {
+        let mut node = Node::open(config, dir).unwrap();
+        f(&mut node).await
     })
     .unwrap()
 }
 
 /// Which hardware addresses answer for the shared address, seen from the client.
 fn who_answers(lab: &Lab) -> Vec<[u8; 6]> {
-    lab.run_in(Host::Client, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let prober = Prober::new(ProbeConfig {
-                timeout: Duration::from_millis(200),
-                interval: Duration::from_millis(50),
-                retries: 1,
-                collect: Collect::All,
-            })
-            .unwrap();
-            let outcome = prober
-                .arp("eth0", Ipv4Addr::from(SHARED_ADDR.octets()))
-                .await
-                .unwrap();
-            outcome.macs().into_iter().map(|m| m.0).collect()
+    lab.block_on_in(Host::Client, || async {
+        let prober = Prober::new(ProbeConfig {
+            timeout: Duration::from_millis(200),
+            interval: Duration::from_millis(50),
+            retries: 1,
+            collect: Collect::All,
         })
+        .unwrap();
+        let outcome = prober
+            .arp("eth0", Ipv4Addr::from(SHARED_ADDR.octets()))
+            .await
+            .unwrap();
+        outcome.macs().into_iter().map(|m| m.0).collect()
     })
     .unwrap()
 }
@@ -322,12 +310,8 @@ fn one_command_at_a_time_and_a_corrupt_state_is_named() {
     let file = StateFile::in_dir(&dir1);
     std::fs::write(file.path(), b"{ not json").unwrap();
     let err = lab
-        .run_in(Host::Node1, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async { Node::open(config(Host::Node1, ""), &dir1).map(drop) })
+        .block_on_in(Host::Node1, || async {
+            Node::open(config(Host::Node1, ""), &dir1).map(drop)
         })
         .unwrap()
         .expect_err("corrupt");

@@ -45,14 +45,7 @@ fn run<T: Send, Fut: Future<Output = T>>(
     host: Host,
     f: impl FnOnce() -> Fut + Send,
 ) -> T {
-    lab.run_in(host, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(f())
-    })
-    .unwrap()
+    lab.block_on_in(host, f).unwrap()
 }
 
 fn mac(lab: &Lab, host: Host) -> MacAddr {

@@ -221,7 +221,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
     }
     println!("bench failover: planned switchovers with a writing client ({runs} runs)");
     let writes = crate::demo::planned_with_writes(
-        crate::site::Binaries {
+        &crate::site::Binaries {
             failover: bin.clone(),
             mp_replication: release.join("mp_replication"),
         },
@@ -537,39 +537,60 @@ impl<'a> Site<'a> {
         )
     }
 
+    /// The whole node config (there is no `set-deployment` here: the state file is
+    /// written as a first boot), serialised from the node's typed config.
     fn tandem_config(&self, host: Host, heartbeat: u64) -> anyhow::Result<()> {
         let (id, peer) = match host {
             Host::Node1 => (1, Host::Node2),
             _ => (2, Host::Node1),
         };
-        let text = format!(
-            "[node]\nid = {id}\nhostname = \"meetings{id}.lab.test\"\n\n\
-             [network]\nshared_address = \"{SHARED_ADDR}/24\"\nnode_address = \"{}/24\"\n\
-             gateway = \"{}\"\npeer_address = \"{}\"\n\n\
-             [failover]\nauto_failover = true\nheartbeat_ms = {heartbeat}\nmissed_heartbeats = 3\n\n\
-             [peer]\nkey_file = \"{}\"\n{}",
-            host.addr(),
-            tandem_lab::GATEWAY_ADDR,
-            peer.addr(),
-            self.dir.join("authkey").display(),
-            self.witness_table()
-        );
-        let (config, state) = self.paths(host);
-        std::fs::write(&config, text)?;
         let node =
             tandem_role::NodeId::try_from(id).map_err(|e| anyhow::anyhow!("node id: {e}"))?;
+        let on_lab = |addr: std::net::Ipv4Addr| -> anyhow::Result<ipnet::IpNet> {
+            Ok(ipnet::Ipv4Net::new(addr, 24)?.into())
+        };
+        let key_file = crate::site::config::PeerTable {
+            key_file: self.dir.join("authkey"),
+        };
+        let config = tandem_node::NodeConfig {
+            node: tandem_node::NodeSection {
+                id: node,
+                site: tandem_role::SiteId::ONE,
+                hostname: crate::site::harness::hostname(host),
+                shared_hostname: None,
+            },
+            network: tandem_node::NetworkSection {
+                interface: tandem_lab::LAB_IFACE.to_owned(),
+                shared_address: on_lab(SHARED_ADDR)?,
+                node_address: on_lab(host.addr())?,
+                node_label: None,
+                gateway: tandem_lab::GATEWAY_ADDR.into(),
+                reference: None,
+                peer_address: peer.addr().into(),
+            },
+            probe: tandem_node::ProbeSection::default(),
+            failover: tandem_node::FailoverSection {
+                auto_failover: true,
+                heartbeat_ms: heartbeat,
+                missed_heartbeats: 3,
+                ..tandem_node::FailoverSection::default()
+            },
+            services: Vec::new(),
+            hooks: tandem_node::Hooks::default(),
+            bundle: None,
+            replication: None,
+            peer: Some(toml::Table::try_from(key_file)?),
+            witness: self
+                .witness
+                .as_ref()
+                .map(|w| crate::site::config::witness(w.endpoints())),
+        };
+        let (path, state) = self.paths(host);
+        std::fs::write(&path, toml::to_string(&config)?)?;
         let mut s = tandem_role::NodeState::first_boot(node, tandem_role::SiteId::ONE);
         s.deployment = tandem_role::DeploymentMode::Failover;
         tandem_role::StateFile::in_dir(&state).save(&s)?;
         Ok(())
-    }
-
-    /// The `[witness]` table an operator appends; nothing without a witness.
-    fn witness_table(&self) -> String {
-        self.witness.as_ref().map_or_else(String::new, |w| {
-            let endpoints: Vec<String> = w.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-            format!("\n[witness]\nendpoints = [{}]\n", endpoints.join(", "))
-        })
     }
 
     fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
@@ -831,7 +852,7 @@ impl<'a> Site<'a> {
     /// Resident memory and CPU of each node's process over `window`, idle.
     fn usage(&self, window: Duration) -> anyhow::Result<Vec<Usage>> {
         let pids: Vec<(Host, u32)> = self.children.iter().map(|(h, c)| (*h, c.id())).collect();
-        Ok(usage_over(&pids, window)
+        Ok(crate::site::usage::usage_over(&pids, window)
             .into_iter()
             .map(|(host, rss_kib, cpu_percent)| Usage {
                 what: format!(
@@ -862,77 +883,6 @@ struct Usage {
     what: String,
     rss_kib: u64,
     cpu_percent: f64,
-}
-
-/// Each process's resident memory (KiB, with its children) at the end of `window`
-/// and its CPU over it (% of a core); processes already gone are left out.
-pub(crate) fn usage_over(pids: &[(Host, u32)], window: Duration) -> Vec<(Host, u64, f64)> {
-    let before: Vec<(Host, u32, u64)> = pids
-        .iter()
-        .filter_map(|&(h, pid)| cpu_ticks(pid).map(|t| (h, pid, t)))
-        .collect();
-    std::thread::sleep(window);
-    let ticks = ticks_per_second();
-    before
-        .into_iter()
-        .map(|(host, pid, t0)| {
-            let used = cpu_ticks(pid).unwrap_or(t0).saturating_sub(t0);
-            let cpu = used as f64 / ticks / window.as_secs_f64() * 100.0;
-            (host, rss_kib(pid), cpu)
-        })
-        .collect()
-}
-
-/// utime + stime of `pid` and its children that are still running (keepalived's
-/// VRRP child), in clock ticks.
-pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
-    let mut total = 0;
-    for p in family(pid) {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        total += utime + stime;
-    }
-    Some(total)
-}
-
-/// `pid` and its direct children.
-fn family(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        out.extend(
-            text.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    out
-}
-
-pub(super) fn rss_kib(pid: u32) -> u64 {
-    family(pid)
-        .into_iter()
-        .filter_map(|p| {
-            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
-pub(super) fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// The `p`th percentile of sorted outages (zero without any).

@@ -401,11 +401,11 @@ impl Sampler {
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
-            let ticks0 = pids.map(|p| super::failover::cpu_ticks(p).unwrap_or(0));
+            let ticks0 = pids.map(|p| crate::site::usage::cpu_ticks(p).unwrap_or(0));
             let mut usage = [Usage::default(), Usage::default()];
             loop {
                 for (u, pid) in usage.iter_mut().zip(pids) {
-                    let rss = super::failover::rss_kib(pid);
+                    let rss = crate::site::usage::rss_kib(pid);
                     u.rss_peak_kib = u.rss_peak_kib.max(rss);
                     u.rss_sum_kib += rss;
                     u.samples += 1;
@@ -415,9 +415,9 @@ impl Sampler {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let per_s = super::failover::ticks_per_second();
+            let per_s = crate::site::usage::ticks_per_second();
             for ((u, pid), t0) in usage.iter_mut().zip(pids).zip(ticks0) {
-                let used = super::failover::cpu_ticks(pid)
+                let used = crate::site::usage::cpu_ticks(pid)
                     .unwrap_or(t0)
                     .saturating_sub(t0);
                 u.cpu_s = used as f64 / per_s;

@@ -1,0 +1,176 @@
+//! The example application of the lab's site: a writer on port 8080 of each node
+//! that acknowledges a write only once the standby has it (or, with the standby
+//! gone, when the degrade guard allows it alone).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tandem_lab::Host;
+use tandem_replication::{BackendKind, LinkStatus, ReplicationBackend, Settings, SqliteBackend};
+use tandem_sample as sample;
+
+/// The example application's port on the shared address.
+pub(crate) const APP_PORT: u16 = 8080;
+
+/// Rows per acknowledged write of the application (a group, a profile, a meeting).
+pub(crate) const ROWS: u32 = 3;
+
+/// The example application on port 8080 of every address of its node: a line
+/// `write N` writes transaction N of the sample workload (a group, a profile and
+/// a meeting) and answers `ok <node>` once the standby has it. When the standby is
+/// known to be gone it answers after the local commit (the `degrade` policy), if
+/// [`tandem_node::DegradeGuard`] allows it (the cable stayed in, the gateway
+/// answers, nobody else holds the shared address); a standby's database refuses
+/// the write and the answer is `err`.
+///
+/// While the file `paused` exists (the agent's stop-services step creates it
+/// before the shared address is released, see [`Layout::app_service`]) every
+/// request is answered `err paused` at once, and the app marks that it holds no
+/// request any more by creating `paused` + `.drained`: no answer is lost with the
+/// address.
+pub(crate) fn serve_app(
+    host: Host,
+    settings: &Settings,
+    stop: &AtomicBool,
+    paused: &Path,
+) -> anyhow::Result<()> {
+    let drained = drained_path(paused);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let backend = Arc::new(AppDb::open(settings).await?);
+        let guard = Arc::new(
+            tandem_node::DegradeGuard::new(
+                tandem_lab::LAB_IFACE,
+                tandem_lab::GATEWAY_ADDR.into(),
+                tandem_lab::SHARED_ADDR,
+                tandem_node::DEFAULT_SETTLE,
+            )
+            .await?
+            // Never alone while the node's agent is down (issue 21: a killed
+            // agent left the app acknowledging alone while the peer took over).
+            .with_agent(&settings.state_dir, tandem_node::DEFAULT_LEASE_MARGIN),
+        );
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT)).await?;
+        // Requests are answered concurrently, as a real application server does: one
+        // that waits for the standby does not hold up the ones behind it.
+        let mut answering = tokio::task::JoinSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            while answering.try_join_next().is_some() {}
+            let pausing = paused.exists();
+            if pausing && answering.is_empty() && !drained.exists() {
+                std::fs::write(&drained, b"")?;
+            }
+            let accepted = tokio::time::timeout(Duration::from_millis(2), listener.accept()).await;
+            let Ok(Ok((stream, _))) = accepted else {
+                continue;
+            };
+            let backend = Arc::clone(&backend);
+            let guard = Arc::clone(&guard);
+            let answer = async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await?;
+                let tx: u64 = line
+                    .trim()
+                    .strip_prefix("write ")
+                    .and_then(|n| n.parse().ok())
+                    .context("bad request")?;
+                let reply = if pausing {
+                    "err paused\n".to_owned()
+                } else {
+                    match backend.write(&guard, tx, host.name()).await {
+                        Ok(()) => format!("ok {}\n", host.name()),
+                        Err(e) => format!("err {e:#}\n"),
+                    }
+                };
+                tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
+                anyhow::Ok(())
+            };
+            answering.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            });
+        }
+        answering.join_all().await;
+        if let Ok(backend) = Arc::try_unwrap(backend) {
+            backend.close().await;
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// The application's database: the embedded backend's sample tables, or the
+/// PostgreSQL site's table.
+enum AppDb {
+    Sqlite(Box<SqliteBackend>),
+    Postgres(crate::pgsite::AppDb),
+}
+
+impl AppDb {
+    async fn open(settings: &Settings) -> anyhow::Result<AppDb> {
+        Ok(match settings.replication.backend {
+            BackendKind::Postgres => AppDb::Postgres(crate::pgsite::AppDb::open(settings).await?),
+            _ => AppDb::Sqlite(Box::new(SqliteBackend::open_existing(settings).await?)),
+        })
+    }
+
+    async fn write(
+        &self,
+        guard: &tandem_node::DegradeGuard,
+        tx: u64,
+        node: &str,
+    ) -> anyhow::Result<()> {
+        match self {
+            AppDb::Sqlite(backend) => write_replicated(backend, guard, tx).await,
+            AppDb::Postgres(db) => db.write_replicated(guard, tx, node).await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            AppDb::Sqlite(backend) => backend.close().await,
+            AppDb::Postgres(db) => db.close().await,
+        }
+    }
+}
+
+pub(crate) async fn write_replicated(
+    backend: &SqliteBackend,
+    guard: &tandem_node::DegradeGuard,
+    tx: u64,
+) -> anyhow::Result<()> {
+    let mark = guard.mark().await;
+    let position = {
+        let mut conn = backend.writer().await?;
+        sample::write_transaction(&mut conn, tx, ROWS).await?
+    };
+    let Err(e) = backend
+        .wait_replicated_while_connected(position, Duration::from_millis(800))
+        .await
+    else {
+        return Ok(());
+    };
+    let gone = matches!(e, tandem_replication::Error::StandbyUnreachable { .. })
+        // For example the replication service is not running.
+        || backend.status().await?.remote.status != LinkStatus::Connected;
+    if !gone {
+        return Err(e.into());
+    }
+    // The `degrade` policy: with the standby gone, keep serving, but only while
+    // this node is the one the site goes on with. A node cut off meanwhile may be
+    // the one the operator replaced, and what it acknowledged would go with its
+    // data (its answer can still reach the client once the cable is back).
+    guard.allow(mark).await.map_err(|refused| {
+        anyhow::Error::new(e).context(format!("not acknowledged alone: {refused}"))
+    })
+}
+
+pub(super) fn drained_path(paused: &Path) -> PathBuf {
+    let mut name = paused.as_os_str().to_owned();
+    name.push(".drained");
+    PathBuf::from(name)
+}
