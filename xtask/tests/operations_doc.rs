@@ -185,9 +185,8 @@ fn peer_keys_in_code() -> BTreeSet<String> {
         keys.insert(piece.split('"').next().unwrap().to_owned());
     }
     // tandem-node: `.peer ... .get("port")` chains.
-    let dir = root().join("crates/tandem-node/src");
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    for path in rust_files(&root().join("crates/tandem-node/src")) {
+        let text = std::fs::read_to_string(path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             let Some((_, rest)) = line.split_once(".get(\"") else {
@@ -200,6 +199,20 @@ fn peer_keys_in_code() -> BTreeSet<String> {
         }
     }
     keys
+}
+
+/// Every `.rs` file below `dir`, in its subdirectories too.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]
