@@ -121,30 +121,8 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     let pids = services.pids();
     let mut usage = [Usage::default(), Usage::default()];
     for _ in 0..ROUNDS {
-        unreplicated.push(
-            bench
-                .write(
-                    "unreplicated",
-                    Host::Node1,
-                    &mut plain_next,
-                    TRANSACTIONS,
-                    false,
-                    1,
-                )?
-                .0,
-        );
-        unreplicated_many.push(
-            bench
-                .write(
-                    "unreplicated",
-                    Host::Node1,
-                    &mut plain_next,
-                    TRANSACTIONS,
-                    false,
-                    WRITERS,
-                )?
-                .0,
-        );
+        unreplicated.push(bench.unreplicated(&mut plain_next, 1)?);
+        unreplicated_many.push(bench.unreplicated(&mut plain_next, WRITERS)?);
         let (phase, used) = async_round(&bench, &runtime, &node1, &mut next, &pids)?;
         asynchronous.push(phase);
         for (total, round) in usage.iter_mut().zip(used) {
@@ -163,18 +141,7 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     }
     bench.mp(Host::Node1, &["switch-off"])?;
     for _ in 0..ROUNDS {
-        unreplicated.push(
-            bench
-                .write(
-                    "unreplicated",
-                    Host::Node1,
-                    &mut plain_next,
-                    TRANSACTIONS,
-                    false,
-                    1,
-                )?
-                .0,
-        );
+        unreplicated.push(bench.unreplicated(&mut plain_next, 1)?);
         off.push(
             bench
                 .write("node1", Host::Node1, &mut next, TRANSACTIONS, false, 1)?
@@ -242,6 +209,21 @@ impl Bench<'_> {
     /// number `next` on (which then points past them), by `writers` concurrent writers. Returns the phase (with the
     /// waited latencies for `wait`) and the commit times as this process saw the
     /// writer's lines.
+    /// One round of `TRANSACTIONS` commits on node 1's unreplicated database
+    /// (the baseline) by `writers` writers.
+    fn unreplicated(&self, next: &mut u64, writers: u64) -> anyhow::Result<Phase> {
+        Ok(self
+            .write(
+                "unreplicated",
+                Host::Node1,
+                next,
+                TRANSACTIONS,
+                false,
+                writers,
+            )?
+            .0)
+    }
+
     fn write(
         &self,
         state: &str,

@@ -27,7 +27,7 @@ pub(crate) const ROWS: u32 = 3;
 /// the write and the answer is `err`.
 ///
 /// While the file `paused` exists (the agent's stop-services step creates it
-/// before the shared address is released, see [`Layout::app_service`]) every
+/// before the shared address is released, see [`Layout::app_service`](super::Layout::app_service)) every
 /// request is answered `err paused` at once, and the app marks that it holds no
 /// request any more by creating `paused` + `.drained`: no answer is lost with the
 /// address.

@@ -3,7 +3,7 @@
 //! operator's additions to the node config ([`config`]), building the two
 //! binaries, the example application ([`app`]: a writer that acknowledges only
 //! replicated writes), the client on the shared address with its list of
-//! acknowledged transactions ([`client`]), the agents' status pages read over
+//! acknowledged transactions ([`client()`]), the agents' status pages read over
 //! HTTP, the facts of each lab node, where a site keeps its files ([`Layout`]),
 //! process helpers ([`process`]) and the processes' memory and CPU ([`usage`]).
 
