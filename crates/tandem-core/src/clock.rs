@@ -29,16 +29,10 @@ fn utc(ms: u64) -> Option<OffsetDateTime> {
 /// assert_eq!(tandem_core::format_utc(1_709_251_199_999), "2024-02-29 23:59:59 UTC");
 /// ```
 pub fn format_utc(ms: u64) -> String {
-    match utc(ms) {
-        Some(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
+    match calendar(ms) {
+        Some([y, mo, d, h, mi, se]) => {
+            format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02} UTC")
+        }
         None => format!("{} seconds after 1970-01-01 00:00:00 UTC", ms / 1000),
     }
 }
@@ -51,18 +45,23 @@ pub fn format_utc(ms: u64) -> String {
 /// assert_eq!(tandem_core::timestamp_for_file(1_795_334_462_000), "20261122T080102Z");
 /// ```
 pub fn timestamp_for_file(ms: u64) -> String {
-    match utc(ms) {
-        Some(t) => format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
+    match calendar(ms) {
+        Some([y, mo, d, h, mi, se]) => format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{se:02}Z"),
         None => format!("{}Z", ms / 1000),
     }
+}
+
+/// Year, month, day, hour, minute and second of `ms` in UTC, for the formats above.
+fn calendar(ms: u64) -> Option<[i64; 6]> {
+    let t = utc(ms)?;
+    Some([
+        i64::from(t.year()),
+        i64::from(u8::from(t.month())),
+        i64::from(t.day()),
+        i64::from(t.hour()),
+        i64::from(t.minute()),
+        i64::from(t.second()),
+    ])
 }
 
 #[cfg(test)]
