@@ -64,7 +64,8 @@ use crate::alarms::{AlarmBoard, AlarmKind};
 use crate::control::{self, ControlError, Request, Response};
 use crate::{Node, NodeConfig, NodeError, PeerStatus, Report, StatusSnapshot};
 
-/// What the agents say to each other on the peer link.
+/// What the agents say to each other on the peer link, in the link's envelope on
+/// the `agent` channel ([`tandem_peer::envelope`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -76,7 +77,6 @@ pub enum PeerMessage {
         /// The epoch of its claim.
         epoch: Epoch,
         /// The witness fencing token of the sender's lease, on a site with a witness.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<FenceToken>,
     },
     /// The receiver's claim is older than the sender's epoch: the sender took
@@ -103,14 +103,12 @@ pub enum PeerMessage {
         /// Its size.
         bytes: u64,
         /// Which copy this is, repeated in the receiver's answer.
-        #[serde(default)]
         id: u64,
     },
     /// The receiver's answer to a bundle: kept (whole, synced to disk and
     /// verified against its own `[bundle]` policy), or why not.
     BundleKept {
         /// The [`PeerMessage::Bundle`] it answers.
-        #[serde(default)]
         id: u64,
         /// The bytes received.
         bytes: u64,
@@ -134,6 +132,10 @@ pub enum PeerMessage {
         /// Its node's outcome.
         outcome: crate::NodeOutcome,
     },
+}
+
+impl tandem_peer::Conversation for PeerMessage {
+    const CHANNEL: tandem_peer::Channel = tandem_peer::Channel::new(1, "agent");
 }
 
 /// Errors that stop the agent.
@@ -470,13 +472,8 @@ impl Agent {
     /// Tells the peer what this node is, for its `failover check`.
     async fn send_facts(&self, session: &Session) {
         let facts = crate::check::PeerFacts::of(self.node.config(), self.key.fingerprint());
-        match serde_json::to_vec(&PeerMessage::Facts(facts)) {
-            Ok(bytes) => {
-                if let Err(e) = session.send(bytes).await {
-                    tracing::warn!(error = %e, "could not send this node's facts to the peer");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot encode this node's facts"),
+        if let Err(e) = session.send_message(&PeerMessage::Facts(facts)).await {
+            tracing::warn!(error = %e, "could not send this node's facts to the peer");
         }
     }
 
@@ -812,9 +809,7 @@ impl Agent {
                 node: me,
                 epoch: self.node.state().epoch,
             };
-            if let Ok(bytes) = serde_json::to_vec(&message)
-                && let Err(e) = session.send(bytes).await
-            {
+            if let Err(e) = session.send_message(&message).await {
                 tracing::warn!(error = %e, "could not tell the peer about the release");
             }
         }
@@ -838,16 +833,15 @@ impl Agent {
             )
         });
         for (what, epoch, message) in claims.chain(superseded) {
-            match (&self.session, serde_json::to_vec(&message)) {
-                (Some(session), Ok(bytes)) => {
-                    if let Err(e) = session.send(bytes).await {
+            match &self.session {
+                Some(session) => {
+                    if let Err(e) = session.send_message(&message).await {
                         tracing::warn!(error = %e, "could not send the {what} to the peer");
                     }
                 }
-                (None, _) => {
+                None => {
                     tracing::info!(%epoch, "no peer link: the {what} is not sent (a claim goes again when the peer is back)")
                 }
-                (_, Err(e)) => tracing::warn!(error = %e, "cannot encode the {what}"),
             }
         }
         if self.node.state().deployment == tandem_role::DeploymentMode::Single
@@ -1093,13 +1087,9 @@ impl Agent {
         tokio::spawn(async move {
             let outcome = crate::site_switch::peer_part(&config, &state_dir, action).await;
             tracing::info!(id, line = %outcome.line(), "replication switch for the peer");
-            match serde_json::to_vec(&PeerMessage::Switched { id, outcome }) {
-                Ok(bytes) => {
-                    if let Err(e) = session.send(bytes).await {
-                        tracing::warn!(error = %e, "could not answer the peer's switch");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot encode the switch's answer"),
+            let answer = PeerMessage::Switched { id, outcome };
+            if let Err(e) = session.send_message(&answer).await {
+                tracing::warn!(error = %e, "could not answer the peer's switch");
             }
         });
     }
@@ -1176,11 +1166,10 @@ async fn send_bundle(
         Ok(meta) => meta.len(),
         Err(e) => return Response::Error(format!("cannot read {}: {e}", path.display())),
     };
-    let announce = match serde_json::to_vec(&PeerMessage::Bundle { bytes, id }) {
-        Ok(announce) => announce,
-        Err(e) => return Response::Error(format!("cannot encode the announcement: {e}")),
-    };
-    if let Err(e) = session.send(announce).await {
+    if let Err(e) = session
+        .send_message(&PeerMessage::Bundle { bytes, id })
+        .await
+    {
         return Response::Error(format!("the peer link failed: {e}"));
     }
     let sent = match session.send_blob(tokio::io::BufReader::new(file)).await {
@@ -1223,11 +1212,10 @@ async fn ask_peer_switch(
     action: crate::SwitchAction,
     answer: tokio::sync::oneshot::Receiver<crate::NodeOutcome>,
 ) -> Response {
-    let bytes = match serde_json::to_vec(&PeerMessage::Switch { id, action }) {
-        Ok(bytes) => bytes,
-        Err(e) => return Response::Error(format!("cannot encode the request: {e}")),
-    };
-    if let Err(e) = session.send(bytes).await {
+    if let Err(e) = session
+        .send_message(&PeerMessage::Switch { id, action })
+        .await
+    {
         return Response::Error(format!("the peer link failed: {e}"));
     }
     let limit = match action {
@@ -1267,8 +1255,7 @@ fn spawn_reader(
         let mut expect_bundle = None;
         loop {
             match session.recv().await {
-                Ok(Incoming::Message(bytes)) => match serde_json::from_slice::<PeerMessage>(&bytes)
-                {
+                Ok(Incoming::Message(bytes)) => match tandem_peer::open::<PeerMessage>(&bytes) {
                     Ok(message) => {
                         expect_bundle = match message {
                             PeerMessage::Bundle { bytes, id } => Some((bytes, id)),
@@ -1301,9 +1288,7 @@ fn spawn_reader(
                         }
                         _ => {}
                     }
-                    if let Ok(bytes) = serde_json::to_vec(&answer)
-                        && let Err(e) = session.send(bytes).await
-                    {
+                    if let Err(e) = session.send_message(&answer).await {
                         tracing::warn!(error = %e, "could not tell the peer about its bundle");
                     }
                 }
@@ -1568,5 +1553,134 @@ mod bundle_size_tests {
         config.bundle = None;
         let default = tandem_bundle::Limits::default().max_total_bytes;
         assert!(max_bundle_bytes(&bundle_spec(&config)) > default);
+    }
+}
+
+#[cfg(test)]
+mod envelope_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::{NodeOutcome, OutcomeKind, SwitchAction};
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        ".{0,30}"
+    }
+
+    fn node() -> impl Strategy<Value = NodeId> {
+        prop_oneof![Just(NodeId::One), Just(NodeId::Two)]
+    }
+
+    fn facts() -> impl Strategy<Value = crate::check::PeerFacts> {
+        (
+            node(),
+            1u32..100,
+            text(),
+            any::<std::net::IpAddr>(),
+            proptest::option::of(text()),
+            text(),
+        )
+            .prop_map(
+                |(node, site, hostname, node_address, shared_hostname, key_fingerprint)| {
+                    crate::check::PeerFacts {
+                        node: node.get(),
+                        site,
+                        hostname,
+                        node_address,
+                        shared_address: "192.0.2.10/24".into(),
+                        shared_hostname,
+                        key_fingerprint,
+                    }
+                },
+            )
+    }
+
+    fn message() -> impl Strategy<Value = PeerMessage> {
+        let kinds = proptest::sample::select(vec![
+            OutcomeKind::Done,
+            OutcomeKind::Failed,
+            OutcomeKind::NotReached,
+            OutcomeKind::NotAsked,
+            OutcomeKind::NotAttempted,
+        ]);
+        prop_oneof![
+            (node(), any::<u64>(), proptest::option::of(any::<u64>())).prop_map(
+                |(node, epoch, token)| PeerMessage::Claim {
+                    node,
+                    epoch: Epoch::new(epoch),
+                    token: token.map(FenceToken::new),
+                }
+            ),
+            (node(), any::<u64>()).prop_map(|(node, e)| PeerMessage::Superseded {
+                node,
+                epoch: Epoch::new(e)
+            }),
+            (node(), any::<u64>()).prop_map(|(node, e)| PeerMessage::Released {
+                node,
+                epoch: Epoch::new(e)
+            }),
+            facts().prop_map(PeerMessage::Facts),
+            (any::<u64>(), any::<u64>()).prop_map(|(bytes, id)| PeerMessage::Bundle { bytes, id }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::option::of(text())
+            )
+                .prop_map(|(id, bytes, entries, error)| PeerMessage::BundleKept {
+                    id,
+                    bytes,
+                    entries,
+                    error
+                }),
+            (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(id, on)| {
+                PeerMessage::Switch {
+                    id,
+                    action: match on {
+                        Some(timeout_ms) => SwitchAction::On { timeout_ms },
+                        None => SwitchAction::Off,
+                    },
+                }
+            }),
+            (any::<u64>(), node(), kinds, text()).prop_map(|(id, node, kind, message)| {
+                PeerMessage::Switched {
+                    id,
+                    outcome: NodeOutcome {
+                        node: node.get(),
+                        kind,
+                        message,
+                    },
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Every agent message survives the envelope, and every cut of it is refused.
+        #[test]
+        fn agent_messages_round_trip(m in message(), cut in any::<prop::sample::Index>()) {
+            let bytes = tandem_peer::seal(&m).unwrap();
+            prop_assert_eq!(tandem_peer::open::<PeerMessage>(&bytes).unwrap(), m);
+            let n = cut.index(bytes.len());
+            prop_assert!(tandem_peer::open::<PeerMessage>(&bytes[..n]).is_err());
+        }
+
+        /// Whatever the peer sends on the agent channel decodes or is refused, and what
+        /// decodes is sealed back to the same bytes (no two encodings of one message).
+        #[test]
+        fn any_agent_body_decodes_or_is_refused(body in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let mut bytes = vec![tandem_peer::ENVELOPE_VERSION, 1];
+            bytes.extend(body);
+            if let Ok(m) = tandem_peer::open::<PeerMessage>(&bytes) {
+                prop_assert_eq!(tandem_peer::seal(&m).unwrap(), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn a_json_message_from_an_older_agent_is_named() {
+        let old = br#"{"claim":{"node":1,"epoch":3}}"#;
+        let err = tandem_peer::open::<PeerMessage>(old).unwrap_err();
+        assert!(err.to_string().contains("upgrade both nodes"), "{err}");
     }
 }

@@ -71,6 +71,9 @@ pub enum Error {
         /// The node id the peer announced.
         found: u8,
     },
+    /// A message could not be put in or taken out of its envelope.
+    #[error(transparent)]
+    Envelope(#[from] crate::envelope::EnvelopeError),
     /// The session is closed; the reason says why.
     #[error("peer session closed")]
     Closed(#[source] CloseReason),

@@ -81,6 +81,7 @@ mod admission;
 mod body;
 mod clock;
 mod config;
+pub mod envelope;
 mod error;
 pub mod frame;
 mod handshake;
@@ -92,6 +93,7 @@ mod session;
 
 pub use clock::ClockOffset;
 pub use config::{Config, DEFAULT_PORT};
+pub use envelope::{Channel, Conversation, ENVELOPE_VERSION, EnvelopeError, open, seal};
 pub use error::{CloseReason, Error, HandshakeError, KeyFileProblem, Result};
 pub use key::{KEY_LEN, SiteKey, keygen, write_key_file};
 pub use link::{Backoff, Link, LinkConfig, LinkEvent, LinkRole};

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::body::{self, Body, CHUNK_DATA, MESSAGE_FIRST_DATA};
 use crate::clock::{ClockOffset, ClockTracker, now_micros};
 use crate::config::Config;
+use crate::envelope::{Conversation, EnvelopeError};
 use crate::error::{CloseReason, Error, Result};
 use crate::frame::MAX_FRAME_LEN;
 use crate::handshake::{Established, ReadError, read_frame, seal};
@@ -122,6 +123,20 @@ pub enum Incoming {
     /// A blob sent with [`Session::send_blob`]; read it to the end (or drop it) before
     /// calling `recv` again, because later messages queue behind it.
     Blob(BlobReader),
+}
+
+impl Incoming {
+    /// Takes a message of conversation `M` out of its envelope; a blob, or a message
+    /// that is not a well-formed `M`, is an [`Error::Envelope`] naming what came.
+    pub fn open<M: Conversation>(self) -> Result<M> {
+        match self {
+            Incoming::Message(bytes) => Ok(crate::envelope::open(&bytes)?),
+            Incoming::Blob(_) => Err(Error::Envelope(EnvelopeError::Malformed {
+                channel: M::CHANNEL,
+                detail: "a blob arrived where a message was expected".into(),
+            })),
+        }
+    }
 }
 
 enum BlobItem {
@@ -361,6 +376,14 @@ impl Session {
             .send(Outbound::Message(payload))
             .await
             .map_err(|_| self.inner.shared.closed_error())
+    }
+
+    /// Seals `message` in the [envelope](crate::envelope) of its conversation and
+    /// [`send`](Self::send)s it. The receiver takes it out with
+    /// [`open`](crate::envelope::open) (or [`Incoming::open`]).
+    pub async fn send_message<M: Conversation>(&self, message: &M) -> Result<()> {
+        let bytes = crate::envelope::seal(message)?;
+        self.send(bytes).await
     }
 
     /// Streams everything `source` yields to the peer as one blob, in frames of 64 KiB,

@@ -313,14 +313,16 @@ fn mem_pair() -> (Mem, Mem) {
 
 impl Transport for Mem {
     async fn send(&self, message: Message) -> Result<(), Error> {
+        let bytes = tandem_peer::seal(&message).map_err(|e| Error::Protocol(e.to_string()))?;
         self.tx
-            .send(message.encode())
+            .send(bytes)
             .map_err(|_| Error::Protocol("the session closed".into()))
     }
 
     async fn recv(&self) -> Result<Message, Error> {
         let bytes = self.rx.lock().await.recv().await;
-        Message::decode(&bytes.ok_or_else(|| Error::Protocol("the session closed".into()))?)
+        let bytes = bytes.ok_or_else(|| Error::Protocol("the session closed".into()))?;
+        tandem_peer::open(&bytes).map_err(|e| Error::Protocol(e.to_string()))
     }
 }
 

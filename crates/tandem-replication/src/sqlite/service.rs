@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_peer::{Incoming, LinkConfig, LinkEvent, SiteKey};
+use tandem_peer::{LinkConfig, LinkEvent, SiteKey};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -63,19 +63,25 @@ pub trait Transport: Send + Sync {
 
 impl Transport for tandem_peer::Session {
     async fn send(&self, message: Message) -> Result<()> {
-        tandem_peer::Session::send(self, message.encode())
+        tandem_peer::Session::send_message(self, &message)
             .await
-            .map_err(Error::Peer)
+            .map_err(from_link)
     }
 
     async fn recv(&self) -> Result<Message> {
-        match tandem_peer::Session::recv(self).await? {
-            Incoming::Message(bytes) => Message::decode(&bytes),
-            Incoming::Blob(_) => Err(Error::Protocol(
-                "the peer sent a blob on the replication session".into(),
-            )),
-            _ => Err(Error::Protocol("unexpected peer link item".into())),
-        }
+        tandem_peer::Session::recv(self)
+            .await?
+            .open::<Message>()
+            .map_err(from_link)
+    }
+}
+
+/// A link error as the service reports it: a message that is not a well-formed
+/// replication message is a protocol error, anything else the link's own.
+fn from_link(e: tandem_peer::Error) -> Error {
+    match e {
+        tandem_peer::Error::Envelope(e) => Error::Protocol(e.to_string()),
+        other => Error::Peer(other),
     }
 }
 
