@@ -1469,10 +1469,7 @@ fn peer_port(config: &NodeConfig) -> u16 {
     config
         .peer
         .as_ref()
-        .and_then(|t| t.get("port"))
-        .and_then(|v| v.as_integer())
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(tandem_peer::DEFAULT_PORT)
+        .map_or(tandem_peer::DEFAULT_PORT, |p| p.port)
 }
 
 fn log_report(what: &str, report: &Report) {

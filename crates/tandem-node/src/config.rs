@@ -58,9 +58,10 @@ pub struct NodeConfig {
     /// defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationConfig>,
-    /// Peer link settings (`tandem-peer`), kept as written.
+    /// Peer link settings (`tandem-peer`'s section and checks); the defaults when
+    /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<toml::Table>,
+    pub peer: Option<tandem_peer::PeerSection>,
     /// The site's witness (`tandem-witness`): an etcd cluster whose leader key
     /// the active node holds. Without it the site behaves as a plain two-node
     /// site.
@@ -463,9 +464,8 @@ impl NodeConfig {
     pub fn key_file(&self) -> PathBuf {
         self.peer
             .as_ref()
-            .and_then(|t| t.get("key_file"))
-            .and_then(|v| v.as_str())
-            .map_or_else(|| PathBuf::from(DEFAULT_KEY_FILE), PathBuf::from)
+            .and_then(|p| p.key_file.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE))
     }
 
     /// The config as TOML text.
@@ -487,6 +487,9 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(witness) = &self.witness {
             witness.validate().map_err(|e| ("witness", e.to_string()))?;
+        }
+        if let Some(peer) = &self.peer {
+            peer.validate().map_err(|e| (e.field, e.problem))?;
         }
         if let Some(bundle) = &self.bundle {
             bundle.validate().map_err(|e| ("bundle", e.to_string()))?;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tandem_peer::PeerSection;
 use tandem_replication::{Backend, NodeFacts, ReplicationConfig, Settings, Status};
 use tandem_role::NodeId;
 
@@ -30,14 +31,8 @@ pub fn replication_settings(
         hostname: Some(config.node.hostname.clone()),
         node_address: Some(config.network.node_address.addr()),
         peer_address: Some(config.network.peer_address),
-        peer_port: peer
-            .and_then(|t| t.get("port"))
-            .and_then(toml::Value::as_integer)
-            .and_then(|p| u16::try_from(p).ok()),
-        key_file: peer
-            .and_then(|t| t.get("key_file"))
-            .and_then(toml::Value::as_str)
-            .map(Into::into),
+        peer_port: peer.map(|p| p.port),
+        key_file: peer.and_then(|p| p.key_file.clone()),
     };
     Ok(settings)
 }
@@ -88,6 +83,10 @@ impl LoadSettings for Settings {
         view.replication
             .validate()
             .map_err(|e| invalid(path, e.field, e.problem))?;
+        if let Some(peer) = &view.peer {
+            peer.validate()
+                .map_err(|e| invalid(path, e.field, e.problem))?;
+        }
         let node = view.facts(path)?;
         let mut settings = Settings::new(state_dir, view.replication);
         settings.config_path = Some(path.to_path_buf());
@@ -104,8 +103,7 @@ struct SettingsView {
     node: NodeView,
     #[serde(default)]
     network: NetworkView,
-    #[serde(default)]
-    peer: PeerView,
+    peer: Option<PeerSection>,
     #[serde(default)]
     replication: ReplicationConfig,
 }
@@ -123,13 +121,6 @@ struct NodeView {
 struct NetworkView {
     node_address: Option<String>,
     peer_address: Option<String>,
-}
-
-/// `[peer]` as replication reads it.
-#[derive(Default, Deserialize)]
-struct PeerView {
-    port: Option<u16>,
-    key_file: Option<PathBuf>,
 }
 
 impl SettingsView {
@@ -150,8 +141,8 @@ impl SettingsView {
             hostname: self.node.hostname.clone(),
             node_address: address("network.node_address", &self.network.node_address)?,
             peer_address: address("network.peer_address", &self.network.peer_address)?,
-            peer_port: self.peer.port,
-            key_file: self.peer.key_file.clone(),
+            peer_port: self.peer.as_ref().map(|p| p.port),
+            key_file: self.peer.as_ref().and_then(|p| p.key_file.clone()),
         })
     }
 }

@@ -34,8 +34,12 @@
 //! the suppressed ones). A received blob can be bounded with
 //! [`BlobReader::copy_to_limited`].
 //!
-//! What it never does: interpret payloads (they are bytes; the caller chooses their
-//! meaning and encoding), decide roles, or touch interfaces. It does not retransmit: a
+//! Messages are bytes. The crate also offers the one [`envelope`] in which tandem's
+//! conversations carry their message types (a version, a channel and the message in
+//! postcard): [`Session::send_message`] seals one, [`Incoming::open`] opens it.
+//!
+//! What it never does: interpret a message beyond its envelope (the message types and
+//! their meaning belong to the caller), decide roles, or touch interfaces. It does not retransmit: a
 //! message queued on a session that is then lost may not have arrived, so protocols on
 //! top acknowledge what matters (for example replication's applied sequence).
 //!
@@ -89,6 +93,7 @@ mod key;
 mod link;
 mod listener;
 mod ratelog;
+mod section;
 mod session;
 
 pub use clock::ClockOffset;
@@ -98,6 +103,7 @@ pub use error::{CloseReason, Error, HandshakeError, KeyFileProblem, Result};
 pub use key::{KEY_LEN, SiteKey, keygen, write_key_file};
 pub use link::{Backoff, Link, LinkConfig, LinkEvent, LinkRole};
 pub use listener::{FIRST_MESSAGE_TIMEOUT, Listener, dial, dial_from};
+pub use section::{PeerSection, SectionError};
 pub use session::{BlobReader, Incoming, Session};
 
 /// The Noise protocol name the link uses.

@@ -549,9 +549,6 @@ impl<'a> Site<'a> {
         let on_lab = |addr: std::net::Ipv4Addr| -> anyhow::Result<ipnet::IpNet> {
             Ok(ipnet::Ipv4Net::new(addr, 24)?.into())
         };
-        let key_file = crate::site::config::PeerTable {
-            key_file: self.dir.join("authkey"),
-        };
         let config = tandem_node::NodeConfig {
             node: tandem_node::NodeSection {
                 id: node,
@@ -579,7 +576,7 @@ impl<'a> Site<'a> {
             hooks: tandem_node::Hooks::default(),
             bundle: None,
             replication: None,
-            peer: Some(toml::Table::try_from(key_file)?),
+            peer: Some(crate::site::config::peer(self.dir.join("authkey"))),
             witness: self
                 .witness
                 .as_ref()

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tandem_bundle::{BundleSpec, RootSpec};
 use tandem_lab::postgres::PgServer;
 use tandem_node::{FailoverSection, ProbeSection, RunOn, ServiceSpec};
+use tandem_peer::PeerSection;
 use tandem_replication::{BackendKind, PostgresConfig, ReplicationConfig};
 use tandem_witness::WitnessConfig;
 
@@ -20,8 +21,8 @@ pub(crate) struct OperatorConfig {
     pub(crate) probe: ProbeSection,
     /// Heartbeats, announcements and the failover policy.
     pub(crate) failover: FailoverSection,
-    /// The site key.
-    pub(crate) peer: PeerTable,
+    /// The site key (`tandem-peer`'s section).
+    pub(crate) peer: PeerSection,
     /// The replicated database.
     pub(crate) replication: ReplicationConfig,
     /// The config files `copy-config-files` sends.
@@ -34,11 +35,12 @@ pub(crate) struct OperatorConfig {
     pub(crate) witness: Option<WitnessConfig>,
 }
 
-/// The `[peer]` table: where the site key is.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PeerTable {
-    /// The site key file.
-    pub(crate) key_file: PathBuf,
+/// The `[peer]` table of the lab: the default port and the site key at `key_file`.
+pub(crate) fn peer(key_file: PathBuf) -> PeerSection {
+    PeerSection {
+        key_file: Some(key_file),
+        ..PeerSection::default()
+    }
 }
 
 impl OperatorConfig {
@@ -152,9 +154,7 @@ mod tests {
         let config = OperatorConfig {
             probe: probe(),
             failover: failover(true, 200, 500),
-            peer: PeerTable {
-                key_file: dir.path().join("authkey"),
-            },
+            peer: peer(dir.path().join("authkey")),
             replication: sqlite_replication(200),
             bundle: bundle(Path::new("/srv/files"), &["prompts"], &["server.xml"]),
             services: vec![active_service("app", "true".into(), "false".into(), 5000)],
@@ -177,9 +177,7 @@ mod tests {
         assert_eq!(services, config.services);
         let witness: WitnessConfig = read("witness").try_into().unwrap();
         assert_eq!(Some(witness), config.witness);
-        assert_eq!(
-            table["peer"]["key_file"].as_str(),
-            Some(dir.path().join("authkey").display().to_string().as_str())
-        );
+        let peer: PeerSection = read("peer").try_into().unwrap();
+        assert_eq!(peer, config.peer);
     }
 }

@@ -14,7 +14,7 @@ use tandem_lab::{Host, Lab, LabConfig};
 use tandem_node::LoadSettings;
 use tandem_replication::{LinkStatus, Settings};
 
-use super::config::{self, OperatorConfig, PeerTable};
+use super::config::{self, OperatorConfig};
 use super::process::{Tmpfs, kill_processes_naming, output_within};
 use super::{Binaries, Layout, node_facts, status_json};
 
@@ -449,9 +449,7 @@ impl Site {
         OperatorConfig {
             probe: config::probe(),
             failover: config::failover(o.auto_failover, o.heartbeat_ms, o.conflict_backoff_ms),
-            peer: PeerTable {
-                key_file: PathBuf::from(self.key_file()),
-            },
+            peer: config::peer(PathBuf::from(self.key_file())),
             replication,
             bundle,
             services,
