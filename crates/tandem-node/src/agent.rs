@@ -514,12 +514,8 @@ impl Agent {
                 return;
             }
         };
-        if settings.replication.backend == tandem_replication::BackendKind::Postgres {
-            self.start_postgres_watch(&settings).await;
-            return;
-        }
-        let backend = match tandem_replication::SqliteBackend::open_existing(&settings).await {
-            Ok(backend) => std::sync::Arc::new(backend),
+        let backend = match tandem_replication::Backend::open_existing(&settings).await {
+            Ok(backend) => backend,
             Err(tandem_replication::Error::NotInitialized) => return,
             Err(e) => {
                 tracing::warn!(error = %tandem_replication::chain(&e), "cannot open the replicated database");
@@ -530,24 +526,21 @@ impl Agent {
         let key = self.key.clone();
         self.stop_replicator.send_replace(false);
         let mut stop = self.stop_replicator.subscribe();
+        // A standby applies nothing from a holder with an older token.
         let fence = self.fence.as_ref().map(watch::Sender::subscribe);
+        let location = backend.location();
         self.replicator = Some(tokio::spawn(async move {
-            let mut replicator = tandem_replication::Replicator::new(backend);
-            if let Some(fence) = fence {
-                // A standby applies nothing from a holder with an older token.
-                replicator = replicator.with_fence(fence);
-            }
             let shutdown = async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             };
-            match replicator.run_standalone(key, shutdown).await {
+            match backend.serve(key, fence, shutdown).await {
                 Ok(()) => tracing::info!("replication service stopped"),
                 Err(e) => {
                     tracing::warn!(error = %tandem_replication::chain(&e), "replication service stopped")
                 }
             }
         }));
-        tracing::info!("replication service started");
+        tracing::info!(database = %location.display(), "replication service started");
     }
 
     /// Attaches the database to the node if it is not yet.
@@ -568,34 +561,6 @@ impl Agent {
                 }
             }
         }
-    }
-
-    /// The PostgreSQL backend's service: PostgreSQL streams by itself; the watch
-    /// records the standby's contact and applies the `degrade` policy.
-    async fn start_postgres_watch(&mut self, settings: &tandem_replication::Settings) {
-        let backend = match tandem_replication::PostgresBackend::open_existing(settings).await {
-            Ok(backend) => backend,
-            Err(tandem_replication::Error::NotInitialized) => return,
-            Err(e) => {
-                tracing::warn!(error = %tandem_replication::chain(&e), "cannot open the PostgreSQL backend");
-                return;
-            }
-        };
-        self.attach_database().await;
-        self.stop_replicator.send_replace(false);
-        let mut stop = self.stop_replicator.subscribe();
-        self.replicator = Some(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            };
-            match backend.watch(shutdown).await {
-                Ok(()) => tracing::info!("PostgreSQL replication watch stopped"),
-                Err(e) => {
-                    tracing::warn!(error = %tandem_replication::chain(&e), "PostgreSQL replication watch stopped")
-                }
-            }
-        }));
-        tracing::info!("PostgreSQL replication watch started");
     }
 
     /// Stops the hosted replication service.

@@ -504,6 +504,45 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Runs this backend's replication service until `shutdown` resolves; the one
+    /// entry point for a host (the node agent, `mp_replication service`).
+    ///
+    /// - SQLite: the [`Replicator`] on its own peer link (port
+    ///   [`DEFAULT_PORT`], 7452, authenticated with `key`), fenced with the witness's
+    ///   tokens when `fence` is given (a site with a witness).
+    /// - PostgreSQL: PostgreSQL streams by itself; the service is the watch that
+    ///   records the standby's contact, applies the `standby_lost` policy and
+    ///   resynchronises a demoted node ([`PostgresBackend::watch`]). Its link is
+    ///   PostgreSQL's own, so `key` and `fence` are not used here.
+    pub async fn serve(
+        self,
+        key: tandem_peer::SiteKey,
+        fence: Option<tokio::sync::watch::Receiver<Fence>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        match self {
+            Backend::Sqlite(backend) => {
+                let mut replicator = Replicator::new(std::sync::Arc::new(backend));
+                if let Some(fence) = fence {
+                    replicator = replicator.with_fence(fence);
+                }
+                replicator.run_standalone(key, shutdown).await
+            }
+            Backend::Postgres(backend) => backend.watch(shutdown).await,
+        }
+    }
+
+    /// Where the data lives, for logs: the SQLite database file or PostgreSQL's
+    /// data directory.
+    pub fn location(&self) -> PathBuf {
+        match self {
+            Backend::Sqlite(b) => b.database_path(),
+            Backend::Postgres(b) => b.data_dir().to_path_buf(),
+        }
+    }
+}
+
 /// `backend.$op($args)` on the backend `$self` holds.
 macro_rules! dispatch {
     ($self:ident.$op:ident($($arg:expr),*)) => {

@@ -63,7 +63,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tandem_node::{LoadSettings, OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
-    PostgresBackend, PromoteOptions, ReplicationBackend, Replicator, RestoreReport, Settings,
+    PromoteOptions, ReplicationBackend, RestoreReport, Settings,
     SqliteBackend, outcome_line, route_source,
 };
 use tandem_sample as sample;
@@ -397,30 +397,18 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Service if settings.replication.backend == BackendKind::Postgres => {
-            init_logging();
-            let backend = PostgresBackend::open_existing(&settings).await?;
-            tracing::info!(
-                data_dir = %backend.data_dir().display(),
-                "replication service (PostgreSQL) starting"
-            );
-            backend.watch(shutdown_signal()).await?;
-            tracing::info!("replication service stopped");
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Service => {
             init_logging();
             let key_file = settings.key_file();
             let key = tandem_peer::SiteKey::load(&key_file)?;
-            let backend = Arc::new(SqliteBackend::open(&settings).await?);
+            let backend = Backend::open(&settings).await?;
             tracing::info!(
-                database = %backend.database_path().display(),
+                backend = ?settings.replication.backend,
+                database = %backend.location().display(),
                 key = %key.fingerprint(),
                 "replication service starting"
             );
-            Replicator::new(backend)
-                .run_standalone(key, shutdown_signal())
-                .await?;
+            backend.serve(key, None, shutdown_signal()).await?;
             tracing::info!("replication service stopped");
             Ok(ExitCode::SUCCESS)
         }
