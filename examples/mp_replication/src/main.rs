@@ -63,8 +63,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tandem_node::{LoadSettings, OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
-    PromoteOptions, ReplicationBackend, RestoreReport, Settings,
-    SqliteBackend, outcome_line, route_source,
+    PromoteOptions, ReplicationBackend, RestoreReport, Settings, SqliteBackend, outcome_line,
+    route_source,
 };
 use tandem_sample as sample;
 
