@@ -1458,8 +1458,7 @@ async fn start_witness(
     node: &mut Node,
 ) -> Option<mpsc::Receiver<tandem_witness::LeaseEvent>> {
     let witness = config.witness.clone()?;
-    let site = u8::try_from(config.node.site.get()).unwrap_or(u8::MAX);
-    match tandem_witness::Keeper::start(witness, site, config.node.id.get()).await {
+    match tandem_witness::Keeper::start(witness, config.node.site, config.node.id).await {
         Ok((keeper, events)) => {
             node.attach_witness(keeper);
             tracing::info!("witness lease keeper started");

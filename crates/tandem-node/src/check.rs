@@ -337,8 +337,7 @@ async fn check_witness(
     config: &NodeConfig,
     witness: &tandem_witness::WitnessConfig,
 ) {
-    let site = u8::try_from(config.node.site.get()).unwrap_or(u8::MAX);
-    let node = config.node.id.get();
+    let (site, node) = (config.node.site, config.node.id);
     let checked = match tandem_witness::Witness::connect(witness.clone(), site, node).await {
         Ok(mut client) => client.check().await,
         Err(e) => Err(e),
