@@ -100,7 +100,7 @@ impl AppDb {
             .max_connections(8)
             .acquire_timeout(Duration::from_millis(500))
             .connect_lazy_with(options(settings));
-        let peer = NodeId::try_from(settings.node.id.unwrap_or(1))?.peer();
+        let peer = settings.node.id.unwrap_or(NodeId::One).peer();
         Ok(AppDb {
             pool,
             peer_app: format!("tandem_node{peer}"),

@@ -276,14 +276,14 @@ impl Agent {
         let control = control::bind(state_dir).await?;
         let failover = &config.failover;
         let port = peer_port(&config);
-        let peer_config = tandem_peer::Config::new(key.clone(), config.node.id.get())
+        let peer_config = tandem_peer::Config::new(key.clone(), config.node.id)
             .with_heartbeat_interval(Duration::from_millis(failover.heartbeat_ms))
             .with_missed_heartbeats(failover.missed_heartbeats);
         let link = Link::start(LinkConfig::new(
             peer_config,
             SocketAddr::new(config.network.node_address.addr(), port),
             SocketAddr::new(config.network.peer_address, port),
-            config.node.id.peer().get(),
+            config.node.id.peer(),
         ))
         .await?;
         // The link first: if it cannot start, nothing was claimed or started.
@@ -1408,8 +1408,7 @@ async fn start_witness(
     node: &mut Node,
 ) -> Option<mpsc::Receiver<tandem_witness::LeaseEvent>> {
     let witness = config.witness.clone()?;
-    let site = u8::try_from(config.node.site.get()).unwrap_or(u8::MAX);
-    match tandem_witness::Keeper::start(witness, site, config.node.id.get()).await {
+    match tandem_witness::Keeper::start(witness, config.node.site, config.node.id).await {
         Ok((keeper, events)) => {
             node.attach_witness(keeper);
             tracing::info!("witness lease keeper started");
@@ -1459,11 +1458,11 @@ mod bundle_size_tests {
         let key = SiteKey::from_bytes([3; 32]);
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut listener =
-            tandem_peer::Listener::bind(any, tandem_peer::Config::new(key.clone(), 2))
+            tandem_peer::Listener::bind(any, tandem_peer::Config::new(key.clone(), NodeId::Two))
                 .await
                 .unwrap();
         let addr = listener.local_addr();
-        let node1 = tandem_peer::Config::new(key, 1);
+        let node1 = tandem_peer::Config::new(key, NodeId::One);
         let (sender, receiver) = tokio::join!(tandem_peer::dial(addr, &node1), listener.accept());
         let (sender, receiver) = (sender.unwrap(), receiver.unwrap());
         let sending = sender.clone();

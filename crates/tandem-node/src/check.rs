@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::{NodeId, SiteId};
 
 use crate::NodeConfig;
 
@@ -23,10 +24,10 @@ pub const MAX_CLOCK_OFFSET_MS: f64 = 1000.0;
 /// What one node tells the other about itself on the peer link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerFacts {
-    /// Its node id.
-    pub node: u8,
-    /// Its site.
-    pub site: u32,
+    /// Its node id (a number in the message, as before).
+    pub node: NodeId,
+    /// Its site (a number in the message, as before).
+    pub site: SiteId,
     /// Its own hostname (the seed's eth0:0 hostname).
     pub hostname: String,
     /// Its node address.
@@ -43,8 +44,8 @@ impl PeerFacts {
     /// This node's facts.
     pub fn of(config: &NodeConfig, key_fingerprint: String) -> PeerFacts {
         PeerFacts {
-            node: config.node.id.get(),
-            site: config.node.site.get(),
+            node: config.node.id,
+            site: config.node.site,
             hostname: config.node.hostname.clone(),
             node_address: config.network.node_address.addr(),
             shared_address: config.network.shared_address.to_string(),
@@ -225,7 +226,7 @@ pub async fn run_checks(
                     ),
                 );
             }
-            let me = config.node.id.get();
+            let me = config.node.id;
             if facts.node != me {
                 report.push(
                     "distinct node ids",
@@ -242,7 +243,7 @@ pub async fn run_checks(
                     ),
                 );
             }
-            if facts.site == config.node.site.get() {
+            if facts.site == config.node.site {
                 report.push("same site", Verdict::Pass, format!("site {}", facts.site));
             } else {
                 report.push(
@@ -250,8 +251,7 @@ pub async fn run_checks(
                     Verdict::Fail,
                     format!(
                         "this node is in site {}, the peer in site {}",
-                        config.node.site.get(),
-                        facts.site
+                        config.node.site, facts.site
                     ),
                 );
             }
@@ -337,8 +337,7 @@ async fn check_witness(
     config: &NodeConfig,
     witness: &tandem_witness::WitnessConfig,
 ) {
-    let site = u8::try_from(config.node.site.get()).unwrap_or(u8::MAX);
-    let node = config.node.id.get();
+    let (site, node) = (config.node.site, config.node.id);
     let checked = match tandem_witness::Witness::connect(witness.clone(), site, node).await {
         Ok(mut client) => client.check().await,
         Err(e) => Err(e),
@@ -537,6 +536,25 @@ mod tests {
         assert!(text.contains("FAIL  bb  fix it"), "{text}");
         assert!(text.ends_with("3 checks: 1 passed, 1 failed, 1 could not be checked\n"));
         assert!(!report.passed());
+    }
+
+    #[test]
+    fn peer_facts_carry_ids_as_plain_numbers() {
+        let facts = PeerFacts {
+            node: NodeId::Two,
+            site: SiteId::new(7).unwrap(),
+            hostname: "meetings2.example.com".into(),
+            node_address: IpAddr::from([192, 0, 2, 12]),
+            shared_address: "192.0.2.10/24".into(),
+            shared_hostname: None,
+            key_fingerprint: "ab".into(),
+        };
+        let json = serde_json::to_value(&facts).unwrap();
+        assert_eq!(
+            (json["node"].as_u64(), json["site"].as_u64()),
+            (Some(2), Some(7))
+        );
+        assert_eq!(serde_json::from_value::<PeerFacts>(json).unwrap(), facts);
     }
 
     #[test]

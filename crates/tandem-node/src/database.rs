@@ -26,7 +26,7 @@ pub fn replication_settings(
     let peer = config.peer.as_ref();
     let mut settings = Settings::new(state_dir, replication);
     settings.node = NodeFacts {
-        id: Some(config.node.id.get()),
+        id: Some(config.node.id),
         site: u16::try_from(config.node.site.get()).ok(),
         hostname: Some(config.node.hostname.clone()),
         node_address: Some(config.network.node_address.addr()),
@@ -136,7 +136,7 @@ impl SettingsView {
                 .map_err(|_| invalid(path, field, format!("{text:?} is not an IP address"))),
         };
         Ok(NodeFacts {
-            id: self.node.id.map(NodeId::get),
+            id: self.node.id,
             site: self.node.site,
             hostname: self.node.hostname.clone(),
             node_address: address("network.node_address", &self.network.node_address)?,
@@ -167,7 +167,7 @@ pub fn replication_status(status: &Status) -> ReplicationStatus {
     let side = |s: &tandem_replication::ServerStatus| ReplicationSide {
         replication_type: s.replication_type.to_string(),
         site: s.site.map_or(0, u32::from),
-        node: s.node.unwrap_or(0),
+        node: s.node.map_or(0, NodeId::get),
         state: s.state.to_string(),
         status: s.status.to_string(),
     };
@@ -212,7 +212,7 @@ mod tests {
             max_backlog = 50
         "#;
         let s = Settings::parse(text, Path::new("node.toml"), "/tmp/state").unwrap();
-        assert_eq!(s.node.id, Some(2));
+        assert_eq!(s.node.id, Some(NodeId::Two));
         assert_eq!(s.node.site, Some(3));
         assert_eq!(s.node.node_address, Some("192.0.2.12".parse().unwrap()));
         assert_eq!(s.node.peer_address, Some("192.0.2.11".parse().unwrap()));

@@ -153,7 +153,7 @@ pub(crate) fn lease_event(
             token: FenceToken::new(token.0),
         },
         LeaseEvent::HeldBy(holder) => {
-            let node = tandem_role::NodeId::try_from(holder.node).ok()?;
+            let node = holder.node;
             if node == me {
                 return None;
             }

@@ -27,6 +27,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::NodeId;
 use tandem_replication::{
     Backend, Observer, Quiet, ReplicationBackend, SwitchOnOptions, SwitchReport, chain,
 };
@@ -78,7 +79,8 @@ pub enum OutcomeKind {
 /// What one node's part did: a line of the tool's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeOutcome {
-    /// The node id.
+    /// The node id; 0 when the tool could not tell which node it runs on (no
+    /// `[node] id` in its config and no status from its backend).
     pub node: u8,
     /// How it ended.
     pub kind: OutcomeKind,
@@ -140,25 +142,21 @@ const AGENT_MARGIN: Duration = Duration::from_secs(30);
 pub async fn switch_site(
     backend: &Backend,
     state_dir: &Path,
-    me: Option<u8>,
+    me: Option<NodeId>,
     switch: SiteSwitch,
     observer: &dyn Observer,
 ) -> SiteSwitchReport {
     let mut report = SiteSwitchReport::default();
     if backend.switches_peer() {
         // The replication service switches the peer itself.
-        let (outcome, local) = local_part(backend, me.unwrap_or(0), switch, observer).await;
+        let (outcome, local) = local_part(backend, outcome_node(me), switch, observer).await;
         report.outcomes.push(outcome);
         report.local = local;
         return report;
     }
     let status = backend.status().await.ok();
-    let me = status
-        .as_ref()
-        .and_then(|s| s.local.node)
-        .or(me)
-        .unwrap_or(0);
-    let peer = 3u8.saturating_sub(me);
+    let me = status.as_ref().and_then(|s| s.local.node).or(me);
+    let (me, peer) = (outcome_node(me), outcome_node(me.map(NodeId::peer)));
     let local_primary = status.as_ref().and_then(|s| s.local.writable) == Some(true);
     let action = if switch.on {
         SwitchAction::On {
@@ -239,6 +237,11 @@ pub async fn switch_site(
         report.outcomes.push(ask_peer.await);
     }
     report
+}
+
+/// A node id as [`NodeOutcome::node`] holds it: 0 when it is not known.
+fn outcome_node(node: Option<NodeId>) -> u8 {
+    node.map_or(0, NodeId::get)
 }
 
 fn not_reached(peer: u8, action: SwitchAction, why: &str) -> NodeOutcome {

@@ -47,8 +47,8 @@ pub struct WitnessStatus {
     pub members_up: usize,
     /// Members configured.
     pub members: usize,
-    /// The node holding the site's leader key, as last seen.
-    pub holder: Option<u8>,
+    /// The node holding the site's leader key, as last seen (its number in JSON).
+    pub holder: Option<tandem_role::NodeId>,
     /// Its fencing token.
     pub token: Option<u64>,
     /// Whether this node holds the key.

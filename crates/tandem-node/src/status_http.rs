@@ -1147,7 +1147,7 @@ mod tests {
         snapshot.witness = Some(crate::WitnessStatus {
             members_up: 2,
             members: 3,
-            holder: Some(1),
+            holder: Some(NodeId::One),
             token: Some(57),
             holding: true,
             valid_for_ms: Some(1840),

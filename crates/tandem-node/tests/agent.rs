@@ -499,7 +499,7 @@ fn with_a_witness_a_partition_changes_nothing_and_the_key_decides_the_takeover()
     );
     wait_until("node2 sees node1 hold the key", || {
         role_of(&node2) == Some(Role::Standby)
-            && witness_of(&node2).is_some_and(|w| w.holder == Some(1) && !w.holding)
+            && witness_of(&node2).is_some_and(|w| w.holder == Some(NodeId::One) && !w.holding)
     });
     let shown = node1.status().unwrap();
     assert_eq!(

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tandem_core::NodeId;
 use tandem_peer::{Config, Incoming, Listener, SiteKey, dial};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -81,9 +82,9 @@ fn peak_rss_mib() -> Option<f64> {
 async fn run(megabytes: u64) -> Result<(), tandem_peer::Error> {
     let key = SiteKey::generate()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut listener = Listener::bind(addr, Config::new(key.clone(), 2)).await?;
+    let mut listener = Listener::bind(addr, Config::new(key.clone(), NodeId::Two)).await?;
     let target = listener.local_addr();
-    let node1_config = Config::new(key, 1);
+    let node1_config = Config::new(key, NodeId::One);
     let (node1, node2) = tokio::join!(dial(target, &node1_config), listener.accept());
     let (node1, node2) = (node1?, node2?);
 

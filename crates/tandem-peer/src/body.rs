@@ -1,6 +1,9 @@
 //! The plaintext inside a frame: one kind byte and its fields (all integers big-endian),
 //! and the hello carried by the two handshake messages. Pure and panic-free on any input.
 
+use tandem_core::NodeId;
+
+use crate::error::HandshakeError;
 use crate::frame::MAX_PLAINTEXT_LEN;
 
 /// Version of the body and hello layout. It is also part of the Noise prologue, so two
@@ -180,11 +183,12 @@ impl Body<'_> {
     }
 }
 
-/// The payload of each handshake message: who is speaking and what it expects.
+/// The payload of each handshake message: who is speaking and what it expects. The node
+/// id travels as one byte, 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hello {
     pub(crate) version: u8,
-    pub(crate) node_id: u8,
+    pub(crate) node_id: NodeId,
     /// The sender's heartbeat interval in milliseconds.
     pub(crate) heartbeat_ms: u32,
     /// The longest message the sender accepts.
@@ -198,32 +202,42 @@ impl Hello {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HELLO_LEN);
         out.push(self.version);
-        out.push(self.node_id);
+        out.push(self.node_id.get());
         out.extend_from_slice(&self.heartbeat_ms.to_be_bytes());
         out.extend_from_slice(&self.max_message_len.to_be_bytes());
         self.stamps.put(&mut out);
         out
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Hello, String> {
+    /// Decodes a hello; a node id other than 1 or 2 is [`HandshakeError::UnknownNode`],
+    /// anything else malformed [`HandshakeError::Protocol`].
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Hello, HandshakeError> {
         let mut r = Reader(bytes);
-        let version = r.u8()?;
+        let version = r.u8().map_err(HandshakeError::Protocol)?;
         if version != PROTOCOL_VERSION {
-            return Err(format!(
+            return Err(HandshakeError::Protocol(format!(
                 "the peer speaks protocol version {version}, this node speaks {PROTOCOL_VERSION}"
-            ));
+            )));
         }
-        let hello = Hello {
+        let (node, heartbeat_ms, max_message_len, stamps) =
+            Hello::fields(&mut r).map_err(HandshakeError::Protocol)?;
+        let node_id = NodeId::try_from(node).map_err(|_| HandshakeError::UnknownNode(node))?;
+        Ok(Hello {
             version,
-            node_id: r.u8()?,
-            heartbeat_ms: r.u32()?,
-            max_message_len: r.u64()?,
-            stamps: Stamps::take(&mut r)?,
-        };
+            node_id,
+            heartbeat_ms,
+            max_message_len,
+            stamps,
+        })
+    }
+
+    /// The fields after the version, as they are on the wire, and nothing after them.
+    fn fields(r: &mut Reader<'_>) -> Result<(u8, u32, u64, Stamps), String> {
+        let fields = (r.u8()?, r.u32()?, r.u64()?, Stamps::take(r)?);
         if !r.0.is_empty() {
             return Err(format!("hello has {} trailing bytes", r.0.len()));
         }
-        Ok(hello)
+        Ok(fields)
     }
 }
 
@@ -352,10 +366,32 @@ mod tests {
         }
 
         #[test]
-        fn hello_round_trip(node_id in any::<u8>(), heartbeat_ms in any::<u32>(),
-                            max_message_len in any::<u64>(), stamps in stamps()) {
+        fn hello_round_trip(node_id in prop_oneof![Just(NodeId::One), Just(NodeId::Two)],
+                            heartbeat_ms in any::<u32>(), max_message_len in any::<u64>(),
+                            stamps in stamps()) {
             let hello = Hello { version: PROTOCOL_VERSION, node_id, heartbeat_ms, max_message_len, stamps };
-            prop_assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
+            prop_assert_eq!(Hello::decode(&hello.encode()).ok(), Some(hello));
+        }
+
+        #[test]
+        fn a_hello_names_a_node_id_other_than_1_or_2(node in any::<u8>()
+                                                        .prop_filter("not 1 or 2", |n| *n != 1 && *n != 2)) {
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                node_id: NodeId::One,
+                heartbeat_ms: 1000,
+                max_message_len: 1 << 20,
+                stamps: Stamps::default(),
+            };
+            let mut bytes = hello.encode();
+            // The node id is the byte after the version: the wire layout is unchanged.
+            prop_assert_eq!(bytes.get(1).copied(), Some(1));
+            if let Some(b) = bytes.get_mut(1) {
+                *b = node;
+            }
+            let err = Hello::decode(&bytes).unwrap_err();
+            prop_assert!(matches!(err, HandshakeError::UnknownNode(n) if n == node), "{:?}", err);
+            prop_assert!(err.to_string().contains(&format!("node id {node};")), "{}", err);
         }
     }
 

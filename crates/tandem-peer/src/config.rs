@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tandem_core::NodeId;
+
 use crate::key::SiteKey;
 
 /// The default TCP port of the peer link.
@@ -12,7 +14,7 @@ pub const DEFAULT_PORT: u16 = 7451;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) key: SiteKey,
-    pub(crate) node_id: u8,
+    pub(crate) node_id: NodeId,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) missed_heartbeats: u32,
     pub(crate) handshake_timeout: Duration,
@@ -22,7 +24,7 @@ pub struct Config {
 impl Config {
     /// Defaults: heartbeat every second, peer lost after 3 missed heartbeats, handshake
     /// timeout 5 s, messages up to 16 MiB (larger payloads go as blobs).
-    pub fn new(key: SiteKey, node_id: u8) -> Config {
+    pub fn new(key: SiteKey, node_id: NodeId) -> Config {
         Config {
             key,
             node_id,
@@ -61,7 +63,7 @@ impl Config {
     }
 
     /// This node's id.
-    pub fn node_id(&self) -> u8 {
+    pub fn node_id(&self) -> NodeId {
         self.node_id
     }
 

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tandem_core::NodeId;
+
 use crate::frame::FrameError;
 
 /// Every error of this crate.
@@ -67,9 +69,9 @@ pub enum Error {
         /// The remote socket address.
         peer: SocketAddr,
         /// The node id the caller expected.
-        expected: u8,
+        expected: NodeId,
         /// The node id the peer announced.
-        found: u8,
+        found: NodeId,
     },
     /// A message could not be put in or taken out of its envelope.
     #[error(transparent)]
@@ -155,6 +157,10 @@ pub enum HandshakeError {
     /// The handshake took longer than the configured handshake timeout.
     #[error("the handshake did not complete within {0:?}")]
     Timeout(Duration),
+    /// The peer announced a node id other than 1 or 2 in its hello (its configuration
+    /// is wrong, or it is not a tandem node of this protocol version).
+    #[error("the peer announced node id {0}; a site has node 1 and node 2")]
+    UnknownNode(u8),
     /// A handshake message decrypted but its content is not understood.
     #[error("malformed handshake: {0}")]
     Protocol(String),

@@ -232,7 +232,7 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     read_handshake_frame(stream, &mut buf).await?;
     let rx = now_micros();
     let n = hs.read_message(&buf, &mut msg).map_err(decrypt_error)?;
-    let peer = Hello::decode(msg.get(..n).unwrap_or_default()).map_err(HandshakeError::Protocol)?;
+    let peer = Hello::decode(msg.get(..n).unwrap_or_default())?;
     clock.received(peer.stamps, rx);
     let transport = hs.into_stateless_transport_mode().map_err(noise)?;
 
@@ -286,7 +286,7 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(HandshakeError::Replayed);
     }
     authenticated();
-    let peer = Hello::decode(msg.get(..n).unwrap_or_default()).map_err(HandshakeError::Protocol)?;
+    let peer = Hello::decode(msg.get(..n).unwrap_or_default())?;
     clock.received(peer.stamps, rx);
 
     let n = hs
@@ -341,8 +341,9 @@ pub(crate) fn kind_name(body: &Body<'_>) -> &'static str {
 mod tests {
     use super::*;
     use crate::key::SiteKey;
+    use tandem_core::NodeId;
 
-    fn config(key: [u8; 32], node: u8) -> Config {
+    fn config(key: [u8; 32], node: NodeId) -> Config {
         Config::new(SiteKey::from_bytes(key), node)
     }
 
@@ -350,15 +351,15 @@ mod tests {
     async fn same_key_establishes_and_exchanges_hellos() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let replay = std::sync::Mutex::default();
-        let ca = config([7; 32], 1);
-        let cb = config([7; 32], 2);
+        let ca = config([7; 32], NodeId::One);
+        let cb = config([7; 32], NodeId::Two);
         let (ra, rb) = tokio::join!(
             initiate(&mut a, &ca),
             respond(&mut b, &cb, &replay, Duration::from_secs(5), || {})
         );
         let (ea, eb) = (ra.unwrap(), rb.unwrap());
-        assert_eq!(ea.peer.node_id, 2);
-        assert_eq!(eb.peer.node_id, 1);
+        assert_eq!(ea.peer.node_id, NodeId::Two);
+        assert_eq!(eb.peer.node_id, NodeId::One);
         // The initiator has a clock sample from the handshake alone.
         assert!(ea.clock.estimate().is_some());
         assert!(eb.clock.estimate().is_some());
@@ -368,8 +369,8 @@ mod tests {
     async fn wrong_key_fails_authentication_on_the_responder() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let replay = std::sync::Mutex::default();
-        let ca = config([7; 32], 1);
-        let cb = config([8; 32], 2);
+        let ca = config([7; 32], NodeId::One);
+        let cb = config([8; 32], NodeId::Two);
         let responder = async {
             let r = respond(&mut b, &cb, &replay, Duration::from_secs(5), || {}).await;
             drop(b);
@@ -382,6 +383,31 @@ mod tests {
             "{:?}",
             ra.err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_hello_from_node_3_is_refused_and_named() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let replay = std::sync::Mutex::default();
+        let key = SiteKey::from_bytes([7; 32]);
+        let cb = Config::new(key.clone(), NodeId::Two);
+        let initiator = async {
+            // What `initiate` sends, with the node id byte set to 3.
+            let mut hs = state(&key, true).unwrap();
+            let mut hello = hello(&cb, &ClockTracker::default()).encode();
+            hello[1] = 3;
+            let mut msg = vec![0u8; MAX_FRAME_LEN];
+            let n = hs.write_message(&hello, &mut msg).unwrap();
+            write_handshake_frame(&mut a, &msg[..n]).await.unwrap();
+            a
+        };
+        let (_a, rb) = tokio::join!(
+            initiator,
+            respond(&mut b, &cb, &replay, Duration::from_secs(5), || {})
+        );
+        let err = rb.unwrap_err();
+        assert!(matches!(err, HandshakeError::UnknownNode(3)), "{err:?}");
+        assert!(err.to_string().contains("node id 3"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,7 @@
 //!
 //! ```
 //! use std::net::SocketAddr;
+//! use tandem_core::NodeId;
 //! use tandem_peer::{Config, Incoming, Listener, SiteKey, dial};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -56,7 +57,7 @@
 //! // In production both nodes load the same key file: SiteKey::load(path).
 //! let key = SiteKey::generate()?;
 //! let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-//! let mut listener = Listener::bind(any_port, Config::new(key.clone(), 2)).await?;
+//! let mut listener = Listener::bind(any_port, Config::new(key.clone(), NodeId::Two)).await?;
 //! let addr = listener.local_addr();
 //!
 //! let node2 = tokio::spawn(async move {
@@ -68,8 +69,8 @@
 //!     Ok::<_, tandem_peer::Error>(())
 //! });
 //!
-//! let node1 = dial(addr, &Config::new(key, 1)).await?;
-//! assert_eq!(node1.peer_node(), 2);
+//! let node1 = dial(addr, &Config::new(key, NodeId::One)).await?;
+//! assert_eq!(node1.peer_node(), NodeId::Two);
 //! node1.send("epoch 7").await?;
 //! match node1.recv().await? {
 //!     Incoming::Message(reply) => assert_eq!(reply, b"EPOCH 7"),

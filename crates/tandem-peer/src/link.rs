@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_core::NodeId;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -85,7 +86,7 @@ pub struct LinkConfig {
     config: Config,
     local_addr: SocketAddr,
     peer_addr: SocketAddr,
-    peer_node: u8,
+    peer_node: NodeId,
     backoff: Backoff,
 }
 
@@ -97,7 +98,7 @@ impl LinkConfig {
         config: Config,
         local_addr: SocketAddr,
         peer_addr: SocketAddr,
-        peer_node: u8,
+        peer_node: NodeId,
     ) -> LinkConfig {
         LinkConfig {
             config,
@@ -236,12 +237,12 @@ async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
                 failures = 0;
                 let up_since = tokio::time::Instant::now();
                 let shared = session.shared();
-                info!(peer = %config.peer_addr, node = config.peer_node, "peer up");
+                info!(peer = %config.peer_addr, node = config.peer_node.get(), "peer up");
                 if tx.send(LinkEvent::PeerUp(session)).await.is_err() {
                     return;
                 }
                 let reason = shared.closed().await;
-                warn!(peer = %config.peer_addr, node = config.peer_node, %reason, "peer lost");
+                warn!(peer = %config.peer_addr, node = config.peer_node.get(), %reason, "peer lost");
                 if tx.send(LinkEvent::PeerLost(reason)).await.is_err() {
                     return;
                 }
@@ -285,13 +286,13 @@ async fn listen_loop(mut listener: Listener, config: LinkConfig, tx: mpsc::Sende
         let event = tokio::select! {
             reason = lost => {
                 current = None;
-                warn!(node = config.peer_node, %reason, "peer lost");
+                warn!(node = config.peer_node.get(), %reason, "peer lost");
                 LinkEvent::PeerLost(reason)
             }
             accepted = listener.accept() => match accepted {
                 Ok(session) if session.peer_node() != config.peer_node => {
-                    warn!(peer = %session.peer_addr(), expected = config.peer_node,
-                          found = session.peer_node(), "refused a session from an unexpected node");
+                    warn!(peer = %session.peer_addr(), expected = config.peer_node.get(),
+                          found = session.peer_node().get(), "refused a session from an unexpected node");
                     tokio::spawn(async move { session.close("unexpected node id").await });
                     continue;
                 }
@@ -304,7 +305,7 @@ async fn listen_loop(mut listener: Listener, config: LinkConfig, tx: mpsc::Sende
                         }
                     }
                     current = Some(session.shared());
-                    info!(peer = %session.peer_addr(), node = config.peer_node, "peer up");
+                    info!(peer = %session.peer_addr(), node = config.peer_node.get(), "peer up");
                     LinkEvent::PeerUp(session)
                 }
                 // Already logged by the listener; the link keeps listening.
@@ -347,9 +348,15 @@ mod tests {
         let key = SiteKey::from_bytes([1; 32]);
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         let cfg = |me, peer| LinkConfig::new(Config::new(key.clone(), me), addr, addr, peer);
-        assert_eq!(cfg(1, 2).role().unwrap(), LinkRole::Dial);
-        assert_eq!(cfg(2, 1).role().unwrap(), LinkRole::Listen);
-        let err = cfg(2, 2).role().unwrap_err();
+        assert_eq!(
+            cfg(NodeId::One, NodeId::Two).role().unwrap(),
+            LinkRole::Dial
+        );
+        assert_eq!(
+            cfg(NodeId::Two, NodeId::One).role().unwrap(),
+            LinkRole::Listen
+        );
+        let err = cfg(NodeId::Two, NodeId::Two).role().unwrap_err();
         assert!(err.to_string().contains("both have node id 2"), "{err}");
     }
 }

@@ -280,7 +280,7 @@ async fn accept_one(
     };
     let established = result.map_err(|source| Error::Handshake { peer, source })?;
     let local = stream.local_addr().map_err(Error::Accept)?;
-    info!(%peer, node = established.peer.node_id, "peer link session accepted");
+    info!(%peer, node = established.peer.node_id.get(), "peer link session accepted");
     Ok(Session::start(
         stream,
         established,
@@ -328,7 +328,7 @@ async fn dial_inner(source: Option<IpAddr>, peer: SocketAddr, config: &Config) -
             let local = stream
                 .local_addr()
                 .map_err(|source| Error::Connect { addr: peer, source })?;
-            info!(%peer, node = established.peer.node_id, "peer link session established");
+            info!(%peer, node = established.peer.node_id.get(), "peer link session established");
             Ok(Session::start(
                 stream,
                 established,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use snow::StatelessTransportState;
+use tandem_core::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -49,7 +50,7 @@ pub(crate) struct Shared {
     /// How long a silence ends the session.
     silence: Duration,
     peer_addr: SocketAddr,
-    peer_node: u8,
+    peer_node: NodeId,
 }
 
 impl Shared {
@@ -65,7 +66,7 @@ impl Shared {
             true
         });
         let Some(reason) = logged else { return };
-        let (peer, node) = (self.peer_addr, self.peer_node);
+        let (peer, node) = (self.peer_addr, self.peer_node.get());
         match reason {
             CloseReason::Local(_) | CloseReason::PeerClosed(_) => {
                 info!(%peer, node, %reason, "peer link session closed");
@@ -497,7 +498,7 @@ impl Session {
     }
 
     /// The node id the peer announced in the handshake.
-    pub fn peer_node(&self) -> u8 {
+    pub fn peer_node(&self) -> NodeId {
         self.inner.shared.peer_node
     }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{LogCapture, PATIENCE, key};
+use tandem_core::NodeId;
 use tandem_lab::{CLIENT_ADDR, GATEWAY_ADDR, Host, LAB_IFACE, Lab, NODE1_ADDR, NODE2_ADDR};
 use tandem_peer::{Config, Incoming, Link, LinkConfig, LinkEvent, Listener, Session, dial_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +33,7 @@ const PER_KIND: usize = 100;
 const EXTRA_SOURCES: u8 = 16;
 
 /// The site's configuration: the defaults (heartbeat every second, lost after three).
-fn site_config(node: u8) -> Config {
+fn site_config(node: NodeId) -> Config {
     Config::new(key(7), node)
 }
 
@@ -177,7 +178,7 @@ async fn flooder(
     stats: Arc<FloodStats>,
 ) {
     let mut seed = index as u64 + 1;
-    let wrong_key = Config::new(key(9), 1).with_handshake_timeout(Duration::from_secs(2));
+    let wrong_key = Config::new(key(9), NodeId::One).with_handshake_timeout(Duration::from_secs(2));
     let mut first = true;
     loop {
         if *stop.borrow() {
@@ -314,7 +315,7 @@ fn the_keyed_peer_gets_its_link_through_a_keyless_flood() {
     let lab = Lab::for_test();
     let node2_addr = SocketAddr::new(IpAddr::V4(NODE2_ADDR), PORT);
     let node1_addr = SocketAddr::new(IpAddr::V4(NODE1_ADDR), PORT);
-    let bound = heartbeat_loss_interval(&site_config(1));
+    let bound = heartbeat_loss_interval(&site_config(NodeId::One));
 
     // node2: the listening side of the link, as the agent runs it.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -324,7 +325,12 @@ fn the_keyed_peer_gets_its_link_through_a_keyless_flood() {
             let capture = LogCapture::default();
             let guard = capture.install();
             runtime().block_on(async move {
-                let config = LinkConfig::new(site_config(2), node2_addr, node1_addr, 1);
+                let config = LinkConfig::new(
+                    site_config(NodeId::Two),
+                    node2_addr,
+                    node1_addr,
+                    NodeId::One,
+                );
                 let mut link = Link::start(config).await.unwrap();
                 ready_tx.send(()).unwrap();
                 let serve = async {
@@ -357,7 +363,12 @@ fn the_keyed_peer_gets_its_link_through_a_keyless_flood() {
             runtime().block_on(async move {
                 let mut arrivals = Vec::new();
                 for round in 0..ROUNDS {
-                    let config = LinkConfig::new(site_config(1), node1_addr, node2_addr, 2);
+                    let config = LinkConfig::new(
+                        site_config(NodeId::One),
+                        node1_addr,
+                        node2_addr,
+                        NodeId::Two,
+                    );
                     let started = Instant::now();
                     let mut link = Link::start(config).await.unwrap();
                     let (session, failed_dials) = until_up(&mut link, bound * 3).await;
@@ -423,7 +434,7 @@ fn a_keyed_newcomer_gets_through_a_plain_listener_under_a_flood_from_many_source
     common::wanting_global_subscriber();
     let lab = Lab::for_test();
     let node2_addr = SocketAddr::new(IpAddr::V4(NODE2_ADDR), PORT);
-    let bound = heartbeat_loss_interval(&site_config(1));
+    let bound = heartbeat_loss_interval(&site_config(NodeId::One));
 
     // node2: a listener that does not know its peer's address.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -431,7 +442,9 @@ fn a_keyed_newcomer_gets_through_a_plain_listener_under_a_flood_from_many_source
     let node2 = lab
         .spawn_in(Host::Node2, move || {
             runtime().block_on(async move {
-                let mut listener = Listener::bind(node2_addr, site_config(2)).await.unwrap();
+                let mut listener = Listener::bind(node2_addr, site_config(NodeId::Two))
+                    .await
+                    .unwrap();
                 ready_tx.send(()).unwrap();
                 let serve = async {
                     loop {
@@ -457,8 +470,12 @@ fn a_keyed_newcomer_gets_through_a_plain_listener_under_a_flood_from_many_source
                 let mut results = Vec::new();
                 for round in 0..5 {
                     let started = Instant::now();
-                    let dialed =
-                        dial_from(IpAddr::V4(NODE1_ADDR), node2_addr, &site_config(1)).await;
+                    let dialed = dial_from(
+                        IpAddr::V4(NODE1_ADDR),
+                        node2_addr,
+                        &site_config(NodeId::One),
+                    )
+                    .await;
                     let elapsed = started.elapsed();
                     match dialed {
                         Ok(session) => {

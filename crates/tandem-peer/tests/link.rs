@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use tandem_core::NodeId;
 use tandem_peer::{
     Backoff, CloseReason, Config, Error, Incoming, Link, LinkConfig, LinkEvent, LinkRole, Session,
     SiteKey, dial,
 };
 
 /// Heartbeats every 50 ms, peer lost after 4 misses.
-fn live_config(key: &SiteKey, node: u8) -> Config {
+fn live_config(key: &SiteKey, node: NodeId) -> Config {
     config(key, node).with_missed_heartbeats(4)
 }
 
@@ -75,22 +76,27 @@ async fn assert_talks(a: &Session, b: &Session) {
 async fn peer_lost_when_heartbeats_stop_and_up_again_when_they_return() {
     let key = key(3);
     let mut node2 = Link::start(LinkConfig::new(
-        live_config(&key, 2),
+        live_config(&key, NodeId::Two),
         any_port(),
         any_port(),
-        1,
+        NodeId::One,
     ))
     .await
     .unwrap();
     assert_eq!(node2.role(), LinkRole::Listen);
     let proxy = Proxy::start(node2.listen_addr().unwrap()).await;
-    let node1_cfg =
-        LinkConfig::new(live_config(&key, 1), any_port(), proxy.addr, 2).with_backoff(backoff());
+    let node1_cfg = LinkConfig::new(
+        live_config(&key, NodeId::One),
+        any_port(),
+        proxy.addr,
+        NodeId::Two,
+    )
+    .with_backoff(backoff());
     let mut node1 = Link::start(node1_cfg).await.unwrap();
     assert_eq!(node1.role(), LinkRole::Dial);
 
     let (s1, s2) = (until_up(&mut node1).await, until_up(&mut node2).await);
-    assert_eq!((s1.peer_node(), s2.peer_node()), (2, 1));
+    assert_eq!((s1.peer_node(), s2.peer_node()), (NodeId::Two, NodeId::One));
     assert_talks(&s1, &s2).await;
 
     // The wire goes silent (nothing passes, not even a close): both sides count missed
@@ -121,11 +127,24 @@ async fn peer_lost_when_heartbeats_stop_and_up_again_when_they_return() {
 #[tokio::test]
 async fn a_stopped_peer_is_redialed_with_capped_backoff_until_it_returns() {
     let key = key(4);
-    let node2_cfg = |addr| LinkConfig::new(live_config(&key, 2), addr, any_port(), 1);
+    let node2_cfg = |addr| {
+        LinkConfig::new(
+            live_config(&key, NodeId::Two),
+            addr,
+            any_port(),
+            NodeId::One,
+        )
+    };
     let mut node2 = Link::start(node2_cfg(any_port())).await.unwrap();
     let addr = node2.listen_addr().unwrap();
     let mut node1 = Link::start(
-        LinkConfig::new(live_config(&key, 1), any_port(), addr, 2).with_backoff(backoff()),
+        LinkConfig::new(
+            live_config(&key, NodeId::One),
+            any_port(),
+            addr,
+            NodeId::Two,
+        )
+        .with_backoff(backoff()),
     )
     .await
     .unwrap();
@@ -171,23 +190,29 @@ async fn a_stopped_peer_is_redialed_with_capped_backoff_until_it_returns() {
 #[tokio::test]
 async fn the_listening_side_takes_the_newest_connection_and_only_from_its_peer() {
     let key = key(5);
-    let mut node2 = Link::start(LinkConfig::new(config(&key, 2), any_port(), any_port(), 1))
-        .await
-        .unwrap();
+    let mut node2 = Link::start(LinkConfig::new(
+        config(&key, NodeId::Two),
+        any_port(),
+        any_port(),
+        NodeId::One,
+    ))
+    .await
+    .unwrap();
     let addr = node2.listen_addr().unwrap();
 
-    let first = dial(addr, &config(&key, 1)).await.unwrap();
+    let first = dial(addr, &config(&key, NodeId::One)).await.unwrap();
     let up = until_up(&mut node2).await;
     assert_talks(&first, &up).await;
 
-    // A node that is not the peer holds the key but is still turned away.
-    let stranger = dial(addr, &config(&key, 3)).await.unwrap();
+    // A node that is not the peer (a second node 2) holds the key but is still turned
+    // away. (A node id other than 1 or 2 does not get through the handshake at all.)
+    let stranger = dial(addr, &config(&key, NodeId::Two)).await.unwrap();
     let reason = within("the stranger being closed", stranger.closed()).await;
     assert_eq!(reason, CloseReason::PeerClosed("unexpected node id".into()));
 
     // A second connection from node 1 (the first one half-open, as after a cable pull)
     // replaces the first.
-    let second = dial(addr, &config(&key, 1)).await.unwrap();
+    let second = dial(addr, &config(&key, NodeId::One)).await.unwrap();
     match next(&mut node2).await {
         LinkEvent::PeerLost(CloseReason::Local(why)) => assert!(why.contains("replaced"), "{why}"),
         other => panic!("expected the old session to be replaced, got {other:?}"),
@@ -204,9 +229,16 @@ async fn redials_back_off_exponentially_up_to_the_cap() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let cfg = LinkConfig::new(config(&key(6), 1), any_port(), closed, 2).with_backoff(
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
-    );
+    let cfg = LinkConfig::new(
+        config(&key(6), NodeId::One),
+        any_port(),
+        closed,
+        NodeId::Two,
+    )
+    .with_backoff(Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    ));
     let mut link = Link::start(cfg).await.unwrap();
     let ms = Duration::from_millis;
     assert_eq!(
@@ -226,7 +258,14 @@ async fn redials_back_off_exponentially_up_to_the_cap() {
 #[tokio::test]
 async fn equal_node_ids_are_a_configuration_error() {
     let key = key(1);
-    match Link::start(LinkConfig::new(config(&key, 2), any_port(), any_port(), 2)).await {
+    match Link::start(LinkConfig::new(
+        config(&key, NodeId::Two),
+        any_port(),
+        any_port(),
+        NodeId::Two,
+    ))
+    .await
+    {
         Err(Error::Config(text)) => assert!(text.contains("node id 2"), "{text}"),
         other => panic!("expected a configuration error, got {other:?}"),
     }

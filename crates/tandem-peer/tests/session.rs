@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use tandem_core::NodeId;
 use tandem_peer::{
     CloseReason, Error, HandshakeError, Incoming, Listener, Session, dial, frame::FrameError,
 };
@@ -28,8 +29,8 @@ async fn closed_with(session: &Session) -> CloseReason {
 #[tokio::test]
 async fn messages_flow_both_ways_in_order() {
     let (client, server) = pair().await;
-    assert_eq!(client.peer_node(), 2);
-    assert_eq!(server.peer_node(), 1);
+    assert_eq!(client.peer_node(), NodeId::Two);
+    assert_eq!(server.peer_node(), NodeId::One);
     assert!(client.is_initiator() && !server.is_initiator());
     assert_eq!(server.peer_addr(), client.local_addr());
 
@@ -161,11 +162,14 @@ async fn a_failing_blob_source_aborts_the_blob_but_not_the_session() {
 #[tokio::test]
 async fn messages_past_the_peer_limit_are_refused_locally() {
     let key = key(7);
-    let mut listener = Listener::bind(any_port(), config(&key, 2).with_max_message_len(1000))
-        .await
-        .unwrap();
+    let mut listener = Listener::bind(
+        any_port(),
+        config(&key, NodeId::Two).with_max_message_len(1000),
+    )
+    .await
+    .unwrap();
     let addr = listener.local_addr();
-    let node1 = config(&key, 1);
+    let node1 = config(&key, NodeId::One);
     let (client, server) = tokio::join!(dial(addr, &node1), listener.accept());
     let (client, server) = (client.unwrap(), server.unwrap());
     assert_eq!(client.peer_max_message_len(), 1000);
@@ -230,12 +234,12 @@ async fn heartbeats_give_a_clock_offset() {
 async fn a_peer_without_the_key_gets_nothing_and_both_sides_say_why() {
     let logs = LogCapture::default();
     let _guard = logs.install();
-    let mut listener = Listener::bind(any_port(), config(&key(7), 2))
+    let mut listener = Listener::bind(any_port(), config(&key(7), NodeId::Two))
         .await
         .unwrap();
     let addr = listener.local_addr();
 
-    let node1 = config(&key(9), 1);
+    let node1 = config(&key(9), NodeId::One);
     let (intruder, refused) = tokio::join!(dial(addr, &node1), listener.accept());
     match refused {
         Err(Error::Handshake {
@@ -264,7 +268,7 @@ async fn a_peer_without_the_key_gets_nothing_and_both_sides_say_why() {
 
     // The listener is unharmed, and the first thing its application ever receives is
     // from the rightful peer.
-    let node1 = config(&key(7), 1);
+    let node1 = config(&key(7), NodeId::One);
     let (friend, accepted) = tokio::join!(dial(addr, &node1), listener.accept());
     let (friend, accepted) = (friend.unwrap(), accepted.unwrap());
     friend.send("hello").await.unwrap();
@@ -273,7 +277,7 @@ async fn a_peer_without_the_key_gets_nothing_and_both_sides_say_why() {
 
 #[tokio::test]
 async fn raw_bytes_get_no_reply() {
-    let mut listener = Listener::bind(any_port(), config(&key(7), 2))
+    let mut listener = Listener::bind(any_port(), config(&key(7), NodeId::Two))
         .await
         .unwrap();
     let addr = listener.local_addr();
@@ -315,9 +319,11 @@ async fn raw_bytes_get_no_reply() {
 /// A client, a proxy that can meddle with its frames, and the server behind it.
 async fn proxied() -> (Session, Session, Proxy) {
     let key = key(7);
-    let mut listener = Listener::bind(any_port(), config(&key, 2)).await.unwrap();
+    let mut listener = Listener::bind(any_port(), config(&key, NodeId::Two))
+        .await
+        .unwrap();
     let proxy = Proxy::start(listener.local_addr()).await;
-    let node1 = config(&key, 1);
+    let node1 = config(&key, NodeId::One);
     let (client, server) = within("connecting through the proxy", async {
         tokio::join!(dial(proxy.addr, &node1), listener.accept())
     })
@@ -371,9 +377,11 @@ async fn an_oversized_frame_closes_the_session() {
 #[tokio::test]
 async fn a_replayed_handshake_is_refused() {
     let key = key(7);
-    let mut listener = Listener::bind(any_port(), config(&key, 2)).await.unwrap();
+    let mut listener = Listener::bind(any_port(), config(&key, NodeId::Two))
+        .await
+        .unwrap();
     let proxy = Proxy::start(listener.local_addr()).await;
-    let node1 = config(&key, 1);
+    let node1 = config(&key, NodeId::One);
     let (client, server) = tokio::join!(dial(proxy.addr, &node1), listener.accept());
     let (client, server) = (client.unwrap(), server.unwrap());
     client.send("genuine").await.unwrap();
@@ -401,7 +409,9 @@ async fn a_replayed_handshake_is_refused() {
 
     // Replayed in full (handshake and confirmation) to a listener that never saw it, as
     // after a restart: the confirmation does not fit the new session keys.
-    let mut fresh = Listener::bind(any_port(), config(&key, 2)).await.unwrap();
+    let mut fresh = Listener::bind(any_port(), config(&key, NodeId::Two))
+        .await
+        .unwrap();
     let mut raw = TcpStream::connect(fresh.local_addr()).await.unwrap();
     raw.write_all(&recorded[0]).await.unwrap();
     let mut answer = [0u8; 4];
@@ -423,12 +433,14 @@ async fn a_replayed_handshake_is_refused() {
 #[tokio::test]
 async fn a_silent_connection_times_out_without_blocking_others() {
     let key = key(7);
-    let mut listener = Listener::bind(any_port(), config(&key, 2)).await.unwrap();
+    let mut listener = Listener::bind(any_port(), config(&key, NodeId::Two))
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     // Connects and says nothing.
     let _silent = TcpStream::connect(addr).await.unwrap();
     // A real peer gets through meanwhile.
-    let node1 = config(&key, 1);
+    let node1 = config(&key, NodeId::One);
     let (client, accepted) = tokio::join!(dial(addr, &node1), listener.accept());
     client.unwrap();
     accepted.unwrap();

@@ -398,7 +398,7 @@ pub(crate) fn check_identifier(name: &str) -> Result<(), String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     /// `[node] id`.
-    pub id: Option<u8>,
+    pub id: Option<tandem_core::NodeId>,
     /// `[node] site`.
     pub site: Option<u16>,
     /// `[node] hostname` (the node's own hostname).

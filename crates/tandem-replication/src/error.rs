@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tandem_core::NodeId;
+
 use crate::status::{Position, ReplicationState};
 
 /// Every error of this crate.
@@ -96,7 +98,7 @@ pub enum Error {
         /// The position waited for.
         position: Position,
         /// The standby's node id.
-        peer: u8,
+        peer: NodeId,
         /// Why the replication service counts the standby as gone, as it recorded it.
         reason: String,
     },
@@ -131,7 +133,7 @@ pub enum Error {
     )]
     Fenced {
         /// The peer's node id.
-        peer: u8,
+        peer: NodeId,
         /// The token the peer announced, if any.
         token: Option<u64>,
         /// The highest token this node has seen.
@@ -146,11 +148,11 @@ pub enum Error {
     )]
     StaleHolder {
         /// This node's id.
-        node: u8,
+        node: NodeId,
         /// The token this node holds, if any.
         mine: Option<u64>,
         /// The peer's node id.
-        peer: u8,
+        peer: NodeId,
         /// The token the peer announced.
         token: u64,
     },
@@ -221,7 +223,7 @@ fn stale_peer(token: Option<u64>, floor: u64) -> String {
     }
 }
 
-fn own_token(mine: Option<u64>, peer: u8, token: u64) -> String {
+fn own_token(mine: Option<u64>, peer: NodeId, token: u64) -> String {
     match mine {
         Some(m) => format!("its witness token {m} is older than node {peer}'s token {token}"),
         None => format!("it holds no witness token while node {peer} announces token {token}"),

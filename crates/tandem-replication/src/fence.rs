@@ -7,6 +7,8 @@
 //! this node has seen, and a node streams its changes only while the peer announces no
 //! newer token than the one this node holds.
 
+use tandem_core::NodeId;
+
 use crate::error::{Error, Result};
 
 /// What this node knows about the witness's leader key, as its host (the node agent)
@@ -43,7 +45,7 @@ impl Fence {
     /// # Errors
     ///
     /// [`Error::Fenced`] when the peer is a stale holder.
-    pub fn admits(&self, peer: u8, token: Option<u64>) -> Result<()> {
+    pub fn admits(&self, peer: NodeId, token: Option<u64>) -> Result<()> {
         match token {
             _ if self.floor == 0 => Ok(()),
             Some(t) if t >= self.floor => Ok(()),
@@ -62,7 +64,7 @@ impl Fence {
     /// # Errors
     ///
     /// [`Error::StaleHolder`] when this node is the stale holder.
-    pub fn may_serve(&self, node: u8, peer: u8, token: Option<u64>) -> Result<()> {
+    pub fn may_serve(&self, node: NodeId, peer: NodeId, token: Option<u64>) -> Result<()> {
         match token {
             Some(t) if self.mine.is_none_or(|m| m < t) => Err(Error::StaleHolder {
                 node,
@@ -83,23 +85,23 @@ mod tests {
     fn without_a_floor_everything_is_admitted() {
         let none = Fence::default();
         for token in [None, Some(0), Some(3)] {
-            assert!(none.admits(2, token).is_ok());
+            assert!(none.admits(NodeId::Two, token).is_ok());
         }
     }
 
     #[test]
     fn a_floor_admits_only_tokens_at_least_as_new() {
         let fence = Fence::new(None, 9);
-        assert!(fence.admits(1, Some(9)).is_ok());
-        assert!(fence.admits(1, Some(10)).is_ok());
-        let err = fence.admits(1, Some(5)).unwrap_err();
+        assert!(fence.admits(NodeId::One, Some(9)).is_ok());
+        assert!(fence.admits(NodeId::One, Some(10)).is_ok());
+        let err = fence.admits(NodeId::One, Some(5)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "refused changes from node 1: its witness token 5 is older than token 9 seen here \
              (a stale holder); they are applied again once node 1 holds the leader key with a \
              token of at least 9"
         );
-        let err = fence.admits(1, None).unwrap_err();
+        let err = fence.admits(NodeId::One, None).unwrap_err();
         assert!(
             err.to_string()
                 .contains("it announces no witness token, and token 9 was seen here"),
@@ -117,18 +119,26 @@ mod tests {
     #[test]
     fn a_holder_with_an_older_token_does_not_serve() {
         let stale = Fence::new(Some(5), 9);
-        let err = stale.may_serve(1, 2, Some(9)).unwrap_err();
+        let err = stale
+            .may_serve(NodeId::One, NodeId::Two, Some(9))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "node 1 does not stream its changes to node 2: its witness token 5 is older than \
              node 2's token 9 (node 1 is a stale holder)"
         );
-        assert!(stale.may_serve(1, 2, Some(5)).is_ok());
-        assert!(stale.may_serve(1, 2, Some(4)).is_ok());
-        assert!(stale.may_serve(1, 2, None).is_ok());
+        assert!(stale.may_serve(NodeId::One, NodeId::Two, Some(5)).is_ok());
+        assert!(stale.may_serve(NodeId::One, NodeId::Two, Some(4)).is_ok());
+        assert!(stale.may_serve(NodeId::One, NodeId::Two, None).is_ok());
         let holding_none = Fence::default();
-        assert!(holding_none.may_serve(1, 2, None).is_ok());
-        let err = holding_none.may_serve(1, 2, Some(1)).unwrap_err();
+        assert!(
+            holding_none
+                .may_serve(NodeId::One, NodeId::Two, None)
+                .is_ok()
+        );
+        let err = holding_none
+            .may_serve(NodeId::One, NodeId::Two, Some(1))
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("it holds no witness token while node 2 announces token 1"),

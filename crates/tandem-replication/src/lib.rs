@@ -115,6 +115,7 @@
 //! # Example
 //!
 //! ```
+//! use tandem_core::NodeId;
 //! use tandem_replication::{
 //!     InitOptions, Quiet, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend,
 //! };
@@ -127,7 +128,7 @@
 //! let node1 = SqliteBackend::open(&sample::settings(Settings::new(dir.path(), config))).await?;
 //!
 //! // `mp_replication init -n 1 -r 192.0.2.12`
-//! node1.init(&InitOptions::new(1, "192.0.2.12:7451".parse()?), &Quiet).await?;
+//! node1.init(&InitOptions::new(NodeId::One, "192.0.2.12:7451".parse()?), &Quiet).await?;
 //! // The node agent makes the database writable when the node becomes active.
 //! node1.promote().await?;
 //!
@@ -180,6 +181,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::FutureExt;
+use tandem_core::NodeId;
 
 pub use config::{
     BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
@@ -204,8 +206,8 @@ pub use status::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InitOptions {
-    /// This node's id (1 or 2).
-    pub node: u8,
+    /// This node's id.
+    pub node: NodeId,
     /// The site (the seed's "Site: 1").
     pub site: u16,
     /// The peer's node address and peer link port.
@@ -217,7 +219,7 @@ pub struct InitOptions {
 impl InitOptions {
     /// Node `node` of site 1 with its peer at `remote`; the local address is the one
     /// the routing table uses toward `remote`.
-    pub fn new(node: u8, remote: SocketAddr) -> InitOptions {
+    pub fn new(node: NodeId, remote: SocketAddr) -> InitOptions {
         InitOptions {
             node,
             site: 1,
@@ -244,7 +246,7 @@ impl InitOptions {
 #[non_exhaustive]
 pub struct InitReport {
     /// Node id.
-    pub node: u8,
+    pub node: NodeId,
     /// Site.
     pub site: u16,
     /// The peer.

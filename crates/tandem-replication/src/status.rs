@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::NodeId;
 
 /// A position in the active node's stream of changes: what
 /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) waits for. For the
@@ -144,8 +145,8 @@ pub struct ServerStatus {
     pub replication_type: ReplicationType,
     /// The site number, if known.
     pub site: Option<u16>,
-    /// The node id, if known.
-    pub node: Option<u8>,
+    /// The node id, if known (serialized as the number 1 or 2).
+    pub node: Option<NodeId>,
     /// The replication state.
     pub state: ReplicationState,
     /// Local, connected or not.
@@ -388,8 +389,13 @@ mod tests {
         };
         Status {
             backend: "sqlite".into(),
-            local: side(ReplicationType::Local, 1, LinkStatus::Local, true),
-            remote: side(ReplicationType::IntraSite, 2, LinkStatus::Connected, false),
+            local: side(ReplicationType::Local, NodeId::One, LinkStatus::Local, true),
+            remote: side(
+                ReplicationType::IntraSite,
+                NodeId::Two,
+                LinkStatus::Connected,
+                false,
+            ),
             backlog: Some(0),
             lag_ms: Some(0),
             head: Position(10),
@@ -481,6 +487,20 @@ Database: writable (active) on this node, read-only (standby) on the remote node
         let back: Status = serde_json::from_value(old).unwrap_or_else(|_| seed_status());
         assert_eq!(back.local_detail, None);
         assert_eq!(back, seed_status());
+    }
+
+    #[test]
+    fn node_and_site_ids_are_plain_numbers_in_json() {
+        let mut status = seed_status();
+        status.remote.node = None;
+        let json = serde_json::to_value(&status).unwrap_or_default();
+        assert_eq!(json["local"]["node"], serde_json::json!(1));
+        assert_eq!(json["local"]["site"], serde_json::json!(1));
+        assert_eq!(json["remote"]["node"], serde_json::Value::Null);
+        // A node other than 1 or 2 does not read back as a status.
+        let mut bad = serde_json::to_value(seed_status()).unwrap_or_default();
+        bad["remote"]["node"] = serde_json::json!(3);
+        assert!(serde_json::from_value::<Status>(bad).is_err());
     }
 
     #[test]

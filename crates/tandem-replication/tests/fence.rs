@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_core::NodeId;
 use tandem_peer::SiteKey;
 use tandem_replication::wire::{Message, NodeState};
 use tandem_replication::{
@@ -38,7 +39,7 @@ struct Node {
     task: JoinHandle<Result<(), Error>>,
 }
 
-async fn open(dir: &Path, id: u8, port: u16, remote_port: u16) -> Arc<SqliteBackend> {
+async fn open(dir: &Path, id: NodeId, port: u16, remote_port: u16) -> Arc<SqliteBackend> {
     let cfg = ReplicationConfig {
         sample_schema: true,
         port: Some(port),
@@ -58,7 +59,7 @@ async fn open(dir: &Path, id: u8, port: u16, remote_port: u16) -> Arc<SqliteBack
 }
 
 impl Node {
-    async fn start(dir: &Path, id: u8, ports: (u16, u16), key: &SiteKey, fence: Fence) -> Node {
+    async fn start(dir: &Path, id: NodeId, ports: (u16, u16), key: &SiteKey, fence: Fence) -> Node {
         let backend = open(dir, id, ports.0, ports.1).await;
         let (fence_tx, fence_rx) = watch::channel(fence);
         let replicator = Replicator::new(Arc::clone(&backend)).with_fence(fence_rx);
@@ -94,8 +95,8 @@ impl Node {
 async fn pair(dir: &Path, f1: Fence, f2: Fence) -> (Node, Node) {
     let key = SiteKey::generate().unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let n1 = Node::start(dir, 1, (p1, p2), &key, f1).await;
-    let n2 = Node::start(dir, 2, (p2, p1), &key, f2).await;
+    let n1 = Node::start(dir, NodeId::One, (p1, p2), &key, f1).await;
+    let n2 = Node::start(dir, NodeId::Two, (p2, p1), &key, f2).await;
     n1.backend
         .switch_on(&SwitchOnOptions::new(), &Quiet)
         .await
@@ -343,7 +344,7 @@ async fn next_but_states(peer: &Mem, last_state: &mut Option<NodeState>) -> Mess
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_with_an_older_token_than_its_peers_does_not_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = open(dir.path(), 1, free_port(), free_port()).await;
+    let backend = open(dir.path(), NodeId::One, free_port(), free_port()).await;
     let (fence, fence_rx) = watch::channel(Fence::new(Some(5), 5));
     let replicator = Replicator::new(Arc::clone(&backend)).with_fence(fence_rx);
     let (events, events_rx) = mpsc::channel(1);

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_core::NodeId;
 use tandem_peer::SiteKey;
 use tandem_replication::{
     Error, InitOptions, LinkStatus, Position, Quiet, ReplicationBackend, ReplicationConfig,
@@ -38,7 +39,7 @@ impl Node {
     /// listening on `port`), not yet running its service.
     async fn new(
         dir: &Path,
-        id: u8,
+        id: NodeId,
         port: u16,
         remote_port: u16,
         tweak: impl FnOnce(&mut ReplicationConfig),
@@ -109,8 +110,8 @@ fn futures_now(task: JoinHandle<Result<(), Error>>) -> String {
 /// Node 1 and node 2 with their services running.
 async fn pair(dir: &Path, key: &SiteKey) -> (Node, Node) {
     let (p1, p2) = (free_port(), free_port());
-    let mut n1 = Node::new(dir, 1, p1, p2, |_| {}).await;
-    let mut n2 = Node::new(dir, 2, p2, p1, |_| {}).await;
+    let mut n1 = Node::new(dir, NodeId::One, p1, p2, |_| {}).await;
+    let mut n2 = Node::new(dir, NodeId::Two, p2, p1, |_| {}).await;
     n1.start(key);
     n2.start(key);
     (n1, n2)
@@ -260,8 +261,8 @@ async fn switch_on_from_node_1_streams_to_node_2_and_status_shows_both() {
 async fn a_peer_with_the_wrong_key_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let mut n1 = Node::new(dir.path(), 1, p1, p2, |_| {}).await;
-    let mut n2 = Node::new(dir.path(), 2, p2, p1, |_| {}).await;
+    let mut n1 = Node::new(dir.path(), NodeId::One, p1, p2, |_| {}).await;
+    let mut n2 = Node::new(dir.path(), NodeId::Two, p2, p1, |_| {}).await;
     n1.start(&SiteKey::generate().unwrap());
     n2.start(&SiteKey::generate().unwrap());
     n1.backend
@@ -304,7 +305,7 @@ async fn past_the_backlog_limit_replication_suspends_itself_with_an_alarm() {
     let dir = tempfile::tempdir().unwrap();
     let key = SiteKey::generate().unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let mut n1 = Node::new(dir.path(), 1, p1, p2, |c| c.max_backlog = 50).await;
+    let mut n1 = Node::new(dir.path(), NodeId::One, p1, p2, |c| c.max_backlog = 50).await;
     n1.start(&key);
     // Node 2 is down for long: its service never runs.
     n1.backend
@@ -477,7 +478,7 @@ async fn waiting_while_connected_stops_once_the_standby_is_lost_and_waits_again_
         .unwrap_err();
     match &err {
         Error::StandbyUnreachable { position, peer, .. } => {
-            assert_eq!((*position, *peer), (p, 2), "{err}");
+            assert_eq!((*position, *peer), (p, NodeId::Two), "{err}");
         }
         other => panic!("expected StandbyUnreachable, got {other}"),
     }
@@ -578,8 +579,8 @@ async fn from_sync_after_a_backlog_suspension_resumes_replication_for_good() {
     let dir = tempfile::tempdir().unwrap();
     let key = SiteKey::generate().unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let mut n1 = Node::new(dir.path(), 1, p1, p2, |c| c.max_backlog = 50).await;
-    let mut n2 = Node::new(dir.path(), 2, p2, p1, |_| {}).await;
+    let mut n1 = Node::new(dir.path(), NodeId::One, p1, p2, |c| c.max_backlog = 50).await;
+    let mut n2 = Node::new(dir.path(), NodeId::Two, p2, p1, |_| {}).await;
     n1.start(&key);
     n2.start(&key);
     n1.backend
@@ -652,7 +653,7 @@ async fn switch_on_straight_after_init_waits_for_the_service_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let key = SiteKey::generate().unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let mut n1 = Node::new(dir.path(), 1, p1, p2, |_| {}).await;
+    let mut n1 = Node::new(dir.path(), NodeId::One, p1, p2, |_| {}).await;
     let backend = Arc::clone(&n1.backend);
     let steps = Arc::new(Steps::default());
     let seen = Arc::clone(&steps);

@@ -15,6 +15,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse,
 };
 use serde::Serialize;
+use tandem_core::{NodeId, SiteId};
 use tokio::time::Instant;
 
 use crate::config::read_file;
@@ -84,8 +85,8 @@ impl CheckReport {
 /// An etcd witness client for one node of one site.
 pub struct Witness {
     config: WitnessConfig,
-    site: u8,
-    node: u8,
+    site: SiteId,
+    node: NodeId,
     key: String,
     client: Client,
     /// One client per endpoint, for [`Witness::members`].
@@ -106,22 +107,16 @@ impl std::fmt::Debug for Witness {
 }
 
 impl Witness {
-    /// Validates `config` and connects to its endpoints for node `node` (1 or 2) of
-    /// site `site`. Without a user, connecting is lazy and succeeds with the cluster
+    /// Validates `config` and connects to its endpoints for node `node` of site
+    /// `site`. Without a user, connecting is lazy and succeeds with the cluster
     /// down; with a user, etcd must answer the authentication within the request
     /// timeout, else [`WitnessError::Unreachable`].
     pub async fn connect(
         config: WitnessConfig,
-        site: u8,
-        node: u8,
+        site: SiteId,
+        node: NodeId,
     ) -> Result<Witness, WitnessError> {
         config.validate()?;
-        if node != 1 && node != 2 {
-            return Err(WitnessError::Config {
-                field: "node",
-                reason: format!("node id {node}: a site has nodes 1 and 2"),
-            });
-        }
         let options = connect_options(&config)?;
         // A member that answers without a leader (an election, a lost quorum) is
         // still up: the status probe must not require one.
@@ -445,8 +440,8 @@ impl Witness {
 
     fn value(&self) -> Result<String, WitnessError> {
         serde_json::to_string(&LeaderValue {
-            node: self.node,
-            site: self.site,
+            node: self.node.get(),
+            site: self.site.get(),
         })
         .map_err(|e| WitnessError::BadValue {
             key: self.key.clone(),
@@ -468,14 +463,13 @@ impl Witness {
                     .collect::<String>()
             ))
         })?;
-        if v.site != self.site {
+        if v.site != self.site.get() {
             return Err(bad(format!("it names site {}, not {}", v.site, self.site)));
         }
-        if v.node != 1 && v.node != 2 {
-            return Err(bad(format!("it names node {}", v.node)));
-        }
+        let node =
+            NodeId::try_from(v.node).map_err(|_| bad(format!("it names node {}", v.node)))?;
         Ok(Holder {
-            node: v.node,
+            node,
             token: token_of(create_revision, &self.key)?,
         })
     }
@@ -686,7 +680,7 @@ mod tests {
             cert_file: None,
             key_file: None,
         });
-        match Witness::connect(config, 1, 1).await {
+        match Witness::connect(config, SiteId::ONE, NodeId::One).await {
             Err(WitnessError::File { path, .. }) => {
                 assert_eq!(path, std::path::Path::new("/nonexistent/tandem-ca.pem"));
             }
@@ -695,20 +689,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_node_id_other_than_1_or_2_is_refused() {
+    async fn the_leader_value_holds_plain_numbers_and_is_checked_when_read() {
         let config = WitnessConfig::new(vec!["http://192.0.2.21:2379".into()]);
-        let e = Witness::connect(config, 1, 3).await.unwrap_err();
-        assert!(
-            matches!(e, WitnessError::Config { field: "node", .. }),
-            "{e:?}"
-        );
+        let w = Witness::connect(config, SiteId::ONE, NodeId::Two)
+            .await
+            .unwrap();
+        assert_eq!(w.value().unwrap(), r#"{"node":2,"site":1}"#);
+        let holder = w.parse_holder(br#"{"node":1,"site":1}"#, 9).unwrap();
+        assert_eq!(holder.node, NodeId::One);
+        for (value, named) in [
+            (&br#"{"node":3,"site":1}"#[..], "it names node 3"),
+            (&br#"{"node":1,"site":300}"#[..], "it names site 300, not 1"),
+        ] {
+            let e = w.parse_holder(value, 9).unwrap_err();
+            assert!(
+                matches!(&e, WitnessError::BadValue { detail, .. } if detail == named),
+                "{e:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn connecting_is_lazy_without_a_user() {
         // TEST-NET-1 from outside the lab: nothing answers, and nothing needs to.
         let config = WitnessConfig::new(vec!["http://192.0.2.21:2379".into()]);
-        let w = Witness::connect(config, 1, 1).await.unwrap();
+        let w = Witness::connect(config, SiteId::ONE, NodeId::One)
+            .await
+            .unwrap();
         assert_eq!(w.key(), "/tandem/1/leader");
         assert_eq!(w.held(), None);
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::{NodeId, SiteId};
 
 use crate::WitnessError;
 
@@ -186,13 +187,13 @@ impl WitnessConfig {
         Ok(())
     }
 
-    /// The leader key of `site`: `<prefix>/<site>/leader`.
-    pub fn leader_key(&self, site: u8) -> String {
+    /// The leader key of `site`: `<prefix>/<site>/leader`, the site in decimal.
+    pub fn leader_key(&self, site: SiteId) -> String {
         format!("{}/{site}/leader", self.prefix)
     }
 
     /// The key [`crate::Witness::check`] writes and deletes: `<prefix>/<site>/check-<node>`.
-    pub fn check_key(&self, site: u8, node: u8) -> String {
+    pub fn check_key(&self, site: SiteId, node: NodeId) -> String {
         format!("{}/{site}/check-{node}", self.prefix)
     }
 
@@ -350,7 +351,11 @@ mod tests {
         let c: WitnessConfig = toml::from_str(r#"endpoints = ["http://192.0.2.21:2379"]"#).unwrap();
         assert_eq!(c, config());
         c.validate().unwrap();
-        assert_eq!(c.leader_key(7), "/tandem/7/leader");
+        let site = |n| SiteId::new(n).unwrap();
+        assert_eq!(c.leader_key(site(7)), "/tandem/7/leader");
+        assert_eq!(c.check_key(site(7), NodeId::Two), "/tandem/7/check-2");
+        // Sites past 255 have keys of their own.
+        assert_eq!(c.leader_key(site(300)), "/tandem/300/leader");
         assert_eq!(c.ttl(), Duration::from_secs(3));
         assert_eq!(c.renew_every(), Duration::from_secs(1));
         assert_eq!(c.step_down_after(), Duration::from_secs(2));

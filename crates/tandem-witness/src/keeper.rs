@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use tandem_core::{NodeId, SiteId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -111,7 +112,7 @@ impl LeaseView {
 pub struct Tracker {
     step_down_after: Duration,
     holding: Option<Token>,
-    node: u8,
+    node: NodeId,
     deadline: Option<Instant>,
     /// The holder last reported; `None` before the first observation.
     reported: Option<Option<Holder>>,
@@ -124,7 +125,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker for node `node` with `config`'s timings.
-    pub fn new(config: &WitnessConfig, node: u8) -> Tracker {
+    pub fn new(config: &WitnessConfig, node: NodeId) -> Tracker {
         Tracker {
             step_down_after: config.step_down_after(),
             holding: None,
@@ -309,8 +310,8 @@ impl Keeper {
     /// soon as it has read them.
     pub async fn start(
         config: WitnessConfig,
-        site: u8,
-        node: u8,
+        site: SiteId,
+        node: NodeId,
     ) -> Result<(Keeper, mpsc::Receiver<LeaseEvent>), WitnessError> {
         let witness = Witness::connect(config, site, node).await?;
         let tracker = Tracker::new(witness.config(), node);
@@ -557,7 +558,7 @@ mod tests {
     fn tracker() -> Tracker {
         Tracker::new(
             &WitnessConfig::new(vec!["http://192.0.2.21:2379".into()]),
-            1,
+            NodeId::One,
         )
     }
 
@@ -603,7 +604,7 @@ mod tests {
     fn changes_of_the_key_are_reported_once() {
         let mut t = tracker();
         let other = Holder {
-            node: 2,
+            node: NodeId::Two,
             token: Token(9),
         };
         assert_eq!(t.observed(None), vec![LeaseEvent::Free]);

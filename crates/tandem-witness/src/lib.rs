@@ -23,6 +23,7 @@
 //! # Example
 //!
 //! ```no_run
+//! use tandem_core::{NodeId, SiteId};
 //! use tandem_witness::{Acquire, Keeper, LeaseEvent, Witness, WitnessConfig};
 //!
 //! # async fn example() -> Result<(), tandem_witness::WitnessError> {
@@ -31,7 +32,7 @@
 //! ).map_err(|e| tandem_witness::WitnessError::Config { field: "witness", reason: e.to_string() })?;
 //!
 //! // One-off calls, e.g. for `failover status`:
-//! let mut witness = Witness::connect(config.clone(), 1, 1).await?;
+//! let mut witness = Witness::connect(config.clone(), SiteId::ONE, NodeId::One).await?;
 //! match witness.acquire().await? {
 //!     Acquire::Acquired { token, .. } => println!("node 1 is the holder, token {token}"),
 //!     Acquire::HeldBy(holder) => println!("node {} holds the key", holder.node),
@@ -39,7 +40,7 @@
 //! witness.release().await?;
 //!
 //! // In the agent: a task keeps the lease and reports what happens to it.
-//! let (keeper, mut events) = Keeper::start(config, 1, 1).await?;
+//! let (keeper, mut events) = Keeper::start(config, SiteId::ONE, NodeId::One).await?;
 //! keeper.acquire();
 //! while let Some(event) = events.recv().await {
 //!     match event {
@@ -56,6 +57,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::NodeId;
 
 mod client;
 pub mod config;
@@ -141,19 +143,20 @@ impl fmt::Display for Token {
 /// Who holds the leader key, and with which token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// The holder's node id (1 or 2).
-    pub node: u8,
+    /// The holder's node id (serialized as the number 1 or 2).
+    pub node: NodeId,
     /// The key's creation revision.
     pub token: Token,
 }
 
 /// The value stored in the leader key: `{"node":1,"site":1}`. The token is not in
-/// it: it is the key's creation revision, which only etcd assigns.
+/// it: it is the key's creation revision, which only etcd assigns. The ids are the
+/// plain numbers as stored, checked by the reader (`Witness::parse_holder`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LeaderValue {
     pub(crate) node: u8,
-    pub(crate) site: u8,
+    pub(crate) site: u32,
 }
 
 #[cfg(test)]
@@ -168,7 +171,7 @@ mod tests {
         assert_eq!(Token(12).to_string(), "12");
         assert_eq!(serde_json::to_string(&Token(12)).unwrap(), "12");
         let holder = Holder {
-            node: 2,
+            node: NodeId::Two,
             token: Token(9),
         };
         assert_eq!(

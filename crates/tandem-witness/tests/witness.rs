@@ -9,10 +9,11 @@ use std::future::Future;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use tandem_core::{NodeId, SiteId};
 use tandem_lab::{Host, Lab, WitnessCluster};
 use tandem_witness::{Acquire, Holder, Keeper, LeaseEvent, Token, Witness, WitnessConfig};
 
-const SITE: u8 = 1;
+const SITE: SiteId = SiteId::ONE;
 
 struct Site {
     // Dropped first: etcd processes and their namespaces go before the lab.
@@ -61,10 +62,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn node_of(host: Host) -> u8 {
+fn node_of(host: Host) -> NodeId {
     match host {
-        Host::Node1 => 1,
-        Host::Node2 => 2,
+        Host::Node1 => NodeId::One,
+        Host::Node2 => NodeId::Two,
         Host::Client => panic!("the client is not a node"),
     }
 }
@@ -81,7 +82,7 @@ fn the_first_acquirer_gets_a_token_the_other_node_sees_it_and_renewal_keeps_it()
     let site = site(1);
     let config = site.config();
     let (token, ttls) = site.block_in(Host::Node1, || async move {
-        let mut w = Witness::connect(config, SITE, 1).await.unwrap();
+        let mut w = Witness::connect(config, SITE, NodeId::One).await.unwrap();
         let token = acquired(w.acquire().await.unwrap());
         let mut ttls = Vec::new();
         for _ in 0..3 {
@@ -100,10 +101,13 @@ fn the_first_acquirer_gets_a_token_the_other_node_sees_it_and_renewal_keeps_it()
     }
     let config = site.config();
     let (seen, holder) = site.block_in(Host::Node2, || async move {
-        let mut w = Witness::connect(config, SITE, 2).await.unwrap();
+        let mut w = Witness::connect(config, SITE, NodeId::Two).await.unwrap();
         (w.acquire().await.unwrap(), w.holder().await.unwrap())
     });
-    let expected = Holder { node: 1, token };
+    let expected = Holder {
+        node: NodeId::One,
+        token,
+    };
     assert_eq!(seen, Acquire::HeldBy(expected));
     let (holder, ttl_left) = holder.unwrap();
     assert_eq!(holder, expected);
@@ -115,14 +119,14 @@ fn a_holder_that_stops_renewing_frees_the_key_within_the_ttl_and_the_next_token_
     let site = site(1);
     let config = site.config();
     let first = site.block_in(Host::Node1, || async move {
-        let mut w = Witness::connect(config, SITE, 1).await.unwrap();
+        let mut w = Witness::connect(config, SITE, NodeId::One).await.unwrap();
         acquired(w.acquire().await.unwrap())
         // Dropped without a release: the agent died.
     });
     let stopped = Instant::now();
     let config = site.config();
     let second = site.block_in(Host::Node2, || async move {
-        let mut w = Witness::connect(config, SITE, 2).await.unwrap();
+        let mut w = Witness::connect(config, SITE, NodeId::Two).await.unwrap();
         loop {
             match w.acquire().await.unwrap() {
                 Acquire::Acquired { token, .. } => break token,
@@ -149,10 +153,12 @@ fn a_restarted_agent_adopts_its_own_live_key_and_release_frees_it() {
     let site = site(1);
     let config = site.config();
     let (before, after) = site.block_in(Host::Node1, || async move {
-        let mut old = Witness::connect(config.clone(), SITE, 1).await.unwrap();
+        let mut old = Witness::connect(config.clone(), SITE, NodeId::One)
+            .await
+            .unwrap();
         let before = old.acquire().await.unwrap();
         drop(old); // the agent restarts; its lease lives on in etcd
-        let mut new = Witness::connect(config, SITE, 1).await.unwrap();
+        let mut new = Witness::connect(config, SITE, NodeId::One).await.unwrap();
         let after = new.acquire().await.unwrap();
         new.renew().await.unwrap();
         new.release().await.unwrap();
@@ -177,7 +183,7 @@ fn a_node_cut_from_the_witness_is_told_lost_before_the_key_disappears() {
         .lab
         .spawn_in(Host::Node1, move || {
             runtime().block_on(async move {
-                let (keeper, mut rx) = Keeper::start(config, SITE, 1).await.unwrap();
+                let (keeper, mut rx) = Keeper::start(config, SITE, NodeId::One).await.unwrap();
                 keeper.acquire();
                 while stop.try_recv().is_err() {
                     let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
@@ -208,7 +214,10 @@ fn a_node_cut_from_the_witness_is_told_lost_before_the_key_disappears() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         site.holder_seen_by(Host::Node2),
-        Some(Holder { node: 1, token })
+        Some(Holder {
+            node: NodeId::One,
+            token
+        })
     );
     site.lab.cut_from_witness(Host::Node1, true).unwrap();
     let cut_at = Instant::now();
@@ -217,7 +226,10 @@ fn a_node_cut_from_the_witness_is_told_lost_before_the_key_disappears() {
     // The ordering that matters: when node1 is told, etcd still has its key.
     assert_eq!(
         site.holder_seen_by(Host::Node2),
-        Some(Holder { node: 1, token }),
+        Some(Holder {
+            node: NodeId::One,
+            token
+        }),
         "node1 was told it lost the key only after etcd dropped it"
     );
     // And etcd does drop it, within the TTL after the last keep-alive.
@@ -246,11 +258,13 @@ fn with_every_member_down_acquire_fails_fast_and_the_keeper_reports_unreachable(
     let config = site.config();
     let timeout = config.request_timeout();
     let (elapsed, outcome, event) = site.block_in(Host::Node1, || async move {
-        let mut w = Witness::connect(config.clone(), SITE, 1).await.unwrap();
+        let mut w = Witness::connect(config.clone(), SITE, NodeId::One)
+            .await
+            .unwrap();
         let started = Instant::now();
         let outcome = w.acquire().await;
         let elapsed = started.elapsed();
-        let (keeper, mut rx) = Keeper::start(config, SITE, 1).await.unwrap();
+        let (keeper, mut rx) = Keeper::start(config, SITE, NodeId::One).await.unwrap();
         let event = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match rx.recv().await {
@@ -290,7 +304,7 @@ fn the_raft_leader_killed_out_of_three_members_changes_nothing() {
         .lab
         .spawn_in(Host::Node1, move || {
             runtime().block_on(async move {
-                let (keeper, mut rx) = Keeper::start(config, SITE, 1).await.unwrap();
+                let (keeper, mut rx) = Keeper::start(config, SITE, NodeId::One).await.unwrap();
                 keeper.acquire();
                 while stop.try_recv().is_err() {
                     let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
@@ -314,7 +328,7 @@ fn the_raft_leader_killed_out_of_three_members_changes_nothing() {
     // The raft leader goes: the two others elect a new one within the lease.
     let config = site.config();
     let members = site.block_in(Host::Node2, || async move {
-        Witness::connect(config, SITE, 2)
+        Witness::connect(config, SITE, NodeId::Two)
             .await
             .unwrap()
             .members()
@@ -341,7 +355,13 @@ fn the_raft_leader_killed_out_of_three_members_changes_nothing() {
     assert_eq!(view.holding, Some(token));
     assert!(view.reachable);
     assert_eq!((view.members_up, view.members), (2, 3), "{view:?}");
-    assert_eq!(holder, Some(Holder { node: 1, token }));
+    assert_eq!(
+        holder,
+        Some(Holder {
+            node: NodeId::One,
+            token
+        })
+    );
 }
 
 #[test]
@@ -349,7 +369,7 @@ fn check_reports_members_and_a_writable_prefix() {
     let site = site(1);
     let config = site.config();
     let report = site.block_in(Host::Node2, || async move {
-        let mut w = Witness::connect(config, SITE, 2).await.unwrap();
+        let mut w = Witness::connect(config, SITE, NodeId::Two).await.unwrap();
         w.check().await.unwrap()
     });
     assert!(report.ok(), "{report:?}");
@@ -382,7 +402,9 @@ fn a_standby_keeper_follows_the_key_and_acquires_once_it_is_free() {
         .lab
         .spawn_in(Host::Node1, move || {
             runtime().block_on(async move {
-                let mut w = Witness::connect(node1_config, SITE, 1).await.unwrap();
+                let mut w = Witness::connect(node1_config, SITE, NodeId::One)
+                    .await
+                    .unwrap();
                 assert_eq!(node1_rx.recv().unwrap(), "acquire");
                 let token = acquired(w.acquire().await.unwrap());
                 done_tx.send(token).unwrap();
@@ -392,7 +414,7 @@ fn a_standby_keeper_follows_the_key_and_acquires_once_it_is_free() {
         })
         .unwrap();
     let events = site.block_in(Host::Node2, move || async move {
-        let (keeper, mut rx) = Keeper::start(config, SITE, 2).await.unwrap();
+        let (keeper, mut rx) = Keeper::start(config, SITE, NodeId::Two).await.unwrap();
         let mut seen = Vec::new();
         // The first reading of the key: free.
         loop {
@@ -408,7 +430,7 @@ fn a_standby_keeper_follows_the_key_and_acquires_once_it_is_free() {
             let e = next(&mut rx).await;
             seen.push(e.clone());
             if e == LeaseEvent::HeldBy(Holder {
-                node: 1,
+                node: NodeId::One,
                 token: first,
             }) {
                 break;

@@ -60,6 +60,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use tandem_core::NodeId;
 use tandem_node::{LoadSettings, OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
     Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
@@ -88,8 +89,8 @@ enum Command {
     /// Prepare this node's database for replication with its peer.
     Init {
         /// This node's id.
-        #[arg(short = 'n', long = "node", value_parser = clap::value_parser!(u8).range(1..=2))]
-        node: u8,
+        #[arg(short = 'n', long = "node", value_parser = node_id())]
+        node: NodeId,
         /// The peer's node address (its eth0:0 hostname or IP, optionally `:port`).
         #[arg(short = 'r', long = "remote", value_name = "REMOTE")]
         remote: String,
@@ -205,6 +206,12 @@ enum Command {
 enum SyncFrom {
     /// Copy the peer's data.
     FromSync,
+}
+
+/// `-n`/`--node`: 1 or 2. Anything else is a usage error that lists both.
+fn node_id() -> impl clap::builder::TypedValueParser<Value = NodeId> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["1", "2"]).try_map(|n| n.parse::<NodeId>())
 }
 
 fn main() -> ExitCode {

@@ -134,6 +134,33 @@ fn without_any_config_file_changing_commands_say_so_once() {
     }
 }
 
+/// `init -n` takes node 1 or 2; anything else is a usage error (status 2) that names
+/// both, before anything is opened.
+#[test]
+fn init_refuses_a_node_other_than_1_or_2() {
+    let node = NodeDir::new();
+    let config = node.config();
+    let config = config.to_str().unwrap();
+    for bad in ["3", "0", "one"] {
+        let out = node.run(&[
+            "--config",
+            config,
+            "init",
+            "-n",
+            bad,
+            "-r",
+            "192.0.2.12:7452",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("'{bad}'")) && stderr.contains("[possible values: 1, 2]"),
+            "{bad}: {stderr}"
+        );
+    }
+    assert!(!node.dir.path().join("state").exists());
+}
+
 /// Bug 10: a reader that closed its end (`| head -1`) ends every command quietly, with
 /// exit status 0 and no panic.
 #[test]

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tandem_core::NodeId;
 use tandem_peer::frame::{self, Decoded, LEN_PREFIX};
 use tandem_peer::{Config, Listener, Session, SiteKey, dial};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,7 +33,7 @@ pub fn key(byte: u8) -> SiteKey {
 
 /// Fast heartbeats, but a generous miss count: tests that are not about liveness must
 /// not see a false "peer lost" on a busy machine.
-pub fn config(key: &SiteKey, node: u8) -> Config {
+pub fn config(key: &SiteKey, node: NodeId) -> Config {
     Config::new(key.clone(), node)
         .with_heartbeat_interval(HEARTBEAT)
         .with_missed_heartbeats(40)
@@ -54,9 +55,11 @@ pub async fn within<T>(doing: &str, what: impl Future<Output = T>) -> T {
 /// accepted session.
 pub async fn pair() -> (Session, Session) {
     let key = key(7);
-    let mut listener = Listener::bind(any_port(), config(&key, 2)).await.unwrap();
+    let mut listener = Listener::bind(any_port(), config(&key, NodeId::Two))
+        .await
+        .unwrap();
     let addr = listener.local_addr();
-    let node1 = config(&key, 1);
+    let node1 = config(&key, NodeId::One);
     let (client, server) = within("connecting a pair", async {
         tokio::join!(dial(addr, &node1), listener.accept())
     })

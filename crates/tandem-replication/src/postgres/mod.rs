@@ -134,7 +134,7 @@ impl ReplicationBackend for PostgresBackend {
             false
         };
         Ok(InitReport {
-            node: state.node.get(),
+            node: state.node,
             site: state.site,
             remote: SocketAddr::new(state.remote, self.cfg().port),
             local: state.local,
@@ -277,7 +277,7 @@ impl ReplicationBackend for PostgresBackend {
     async fn identity(&self) -> Result<Identity> {
         let state = self.load()?;
         Ok(Identity {
-            node: state.node.get(),
+            node: state.node,
             site: state.site,
             remote: Some(SocketAddr::new(state.remote, self.cfg().port)),
             local: state.local,

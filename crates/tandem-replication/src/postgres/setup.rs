@@ -16,8 +16,7 @@ impl PostgresBackend {
     /// The state `init` records: the one recorded before, updated with `options`, or a
     /// new one. Also whether it is new.
     pub(super) fn initial_state(&self, options: &InitOptions) -> Result<(PgState, bool)> {
-        let node = tandem_core::NodeId::try_from(options.node)
-            .map_err(|_| Error::State(format!("node id {} is not 1 or 2", options.node)))?;
+        let node = options.node;
         let remote = options.remote.ip();
         if options.local == Some(remote) {
             return Err(Error::State(format!(

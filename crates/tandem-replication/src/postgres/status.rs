@@ -266,7 +266,7 @@ pub(super) async fn status(backend: &PostgresBackend, state: &PgState) -> Result
         local: ServerStatus {
             replication_type: ReplicationType::Local,
             site: Some(state.site),
-            node: Some(state.node.get()),
+            node: Some(state.node),
             state: local_state,
             status: LinkStatus::Local,
             writable: local.as_ref().map(|l| l.primary),
@@ -437,7 +437,10 @@ fn remote_server(
     link: LinkStatus,
 ) -> ServerStatus {
     let parse_site = |t: &Option<String>| t.as_deref().and_then(|v| v.parse::<u16>().ok());
-    let parse_node = |t: &Option<String>| t.as_deref().and_then(|v| v.parse::<u8>().ok());
+    let parse_node = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|v| v.parse::<tandem_core::NodeId>().ok())
+    };
     ServerStatus {
         replication_type: ReplicationType::IntraSite,
         site: remote
@@ -446,7 +449,7 @@ fn remote_server(
         node: Some(
             remote
                 .and_then(|r| parse_node(&r.node))
-                .unwrap_or(state.node.peer().get()),
+                .unwrap_or(state.node.peer()),
         ),
         state: remote_state,
         status: link,

@@ -326,7 +326,12 @@ impl Engine {
     /// Applies a batch while the fence admits the peer's token: checked now, and
     /// again in the batch's transaction just before it commits, in case the host
     /// raised the floor meanwhile.
-    async fn apply(&mut self, batch: Batch, peer: u8, token: Option<u64>) -> Input {
+    async fn apply(
+        &mut self,
+        batch: Batch,
+        peer: tandem_core::NodeId,
+        token: Option<u64>,
+    ) -> Input {
         let fence = self.fence.clone();
         let gate = move || {
             fence

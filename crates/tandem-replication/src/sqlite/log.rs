@@ -341,7 +341,7 @@ impl SqliteBackend {
         &self,
         log: Option<u64>,
         from: u64,
-        puller: u8,
+        puller: tandem_core::NodeId,
     ) -> Result<PullCheck> {
         let m = self.meta().await?;
         let fix = format!("run `mp_replication switch-on -S -F from-sync` on node {puller}");

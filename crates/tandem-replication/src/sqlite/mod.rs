@@ -310,7 +310,7 @@ impl SqliteBackend {
     /// The peer's node id and why the service counts it as gone, when its peer record
     /// says the link is down and the service is running (a record left by a service
     /// that stopped says nothing about now). No record yet: not known to be gone.
-    async fn standby_lost(&self) -> Result<Option<(u8, String)>> {
+    async fn standby_lost(&self) -> Result<Option<(tandem_core::NodeId, String)>> {
         let mut conn = self.conn().await?;
         let (node, connected, error): (Option<String>, Option<i64>, Option<String>) =
             sqlx::query_as(
@@ -329,7 +329,7 @@ impl SqliteBackend {
             .and_then(|v| v.parse().ok())
             .unwrap_or(tandem_core::NodeId::One);
         Ok(Some((
-            node.peer().get(),
+            node.peer(),
             error.unwrap_or_else(|| "the peer link is down".to_owned()),
         )))
     }
@@ -1005,7 +1005,7 @@ impl SqliteBackend {
     pub async fn identity(&self) -> Result<Identity> {
         let m = self.meta().await?;
         Ok(Identity {
-            node: m.node.get(),
+            node: m.node,
             site: m.site,
             remote: SocketAddr::from_str(&m.remote).ok(),
             local: IpAddr::from_str(&m.local).ok(),
@@ -1016,12 +1016,6 @@ impl SqliteBackend {
 /// The SQLite backend's operations, also reached through [`crate::Backend`].
 impl ReplicationBackend for SqliteBackend {
     async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
-        if !(1..=2).contains(&options.node) {
-            return Err(Error::Config(format!(
-                "node id {} is not 1 or 2",
-                options.node
-            )));
-        }
         if let Some(id) = self.settings.node.id
             && id != options.node
         {
@@ -1072,7 +1066,7 @@ impl ReplicationBackend for SqliteBackend {
             Err(e) => return Err(e),
         };
         if let Some(m) = &existing
-            && m.node.get() != options.node
+            && m.node != options.node
         {
             return Err(Error::State(format!(
                 "this database was initialized as node {}; it cannot become node {} \
@@ -1106,7 +1100,7 @@ impl ReplicationBackend for SqliteBackend {
             }
         ));
         meta::set_num(&mut tx, "format", u64::from(meta::FORMAT)).await?;
-        meta::set_num(&mut tx, "node", u64::from(options.node)).await?;
+        meta::set_num(&mut tx, "node", u64::from(options.node.get())).await?;
         meta::set_num(&mut tx, "site", u64::from(options.site)).await?;
         meta::set(&mut tx, "remote", &options.remote.to_string()).await?;
         meta::set(&mut tx, "local", &local).await?;
@@ -1130,7 +1124,7 @@ impl ReplicationBackend for SqliteBackend {
         *self.tables.lock().await = Some(Arc::new(tables));
         let meta = self.meta().await?;
         Ok(InitReport {
-            node: meta.node.get(),
+            node: meta.node,
             site: meta.site,
             remote: options.remote,
             local: options.local,
@@ -1293,7 +1287,7 @@ impl ReplicationBackend for SqliteBackend {
             local: ServerStatus {
                 replication_type: ReplicationType::Local,
                 site: Some(m.site),
-                node: Some(m.node.get()),
+                node: Some(m.node),
                 state: m.state,
                 status: LinkStatus::Local,
                 writable: Some(m.writable),
@@ -1304,7 +1298,8 @@ impl ReplicationBackend for SqliteBackend {
                 node: Some(
                     peer.as_ref()
                         .and_then(|p| p.node)
-                        .unwrap_or(m.node.peer().get()),
+                        .and_then(|n| tandem_core::NodeId::try_from(n).ok())
+                        .unwrap_or(m.node.peer()),
                 ),
                 state: remote_state,
                 status: match (connected, diverged) {
@@ -1377,7 +1372,7 @@ impl ReplicationBackend for SqliteBackend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// Node id.
-    pub node: u8,
+    pub node: tandem_core::NodeId,
     /// Site.
     pub site: u16,
     /// The peer's node address and port.

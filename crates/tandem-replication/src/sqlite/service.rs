@@ -253,14 +253,14 @@ impl Replicator {
             .ok()
             .or(settings.node.node_address)
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let peer_config = tandem_peer::Config::new(key, meta.node.get())
+        let peer_config = tandem_peer::Config::new(key, meta.node)
             .with_heartbeat_interval(Duration::from_millis(cfg.heartbeat_ms))
             .with_missed_heartbeats(cfg.missed_heartbeats);
         Ok(LinkConfig::new(
             peer_config,
             SocketAddr::new(local_ip, settings.port()),
             remote,
-            meta.node.peer().get(),
+            meta.node.peer(),
         ))
     }
 }

@@ -259,7 +259,7 @@ impl SyncStage {
         mut self,
         backend: &SqliteBackend,
         rows_sent: u64,
-        peer: u8,
+        peer: tandem_core::NodeId,
     ) -> Result<SyncOutcome> {
         if rows_sent != self.received {
             return Err(Error::Protocol(format!(
@@ -283,7 +283,7 @@ impl SyncStage {
         &mut self,
         backend: &SqliteBackend,
         tables: &Tables,
-        peer: u8,
+        peer: tandem_core::NodeId,
     ) -> Result<SyncOutcome> {
         let mut tx = self
             .conn
@@ -492,7 +492,7 @@ fn local_only_line(
     key: String,
     local: Option<String>,
     peer_row: Option<String>,
-    peer: u8,
+    peer: tandem_core::NodeId,
 ) -> Result<String> {
     #[derive(serde::Serialize)]
     struct Line<'a> {
@@ -501,7 +501,7 @@ fn local_only_line(
         /// `null`: this node deleted the row.
         local: Option<Box<RawValue>>,
         peer: Option<Box<RawValue>>,
-        peer_node: u8,
+        peer_node: tandem_core::NodeId,
     }
     let raw = |text: String| {
         RawValue::from_string(text).map_err(|e| Error::State(format!("a row is not JSON: {e}")))

@@ -11,6 +11,7 @@ use super::*;
 use crate::config::ReplicationConfig;
 use crate::wire::{Batch, Change, Message};
 use crate::{InitOptions, Quiet};
+use tandem_core::NodeId;
 
 const MIXED: &[&str] = &[
     "CREATE TABLE kv (k INTEGER PRIMARY KEY, s TEXT, r REAL, x BLOB, n)",
@@ -48,7 +49,7 @@ async fn open(dir: &Path, name: &str, tables: &[&str], schema: &[&str]) -> Sqlit
     b
 }
 
-async fn init(b: &SqliteBackend, node: u8) {
+async fn init(b: &SqliteBackend, node: NodeId) {
     let options = InitOptions {
         node,
         site: 1,
@@ -62,8 +63,8 @@ async fn init(b: &SqliteBackend, node: u8) {
 async fn pair(dir: &Path, tables: &[&str], schema: &[&str]) -> (SqliteBackend, SqliteBackend) {
     let n1 = open(dir, "node1", tables, schema).await;
     let n2 = open(dir, "node2", tables, schema).await;
-    init(&n1, 1).await;
-    init(&n2, 2).await;
+    init(&n1, NodeId::One).await;
+    init(&n2, NodeId::Two).await;
     // The seed's order: switch on, then make node 1 active.
     n1.switch_local(true).await.unwrap();
     n2.switch_local(true).await.unwrap();
@@ -168,7 +169,7 @@ fn writes_are_not_captured_while_replication_is_off_and_the_peer_must_resync() {
         // Capture resumed after uncaptured writes at head 1: the head moved on to 2 and
         // became the floor, so node 2 (which applied 1) cannot continue without a snapshot.
         assert_eq!((m1.floor, m1.head), (2, 3));
-        let refused = n1.check_pull(Some(m1.log), 0, 2).await.unwrap();
+        let refused = n1.check_pull(Some(m1.log), 0, NodeId::Two).await.unwrap();
         assert!(
             matches!(refused, PullCheck::Refuse(ref r) if r.contains("from-sync")),
             "{refused:?}"
@@ -243,7 +244,7 @@ fn a_table_without_a_primary_key_or_missing_is_refused_by_name() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let b = open(dir.path(), "n", &["nokey"], &["CREATE TABLE nokey (a, b)"]).await;
-        let options = InitOptions::new(1, remote());
+        let options = InitOptions::new(NodeId::One, remote());
         let err = b.init(&options, &Quiet).await.unwrap_err();
         assert!(
             err.to_string().contains("`nokey`") && err.to_string().contains("no primary key"),
@@ -285,13 +286,13 @@ fn init_is_idempotent_and_keeps_positions() {
         let (n1, _n2) = pair(dir.path(), &["kv"], MIXED).await;
         exec(&n1, "INSERT INTO kv (k) VALUES (1)").await.unwrap();
         let before = n1.meta().await.unwrap();
-        init(&n1, 1).await;
+        init(&n1, NodeId::One).await;
         let after = n1.meta().await.unwrap();
         assert_eq!(
             (before.log, before.head, before.writable, before.state),
             (after.log, after.head, after.writable, after.state)
         );
-        let options = InitOptions::new(2, remote());
+        let options = InitOptions::new(NodeId::Two, remote());
         let err = n1.init(&options, &Quiet).await.unwrap_err();
         assert!(err.to_string().contains("initialized as node 1"), "{err}");
     });
@@ -306,13 +307,13 @@ fn pulls_are_checked_against_changelog_floor_and_head() {
             exec(&n1, &format!("INSERT INTO kv (k) VALUES ({k})")).await.unwrap();
         }
         let log = n1.meta().await.unwrap().log;
-        assert_eq!(n1.check_pull(None, 0, 2).await.unwrap(), PullCheck::Serve);
-        assert!(matches!(n1.check_pull(Some(log ^ 1), 0, 2).await.unwrap(), PullCheck::Refuse(r) if r.contains("another changelog")));
-        assert!(matches!(n1.check_pull(Some(log), 9, 2).await.unwrap(), PullCheck::Refuse(r) if r.contains("ends at 3")));
+        assert_eq!(n1.check_pull(None, 0, NodeId::Two).await.unwrap(), PullCheck::Serve);
+        assert!(matches!(n1.check_pull(Some(log ^ 1), 0, NodeId::Two).await.unwrap(), PullCheck::Refuse(r) if r.contains("another changelog")));
+        assert!(matches!(n1.check_pull(Some(log), 9, NodeId::Two).await.unwrap(), PullCheck::Refuse(r) if r.contains("ends at 3")));
         // A pull from 2 acknowledges 2 and prunes up to it.
-        assert_eq!(n1.check_pull(Some(log), 2, 2).await.unwrap(), PullCheck::Serve);
+        assert_eq!(n1.check_pull(Some(log), 2, NodeId::Two).await.unwrap(), PullCheck::Serve);
         assert_eq!(all_changes(&n1, 0).await.len(), 1);
-        assert!(matches!(n1.check_pull(Some(log), 1, 2).await.unwrap(), PullCheck::Refuse(r) if r.contains("no longer holds")));
+        assert!(matches!(n1.check_pull(Some(log), 1, NodeId::Two).await.unwrap(), PullCheck::Refuse(r) if r.contains("no longer holds")));
         let _ = n2;
     });
 }
@@ -341,14 +342,14 @@ fn a_batch_refused_by_the_fence_at_commit_leaves_nothing_behind() {
         let asked = std::sync::atomic::AtomicU32::new(0);
         let fenced = || {
             asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            crate::Fence::new(None, 9).admits(1, Some(5))
+            crate::Fence::new(None, 9).admits(NodeId::One, Some(5))
         };
         let err = n2.apply_batch_gated(&batch, &fenced).await.unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::Fenced {
-                    peer: 1,
+                    peer: NodeId::One,
                     token: Some(5),
                     floor: 9
                 }
@@ -468,7 +469,7 @@ fn from_sync_copies_the_snapshot_and_saves_the_local_only_rows() {
         }
         let outcome = stage
             .unwrap()
-            .finish(&n2, rows_sent.unwrap(), 1)
+            .finish(&n2, rows_sent.unwrap(), NodeId::One)
             .await
             .unwrap();
         assert_eq!(outcome.copied, 3);

@@ -20,6 +20,8 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tandem_core::NodeId;
+
 use crate::fence::Fence;
 use crate::sqlite::{Meta, PeerRecord, Progress, PullCheck, RequestDone};
 use crate::status::ReplicationState;
@@ -161,7 +163,7 @@ pub(crate) enum Command {
     /// then answer [`Input::Applied`].
     ApplyBatch {
         batch: Batch,
-        peer: u8,
+        peer: NodeId,
         token: Option<u64>,
     },
     /// Read changes of this node's changelog after `after`, then answer
@@ -177,7 +179,7 @@ pub(crate) enum Command {
     CheckPull {
         log: Option<u64>,
         from: u64,
-        puller: u8,
+        puller: NodeId,
     },
     /// Start reading a snapshot for the peer; its pieces come as [`Input::Snapshot`].
     StartSnapshot {
@@ -203,7 +205,7 @@ pub(crate) enum Command {
         rows: Vec<SnapshotRow>,
     },
     /// Commit the snapshot being received, then answer [`Input::SyncFinished`].
-    FinishSync { id: u64, rows: u64, peer: u8 },
+    FinishSync { id: u64, rows: u64, peer: NodeId },
     /// Drop the snapshot being received (the database stays as it was).
     DropSync,
     /// Record a request's progress.
@@ -558,9 +560,10 @@ impl Protocol {
         self.now.fence.unwrap_or_default()
     }
 
-    /// The peer's node id.
-    fn peer_node(&self) -> u8 {
-        self.meta.node.peer().get()
+    /// The peer's node id. A peer state from any other node ends the session (see
+    /// `on_peer_state`), so this is also the node of every state the session keeps.
+    fn peer_node(&self) -> NodeId {
+        self.meta.node.peer()
     }
 }
 

@@ -191,7 +191,7 @@ impl Protocol {
                     self.fail_sync(id, why, out);
                     return;
                 }
-                if let Err(e) = self.fence().admits(peer.node, peer.token) {
+                if let Err(e) = self.fence().admits(self.peer_node(), peer.token) {
                     self.fail_sync(id, chain(&e), out);
                     return;
                 }

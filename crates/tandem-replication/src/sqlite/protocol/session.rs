@@ -46,11 +46,17 @@ impl Protocol {
     }
 
     fn on_peer_state(&mut self, peer: NodeState, out: &mut Vec<Command>) {
-        if peer.node == self.meta.node.get() {
-            out.push(Command::End(End::Protocol(format!(
-                "the peer claims to be node {} too",
-                peer.node
-            ))));
+        // The wire carries the node id as a byte; only this node's peer may speak.
+        if peer.node != self.peer_node().get() {
+            let why = if peer.node == self.meta.node.get() {
+                format!("the peer claims to be node {} too", peer.node)
+            } else {
+                format!(
+                    "the peer claims to be node {}; a site has node 1 and node 2",
+                    peer.node
+                )
+            };
+            out.push(Command::End(End::Protocol(why)));
             return;
         }
         let now = self.now;
@@ -109,7 +115,7 @@ impl Protocol {
     /// Whether this node may stream to the peer (always without a fence).
     fn may_serve(&self, peer: Option<&NodeState>) -> Result<()> {
         match (&self.now.fence, peer) {
-            (Some(f), Some(p)) => f.may_serve(self.meta.node.get(), p.node, p.token),
+            (Some(f), Some(p)) => f.may_serve(self.meta.node, self.peer_node(), p.token),
             _ => Ok(()),
         }
     }
@@ -127,7 +133,7 @@ impl Protocol {
             )
         } else if on
             && !m.writable
-            && let Err(e) = self.fence().admits(peer.node, peer.token)
+            && let Err(e) = self.fence().admits(self.peer_node(), peer.token)
         {
             chain(&e)
         } else if on && peer.schema != self.fingerprint {
@@ -359,10 +365,7 @@ impl Protocol {
             // Sent before our stop arrived.
             return;
         }
-        let (peer, token) = s
-            .peer
-            .as_ref()
-            .map_or((self.peer_node(), None), |p| (p.node, p.token));
+        let (peer, token) = (self.peer_node(), s.peer.as_ref().and_then(|p| p.token));
         match self.fence().admits(peer, token) {
             Ok(()) => out.push(Command::ApplyBatch { batch, peer, token }),
             Err(e) => self.applied(batch.log, Applied::Refused(chain(&e)), out),

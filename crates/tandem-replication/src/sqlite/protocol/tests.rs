@@ -794,6 +794,11 @@ fn a_schema_mismatch_blocks_pulling_and_from_sync() {
 }
 
 #[test]
+fn a_peer_state_from_another_node_id_ends_the_session() {
+    check("wrong-node.trace");
+}
+
+#[test]
 fn an_unreachable_peer_is_recorded_once() {
     check("unreachable.trace");
 }
