@@ -1535,7 +1535,7 @@ mod envelope_tests {
     fn facts() -> impl Strategy<Value = crate::check::PeerFacts> {
         (
             node(),
-            1u32..100,
+            (1u32..100).prop_filter_map("a site id", tandem_role::SiteId::new),
             text(),
             any::<std::net::IpAddr>(),
             proptest::option::of(text()),
@@ -1544,7 +1544,7 @@ mod envelope_tests {
             .prop_map(
                 |(node, site, hostname, node_address, shared_hostname, key_fingerprint)| {
                     crate::check::PeerFacts {
-                        node: node.get(),
+                        node,
                         site,
                         hostname,
                         node_address,
