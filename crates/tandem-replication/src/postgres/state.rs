@@ -223,17 +223,20 @@ impl PostgresBackend {
     /// The one read-modify-write of the state file: under the exclusive lock on
     /// `postgres.json.lock`, `change` gets the state as the file holds it now (`None`
     /// when there is none), edits it and says what to record, which is recorded
-    /// before the lock is let go. A damaged file is an error, and stays as it is.
-    /// Blocks (the lock, fsync): async code calls it through
+    /// before the lock is let go. A damaged file is an error and stays as it is,
+    /// unless `replace_damaged` (for `init`, which starts anew): then `change` gets
+    /// `None`. Blocks (the lock, fsync): async code calls it through
     /// [`off_runtime`](Self::off_runtime).
     fn modify<R>(
         &self,
+        replace_damaged: bool,
         change: impl FnOnce(&mut Option<PgState>) -> Result<(Record, R)>,
     ) -> Result<(Option<PgState>, R)> {
         let _lock = lock_exclusive(&self.state_lock_path())?;
         let mut state = match self.load() {
             Ok(state) => Some(state),
             Err(Error::NotInitialized) => None,
+            Err(Error::State(_)) if replace_damaged => None,
             Err(e) => return Err(e),
         };
         let (record, out) = change(&mut state)?;
@@ -255,7 +258,7 @@ impl PostgresBackend {
         record: Record,
         change: impl FnOnce(&mut PgState),
     ) -> Result<PgState> {
-        let (state, ()) = self.modify(|state| match state {
+        let (state, ()) = self.modify(false, |state| match state {
             Some(state) => {
                 change(state);
                 Ok((record, ()))
@@ -273,7 +276,7 @@ impl PostgresBackend {
         after: &PgState,
         record: Record,
     ) -> Result<bool> {
-        let (_, recorded) = self.modify(|state| match state {
+        let (_, recorded) = self.modify(false, |state| match state {
             Some(now) if now == before => {
                 *now = after.clone();
                 Ok((record, true))
@@ -355,8 +358,9 @@ impl PostgresBackend {
     }
 
     /// Records what `init` was told, onto the state recorded before or a new one
-    /// (`make` gets what the file holds now and returns the state to record), with
-    /// `tandem.conf` rendered from it when `conf`. Returns the state recorded.
+    /// (`make` gets what the file holds now, `None` when there is none or it is
+    /// damaged, and returns the state to record), with `tandem.conf` rendered from
+    /// it when `conf`. Returns the state recorded.
     pub(super) async fn record_init(
         &self,
         make: impl FnOnce(Option<PgState>) -> PgState + Send + 'static,
@@ -369,7 +373,7 @@ impl PostgresBackend {
         };
         let (state, ()) = self
             .off_runtime(move |b| {
-                b.modify(|state| {
+                b.modify(true, |state| {
                     *state = Some(make(state.take()));
                     Ok((record, ()))
                 })
@@ -572,7 +576,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_damaged_file_is_an_error_naming_it_and_stays_as_it_is() {
+    fn a_damaged_file_is_an_error_naming_it_and_stays_until_init_starts_anew() {
         let dir = tempfile::tempdir().unwrap();
         let backend = backend(dir.path());
         let path = backend.state_path();
@@ -599,6 +603,9 @@ pub(super) mod tests {
             assert!(err.contains(&name), "{err}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
+        // `init` starts anew over a damaged file, as the errors say.
+        record(&backend, &state());
+        assert_eq!(backend.load().unwrap(), state());
     }
 
     /// Node 2's state, active, primary, nothing recorded.
