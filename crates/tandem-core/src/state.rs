@@ -177,7 +177,21 @@ impl<T: Serialize + DeserializeOwned> JsonStateFile<T> {
         Ok(out)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<T, StateFileError> {
+    /// Reads the value from `bytes`, the file's content that the caller read
+    /// itself (to recognise an older layout of its own first, say). Errors name
+    /// the file as [`load`](Self::load)'s do.
+    ///
+    /// ```
+    /// use tandem_core::JsonStateFile;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let file = JsonStateFile::<u32>::new(dir.path().join("n.json"), "demo", 1, 0o644);
+    /// file.save(&7)?;
+    /// assert_eq!(file.decode(&std::fs::read(file.path())?)?, 7);
+    /// assert!(file.decode(b"{\"version\": 1}").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decode(&self, bytes: &[u8]) -> Result<T, StateFileError> {
         let corrupt = |detail: String| StateFileError::Corrupt {
             path: self.path.clone(),
             detail,

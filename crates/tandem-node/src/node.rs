@@ -604,10 +604,19 @@ impl Node {
         let net = &self.config.network;
         let shared = AddressSpec::shared(net.shared_address, &net.interface);
         match action {
-            Action::Persist(state) => self
-                .state_file
-                .save(state)
-                .map_err(|e| (Step::Persist, e.to_string())),
+            Action::Persist(state) => {
+                // fsync (twice) on the blocking threads: a slow disk must not hold
+                // a worker of the runtime, which also serves the peer link and the
+                // status page. The step waits for it all the same.
+                let (file, state) = (self.state_file.clone(), state.clone());
+                match tokio::task::spawn_blocking(move || file.save(&state)).await {
+                    Ok(saved) => saved.map_err(|e| (Step::Persist, e.to_string())),
+                    Err(e) => Err((
+                        Step::Persist,
+                        format!("writing {} did not finish: {e}", self.state_file.path().display()),
+                    )),
+                }
+            }
             Action::ClaimSharedAddress => self
                 .interfaces
                 .claim(&shared)

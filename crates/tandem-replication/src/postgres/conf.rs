@@ -39,19 +39,9 @@ impl PostgresBackend {
         Ok(true)
     }
 
-    /// Writes `tandem.conf` and records the state.
-    pub(super) fn apply(&self, state: &PgState) -> Result<()> {
-        self.write_conf(state)?;
-        self.save(state)
-    }
-
-    /// [`apply`](Self::apply) only if the state file still holds `before` (see
-    /// [`save_if_unchanged`](Self::save_if_unchanged)); says whether it did.
-    pub(super) fn apply_if_unchanged(&self, before: &PgState, after: &PgState) -> Result<bool> {
-        self.save_if_unchanged(before, after, || self.write_conf(after))
-    }
-
-    fn write_conf(&self, state: &PgState) -> Result<()> {
+    /// Writes `tandem.conf` for `state` (when the cluster's config directory is
+    /// there); [`apply`](Self::apply) does it under the state file's lock.
+    pub(super) fn write_conf(&self, state: &PgState) -> Result<()> {
         if self.cfg().config_dir().is_dir() {
             // tandem.conf names the certificate files: the server must find them.
             self.ensure_tls(state, false)?;

@@ -45,16 +45,17 @@ impl PostgresBackend {
         drop(peer);
         self.server.write_passfile(&self.password()?)?;
         let control = self.server.control_data().await?;
-        state.state = ReplicationState::Syncing;
-        self.save(state)?;
+        *state = self.update(|s| s.state = ReplicationState::Syncing).await?;
         let result = self
             .copy_from_peer(state, control, &peer_id, options, observer)
             .await;
         match result {
             Ok(report) => Ok(report),
             Err(e) => {
-                state.state = ReplicationState::Failed;
-                let _ = self.save(state);
+                match self.update(|s| s.state = ReplicationState::Failed).await {
+                    Ok(now) => *state = now,
+                    Err(_) => state.state = ReplicationState::Failed,
+                }
                 Err(e)
             }
         }
@@ -177,15 +178,19 @@ impl PostgresBackend {
         self.server.restore_node_files()?;
         self.ensure_tls(state, true)?;
         self.server.write_standby_signal()?;
-        state.following = true;
-        state.state = ReplicationState::Active;
-        state.degraded_since = None;
-        state.missing_since = None;
-        state.last_copy = Some(format!("{} at {}", how, timestamp_for_file(now_ms())));
-        state.resync = false;
-        state.idle_since = None;
+        let last_copy = format!("{} at {}", how, timestamp_for_file(now_ms()));
         self.server.ensure_include()?;
-        self.apply(state)?;
+        *state = self
+            .apply(move |s| {
+                s.following = true;
+                s.state = ReplicationState::Active;
+                s.degraded_since = None;
+                s.missing_since = None;
+                s.last_copy = Some(last_copy);
+                s.resync = false;
+                s.idle_since = None;
+            })
+            .await?;
         observer.step("starting this node's PostgreSQL as a standby");
         self.server.start().await?;
         self.wait_streaming(options.timeout).await

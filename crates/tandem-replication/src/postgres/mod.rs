@@ -51,6 +51,7 @@ mod watch;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{PostgresConfig, Settings};
@@ -72,11 +73,11 @@ pub use tls::site_ca_pem;
 pub use watch::WatchOutcome;
 
 /// The PostgreSQL backend of one node. Cheap to open: it connects to the servers only
-/// for an operation.
-#[derive(Debug)]
+/// for an operation. Cheap to clone too: clones share the settings.
+#[derive(Debug, Clone)]
 pub struct PostgresBackend {
-    settings: Settings,
-    server: Server,
+    settings: Arc<Settings>,
+    server: Arc<Server>,
 }
 
 impl PostgresBackend {
@@ -84,8 +85,8 @@ impl PostgresBackend {
     pub async fn open(settings: &Settings) -> Result<PostgresBackend> {
         let server = Server::new(&settings.replication.postgres, &settings.state_dir)?;
         Ok(PostgresBackend {
-            settings: settings.clone(),
-            server,
+            settings: Arc::new(settings.clone()),
+            server: Arc::new(server),
         })
     }
 
@@ -108,7 +109,7 @@ impl PostgresBackend {
 
 impl ReplicationBackend for PostgresBackend {
     async fn init(&self, options: &InitOptions, observer: &dyn Observer) -> Result<InitReport> {
-        let (state, created) = self.initial_state(options)?;
+        let (identity, state, created) = self.initial_state(options)?;
         observer.step(&format!(
             "node {} of site {}, peer {}",
             state.node, state.site, state.remote
@@ -123,15 +124,17 @@ impl ReplicationBackend for PostgresBackend {
             ));
             self.ensure_tls(&state, true)?;
         }
-        let writable = if self.server.has_cluster() {
-            self.prepare_cluster(&state, observer).await?
+        let (state, writable) = if self.server.has_cluster() {
+            self.prepare_cluster(identity, observer).await?
         } else {
             observer.step(&format!(
                 "there is no cluster in {} yet: switch-on -S -F from-sync copies the peer's",
                 self.cfg().data_dir.display()
             ));
-            self.save(&state)?;
-            false
+            let state = self
+                .record_init(move |previous| identity.applied_to(previous), false)
+                .await?;
+            (state, false)
         };
         Ok(InitReport {
             node: state.node,
@@ -170,7 +173,7 @@ impl ReplicationBackend for PostgresBackend {
                 .await?
         } else {
             self.refuse_two_primaries(&mut conn, &state).await?;
-            self.switch_on_primary(&mut conn, &mut state, observer)
+            self.switch_on_primary(&mut conn, &mut state, false, observer)
                 .await?
         };
         Ok(SwitchReport {
@@ -212,14 +215,16 @@ impl ReplicationBackend for PostgresBackend {
             Self::pg_promote(&mut conn).await?;
         }
         // A node made the primary has nothing to catch up from its peer.
-        state.resync = false;
         if state.state == ReplicationState::Off || state.state == ReplicationState::Initialized {
-            state.following = false;
-            self.apply(&state)?;
+            self.apply(|s| {
+                s.resync = false;
+                s.following = false;
+            })
+            .await?;
             self.reload(&mut conn).await?;
             return Ok(());
         }
-        self.switch_on_primary(&mut conn, &mut state, &Quiet)
+        self.switch_on_primary(&mut conn, &mut state, true, &Quiet)
             .await
             .map(drop)
     }

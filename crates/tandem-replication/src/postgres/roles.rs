@@ -39,7 +39,7 @@ impl PostgresBackend {
         }
         let cfg = self.cfg();
         if Self::streaming(conn).await? {
-            self.record_contact()?;
+            self.record_contact().await?;
         }
         let limit = cfg.degrade_after_ms;
         let mut stale = match self.last_contact() {
@@ -140,13 +140,16 @@ impl PostgresBackend {
         if restart {
             self.server.write_standby_signal()?;
         }
-        state.following = state.state != ReplicationState::Off;
-        state.degraded_since = None;
-        state.missing_since = None;
-        if defer {
-            state.resync = may_have_diverged && state.state != ReplicationState::Off;
-        }
-        self.apply(state)?;
+        *state = self
+            .apply(move |s| {
+                s.following = s.state != ReplicationState::Off;
+                s.degraded_since = None;
+                s.missing_since = None;
+                if defer {
+                    s.resync = may_have_diverged && s.state != ReplicationState::Off;
+                }
+            })
+            .await?;
         if restart {
             self.server.start().await?;
         }
@@ -168,9 +171,7 @@ impl PostgresBackend {
                 return Err(e);
             }
         };
-        let mut state = self.load()?;
-        state.resync = false;
-        self.save(&state)?;
+        self.update(|s| s.resync = false).await?;
         tracing::info!(report = %report.message, "resynchronised from the peer");
         Ok(())
     }

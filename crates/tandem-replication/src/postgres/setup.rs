@@ -3,7 +3,10 @@
 //! the peer's slot. The password file and TLS are in the operation itself
 //! ([`ReplicationBackend::init`](crate::ReplicationBackend::init)).
 
+use std::net::IpAddr;
+
 use sqlx::postgres::PgConnection;
+use tandem_core::NodeId;
 
 use super::PostgresBackend;
 use super::state::PgState;
@@ -12,10 +15,18 @@ use crate::error::{Error, Result};
 use crate::observer::Observer;
 use crate::status::ReplicationState;
 
-impl PostgresBackend {
-    /// The state `init` records: the one recorded before, updated with `options`, or a
-    /// new one. Also whether it is new.
-    pub(super) fn initial_state(&self, options: &InitOptions) -> Result<(PgState, bool)> {
+/// Who this node is and where its peer is, as `init` was told.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InitIdentity {
+    node: NodeId,
+    site: u16,
+    remote: IpAddr,
+    local: Option<IpAddr>,
+}
+
+impl InitIdentity {
+    /// Checks `options`.
+    fn new(options: &InitOptions) -> Result<InitIdentity> {
         let node = options.node;
         let remote = options.remote.ip();
         if options.local == Some(remote) {
@@ -23,13 +34,22 @@ impl PostgresBackend {
                 "-r {remote} is this node's own address: give the peer's node address"
             )));
         }
-        let previous = self.load().ok();
-        let created = previous.is_none();
-        let mut state = previous.unwrap_or(PgState {
+        Ok(InitIdentity {
             node,
             site: options.site,
             remote,
             local: options.local,
+        })
+    }
+
+    /// The state `init` records: `previous` (the one recorded before, if any, which
+    /// a damaged file does not count as) updated with this identity, or a new one.
+    pub(super) fn applied_to(self, previous: Option<PgState>) -> PgState {
+        let mut state = previous.unwrap_or(PgState {
+            node: self.node,
+            site: self.site,
+            remote: self.remote,
+            local: self.local,
             state: ReplicationState::Initialized,
             following: false,
             degraded_since: None,
@@ -38,27 +58,45 @@ impl PostgresBackend {
             resync: false,
             idle_since: None,
         });
-        state.node = node;
-        state.site = options.site;
-        state.remote = remote;
-        state.local = options.local.or(state.local);
-        Ok((state, created))
+        state.node = self.node;
+        state.site = self.site;
+        state.remote = self.remote;
+        state.local = self.local.or(state.local);
+        state
+    }
+}
+
+impl PostgresBackend {
+    /// What `init` records: this node's identity from `options`, the state it
+    /// makes of the one recorded now (updated, or a new one) and whether that is
+    /// new. [`record_init`](Self::record_init) records it anew under the state
+    /// file's lock, onto what the file holds then.
+    pub(super) fn initial_state(
+        &self,
+        options: &InitOptions,
+    ) -> Result<(InitIdentity, PgState, bool)> {
+        let identity = InitIdentity::new(options)?;
+        let previous = self.load().ok();
+        let created = previous.is_none();
+        Ok((identity, identity.applied_to(previous), created))
     }
 
     /// `init` on a node with a cluster: `pg_hba.conf`, `tandem.conf` and its include
     /// line, the replication settings checked (and `wal_log_hints` made to take
-    /// effect), and on a primary the role and the peer's slot. Returns whether the
-    /// server is writable (a primary).
+    /// effect), and on a primary the role and the peer's slot. Returns the state
+    /// recorded and whether the server is writable (a primary).
     pub(super) async fn prepare_cluster(
         &self,
-        state: &PgState,
+        identity: InitIdentity,
         observer: &dyn Observer,
-    ) -> Result<bool> {
+    ) -> Result<(PgState, bool)> {
         observer.step("pg_hba.conf: the replication role from the peer's node address only");
-        self.server.ensure_hba(state.remote)?;
+        self.server.ensure_hba(identity.remote)?;
         observer.step("tandem.conf and its include line in postgresql.conf");
         self.server.ensure_include()?;
-        self.apply(state)?;
+        let state = self
+            .record_init(move |previous| identity.applied_to(previous), true)
+            .await?;
         if !self.server.running().await? {
             return Err(Error::State(format!(
                 "PostgreSQL is not running on this node (data directory {}): start it and \
@@ -77,12 +115,12 @@ impl PostgresBackend {
         }
         if Self::in_recovery(&mut conn).await? {
             observer.step("this node is a standby: the role and slot come from the primary");
-            return Ok(false);
+            return Ok((state, false));
         }
         observer.step("the replication role (SCRAM) and a physical slot for the peer");
         self.ensure_role(&mut conn).await?;
         Self::ensure_slot(&mut conn, &state.peer_app_name()).await?;
-        Ok(true)
+        Ok((state, true))
     }
 
     /// Checks that the server can replicate at all; returns whether it must restart so

@@ -24,7 +24,7 @@ impl PostgresBackend {
             if let Ok(mut conn) = self.connect_local().await
                 && Self::streaming(&mut conn).await?
             {
-                self.record_contact()?;
+                self.record_contact().await?;
                 return Ok(());
             }
             if started.elapsed() > limit {
@@ -40,36 +40,52 @@ impl PostgresBackend {
     }
 
     /// The primary side of switching on: role, slot, and waiting for the standby.
+    /// A node `promoted` has nothing left to resynchronise from its peer.
     pub(super) async fn switch_on_primary(
         &self,
         conn: &mut PgConnection,
         state: &mut PgState,
+        promoted: bool,
         observer: &dyn Observer,
     ) -> Result<String> {
         observer.step("this node is the primary: replication role and slot for the peer");
         self.ensure_role(conn).await?;
         Self::ensure_slot(conn, &state.peer_app_name()).await?;
-        state.state = ReplicationState::Active;
-        state.following = false;
         let streams = Self::standby_streams(conn, &state.peer_app_name())
             .await?
             .is_some();
         let cfg = self.cfg();
-        let waits = if !cfg.synchronous {
-            state.degraded_since = None;
-            "commits do not wait for it (synchronous = false)".to_owned()
+        let (degraded_since, waits) = if !cfg.synchronous {
+            (
+                None,
+                "commits do not wait for it (synchronous = false)".to_owned(),
+            )
         } else if streams || cfg.standby_lost == StandbyLostPolicy::Strict {
-            state.degraded_since = None;
-            format!("commits wait for it ({})", state.peer_app_name())
+            (
+                None,
+                format!("commits wait for it ({})", state.peer_app_name()),
+            )
         } else {
             // The standby is not there yet; the replication service makes commits wait
             // for it once it streams.
-            state.degraded_since = Some(now_ms());
-            "commits wait for it once it streams (the replication service switches that on)"
-                .to_owned()
+            (
+                Some(now_ms()),
+                "commits wait for it once it streams (the replication service switches that on)"
+                    .to_owned(),
+            )
         };
-        state.missing_since = if streams { None } else { Some(now_ms()) };
-        self.apply(state)?;
+        let missing_since = if streams { None } else { Some(now_ms()) };
+        *state = self
+            .apply(move |s| {
+                s.state = ReplicationState::Active;
+                s.following = false;
+                s.degraded_since = degraded_since;
+                s.missing_since = missing_since;
+                if promoted {
+                    s.resync = false;
+                }
+            })
+            .await?;
         self.reload(conn).await?;
         Ok(format!(
             "replication is on: this node is the primary with a slot for node {}; {waits}",
@@ -98,10 +114,13 @@ impl PostgresBackend {
                 )));
             }
         }
-        state.state = ReplicationState::Active;
-        state.following = true;
-        state.degraded_since = None;
-        self.apply(state)?;
+        *state = self
+            .apply(|s| {
+                s.state = ReplicationState::Active;
+                s.following = true;
+                s.degraded_since = None;
+            })
+            .await?;
         self.reload(&mut conn).await?;
         drop(conn);
         self.wait_streaming(options.timeout).await.map_err(|e| {
@@ -151,9 +170,12 @@ impl PostgresBackend {
         observer: &dyn Observer,
     ) -> Result<String> {
         observer.step("this node is a standby: it stops streaming");
-        state.state = ReplicationState::Off;
-        state.following = false;
-        self.apply(state)?;
+        *state = self
+            .apply(|s| {
+                s.state = ReplicationState::Off;
+                s.following = false;
+            })
+            .await?;
         self.reload(conn).await?;
         let slot = state.app_name();
         let dropped = match self.connect_peer(state).await {
@@ -184,10 +206,13 @@ impl PostgresBackend {
         observer: &dyn Observer,
     ) -> Result<String> {
         observer.step("this node is the primary: commits stop waiting, the slot is dropped");
-        state.state = ReplicationState::Off;
-        state.degraded_since = None;
-        state.missing_since = None;
-        self.apply(state)?;
+        *state = self
+            .apply(|s| {
+                s.state = ReplicationState::Off;
+                s.degraded_since = None;
+                s.missing_since = None;
+            })
+            .await?;
         self.reload(conn).await?;
         let slot = state.peer_app_name();
         if !Self::drop_slot(conn, &slot).await? {

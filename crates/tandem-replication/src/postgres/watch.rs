@@ -69,9 +69,9 @@ impl PostgresBackend {
         let mut conn = self.connect_local().await?;
         if Self::in_recovery(&mut conn).await? {
             if Self::streaming(&mut conn).await? {
-                self.record_contact()?;
+                self.record_contact().await?;
                 if state.idle_since.take().is_some() {
-                    self.save_if_unchanged(&before, &state, || Ok(()))?;
+                    self.save_if_unchanged(&before, &state).await?;
                 }
                 return Ok(WatchOutcome::Streaming);
             }
@@ -89,14 +89,14 @@ impl PostgresBackend {
                 // back does not stall commits while it catches up.
                 if state.degraded_since.is_some() && behind < 16 << 20 {
                     state.degraded_since = None;
-                    if !self.apply_if_unchanged(&before, &state)? {
+                    if !self.apply_if_unchanged(&before, &state).await? {
                         return Ok(WatchOutcome::Nothing);
                     }
                     self.reload(&mut conn).await?;
                     return Ok(WatchOutcome::Restored);
                 }
                 if changed {
-                    self.save_if_unchanged(&before, &state, || Ok(()))?;
+                    self.save_if_unchanged(&before, &state).await?;
                 }
                 Ok(WatchOutcome::Nothing)
             }
@@ -107,7 +107,7 @@ impl PostgresBackend {
                     && now.saturating_sub(since) >= cfg.degrade_after_ms
                 {
                     state.degraded_since = Some(now);
-                    if !self.apply_if_unchanged(&before, &state)? {
+                    if !self.apply_if_unchanged(&before, &state).await? {
                         return Ok(WatchOutcome::Nothing);
                     }
                     self.reload(&mut conn).await?;
@@ -117,7 +117,7 @@ impl PostgresBackend {
                     );
                     return Ok(WatchOutcome::Degraded);
                 }
-                self.save_if_unchanged(&before, &state, || Ok(()))?;
+                self.save_if_unchanged(&before, &state).await?;
                 Ok(WatchOutcome::StandbyMissing)
             }
         }
@@ -150,9 +150,9 @@ impl PostgresBackend {
             } else {
                 state.idle_since = Some(now);
             }
-            self.save_if_unchanged(before, state, || Ok(()))?;
+            self.save_if_unchanged(before, state).await?;
         } else if since == now {
-            self.save_if_unchanged(before, state, || Ok(()))?;
+            self.save_if_unchanged(before, state).await?;
         }
         Ok(WatchOutcome::Nothing)
     }
