@@ -8,14 +8,16 @@
 
 use crate::status::ReplicationState;
 use serde::{Deserialize, Serialize};
+use tandem_core::NodeId;
 use tandem_peer::{Channel, Conversation};
 
 /// What a node tells its peer about itself: sent when a session starts, whenever it
 /// changes and once a second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
-    /// The sender's node id.
-    pub node: u8,
+    /// The sender's node id (a byte on the wire; any other value than 1 or 2 does not
+    /// decode).
+    pub node: NodeId,
     /// The sender's site.
     pub site: u16,
     /// The id of the sender's changelog.
@@ -270,7 +272,7 @@ mod tests {
     fn node_state() -> impl Strategy<Value = NodeState> {
         (
             (
-                any::<u8>(),
+                prop_oneof![Just(NodeId::One), Just(NodeId::Two)],
                 any::<u16>(),
                 any::<u64>(),
                 any::<u64>(),

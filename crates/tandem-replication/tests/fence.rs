@@ -375,7 +375,7 @@ async fn a_holder_with_an_older_token_than_its_peers_does_not_stream() {
     assert_eq!(first.token, Some(5));
     // Node 2, played here, holds token 9 and pulls.
     let node2 = NodeState {
-        node: 2,
+        node: NodeId::Two,
         site: first.site,
         log: 4242,
         head: 0,

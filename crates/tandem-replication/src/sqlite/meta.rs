@@ -125,7 +125,7 @@ impl PeerRecord {
             connected: true,
             at_ms: now,
             error: None,
-            node: Some(s.node),
+            node: Some(s.node.get()),
             site: Some(s.site),
             head: Some(s.head),
             applied: Some(s.applied),

@@ -195,7 +195,11 @@ impl Protocol {
                     self.fail_sync(id, chain(&e), out);
                     return;
                 }
-                info!(id, peer = peer.node, "requesting a snapshot from the peer");
+                info!(
+                    id,
+                    peer = peer.node.get(),
+                    "requesting a snapshot from the peer"
+                );
                 out.push(Command::Send(Message::SyncRequest {
                     id,
                     log: self.meta.log,

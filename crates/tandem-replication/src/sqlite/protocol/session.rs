@@ -46,16 +46,9 @@ impl Protocol {
     }
 
     fn on_peer_state(&mut self, peer: NodeState, out: &mut Vec<Command>) {
-        // The wire carries the node id as a byte; only this node's peer may speak.
-        if peer.node != self.peer_node().get() {
-            let why = if peer.node == self.meta.node.get() {
-                format!("the peer claims to be node {} too", peer.node)
-            } else {
-                format!(
-                    "the peer claims to be node {}; a site has node 1 and node 2",
-                    peer.node
-                )
-            };
+        // Only this node's peer may speak (an id other than 1 or 2 does not decode).
+        if peer.node != self.peer_node() {
+            let why = format!("the peer claims to be node {} too", peer.node);
             out.push(Command::End(End::Protocol(why)));
             return;
         }
@@ -72,7 +65,7 @@ impl Protocol {
             None => true,
         };
         if first {
-            info!(node = peer.node, state = %peer.state, writable = peer.writable, "peer connected");
+            info!(node = peer.node.get(), state = %peer.state, writable = peer.writable, "peer connected");
         }
         s.peer = Some(peer.clone());
         if record_due {
@@ -313,7 +306,7 @@ impl Protocol {
         let now = self.now.mono;
         let m = &self.meta;
         let state = NodeState {
-            node: m.node.get(),
+            node: m.node,
             site: m.site,
             log: m.log,
             head: m.head,

@@ -486,7 +486,10 @@ fn parse_message(words: &[String]) -> Result<Message, String> {
     let a = Args::parse(rest);
     Ok(match name.as_str() {
         "state" => Message::State(NodeState {
-            node: u8::try_from(a.num("node")?).map_err(|e| e.to_string())?,
+            node: u8::try_from(a.num("node")?)
+                .ok()
+                .and_then(|n| NodeId::try_from(n).ok())
+                .ok_or("node= must be 1 or 2")?,
             site: 1,
             log: a.num("log")?,
             head: a.num("head")?,
@@ -867,7 +870,7 @@ fn play(sim: &mut Sim, e: &Ev) {
             Input::Tick { ack_busy: false }
         }
         Ev::PeerState { head, token } => Input::Received(Message::State(NodeState {
-            node: 1,
+            node: NodeId::One,
             site: 1,
             log: 100,
             head,
