@@ -98,8 +98,9 @@
 //! line names the table, the key, this node's row or `null` if it deleted it, and the
 //! peer's row or `null`). The standalone service (`mp_replication service`) uses the
 //! site key (default `/etc/tandem/authkey`, as `failover keygen` writes it) and its own
-//! port, [`DEFAULT_PORT`] (7452), beside the node agent's 7451, until the agent carries
-//! replication on its own link ([`Replicator::run`] takes its sessions).
+//! port, [`DEFAULT_PORT`] (7452), beside the node agent's 7451: control messages must not
+//! queue behind a from-sync's bulk data (measured in `cargo xtask bench link`). A host
+//! that owns its links can hand sessions to [`Replicator::run`] instead.
 //!
 //! The PostgreSQL backend keeps `<state dir>/postgres.json` (node, peer, state; versioned
 //! and checksummed), `<state dir>/postgres.contact` (when this standby last streamed) and
