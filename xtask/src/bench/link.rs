@@ -6,9 +6,11 @@
 //! second one (port 7452), where a from-sync streams its snapshot as large
 //! messages. This area measures what sharing one session would cost the small,
 //! time-critical messages. Node 1 sends a ping of [`PING_LEN`] bytes every
-//! [`PING_EVERY`]; node 2 answers each with a pong on the same session; node 1
-//! records each round trip from the moment the ping was due, so that time spent
-//! waiting inside `Session::send` counts. Three cases, each for `--seconds`:
+//! [`PING_EVERY`], each from a task of its own; node 2 answers each with a pong
+//! on the same session; node 1 records each round trip from the moment the ping
+//! was due, so that time spent waiting inside `Session::send` counts, and that
+//! wait on its own (how long a sender, such as the agent's loop, is held up).
+//! Three cases, each for `--seconds`:
 //!
 //! - `idle`: the pings alone on one session;
 //! - `shared`: the pings while node 1 streams messages of [`BULK_LEN`] bytes (the
@@ -123,13 +125,17 @@ struct Measured {
     case: String,
     /// Pings due during the window.
     pings_due: u64,
-    /// Pings `send` accepted during the window.
+    /// Pings `send` accepted by the end of the window plus [`ANSWER_GRACE`].
     pings_sent: u64,
-    /// Pongs back within the window plus [`ANSWER_GRACE`].
+    /// Pongs back by the end of the window plus [`ANSWER_GRACE`].
     pings_answered: u64,
+    /// Round trips, from when the ping was due to its pong.
     rtt_median_ms: Option<f64>,
     rtt_p99_ms: Option<f64>,
     rtt_max_ms: Option<f64>,
+    /// How long `send` kept a ping's sender waiting, from when it was due.
+    send_wait_p99_ms: Option<f64>,
+    send_wait_max_ms: Option<f64>,
     /// Bulk bytes node 2 received per second (10^6 bytes), while they flowed.
     bulk_mb_per_s: Option<f64>,
 }
@@ -300,6 +306,8 @@ fn run_case(
 
     let mut rtts = driven.rtts;
     rtts.sort();
+    let mut waits = driven.waits;
+    waits.sort();
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
     let bulk_mb_per_s = (case != Case::Idle)
         .then(|| served.rate())
@@ -314,6 +322,8 @@ fn run_case(
         rtt_median_ms: ms(super::percentile(&rtts, 50.0)),
         rtt_p99_ms: ms(super::percentile(&rtts, 99.0)),
         rtt_max_ms: ms(rtts.last().copied()),
+        send_wait_p99_ms: ms(super::percentile(&waits, 99.0)),
+        send_wait_max_ms: ms(waits.last().copied()),
         bulk_mb_per_s,
     })
 }
@@ -435,6 +445,8 @@ struct Driven {
     due: u64,
     sent: u64,
     rtts: Vec<Duration>,
+    /// How long each sent ping's `send` took from when the ping was due.
+    waits: Vec<Duration>,
 }
 
 /// Node 1: dials, pings every [`PING_EVERY`] for `window` (with the bulk stream
@@ -465,26 +477,32 @@ async fn drive(config: Config, case: Case, window: Duration) -> anyhow::Result<D
         .map(|session| tokio::spawn(stream(session, deadline)));
 
     let mut ticker = tokio::time::interval_at(start, PING_EVERY);
-    // A ping held up in `send` makes the next ones late; they go at once and
-    // their round trips count from when they were due.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut sent = 0u64;
+    // Each ping is sent by a task of its own, so that one held up in `send`
+    // does not hold up the next (they would pile up: at 100 Mbit/s beside bulk
+    // one `send` takes longer than the interval). Round trips and waits count
+    // from when a ping was due.
+    let mut pings = tokio::task::JoinSet::new();
+    let mut due = 0u64;
     loop {
-        let at = tokio::time::timeout_at(deadline, ticker.tick()).await;
-        let Ok(at) = at else { break };
+        let at = ticker.tick().await;
         if at >= deadline {
             break;
         }
-        let ping = ping(sent, at.duration_since(start));
-        match tokio::time::timeout_at(deadline, control.send(ping)).await {
-            Ok(Ok(())) => sent += 1,
-            Ok(Err(e)) => return Err(e).context("sending a ping"),
-            // Still waiting to be queued when the window ended: not sent.
-            Err(_) => break,
-        }
+        let (session, message) = (control.clone(), ping(due, at.duration_since(start)));
+        pings.spawn(async move { session.send(message).await.map(|()| at.elapsed()) });
+        due += 1;
     }
-    // One ping at the start and one every interval after it, within the window.
-    let due = u64::try_from(window.as_micros().div_ceil(PING_EVERY.as_micros())).unwrap_or(0);
+    let give_up = deadline + ANSWER_GRACE;
+    let mut waits = Vec::new();
+    while let Ok(Some(joined)) = tokio::time::timeout_at(give_up, pings.join_next()).await {
+        waits.push(
+            joined
+                .context("a ping task failed")?
+                .context("sending a ping")?,
+        );
+    }
+    let sent = u64::try_from(waits.len()).unwrap_or(u64::MAX);
     let _ = sent_tx.send(Some(sent));
     if let Some(streamer) = streamer {
         streamer.await.context("the bulk task failed")??;
@@ -496,7 +514,12 @@ async fn drive(config: Config, case: Case, window: Duration) -> anyhow::Result<D
     {
         bulk.close("the case is over").await;
     }
-    Ok(Driven { due, sent, rtts })
+    Ok(Driven {
+        due,
+        sent,
+        rtts,
+        waits,
+    })
 }
 
 /// A ping: its kind, its number, when it was due (microseconds after the
@@ -591,17 +614,21 @@ fn print_table(measured: &[Measured], seconds: u64) {
         BULK_LEN >> 10
     );
     println!(
-        "{:<11} {:<9} {:>9} {:>9} {:>9} {:>15} {:>10}",
-        "link", "case", "median ms", "p99 ms", "max ms", "sent/answered", "bulk MB/s"
+        "{:<11} {:<9} {:>24} {:>15} {:>15} {:>10}",
+        "link", "case", "RTT median/p99/max ms", "send wait p99", "sent/answered", "bulk MB/s"
     );
     for m in measured {
         println!(
-            "{:<11} {:<9} {:>9} {:>9} {:>9} {:>15} {:>10}",
+            "{:<11} {:<9} {:>24} {:>15} {:>15} {:>10}",
             m.link,
             m.case,
-            fmt_ms(m.rtt_median_ms),
-            fmt_ms(m.rtt_p99_ms),
-            fmt_ms(m.rtt_max_ms),
+            format!(
+                "{} / {} / {}",
+                fmt_ms(m.rtt_median_ms),
+                fmt_ms(m.rtt_p99_ms),
+                fmt_ms(m.rtt_max_ms)
+            ),
+            fmt_ms(m.send_wait_p99_ms),
             format!("{}/{}", m.pings_sent, m.pings_answered),
             fmt_rate(m.bulk_mb_per_s),
         );
