@@ -8,6 +8,7 @@
 
 mod bundle;
 pub(crate) mod failover;
+mod link;
 mod netif;
 mod replication;
 mod replication_postgres;
@@ -33,6 +34,14 @@ pub(crate) struct Args {
     /// or `keepalived:<advert_int s>` (all five when omitted).
     #[arg(long = "system", value_name = "SETTING")]
     systems: Vec<String>,
+    /// Seconds per case of the `link` area (three cases on three link speeds).
+    #[arg(long, default_value_t = link::SECONDS)]
+    seconds: u64,
+    /// Measure the `link` area in this process and print the measurements as
+    /// JSON on stdout, without tables or summary (a debug build runs the
+    /// release build this way).
+    #[arg(long, hide = true)]
+    link_raw: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +59,9 @@ enum Area {
     /// Client outage of unplanned failovers beside keepalived, planned
     /// switchovers, and the agent's memory and CPU.
     Failover,
+    /// Ping round trips beside a bulk stream on one peer-link session or on
+    /// two, on the raw veth and limited to 1 Gbit/s and 100 Mbit/s, in the lab.
+    Link,
     /// Probe round trip and takeover time in the lab.
     Netif,
     /// Committed transactions per second with replication off, async and waiting for
@@ -58,12 +70,19 @@ enum Area {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let link_options = link::Options {
+        seconds: args.seconds,
+    };
+    if args.link_raw {
+        return link::run_raw(&link_options);
+    }
     // (area, backend) pairs; all areas and both backends when none is named.
     let areas = match args.area {
         Some(area) => vec![(area, args.backend)],
         None => vec![
             (Area::Bundle, Backend::Sqlite),
             (Area::Netif, Backend::Sqlite),
+            (Area::Link, Backend::Sqlite),
             (Area::Replication, Backend::Sqlite),
             (Area::Replication, Backend::Postgres),
             (Area::Failover, Backend::Sqlite),
@@ -82,6 +101,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     systems: args.systems.clone(),
                 }),
             ),
+            (Area::Link, _) => ("link", link::run(&link_options)),
             (Area::Netif, _) => ("netif", netif::run()),
             (Area::Replication, Backend::Postgres) => (
                 "replication --backend postgres",
