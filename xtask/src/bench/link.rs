@@ -287,7 +287,7 @@ fn run_case(
     window: Duration,
 ) -> anyhow::Result<Measured> {
     let (ready_tx, ready) = mpsc::channel::<()>();
-    let config = Config::new(key.clone(), 2);
+    let config = Config::new(key.clone(), tandem_role::NodeId::Two);
     let node2 = lab.spawn_in(Host::Node2, move || {
         runtime()?.block_on(serve(config, case == Case::Separate, ready_tx, window))
     })?;
@@ -296,7 +296,7 @@ fn run_case(
         joined(node2, "node 2")?;
         bail!("node 2 stopped before it listened");
     }
-    let config = Config::new(key.clone(), 1);
+    let config = Config::new(key.clone(), tandem_role::NodeId::One);
     let node1 = lab.spawn_in(Host::Node1, move || {
         runtime()?.block_on(drive(config, case, window))
     })?;
