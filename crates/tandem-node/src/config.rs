@@ -497,6 +497,15 @@ impl NodeConfig {
         if let Some(replication) = &self.replication {
             replication.validate().map_err(|e| (e.field, e.problem))?;
         }
+        if u16::try_from(self.node.site.get()).is_err() {
+            return Err((
+                "node.site",
+                format!(
+                    "{} is above 65535, the highest site replication can carry",
+                    self.node.site.get()
+                ),
+            ));
+        }
         check_hostname(&self.node.hostname).map_err(|p| ("node.hostname", p))?;
         if let Some(shared) = &self.node.shared_hostname {
             check_hostname(shared).map_err(|p| ("node.shared_hostname", p))?;

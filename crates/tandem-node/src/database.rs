@@ -27,6 +27,7 @@ pub fn replication_settings(
     let mut settings = Settings::new(state_dir, replication);
     settings.node = NodeFacts {
         id: Some(config.node.id),
+        // `NodeConfig::validate` refuses a site above 65535.
         site: u16::try_from(config.node.site.get()).ok(),
         hostname: Some(config.node.hostname.clone()),
         node_address: Some(config.network.node_address.addr()),

@@ -9,7 +9,7 @@
 //! - neither panics;
 //! - a refusal names the file, then the field (`node config <file>: <field>: ...`);
 //! - what the agent accepts, written back with `to_toml` (as `set-deployment`
-//!   does), reads back to the same config.
+//!   does), reads back to the same config, and the tools accept it too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -78,6 +78,7 @@ fn hostile_value() -> impl Strategy<Value = toml::Value> {
         Just(toml::Value::Integer(i64::MAX)),
         Just(toml::Value::Integer(-1)),
         Just(toml::Value::Integer(0)),
+        Just(toml::Value::Integer(65_536)),
         any::<f64>().prop_map(toml::Value::Float),
         any::<bool>().prop_map(toml::Value::Boolean),
         ".{0,40}".prop_map(toml::Value::String),
@@ -171,16 +172,22 @@ proptest! {
         harms in proptest::collection::vec((any::<prop::sample::Index>(), harm()), 1..4),
     ) {
         let text = broken(&harms);
-        match NodeConfig::parse(&text, Path::new(FILE)) {
+        let agent = NodeConfig::parse(&text, Path::new(FILE));
+        match &agent {
             Ok(config) => {
                 let again = NodeConfig::parse(&config.to_toml(), Path::new(FILE))
                     .map_err(|e| format!("{e}\n--- written ---\n{}", config.to_toml()));
-                prop_assert_eq!(again.as_ref(), Ok(&config));
+                prop_assert_eq!(again.as_ref(), Ok(config));
             }
             Err(e) => assert_names_file_and_field(&e.to_string()),
         }
-        if let Err(e) = Settings::parse(&text, Path::new(FILE), "/var/lib/tandem") {
+        let tools = Settings::parse(&text, Path::new(FILE), "/var/lib/tandem");
+        if let Err(e) = &tools {
             assert_names_file_and_field(&e.to_string());
+        }
+        // What the agent runs with, the tools read too (`mp_replication` beside it).
+        if agent.is_ok() {
+            prop_assert!(tools.is_ok(), "the agent reads it, the tools refuse it: {:?}", tools.err());
         }
     }
 
@@ -195,4 +202,20 @@ proptest! {
 fn the_reference_itself_is_read() {
     let text = toml::to_string(&reference()).unwrap();
     NodeConfig::parse(&text, Path::new(FILE)).expect("the reference is a valid config");
+}
+
+/// A site replication cannot carry is refused by the agent as by the tools (the
+/// agent used to read it and run with an unknown site).
+#[test]
+fn a_site_above_65535_is_refused_by_both_readers() {
+    let mut doc = reference();
+    let node = doc.get_mut("node").and_then(|n| n.as_table_mut()).unwrap();
+    node.insert("site".into(), toml::Value::Integer(65_536));
+    let text = toml::to_string(&doc).unwrap();
+    let agent = NodeConfig::parse(&text, Path::new(FILE))
+        .unwrap_err()
+        .to_string();
+    assert!(agent.contains("node.site: 65536 is above 65535"), "{agent}");
+    let tools = Settings::parse(&text, Path::new(FILE), "/var/lib/tandem").unwrap_err();
+    assert_names_file_and_field(&tools.to_string());
 }
