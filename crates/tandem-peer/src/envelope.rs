@@ -138,24 +138,23 @@ pub fn seal<M: Conversation>(message: &M) -> Result<Vec<u8>, EnvelopeError> {
 /// Takes a message of conversation `M` out of its envelope. Every byte must be used.
 pub fn open<M: Conversation>(bytes: &[u8]) -> Result<M, EnvelopeError> {
     let expected = M::CHANNEL;
-    let (version, channel, body) = match bytes {
+    let (version, rest) = match bytes {
         [] => return Err(EnvelopeError::Empty { expected }),
         [b'{', ..] => return Err(EnvelopeError::LegacyJson),
-        [version, channel, body @ ..] => (*version, *channel, body),
-        [version] => (*version, 0, &[][..]),
+        [version, rest @ ..] => (*version, rest),
     };
     if version != ENVELOPE_VERSION {
         return Err(EnvelopeError::Version { found: version });
     }
-    if bytes.len() < HEADER_LEN {
+    let [channel, body @ ..] = rest else {
         return Err(EnvelopeError::Malformed {
             channel: expected,
             detail: "the envelope ends before its channel byte".into(),
         });
-    }
-    if channel != expected.id {
+    };
+    if *channel != expected.id {
         return Err(EnvelopeError::WrongChannel {
-            found: channel,
+            found: *channel,
             expected,
         });
     }

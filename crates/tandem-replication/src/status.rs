@@ -77,19 +77,22 @@ impl ReplicationState {
         }
     }
 
+    /// Every state, in declaration order.
+    pub const ALL: [ReplicationState; 7] = [
+        ReplicationState::Initialized,
+        ReplicationState::Active,
+        ReplicationState::Off,
+        ReplicationState::Syncing,
+        ReplicationState::Suspended,
+        ReplicationState::Failed,
+        ReplicationState::Unknown,
+    ];
+
     /// Parses [`as_str`](Self::as_str); anything else is `None`.
     pub fn parse(text: &str) -> Option<ReplicationState> {
-        [
-            ReplicationState::Initialized,
-            ReplicationState::Active,
-            ReplicationState::Off,
-            ReplicationState::Syncing,
-            ReplicationState::Suspended,
-            ReplicationState::Failed,
-            ReplicationState::Unknown,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        ReplicationState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 

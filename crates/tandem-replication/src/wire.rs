@@ -258,15 +258,7 @@ mod tests {
     }
 
     fn state() -> impl Strategy<Value = ReplicationState> {
-        proptest::sample::select(vec![
-            ReplicationState::Initialized,
-            ReplicationState::Active,
-            ReplicationState::Off,
-            ReplicationState::Syncing,
-            ReplicationState::Suspended,
-            ReplicationState::Failed,
-            ReplicationState::Unknown,
-        ])
+        proptest::sample::select(ReplicationState::ALL.to_vec())
     }
 
     fn node_state() -> impl Strategy<Value = NodeState> {
