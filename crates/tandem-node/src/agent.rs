@@ -15,10 +15,18 @@
 //! long probe:
 //!
 //! - **Probing ahead of a loss.** A standby that fails over on its own starts a
-//!   probe once the peer has been quiet for 1.1 heartbeat intervals and a probe
-//!   would end about when the loss is declared (`Session::last_heard` and
-//!   `silence_limit` say when); a silent result with the isolation check passed,
-//!   no older than one probe timeout, answers the probe the loss asks for.
+//!   probe once the peer has been quiet for [`AHEAD_QUIET`](crate::AHEAD_QUIET)
+//!   (1.5) heartbeat intervals and a probe would end about when the loss is
+//!   declared (`Session::last_heard` and `silence_limit` say when); a silent
+//!   result with the isolation check passed, no older than one probe timeout or
+//!   one heartbeat, answers the probe the loss asks for. `failover check` says
+//!   when `[probe]` is too long for the heartbeat to end in time.
+//! - **Watching the shared address.** While active, every heartbeat tick starts
+//!   an ARP probe that listens one probe timeout for other hosts answering for
+//!   the shared address, unless one still runs; its result comes back to the
+//!   loop, which raises a conflict only if the node is still active in the epoch
+//!   the watch began in. (It used to run inside the tick, which blocked the loop
+//!   for a probe timeout out of every heartbeat.)
 //! - **Announcing again.** After a claim the later announce rounds go out on a
 //!   timer (`announce_interval_ms` apart, and one more 1.5 s later, past Linux's
 //!   neighbour-table lock time), so services start right after the first round;
@@ -56,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use tandem_core::{AtomicFile, AtomicOptions, FileMode, now_ms};
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
 use tandem_replication::ReplicationBackend;
-use tandem_role::{Epoch, Event, FenceToken, Isolation, NodeId, ProbeOutcome, Role};
+use tandem_role::{Epoch, Event, FenceToken, Isolation, MacAddr, NodeId, ProbeOutcome, Role};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, watch};
 
@@ -165,9 +173,8 @@ const DATABASE_WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The shortest quiet of the peer, in heartbeat intervals, after which a standby
-/// probes ahead of the peer's loss (a heartbeat a little late is not a reason).
-const AHEAD_QUIET: f64 = 1.1;
+/// The active node's watch of the shared address, running beside the loop.
+type ConflictWatch = tokio::task::JoinHandle<Result<Vec<MacAddr>, String>>;
 
 /// Runs the agent of the node until `shutdown` completes. `status` receives a
 /// fresh snapshot after every event, for the status page.
@@ -178,6 +185,9 @@ pub async fn run(
     status: watch::Sender<StatusSnapshot>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    if let Err(e) = config.failover.fits_probe(&config.probe) {
+        tracing::warn!("[probe] does not fit [failover]: {e}");
+    }
     let mut agent = Agent::start(config, state_dir, key, status).await?;
     let result = agent.serve(shutdown).await;
     let report = agent.node.stand_down().await;
@@ -232,6 +242,9 @@ struct Agent {
     probed_ahead_of: Option<tokio::time::Instant>,
     /// The probe ahead of the peer's loss, while it runs.
     ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
+    /// The active node's watch for other hosts answering for the shared
+    /// address, while it runs, with the epoch it was started in.
+    conflict_watch: Option<(Epoch, ConflictWatch)>,
     /// The `copy-config-files` waiting for the peer's [`PeerMessage::BundleKept`].
     bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
     /// The id of the last bundle sent.
@@ -322,6 +335,7 @@ impl Agent {
             published_tick: Instant::now(),
             probed_ahead_of: None,
             ahead: None,
+            conflict_watch: None,
             bundle_waiter: None,
             bundle_sent: 0,
             switch_waiters: std::collections::HashMap::new(),
@@ -452,9 +466,14 @@ impl Agent {
                     log_report("deferred probe", &report);
                     self.after(&report).await;
                 }
+                watched = wait_some(self.conflict_watch.as_mut().map(|(_, task)| task)) => {
+                    if let Some((epoch, _)) = self.conflict_watch.take() {
+                        self.conflict_watched(epoch, watched).await;
+                    }
+                }
                 _ = watch.tick() => {
                     self.watch_lost_peer().await;
-                    self.watch_shared_address().await;
+                    self.watch_shared_address();
                     self.watch_database().await;
                     self.clear_alarms().await;
                     // Whatever the role, at least once a second: a standby's
@@ -842,7 +861,7 @@ impl Agent {
 
     /// When a standby that fails over on its own should probe ahead of the
     /// peer's loss: early enough that the probe ends when the loss is declared,
-    /// but not before the peer has been quiet for [`AHEAD_QUIET`] heartbeat
+    /// but not before the peer has been quiet for [`crate::AHEAD_QUIET`] heartbeat
     /// intervals. `None` when no such probe is due.
     fn probe_ahead_at(&self) -> Option<tokio::time::Instant> {
         let failover = &self.node.config().failover;
@@ -864,7 +883,7 @@ impl Agent {
         let interval = silence / failover.missed_heartbeats.max(1);
         let quiet = silence
             .saturating_sub(self.node.probe_duration())
-            .max(interval.mul_f64(AHEAD_QUIET));
+            .max(interval.mul_f64(crate::AHEAD_QUIET));
         (quiet < silence).then(|| heard + quiet)
     }
 
@@ -910,20 +929,42 @@ impl Agent {
         }
     }
 
-    /// While active, another MAC answering ARP for the shared address is a conflict.
-    async fn watch_shared_address(&mut self) {
-        if self.node.state().role != Role::Active {
+    /// While active, starts a watch for another MAC answering ARP for the shared
+    /// address, unless one runs: it listens for a probe timeout beside the loop,
+    /// which hears the result in [`conflict_watched`](Self::conflict_watched).
+    fn watch_shared_address(&mut self) {
+        let state = self.node.state();
+        if state.role != Role::Active || self.conflict_watch.is_some() {
             return;
         }
-        match self.node.conflicting_macs().await {
-            Ok(macs) => {
+        let epoch = state.epoch;
+        self.conflict_watch = Some((epoch, tokio::spawn(self.node.conflict_watch())));
+    }
+
+    /// Another MAC answering for the shared address is a conflict, if this node
+    /// is still active in the epoch the watch started in (an answer heard across
+    /// a release and a new claim may be the peer's, from before).
+    async fn conflict_watched(
+        &mut self,
+        epoch: Epoch,
+        watched: Result<Result<Vec<MacAddr>, String>, tokio::task::JoinError>,
+    ) {
+        let state = self.node.state();
+        if state.role != Role::Active || state.epoch != epoch {
+            return;
+        }
+        match watched {
+            Ok(Ok(macs)) => {
                 if let Some(mac) = macs.first() {
                     self.conflict_seen = Some(Instant::now());
                     tracing::warn!(%mac, "another host answers for the shared address");
                     self.event(Event::AddressConflict { mac: *mac }).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the shared address"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot watch the shared address"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the watch of the shared address ended abnormally")
+            }
         }
     }
 
@@ -1387,7 +1428,6 @@ async fn wait_some<T>(
     }
 }
 
-/// Sleeps until `at`, or forever without one.
 /// The next message of `rx`, or never when there is no receiver (or it closed).
 async fn recv_some<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     match rx {

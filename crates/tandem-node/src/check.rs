@@ -325,6 +325,21 @@ pub async fn run_checks(
             "replication is not initialized here: run `mp_replication init`",
         ),
     }
+    if config.failover.auto_failover {
+        let probe = &config.probe;
+        match config.failover.fits_probe(probe) {
+            Ok(()) => report.push(
+                "probe timing",
+                Verdict::Pass,
+                format!(
+                    "a silent probe takes {} ms, within the {} ms before the peer counts as lost",
+                    probe.duration().as_millis(),
+                    config.failover.silence_limit().as_millis()
+                ),
+            ),
+            Err(e) => report.push("probe timing", Verdict::Fail, e),
+        }
+    }
     if let Some(witness) = &config.witness {
         check_witness(&mut report, config, witness).await;
     }

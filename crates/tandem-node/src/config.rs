@@ -131,8 +131,12 @@ impl NetworkSection {
 }
 
 /// `[probe]`: how long to wait for answers. The defaults (3 probes, 100 ms each,
-/// 50 ms apart: an address is silent after about 400 ms) suit a LAN, where an ARP
-/// answer takes well under a millisecond.
+/// 50 ms apart: an address is silent after about 200 ms) suit a LAN, where an ARP
+/// answer takes well under a millisecond, at the default heartbeat. With automatic
+/// failover the probe runs while the peer is quiet, ahead of its loss, so it should
+/// last less than the heartbeats the loss waits for:
+/// [`ProbeSection::for_heartbeat`] gives settings that do, and `failover check`
+/// says when the configured ones do not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeSection {
@@ -142,6 +146,17 @@ pub struct ProbeSection {
     pub attempts: u32,
     /// Pause between probes, in milliseconds.
     pub interval_ms: u64,
+    /// How long the one probe waits right after the peer said, on the
+    /// authenticated link, that it released the shared address (a planned
+    /// switchover), in milliseconds. The peer's word covers the peer; the probe
+    /// only has to catch a third host, whose kernel answers within a millisecond
+    /// on a LAN.
+    pub released_timeout_ms: u64,
+    /// How long each attempt of the isolation check (the reference address, by
+    /// default the gateway) waits for an answer, in milliseconds. The check ends
+    /// at the first answer, so a long wait costs nothing while the reference
+    /// answers; a short one could make a slow gateway look like isolation.
+    pub isolation_timeout_ms: u64,
 }
 
 impl Default for ProbeSection {
@@ -150,9 +165,16 @@ impl Default for ProbeSection {
             timeout_ms: 100,
             attempts: 3,
             interval_ms: 50,
+            released_timeout_ms: 10,
+            isolation_timeout_ms: 100,
         }
     }
 }
+
+/// The shortest quiet of the peer, in heartbeat intervals, after which a standby
+/// that fails over on its own probes ahead of the peer's loss (a heartbeat a
+/// little late is not a reason to probe).
+pub const AHEAD_QUIET: f64 = 1.5;
 
 /// `[failover]`: timing and policy. The default heartbeat (200 ms, peer lost
 /// after 3 missed) detects a lost peer in about 600 ms; a false alarm costs only
@@ -193,6 +215,46 @@ impl Default for FailoverSection {
 }
 
 impl FailoverSection {
+    /// The pause between heartbeats.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// How long the peer may be silent before it counts as lost:
+    /// `heartbeat_ms × missed_heartbeats`.
+    pub fn silence_limit(&self) -> Duration {
+        self.heartbeat()
+            .saturating_mul(self.missed_heartbeats.max(1))
+    }
+
+    /// Whether a probe of `probe` fits this timing: with automatic failover the
+    /// standby starts its probe while the peer is quiet, no earlier than
+    /// [`AHEAD_QUIET`] heartbeats after the last one heard, and a probe that
+    /// ends after the loss is declared delays the takeover by the difference.
+    /// `Err` says by how much and what to set instead.
+    pub fn fits_probe(&self, probe: &ProbeSection) -> Result<(), String> {
+        let room = self
+            .silence_limit()
+            .saturating_sub(self.heartbeat().mul_f64(AHEAD_QUIET));
+        let takes = probe.duration();
+        if !self.auto_failover || takes <= room {
+            return Ok(());
+        }
+        let fit = ProbeSection::for_heartbeat(self.heartbeat_ms);
+        Err(format!(
+            "a silent probe takes {} ms ((attempts - 1) x interval_ms + timeout_ms), more than the {} ms \
+             between the probe ahead of a loss and the loss: a takeover waits {} ms longer than it must; \
+             for heartbeat_ms = {} set [probe] timeout_ms = {}, attempts = {}, interval_ms = {}",
+            takes.as_millis(),
+            room.as_millis(),
+            (takes - room).as_millis(),
+            self.heartbeat_ms,
+            fit.timeout_ms,
+            fit.attempts,
+            fit.interval_ms,
+        ))
+    }
+
     /// The role machine's settings.
     pub fn role_config(&self) -> tandem_role::Config {
         tandem_role::Config {
@@ -559,10 +621,15 @@ impl NodeConfig {
                 ),
             ));
         }
-        if self.probe.attempts == 0 || self.probe.timeout_ms == 0 {
+        if self.probe.attempts == 0
+            || self.probe.timeout_ms == 0
+            || self.probe.released_timeout_ms == 0
+            || self.probe.isolation_timeout_ms == 0
+        {
             return Err((
                 "probe",
-                "attempts and timeout_ms must be at least 1".to_string(),
+                "attempts, timeout_ms, released_timeout_ms and isolation_timeout_ms must be at least 1"
+                    .to_string(),
             ));
         }
         if self.failover.heartbeat_ms == 0 || self.failover.missed_heartbeats == 0 {
@@ -609,9 +676,45 @@ fn check_hostname(name: &str) -> Result<(), String> {
 }
 
 impl ProbeSection {
+    /// Probe settings that fit a heartbeat of `heartbeat_ms` with 3 missed
+    /// heartbeats: the defaults from 200 ms up; below, two probes of half a
+    /// heartbeat each, half a heartbeat apart (at least 5 ms each), so that the
+    /// probe ahead of a loss (about one heartbeat) ends before the loss is
+    /// declared. At 20 ms: `timeout_ms = 10, attempts = 2, interval_ms = 10`.
+    pub fn for_heartbeat(heartbeat_ms: u64) -> ProbeSection {
+        if heartbeat_ms >= 200 {
+            return ProbeSection::default();
+        }
+        let half = (heartbeat_ms / 2).max(5);
+        ProbeSection {
+            timeout_ms: half,
+            attempts: 2,
+            interval_ms: half,
+            ..ProbeSection::default()
+        }
+    }
+
+    /// How long a probe that finds the address silent takes:
+    /// `(attempts - 1) × interval + timeout`.
+    pub fn duration(&self) -> Duration {
+        self.interval()
+            .saturating_mul(self.attempts.saturating_sub(1))
+            .saturating_add(self.timeout())
+    }
+
     /// The probe timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The timeout of the one probe right after the peer released the address.
+    pub fn released_timeout(&self) -> Duration {
+        Duration::from_millis(self.released_timeout_ms)
+    }
+
+    /// The timeout of each attempt of the isolation check.
+    pub fn isolation_timeout(&self) -> Duration {
+        Duration::from_millis(self.isolation_timeout_ms)
     }
 
     /// The pause between probes.
@@ -800,5 +903,50 @@ stop = "true"
             .expect_err("unknown")
             .to_string();
         assert!(err.contains("gatewy"), "{err}");
+    }
+
+    #[test]
+    fn the_default_probe_fits_the_default_heartbeat_and_a_short_one_is_told() {
+        let auto = FailoverSection {
+            auto_failover: true,
+            ..FailoverSection::default()
+        };
+        assert_eq!(auto.fits_probe(&ProbeSection::default()), Ok(()));
+        let fast = FailoverSection {
+            heartbeat_ms: 20,
+            ..auto.clone()
+        };
+        let err = fast
+            .fits_probe(&ProbeSection::default())
+            .expect_err("200 ms of probing do not fit 60 ms");
+        assert!(
+            err.contains("timeout_ms = 10, attempts = 2, interval_ms = 10"),
+            "{err}"
+        );
+        // Without automatic failover nobody probes ahead: nothing to fit.
+        let manual = FailoverSection {
+            auto_failover: false,
+            ..fast
+        };
+        assert_eq!(manual.fits_probe(&ProbeSection::default()), Ok(()));
+    }
+
+    proptest::proptest! {
+        /// What `for_heartbeat` advises fits that heartbeat, from 10 ms up, and
+        /// is a config the agent accepts.
+        #[test]
+        fn the_advised_probe_fits_its_heartbeat(heartbeat_ms in 10u64..=60_000) {
+            let failover = FailoverSection {
+                auto_failover: true,
+                heartbeat_ms,
+                ..FailoverSection::default()
+            };
+            let probe = ProbeSection::for_heartbeat(heartbeat_ms);
+            proptest::prop_assert_eq!(failover.fits_probe(&probe), Ok(()));
+            let mut config = parse(LAB_NODE1).expect("lab config");
+            config.failover = failover;
+            config.probe = probe;
+            proptest::prop_assert!(config.validate().is_ok());
+        }
     }
 }

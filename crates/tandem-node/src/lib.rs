@@ -74,8 +74,9 @@ mod status_listen;
 pub use agent::{AgentError, PeerMessage, run as run_agent};
 pub use alarms::AlarmKind;
 pub use config::{
-    ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR, FailoverSection, Hooks,
-    NetworkSection, NodeConfig, NodeSection, ProbeSection, RunOn, ServiceSpec, load_bundle_spec,
+    AHEAD_QUIET, ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_KEY_FILE, DEFAULT_STATE_DIR,
+    FailoverSection, Hooks, NetworkSection, NodeConfig, NodeSection, ProbeSection, RunOn,
+    ServiceSpec, load_bundle_spec,
 };
 pub use database::{LoadSettings, open_database, replication_settings, replication_status};
 pub use degrade::{DEFAULT_LEASE_MARGIN, DEFAULT_SETTLE, DegradeError, DegradeGuard, DegradeMark};

@@ -95,10 +95,45 @@ pub struct Report {
 pub struct StepRecord {
     /// The action, in its one-line form.
     pub action: String,
+    /// When it started, in microseconds since the Unix epoch (the wall clock, so
+    /// that the steps of both nodes line up on one timeline); 0 from an agent
+    /// of an earlier release.
+    #[serde(default)]
+    pub started_us: u64,
     /// How long it took.
     pub took: Duration,
     /// What went wrong, if it failed.
     pub error: Option<String>,
+}
+
+impl StepRecord {
+    /// A step that started at `started` (the monotonic clock), recorded now.
+    fn since(action: String, started: StepStart, error: Option<String>) -> StepRecord {
+        StepRecord {
+            action,
+            started_us: started.wall_us,
+            took: started.at.elapsed(),
+            error,
+        }
+    }
+}
+
+/// When a step started, on both clocks.
+#[derive(Debug, Clone, Copy)]
+struct StepStart {
+    at: Instant,
+    wall_us: u64,
+}
+
+impl StepStart {
+    fn now() -> StepStart {
+        StepStart {
+            at: Instant::now(),
+            wall_us: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        }
+    }
 }
 
 impl Report {
@@ -118,8 +153,12 @@ pub struct Node {
     machine: Machine,
     interfaces: Interfaces,
     prober: Prober,
-    /// One probe instead of several, for right after the peer said it released.
+    /// One short probe instead of several, for right after the peer said it
+    /// released (`[probe] released_timeout_ms`).
     quick_prober: Prober,
+    /// The isolation check's prober: the configured attempts, each waiting
+    /// `[probe] isolation_timeout_ms` (it ends at the first answer).
+    isolation_prober: Prober,
     /// When the peer last said on the peer link that it released the address.
     peer_released: Option<Instant>,
     /// A silent probe run ahead of a peer loss (see [`Node::probe_ahead`]).
@@ -219,9 +258,9 @@ impl Node {
             reason: e.to_string(),
         })?;
         let probe = &config.probe;
-        let prober_with = |retries: u32| {
+        let prober_with = |retries: u32, timeout: Duration| {
             Prober::new(ProbeConfig {
-                timeout: probe.timeout(),
+                timeout,
                 interval: probe.interval(),
                 retries,
                 collect: Collect::First,
@@ -231,8 +270,10 @@ impl Node {
                 reason: e.to_string(),
             })
         };
-        let prober = prober_with(probe.attempts.saturating_sub(1))?;
-        let quick_prober = prober_with(0)?;
+        let prober = prober_with(probe.attempts.saturating_sub(1), probe.timeout())?;
+        let quick_prober = prober_with(0, probe.released_timeout())?;
+        let isolation_prober =
+            prober_with(probe.attempts.saturating_sub(1), probe.isolation_timeout())?;
         Ok(Node {
             services: Services::new(config.services.clone()),
             hooks: HookRunner::new(config.hooks.clone()),
@@ -242,6 +283,7 @@ impl Node {
             interfaces,
             prober,
             quick_prober,
+            isolation_prober,
             peer_released: None,
             ahead: None,
             announce_once: false,
@@ -299,11 +341,7 @@ impl Node {
     /// How long a probe that finds the shared address silent takes:
     /// `(attempts - 1) × interval + timeout` of the `[probe]` settings.
     pub fn probe_duration(&self) -> Duration {
-        let probe = &self.config.probe;
-        probe
-            .interval()
-            .saturating_mul(probe.attempts.saturating_sub(1))
-            .saturating_add(probe.timeout())
+        self.config.probe.duration()
     }
 
     /// A probe of the shared address and the reference that borrows nothing from
@@ -314,6 +352,7 @@ impl Node {
         let net = &self.config.network;
         run_probe(
             self.prober,
+            self.isolation_prober,
             net.interface.clone(),
             net.shared_address.addr(),
             net.reference(),
@@ -322,8 +361,10 @@ impl Node {
 
     /// Keeps the outcome of a [`probe_ahead`](Self::probe_ahead), so that the probe
     /// the role machine asks for when the loss comes is already answered: a silent
-    /// probe with the isolation check passed is kept for one probe timeout and
-    /// answers the next immediate probe; any other outcome is dropped, and that
+    /// probe with the isolation check passed is kept for one probe timeout or one
+    /// heartbeat, whichever is longer, and answers the next immediate probe (a
+    /// frame from the peer after the probe puts the loss a whole silence limit
+    /// later, past that); any other outcome is dropped, and that
     /// probe then runs as usual. Returns whether it was kept.
     ///
     /// The evidence is the same as a probe run after the loss: nobody answered
@@ -505,20 +546,24 @@ impl Node {
                         }
                         self.probe_due = None;
                         tokio::time::sleep(after).await;
+                        let started = StepStart::now();
                         let (probe, isolation) = self.answer_probe(after.is_zero()).await;
+                        report.steps.push(StepRecord::since(
+                            format!("probe: {probe}, isolation check {isolation}"),
+                            started,
+                            None,
+                        ));
                         next = Some(Event::Probed { probe, isolation });
                         break;
                     }
                     Action::Refuse(refusal) => report.refused = Some(refusal),
                     Action::AcquireLease => {
                         // Like a probe, the lease's answer is the next event.
-                        let started = Instant::now();
+                        let started = StepStart::now();
                         let answer = self.acquire_lease().await;
-                        report.steps.push(StepRecord {
-                            action: action.to_string(),
-                            took: started.elapsed(),
-                            error: None,
-                        });
+                        report
+                            .steps
+                            .push(StepRecord::since(action.to_string(), started, None));
                         next = Some(answer);
                         break;
                     }
@@ -526,19 +571,19 @@ impl Node {
                         if let Some(keeper) = &self.witness {
                             keeper.release();
                         }
-                        report.steps.push(StepRecord {
-                            action: action.to_string(),
-                            took: Duration::ZERO,
-                            error: None,
-                        });
+                        report.steps.push(StepRecord::since(
+                            action.to_string(),
+                            StepStart::now(),
+                            None,
+                        ));
                     }
                     Action::SendClaim { epoch, .. } | Action::SendSuperseded { epoch } => {
                         // The agent sends them on the peer link.
-                        report.steps.push(StepRecord {
-                            action: action.to_string(),
-                            took: Duration::ZERO,
-                            error: None,
-                        });
+                        report.steps.push(StepRecord::since(
+                            action.to_string(),
+                            StepStart::now(),
+                            None,
+                        ));
                         if matches!(action, Action::SendClaim { .. }) {
                             report.claims.push(epoch);
                         } else {
@@ -586,13 +631,13 @@ impl Node {
         report: &mut Report,
         action: &Action,
     ) -> Result<(), (Step, String)> {
-        let started = Instant::now();
+        let started = StepStart::now();
         let result = self.execute(action).await;
-        report.steps.push(StepRecord {
-            action: action.to_string(),
-            took: started.elapsed(),
-            error: result.as_ref().err().map(|(_, e)| e.clone()),
-        });
+        report.steps.push(StepRecord::since(
+            action.to_string(),
+            started,
+            result.as_ref().err().map(|(_, e)| e.clone()),
+        ));
         match &result {
             Ok(()) => tracing::info!(%action, "done"),
             Err((_, e)) => tracing::warn!(%action, error = %e, "failed"),
@@ -695,21 +740,34 @@ impl Node {
     /// Looks for other hosts answering ARP for the shared address while this node
     /// holds it: the MAC addresses of every other answer (empty when none).
     pub async fn conflicting_macs(&self) -> Result<Vec<MacAddr>, String> {
+        self.conflict_watch().await
+    }
+
+    /// [`conflicting_macs`](Self::conflicting_macs) as a future that borrows
+    /// nothing from the node, for the agent to run beside its loop: it listens
+    /// for one probe timeout, and the loop must not wait that long on every tick.
+    pub fn conflict_watch(
+        &self,
+    ) -> impl Future<Output = Result<Vec<MacAddr>, String>> + Send + 'static {
         let net = &self.config.network;
-        let std::net::IpAddr::V4(shared) = net.shared_address.addr() else {
-            return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
-        };
-        let prober = Prober::new(ProbeConfig {
+        let interface = net.interface.clone();
+        let shared = net.shared_address.addr();
+        let config = ProbeConfig {
             collect: Collect::All,
             retries: 0,
             ..self.prober.config()
-        })
-        .map_err(|e| e.to_string())?;
-        let outcome = prober
-            .arp(&net.interface, shared)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(outcome.macs())
+        };
+        async move {
+            let std::net::IpAddr::V4(shared) = shared else {
+                return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
+            };
+            let prober = Prober::new(config).map_err(|e| e.to_string())?;
+            let outcome = prober
+                .arp(&interface, shared)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(outcome.macs())
+        }
     }
 
     /// Whether this node's interface holds the shared address now.
@@ -753,17 +811,17 @@ impl Node {
 
     async fn always_services(&mut self, start: bool) -> Report {
         let mut report = Report::default();
-        let started = Instant::now();
+        let started = StepStart::now();
         let (action, result) = if start {
             ("start", self.services.start(RunOn::Always).await)
         } else {
             ("stop", self.services.stop(RunOn::Always).await)
         };
-        report.steps.push(StepRecord {
-            action: format!("{action}-always-services"),
-            took: started.elapsed(),
-            error: result.as_ref().err().map(ToString::to_string),
-        });
+        report.steps.push(StepRecord::since(
+            format!("{action}-always-services"),
+            started,
+            result.as_ref().err().map(ToString::to_string),
+        ));
         if let Err(e) = result {
             let message = format!("the always-running services did not {action}: {e}");
             tracing::warn!(error = %e, "always-running services did not {action}");
@@ -796,7 +854,7 @@ impl Node {
         let ahead = self
             .ahead
             .take()
-            .is_some_and(|at| at.elapsed() <= self.config.probe.timeout());
+            .is_some_and(|at| at.elapsed() <= self.ahead_fresh());
         let quick = self
             .peer_released
             .take()
@@ -806,6 +864,14 @@ impl Node {
             return (ProbeOutcome::Silent, Isolation::Passed);
         }
         self.probe(quick).await
+    }
+
+    /// How long a silent probe ahead of a loss answers the loss's probe.
+    fn ahead_fresh(&self) -> Duration {
+        self.config
+            .probe
+            .timeout()
+            .max(self.config.failover.heartbeat())
     }
 
     /// Probes the shared address and runs the isolation check.
@@ -818,6 +884,7 @@ impl Node {
         };
         run_probe(
             prober,
+            self.isolation_prober,
             net.interface.clone(),
             net.shared_address.addr(),
             net.reference(),
@@ -826,17 +893,18 @@ impl Node {
     }
 }
 
-/// Probes `shared` on `iface` and runs the isolation check against `reference`,
-/// both at once.
+/// Probes `shared` on `iface` with `prober` and runs the isolation check against
+/// `reference` with `isolation_prober`, both at once.
 async fn run_probe(
     prober: Prober,
+    isolation_prober: Prober,
     iface: String,
     shared: std::net::IpAddr,
     reference: std::net::IpAddr,
 ) -> (ProbeOutcome, Isolation) {
     let (answers, reached) = tokio::join!(
         prober.address(&iface, shared),
-        prober.isolation_check(&iface, reference)
+        isolation_prober.isolation_check(&iface, reference)
     );
     let probe = match answers {
         Ok(outcome) if outcome.is_answered() => ProbeOutcome::Answered {

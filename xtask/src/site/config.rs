@@ -60,6 +60,7 @@ pub(crate) fn probe() -> ProbeSection {
         timeout_ms: 100,
         attempts: 2,
         interval_ms: 50,
+        ..ProbeSection::default()
     }
 }
 
