@@ -635,6 +635,27 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
         ]
     );
 
+    // Back in one command on node 1 (`switchover`): node 2's agent stands down
+    // and node 1 takes over when it hears the release.
+    let out = site.failover(Host::Node1, &["switchover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("switchover: this node is active"),
+        "{}",
+        text(&out)
+    );
+    assert!(site.exists(Host::Node1, "app-running"));
+    assert!(!site.exists(Host::Node2, "app-running"));
+    assert_eq!(site.status(Host::Node2)["state"]["role"], "standby");
+    assert_eq!(
+        media.registrations().current.as_deref(),
+        Some("meetings1.lab.test")
+    );
+    // On the active node there is nothing to hand over: refused, saying why.
+    let out = site.failover(Host::Node1, &["switchover"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already active"), "{}", text(&out));
+
     // Agents that stop take their services with them.
     site.stop_agent(Host::Node1);
     site.stop_agent(Host::Node2);

@@ -140,7 +140,35 @@ pub enum PeerMessage {
         /// Its node's outcome.
         outcome: crate::NodeOutcome,
     },
+    /// `failover switchover` ran on the sender: the receiver, if active, stands
+    /// down as `set-server standby` would, and its [`PeerMessage::Released`]
+    /// tells the sender to take over at once.
+    StandDown {
+        /// Which request this is, repeated in a refusal.
+        id: u64,
+    },
+    /// The receiver of a [`PeerMessage::StandDown`] did not release the shared
+    /// address, and why.
+    StandDownRefused {
+        /// The [`PeerMessage::StandDown`] it answers.
+        id: u64,
+        /// Why, for the operator.
+        reason: String,
+    },
 }
+
+/// A `failover switchover` waiting for the peer to stand down.
+struct Handover {
+    /// The [`PeerMessage::StandDown`] sent.
+    id: u64,
+    /// The tool, which hears the outcome.
+    stream: BufReader<tokio::net::UnixStream>,
+    /// When the request went to the peer, on both clocks.
+    asked: (tokio::time::Instant, std::time::SystemTime),
+}
+
+/// How long `failover switchover` waits for the peer to stand down.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl tandem_peer::Conversation for PeerMessage {
     const CHANNEL: tandem_peer::Channel = tandem_peer::Channel::new(1, "agent");
@@ -254,6 +282,8 @@ struct Agent {
         std::collections::HashMap<u64, tokio::sync::oneshot::Sender<crate::NodeOutcome>>,
     /// The id of the last [`PeerMessage::Switch`] sent.
     switch_sent: u64,
+    /// The `failover switchover` waiting for the peer to stand down.
+    handover: Option<Handover>,
     /// What the witness lease keeper reports, on a site with a witness.
     lease_events: Option<mpsc::Receiver<tandem_witness::LeaseEvent>>,
     /// The fencing tokens for the replication service, on a site with a witness.
@@ -340,6 +370,7 @@ impl Agent {
             bundle_sent: 0,
             switch_waiters: std::collections::HashMap::new(),
             switch_sent: 0,
+            handover: None,
             fence: lease_events
                 .is_some()
                 .then(|| watch::channel(tandem_replication::Fence::default()).0),
@@ -420,6 +451,18 @@ impl Agent {
                         tracing::info!(%node, %epoch, "the peer released the shared address");
                         self.peer_claim = None;
                         self.node.note_peer_released();
+                        if let Some(handover) = self.handover.take() {
+                            self.take_over(handover).await;
+                        }
+                    }
+                    PeerMessage::StandDown { id } => self.stand_down_for_peer(id).await,
+                    PeerMessage::StandDownRefused { id, reason } => {
+                        if let Some(mut handover) = self.handover.take_if(|h| h.id == id) {
+                            let response = Response::Error(format!(
+                                "the peer did not stand down: {reason}"
+                            ));
+                            let _ = control::write_response(&mut handover.stream, &response).await;
+                        }
                     }
                     PeerMessage::Bundle { bytes, .. } => {
                         tracing::info!(bytes, "config-file bundle announced by the peer");
@@ -461,6 +504,17 @@ impl Agent {
                     }
                 }
                 () = sleep_until_some(self.reannounce.front().copied()) => self.announce_again().await,
+                () = sleep_until_some(self.handover.as_ref().map(|h| h.asked.0 + HANDOVER_TIMEOUT)) => {
+                    if let Some(mut handover) = self.handover.take() {
+                        let response = Response::Error(format!(
+                            "the peer did not stand down within {} s; it may run an earlier \
+                             release: run `failover set-server standby` there, then \
+                             `failover set-server active` here",
+                            HANDOVER_TIMEOUT.as_secs()
+                        ));
+                        let _ = control::write_response(&mut handover.stream, &response).await;
+                    }
+                }
                 () = sleep_until_some(self.node.probe_due().map(tokio::time::Instant::from_std)) => {
                     let report = self.node.run_due_probe().await;
                     log_report("deferred probe", &report);
@@ -781,11 +835,7 @@ impl Agent {
                 .chain(std::iter::once(now + REANNOUNCE_AFTER))
                 .collect();
         }
-        let released = report
-            .steps
-            .iter()
-            .any(|s| s.action == "release-shared-address" && s.error.is_none());
-        if released
+        if released_address(report)
             && self.node.state().role == Role::Standby
             && let Some(session) = &self.session
         {
@@ -993,6 +1043,10 @@ impl Agent {
                 self.after(&report).await;
                 Response::Report(report)
             }
+            Request::Switchover => {
+                self.ask_handover(stream).await;
+                return;
+            }
             Request::Status => Response::Status(Box::new(self.snapshot().await)),
             Request::Standing => Response::Standing(self.standing()),
             Request::Check => {
@@ -1101,6 +1155,106 @@ impl Agent {
     }
 
     /// An operator's command that succeeded clears the faults of earlier steps.
+    /// `failover switchover` on this node: asks the active peer to stand down;
+    /// this node takes over when the peer says it released
+    /// ([`take_over`](Self::take_over)). Refused, with what to do instead, when
+    /// there is nothing to hand over.
+    async fn ask_handover(&mut self, mut stream: BufReader<tokio::net::UnixStream>) {
+        let state = self.node.state();
+        let refusal = if state.deployment != tandem_role::DeploymentMode::Failover {
+            Some("this node is not in a failover deployment".to_owned())
+        } else if state.role == Role::Active {
+            Some("this node is already active".to_owned())
+        } else if self.handover.is_some() {
+            Some("another switchover is waiting for the peer".to_owned())
+        } else {
+            None
+        };
+        let session = self.session.clone().filter(|s| !s.is_closed());
+        let refusal = refusal.or_else(|| {
+            session.is_none().then(|| {
+                format!(
+                    "the peer link to {} is down, so its agent cannot hand over; if the peer is \
+                     down, run `failover set-server active`",
+                    self.node.config().network.peer_address
+                )
+            })
+        });
+        if let (None, Some(session)) = (refusal.as_ref(), session) {
+            self.switch_sent += 1;
+            let id = self.switch_sent;
+            let asked = (tokio::time::Instant::now(), std::time::SystemTime::now());
+            match session.send_message(&PeerMessage::StandDown { id }).await {
+                Ok(()) => {
+                    tracing::info!(id, "asked the peer to stand down for a switchover");
+                    self.handover = Some(Handover { id, stream, asked });
+                    return;
+                }
+                Err(e) => {
+                    let response =
+                        Response::Error(format!("could not ask the peer to stand down: {e}"));
+                    let _ = control::write_response(&mut stream, &response).await;
+                    return;
+                }
+            }
+        }
+        let reason = refusal.unwrap_or_default();
+        let _ = control::write_response(&mut stream, &Response::Error(reason)).await;
+    }
+
+    /// The peer released for this node's `failover switchover`: take over as
+    /// `set-server active` would (one quick probe: the peer's word covers the
+    /// peer) and answer the tool, with the wait for the peer as the first step.
+    async fn take_over(&mut self, mut handover: Handover) {
+        let asked = handover.asked;
+        let mut report = self.node.set_server(Role::Active).await;
+        report.steps.insert(
+            0,
+            crate::StepRecord {
+                action: "peer-stood-down".to_owned(),
+                started_us: asked
+                    .1
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                took: asked.0.elapsed(),
+                error: None,
+            },
+        );
+        self.operator_done(&report);
+        self.after(&report).await;
+        let _ = control::write_response(&mut handover.stream, &Response::Report(report)).await;
+    }
+
+    /// The peer's `failover switchover`: stand down as `set-server standby`
+    /// would; [`after`](Self::after) tells the peer of the release. Anything
+    /// else is answered with [`PeerMessage::StandDownRefused`].
+    async fn stand_down_for_peer(&mut self, id: u64) {
+        let was_active = self.node.state().role == Role::Active;
+        let report = self.node.set_server(Role::Standby).await;
+        log_report("stand down for the peer's switchover", &report);
+        self.operator_done(&report);
+        self.after(&report).await;
+        if released_address(&report) && self.node.state().role == Role::Standby {
+            return;
+        }
+        let reason = match (&report.refused, was_active) {
+            (Some(refusal), _) => refusal.to_string(),
+            (None, false) => "it is not active: run `failover set-server active`".to_owned(),
+            (None, true) => report
+                .steps
+                .iter()
+                .find_map(|s| s.error.clone())
+                .unwrap_or_else(|| "it did not release the shared address".to_owned()),
+        };
+        if let Some(session) = &self.session
+            && let Err(e) = session
+                .send_message(&PeerMessage::StandDownRefused { id, reason })
+                .await
+        {
+            tracing::warn!(error = %e, "could not answer the peer's switchover");
+        }
+    }
+
     fn operator_done(&mut self, report: &Report) {
         if report.succeeded() {
             self.alarms.clear_kind(AlarmKind::Fault, now_ms());
@@ -1428,6 +1582,14 @@ async fn wait_some<T>(
     }
 }
 
+/// Whether a report released the shared address.
+fn released_address(report: &Report) -> bool {
+    report
+        .steps
+        .iter()
+        .any(|s| s.action == "release-shared-address" && s.error.is_none())
+}
+
 /// The next message of `rx`, or never when there is no receiver (or it closed).
 async fn recv_some<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     match rx {
@@ -1653,6 +1815,9 @@ mod envelope_tests {
                     },
                 }
             }),
+            any::<u64>().prop_map(|id| PeerMessage::StandDown { id }),
+            (any::<u64>(), text())
+                .prop_map(|(id, reason)| PeerMessage::StandDownRefused { id, reason }),
         ]
     }
 

@@ -28,6 +28,10 @@ const MAX_LINE: usize = 4 << 20;
 pub enum Request {
     /// `failover set-server active|standby`.
     SetServer(Role),
+    /// `failover switchover`: make this standby node active with the peer's
+    /// help: the active peer stands down on the peer link and this node takes
+    /// over when it hears the release. Answered with this node's report.
+    Switchover,
     /// `failover set-deployment failover|single`.
     SetDeployment(DeploymentMode),
     /// `failover status`.

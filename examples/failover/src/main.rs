@@ -78,6 +78,11 @@ enum Command {
     /// probe finds it silent and the gateway answers) or the standby.
     #[command(visible_alias = "setServer")]
     SetServer(roles::SetServerArgs),
+    /// Make this standby node active in one step, with the peer's help: the
+    /// active peer's agent stands down (as `set-server standby` there would) and
+    /// this node takes over as soon as it hears the release. Both agents must
+    /// run and be linked; when the active node is down, use `set-server active`.
+    Switchover(roles::JsonArgs),
     /// Show this node's deployment, role, epoch, peer and alarms.
     Status(roles::JsonArgs),
     /// Make the boot decision of the seed without the agent: probe the shared
@@ -139,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::SetDeployment(args) => roles::set_deployment(&common, &args),
         Command::SetServer(args) => roles::set_server(&common, &args),
+        Command::Switchover(args) => roles::switchover(&common, &args),
         Command::Status(args) => roles::status(&common, &args),
         Command::Boot(args) => roles::boot(&common, &args),
         Command::Agent(args) => agent::run(&common, &args),

@@ -159,6 +159,24 @@ pub(crate) fn set_server(common: &Common, args: &SetServerArgs) -> anyhow::Resul
     finish(&report, args.json, "set-server")
 }
 
+pub(crate) fn switchover(common: &Common, args: &JsonArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        match control::request(&common.state_dir, &Request::Switchover, AGENT_TIMEOUT).await {
+            Ok(Response::Report(report)) => Ok(report),
+            Ok(Response::Error(e)) => bail!("switchover refused: {e}"),
+            Ok(_) => bail!("the agent answered something unexpected"),
+            Err(ControlError::NoAgent { .. }) => bail!(
+                "switchover needs the agents of both nodes (no agent runs here): start \
+                 `failover agent`, or run `failover set-server standby` on the active node \
+                 and then `failover set-server active` here"
+            ),
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    finish(&report, args.json, "switchover")
+}
+
 pub(crate) fn boot(common: &Common, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let report = rt.block_on(async {
