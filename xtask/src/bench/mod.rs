@@ -42,6 +42,12 @@ pub(crate) struct Args {
     /// release build this way).
     #[arg(long, hide = true)]
     link_raw: bool,
+    /// Other `mp_replication` binaries (say, a release build of `main`; named in
+    /// the results by their file names) that the SQLite `replication` area
+    /// measures round by round beside this tree's, each on databases of its own:
+    /// an A/B in one run. Repeatable.
+    #[arg(long, value_name = "BINARY")]
+    against: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +113,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 "replication --backend postgres",
                 replication_postgres::run(),
             ),
-            (Area::Replication, Backend::Sqlite) => ("replication", replication::run()),
+            (Area::Replication, Backend::Sqlite) => (
+                "replication",
+                replication::run(&replication::Options {
+                    against: args.against.clone(),
+                }),
+            ),
         };
         match result {
             Ok(mut area_rows) => rows.append(&mut area_rows),
