@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// an A/B in one run. Repeatable.
     #[arg(long, value_name = "BINARY")]
     against: Vec<PathBuf>,
+    /// A release build of this tree's `mp_replication` for the SQLite
+    /// `replication` area to use instead of building one.
+    #[arg(long, value_name = "BINARY")]
+    built: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +121,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 "replication",
                 replication::run(&replication::Options {
                     against: args.against.clone(),
+                    built: args.built.clone(),
                 }),
             ),
         };

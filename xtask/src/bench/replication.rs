@@ -73,6 +73,9 @@ pub(crate) struct Options {
     /// Other `mp_replication` binaries (say, built from `main`) measured round by
     /// round beside this tree's, each on databases of its own.
     pub(crate) against: Vec<PathBuf>,
+    /// A release build of this tree's `mp_replication` to use instead of building
+    /// one (say, when another build holds the target directory).
+    pub(crate) built: Option<PathBuf>,
 }
 
 /// One build of `mp_replication` under test, with its own pair of databases.
@@ -91,7 +94,10 @@ impl Variant {
 }
 
 pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
-    let bin = build_release()?;
+    let bin = match &options.built {
+        Some(bin) => bin.clone(),
+        None => build_release()?,
+    };
     let mut variants: Vec<Variant> = options
         .against
         .iter()
