@@ -152,6 +152,13 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
         false,
         1,
     )?;
+    // An idle connection held on every measured database for the whole run, so that
+    // no writer is ever the last one to close it: the last connection deletes the
+    // `-wal` file, and a writer that starts on a new one extends the file at every
+    // commit (a metadata journal commit per fsync), which made the phases without a
+    // running service (the baseline, capture only) several times slower than the
+    // others on a busy disk.
+    let mut held = vec![runtime.block_on(hold_open(dir.path(), "unreplicated"))?];
     let mut services = Services::default();
     for v in &variants {
         bench.mp(v, Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"])?;
@@ -170,6 +177,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
             1,
         )?;
         bench.caught_up(v, last_position(&commits))?;
+        held.push(runtime.block_on(hold_open(dir.path(), &v.state(Host::Node1)))?);
         services.stop_all();
     }
 
@@ -207,6 +215,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
             services.stop_all();
         }
     }
+    runtime.block_on(async move { drop(held) });
     let results = Results {
         unreplicated: Phase::combine(unreplicated),
         unreplicated_many: Phase::combine(unreplicated_many),
@@ -345,6 +354,18 @@ impl Bench<'_> {
         delays.sort();
         Ok((Phase::new(count, elapsed, delays), commits))
     }
+}
+
+/// An idle connection to the database in state dir `state` (see where it is held).
+async fn hold_open(dir: &Path, state: &str) -> anyhow::Result<sqlx::SqliteConnection> {
+    use sqlx::ConnectOptions;
+    let path = settings(dir, state).database_path();
+    let mut conn = tandem_replication::connect_options(&path).connect().await?;
+    // A read makes the connection open the log (WAL mode opens it lazily).
+    sqlx::query("SELECT count(*) FROM sqlite_master")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
 }
 
 fn last_position(commits: &[(Instant, Position)]) -> Position {
