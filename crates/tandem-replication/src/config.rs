@@ -277,7 +277,10 @@ pub struct ReplicationConfig {
     pub batch_bytes: u32,
     /// Batches sent and not yet acknowledged at most.
     pub window: u32,
-    /// How often the service looks for new changes and requests, in milliseconds.
+    /// How often the service looks for new changes and requests, in milliseconds,
+    /// beside the wake-ups: the SQLite service ships new changes when its database's
+    /// write-ahead log changes (inotify), so this poll is for housekeeping and for
+    /// writes the watch cannot see.
     pub poll_ms: u64,
     /// Peer link heartbeat interval in milliseconds.
     pub heartbeat_ms: u64,
@@ -300,7 +303,7 @@ impl Default for ReplicationConfig {
             batch_size: 500,
             batch_bytes: 4 << 20,
             window: 4,
-            poll_ms: 1,
+            poll_ms: 10,
             heartbeat_ms: 1000,
             missed_heartbeats: 3,
             postgres: PostgresConfig::default(),

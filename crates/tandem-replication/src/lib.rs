@@ -196,7 +196,7 @@ pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn, sit
 pub use size::{database_bytes, database_size_alarm};
 pub use sqlite::{
     Identity, PeerEvent, Replicator, RestoreConflict, RestoreReport, SavedRow, SqliteBackend,
-    TableChecksum, Transport, Writer, connect_options, position_in,
+    TableChecksum, Transport, Writer, connect_options, position_in, published_ack,
 };
 pub use status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,

@@ -179,23 +179,20 @@ impl AckWatch {
     /// Watches the acknowledgement published at `path`; `None` when inotify is not
     /// available (the caller polls).
     pub(crate) fn new(path: &Path) -> Option<AckWatch> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
-        let name = path.file_name()?.to_owned();
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-        inotify
-            .add_watch(
-                dir,
-                AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
-            )
-            .ok()?;
+        use nix::sys::inotify::AddWatchFlags;
         let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(read_ack(path)));
         let weak = std::sync::Arc::downgrade(&changes);
-        let path = path.to_owned();
-        std::thread::Builder::new()
-            .name("tandem-ack-watch".into())
-            .spawn(move || watch_thread(&inotify, &path, &name, &weak))
-            .ok()?;
+        let file = path.to_owned();
+        let flags = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
+        watch_file(path, flags, "tandem-ack-watch", move |hit| {
+            let Some(sender) = weak.upgrade() else {
+                return false;
+            };
+            if hit {
+                sender.send_replace(read_ack(&file));
+            }
+            true
+        })?;
         Some(AckWatch { changes })
     }
 
@@ -206,13 +203,75 @@ impl AckWatch {
     }
 }
 
-/// Reads `inotify` until its [`AckWatch`] is dropped; at each event for `name`, reads
-/// the acknowledgement at `path` and tells the receivers.
+/// Tells the replication service that its database's write-ahead log (`<db>-wal`)
+/// changed, that is, that a connection wrote a transaction (inotify `IN_MODIFY`), so
+/// that it looks for new changes at once instead of polling the database every
+/// millisecond. Only a hint, as [`AckWatch`]: the service keeps a slower poll for
+/// writes the watch cannot see (another mount of the file, a full inotify queue).
+#[derive(Debug)]
+pub(crate) struct WalWatch {
+    changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl WalWatch {
+    /// Watches the write-ahead log of the database at `database`; `None` when inotify
+    /// is not available.
+    pub(crate) fn new(database: &Path) -> Option<WalWatch> {
+        use nix::sys::inotify::AddWatchFlags;
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let weak = std::sync::Arc::downgrade(&changed);
+        // IN_CREATE too: the log is made anew when the last connection deleted it.
+        let flags = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE;
+        watch_file(Path::new(&wal), flags, "tandem-wal-watch", move |hit| {
+            let Some(changed) = weak.upgrade() else {
+                return false;
+            };
+            if hit {
+                changed.notify_one();
+            }
+            true
+        })?;
+        Some(WalWatch { changed })
+    }
+
+    /// Resolves at the first change since the last call returned (a change made while
+    /// nobody waited is kept for the next call).
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// Watches the directory of `path` for `flags` on `path`'s file (a watch of the
+/// directory survives the file being replaced or deleted) on a thread of its own,
+/// which calls `on_event(true)` after each read of events that name the file and
+/// `on_event(false)` every [`AckWatch::ALIVE_CHECK`] ms without one, until `on_event`
+/// returns false (its owner is gone). `None` when inotify or the thread is not
+/// available.
+fn watch_file(
+    path: &Path,
+    flags: nix::sys::inotify::AddWatchFlags,
+    thread: &str,
+    on_event: impl FnMut(bool) -> bool + Send + 'static,
+) -> Option<()> {
+    use nix::sys::inotify::{InitFlags, Inotify};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let name = path.file_name()?.to_owned();
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+    inotify.add_watch(dir, flags).ok()?;
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || watch_thread(&inotify, &name, on_event))
+        .ok()?;
+    Some(())
+}
+
+/// Reads `inotify` for [`watch_file`] until `on_event` says to stop.
 fn watch_thread(
     inotify: &nix::sys::inotify::Inotify,
-    path: &Path,
     name: &std::ffi::OsStr,
-    changes: &std::sync::Weak<tokio::sync::watch::Sender<Option<(u64, u64)>>>,
+    mut on_event: impl FnMut(bool) -> bool,
 ) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
@@ -220,7 +279,7 @@ fn watch_thread(
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(AckWatch::ALIVE_CHECK)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => {
-                if changes.strong_count() == 0 {
+                if !on_event(false) {
                     return;
                 }
                 continue;
@@ -239,11 +298,8 @@ fn watch_thread(
                 Err(_) => return,
             }
         }
-        if hit {
-            let Some(sender) = changes.upgrade() else {
-                return;
-            };
-            sender.send_replace(read_ack(path));
+        if hit && !on_event(true) {
+            return;
         }
     }
 }

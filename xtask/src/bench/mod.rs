@@ -42,6 +42,16 @@ pub(crate) struct Args {
     /// release build this way).
     #[arg(long, hide = true)]
     link_raw: bool,
+    /// Other `mp_replication` binaries (say, a release build of `main`; named in
+    /// the results by their file names) that the SQLite `replication` area
+    /// measures round by round beside this tree's, each on databases of its own:
+    /// an A/B in one run. Repeatable.
+    #[arg(long, value_name = "BINARY")]
+    against: Vec<PathBuf>,
+    /// A release build of this tree's `mp_replication` for the SQLite
+    /// `replication` area to use instead of building one.
+    #[arg(long, value_name = "BINARY")]
+    built: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +117,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 "replication --backend postgres",
                 replication_postgres::run(),
             ),
-            (Area::Replication, Backend::Sqlite) => ("replication", replication::run()),
+            (Area::Replication, Backend::Sqlite) => (
+                "replication",
+                replication::run(&replication::Options {
+                    against: args.against.clone(),
+                    built: args.built.clone(),
+                }),
+            ),
         };
         match result {
             Ok(mut area_rows) => rows.append(&mut area_rows),

@@ -5,7 +5,12 @@
 //! - `unreplicated`: the same database without tandem (no triggers) — the baseline;
 //! - `off`: replication initialized but switched off (guard triggers only);
 //! - `async`: replication on, commits do not wait (lag = commit until node 2's
-//!   acknowledgement is seen on node 1, p50/p99);
+//!   acknowledgement, as node 1's service publishes it in its state directory, is seen
+//!   by a thread that reads that file every millisecond, p50/p99);
+//! - two diagnostic async modes that split its cost: `capture` (both services
+//!   stopped: the triggers and the changelog alone) and `active_alone` (node 1's
+//!   service running, node 2's stopped: capture plus the active service's polls,
+//!   without shipping, acknowledgements or pruning);
 //! - `wait_replicated`: every commit waits until node 2 has it (latency p50/p99).
 //!
 //! `unreplicated` and `wait_replicated` also run with [`WRITERS`] concurrent writers
@@ -17,21 +22,26 @@
 //! `Replicator`, as the `failover` agent does in production), and the writer (the
 //! hidden `write-sample` command, one process per phase, `--writers N` tasks taking
 //! turns on the backend's shared write connection, a line printed per commit) on
-//! node 1; this process reads those lines and node 1's acknowledged position. Dirty
-//! pages are flushed (`sync`) before each phase. Needs root (the lab). Results print
-//! as a table and go to `target/bench/replication.json`.
+//! node 1; this process reads those lines and node 1's published acknowledgement
+//! (never its database). Dirty pages are flushed (`sync`) before each phase.
+//!
+//! `--against <mp_replication>` (repeatable) measures other builds (say, `main`'s),
+//! each on a pair of databases of its own, their rounds interleaved with this tree's:
+//! an A/B in one run.
+//! Only one build's services run at a time; they are started and stopped around each
+//! round. Needs root (the lab). Results print as a table and go to
+//! `target/bench/replication.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig};
-use tandem_replication::{
-    Position, ReplicationBackend, ReplicationConfig, Settings, SqliteBackend,
-};
+use tandem_replication::{Position, ReplicationConfig, Settings, SqliteBackend, published_ack};
 use tandem_sample as sample;
 
 /// Rounds of each mode.
@@ -53,21 +63,75 @@ const WRITERS: u64 = 8;
 const WAITED_MANY: u64 = 800;
 /// What hosts the replication service in this bench (named in the results).
 const SERVICE_PROCESS: &str = "mp_replication service";
+/// How long a service that was just started is left alone before a timed phase.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How long node 1 may take to have everything written acknowledged.
+const CATCH_UP: Duration = Duration::from_secs(120);
 
-pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
-    let bin = build_release()?;
+/// Options of the SQLite replication area.
+pub(crate) struct Options {
+    /// Other `mp_replication` binaries (say, built from `main`) measured round by
+    /// round beside this tree's, each on databases of its own.
+    pub(crate) against: Vec<PathBuf>,
+    /// A release build of this tree's `mp_replication` to use instead of building
+    /// one (say, when another build holds the target directory).
+    pub(crate) built: Option<PathBuf>,
+}
+
+/// One build of `mp_replication` under test, with its own pair of databases.
+struct Variant {
+    /// Its name in the results (empty: this tree's, when it is the only one).
+    name: String,
+    bin: PathBuf,
+    /// Prefix of its nodes' state directories.
+    prefix: String,
+}
+
+impl Variant {
+    fn state(&self, host: Host) -> String {
+        format!("{}{}", self.prefix, host.name())
+    }
+}
+
+pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
+    let bin = match &options.built {
+        Some(bin) => bin.clone(),
+        None => build_release()?,
+    };
+    let mut variants: Vec<Variant> = options
+        .against
+        .iter()
+        .enumerate()
+        .map(|(i, bin)| Variant {
+            // The file's name: copies of builds are best named after their commits.
+            name: bin.file_name().map_or_else(
+                || bin.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            bin: bin.clone(),
+            prefix: format!("against{i}-"),
+        })
+        .collect();
+    variants.push(Variant {
+        name: if variants.is_empty() {
+            String::new()
+        } else {
+            "this tree".to_owned()
+        },
+        bin,
+        prefix: String::new(),
+    });
     let lab = Lab::up(LabConfig::default()).context("building the namespace lab (needs root)")?;
     let dir = tempfile::tempdir()?;
-    let mut services = Services(Vec::new());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     write_configs(dir.path())?;
     let bench = Bench {
         lab: &lab,
-        bin: &bin,
         dir: dir.path(),
+        // The baseline's writer: this tree's (it does not replicate).
+        plain_bin: variants.last().map(|v| v.bin.clone()).unwrap_or_default(),
     };
 
     // The baseline: a database with the sample schema and no tandem at all.
@@ -81,93 +145,86 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
     })?;
     // Warm-ups (untimed) bring each database file and its WAL to a steady size.
     bench.write(
+        &bench.plain_bin,
         "unreplicated",
-        Host::Node1,
         &mut { WARM_UP_FIRST },
         WARM_UP,
         false,
         1,
     )?;
-
-    bench.mp(Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"])?;
-    bench.mp(Host::Node1, &["init", "-n", "1", "-r", "192.0.2.12"])?;
-    for host in [Host::Node1, Host::Node2] {
-        services.start(&bench, host)?;
+    // An idle connection held on every measured database for the whole run, so that
+    // no writer is ever the last one to close it: the last connection deletes the
+    // `-wal` file, and a writer that starts on a new one extends the file at every
+    // commit (a metadata journal commit per fsync), which made the phases without a
+    // running service (the baseline, capture only) several times slower than the
+    // others on a busy disk.
+    let mut held = vec![runtime.block_on(hold_open(dir.path(), "unreplicated"))?];
+    let mut services = Services::default();
+    for v in &variants {
+        bench.mp(v, Host::Node2, &["init", "-n", "2", "-r", "192.0.2.11"])?;
+        bench.mp(v, Host::Node1, &["init", "-n", "1", "-r", "192.0.2.12"])?;
+        services.start(&bench, v, Host::Node1)?;
+        services.start(&bench, v, Host::Node2)?;
+        // `switch-on` waits for the services to start.
+        bench.mp(v, Host::Node1, &["switch-on"])?;
+        bench.mp(v, Host::Node1, &["promote"])?;
+        let (_, commits) = bench.write(
+            &v.bin,
+            &v.state(Host::Node1),
+            &mut { WARM_UP_FIRST },
+            WARM_UP,
+            false,
+            1,
+        )?;
+        bench.caught_up(v, last_position(&commits))?;
+        held.push(runtime.block_on(hold_open(dir.path(), &v.state(Host::Node1)))?);
+        services.stop_all();
     }
-    let node1 = Arc::new(runtime.block_on(SqliteBackend::open(&settings(dir.path(), "node1")))?);
-    let node2 = runtime.block_on(SqliteBackend::open(&settings(dir.path(), "node2")))?;
-    wait_until("the services", Duration::from_secs(30), || {
-        Ok(node1.service_running() && node2.service_running())
-    })?;
-    bench.mp(Host::Node1, &["switch-on"])?;
-    bench.mp(Host::Node1, &["promote"])?;
-    bench.write(
-        "node1",
-        Host::Node1,
-        &mut { WARM_UP_FIRST },
-        WARM_UP,
-        false,
-        1,
-    )?;
-    let warm_head = runtime.block_on(node1.head())?;
-    runtime.block_on(node1.wait_replicated(warm_head, Duration::from_secs(120)))?;
 
-    // Rounds alternate the modes, so that drift in the machine's load and disk hits
-    // them alike; each mode's rate is the median of its rounds.
+    // Rounds alternate the modes (and the variants), so that drift in the machine's
+    // load and disk hits them alike; each mode's rate is the median of its rounds.
     let (mut plain_next, mut next) = (1, 1);
     let (mut unreplicated, mut unreplicated_many) = (Vec::new(), Vec::new());
-    let (mut asynchronous, mut waited, mut waited_many, mut off) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let pids = services.pids();
-    let mut usage = [Usage::default(), Usage::default()];
+    let mut rounds: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         unreplicated.push(bench.unreplicated(&mut plain_next, 1)?);
         unreplicated_many.push(bench.unreplicated(&mut plain_next, WRITERS)?);
-        let (phase, used) = async_round(&bench, &runtime, &node1, &mut next, &pids)?;
-        asynchronous.push(phase);
-        for (total, round) in usage.iter_mut().zip(used) {
-            total.add(&round);
+        for (v, out) in variants.iter().zip(rounds.iter_mut()) {
+            out.push(replicated_round(&bench, v, &mut services, &mut next)?);
         }
-        waited.push(
-            bench
-                .write("node1", Host::Node1, &mut next, WAITED, true, 1)?
-                .0,
-        );
-        waited_many.push(
-            bench
-                .write("node1", Host::Node1, &mut next, WAITED_MANY, true, WRITERS)?
-                .0,
-        );
     }
-    bench.mp(Host::Node1, &["switch-off"])?;
+    let mut offs: Vec<Vec<Phase>> = variants.iter().map(|_| Vec::new()).collect();
+    for v in &variants {
+        services.start(&bench, v, Host::Node1)?;
+        services.start(&bench, v, Host::Node2)?;
+        bench.mp(v, Host::Node1, &["switch-off"])?;
+        services.stop_all();
+    }
     for _ in 0..ROUNDS {
         unreplicated.push(bench.unreplicated(&mut plain_next, 1)?);
-        off.push(
-            bench
-                .write("node1", Host::Node1, &mut next, TRANSACTIONS, false, 1)?
-                .0,
-        );
+        for (v, out) in variants.iter().zip(offs.iter_mut()) {
+            // Off as in production: the services run, replication is switched off.
+            services.start(&bench, v, Host::Node1)?;
+            services.start(&bench, v, Host::Node2)?;
+            let state = v.state(Host::Node1);
+            out.push(
+                bench
+                    .write(&v.bin, &state, &mut next, TRANSACTIONS, false, 1)?
+                    .0,
+            );
+            services.stop_all();
+        }
     }
-    let (unreplicated, unreplicated_many, asynchronous, waited, waited_many, off) = (
-        Phase::combine(unreplicated),
-        Phase::combine(unreplicated_many),
-        Phase::combine(asynchronous),
-        Phase::combine(waited),
-        Phase::combine(waited_many),
-        Phase::combine(off),
-    );
-
-    let sums1 = runtime.block_on(node1.table_checksums())?;
-    drop(services);
+    runtime.block_on(async move { drop(held) });
     let results = Results {
-        unreplicated,
-        unreplicated_many,
-        off,
-        asynchronous,
-        waited,
-        waited_many,
-        usage,
-        rows: sums1.iter().map(|s| s.rows).sum(),
+        unreplicated: Phase::combine(unreplicated),
+        unreplicated_many: Phase::combine(unreplicated_many),
+        variants: variants
+            .into_iter()
+            .zip(rounds)
+            .zip(offs)
+            .map(|((v, rounds), off)| Measured::combine(v.name, rounds, off))
+            .collect(),
     };
     results.print();
     results.write_json()?;
@@ -177,14 +234,15 @@ pub(crate) fn run() -> anyhow::Result<Vec<super::Row>> {
 /// What the phases share.
 struct Bench<'a> {
     lab: &'a Lab,
-    bin: &'a Path,
     dir: &'a Path,
+    /// The writer of the unreplicated baseline.
+    plain_bin: PathBuf,
 }
 
 impl Bench<'_> {
-    /// `mp_replication` on `host` with the node's config and state dir `state`.
-    fn command(&self, host: Host, state: &str) -> Command {
-        let mut cmd = self.lab.command(host, &self.bin.display().to_string());
+    /// `bin` on `host` with the node's config and state dir `state`.
+    fn command(&self, bin: &Path, host: Host, state: &str) -> Command {
+        let mut cmd = self.lab.command(host, &bin.display().to_string());
         cmd.arg("--config")
             .arg(self.dir.join(format!("{host}.toml")))
             .arg("--state-dir")
@@ -192,8 +250,11 @@ impl Bench<'_> {
         cmd
     }
 
-    fn mp(&self, host: Host, args: &[&str]) -> anyhow::Result<()> {
-        let out = self.command(host, host.name()).args(args).output()?;
+    fn mp(&self, v: &Variant, host: Host, args: &[&str]) -> anyhow::Result<()> {
+        let out = self
+            .command(&v.bin, host, &v.state(host))
+            .args(args)
+            .output()?;
         if !out.status.success() {
             bail!(
                 "mp_replication {} on {host}: {}{}",
@@ -205,17 +266,21 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Runs the writer on the database in state dir `state`: `count` transactions from
-    /// number `next` on (which then points past them), by `writers` concurrent writers. Returns the phase (with the
-    /// waited latencies for `wait`) and the commit times as this process saw the
-    /// writer's lines.
+    /// Waits until node 1 of `v` published an acknowledgement of `position`.
+    fn caught_up(&self, v: &Variant, position: Position) -> anyhow::Result<()> {
+        let dir = self.dir.join(v.state(Host::Node1));
+        wait_until("node 2 to catch up", CATCH_UP, || {
+            Ok(published_ack(&dir).is_some_and(|p| p >= position))
+        })
+    }
+
     /// One round of `TRANSACTIONS` commits on node 1's unreplicated database
     /// (the baseline) by `writers` writers.
     fn unreplicated(&self, next: &mut u64, writers: u64) -> anyhow::Result<Phase> {
         Ok(self
             .write(
+                &self.plain_bin,
                 "unreplicated",
-                Host::Node1,
                 next,
                 TRANSACTIONS,
                 false,
@@ -224,10 +289,14 @@ impl Bench<'_> {
             .0)
     }
 
+    /// Runs `bin`'s writer on node 1's database in state dir `state`: `count`
+    /// transactions from number `next` on (which then points past them), by `writers`
+    /// concurrent writers. Returns the phase (with the waited latencies for `wait`)
+    /// and the commit times as this process saw the writer's lines.
     fn write(
         &self,
+        bin: &Path,
         state: &str,
-        host: Host,
         next: &mut u64,
         count: u64,
         wait: bool,
@@ -239,7 +308,7 @@ impl Bench<'_> {
         let _ = Command::new("sync").status();
         let (f, c, r) = (first.to_string(), count.to_string(), ROWS.to_string());
         let w = writers.to_string();
-        let mut cmd = self.command(host, state);
+        let mut cmd = self.command(bin, Host::Node1, state);
         cmd.args([
             "write-sample",
             "--first",
@@ -287,40 +356,103 @@ impl Bench<'_> {
     }
 }
 
-/// One asynchronous round: the writer runs while this process watches node 1's
-/// acknowledged position; the lag of a commit is the time until the position covers it.
-/// Also returns the memory and CPU of the service processes `pids` (node 1, node 2)
-/// over the round.
+/// An idle connection to the database in state dir `state` (see where it is held).
+async fn hold_open(dir: &Path, state: &str) -> anyhow::Result<sqlx::SqliteConnection> {
+    use sqlx::ConnectOptions;
+    let path = settings(dir, state).database_path();
+    let mut conn = tandem_replication::connect_options(&path).connect().await?;
+    // A read makes the connection open the log (WAL mode opens it lazily).
+    sqlx::query("SELECT count(*) FROM sqlite_master")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+fn last_position(commits: &[(Instant, Position)]) -> Position {
+    commits.iter().map(|(_, p)| *p).max().unwrap_or(Position(0))
+}
+
+/// The phases of one replicated round of one variant.
+struct Round {
+    /// Async writes with both services stopped: the triggers and the changelog only.
+    capture: Phase,
+    /// Async writes with node 1's service running and node 2's stopped: capture plus
+    /// the active's service without a peer (its polls, no shipping, no pruning).
+    active_alone: Phase,
+    asynchronous: Phase,
+    waited: Phase,
+    waited_many: Phase,
+    usage: [Usage; 2],
+}
+
+/// One replicated round of `v`: the services start stopped and end stopped.
+fn replicated_round(
+    bench: &Bench<'_>,
+    v: &Variant,
+    services: &mut Services,
+    next: &mut u64,
+) -> anyhow::Result<Round> {
+    let state = v.state(Host::Node1);
+    let (capture, _) = bench.write(&v.bin, &state, next, TRANSACTIONS, false, 1)?;
+    services.start(bench, v, Host::Node1)?;
+    // Its start (opening the database, binding the link) is not what the row measures.
+    std::thread::sleep(SETTLE);
+    let (active_alone, commits) = bench.write(&v.bin, &state, next, TRANSACTIONS, false, 1)?;
+    services.start(bench, v, Host::Node2)?;
+    bench.caught_up(v, last_position(&commits))?;
+    let (asynchronous, usage) = async_round(bench, v, services.pids(), next)?;
+    let waited = bench.write(&v.bin, &state, next, WAITED, true, 1)?.0;
+    let waited_many = bench
+        .write(&v.bin, &state, next, WAITED_MANY, true, WRITERS)?
+        .0;
+    services.stop_all();
+    Ok(Round {
+        capture,
+        active_alone,
+        asynchronous,
+        waited,
+        waited_many,
+        usage,
+    })
+}
+
+/// One asynchronous round: the writer runs while a thread of this process watches
+/// the acknowledged position node 1's service publishes (a file, read every
+/// millisecond; never the database); the lag of a commit is the time until the
+/// position covers it. Also returns the memory and CPU of the service processes
+/// `pids` (node 1, node 2) over the round.
 fn async_round(
     bench: &Bench<'_>,
-    runtime: &tokio::runtime::Runtime,
-    node1: &Arc<SqliteBackend>,
+    v: &Variant,
+    pids: [u32; 2],
     next: &mut u64,
-    pids: &[u32; 2],
 ) -> anyhow::Result<(Phase, [Usage; 2])> {
-    let sampler = Sampler::start(*pids);
-    let watched = Arc::clone(node1);
-    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
-    let watcher = runtime.spawn(async move {
+    let sampler = Sampler::start(pids);
+    let dir = bench.dir.join(v.state(Host::Node1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let watcher = std::thread::spawn(move || {
         let mut seen: Vec<(Instant, Position)> = Vec::new();
-        loop {
-            let acked = watched.acked().await?;
-            if seen.last().is_none_or(|(_, p)| *p < acked) {
+        while !flag.load(Ordering::Relaxed) {
+            if let Some(acked) = published_ack(&dir)
+                && seen.last().is_none_or(|(_, p)| *p < acked)
+            {
                 seen.push((Instant::now(), acked));
             }
-            tokio::select! {
-                _ = &mut stop => return anyhow::Ok(seen),
-                () = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
+            std::thread::sleep(Duration::from_millis(1));
         }
+        seen
     });
-    let (mut phase, commits) = bench.write("node1", Host::Node1, next, TRANSACTIONS, false, 1)?;
-    let last = commits.iter().map(|(_, p)| *p).max().unwrap_or(Position(0));
-    runtime.block_on(node1.wait_replicated(last, Duration::from_secs(120)))?;
+    let state = v.state(Host::Node1);
+    let (mut phase, commits) = bench.write(&v.bin, &state, next, TRANSACTIONS, false, 1)?;
+    let caught_up = bench.caught_up(v, last_position(&commits));
     let usage = sampler.stop();
     std::thread::sleep(Duration::from_millis(5));
-    let _ = stop_tx.send(());
-    let seen = runtime.block_on(watcher)??;
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the ack watcher panicked"))?;
+    caught_up?;
     phase.delays = commits
         .iter()
         .filter_map(|(at, p)| {
@@ -444,39 +576,55 @@ fn settings(dir: &Path, state: &str) -> Settings {
     sample::settings(Settings::new(dir.join(state), cfg))
 }
 
-/// The service processes, killed when dropped.
-struct Services(Vec<Child>);
+/// The service processes of the variant being measured (node 1, node 2), killed
+/// when stopped or dropped.
+#[derive(Default)]
+struct Services([Option<Child>; 2]);
 
 impl Services {
-    fn start(&mut self, bench: &Bench<'_>, host: Host) -> anyhow::Result<()> {
-        let log = std::fs::File::create(bench.dir.join(format!("{host}-service.log")))?;
+    fn slot(host: Host) -> usize {
+        usize::from(host != Host::Node1)
+    }
+
+    /// Starts `v`'s service on `host` (nothing if it runs).
+    fn start(&mut self, bench: &Bench<'_>, v: &Variant, host: Host) -> anyhow::Result<()> {
+        let slot = &mut self.0[Self::slot(host)];
+        if slot.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bench.dir.join(format!("{}{host}-service.log", v.prefix)))?;
         let child = bench
-            .command(host, host.name())
+            .command(&v.bin, host, &v.state(host))
             .arg("service")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting mp_replication service")?;
-        self.0.push(child);
+        *slot = Some(child);
         Ok(())
     }
-}
 
-impl Services {
     /// The service processes of node 1 and node 2 (`ip netns exec` execs the program,
-    /// so the child is the service itself).
+    /// so the child is the service itself; 0 for one not running).
     fn pids(&self) -> [u32; 2] {
-        let pid = |i: usize| self.0.get(i).map_or(0, Child::id);
-        [pid(0), pid(1)]
+        self.0.each_ref().map(|c| c.as_ref().map_or(0, Child::id))
+    }
+
+    fn stop_all(&mut self) {
+        for child in self.0.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_all();
     }
 }
 
@@ -541,20 +689,58 @@ impl Phase {
     }
 }
 
-struct Results {
-    unreplicated: Phase,
-    unreplicated_many: Phase,
+/// One variant's phases over all its rounds.
+struct Measured {
+    name: String,
     off: Phase,
+    capture: Phase,
+    active_alone: Phase,
     asynchronous: Phase,
     waited: Phase,
     waited_many: Phase,
     /// The service processes of node 1 and node 2 over the async rounds.
     usage: [Usage; 2],
-    rows: u64,
+}
+
+impl Measured {
+    fn combine(name: String, rounds: Vec<Round>, off: Vec<Phase>) -> Measured {
+        let mut usage = [Usage::default(), Usage::default()];
+        let (mut capture, mut alone, mut asynchronous, mut waited, mut many) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in rounds {
+            for (total, round) in usage.iter_mut().zip(&r.usage) {
+                total.add(round);
+            }
+            capture.push(r.capture);
+            alone.push(r.active_alone);
+            asynchronous.push(r.asynchronous);
+            waited.push(r.waited);
+            many.push(r.waited_many);
+        }
+        Measured {
+            name,
+            off: Phase::combine(off),
+            capture: Phase::combine(capture),
+            active_alone: Phase::combine(alone),
+            asynchronous: Phase::combine(asynchronous),
+            waited: Phase::combine(waited),
+            waited_many: Phase::combine(many),
+            usage,
+        }
+    }
+}
+
+struct Results {
+    unreplicated: Phase,
+    unreplicated_many: Phase,
+    /// The variants measured; this tree's last.
+    variants: Vec<Measured>,
 }
 
 /// One mode of the results.
 struct Mode<'a> {
+    /// The variant's name (empty: the only one, or the baseline).
+    variant: &'a str,
     key: &'static str,
     what: &'static str,
     writers: u64,
@@ -563,48 +749,94 @@ struct Mode<'a> {
     base: &'a Phase,
 }
 
+impl Mode<'_> {
+    fn key(&self) -> String {
+        if self.variant.is_empty() {
+            self.key.to_owned()
+        } else {
+            format!("{}: {}", self.variant, self.key)
+        }
+    }
+
+    fn what(&self) -> String {
+        if self.variant.is_empty() {
+            self.what.to_owned()
+        } else {
+            format!("[{}] {}", self.variant, self.what)
+        }
+    }
+}
+
 impl Results {
-    fn modes(&self) -> [Mode<'_>; 6] {
-        let mode = |key, what, writers, phase, base| Mode {
-            key,
-            what,
-            writers,
-            phase,
-            base,
-        };
+    fn modes(&self) -> Vec<Mode<'_>> {
         let (one, many) = (&self.unreplicated, &self.unreplicated_many);
-        [
-            mode("unreplicated", "unreplicated (no tandem)", 1, one, one),
-            mode(
-                "unreplicated_many",
-                "unreplicated (no tandem)",
-                WRITERS,
-                many,
-                many,
-            ),
-            mode("off", "replication off", 1, &self.off, one),
-            mode(
-                "async",
-                "async (lag: commit to ack seen)",
-                1,
-                &self.asynchronous,
-                one,
-            ),
-            mode(
-                "wait_replicated",
-                "wait_replicated (commit to ack)",
-                1,
-                &self.waited,
-                one,
-            ),
-            mode(
-                "wait_replicated_many",
-                "wait_replicated (commit to ack)",
-                WRITERS,
-                &self.waited_many,
-                many,
-            ),
-        ]
+        let mut modes = vec![
+            Mode {
+                variant: "",
+                key: "unreplicated",
+                what: "unreplicated (no tandem)",
+                writers: 1,
+                phase: one,
+                base: one,
+            },
+            Mode {
+                variant: "",
+                key: "unreplicated_many",
+                what: "unreplicated (no tandem)",
+                writers: WRITERS,
+                phase: many,
+                base: many,
+            },
+        ];
+        for m in &self.variants {
+            let mode = |key, what, writers, phase, base| Mode {
+                variant: &m.name,
+                key,
+                what,
+                writers,
+                phase,
+                base,
+            };
+            modes.extend([
+                mode("off", "replication off", 1, &m.off, one),
+                mode(
+                    "capture",
+                    "async, services stopped (capture only)",
+                    1,
+                    &m.capture,
+                    one,
+                ),
+                mode(
+                    "active_alone",
+                    "async, node 2 stopped (no shipping)",
+                    1,
+                    &m.active_alone,
+                    one,
+                ),
+                mode(
+                    "async",
+                    "async (lag: commit to ack seen)",
+                    1,
+                    &m.asynchronous,
+                    one,
+                ),
+                mode(
+                    "wait_replicated",
+                    "wait_replicated (commit to ack)",
+                    1,
+                    &m.waited,
+                    one,
+                ),
+                mode(
+                    "wait_replicated_many",
+                    "wait_replicated (commit to ack)",
+                    WRITERS,
+                    &m.waited_many,
+                    many,
+                ),
+            ]);
+        }
+        modes
     }
 
     /// The summary lines: each mode's rate beside the unreplicated one at the same
@@ -628,37 +860,44 @@ impl Results {
                 let (rate, base) = (m.phase.rate(), m.base.rate());
                 let row = super::Row::new(
                     "replication sqlite",
-                    format!("{}, {} (tx/s)", m.what, writers_text(m.writers)),
+                    format!("{}, {} (tx/s)", m.what(), writers_text(m.writers)),
                     format!("{rate:.0}{delays}"),
                     format!("unreplicated, {}: {base:.0}", writers_text(m.writers)),
                 )
                 .ratio(rate, base);
-                // The issue's target is about batching the commits of several writers.
-                if m.key == "wait_replicated_many" {
-                    row.target(
+                match m.key {
+                    "async" => row.target("≥ 0.9 x unreplicated (issue 24)", rate >= base * 0.9),
+                    // The issue's target is about batching the commits of several writers.
+                    "wait_replicated_many" => row.target(
                         format!(">= 0.5 x unreplicated ({} writers)", m.writers),
                         rate >= base / 2.0,
-                    )
-                } else {
-                    row
+                    ),
+                    _ => row,
                 }
             })
             .collect();
-        let [n1, n2] = &self.usage;
-        rows.push(super::Row::new(
-            "replication sqlite",
-            format!(
-                "replication service while replicating: RSS, CPU ({SERVICE_PROCESS}, async phase)"
-            ),
-            format!(
-                "node 1 {:.1} MiB, {:.0}% CPU; node 2 {:.1} MiB, {:.0}% CPU",
-                n1.rss_peak_mib(),
-                n1.cpu_percent(),
-                n2.rss_peak_mib(),
-                n2.cpu_percent()
-            ),
-            "",
-        ));
+        for m in &self.variants {
+            let [n1, n2] = &m.usage;
+            let name = if m.name.is_empty() {
+                String::new()
+            } else {
+                format!("[{}] ", m.name)
+            };
+            rows.push(super::Row::new(
+                "replication sqlite",
+                format!(
+                    "{name}replication service while replicating: RSS, CPU ({SERVICE_PROCESS}, async phase)"
+                ),
+                format!(
+                    "node 1 {:.1} MiB, {:.0}% CPU; node 2 {:.1} MiB, {:.0}% CPU",
+                    n1.rss_peak_mib(),
+                    n1.cpu_percent(),
+                    n2.rss_peak_mib(),
+                    n2.cpu_percent()
+                ),
+                "",
+            ));
+        }
         rows
     }
 
@@ -668,7 +907,7 @@ impl Results {
              median of {ROUNDS} alternating rounds; ratio to unreplicated at the same number of writers"
         );
         println!(
-            "{:<36} {:>7} {:>8} {:>10} {:>8} {:>10} {:>10}",
+            "{:<56} {:>7} {:>8} {:>10} {:>8} {:>10} {:>10}",
             "mode", "writers", "txs", "tx/s", "ratio", "p50", "p99"
         );
         for m in self.modes() {
@@ -679,8 +918,8 @@ impl Results {
                 )
             };
             println!(
-                "{:<36} {:>7} {:>8} {:>10.0} {:>8.2} {:>10} {:>10}",
-                m.what,
+                "{:<56} {:>7} {:>8} {:>10.0} {:>8.2} {:>10} {:>10}",
+                m.what(),
                 m.writers,
                 m.phase.transactions,
                 m.phase.rate(),
@@ -689,17 +928,25 @@ impl Results {
                 ms(m.phase.percentile(99.0)),
             );
         }
-        println!("rows on node 1 at the end: {}", self.rows);
-        println!("replication service ({SERVICE_PROCESS}) during the async rounds:");
-        for (node, u) in [1, 2].into_iter().zip(&self.usage) {
+        for m in &self.variants {
             println!(
-                "  node {node}: RSS peak {:.1} MiB (mean {:.1}), CPU {:.2} s in {:.1} s = {:.0}% of a core",
-                u.rss_peak_mib(),
-                u.rss_mean_mib(),
-                u.cpu_s,
-                u.wall_s,
-                u.cpu_percent()
+                "replication service ({SERVICE_PROCESS}) during the async rounds{}:",
+                if m.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", m.name)
+                }
             );
+            for (node, u) in [1, 2].into_iter().zip(&m.usage) {
+                println!(
+                    "  node {node}: RSS peak {:.1} MiB (mean {:.1}), CPU {:.2} s in {:.1} s = {:.0}% of a core",
+                    u.rss_peak_mib(),
+                    u.rss_mean_mib(),
+                    u.cpu_s,
+                    u.wall_s,
+                    u.cpu_percent()
+                );
+            }
         }
     }
 
@@ -708,11 +955,12 @@ impl Results {
         let mut series = serde_json::Map::new();
         for m in self.modes() {
             series.insert(
-                m.key.to_owned(),
+                m.key(),
                 serde_json::json!({
                     "writers": m.writers,
                     "transactions": m.phase.transactions,
                     "tx_per_s": m.phase.rate(),
+                    "rates": m.phase.rates,
                     "ratio": m.phase.rate() / m.base.rate(),
                     "p50_ms": ms(m.phase.percentile(50.0)),
                     "p99_ms": ms(m.phase.percentile(99.0)),
@@ -728,17 +976,25 @@ impl Results {
                 "cpu_percent": u.cpu_percent(),
             })
         };
+        let services: Vec<_> = self
+            .variants
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "variant": m.name,
+                    "process": SERVICE_PROCESS,
+                    "phase": "async",
+                    "node1": usage(&m.usage[0]),
+                    "node2": usage(&m.usage[1]),
+                })
+            })
+            .collect();
         let json = serde_json::json!({
             "area": "replication",
             "rows_per_transaction": ROWS,
             "writers_many": WRITERS,
             "series": series,
-            "service_while_replicating": {
-                "process": SERVICE_PROCESS,
-                "phase": "async",
-                "node1": usage(&self.usage[0]),
-                "node2": usage(&self.usage[1]),
-            },
+            "service_while_replicating": services,
         });
         let path = super::output_dir()?.join("replication.json");
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)

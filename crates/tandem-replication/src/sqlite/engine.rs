@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use sqlx::{ConnectOptions, SqliteConnection};
@@ -24,11 +25,15 @@ use crate::sqlite::{
     self, ApplyOutcome, Meta, PeerRecord, SnapshotReader, SqliteBackend, SyncStage,
 };
 use crate::status::ReplicationState;
-use crate::util::{WakeSocket, now_ms};
+use crate::util::{WakeSocket, WalWatch, now_ms};
 use crate::wire::{self, Batch, Message};
 
 /// Batches merged into one transaction at most (more than the window in practice).
 const MAX_COALESCED: usize = 64;
+/// How long the service waits after the database's log first changed before it looks
+/// for the new changes, so that the commits of that time go in one batch (one apply,
+/// one fsync and one acknowledgement on the standby) rather than one batch each.
+const SHIP_COALESCE: Duration = Duration::from_millis(2);
 
 /// State that lives across sessions: the protocol and what carries out its commands.
 pub(super) struct Engine {
@@ -43,6 +48,10 @@ pub(super) struct Engine {
     peer_task: Option<JoinHandle<()>>,
     /// Wake-ups from commits waiting in `wait_replicated` (none: poll only).
     wake: Option<WakeSocket>,
+    /// Changes of the database's write-ahead log (none: poll only).
+    wal: Option<WalWatch>,
+    /// When to look for the changes the log's last change announced.
+    wal_due: Option<Instant>,
     /// The witness's fencing tokens (none: no witness, nothing is fenced).
     fence: Option<watch::Receiver<Fence>>,
     /// The snapshot being sent.
@@ -83,6 +92,8 @@ impl Engine {
         let protocol = Protocol::new(meta, tables.fingerprint.clone(), limits(&backend), now);
         Ok(Engine {
             wake: WakeSocket::bind(&backend.wake_path()),
+            wal: WalWatch::new(&path),
+            wal_due: None,
             backend,
             watch,
             data_version,
@@ -426,10 +437,16 @@ impl Engine {
         }
     }
 
-    /// Runs one session until it fails.
+    /// Runs one session until it fails. New changes are shipped when the database's
+    /// log changes ([`SHIP_COALESCE`] later) or a waiter wakes the service; the poll
+    /// (`poll_ms`) is for housekeeping and for writes the log's watch cannot see. It
+    /// keeps its pace whatever else happens, so messages arriving more often than it
+    /// never hold housekeeping (recording acknowledgements) back.
     pub(super) async fn session<T: Transport>(&mut self, t: &T) -> Result<()> {
         self.feed(Some(t), Input::SessionUp).await?;
         let poll = self.backend.settings().replication.poll_interval();
+        let mut housekeeping = tokio::time::interval(poll);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let providing = self.snapshot.is_some();
             tokio::select! {
@@ -444,6 +461,14 @@ impl Engine {
                     let ack_busy = self.ack_busy();
                     self.feed(Some(t), Input::Woken { ack_busy }).await?;
                 }
+                () = wal_changed(self.wal.as_ref()), if self.wal_due.is_none() => {
+                    self.wal_due = Some(Instant::now() + SHIP_COALESCE);
+                }
+                () = until(self.wal_due) => {
+                    self.wal_due = None;
+                    let ack_busy = self.ack_busy();
+                    self.feed(Some(t), Input::Woken { ack_busy }).await?;
+                }
                 item = next_snapshot(&mut self.snapshot), if providing => {
                     let item = match item {
                         Some(Ok(msg)) => SnapshotItem::Message(msg),
@@ -452,7 +477,7 @@ impl Engine {
                     };
                     self.feed(Some(t), Input::Snapshot(item)).await?;
                 }
-                () = tokio::time::sleep(poll) => self.tick(Some(t)).await?,
+                _ = housekeeping.tick() => self.tick(Some(t)).await?,
             }
         }
     }
@@ -550,6 +575,21 @@ async fn fence_changed(fence: &mut Option<watch::Receiver<Fence>>) {
 async fn woken(wake: Option<&WakeSocket>) {
     match wake {
         Some(w) => w.woken().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wal_changed(wal: Option<&WalWatch>) {
+    match wal {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -98,6 +98,18 @@ pub async fn position_in(conn: &mut SqliteConnection) -> Result<Position> {
     meta::head(conn).await.map(Position)
 }
 
+/// The acknowledged position the replication service last published in the node's
+/// state directory `state_dir` (the file `replication.acked`), read without opening
+/// the database: for a monitor that looks often. `None` when nothing was published yet
+/// or the line is torn. It may be older than [`SqliteBackend::acked`], which also
+/// reads the position recorded in the database.
+pub fn published_ack(state_dir: &Path) -> Option<Position> {
+    read_ack(&state_dir.join(ACK_FILE)).map(|(_, seq)| Position(seq))
+}
+
+/// The file in the state directory where the service publishes acknowledgements.
+const ACK_FILE: &str = "replication.acked";
+
 /// Row count and SHA-256 of one table's rows (in key order, as replicated JSON): equal
 /// on both nodes when they hold the same data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -335,7 +347,7 @@ impl SqliteBackend {
     }
 
     pub(crate) fn ack_path(&self) -> PathBuf {
-        self.settings.state_dir.join("replication.acked")
+        self.settings.state_dir.join(ACK_FILE)
     }
 
     /// Where the service records why this node cannot apply its peer's batches (its

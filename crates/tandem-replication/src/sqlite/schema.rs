@@ -3,8 +3,9 @@
 //!
 //! The capture triggers log each row as a JSON object made by SQLite's `json_object`
 //! (BLOBs as `{"$blob": "<hex>"}`), and every REAL value also natively into
-//! `_tandem_reals`, because SQLite's float-to-text conversions do not keep every double:
-//! the reader rebuilds the canonical row (see `value`) from both. Apply statements take
+//! `_tandem_reals` (looking only at the columns that can hold one: `can_hold_real`),
+//! because SQLite's float-to-text conversions do not keep every double: the reader
+//! rebuilds the canonical row (see `value`) from both. Apply statements take
 //! typed parameters, so every value returns with its storage class and exact bits.
 
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub(crate) struct TableInfo {
     pub(crate) columns: Vec<String>,
     /// Primary key columns in key order.
     pub(crate) key: Vec<String>,
+    /// The columns that can hold a REAL value (see [`can_hold_real`]), whose REALs the
+    /// capture triggers log natively; the others are never looked at for one.
+    pub(crate) reals: Vec<String>,
     /// `INSERT ... ON CONFLICT DO UPDATE` with the columns as `?1..?n`.
     pub(crate) upsert_sql: Arc<str>,
     /// `DELETE ... WHERE key` with the key columns as `?1..?k`.
@@ -60,11 +64,22 @@ impl TableInfo {
             problem,
         };
         check_identifier(name).map_err(table_error)?;
-        let rows = sqlx::query("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")
+        let rows = sqlx::query("SELECT name, pk, type FROM pragma_table_info(?1) ORDER BY cid")
             .bind(name)
             .fetch_all(&mut *conn)
             .await
             .map_err(Error::db(format!("reading the columns of table {name}")))?;
+        // STRICT tables type their columns strictly; a table with a primary key index
+        // has no rowid alias (WITHOUT ROWID, or a key that is not `INTEGER`).
+        let (strict, pk_index): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(max(strict), 0) FROM pragma_table_list(?1) WHERE schema = 'main'), \
+                    (SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk')",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::db(format!("reading the kind of table {name}")))?;
+        let mut declared = Vec::with_capacity(rows.len());
         if rows.is_empty() {
             return Err(table_error(
                 "it does not exist in the database (create it, or remove it from [replication] tables)"
@@ -82,9 +97,13 @@ impl TableInfo {
                 .map_err(Error::db(format!("reading the columns of table {name}")))?;
             check_identifier(&column)
                 .map_err(|p| table_error(format!("column `{column}`: {p}")))?;
+            let decl: Option<String> = row
+                .try_get("type")
+                .map_err(Error::db(format!("reading the columns of table {name}")))?;
             if pk > 0 {
                 keyed.push((pk, column.clone()));
             }
+            declared.push(decl.unwrap_or_default());
             columns.push(column);
         }
         if keyed.is_empty() {
@@ -93,8 +112,27 @@ impl TableInfo {
             ));
         }
         keyed.sort();
-        let key = keyed.into_iter().map(|(_, c)| c).collect();
-        Ok(TableInfo::new(name.to_owned(), columns, key))
+        let key: Vec<String> = keyed.into_iter().map(|(_, c)| c).collect();
+        let reals = columns
+            .iter()
+            .zip(&declared)
+            .filter(|(c, decl)| {
+                let rowid_alias = pk_index == 0
+                    && key.len() == 1
+                    && key.first() == Some(*c)
+                    && decl.eq_ignore_ascii_case("INTEGER");
+                can_hold_real(decl, strict != 0, rowid_alias)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        Ok(TableInfo::new(name.to_owned(), columns, key).with_reals(reals))
+    }
+
+    /// The table with only `reals` (a subset of its columns) looked at for REAL values
+    /// by the capture triggers; [`new`](Self::new) looks at every column.
+    pub(crate) fn with_reals(mut self, reals: Vec<String>) -> TableInfo {
+        self.reals = reals;
+        self
     }
 
     pub(crate) fn new(name: String, columns: Vec<String>, key: Vec<String>) -> TableInfo {
@@ -114,6 +152,7 @@ impl TableInfo {
         .into();
         TableInfo {
             name,
+            reals: columns.clone(),
             columns,
             key,
             upsert_sql,
@@ -294,7 +333,7 @@ impl TableInfo {
             name("log_i"),
             ident(t),
             log("'I'", &self.key_json("NEW."), &self.row_json("NEW.")),
-            reals(&self.columns, "NEW.", "1"),
+            reals(&self.reals, "NEW.", "1"),
         ));
         let same_key = self
             .key
@@ -312,23 +351,51 @@ impl TableInfo {
             ident(t),
             literal(t),
             self.key_json("OLD."),
-            reals(&self.key, "OLD.", &format!("NOT ({same_key})")),
+            reals(&self.real_keys(), "OLD.", &format!("NOT ({same_key})")),
             log(
                 &format!("CASE WHEN {same_key} THEN 'U' ELSE 'I' END"),
                 &self.key_json("NEW."),
                 &self.row_json("NEW.")
             ),
-            reals(&self.columns, "NEW.", "1"),
+            reals(&self.reals, "NEW.", "1"),
         ));
         out.push(format!(
             "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
             name("log_d"),
             ident(t),
             log("'D'", &self.key_json("OLD."), "NULL"),
-            reals(&self.key, "OLD.", "1"),
+            reals(&self.real_keys(), "OLD.", "1"),
         ));
         out
     }
+}
+
+impl TableInfo {
+    /// The key columns that can hold a REAL value.
+    fn real_keys(&self) -> Vec<String> {
+        self.key
+            .iter()
+            .filter(|k| self.reals.contains(k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether a column declared with type `decl` can hold a REAL value, by SQLite's rules
+/// ("Datatypes In SQLite", 3.1): a column of TEXT affinity (its type names CHAR, CLOB
+/// or TEXT, and not INT) turns every number into text, a STRICT table's column holds a
+/// REAL only when declared REAL or ANY, and a rowid alias (`INTEGER PRIMARY KEY`) holds
+/// only integers. Any other column can: INTEGER affinity keeps a REAL that is not a
+/// whole number, and NUMERIC, REAL and BLOB affinity keep REALs as they are.
+pub(crate) fn can_hold_real(decl: &str, strict: bool, rowid_alias: bool) -> bool {
+    let d = decl.to_ascii_uppercase();
+    if rowid_alias {
+        return false;
+    }
+    if strict {
+        return d == "REAL" || d == "ANY";
+    }
+    d.contains("INT") || !(d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT"))
 }
 
 /// `json_object('c1', <c1>, ...)` with BLOBs as `{"$blob": hex}` and REALs as
@@ -350,17 +417,22 @@ fn json_object(columns: &[String], prefix: &str) -> String {
 }
 
 /// Logs the REAL values among `columns` of the row `prefix` natively, under the
-/// changelog entry just inserted, if `condition` holds.
+/// changelog entry just inserted, if `condition` holds: one statement per column (no
+/// statement for a table without such columns). `_tandem_reals` has no rowid, so its
+/// inserts leave `last_insert_rowid()` at the changelog entry.
 fn reals(columns: &[String], prefix: &str, condition: &str) -> String {
-    let values = columns
+    columns
         .iter()
-        .map(|c| format!("SELECT {} AS c, {prefix}{} AS v", literal(c), ident(c)))
+        .map(|c| {
+            let v = format!("{prefix}{}", ident(c));
+            format!(
+                "INSERT INTO _tandem_reals (seq, col, v) SELECT last_insert_rowid(), {}, {v} \
+                 WHERE typeof({v}) = 'real' AND {condition};",
+                literal(c)
+            )
+        })
         .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    format!(
-        "INSERT INTO _tandem_reals (seq, col, v) SELECT last_insert_rowid(), c, v \
-         FROM ({values}) WHERE typeof(v) = 'real' AND {condition};"
-    )
+        .join(" ")
 }
 
 fn upsert_sql(table: &str, columns: &[String], key: &[String]) -> String {
@@ -477,6 +549,99 @@ mod tests {
         assert_eq!(literal("o'neil"), "'o''neil'");
         let t = TableInfo::new("o'neil".into(), vec!["x".into()], vec!["x".into()]);
         assert!(t.trigger_sql()[3].contains("VALUES ('o''neil', 'I'"));
+    }
+
+    /// Whatever a column's declared type and table kind, a value SQLite keeps as a
+    /// REAL in it is in a column the capture triggers look at (the declared types are
+    /// every pair of the words SQLite's affinity rules look for, and some others).
+    #[tokio::test]
+    async fn every_column_that_keeps_a_real_is_looked_at() {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await
+            .unwrap();
+        let words = [
+            "",
+            "INT",
+            "INTEGER",
+            "BIGINT",
+            "TEXT",
+            "CHAR",
+            "VARCHAR(10)",
+            "CLOB",
+            "BLOB",
+            "REAL",
+            "FLOAT",
+            "DOUBLE",
+            "NUMERIC",
+            "POINT",
+            "STRING",
+            "ANY",
+            "DATE",
+        ];
+        let mut decls: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        for a in &words[1..] {
+            for b in &words[1..] {
+                decls.push(format!("{a} {b}"));
+            }
+        }
+        let shapes = [
+            "CREATE TABLE {t} (id INTEGER PRIMARY KEY, a {d})",
+            "CREATE TABLE {t} (a {d} PRIMARY KEY)",
+            "CREATE TABLE {t} (a {d} PRIMARY KEY) WITHOUT ROWID",
+            "CREATE TABLE {t} (id INTEGER PRIMARY KEY, a {d}) STRICT",
+            "CREATE TABLE {t} (a {d} PRIMARY KEY) STRICT",
+        ];
+        let (mut tables, mut kept) = (0, 0);
+        for (i, decl) in decls.iter().enumerate() {
+            for (j, shape) in shapes.iter().enumerate() {
+                let t = format!("t{i}_{j}");
+                let sql = shape.replace("{t}", &t).replace("{d}", decl);
+                if sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .is_err()
+                {
+                    continue; // not a type a STRICT table takes
+                }
+                tables += 1;
+                let insert = format!("INSERT INTO {t} (a) VALUES (1.5)");
+                if sqlx::query(AssertSqlSafe(insert))
+                    .execute(&mut conn)
+                    .await
+                    .is_err()
+                {
+                    continue; // the column refuses the REAL
+                }
+                let kind: String =
+                    sqlx::query_scalar(AssertSqlSafe(format!("SELECT typeof(a) FROM {t}")))
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap();
+                let info = TableInfo::load(&mut conn, &t).await.unwrap();
+                if kind == "real" {
+                    kept += 1;
+                    assert!(info.reals.contains(&"a".to_owned()), "{decl:?} in {shape}");
+                }
+                assert!(
+                    !info.reals.contains(&"id".to_owned()),
+                    "rowid alias in {shape}"
+                );
+            }
+        }
+        assert!(
+            tables > 700 && kept > 300,
+            "{tables} tables, {kept} kept a REAL"
+        );
+        // The sample's kind of table: no TEXT column is looked at.
+        sqlx::query("CREATE TABLE m (k TEXT PRIMARY KEY, n INTEGER, s TEXT, r REAL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let info = TableInfo::load(&mut conn, "m").await.unwrap();
+        assert_eq!(info.reals, ["n", "r"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::status::ReplicationState;
 use crate::wire::{Batch, Change, Message, NodeState, SnapshotRow};
 
 /// How often acknowledgements are recorded in the database at most.
-pub(crate) const ACK_FLUSH: Duration = Duration::from_millis(100);
+pub(crate) const ACK_FLUSH: Duration = Duration::from_secs(1);
 /// How long a refused pull waits before it is tried again when nothing changed.
 pub(crate) const RETRY_REFUSED: Duration = Duration::from_secs(2);
 /// How often a state whose only change is a position is sent at most.
