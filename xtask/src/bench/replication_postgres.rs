@@ -51,6 +51,9 @@ const AGREE: f64 = 0.10;
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// How long the standby may take to replay what a round left.
 const CATCH_UP: Duration = Duration::from_secs(120);
+/// How long the primary may not wait for its standby before a round (the service
+/// degrades it while node 2 looks lost) before the bench gives up.
+const SYNC_GRACE: Duration = Duration::from_secs(60);
 
 /// The settings that change how fast a cluster commits; the `off` cluster must have
 /// the primary's.
@@ -352,14 +355,8 @@ impl Bench {
             target.conn = Some(conn);
         }
         // The primary waits for node 2 once the standby streams.
-        let limit = Instant::now() + Duration::from_secs(60);
-        loop {
-            match bench.standby_state() {
-                Ok(_) => return Ok(bench),
-                Err(e) if Instant::now() > limit => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        bench.wait_sync()?;
+        Ok(bench)
     }
 
     fn conn(&mut self, cluster: Cluster) -> anyhow::Result<&mut PgConnection> {
@@ -369,25 +366,53 @@ impl Bench {
             .context("the bench's connection is gone")
     }
 
-    /// The bytes node 2 has still to replay; an error unless it streams as the
-    /// primary's synchronous standby (the primary did not degrade).
-    fn standby_state(&mut self) -> anyhow::Result<i64> {
+    /// Waits (up to [`SYNC_GRACE`]) until node 2 streams as the primary's synchronous
+    /// standby: the service may have degraded the primary for a moment.
+    fn wait_sync(&mut self) -> anyhow::Result<()> {
+        let runtime = self.runtime.handle().clone();
+        let limit = Instant::now() + SYNC_GRACE;
+        loop {
+            let conn = self.conn(Cluster::Primary)?;
+            let state: Option<String> = runtime.block_on(
+                sqlx::query_scalar("SELECT sync_state FROM pg_stat_replication")
+                    .fetch_optional(conn),
+            )?;
+            match state.as_deref() {
+                Some("sync") => return Ok(()),
+                _ if Instant::now() > limit => bail!(
+                    "node 1 does not wait for node 2 after {SYNC_GRACE:?} (sync_state {})",
+                    state.as_deref().unwrap_or("none: node 2 does not stream")
+                ),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Waits until node 2 has replayed all the WAL node 1 flushed so far. The standby
+    /// is asked itself: `pg_stat_replication.replay_lsn` moves only with its replies.
+    fn wait_replayed(&mut self) -> anyhow::Result<()> {
         let runtime = self.runtime.handle().clone();
         let conn = self.conn(Cluster::Primary)?;
-        let row: Option<(String, Option<i64>)> = runtime.block_on(
-            sqlx::query_as(
-                "SELECT sync_state, \
-                 pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint \
-                 FROM pg_stat_replication",
-            )
-            .fetch_optional(conn),
+        let flushed: String = runtime.block_on(
+            sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text").fetch_one(conn),
         )?;
-        match row {
-            None => bail!("node 2 does not stream from node 1"),
-            Some((state, _)) if state != "sync" => {
-                bail!("node 1 does not wait for node 2 (sync_state {state})")
+        let limit = Instant::now() + CATCH_UP;
+        loop {
+            let conn = self.conn(Cluster::Standby)?;
+            let behind: Option<i64> = runtime.block_on(
+                sqlx::query_scalar(
+                    "SELECT pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn())::bigint",
+                )
+                .bind(&flushed)
+                .fetch_one(conn),
+            )?;
+            if behind.is_some_and(|b| b <= 0) {
+                return Ok(());
             }
-            Some((_, gap)) => Ok(gap.unwrap_or(i64::MAX)),
+            if Instant::now() > limit {
+                bail!("node 2 did not replay node 1's WAL up to {flushed} within {CATCH_UP:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -515,13 +540,8 @@ impl Bench {
             let conn = self.conn(cluster)?;
             runtime.block_on(sqlx::raw_sql("CHECKPOINT").execute(conn))?;
         }
-        let limit = Instant::now() + CATCH_UP;
-        while self.standby_state()? > 0 {
-            if Instant::now() > limit {
-                bail!("node 2 did not replay node 1's WAL within {CATCH_UP:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_sync()?;
+        self.wait_replayed()?;
         // On a standby CHECKPOINT makes a restartpoint.
         let conn = self.conn(Cluster::Standby)?;
         runtime.block_on(sqlx::raw_sql("CHECKPOINT").execute(conn))?;
