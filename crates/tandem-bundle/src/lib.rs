@@ -89,6 +89,7 @@ mod failpoint;
 pub mod format;
 mod fsutil;
 mod inflate;
+mod members;
 mod pgz;
 mod read;
 mod restore;

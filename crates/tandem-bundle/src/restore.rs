@@ -908,14 +908,13 @@ fn stage_files(
     chown: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
-    use std::io::Seek;
-    let mut file = &verified.file;
-    file.rewind()
-        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
-    let clone = file
-        .try_clone()
-        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
-    let mut inflater = crate::inflate::Threaded::spawn(clone.take(verified.body_len), true);
+    let mut inflater = crate::inflate::Body::open(
+        &verified.file,
+        verified.body_len,
+        verified.index.as_ref(),
+        true,
+    )
+    .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
     let counter = inflater.counter();
     let mut index = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
