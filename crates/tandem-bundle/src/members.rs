@@ -446,6 +446,52 @@ mod tests {
         assert_eq!(reader.digest().unwrap(), Some(digest));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever bytes of index headers are changed, `index` never panics,
+        /// and an index it accepts tiles the body by the rules.
+        #[test]
+        fn any_index_it_accepts_tiles_the_body(
+            edits in proptest::collection::vec((0usize..4, 0usize..MEMBER_HEADER_LEN, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..64,
+        ) {
+            static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let mut gz = BODY
+                .get_or_init(|| {
+                    let data: Vec<u8> = (0..3 * MEMBER_DATA as usize + 999)
+                        .map(|i| (i * 7 % 256) as u8)
+                        .collect();
+                    body(&data)
+                })
+                .clone();
+            let starts: Vec<usize> = index(&gz, gz.len() as u64, &Limits::default()).unwrap().unwrap()
+                .members.iter().map(|m| m.offset as usize).collect();
+            for (member, at, byte) in edits {
+                if let Some(start) = starts.get(member) {
+                    gz[start + at] = byte;
+                }
+            }
+            let len = gz.len().saturating_sub(cut);
+            if let Ok(Some(found)) = index(&gz, len as u64, &Limits::default()) {
+                let mut at = 0u64;
+                for (k, m) in found.members.iter().enumerate() {
+                    proptest::prop_assert_eq!(m.offset, at);
+                    proptest::prop_assert!((MEMBER_MIN_LEN..=MEMBER_MAX_LEN).contains(&m.len));
+                    proptest::prop_assert!(m.data == MEMBER_DATA || k + 1 == found.members.len());
+                    at += u64::from(m.len);
+                }
+                proptest::prop_assert_eq!(at, len as u64);
+                // Inflating what it accepted fails cleanly or gives the data.
+                let mut reader = Parallel::spawn(Arc::new(gz.clone()), &found, 2, false);
+                let mut back = Vec::new();
+                if reader.read_to_end(&mut back).is_ok() {
+                    proptest::prop_assert_eq!(back.len() as u64, found.data);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_plain_gzip_has_no_index() {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
