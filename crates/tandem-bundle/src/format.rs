@@ -4,6 +4,15 @@
 //! one empty gzip member, the *trailer*, whose extra field carries the sha256 of
 //! every byte before it. GNU `tar xzf` reads it as a plain `.tar.gz`.
 //!
+//! Version 2 (written since issue 24) cuts the tar stream into members of
+//! [`MEMBER_DATA`] bytes (the last one shorter) and gives each member an *index*
+//! header: the gzip extra field holds a subfield `Tm` with the member's whole
+//! length in bytes and its uncompressed length (see [`member_header`]). A
+//! reader finds every member from these lengths without decoding, so it can
+//! inflate members on several cores. gzip and tar skip extra fields. Version 1
+//! bundles have no index and are read in one serial stream; the manifest's
+//! `version` must match what the members say.
+//!
 //! The tar stream holds, in a deterministic order, one directory entry per root
 //! (`<root>/`), then the root's directories, files and links
 //! (`<root>/<path inside the root>`), parents before children, and last the
@@ -20,8 +29,57 @@ pub const MANIFEST_PATH: &str = ".tandem-bundle/manifest.json";
 /// Value of [`Manifest::format`].
 pub const FORMAT_NAME: &str = "tandem-bundle";
 
-/// Current [`Manifest::version`].
-pub const FORMAT_VERSION: u32 = 1;
+/// Current [`Manifest::version`]: 2, members with index headers.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The first [`Manifest::version`]: members without index headers, read serially.
+pub const FORMAT_VERSION_SERIAL: u32 = 1;
+
+/// Uncompressed bytes in every member of a version 2 bundle but the last.
+pub const MEMBER_DATA: u32 = 1 << 20;
+
+/// Length of a member's index header (gzip header with the `Tm` extra field).
+pub const MEMBER_HEADER_LEN: usize = 24;
+
+/// Shortest possible member: its header, an empty deflate block, CRC and size.
+pub const MEMBER_MIN_LEN: u32 = MEMBER_HEADER_LEN as u32 + 2 + 8;
+
+/// Longest member a reader accepts: deflate never grows [`MEMBER_DATA`] bytes
+/// by more than a few hundred bytes, so this leaves a wide margin.
+pub const MEMBER_MAX_LEN: u32 = 2 * MEMBER_DATA;
+
+/// The gzip header of a version 2 member: `len` is the whole member (header,
+/// deflate data, CRC and size), `data` the uncompressed bytes in it.
+///
+/// Fixed bytes: magic, deflate, `FLG` = `FEXTRA` only, zero mtime, `XFL` 0, `OS`
+/// 255, `XLEN` 12, subfield `Tm` of 8 bytes: `len` and `data`, little-endian.
+pub fn member_header(len: u32, data: u32) -> [u8; MEMBER_HEADER_LEN] {
+    let mut out = [0u8; MEMBER_HEADER_LEN];
+    let fixed: [u8; 16] = [
+        0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff, // ID, CM, FLG=FEXTRA, MTIME, XFL, OS
+        12, 0, // XLEN
+        b'T', b'm', 8, 0, // subfield id and length
+    ];
+    let parts: [&[u8]; 3] = [&fixed, &len.to_le_bytes(), &data.to_le_bytes()];
+    let mut at = 0;
+    for part in parts {
+        for (slot, byte) in out.iter_mut().skip(at).zip(part) {
+            *slot = *byte;
+        }
+        at += part.len();
+    }
+    out
+}
+
+/// The `(len, data)` a member index header states, or `None` when `bytes` do
+/// not start with one. The values are as hostile as the rest of the bundle:
+/// the reader checks them (see `members.rs`).
+pub fn parse_member_header(bytes: &[u8]) -> Option<(u32, u32)> {
+    let head = bytes.get(..MEMBER_HEADER_LEN)?;
+    let len = u32::from_le_bytes(head.get(16..20)?.try_into().ok()?);
+    let data = u32::from_le_bytes(head.get(20..24)?.try_into().ok()?);
+    (member_header(len, data) == head).then_some((len, data))
+}
 
 /// Longest file name component a restore accepts, in bytes (Linux `NAME_MAX`).
 pub const MAX_NAME_BYTES: usize = 255;
@@ -73,7 +131,8 @@ pub fn parse_trailer(bytes: &[u8]) -> Option<[u8; 32]> {
 pub struct Manifest {
     /// Always [`FORMAT_NAME`].
     pub format: String,
-    /// Always [`FORMAT_VERSION`].
+    /// [`FORMAT_VERSION`], or [`FORMAT_VERSION_SERIAL`] in bundles written
+    /// before member index headers.
     pub version: u32,
     /// The roots, in bundle order.
     pub roots: Vec<ManifestRoot>,

@@ -160,6 +160,20 @@ impl Attrs {
         .map_err(|e| Error::io("setting mtime of", path, e.into()))
     }
 
+    /// Sets only the mtime back (for directories restore touched by creating
+    /// and removing its staging next to them).
+    pub(crate) fn apply_mtime(&self, path: &Path) -> Result<()> {
+        let mtime = TimeSpec::new(self.mtime, i64::from(self.mtime_nsec));
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &TimeSpec::UTIME_OMIT,
+            &mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| Error::io("setting mtime of", path, e.into()))
+    }
+
     /// Whether `meta` already carries these attributes (owner only when `chown`).
     pub(crate) fn matches(&self, meta: &Metadata, chown: bool) -> bool {
         let have = Attrs::of(meta);

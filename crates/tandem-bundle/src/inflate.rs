@@ -1,6 +1,6 @@
-//! Decompression sources for the streaming reader: inline, or on a thread of
-//! its own so inflating overlaps with checking and writing (restore reads the
-//! bundle twice; with two cores this nearly halves each pass).
+//! Decompression sources for the streaming reader: inline, on a thread of its
+//! own so inflating overlaps with checking and writing (version 1 bundles), or
+//! member by member on several threads ([`crate::members`], version 2).
 
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
@@ -164,6 +164,67 @@ impl Drop for Threaded {
         self.rx = None;
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
+        }
+    }
+}
+
+/// The tar stream of a bundle file, inflated serially (version 1) or by
+/// members in parallel (version 2).
+pub(crate) enum Body {
+    /// One thread, `MultiGzDecoder`.
+    Serial(Threaded),
+    /// Members on several threads.
+    Parallel(crate::members::Parallel),
+}
+
+impl Body {
+    /// Starts inflating the first `body_len` bytes of `file`; with `hash`,
+    /// [`Body::finish`] returns the sha256 of those bytes.
+    pub(crate) fn open(
+        file: &std::fs::File,
+        body_len: u64,
+        index: Option<&crate::members::Index>,
+        hash: bool,
+    ) -> io::Result<Body> {
+        use std::io::Seek;
+        let mut clone = file.try_clone()?;
+        Ok(match index {
+            Some(index) => Body::Parallel(crate::members::Parallel::spawn(
+                Arc::new(clone),
+                index,
+                crate::members::Parallel::threads(),
+                hash,
+            )),
+            None => {
+                clone.rewind()?;
+                Body::Serial(Threaded::spawn(clone.take(body_len), hash))
+            }
+        })
+    }
+
+    /// Compressed bytes consumed so far.
+    pub(crate) fn counter(&self) -> Arc<AtomicU64> {
+        match self {
+            Body::Serial(t) => t.counter(),
+            Body::Parallel(p) => p.counter(),
+        }
+    }
+
+    /// Ends the reading; the sha256 of the whole body when asked for (the
+    /// part not read yet is read for it).
+    pub(crate) fn finish(self) -> io::Result<Option<[u8; 32]>> {
+        match self {
+            Body::Serial(t) => t.finish(),
+            Body::Parallel(p) => p.digest(),
+        }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::Serial(t) => t.read(buf),
+            Body::Parallel(p) => p.read(buf),
         }
     }
 }

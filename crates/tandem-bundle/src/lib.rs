@@ -7,9 +7,10 @@
 //! exclude globs, and the globs of config class `node` (server-specific files)
 //! that are never bundled. [`create`] writes a `.tar.gz` with a manifest and a
 //! checksum over the whole (see [`mod@format`]); [`restore`] verifies all of it
-//! before it touches anything, stages on each root's file system, swaps with
-//! renames under a journal, and keeps what it replaced in a backup bundle for
-//! [`rollback`].
+//! while it stages the files on each root's file system (inflating on every
+//! core), changes nothing outside the staging and its state directory before
+//! the whole bundle is verified, swaps with renames under a journal, and keeps
+//! what it replaced in a backup bundle for [`rollback`].
 //!
 //! A restore refuses, with an error that names the entry and nothing changed on
 //! disk: absolute paths, `..`, links that leave their root, devices and fifos,
@@ -89,6 +90,7 @@ mod failpoint;
 pub mod format;
 mod fsutil;
 mod inflate;
+mod members;
 mod pgz;
 mod read;
 mod restore;
@@ -116,7 +118,8 @@ pub enum Phase {
     Check,
     /// Restoring: compressed bytes verified.
     Verify,
-    /// Restoring: compressed bytes staged.
+    /// Restoring: compressed bytes staged (version 2 bundles: verified and
+    /// staged in one pass).
     Stage,
     /// Restoring: renames done.
     Swap,

@@ -1,7 +1,9 @@
 //! A gzip writer that compresses fixed-size chunks as separate gzip members on
 //! worker threads. The result is a valid multi-member `.gz` (RFC 1952 allows
 //! members back to back; GNU gzip and tar read it), a little larger than one
-//! member because each chunk starts a fresh dictionary.
+//! member because each chunk starts a fresh dictionary. Every member carries
+//! the index header of format version 2 ([`crate::format::member_header`]), so
+//! a reader can find the members without decoding them.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -9,11 +11,13 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use flate2::write::DeflateEncoder;
+use flate2::{Compression, Crc};
+
+use crate::format::{MEMBER_DATA, MEMBER_HEADER_LEN, member_header};
 
 /// Uncompressed bytes per gzip member.
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = MEMBER_DATA as usize;
 
 type Job = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
 
@@ -153,10 +157,24 @@ fn worker(jobs: &Mutex<Receiver<Job>>, level: Compression) {
     }
 }
 
+/// One member: index header, raw deflate, CRC32 and size (RFC 1952).
 fn compress(chunk: &[u8], level: Compression) -> io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(chunk.len() / 2 + 64), level);
+    let data =
+        u32::try_from(chunk.len()).map_err(|_| io::Error::other("gzip member over 4 GiB"))?;
+    let mut out = Vec::with_capacity(chunk.len() / 2 + 64);
+    out.extend_from_slice(&[0u8; MEMBER_HEADER_LEN]);
+    let mut enc = DeflateEncoder::new(out, level);
     enc.write_all(chunk)?;
-    enc.finish()
+    let mut out = enc.finish()?;
+    let mut crc = Crc::new();
+    crc.update(chunk);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&data.to_le_bytes());
+    let len = u32::try_from(out.len()).map_err(|_| io::Error::other("gzip member over 4 GiB"))?;
+    for (slot, byte) in out.iter_mut().zip(member_header(len, data)) {
+        *slot = byte;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -180,6 +198,20 @@ mod tests {
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, data, "threads {threads}");
+            // Every member states its length and data; they tile the output.
+            let mut at = 0usize;
+            let mut members = 0;
+            while at < gz.len() {
+                let (len, size) = crate::format::parse_member_header(&gz[at..]).unwrap();
+                let mut one = Vec::new();
+                flate2::read::GzDecoder::new(&gz[at..at + len as usize])
+                    .read_to_end(&mut one)
+                    .unwrap();
+                assert_eq!(one.len(), size as usize);
+                at += len as usize;
+                members += 1;
+            }
+            assert_eq!((at, members), (gz.len(), 4));
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Reading bundles: the checksum over the whole, then a streaming pass that
 //! enforces the limits while it decompresses and checks every entry against
-//! the rules and the manifest. Nothing here writes to disk.
+//! the rules and the manifest. Nothing here writes to disk. Version 2 bundles
+//! are inflated member by member on every core ([`crate::members`]); version
+//! 1 bundles in one serial stream.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -15,9 +17,11 @@ use sha2::{Digest, Sha256};
 use crate::create::STAGE_PREFIX;
 use crate::error::{Error, LimitKind, Refusal, Result};
 use crate::format::{
-    EntryKind, EntryPath, FORMAT_NAME, FORMAT_VERSION, MANIFEST_PATH, MAX_PATH_BYTES, Manifest,
-    ManifestEntry, TRAILER_LEN, check_symlink_target, parse_entry_path, parse_trailer,
+    EntryKind, EntryPath, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_SERIAL, MANIFEST_PATH,
+    MAX_PATH_BYTES, Manifest, ManifestEntry, TRAILER_LEN, check_symlink_target, parse_entry_path,
+    parse_trailer,
 };
+use crate::members::{Index, Parallel};
 use crate::spec::{BundleSpec, Limits, check_root_name};
 use crate::{Phase, Progress};
 
@@ -62,8 +66,26 @@ pub fn verify_bytes(bytes: &[u8], spec: &BundleSpec) -> Result<Manifest> {
     let body = bytes
         .get(..usize::try_from(body_len).unwrap_or(usize::MAX))
         .unwrap_or_default();
-    let (decompressed, compressed) = crate::inflate::inline(body);
-    verify_body(decompressed, compressed, body_len, &policy, &mut |_| {})
+    let index = crate::members::index(&body.to_vec(), body_len, &policy.limits)?;
+    match &index {
+        Some(index) => {
+            let mut inflater =
+                Parallel::spawn(Arc::new(body.to_vec()), index, Parallel::threads(), false);
+            let counter = inflater.counter();
+            verify_body(&mut inflater, counter, body_len, true, &policy, &mut |_| {})
+        }
+        None => {
+            let (decompressed, compressed) = crate::inflate::inline(body);
+            verify_body(
+                decompressed,
+                compressed,
+                body_len,
+                false,
+                &policy,
+                &mut |_| {},
+            )
+        }
+    }
 }
 
 /// Checks a bundle file against `spec`'s policy and returns its manifest.
@@ -79,6 +101,8 @@ pub(crate) struct Verified {
     pub(crate) file: std::fs::File,
     pub(crate) body_len: u64,
     pub(crate) digest: [u8; 32],
+    /// The members (version 2), `None` for a version 1 bundle.
+    pub(crate) index: Option<Index>,
     /// Entries in archive order.
     pub(crate) manifest: Manifest,
 }
@@ -98,12 +122,18 @@ pub(crate) fn verify_path(
     let (digest, body_len) = check_digest(BufReader::with_capacity(BUF, &file), len, progress)?;
     file.rewind()
         .map_err(|e| Error::io("reading bundle", path, e))?;
-    let clone = file
-        .try_clone()
+    let index = crate::members::index(&file, body_len, &policy.limits)?;
+    let mut inflater = crate::inflate::Body::open(&file, body_len, index.as_ref(), false)
         .map_err(|e| Error::io("reading bundle", path, e))?;
-    let mut inflater = crate::inflate::Threaded::spawn(clone.take(body_len), false);
     let counter = inflater.counter();
-    let manifest = verify_body(&mut inflater, counter, body_len, policy, progress)?;
+    let manifest = verify_body(
+        &mut inflater,
+        counter,
+        body_len,
+        index.is_some(),
+        policy,
+        progress,
+    )?;
     inflater
         .finish()
         .map_err(|e| Error::corrupt(format!("gzip: {e}")))?;
@@ -111,6 +141,7 @@ pub(crate) fn verify_path(
         file,
         body_len,
         digest,
+        index,
         manifest,
     })
 }
@@ -357,17 +388,17 @@ fn read_long_name<R: Read>(entry: &mut tar::Entry<'_, R>, twice: bool) -> Result
     Ok(bytes)
 }
 
-/// Pass 1: every rule, every content hash, the manifest.
+/// Pass 1: every rule, every content hash, the manifest. `indexed`: whether
+/// the members had index headers (the manifest's version must agree).
 pub(crate) fn verify_body(
     decompressed: impl Read,
     compressed: Arc<AtomicU64>,
     body_len: u64,
+    indexed: bool,
     policy: &Policy<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Manifest> {
-    let mut seen: Vec<Seen> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut buf = vec![0u8; BUF];
+    let mut checker = Checker::new(policy);
     let manifest = scan(
         decompressed,
         compressed,
@@ -375,42 +406,98 @@ pub(crate) fn verify_body(
         &policy.limits,
         Phase::Verify,
         progress,
-        |raw, data| {
-            let (path, kind, link) = check_entry(raw, policy, &index, &seen)?;
-            let sha256 = if kind == EntryKind::File {
-                let mut hasher = Sha256::new();
-                loop {
-                    let n = data
-                        .read(&mut buf)
-                        .map_err(|e| Error::corrupt(format!("reading `{}`: {e}", path.full)))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(buf.get(..n).unwrap_or_default());
-                }
-                Some(hex::encode(hasher.finalize()))
-            } else {
-                if raw.size != 0 {
-                    return Err(Error::refused(path.full, Refusal::ManifestMismatch("size")));
-                }
-                None
-            };
-            index.insert(path.full.clone(), seen.len());
-            seen.push(Seen {
-                path,
-                kind,
-                link,
-                sha256,
-                size: raw.size,
-                mode: raw.mode & 0o7777,
-                uid: raw.uid,
-                gid: raw.gid,
-                mtime: raw.mtime,
-            });
-            Ok(())
-        },
+        |raw, data| checker.entry(raw, data, &mut |_, _| Ok(())),
     )?;
-    match_manifest(&manifest, seen, policy)
+    checker.finish(&manifest, indexed)
+}
+
+/// Every per-entry check of a streaming pass, and the content hashes; what
+/// each file holds is also handed to a sink (restore's one pass writes it
+/// into the staging directory).
+pub(crate) struct Checker<'p, 'a> {
+    policy: &'p Policy<'a>,
+    seen: Vec<Seen>,
+    index: HashMap<String, usize>,
+    buf: Vec<u8>,
+}
+
+/// What a [`Checker`] saw of one entry, for a sink.
+pub(crate) struct Checked<'e> {
+    /// Position among the entries (archive order, manifest excluded).
+    pub(crate) index: usize,
+    /// The entry path.
+    pub(crate) path: &'e EntryPath,
+    /// Its kind.
+    pub(crate) kind: EntryKind,
+}
+
+impl<'p, 'a> Checker<'p, 'a> {
+    pub(crate) fn new(policy: &'p Policy<'a>) -> Self {
+        Checker {
+            policy,
+            seen: Vec::new(),
+            index: HashMap::new(),
+            buf: vec![0u8; BUF],
+        }
+    }
+
+    /// Checks one entry and hashes its content. `sink` is called once before
+    /// the content with an empty slice (the entry's start), then with each
+    /// piece of content.
+    pub(crate) fn entry(
+        &mut self,
+        raw: &RawEntry,
+        data: &mut dyn Read,
+        sink: &mut dyn FnMut(&Checked<'_>, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let policy = self.policy;
+        let (path, kind, link) = check_entry(raw, policy, &self.index, &self.seen)?;
+        let checked = Checked {
+            index: self.seen.len(),
+            path: &path,
+            kind,
+        };
+        sink(&checked, &[])?;
+        let sha256 = if kind == EntryKind::File {
+            let mut hasher = Sha256::new();
+            loop {
+                let n = data
+                    .read(&mut self.buf)
+                    .map_err(|e| Error::corrupt(format!("reading `{}`: {e}", path.full)))?;
+                if n == 0 {
+                    break;
+                }
+                let piece = self.buf.get(..n).unwrap_or_default();
+                hasher.update(piece);
+                sink(&checked, piece)?;
+            }
+            Some(hex::encode(hasher.finalize()))
+        } else {
+            if raw.size != 0 {
+                return Err(Error::refused(path.full, Refusal::ManifestMismatch("size")));
+            }
+            None
+        };
+        self.index.insert(path.full.clone(), self.seen.len());
+        self.seen.push(Seen {
+            path,
+            kind,
+            link,
+            sha256,
+            size: raw.size,
+            mode: raw.mode & 0o7777,
+            uid: raw.uid,
+            gid: raw.gid,
+            mtime: raw.mtime,
+        });
+        Ok(())
+    }
+
+    /// Cross-checks the manifest's bytes with every entry seen; returns the
+    /// manifest with its entries in archive order.
+    pub(crate) fn finish(self, manifest: &[u8], indexed: bool) -> Result<Manifest> {
+        match_manifest(manifest, self.seen, indexed, self.policy)
+    }
 }
 
 /// An entry as pass 1 saw it.
@@ -519,13 +606,26 @@ fn check_entry(
 
 /// Cross-checks what the archive holds with what the manifest says; returns the
 /// manifest with its entries in archive order.
-fn match_manifest(bytes: &[u8], seen: Vec<Seen>, policy: &Policy<'_>) -> Result<Manifest> {
+fn match_manifest(
+    bytes: &[u8],
+    seen: Vec<Seen>,
+    indexed: bool,
+    policy: &Policy<'_>,
+) -> Result<Manifest> {
     let bad = |why: String| Error::refused(MANIFEST_PATH, Refusal::BadManifest(why));
     let mut manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if manifest.format != FORMAT_NAME || manifest.version != FORMAT_VERSION {
+    let known = [FORMAT_VERSION_SERIAL, FORMAT_VERSION];
+    if manifest.format != FORMAT_NAME || !known.contains(&manifest.version) {
         return Err(bad(format!(
-            "format {} version {} is not {FORMAT_NAME} {FORMAT_VERSION}",
+            "format {} version {} is not {FORMAT_NAME} {FORMAT_VERSION_SERIAL} or {FORMAT_VERSION}",
             manifest.format, manifest.version
+        )));
+    }
+    if indexed != (manifest.version == FORMAT_VERSION) {
+        return Err(bad(format!(
+            "version {} but the gzip members {} index headers",
+            manifest.version,
+            if indexed { "have" } else { "lack" }
         )));
     }
     let mut roots = HashSet::new();

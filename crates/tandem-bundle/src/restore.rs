@@ -3,12 +3,20 @@
 //!
 //! The steps, and what a failure or a kill at each leaves:
 //!
-//! 1. Verify the whole bundle (checksum, limits, rules, manifest). Nothing is
-//!    written; a refusal leaves the disk as it was.
+//! 1. Verify and stage, in one pass (version 2 bundles): the members are
+//!    inflated on every core while each entry is checked and each file is
+//!    written into a staging directory on the same file system as its root
+//!    (created, journaled `staging`, when the root's entry arrives); then the
+//!    checksum over the whole bundle and the manifest. Nothing outside the
+//!    staging directories and the state directory changes before the whole
+//!    bundle is verified; a refusal removes the staging, the journal and the
+//!    lock file this run made. Version 1 bundles and dry runs verify first
+//!    (writing nothing) and stage in a second pass after the plan.
 //! 2. Plan: compare each entry with what is on disk (create, replace, unchanged).
-//! 3. Stage: journal `staging`, write the new files into a staging directory on
-//!    the same file system as each root, and the backup bundle of what will be
-//!    replaced (pending); `syncfs`. A failure or kill removes the staging.
+//! 3. Stage: journal `staging` with the plan; staged files that stay unchanged
+//!    go, the others get their attributes, links are made; the backup bundle of
+//!    what will be replaced (pending); `syncfs`. A failure or kill removes the
+//!    staging.
 //! 4. Swap: journal `swapping` (the plan), then renames: the old file moves into
 //!    the staging directory, the staged file moves into place; directories get
 //!    their mode and mtime last. A failure undoes the renames in reverse; after a
@@ -19,7 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -32,10 +40,13 @@ use crate::error::{Error, Refusal, Result};
 use crate::failpoint::FailAt;
 use crate::failpoint::Hook;
 use crate::format::{EntryKind, MAX_PATH_BYTES, ManifestEntry, ManifestRoot, parse_entry_path};
+use crate::format::{TRAILER_LEN, parse_trailer};
 use crate::fsutil::{self, Attrs, Names};
-use crate::read::{Policy, Verified, scan, verify_path};
+use crate::members::{Index, Parallel};
+use crate::read::{Checker, Policy, Verified, check_digest, scan, verify_path};
 use crate::spec::{BundleSpec, Limits};
 use crate::{Phase, Progress};
+use std::sync::Arc;
 
 /// Where restore keeps its journal, lock and backup bundle: `<state dir>/config-files`.
 pub fn state_subdir(state_dir: &Path) -> PathBuf {
@@ -181,26 +192,21 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     let compiled = spec.compile()?;
     let policy = Policy::received(spec, &compiled.node);
-    // Verify before taking the lock: a refused bundle writes nothing at all.
+    // Version 2: verify and stage in one pass, members inflated on every core.
+    if !options.dry_run
+        && let Some(opened) = open_indexed(bundle, &policy.limits)?
+    {
+        return restore_streamed(&opened, spec, &policy, options, progress);
+    }
+    // Version 1 (and dry runs): verify before taking the lock, so a refused
+    // bundle writes nothing at all; then stage in a second pass.
     let verified = verify_path(bundle, &policy, progress)?;
     if fsutil::can_chown() {
         check_owners(&verified.manifest.entries, spec)?;
     }
     let mut targets = HashMap::new();
     for root in &verified.manifest.roots {
-        let path = match (&options.under, spec.root(&root.name)) {
-            (Some(dir), _) => dir.join(&root.name),
-            (None, Some(local)) => local.path.clone(),
-            (None, None) => {
-                return Err(Error::refused(
-                    root.name.clone(),
-                    Refusal::RootNotInSpec(root.name.clone()),
-                ));
-            }
-        };
-        // A root the administrator made a symlink is restored where it points.
-        let path = std::fs::canonicalize(&path).unwrap_or(path);
-        targets.insert(root.name.clone(), path);
+        targets.insert(root.name.clone(), root_target(&root.name, spec, options)?);
     }
     check_lengths(&verified.manifest.entries, &targets)?;
     let mut session = Session::open(options)?;
@@ -225,6 +231,354 @@ pub fn restore(
     )?;
     report.backup = Some(backup_path(&options.state_dir));
     Ok(report)
+}
+
+/// Where root `name` of a received bundle is restored.
+fn root_target(name: &str, spec: &BundleSpec, options: &RestoreOptions) -> Result<PathBuf> {
+    let path = match (&options.under, spec.root(name)) {
+        (Some(dir), _) => dir.join(name),
+        (None, Some(local)) => local.path.clone(),
+        (None, None) => {
+            return Err(Error::refused(
+                name,
+                Refusal::RootNotInSpec(name.to_owned()),
+            ));
+        }
+    };
+    // A root the administrator made a symlink is restored where it points.
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+/// A version 2 bundle opened for the one-pass restore: trailer read, members
+/// indexed (nothing inflated yet).
+struct Opened {
+    file: Arc<std::fs::File>,
+    len: u64,
+    body_len: u64,
+    digest: [u8; 32],
+    index: Index,
+}
+
+/// Opens `bundle` when it is a version 2 bundle; `None` sends it to the
+/// serial reader (version 1, or not a bundle: that reader says which).
+fn open_indexed(bundle: &Path, limits: &Limits) -> Result<Option<Opened>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(bundle).map_err(|e| Error::io("opening bundle", bundle, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("inspecting bundle", bundle, e))?
+        .len();
+    let Some(body_len) = len.checked_sub(TRAILER_LEN as u64) else {
+        return Ok(None);
+    };
+    let mut tail = [0u8; TRAILER_LEN];
+    file.read_exact_at(&mut tail, body_len)
+        .map_err(|e| Error::io("reading bundle", bundle, e))?;
+    let Some(digest) = parse_trailer(&tail) else {
+        return Ok(None);
+    };
+    match crate::members::index(&file, body_len, limits) {
+        Ok(Some(index)) => Ok(Some(Opened {
+            file: Arc::new(file),
+            len,
+            body_len,
+            digest,
+            index,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => Err(checksum_first(e, &file, len)),
+    }
+}
+
+/// A bundle whose bytes do not match its trailer is reported as corrupt (a
+/// checksum mismatch), whatever else went wrong while reading it.
+fn checksum_first(e: Error, file: &std::fs::File, len: u64) -> Error {
+    use std::io::Seek;
+    let Ok(mut clone) = file.try_clone() else {
+        return e;
+    };
+    if clone.rewind().is_err() {
+        return e;
+    }
+    match check_digest(
+        std::io::BufReader::with_capacity(1 << 18, clone),
+        len,
+        &mut |_| {},
+    ) {
+        Err(mismatch @ Error::Checksum { .. }) => mismatch,
+        _ => e,
+    }
+}
+
+/// Staging made while a version 2 bundle streams in: each root's staging is
+/// created when the root's entry arrives (a root comes before its entries).
+struct Streaming<'a> {
+    spec: &'a BundleSpec,
+    options: &'a RestoreOptions,
+    targets: HashMap<String, PathBuf>,
+    stages: HashMap<String, Stage>,
+    /// Directories that staging (or the state directory) was created in,
+    /// with their attributes before, so their mtimes can be put back.
+    touched: Vec<(PathBuf, Attrs)>,
+    /// What a cleanup needs: the staging so far, later the whole plan.
+    journal: Journal,
+}
+
+impl Streaming<'_> {
+    /// Remembers `dir`'s attributes before this run changes it.
+    fn touch(&mut self, dir: PathBuf) -> Result<()> {
+        if !self.touched.iter().any(|(d, _)| d == &dir)
+            && let Some(meta) = fsutil::lstat(&dir)?.filter(Metadata::is_dir)
+        {
+            self.touched.push((dir, Attrs::of(&meta)));
+        }
+        Ok(())
+    }
+
+    /// Maps root `name` and creates its staging, journaled first.
+    fn root(&mut self, name: &str) -> Result<()> {
+        let target = root_target(name, self.spec, self.options)?;
+        let stage = stage_for(name, &target)?;
+        self.touch(fsutil::parent_of(&stage.path))?;
+        self.journal.stages.push(stage.clone());
+        self.journal.save(&self.options.state_dir)?;
+        make_stage(&stage)?;
+        self.targets.insert(name.to_owned(), target);
+        self.stages.insert(name.to_owned(), stage);
+        Ok(())
+    }
+
+    /// After a refusal or failure: staging, journal and pending backup go,
+    /// and the directories they were made in get their mtimes back.
+    fn abandon(&self, fresh: &[PathBuf]) -> Result<()> {
+        let state = &self.options.state_dir;
+        cleanup(&self.journal, state)?;
+        if !fresh.is_empty() {
+            fsutil::remove_file(&state_subdir(state).join("lock"))?;
+            for dir in fresh.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        for (dir, attrs) in self.touched.iter().rev() {
+            if fsutil::lstat(dir)?.is_some_and(|m| m.is_dir()) {
+                attrs.apply_mtime(dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The one-pass restore of a version 2 bundle.
+///
+/// Members are inflated on every core while this thread checks each entry
+/// and writes each file into the staging directory of its root, hashing it
+/// as it goes. Only after the whole bundle is verified (checksum, limits,
+/// rules, manifest) is the plan made against the disk; until the swap nothing
+/// outside the staging directories and the state directory changes, and a
+/// refusal removes both again (the state directory when this run made it).
+fn restore_streamed(
+    opened: &Opened,
+    spec: &BundleSpec,
+    policy: &Policy<'_>,
+    options: &RestoreOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RestoreReport> {
+    let hook = Hook::of(options);
+    let state = &options.state_dir;
+    let fresh: Vec<PathBuf> = [state.clone(), state_subdir(state)]
+        .into_iter()
+        .filter(|d| !d.exists())
+        .collect();
+    let mut streaming = Streaming {
+        spec,
+        options,
+        targets: HashMap::new(),
+        stages: HashMap::new(),
+        touched: Vec::new(),
+        journal: Journal {
+            mode: Mode::Restore,
+            phase: JournalPhase::Staging,
+            stages: Vec::new(),
+            ops: Vec::new(),
+            dir_attrs: Vec::new(),
+            parents: Vec::new(),
+            chown: fsutil::can_chown(),
+            backup: backup_path(state),
+        },
+    };
+    if let Some(outer) = fresh.first() {
+        streaming.touch(fsutil::parent_of(outer))?;
+    }
+    let mut session = Session::open(options)?;
+    streaming.journal.chown = session.chown;
+    let staged = (|| -> Result<(Journal, RestoreReport)> {
+        let manifest =
+            stream_into_staging(opened, policy, &mut streaming, progress).map_err(|e| {
+                if hook.is_crash(&e) {
+                    e
+                } else {
+                    checksum_first(e, &opened.file, opened.len)
+                }
+            })?;
+        for root in &manifest.roots {
+            if !streaming.targets.contains_key(&root.name) {
+                let target = root_target(&root.name, spec, options)?;
+                streaming.targets.insert(root.name.clone(), target);
+            }
+        }
+        if session.chown {
+            check_owners(&manifest.entries, spec)?;
+        }
+        check_lengths(&manifest.entries, &streaming.targets)?;
+        let plan = Plan::build(&manifest.entries, &[], &streaming.targets, true)?;
+        let report = RestoreReport {
+            changes: plan.changes(),
+            dry_run: false,
+            recovered: session.recovered,
+            backup: Some(backup_path(state)),
+        };
+        let mut journal = plan.journal(Mode::Restore, &streaming.stages, session.chown, state);
+        // Creating the staging touched these directories: an undo puts back
+        // their attributes from before.
+        for (dir, before) in &streaming.touched {
+            for (d, attrs) in &mut journal.parents {
+                if d == dir {
+                    *attrs = *before;
+                }
+            }
+            for op in &mut journal.ops {
+                if let Op::KeepDir { target, old } = op
+                    && target == dir
+                {
+                    *old = *before;
+                }
+            }
+        }
+        journal.save(state)?;
+        streaming.journal = journal.clone();
+        // Every file was staged; keep those the plan puts in place, with
+        // their attributes, and add the links.
+        let by_path: HashMap<&str, usize> = plan
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.entry.path.as_str(), i))
+            .collect();
+        for (i, p) in plan.entries.iter().enumerate() {
+            let root = p.entry.path.split('/').next().unwrap_or_default();
+            let Some(stage) = streaming.stages.get(root) else {
+                continue;
+            };
+            let placed = matches!(p.step, Step::Create | Step::Replace);
+            match p.entry.kind {
+                EntryKind::File if placed => {
+                    p.attrs
+                        .apply(&staged_path(&stage.path, i), false, session.chown)?;
+                }
+                EntryKind::File => fsutil::remove_file(&staged_path(&stage.path, i))?,
+                EntryKind::Symlink | EntryKind::Hardlink if placed => {
+                    stage_link(&plan, i, &stage.path, &by_path, session.chown)?;
+                }
+                _ => {}
+            }
+        }
+        session.seal_staging(
+            Mode::Restore,
+            &plan,
+            &streaming.targets,
+            &streaming.stages,
+            spec.compression_level,
+            hook,
+            progress,
+        )?;
+        Ok((journal, report))
+    })();
+    match staged {
+        Ok((journal, report)) => {
+            session.swap_and_commit(journal, hook, progress)?;
+            Ok(report)
+        }
+        Err(e) if hook.is_crash(&e) => Err(e),
+        Err(e) => {
+            streaming.abandon(&fresh)?;
+            Err(e)
+        }
+    }
+}
+
+/// The one pass: inflate (on every core), check every entry, write every
+/// file into its root's staging as `new/<entry index>`; then the checksum
+/// over the whole bundle and the manifest. Returns the verified manifest.
+fn stream_into_staging(
+    opened: &Opened,
+    policy: &Policy<'_>,
+    streaming: &mut Streaming<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<crate::format::Manifest> {
+    let source: Arc<dyn crate::members::Source> = opened.file.clone();
+    let mut body = Parallel::spawn(source, &opened.index, Parallel::threads(), true);
+    let counter = body.counter();
+    let mut checker = Checker::new(policy);
+    let mut current: Option<(std::fs::File, PathBuf)> = None;
+    let manifest = scan(
+        &mut body,
+        counter,
+        opened.body_len,
+        &policy.limits,
+        Phase::Stage,
+        progress,
+        |raw, data| {
+            checker.entry(raw, data, &mut |entry, piece| {
+                if !piece.is_empty() {
+                    return match &mut current {
+                        Some((out, path)) => out
+                            .write_all(piece)
+                            .map_err(|e| Error::io("staging", path.as_path(), e)),
+                        None => Ok(()),
+                    };
+                }
+                if entry.path.depth == 1 {
+                    streaming.root(entry.path.root())?;
+                }
+                if entry.kind == EntryKind::File {
+                    let stage = streaming
+                        .stages
+                        .get(entry.path.root())
+                        .ok_or_else(|| Error::refused(entry.path.full.clone(), Refusal::Orphan))?;
+                    let staged = staged_path(&stage.path, entry.index);
+                    let out = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&staged)
+                        .map_err(|e| Error::io("staging", &staged, e))?;
+                    current = Some((out, staged));
+                }
+                Ok(())
+            })?;
+            if let Some((out, _)) = current.take() {
+                // Start writing it out now: the disk works while the next
+                // members inflate, and the syncfs after staging waits less.
+                let _ = nix::fcntl::posix_fadvise(
+                    &out,
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
+            }
+            Ok(())
+        },
+    )?;
+    let found = body
+        .digest()
+        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
+    if found != Some(opened.digest) {
+        return Err(Error::Checksum {
+            expected: hex::encode(opened.digest),
+            found: hex::encode(found.unwrap_or_default()),
+        });
+    }
+    checker.finish(&manifest, true)
 }
 
 /// Puts back what the last restore replaced and removes what it created, from
@@ -427,31 +781,10 @@ impl Session {
         journal.save(state)?;
         let staged = (|| {
             for stage in stages.values() {
-                fsutil::remove_tree(&stage.path)?;
-                for sub in [
-                    stage.path.clone(),
-                    stage.path.join("new"),
-                    stage.path.join("old"),
-                ] {
-                    std::fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&sub)
-                        .map_err(|e| Error::io("creating staging directory", &sub, e))?;
-                }
+                make_stage(stage)?;
             }
             stage_files(verified, plan, &stages, self.chown, progress)?;
-            if mode == Mode::Restore {
-                write_backup(plan, targets, level, &pending_path(state), progress)?;
-            }
-            let state_sub = state_subdir(state);
-            let paths = stages
-                .values()
-                .map(|s| s.path.as_path())
-                .chain([state_sub.as_path()]);
-            fsutil::sync_filesystems(paths)?;
-            #[cfg(feature = "failpoints")]
-            hook.fire(FailAt::Staged)?;
-            Ok(())
+            self.seal_staging(mode, plan, targets, &stages, level, hook, progress)
         })();
         if let Err(e) = staged {
             if !hook.is_crash(&e) {
@@ -459,6 +792,45 @@ impl Session {
             }
             return Err(e);
         }
+        self.swap_and_commit(journal, hook, progress)
+    }
+
+    /// The end of staging: the backup bundle (restore), then one `syncfs`
+    /// per file system.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_staging(
+        &self,
+        mode: Mode,
+        plan: &Plan<'_>,
+        targets: &HashMap<String, PathBuf>,
+        stages: &HashMap<String, Stage>,
+        level: u32,
+        #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))] hook: Hook,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        let state = &self.state_dir;
+        if mode == Mode::Restore {
+            write_backup(plan, targets, level, &pending_path(state), progress)?;
+        }
+        let state_sub = state_subdir(state);
+        let paths = stages
+            .values()
+            .map(|s| s.path.as_path())
+            .chain([state_sub.as_path()]);
+        fsutil::sync_filesystems(paths)?;
+        #[cfg(feature = "failpoints")]
+        hook.fire(FailAt::Staged)?;
+        Ok(())
+    }
+
+    /// Swap under the journal, undo on failure, commit.
+    fn swap_and_commit(
+        &mut self,
+        journal: Journal,
+        hook: Hook,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        let state = &self.state_dir;
         let mut journal = journal;
         journal.phase = JournalPhase::Swapping;
         journal.save(state)?;
@@ -518,32 +890,53 @@ struct Stage {
 fn stage_dirs(targets: &HashMap<String, PathBuf>) -> Result<HashMap<String, Stage>> {
     let mut stages = HashMap::new();
     for (name, root) in targets {
-        let parent = fsutil::parent_of(root);
-        let beside = parent.join(format!("{STAGE_PREFIX}.{name}"));
-        let stage = match std::fs::metadata(root) {
-            Ok(meta) => {
-                let parent_meta =
-                    std::fs::metadata(&parent).map_err(|e| Error::io("inspecting", &parent, e))?;
-                if parent_meta.dev() == meta.dev() {
-                    Stage {
-                        path: beside,
-                        inside: None,
-                    }
-                } else {
-                    Stage {
-                        path: root.join(STAGE_PREFIX),
-                        inside: Some(root.clone()),
-                    }
-                }
-            }
-            Err(_) => Stage {
-                path: beside,
-                inside: None,
-            },
-        };
-        stages.insert(name.clone(), stage);
+        stages.insert(name.clone(), stage_for(name, root)?);
     }
     Ok(stages)
+}
+
+/// Where root `name`, restored at `root`, stages.
+fn stage_for(name: &str, root: &Path) -> Result<Stage> {
+    let parent = fsutil::parent_of(root);
+    let beside = parent.join(format!("{STAGE_PREFIX}.{name}"));
+    Ok(match std::fs::metadata(root) {
+        Ok(meta) => {
+            let parent_meta =
+                std::fs::metadata(&parent).map_err(|e| Error::io("inspecting", &parent, e))?;
+            if parent_meta.dev() == meta.dev() {
+                Stage {
+                    path: beside,
+                    inside: None,
+                }
+            } else {
+                Stage {
+                    path: root.join(STAGE_PREFIX),
+                    inside: Some(root.to_owned()),
+                }
+            }
+        }
+        Err(_) => Stage {
+            path: beside,
+            inside: None,
+        },
+    })
+}
+
+/// Creates a fresh staging directory with its `new` and `old` parts (what an
+/// earlier run left there goes first).
+fn make_stage(stage: &Stage) -> Result<()> {
+    fsutil::remove_tree(&stage.path)?;
+    for sub in [
+        stage.path.clone(),
+        stage.path.join("new"),
+        stage.path.join("old"),
+    ] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&sub)
+            .map_err(|e| Error::io("creating staging directory", &sub, e))?;
+    }
+    Ok(())
 }
 
 /// What the plan does with one entry.
@@ -908,14 +1301,13 @@ fn stage_files(
     chown: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
-    use std::io::Seek;
-    let mut file = &verified.file;
-    file.rewind()
-        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
-    let clone = file
-        .try_clone()
-        .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
-    let mut inflater = crate::inflate::Threaded::spawn(clone.take(verified.body_len), true);
+    let mut inflater = crate::inflate::Body::open(
+        &verified.file,
+        verified.body_len,
+        verified.index.as_ref(),
+        true,
+    )
+    .map_err(|e| Error::io("reading bundle", "<bundle>", e))?;
     let counter = inflater.counter();
     let mut index = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
@@ -984,28 +1376,8 @@ fn stage_files(
                     drop(out);
                     planned.attrs.apply(&staged, false, chown)?;
                 }
-                EntryKind::Symlink => {
-                    let target = planned.entry.link.as_deref().ok_or_else(changed)?;
-                    std::os::unix::fs::symlink(target, &staged)
-                        .map_err(|e| Error::io("staging", &staged, e))?;
-                    planned.attrs.apply(&staged, true, chown)?;
-                }
-                EntryKind::Hardlink => {
-                    let first = planned
-                        .entry
-                        .link
-                        .as_deref()
-                        .and_then(|l| by_path.get(l))
-                        .ok_or_else(changed)?;
-                    let source = match plan.entries.get(*first) {
-                        Some(f) if matches!(f.step, Step::Create | Step::Replace) => {
-                            staged_path(&stage.path, *first)
-                        }
-                        Some(f) => f.target.clone(),
-                        None => return Err(changed()),
-                    };
-                    std::fs::hard_link(&source, &staged)
-                        .map_err(|e| Error::io("staging", &staged, e))?;
+                EntryKind::Symlink | EntryKind::Hardlink => {
+                    stage_link(plan, this, &stage.path, &by_path, chown)?;
                 }
                 EntryKind::Dir => {}
             }
@@ -1015,6 +1387,46 @@ fn stage_files(
     let digest = inflater.finish().map_err(|_| changed())?;
     if index != plan.entries.len() || digest != Some(verified.digest) {
         return Err(changed());
+    }
+    Ok(())
+}
+
+/// Stages the symlink or hard link `i` of the plan (to be created or
+/// replaced) in the staging directory `stage`.
+fn stage_link(
+    plan: &Plan<'_>,
+    i: usize,
+    stage: &Path,
+    by_path: &HashMap<&str, usize>,
+    chown: bool,
+) -> Result<()> {
+    let changed = || Error::corrupt("the bundle changed while it was being restored");
+    let planned = plan.entries.get(i).ok_or_else(changed)?;
+    let staged = staged_path(stage, i);
+    match planned.entry.kind {
+        EntryKind::Symlink => {
+            let target = planned.entry.link.as_deref().ok_or_else(changed)?;
+            std::os::unix::fs::symlink(target, &staged)
+                .map_err(|e| Error::io("staging", &staged, e))?;
+            planned.attrs.apply(&staged, true, chown)?;
+        }
+        EntryKind::Hardlink => {
+            let first = planned
+                .entry
+                .link
+                .as_deref()
+                .and_then(|l| by_path.get(l))
+                .ok_or_else(changed)?;
+            let source = match plan.entries.get(*first) {
+                Some(f) if matches!(f.step, Step::Create | Step::Replace) => {
+                    staged_path(stage, *first)
+                }
+                Some(f) => f.target.clone(),
+                None => return Err(changed()),
+            };
+            std::fs::hard_link(&source, &staged).map_err(|e| Error::io("staging", &staged, e))?;
+        }
+        EntryKind::File | EntryKind::Dir => {}
     }
     Ok(())
 }

@@ -205,6 +205,12 @@ pub fn bundle(seed: &[u8]) -> Generated {
     if c.one_in(8) {
         manifest.remove = vec!["r/keep.conf".to_owned()];
     }
+    // Half the bundles as format version 2 (members with index headers,
+    // restored in one pass), half as version 1 (one serial stream).
+    let indexed = c.one_in(2);
+    if indexed {
+        manifest.version = tandem_bundle::format::FORMAT_VERSION;
+    }
     let json = serde_json::to_vec(&manifest).unwrap_or_default();
     let mut tar = if c.one_in(10) {
         // A pax header before everything.
@@ -222,7 +228,11 @@ pub fn bundle(seed: &[u8]) -> Generated {
     };
     tar.extend_from_slice(&tar_stream(&entries, Some(&json)));
     Generated {
-        bytes: seal(gzip(&tar)),
+        bytes: seal(if indexed {
+            super::indexed_gzip(&tar)
+        } else {
+            gzip(&tar)
+        }),
         entries,
         manifest,
     }

@@ -355,6 +355,27 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// `data` as format version 2 writes it: gzip members of `MEMBER_DATA` bytes
+/// (the last one shorter), each with its index header.
+pub fn indexed_gzip(data: &[u8]) -> Vec<u8> {
+    use tandem_bundle::format::{MEMBER_DATA, MEMBER_HEADER_LEN, member_header};
+    let mut out = Vec::new();
+    for chunk in data.chunks(MEMBER_DATA as usize) {
+        let mut member = vec![0u8; MEMBER_HEADER_LEN];
+        let mut enc = flate2::write::DeflateEncoder::new(member, flate2::Compression::default());
+        enc.write_all(chunk).unwrap();
+        member = enc.finish().unwrap();
+        let mut crc = flate2::Crc::new();
+        crc.update(chunk);
+        member.extend_from_slice(&crc.sum().to_le_bytes());
+        member.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        let header = member_header(member.len() as u32, chunk.len() as u32);
+        member[..MEMBER_HEADER_LEN].copy_from_slice(&header);
+        out.extend_from_slice(&member);
+    }
+    out
+}
+
 /// `body` with a valid tandem trailer: the checksum over the whole is right, so
 /// only the inner checks can refuse it.
 pub fn seal(mut body: Vec<u8>) -> Vec<u8> {
