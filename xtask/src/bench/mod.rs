@@ -12,6 +12,7 @@ mod link;
 mod netif;
 mod replication;
 mod replication_postgres;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,9 @@ pub(crate) struct Args {
     /// Seconds per case of the `link` area (three cases on three link speeds).
     #[arg(long, default_value_t = link::SECONDS)]
     seconds: u64,
+    /// Minutes per system of the `soak` area (fractions allowed: 0.25 is 15 s).
+    #[arg(long, default_value_t = soak::MINUTES as f64)]
+    minutes: f64,
     /// Measure the `link` area in this process and print the measurements as
     /// JSON on stdout, without tables or summary (a debug build runs the
     /// release build this way).
@@ -67,6 +71,10 @@ enum Area {
     /// Committed transactions per second with replication off, async and waiting for
     /// the standby, and replication lag, in the lab (`--backend postgres`: pgbench).
     Replication,
+    /// False failovers and peer-lost alarms under CPU, disk and network stress,
+    /// tandem at its smallest heartbeat beside keepalived at its smallest
+    /// interval, in the lab.
+    Soak,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -86,6 +94,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             (Area::Replication, Backend::Sqlite),
             (Area::Replication, Backend::Postgres),
             (Area::Failover, Backend::Sqlite),
+            (Area::Soak, Backend::Sqlite),
         ],
     };
     let started = std::time::Instant::now();
@@ -108,6 +117,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 replication_postgres::run(),
             ),
             (Area::Replication, Backend::Sqlite) => ("replication", replication::run()),
+            (Area::Soak, _) => (
+                "soak",
+                soak_options(args.minutes).and_then(|o| soak::run(&o)),
+            ),
         };
         match result {
             Ok(mut area_rows) => rows.append(&mut area_rows),
@@ -124,6 +137,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("bench areas failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The soak's options from `--minutes`.
+fn soak_options(minutes: f64) -> anyhow::Result<soak::Options> {
+    if !(minutes.is_finite() && minutes > 0.0 && minutes <= 24.0 * 60.0) {
+        anyhow::bail!("--minutes {minutes}: give a length from above 0 to 1440 minutes");
+    }
+    Ok(soak::Options {
+        length: std::time::Duration::from_secs_f64(minutes * 60.0),
+    })
 }
 
 /// One line of the summary table: a measure of tandem beside its baseline.
