@@ -12,6 +12,8 @@
 //! workers). On tandem's site the holder also runs `failover copy-config-files`
 //! of the bundle bench's tree in a loop, so bundles travel on the peer link
 //! beside the heartbeats. Nothing cuts a cable: every change of holder is false.
+//! The soak ends when the copy under way at the end of `--minutes` finishes, so
+//! tandem's soak can run longer than keepalived's; the table shows both lengths.
 //!
 //! Counted over the soak: false failovers (tandem: the growth of the highest
 //! epoch of the two nodes; keepalived: `Entering MASTER STATE` lines in its
