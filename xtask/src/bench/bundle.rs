@@ -538,6 +538,18 @@ fn build_failover() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The bench tree under `target/bench/bundle-tree/` (generated on first use)
+/// as a `[bundle]` table of its roots, and its number of files: what the
+/// soak's `copy-config-files` loop sends.
+pub(crate) fn bench_bundle() -> anyhow::Result<(tandem_bundle::BundleSpec, u64)> {
+    let tree = crate::bench::output_dir()?.join("bundle-tree");
+    let generated = generate(&tree)?;
+    Ok((
+        crate::site::config::bundle(&tree, &ROOTS, &[]),
+        generated.files,
+    ))
+}
+
 struct Generated {
     files: u64,
     bytes: u64,

@@ -61,7 +61,7 @@ const TAKEOVER_CAP: Duration = Duration::from_secs(30);
 
 /// One system under test at one setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum System {
+pub(crate) enum System {
     /// tandem's agents with this heartbeat interval in milliseconds.
     Tandem(u64),
     /// tandem's agents with this heartbeat and a three-member etcd witness.
@@ -72,7 +72,7 @@ enum System {
 
 impl System {
     /// The heartbeat or advertisement interval in milliseconds.
-    fn interval_ms(self) -> u64 {
+    pub(crate) fn interval_ms(self) -> u64 {
         match self {
             System::Tandem(ms) | System::Witness(ms) => ms,
             System::Keepalived(cs) => cs * 10,
@@ -98,7 +98,7 @@ impl System {
         }
     }
 
-    fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             System::Tandem(200) => "tandem, heartbeat 200 ms (default), 3 missed".into(),
             System::Tandem(ms) => format!("tandem, heartbeat {ms} ms, 3 missed"),
@@ -134,11 +134,11 @@ const SETTINGS: [System; 8] = [
 
 /// The smallest heartbeat measured by default, with the probe settings that fit
 /// it ([`tandem_node::ProbeSection::for_heartbeat`]).
-const SMALLEST_HEARTBEAT_MS: u64 = 20;
+pub(crate) const SMALLEST_HEARTBEAT_MS: u64 = 20;
 
 /// keepalived's smallest `advert_int` measured by default, in centiseconds:
 /// VRRPv3 carries the interval in centiseconds, so 0.01 s is its smallest.
-const SMALLEST_ADVERT_CS: u64 = 1;
+pub(crate) const SMALLEST_ADVERT_CS: u64 = 1;
 
 impl System {
     /// Parses `tandem:<heartbeat ms>` or `keepalived:<advert_int s>`.
@@ -427,7 +427,7 @@ fn summary(
 
 /// The client's probe: a datagram to the shared address every [`PROBE_EVERY`],
 /// answers recorded with the time they arrived and the node that sent them.
-struct Probe {
+pub(crate) struct Probe {
     started: Instant,
     /// `started` on the wall clock, in microseconds since the Unix epoch, to
     /// line up the agents' step records with the client's answers.
@@ -438,7 +438,7 @@ struct Probe {
 }
 
 impl Probe {
-    fn start(lab: &Lab) -> anyhow::Result<Probe> {
+    pub(crate) fn start(lab: &Lab) -> anyhow::Result<Probe> {
         let stop = Arc::new(AtomicBool::new(false));
         let answers: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
         let started = Instant::now();
@@ -459,17 +459,55 @@ impl Probe {
         })
     }
 
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// The first answer of `node` at or after `from`.
-    fn first_from(&self, node: &str, from: Duration) -> Option<Duration> {
+    pub(crate) fn first_from(&self, node: &str, from: Duration) -> Option<Duration> {
         let answers = self.answers.lock().ok()?;
         answers
             .iter()
             .find(|(t, who)| *t >= from && who == node)
             .map(|(t, _)| *t)
+    }
+
+    /// The longest time between two answers (of any node) from `from` to
+    /// `to`, the edges counted as answers: the client's longest outage.
+    pub(crate) fn longest_gap(&self, from: Duration, to: Duration) -> Duration {
+        let Ok(answers) = self.answers.lock() else {
+            return Duration::ZERO;
+        };
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for (t, _) in answers.iter().filter(|(t, _)| *t >= from && *t <= to) {
+            longest = longest.max(t.saturating_sub(last));
+            last = *t;
+        }
+        longest.max(to.saturating_sub(last))
+    }
+
+    /// How often the answering node changed from `from` to `to`, as the
+    /// client saw it.
+    pub(crate) fn sender_changes(&self, from: Duration, to: Duration) -> usize {
+        let Ok(answers) = self.answers.lock() else {
+            return 0;
+        };
+        let mut senders = answers
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|(_, who)| who);
+        let Some(mut last) = senders.next() else {
+            return 0;
+        };
+        let mut changes = 0;
+        for who in senders {
+            if who != last {
+                changes += 1;
+                last = who;
+            }
+        }
+        changes
     }
 
     /// The last answer of any node before `before`.
@@ -482,7 +520,7 @@ impl Probe {
             .map(|(t, _)| *t)
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
@@ -528,13 +566,15 @@ fn client(
 }
 
 /// Two nodes running one system, killed when dropped.
-struct Site<'a> {
+pub(crate) struct Site<'a> {
     lab: &'a Lab,
     bin: &'a Path,
     dir: &'a Path,
     system: System,
     children: Vec<(Host, Child)>,
     witness: Option<tandem_lab::WitnessCluster>,
+    /// The config files `copy-config-files` sends (tandem), if any.
+    bundle: Option<tandem_bundle::BundleSpec>,
 }
 
 impl<'a> Site<'a> {
@@ -544,6 +584,18 @@ impl<'a> Site<'a> {
         dir: &'a Path,
         system: System,
     ) -> anyhow::Result<Site<'a>> {
+        Site::start_with(lab, bin, dir, system, None)
+    }
+
+    /// Starts both nodes; tandem's nodes get `bundle` as their `[bundle]`
+    /// table, for `copy-config-files`.
+    pub(crate) fn start_with(
+        lab: &'a Lab,
+        bin: &'a Path,
+        dir: &'a Path,
+        system: System,
+        bundle: Option<tandem_bundle::BundleSpec>,
+    ) -> anyhow::Result<Site<'a>> {
         let mut site = Site {
             lab,
             bin,
@@ -551,6 +603,7 @@ impl<'a> Site<'a> {
             system,
             children: Vec::new(),
             witness: None,
+            bundle,
         };
         if let System::Witness(_) = system {
             site.witness = Some(lab.start_witness(3).context("starting the etcd witness")?);
@@ -580,6 +633,11 @@ impl<'a> Site<'a> {
             }
         }
         Ok(site)
+    }
+
+    /// The system the site runs.
+    pub(crate) fn system(&self) -> System {
+        self.system
     }
 
     fn paths(&self, host: Host) -> (PathBuf, PathBuf) {
@@ -626,7 +684,7 @@ impl<'a> Site<'a> {
             },
             services: Vec::new(),
             hooks: tandem_node::Hooks::default(),
-            bundle: None,
+            bundle: self.bundle.clone(),
             replication: None,
             peer: Some(crate::site::config::peer(self.dir.join("authkey"))),
             witness: self
@@ -642,7 +700,7 @@ impl<'a> Site<'a> {
         Ok(())
     }
 
-    fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
         let (config, state) = self.paths(host);
         let out = self
             .lab
@@ -726,14 +784,14 @@ impl<'a> Site<'a> {
         Ok(())
     }
 
-    fn holds(&self, host: Host) -> bool {
+    pub(crate) fn holds(&self, host: Host) -> bool {
         self.lab
             .exec(host, "ip", &["-4", "-br", "addr", "show", "dev", "eth0"])
             .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{SHARED_ADDR}/24")))
             .unwrap_or(false)
     }
 
-    fn wait(
+    pub(crate) fn wait(
         &self,
         limit: Duration,
         what: &str,
@@ -754,7 +812,7 @@ impl<'a> Site<'a> {
     }
 
     /// For tandem, waits until both agents report the peer link up.
-    fn wait_peer_link(&self) -> anyhow::Result<()> {
+    pub(crate) fn wait_peer_link(&self) -> anyhow::Result<()> {
         if let System::Keepalived(_) = self.system {
             return Ok(());
         }
@@ -791,7 +849,7 @@ impl<'a> Site<'a> {
     }
 
     /// Waits until exactly one node holds the shared address; returns it.
-    fn wait_one_holder(&self, limit: Duration) -> anyhow::Result<Host> {
+    pub(crate) fn wait_one_holder(&self, limit: Duration) -> anyhow::Result<Host> {
         self.wait(limit, "exactly one node holding the shared address", |s| {
             s.holds(Host::Node1) != s.holds(Host::Node2)
         })?;

@@ -12,6 +12,7 @@ mod link;
 mod netif;
 mod replication;
 mod replication_postgres;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,9 @@ pub(crate) struct Args {
     /// Seconds per case of the `link` area (three cases on three link speeds).
     #[arg(long, default_value_t = link::SECONDS)]
     seconds: u64,
+    /// Minutes per system of the `soak` area (fractions allowed: 0.25 is 15 s).
+    #[arg(long, default_value_t = soak::MINUTES as f64)]
+    minutes: f64,
     /// Measure the `link` area in this process and print the measurements as
     /// JSON on stdout, without tables or summary (a debug build runs the
     /// release build this way).
@@ -77,6 +81,10 @@ enum Area {
     /// Committed transactions per second with replication off, async and waiting for
     /// the standby, and replication lag, in the lab (`--backend postgres`: pgbench).
     Replication,
+    /// False failovers and peer-lost alarms under CPU, disk and network stress,
+    /// tandem at its smallest heartbeat beside keepalived at its smallest
+    /// interval, in the lab.
+    Soak,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -96,6 +104,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             (Area::Replication, Backend::Sqlite),
             (Area::Replication, Backend::Postgres),
             (Area::Failover, Backend::Sqlite),
+            (Area::Soak, Backend::Sqlite),
         ],
     };
     let started = std::time::Instant::now();
@@ -124,6 +133,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     built: args.built.clone(),
                 }),
             ),
+            (Area::Soak, _) => (
+                "soak",
+                soak_options(args.minutes).and_then(|o| soak::run(&o)),
+            ),
         };
         match result {
             Ok(mut area_rows) => rows.append(&mut area_rows),
@@ -140,6 +153,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("bench areas failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The soak's options from `--minutes`.
+fn soak_options(minutes: f64) -> anyhow::Result<soak::Options> {
+    if !(minutes.is_finite() && minutes > 0.0 && minutes <= 24.0 * 60.0) {
+        anyhow::bail!("--minutes {minutes}: give a length from above 0 to 1440 minutes");
+    }
+    Ok(soak::Options {
+        length: std::time::Duration::from_secs_f64(minutes * 60.0),
+    })
 }
 
 /// One line of the summary table: a measure of tandem beside its baseline.
@@ -243,8 +266,18 @@ fn write_summary(rows: &[Row], failed: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names a directory holding already-built `failover` and `mp_replication`
+/// binaries for [`build_release`] to use instead of building release ones (the
+/// tests of the bench areas set it to the debug build).
+pub(crate) const BIN_DIR_ENV: &str = "TANDEM_BENCH_BIN_DIR";
+
 /// Builds the release binaries of `packages` and returns the release directory.
 pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<PathBuf> {
+    // A test of an area runs it with the binaries `cargo test` built, rather
+    // than paying for a release build; its numbers are not figures of record.
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
     let root = crate::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = std::process::Command::new(cargo);
