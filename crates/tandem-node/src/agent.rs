@@ -1207,6 +1207,7 @@ impl Agent {
     /// peer) and answer the tool, with the wait for the peer as the first step.
     async fn take_over(&mut self, mut handover: Handover) {
         let asked = handover.asked;
+        let waited = asked.0.elapsed();
         let mut report = self.node.set_server(Role::Active).await;
         report.steps.insert(
             0,
@@ -1216,7 +1217,7 @@ impl Agent {
                     .1
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                took: asked.0.elapsed(),
+                took: waited,
                 error: None,
             },
         );
