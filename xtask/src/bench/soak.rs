@@ -3,8 +3,7 @@
 //!
 //! Per system, one site of the failover bench in the namespace lab, both nodes
 //! up and linked, for `--minutes` (default [`MINUTES`]):
-//! - tandem's agents at a heartbeat of
-//!   [`SMALLEST_HEARTBEAT_MS`](super::failover::SMALLEST_HEARTBEAT_MS) with the
+//! - tandem's agents at a heartbeat of [`SMALLEST_HEARTBEAT_MS`] with the
 //!   probes that fit it (`ProbeSection::for_heartbeat`);
 //! - keepalived (VRRPv3, unicast) at `advert_int 0.01`.
 //!
