@@ -21,12 +21,12 @@
 //!   result with the isolation check passed, no older than one probe timeout or
 //!   one heartbeat, answers the probe the loss asks for. `failover check` says
 //!   when `[probe]` is too long for the heartbeat to end in time.
-//! - **Watching the shared address.** While active, every heartbeat tick starts
-//!   an ARP probe that listens one probe timeout for other hosts answering for
-//!   the shared address, unless one still runs; its result comes back to the
-//!   loop, which raises a conflict only if the node is still active in the epoch
-//!   the watch began in. (It used to run inside the tick, which blocked the loop
-//!   for a probe timeout out of every heartbeat.)
+//! - **Watching the shared address** is the exception: while active, every
+//!   heartbeat tick listens one probe timeout for other hosts answering for the
+//!   shared address, inside the loop. Run beside the loop it raced the peer
+//!   link's return after a partition (the demo's cable cut), so it stays inline
+//!   until that race is settled; keep `[probe] timeout_ms` short at short
+//!   heartbeats.
 //! - **Announcing again.** After a claim the later announce rounds go out on a
 //!   timer (`announce_interval_ms` apart, and one more 1.5 s later, past Linux's
 //!   neighbour-table lock time), so services start right after the first round;
@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use tandem_core::{AtomicFile, AtomicOptions, FileMode, now_ms};
 use tandem_peer::{Incoming, Link, LinkConfig, LinkEvent, Session, SiteKey};
 use tandem_replication::ReplicationBackend;
-use tandem_role::{Epoch, Event, FenceToken, Isolation, MacAddr, NodeId, ProbeOutcome, Role};
+use tandem_role::{Epoch, Event, FenceToken, Isolation, NodeId, ProbeOutcome, Role};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, watch};
 
@@ -201,9 +201,6 @@ const DATABASE_WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long a tool may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The active node's watch of the shared address, running beside the loop.
-type ConflictWatch = tokio::task::JoinHandle<Result<Vec<MacAddr>, String>>;
-
 /// Runs the agent of the node until `shutdown` completes. `status` receives a
 /// fresh snapshot after every event, for the status page.
 pub async fn run(
@@ -270,9 +267,6 @@ struct Agent {
     probed_ahead_of: Option<tokio::time::Instant>,
     /// The probe ahead of the peer's loss, while it runs.
     ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
-    /// The active node's watch for other hosts answering for the shared
-    /// address, while it runs, with the epoch it was started in.
-    conflict_watch: Option<(Epoch, ConflictWatch)>,
     /// The `copy-config-files` waiting for the peer's [`PeerMessage::BundleKept`].
     bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
     /// The id of the last bundle sent.
@@ -365,7 +359,6 @@ impl Agent {
             published_tick: Instant::now(),
             probed_ahead_of: None,
             ahead: None,
-            conflict_watch: None,
             bundle_waiter: None,
             bundle_sent: 0,
             switch_waiters: std::collections::HashMap::new(),
@@ -520,14 +513,9 @@ impl Agent {
                     log_report("deferred probe", &report);
                     self.after(&report).await;
                 }
-                watched = wait_some(self.conflict_watch.as_mut().map(|(_, task)| task)) => {
-                    if let Some((epoch, _)) = self.conflict_watch.take() {
-                        self.conflict_watched(epoch, watched).await;
-                    }
-                }
                 _ = watch.tick() => {
                     self.watch_lost_peer().await;
-                    self.watch_shared_address();
+                    self.watch_shared_address().await;
                     self.watch_database().await;
                     self.clear_alarms().await;
                     // Whatever the role, at least once a second: a standby's
@@ -979,42 +967,24 @@ impl Agent {
         }
     }
 
-    /// While active, starts a watch for another MAC answering ARP for the shared
-    /// address, unless one runs: it listens for a probe timeout beside the loop,
-    /// which hears the result in [`conflict_watched`](Self::conflict_watched).
-    fn watch_shared_address(&mut self) {
-        let state = self.node.state();
-        if state.role != Role::Active || self.conflict_watch.is_some() {
+    /// While active, another MAC answering ARP for the shared address is a
+    /// conflict. It listens one probe timeout inside the tick: run beside the
+    /// loop, it raced the peer link's return after a partition (the newer holder
+    /// yielded to the conflict before the claims could be compared), so it stays
+    /// here until that race is settled.
+    async fn watch_shared_address(&mut self) {
+        if self.node.state().role != Role::Active {
             return;
         }
-        let epoch = state.epoch;
-        self.conflict_watch = Some((epoch, tokio::spawn(self.node.conflict_watch())));
-    }
-
-    /// Another MAC answering for the shared address is a conflict, if this node
-    /// is still active in the epoch the watch started in (an answer heard across
-    /// a release and a new claim may be the peer's, from before).
-    async fn conflict_watched(
-        &mut self,
-        epoch: Epoch,
-        watched: Result<Result<Vec<MacAddr>, String>, tokio::task::JoinError>,
-    ) {
-        let state = self.node.state();
-        if state.role != Role::Active || state.epoch != epoch {
-            return;
-        }
-        match watched {
-            Ok(Ok(macs)) => {
+        match self.node.conflicting_macs().await {
+            Ok(macs) => {
                 if let Some(mac) = macs.first() {
                     self.conflict_seen = Some(Instant::now());
                     tracing::warn!(%mac, "another host answers for the shared address");
                     self.event(Event::AddressConflict { mac: *mac }).await;
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot watch the shared address"),
-            Err(e) => {
-                tracing::warn!(error = %e, "the watch of the shared address ended abnormally")
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the shared address"),
         }
     }
 
