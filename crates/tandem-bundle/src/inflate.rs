@@ -135,6 +135,18 @@ impl Threaded {
     }
 }
 
+/// Copies what is left of `chunk` from `*pos` into `buf`, as much as fits, and
+/// moves `*pos` past it: how a reader hands out a block it decoded whole.
+pub(crate) fn copy_out(chunk: &[u8], pos: &mut usize, buf: &mut [u8]) -> usize {
+    let rest = chunk.get(*pos..).unwrap_or_default();
+    let n = rest.len().min(buf.len());
+    if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    *pos += n;
+    n
+}
+
 impl Read for Threaded {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.chunk.len() {
@@ -148,13 +160,7 @@ impl Read for Threaded {
                 Err(_) => return Ok(0),
             }
         }
-        let rest = self.chunk.get(self.pos..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.pos += n;
-        Ok(n)
+        Ok(copy_out(&self.chunk, &mut self.pos, buf))
     }
 }
 

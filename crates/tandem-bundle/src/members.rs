@@ -384,13 +384,7 @@ impl Read for Parallel {
             self.chunk = inflated.data;
             self.pos = 0;
         }
-        let rest = self.chunk.get(self.pos..).unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
-            dst.copy_from_slice(src);
-        }
-        self.pos += n;
-        Ok(n)
+        Ok(crate::inflate::copy_out(&self.chunk, &mut self.pos, buf))
     }
 }
 

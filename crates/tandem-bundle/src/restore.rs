@@ -458,12 +458,7 @@ fn restore_streamed(
         streaming.journal = journal.clone();
         // Every file was staged; keep those the plan puts in place, with
         // their attributes, and add the links.
-        let by_path: HashMap<&str, usize> = plan
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.entry.path.as_str(), i))
-            .collect();
+        let by_path = plan.index_by_path();
         for (i, p) in plan.entries.iter().enumerate() {
             let root = p.entry.path.split('/').next().unwrap_or_default();
             let Some(stage) = streaming.stages.get(root) else {
@@ -974,6 +969,17 @@ struct Plan<'a> {
     removals: Vec<Removal>,
 }
 
+impl Plan<'_> {
+    /// Where each path stands in [`Plan::entries`].
+    fn index_by_path(&self) -> HashMap<&str, usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.entry.path.as_str(), i))
+            .collect()
+    }
+}
+
 impl<'a> Plan<'a> {
     fn build(
         entries: &'a [ManifestEntry],
@@ -1317,12 +1323,7 @@ fn stage_files(
         max_ratio: u64::MAX,
         ratio_grace_bytes: 0,
     };
-    let by_path: HashMap<&str, usize> = plan
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.entry.path.as_str(), i))
-        .collect();
+    let by_path = plan.index_by_path();
     let changed = || Error::corrupt("the bundle changed while it was being restored");
     scan(
         &mut inflater,

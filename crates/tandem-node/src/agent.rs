@@ -1181,15 +1181,7 @@ impl Agent {
         let mut report = self.node.set_server(Role::Active).await;
         report.steps.insert(
             0,
-            crate::StepRecord {
-                action: "peer-stood-down".to_owned(),
-                started_us: asked
-                    .1
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                took: waited,
-                error: None,
-            },
+            crate::StepRecord::new("peer-stood-down".to_owned(), asked.1, waited),
         );
         self.operator_done(&report);
         self.after(&report).await;

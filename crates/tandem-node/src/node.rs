@@ -107,6 +107,16 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// A step that started at `started_at` (the wall clock) and took `took`.
+    pub fn new(action: String, started_at: SystemTime, took: Duration) -> StepRecord {
+        StepRecord {
+            action,
+            started_us: unix_us(started_at),
+            took,
+            error: None,
+        }
+    }
+
     /// A step that started at `started` (the monotonic clock), recorded now.
     fn since(action: String, started: StepStart, error: Option<String>) -> StepRecord {
         StepRecord {
@@ -129,11 +139,15 @@ impl StepStart {
     fn now() -> StepStart {
         StepStart {
             at: Instant::now(),
-            wall_us: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            wall_us: unix_us(SystemTime::now()),
         }
     }
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+fn unix_us(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Report {
@@ -740,34 +754,21 @@ impl Node {
     /// Looks for other hosts answering ARP for the shared address while this node
     /// holds it: the MAC addresses of every other answer (empty when none).
     pub async fn conflicting_macs(&self) -> Result<Vec<MacAddr>, String> {
-        self.conflict_watch().await
-    }
-
-    /// [`conflicting_macs`](Self::conflicting_macs) as a future that borrows
-    /// nothing from the node, for the agent to run beside its loop: it listens
-    /// for one probe timeout, and the loop must not wait that long on every tick.
-    pub fn conflict_watch(
-        &self,
-    ) -> impl Future<Output = Result<Vec<MacAddr>, String>> + Send + 'static {
         let net = &self.config.network;
-        let interface = net.interface.clone();
-        let shared = net.shared_address.addr();
-        let config = ProbeConfig {
+        let std::net::IpAddr::V4(shared) = net.shared_address.addr() else {
+            return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
+        };
+        let prober = Prober::new(ProbeConfig {
             collect: Collect::All,
             retries: 0,
             ..self.prober.config()
-        };
-        async move {
-            let std::net::IpAddr::V4(shared) = shared else {
-                return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
-            };
-            let prober = Prober::new(config).map_err(|e| e.to_string())?;
-            let outcome = prober
-                .arp(&interface, shared)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(outcome.macs())
-        }
+        })
+        .map_err(|e| e.to_string())?;
+        let outcome = prober
+            .arp(&net.interface, shared)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(outcome.macs())
     }
 
     /// Whether this node's interface holds the shared address now.

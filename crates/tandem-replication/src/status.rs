@@ -549,15 +549,7 @@ Database: writable (active) on this node, read-only (standby) on the remote node
 
     #[test]
     fn states_round_trip_their_words() {
-        for s in [
-            ReplicationState::Initialized,
-            ReplicationState::Active,
-            ReplicationState::Off,
-            ReplicationState::Syncing,
-            ReplicationState::Suspended,
-            ReplicationState::Failed,
-            ReplicationState::Unknown,
-        ] {
+        for s in ReplicationState::ALL {
             assert_eq!(ReplicationState::parse(s.as_str()), Some(s));
         }
         assert_eq!(ReplicationState::parse("on"), None);

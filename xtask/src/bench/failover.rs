@@ -1201,22 +1201,13 @@ struct Timeline {
 impl Timeline {
     /// Adds the steps of one tool's report; `who` tells the two nodes apart.
     fn add(&mut self, who: &str, report_json: &str, outage_began_us: u64) {
-        let Ok(report) = serde_json::from_str::<serde_json::Value>(report_json) else {
+        let Ok(report) = serde_json::from_str::<tandem_node::Report>(report_json) else {
             return;
         };
-        let Some(steps) = report["steps"].as_array() else {
-            return;
-        };
-        for step in steps {
-            let (Some(action), Some(started_us)) =
-                (step["action"].as_str(), step["started_us"].as_u64())
-            else {
-                continue;
-            };
-            let took = step["took"]["secs"].as_f64().unwrap_or(0.0) * 1000.0
-                + step["took"]["nanos"].as_f64().unwrap_or(0.0) / 1e6;
-            let start = (started_us as f64 - outage_began_us as f64) / 1000.0;
-            self.push(format!("{who}: {}", step_name(action)), start, took);
+        for step in report.steps {
+            let start = (step.started_us as f64 - outage_began_us as f64) / 1000.0;
+            let took = step.took.as_secs_f64() * 1000.0;
+            self.push(format!("{who}: {}", step_name(&step.action)), start, took);
         }
     }
 
