@@ -315,7 +315,11 @@ impl Agent {
         let port = peer_port(&config);
         let peer_config = tandem_peer::Config::new(key.clone(), config.node.id)
             .with_heartbeat_interval(Duration::from_millis(failover.heartbeat_ms))
-            .with_missed_heartbeats(failover.missed_heartbeats);
+            .with_missed_heartbeats(failover.missed_heartbeats)
+            .with_liveness_priority(failover.realtime_priority);
+        if failover.lock_memory {
+            lock_memory();
+        }
         let link = Link::start(LinkConfig::new(
             peer_config,
             SocketAddr::new(config.network.node_address.addr(), port),
@@ -1254,6 +1258,10 @@ impl Agent {
                     .as_ref()
                     .and_then(Session::clock_offset)
                     .map(|o| o.offset_micros as f64 / 1000.0),
+                datagrams: self
+                    .session
+                    .as_ref()
+                    .is_some_and(Session::datagram_liveness),
             },
             replication: self.replication.as_ref().map(crate::replication_status),
             alarms: self.alarms.active().to_vec(),
@@ -1594,6 +1602,18 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// The peer link's port: `[peer] port` in the node config, else the default.
+/// Locks the agent's memory, now and to come (`[failover] lock_memory`); a failure
+/// is logged, not fatal: the node still works, only without that protection.
+fn lock_memory() {
+    use nix::sys::mman::{MlockAllFlags, mlockall};
+    match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        Ok(()) => tracing::info!("the agent's memory is locked (lock_memory)"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lock the agent's memory (lock_memory needs CAP_IPC_LOCK or a large enough RLIMIT_MEMLOCK); going on without")
+        }
+    }
+}
+
 fn peer_port(config: &NodeConfig) -> u16 {
     config
         .peer

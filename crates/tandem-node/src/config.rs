@@ -198,6 +198,14 @@ pub struct FailoverSection {
     /// (the seed's restriction on database size); off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_size_alarm_mb: Option<u64>,
+    /// Real-time (`SCHED_FIFO`) priority of the thread that sends and judges the
+    /// heartbeat datagrams, 1-99; 0 (the default) leaves normal scheduling. Like
+    /// keepalived's `vrrp_rt_priority`: under CPU load the heartbeats still go out
+    /// on time, so a busy node is not taken for a dead one.
+    pub realtime_priority: u8,
+    /// Lock the agent's memory (`mlockall`), like keepalived's `vrrp_no_swap`, so
+    /// that a node short of memory does not page out the heartbeat path.
+    pub lock_memory: bool,
 }
 
 impl Default for FailoverSection {
@@ -210,6 +218,8 @@ impl Default for FailoverSection {
             announce_count: 3,
             announce_interval_ms: 100,
             database_size_alarm_mb: None,
+            realtime_priority: 0,
+            lock_memory: false,
         }
     }
 }
@@ -636,6 +646,16 @@ impl NodeConfig {
             return Err((
                 "failover",
                 "heartbeat_ms and missed_heartbeats must be at least 1".to_string(),
+            ));
+        }
+        if self.failover.realtime_priority > 99 {
+            return Err((
+                "failover.realtime_priority",
+                format!(
+                    "{} is not a SCHED_FIFO priority: use 1-99 (keepalived's vrrp_rt_priority \
+                     range), or 0 for normal scheduling",
+                    self.failover.realtime_priority
+                ),
             ));
         }
         if self.hooks.timeout_ms == 0 {

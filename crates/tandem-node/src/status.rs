@@ -104,6 +104,10 @@ pub struct PeerStatus {
     pub claim_epoch: Option<u64>,
     /// Peer clock minus local clock, in milliseconds, when measured.
     pub clock_offset_ms: Option<f64>,
+    /// Whether the peer's heartbeat datagrams carry the link's liveness (false:
+    /// the TCP stream alone does, for example while UDP is blocked).
+    #[serde(default)]
+    pub datagrams: bool,
 }
 
 /// Replication as shown on the status page: the seed's two-column table.
@@ -187,6 +191,7 @@ impl StatusSnapshot {
             shared_address: config.network.shared_address.to_string(),
             holds_shared_address: false,
             peer: PeerStatus {
+                datagrams: false,
                 address: config.network.peer_address.to_string(),
                 connected: false,
                 claim_epoch: None,
@@ -227,6 +232,7 @@ mod tests {
             shared_address: "192.0.2.10/24".into(),
             holds_shared_address: role == Role::Active,
             peer: PeerStatus {
+                datagrams: false,
                 address: "192.0.2.12".into(),
                 connected: false,
                 claim_epoch: None,

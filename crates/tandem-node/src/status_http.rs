@@ -1048,6 +1048,7 @@ mod tests {
             shared_address: "192.0.2.10/24".into(),
             holds_shared_address: true,
             peer: PeerStatus {
+                datagrams: false,
                 address: "192.0.2.12".into(),
                 connected: true,
                 claim_epoch: Some(6),
@@ -1099,6 +1100,7 @@ mod tests {
             shared_address: "192.0.2.10/24".into(),
             holds_shared_address: false,
             peer: PeerStatus {
+                datagrams: false,
                 address: "192.0.2.11".into(),
                 connected: false,
                 claim_epoch: None,
@@ -1440,7 +1442,8 @@ tandem_uptime_seconds{node="1",site="1"} 3725
     "address": "192.0.2.11",
     "connected": false,
     "claim_epoch": null,
-    "clock_offset_ms": null
+    "clock_offset_ms": null,
+    "datagrams": false
   },
   "replication": null,
   "alarms": [],
@@ -1605,6 +1608,7 @@ tandem_uptime_seconds{node="1",site="1"} 3725
             shared_address: "192.0.2.10/24".into(),
             holds_shared_address: false,
             peer: PeerStatus {
+                datagrams: false,
                 address: "192.0.2.12".into(),
                 connected: false,
                 claim_epoch: None,

@@ -39,6 +39,7 @@ fn standby() -> StatusSnapshot {
         shared_address: "192.0.2.10/24".into(),
         holds_shared_address: false,
         peer: PeerStatus {
+            datagrams: false,
             address: "192.0.2.11".into(),
             connected: true,
             claim_epoch: Some(4),

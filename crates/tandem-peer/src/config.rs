@@ -19,6 +19,7 @@ pub struct Config {
     pub(crate) missed_heartbeats: u32,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_message_len: usize,
+    pub(crate) liveness_priority: Option<u8>,
 }
 
 impl Config {
@@ -32,6 +33,7 @@ impl Config {
             missed_heartbeats: 3,
             handshake_timeout: Duration::from_secs(5),
             max_message_len: 16 << 20,
+            liveness_priority: None,
         }
     }
 
@@ -60,6 +62,20 @@ impl Config {
     pub fn with_max_message_len(mut self, len: usize) -> Config {
         self.max_message_len = len;
         self
+    }
+
+    /// Runs a [`Link`](crate::Link)'s liveness thread (its heartbeat datagrams, see
+    /// the crate docs) under `SCHED_FIFO` at `priority` (1-99; 0 leaves the normal
+    /// scheduling), like keepalived's `vrrp_rt_priority`. Needs `CAP_SYS_NICE`
+    /// (root); without it the thread logs a warning and runs at normal priority.
+    pub fn with_liveness_priority(mut self, priority: u8) -> Config {
+        self.liveness_priority = (priority > 0).then_some(priority.min(99));
+        self
+    }
+
+    /// The liveness thread's real-time priority, if any.
+    pub fn liveness_priority(&self) -> Option<u8> {
+        self.liveness_priority
     }
 
     /// This node's id.

@@ -48,6 +48,8 @@ pub(crate) struct Established {
     pub(crate) clock: ClockTracker,
     pub(crate) send_nonce: u64,
     pub(crate) recv_nonce: u64,
+    /// The Noise handshake hash: the same on both ends, different for every session.
+    pub(crate) handshake_hash: Vec<u8>,
 }
 
 impl std::fmt::Debug for Established {
@@ -234,6 +236,7 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     let n = hs.read_message(&buf, &mut msg).map_err(decrypt_error)?;
     let peer = Hello::decode(msg.get(..n).unwrap_or_default())?;
     clock.received(peer.stamps, rx);
+    let handshake_hash = hs.get_handshake_hash().to_vec();
     let transport = hs.into_stateless_transport_mode().map_err(noise)?;
 
     let confirm = Body::Confirm(clock.outgoing(now_micros()))
@@ -248,6 +251,7 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
         clock,
         send_nonce: 1,
         recv_nonce: 0,
+        handshake_hash,
     })
 }
 
@@ -293,6 +297,7 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         .write_message(&hello(config, &clock).encode(), &mut msg)
         .map_err(noise)?;
     write_handshake_frame(stream, msg.get(..n).unwrap_or_default()).await?;
+    let handshake_hash = hs.get_handshake_hash().to_vec();
     let transport = hs.into_stateless_transport_mode().map_err(noise)?;
 
     match read_frame(stream, &mut buf).await {
@@ -319,6 +324,7 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         clock,
         send_nonce: 0,
         recv_nonce: 1,
+        handshake_hash,
     })
 }
 

@@ -14,7 +14,14 @@
 //!   ([`Session::clock_offset`]);
 //! - a supervised [`Link`] that keeps one session with the peer up: the node with the
 //!   lower node id dials (redialing with capped exponential backoff), the other listens,
-//!   and [`LinkEvent::PeerUp`] / [`LinkEvent::PeerLost`] report liveness.
+//!   and [`LinkEvent::PeerUp`] / [`LinkEvent::PeerLost`] report liveness;
+//! - beside a link's TCP stream, **heartbeat datagrams** on UDP (same address and
+//!   port), sent and judged by a thread of their own that bulk data on the stream, a
+//!   busy runtime or a slow disk cannot delay, optionally at real-time priority
+//!   ([`Config::with_liveness_priority`]); each is authenticated under a key of its
+//!   session and numbered against replays, and the peer is lost after it missed its
+//!   intervals, counted at this node's ticks ([`Session::datagram_liveness`] says
+//!   whether they carry a session; a peer that sends none is judged by the stream).
 //!
 //! Security: `Noise_NNpsk0_25519_ChaChaPoly_SHA256` with the site key as the PSK (see the
 //! handshake notes in the source). A peer without the key gets no answer and no session;
@@ -93,6 +100,7 @@ mod handshake;
 mod key;
 mod link;
 mod listener;
+mod liveness;
 mod ratelog;
 mod section;
 mod session;

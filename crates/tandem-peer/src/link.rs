@@ -9,6 +9,11 @@
 //! newest authenticated connection from the peer node: if a new one arrives while a
 //! session is up, the old one was half-open (the dialer already saw it fail) and is
 //! closed.
+//!
+//! Both sides also bind UDP on their address and the link's port and hand every new
+//! session to a liveness thread ([`crate::liveness`]), which sends and judges
+//! heartbeat datagrams beside the TCP stream. If the UDP port cannot be bound the
+//! link says so once and judges liveness by the TCP stream alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::error::{CloseReason, Error, Result, chain};
 use crate::listener::{Listener, dial, dial_from};
+use crate::liveness::{Liveness, LivenessSettings, Watch};
 use crate::session::{Session, Shared};
 
 /// Link events waiting for [`Link::next_event`].
@@ -88,6 +94,7 @@ pub struct LinkConfig {
     peer_addr: SocketAddr,
     peer_node: NodeId,
     backoff: Backoff,
+    datagrams: bool,
 }
 
 impl LinkConfig {
@@ -106,7 +113,16 @@ impl LinkConfig {
             peer_addr,
             peer_node,
             backoff: Backoff::default(),
+            datagrams: true,
         }
+    }
+
+    /// Whether the link also sends and judges heartbeat datagrams on UDP, on the
+    /// same address and port as its TCP side, from a thread of its own (on by
+    /// default; see the crate docs). Off, liveness rests on the TCP stream alone.
+    pub fn with_datagram_liveness(mut self, on: bool) -> LinkConfig {
+        self.datagrams = on;
+        self
     }
 
     /// Sets the redial backoff.
@@ -156,6 +172,7 @@ pub enum LinkEvent {
 pub struct Link {
     role: LinkRole,
     listen_addr: Option<SocketAddr>,
+    datagram_addr: Option<SocketAddr>,
     events: mpsc::Receiver<LinkEvent>,
     task: JoinHandle<()>,
 }
@@ -172,8 +189,15 @@ impl Link {
     pub async fn start(config: LinkConfig) -> Result<Link> {
         let role = config.role()?;
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        let (task, listen_addr) = match role {
-            LinkRole::Dial => (tokio::spawn(dial_loop(config, tx)), None),
+        let (task, listen_addr, liveness) = match role {
+            LinkRole::Dial => {
+                let liveness = start_liveness(&config, config.local_addr);
+                (
+                    tokio::spawn(dial_loop(config, tx, liveness.clone())),
+                    None,
+                    liveness,
+                )
+            }
             LinkRole::Listen => {
                 let listener = Listener::bind_for_peer(
                     config.local_addr,
@@ -182,12 +206,15 @@ impl Link {
                 )
                 .await?;
                 let addr = listener.local_addr();
-                (tokio::spawn(listen_loop(listener, config, tx)), Some(addr))
+                let liveness = start_liveness(&config, addr);
+                let task = tokio::spawn(listen_loop(listener, config, tx, liveness.clone()));
+                (task, Some(addr), liveness)
             }
         };
         Ok(Link {
             role,
             listen_addr,
+            datagram_addr: liveness.as_ref().map(|l| l.local_addr()),
             events,
             task,
         })
@@ -207,9 +234,53 @@ impl Link {
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
     }
+
+    /// The UDP address the heartbeat datagrams are sent from and read on; `None`
+    /// when the link judges liveness by its TCP stream alone.
+    pub fn datagram_addr(&self) -> Option<SocketAddr> {
+        self.datagram_addr
+    }
 }
 
-async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
+/// Binds the link's UDP side on `local` (the TCP side's address and port) and starts
+/// its liveness thread; `None` (said once) if that cannot be done.
+fn start_liveness(config: &LinkConfig, local: SocketAddr) -> Option<Arc<Liveness>> {
+    if !config.datagrams {
+        return None;
+    }
+    let settings = LivenessSettings {
+        node: config.config.node_id.get(),
+        interval: config.config.heartbeat_interval,
+        missed: config.config.missed_heartbeats,
+        priority: config.config.liveness_priority,
+    };
+    match Liveness::start(local, config.peer_addr, settings) {
+        Ok(liveness) => Some(Arc::new(liveness)),
+        Err(e) => {
+            warn!(%local, error = %e, "cannot bind the heartbeat datagrams' UDP port; the peer link's liveness rests on its TCP stream alone");
+            None
+        }
+    }
+}
+
+/// Hands a new session to the liveness thread.
+fn watch(liveness: Option<&Arc<Liveness>>, session: &Session) {
+    if let Some(liveness) = liveness {
+        let shared = session.shared();
+        liveness.watch(Watch {
+            peer_node: shared.peer_node().get(),
+            peer_interval: shared.peer_interval(),
+            keys: shared.datagram_keys().clone(),
+            shared,
+        });
+    }
+}
+
+async fn dial_loop(
+    config: LinkConfig,
+    tx: mpsc::Sender<LinkEvent>,
+    liveness: Option<Arc<Liveness>>,
+) {
     let source = Some(config.local_addr.ip()).filter(|ip| !ip.is_unspecified());
     let mut failures = 0u32;
     // Sessions that end soon after they start (a peer that accepts and then hangs up)
@@ -237,6 +308,7 @@ async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
                 failures = 0;
                 let up_since = tokio::time::Instant::now();
                 let shared = session.shared();
+                watch(liveness.as_ref(), &session);
                 info!(peer = %config.peer_addr, node = config.peer_node.get(), "peer up");
                 if tx.send(LinkEvent::PeerUp(session)).await.is_err() {
                     return;
@@ -273,7 +345,12 @@ async fn dial_loop(config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
     }
 }
 
-async fn listen_loop(mut listener: Listener, config: LinkConfig, tx: mpsc::Sender<LinkEvent>) {
+async fn listen_loop(
+    mut listener: Listener,
+    config: LinkConfig,
+    tx: mpsc::Sender<LinkEvent>,
+    liveness: Option<Arc<Liveness>>,
+) {
     let mut current: Option<Arc<Shared>> = None;
     loop {
         let watched = current.clone();
@@ -305,6 +382,7 @@ async fn listen_loop(mut listener: Listener, config: LinkConfig, tx: mpsc::Sende
                         }
                     }
                     current = Some(session.shared());
+                    watch(liveness.as_ref(), &session);
                     info!(peer = %session.peer_addr(), node = config.peer_node.get(), "peer up");
                     LinkEvent::PeerUp(session)
                 }

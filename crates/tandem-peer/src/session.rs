@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::envelope::{Conversation, EnvelopeError};
 use crate::error::{CloseReason, Error, Result};
 use crate::frame::MAX_FRAME_LEN;
 use crate::handshake::{Established, ReadError, read_frame, seal};
+use crate::liveness::{DatagramKeys, TCP_BACKSTOP_FACTOR, TCP_BACKSTOP_MIN};
 
 /// Messages queued for the writer (each up to `max_message_len` bytes).
 const OUTBOUND_QUEUE: usize = 8;
@@ -51,6 +53,13 @@ pub(crate) struct Shared {
     silence: Duration,
     peer_addr: SocketAddr,
     peer_node: NodeId,
+    /// The peer's heartbeat interval, as it announced it.
+    peer_interval: Duration,
+    /// The keys of this session's heartbeat datagrams.
+    datagram_keys: DatagramKeys,
+    /// Whether the peer's heartbeat datagrams carry this session's liveness (see
+    /// [`crate::liveness`]): the TCP stream is then judged by a longer backstop.
+    datagrams: AtomicBool,
 }
 
 impl Shared {
@@ -91,6 +100,41 @@ impl Shared {
 
     fn heard(&self) -> MutexGuard<'_, Instant> {
         self.heard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A genuine heartbeat datagram of this session arrived at `at`.
+    pub(crate) fn heard_datagram(&self, at: std::time::Instant) {
+        self.datagrams.store(true, Ordering::Release);
+        let at = Instant::from_std(at);
+        let mut heard = self.heard();
+        if *heard < at {
+            *heard = at;
+        }
+    }
+
+    /// Whether the peer's datagrams carry this session's liveness.
+    fn datagrams(&self) -> bool {
+        self.datagrams.load(Ordering::Acquire)
+    }
+
+    /// The peer's address on the TCP stream.
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The peer's node id.
+    pub(crate) fn peer_node(&self) -> NodeId {
+        self.peer_node
+    }
+
+    /// The peer's announced heartbeat interval.
+    pub(crate) fn peer_interval(&self) -> Duration {
+        self.peer_interval
+    }
+
+    /// The keys of this session's heartbeat datagrams.
+    pub(crate) fn datagram_keys(&self) -> &DatagramKeys {
+        &self.datagram_keys
     }
 
     fn clock(&self) -> MutexGuard<'_, ClockTracker> {
@@ -293,6 +337,7 @@ impl Session {
             clock,
             send_nonce,
             recv_nonce,
+            handshake_hash,
         } = established;
         let peer_interval =
             Duration::from_millis(u64::from(peer.heartbeat_ms.clamp(1, MAX_PEER_HEARTBEAT_MS)));
@@ -306,6 +351,9 @@ impl Session {
             silence,
             peer_addr,
             peer_node: peer.node_id,
+            peer_interval,
+            datagram_keys: DatagramKeys::derive(&config.key, &handshake_hash),
+            datagrams: AtomicBool::new(false),
         });
         let transport = Arc::new(transport);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -522,7 +570,14 @@ impl Session {
         self.inner.peer_max_message_len
     }
 
-    /// When a frame (a heartbeat or anything else) last arrived from the peer.
+    /// Whether the peer's heartbeat datagrams carry this session's liveness (a
+    /// [`Link`](crate::Link)'s sessions, once the peer's first genuine datagram
+    /// arrived); otherwise the TCP stream's frames alone do.
+    pub fn datagram_liveness(&self) -> bool {
+        self.inner.shared.datagrams()
+    }
+
+    /// When anything (a frame, a heartbeat datagram) last arrived from the peer.
     pub fn last_heard(&self) -> Instant {
         *self.inner.shared.heard()
     }
@@ -599,16 +654,18 @@ impl Writer {
             let step = tokio::select! {
                 biased;
                 _ = wait_closed(&mut closed) => return,
+                // A due heartbeat goes before queued messages and blob pieces, which
+                // would otherwise starve it for as long as a bundle takes.
+                _ = ticker.tick() => {
+                    let stamps = self.shared.clock().outgoing(now_micros());
+                    self.body(&Body::Heartbeat(stamps)).await
+                }
                 item = out_rx.recv() => match item {
                     Some(Outbound::Message(m)) => self.message(&m).await,
                     Some(Outbound::Body(b)) => self.write_plain(&b).await,
                     Some(Outbound::Close(reason)) => break reason,
                     None => break "the application dropped the session".to_owned(),
                 },
-                _ = ticker.tick() => {
-                    let stamps = self.shared.clock().outgoing(now_micros());
-                    self.body(&Body::Heartbeat(stamps)).await
-                }
             };
             if let Err(reason) = step {
                 self.shared.close(reason);
@@ -701,19 +758,41 @@ impl Reader {
         let mut plain = vec![0u8; MAX_FRAME_LEN];
         let mut message: Option<(usize, Vec<u8>)> = None;
         let mut blob: Option<BlobIn> = None;
+        // Once the peer's datagrams carry liveness, the stream only has to show life
+        // within the backstop (a wedged stream still ends the session).
+        let backstop = self
+            .silence
+            .saturating_mul(TCP_BACKSTOP_FACTOR)
+            .max(TCP_BACKSTOP_MIN)
+            .min(MAX_SILENCE);
+        let mut last_frame = Instant::now();
         loop {
-            let deadline = Instant::now() + self.silence;
+            let limit = if self.shared.datagrams() {
+                backstop
+            } else {
+                self.silence
+            };
             let read = tokio::select! {
                 biased;
                 _ = wait_closed(&mut closed) => return Err(None),
                 _ = self.in_tx.closed() => return Err(self.app_gone().await),
                 read = read_frame(&mut self.rd, &mut cipher) => read,
-                _ = tokio::time::sleep_until(deadline) => {
-                    return stop(CloseReason::PeerLost { silence: self.silence, missed: self.missed });
+                _ = tokio::time::sleep_until(last_frame + limit) => {
+                    if self.shared.datagrams() && last_frame.elapsed() < backstop {
+                        // The datagrams began to carry liveness meanwhile.
+                        continue;
+                    }
+                    return stop(CloseReason::PeerLost { silence: last_frame.elapsed(), missed: self.missed });
                 }
             };
             match read {
-                Ok(true) => *self.shared.heard() = Instant::now(),
+                Ok(true) => {
+                    last_frame = Instant::now();
+                    let mut heard = self.shared.heard();
+                    if *heard < last_frame {
+                        *heard = last_frame;
+                    }
+                }
                 Ok(false) => return stop(CloseReason::ConnectionEnded),
                 Err(ReadError::Frame(e)) => return stop(CloseReason::Frame(e)),
                 Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

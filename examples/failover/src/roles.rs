@@ -274,10 +274,10 @@ fn print_snapshot(s: &StatusSnapshot) {
     println!(
         "  peer {}: {}{}",
         peer.address,
-        if peer.connected {
-            "connected"
-        } else {
-            "not connected"
+        match (peer.connected, peer.datagrams) {
+            (true, true) => "connected (heartbeats by datagram)",
+            (true, false) => "connected (heartbeats on the TCP stream only)",
+            (false, _) => "not connected",
         },
         peer.clock_offset_ms
             .map(|o| format!(", clock offset {o:.1} ms"))

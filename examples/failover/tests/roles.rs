@@ -375,12 +375,16 @@ fn site_with_agents(hosts: [&str; 2]) -> (Site, PathBuf, Agent, Agent, NetnsHost
     }
     let agent1 = start_agent(&site, Host::Node1, &key);
     let agent2 = start_agent(&site, Host::Node2, &key);
+    // Connected, with the clocks compared and the heartbeat datagrams flowing
+    // between the node addresses (the lab blocks nothing).
     wait_until("both agents connected", || {
         [Host::Node1, Host::Node2].iter().all(|h| {
             let out = site.failover(*h, &["status", "--json"]);
             out.status.success()
                 && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|s| {
-                    s["peer"]["connected"] == true && !s["peer"]["clock_offset_ms"].is_null()
+                    s["peer"]["connected"] == true
+                        && !s["peer"]["clock_offset_ms"].is_null()
+                        && s["peer"]["datagrams"] == true
                 })
         })
     });

@@ -575,7 +575,14 @@ pub(crate) struct Site<'a> {
     witness: Option<tandem_lab::WitnessCluster>,
     /// The config files `copy-config-files` sends (tandem), if any.
     bundle: Option<tandem_bundle::BundleSpec>,
+    /// Whether the heartbeat path runs at real-time priority with its memory
+    /// locked ([`REALTIME_PRIORITY`]; keepalived's `vrrp_rt_priority` and
+    /// `vrrp_no_swap`, tandem's `realtime_priority` and `lock_memory`).
+    protected: bool,
 }
+
+/// The real-time priority of a protected heartbeat path, for both systems.
+pub(crate) const REALTIME_PRIORITY: u8 = 50;
 
 impl<'a> Site<'a> {
     fn start(
@@ -584,17 +591,19 @@ impl<'a> Site<'a> {
         dir: &'a Path,
         system: System,
     ) -> anyhow::Result<Site<'a>> {
-        Site::start_with(lab, bin, dir, system, None)
+        Site::start_with(lab, bin, dir, system, None, false)
     }
 
     /// Starts both nodes; tandem's nodes get `bundle` as their `[bundle]`
-    /// table, for `copy-config-files`.
+    /// table, for `copy-config-files`; `protected` puts both systems'
+    /// heartbeat paths at real-time priority with their memory locked.
     pub(crate) fn start_with(
         lab: &'a Lab,
         bin: &'a Path,
         dir: &'a Path,
         system: System,
         bundle: Option<tandem_bundle::BundleSpec>,
+        protected: bool,
     ) -> anyhow::Result<Site<'a>> {
         let mut site = Site {
             lab,
@@ -604,6 +613,7 @@ impl<'a> Site<'a> {
             children: Vec::new(),
             witness: None,
             bundle,
+            protected,
         };
         if let System::Witness(_) = system {
             site.witness = Some(lab.start_witness(3).context("starting the etcd witness")?);
@@ -680,6 +690,8 @@ impl<'a> Site<'a> {
                 auto_failover: true,
                 heartbeat_ms: heartbeat,
                 missed_heartbeats: 3,
+                realtime_priority: if self.protected { REALTIME_PRIORITY } else { 0 },
+                lock_memory: self.protected,
                 ..tandem_node::FailoverSection::default()
             },
             services: Vec::new(),
@@ -750,10 +762,15 @@ impl<'a> Site<'a> {
         };
         let conf = self.dir.join(format!("{}-keepalived.conf", host.name()));
         let advert = format!("{}", advert_cs as f64 / 100.0);
+        let protection = if self.protected {
+            format!("  vrrp_rt_priority {REALTIME_PRIORITY}\n  vrrp_no_swap\n")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
             format!(
-                "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  enable_script_security\n}}\n\
+                "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  enable_script_security\n{protection}}}\n\
                  vrrp_instance tandem {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 51\n\
                  priority {priority}\n  advert_int {advert}\n  unicast_src_ip {own}\n\
                  unicast_peer {{\n    {peer}\n  }}\n  virtual_ipaddress {{\n    {SHARED_ADDR}/24 dev eth0\n  }}\n}}\n",

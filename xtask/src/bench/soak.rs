@@ -5,7 +5,11 @@
 //! up and linked, for `--minutes` (default [`MINUTES`]):
 //! - tandem's agents at a heartbeat of [`SMALLEST_HEARTBEAT_MS`] with the
 //!   probes that fit it (`ProbeSection::for_heartbeat`);
-//! - keepalived (VRRPv3, unicast) at `advert_int 0.01`.
+//! - keepalived (VRRPv3, unicast) at `advert_int 0.01`;
+//! - both with their heartbeat path protected as each offers: real-time
+//!   priority [`REALTIME_PRIORITY`](super::failover::REALTIME_PRIORITY) and locked
+//!   memory (tandem's `realtime_priority` and `lock_memory`, keepalived's
+//!   `vrrp_rt_priority` and `vrrp_no_swap`).
 //!
 //! Both node namespaces run `stress-ng` ([`STRESS`]: CPU, disk and socket
 //! workers). On tandem's site the holder also runs `failover copy-config-files`
@@ -99,8 +103,9 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
         System::Keepalived(SMALLEST_ADVERT_CS),
     ] {
         println!(
-            "bench soak: {} for {} s under `stress-ng {}`{}",
+            "bench soak: {} (real-time priority {}, memory locked) for {} s under `stress-ng {}`{}",
             system.label(),
+            super::failover::REALTIME_PRIORITY,
             options.length.as_secs(),
             STRESS.join(" "),
             if let System::Tandem(_) = system {
@@ -138,7 +143,7 @@ fn soak(
     let probe = Probe::start(&lab)?;
     let measured = (|| {
         let bundle = matches!(system, System::Tandem(_)).then(|| bundle.clone());
-        let site = Site::start_with(&lab, bin, dir.path(), system, bundle)?;
+        let site = Site::start_with(&lab, bin, dir.path(), system, bundle, true)?;
         let holder = site.wait_one_holder(Duration::from_secs(30))?;
         site.wait_peer_link()?;
         let warm = probe.now();
