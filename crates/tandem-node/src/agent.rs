@@ -552,6 +552,7 @@ impl Agent {
                 .and_then(Session::clock_offset)
                 .map(|o| o.offset_micros as f64 / 1000.0),
             connected: session.is_some(),
+            datagrams: session.is_some_and(Session::datagram_liveness),
             missing: None,
         };
         let database = crate::replication_settings(self.node.config(), &self.state_dir)

@@ -147,6 +147,8 @@ pub struct PeerView {
     pub clock_offset_ms: Option<f64>,
     /// Whether the peer link is up now.
     pub connected: bool,
+    /// Whether the peer's heartbeat datagrams carry the link's liveness.
+    pub datagrams: bool,
     /// Why the peer items cannot be checked, when they cannot.
     pub missing: Option<String>,
 }
@@ -210,6 +212,28 @@ pub async fn run_checks(
             ),
         ),
         _ => report.push("clock offset to the peer", Verdict::Unknown, peer_missing(peer)),
+    }
+    match (peer.connected, peer.datagrams) {
+        (true, true) => report.push(
+            "heartbeat datagrams",
+            Verdict::Pass,
+            "the peer's UDP heartbeats arrive; they decide when the peer is lost",
+        ),
+        (true, false) => report.push(
+            "heartbeat datagrams",
+            Verdict::Fail,
+            format!(
+                "the peer link is up but no heartbeat datagram from {} arrived: open UDP \
+                 port {} between the node addresses (TCP alone works, but a busy link can \
+                 then look like a dead peer), or the peer runs an earlier release",
+                net.peer_address,
+                config
+                    .peer
+                    .as_ref()
+                    .map_or(tandem_peer::DEFAULT_PORT, |p| p.port)
+            ),
+        ),
+        _ => report.push("heartbeat datagrams", Verdict::Unknown, peer_missing(peer)),
     }
     match &peer.facts {
         Some(facts) => {

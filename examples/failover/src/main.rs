@@ -100,9 +100,9 @@ enum Command {
     #[command(visible_alias = "restoreConfigFiles")]
     RestoreConfigFiles(config_files::RestoreArgs),
     /// Check the seed's prerequisites: forward and reverse DNS of the shared and
-    /// both node hostnames, the clock offset to the peer, the same shared address
-    /// and site key on both nodes, distinct node ids, the database size. Exit 1
-    /// when a check fails.
+    /// both node hostnames, the clock offset to the peer, that the peer's UDP
+    /// heartbeats arrive, the same shared address and site key on both nodes,
+    /// distinct node ids, the database size. Exit 1 when a check fails.
     Check(check::CheckArgs),
 }
 

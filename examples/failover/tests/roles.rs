@@ -426,6 +426,7 @@ fn check_reports_the_seeds_prerequisites_through_the_agents() {
         "forward DNS meetings2.lab.test",
         "reverse DNS 192.0.2.12",
         "clock offset to the peer",
+        "heartbeat datagrams",
         "same shared address",
         "distinct node ids",
         "same site",
