@@ -24,9 +24,11 @@
 //! - **Watching the shared address** is the exception: while active, every
 //!   heartbeat tick listens one probe timeout for other hosts answering for the
 //!   shared address, inside the loop. Run beside the loop it raced the peer
-//!   link's return after a partition (the demo's cable cut), so it stays inline
-//!   until that race is settled; keep `[probe] timeout_ms` short at short
-//!   heartbeats.
+//!   link's return after a partition (the demo's cable cut): the newer holder
+//!   met the old one's ARP answer before the link was back and released. The
+//!   role machine now keeps the address through that first conflict when this
+//!   node took over while the peer was lost; the watch has stayed inline since,
+//!   so keep `[probe] timeout_ms` short at short heartbeats.
 //! - **Announcing again.** After a claim the later announce rounds go out on a
 //!   timer (`announce_interval_ms` apart, and one more 1.5 s later, past Linux's
 //!   neighbour-table lock time), so services start right after the first round;

@@ -271,6 +271,7 @@ impl FailoverSection {
             auto_failover: self.auto_failover,
             conflict_backoff: Duration::from_millis(self.conflict_backoff_ms),
             witness: false,
+            peer_loss_detection: self.silence_limit(),
         }
     }
 }

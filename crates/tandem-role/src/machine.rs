@@ -379,6 +379,10 @@ pub struct Config {
     /// holds the leader key ([`Action::AcquireLease`]), and an active node that
     /// cannot keep it steps down unless its peer is in sight (failsafe).
     pub witness: bool,
+    /// How long the peer link takes to report a silent peer lost (heartbeat
+    /// interval × missed heartbeats): a claim made this long or less before
+    /// [`Event::PeerLost`] may never have reached the peer.
+    pub peer_loss_detection: Duration,
 }
 
 impl Default for Config {
@@ -387,6 +391,7 @@ impl Default for Config {
             auto_failover: false,
             conflict_backoff: Duration::from_secs(1),
             witness: false,
+            peer_loss_detection: Duration::from_millis(600),
         }
     }
 }
@@ -445,6 +450,16 @@ struct Peer {
     /// link returns, that holder most likely took over meanwhile, so this node
     /// gives it the first chance to claim again.
     cut_off: bool,
+    /// This node claimed the shared address while the peer link was down, or so
+    /// shortly before the loss was declared that the claim may not have reached
+    /// the peer: its epoch is newer than any the peer knows, so another
+    /// holder met before the link returns is most likely the old active node,
+    /// cut off meanwhile. Such a node keeps the address through its first
+    /// conflict (see [`Machine::conflict`]).
+    took_over: bool,
+    /// This node already kept the address through one conflict without the
+    /// peer's word since it took over; the next one releases as usual.
+    kept_once: bool,
 }
 
 /// The role machine of one node. It does no IO: [`Machine::handle`] takes an event
@@ -978,6 +993,24 @@ impl Machine {
                     self.reassert(out);
                 }
             }
+            _ if self.peer.took_over && !self.peer.kept_once && !self.peer.up => {
+                // This node took over while the link was down, so its claim is
+                // the newer one; the other holder is most likely the old active
+                // node whose cable just came back, and it releases on its own
+                // conflict (it has no peer word either). Keep the address and
+                // announce it once; if the other holder is still there at the
+                // next conflict, both claimed while apart and the rule below
+                // settles it.
+                self.peer.kept_once = true;
+                out.notify(
+                    Hook::Fault,
+                    &format!(
+                        "address conflict: {mac} also answers for the shared address; this node \
+                         took over while the peer was lost, so it keeps the address once"
+                    ),
+                );
+                out.push(Action::Announce);
+            }
             _ => {
                 // Without the peer's word, release: two holders is the worst
                 // outcome. Then probe again, node 2 after a pause, so one node
@@ -1015,6 +1048,15 @@ impl Machine {
         }
         self.peer.up = false;
         self.peer.claim = None;
+        // A claim made while the link was already silent (before the loss was
+        // declared) may never have reached the peer: count it as made apart.
+        let claimed_ms_ago = out.now_ms.saturating_sub(self.state.role_changed_ms);
+        if self.state.role == Role::Active
+            && self.state.role_changed_ms != 0
+            && u128::from(claimed_ms_ago) <= self.config.peer_loss_detection.as_millis()
+        {
+            self.peer.took_over = true;
+        }
         out.notify(Hook::Alarm, "peer lost: it missed its heartbeats");
         if self.witness_applies()
             && self.state.role == Role::Active
@@ -1078,6 +1120,8 @@ impl Machine {
         }
         self.peer.up = true;
         self.peer.cut_off = false;
+        self.peer.took_over = false;
+        self.peer.kept_once = false;
         if matches!(
             self.pending,
             Some(
@@ -1147,6 +1191,8 @@ impl Machine {
         self.state.role = Role::Active;
         self.state.standby_hold = false;
         self.state.epoch = self.state.epoch.next_for(self.state.node);
+        self.peer.took_over = failover && !self.peer.up;
+        self.peer.kept_once = false;
         self.state.role_changed_ms = out.now_ms;
         self.cancel();
         out.persist(&self.state);

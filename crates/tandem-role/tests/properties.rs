@@ -453,10 +453,20 @@ impl Site {
         }
     }
 
-    /// Delivers everything queued; false if it does not settle.
+    /// Delivers everything queued; false if it does not settle. While both nodes
+    /// hold the address on one segment, each active agent's watch (every
+    /// heartbeat tick) sees the other's MAC again, a few ticks at most here.
     fn drain(&mut self) -> bool {
+        let mut watch_ticks = 0;
         for _ in 0..200 {
             let Some(Reverse((time, _, to, text))) = self.queue.pop() else {
+                if self.holds[0] && self.holds[1] && self.cut.is_none() && watch_ticks < 3 {
+                    watch_ticks += 1;
+                    for i in 0..2 {
+                        self.send(200, i, Event::AddressConflict { mac: MACS[1 - i] });
+                    }
+                    continue;
+                }
                 return true;
             };
             self.now = self.now.max(time);

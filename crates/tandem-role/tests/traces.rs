@@ -63,6 +63,11 @@ fn a_claim_older_than_the_takeover_is_superseded_when_the_link_returns() {
 }
 
 #[test]
+fn a_takeover_before_the_loss_was_declared_keeps_the_address_when_the_cable_returns() {
+    check("claim-before-loss.trace");
+}
+
+#[test]
 fn an_active_node_cut_off_steps_away_before_its_cable_returns() {
     check("cut-off-active.trace");
 }
