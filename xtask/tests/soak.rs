@@ -1,7 +1,8 @@
 //! `cargo xtask bench soak` for a quarter of a minute per system, run as a user
 //! would. It asserts only what must hold, never a timing or a count of false
 //! failovers: the run succeeds, each system ends with exactly one holder of the
-//! shared address, and every counter is reported in the table and the JSON.
+//! shared address, and every counter is reported in the table and the JSON
+//! (tandem's bundle copies and from-syncs among them).
 //! Needs root (the namespace lab), keepalived and stress-ng.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -18,7 +19,7 @@ fn a_short_soak_reports_its_counters_and_ends_with_one_holder() {
     // suite's time, and this test asserts no figure.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let built = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "failover"])
+        .args(["build", "--quiet", "-p", "failover", "-p", "mp_replication"])
         .current_dir(&root)
         .status()
         .unwrap();
@@ -64,6 +65,7 @@ fn a_short_soak_reports_its_counters_and_ends_with_one_holder() {
         if i == 0 {
             assert!(system["peer_lost_alarms"].is_number(), "{system}");
             assert!(system["copies"].is_array(), "{system}");
+            assert!(system["from_syncs"].is_array(), "{system}");
         } else {
             assert!(system["peer_lost_alarms"].is_null(), "{system}");
         }

@@ -579,7 +579,26 @@ pub(crate) struct Site<'a> {
     /// locked ([`REALTIME_PRIORITY`]; keepalived's `vrrp_rt_priority` and
     /// `vrrp_no_swap`, tandem's `realtime_priority` and `lock_memory`).
     protected: bool,
+    /// Whether tandem's nodes replicate the sample schema (SQLite), for the
+    /// soak's from-sync loop.
+    replicate: bool,
 }
+
+/// What a site runs beside the failover itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extras {
+    /// The config files `copy-config-files` sends (tandem), if any.
+    pub(crate) bundle: Option<tandem_bundle::BundleSpec>,
+    /// Both systems' heartbeat paths at real-time priority, memory locked.
+    pub(crate) protected: bool,
+    /// tandem's nodes replicate the sample schema (SQLite), node 1 switched
+    /// on, with [`FILL_ROWS`] rows written on node 1 before it starts.
+    pub(crate) replicate: bool,
+}
+
+/// Rows of the sample workload a replicating site starts with, so that a
+/// from-sync carries some data (about 20 MB).
+pub(crate) const FILL_ROWS: u64 = 100_000;
 
 /// The real-time priority of a protected heartbeat path, for both systems.
 pub(crate) const REALTIME_PRIORITY: u8 = 50;
@@ -591,19 +610,16 @@ impl<'a> Site<'a> {
         dir: &'a Path,
         system: System,
     ) -> anyhow::Result<Site<'a>> {
-        Site::start_with(lab, bin, dir, system, None, false)
+        Site::start_with(lab, bin, dir, system, Extras::default())
     }
 
-    /// Starts both nodes; tandem's nodes get `bundle` as their `[bundle]`
-    /// table, for `copy-config-files`; `protected` puts both systems'
-    /// heartbeat paths at real-time priority with their memory locked.
+    /// Starts both nodes with `extras` (see [`Extras`]).
     pub(crate) fn start_with(
         lab: &'a Lab,
         bin: &'a Path,
         dir: &'a Path,
         system: System,
-        bundle: Option<tandem_bundle::BundleSpec>,
-        protected: bool,
+        extras: Extras,
     ) -> anyhow::Result<Site<'a>> {
         let mut site = Site {
             lab,
@@ -612,8 +628,9 @@ impl<'a> Site<'a> {
             system,
             children: Vec::new(),
             witness: None,
-            bundle,
-            protected,
+            bundle: extras.bundle,
+            protected: extras.protected,
+            replicate: extras.replicate && matches!(system, System::Tandem(_)),
         };
         if let System::Witness(_) = system {
             site.witness = Some(lab.start_witness(3).context("starting the etcd witness")?);
@@ -623,6 +640,13 @@ impl<'a> Site<'a> {
                 tandem_peer::keygen(&dir.join("authkey"))?;
                 for host in [Host::Node1, Host::Node2] {
                     site.tandem_config(host, heartbeat)?;
+                }
+                if site.replicate {
+                    for host in [Host::Node2, Host::Node1] {
+                        let (id, _, peer) = crate::site::node_facts(host);
+                        site.mp(host, &["init", "-n", &id.to_string(), "-r", &peer.to_string()])?;
+                    }
+                    site.fill(Host::Node1)?;
                 }
                 // node1 boots first and claims (the shared address is silent);
                 // node2 boots once it answers and stays standby.
@@ -635,6 +659,10 @@ impl<'a> Site<'a> {
                     s.failover(Host::Node2, &["status"])
                         .is_ok_and(|t| t.contains("Standby"))
                 })?;
+                if site.replicate {
+                    site.wait_peer_link()?;
+                    site.mp(Host::Node1, &["switch-on"])?;
+                }
             }
             System::Keepalived(advert) => {
                 for host in [Host::Node1, Host::Node2] {
@@ -697,7 +725,9 @@ impl<'a> Site<'a> {
             services: Vec::new(),
             hooks: tandem_node::Hooks::default(),
             bundle: self.bundle.clone(),
-            replication: None,
+            replication: self
+                .replicate
+                .then(|| crate::site::config::sqlite_replication(200)),
             peer: Some(crate::site::config::peer(self.dir.join("authkey"))),
             witness: self
                 .witness
@@ -710,6 +740,61 @@ impl<'a> Site<'a> {
         s.deployment = tandem_role::DeploymentMode::Failover;
         tandem_role::StateFile::in_dir(&state).save(&s)?;
         Ok(())
+    }
+
+    /// Whether tandem's nodes replicate (see [`Extras::replicate`]).
+    pub(crate) fn replicates(&self) -> bool {
+        self.replicate
+    }
+
+    /// Runs `mp_replication args...` on `host` (the binary beside `failover`).
+    pub(crate) fn mp(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+        let (config, state) = self.paths(host);
+        let mp = self.bin.with_file_name("mp_replication");
+        let out = self
+            .lab
+            .command(host, &mp.display().to_string())
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "mp_replication {} on {host}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Writes [`FILL_ROWS`] rows of the sample workload into `host`'s
+    /// replicated database (captured, as an application's writes are).
+    fn fill(&self, host: Host) -> anyhow::Result<()> {
+        use sqlx::ConnectOptions;
+        let (config, state) = self.paths(host);
+        let config = tandem_node::NodeConfig::load(&config)?;
+        let db = tandem_node::replication_settings(&config, &state)?.database_path();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&db)
+                .busy_timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .with_context(|| format!("opening {}", db.display()))?;
+            const ROWS: u32 = 50;
+            for tx in 1..=FILL_ROWS / u64::from(ROWS) {
+                tandem_sample::write_transaction(&mut conn, tx, ROWS).await?;
+            }
+            anyhow::Ok(())
+        })
     }
 
     pub(crate) fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {

@@ -14,7 +14,9 @@
 //! Both node namespaces run `stress-ng` ([`STRESS`]: CPU, disk and socket
 //! workers). On tandem's site the holder also runs `failover copy-config-files`
 //! of the bundle bench's tree in a loop, so bundles travel on the peer link
-//! beside the heartbeats. Nothing cuts a cable: every change of holder is false.
+//! beside the heartbeats, and the nodes replicate the sample schema (SQLite,
+//! filled with [`FILL_ROWS`](super::failover::FILL_ROWS) rows) while the
+//! standby runs `mp_replication switch-on -S -F from-sync` in a loop of its own. Nothing cuts a cable: every change of holder is false.
 //! The soak ends when the copy under way at the end of `--minutes` finishes, so
 //! tandem's soak can run longer than keepalived's; the table shows both lengths.
 //!
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tandem_lab::{Host, Lab, LabConfig};
 
-use super::failover::{Probe, SMALLEST_ADVERT_CS, SMALLEST_HEARTBEAT_MS, Site, System};
+use super::failover::{Extras, Probe, SMALLEST_ADVERT_CS, SMALLEST_HEARTBEAT_MS, Site, System};
 
 /// Minutes per system by default.
 pub(crate) const MINUTES: u64 = 10;
@@ -76,6 +78,9 @@ pub(crate) struct Counts {
     /// `copy-config-files` runs that sent their bundle, and runs that failed
     /// (tandem only).
     pub copies: Option<(u64, u64)>,
+    /// `switch-on -S -F from-sync` runs on the standby that succeeded, and runs
+    /// that failed (tandem only).
+    pub from_syncs: Option<(u64, u64)>,
     /// The node holding the shared address at the end.
     pub final_holder: String,
 }
@@ -94,7 +99,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
             );
         }
     }
-    let release = super::build_release(&["failover"])?;
+    let release = super::build_release(&["failover", "mp_replication"])?;
     let bin = release.join("failover");
     let (bundle, files) = super::bundle::bench_bundle()?;
     let mut results = Vec::new();
@@ -143,7 +148,12 @@ fn soak(
     let probe = Probe::start(&lab)?;
     let measured = (|| {
         let bundle = matches!(system, System::Tandem(_)).then(|| bundle.clone());
-        let site = Site::start_with(&lab, bin, dir.path(), system, bundle, true)?;
+        let extras = Extras {
+            bundle,
+            protected: true,
+            replicate: true,
+        };
+        let site = Site::start_with(&lab, bin, dir.path(), system, extras)?;
         let holder = site.wait_one_holder(Duration::from_secs(30))?;
         site.wait_peer_link()?;
         let warm = probe.now();
@@ -173,6 +183,7 @@ fn soak(
             peer_lost_alarms: polled.peer_lost.map(|set| set.len() as u64),
             longest_gap_ms: probe.longest_gap(from, to).as_secs_f64() * 1000.0,
             copies: polled.copies,
+            from_syncs: polled.from_syncs,
             final_holder: final_holder.name().to_owned(),
         })
     })();
@@ -233,26 +244,54 @@ struct Polled {
     /// Peer-lost alarms as (node, raised at ms); `None` for keepalived.
     peer_lost: Option<BTreeSet<(&'static str, u64)>>,
     copies: Option<(u64, u64)>,
+    from_syncs: Option<(u64, u64)>,
+}
+
+/// The node holding the shared address now (node 1 when neither does).
+fn holder(site: &Site<'_>) -> Host {
+    if site.holds(Host::Node2) && !site.holds(Host::Node1) {
+        Host::Node2
+    } else {
+        Host::Node1
+    }
 }
 
 /// Polls the site for `length`; on tandem's site, the holder runs
-/// `copy-config-files` in a loop meanwhile.
+/// `copy-config-files` in a loop meanwhile, and the standby resynchronises
+/// its database from the holder (`switch-on -S -F from-sync`) in another.
 fn watch(site: &Site<'_>, length: Duration, dir: &std::path::Path) -> anyhow::Result<Polled> {
     let tandem = !matches!(site.system(), System::Keepalived(_));
     let stop = AtomicBool::new(false);
     let (sent, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (synced, sync_failed) = (AtomicU64::new(0), AtomicU64::new(0));
     let copy_log = dir.join("copy-config-files.log");
+    let sync_log = dir.join("from-sync.log");
     std::thread::scope(|scope| {
+        if tandem && site.replicates() {
+            scope.spawn(|| {
+                let mut errors = String::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let standby = match holder(site) {
+                        Host::Node1 => Host::Node2,
+                        _ => Host::Node1,
+                    };
+                    match site.mp(standby, &["switch-on", "-S", "-F", "from-sync"]) {
+                        Ok(_) => synced.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.push_str(&format!("{e:#}\n"));
+                            std::thread::sleep(Duration::from_millis(200));
+                            sync_failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                let _ = std::fs::write(&sync_log, errors);
+            });
+        }
         if tandem {
             scope.spawn(|| {
                 let mut errors = String::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let holder = if site.holds(Host::Node1) {
-                        Host::Node1
-                    } else {
-                        Host::Node2
-                    };
-                    match site.failover(holder, &["copy-config-files"]) {
+                    match site.failover(holder(site), &["copy-config-files"]) {
                         Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             errors.push_str(&format!("{e:#}\n"));
@@ -272,6 +311,9 @@ fn watch(site: &Site<'_>, length: Duration, dir: &std::path::Path) -> anyhow::Re
         if tandem {
             polled.copies = Some((sent.into_inner(), failed.into_inner()));
         }
+        if tandem && site.replicates() {
+            polled.from_syncs = Some((synced.into_inner(), sync_failed.into_inner()));
+        }
         polled
     })
 }
@@ -282,6 +324,7 @@ fn poll(site: &Site<'_>, length: Duration, tandem: bool) -> anyhow::Result<Polle
         without_one_holder: 0,
         peer_lost: tandem.then(BTreeSet::new),
         copies: None,
+        from_syncs: None,
     };
     let deadline = Instant::now() + length;
     while Instant::now() < deadline {
@@ -355,12 +398,20 @@ impl Drop for Stress {
 fn print(results: &[Counts]) {
     println!("\nSoak under stress (stress-ng {}):", STRESS.join(" "));
     println!(
-        "  {:<40} {:>6} {:>9} {:>8} {:>9} {:>10} {:>10} {:>10}",
-        "system", "s", "failover", "client", "no 1 hold", "peer lost", "gap ms", "copies"
+        "  {:<40} {:>6} {:>9} {:>8} {:>9} {:>10} {:>10} {:>12} {:>12}",
+        "system",
+        "s",
+        "failover",
+        "client",
+        "no 1 hold",
+        "peer lost",
+        "gap ms",
+        "copies",
+        "from-syncs"
     );
     for c in results {
         println!(
-            "  {:<40} {:>6.0} {:>9} {:>8} {:>9} {:>10} {:>10.1} {:>10}",
+            "  {:<40} {:>6.0} {:>9} {:>8} {:>9} {:>10} {:>10.1} {:>12} {:>12}",
             c.system,
             c.seconds,
             c.false_failovers,
@@ -370,6 +421,8 @@ fn print(results: &[Counts]) {
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             c.longest_gap_ms,
             c.copies
+                .map_or_else(|| "-".to_owned(), |(ok, bad)| format!("{ok} ({bad} bad)")),
+            c.from_syncs
                 .map_or_else(|| "-".to_owned(), |(ok, bad)| format!("{ok} ({bad} bad)")),
         );
     }
