@@ -11,9 +11,10 @@
 //!    row changes (default [`CHANGES`]) in transactions of [`BULK_ROWS`] rows
 //!    (bigger batches than the sample workload, so that the backlog builds in
 //!    seconds rather than minutes; each row is one changelog entry). Then the
-//!    writer starts again and node 2's service is started: the time until node
-//!    1 has published node 2's acknowledgement of its head at that moment, and
-//!    node 1's commit rate meanwhile.
+//!    writer starts again and node 2's service is started: the time from that
+//!    start until node 1 has published node 2's acknowledgement of the last of
+//!    those changes (the service's start included), and node 1's commit rate
+//!    meanwhile.
 //! 3. **from-sync, same database**: with the writer running, node 2 runs
 //!    `mp_replication switch-on -S -F from-sync`: its time and node 1's commit
 //!    rate meanwhile. The baseline of the catch-up's time.
@@ -411,7 +412,11 @@ impl Growth<'_> {
         let writer = self.start_writer()?;
         let sampler = Sampler::start(self.pids());
         let from = Instant::now();
-        let synced = self.mp(Host::Node2, &["switch-on", "-S", "-F", "from-sync"]);
+        let limit = LIMIT.as_secs().to_string();
+        let synced = self.mp(
+            Host::Node2,
+            &["switch-on", "-S", "-F", "from-sync", "--timeout", &limit],
+        );
         let to = Instant::now();
         let usage = sampler.stop();
         let timed = Timed::new(from, to, &writer, usage);
