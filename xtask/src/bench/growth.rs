@@ -158,8 +158,10 @@ struct Results {
     bulk_rows_per_s: f64,
     catch_up: Timed,
     from_sync_same: Timed,
-    /// Size of the catch-up's database file when its from-sync ran, MiB.
+    /// Size of the catch-up's database when its from-sync ran, MiB.
     same_db_mib: f64,
+    /// Of which in use (not pages the pruned changelog left free), MiB.
+    same_db_used_mib: f64,
     large: Large,
     /// Row counts and checksums compared after each phase, all equal.
     checksums_equal: bool,
@@ -241,9 +243,11 @@ impl Growth<'_> {
 
         // 3. From-sync of the same database.
         let same_db_mib = self.db_mib()?;
+        let same_db_used_mib = same_db_mib - self.free_mib()?;
         let from_sync_same = self.synced_from_node1()?;
         println!(
-            "bench growth: from-sync of the same database ({same_db_mib:.0} MiB) in {:.2} s",
+            "bench growth: from-sync of the same database ({same_db_mib:.0} MiB, \
+             {same_db_used_mib:.0} MiB in use) in {:.2} s",
             from_sync_same.seconds
         );
 
@@ -267,6 +271,7 @@ impl Growth<'_> {
             catch_up,
             from_sync_same,
             same_db_mib,
+            same_db_used_mib,
             large: Large {
                 db_mib,
                 floor,
@@ -477,6 +482,19 @@ impl Growth<'_> {
         Ok(bytes / 1024.0 / 1024.0)
     }
 
+    /// Free pages in node 1's database (the pruned changelog's), MiB.
+    fn free_mib(&self) -> anyhow::Result<f64> {
+        let bytes = self.sqlite(
+            "SELECT (SELECT page_size FROM pragma_page_size()) * \
+             (SELECT freelist_count FROM pragma_freelist_count());",
+        )?;
+        let bytes: f64 = bytes
+            .trim()
+            .parse()
+            .with_context(|| format!("the free pages of node 1's database: {bytes:?}"))?;
+        Ok(bytes / 1024.0 / 1024.0)
+    }
+
     /// Fills node 1's `meetings` table with filler rows (replication is off)
     /// until its database has about `mib` MiB, and checkpoints the log into the
     /// file. Pages the pruned changelog left free are filled first, and a row's
@@ -488,11 +506,7 @@ impl Growth<'_> {
             if have >= mib as f64 * 0.98 {
                 break;
             }
-            let free = self.sqlite(
-                "SELECT (SELECT page_size FROM pragma_page_size()) * \
-                 (SELECT freelist_count FROM pragma_freelist_count());",
-            )?;
-            let free: f64 = free.trim().parse().unwrap_or(0.0) / 1024.0 / 1024.0;
+            let free = self.free_mib()?;
             let want = mib as f64 - (have - free);
             let rows = (want.max(0.0) * 1024.0 * 1024.0 / FILLER_ROW_BYTES).ceil() as u64;
             println!(
@@ -815,8 +829,8 @@ impl Results {
         );
         line(
             format!(
-                "from-sync of the same database ({:.0} MiB)",
-                self.same_db_mib
+                "from-sync of the same database ({:.0} MiB, {:.0} in use)",
+                self.same_db_mib, self.same_db_used_mib
             ),
             &self.from_sync_same,
         );
@@ -862,8 +876,8 @@ impl Results {
                 format!("catch-up of {} changes (s)", self.changes),
                 format!("{:.2} s", self.catch_up.seconds),
                 format!(
-                    "from-sync of the same database ({:.0} MiB): {:.2} s",
-                    self.same_db_mib, self.from_sync_same.seconds
+                    "from-sync of the same database ({:.0} MiB, {:.0} in use): {:.2} s",
+                    self.same_db_mib, self.same_db_used_mib, self.from_sync_same.seconds
                 ),
             )
             .ratio(self.catch_up.seconds, self.from_sync_same.seconds),
