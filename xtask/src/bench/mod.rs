@@ -8,6 +8,7 @@
 
 mod bundle;
 pub(crate) mod failover;
+mod growth;
 mod link;
 mod netif;
 mod replication;
@@ -41,6 +42,12 @@ pub(crate) struct Args {
     /// Minutes per system of the `soak` area (fractions allowed: 0.25 is 15 s).
     #[arg(long, default_value_t = soak::MINUTES as f64)]
     minutes: f64,
+    /// Row changes made on node 1 while node 2 is away (`growth` area).
+    #[arg(long, default_value_t = growth::CHANGES)]
+    changes: u64,
+    /// Size in MiB of the database of the large from-sync (`growth` area).
+    #[arg(long, default_value_t = growth::DB_MIB)]
+    db_mib: u64,
     /// Measure the `link` area in this process and print the measurements as
     /// JSON on stdout, without tables or summary (a debug build runs the
     /// release build this way).
@@ -73,6 +80,11 @@ enum Area {
     /// Client outage of unplanned failovers beside keepalived, planned
     /// switchovers, and the agent's memory and CPU.
     Failover,
+    /// How cost grows on the SQLite backend: a standby's catch-up after
+    /// `--changes` changes beside a from-sync of the same database, a from-sync
+    /// of `--db-mib` MiB beside the file copied over plain TCP, node 1's commit
+    /// rate during each, and the services' memory and CPU, in the lab.
+    Growth,
     /// Ping round trips beside a bulk stream on one peer-link session or on
     /// two, on the raw veth and limited to 1 Gbit/s and 100 Mbit/s, in the lab.
     Link,
@@ -105,6 +117,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             (Area::Replication, Backend::Postgres),
             (Area::Failover, Backend::Sqlite),
             (Area::Soak, Backend::Sqlite),
+            (Area::Growth, Backend::Sqlite),
         ],
     };
     let started = std::time::Instant::now();
@@ -118,6 +131,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 failover::run(&failover::Options {
                     runs: args.runs,
                     systems: args.systems.clone(),
+                }),
+            ),
+            (Area::Growth, _) => (
+                "growth",
+                growth::run(&growth::Options {
+                    changes: args.changes,
+                    db_mib: args.db_mib,
                 }),
             ),
             (Area::Link, _) => ("link", link::run(&link_options)),
