@@ -185,9 +185,9 @@ use futures::FutureExt;
 use tandem_core::NodeId;
 
 pub use config::{
-    BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
-    DEFAULT_STATE_DIR, DEFAULT_TABLES, FieldError, NodeFacts, PostgresConfig, ReplicationConfig,
-    Settings, StandbyLostPolicy,
+    AckLevel, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE,
+    DEFAULT_PORT, DEFAULT_STATE_DIR, DEFAULT_TABLES, FieldError, NodeFacts, PostgresConfig,
+    ReplicationConfig, Settings, StandbyLostPolicy,
 };
 pub use error::{Error, Result, chain};
 pub use fence::Fence;
@@ -196,7 +196,7 @@ pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn, sit
 pub use size::{database_bytes, database_size_alarm};
 pub use sqlite::{
     Identity, PeerEvent, Replicator, RestoreConflict, RestoreReport, SavedRow, SqliteBackend,
-    TableChecksum, Transport, Writer, connect_options, position_in, published_ack,
+    TableChecksum, Transport, Writer, connect_options, position_in, published_ack, published_at,
 };
 pub use status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,
