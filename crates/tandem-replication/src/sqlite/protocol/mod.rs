@@ -468,14 +468,19 @@ impl Protocol {
         match input {
             Input::SessionUp => {
                 self.session = Some(Session::default());
-                // Read by every release as an acknowledgement of nothing; this one
-                // learns from it that the peer reads `Received`.
-                out.push(Command::Send(Message::Ack {
+                // After the state, before any batch (which follows the peer's pull of
+                // what the state announced): read by every release as an
+                // acknowledgement of nothing, by this one as "I read `Received`".
+                let hello = Message::Ack {
                     log: self.meta.log,
                     seq: RECEIVED_HELLO,
-                }));
+                };
                 self.run(
-                    steps([Step::Refresh { force: true }, Step::State { force: true }]),
+                    steps([
+                        Step::Refresh { force: true },
+                        Step::State { force: true },
+                        Step::Send(hello),
+                    ]),
                     &mut out,
                 );
             }
