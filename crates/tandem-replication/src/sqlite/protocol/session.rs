@@ -480,6 +480,7 @@ impl Protocol {
     /// position is published for commits waiting at the `received` level. Nothing is
     /// recorded or pruned: the peer has not applied it yet.
     fn on_received(&mut self, log: u64, seq: u64, out: &mut Vec<Command>) {
+        let mut sent = 0;
         if let Some(serving) = self
             .session
             .as_mut()
@@ -489,8 +490,11 @@ impl Protocol {
             while serving.inflight.front().is_some_and(|last| *last <= seq) {
                 serving.inflight.pop_front();
             }
+            sent = serving.sent;
         }
-        if log == self.meta.log && seq <= self.meta.head {
+        // Only what this session sent can have been received (the meta table's head
+        // may be older than the changes read since).
+        if log == self.meta.log && seq <= sent {
             self.publish(log, self.meta.acked, seq, out);
         }
         self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
