@@ -92,6 +92,66 @@ pub enum BackendKind {
     Postgres,
 }
 
+/// How far the standby must have a commit before
+/// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) returns, like
+/// PostgreSQL's `synchronous_commit` (`[replication] synchronous_commit`). Each level
+/// implies the ones before it.
+///
+/// | level | the standby has the commit | survives | SQLite | PostgreSQL |
+/// | --- | --- | --- | --- | --- |
+/// | `received` | in memory, applying it next | the loss of either node (the active has it on disk), not both at once | one round trip | `write_lsn` (`remote_write`) |
+/// | `flushed` | on its disk | the loss of both nodes at once | round trip + the standby's apply and fsync (the apply is its only write: the same as `applied`) | `flush_lsn` (`on`) |
+/// | `applied` | visible in its database | as `flushed`; a read on the standby sees it | as `flushed` | `replay_lsn` (`remote_apply`) |
+///
+/// A node of an earlier release as standby never says `received`: a commit waiting
+/// at that level then returns with the applied acknowledgement, which implies it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum AckLevel {
+    /// The standby took the commit in (PostgreSQL's `remote_write`).
+    Received,
+    /// The standby has the commit on its disk (the default: what `wait_replicated`
+    /// always waited for on both backends).
+    #[default]
+    Flushed,
+    /// The commit is visible in the standby's database.
+    Applied,
+}
+
+impl AckLevel {
+    /// Every level, weakest first.
+    pub const ALL: [AckLevel; 3] = [AckLevel::Received, AckLevel::Flushed, AckLevel::Applied];
+
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AckLevel::Received => "received",
+            AckLevel::Flushed => "flushed",
+            AckLevel::Applied => "applied",
+        }
+    }
+}
+
+impl std::fmt::Display for AckLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AckLevel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AckLevel, String> {
+        AckLevel::ALL
+            .into_iter()
+            .find(|l| l.name() == text)
+            .ok_or_else(|| {
+                format!("unknown acknowledgement level {text:?}: say received, flushed or applied")
+            })
+    }
+}
+
 /// What a synchronous primary does when its standby is gone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -275,8 +335,12 @@ pub struct ReplicationConfig {
     pub batch_size: u32,
     /// Bytes of row data per batch (and per snapshot chunk) at most.
     pub batch_bytes: u32,
-    /// Batches sent and not yet acknowledged at most.
+    /// Batches sent and not yet taken in by the standby at most (its `received`
+    /// acknowledgement; for a standby of an earlier release, its applied one).
     pub window: u32,
+    /// What [`wait_replicated`](crate::ReplicationBackend::wait_replicated) waits for
+    /// (see [`AckLevel`]); default `flushed`.
+    pub synchronous_commit: AckLevel,
     /// How often the service looks for new changes and requests, in milliseconds,
     /// beside the wake-ups: the SQLite service ships new changes when its database's
     /// write-ahead log changes (inotify), so this poll is for housekeeping and for
@@ -303,6 +367,7 @@ impl Default for ReplicationConfig {
             batch_size: 500,
             batch_bytes: 4 << 20,
             window: 4,
+            synchronous_commit: AckLevel::Flushed,
             poll_ms: 10,
             heartbeat_ms: 1000,
             missed_heartbeats: 3,

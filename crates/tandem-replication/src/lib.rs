@@ -54,8 +54,15 @@
 //!   link's health there, so `status` works even when the peer is down. The service
 //!   holds a lock file in the state directory; commands use it to tell whether it runs.
 //! - **Acknowledgements.** The standby acknowledges a batch only after its transaction
-//!   committed (`synchronous = FULL`). The active node's service publishes each
-//!   acknowledgement at once in a small file (rewritten in place, with a check value
+//!   committed (`synchronous = FULL`), and, to a peer that reads it, says
+//!   [`Received`](wire::Message::Received) as soon as it takes the batch in, before the
+//!   apply. [`wait_replicated`](ReplicationBackend::wait_replicated) waits at the level
+//!   `[replication] synchronous_commit` names ([`AckLevel`]: `received` survives the
+//!   loss of either node for one round trip; `flushed`, the default, and `applied`
+//!   survive both nodes' power loss at once and, on SQLite, wait for the same applied
+//!   acknowledgement); [`SqliteBackend::wait_replicated_at`] chooses per call. The
+//!   active node's service publishes each acknowledgement (applied and received
+//!   positions) at once in a small file (rewritten in place, with a check value
 //!   against torn reads) that [`wait_replicated`](ReplicationBackend::wait_replicated)
 //!   watches (one inotify watch per backend, read by a thread of its own and shared by
 //!   every waiter, since closing an inotify instance costs milliseconds). A waiter
@@ -67,8 +74,9 @@
 //! - **Group commit.** A commit that starts waiting in `wait_replicated` wakes the
 //!   service (a datagram on its socket `replication.wake`) instead of waiting for its
 //!   next poll; the service ships every pending change in one batch (while a batch is
-//!   on its way, a partial one waits for its acknowledgement and takes everything
-//!   committed meanwhile; full batches go up to `window` at a time), and the standby
+//!   on its way, a partial one waits until the standby took it in and takes everything
+//!   committed meanwhile; full batches go up to `window` at a time; the standby's apply
+//!   of a batch never holds the next one back), and the standby
 //!   takes every batch that arrived while it was applying the previous one and applies them together in one transaction (one
 //!   fsync, its position in the same transaction) with one acknowledgement. So
 //!   concurrent writers share round trips and fsyncs on the standby, and the
@@ -185,9 +193,9 @@ use futures::FutureExt;
 use tandem_core::NodeId;
 
 pub use config::{
-    BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE, DEFAULT_PORT,
-    DEFAULT_STATE_DIR, DEFAULT_TABLES, FieldError, NodeFacts, PostgresConfig, ReplicationConfig,
-    Settings, StandbyLostPolicy,
+    AckLevel, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_DATABASE_NAME, DEFAULT_KEY_FILE,
+    DEFAULT_PORT, DEFAULT_STATE_DIR, DEFAULT_TABLES, FieldError, NodeFacts, PostgresConfig,
+    ReplicationConfig, Settings, StandbyLostPolicy,
 };
 pub use error::{Error, Result, chain};
 pub use fence::Fence;
@@ -196,7 +204,7 @@ pub use postgres::{PostgresBackend, ResyncProgress, WatchOutcome, parse_lsn, sit
 pub use size::{database_bytes, database_size_alarm};
 pub use sqlite::{
     Identity, PeerEvent, Replicator, RestoreConflict, RestoreReport, SavedRow, SqliteBackend,
-    TableChecksum, Transport, Writer, connect_options, position_in, published_ack,
+    TableChecksum, Transport, Writer, connect_options, position_in, published_ack, published_at,
 };
 pub use status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status, WalStatus,

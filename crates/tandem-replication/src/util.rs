@@ -49,29 +49,36 @@ pub(crate) fn write_atomically_as(
     })
 }
 
-/// Publishes this node's acknowledged position for `wait_replicated` in other
-/// processes: one line, `<log hex> <seq> <check hex>`, of fixed length, written over
-/// the previous one in place (an open, a write and a close: the service does it for
-/// every acknowledgement, and replacing the file by rename cost several times more).
-/// The check value lets a reader refuse a line torn between two writes. No fsync: the
-/// position is also recorded in the database, less often, and after a crash the peer
-/// acknowledges again.
-pub(crate) fn write_ack(path: &Path, log: u64, seq: u64) -> Result<()> {
+/// Publishes the peer's positions of this node's changelog `log` for
+/// `wait_replicated` in other processes: two lines of fixed length, written over the
+/// previous ones in place (an open, a write and a close: the service does it for every
+/// acknowledgement, and replacing the file by rename cost several times more). Each is
+/// `<log hex> <seq> <check hex>`: the first the position the peer applied, the second
+/// (added after the first release of the file; readers of that release read the first
+/// line only) the position it received, at least the applied one. The check value lets
+/// a reader refuse a line torn between two writes. No fsync: the applied position is
+/// also recorded in the database, less often, and after a crash the peer acknowledges
+/// again.
+pub(crate) fn write_ack(path: &Path, log: u64, applied: u64, received: u64) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let line = ack_line(log, seq);
+    let text = format!(
+        "{}{}",
+        ack_line(log, applied),
+        ack_line(log, received.max(applied))
+    );
     match OpenOptions::new().write(true).open(path) {
         Ok(f) => f
-            .write_all_at(line.as_bytes(), 0)
+            .write_all_at(text.as_bytes(), 0)
             .map_err(Error::file("cannot write", path)),
         // The first one: made whole and renamed into place.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_atomically(path, line.as_bytes())
+            write_atomically(path, text.as_bytes())
         }
         Err(e) => Err(Error::file("cannot write", path)(e)),
     }
 }
 
-/// The line [`write_ack`] writes.
+/// A line [`write_ack`] writes.
 fn ack_line(log: u64, seq: u64) -> String {
     format!("{log:016x} {seq:020} {:016x}\n", ack_check(log, seq))
 }
@@ -81,14 +88,47 @@ fn ack_check(log: u64, seq: u64) -> u64 {
     (log.rotate_left(29) ^ seq ^ 0x7461_6e64_656d_6163).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Reads what [`write_ack`] wrote, if the file is there and its line whole.
-pub(crate) fn read_ack(path: &Path) -> Option<(u64, u64)> {
-    let text = fs::read_to_string(path).ok()?;
-    let mut fields = text.lines().next()?.split(' ');
+/// The positions [`write_ack`] published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// The changelog.
+    pub(crate) log: u64,
+    /// The newest position the peer applied.
+    pub(crate) applied: u64,
+    /// The newest position the peer received (at least `applied`; `applied` when the
+    /// file has one line, as an older release wrote it, or its second line is torn).
+    pub(crate) received: u64,
+}
+
+/// Parses one line of [`write_ack`].
+fn parse_ack_line(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split(' ');
     let log = u64::from_str_radix(fields.next()?, 16).ok()?;
     let seq = fields.next()?.parse().ok()?;
     let check = u64::from_str_radix(fields.next()?, 16).ok()?;
     (fields.next().is_none() && check == ack_check(log, seq)).then_some((log, seq))
+}
+
+/// Reads what [`write_ack`] wrote, if the file is there and its first line whole.
+pub(crate) fn read_published(path: &Path) -> Option<Published> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let (log, applied) = parse_ack_line(lines.next()?)?;
+    let received = lines
+        .next()
+        .and_then(parse_ack_line)
+        .filter(|(l, _)| *l == log)
+        .map_or(applied, |(_, r)| r.max(applied));
+    Some(Published {
+        log,
+        applied,
+        received,
+    })
+}
+
+/// The changelog and applied position [`write_ack`] published.
+pub(crate) fn read_ack(path: &Path) -> Option<(u64, u64)> {
+    read_published(path).map(|p| (p.log, p.applied))
 }
 
 /// The replication service's lock on its state directory: held while a service runs,
@@ -169,7 +209,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
 /// an event was missed.
 #[derive(Debug)]
 pub(crate) struct AckWatch {
-    changes: std::sync::Arc<tokio::sync::watch::Sender<Option<(u64, u64)>>>,
+    changes: std::sync::Arc<tokio::sync::watch::Sender<Option<Published>>>,
 }
 
 impl AckWatch {
@@ -180,7 +220,7 @@ impl AckWatch {
     /// available (the caller polls).
     pub(crate) fn new(path: &Path) -> Option<AckWatch> {
         use nix::sys::inotify::AddWatchFlags;
-        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(read_ack(path)));
+        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(read_published(path)));
         let weak = std::sync::Arc::downgrade(&changes);
         let file = path.to_owned();
         let flags = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
@@ -189,7 +229,7 @@ impl AckWatch {
                 return false;
             };
             if hit {
-                sender.send_replace(read_ack(&file));
+                sender.send_replace(read_published(&file));
             }
             true
         })?;
@@ -197,8 +237,9 @@ impl AckWatch {
     }
 
     /// A receiver of every acknowledgement published from now on (`changed()` resolves
-    /// at the first one after this call; the value is what [`read_ack`] read then).
-    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<(u64, u64)>> {
+    /// at the first one after this call; the value is what [`read_published`] read
+    /// then).
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Published>> {
         self.changes.subscribe()
     }
 }
@@ -353,7 +394,7 @@ mod tests {
             let path = path.clone();
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                write_ack(&path, 1, 7).unwrap();
+                write_ack(&path, 1, 7, 7).unwrap();
             }
         });
         // A limit only so that a missing event fails instead of hanging.
@@ -362,11 +403,14 @@ mod tests {
             .expect("the watch saw the published acknowledgement")
             .expect("the watch is alive");
         writer.await.unwrap();
-        assert_eq!(*changes.borrow_and_update(), Some((1, 7)));
+        assert_eq!(
+            changes.borrow_and_update().map(|p| (p.log, p.applied)),
+            Some((1, 7))
+        );
         // Written in place now: the watch sees that too.
-        write_ack(&path, 1, 8).unwrap();
+        write_ack(&path, 1, 8, 8).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            while *changes.borrow_and_update() != Some((1, 8)) {
+            while changes.borrow_and_update().map(|p| (p.log, p.applied)) != Some((1, 8)) {
                 changes.changed().await.expect("the watch is alive");
             }
         })
@@ -405,15 +449,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replication.acked");
         assert_eq!(read_ack(&path), None);
-        write_ack(&path, 0xfeed, 42).unwrap();
+        write_ack(&path, 0xfeed, 42, 45).unwrap();
         assert_eq!(read_ack(&path), Some((0xfeed, 42)));
+        let both = |log, applied, received| {
+            Some(Published {
+                log,
+                applied,
+                received,
+            })
+        };
+        assert_eq!(read_published(&path), both(0xfeed, 42, 45));
         fs::write(&path, "garbage").unwrap();
         assert_eq!(read_ack(&path), None);
         // Written in place over whatever is there.
-        write_ack(&path, 0xfeed, 43).unwrap();
-        assert_eq!(read_ack(&path), Some((0xfeed, 43)));
-        write_ack(&path, 0xbeef, 9).unwrap();
-        assert_eq!(read_ack(&path), Some((0xbeef, 9)));
+        write_ack(&path, 0xfeed, 43, 43).unwrap();
+        assert_eq!(read_published(&path), both(0xfeed, 43, 43));
+        write_ack(&path, 0xbeef, 9, 3).unwrap();
+        assert_eq!(read_published(&path), both(0xbeef, 9, 9));
+    }
+
+    #[test]
+    fn the_one_line_of_an_older_release_reads_as_received_where_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.acked");
+        fs::write(&path, ack_line(0xfeed, 42)).unwrap();
+        let read = read_published(&path).unwrap();
+        assert_eq!((read.log, read.applied, read.received), (0xfeed, 42, 42));
+        // A second line of another changelog or torn counts for nothing.
+        fs::write(&path, ack_line(0xfeed, 42) + &ack_line(0xbeef, 50)).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.received), Some(42));
+        let torn = ack_line(0xfeed, 50);
+        fs::write(&path, ack_line(0xfeed, 42) + &torn[..30]).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.received), Some(42));
     }
 
     #[test]

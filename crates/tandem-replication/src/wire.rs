@@ -167,6 +167,13 @@ pub enum Message {
     /// Changes.
     Batch(Batch),
     /// "I applied your log `log` up to `seq`, durably."
+    ///
+    /// `Ack` with `seq` 0 acknowledges nothing (every position of a changelog is at
+    /// least 1, and a node of any release ignores an acknowledgement that does not
+    /// advance its acknowledged position): a node sends it once when a session starts
+    /// ([`RECEIVED_HELLO`]) to say that it reads [`Message::Received`]. A node sends
+    /// `Received` only to a peer that said so, since a node of an older release cannot
+    /// decode that variant and would end the session.
     Ack {
         /// The acknowledged changelog.
         log: u64,
@@ -242,7 +249,22 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// "I took in your log `log` up to `seq` and apply it next" (not yet on my disk):
+    /// sent by the puller the moment it takes a batch in, before applying it, to a
+    /// peer that sent [`RECEIVED_HELLO`]. The last variant, so that the others keep
+    /// their numbers on the wire.
+    Received {
+        /// The changelog taken in.
+        log: u64,
+        /// The newest position taken in.
+        seq: u64,
+    },
 }
+
+/// The acknowledgement position that acknowledges nothing: `Ack { log, seq: 0 }`, sent
+/// once at the start of a session, says "I read [`Message::Received`]" (see
+/// [`Message::Ack`]).
+pub const RECEIVED_HELLO: u64 = 0;
 
 impl Conversation for Message {
     const CHANNEL: Channel = Channel::new(2, "replication");
@@ -377,6 +399,7 @@ mod tests {
                 }),
             (any::<u64>(), any::<u64>()).prop_map(|(id, rows)| Message::SnapshotEnd { id, rows }),
             (any::<u64>(), text()).prop_map(|(id, reason)| Message::SyncFailed { id, reason }),
+            (any::<u64>(), any::<u64>()).prop_map(|(log, seq)| Message::Received { log, seq }),
         ]
     }
 
@@ -497,6 +520,20 @@ mod tests {
             err.to_string().starts_with("malformed replication message"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn received_is_numbered_after_every_older_variant() {
+        // Older releases number Ack 4 and SyncFailed 12 (the last); Received comes
+        // after them, with the same body as Ack.
+        let ack = seal(&Message::Ack { log: 7, seq: 9 });
+        let received = seal(&Message::Received { log: 7, seq: 9 });
+        let failed = seal(&Message::SyncFailed {
+            id: 1,
+            reason: String::new(),
+        });
+        assert_eq!((ack[2], failed[2], received[2]), (4, 12, 13));
+        assert_eq!(ack[3..], received[3..]);
     }
 
     #[test]

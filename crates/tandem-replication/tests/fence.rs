@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tandem_core::NodeId;
 use tandem_peer::SiteKey;
-use tandem_replication::wire::{Message, NodeState};
+use tandem_replication::wire::{Message, NodeState, RECEIVED_HELLO};
 use tandem_replication::{
     Error, Fence, InitOptions, PeerEvent, Position, Quiet, ReplicationBackend, ReplicationConfig,
     ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions, Transport,
@@ -327,7 +327,8 @@ impl Transport for Mem {
     }
 }
 
-/// The next message from the service that is not a state, and the last state seen.
+/// The next message from the service that is not a state (nor the acknowledgement of
+/// nothing that says it reads `Received`), and the last state seen.
 async fn next_but_states(peer: &Mem, last_state: &mut Option<NodeState>) -> Message {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), peer.recv())
@@ -336,6 +337,10 @@ async fn next_but_states(peer: &Mem, last_state: &mut Option<NodeState>) -> Mess
             .unwrap();
         match m {
             Message::State(s) => *last_state = Some(s),
+            Message::Ack {
+                seq: RECEIVED_HELLO,
+                ..
+            } => {}
             other => return other,
         }
     }

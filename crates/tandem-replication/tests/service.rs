@@ -11,8 +11,9 @@ use std::time::Duration;
 use tandem_core::NodeId;
 use tandem_peer::SiteKey;
 use tandem_replication::{
-    Error, InitOptions, LinkStatus, Position, Quiet, ReplicationBackend, ReplicationConfig,
-    ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions,
+    AckLevel, Error, InitOptions, LinkStatus, Position, Quiet, ReplicationBackend,
+    ReplicationConfig, ReplicationState, Replicator, Settings, SqliteBackend, SwitchOnOptions,
+    published_at,
 };
 use tandem_sample as sample;
 use tokio::sync::watch;
@@ -690,4 +691,54 @@ async fn switch_on_straight_after_init_waits_for_the_service_to_start() {
     assert!(text.contains("waited"), "{text}");
     assert!(text.contains("mp_replication service"), "{text}");
     assert!(text.contains("node agent"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_wait_at_each_acknowledgement_level_and_received_is_published_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SiteKey::generate().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    // Node 1's commits wait at `received` unless told otherwise.
+    let mut n1 = Node::new(dir.path(), NodeId::One, p1, p2, |c| {
+        c.synchronous_commit = AckLevel::Received;
+    })
+    .await;
+    let mut n2 = Node::new(dir.path(), NodeId::Two, p2, p1, |_| {}).await;
+    n1.start(&key);
+    n2.start(&key);
+    n1.backend
+        .switch_on(&SwitchOnOptions::new(), &Quiet)
+        .await
+        .unwrap();
+    n1.backend.promote().await.unwrap();
+    let state_dir = n1.backend.settings().state_dir.clone();
+    for (tx, level) in (1..).zip(AckLevel::ALL) {
+        let p = write(&n1, tx, 10).await;
+        n1.backend
+            .wait_replicated_at(p, level, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("waiting at {level}: {e}"));
+        let received = published_at(&state_dir, AckLevel::Received).unwrap();
+        let applied = published_at(&state_dir, AckLevel::Applied).unwrap();
+        assert!(received >= p, "{level}: received {received:?} < {p:?}");
+        assert!(
+            received >= applied,
+            "received {received:?} < applied {applied:?}"
+        );
+        if level != AckLevel::Received {
+            assert!(applied >= p, "{level}: applied {applied:?} < {p:?}");
+        }
+    }
+    // The configured level, and what `received` promised: node 2 applies it.
+    let p = write(&n1, 9, 10).await;
+    n1.backend
+        .wait_replicated(p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    eventually("node 2 to apply what it received", || async {
+        n2.backend.status().await.unwrap().applied >= p
+    })
+    .await;
+    n1.stop().await;
+    n2.stop().await;
 }

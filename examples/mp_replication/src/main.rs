@@ -63,7 +63,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tandem_core::NodeId;
 use tandem_node::{LoadSettings, OutcomeKind, SiteSwitch, switch_site};
 use tandem_replication::{
-    Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
+    AckLevel, Backend, BackendKind, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, InitOptions, Observer,
     PromoteOptions, ReplicationBackend, RestoreReport, Settings, SqliteBackend, outcome_line,
     route_source,
 };
@@ -196,6 +196,10 @@ enum Command {
         /// Acknowledge each transaction only once the standby has it.
         #[arg(long)]
         wait_replicated: bool,
+        /// With `--wait-replicated`: the acknowledgement level waited for (received,
+        /// flushed or applied); default `[replication] synchronous_commit`.
+        #[arg(long, requires = "wait_replicated")]
+        level: Option<AckLevel>,
         /// Concurrent writers.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
         writers: u64,
@@ -424,9 +428,12 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             count,
             rows,
             wait_replicated,
+            level,
             writers,
         } => {
             sqlite_only(&settings, "write-sample")?;
+            let wait =
+                wait_replicated.then(|| level.unwrap_or(settings.replication.synchronous_commit));
             let backend = Arc::new(SqliteBackend::open_existing(&settings).await?);
             let end = first.saturating_add(count);
             let mut tasks = tokio::task::JoinSet::new();
@@ -434,7 +441,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 let backend = Arc::clone(&backend);
                 tasks.spawn(async move {
                     let txs = (first + k..end).step_by(writers as usize);
-                    write_sample(&backend, txs, rows, wait_replicated).await
+                    write_sample(&backend, txs, rows, wait).await
                 });
             }
             while let Some(done) = tasks.join_next().await {
@@ -451,7 +458,7 @@ async fn write_sample(
     backend: &SqliteBackend,
     txs: impl Iterator<Item = u64>,
     rows: u32,
-    wait_replicated: bool,
+    wait: Option<AckLevel>,
 ) -> anyhow::Result<()> {
     for tx in txs {
         let position = {
@@ -459,10 +466,10 @@ async fn write_sample(
             sample::write_transaction(&mut conn, tx, rows).await?
         };
         // One line under stdout's lock: concurrent writers' lines do not mix.
-        if wait_replicated {
+        if let Some(level) = wait {
             let committed = std::time::Instant::now();
             backend
-                .wait_replicated(position, Duration::from_secs(60))
+                .wait_replicated_at(position, level, Duration::from_secs(60))
                 .await
                 .with_context(|| format!("transaction {tx}"))?;
             let waited = committed.elapsed().as_micros();

@@ -260,11 +260,12 @@ impl ReplicationBackend for PostgresBackend {
     }
 
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
+        let level = self.settings.replication.synchronous_commit;
         let state = self.load()?;
         let started = std::time::Instant::now();
         let mut conn = self.connect_local().await?;
         loop {
-            let acked = Self::standby_flushed(&mut conn, &state.peer_app_name()).await?;
+            let acked = Self::standby_at(&mut conn, &state.peer_app_name(), level).await?;
             if acked >= position {
                 return Ok(());
             }

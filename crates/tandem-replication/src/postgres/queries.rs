@@ -8,6 +8,7 @@ use sqlx::postgres::PgConnection;
 use super::server::conf_quote;
 use super::state::PgState;
 use super::{PostgresBackend, parse_lsn, scram};
+use crate::config::AckLevel;
 use crate::error::{Error, Result};
 use crate::status::{Position, ReplicationState};
 use crate::util::random_u64;
@@ -190,19 +191,35 @@ impl PostgresBackend {
             .map_err(Error::db(what.to_owned()))
     }
 
-    /// How far the primary's standby `name` has flushed (0 when it is not connected).
-    pub(super) async fn standby_flushed(conn: &mut PgConnection, name: &str) -> Result<Position> {
-        let flushed: Option<String> = sqlx::query_scalar(
-            "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = $1 \
-             ORDER BY flush_lsn DESC NULLS LAST LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::db("reading pg_stat_replication"))?
-        .flatten();
-        Ok(Position(
-            flushed.as_deref().and_then(parse_lsn).unwrap_or(0),
-        ))
+    /// How far the primary's standby `name` got at `level`: written (`received`),
+    /// flushed or replayed (`applied`), from `pg_stat_replication` (0 when it is not
+    /// connected).
+    pub(super) async fn standby_at(
+        conn: &mut PgConnection,
+        name: &str,
+        level: AckLevel,
+    ) -> Result<Position> {
+        // One of three fixed statements (no text from outside).
+        let sql = match level {
+            AckLevel::Received => {
+                "SELECT write_lsn::text FROM pg_stat_replication WHERE application_name = $1 \
+                 ORDER BY write_lsn DESC NULLS LAST LIMIT 1"
+            }
+            AckLevel::Applied => {
+                "SELECT replay_lsn::text FROM pg_stat_replication WHERE application_name = $1 \
+                 ORDER BY replay_lsn DESC NULLS LAST LIMIT 1"
+            }
+            _ => {
+                "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = $1 \
+                 ORDER BY flush_lsn DESC NULLS LAST LIMIT 1"
+            }
+        };
+        let at: Option<String> = sqlx::query_scalar(sql)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db("reading pg_stat_replication"))?
+            .flatten();
+        Ok(Position(at.as_deref().and_then(parse_lsn).unwrap_or(0)))
     }
 }

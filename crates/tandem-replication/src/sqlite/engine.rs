@@ -245,7 +245,7 @@ impl Engine {
     async fn execute_records(&mut self, command: Command) -> Result<Option<Input>> {
         let b = Arc::clone(&self.backend);
         match command {
-            Command::PublishAck { log, seq } => b.publish_ack(log, seq)?,
+            Command::PublishAck { log, seq, received } => b.publish_ack(log, seq, received)?,
             Command::RecordAck { log, seq, wait } => {
                 return Ok(self.record_ack(log, seq, wait).await);
             }

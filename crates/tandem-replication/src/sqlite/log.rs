@@ -332,7 +332,7 @@ impl SqliteBackend {
         tx.commit()
             .await
             .map_err(Error::db("recording an acknowledgement"))?;
-        self.publish_ack(log, seq)
+        self.publish_applied(log, seq)
     }
 
     /// Decides whether node `puller`'s pull of this node's changelog `log` from `from`

@@ -40,13 +40,16 @@ use sqlx::sqlite::{
 };
 use tokio::sync::Mutex;
 
+use crate::config::AckLevel;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::observer::Observer;
 use crate::status::{
     LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
 };
-use crate::util::{AckWatch, ServiceLock, now_ms, random_u64, read_ack, wake, write_ack};
+use crate::util::{
+    AckWatch, Published, ServiceLock, now_ms, random_u64, read_ack, read_published, wake, write_ack,
+};
 use crate::{
     DemoteOptions, DemoteReport, InitOptions, InitReport, PromoteOptions, ReplicationBackend,
     SwitchOnOptions, SwitchReport,
@@ -105,6 +108,22 @@ pub async fn position_in(conn: &mut SqliteConnection) -> Result<Position> {
 /// reads the position recorded in the database.
 pub fn published_ack(state_dir: &Path) -> Option<Position> {
     read_ack(&state_dir.join(ACK_FILE)).map(|(_, seq)| Position(seq))
+}
+
+/// [`published_ack`] at an acknowledgement `level`: the position the peer received
+/// ([`AckLevel::Received`]; the applied one where the peer never said) or applied
+/// (the other levels).
+pub fn published_at(state_dir: &Path, level: AckLevel) -> Option<Position> {
+    read_published(&state_dir.join(ACK_FILE)).map(|p| Position(covered_at(&p, level)))
+}
+
+/// The position `published` covers at `level` (on SQLite, `flushed` is `applied`: the
+/// standby's apply is its only write to disk).
+fn covered_at(published: &Published, level: AckLevel) -> u64 {
+    match level {
+        AckLevel::Received => published.received,
+        _ => published.applied,
+    }
 }
 
 /// The file in the state directory where the service publishes acknowledgements.
@@ -169,6 +188,11 @@ impl AckState {
             Some((log, seq)) if Some(log) == self.log => self.acked.max(seq),
             _ => self.acked,
         }
+    }
+
+    /// [`with_published`](Self::with_published) at `level`.
+    fn with_published_at(&self, published: Option<&Published>, level: AckLevel) -> u64 {
+        self.with_published(published.map(|p| (p.log, covered_at(p, level))))
     }
 }
 
@@ -383,10 +407,20 @@ impl SqliteBackend {
             .filter(|t| !t.is_empty())
     }
 
-    /// Publishes an acknowledgement at once (for `wait_replicated`); the database
-    /// records it with [`record_ack`](Self::record_ack), which may come later.
-    pub(crate) fn publish_ack(&self, log: u64, seq: u64) -> Result<()> {
-        write_ack(&self.ack_path(), log, seq)
+    /// Publishes the peer's applied and received positions at once (for
+    /// `wait_replicated`); the database records the applied one with
+    /// [`record_ack`](Self::record_ack), which may come later.
+    pub(crate) fn publish_ack(&self, log: u64, applied: u64, received: u64) -> Result<()> {
+        write_ack(&self.ack_path(), log, applied, received)
+    }
+
+    /// Publishes the applied position `seq`, keeping the received position published
+    /// before if it is newer.
+    pub(crate) fn publish_applied(&self, log: u64, seq: u64) -> Result<()> {
+        let received = read_published(&self.ack_path())
+            .filter(|p| p.log == log)
+            .map_or(seq, |p| p.received.max(seq));
+        self.publish_ack(log, seq, received)
     }
 
     /// Where the service listens for wake-ups.
@@ -710,7 +744,31 @@ impl SqliteBackend {
         position: Position,
         limit: Duration,
     ) -> Result<()> {
-        self.wait_acknowledged(position, limit, true).await
+        let level = self.settings.replication.synchronous_commit;
+        self.wait_acknowledged(position, level, limit, true).await
+    }
+
+    /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) at an
+    /// acknowledgement level of the caller's choice instead of the configured
+    /// `[replication] synchronous_commit` (see [`AckLevel`] for what each survives).
+    /// With a standby of an earlier release, which never says `received`, the
+    /// `received` level waits for the applied acknowledgement.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: &tandem_replication::SqliteBackend, position: tandem_replication::Position) -> tandem_replication::Result<()> {
+    /// use std::time::Duration;
+    /// use tandem_replication::AckLevel;
+    /// // Survives the loss of either node (not of both at once) for one round trip.
+    /// backend.wait_replicated_at(position, AckLevel::Received, Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_replicated_at(
+        &self,
+        position: Position,
+        level: AckLevel,
+        limit: Duration,
+    ) -> Result<()> {
+        self.wait_acknowledged(position, level, limit, false).await
     }
 
     /// Group commit for the waiting side: a waiter wakes the service (which ships every
@@ -728,6 +786,7 @@ impl SqliteBackend {
     async fn wait_acknowledged(
         &self,
         position: Position,
+        level: AckLevel,
         limit: Duration,
         while_connected: bool,
     ) -> Result<()> {
@@ -745,11 +804,11 @@ impl SqliteBackend {
             .map(AckWatch::subscribe);
         let mut published = match changes.as_mut() {
             Some(rx) => *rx.borrow_and_update(),
-            None => read_ack(&self.ack_path()),
+            None => read_published(&self.ack_path()),
         };
         let mut next_check = started + RECHECK;
         loop {
-            let covered = published.is_some_and(|(_, seq)| seq >= position.0);
+            let covered = published.is_some_and(|p| covered_at(&p, level) >= position.0);
             let mut acked = 0;
             if covered || tokio::time::Instant::now() >= next_check {
                 let recorded = self.checked_since(started).await?;
@@ -763,7 +822,7 @@ impl SqliteBackend {
                         "wait_replicated is for the active node; this node is the standby".into(),
                     ));
                 }
-                acked = recorded.with_published(published);
+                acked = recorded.with_published_at(published.as_ref(), level);
                 if acked >= position.0 {
                     return Ok(());
                 }
@@ -802,7 +861,7 @@ impl SqliteBackend {
                 None => {
                     let poll = tokio::time::Instant::now() + Duration::from_millis(1);
                     tokio::time::sleep_until(poll.min(until)).await;
-                    published = read_ack(&self.ack_path());
+                    published = read_published(&self.ack_path());
                 }
             }
         }
@@ -1363,7 +1422,9 @@ impl ReplicationBackend for SqliteBackend {
     }
 
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
-        self.wait_acknowledged(position, timeout, false).await
+        let level = self.settings.replication.synchronous_commit;
+        self.wait_acknowledged(position, level, timeout, false)
+            .await
     }
 
     fn switches_peer(&self) -> bool {

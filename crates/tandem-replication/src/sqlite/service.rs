@@ -16,9 +16,13 @@
 //! second. A node that is on, not writable, not diverged and whose peer is on sends
 //! [`Message::Pull`] with its applied position; the other side checks it (same
 //! changelog, not below its floor, not past its head), then streams
-//! [`Message::Batch`]es with at most `window` unacknowledged. The puller applies each
+//! [`Message::Batch`]es with at most `window` not yet taken in. The puller applies each
 //! batch in one transaction with its new position and answers [`Message::Ack`]; the
-//! source records the acknowledgement and prunes. A from-sync ends the same way: the
+//! source records the acknowledgement and prunes. Before the apply, the puller answers
+//! [`Message::Received`] if the source announced, with an `Ack` of position 0 at the
+//! start of the session, that it reads it (an older release cannot decode it): the
+//! source publishes that position for commits waiting at the `received` level and
+//! sends its next batch at once (the window counts batches not yet received). A from-sync ends the same way: the
 //! receiver acknowledges the snapshot's position once it committed the snapshot. The
 //! backlog limit counts the changes past both the acknowledged position and the floor
 //! (what was dropped reaches the peer only by a from-sync). Both directions are symmetric, so

@@ -25,7 +25,7 @@ use tandem_core::NodeId;
 use crate::fence::Fence;
 use crate::sqlite::{Meta, PeerRecord, Progress, PullCheck, RequestDone};
 use crate::status::ReplicationState;
-use crate::wire::{Batch, Change, Message, NodeState, SnapshotRow};
+use crate::wire::{Batch, Change, Message, NodeState, RECEIVED_HELLO, SnapshotRow};
 
 /// How often acknowledgements are recorded in the database at most.
 pub(crate) const ACK_FLUSH: Duration = Duration::from_secs(1);
@@ -212,8 +212,9 @@ pub(crate) enum Command {
     SetProgress(Progress),
     /// Record a request's result (a failure is logged only).
     FinishRequest(RequestDone),
-    /// Publish an acknowledgement at once (for commits waiting on it).
-    PublishAck { log: u64, seq: u64 },
+    /// Publish the peer's applied (`seq`) and received positions of this node's
+    /// changelog `log` at once (for commits waiting on them).
+    PublishAck { log: u64, seq: u64, received: u64 },
     /// Record an acknowledgement in the database (and prune); `wait`: now, after the
     /// write going on, answering [`Input::AckUnrecorded`] on failure; else in the
     /// background.
@@ -359,6 +360,8 @@ struct Session {
     serving: Option<Serving>,
     /// We send a snapshot.
     providing: bool,
+    /// The peer said it reads [`Message::Received`] (its [`RECEIVED_HELLO`]).
+    peer_reads_received: bool,
     last_state: Option<(NodeState, Duration)>,
 }
 
@@ -415,6 +418,8 @@ pub(crate) struct Protocol {
     pending: Option<Pending>,
     /// An acknowledgement published but not yet recorded in the database.
     ack_pending: Option<(u64, u64)>,
+    /// The positions last published: changelog, applied, received.
+    published: Option<(u64, u64, u64)>,
     ack_flushed: Duration,
     /// Why the last batch from the peer could not be applied, until one is: sent to
     /// the peer as this node's alarm, since this node may be unable to record
@@ -448,6 +453,7 @@ impl Protocol {
             limits,
             pending: None,
             ack_pending: None,
+            published: None,
             ack_flushed: now.mono,
             apply_failure: None,
             session: None,
@@ -462,8 +468,19 @@ impl Protocol {
         match input {
             Input::SessionUp => {
                 self.session = Some(Session::default());
+                // After the state, before any batch (which follows the peer's pull of
+                // what the state announced): read by every release as an
+                // acknowledgement of nothing, by this one as "I read `Received`".
+                let hello = Message::Ack {
+                    log: self.meta.log,
+                    seq: RECEIVED_HELLO,
+                };
                 self.run(
-                    steps([Step::Refresh { force: true }, Step::State { force: true }]),
+                    steps([
+                        Step::Refresh { force: true },
+                        Step::State { force: true },
+                        Step::Send(hello),
+                    ]),
                     &mut out,
                 );
             }

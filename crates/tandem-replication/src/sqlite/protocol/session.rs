@@ -13,7 +13,7 @@ use super::{
 use crate::error::{Result, chain};
 use crate::sqlite::{self, PeerRecord, PullCheck};
 use crate::status::ReplicationState;
-use crate::wire::{Batch, Change, Message, NodeState};
+use crate::wire::{Batch, Change, Message, NodeState, RECEIVED_HELLO};
 
 impl Protocol {
     /// Dispatches a message from the peer.
@@ -27,7 +27,16 @@ impl Protocol {
                 }
             }
             Message::Batch(batch) => self.on_batch(batch, out),
+            Message::Ack {
+                seq: RECEIVED_HELLO,
+                ..
+            } => {
+                if let Some(s) = self.session.as_mut() {
+                    s.peer_reads_received = true;
+                }
+            }
             Message::Ack { log, seq } => self.on_ack(log, seq, out),
+            Message::Received { log, seq } => self.on_received(log, seq, out),
             Message::Refuse { reason } => self.on_refuse(reason, out),
             Message::Control { id, on } => out.push(Command::SwitchLocal {
                 on,
@@ -262,9 +271,11 @@ impl Protocol {
         if serving.inflight.len() >= limits.window || serving.sent >= head {
             return Flow::Next;
         }
-        // Group commit: while a batch is on its way, a partial one waits for its
-        // acknowledgement and then goes with everything committed meanwhile, so that
-        // busy writers share batches (a full batch is sent at once).
+        // Group commit: while a batch is on its way, a partial one waits until the
+        // peer took it in (its `Received`; an older peer's `Ack` after the apply) and
+        // then goes with everything committed meanwhile, so that busy writers share
+        // batches (a full batch is sent at once). The peer's apply of a batch never
+        // holds the next one back when it says `Received`.
         if !serving.inflight.is_empty() && head - serving.sent < u64::from(limits.batch_size) {
             return Flow::Next;
         }
@@ -359,10 +370,35 @@ impl Protocol {
             return;
         }
         let (peer, token) = (self.peer_node(), s.peer.as_ref().and_then(|p| p.token));
+        let tell = s.peer_reads_received;
         match self.fence().admits(peer, token) {
-            Ok(()) => out.push(Command::ApplyBatch { batch, peer, token }),
+            Ok(()) => {
+                // Taken in: said before the apply (which takes an fsync), for the
+                // peer's commits that wait at the `received` level and for its next
+                // batch. Not for a batch this node is sure to refuse.
+                if tell && self.will_apply(&batch) {
+                    out.push(Command::Send(Message::Received {
+                        log: batch.log,
+                        seq: batch.last(),
+                    }));
+                }
+                out.push(Command::ApplyBatch { batch, peer, token });
+            }
             Err(e) => self.applied(batch.log, Applied::Refused(chain(&e)), out),
         }
+    }
+
+    /// Whether `batch` follows what this node applied (the checks of the apply that
+    /// the protocol can make itself: not writable, not diverged, the same changelog,
+    /// no gap) and brings something new.
+    fn will_apply(&self, batch: &Batch) -> bool {
+        let m = &self.meta;
+        let applied = match m.applied_log {
+            Some(log) if log == batch.log => m.applied,
+            None => 0,
+            Some(_) => return false,
+        };
+        !m.writable && m.head <= m.acked && batch.prev <= applied && batch.last() > applied
     }
 
     /// What became of a batch.
@@ -430,13 +466,58 @@ impl Protocol {
             // Published at once for wait_replicated; recorded (and pruned) in the
             // database at most every ACK_FLUSH, so a busy application does not make
             // acknowledgements queue for the write lock.
-            out.push(Command::PublishAck { log, seq });
+            self.publish(log, seq, seq, out);
             if self.ack_pending.is_none_or(|(_, p)| p < seq) {
                 self.ack_pending = Some((log, seq));
             }
         }
         // The next batch takes everything committed until now.
         self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
+    }
+
+    /// The peer took in this node's changelog `log` up to `seq`: the batches up to it
+    /// leave the window (the next one goes now, while the peer applies), and the
+    /// position is published for commits waiting at the `received` level. Nothing is
+    /// recorded or pruned: the peer has not applied it yet.
+    fn on_received(&mut self, log: u64, seq: u64, out: &mut Vec<Command>) {
+        let mut sent = 0;
+        if let Some(serving) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.serving.as_mut())
+            .filter(|sv| sv.log == log)
+        {
+            while serving.inflight.front().is_some_and(|last| *last <= seq) {
+                serving.inflight.pop_front();
+            }
+            sent = serving.sent;
+        }
+        // Only what this session sent can have been received (the meta table's head
+        // may be older than the changes read since).
+        if log == self.meta.log && seq <= sent {
+            self.publish(log, self.meta.acked, seq, out);
+        }
+        self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
+    }
+
+    /// Publishes the peer's positions of this node's changelog `log` if either moved
+    /// on: applied at least `applied`, received at least `received` (and at least
+    /// what it applied). Neither goes back within one changelog.
+    fn publish(&mut self, log: u64, applied: u64, received: u64, out: &mut Vec<Command>) {
+        let (old_applied, old_received) = match self.published {
+            Some((l, a, r)) if l == log => (a, r),
+            _ => (0, 0),
+        };
+        let applied = applied.max(old_applied);
+        let received = received.max(applied).max(old_received);
+        if self.published != Some((log, applied, received)) {
+            self.published = Some((log, applied, received));
+            out.push(Command::PublishAck {
+                log,
+                seq: applied,
+                received,
+            });
+        }
     }
 
     fn on_refuse(&mut self, reason: String, out: &mut Vec<Command>) {

@@ -321,6 +321,7 @@ fn show_message(m: &Message) -> String {
         }
         Message::SnapshotEnd { id, rows } => format!("snapshot-end id={id} rows={rows}"),
         Message::SyncFailed { id, reason } => format!("sync-failed id={id} {reason:?}"),
+        Message::Received { log, seq } => format!("received log={log} seq={seq}"),
     }
 }
 
@@ -383,7 +384,9 @@ fn show(c: &Command) -> Option<String> {
                 d.message
             )
         }
-        Command::PublishAck { log, seq } => format!("publish-ack log={log} seq={seq}"),
+        Command::PublishAck { log, seq, received } => {
+            format!("publish-ack log={log} seq={seq} received={received}")
+        }
         Command::RecordAck { log, seq, wait } => {
             format!("record-ack log={log} seq={seq} wait={}", yes(*wait))
         }
@@ -518,6 +521,10 @@ fn parse_message(words: &[String]) -> Result<Message, String> {
             })
         }
         "ack" => Message::Ack {
+            log: a.num("log")?,
+            seq: a.num("seq")?,
+        },
+        "received" => Message::Received {
             log: a.num("log")?,
             seq: a.num("seq")?,
         },
@@ -812,6 +819,16 @@ fn the_backlog_limit_suspends_replication() {
 }
 
 #[test]
+fn the_active_node_publishes_received_positions_and_ships_on() {
+    check("received-acks.trace");
+}
+
+#[test]
+fn a_standby_says_received_only_to_a_peer_that_reads_it() {
+    check("standby-says-received.trace");
+}
+
+#[test]
 fn every_trace_file_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
@@ -834,13 +851,26 @@ fn every_trace_file_is_checked() {
 #[derive(Debug, Clone)]
 enum Ev {
     Tick(u64),
-    PeerState { head: u64, token: Option<u64> },
-    Batch { prev: u64, len: u64 },
+    PeerState {
+        head: u64,
+        token: Option<u64>,
+    },
+    Batch {
+        prev: u64,
+        len: u64,
+    },
+    /// The peer says it reads `Received` (an older peer never does).
+    Hello,
     ApplyFails,
     Lost,
     Up,
-    Request { id: u64, sync: bool },
-    Fence { floor: u64 },
+    Request {
+        id: u64,
+        sync: bool,
+    },
+    Fence {
+        floor: u64,
+    },
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -849,6 +879,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         (0u64..40, proptest::option::of(0u64..4))
             .prop_map(|(head, token)| Ev::PeerState { head, token }),
         (0u64..40, 1u64..6).prop_map(|(prev, len)| Ev::Batch { prev, len }),
+        Just(Ev::Hello),
         Just(Ev::ApplyFails),
         Just(Ev::Lost),
         Just(Ev::Up),
@@ -890,6 +921,10 @@ fn play(sim: &mut Sim, e: &Ev) {
             prev,
             changes: (prev + 1..=prev + len).map(change).collect(),
         })),
+        Ev::Hello => Input::Received(Message::Ack {
+            log: 100,
+            seq: RECEIVED_HELLO,
+        }),
         Ev::ApplyFails => {
             sim.next_apply = Some(Applied::Failed("disk full".into()));
             return;
@@ -931,7 +966,9 @@ proptest! {
         }
         let mut acked = 0;
         for c in &sim.done {
-            if let Command::Send(Message::Ack { seq, .. }) = c {
+            if let Command::Send(Message::Ack { seq, .. }) = c
+                && *seq != RECEIVED_HELLO
+            {
                 prop_assert!(*seq >= acked, "acknowledged {seq} after {acked}");
                 acked = *seq;
             }
@@ -969,6 +1006,118 @@ proptest! {
                     let fence = sim.fence.unwrap_or_default();
                     prop_assert!(fence.admits(*peer, *token).is_ok());
                 }
+            }
+        }
+    }
+}
+
+proptest! {
+    /// A standby says `Received` only to a peer that said it reads it in this
+    /// session, and only for a batch it then applies (unless its disk fails).
+    #[test]
+    fn received_goes_only_to_a_peer_that_reads_it_and_is_then_applied(
+        events in proptest::collection::vec(ev(), 1..60),
+    ) {
+        let mut sim = standby();
+        sim.feed(Input::SessionUp);
+        let (mut in_session, mut hello) = (true, false);
+        for e in &events {
+            match e {
+                Ev::Up => (in_session, hello) = (true, false),
+                Ev::Lost => (in_session, hello) = (false, false),
+                Ev::Hello => hello = in_session,
+                _ => {}
+            }
+            let before = sim.done.len();
+            play(&mut sim, e);
+            let new = &sim.done[before..];
+            let failed = new.iter().any(|c| matches!(c, Command::End(_)));
+            for (i, c) in new.iter().enumerate() {
+                if let Command::Send(Message::Received { seq, .. }) = c {
+                    prop_assert!(hello, "received {seq} sent to a peer that never said it reads it");
+                    let next_applies = matches!(
+                        new.get(i + 1),
+                        Some(Command::ApplyBatch { batch, .. }) if batch.last() == *seq
+                    );
+                    prop_assert!(next_applies, "received {seq} is not followed by its apply");
+                    prop_assert!(failed || sim.db.applied >= *seq, "received {seq}, applied {}", sim.db.applied);
+                }
+            }
+            if failed {
+                (in_session, hello) = (false, false);
+            }
+        }
+    }
+
+    /// On the active node the published positions never go back, the received one is
+    /// never behind the applied one, and neither passes the head; a `Received` that
+    /// covers every batch in flight lets the next one go at once, before the peer's
+    /// applied acknowledgement.
+    #[test]
+    fn published_positions_are_monotonic_and_received_frees_the_window(
+        events in proptest::collection::vec((0u8..4, 0u64..12), 1..60),
+    ) {
+        let words = tokenize("node=1 log=100 writable=yes state=active schema=s1 head=5 window=2 batch=3")
+            .unwrap();
+        let mut sim = declare(&words).unwrap();
+        sim.feed(Input::SessionUp);
+        sim.feed(Input::Received(Message::State(NodeState {
+            node: NodeId::Two,
+            site: 1,
+            log: 200,
+            head: 0,
+            floor: 0,
+            acked: 0,
+            applied_log: None,
+            applied: 0,
+            writable: false,
+            state: ReplicationState::Active,
+            schema: "s1".into(),
+            alarm: String::new(),
+            lag_ms: None,
+            token: None,
+        })));
+        sim.feed(Input::Received(Message::Pull { log: Some(100), from: 0 }));
+        sim.feed(Input::Tick { ack_busy: false });
+        let mut sent = 0;
+        for (kind, n) in events {
+            sent = sim.done.iter().fold(sent, |s, c| match c {
+                Command::Send(Message::Batch(b)) => s.max(b.last()),
+                _ => s,
+            });
+            let before = sim.done.len();
+            match kind {
+                0 => {
+                    sim.db.head += n;
+                    sim.feed(Input::Woken { ack_busy: false });
+                }
+                1 => {
+                    sim.feed(Input::Received(Message::Ack { log: 100, seq: n.min(sent) }));
+                }
+                2 => {
+                    let seq = n.min(sent);
+                    let all = seq == sent && sim.db.head > sent;
+                    sim.feed(Input::Received(Message::Received { log: 100, seq }));
+                    if all {
+                        let shipped = sim.done[before..]
+                            .iter()
+                            .any(|c| matches!(c, Command::Send(Message::Batch(b)) if b.prev == sent));
+                        prop_assert!(shipped, "nothing shipped after {sent} was received");
+                    }
+                }
+                _ => {
+                    sim.now_ms += n * 100;
+                    sim.feed(Input::Tick { ack_busy: false });
+                }
+            }
+        }
+        let mut last = (0, 0);
+        for c in &sim.done {
+            if let Command::PublishAck { seq, received, .. } = c {
+                prop_assert!(*received >= *seq, "received {received} behind applied {seq}");
+                prop_assert!(*seq >= last.0 && *received >= last.1, "{:?} after {last:?}", (seq, received));
+                prop_assert!(*received <= sim.db.head);
+                last = (*seq, *received);
             }
         }
     }
