@@ -591,8 +591,8 @@ pub(crate) struct Extras {
     pub(crate) bundle: Option<tandem_bundle::BundleSpec>,
     /// Both systems' heartbeat paths at real-time priority, memory locked.
     pub(crate) protected: bool,
-    /// tandem's nodes replicate the sample schema (SQLite), node 1 switched
-    /// on, with [`FILL_ROWS`] rows written on node 1 before it starts.
+    /// tandem's nodes replicate the sample schema (SQLite): [`FILL_ROWS`] rows
+    /// written on node 1 once it is active, then replication switched on.
     pub(crate) replicate: bool,
 }
 
@@ -644,9 +644,11 @@ impl<'a> Site<'a> {
                 if site.replicate {
                     for host in [Host::Node2, Host::Node1] {
                         let (id, _, peer) = crate::site::node_facts(host);
-                        site.mp(host, &["init", "-n", &id.to_string(), "-r", &peer.to_string()])?;
+                        site.mp(
+                            host,
+                            &["init", "-n", &id.to_string(), "-r", &peer.to_string()],
+                        )?;
                     }
-                    site.fill(Host::Node1)?;
                 }
                 // node1 boots first and claims (the shared address is silent);
                 // node2 boots once it answers and stays standby.
@@ -660,7 +662,10 @@ impl<'a> Site<'a> {
                         .is_ok_and(|t| t.contains("Standby"))
                 })?;
                 if site.replicate {
+                    // Node 1 is active (its database writable): fill it, then
+                    // switch replication on, so that node 2 starts from a copy.
                     site.wait_peer_link()?;
+                    site.fill(Host::Node1)?;
                     site.mp(Host::Node1, &["switch-on"])?;
                 }
             }
