@@ -754,11 +754,17 @@ impl<'a> Site<'a> {
 
     /// Runs `mp_replication args...` on `host` (the binary beside `failover`).
     pub(crate) fn mp(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
+        self.tool(&self.bin.with_file_name("mp_replication"), host, args)
+    }
+
+    /// Runs `program` (one of the two tools) with `host`'s config and state
+    /// directory and `args`, in `host`'s namespace: its output, or an error
+    /// with everything it printed.
+    fn tool(&self, program: &Path, host: Host, args: &[&str]) -> anyhow::Result<String> {
         let (config, state) = self.paths(host);
-        let mp = self.bin.with_file_name("mp_replication");
         let out = self
             .lab
-            .command(host, &mp.display().to_string())
+            .command(host, &program.display().to_string())
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
@@ -767,8 +773,9 @@ impl<'a> Site<'a> {
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
+            let name = program.file_name().unwrap_or_default().to_string_lossy();
             bail!(
-                "mp_replication {} on {host}: {}{}",
+                "{name} {} on {host}: {}{}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
@@ -802,27 +809,9 @@ impl<'a> Site<'a> {
         })
     }
 
+    /// Runs `failover args...` on `host`.
     pub(crate) fn failover(&self, host: Host, args: &[&str]) -> anyhow::Result<String> {
-        let (config, state) = self.paths(host);
-        let out = self
-            .lab
-            .command(host, &self.bin.display().to_string())
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "failover {} on {host}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.tool(self.bin, host, args)
     }
 
     fn spawn_agent(&mut self, host: Host) -> anyhow::Result<()> {
