@@ -86,6 +86,10 @@ impl SqliteBackend {
             let pk: String = row.try_get("pk").map_err(read)?;
             let data: Option<String> = row.try_get("row").map_err(read)?;
             let ts_ms: i64 = row.try_get("ts").map_err(read)?;
+            if meta::is_placeholder(&table) {
+                // Only below a pull's start if the floor was respected; never shipped.
+                continue;
+            }
             let op = Op::from_letter(&op).ok_or_else(|| {
                 Error::State(format!(
                     "changelog entry {seq} has an unknown operation {op:?}"

@@ -29,8 +29,10 @@ use crate::error::{Error, Result};
 use crate::status::ReplicationState;
 use crate::wire::NodeState;
 
-/// The schema format this code writes.
-pub(crate) const FORMAT: u32 = 1;
+/// The schema format this code writes: 2 numbers the changelog without AUTOINCREMENT
+/// (see [`CREATE_CHANGELOG`]); `init` upgrades a database of format 1
+/// ([`upgrade_changelog`]).
+pub(crate) const FORMAT: u32 = 2;
 
 /// What the triggers do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,9 +179,21 @@ impl Meta {
 
 pub(crate) const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS _tandem_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID";
 
+/// The changelog. `seq` is the rowid, so a new entry takes the largest `seq` plus one;
+/// it never goes back because the newest entry is never pruned without a placeholder
+/// taking its place ([`raise_floor`]). (AUTOINCREMENT did the same by updating a row of
+/// `sqlite_sequence` at every change: a B-tree write and one more page in the log at
+/// every commit.)
 pub(crate) const CREATE_CHANGELOG: &str = "CREATE TABLE IF NOT EXISTS _tandem_changelog (\
-     seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, \
+     seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, op TEXT NOT NULL, \
      pk TEXT NOT NULL, row TEXT, ts INTEGER NOT NULL)";
+
+/// Puts a placeholder entry (empty `tbl`, `op` and `pk`, never read: it stands at or
+/// below the floor) at position `?1` unless an entry stands there or above, so that the
+/// changelog's largest `seq`, its head, is at least `?1`.
+const PLACEHOLDER: &str = "INSERT INTO _tandem_changelog (seq, tbl, op, pk, row, ts) \
+     SELECT ?1, '', '', '', NULL, 0 \
+     WHERE ?1 > 0 AND NOT EXISTS (SELECT 1 FROM _tandem_changelog WHERE seq >= ?1)";
 
 /// The exact REAL values of changelog entries (SQLite's JSON keeps only 15 digits).
 pub(crate) const CREATE_REALS: &str = "CREATE TABLE IF NOT EXISTS _tandem_reals (\
@@ -206,14 +220,12 @@ pub(crate) async fn initialized(conn: &mut SqliteConnection) -> Result<bool> {
 
 /// The changelog's newest sequence number (0 when nothing was ever logged).
 pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<u64> {
-    let seq: Option<i64> = match sqlx::query_scalar(
-        "SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog'",
-    )
-    .fetch_optional(&mut *conn)
-    .await
+    let seq: Option<i64> = match sqlx::query_scalar("SELECT max(seq) FROM _tandem_changelog")
+        .fetch_one(&mut *conn)
+        .await
     {
         Ok(seq) => seq,
-        // A database that never had a changelog has no sequence table either.
+        // A database that never had a changelog.
         Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => None,
         Err(e) => return Err(Error::db("reading the changelog head")(e)),
     };
@@ -226,7 +238,7 @@ pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<u64> {
 macro_rules! meta_columns {
     () => {
         "(SELECT json_group_object(key, COALESCE(CAST(value AS TEXT), '')) FROM _tandem_meta), \
-         (SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog')"
+         (SELECT max(seq) FROM _tandem_changelog)"
     };
 }
 
@@ -238,7 +250,7 @@ pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
             .await;
     match row {
         Ok((map, head)) => from_row(&map, head),
-        // No meta table (not initialized) or no sequence table: the long way, which
+        // No meta table or no changelog (not initialized): the long way, which
         // tells these apart.
         Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
             read_step_by_step(conn).await
@@ -320,6 +332,13 @@ fn parse(map: &HashMap<String, String>, head: u64) -> Result<Meta> {
     if format > u64::from(FORMAT) {
         return Err(Error::State(format!(
             "the replication meta table has format {format}; this build understands {FORMAT} (upgrade tandem)"
+        )));
+    }
+    if format != 0 && format < u64::from(FORMAT) {
+        return Err(Error::State(format!(
+            "the replication tables have format {format}, from an older tandem; run \
+             `mp_replication init` again (with the same options) to upgrade them to format \
+             {FORMAT}: the changelog and the positions are kept"
         )));
     }
     let hex64 = |k: &str| -> Result<Option<u64>> {
@@ -434,8 +453,7 @@ pub(crate) async fn transition(
         Mode::Capture if meta.uncaptured => {
             // The state at the current head includes uncaptured writes: move the head on so
             // that no peer standing at the old head can continue without a snapshot.
-            let head = bump_head(conn, meta.head).await?;
-            raise_floor(conn, head).await?;
+            raise_floor(conn, meta.head.saturating_add(1)).await?;
             set_num(conn, "uncaptured", 0).await?;
         }
         _ => {}
@@ -443,31 +461,14 @@ pub(crate) async fn transition(
     Ok(())
 }
 
-/// Advances the changelog's sequence by one without an entry; returns the new head.
-async fn bump_head(conn: &mut SqliteConnection, head: u64) -> Result<u64> {
-    let next = head.saturating_add(1);
-    let updated =
-        sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = '_tandem_changelog'")
-            .bind(next.cast_signed())
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("advancing the changelog sequence"))?;
-    if updated.rows_affected() == 0 {
-        sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('_tandem_changelog', ?1)")
-            .bind(next.cast_signed())
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("advancing the changelog sequence"))?;
-    }
-    Ok(next)
-}
-
 /// Drops every changelog entry up to `to` and records that the peer cannot pull from
-/// below it.
+/// below it. The head never goes back: when no entry stands above `to`, a placeholder
+/// entry stands at `to` (so `to` past the head moves the head on to `to`).
 pub(crate) async fn raise_floor(conn: &mut SqliteConnection, to: u64) -> Result<()> {
     for sql in [
         "DELETE FROM _tandem_changelog WHERE seq <= ?1",
         "DELETE FROM _tandem_reals WHERE seq <= ?1",
+        PLACEHOLDER,
     ] {
         sqlx::query(sql)
             .bind(to.cast_signed())
@@ -476,6 +477,58 @@ pub(crate) async fn raise_floor(conn: &mut SqliteConnection, to: u64) -> Result<
             .map_err(Error::db("pruning the changelog"))?;
     }
     set_num(conn, "floor", to).await
+}
+
+/// Whether a changelog entry read back is a placeholder (see [`raise_floor`]).
+pub(crate) fn is_placeholder(tbl: &str) -> bool {
+    tbl.is_empty()
+}
+
+/// Upgrades a changelog of format 1 (`seq INTEGER PRIMARY KEY AUTOINCREMENT`) to
+/// [`CREATE_CHANGELOG`]'s, inside the caller's transaction, keeping its entries and its
+/// head (a placeholder keeps a head whose entries were pruned); returns whether it did.
+/// The triggers must be dropped first (they name the table; `init` makes them again).
+pub(crate) async fn upgrade_changelog(conn: &mut SqliteConnection) -> Result<bool> {
+    let sql: Option<String> = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '_tandem_changelog'",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::db("reading the changelog's definition"))?;
+    if !sql.is_some_and(|s| s.to_ascii_uppercase().contains("AUTOINCREMENT")) {
+        return Ok(false);
+    }
+    let old_head: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = '_tandem_changelog'")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db("reading the changelog head"))?;
+    let next = CREATE_CHANGELOG.replace(
+        "IF NOT EXISTS _tandem_changelog",
+        "_tandem_changelog_upgrade",
+    );
+    for sql in [
+        next.as_str(),
+        "INSERT INTO _tandem_changelog_upgrade (seq, tbl, op, pk, row, ts) \
+         SELECT seq, tbl, op, pk, row, ts FROM _tandem_changelog",
+        "DROP TABLE _tandem_changelog",
+        "ALTER TABLE _tandem_changelog_upgrade RENAME TO _tandem_changelog",
+        "DELETE FROM sqlite_sequence WHERE name = '_tandem_changelog'",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("upgrading the changelog to format 2"))?;
+    }
+    if let Some(head) = old_head.filter(|h| *h > 0) {
+        sqlx::query(PLACEHOLDER)
+            .bind(head)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("upgrading the changelog to format 2"))?;
+    }
+    set_num(conn, "format", u64::from(FORMAT)).await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -887,7 +887,7 @@ impl SqliteBackend {
     pub(crate) async fn oldest_unacked_ms(&self, acked: u64) -> Result<Option<u64>> {
         let mut conn = self.conn().await?;
         let ts: Option<i64> = sqlx::query_scalar(
-            "SELECT ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT 1",
+            "SELECT ts FROM _tandem_changelog WHERE seq > ?1 AND tbl <> '' ORDER BY seq LIMIT 1",
         )
         .bind(acked.cast_signed())
         .fetch_optional(&mut *conn)
@@ -1129,6 +1129,12 @@ impl ReplicationBackend for SqliteBackend {
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db("creating the replication tables"))?;
+        }
+        // The triggers name the changelog: dropped before an upgrade renames it, made
+        // again below.
+        schema::drop_triggers(&mut tx).await?;
+        if meta::upgrade_changelog(&mut tx).await? {
+            observer.step("upgraded the changelog to format 2 (no AUTOINCREMENT)");
         }
         let tables = self.load_tables(&mut tx, Some(observer)).await?;
         let existing = match meta::read(&mut tx).await {

@@ -417,22 +417,23 @@ fn json_object(columns: &[String], prefix: &str) -> String {
 }
 
 /// Logs the REAL values among `columns` of the row `prefix` natively, under the
-/// changelog entry just inserted, if `condition` holds: one statement per column (no
-/// statement for a table without such columns). `_tandem_reals` has no rowid, so its
-/// inserts leave `last_insert_rowid()` at the changelog entry.
+/// changelog entry just inserted, if `condition` holds: one statement for all the
+/// columns (a statement per column cost about 6 % more instructions per sample
+/// transaction), none for a table without such columns. `_tandem_reals` has no rowid, so its inserts leave
+/// `last_insert_rowid()` at the changelog entry.
 fn reals(columns: &[String], prefix: &str, condition: &str) -> String {
-    columns
+    if columns.is_empty() {
+        return String::new();
+    }
+    let values = columns
         .iter()
-        .map(|c| {
-            let v = format!("{prefix}{}", ident(c));
-            format!(
-                "INSERT INTO _tandem_reals (seq, col, v) SELECT last_insert_rowid(), {}, {v} \
-                 WHERE typeof({v}) = 'real' AND {condition};",
-                literal(c)
-            )
-        })
+        .map(|c| format!("SELECT {} AS c, {prefix}{} AS v", literal(c), ident(c)))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" UNION ALL ");
+    format!(
+        "INSERT INTO _tandem_reals (seq, col, v) SELECT last_insert_rowid(), c, v \
+         FROM ({values}) WHERE typeof(v) = 'real' AND {condition};"
+    )
 }
 
 fn upsert_sql(table: &str, columns: &[String], key: &[String]) -> String {
@@ -536,6 +537,29 @@ mod tests {
             t.delete_many_sql(3),
             "DELETE FROM main.\"t\" WHERE (\"a\") IN (VALUES (?), (?), (?))"
         );
+    }
+
+    #[test]
+    fn reals_are_logged_by_one_statement_per_trigger() {
+        let t = TableInfo::new("t".into(), vec!["a".into(), "b".into()], vec!["a".into()]);
+        let sql = t.trigger_sql();
+        for (i, expected) in [(3, 1), (4, 2), (5, 1)] {
+            assert_eq!(
+                sql[i].matches("INSERT INTO _tandem_reals").count(),
+                expected,
+                "{}",
+                sql[i]
+            );
+        }
+        assert!(
+            sql[3].contains(
+                "SELECT 'a' AS c, NEW.\"a\" AS v UNION ALL SELECT 'b' AS c, NEW.\"b\" AS v"
+            ),
+            "{}",
+            sql[3]
+        );
+        let none = t.with_reals(Vec::new()).trigger_sql();
+        assert!(none.iter().all(|s| !s.contains("_tandem_reals")));
     }
 
     #[test]

@@ -1137,3 +1137,131 @@ fn the_shared_writer_is_one_connection_and_drops_an_unfinished_transaction() {
         n1.close().await;
     });
 }
+
+/// What happens to node 1's changelog in `changelog_positions_survive_pruning`.
+#[derive(Debug, Clone)]
+enum LogStep {
+    /// That many rows written, one transaction.
+    Write(u8),
+    /// The peer acknowledges the position this far between the floor and the head
+    /// (0: the floor, 255: the head), which prunes up to it.
+    Ack(u8),
+    /// Replication switched off, a row written uncaptured, switched on again: the
+    /// head moves on by one without an entry and everything is pruned.
+    OffAndOn,
+}
+
+fn log_step() -> impl Strategy<Value = LogStep> {
+    prop_oneof![
+        3 => (1u8..5).prop_map(LogStep::Write),
+        2 => any::<u8>().prop_map(LogStep::Ack),
+        1 => Just(LogStep::OffAndOn),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+
+    /// Without AUTOINCREMENT the changelog still numbers changes for good: whatever
+    /// was pruned (up to the head, or the head bumped past it), the head never goes
+    /// back, every new change is numbered past every earlier head, and a pull from the
+    /// floor sees exactly the changes written since it (no placeholder).
+    #[test]
+    fn changelog_positions_survive_pruning(steps in proptest::collection::vec(log_step(), 1..12)) {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (n1, _n2) = pair(dir.path(), &["kv"], MIXED).await;
+            let (mut head, mut key) = (0u64, 0u64);
+            // The sequence numbers of the changes not pruned yet.
+            let mut held: Vec<u64> = Vec::new();
+            for step in &steps {
+                match step {
+                    LogStep::Write(n) => {
+                        let mut conn = n1.conn().await.unwrap();
+                        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+                        for _ in 0..*n {
+                            key += 1;
+                            sqlx::query(AssertSqlSafe(format!("INSERT INTO kv (k, r) VALUES ({key}, 0.1)")))
+                                .execute(&mut *conn).await.unwrap();
+                        }
+                        sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+                        let m = n1.meta().await.unwrap();
+                        assert_eq!(m.head, head + u64::from(*n), "after {step:?}");
+                        held.extend(head + 1..=m.head);
+                    }
+                    LogStep::Ack(at) => {
+                        let m = n1.meta().await.unwrap();
+                        let low = m.acked.max(m.floor);
+                        let to = low + (m.head - low) * u64::from(*at) / 255;
+                        n1.record_ack(m.log, to).await.unwrap();
+                        held.retain(|s| *s > to.max(low));
+                    }
+                    LogStep::OffAndOn => {
+                        n1.switch_local(false).await.unwrap();
+                        key += 1;
+                        exec(&n1, &format!("INSERT INTO kv (k) VALUES ({key})")).await.unwrap();
+                        n1.switch_local(true).await.unwrap();
+                        let m = n1.meta().await.unwrap();
+                        assert_eq!((m.head, m.floor), (head + 1, head + 1), "after {step:?}");
+                        held.clear();
+                    }
+                }
+                let m = n1.meta().await.unwrap();
+                assert!(m.head >= head && m.head >= m.floor, "{m:?} after {step:?}");
+                head = m.head;
+                let seen: Vec<u64> = all_changes(&n1, m.floor.max(m.acked)).await.iter().map(|c| c.seq).collect();
+                assert_eq!(seen, held, "after {step:?}");
+            }
+        });
+    }
+}
+
+/// A database of format 1 (changelog numbered by AUTOINCREMENT, its head in
+/// `sqlite_sequence`) is refused with the way out, and `init` again upgrades it
+/// keeping the head, pruned or not.
+#[test]
+fn init_upgrades_a_changelog_of_format_1() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, _n2) = pair(dir.path(), &["kv"], MIXED).await;
+        for k in 1..=5 {
+            exec(&n1, &format!("INSERT INTO kv (k, r) VALUES ({k}, 0.5)")).await.unwrap();
+        }
+        // Format 1 as an older tandem left it: entries 4 and 5 held, head 7 (two more
+        // entries were written and pruned, or the head bumped).
+        for sql in [
+            "DELETE FROM _tandem_changelog WHERE seq <= 3",
+            "DELETE FROM _tandem_reals WHERE seq <= 3",
+            "ALTER TABLE _tandem_changelog RENAME TO old_log",
+            "CREATE TABLE _tandem_changelog (seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, row TEXT, ts INTEGER NOT NULL)",
+            "INSERT INTO _tandem_changelog SELECT * FROM old_log",
+            "DROP TABLE old_log",
+            "UPDATE sqlite_sequence SET seq = 7 WHERE name = '_tandem_changelog'",
+            "UPDATE _tandem_meta SET value = '1' WHERE key = 'format'",
+            "UPDATE _tandem_meta SET value = '3' WHERE key IN ('acked', 'floor')",
+        ] {
+            exec(&n1, sql).await.unwrap();
+        }
+        let err = n1.meta().await.unwrap_err();
+        assert!(err.to_string().contains("run `mp_replication init` again"), "{err}");
+        init(&n1, NodeId::One).await;
+        let m = n1.meta().await.unwrap();
+        assert_eq!((m.head, m.floor, m.state), (7, 3, ReplicationState::Active));
+        let held: Vec<u64> = all_changes(&n1, 3).await.iter().map(|c| c.seq).collect();
+        assert_eq!(held, [4, 5]);
+        exec(&n1, "INSERT INTO kv (k, r) VALUES (6, 0.25)").await.unwrap();
+        let changes = all_changes(&n1, 7).await;
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].seq, 8);
+        assert!(changes[0].row.as_deref().is_some_and(|r| r.contains("0.25")));
+        let mut conn = n1.conn().await.unwrap();
+        let (autoinc, sequences): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE name = '_tandem_changelog' AND sql LIKE '%AUTOINCREMENT%'), \
+                    (SELECT count(*) FROM sqlite_sequence WHERE name = '_tandem_changelog')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((autoinc, sequences), (0, 0));
+    });
+}
