@@ -46,6 +46,10 @@ struct Sim {
     /// The next pull check's refusal, and the next batch's outcome, if not the usual.
     refuse_pull: Option<String>,
     next_apply: Option<Applied>,
+    /// Applies are held until an `apply-done` event (as the shell runs them beside
+    /// the session), rather than answered at once; and the one held.
+    hold_applies: bool,
+    held: VecDeque<Batch>,
     /// Rows of the snapshot being received, and its log and position.
     receiving: Option<(u64, u64, u64)>,
 }
@@ -67,6 +71,8 @@ impl Sim {
             done: Vec::new(),
             refuse_pull: None,
             next_apply: None,
+            hold_applies: false,
+            held: VecDeque::new(),
             receiving: None,
         }
     }
@@ -133,26 +139,11 @@ impl Sim {
                 });
             }
             Command::ApplyBatch { batch, .. } => {
-                // As the backend: a batch must follow what was applied; one applied
-                // before changes nothing.
-                let applied = if db.applied_log == Some(batch.log) {
-                    db.applied
-                } else {
-                    0
-                };
-                let result = self.next_apply.take().unwrap_or(if batch.prev > applied {
-                    Applied::Refused(format!("gap: {} after {applied}", batch.prev))
-                } else {
-                    Applied::Upto(batch.last().max(applied))
-                });
-                if let Applied::Upto(last) = result {
-                    db.applied_log = Some(batch.log);
-                    db.applied = last;
+                if self.hold_applies {
+                    self.held.push_back(batch);
+                    return None;
                 }
-                return Some(Input::Applied {
-                    log: batch.log,
-                    result,
-                });
+                return Some(self.apply(&batch));
             }
             Command::ReadChanges {
                 after, limit, then, ..
@@ -171,6 +162,30 @@ impl Sim {
             other => return self.execute_sync(other),
         }
         None
+    }
+
+    /// Applies a batch as the backend does: it must follow what was applied; one
+    /// applied before changes nothing.
+    fn apply(&mut self, batch: &Batch) -> Input {
+        let db = &mut self.db;
+        let applied = if db.applied_log == Some(batch.log) {
+            db.applied
+        } else {
+            0
+        };
+        let result = self.next_apply.take().unwrap_or(if batch.prev > applied {
+            Applied::Refused(format!("gap: {} after {applied}", batch.prev))
+        } else {
+            Applied::Upto(batch.last().max(applied))
+        });
+        if let Applied::Upto(last) = result {
+            db.applied_log = Some(batch.log);
+            db.applied = last;
+        }
+        Input::Applied {
+            log: batch.log,
+            result,
+        }
     }
 
     fn execute_sync(&mut self, command: Command) -> Option<Input> {
@@ -663,6 +678,14 @@ fn event(sim: &mut Sim, words: &[String]) -> Result<Option<Vec<Command>>, String
             sim.refuse_pull = Some(a.text()?);
             return Ok(None);
         }
+        "hold-applies" => {
+            sim.hold_applies = true;
+            return Ok(None);
+        }
+        "apply-done" => {
+            let batch = sim.held.pop_front().ok_or("no apply in progress")?;
+            sim.apply(&batch)
+        }
         "next-apply" => {
             sim.next_apply = Some(match a.str("outcome")?.as_str() {
                 "refused" => Applied::Refused(a.text()?),
@@ -826,6 +849,21 @@ fn the_active_node_publishes_received_positions_and_ships_on() {
 #[test]
 fn a_standby_says_received_only_to_a_peer_that_reads_it() {
     check("standby-says-received.trace");
+}
+
+#[test]
+fn a_standby_takes_batches_in_while_one_applies() {
+    check("standby-receives-while-applying.trace");
+}
+
+#[test]
+fn a_failed_apply_drops_the_queued_batches_and_ends_the_session() {
+    check("standby-apply-fails-with-queue.trace");
+}
+
+#[test]
+fn a_stop_drops_the_queued_batches() {
+    check("standby-stops-with-queue.trace");
 }
 
 #[test]
