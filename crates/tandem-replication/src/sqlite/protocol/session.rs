@@ -436,12 +436,17 @@ impl Protocol {
         if !ok {
             return;
         }
-        let peer = self.peer_node();
+        let (peer, fence) = (self.peer_node(), self.fence());
         let Some(s) = self.session.as_mut() else {
             return;
         };
         match s.queued.pop_front() {
             Some((batch, token)) if s.pulling => {
+                // The fence may have moved since the batch was taken in.
+                if let Err(e) = fence.admits(peer, token) {
+                    self.refused(chain(&e), out);
+                    return;
+                }
                 s.applying = true;
                 out.push(Command::ApplyBatch { batch, peer, token });
             }

@@ -900,6 +900,8 @@ enum Ev {
     /// The peer says it reads `Received` (an older peer never does).
     Hello,
     ApplyFails,
+    /// The apply held (if any) ends (only with [`Sim::hold_applies`]).
+    ApplyDone,
     Lost,
     Up,
     Request {
@@ -967,7 +969,17 @@ fn play(sim: &mut Sim, e: &Ev) {
             sim.next_apply = Some(Applied::Failed("disk full".into()));
             return;
         }
-        Ev::Lost => Input::SessionLost(None),
+        Ev::ApplyDone => match sim.held.pop_front() {
+            Some(batch) => sim.apply(&batch),
+            None => return,
+        },
+        Ev::Lost => {
+            // The shell waits for the apply in progress and drops its result.
+            while let Some(batch) = sim.held.pop_front() {
+                let _ = sim.apply(&batch);
+            }
+            Input::SessionLost(None)
+        }
         Ev::Up => Input::SessionUp,
         Ev::Request { id, sync } => {
             sim.db.request = Some(Request {
@@ -985,7 +997,61 @@ fn play(sim: &mut Sim, e: &Ev) {
     };
     let ended = sim.feed(input).iter().any(|c| matches!(c, Command::End(_)));
     if ended {
+        while let Some(batch) = sim.held.pop_front() {
+            let _ = sim.apply(&batch);
+        }
         sim.feed(Input::SessionLost(Some("ended".into())));
+    }
+}
+
+/// Events for a standby whose applies run beside the session: [`ev`] and the end of
+/// the apply in progress.
+fn ev_held() -> impl Strategy<Value = Ev> {
+    prop_oneof![3 => ev(), 1 => Just(Ev::ApplyDone)]
+}
+
+proptest! {
+    /// With applies running beside the session, one runs at a time, the applied
+    /// position never goes back, and every position the standby said it received
+    /// is applied once the applies in progress end, unless the standby stopped
+    /// pulling, the session ended, or it was lost since.
+    #[test]
+    fn a_pipelined_standby_applies_what_it_said_it_received(
+        events in proptest::collection::vec(ev_held(), 1..80),
+    ) {
+        let mut sim = standby();
+        sim.hold_applies = true;
+        sim.feed(Input::SessionUp);
+        let mut promised: Vec<u64> = Vec::new();
+        let mut applied = 0;
+        let scan = |sim: &Sim, before: usize, promised: &mut Vec<u64>| {
+            for c in &sim.done[before..] {
+                match c {
+                    Command::Send(Message::Received { seq, .. }) => promised.push(*seq),
+                    Command::Send(Message::Stop) | Command::End(_) => promised.clear(),
+                    _ => {}
+                }
+            }
+        };
+        for e in &events {
+            if matches!(e, Ev::Lost) {
+                promised.clear();
+            }
+            let before = sim.done.len();
+            play(&mut sim, e);
+            scan(&sim, before, &mut promised);
+            prop_assert!(sim.held.len() <= 1, "{} applies at once", sim.held.len());
+            prop_assert!(sim.db.applied >= applied, "applied went from {applied} to {}", sim.db.applied);
+            applied = sim.db.applied;
+        }
+        while !sim.held.is_empty() {
+            let before = sim.done.len();
+            play(&mut sim, &Ev::ApplyDone);
+            scan(&sim, before, &mut promised);
+        }
+        for seq in promised {
+            prop_assert!(sim.db.applied >= seq, "received {seq}, applied {}", sim.db.applied);
+        }
     }
 }
 
