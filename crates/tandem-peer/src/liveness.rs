@@ -16,12 +16,14 @@
 //!   node's own is dropped without a word. Until the peer's first genuine datagram
 //!   arrives the session is judged as before, by its TCP frames (a peer of an
 //!   earlier release never sends one).
-//! - **Missed intervals, not wall time.** The thread wakes once per interval, reads
-//!   every datagram already queued and only then judges. The peer is lost after
-//!   `missed` of its intervals in a row (at this node's tick) brought nothing; a
-//!   tick that came late because this process stalled counts as one tick, not as
-//!   the intervals that passed, and what the kernel queued during the stall still
-//!   counts as heard.
+//! - **Missed intervals, and this thread's own stalls forgiven.** The thread
+//!   wakes to send every interval and at the peer's deadline (`missed` of the
+//!   peer's intervals after its last genuine datagram), reads every datagram
+//!   already queued and only then judges, so what the kernel queued while the
+//!   process was stalled counts as heard. A wake more than half an interval past
+//!   the deadline is a stall of this thread, not proof of the peer's silence: the
+//!   peer gets one more interval from the wake instead. A late send is one send,
+//!   not a burst.
 //! - **Loss closes the session** with [`CloseReason::PeerLost`], exactly as a silent
 //!   TCP stream does, so everything above the link sees one kind of loss. Once the
 //!   datagrams carry liveness, the TCP stream is given a longer backstop
@@ -183,25 +185,34 @@ pub(crate) fn open(keys: &DatagramKeys, datagram: &[u8]) -> Result<Beat, Dropped
     })
 }
 
-/// The judge of one session's datagrams: pure, so that its rules are tested without
-/// a clock or a socket.
+/// The judge of one session's datagrams: pure (time comes in with each call), so
+/// that its rules are tested without a clock or a socket.
+///
+/// The peer is lost once `missed` of its intervals passed since its last genuine
+/// datagram, judged when the thread wakes for that deadline and has read what
+/// the kernel queued. A wake more than half of this thread's interval after the
+/// deadline means this thread itself was stalled (descheduled, paged out): it
+/// cannot tell a silent peer from its own absence, so it gives the peer one more
+/// interval from the wake instead of declaring the loss.
 #[derive(Debug, Clone)]
 pub(crate) struct Judge {
     /// The peer's node id.
     peer_node: u8,
     /// The newest sequence number taken.
     last_seq: u64,
-    /// Whether a genuine datagram arrived since the last tick.
-    heard_since_tick: bool,
-    /// Whether any genuine datagram arrived in this session.
-    active: bool,
-    /// Ticks in a row that brought nothing.
-    quiet_ticks: u32,
-    /// Quiet ticks that make the peer lost.
-    limit: u32,
+    /// When the last genuine datagram was taken; `None` until the first.
+    heard: Option<Instant>,
+    /// `missed` intervals of the peer.
+    limit: Duration,
+    /// The peer's interval: the grace after a stall of this thread.
+    peer_interval: Duration,
+    /// This thread's interval.
+    own_interval: Duration,
+    /// A later deadline given after a stall of this thread.
+    grace: Option<Instant>,
 }
 
-/// What the judge says at a tick.
+/// What the judge says at a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Nothing to do.
@@ -211,8 +222,8 @@ pub(crate) enum Verdict {
 }
 
 impl Judge {
-    /// A judge for a peer `peer_node` whose interval is `peer_interval`, ticking every
-    /// `own_interval`, lost after `missed` of the peer's intervals.
+    /// A judge for a peer `peer_node` whose interval is `peer_interval`, lost after
+    /// `missed` of them, on a thread that wakes every `own_interval`.
     pub(crate) fn new(
         peer_node: u8,
         peer_interval: Duration,
@@ -222,54 +233,58 @@ impl Judge {
         Judge {
             peer_node,
             last_seq: 0,
-            heard_since_tick: false,
-            active: false,
-            quiet_ticks: 0,
-            limit: limit_ticks(peer_interval, own_interval, missed),
+            heard: None,
+            limit: peer_interval.saturating_mul(missed.max(1)),
+            peer_interval,
+            own_interval,
+            grace: None,
         }
     }
 
-    /// A datagram that opened: taken if it is the peer's and newer than any before.
-    /// Returns whether it was taken.
-    pub(crate) fn take(&mut self, beat: Beat) -> bool {
+    /// A datagram that opened, taken `at`: kept if it is the peer's and newer than
+    /// any before. Returns whether it was kept.
+    pub(crate) fn take(&mut self, beat: Beat, at: Instant) -> bool {
         if beat.node != self.peer_node || beat.seq <= self.last_seq {
             return false;
         }
         self.last_seq = beat.seq;
-        self.heard_since_tick = true;
-        self.active = true;
+        self.heard = Some(at);
+        self.grace = None;
         true
     }
 
-    /// One tick of this node's interval (a late tick is still one tick).
-    pub(crate) fn tick(&mut self) -> Verdict {
-        if std::mem::take(&mut self.heard_since_tick) {
-            self.quiet_ticks = 0;
+    /// When the peer counts as lost unless a datagram comes first; `None` while
+    /// datagrams do not carry the session.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let due = self.heard?.checked_add(self.limit)?;
+        Some(self.grace.map_or(due, |grace| grace.max(due)))
+    }
+
+    /// Judges at `now`, after reading what was queued.
+    pub(crate) fn judge(&mut self, now: Instant) -> Verdict {
+        let Some(due) = self.deadline() else {
+            return Verdict::Fine;
+        };
+        if now < due {
             return Verdict::Fine;
         }
-        if !self.active {
+        if now.duration_since(due) > self.own_interval / 2 {
+            // This thread woke late: a stall of its own, not proof of the peer's.
+            self.grace = now.checked_add(self.peer_interval);
             return Verdict::Fine;
         }
-        self.quiet_ticks = self.quiet_ticks.saturating_add(1);
-        if self.quiet_ticks >= self.limit {
-            Verdict::Lost
-        } else {
-            Verdict::Fine
-        }
+        Verdict::Lost
     }
 
     /// Whether datagrams carry this session's liveness.
     pub(crate) fn active(&self) -> bool {
-        self.active
+        self.heard.is_some()
     }
-}
 
-/// How many ticks of `own` cover `missed` intervals of `peer` (at least `missed`... at
-/// least 1).
-fn limit_ticks(peer: Duration, own: Duration, missed: u32) -> u32 {
-    let own = own.as_micros().max(1);
-    let span = peer.as_micros().saturating_mul(u128::from(missed.max(1)));
-    u32::try_from(span.div_ceil(own)).unwrap_or(u32::MAX).max(1)
+    /// When the last genuine datagram was taken.
+    pub(crate) fn heard(&self) -> Option<Instant> {
+        self.heard
+    }
 }
 
 /// A session for the liveness thread to watch.
@@ -336,7 +351,6 @@ struct Watched {
     seq: u64,
     /// Where the peer's genuine datagrams last came from.
     learned: Option<SocketAddr>,
-    last_heard: Instant,
 }
 
 fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions: Receiver<Watch>) {
@@ -353,7 +367,7 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
     let interval = settings.interval.max(Duration::from_millis(1));
     let mut current: Option<Watched> = None;
     let mut buf = [0u8; 64];
-    let mut next_tick = Instant::now() + interval;
+    let mut next_send = Instant::now() + interval;
     loop {
         loop {
             match sessions.try_recv() {
@@ -369,7 +383,6 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
                         judge,
                         seq: 0,
                         learned: None,
-                        last_heard: Instant::now(),
                     });
                 }
                 Err(TryRecvError::Empty) => break,
@@ -382,11 +395,14 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
         {
             current = None;
         }
-        // Read until the tick is due; then read what is queued, then judge.
+        // Read until a datagram is due out or the peer's deadline comes; then read
+        // what is queued, and only then send and judge.
+        let deadline = current.as_ref().and_then(|w| w.judge.deadline());
+        let wake = deadline.map_or(next_send, |d| d.min(next_send));
         let now = Instant::now();
-        if now < next_tick {
+        if now < wake {
             let _ = socket.set_nonblocking(false);
-            let _ = socket.set_read_timeout(Some(next_tick - now));
+            let _ = socket.set_read_timeout(Some(wake - now));
             if let Ok((n, from)) = socket.recv_from(&mut buf) {
                 receive(
                     current.as_mut(),
@@ -411,44 +427,49 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
                 Err(_) => break,
             }
         }
-        // A late tick (this process stalled) is one tick: the next is an interval
-        // from now, not from when this one was due.
         let now = Instant::now();
-        next_tick = if now > next_tick + interval {
-            now + interval
-        } else {
-            next_tick + interval
+        let Some(w) = current.as_mut() else {
+            next_send = now + interval;
+            continue;
         };
-        let Some(w) = current.as_mut() else { continue };
-        w.seq = w.seq.saturating_add(1);
-        let datagram = seal(
-            &w.watch.keys,
-            Beat {
-                node: settings.node,
-                seq: w.seq,
-                interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
-            },
-        );
-        let to = if peer.port() == 0 {
-            w.learned
-        } else {
-            Some(peer)
-        };
-        if let Some(to) = to
-            && let Err(e) = socket.send_to(&datagram, to)
-        {
-            debug!(%to, error = %e, "a heartbeat datagram was not sent");
+        if now >= next_send {
+            // A late send (this process stalled) is one send: the next is an
+            // interval from now, not from when this one was due.
+            next_send = if now > next_send + interval {
+                now + interval
+            } else {
+                next_send + interval
+            };
+            w.seq = w.seq.saturating_add(1);
+            let datagram = seal(
+                &w.watch.keys,
+                Beat {
+                    node: settings.node,
+                    seq: w.seq,
+                    interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+                },
+            );
+            let to = if peer.port() == 0 {
+                w.learned
+            } else {
+                Some(peer)
+            };
+            if let Some(to) = to
+                && let Err(e) = socket.send_to(&datagram, to)
+            {
+                debug!(%to, error = %e, "a heartbeat datagram was not sent");
+            }
         }
-        let was_active = w.judge.active();
-        if w.judge.tick() == Verdict::Lost {
-            let silence = w.last_heard.elapsed();
+        if w.judge.judge(now) == Verdict::Lost {
+            let silence = w
+                .judge
+                .heard()
+                .map_or(Duration::ZERO, |heard| now.saturating_duration_since(heard));
             w.watch.shared.close(CloseReason::PeerLost {
                 silence,
                 missed: settings.missed,
             });
             current = None;
-        } else if !was_active && w.judge.active() {
-            info!(peer = %w.watch.shared.peer_addr(), "heartbeat datagrams from the peer carry the link's liveness");
         }
     }
 }
@@ -464,11 +485,14 @@ fn receive(current: Option<&mut Watched>, datagram: &[u8], from: SocketAddr, pee
     let Ok(beat) = open(&w.watch.keys, datagram) else {
         return;
     };
-    if w.judge.take(beat) {
-        let now = Instant::now();
-        w.last_heard = now;
+    let now = Instant::now();
+    let was_active = w.judge.active();
+    if w.judge.take(beat, now) {
         w.learned = Some(from);
         w.watch.shared.heard_datagram(now);
+        if !was_active {
+            info!(peer = %w.watch.shared.peer_addr(), "heartbeat datagrams from the peer carry the link's liveness");
+        }
     }
 }
 
@@ -518,31 +542,57 @@ mod tests {
         }
 
         #[test]
-        fn the_judge_loses_the_peer_only_after_its_missed_ticks(
-            pattern in proptest::collection::vec(any::<bool>(), 1..200),
+        fn the_judge_loses_the_peer_exactly_when_its_gap_reaches_the_missed_intervals(
+            gaps in proptest::collection::vec(1u64..150, 1..100),
             missed in 1u32..6,
         ) {
-            // Each entry is one tick: whether a datagram arrived before it.
-            let mut judge = Judge::new(2, Duration::from_millis(20), Duration::from_millis(20), missed);
-            let mut seq = 0;
-            let mut quiet = 0u32;
-            let mut active = false;
-            for heard in pattern {
-                if heard {
-                    seq += 1;
-                    judge.take(Beat { node: 2, seq, interval_ms: 20 });
-                    active = true;
-                    quiet = 0;
-                } else if active {
-                    quiet += 1;
+            // Datagrams `gaps` ms apart; the thread wakes on time for each deadline.
+            let ms = Duration::from_millis;
+            let limit = ms(20) * missed;
+            let t0 = Instant::now();
+            let mut judge = Judge::new(2, ms(20), ms(20), missed);
+            let mut heard = t0;
+            let first = Beat { node: 2, seq: 1, interval_ms: 20 };
+            prop_assert!(judge.take(first, heard));
+            for (i, gap) in gaps.into_iter().enumerate() {
+                let next = heard + ms(gap);
+                let deadline = judge.deadline().unwrap();
+                prop_assert_eq!(deadline, heard + limit);
+                if next >= deadline {
+                    prop_assert_eq!(judge.judge(deadline), Verdict::Lost);
+                    return Ok(());
                 }
-                let lost = judge.tick() == Verdict::Lost;
-                prop_assert_eq!(lost, active && quiet >= missed);
-                if lost {
-                    break;
-                }
+                prop_assert_eq!(judge.judge(next - ms(1)), Verdict::Fine);
+                let beat = Beat { node: 2, seq: i as u64 + 2, interval_ms: 20 };
+                prop_assert!(judge.take(beat, next));
+                heard = next;
             }
         }
+    }
+
+    #[test]
+    fn a_late_wake_of_the_thread_gives_the_peer_one_more_interval() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let beat = |seq| Beat {
+            node: 2,
+            seq,
+            interval_ms: 20,
+        };
+        let mut judge = Judge::new(2, ms(20), ms(20), 3);
+        judge.take(beat(1), t0);
+        // This thread was stalled for 300 ms and found nothing queued: not the
+        // peer's fault as far as it can tell.
+        assert_eq!(judge.judge(t0 + ms(360)), Verdict::Fine);
+        assert_eq!(judge.deadline(), Some(t0 + ms(380)));
+        // The peer is still silent one interval later, on time: lost.
+        assert_eq!(judge.judge(t0 + ms(380)), Verdict::Lost);
+        // A datagram in the grace ends it.
+        let mut judge = Judge::new(2, ms(20), ms(20), 3);
+        judge.take(beat(1), t0);
+        assert_eq!(judge.judge(t0 + ms(360)), Verdict::Fine);
+        judge.take(beat(2), t0 + ms(365));
+        assert_eq!(judge.deadline(), Some(t0 + ms(425)));
     }
 
     #[test]
@@ -569,60 +619,29 @@ mod tests {
 
     #[test]
     fn replays_reflections_and_old_numbers_are_not_taken() {
-        let mut judge = Judge::new(2, Duration::from_millis(20), Duration::from_millis(20), 3);
-        assert!(judge.take(Beat {
-            node: 2,
-            seq: 5,
-            interval_ms: 20
-        }));
-        assert!(
-            !judge.take(Beat {
-                node: 2,
-                seq: 5,
-                interval_ms: 20
-            }),
-            "a replay"
-        );
-        assert!(
-            !judge.take(Beat {
-                node: 2,
-                seq: 4,
-                interval_ms: 20
-            }),
-            "an older one"
-        );
-        assert!(
-            !judge.take(Beat {
-                node: 1,
-                seq: 9,
-                interval_ms: 20
-            }),
-            "this node's own, reflected"
-        );
+        let ms = Duration::from_millis;
+        let now = Instant::now();
+        let beat = |node, seq| Beat {
+            node,
+            seq,
+            interval_ms: 20,
+        };
+        let mut judge = Judge::new(2, ms(20), ms(20), 3);
+        assert!(judge.take(beat(2, 5), now));
+        assert!(!judge.take(beat(2, 5), now), "a replay");
+        assert!(!judge.take(beat(2, 4), now), "an older one");
+        assert!(!judge.take(beat(1, 9), now), "this node's own, reflected");
     }
 
     #[test]
     fn a_silent_session_is_never_judged_by_datagrams() {
-        let mut judge = Judge::new(2, Duration::from_millis(20), Duration::from_millis(20), 3);
-        for _ in 0..100 {
-            assert_eq!(judge.tick(), Verdict::Fine);
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut judge = Judge::new(2, ms(20), ms(20), 3);
+        for i in 0..100 {
+            assert_eq!(judge.judge(t0 + ms(20) * i), Verdict::Fine);
         }
         assert!(!judge.active());
-    }
-
-    #[test]
-    fn the_limit_covers_the_peers_intervals() {
-        assert_eq!(
-            limit_ticks(Duration::from_millis(20), Duration::from_millis(20), 3),
-            3
-        );
-        assert_eq!(
-            limit_ticks(Duration::from_millis(200), Duration::from_millis(20), 3),
-            30
-        );
-        assert_eq!(
-            limit_ticks(Duration::from_millis(20), Duration::from_millis(200), 3),
-            1
-        );
+        assert_eq!(judge.deadline(), None);
     }
 }
