@@ -60,9 +60,6 @@ pub(super) struct Engine {
     stage: Option<SyncStage>,
     /// Why the last batch could not be applied, for the session's end.
     apply_error: Option<Error>,
-    /// The apply of the peer's batch in progress, beside the session: the session
-    /// keeps reading (and saying `Received`) meanwhile.
-    apply_task: Option<JoinHandle<(Input, Option<Error>)>>,
 }
 
 impl Engine {
@@ -109,7 +106,6 @@ impl Engine {
             snapshot: None,
             stage: None,
             apply_error: None,
-            apply_task: None,
         })
     }
 
@@ -221,14 +217,7 @@ impl Engine {
                 return Ok(Some(Input::Switched { why, result, then }));
             }
             Command::ApplyBatch { batch, peer, token } => {
-                // The protocol asks for one apply at a time; should another still run,
-                // its result comes first.
-                if let Some(task) = self.apply_task.take() {
-                    let input = self.apply_result(task.await);
-                    self.apply_task = Some(self.start_apply(batch, peer, token));
-                    return Ok(Some(input));
-                }
-                self.apply_task = Some(self.start_apply(batch, peer, token));
+                return Ok(Some(self.apply(batch, peer, token).await));
             }
             Command::SetAlarm(alarm) => b.set_alarm(&alarm).await?,
             Command::SetState { state, tolerant } => {
@@ -345,76 +334,41 @@ impl Engine {
         }
     }
 
-    /// Starts applying a batch beside the session while the fence admits the peer's
-    /// token: checked now, and again in the batch's transaction just before it
-    /// commits, in case the host raised the floor meanwhile.
-    fn start_apply(
-        &self,
+    /// Applies a batch while the fence admits the peer's token: checked now, and
+    /// again in the batch's transaction just before it commits, in case the host
+    /// raised the floor meanwhile.
+    async fn apply(
+        &mut self,
         batch: Batch,
         peer: tandem_core::NodeId,
         token: Option<u64>,
-    ) -> JoinHandle<(Input, Option<Error>)> {
-        let backend = Arc::clone(&self.backend);
-        let fence = self.fence.clone();
-        tokio::spawn(async move {
-            let gate = move || {
-                fence
-                    .as_ref()
-                    .map_or(Ok(()), |f| f.borrow().admits(peer, token))
-            };
-            let applied = match gate() {
-                Ok(()) => backend.apply_batch_gated(&batch, &gate).await,
-                Err(e) => Err(e),
-            };
-            let (result, error) = match applied {
-                Ok(
-                    ApplyOutcome::Applied { last, .. } | ApplyOutcome::Duplicate { applied: last },
-                ) => (Applied::Upto(last), None),
-                Err(e @ (Error::Gap { .. } | Error::State(_) | Error::Fenced { .. })) => {
-                    (Applied::Refused(chain(&e)), None)
-                }
-                Err(e) => (Applied::Failed(chain(&e)), Some(e)),
-            };
-            let input = Input::Applied {
-                log: batch.log,
-                result,
-            };
-            (input, error)
-        })
-    }
-
-    /// The protocol's input for a finished apply (keeping a failure's error for the
-    /// session's end).
-    fn apply_result(
-        &mut self,
-        joined: std::result::Result<(Input, Option<Error>), tokio::task::JoinError>,
     ) -> Input {
-        match joined {
-            Ok((input, error)) => {
-                if error.is_some() {
-                    self.apply_error = error;
-                }
-                input
+        let fence = self.fence.clone();
+        let gate = move || {
+            fence
+                .as_ref()
+                .map_or(Ok(()), |f| f.borrow().admits(peer, token))
+        };
+        let applied = match gate() {
+            Ok(()) => self.backend.apply_batch_gated(&batch, &gate).await,
+            Err(e) => Err(e),
+        };
+        let result = match applied {
+            Ok(ApplyOutcome::Applied { last, .. } | ApplyOutcome::Duplicate { applied: last }) => {
+                Applied::Upto(last)
+            }
+            Err(e @ (Error::Gap { .. } | Error::State(_) | Error::Fenced { .. })) => {
+                Applied::Refused(chain(&e))
             }
             Err(e) => {
-                // The task panicked or was cancelled: nothing is known to be applied.
-                let text = format!("applying the peer's batch ended abnormally: {e}");
-                self.apply_error = Some(Error::State(text.clone()));
-                Input::Applied {
-                    log: 0,
-                    result: Applied::Failed(text),
-                }
+                let text = chain(&e);
+                self.apply_error = Some(e);
+                Applied::Failed(text)
             }
-        }
-    }
-
-    /// Waits for the apply in progress, if any, and drops its result (the session is
-    /// over; the next one re-reads the applied position).
-    async fn settle_apply(&mut self) {
-        if let Some(task) = self.apply_task.take()
-            && let Ok((_, Some(e))) = task.await
-        {
-            warn!(error = %chain(&e), "applying the peer's batch failed");
+        };
+        Input::Applied {
+            log: batch.log,
+            result,
         }
     }
 
@@ -495,17 +449,10 @@ impl Engine {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let providing = self.snapshot.is_some();
-            let applying = self.apply_task.is_some();
-            let reading = self.protocol.takes_batches();
             tokio::select! {
-                msg = t.recv(), if reading => {
+                msg = t.recv() => {
                     let msg = msg?;
                     self.received(t, msg).await?;
-                }
-                joined = apply_finished(&mut self.apply_task), if applying => {
-                    self.apply_task = None;
-                    let input = self.apply_result(joined);
-                    self.feed(Some(t), input).await?;
                 }
                 () = fence_changed(&mut self.fence) => {
                     self.feed(Some(t), Input::FenceChanged).await?;
@@ -569,7 +516,6 @@ impl Engine {
     /// The session ended (`reason`: its error, none: closed).
     pub(super) async fn session_lost<T: Transport>(&mut self, reason: Option<String>) {
         self.snapshot = None;
-        self.settle_apply().await;
         if let Err(e) = self.feed::<T>(None, Input::SessionLost(reason)).await {
             warn!(error = %chain(&e), "recording the lost session failed");
         }
@@ -644,16 +590,6 @@ async fn wal_changed(wal: Option<&WalWatch>) {
 async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the apply in progress ends; never without one.
-async fn apply_finished(
-    task: &mut Option<JoinHandle<(Input, Option<Error>)>>,
-) -> std::result::Result<(Input, Option<Error>), tokio::task::JoinError> {
-    match task.as_mut() {
-        Some(t) => t.await,
         None => std::future::pending().await,
     }
 }

@@ -22,11 +22,7 @@
 //! [`Message::Received`] if the source announced, with an `Ack` of position 0 at the
 //! start of the session, that it reads it (an older release cannot decode it): the
 //! source publishes that position for commits waiting at the `received` level and
-//! sends its next batch at once (the window counts batches not yet received). The
-//! puller applies on a task of its own and keeps reading meanwhile: a batch that
-//! arrives during an apply is checked against what was taken in, answered with
-//! `Received` and queued; queued batches that follow each other apply in one
-//! transaction. A from-sync ends the same way: the
+//! sends its next batch at once (the window counts batches not yet received). A from-sync ends the same way: the
 //! receiver acknowledges the snapshot's position once it committed the snapshot. The
 //! backlog limit counts the changes past both the acknowledged position and the floor
 //! (what was dropped reaches the peer only by a from-sync). Both directions are symmetric, so

@@ -37,11 +37,6 @@ pub(crate) const STATE_EVERY: Duration = Duration::from_millis(250);
 pub(crate) const STATE_AT_LEAST: Duration = Duration::from_secs(1);
 /// How long a switch request waits for the peer's answer.
 pub(crate) const CONTROL_WAIT: Duration = Duration::from_secs(5);
-/// Batches' worth of the peer's changes (at `batch_size` each) queued for apply at
-/// most while one applies; past it the shell stops reading the peer until the apply
-/// ends, so a standby with a slow disk holds the active back instead of its memory
-/// growing.
-pub(crate) const QUEUE_BATCHES: usize = 16;
 
 /// When an input happens, as the shell sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -165,9 +160,7 @@ pub(crate) enum Command {
         then: Program,
     },
     /// Apply the peer's batch while its token (`peer`, `token`) passes the fence,
-    /// then answer [`Input::Applied`]. The shell may carry it out beside the session
-    /// and answer later; the protocol asks for one at a time, and queues the batches
-    /// that arrive meanwhile.
+    /// then answer [`Input::Applied`].
     ApplyBatch {
         batch: Batch,
         peer: NodeId,
@@ -370,15 +363,6 @@ struct Session {
     /// The peer said it reads [`Message::Received`] (its [`RECEIVED_HELLO`]).
     peer_reads_received: bool,
     last_state: Option<(NodeState, Duration)>,
-    /// A [`Command::ApplyBatch`] is being carried out (its [`Input::Applied`] is due).
-    applying: bool,
-    /// The peer's batches taken in while one applies, with the token the peer
-    /// announced, in order; batches that follow each other are merged so that they
-    /// apply in one transaction (one fsync, one acknowledgement).
-    queued: VecDeque<(Batch, Option<u64>)>,
-    /// The peer's changelog and the position taken in (applying or queued) past
-    /// what is applied: the next batch must follow it.
-    taken: Option<(u64, u64)>,
 }
 
 /// A request being carried out.
@@ -523,19 +507,10 @@ impl Protocol {
             Input::Changes { changes, then } => self.changes(changes, then, &mut out),
             Input::PullChecked { from, check } => self.pull_checked(from, check, &mut out),
             Input::Switched { why, result, then } => self.switched(why, result, then, &mut out),
-            Input::Applied { log, result } => self.apply_done(log, result, &mut out),
+            Input::Applied { log, result } => self.applied(log, result, &mut out),
             other => self.sync_result(other, &mut out),
         }
         out
-    }
-
-    /// Whether the shell may read the next message from the peer: not while the
-    /// batches queued for apply hold [`QUEUE_BATCHES`] batches' worth of changes.
-    pub(crate) fn takes_batches(&self) -> bool {
-        let limit = QUEUE_BATCHES.saturating_mul(self.limits.batch_size as usize);
-        self.session
-            .as_ref()
-            .is_none_or(|s| s.queued.iter().map(|(b, _)| b.changes.len()).sum::<usize>() < limit)
     }
 
     /// The fingerprint of the declared tables as the protocol knows it.

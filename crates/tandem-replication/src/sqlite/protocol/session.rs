@@ -198,9 +198,6 @@ impl Protocol {
         } else if !want && s.pulling {
             out.push(Command::Send(Message::Stop));
             s.pulling = false;
-            // The batch applying finishes; those queued behind it are not applied.
-            s.queued.clear();
-            s.taken = None;
         }
     }
 
@@ -363,8 +360,7 @@ impl Protocol {
 
     /// A batch from the peer: applied if we pull and the fence admits the peer's
     /// token (checked now, and again in the batch's transaction just before it
-    /// commits, in case the host raised the floor meanwhile). While another batch
-    /// applies it is queued, after the same checks against what was taken in.
+    /// commits, in case the host raised the floor meanwhile).
     fn on_batch(&mut self, batch: Batch, out: &mut Vec<Command>) {
         let Some(s) = self.session.as_ref() else {
             return;
@@ -375,117 +371,34 @@ impl Protocol {
         }
         let (peer, token) = (self.peer_node(), s.peer.as_ref().and_then(|p| p.token));
         let tell = s.peer_reads_received;
-        if let Err(e) = self.fence().admits(peer, token) {
-            self.refused(chain(&e), out);
-            return;
-        }
-        // Taken in: said before the apply (which takes an fsync), for the peer's
-        // commits that wait at the `received` level and for its next batch, also
-        // while an earlier batch still applies. Not for a batch this node is sure to
-        // refuse.
-        let follows = self.will_apply(&batch);
-        if tell && follows {
-            out.push(Command::Send(Message::Received {
-                log: batch.log,
-                seq: batch.last(),
-            }));
-        }
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        if follows {
-            s.taken = Some((batch.log, batch.last()));
-        }
-        if !s.applying {
-            s.applying = true;
-            out.push(Command::ApplyBatch { batch, peer, token });
-            return;
-        }
-        // Group apply: what follows the last queued batch joins it.
-        match s.queued.back_mut() {
-            Some((last, t)) if *t == token && last.is_followed_by(&batch) => {
-                last.changes.extend(batch.changes);
-            }
-            _ => s.queued.push_back((batch, token)),
-        }
-    }
-
-    /// Whether `batch` follows what this node took in (applied, or applying and
-    /// queued) — the checks of the apply that the protocol can make itself: not
-    /// writable, not diverged, the same changelog, no gap — and brings something new.
-    fn will_apply(&self, batch: &Batch) -> bool {
-        let m = &self.meta;
-        let taken = self.session.as_ref().and_then(|s| s.taken);
-        let applied = match (taken, m.applied_log) {
-            (Some((log, seq)), _) if log == batch.log => seq,
-            (_, Some(log)) if log == batch.log => m.applied,
-            (_, None) => 0,
-            (_, Some(_)) => return false,
-        };
-        !m.writable && m.head <= m.acked && batch.prev <= applied && batch.last() > applied
-    }
-
-    /// The answer to the apply in progress: what became of it, then the next queued
-    /// batch (all queued batches that follow each other, in one).
-    pub(super) fn apply_done(&mut self, log: u64, result: Applied, out: &mut Vec<Command>) {
-        let ok = matches!(result, Applied::Upto(_));
-        if let Some(s) = self.session.as_mut() {
-            s.applying = false;
-        }
-        self.applied(log, result, out);
-        if !ok {
-            return;
-        }
-        let (peer, fence) = (self.peer_node(), self.fence());
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        match s.queued.pop_front() {
-            Some((batch, token)) if s.pulling => {
-                // The fence may have moved since the batch was taken in.
-                if let Err(e) = fence.admits(peer, token) {
-                    self.refused(chain(&e), out);
-                    return;
+        match self.fence().admits(peer, token) {
+            Ok(()) => {
+                // Taken in: said before the apply (which takes an fsync), for the
+                // peer's commits that wait at the `received` level and for its next
+                // batch. Not for a batch this node is sure to refuse.
+                if tell && self.will_apply(&batch) {
+                    out.push(Command::Send(Message::Received {
+                        log: batch.log,
+                        seq: batch.last(),
+                    }));
                 }
-                s.applying = true;
                 out.push(Command::ApplyBatch { batch, peer, token });
             }
-            _ => {
-                s.queued.clear();
-                s.taken = None;
-            }
+            Err(e) => self.applied(batch.log, Applied::Refused(chain(&e)), out),
         }
     }
 
-    /// Drops what was taken in and not applied (the queue, and the position the next
-    /// batch must follow): after a refusal, a failure or a stop, the peer streams
-    /// again from the applied position.
-    fn drop_taken(&mut self) {
-        if let Some(s) = self.session.as_mut() {
-            s.queued.clear();
-            s.taken = None;
-        }
-    }
-
-    /// Stops pulling because a batch cannot be applied (`reason`).
-    fn refused(&mut self, reason: String, out: &mut Vec<Command>) {
-        warn!(error = %reason, "not applying the peer's batch");
-        self.drop_taken();
-        out.push(Command::SetAlarm(reason.clone()));
-        out.push(Command::Send(Message::Stop));
-        let key = self
-            .session
-            .as_ref()
-            .and_then(|s| s.peer.as_ref())
-            .map(|p| self.pull_key(p));
-        let now = self.now.mono;
-        if let Some(s) = self.session.as_mut() {
-            s.pulling = false;
-            if let Some(key) = key {
-                s.refused = Some((reason, key, now));
-            }
-        }
-        self.run(steps([Step::Refresh { force: true }]), out);
+    /// Whether `batch` follows what this node applied (the checks of the apply that
+    /// the protocol can make itself: not writable, not diverged, the same changelog,
+    /// no gap) and brings something new.
+    fn will_apply(&self, batch: &Batch) -> bool {
+        let m = &self.meta;
+        let applied = match m.applied_log {
+            Some(log) if log == batch.log => m.applied,
+            None => 0,
+            Some(_) => return false,
+        };
+        !m.writable && m.head <= m.acked && batch.prev <= applied && batch.last() > applied
     }
 
     /// What became of a batch.
@@ -501,12 +414,27 @@ impl Protocol {
                 self.meta.applied_log = Some(log);
                 self.meta.applied = last;
             }
-            Applied::Refused(reason) => self.refused(reason, out),
+            Applied::Refused(reason) => {
+                warn!(error = %reason, "not applying the peer's batch");
+                out.push(Command::SetAlarm(reason.clone()));
+                out.push(Command::Send(Message::Stop));
+                let key = self
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.peer.as_ref())
+                    .map(|p| self.pull_key(p));
+                let now = self.now.mono;
+                if let Some(s) = self.session.as_mut() {
+                    s.pulling = false;
+                    if let Some(key) = key {
+                        s.refused = Some((reason, key, now));
+                    }
+                }
+                self.run(steps([Step::Refresh { force: true }]), out);
+            }
             Applied::Failed(error) => {
-                // Nothing was applied (the transaction rolled back), and nothing queued
-                // behind it will be. The session ends and starts again, from the
-                // applied position; the peer learns why from this node's state.
-                self.drop_taken();
+                // Nothing was applied (the transaction rolled back). The session ends
+                // and starts again; the peer learns why from this node's state.
                 let alarm = format!(
                     "node {} cannot apply node {}'s changes: {error}; replication resumes by \
                      itself once node {} can write its database again",

@@ -46,10 +46,6 @@ struct Sim {
     /// The next pull check's refusal, and the next batch's outcome, if not the usual.
     refuse_pull: Option<String>,
     next_apply: Option<Applied>,
-    /// Applies are held until an `apply-done` event (as the shell runs them beside
-    /// the session), rather than answered at once; and the one held.
-    hold_applies: bool,
-    held: VecDeque<Batch>,
     /// Rows of the snapshot being received, and its log and position.
     receiving: Option<(u64, u64, u64)>,
 }
@@ -71,8 +67,6 @@ impl Sim {
             done: Vec::new(),
             refuse_pull: None,
             next_apply: None,
-            hold_applies: false,
-            held: VecDeque::new(),
             receiving: None,
         }
     }
@@ -139,11 +133,26 @@ impl Sim {
                 });
             }
             Command::ApplyBatch { batch, .. } => {
-                if self.hold_applies {
-                    self.held.push_back(batch);
-                    return None;
+                // As the backend: a batch must follow what was applied; one applied
+                // before changes nothing.
+                let applied = if db.applied_log == Some(batch.log) {
+                    db.applied
+                } else {
+                    0
+                };
+                let result = self.next_apply.take().unwrap_or(if batch.prev > applied {
+                    Applied::Refused(format!("gap: {} after {applied}", batch.prev))
+                } else {
+                    Applied::Upto(batch.last().max(applied))
+                });
+                if let Applied::Upto(last) = result {
+                    db.applied_log = Some(batch.log);
+                    db.applied = last;
                 }
-                return Some(self.apply(&batch));
+                return Some(Input::Applied {
+                    log: batch.log,
+                    result,
+                });
             }
             Command::ReadChanges {
                 after, limit, then, ..
@@ -162,30 +171,6 @@ impl Sim {
             other => return self.execute_sync(other),
         }
         None
-    }
-
-    /// Applies a batch as the backend does: it must follow what was applied; one
-    /// applied before changes nothing.
-    fn apply(&mut self, batch: &Batch) -> Input {
-        let db = &mut self.db;
-        let applied = if db.applied_log == Some(batch.log) {
-            db.applied
-        } else {
-            0
-        };
-        let result = self.next_apply.take().unwrap_or(if batch.prev > applied {
-            Applied::Refused(format!("gap: {} after {applied}", batch.prev))
-        } else {
-            Applied::Upto(batch.last().max(applied))
-        });
-        if let Applied::Upto(last) = result {
-            db.applied_log = Some(batch.log);
-            db.applied = last;
-        }
-        Input::Applied {
-            log: batch.log,
-            result,
-        }
     }
 
     fn execute_sync(&mut self, command: Command) -> Option<Input> {
@@ -678,14 +663,6 @@ fn event(sim: &mut Sim, words: &[String]) -> Result<Option<Vec<Command>>, String
             sim.refuse_pull = Some(a.text()?);
             return Ok(None);
         }
-        "hold-applies" => {
-            sim.hold_applies = true;
-            return Ok(None);
-        }
-        "apply-done" => {
-            let batch = sim.held.pop_front().ok_or("no apply in progress")?;
-            sim.apply(&batch)
-        }
         "next-apply" => {
             sim.next_apply = Some(match a.str("outcome")?.as_str() {
                 "refused" => Applied::Refused(a.text()?),
@@ -852,21 +829,6 @@ fn a_standby_says_received_only_to_a_peer_that_reads_it() {
 }
 
 #[test]
-fn a_standby_takes_batches_in_while_one_applies() {
-    check("standby-receives-while-applying.trace");
-}
-
-#[test]
-fn a_failed_apply_drops_the_queued_batches_and_ends_the_session() {
-    check("standby-apply-fails-with-queue.trace");
-}
-
-#[test]
-fn a_stop_drops_the_queued_batches() {
-    check("standby-stops-with-queue.trace");
-}
-
-#[test]
 fn every_trace_file_is_checked() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
@@ -900,8 +862,6 @@ enum Ev {
     /// The peer says it reads `Received` (an older peer never does).
     Hello,
     ApplyFails,
-    /// The apply held (if any) ends (only with [`Sim::hold_applies`]).
-    ApplyDone,
     Lost,
     Up,
     Request {
@@ -969,17 +929,7 @@ fn play(sim: &mut Sim, e: &Ev) {
             sim.next_apply = Some(Applied::Failed("disk full".into()));
             return;
         }
-        Ev::ApplyDone => match sim.held.pop_front() {
-            Some(batch) => sim.apply(&batch),
-            None => return,
-        },
-        Ev::Lost => {
-            // The shell waits for the apply in progress and drops its result.
-            while let Some(batch) = sim.held.pop_front() {
-                let _ = sim.apply(&batch);
-            }
-            Input::SessionLost(None)
-        }
+        Ev::Lost => Input::SessionLost(None),
         Ev::Up => Input::SessionUp,
         Ev::Request { id, sync } => {
             sim.db.request = Some(Request {
@@ -997,61 +947,7 @@ fn play(sim: &mut Sim, e: &Ev) {
     };
     let ended = sim.feed(input).iter().any(|c| matches!(c, Command::End(_)));
     if ended {
-        while let Some(batch) = sim.held.pop_front() {
-            let _ = sim.apply(&batch);
-        }
         sim.feed(Input::SessionLost(Some("ended".into())));
-    }
-}
-
-/// Events for a standby whose applies run beside the session: [`ev`] and the end of
-/// the apply in progress.
-fn ev_held() -> impl Strategy<Value = Ev> {
-    prop_oneof![3 => ev(), 1 => Just(Ev::ApplyDone)]
-}
-
-proptest! {
-    /// With applies running beside the session, one runs at a time, the applied
-    /// position never goes back, and every position the standby said it received
-    /// is applied once the applies in progress end, unless the standby stopped
-    /// pulling, the session ended, or it was lost since.
-    #[test]
-    fn a_pipelined_standby_applies_what_it_said_it_received(
-        events in proptest::collection::vec(ev_held(), 1..80),
-    ) {
-        let mut sim = standby();
-        sim.hold_applies = true;
-        sim.feed(Input::SessionUp);
-        let mut promised: Vec<u64> = Vec::new();
-        let mut applied = 0;
-        let scan = |sim: &Sim, before: usize, promised: &mut Vec<u64>| {
-            for c in &sim.done[before..] {
-                match c {
-                    Command::Send(Message::Received { seq, .. }) => promised.push(*seq),
-                    Command::Send(Message::Stop) | Command::End(_) => promised.clear(),
-                    _ => {}
-                }
-            }
-        };
-        for e in &events {
-            if matches!(e, Ev::Lost) {
-                promised.clear();
-            }
-            let before = sim.done.len();
-            play(&mut sim, e);
-            scan(&sim, before, &mut promised);
-            prop_assert!(sim.held.len() <= 1, "{} applies at once", sim.held.len());
-            prop_assert!(sim.db.applied >= applied, "applied went from {applied} to {}", sim.db.applied);
-            applied = sim.db.applied;
-        }
-        while !sim.held.is_empty() {
-            let before = sim.done.len();
-            play(&mut sim, &Ev::ApplyDone);
-            scan(&sim, before, &mut promised);
-        }
-        for seq in promised {
-            prop_assert!(sim.db.applied >= seq, "received {seq}, applied {}", sim.db.applied);
-        }
     }
 }
 
