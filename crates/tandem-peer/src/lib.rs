@@ -19,8 +19,8 @@
 //!   port), sent and judged by a thread of their own that bulk data on the stream, a
 //!   busy runtime or a slow disk cannot delay, optionally at real-time priority
 //!   ([`Config::with_liveness_priority`]); each is authenticated under a key of its
-//!   session and numbered against replays, and the peer is lost after it missed its
-//!   intervals, counted at this node's ticks ([`Session::datagram_liveness`] says
+//!   session and numbered against replays, and the peer is lost once it missed its
+//!   intervals, unless the thread itself woke late ([`Session::datagram_liveness`] says
 //!   whether they carry a session; a peer that sends none is judged by the stream).
 //!
 //! Security: `Noise_NNpsk0_25519_ChaChaPoly_SHA256` with the site key as the PSK (see the
