@@ -460,6 +460,11 @@ struct Peer {
     /// This node already kept the address through one conflict without the
     /// peer's word since it took over; the next one releases as usual.
     kept_once: bool,
+    /// The peer link has been up since this machine started (a loss of it, or
+    /// its return, was reported): a claim made while it is down is then a
+    /// takeover from a peer that was there, not a boot beside a peer that may be
+    /// booting too.
+    seen: bool,
 }
 
 /// The role machine of one node. It does no IO: [`Machine::handle`] takes an event
@@ -1048,10 +1053,13 @@ impl Machine {
         }
         self.peer.up = false;
         self.peer.claim = None;
+        // The link reports a loss only after a session: the peer was there.
+        self.peer.seen = true;
         // A claim made while the link was already silent (before the loss was
         // declared) may never have reached the peer: count it as made apart.
         let claimed_ms_ago = out.now_ms.saturating_sub(self.state.role_changed_ms);
         if self.state.role == Role::Active
+            && self.peer.seen
             && self.state.role_changed_ms != 0
             && u128::from(claimed_ms_ago) <= self.config.peer_loss_detection.as_millis()
         {
@@ -1119,6 +1127,7 @@ impl Machine {
             return;
         }
         self.peer.up = true;
+        self.peer.seen = true;
         self.peer.cut_off = false;
         self.peer.took_over = false;
         self.peer.kept_once = false;
@@ -1191,7 +1200,7 @@ impl Machine {
         self.state.role = Role::Active;
         self.state.standby_hold = false;
         self.state.epoch = self.state.epoch.next_for(self.state.node);
-        self.peer.took_over = failover && !self.peer.up;
+        self.peer.took_over = failover && !self.peer.up && self.peer.seen;
         self.peer.kept_once = false;
         self.state.role_changed_ms = out.now_ms;
         self.cancel();
