@@ -778,19 +778,8 @@ impl Sampler {
 /// The nodes' configs: the replication area's, with `max_backlog` above the
 /// backlog the catch-up builds.
 fn write_configs(dir: &Path, changes: u64) -> anyhow::Result<()> {
-    tandem_peer::keygen(&dir.join("site.key"))?;
     let max_backlog = changes.saturating_mul(4).max(1_000_000);
-    for (host, id, peer) in [(Host::Node1, 1, Host::Node2), (Host::Node2, 2, Host::Node1)] {
-        let text = format!(
-            "[node]\nid = {id}\n\n[network]\nnode_address = \"{}/24\"\npeer_address = \"{}\"\n\n\
-             [peer]\nkey_file = \"{}\"\n\n[replication]\nsample_schema = true\nmax_backlog = {max_backlog}\n",
-            host.addr(),
-            peer.addr(),
-            dir.join("site.key").display()
-        );
-        std::fs::write(dir.join(format!("{host}.toml")), text)?;
-    }
-    Ok(())
+    super::replication::write_configs_with(dir, &format!("max_backlog = {max_backlog}\n"))
 }
 
 impl Results {

@@ -606,11 +606,17 @@ pub(super) fn build_release() -> anyhow::Result<PathBuf> {
 }
 
 fn write_configs(dir: &Path) -> anyhow::Result<()> {
+    write_configs_with(dir, "")
+}
+
+/// Both nodes' configs and the site key in `dir`; `replication` is appended to
+/// each node's `[replication]` table (lines ending in a newline).
+pub(crate) fn write_configs_with(dir: &Path, replication: &str) -> anyhow::Result<()> {
     tandem_peer::keygen(&dir.join("site.key"))?;
     for (host, id, peer) in [(Host::Node1, 1, Host::Node2), (Host::Node2, 2, Host::Node1)] {
         let text = format!(
             "[node]\nid = {id}\n\n[network]\nnode_address = \"{}/24\"\npeer_address = \"{}\"\n\n\
-             [peer]\nkey_file = \"{}\"\n\n[replication]\nsample_schema = true\n",
+             [peer]\nkey_file = \"{}\"\n\n[replication]\nsample_schema = true\n{replication}",
             host.addr(),
             peer.addr(),
             dir.join("site.key").display()
