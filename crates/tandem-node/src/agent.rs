@@ -417,7 +417,10 @@ impl Agent {
                     }
                     Some(LinkEvent::PeerLost(reason)) => {
                         tracing::warn!(%reason, "peer lost");
-                        self.session = None;
+                        // Heard after the probe ahead began: that probe is not
+                        // of this silence.
+                        let heard = self.session.take().map(|s| s.last_heard());
+                        let heard_since_probe = heard.is_some() && heard != self.probed_ahead_of;
                         self.peer_claim = None;
                         self.peer_facts = None;
                         // A copy waiting for the peer's answer hears at once
@@ -428,6 +431,9 @@ impl Agent {
                         // The loss's probe waits for one already under way.
                         if let Some(ahead) = self.ahead.take() {
                             self.keep_probe_ahead(ahead.await);
+                        }
+                        if heard_since_probe {
+                            self.node.forget_probe_ahead();
                         }
                         self.event(Event::PeerLost).await;
                     }

@@ -376,10 +376,10 @@ impl Node {
     /// Keeps the outcome of a [`probe_ahead`](Self::probe_ahead), so that the probe
     /// the role machine asks for when the loss comes is already answered: a silent
     /// probe with the isolation check passed is kept for one probe timeout or one
-    /// heartbeat, whichever is longer, and answers the next immediate probe (a
-    /// frame from the peer after the probe puts the loss a whole silence limit
-    /// later, past that); any other outcome is dropped, and that
-    /// probe then runs as usual. Returns whether it was kept.
+    /// heartbeat, whichever is longer, plus one heartbeat, and answers the next
+    /// immediate probe (a frame from the peer after the probe puts the loss a
+    /// whole silence limit later, past that); any other outcome is dropped, and
+    /// that probe then runs as usual. Returns whether it was kept.
     ///
     /// The evidence is the same as a probe run after the loss: nobody answered
     /// for the shared address while the peer sent nothing, only taken earlier.
@@ -387,6 +387,12 @@ impl Node {
         let silent = *probe == ProbeOutcome::Silent && isolation == Isolation::Passed;
         self.ahead = silent.then(Instant::now);
         silent
+    }
+
+    /// Drops a kept [`probe_ahead`](Self::probe_ahead) outcome: the peer sent a
+    /// frame after that probe began, so it no longer describes this silence.
+    pub fn forget_probe_ahead(&mut self) {
+        self.ahead = None;
     }
 
     /// Opens the node as [`open`](Self::open) does and attaches its replicated
@@ -867,12 +873,20 @@ impl Node {
         self.probe(quick).await
     }
 
-    /// How long a silent probe ahead of a loss answers the loss's probe.
+    /// How long a silent probe ahead of a loss answers the loss's probe: one
+    /// probe timeout or one heartbeat, whichever is longer, and one heartbeat
+    /// more, because the peer link may declare the loss up to one of the peer's
+    /// intervals after its deadline (the datagram judge's grace after a late
+    /// wake of its own thread). Without that heartbeat a loss declared in the
+    /// grace found the probe ahead stale and probed again, which made the
+    /// slowest failovers at a 20 ms heartbeat (`cargo xtask bench failover`).
     fn ahead_fresh(&self) -> Duration {
+        let heartbeat = self.config.failover.heartbeat();
         self.config
             .probe
             .timeout()
-            .max(self.config.failover.heartbeat())
+            .max(heartbeat)
+            .saturating_add(heartbeat)
     }
 
     /// Probes the shared address and runs the isolation check.

@@ -367,12 +367,23 @@ fn a_probe_ahead_of_the_peer_loss_answers_it_only_while_fresh_and_silent() {
             assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
 
             // Silent, but the address is back before the loss and the result has
-            // gone stale (older than the probe timeout of 150 ms): probed again.
+            // gone stale (older than the default heartbeat of 200 ms, longer than
+            // the probe timeout of 150 ms, plus one more heartbeat): probed again.
             drop_shared();
             let (probe, isolation) = n.probe_ahead().await;
             assert!(n.keep_probe_ahead(&probe, isolation), "{probe} {isolation}");
             add_shared();
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let lost = n.handle(tandem_role::Event::PeerStillLost).await;
+            assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
+
+            // Silent and fresh, but the peer spoke after that probe began (the
+            // agent forgets it then): the loss probes again and finds node1.
+            drop_shared();
+            let (probe, isolation) = n.probe_ahead().await;
+            assert!(n.keep_probe_ahead(&probe, isolation), "{probe} {isolation}");
+            add_shared();
+            n.forget_probe_ahead();
             let lost = n.handle(tandem_role::Event::PeerStillLost).await;
             assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
 

@@ -14,6 +14,12 @@
 //!   ([`SMALLEST_ADVERT_CS`]), with `nopreempt` on both nodes: like tandem, it
 //!   does not hand the address back to the recovered node.
 //!
+//! At the smallest intervals (tandem at 20 ms, keepalived at `advert_int 0.01`)
+//! both run with their heartbeat path protected, as OPERATIONS.md tells an
+//! operator to: tandem's `realtime_priority` [`REALTIME_PRIORITY`] and
+//! `lock_memory`, keepalived's `vrrp_rt_priority` and `vrrp_no_swap`. The rows
+//! say "real-time". `TANDEM_BENCH_KEEP_LOGS=1` keeps each setting's agent logs.
+//!
 //! Each run cuts the cable of whichever node holds the shared address, waits for
 //! the client to hear the other node, then plugs the cable back and waits until
 //! one node holds the address again. The client sends a UDP datagram to the
@@ -79,6 +85,14 @@ impl System {
         }
     }
 
+    /// Whether the bench runs this setting with its heartbeat path protected
+    /// (real-time priority, memory locked), as OPERATIONS.md tells an operator
+    /// to do at the smallest intervals and as keepalived offers: tandem at 20 ms
+    /// or less, keepalived at `advert_int 0.01`.
+    pub(crate) fn protected(self) -> bool {
+        self.interval_ms() <= 20
+    }
+
     /// tandem without a witness (the rows compared with keepalived).
     fn is_tandem(self) -> bool {
         matches!(self, System::Tandem(_))
@@ -101,9 +115,16 @@ impl System {
     pub(crate) fn label(self) -> String {
         match self {
             System::Tandem(200) => "tandem, heartbeat 200 ms (default), 3 missed".into(),
+            System::Tandem(ms) if self.protected() => {
+                format!("tandem, heartbeat {ms} ms, 3 missed, real-time")
+            }
             System::Tandem(ms) => format!("tandem, heartbeat {ms} ms, 3 missed"),
             System::Witness(ms) => format!("tandem, heartbeat {ms} ms, etcd witness, TTL 3 s"),
             System::Keepalived(100) => "keepalived VRRPv3, advert_int 1".into(),
+            System::Keepalived(cs) if self.protected() => format!(
+                "keepalived VRRPv3, advert_int {}, real-time",
+                cs as f64 / 100.0
+            ),
             System::Keepalived(cs) => {
                 format!("keepalived VRRPv3, advert_int {}", cs as f64 / 100.0)
             }
@@ -240,6 +261,10 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
                 return Err(e.context(format!("logs kept in {}", kept.display())));
             }
         };
+        if std::env::var_os(super::KEEP_LOGS_ENV).is_some() {
+            let kept = dir.keep();
+            println!("  logs kept in {}", kept.display());
+        }
         outages.sort();
         results.push((system, outages));
     }
@@ -610,7 +635,11 @@ impl<'a> Site<'a> {
         dir: &'a Path,
         system: System,
     ) -> anyhow::Result<Site<'a>> {
-        Site::start_with(lab, bin, dir, system, Extras::default())
+        let extras = Extras {
+            protected: system.protected(),
+            ..Extras::default()
+        };
+        Site::start_with(lab, bin, dir, system, extras)
     }
 
     /// Starts both nodes with `extras` (see [`Extras`]).
