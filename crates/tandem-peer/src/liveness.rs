@@ -18,12 +18,13 @@
 //!   earlier release never sends one).
 //! - **Missed intervals, and this thread's own stalls forgiven.** The thread
 //!   wakes to send every interval and at the peer's deadline (`missed` of the
-//!   peer's intervals after its last genuine datagram), reads every datagram
-//!   already queued and only then judges, so what the kernel queued while the
-//!   process was stalled counts as heard. A wake more than half an interval past
-//!   the deadline is a stall of this thread, not proof of the peer's silence: the
-//!   peer gets one more interval from the wake instead. A late send is one send,
-//!   not a burst.
+//!   peer's intervals after its last genuine datagram), on a high-resolution
+//!   timer (`ppoll`, not a socket timeout rounded to the kernel's tick), reads
+//!   every datagram already queued and only then judges, so what the kernel
+//!   queued while the process was stalled counts as heard. A wake more than half
+//!   an interval past the deadline is a stall of this thread, not proof of the
+//!   peer's silence: the peer gets one more interval from the wake instead. A
+//!   late send is one send, not a burst.
 //! - **Loss closes the session** with [`CloseReason::PeerLost`], exactly as a silent
 //!   TCP stream does, so everything above the link sees one kind of loss. Once the
 //!   datagrams carry liveness, the TCP stream is given a longer backstop
@@ -365,6 +366,11 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
         }
     }
     let interval = settings.interval.max(Duration::from_millis(1));
+    // Never blocks in `recv_from`: the waits are `readable_within`'s.
+    if let Err(e) = socket.set_nonblocking(true) {
+        warn!(error = %e, "the heartbeat socket cannot be made non-blocking; no datagrams");
+        return;
+    }
     let mut current: Option<Watched> = None;
     let mut buf = [0u8; 64];
     let mut next_send = Instant::now() + interval;
@@ -401,9 +407,9 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
         let wake = deadline.map_or(next_send, |d| d.min(next_send));
         let now = Instant::now();
         if now < wake {
-            let _ = socket.set_nonblocking(false);
-            let _ = socket.set_read_timeout(Some(wake - now));
-            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if readable_within(&socket, wake - now)
+                && let Ok((n, from)) = socket.recv_from(&mut buf)
+            {
                 receive(
                     current.as_mut(),
                     buf.get(..n).unwrap_or_default(),
@@ -413,7 +419,6 @@ fn run(socket: UdpSocket, peer: SocketAddr, settings: LivenessSettings, sessions
             }
             continue;
         }
-        let _ = socket.set_nonblocking(true);
         for _ in 0..DRAIN_MAX {
             match socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
@@ -497,6 +502,22 @@ fn receive(current: Option<&mut Watched>, datagram: &[u8], from: SocketAddr, pee
 }
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority` (1-99).
+/// Waits until `socket` has a datagram to read or `timeout` has passed; true when
+/// it has one. The wait is `ppoll`'s, on a high-resolution timer, so the thread
+/// wakes at the peer's deadline to the microsecond. A receive timeout
+/// (`SO_RCVTIMEO`) would not do: the kernel rounds it up to whole ticks (4 ms at
+/// `HZ=250`), which put the loss up to 8 ms past the deadline and, past half an
+/// interval at a 20 ms heartbeat, made the judge take its own wake for a stall and
+/// add a grace interval (`cargo xtask bench failover` saw losses at 96 ms of
+/// silence where 60 ms was due).
+fn readable_within(socket: &UdpSocket, timeout: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    let timeout = nix::sys::time::TimeSpec::from_duration(timeout);
+    matches!(ppoll(&mut fds, Some(timeout), None), Ok(n) if n > 0)
+}
+
 fn set_fifo(priority: u8) -> std::io::Result<()> {
     let param = libc::sched_param {
         sched_priority: i32::from(priority.clamp(1, 99)),
