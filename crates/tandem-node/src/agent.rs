@@ -16,11 +16,12 @@
 //!
 //! - **Probing ahead of a loss.** A standby that fails over on its own starts a
 //!   probe once the peer has been quiet for [`AHEAD_QUIET`](crate::AHEAD_QUIET)
-//!   (1.5) heartbeat intervals and a probe would end about when the loss is
-//!   declared (`Session::last_heard` and `silence_limit` say when); a silent
-//!   result with the isolation check passed, no older than one probe timeout or
-//!   one heartbeat, answers the probe the loss asks for. `failover check` says
-//!   when `[probe]` is too long for the heartbeat to end in time.
+//!   (1.5) heartbeat intervals and a probe would end half a heartbeat before the
+//!   loss is declared (`Session::last_heard` and `silence_limit` say when); a
+//!   silent result with the isolation check passed, no older than one probe
+//!   timeout or one heartbeat plus one heartbeat, and with nothing heard from the
+//!   peer since it began, answers the probe the loss asks for. `failover check`
+//!   says when `[probe]` is too long for the heartbeat to end in time.
 //! - **Watching the shared address** is the exception: while active, every
 //!   heartbeat tick listens one probe timeout for other hosts answering for the
 //!   shared address, inside the loop. Run beside the loop it raced the peer
@@ -911,9 +912,12 @@ impl Agent {
     }
 
     /// When a standby that fails over on its own should probe ahead of the
-    /// peer's loss: early enough that the probe ends when the loss is declared,
-    /// but not before the peer has been quiet for [`crate::AHEAD_QUIET`] heartbeat
-    /// intervals. `None` when no such probe is due.
+    /// peer's loss: early enough that the probe ends half a heartbeat before the
+    /// loss is declared (room for the isolation check and for this loop's own
+    /// timer, which runs at normal priority: the loss itself is declared to the
+    /// microsecond by the link's liveness thread), but not before the peer has
+    /// been quiet for [`crate::AHEAD_QUIET`] heartbeat intervals. `None` when no
+    /// such probe is due.
     fn probe_ahead_at(&self) -> Option<tokio::time::Instant> {
         let failover = &self.node.config().failover;
         let state = self.node.state();
@@ -934,6 +938,7 @@ impl Agent {
         let interval = silence / failover.missed_heartbeats.max(1);
         let quiet = silence
             .saturating_sub(self.node.probe_duration())
+            .saturating_sub(interval / 2)
             .max(interval.mul_f64(crate::AHEAD_QUIET));
         (quiet < silence).then(|| heard + quiet)
     }
