@@ -452,16 +452,7 @@ impl Protocol {
     }
 
     fn on_ack(&mut self, log: u64, seq: u64, out: &mut Vec<Command>) {
-        if let Some(serving) = self
-            .session
-            .as_mut()
-            .and_then(|s| s.serving.as_mut())
-            .filter(|sv| sv.log == log)
-        {
-            while serving.inflight.front().is_some_and(|last| *last <= seq) {
-                serving.inflight.pop_front();
-            }
-        }
+        self.free_window(log, seq);
         if log == self.meta.log && seq > self.meta.acked {
             // Published at once for wait_replicated; recorded (and pruned) in the
             // database at most every ACK_FLUSH, so a busy application does not make
@@ -480,24 +471,31 @@ impl Protocol {
     /// position is published for commits waiting at the `received` level. Nothing is
     /// recorded or pruned: the peer has not applied it yet.
     fn on_received(&mut self, log: u64, seq: u64, out: &mut Vec<Command>) {
-        let mut sent = 0;
-        if let Some(serving) = self
-            .session
-            .as_mut()
-            .and_then(|s| s.serving.as_mut())
-            .filter(|sv| sv.log == log)
-        {
-            while serving.inflight.front().is_some_and(|last| *last <= seq) {
-                serving.inflight.pop_front();
-            }
-            sent = serving.sent;
-        }
+        let sent = self.free_window(log, seq);
         // Only what this session sent can have been received (the meta table's head
         // may be older than the changes read since).
         if log == self.meta.log && seq <= sent {
             self.publish(log, self.meta.acked, seq, out);
         }
         self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
+    }
+
+    /// The batches of changelog `log` up to `seq` leave the window of the changes
+    /// this session serves; returns how far the session has sent (0 when it
+    /// serves no changes of `log`).
+    fn free_window(&mut self, log: u64, seq: u64) -> u64 {
+        let Some(serving) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.serving.as_mut())
+            .filter(|sv| sv.log == log)
+        else {
+            return 0;
+        };
+        while serving.inflight.front().is_some_and(|last| *last <= seq) {
+            serving.inflight.pop_front();
+        }
+        serving.sent
     }
 
     /// Publishes the peer's positions of this node's changelog `log` if either moved
