@@ -22,14 +22,14 @@
 //!   timeout or one heartbeat plus one heartbeat, and with nothing heard from the
 //!   peer since it began, answers the probe the loss asks for. `failover check`
 //!   says when `[probe]` is too long for the heartbeat to end in time.
-//! - **Watching the shared address** is the exception: while active, every
-//!   heartbeat tick listens one probe timeout for other hosts answering for the
-//!   shared address, inside the loop. Run beside the loop it raced the peer
-//!   link's return after a partition (the demo's cable cut): the newer holder
-//!   met the old one's ARP answer before the link was back and released. The
-//!   role machine now keeps the address through that first conflict when this
-//!   node took over while the peer was lost; the watch has stayed inline since,
-//!   so keep `[probe] timeout_ms` short at short heartbeats.
+//! - **Watching the shared address.** While active, every heartbeat tick starts
+//!   a listen of one probe timeout for other hosts answering for the shared
+//!   address, beside the loop (one at a time); its answer counts only if the
+//!   node is still active in the epoch the listen began in. It once ran inside
+//!   the loop because, beside it, a node that took over after a cable cut met
+//!   the old holder's ARP answer before the peer link was back and released;
+//!   the role machine now keeps the address through that first conflict when
+//!   this node took over while the peer was lost.
 //! - **Announcing again.** After a claim the later announce rounds go out on a
 //!   timer (`announce_interval_ms` apart, and one more 1.5 s later, past Linux's
 //!   neighbour-table lock time), so services start right after the first round;
@@ -270,6 +270,9 @@ struct Agent {
     probed_ahead_of: Option<tokio::time::Instant>,
     /// The probe ahead of the peer's loss, while it runs.
     ahead: Option<tokio::task::JoinHandle<(ProbeOutcome, Isolation)>>,
+    /// The watch of the shared address while active, beside the loop: the
+    /// epoch it was started in, and its listen.
+    conflict_watch: Option<(tandem_role::Epoch, tokio::task::JoinHandle<Watched>)>,
     /// The `copy-config-files` waiting for the peer's [`PeerMessage::BundleKept`].
     bundle_waiter: Option<(u64, tokio::sync::oneshot::Sender<BundleAnswer>)>,
     /// The id of the last bundle sent.
@@ -366,6 +369,7 @@ impl Agent {
             published_tick: Instant::now(),
             probed_ahead_of: None,
             ahead: None,
+            conflict_watch: None,
             bundle_waiter: None,
             bundle_sent: 0,
             switch_waiters: std::collections::HashMap::new(),
@@ -395,6 +399,10 @@ impl Agent {
                 probed = wait_some(self.ahead.as_mut()) => {
                     self.ahead = None;
                     self.keep_probe_ahead(probed);
+                }
+                watched = wait_some(self.conflict_watch.as_mut().map(|(_, task)| task)) => {
+                    let started = self.conflict_watch.take().map(|(epoch, _)| epoch);
+                    self.shared_address_watched(started, watched).await;
                 }
                 read = wait_some(self.status_read.as_mut()) => {
                     self.status_read = None;
@@ -528,7 +536,7 @@ impl Agent {
                 }
                 _ = watch.tick() => {
                     self.watch_lost_peer().await;
-                    self.watch_shared_address().await;
+                    self.watch_shared_address();
                     self.watch_database().await;
                     self.clear_alarms().await;
                     // Whatever the role, at least once a second: a standby's
@@ -986,23 +994,45 @@ impl Agent {
     }
 
     /// While active, another MAC answering ARP for the shared address is a
-    /// conflict. It listens one probe timeout inside the tick: run beside the
-    /// loop, it raced the peer link's return after a partition (the newer holder
-    /// yielded to the conflict before the claims could be compared), so it stays
-    /// here until that race is settled.
-    async fn watch_shared_address(&mut self) {
-        if self.node.state().role != Role::Active {
+    /// conflict. Each tick starts a listen of one probe timeout beside the loop
+    /// (none while one runs), so the loop goes on serving peer messages and
+    /// tools meanwhile. (It once ran inside the tick because, beside the loop,
+    /// a node that took over after a cut met the old holder's answer before
+    /// the peer link was back and yielded; the role machine now keeps the
+    /// address through that first conflict: `tandem-role`'s takeover rule.)
+    fn watch_shared_address(&mut self) {
+        let state = self.node.state();
+        if state.role != Role::Active || self.conflict_watch.is_some() {
             return;
         }
-        match self.node.conflicting_macs().await {
-            Ok(macs) => {
+        let epoch = state.epoch;
+        self.conflict_watch = Some((epoch, tokio::spawn(self.node.watch_conflicts())));
+    }
+
+    /// A listen for other hosts answering for the shared address ended. Its
+    /// answer counts only if this node is still active in the epoch the listen
+    /// began in: a node that released and claimed again meanwhile listens anew.
+    async fn shared_address_watched(
+        &mut self,
+        started: Option<tandem_role::Epoch>,
+        watched: Result<Watched, tokio::task::JoinError>,
+    ) {
+        let state = self.node.state();
+        if state.role != Role::Active || started != Some(state.epoch) {
+            return;
+        }
+        match watched {
+            Ok(Ok(macs)) => {
                 if let Some(mac) = macs.first() {
                     self.conflict_seen = Some(Instant::now());
                     tracing::warn!(%mac, "another host answers for the shared address");
                     self.event(Event::AddressConflict { mac: *mac }).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the shared address"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot watch the shared address"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the watch of the shared address ended abnormally")
+            }
         }
     }
 
@@ -1558,6 +1588,10 @@ fn bundle_spec(config: &NodeConfig) -> tandem_bundle::BundleSpec {
 }
 
 /// Waits for the task, or forever without one.
+/// What a listen for other hosts answering for the shared address found: their
+/// MAC addresses, or why it could not listen.
+type Watched = Result<Vec<tandem_role::MacAddr>, String>;
+
 async fn wait_some<T>(
     task: Option<&mut tokio::task::JoinHandle<T>>,
 ) -> Result<T, tokio::task::JoinError> {

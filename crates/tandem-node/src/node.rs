@@ -760,21 +760,32 @@ impl Node {
     /// Looks for other hosts answering ARP for the shared address while this node
     /// holds it: the MAC addresses of every other answer (empty when none).
     pub async fn conflicting_macs(&self) -> Result<Vec<MacAddr>, String> {
+        self.watch_conflicts().await
+    }
+
+    /// [`conflicting_macs`](Self::conflicting_macs) as a future that borrows
+    /// nothing from the node, for the agent to run beside its loop.
+    pub fn watch_conflicts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<MacAddr>, String>> + Send + 'static {
         let net = &self.config.network;
-        let std::net::IpAddr::V4(shared) = net.shared_address.addr() else {
-            return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
-        };
-        let prober = Prober::new(ProbeConfig {
+        let (interface, shared) = (net.interface.clone(), net.shared_address.addr());
+        let config = ProbeConfig {
             collect: Collect::All,
             retries: 0,
             ..self.prober.config()
-        })
-        .map_err(|e| e.to_string())?;
-        let outcome = prober
-            .arp(&net.interface, shared)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(outcome.macs())
+        };
+        async move {
+            let std::net::IpAddr::V4(shared) = shared else {
+                return Ok(Vec::new()); // IPv6 conflicts show as peer claims only.
+            };
+            let prober = Prober::new(config).map_err(|e| e.to_string())?;
+            let outcome = prober
+                .arp(&interface, shared)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(outcome.macs())
+        }
     }
 
     /// Whether this node's interface holds the shared address now.
