@@ -227,21 +227,27 @@ async fn read_snapshot(
 }
 
 impl SyncStage {
-    /// Stages rows of one table.
+    /// Stages rows of one table: one transaction, a few multi-row statements.
     pub(crate) async fn rows(&mut self, table: &str, rows: &[SnapshotRow]) -> Result<()> {
         let mut tx = self
             .conn
             .begin()
             .await
             .map_err(Error::db("staging snapshot rows"))?;
-        for r in rows {
-            sqlx::query("INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES (?1, ?2, ?3)")
-                .bind(table)
-                .bind(&r.pk)
-                .bind(&r.row)
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = statement_rows(rest.len(), 3);
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            let sql = values_sql("INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES ", 3, n);
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for r in part {
+                query = query.bind(table).bind(&r.pk).bind(&r.row);
+            }
+            query
                 .execute(&mut *tx)
                 .await
-                .map_err(Error::db(format!("staging a row of {table}")))?;
+                .map_err(Error::db(format!("staging rows of {table}")))?;
         }
         tx.commit()
             .await
@@ -412,18 +418,48 @@ async fn stage_local_rows(
         .await
         .map_err(Error::db("connecting to read the local rows"))?;
     let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *reader);
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(Error::db(format!("reading table {}", t.name)))?
-    {
-        let (pk, data) = t.canonical(&row)?;
-        sqlx::query("INSERT INTO temp._tandem_local (pk, row) VALUES (?1, ?2)")
-            .bind(pk)
-            .bind(data)
-            .execute(&mut *conn)
+    let mut batch: Vec<(String, String)> = Vec::with_capacity(MAX_STATEMENT_ROWS);
+    loop {
+        let row = rows
+            .try_next()
             .await
-            .map_err(Error::db("staging a local row"))?;
+            .map_err(Error::db(format!("reading table {}", t.name)))?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            batch.push(t.canonical(&row)?);
+        }
+        if batch.len() >= MAX_STATEMENT_ROWS || (done && !batch.is_empty()) {
+            insert_pairs(
+                conn,
+                "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+                &std::mem::take(&mut batch),
+            )
+            .await
+            .map_err(Error::db("staging local rows"))?;
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Inserts `pairs` with `head` (an `INSERT ... VALUES ` of two columns), a few
+/// multi-row statements.
+async fn insert_pairs(
+    conn: &mut sqlx::SqliteConnection,
+    head: &str,
+    pairs: &[(String, String)],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut rest = pairs;
+    while !rest.is_empty() {
+        let n = statement_rows(rest.len(), 2);
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        let mut query = sqlx::query(AssertSqlSafe(values_sql(head, 2, n)));
+        for (a, b) in part {
+            query = query.bind(a).bind(b);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -442,13 +478,18 @@ async fn stage_keys(
             .await
             .map_err(Error::db("preparing the changed keys"))?;
     }
-    for c in changes {
-        sqlx::query("INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES (?1, ?2)")
-            .bind(&c.table)
-            .bind(&c.pk)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("staging a changed key"))?;
+    for part in changes.chunks(MAX_STATEMENT_ROWS) {
+        let pairs: Vec<(String, String)> = part
+            .iter()
+            .map(|c| (c.table.clone(), c.pk.clone()))
+            .collect();
+        insert_pairs(
+            conn,
+            "INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES ",
+            &pairs,
+        )
+        .await
+        .map_err(Error::db("staging the changed keys"))?;
     }
     Ok(())
 }
@@ -472,18 +513,54 @@ async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> R
             return Ok(copied);
         };
         after = last.clone();
-        for (_, row) in &page {
-            let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&t.upsert_sql)));
-            for v in t.row_values(row)? {
-                query = v.bind(query);
+        let mut values = page
+            .iter()
+            .map(|(_, row)| t.row_values(row))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        while values.len() > 0 {
+            let n = statement_rows(values.len(), t.columns.len());
+            let sql: Arc<str> = if n == 1 {
+                Arc::clone(&t.upsert_sql)
+            } else {
+                t.upsert_many_sql(n).into()
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in values.by_ref().take(n) {
+                for v in row {
+                    query = v.bind(query);
+                }
             }
             query.execute(&mut *conn).await.map_err(Error::db(format!(
                 "copying the peer's rows into {}",
                 t.name
             )))?;
-            copied += 1;
+            copied += u64::try_from(n).unwrap_or(0);
         }
     }
+}
+
+/// Rows per multi-row statement of a from-sync at most: each statement is one
+/// round trip to the connection's worker thread, which costs more than the insert
+/// of a row, so rows go in hundreds.
+const MAX_STATEMENT_ROWS: usize = 256;
+
+/// Parameters of one statement at most (SQLite's `SQLITE_MAX_VARIABLE_NUMBER`).
+const MAX_PARAMETERS: usize = 32_766;
+
+/// How many of `left` rows of `width` parameters the next statement takes: a power
+/// of two (so that few distinct statements stay in the statement cache), at most
+/// [`MAX_STATEMENT_ROWS`] and [`MAX_PARAMETERS`], at least one.
+fn statement_rows(left: usize, width: usize) -> usize {
+    let most = (MAX_PARAMETERS / width.max(1)).clamp(1, MAX_STATEMENT_ROWS);
+    let n = left.clamp(1, most);
+    1 << n.ilog2()
+}
+
+/// `head` followed by `rows` tuples of `width` positional parameters.
+fn values_sql(head: &str, width: usize, rows: usize) -> String {
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    format!("{head}{}", vec![tuple; rows].join(", "))
 }
 
 /// One line of the local-only rows file.
