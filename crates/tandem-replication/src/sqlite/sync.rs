@@ -125,8 +125,11 @@ impl SqliteBackend {
         let mut conn = self.conn().await?;
         for sql in [
             "DROP TABLE IF EXISTS temp._tandem_sync",
-            "CREATE TEMP TABLE _tandem_sync (tbl TEXT NOT NULL, pk TEXT NOT NULL, row TEXT NOT NULL, \
-             PRIMARY KEY (tbl, pk)) WITHOUT ROWID",
+            // A rowid table, rows in the order they came (each table's in key order):
+            // rows of kilobytes are stored and read back at about half the cost of a
+            // table clustered on the key, and the index still refuses a key twice.
+            "CREATE TEMP TABLE _tandem_sync (tbl TEXT NOT NULL, pk TEXT NOT NULL, row TEXT NOT NULL)",
+            "CREATE UNIQUE INDEX temp._tandem_sync_key ON _tandem_sync (tbl, pk)",
         ] {
             sqlx::query(sql)
                 .execute(&mut *conn)
@@ -313,7 +316,15 @@ impl SyncStage {
         stage_keys(&mut tx, &unshipped).await?;
         let mut lines = Vec::new();
         for t in &tables.list {
-            stage_local_rows(&mut tx, backend.pool(), t).await?;
+            // Only the rows of the unacknowledged keys are compared, unless every
+            // difference is saved: then (or for very many keys) the whole table is read.
+            let keys: Vec<&str> = unshipped
+                .iter()
+                .filter(|c| c.table == t.name)
+                .map(|c| c.pk.as_str())
+                .collect();
+            let keyed = (!every_difference && keys.len() <= MAX_KEYED_READS).then_some(&keys[..]);
+            stage_local_rows(&mut tx, backend.pool(), t, keyed).await?;
             // Local rows that the peer lacks or has differently, then keys this node
             // deleted that the peer still has.
             let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -396,13 +407,19 @@ impl SyncStage {
     }
 }
 
-/// Puts this node's rows of `t` in canonical form into `temp._tandem_local` of `conn`.
-/// The rows are streamed from another connection of `pool`: `conn` holds the write
-/// lock, so both see the same committed rows.
+/// Changed keys of one table up to which a from-sync reads the local rows of those keys
+/// one by one; past it, it reads the whole table.
+const MAX_KEYED_READS: usize = 10_000;
+
+/// Puts this node's rows of `t` in canonical form into `temp._tandem_local` of `conn`:
+/// every row, or (`keys`) only those whose canonical key is one of `keys`. The rows are
+/// read on another connection of `pool`: `conn` holds the write lock, so both see the
+/// same committed rows.
 async fn stage_local_rows(
     conn: &mut sqlx::SqliteConnection,
     pool: &sqlx::SqlitePool,
     t: &TableInfo,
+    keys: Option<&[&str]>,
 ) -> Result<()> {
     for sql in [
         "DROP TABLE IF EXISTS temp._tandem_local",
@@ -417,6 +434,38 @@ async fn stage_local_rows(
         .acquire()
         .await
         .map_err(Error::db("connecting to read the local rows"))?;
+    if let Some(keys) = keys {
+        let sql: Arc<str> = select_by_key_sql(t).into();
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for key in keys {
+            if !seen.insert(*key) {
+                continue;
+            }
+            let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&sql)));
+            for v in t.key_values(key)? {
+                query = v.bind(query);
+            }
+            let rows = query
+                .fetch_all(&mut *reader)
+                .await
+                .map_err(Error::db(format!("reading table {}", t.name)))?;
+            for row in rows {
+                let (pk, data) = t.canonical(&row)?;
+                // The same key in canonical form (`IS` also matches 1 and 1.0).
+                if pk == *key {
+                    found.push((pk, data));
+                }
+            }
+        }
+        return insert_pairs(
+            conn,
+            "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+            &found,
+        )
+        .await
+        .map_err(Error::db("staging local rows"));
+    }
     let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *reader);
     let mut batch: Vec<(String, String)> = Vec::with_capacity(MAX_STATEMENT_ROWS);
     loop {
@@ -441,6 +490,29 @@ async fn stage_local_rows(
             return Ok(());
         }
     }
+}
+
+/// `SELECT <key columns>, <columns>` of `t` (the shape of its `select_sql`) where the
+/// key `IS` `?1..?k`: NULL key parts match too.
+fn select_by_key_sql(t: &TableInfo) -> String {
+    let list = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| ident(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "SELECT {}, {} FROM main.{} WHERE {}",
+        list(&t.key),
+        list(&t.columns),
+        ident(&t.name),
+        t.key
+            .iter()
+            .map(|k| format!("{} IS ?", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    )
 }
 
 /// Inserts `pairs` with `head` (an `INSERT ... VALUES ` of two columns), a few
@@ -494,17 +566,19 @@ async fn stage_keys(
     Ok(())
 }
 
-/// Inserts the staged rows of `t` (its table is empty by now); returns how many.
+/// Inserts the staged rows of `t` (its table is empty by now) in the order they came,
+/// which is the peer's key order; returns how many.
 async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> Result<u64> {
     const PAGE: i64 = 1000;
-    let mut after = String::new();
+    let mut after = 0i64;
     let mut copied = 0u64;
     loop {
-        let page: Vec<(String, String)> = sqlx::query_as(
-            "SELECT pk, row FROM temp._tandem_sync WHERE tbl = ?1 AND pk > ?2 ORDER BY pk LIMIT ?3",
+        // `+tbl`: walk the rowids rather than the key index (and sort).
+        let page: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT rowid, row FROM temp._tandem_sync WHERE +tbl = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
         )
         .bind(&t.name)
-        .bind(&after)
+        .bind(after)
         .bind(PAGE)
         .fetch_all(&mut *conn)
         .await
@@ -512,7 +586,7 @@ async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> R
         let Some((last, _)) = page.last() else {
             return Ok(copied);
         };
-        after = last.clone();
+        after = *last;
         let mut values = page
             .iter()
             .map(|(_, row)| t.row_values(row))
