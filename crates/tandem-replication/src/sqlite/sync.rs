@@ -8,6 +8,13 @@
 //! commits from there: its own acknowledged position may be far older (replication
 //! was suspended past `max_backlog`), and its changelog below the snapshot is
 //! superseded.
+//!
+//! Rows go into SQLite in statements of up to 256 rows each (every
+//! statement is a round trip to the connection's worker thread, which cost more than
+//! the row's own insert when each row had its own), the staging table is a rowid table
+//! in arrival order with a unique index on the key, and only the local rows of the
+//! unacknowledged keys are compared with the snapshot unless every difference must be
+//! saved.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -457,6 +464,15 @@ async fn stage_local_rows(
                     found.push((pk, data));
                 }
             }
+            if found.len() >= MAX_STATEMENT_ROWS {
+                insert_pairs(
+                    conn,
+                    "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+                    &std::mem::take(&mut found),
+                )
+                .await
+                .map_err(Error::db("staging local rows"))?;
+            }
         }
         return insert_pairs(
             conn,
@@ -592,7 +608,7 @@ async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> R
             .map(|(_, row)| t.row_values(row))
             .collect::<Result<Vec<_>>>()?
             .into_iter();
-        while values.len() > 0 {
+        while !values.as_slice().is_empty() {
             let n = statement_rows(values.len(), t.columns.len());
             let sql: Arc<str> = if n == 1 {
                 Arc::clone(&t.upsert_sql)
@@ -665,4 +681,31 @@ fn local_only_line(
         peer_node: peer,
     };
     serde_json::to_string(&line).map_err(|e| Error::State(format!("cannot encode a row: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_take_powers_of_two_within_the_limits() {
+        assert_eq!(statement_rows(1000, 3), 256);
+        assert_eq!(statement_rows(255, 3), 128);
+        assert_eq!(statement_rows(3, 3), 2);
+        assert_eq!(statement_rows(1, 3), 1);
+        assert_eq!(statement_rows(0, 3), 1);
+        // Wide rows: 32766 parameters at most.
+        assert_eq!(statement_rows(1000, 200), 128);
+        assert_eq!(statement_rows(1000, 2000), 16);
+        assert_eq!(statement_rows(1000, 40_000), 1);
+        assert_eq!(statement_rows(1000, 0), 256);
+    }
+
+    #[test]
+    fn values_lists_have_one_tuple_per_row() {
+        assert_eq!(
+            values_sql("INSERT INTO t (a, b) VALUES ", 2, 3),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)"
+        );
+    }
 }
