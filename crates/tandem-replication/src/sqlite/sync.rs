@@ -8,6 +8,13 @@
 //! commits from there: its own acknowledged position may be far older (replication
 //! was suspended past `max_backlog`), and its changelog below the snapshot is
 //! superseded.
+//!
+//! Rows go into SQLite in statements of up to 256 rows each (every
+//! statement is a round trip to the connection's worker thread, which cost more than
+//! the row's own insert when each row had its own), the staging table is a rowid table
+//! in arrival order with a unique index on the key, and only the local rows of the
+//! unacknowledged keys are compared with the snapshot unless every difference must be
+//! saved.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,8 +132,11 @@ impl SqliteBackend {
         let mut conn = self.conn().await?;
         for sql in [
             "DROP TABLE IF EXISTS temp._tandem_sync",
-            "CREATE TEMP TABLE _tandem_sync (tbl TEXT NOT NULL, pk TEXT NOT NULL, row TEXT NOT NULL, \
-             PRIMARY KEY (tbl, pk)) WITHOUT ROWID",
+            // A rowid table, rows in the order they came (each table's in key order):
+            // rows of kilobytes are stored and read back at about half the cost of a
+            // table clustered on the key, and the index still refuses a key twice.
+            "CREATE TEMP TABLE _tandem_sync (tbl TEXT NOT NULL, pk TEXT NOT NULL, row TEXT NOT NULL)",
+            "CREATE UNIQUE INDEX temp._tandem_sync_key ON _tandem_sync (tbl, pk)",
         ] {
             sqlx::query(sql)
                 .execute(&mut *conn)
@@ -227,21 +237,27 @@ async fn read_snapshot(
 }
 
 impl SyncStage {
-    /// Stages rows of one table.
+    /// Stages rows of one table: one transaction, a few multi-row statements.
     pub(crate) async fn rows(&mut self, table: &str, rows: &[SnapshotRow]) -> Result<()> {
         let mut tx = self
             .conn
             .begin()
             .await
             .map_err(Error::db("staging snapshot rows"))?;
-        for r in rows {
-            sqlx::query("INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES (?1, ?2, ?3)")
-                .bind(table)
-                .bind(&r.pk)
-                .bind(&r.row)
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = statement_rows(rest.len(), 3);
+            let (part, tail) = rest.split_at(n);
+            rest = tail;
+            let sql = values_sql("INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES ", 3, n);
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for r in part {
+                query = query.bind(table).bind(&r.pk).bind(&r.row);
+            }
+            query
                 .execute(&mut *tx)
                 .await
-                .map_err(Error::db(format!("staging a row of {table}")))?;
+                .map_err(Error::db(format!("staging rows of {table}")))?;
         }
         tx.commit()
             .await
@@ -307,7 +323,15 @@ impl SyncStage {
         stage_keys(&mut tx, &unshipped).await?;
         let mut lines = Vec::new();
         for t in &tables.list {
-            stage_local_rows(&mut tx, backend.pool(), t).await?;
+            // Only the rows of the unacknowledged keys are compared, unless every
+            // difference is saved: then (or for very many keys) the whole table is read.
+            let keys: Vec<&str> = unshipped
+                .iter()
+                .filter(|c| c.table == t.name)
+                .map(|c| c.pk.as_str())
+                .collect();
+            let keyed = (!every_difference && keys.len() <= MAX_KEYED_READS).then_some(&keys[..]);
+            stage_local_rows(&mut tx, backend.pool(), t, keyed).await?;
             // Local rows that the peer lacks or has differently, then keys this node
             // deleted that the peer still has.
             let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -390,13 +414,19 @@ impl SyncStage {
     }
 }
 
-/// Puts this node's rows of `t` in canonical form into `temp._tandem_local` of `conn`.
-/// The rows are streamed from another connection of `pool`: `conn` holds the write
-/// lock, so both see the same committed rows.
+/// Changed keys of one table up to which a from-sync reads the local rows of those keys
+/// one by one; past it, it reads the whole table.
+const MAX_KEYED_READS: usize = 10_000;
+
+/// Puts this node's rows of `t` in canonical form into `temp._tandem_local` of `conn`:
+/// every row, or (`keys`) only those whose canonical key is one of `keys`. The rows are
+/// read on another connection of `pool`: `conn` holds the write lock, so both see the
+/// same committed rows.
 async fn stage_local_rows(
     conn: &mut sqlx::SqliteConnection,
     pool: &sqlx::SqlitePool,
     t: &TableInfo,
+    keys: Option<&[&str]>,
 ) -> Result<()> {
     for sql in [
         "DROP TABLE IF EXISTS temp._tandem_local",
@@ -411,19 +441,113 @@ async fn stage_local_rows(
         .acquire()
         .await
         .map_err(Error::db("connecting to read the local rows"))?;
-    let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *reader);
-    while let Some(row) = rows
-        .try_next()
+    if let Some(keys) = keys {
+        let sql: Arc<str> = select_by_key_sql(t).into();
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for key in keys {
+            if !seen.insert(*key) {
+                continue;
+            }
+            let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&sql)));
+            for v in t.key_values(key)? {
+                query = v.bind(query);
+            }
+            let rows = query
+                .fetch_all(&mut *reader)
+                .await
+                .map_err(Error::db(format!("reading table {}", t.name)))?;
+            for row in rows {
+                let (pk, data) = t.canonical(&row)?;
+                // The same key in canonical form (`IS` also matches 1 and 1.0).
+                if pk == *key {
+                    found.push((pk, data));
+                }
+            }
+            if found.len() >= MAX_STATEMENT_ROWS {
+                insert_pairs(
+                    conn,
+                    "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+                    &std::mem::take(&mut found),
+                )
+                .await
+                .map_err(Error::db("staging local rows"))?;
+            }
+        }
+        return insert_pairs(
+            conn,
+            "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+            &found,
+        )
         .await
-        .map_err(Error::db(format!("reading table {}", t.name)))?
-    {
-        let (pk, data) = t.canonical(&row)?;
-        sqlx::query("INSERT INTO temp._tandem_local (pk, row) VALUES (?1, ?2)")
-            .bind(pk)
-            .bind(data)
-            .execute(&mut *conn)
+        .map_err(Error::db("staging local rows"));
+    }
+    let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *reader);
+    let mut batch: Vec<(String, String)> = Vec::with_capacity(MAX_STATEMENT_ROWS);
+    loop {
+        let row = rows
+            .try_next()
             .await
-            .map_err(Error::db("staging a local row"))?;
+            .map_err(Error::db(format!("reading table {}", t.name)))?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            batch.push(t.canonical(&row)?);
+        }
+        if batch.len() >= MAX_STATEMENT_ROWS || (done && !batch.is_empty()) {
+            insert_pairs(
+                conn,
+                "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+                &std::mem::take(&mut batch),
+            )
+            .await
+            .map_err(Error::db("staging local rows"))?;
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// `SELECT <key columns>, <columns>` of `t` (the shape of its `select_sql`) where the
+/// key `IS` `?1..?k`: NULL key parts match too.
+fn select_by_key_sql(t: &TableInfo) -> String {
+    let list = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| ident(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "SELECT {}, {} FROM main.{} WHERE {}",
+        list(&t.key),
+        list(&t.columns),
+        ident(&t.name),
+        t.key
+            .iter()
+            .map(|k| format!("{} IS ?", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    )
+}
+
+/// Inserts `pairs` with `head` (an `INSERT ... VALUES ` of two columns), a few
+/// multi-row statements.
+async fn insert_pairs(
+    conn: &mut sqlx::SqliteConnection,
+    head: &str,
+    pairs: &[(String, String)],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut rest = pairs;
+    while !rest.is_empty() {
+        let n = statement_rows(rest.len(), 2);
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        let mut query = sqlx::query(AssertSqlSafe(values_sql(head, 2, n)));
+        for (a, b) in part {
+            query = query.bind(a).bind(b);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -442,28 +566,35 @@ async fn stage_keys(
             .await
             .map_err(Error::db("preparing the changed keys"))?;
     }
-    for c in changes {
-        sqlx::query("INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES (?1, ?2)")
-            .bind(&c.table)
-            .bind(&c.pk)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("staging a changed key"))?;
+    for part in changes.chunks(MAX_STATEMENT_ROWS) {
+        let pairs: Vec<(String, String)> = part
+            .iter()
+            .map(|c| (c.table.clone(), c.pk.clone()))
+            .collect();
+        insert_pairs(
+            conn,
+            "INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES ",
+            &pairs,
+        )
+        .await
+        .map_err(Error::db("staging the changed keys"))?;
     }
     Ok(())
 }
 
-/// Inserts the staged rows of `t` (its table is empty by now); returns how many.
+/// Inserts the staged rows of `t` (its table is empty by now) in the order they came,
+/// which is the peer's key order; returns how many.
 async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> Result<u64> {
     const PAGE: i64 = 1000;
-    let mut after = String::new();
+    let mut after = 0i64;
     let mut copied = 0u64;
     loop {
-        let page: Vec<(String, String)> = sqlx::query_as(
-            "SELECT pk, row FROM temp._tandem_sync WHERE tbl = ?1 AND pk > ?2 ORDER BY pk LIMIT ?3",
+        // `+tbl`: walk the rowids rather than the key index (and sort).
+        let page: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT rowid, row FROM temp._tandem_sync WHERE +tbl = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
         )
         .bind(&t.name)
-        .bind(&after)
+        .bind(after)
         .bind(PAGE)
         .fetch_all(&mut *conn)
         .await
@@ -471,19 +602,55 @@ async fn copy_staged_rows(conn: &mut sqlx::SqliteConnection, t: &TableInfo) -> R
         let Some((last, _)) = page.last() else {
             return Ok(copied);
         };
-        after = last.clone();
-        for (_, row) in &page {
-            let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&t.upsert_sql)));
-            for v in t.row_values(row)? {
-                query = v.bind(query);
+        after = *last;
+        let mut values = page
+            .iter()
+            .map(|(_, row)| t.row_values(row))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        while !values.as_slice().is_empty() {
+            let n = statement_rows(values.len(), t.columns.len());
+            let sql: Arc<str> = if n == 1 {
+                Arc::clone(&t.upsert_sql)
+            } else {
+                t.upsert_many_sql(n).into()
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in values.by_ref().take(n) {
+                for v in row {
+                    query = v.bind(query);
+                }
             }
             query.execute(&mut *conn).await.map_err(Error::db(format!(
                 "copying the peer's rows into {}",
                 t.name
             )))?;
-            copied += 1;
+            copied += u64::try_from(n).unwrap_or(0);
         }
     }
+}
+
+/// Rows per multi-row statement of a from-sync at most: each statement is one
+/// round trip to the connection's worker thread, which costs more than the insert
+/// of a row, so rows go in hundreds.
+const MAX_STATEMENT_ROWS: usize = 256;
+
+/// Parameters of one statement at most (SQLite's `SQLITE_MAX_VARIABLE_NUMBER`).
+const MAX_PARAMETERS: usize = 32_766;
+
+/// How many of `left` rows of `width` parameters the next statement takes: a power
+/// of two (so that few distinct statements stay in the statement cache), at most
+/// [`MAX_STATEMENT_ROWS`] and [`MAX_PARAMETERS`], at least one.
+fn statement_rows(left: usize, width: usize) -> usize {
+    let most = (MAX_PARAMETERS / width.max(1)).clamp(1, MAX_STATEMENT_ROWS);
+    let n = left.clamp(1, most);
+    1 << n.ilog2()
+}
+
+/// `head` followed by `rows` tuples of `width` positional parameters.
+fn values_sql(head: &str, width: usize, rows: usize) -> String {
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    format!("{head}{}", vec![tuple; rows].join(", "))
 }
 
 /// One line of the local-only rows file.
@@ -514,4 +681,31 @@ fn local_only_line(
         peer_node: peer,
     };
     serde_json::to_string(&line).map_err(|e| Error::State(format!("cannot encode a row: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_take_powers_of_two_within_the_limits() {
+        assert_eq!(statement_rows(1000, 3), 256);
+        assert_eq!(statement_rows(255, 3), 128);
+        assert_eq!(statement_rows(3, 3), 2);
+        assert_eq!(statement_rows(1, 3), 1);
+        assert_eq!(statement_rows(0, 3), 1);
+        // Wide rows: 32766 parameters at most.
+        assert_eq!(statement_rows(1000, 200), 128);
+        assert_eq!(statement_rows(1000, 2000), 16);
+        assert_eq!(statement_rows(1000, 40_000), 1);
+        assert_eq!(statement_rows(1000, 0), 256);
+    }
+
+    #[test]
+    fn values_lists_have_one_tuple_per_row() {
+        assert_eq!(
+            values_sql("INSERT INTO t (a, b) VALUES ", 2, 3),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)"
+        );
+    }
 }

@@ -409,6 +409,86 @@ fn a_node_holding_unacknowledged_changes_does_not_apply_the_peers() {
     });
 }
 
+/// Streams a snapshot of `n1` for `n2` (chunks of `chunk` bytes) and finishes it on
+/// `n2`.
+async fn from_sync(n1: &SqliteBackend, n2: &SqliteBackend, chunk: usize) -> sync::SyncOutcome {
+    let m2 = n2.meta().await.unwrap();
+    let mut reader = n1.start_snapshot(9, m2.log, m2.head, chunk).await.unwrap();
+    let mut stage = None;
+    let mut rows_sent = None;
+    while let Some(msg) = reader.next().await {
+        match msg.unwrap() {
+            Message::SnapshotBegin {
+                id,
+                log,
+                position,
+                tables,
+                rows,
+            } => {
+                stage = Some(
+                    n2.begin_sync(id, log, position, &tables, rows)
+                        .await
+                        .unwrap(),
+                );
+            }
+            Message::SnapshotRows { table, rows, .. } => {
+                stage.as_mut().unwrap().rows(&table, &rows).await.unwrap();
+            }
+            Message::SnapshotEnd { rows, .. } => rows_sent = Some(rows),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    stage
+        .unwrap()
+        .finish(n2, rows_sent.unwrap(), NodeId::One)
+        .await
+        .unwrap()
+}
+
+/// Thousands of rows (so that statements of many rows, and their remainders, stage
+/// and copy them), with every storage class, and node 2's own change among them.
+#[test]
+fn a_from_sync_of_many_rows_copies_every_one_and_saves_the_changed_one() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
+        exec(
+            &n1,
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3001) \
+             INSERT INTO kv (k, s, r, x, n) SELECT i, 'row ' || i, i / 7.0, randomblob(i % 5), \
+             CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN i ELSE 0.1 * i END FROM c",
+        )
+        .await
+        .unwrap();
+        exec(
+            &n1,
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 517) \
+             INSERT INTO pair (a, b, v) SELECT 'a' || (i % 10), i, zeroblob(i % 3) FROM c",
+        )
+        .await
+        .unwrap();
+        ship(&n1, &n2).await;
+        n2.promote().await.unwrap();
+        exec(&n2, "UPDATE kv SET s = 'mine' WHERE k = 2000")
+            .await
+            .unwrap();
+        exec(&n2, "DELETE FROM kv WHERE k > 2990").await.unwrap();
+        n2.demote().await.unwrap();
+        exec(&n1, "UPDATE kv SET s = 'theirs' WHERE k = 1000")
+            .await
+            .unwrap();
+
+        let outcome = from_sync(&n1, &n2, 50_000).await;
+        assert_eq!(outcome.copied, 3001 + 517);
+        // The update of row 2000 and the eleven deletes were node 2's.
+        assert_eq!(outcome.saved, 12);
+        assert_eq!(
+            n1.table_checksums().await.unwrap(),
+            n2.table_checksums().await.unwrap()
+        );
+    });
+}
+
 #[test]
 fn from_sync_copies_the_snapshot_and_saves_the_local_only_rows() {
     runtime().block_on(async {

@@ -33,7 +33,7 @@ impl Value {
                 out.push_str(&format!("{r:?}"));
                 out.push_str("\"}");
             }
-            Value::Text(t) => out.push_str(&Json::String(t.clone()).to_string()),
+            Value::Text(t) => push_json_str(out, t),
             Value::Blob(b) => {
                 out.push_str("{\"$blob\":\"");
                 out.push_str(&hex::encode_upper(b));
@@ -88,6 +88,17 @@ impl Value {
     }
 }
 
+/// Appends `text` as a JSON string, escaped as `serde_json` prints a `Json::String`
+/// (the canonical form), without copying it into one first: the sender of a
+/// from-sync encodes every text of every row.
+fn push_json_str(out: &mut String, text: &str) {
+    match serde_json::to_string(text) {
+        Ok(quoted) => out.push_str(&quoted),
+        // Not reached (a string always serializes); the slower way says the same.
+        Err(_) => out.push_str(&Json::String(text.to_owned()).to_string()),
+    }
+}
+
 /// The canonical JSON object of `values` under `columns`.
 pub(crate) fn encode(columns: &[String], values: &[Value]) -> String {
     let mut out = String::from("{");
@@ -95,7 +106,7 @@ pub(crate) fn encode(columns: &[String], values: &[Value]) -> String {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&Json::String(c.clone()).to_string());
+        push_json_str(&mut out, c);
         out.push(':');
         v.json(&mut out);
     }
@@ -143,6 +154,15 @@ pub(crate) fn read_row(row: &SqliteRow, first: usize, n: usize) -> Result<Vec<Va
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn texts_are_quoted_as_json_strings_print(text in any::<String>()) {
+            let mut out = String::new();
+            push_json_str(&mut out, &text);
+            prop_assert_eq!(out, Json::String(text).to_string());
+        }
+    }
 
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
