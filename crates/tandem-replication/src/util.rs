@@ -2,7 +2,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;
-use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use tandem_core::{AtomicOptions, AtomicStep, FileMode, write_atomically_with};
@@ -225,21 +224,15 @@ impl AckWatch {
         let weak = std::sync::Arc::downgrade(&changes);
         let file = path.to_owned();
         let flags = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
-        watch_file(
-            path,
-            flags,
-            "tandem-ack-watch",
-            Duration::ZERO,
-            move |hit| {
-                let Some(sender) = weak.upgrade() else {
-                    return false;
-                };
-                if hit {
-                    sender.send_replace(read_published(&file));
-                }
-                true
-            },
-        )?;
+        watch_file(path, flags, "tandem-ack-watch", move |hit| {
+            let Some(sender) = weak.upgrade() else {
+                return false;
+            };
+            if hit {
+                sender.send_replace(read_published(&file));
+            }
+            true
+        })?;
         Some(AckWatch { changes })
     }
 
@@ -272,21 +265,15 @@ impl WalWatch {
         let weak = std::sync::Arc::downgrade(&changed);
         // IN_CREATE too: the log is made anew when the last connection deleted it.
         let flags = AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE;
-        watch_file(
-            Path::new(&wal),
-            flags,
-            "tandem-wal-watch",
-            WAL_PAUSE,
-            move |hit| {
-                let Some(changed) = weak.upgrade() else {
-                    return false;
-                };
-                if hit {
-                    changed.notify_one();
-                }
-                true
-            },
-        )?;
+        watch_file(Path::new(&wal), flags, "tandem-wal-watch", move |hit| {
+            let Some(changed) = weak.upgrade() else {
+                return false;
+            };
+            if hit {
+                changed.notify_one();
+            }
+            true
+        })?;
         Some(WalWatch { changed })
     }
 
@@ -297,26 +284,16 @@ impl WalWatch {
     }
 }
 
-/// How long the write-ahead log's watch waits after reporting a change before it looks
-/// again. SQLite writes the log a page at a time, and each write is an event: a large
-/// transaction (a from-sync writes the whole snapshot) woke the thread for every few
-/// pages, which took a seventh of the standby's samples while it copied. The first
-/// change is still reported at once, and the service looks for new changes 2 ms
-/// (the engine's `SHIP_COALESCE`) after it anyway; a change during the pause is
-/// reported when it ends (the events wait in the queue).
-const WAL_PAUSE: Duration = Duration::from_millis(1);
-
 /// Watches the directory of `path` for `flags` on `path`'s file (a watch of the
 /// directory survives the file being replaced or deleted) on a thread of its own,
-/// which calls `on_event(true)` after each read of events that name the file (then
-/// sleeps `pause` before it looks again) and `on_event(false)` every
-/// [`AckWatch::ALIVE_CHECK`] ms without one, until `on_event` returns false (its owner
-/// is gone). `None` when inotify or the thread is not available.
+/// which calls `on_event(true)` after each read of events that name the file and
+/// `on_event(false)` every [`AckWatch::ALIVE_CHECK`] ms without one, until `on_event`
+/// returns false (its owner is gone). `None` when inotify or the thread is not
+/// available.
 fn watch_file(
     path: &Path,
     flags: nix::sys::inotify::AddWatchFlags,
     thread: &str,
-    pause: Duration,
     on_event: impl FnMut(bool) -> bool + Send + 'static,
 ) -> Option<()> {
     use nix::sys::inotify::{InitFlags, Inotify};
@@ -326,7 +303,7 @@ fn watch_file(
     inotify.add_watch(dir, flags).ok()?;
     std::thread::Builder::new()
         .name(thread.into())
-        .spawn(move || watch_thread(&inotify, &name, pause, on_event))
+        .spawn(move || watch_thread(&inotify, &name, on_event))
         .ok()?;
     Some(())
 }
@@ -335,7 +312,6 @@ fn watch_file(
 fn watch_thread(
     inotify: &nix::sys::inotify::Inotify,
     name: &std::ffi::OsStr,
-    pause: Duration,
     mut on_event: impl FnMut(bool) -> bool,
 ) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -363,13 +339,8 @@ fn watch_thread(
                 Err(_) => return,
             }
         }
-        if hit {
-            if !on_event(true) {
-                return;
-            }
-            if !pause.is_zero() {
-                std::thread::sleep(pause);
-            }
+        if hit && !on_event(true) {
+            return;
         }
     }
 }
@@ -422,7 +393,7 @@ mod tests {
         let writer = tokio::spawn({
             let path = path.clone();
             async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 write_ack(&path, 1, 7, 7).unwrap();
             }
         });
