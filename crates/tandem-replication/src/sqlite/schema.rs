@@ -164,6 +164,12 @@ impl TableInfo {
     /// `SELECT <key columns>, <columns>` of the one row whose key is `?1..?k` (in key
     /// order), in the form [`canonical`](Self::canonical) reads.
     pub(crate) fn select_by_key_sql(&self) -> String {
+        self.select_key_compared_sql("=")
+    }
+
+    /// `SELECT <key columns>, <columns>` where each key column compares with `op`
+    /// (`=`, or `IS` so that NULL key parts match too) to `?1..?k`, in key order.
+    pub(crate) fn select_key_compared_sql(&self, op: &str) -> String {
         let list = |names: &[String]| {
             names
                 .iter()
@@ -178,7 +184,7 @@ impl TableInfo {
             ident(&self.name),
             self.key
                 .iter()
-                .map(|k| format!("{} = ?", ident(k)))
+                .map(|k| format!("{} {op} ?", ident(k)))
                 .collect::<Vec<_>>()
                 .join(" AND ")
         )

@@ -442,7 +442,7 @@ async fn stage_local_rows(
         .await
         .map_err(Error::db("connecting to read the local rows"))?;
     if let Some(keys) = keys {
-        let sql: Arc<str> = select_by_key_sql(t).into();
+        let sql: Arc<str> = t.select_key_compared_sql("IS").into();
         let mut found = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for key in keys {
@@ -506,29 +506,6 @@ async fn stage_local_rows(
             return Ok(());
         }
     }
-}
-
-/// `SELECT <key columns>, <columns>` of `t` (the shape of its `select_sql`) where the
-/// key `IS` `?1..?k`: NULL key parts match too.
-fn select_by_key_sql(t: &TableInfo) -> String {
-    let list = |names: &[String]| {
-        names
-            .iter()
-            .map(|n| ident(n))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "SELECT {}, {} FROM main.{} WHERE {}",
-        list(&t.key),
-        list(&t.columns),
-        ident(&t.name),
-        t.key
-            .iter()
-            .map(|k| format!("{} IS ?", ident(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    )
 }
 
 /// Inserts `pairs` with `head` (an `INSERT ... VALUES ` of two columns), a few
