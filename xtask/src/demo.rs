@@ -92,7 +92,7 @@ pub(crate) const REPLICATING_WINDOW: Duration = Duration::from_secs(5);
 /// the acknowledged writes lost, for `cargo xtask bench failover`.
 pub(crate) fn planned_with_writes(bins: &Binaries, runs: usize) -> anyhow::Result<PlannedWrites> {
     let mut demo = Demo::new(bins, false, false)?;
-    if std::env::var_os("TANDEM_KEEP_SITE").is_some() {
+    if std::env::var_os(crate::site::KEEP_SITE_ENV).is_some() {
         println!(
             "  TANDEM_KEEP_SITE: the site and its logs stay in {}",
             demo.site.keep_dir().display()

@@ -1006,7 +1006,7 @@ impl Agent {
             return;
         }
         let epoch = state.epoch;
-        self.conflict_watch = Some((epoch, tokio::spawn(self.node.watch_conflicts())));
+        self.conflict_watch = Some((epoch, tokio::spawn(self.node.conflicting_macs())));
     }
 
     /// A listen for other hosts answering for the shared address ended. Its
@@ -1587,11 +1587,11 @@ fn bundle_spec(config: &NodeConfig) -> tandem_bundle::BundleSpec {
     config.bundle.clone().unwrap_or_default()
 }
 
-/// Waits for the task, or forever without one.
 /// What a listen for other hosts answering for the shared address found: their
 /// MAC addresses, or why it could not listen.
 type Watched = Result<Vec<tandem_role::MacAddr>, String>;
 
+/// Waits for the task, or forever without one.
 async fn wait_some<T>(
     task: Option<&mut tokio::task::JoinHandle<T>>,
 ) -> Result<T, tokio::task::JoinError> {

@@ -758,14 +758,9 @@ impl Node {
     }
 
     /// Looks for other hosts answering ARP for the shared address while this node
-    /// holds it: the MAC addresses of every other answer (empty when none).
-    pub async fn conflicting_macs(&self) -> Result<Vec<MacAddr>, String> {
-        self.watch_conflicts().await
-    }
-
-    /// [`conflicting_macs`](Self::conflicting_macs) as a future that borrows
-    /// nothing from the node, for the agent to run beside its loop.
-    pub fn watch_conflicts(
+    /// holds it: the MAC addresses of every other answer (empty when none). The
+    /// future borrows nothing from the node, so the agent runs it beside its loop.
+    pub fn conflicting_macs(
         &self,
     ) -> impl Future<Output = Result<Vec<MacAddr>, String>> + Send + 'static {
         let net = &self.config.network;

@@ -501,7 +501,6 @@ fn receive(current: Option<&mut Watched>, datagram: &[u8], from: SocketAddr, pee
     }
 }
 
-/// Puts the calling thread under `SCHED_FIFO` at `priority` (1-99).
 /// Waits until `socket` has a datagram to read or `timeout` has passed; true when
 /// it has one. The wait is `ppoll`'s, on a high-resolution timer, so the thread
 /// wakes at the peer's deadline to the microsecond. A receive timeout
@@ -518,6 +517,7 @@ fn readable_within(socket: &UdpSocket, timeout: Duration) -> bool {
     matches!(ppoll(&mut fds, Some(timeout), None), Ok(n) if n > 0)
 }
 
+/// Puts the calling thread under `SCHED_FIFO` at `priority` (1-99).
 fn set_fifo(priority: u8) -> std::io::Result<()> {
     let param = libc::sched_param {
         sched_priority: i32::from(priority.clamp(1, 99)),

@@ -1059,7 +1059,6 @@ impl Machine {
         // declared) may never have reached the peer: count it as made apart.
         let claimed_ms_ago = out.now_ms.saturating_sub(self.state.role_changed_ms);
         if self.state.role == Role::Active
-            && self.peer.seen
             && self.state.role_changed_ms != 0
             && u128::from(claimed_ms_ago) <= self.config.peer_loss_detection.as_millis()
         {

@@ -18,7 +18,7 @@
 //! both run with their heartbeat path protected, as OPERATIONS.md tells an
 //! operator to: tandem's `realtime_priority` [`REALTIME_PRIORITY`] and
 //! `lock_memory`, keepalived's `vrrp_rt_priority` and `vrrp_no_swap`. The rows
-//! say "real-time". `TANDEM_BENCH_KEEP_LOGS=1` keeps each setting's agent logs.
+//! say "real-time". `TANDEM_KEEP_SITE=1` keeps each setting's agent logs, as it keeps the demo's site.
 //!
 //! Each run cuts the cable of whichever node holds the shared address, waits for
 //! the client to hear the other node, then plugs the cable back and waits until
@@ -261,7 +261,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
                 return Err(e.context(format!("logs kept in {}", kept.display())));
             }
         };
-        if std::env::var_os(super::KEEP_LOGS_ENV).is_some() {
+        if std::env::var_os(crate::site::KEEP_SITE_ENV).is_some() {
             let kept = dir.keep();
             println!("  logs kept in {}", kept.display());
         }

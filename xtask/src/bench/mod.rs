@@ -290,9 +290,6 @@ fn write_summary(rows: &[Row], failed: &[&str]) -> anyhow::Result<()> {
 /// binaries for [`build_release`] to use instead of building release ones (the
 /// tests of the bench areas set it to the debug build).
 pub(crate) const BIN_DIR_ENV: &str = "TANDEM_BENCH_BIN_DIR";
-/// Set (to anything): the `failover` area keeps each setting's agent logs and
-/// configs (it prints where) instead of removing them with the lab's directory.
-pub(crate) const KEEP_LOGS_ENV: &str = "TANDEM_BENCH_KEEP_LOGS";
 
 /// Builds the release binaries of `packages` and returns the release directory.
 pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<PathBuf> {

@@ -30,6 +30,11 @@ pub(crate) use app::{APP_PORT, serve_app};
 pub(crate) use client::{FIRST_TX, Sample, acknowledged, client, latest_answer, wait_answered};
 pub(crate) use harness::{Backend, Narration, Site, SiteOptions};
 
+/// Set (to anything): a site's directory with its configs and agent logs is
+/// kept, and its path printed, instead of removed at the end (the demo's site of
+/// `bench failover`'s writing client, and each setting of its unplanned runs).
+pub(crate) const KEEP_SITE_ENV: &str = "TANDEM_KEEP_SITE";
+
 /// Builds the two binaries (the debug profile, as `cargo test` builds them).
 pub(crate) fn build_binaries() -> anyhow::Result<Binaries> {
     let root = crate::workspace_root();

@@ -244,21 +244,15 @@ impl SyncStage {
             .begin()
             .await
             .map_err(Error::db("staging snapshot rows"))?;
-        let mut rest = rows;
-        while !rest.is_empty() {
-            let n = statement_rows(rest.len(), 3);
-            let (part, tail) = rest.split_at(n);
-            rest = tail;
-            let sql = values_sql("INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES ", 3, n);
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for r in part {
-                query = query.bind(table).bind(&r.pk).bind(&r.row);
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(format!("staging rows of {table}")))?;
-        }
+        insert_rows(
+            &mut tx,
+            "INSERT INTO temp._tandem_sync (tbl, pk, row) VALUES ",
+            3,
+            rows,
+            |q, r| q.bind(table).bind(&r.pk).bind(&r.row),
+        )
+        .await
+        .map_err(Error::db(format!("staging rows of {table}")))?;
         tx.commit()
             .await
             .map_err(Error::db("staging snapshot rows"))?;
@@ -465,64 +459,59 @@ async fn stage_local_rows(
                 }
             }
             if found.len() >= MAX_STATEMENT_ROWS {
-                insert_pairs(
-                    conn,
-                    "INSERT INTO temp._tandem_local (pk, row) VALUES ",
-                    &std::mem::take(&mut found),
-                )
-                .await
-                .map_err(Error::db("staging local rows"))?;
+                stage_local(conn, &std::mem::take(&mut found)).await?;
             }
         }
-        return insert_pairs(
-            conn,
-            "INSERT INTO temp._tandem_local (pk, row) VALUES ",
-            &found,
-        )
-        .await
-        .map_err(Error::db("staging local rows"));
+        return stage_local(conn, &found).await;
     }
     let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&t.select_sql))).fetch(&mut *reader);
-    let mut batch: Vec<(String, String)> = Vec::with_capacity(MAX_STATEMENT_ROWS);
-    loop {
-        let row = rows
-            .try_next()
-            .await
-            .map_err(Error::db(format!("reading table {}", t.name)))?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push(t.canonical(&row)?);
-        }
-        if batch.len() >= MAX_STATEMENT_ROWS || (done && !batch.is_empty()) {
-            insert_pairs(
-                conn,
-                "INSERT INTO temp._tandem_local (pk, row) VALUES ",
-                &std::mem::take(&mut batch),
-            )
-            .await
-            .map_err(Error::db("staging local rows"))?;
-        }
-        if done {
-            return Ok(());
+    let mut batch = Vec::with_capacity(MAX_STATEMENT_ROWS);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(Error::db(format!("reading table {}", t.name)))?
+    {
+        batch.push(t.canonical(&row)?);
+        if batch.len() >= MAX_STATEMENT_ROWS {
+            stage_local(conn, &std::mem::take(&mut batch)).await?;
         }
     }
+    stage_local(conn, &batch).await
 }
 
-/// Inserts `pairs` with `head` (an `INSERT ... VALUES ` of two columns), a few
-/// multi-row statements.
-async fn insert_pairs(
+/// Inserts canonical `(key, row)` pairs into `temp._tandem_local` of `conn`.
+async fn stage_local(conn: &mut sqlx::SqliteConnection, pairs: &[(String, String)]) -> Result<()> {
+    insert_rows(
+        conn,
+        "INSERT INTO temp._tandem_local (pk, row) VALUES ",
+        2,
+        pairs,
+        |q, (pk, row)| q.bind(pk).bind(row),
+    )
+    .await
+    .map_err(Error::db("staging local rows"))
+}
+
+/// A query of this module, its parameters bound one by one.
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Inserts `rows` with `head` (an `INSERT ... VALUES ` of `width` columns) in a few
+/// multi-row statements; `bind` binds the `width` values of one row.
+async fn insert_rows<'q, T>(
     conn: &mut sqlx::SqliteConnection,
     head: &str,
-    pairs: &[(String, String)],
+    width: usize,
+    rows: &'q [T],
+    bind: impl Fn(Query<'q>, &'q T) -> Query<'q>,
 ) -> std::result::Result<(), sqlx::Error> {
-    let mut rest = pairs;
+    let mut rest = rows;
     while !rest.is_empty() {
-        let n = statement_rows(rest.len(), 2);
+        let n = statement_rows(rest.len(), width);
         let (part, tail) = rest.split_at(n);
         rest = tail;
-        let mut query = sqlx::query(AssertSqlSafe(values_sql(head, 2, n)));
-        for (a, b) in part {
-            query = query.bind(a).bind(b);
+        let mut query = sqlx::query(AssertSqlSafe(values_sql(head, width, n)));
+        for row in part {
+            query = bind(query, row);
         }
         query.execute(&mut *conn).await?;
     }
@@ -543,20 +532,15 @@ async fn stage_keys(
             .await
             .map_err(Error::db("preparing the changed keys"))?;
     }
-    for part in changes.chunks(MAX_STATEMENT_ROWS) {
-        let pairs: Vec<(String, String)> = part
-            .iter()
-            .map(|c| (c.table.clone(), c.pk.clone()))
-            .collect();
-        insert_pairs(
-            conn,
-            "INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES ",
-            &pairs,
-        )
-        .await
-        .map_err(Error::db("staging the changed keys"))?;
-    }
-    Ok(())
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO temp._tandem_keys (tbl, pk) VALUES ",
+        2,
+        changes,
+        |q, c| q.bind(&c.table).bind(&c.pk),
+    )
+    .await
+    .map_err(Error::db("staging the changed keys"))
 }
 
 /// Inserts the staged rows of `t` (its table is empty by now) in the order they came,

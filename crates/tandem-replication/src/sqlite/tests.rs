@@ -425,6 +425,7 @@ async fn from_sync(n1: &SqliteBackend, n2: &SqliteBackend, chunk: usize) -> sync
                 tables,
                 rows,
             } => {
+                assert_eq!(id, 9);
                 stage = Some(
                     n2.begin_sync(id, log, position, &tables, rows)
                         .await
@@ -521,37 +522,7 @@ fn from_sync_copies_the_snapshot_and_saves_the_local_only_rows() {
         let m2 = n2.meta().await.unwrap();
         assert!(m2.head > m2.acked);
 
-        let mut reader = n1.start_snapshot(7, m2.log, m2.head, 64).await.unwrap();
-        let mut stage = None;
-        let mut rows_sent = None;
-        while let Some(msg) = reader.next().await {
-            match msg.unwrap() {
-                Message::SnapshotBegin {
-                    id,
-                    log,
-                    position,
-                    tables,
-                    rows,
-                } => {
-                    assert_eq!(id, 7);
-                    stage = Some(
-                        n2.begin_sync(id, log, position, &tables, rows)
-                            .await
-                            .unwrap(),
-                    );
-                }
-                Message::SnapshotRows { table, rows, .. } => {
-                    stage.as_mut().unwrap().rows(&table, &rows).await.unwrap();
-                }
-                Message::SnapshotEnd { rows, .. } => rows_sent = Some(rows),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        let outcome = stage
-            .unwrap()
-            .finish(&n2, rows_sent.unwrap(), NodeId::One)
-            .await
-            .unwrap();
+        let outcome = from_sync(&n1, &n2, 64).await;
         assert_eq!(outcome.copied, 3);
         assert_eq!(
             n1.table_checksums().await.unwrap(),
