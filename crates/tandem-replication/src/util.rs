@@ -55,16 +55,26 @@ pub(crate) fn write_atomically_as(
 /// acknowledgement, and replacing the file by rename cost several times more). Each is
 /// `<log hex> <seq> <check hex>`: the first the position the peer applied, the second
 /// (added after the first release of the file; readers of that release read the first
-/// line only) the position it received, at least the applied one. The check value lets
-/// a reader refuse a line torn between two writes. No fsync: the applied position is
-/// also recorded in the database, less often, and after a crash the peer acknowledges
-/// again.
-pub(crate) fn write_ack(path: &Path, log: u64, applied: u64, received: u64) -> Result<()> {
+/// line only) the position it received, at least the applied one. A third line (added
+/// later still) holds `looked`: a [`mono_ns`] time before the service's latest look at
+/// the meta table found `log` current, this node writable and replication on (0: its
+/// latest look did not), which spares a waiter that started before it a look of its
+/// own. The check value lets a reader refuse a line torn between two writes. No fsync:
+/// the applied position is also recorded in the database, less often, and after a
+/// crash the peer acknowledges again.
+pub(crate) fn write_ack(
+    path: &Path,
+    log: u64,
+    applied: u64,
+    received: u64,
+    looked: u64,
+) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let text = format!(
-        "{}{}",
+        "{}{}{}",
         ack_line(log, applied),
-        ack_line(log, received.max(applied))
+        ack_line(log, received.max(applied)),
+        ack_line(log, looked)
     );
     match OpenOptions::new().write(true).open(path) {
         Ok(f) => f
@@ -98,6 +108,21 @@ pub(crate) struct Published {
     /// The newest position the peer received (at least `applied`; `applied` when the
     /// file has one line, as an older release wrote it, or its second line is torn).
     pub(crate) received: u64,
+    /// When (a [`mono_ns`] time) the service last found this changelog current, the
+    /// node writable and replication on, as far as it knows; 0 if its latest look did
+    /// not, or the line is missing (an older release) or torn.
+    pub(crate) looked: u64,
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process of the machine,
+/// so the service's times and a waiter's can be compared. 0 if it cannot be read.
+pub(crate) fn mono_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
+    })
 }
 
 /// Parses one line of [`write_ack`].
@@ -119,10 +144,16 @@ pub(crate) fn read_published(path: &Path) -> Option<Published> {
         .and_then(parse_ack_line)
         .filter(|(l, _)| *l == log)
         .map_or(applied, |(_, r)| r.max(applied));
+    let looked = lines
+        .next()
+        .and_then(parse_ack_line)
+        .filter(|(l, _)| *l == log)
+        .map_or(0, |(_, t)| t);
     Some(Published {
         log,
         applied,
         received,
+        looked,
     })
 }
 
@@ -394,7 +425,7 @@ mod tests {
             let path = path.clone();
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                write_ack(&path, 1, 7, 7).unwrap();
+                write_ack(&path, 1, 7, 7, 0).unwrap();
             }
         });
         // A limit only so that a missing event fails instead of hanging.
@@ -408,7 +439,7 @@ mod tests {
             Some((1, 7))
         );
         // Written in place now: the watch sees that too.
-        write_ack(&path, 1, 8, 8).unwrap();
+        write_ack(&path, 1, 8, 8, 0).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(30), async {
             while changes.borrow_and_update().map(|p| (p.log, p.applied)) != Some((1, 8)) {
                 changes.changed().await.expect("the watch is alive");
@@ -449,22 +480,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replication.acked");
         assert_eq!(read_ack(&path), None);
-        write_ack(&path, 0xfeed, 42, 45).unwrap();
+        write_ack(&path, 0xfeed, 42, 45, 0).unwrap();
         assert_eq!(read_ack(&path), Some((0xfeed, 42)));
         let both = |log, applied, received| {
             Some(Published {
                 log,
                 applied,
                 received,
+                looked: 0,
             })
         };
         assert_eq!(read_published(&path), both(0xfeed, 42, 45));
         fs::write(&path, "garbage").unwrap();
         assert_eq!(read_ack(&path), None);
         // Written in place over whatever is there.
-        write_ack(&path, 0xfeed, 43, 43).unwrap();
+        write_ack(&path, 0xfeed, 43, 43, 0).unwrap();
         assert_eq!(read_published(&path), both(0xfeed, 43, 43));
-        write_ack(&path, 0xbeef, 9, 3).unwrap();
+        write_ack(&path, 0xbeef, 9, 3, 0).unwrap();
         assert_eq!(read_published(&path), both(0xbeef, 9, 9));
     }
 
@@ -481,6 +513,29 @@ mod tests {
         let torn = ack_line(0xfeed, 50);
         fs::write(&path, ack_line(0xfeed, 42) + &torn[..30]).unwrap();
         assert_eq!(read_published(&path).map(|p| p.received), Some(42));
+    }
+
+    #[test]
+    fn the_look_line_counts_only_whole_and_of_the_same_changelog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replication.acked");
+        let now = mono_ns();
+        assert!(now > 0, "CLOCK_MONOTONIC reads");
+        write_ack(&path, 0xfeed, 42, 45, now).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.looked), Some(now));
+        // Written over in place: a publish without a look clears it.
+        write_ack(&path, 0xfeed, 43, 45, 0).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.looked), Some(0));
+        // An older release's two lines, another changelog's look, a torn look: none.
+        fs::write(&path, ack_line(0xfeed, 42) + &ack_line(0xfeed, 42)).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.looked), Some(0));
+        let lines = ack_line(0xfeed, 42) + &ack_line(0xfeed, 42);
+        fs::write(&path, lines.clone() + &ack_line(0xbeef, now)).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.looked), Some(0));
+        let torn = ack_line(0xfeed, now);
+        fs::write(&path, lines + &torn[..40]).unwrap();
+        assert_eq!(read_published(&path).map(|p| p.looked), Some(0));
+        assert!(mono_ns() >= now, "the clock does not go back");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::sqlite::{
     self, ApplyOutcome, Meta, PeerRecord, SnapshotReader, SqliteBackend, SyncStage,
 };
 use crate::status::ReplicationState;
-use crate::util::{WakeSocket, WalWatch, now_ms};
+use crate::util::{WakeSocket, WalWatch, mono_ns, now_ms};
 use crate::wire::{self, Batch, Message};
 
 /// Batches merged into one transaction at most (more than the window in practice).
@@ -60,6 +60,9 @@ pub(super) struct Engine {
     stage: Option<SyncStage>,
     /// Why the last batch could not be applied, for the session's end.
     apply_error: Option<Error>,
+    /// The latest look at the meta table: when it began ([`mono_ns`]) and the
+    /// changelog it found current if this node was writable with replication on.
+    looked: (u64, Option<u64>),
 }
 
 impl Engine {
@@ -106,6 +109,7 @@ impl Engine {
             snapshot: None,
             stage: None,
             apply_error: None,
+            looked: (0, None),
         })
     }
 
@@ -201,7 +205,10 @@ impl Engine {
                 bytes,
                 then,
             } => {
-                let changes = b.read_changes(after, limit, bytes).await?;
+                // On the service's own connection: no wait for the pool.
+                let tables = b.tables().await?;
+                let changes =
+                    sqlite::read_changes_on(&mut self.watch, &tables, after, limit, bytes).await?;
                 return Ok(Some(Input::Changes { changes, then }));
             }
             Command::CheckPull { log, from, puller } => {
@@ -245,7 +252,13 @@ impl Engine {
     async fn execute_records(&mut self, command: Command) -> Result<Option<Input>> {
         let b = Arc::clone(&self.backend);
         match command {
-            Command::PublishAck { log, seq, received } => b.publish_ack(log, seq, received)?,
+            Command::PublishAck { log, seq, received } => {
+                let looked = match self.looked {
+                    (at, Some(current)) if current == log => at,
+                    _ => 0,
+                };
+                b.publish_ack(log, seq, received, looked)?;
+            }
             Command::RecordAck { log, seq, wait } => {
                 return Ok(self.record_ack(log, seq, wait).await);
             }
@@ -377,11 +390,17 @@ impl Engine {
     /// declared tables if the recorded fingerprint is not theirs.
     async fn refresh(&mut self, force: bool) -> Result<(Option<Box<Meta>>, Option<String>)> {
         let seen = (!force).then_some(self.data_version);
+        // Taken before the read, so the read saw the state at this time or later.
+        let at = mono_ns();
         let (version, meta) = sqlite::read_meta_if_changed(&mut self.watch, seen).await?;
         self.data_version = version;
         let Some(mut meta) = meta else {
+            // Nothing was committed since the last look: what it found still holds.
+            self.looked.0 = at;
             return Ok((None, None));
         };
+        let fit = meta.writable && meta.state == ReplicationState::Active;
+        self.looked = (at, fit.then_some(meta.log));
         self.backend.with_published_ack(&mut meta);
         let mut fingerprint = None;
         if meta.schema != self.protocol.fingerprint() {

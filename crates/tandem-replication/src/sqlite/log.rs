@@ -50,77 +50,7 @@ impl SqliteBackend {
     ) -> Result<Vec<Change>> {
         let tables = self.tables().await?;
         let mut conn = self.conn().await?;
-        // One read transaction: the entries and their REAL values agree.
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(Error::db("reading the changelog"))?;
-        let rows = sqlx::query(
-            "SELECT seq, tbl, op, pk, row, ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .bind(after.cast_signed())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(Error::db("reading the changelog"))?;
-        let last = rows
-            .last()
-            .and_then(|r| r.try_get::<i64, _>("seq").ok())
-            .unwrap_or(0);
-        let reals: Vec<(i64, String, f64)> = sqlx::query_as(
-            "SELECT seq, col, v FROM _tandem_reals WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
-        )
-        .bind(after.cast_signed())
-        .bind(last)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(Error::db("reading the changelog"))?;
-        drop(tx);
-        let mut reals = reals.into_iter().peekable();
-        let mut out = Vec::with_capacity(rows.len());
-        let mut bytes = 0usize;
-        for row in rows {
-            let read = |e| Error::db("reading a changelog entry")(e);
-            let seq: i64 = row.try_get("seq").map_err(read)?;
-            let table: String = row.try_get("tbl").map_err(read)?;
-            let op: String = row.try_get("op").map_err(read)?;
-            let pk: String = row.try_get("pk").map_err(read)?;
-            let data: Option<String> = row.try_get("row").map_err(read)?;
-            let ts_ms: i64 = row.try_get("ts").map_err(read)?;
-            if meta::is_placeholder(&table) {
-                // Only below a pull's start if the floor was respected; never shipped.
-                continue;
-            }
-            let op = Op::from_letter(&op).ok_or_else(|| {
-                Error::State(format!(
-                    "changelog entry {seq} has an unknown operation {op:?}"
-                ))
-            })?;
-            let mut exact = Vec::new();
-            while let Some((_, col, v)) = reals.next_if(|(s, _, _)| *s <= seq) {
-                exact.push((col, v));
-            }
-            let info = tables.get(&table).ok_or_else(|| {
-                Error::State(format!(
-                    "changelog entry {seq} is for table `{table}`, which is not declared any more; \
-                     run `mp_replication init` again"
-                ))
-            })?;
-            let (pk, data) = info.canonical_change(&pk, data.as_deref(), &exact)?;
-            let size = pk.len() + data.as_ref().map_or(0, String::len) + table.len();
-            if !out.is_empty() && bytes + size > max_bytes {
-                break;
-            }
-            bytes += size;
-            out.push(Change {
-                seq: seq.max(0).cast_unsigned(),
-                table,
-                op,
-                pk,
-                row: data,
-                ts_ms,
-            });
-        }
-        Ok(out)
+        read_changes_on(&mut conn, &tables, after, limit, max_bytes).await
     }
 
     /// Applies a batch of the peer's changes in one transaction together with the new
@@ -470,6 +400,85 @@ pub(crate) fn diverged_message(m: &meta::Meta) -> String {
         m.node,
         m.node.peer().get(),
     )
+}
+
+/// The changelog entries after `after`, with their exact REAL values, in one statement
+/// (one read snapshot, and one exchange with the connection's thread: the service
+/// reads on its own connection every time a waiting commit wakes it).
+const READ_CHANGES: &str = "SELECT c.seq, c.tbl, c.op, c.pk, c.row, c.ts, r.col, r.v \
+     FROM (SELECT seq, tbl, op, pk, row, ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2) AS c \
+     LEFT JOIN _tandem_reals AS r ON r.seq = c.seq ORDER BY c.seq, r.col";
+
+/// [`SqliteBackend::read_changes`] on a connection of the caller's.
+pub(crate) async fn read_changes_on(
+    conn: &mut sqlx::SqliteConnection,
+    tables: &super::Tables,
+    after: u64,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<Vec<Change>> {
+    let rows = sqlx::query(READ_CHANGES)
+        .bind(after.cast_signed())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading the changelog"))?;
+    let read = |e| Error::db("reading a changelog entry")(e);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut bytes = 0usize;
+    let mut rows = rows.into_iter().peekable();
+    while let Some(row) = rows.next() {
+        let seq: i64 = row.try_get("seq").map_err(read)?;
+        let mut exact = Vec::new();
+        // An entry with several REAL values comes as one result row per value.
+        let mut real = |row: &sqlx::sqlite::SqliteRow| -> Result<()> {
+            let col: Option<String> = row.try_get("col").map_err(read)?;
+            let v: Option<f64> = row.try_get("v").map_err(read)?;
+            if let (Some(col), Some(v)) = (col, v) {
+                exact.push((col, v));
+            }
+            Ok(())
+        };
+        real(&row)?;
+        while let Some(more) = rows.next_if(|r| r.try_get::<i64, _>("seq").ok() == Some(seq)) {
+            real(&more)?;
+        }
+        let table: String = row.try_get("tbl").map_err(read)?;
+        if meta::is_placeholder(&table) {
+            // Only below a pull's start if the floor was respected; never shipped.
+            continue;
+        }
+        let op: String = row.try_get("op").map_err(read)?;
+        let pk: String = row.try_get("pk").map_err(read)?;
+        let data: Option<String> = row.try_get("row").map_err(read)?;
+        let ts_ms: i64 = row.try_get("ts").map_err(read)?;
+        let op = Op::from_letter(&op).ok_or_else(|| {
+            Error::State(format!(
+                "changelog entry {seq} has an unknown operation {op:?}"
+            ))
+        })?;
+        let info = tables.get(&table).ok_or_else(|| {
+            Error::State(format!(
+                "changelog entry {seq} is for table `{table}`, which is not declared any more; \
+                 run `mp_replication init` again"
+            ))
+        })?;
+        let (pk, data) = info.canonical_change(&pk, data.as_deref(), &exact)?;
+        let size = pk.len() + data.as_ref().map_or(0, String::len) + table.len();
+        if !out.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        out.push(Change {
+            seq: seq.max(0).cast_unsigned(),
+            table,
+            op,
+            pk,
+            row: data,
+            ts_ms,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
