@@ -52,9 +52,9 @@ use tandem_sample as sample;
 /// Rounds of each mode.
 const ROUNDS: usize = 5;
 /// Transactions per round of the unreplicated, off and async modes.
-const TRANSACTIONS: u64 = 1000;
+const TRANSACTIONS: u64 = 2000;
 /// Transactions per round of the wait_replicated mode (each waits for a round trip).
-const WAITED: u64 = 300;
+const WAITED: u64 = 600;
 /// Untimed transactions before the first timed phase on a database, numbered from
 /// [`WARM_UP_FIRST`].
 const WARM_UP: u64 = 1000;
