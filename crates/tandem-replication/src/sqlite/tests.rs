@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -1314,5 +1315,60 @@ fn init_upgrades_a_changelog_of_format_1() {
         .await
         .unwrap();
         assert_eq!((autoinc, sequences), (0, 0));
+    });
+}
+
+#[test]
+fn a_waiter_takes_the_services_look_only_when_it_came_after_the_wait_began() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, _n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
+        exec(&n1, "INSERT INTO kv (k, s) VALUES (1, 'x')")
+            .await
+            .unwrap();
+        let m = n1.meta().await.unwrap();
+        let position = Position(m.head);
+        // Replication is switched off here after the write: a wait must now refuse
+        // unless a look that began after it found replication on.
+        n1.switch_local(false).await.unwrap();
+        let limit = Duration::from_secs(5);
+
+        // A look from before the wait (as a service that looked before the switch
+        // wrote it): the waiter looks itself and finds replication off.
+        n1.publish_ack(m.log, m.head, m.head, mono_ns()).unwrap();
+        let err = n1
+            .wait_replicated_at(position, AckLevel::Received, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotReplicating { .. }), "{err}");
+
+        // No look at all (0): the same.
+        n1.publish_ack(m.log, m.head, m.head, 0).unwrap();
+        let err = n1
+            .wait_replicated_at(position, AckLevel::Received, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotReplicating { .. }), "{err}");
+
+        // A look that began after the wait did counts as the waiter's own, even though
+        // the database would say otherwise now (the service writes a look only when it
+        // found replication on). A time ahead of now stands for a look that came after.
+        let later = mono_ns() + 60_000_000_000;
+        n1.publish_ack(m.log, m.head, m.head, later).unwrap();
+        // Waiters read the file through the backend's watch: let it catch up first.
+        if let Some(Some(watch)) = n1.ack_watch.get() {
+            let mut rx = watch.subscribe();
+            tokio::time::timeout(limit, async {
+                while rx.borrow_and_update().map(|p| p.looked) != Some(later) {
+                    rx.changed().await.expect("the watch is alive");
+                }
+            })
+            .await
+            .expect("the watch saw the look");
+        }
+        let waited = n1
+            .wait_replicated_at(position, AckLevel::Received, limit)
+            .await;
+        waited.expect("a covering acknowledgement with a look after the wait began");
     });
 }
