@@ -644,6 +644,14 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
         "{}",
         text(&out)
     );
+    // The report has node 2's own steps too, after the wait for it.
+    for step in [
+        "peer-stood-down",
+        "peer: release-shared-address",
+        "claim-shared-address",
+    ] {
+        assert!(text(&out).contains(step), "no {step:?} in\n{}", text(&out));
+    }
     assert!(site.exists(Host::Node1, "app-running"));
     assert!(!site.exists(Host::Node2, "app-running"));
     assert_eq!(site.status(Host::Node2)["state"]["role"], "standby");

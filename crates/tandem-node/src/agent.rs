@@ -105,6 +105,11 @@ pub enum PeerMessage {
         node: NodeId,
         /// The sender's epoch.
         epoch: Epoch,
+        /// The steps of the sender's stand-down, for the report of the
+        /// receiver's `failover switchover` (none from an agent of an earlier
+        /// release; at most [`PEER_STEPS_MAX`] are taken).
+        #[serde(default)]
+        steps: Vec<crate::StepRecord>,
     },
     /// What the sender is (sent when the link comes up), for `failover check`.
     Facts(crate::check::PeerFacts),
@@ -168,6 +173,25 @@ struct Handover {
     stream: BufReader<tokio::net::UnixStream>,
     /// When the request went to the peer, on both clocks.
     asked: (tokio::time::Instant, std::time::SystemTime),
+}
+
+/// At most this many of the peer's steps go into a switchover's report, each
+/// action cut to [`PEER_STEP_TEXT_MAX`] bytes: the peer's word is shown, not trusted
+/// to be small.
+const PEER_STEPS_MAX: usize = 32;
+/// See [`PEER_STEPS_MAX`].
+const PEER_STEP_TEXT_MAX: usize = 200;
+
+/// `text` cut to at most `max` bytes at a character boundary, with `...` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// How long `failover switchover` waits for the peer to stand down.
@@ -461,12 +485,12 @@ impl Agent {
                         self.event(Event::PeerSuperseded { node, epoch }).await;
                     }
                     PeerMessage::Facts(facts) => self.peer_facts = Some(facts),
-                    PeerMessage::Released { node, epoch } => {
+                    PeerMessage::Released { node, epoch, steps } => {
                         tracing::info!(%node, %epoch, "the peer released the shared address");
                         self.peer_claim = None;
                         self.node.note_peer_released();
                         if let Some(handover) = self.handover.take() {
-                            self.take_over(handover).await;
+                            self.take_over(handover, steps).await;
                         }
                     }
                     PeerMessage::StandDown { id } => self.stand_down_for_peer(id).await,
@@ -852,6 +876,7 @@ impl Agent {
             let message = PeerMessage::Released {
                 node: me,
                 epoch: self.node.state().epoch,
+                steps: report.steps.clone(),
             };
             if let Err(e) = session.send_message(&message).await {
                 tracing::warn!(error = %e, "could not tell the peer about the release");
@@ -1222,15 +1247,25 @@ impl Agent {
 
     /// The peer released for this node's `failover switchover`: take over as
     /// `set-server active` would (one quick probe: the peer's word covers the
-    /// peer) and answer the tool, with the wait for the peer as the first step.
-    async fn take_over(&mut self, mut handover: Handover) {
+    /// peer) and answer the tool, with the wait for the peer as the first step
+    /// and the peer's own steps after it (`peer: <action>`, on the wall clock,
+    /// so both nodes' steps line up).
+    async fn take_over(&mut self, mut handover: Handover, peer_steps: Vec<crate::StepRecord>) {
         let asked = handover.asked;
         let waited = asked.0.elapsed();
         let mut report = self.node.set_server(Role::Active).await;
-        report.steps.insert(
-            0,
-            crate::StepRecord::new("peer-stood-down".to_owned(), asked.1, waited),
-        );
+        let first = std::iter::once(crate::StepRecord::new(
+            "peer-stood-down".to_owned(),
+            asked.1,
+            waited,
+        ));
+        let peer = peer_steps.into_iter().take(PEER_STEPS_MAX).map(|mut step| {
+            step.action = format!("peer: {}", cut(&step.action, PEER_STEP_TEXT_MAX));
+            step.error = step.error.map(|e| cut(&e, PEER_STEP_TEXT_MAX));
+            step
+        });
+        let ours = std::mem::take(&mut report.steps);
+        report.steps = first.chain(peer).chain(ours).collect();
         self.operator_done(&report);
         self.after(&report).await;
         let _ = control::write_response(&mut handover.stream, &Response::Report(report)).await;
@@ -1809,10 +1844,24 @@ mod envelope_tests {
                 node,
                 epoch: Epoch::new(e)
             }),
-            (node(), any::<u64>()).prop_map(|(node, e)| PeerMessage::Released {
-                node,
-                epoch: Epoch::new(e)
-            }),
+            (
+                node(),
+                any::<u64>(),
+                proptest::collection::vec((text(), any::<u64>(), any::<u32>()), 0..4)
+            )
+                .prop_map(|(node, e, steps)| PeerMessage::Released {
+                    node,
+                    epoch: Epoch::new(e),
+                    steps: steps
+                        .into_iter()
+                        .map(|(action, started_us, ms)| crate::StepRecord {
+                            action,
+                            started_us,
+                            took: Duration::from_millis(u64::from(ms)),
+                            error: None,
+                        })
+                        .collect(),
+                }),
             facts().prop_map(PeerMessage::Facts),
             (any::<u64>(), any::<u64>()).prop_map(|(bytes, id)| PeerMessage::Bundle { bytes, id }),
             (
@@ -1850,6 +1899,22 @@ mod envelope_tests {
             (any::<u64>(), text())
                 .prop_map(|(id, reason)| PeerMessage::StandDownRefused { id, reason }),
         ]
+    }
+
+    proptest! {
+        /// A peer's step text is cut at a character boundary, never longer than the
+        /// limit and its mark, and left whole when it fits.
+        #[test]
+        fn peer_step_text_is_cut_at_a_character(text in ".{0,80}", max in 0usize..60) {
+            let out = cut(&text, max);
+            if text.len() <= max {
+                prop_assert_eq!(&out, &text);
+            } else {
+                let kept = out.strip_suffix("...").expect("marked as cut");
+                prop_assert!(kept.len() <= max);
+                prop_assert!(text.starts_with(kept));
+            }
+        }
     }
 
     proptest! {

@@ -91,7 +91,7 @@ pub struct Report {
 }
 
 /// One action carried out.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// The action, in its one-line form.
     pub action: String,
