@@ -107,7 +107,7 @@ pub enum PeerMessage {
         epoch: Epoch,
         /// The steps of the sender's stand-down, for the report of the
         /// receiver's `failover switchover` (none from an agent of an earlier
-        /// release; at most [`PEER_STEPS_MAX`] are taken).
+        /// release; the receiver takes at most 32 of them).
         #[serde(default)]
         steps: Vec<crate::StepRecord>,
     },
