@@ -73,6 +73,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::alarms::{AlarmBoard, AlarmKind};
 use crate::control::{self, ControlError, Request, Response};
+use crate::shell::head;
 use crate::{Node, NodeConfig, NodeError, PeerStatus, Report, StatusSnapshot};
 
 /// What the agents say to each other on the peer link, in the link's envelope on
@@ -181,18 +182,6 @@ struct Handover {
 const PEER_STEPS_MAX: usize = 32;
 /// See [`PEER_STEPS_MAX`].
 const PEER_STEP_TEXT_MAX: usize = 200;
-
-/// `text` cut to at most `max` bytes at a character boundary, with `...` when cut.
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
 
 /// How long `failover switchover` waits for the peer to stand down.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1260,8 +1249,8 @@ impl Agent {
             waited,
         ));
         let peer = peer_steps.into_iter().take(PEER_STEPS_MAX).map(|mut step| {
-            step.action = format!("peer: {}", cut(&step.action, PEER_STEP_TEXT_MAX));
-            step.error = step.error.map(|e| cut(&e, PEER_STEP_TEXT_MAX));
+            step.action = format!("peer: {}", head(&step.action, PEER_STEP_TEXT_MAX));
+            step.error = step.error.map(|e| head(&e, PEER_STEP_TEXT_MAX));
             step
         });
         let ours = std::mem::take(&mut report.steps);
@@ -1899,22 +1888,6 @@ mod envelope_tests {
             (any::<u64>(), text())
                 .prop_map(|(id, reason)| PeerMessage::StandDownRefused { id, reason }),
         ]
-    }
-
-    proptest! {
-        /// A peer's step text is cut at a character boundary, never longer than the
-        /// limit and its mark, and left whole when it fits.
-        #[test]
-        fn peer_step_text_is_cut_at_a_character(text in ".{0,80}", max in 0usize..60) {
-            let out = cut(&text, max);
-            if text.len() <= max {
-                prop_assert_eq!(&out, &text);
-            } else {
-                let kept = out.strip_suffix("...").expect("marked as cut");
-                prop_assert!(kept.len() <= max);
-                prop_assert!(text.starts_with(kept));
-            }
-        }
     }
 
     proptest! {

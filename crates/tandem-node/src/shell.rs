@@ -101,14 +101,45 @@ pub(crate) async fn run(
     }
 }
 
-/// The last `max` bytes of `text`, cut at a character boundary.
+/// The last `max` bytes of `text`, cut at a character boundary, marked `...`.
 fn tail(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
+    let start = text.ceil_char_boundary(text.len() - max);
+    format!("...{}", text.get(start..).unwrap_or_default())
+}
+
+/// The first `max` bytes of `text`, cut at a character boundary, marked `...`.
+pub(crate) fn head(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    format!("...{}", &text[start..])
+    let end = text.floor_char_boundary(max);
+    format!("{}...", text.get(..end).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Both ends of a text are cut at a character boundary, marked, never longer
+        /// than the limit, and left whole when the text fits.
+        #[test]
+        fn a_text_is_cut_at_a_character(text in ".{0,80}", max in 0usize..60) {
+            let (first, last) = (head(&text, max), tail(&text, max));
+            if text.len() <= max {
+                prop_assert_eq!(&first, &text);
+                prop_assert_eq!(&last, &text);
+            } else {
+                let kept = first.strip_suffix("...").expect("marked as cut");
+                prop_assert!(kept.len() <= max && text.starts_with(kept));
+                let kept = last.strip_prefix("...").expect("marked as cut");
+                prop_assert!(kept.len() <= max && text.ends_with(kept));
+            }
+        }
+    }
 }

@@ -245,11 +245,8 @@ fn clip(text: &str) -> &str {
     if text.len() <= MAX_REASON_LEN {
         return text;
     }
-    let mut end = MAX_REASON_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default()
+    text.get(..text.floor_char_boundary(MAX_REASON_LEN))
+        .unwrap_or_default()
 }
 
 fn lossy(bytes: &[u8]) -> String {
