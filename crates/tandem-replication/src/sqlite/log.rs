@@ -402,12 +402,17 @@ pub(crate) fn diverged_message(m: &meta::Meta) -> String {
     )
 }
 
-/// The changelog entries after `after`, with their exact REAL values, in one statement
-/// (one read snapshot, and one exchange with the connection's thread: the service
-/// reads on its own connection every time a waiting commit wakes it).
+/// The changelog entries after `after` (at most `?2` of them), with their exact REAL
+/// values, in one statement: one read snapshot, and one exchange with the
+/// connection's thread (the service reads on its own connection every time a waiting
+/// commit wakes it). The range is found first and then walked on the changelog's key,
+/// so the rows come in order without a sort; an entry with several REALs comes as
+/// consecutive rows.
 const READ_CHANGES: &str = "SELECT c.seq, c.tbl, c.op, c.pk, c.row, c.ts, r.col, r.v \
-     FROM (SELECT seq, tbl, op, pk, row, ts FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2) AS c \
-     LEFT JOIN _tandem_reals AS r ON r.seq = c.seq ORDER BY c.seq, r.col";
+     FROM _tandem_changelog AS c LEFT JOIN _tandem_reals AS r ON r.seq = c.seq \
+     WHERE c.seq > ?1 AND c.seq <= (SELECT max(seq) FROM \
+         (SELECT seq FROM _tandem_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2)) \
+     ORDER BY c.seq";
 
 /// [`SqliteBackend::read_changes`] on a connection of the caller's.
 pub(crate) async fn read_changes_on(

@@ -182,6 +182,18 @@ struct AckState {
 }
 
 impl AckState {
+    /// What the service's look published with `published` found: its changelog
+    /// current, this node writable and replication on (the recorded position is not
+    /// part of it; the published one counts).
+    fn looked_by_service(published: &Published) -> AckState {
+        AckState {
+            acked: 0,
+            state: ReplicationState::Active,
+            writable: true,
+            log: Some(published.log),
+        }
+    }
+
     /// The acknowledged position: the recorded one, or the `published` one if it is
     /// newer and belongs to this changelog.
     fn with_published(&self, published: Option<(u64, u64)>) -> u64 {
@@ -819,15 +831,11 @@ impl SqliteBackend {
         let mut next_check = started + RECHECK;
         loop {
             let covered = published.is_some_and(|p| covered_at(&p, level) >= position.0);
-            // The service looked at the state after this wait began (it found the
-            // published changelog current, this node writable and replication on):
-            // that look is as good as one of our own, and costs this commit nothing.
-            if covered && published.is_some_and(|p| p.looked >= started_ns && started_ns > 0) {
-                return Ok(());
-            }
             let mut acked = 0;
             if covered || tokio::time::Instant::now() >= next_check {
-                let recorded = self.checked_since(started).await?;
+                let recorded = self
+                    .checked_since(started, started_ns, published.as_ref())
+                    .await?;
                 let state = recorded.state;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
@@ -883,10 +891,20 @@ impl SqliteBackend {
         }
     }
 
-    /// [`ack_state`](Self::ack_state) as read by a look that started at `since` or later:
-    /// the last one if it did, else a new one. Concurrent waiters share the looks this
-    /// way; a look that started after a waiter's commit is as good as its own.
-    async fn checked_since(&self, since: tokio::time::Instant) -> Result<AckState> {
+    /// [`ack_state`](Self::ack_state) as read by a look that started at `since` or later
+    /// (`since_ns` on [`mono_ns`]'s clock): the service's, published with `published`,
+    /// if it did; else this process's last one if it did; else a new one. Concurrent
+    /// waiters share the looks this way; a look that started after a waiter's commit is
+    /// as good as its own, and the service's costs the waiter nothing.
+    async fn checked_since(
+        &self,
+        since: tokio::time::Instant,
+        since_ns: u64,
+        published: Option<&Published>,
+    ) -> Result<AckState> {
+        if let Some(p) = published.filter(|p| since_ns > 0 && p.looked >= since_ns) {
+            return Ok(AckState::looked_by_service(p));
+        }
         let mut last = self.checked.lock().await;
         if let Some((at, state)) = *last
             && at >= since
