@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteConnection;
 
+use super::schema::{self, TableInfo};
 use crate::error::{Error, Result};
 use crate::status::ReplicationState;
 use crate::wire::NodeState;
@@ -435,15 +436,20 @@ pub(crate) fn log_text(log: u64) -> String {
 }
 
 /// Moves the node to a role and replication state inside the caller's write
-/// transaction, keeping the trigger mode, the uncaptured flag and the floor consistent:
-/// entering capture after writes went uncaptured raises the floor to the head (the peer
-/// must copy a snapshot to continue) and drops the unreachable entries.
+/// transaction, keeping the trigger mode, the guard triggers of `tables` (present
+/// exactly while the node is not writable), the uncaptured flag and the floor
+/// consistent: entering capture after writes went uncaptured raises the floor to the
+/// head (the peer must copy a snapshot to continue) and drops the unreachable entries.
 pub(crate) async fn transition(
     conn: &mut SqliteConnection,
     meta: &Meta,
+    tables: &[TableInfo],
     writable: bool,
     state: ReplicationState,
 ) -> Result<()> {
+    if writable != meta.writable {
+        schema::set_guards(conn, tables, !writable).await?;
+    }
     let mode = Mode::for_role(writable, state);
     set_num(conn, "writable", u64::from(writable)).await?;
     set(conn, "state", state.as_str()).await?;

@@ -5,10 +5,14 @@
 //! - `_tandem_meta (key, value)`: node id, site, remote, role, replication state,
 //!   positions, alarm and the control plane between commands and the service (see
 //!   the `meta` module);
-//! - `_tandem_changelog (seq, tbl, op, pk, row, ts)`: row changes captured by triggers;
-//! - per declared table, `BEFORE` guard triggers that refuse application writes on the
-//!   standby and `AFTER` capture triggers that log each row change as JSON while the
-//!   node is active and replication is on.
+//! - `_tandem_changelog (seq, tbl, op, pk, row, ts)`: row changes captured by triggers
+//!   (`pk` holds the key of a delete; an insert or update leaves it empty, its row holds
+//!   the key);
+//! - per declared table, `AFTER` capture triggers that log each row change as JSON
+//!   while the node is active and replication is on, and, only while the node is not
+//!   writable, `BEFORE` guard triggers that refuse application writes (a promotion
+//!   drops them and a demotion makes them, in the transaction that changes the role, so
+//!   the active node's writes never run them).
 //!
 //! The database is opened in WAL mode with a busy timeout and `synchronous = FULL`, so
 //! an applied batch and its acknowledged position are on disk before the peer hears of
@@ -729,6 +733,8 @@ impl SqliteBackend {
     }
 
     async fn set_role(&self, writable: bool) -> Result<()> {
+        // Read before the write transaction takes its connection.
+        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
         if writable && m.state == ReplicationState::Syncing {
@@ -737,7 +743,7 @@ impl SqliteBackend {
                     .into(),
             ));
         }
-        meta::transition(&mut tx, &m, writable, m.state).await?;
+        meta::transition(&mut tx, &m, &tables.list, writable, m.state).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the role change"))
@@ -1021,6 +1027,8 @@ impl SqliteBackend {
 
     /// Switches replication on or off on this node only; returns what happened.
     pub(crate) async fn switch_local(&self, on: bool) -> Result<String> {
+        // Read before the write transaction takes its connection.
+        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
         let state = if on {
@@ -1034,7 +1042,7 @@ impl SqliteBackend {
                 m.node
             ));
         }
-        meta::transition(&mut tx, &m, m.writable, state).await?;
+        meta::transition(&mut tx, &m, &tables.list, m.writable, state).await?;
         if !on && m.writable {
             // The peer will need a snapshot anyway: free the space now.
             meta::raise_floor(&mut tx, m.head).await?;
@@ -1052,9 +1060,11 @@ impl SqliteBackend {
 
     /// Sets the replication state, keeping the role.
     pub(crate) async fn set_state(&self, state: ReplicationState) -> Result<()> {
+        // Read before the write transaction takes its connection.
+        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
-        meta::transition(&mut tx, &m, m.writable, state).await?;
+        meta::transition(&mut tx, &m, &tables.list, m.writable, state).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing a state change"))
@@ -1063,9 +1073,18 @@ impl SqliteBackend {
     /// Switches replication off past the backlog limit: drops the changelog and raises
     /// the alarm.
     pub(crate) async fn suspend(&self, alarm: &str) -> Result<()> {
+        // Read before the write transaction takes its connection.
+        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
-        meta::transition(&mut tx, &m, m.writable, ReplicationState::Suspended).await?;
+        meta::transition(
+            &mut tx,
+            &m,
+            &tables.list,
+            m.writable,
+            ReplicationState::Suspended,
+        )
+        .await?;
         meta::raise_floor(&mut tx, m.head).await?;
         meta::set(&mut tx, "alarm", alarm).await?;
         tx.commit()
@@ -1185,10 +1204,17 @@ impl ReplicationBackend for SqliteBackend {
                 m.node, options.node
             )));
         }
-        observer.step("installing the guard and capture triggers");
+        // The guards only while the node is not writable (a new database is not).
+        let writable = existing.as_ref().is_some_and(|m| m.writable);
+        observer.step(if writable {
+            "installing the capture triggers (no guards: this node is writable)"
+        } else {
+            "installing the guard and capture triggers"
+        });
         schema::drop_triggers(&mut tx).await?;
+        schema::set_guards(&mut tx, &tables.list, !writable).await?;
         for t in &tables.list {
-            for sql in t.trigger_sql() {
+            for sql in t.capture_sql() {
                 sqlx::query(AssertSqlSafe(sql))
                     .execute(&mut *tx)
                     .await

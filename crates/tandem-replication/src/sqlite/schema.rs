@@ -37,6 +37,10 @@ pub(crate) struct TableInfo {
     /// The columns that can hold a REAL value (see [`can_hold_real`]), whose REALs the
     /// capture triggers log natively; the others are never looked at for one.
     pub(crate) reals: Vec<String>,
+    /// The key column that is the table's rowid (`INTEGER PRIMARY KEY` of a rowid
+    /// table), if there is one: it only ever holds an integer, so the capture triggers
+    /// log it as it is, without asking its type.
+    pub(crate) rowid: Option<String>,
     /// `INSERT ... ON CONFLICT DO UPDATE` with the columns as `?1..?n`.
     pub(crate) upsert_sql: Arc<str>,
     /// `DELETE ... WHERE key` with the key columns as `?1..?k`.
@@ -113,19 +117,25 @@ impl TableInfo {
         }
         keyed.sort();
         let key: Vec<String> = keyed.into_iter().map(|(_, c)| c).collect();
+        let rowid = columns
+            .iter()
+            .zip(&declared)
+            .find(|(c, decl)| {
+                pk_index == 0
+                    && key.len() == 1
+                    && key.first() == Some(*c)
+                    && decl.eq_ignore_ascii_case("INTEGER")
+            })
+            .map(|(c, _)| c.clone());
         let reals = columns
             .iter()
             .zip(&declared)
-            .filter(|(c, decl)| {
-                let rowid_alias = pk_index == 0
-                    && key.len() == 1
-                    && key.first() == Some(*c)
-                    && decl.eq_ignore_ascii_case("INTEGER");
-                can_hold_real(decl, strict != 0, rowid_alias)
-            })
+            .filter(|(c, decl)| can_hold_real(decl, strict != 0, rowid.as_ref() == Some(*c)))
             .map(|(c, _)| c.clone())
             .collect();
-        Ok(TableInfo::new(name.to_owned(), columns, key).with_reals(reals))
+        let mut table = TableInfo::new(name.to_owned(), columns, key).with_reals(reals);
+        table.rowid = rowid;
+        Ok(table)
     }
 
     /// The table with only `reals` (a subset of its columns) looked at for REAL values
@@ -153,6 +163,7 @@ impl TableInfo {
         TableInfo {
             name,
             reals: columns.clone(),
+            rowid: None,
             columns,
             key,
             upsert_sql,
@@ -192,12 +203,39 @@ impl TableInfo {
 
     /// The JSON object of the key columns of the row `prefix` (`NEW.`, `OLD.` or `""`).
     pub(crate) fn key_json(&self, prefix: &str) -> String {
-        json_object(&self.key, prefix)
+        self.json_object(&self.key, prefix)
     }
 
     /// The JSON object of all columns of the row `prefix`.
     pub(crate) fn row_json(&self, prefix: &str) -> String {
-        json_object(&self.columns, prefix)
+        self.json_object(&self.columns, prefix)
+    }
+
+    /// `json_object('c1', <c1>, ...)` with BLOBs as `{"$blob": hex}` and REALs as
+    /// `{"$real": "<approximate text>"}` (the exact value is in `_tandem_reals`). Each
+    /// column is asked only about the types it can hold: the rowid about none, a column
+    /// that cannot hold a REAL ([`reals`](Self::reals)) only whether it holds a BLOB
+    /// (each question is a few virtual machine steps per column of every captured row).
+    fn json_object(&self, columns: &[String], prefix: &str) -> String {
+        let members = columns
+            .iter()
+            .map(|c| {
+                let v = format!("{prefix}{}", ident(c));
+                let value = if self.rowid.as_ref() == Some(c) {
+                    v
+                } else if self.reals.contains(c) {
+                    format!(
+                        "CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) \
+                         WHEN 'real' THEN json_object('$real', quote({v})) ELSE {v} END"
+                    )
+                } else {
+                    format!("CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) ELSE {v} END")
+                };
+                format!("{}, {value}", literal(c))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("json_object({members})")
     }
 
     /// The canonical key and row JSON of a result row of `select_sql`.
@@ -309,25 +347,57 @@ impl TableInfo {
         value::decode(&self.key, key)
     }
 
-    /// The triggers: guards that refuse application writes on a standby, and capture
-    /// triggers that log changes on the active node.
+    /// All the table's triggers: [`guard_sql`](Self::guard_sql) and
+    /// [`capture_sql`](Self::capture_sql).
+    #[cfg(test)]
     pub(crate) fn trigger_sql(&self) -> Vec<String> {
-        let t = &self.name;
-        let name = |suffix: &str| ident(&format!("_tandem_{t}_{suffix}"));
-        let mut out = Vec::new();
-        for (event, suffix) in [
+        let mut out = self.guard_sql();
+        out.extend(self.capture_sql());
+        out
+    }
+
+    /// The guard triggers, which refuse application writes while the node is the
+    /// standby (mode `standby`; the applier's own writes run in mode `applying`). They
+    /// exist only while the node is not writable ([`set_guards`]): on the active node
+    /// every write would run them for nothing.
+    pub(crate) fn guard_sql(&self) -> Vec<String> {
+        [
             ("INSERT", "guard_i"),
             ("UPDATE", "guard_u"),
             ("DELETE", "guard_d"),
-        ] {
-            out.push(format!(
+        ]
+        .into_iter()
+        .map(|(event, suffix)| {
+            format!(
                 "CREATE TRIGGER {} BEFORE {event} ON {} WHEN {MODE} = 'standby' \
                  BEGIN SELECT RAISE(ABORT, {}); END",
-                name(suffix),
-                ident(t),
+                self.trigger_name(suffix),
+                ident(&self.name),
                 literal(STANDBY_MESSAGE)
-            ));
-        }
+            )
+        })
+        .collect()
+    }
+
+    /// `DROP TRIGGER IF EXISTS` of each guard trigger.
+    fn drop_guard_sql(&self) -> Vec<String> {
+        ["guard_i", "guard_u", "guard_d"]
+            .into_iter()
+            .map(|suffix| format!("DROP TRIGGER IF EXISTS {}", self.trigger_name(suffix)))
+            .collect()
+    }
+
+    /// `"_tandem_<table>_<suffix>"`.
+    fn trigger_name(&self, suffix: &str) -> String {
+        ident(&format!("_tandem_{}_{suffix}", self.name))
+    }
+
+    /// The capture triggers, which log every change in mode `capture`. An insert or
+    /// update logs its row and an empty key (the row holds the key: the reader takes it
+    /// from there); a delete logs the key.
+    pub(crate) fn capture_sql(&self) -> Vec<String> {
+        let t = &self.name;
+        let mut out = Vec::new();
         let log = |op: &str, key: &str, row: &str| {
             format!(
                 "INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) VALUES ({}, {op}, {key}, {row}, {NOW_MS});",
@@ -336,9 +406,9 @@ impl TableInfo {
         };
         out.push(format!(
             "CREATE TRIGGER {} AFTER INSERT ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
-            name("log_i"),
+            self.trigger_name("log_i"),
             ident(t),
-            log("'I'", &self.key_json("NEW."), &self.row_json("NEW.")),
+            log("'I'", "''", &self.row_json("NEW.")),
             reals(&self.reals, "NEW.", "1"),
         ));
         let same_key = self
@@ -353,21 +423,21 @@ impl TableInfo {
              INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) \
              SELECT {}, 'D', {}, NULL, {NOW_MS} WHERE NOT ({same_key}); \
              {} {} {} END",
-            name("log_u"),
+            self.trigger_name("log_u"),
             ident(t),
             literal(t),
             self.key_json("OLD."),
             reals(&self.real_keys(), "OLD.", &format!("NOT ({same_key})")),
             log(
                 &format!("CASE WHEN {same_key} THEN 'U' ELSE 'I' END"),
-                &self.key_json("NEW."),
+                "''",
                 &self.row_json("NEW.")
             ),
             reals(&self.reals, "NEW.", "1"),
         ));
         out.push(format!(
             "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
-            name("log_d"),
+            self.trigger_name("log_d"),
             ident(t),
             log("'D'", &self.key_json("OLD."), "NULL"),
             reals(&self.real_keys(), "OLD.", "1"),
@@ -402,24 +472,6 @@ pub(crate) fn can_hold_real(decl: &str, strict: bool, rowid_alias: bool) -> bool
         return d == "REAL" || d == "ANY";
     }
     d.contains("INT") || !(d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT"))
-}
-
-/// `json_object('c1', <c1>, ...)` with BLOBs as `{"$blob": hex}` and REALs as
-/// `{"$real": "<approximate text>"}` (the exact value is in `_tandem_reals`).
-fn json_object(columns: &[String], prefix: &str) -> String {
-    let members = columns
-        .iter()
-        .map(|c| {
-            let v = format!("{prefix}{}", ident(c));
-            format!(
-                "{}, CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) \
-                 WHEN 'real' THEN json_object('$real', quote({v})) ELSE {v} END",
-                literal(c)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("json_object({members})")
 }
 
 /// Logs the REAL values among `columns` of the row `prefix` natively, under the
@@ -492,6 +544,34 @@ pub(crate) fn fingerprint(tables: &[TableInfo]) -> String {
         hash.update([b'\n']);
     }
     hex::encode(hash.finalize().get(..8).unwrap_or_default())
+}
+
+/// Creates the guard triggers of `tables` (`present`), or drops them, inside the
+/// caller's transaction: they exist exactly while the node is not writable.
+pub(crate) async fn set_guards(
+    conn: &mut SqliteConnection,
+    tables: &[TableInfo],
+    present: bool,
+) -> Result<()> {
+    for t in tables {
+        let statements = if present {
+            let mut all = t.drop_guard_sql();
+            all.extend(t.guard_sql());
+            all
+        } else {
+            t.drop_guard_sql()
+        };
+        for sql in statements {
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db(format!(
+                    "changing the guard triggers of table {}",
+                    t.name
+                )))?;
+        }
+    }
+    Ok(())
 }
 
 /// Drops every tandem trigger in the database.
@@ -624,7 +704,7 @@ mod tests {
             "CREATE TABLE {t} (id INTEGER PRIMARY KEY, a {d}) STRICT",
             "CREATE TABLE {t} (a {d} PRIMARY KEY) STRICT",
         ];
-        let (mut tables, mut kept) = (0, 0);
+        let (mut tables, mut kept, mut rowids) = (0, 0, 0);
         for (i, decl) in decls.iter().enumerate() {
             for (j, shape) in shapes.iter().enumerate() {
                 let t = format!("t{i}_{j}");
@@ -651,6 +731,18 @@ mod tests {
                         .await
                         .unwrap();
                 let info = TableInfo::load(&mut conn, &t).await.unwrap();
+                // The column logged without asking its type holds nothing but integers.
+                if let Some(rowid) = &info.rowid {
+                    rowids += 1;
+                    for v in ["X'00'", "'text'", "2.5"] {
+                        let sql = format!("INSERT INTO {t} ({rowid}) VALUES ({v})");
+                        let refused = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
+                        assert!(
+                            refused.is_err_and(|e| e.to_string().contains("datatype mismatch")),
+                            "{rowid} of {shape} took {v}"
+                        );
+                    }
+                }
                 if kind == "real" {
                     kept += 1;
                     assert!(info.reals.contains(&"a".to_owned()), "{decl:?} in {shape}");
@@ -662,8 +754,8 @@ mod tests {
             }
         }
         assert!(
-            tables > 700 && kept > 300,
-            "{tables} tables, {kept} kept a REAL"
+            tables > 700 && kept > 300 && rowids > 200,
+            "{tables} tables, {kept} kept a REAL, {rowids} with a rowid column"
         );
         // The sample's kind of table: no TEXT column is looked at.
         sqlx::query("CREATE TABLE m (k TEXT PRIMARY KEY, n INTEGER, s TEXT, r REAL)")

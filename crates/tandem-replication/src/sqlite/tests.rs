@@ -154,6 +154,73 @@ fn the_standby_refuses_application_writes_and_the_active_captures_them() {
     });
 }
 
+/// The names of the guard triggers in a node's database.
+async fn guards(b: &SqliteBackend) -> Vec<String> {
+    let mut conn = b.conn().await.unwrap();
+    sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%guard%' ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
+
+/// The guard triggers exist exactly while a node is not writable: a demoted node
+/// refuses application writes at once, a promoted one runs no guard at each write,
+/// and `init` on a writable node does not bring them back.
+#[test]
+fn guards_come_and_go_with_the_role() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
+        let all = [
+            "_tandem_kv_guard_d",
+            "_tandem_kv_guard_i",
+            "_tandem_kv_guard_u",
+            "_tandem_pair_guard_d",
+            "_tandem_pair_guard_i",
+            "_tandem_pair_guard_u",
+        ];
+        assert!(guards(&n1).await.is_empty(), "{:?}", guards(&n1).await);
+        assert_eq!(guards(&n2).await, all);
+        init(&n1, NodeId::One).await;
+        assert!(guards(&n1).await.is_empty(), "{:?}", guards(&n1).await);
+        exec(&n1, "INSERT INTO kv (k, s) VALUES (1, 'x')")
+            .await
+            .unwrap();
+        // The standby takes the active's changes past its guards.
+        ship(&n1, &n2).await;
+
+        n1.demote().await.unwrap();
+        assert_eq!(guards(&n1).await, all);
+        let err = exec(&n1, "INSERT INTO kv (k, s) VALUES (2, 'x')")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(schema::STANDBY_MESSAGE), "{err}");
+        let err = exec(&n1, "DELETE FROM kv").await.unwrap_err();
+        assert!(err.to_string().contains(schema::STANDBY_MESSAGE), "{err}");
+        // Demoting again changes nothing.
+        n1.demote().await.unwrap();
+        assert_eq!(guards(&n1).await, all);
+
+        n2.promote().await.unwrap();
+        assert!(guards(&n2).await.is_empty());
+        exec(&n2, "INSERT INTO kv (k, s) VALUES (3, 'y')")
+            .await
+            .unwrap();
+        ship(&n2, &n1).await;
+        assert_eq!(
+            n1.table_checksums().await.unwrap(),
+            n2.table_checksums().await.unwrap()
+        );
+        let kept: Vec<(i64,)> = sqlx::query_as("SELECT k FROM kv ORDER BY k")
+            .fetch_all(&mut *n1.conn().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(kept, [(1,), (3,)]);
+    });
+}
+
 #[test]
 fn writes_are_not_captured_while_replication_is_off_and_the_peer_must_resync() {
     runtime().block_on(async {
