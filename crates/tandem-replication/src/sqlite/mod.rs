@@ -1189,6 +1189,12 @@ impl ReplicationBackend for SqliteBackend {
         if meta::upgrade_changelog(&mut tx).await? {
             observer.step("upgraded the changelog to format 2 (no AUTOINCREMENT)");
         }
+        if let Some(old) = meta::upgrade_format(&mut tx).await? {
+            observer.step(&format!(
+                "upgraded the replication tables from format {old} to {} (triggers only where they act)",
+                meta::FORMAT
+            ));
+        }
         let tables = self.load_tables(&mut tx, Some(observer)).await?;
         let existing = match meta::read(&mut tx).await {
             Ok(m) => Some(m),
@@ -1204,26 +1210,24 @@ impl ReplicationBackend for SqliteBackend {
                 m.node, options.node
             )));
         }
-        // The guards only while the node is not writable (a new database is not).
-        let writable = existing.as_ref().is_some_and(|m| m.writable);
-        observer.step(if writable {
-            "installing the capture triggers (no guards: this node is writable)"
-        } else {
-            "installing the guard and capture triggers"
+        // Each kind of trigger only in the modes where it acts (a new database is a
+        // standby: guards, no capture).
+        let (writable, capture) = existing.as_ref().map_or((false, false), |m| {
+            (
+                m.writable,
+                meta::Mode::for_role(m.writable, m.state) == meta::Mode::Capture,
+            )
+        });
+        observer.step(match (writable, capture) {
+            (false, _) => "installing the guard triggers (this node is not writable)",
+            (true, true) => {
+                "installing the capture triggers (this node is writable, replication on)"
+            }
+            (true, false) => "removing the triggers (this node is writable, replication not on)",
         });
         schema::drop_triggers(&mut tx).await?;
-        schema::set_guards(&mut tx, &tables.list, !writable).await?;
-        for t in &tables.list {
-            for sql in t.capture_sql() {
-                sqlx::query(AssertSqlSafe(sql))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db(format!(
-                        "creating the triggers of table {}",
-                        t.name
-                    )))?;
-            }
-        }
+        schema::set_triggers(&mut tx, &tables.list, schema::Triggers::Guard, !writable).await?;
+        schema::set_triggers(&mut tx, &tables.list, schema::Triggers::Capture, capture).await?;
         let local = options.local.map(|ip| ip.to_string()).unwrap_or_default();
         observer.step(&format!(
             "recording node {}, site {}, remote {}{}",

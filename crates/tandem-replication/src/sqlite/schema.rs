@@ -358,8 +358,8 @@ impl TableInfo {
 
     /// The guard triggers, which refuse application writes while the node is the
     /// standby (mode `standby`; the applier's own writes run in mode `applying`). They
-    /// exist only while the node is not writable ([`set_guards`]): on the active node
-    /// every write would run them for nothing.
+    /// exist only while the node is not writable ([`Triggers::Guard`]): on the active
+    /// node every write would run them for nothing.
     pub(crate) fn guard_sql(&self) -> Vec<String> {
         [
             ("INSERT", "guard_i"),
@@ -379,10 +379,11 @@ impl TableInfo {
         .collect()
     }
 
-    /// `DROP TRIGGER IF EXISTS` of each guard trigger.
-    fn drop_guard_sql(&self) -> Vec<String> {
-        ["guard_i", "guard_u", "guard_d"]
-            .into_iter()
+    /// `DROP TRIGGER IF EXISTS` of each trigger of the kind.
+    pub(crate) fn drop_sql(&self, which: Triggers) -> Vec<String> {
+        which
+            .suffixes()
+            .iter()
             .map(|suffix| format!("DROP TRIGGER IF EXISTS {}", self.trigger_name(suffix)))
             .collect()
     }
@@ -392,9 +393,10 @@ impl TableInfo {
         ident(&format!("_tandem_{}_{suffix}", self.name))
     }
 
-    /// The capture triggers, which log every change in mode `capture`. An insert or
-    /// update logs its row and an empty key (the row holds the key: the reader takes it
-    /// from there); a delete logs the key.
+    /// The capture triggers, which log every change. They exist only in mode `capture`
+    /// (writable, replication on: [`Triggers::Capture`]), so they ask nothing before
+    /// logging. An insert or update logs its row and an empty key (the row holds the
+    /// key: the reader takes it from there); a delete logs the key.
     pub(crate) fn capture_sql(&self) -> Vec<String> {
         let t = &self.name;
         let mut out = Vec::new();
@@ -405,7 +407,7 @@ impl TableInfo {
             )
         };
         out.push(format!(
-            "CREATE TRIGGER {} AFTER INSERT ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
+            "CREATE TRIGGER {} AFTER INSERT ON {} BEGIN {} {} END",
             self.trigger_name("log_i"),
             ident(t),
             log("'I'", "''", &self.row_json("NEW.")),
@@ -419,7 +421,7 @@ impl TableInfo {
             .join(" AND ");
         // A key change is logged as delete + insert, so applying never needs to compare keys.
         out.push(format!(
-            "CREATE TRIGGER {} AFTER UPDATE ON {} WHEN {MODE} = 'capture' BEGIN \
+            "CREATE TRIGGER {} AFTER UPDATE ON {} BEGIN \
              INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) \
              SELECT {}, 'D', {}, NULL, {NOW_MS} WHERE NOT ({same_key}); \
              {} {} {} END",
@@ -436,7 +438,7 @@ impl TableInfo {
             reals(&self.reals, "NEW.", "1"),
         ));
         out.push(format!(
-            "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
+            "CREATE TRIGGER {} AFTER DELETE ON {} BEGIN {} {} END",
             self.trigger_name("log_d"),
             ident(t),
             log("'D'", &self.key_json("OLD."), "NULL"),
@@ -546,27 +548,47 @@ pub(crate) fn fingerprint(tables: &[TableInfo]) -> String {
     hex::encode(hash.finalize().get(..8).unwrap_or_default())
 }
 
-/// Creates the guard triggers of `tables` (`present`), or drops them, inside the
-/// caller's transaction: they exist exactly while the node is not writable.
-pub(crate) async fn set_guards(
+/// A kind of tandem trigger. Each kind exists only in the modes where it acts, so that
+/// the application's writes run no trigger that would decide to do nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Triggers {
+    /// The guards ([`TableInfo::guard_sql`]): while the node is not writable.
+    Guard,
+    /// The capture triggers ([`TableInfo::capture_sql`]): in mode `capture`.
+    Capture,
+}
+
+impl Triggers {
+    fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            Triggers::Guard => &["guard_i", "guard_u", "guard_d"],
+            Triggers::Capture => &["log_i", "log_u", "log_d"],
+        }
+    }
+}
+
+/// Makes the triggers of kind `which` on `tables` (`present`: afresh, replacing any of
+/// the same names), or drops them, inside the caller's transaction.
+pub(crate) async fn set_triggers(
     conn: &mut SqliteConnection,
     tables: &[TableInfo],
+    which: Triggers,
     present: bool,
 ) -> Result<()> {
     for t in tables {
-        let statements = if present {
-            let mut all = t.drop_guard_sql();
-            all.extend(t.guard_sql());
-            all
-        } else {
-            t.drop_guard_sql()
-        };
+        let mut statements = t.drop_sql(which);
+        if present {
+            statements.extend(match which {
+                Triggers::Guard => t.guard_sql(),
+                Triggers::Capture => t.capture_sql(),
+            });
+        }
         for sql in statements {
             sqlx::query(AssertSqlSafe(sql))
                 .execute(&mut *conn)
                 .await
                 .map_err(Error::db(format!(
-                    "changing the guard triggers of table {}",
+                    "changing the triggers of table {}",
                     t.name
                 )))?;
         }
