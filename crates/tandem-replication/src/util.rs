@@ -286,6 +286,10 @@ pub(crate) struct WalWatch {
 }
 
 impl WalWatch {
+    /// How long the watch thread rests after a hint (below the service's
+    /// `SHIP_COALESCE`, so that no hint it acts on comes later).
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
     /// Watches the write-ahead log of the database at `database`; `None` when inotify
     /// is not available.
     pub(crate) fn new(database: &Path) -> Option<WalWatch> {
@@ -302,6 +306,13 @@ impl WalWatch {
             };
             if hit {
                 changed.notify_one();
+                // A commit writes the log several times (a frame per page): while this
+                // thread sleeps, the kernel merges those events into one (identical
+                // events queue once while unread), so the thread wakes about once per
+                // pause rather than at every write. The service ships a moment after
+                // the first hint anyway.
+                drop(changed);
+                std::thread::sleep(Self::PAUSE);
             }
             true
         })?;

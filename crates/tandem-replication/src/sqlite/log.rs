@@ -259,10 +259,7 @@ impl SqliteBackend {
         if log != m.log || seq <= m.acked || seq > m.head {
             return Ok(());
         }
-        meta::set_num(&mut tx, "acked", seq).await?;
-        if seq > m.floor {
-            meta::raise_floor(&mut tx, seq).await?;
-        }
+        meta::acknowledge(&mut tx, seq, seq > m.floor).await?;
         tx.commit()
             .await
             .map_err(Error::db("recording an acknowledgement"))?;
