@@ -575,24 +575,30 @@ pub(crate) async fn set_triggers(
     which: Triggers,
     present: bool,
 ) -> Result<()> {
+    let mut statements = Vec::new();
     for t in tables {
-        let mut statements = t.drop_sql(which);
+        statements.extend(t.drop_sql(which));
         if present {
             statements.extend(match which {
                 Triggers::Guard => t.guard_sql(),
                 Triggers::Capture => t.capture_sql(),
             });
         }
-        for sql in statements {
-            sqlx::query(AssertSqlSafe(sql))
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db(format!(
-                    "changing the triggers of table {}",
-                    t.name
-                )))?;
-        }
     }
+    if statements.is_empty() {
+        return Ok(());
+    }
+    // One list, one round trip to the connection's thread: this runs inside a role
+    // change, while the application waits for the new active node. Not kept in the
+    // statement cache (each runs once per role change).
+    let what = match which {
+        Triggers::Guard => "changing the guard triggers",
+        Triggers::Capture => "changing the capture triggers",
+    };
+    sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::db(what))?;
     Ok(())
 }
 
