@@ -134,9 +134,27 @@ fn parse_ack_line(line: &str) -> Option<(u64, u64)> {
     (fields.next().is_none() && check == ack_check(log, seq)).then_some((log, seq))
 }
 
-/// Reads what [`write_ack`] wrote, if the file is there and its first line whole.
+/// Reads what [`write_ack`] wrote, if the file is there and its first line whole. A
+/// first line torn by a write going on is read again (a few times: the writer is done
+/// within microseconds), since taking it for missing would make the caller fall back
+/// to the database's older record.
 pub(crate) fn read_published(path: &Path) -> Option<Published> {
-    let text = fs::read_to_string(path).ok()?;
+    let mut tries = 0;
+    loop {
+        let text = fs::read_to_string(path).ok()?;
+        match parse_published(&text) {
+            Some(p) => return Some(p),
+            None if tries < 3 && !text.is_empty() => {
+                tries += 1;
+                std::thread::yield_now();
+            }
+            None => return None,
+        }
+    }
+}
+
+/// The positions in a text [`write_ack`] wrote; `None` if its first line is torn.
+fn parse_published(text: &str) -> Option<Published> {
     let mut lines = text.lines();
     let (log, applied) = parse_ack_line(lines.next()?)?;
     let received = lines

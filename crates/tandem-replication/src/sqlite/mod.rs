@@ -250,6 +250,10 @@ pub struct SqliteBackend {
     /// The watch on the published acknowledgement that every `wait_replicated` shares
     /// (made on first use; `None` if inotify is not available).
     ack_watch: std::sync::OnceLock<Option<AckWatch>>,
+    /// Held while this process writes the published acknowledgement (the service's loop
+    /// and its background recording both do), so that a read-modify-write of it
+    /// ([`publish_applied`](Self::publish_applied)) is not overtaken.
+    publishing: std::sync::Mutex<()>,
     /// The application's shared write connection ([`writer`](Self::writer)): a pool of
     /// one, opened on first use.
     writer: SqlitePool,
@@ -306,6 +310,7 @@ impl SqliteBackend {
             tables: Mutex::new(None),
             waker: std::sync::OnceLock::new(),
             ack_watch: std::sync::OnceLock::new(),
+            publishing: std::sync::Mutex::new(()),
             writing: Arc::new(tokio::sync::Mutex::new(())),
             checked: tokio::sync::Mutex::new(None),
             writer,
@@ -436,16 +441,28 @@ impl SqliteBackend {
         received: u64,
         looked: u64,
     ) -> Result<()> {
+        let _writing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         write_ack(&self.ack_path(), log, applied, received, looked)
     }
 
-    /// Publishes the applied position `seq`, keeping the received position published
-    /// before if it is newer.
+    /// Publishes the applied position `seq` (recorded in the database just now), keeping
+    /// the positions published before where they are newer: the service publishes each
+    /// acknowledgement at once and records it later, so a newer one may already be
+    /// out. (Publishing `seq` as it was made the published position go back; a node
+    /// demoted then took the changes the peer had acknowledged for unacknowledged, and
+    /// refused the new active node's changes as diverged until the next record.)
     pub(crate) fn publish_applied(&self, log: u64, seq: u64) -> Result<()> {
-        let received = read_published(&self.ack_path())
+        let _writing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (applied, received) = read_published(&self.ack_path())
             .filter(|p| p.log == log)
-            .map_or(seq, |p| p.received.max(seq));
-        self.publish_ack(log, seq, received, 0)
+            .map_or((seq, seq), |p| (p.applied.max(seq), p.received.max(seq)));
+        write_ack(&self.ack_path(), log, applied, received, 0)
     }
 
     /// Where the service listens for wake-ups.

@@ -233,6 +233,36 @@ fn triggers_come_and_go_with_the_role_and_replication() {
     });
 }
 
+/// The service publishes each acknowledgement at once and records it in the database
+/// later; recording an older one must not move the published position back (a node
+/// demoted then would take what its peer acknowledged for unacknowledged, and refuse
+/// the new active node's changes as diverged until the next record).
+#[test]
+fn recording_an_older_acknowledgement_keeps_the_newer_published_one() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, _n2) = pair(dir.path(), &["kv"], MIXED).await;
+        for k in 1..=10 {
+            exec(&n1, &format!("INSERT INTO kv (k) VALUES ({k})"))
+                .await
+                .unwrap();
+        }
+        let m = n1.meta().await.unwrap();
+        assert_eq!(m.head, 10);
+        n1.publish_ack(m.log, 10, 10, 0).unwrap();
+        n1.record_ack(m.log, 7).await.unwrap();
+        let published = crate::util::read_published(&n1.ack_path()).unwrap();
+        assert_eq!((published.applied, published.received), (10, 10));
+        n1.demote().await.unwrap();
+        let m = n1.meta().await.unwrap();
+        assert_eq!(
+            (m.acked, m.head),
+            (10, 10),
+            "a demoted node that is not diverged"
+        );
+    });
+}
+
 /// A database of format 2 (every trigger present, each asking the mode) is refused
 /// until `init` runs again, which keeps the positions and leaves only the triggers the
 /// role needs.
