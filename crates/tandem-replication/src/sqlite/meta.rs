@@ -25,17 +25,14 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteConnection;
 
-use super::schema::{self, TableInfo, Triggers};
 use crate::error::{Error, Result};
 use crate::status::ReplicationState;
 use crate::wire::NodeState;
 
 /// The schema format this code writes: 2 numbers the changelog without AUTOINCREMENT
-/// (see [`CREATE_CHANGELOG`]); 3 keeps each kind of trigger only in the modes where it
-/// acts (`schema::Triggers`: an older release would promote or demote without making
-/// the triggers the new role needs, so it must refuse such a database). `init`
-/// upgrades a database of format 1 ([`upgrade_changelog`]) or 2 ([`upgrade_format`]).
-pub(crate) const FORMAT: u32 = 3;
+/// (see [`CREATE_CHANGELOG`]); `init` upgrades a database of format 1
+/// ([`upgrade_changelog`]).
+pub(crate) const FORMAT: u32 = 2;
 
 /// What the triggers do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,25 +468,16 @@ pub(crate) fn log_text(log: u64) -> String {
 }
 
 /// Moves the node to a role and replication state inside the caller's write
-/// transaction, keeping the trigger mode, the triggers of `tables` (guards exactly
-/// while the node is not writable, capture triggers exactly in mode `capture`), the
-/// uncaptured flag and the floor consistent: entering capture after writes went uncaptured raises the floor to the
-/// head (the peer must copy a snapshot to continue) and drops the unreachable entries.
+/// transaction, keeping the trigger mode, the uncaptured flag and the floor consistent:
+/// entering capture after writes went uncaptured raises the floor to the head (the peer
+/// must copy a snapshot to continue) and drops the unreachable entries.
 pub(crate) async fn transition(
     conn: &mut SqliteConnection,
     meta: &Meta,
-    tables: &[TableInfo],
     writable: bool,
     state: ReplicationState,
 ) -> Result<()> {
     let mode = Mode::for_role(writable, state);
-    if writable != meta.writable {
-        schema::set_triggers(conn, tables, Triggers::Guard, !writable).await?;
-    }
-    let capture = mode == Mode::Capture;
-    if capture != (Mode::for_role(meta.writable, meta.state) == Mode::Capture) {
-        schema::set_triggers(conn, tables, Triggers::Capture, capture).await?;
-    }
     set_num(conn, "writable", u64::from(writable)).await?;
     set(conn, "state", state.as_str()).await?;
     set(conn, "mode", mode.as_str()).await?;
@@ -540,24 +528,6 @@ pub(crate) fn is_placeholder(tbl: &str) -> bool {
     tbl.is_empty()
 }
 
-/// Marks an initialized database of an older format as of [`FORMAT`], inside `init`'s
-/// transaction, which makes its triggers anew; a newer format is left for
-/// [`read`] to refuse. Returns the format it upgraded from.
-pub(crate) async fn upgrade_format(conn: &mut SqliteConnection) -> Result<Option<u64>> {
-    let format: Option<String> =
-        sqlx::query_scalar("SELECT value FROM _tandem_meta WHERE key = 'format'")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::db("reading the replication format"))?;
-    match format.and_then(|f| f.parse::<u64>().ok()) {
-        Some(old) if old > 0 && old < u64::from(FORMAT) => {
-            set_num(conn, "format", u64::from(FORMAT)).await?;
-            Ok(Some(old))
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Upgrades a changelog of format 1 (`seq INTEGER PRIMARY KEY AUTOINCREMENT`) to
 /// [`CREATE_CHANGELOG`]'s, inside the caller's transaction, keeping its entries and its
 /// head (a placeholder keeps a head whose entries were pruned); returns whether it did.
@@ -601,7 +571,7 @@ pub(crate) async fn upgrade_changelog(conn: &mut SqliteConnection) -> Result<boo
             .await
             .map_err(Error::db("upgrading the changelog to format 2"))?;
     }
-    set_num(conn, "format", 2).await?;
+    set_num(conn, "format", u64::from(FORMAT)).await?;
     Ok(true)
 }
 

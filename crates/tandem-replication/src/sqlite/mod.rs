@@ -8,11 +8,9 @@
 //! - `_tandem_changelog (seq, tbl, op, pk, row, ts)`: row changes captured by triggers
 //!   (`pk` holds the key of a delete; an insert or update leaves it empty, its row holds
 //!   the key);
-//! - per declared table, `AFTER` capture triggers that log each row change as JSON
-//!   while the node is active and replication is on, and, only while the node is not
-//!   writable, `BEFORE` guard triggers that refuse application writes (a promotion
-//!   drops them and a demotion makes them, in the transaction that changes the role, so
-//!   the active node's writes never run them).
+//! - per declared table, `BEFORE` guard triggers that refuse application writes on the
+//!   standby and `AFTER` capture triggers that log each row change as JSON while the
+//!   node is active and replication is on.
 //!
 //! The database is opened in WAL mode with a busy timeout and `synchronous = FULL`, so
 //! an applied batch and its acknowledged position are on disk before the peer hears of
@@ -750,8 +748,6 @@ impl SqliteBackend {
     }
 
     async fn set_role(&self, writable: bool) -> Result<()> {
-        // Read before the write transaction takes its connection.
-        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
         if writable && m.state == ReplicationState::Syncing {
@@ -760,7 +756,7 @@ impl SqliteBackend {
                     .into(),
             ));
         }
-        meta::transition(&mut tx, &m, &tables.list, writable, m.state).await?;
+        meta::transition(&mut tx, &m, writable, m.state).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the role change"))
@@ -1044,8 +1040,6 @@ impl SqliteBackend {
 
     /// Switches replication on or off on this node only; returns what happened.
     pub(crate) async fn switch_local(&self, on: bool) -> Result<String> {
-        // Read before the write transaction takes its connection.
-        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
         let state = if on {
@@ -1059,7 +1053,7 @@ impl SqliteBackend {
                 m.node
             ));
         }
-        meta::transition(&mut tx, &m, &tables.list, m.writable, state).await?;
+        meta::transition(&mut tx, &m, m.writable, state).await?;
         if !on && m.writable {
             // The peer will need a snapshot anyway: free the space now.
             meta::raise_floor(&mut tx, m.head).await?;
@@ -1077,11 +1071,9 @@ impl SqliteBackend {
 
     /// Sets the replication state, keeping the role.
     pub(crate) async fn set_state(&self, state: ReplicationState) -> Result<()> {
-        // Read before the write transaction takes its connection.
-        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
-        meta::transition(&mut tx, &m, &tables.list, m.writable, state).await?;
+        meta::transition(&mut tx, &m, m.writable, state).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing a state change"))
@@ -1090,18 +1082,9 @@ impl SqliteBackend {
     /// Switches replication off past the backlog limit: drops the changelog and raises
     /// the alarm.
     pub(crate) async fn suspend(&self, alarm: &str) -> Result<()> {
-        // Read before the write transaction takes its connection.
-        let tables = self.tables().await?;
         let mut tx = self.write().await?;
         let m = meta::read(&mut tx).await?;
-        meta::transition(
-            &mut tx,
-            &m,
-            &tables.list,
-            m.writable,
-            ReplicationState::Suspended,
-        )
-        .await?;
+        meta::transition(&mut tx, &m, m.writable, ReplicationState::Suspended).await?;
         meta::raise_floor(&mut tx, m.head).await?;
         meta::set(&mut tx, "alarm", alarm).await?;
         tx.commit()
@@ -1206,12 +1189,6 @@ impl ReplicationBackend for SqliteBackend {
         if meta::upgrade_changelog(&mut tx).await? {
             observer.step("upgraded the changelog to format 2 (no AUTOINCREMENT)");
         }
-        if let Some(old) = meta::upgrade_format(&mut tx).await? {
-            observer.step(&format!(
-                "upgraded the replication tables from format {old} to {} (triggers only where they act)",
-                meta::FORMAT
-            ));
-        }
         let tables = self.load_tables(&mut tx, Some(observer)).await?;
         let existing = match meta::read(&mut tx).await {
             Ok(m) => Some(m),
@@ -1227,24 +1204,19 @@ impl ReplicationBackend for SqliteBackend {
                 m.node, options.node
             )));
         }
-        // Each kind of trigger only in the modes where it acts (a new database is a
-        // standby: guards, no capture).
-        let (writable, capture) = existing.as_ref().map_or((false, false), |m| {
-            (
-                m.writable,
-                meta::Mode::for_role(m.writable, m.state) == meta::Mode::Capture,
-            )
-        });
-        observer.step(match (writable, capture) {
-            (false, _) => "installing the guard triggers (this node is not writable)",
-            (true, true) => {
-                "installing the capture triggers (this node is writable, replication on)"
-            }
-            (true, false) => "removing the triggers (this node is writable, replication not on)",
-        });
+        observer.step("installing the guard and capture triggers");
         schema::drop_triggers(&mut tx).await?;
-        schema::set_triggers(&mut tx, &tables.list, schema::Triggers::Guard, !writable).await?;
-        schema::set_triggers(&mut tx, &tables.list, schema::Triggers::Capture, capture).await?;
+        for t in &tables.list {
+            for sql in t.trigger_sql() {
+                sqlx::query(AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db(format!(
+                        "creating the triggers of table {}",
+                        t.name
+                    )))?;
+            }
+        }
         let local = options.local.map(|ip| ip.to_string()).unwrap_or_default();
         observer.step(&format!(
             "recording node {}, site {}, remote {}{}",

@@ -348,8 +348,8 @@ impl TableInfo {
     }
 
     /// All the table's triggers: [`guard_sql`](Self::guard_sql) and
-    /// [`capture_sql`](Self::capture_sql).
-    #[cfg(test)]
+    /// [`capture_sql`](Self::capture_sql). Each asks the meta table's `mode` whether
+    /// to act.
     pub(crate) fn trigger_sql(&self) -> Vec<String> {
         let mut out = self.guard_sql();
         out.extend(self.capture_sql());
@@ -357,10 +357,8 @@ impl TableInfo {
     }
 
     /// The guard triggers, which refuse application writes while the node is the
-    /// standby (mode `standby`; the applier's own writes run in mode `applying`). They
-    /// exist only while the node is not writable ([`Triggers::Guard`]): on the active
-    /// node every write would run them for nothing.
-    pub(crate) fn guard_sql(&self) -> Vec<String> {
+    /// standby (mode `standby`; the applier's own writes run in mode `applying`).
+    fn guard_sql(&self) -> Vec<String> {
         [
             ("INSERT", "guard_i"),
             ("UPDATE", "guard_u"),
@@ -379,25 +377,15 @@ impl TableInfo {
         .collect()
     }
 
-    /// `DROP TRIGGER IF EXISTS` of each trigger of the kind.
-    pub(crate) fn drop_sql(&self, which: Triggers) -> Vec<String> {
-        which
-            .suffixes()
-            .iter()
-            .map(|suffix| format!("DROP TRIGGER IF EXISTS {}", self.trigger_name(suffix)))
-            .collect()
-    }
-
     /// `"_tandem_<table>_<suffix>"`.
     fn trigger_name(&self, suffix: &str) -> String {
         ident(&format!("_tandem_{}_{suffix}", self.name))
     }
 
-    /// The capture triggers, which log every change. They exist only in mode `capture`
-    /// (writable, replication on: [`Triggers::Capture`]), so they ask nothing before
-    /// logging. An insert or update logs its row and an empty key (the row holds the
-    /// key: the reader takes it from there); a delete logs the key.
-    pub(crate) fn capture_sql(&self) -> Vec<String> {
+    /// The capture triggers, which log every change in mode `capture`. An insert or
+    /// update logs its row and an empty key (the row holds the key: the reader takes it
+    /// from there); a delete logs the key.
+    fn capture_sql(&self) -> Vec<String> {
         let t = &self.name;
         let mut out = Vec::new();
         let log = |op: &str, key: &str, row: &str| {
@@ -407,7 +395,7 @@ impl TableInfo {
             )
         };
         out.push(format!(
-            "CREATE TRIGGER {} AFTER INSERT ON {} BEGIN {} {} END",
+            "CREATE TRIGGER {} AFTER INSERT ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
             self.trigger_name("log_i"),
             ident(t),
             log("'I'", "''", &self.row_json("NEW.")),
@@ -421,7 +409,7 @@ impl TableInfo {
             .join(" AND ");
         // A key change is logged as delete + insert, so applying never needs to compare keys.
         out.push(format!(
-            "CREATE TRIGGER {} AFTER UPDATE ON {} BEGIN \
+            "CREATE TRIGGER {} AFTER UPDATE ON {} WHEN {MODE} = 'capture' BEGIN \
              INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) \
              SELECT {}, 'D', {}, NULL, {NOW_MS} WHERE NOT ({same_key}); \
              {} {} {} END",
@@ -438,7 +426,7 @@ impl TableInfo {
             reals(&self.reals, "NEW.", "1"),
         ));
         out.push(format!(
-            "CREATE TRIGGER {} AFTER DELETE ON {} BEGIN {} {} END",
+            "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
             self.trigger_name("log_d"),
             ident(t),
             log("'D'", &self.key_json("OLD."), "NULL"),
@@ -546,60 +534,6 @@ pub(crate) fn fingerprint(tables: &[TableInfo]) -> String {
         hash.update([b'\n']);
     }
     hex::encode(hash.finalize().get(..8).unwrap_or_default())
-}
-
-/// A kind of tandem trigger. Each kind exists only in the modes where it acts, so that
-/// the application's writes run no trigger that would decide to do nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Triggers {
-    /// The guards ([`TableInfo::guard_sql`]): while the node is not writable.
-    Guard,
-    /// The capture triggers ([`TableInfo::capture_sql`]): in mode `capture`.
-    Capture,
-}
-
-impl Triggers {
-    fn suffixes(self) -> &'static [&'static str] {
-        match self {
-            Triggers::Guard => &["guard_i", "guard_u", "guard_d"],
-            Triggers::Capture => &["log_i", "log_u", "log_d"],
-        }
-    }
-}
-
-/// Makes the triggers of kind `which` on `tables` (`present`: afresh, replacing any of
-/// the same names), or drops them, inside the caller's transaction.
-pub(crate) async fn set_triggers(
-    conn: &mut SqliteConnection,
-    tables: &[TableInfo],
-    which: Triggers,
-    present: bool,
-) -> Result<()> {
-    let mut statements = Vec::new();
-    for t in tables {
-        statements.extend(t.drop_sql(which));
-        if present {
-            statements.extend(match which {
-                Triggers::Guard => t.guard_sql(),
-                Triggers::Capture => t.capture_sql(),
-            });
-        }
-    }
-    if statements.is_empty() {
-        return Ok(());
-    }
-    // One list, one round trip to the connection's thread: this runs inside a role
-    // change, while the application waits for the new active node. Not kept in the
-    // statement cache (each runs once per role change).
-    let what = match which {
-        Triggers::Guard => "changing the guard triggers",
-        Triggers::Capture => "changing the capture triggers",
-    };
-    sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::db(what))?;
-    Ok(())
 }
 
 /// Drops every tandem trigger in the database.

@@ -394,14 +394,7 @@ impl SyncStage {
             uncaptured: false,
             ..m.clone()
         };
-        meta::transition(
-            &mut tx,
-            &fresh,
-            &tables.list,
-            false,
-            ReplicationState::Active,
-        )
-        .await?;
+        meta::transition(&mut tx, &fresh, false, ReplicationState::Active).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the synchronized tables"))?;

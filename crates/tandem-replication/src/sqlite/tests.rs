@@ -154,85 +154,6 @@ fn the_standby_refuses_application_writes_and_the_active_captures_them() {
     });
 }
 
-/// The names of the tandem triggers in a node's database.
-async fn triggers(b: &SqliteBackend) -> Vec<String> {
-    let mut conn = b.conn().await.unwrap();
-    sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_tandem\\_%' ESCAPE '\\' ORDER BY name",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap()
-}
-
-/// The trigger names of kind `kind` (`guard` or `log`) on the tables `kv` and `pair`.
-fn named(kind: &str) -> Vec<String> {
-    let mut names: Vec<String> = ["kv", "pair"]
-        .iter()
-        .flat_map(|t| ["d", "i", "u"].map(|op| format!("_tandem_{t}_{kind}_{op}")))
-        .collect();
-    names.sort();
-    names
-}
-
-/// Each kind of trigger exists exactly in the modes where it acts: guards while a node
-/// is not writable (a demoted node refuses application writes at once), capture
-/// triggers while it is writable with replication on; `init` keeps to that, and the
-/// standby still applies the active's changes past its guards.
-#[test]
-fn triggers_come_and_go_with_the_role_and_replication() {
-    runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (n1, n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
-        assert_eq!(triggers(&n1).await, named("log"));
-        assert_eq!(triggers(&n2).await, named("guard"));
-        init(&n1, NodeId::One).await;
-        init(&n2, NodeId::Two).await;
-        assert_eq!(triggers(&n1).await, named("log"));
-        assert_eq!(triggers(&n2).await, named("guard"));
-        exec(&n1, "INSERT INTO kv (k, s) VALUES (1, 'x')")
-            .await
-            .unwrap();
-        ship(&n1, &n2).await;
-
-        n1.demote().await.unwrap();
-        assert_eq!(triggers(&n1).await, named("guard"));
-        for sql in ["INSERT INTO kv (k, s) VALUES (4, 'x')", "DELETE FROM kv"] {
-            let err = exec(&n1, sql).await.unwrap_err();
-            assert!(err.to_string().contains(schema::STANDBY_MESSAGE), "{err}");
-        }
-        // Demoting again changes nothing.
-        n1.demote().await.unwrap();
-        assert_eq!(triggers(&n1).await, named("guard"));
-
-        n2.promote().await.unwrap();
-        assert_eq!(triggers(&n2).await, named("log"));
-        exec(&n2, "INSERT INTO kv (k, s) VALUES (3, 'y')")
-            .await
-            .unwrap();
-        ship(&n2, &n1).await;
-        let kept: Vec<(i64,)> = sqlx::query_as("SELECT k FROM kv ORDER BY k")
-            .fetch_all(&mut *n1.conn().await.unwrap())
-            .await
-            .unwrap();
-        assert_eq!(kept, [(1,), (3,)]);
-
-        // Replication off on the active: nothing to capture, nothing to guard.
-        n2.switch_local(false).await.unwrap();
-        assert!(triggers(&n2).await.is_empty(), "{:?}", triggers(&n2).await);
-        exec(&n2, "INSERT INTO kv (k, s) VALUES (5, 'x')")
-            .await
-            .unwrap();
-        assert!(all_changes(&n2, 0).await.is_empty());
-        init(&n2, NodeId::Two).await;
-        assert!(triggers(&n2).await.is_empty(), "{:?}", triggers(&n2).await);
-        n2.switch_local(true).await.unwrap();
-        assert_eq!(triggers(&n2).await, named("log"));
-        exec(&n2, "DELETE FROM kv WHERE k = 5").await.unwrap();
-        assert_eq!(all_changes(&n2, 0).await.len(), 1);
-    });
-}
-
 /// The service publishes each acknowledgement at once and records it in the database
 /// later; recording an older one must not move the published position back (a node
 /// demoted then would take what its peer acknowledged for unacknowledged, and refuse
@@ -260,52 +181,6 @@ fn recording_an_older_acknowledgement_keeps_the_newer_published_one() {
             (10, 10),
             "a demoted node that is not diverged"
         );
-    });
-}
-
-/// A database of format 2 (every trigger present, each asking the mode) is refused
-/// until `init` runs again, which keeps the positions and leaves only the triggers the
-/// role needs.
-#[test]
-fn init_upgrades_a_database_of_format_2() {
-    runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (n1, n2) = pair(dir.path(), &["kv", "pair"], MIXED).await;
-        exec(&n1, "INSERT INTO kv (k, s) VALUES (1, 'x')").await.unwrap();
-        ship(&n1, &n2).await;
-        for b in [&n1, &n2] {
-            let tables = b.tables().await.unwrap();
-            let mut conn = b.conn().await.unwrap();
-            let mut sql = vec!["UPDATE _tandem_meta SET value = '2' WHERE key = 'format'".to_owned()];
-            for t in &tables.list {
-                sql.extend(t.drop_sql(schema::Triggers::Guard));
-                sql.extend(t.drop_sql(schema::Triggers::Capture));
-                sql.extend(t.guard_sql());
-                sql.extend(t.capture_sql().iter().map(|c| {
-                    c.replacen(" BEGIN ", " WHEN (SELECT value FROM _tandem_meta WHERE key = 'mode') = 'capture' BEGIN ", 1)
-                }));
-            }
-            for s in sql {
-                sqlx::query(AssertSqlSafe(s)).execute(&mut *conn).await.unwrap();
-            }
-        }
-        assert_eq!(triggers(&n1).await.len(), 12);
-        let before = (n1.table_checksums().await.unwrap(), n2.table_checksums().await.unwrap());
-        for b in [&n1, &n2] {
-            let err = b.meta().await.unwrap_err();
-            assert!(err.to_string().contains("run `mp_replication init` again"), "{err}");
-        }
-        init(&n1, NodeId::One).await;
-        init(&n2, NodeId::Two).await;
-        assert_eq!(triggers(&n1).await, named("log"));
-        assert_eq!(triggers(&n2).await, named("guard"));
-        let (m1, m2) = (n1.meta().await.unwrap(), n2.meta().await.unwrap());
-        assert_eq!((m1.head, m1.acked, m1.writable), (1, 1, true));
-        assert_eq!((m2.applied, m2.writable), (1, false));
-        assert_eq!(before, (n1.table_checksums().await.unwrap(), n2.table_checksums().await.unwrap()));
-        exec(&n1, "INSERT INTO kv (k, s) VALUES (2, 'y')").await.unwrap();
-        ship(&n1, &n2).await;
-        assert_eq!(n1.table_checksums().await.unwrap(), n2.table_checksums().await.unwrap());
     });
 }
 
