@@ -498,28 +498,34 @@ pub(crate) async fn transition(
 /// below it. The head never goes back: when no entry stands above `to`, a placeholder
 /// entry stands at `to` (so `to` past the head moves the head on to `to`).
 pub(crate) async fn raise_floor(conn: &mut SqliteConnection, to: u64) -> Result<()> {
-    sqlx::query(RAISE_FLOOR)
-        .bind(to.cast_signed())
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::db("pruning the changelog"))?;
-    Ok(())
+    run_at(conn, RAISE_FLOOR, to, "pruning the changelog").await
 }
 
 /// Records the peer's acknowledgement of position `seq` and, with `prune`, raises the
 /// floor to it ([`raise_floor`]), in one round trip to the connection's thread (the
-/// active node does this at every acknowledgement).
+/// active node records the newest acknowledgement about once a second).
 pub(crate) async fn acknowledge(conn: &mut SqliteConnection, seq: u64, prune: bool) -> Result<()> {
     let sql = if prune {
         ACKNOWLEDGE_AND_RAISE_FLOOR
     } else {
         ACKNOWLEDGE
     };
+    run_at(conn, sql, seq, "recording an acknowledgement").await
+}
+
+/// Runs the statement list `sql`, whose one argument `?1` is the changelog position
+/// `seq`.
+async fn run_at(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    seq: u64,
+    what: &'static str,
+) -> Result<()> {
     sqlx::query(sql)
         .bind(seq.cast_signed())
         .execute(&mut *conn)
         .await
-        .map_err(Error::db("recording an acknowledgement"))?;
+        .map_err(Error::db(what))?;
     Ok(())
 }
 
