@@ -259,7 +259,10 @@ impl SqliteBackend {
         if log != m.log || seq <= m.acked || seq > m.head {
             return Ok(());
         }
-        meta::acknowledge(&mut tx, seq, seq > m.floor).await?;
+        meta::set_num(&mut tx, "acked", seq).await?;
+        if seq > m.floor {
+            meta::raise_floor(&mut tx, seq).await?;
+        }
         tx.commit()
             .await
             .map_err(Error::db("recording an acknowledgement"))?;

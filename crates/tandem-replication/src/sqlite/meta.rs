@@ -191,42 +191,9 @@ pub(crate) const CREATE_CHANGELOG: &str = "CREATE TABLE IF NOT EXISTS _tandem_ch
 /// Puts a placeholder entry (empty `tbl`, `op` and `pk`, never read: it stands at or
 /// below the floor) at position `?1` unless an entry stands there or above, so that the
 /// changelog's largest `seq`, its head, is at least `?1`.
-macro_rules! placeholder_sql {
-    () => {
-        "INSERT INTO _tandem_changelog (seq, tbl, op, pk, row, ts) \
-         SELECT ?1, '', '', '', NULL, 0 \
-         WHERE ?1 > 0 AND NOT EXISTS (SELECT 1 FROM _tandem_changelog WHERE seq >= ?1)"
-    };
-}
-
-/// [`raise_floor`]'s statements, with the new floor as `?1`, run as one list (sqlx runs
-/// every statement of a query, and `?1` is the same argument in each): drop the entries
-/// up to it and their REAL values, put the placeholder, record the floor.
-macro_rules! raise_floor_sql {
-    () => {
-        concat!(
-            "DELETE FROM _tandem_changelog WHERE seq <= ?1; \
-             DELETE FROM _tandem_reals WHERE seq <= ?1; ",
-            placeholder_sql!(),
-            "; INSERT INTO _tandem_meta (key, value) VALUES ('floor', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-        )
-    };
-}
-
-/// Records `?1` as the acknowledged position (the column's text affinity stores the
-/// number as its decimal text, as [`set_num`] does).
-macro_rules! acknowledge_sql {
-    () => {
-        "INSERT INTO _tandem_meta (key, value) VALUES ('acked', ?1) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-    };
-}
-
-const PLACEHOLDER: &str = placeholder_sql!();
-const RAISE_FLOOR: &str = raise_floor_sql!();
-const ACKNOWLEDGE: &str = acknowledge_sql!();
-const ACKNOWLEDGE_AND_RAISE_FLOOR: &str = concat!(acknowledge_sql!(), "; ", raise_floor_sql!());
+const PLACEHOLDER: &str = "INSERT INTO _tandem_changelog (seq, tbl, op, pk, row, ts) \
+     SELECT ?1, '', '', '', NULL, 0 \
+     WHERE ?1 > 0 AND NOT EXISTS (SELECT 1 FROM _tandem_changelog WHERE seq >= ?1)";
 
 /// The exact REAL values of changelog entries (SQLite's JSON keeps only 15 digits).
 pub(crate) const CREATE_REALS: &str = "CREATE TABLE IF NOT EXISTS _tandem_reals (\
@@ -498,35 +465,18 @@ pub(crate) async fn transition(
 /// below it. The head never goes back: when no entry stands above `to`, a placeholder
 /// entry stands at `to` (so `to` past the head moves the head on to `to`).
 pub(crate) async fn raise_floor(conn: &mut SqliteConnection, to: u64) -> Result<()> {
-    run_at(conn, RAISE_FLOOR, to, "pruning the changelog").await
-}
-
-/// Records the peer's acknowledgement of position `seq` and, with `prune`, raises the
-/// floor to it ([`raise_floor`]), in one round trip to the connection's thread (the
-/// active node records the newest acknowledgement about once a second).
-pub(crate) async fn acknowledge(conn: &mut SqliteConnection, seq: u64, prune: bool) -> Result<()> {
-    let sql = if prune {
-        ACKNOWLEDGE_AND_RAISE_FLOOR
-    } else {
-        ACKNOWLEDGE
-    };
-    run_at(conn, sql, seq, "recording an acknowledgement").await
-}
-
-/// Runs the statement list `sql`, whose one argument `?1` is the changelog position
-/// `seq`.
-async fn run_at(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    seq: u64,
-    what: &'static str,
-) -> Result<()> {
-    sqlx::query(sql)
-        .bind(seq.cast_signed())
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::db(what))?;
-    Ok(())
+    for sql in [
+        "DELETE FROM _tandem_changelog WHERE seq <= ?1",
+        "DELETE FROM _tandem_reals WHERE seq <= ?1",
+        PLACEHOLDER,
+    ] {
+        sqlx::query(sql)
+            .bind(to.cast_signed())
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("pruning the changelog"))?;
+    }
+    set_num(conn, "floor", to).await
 }
 
 /// Whether a changelog entry read back is a placeholder (see [`raise_floor`]).

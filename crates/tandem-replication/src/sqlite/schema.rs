@@ -347,47 +347,27 @@ impl TableInfo {
         value::decode(&self.key, key)
     }
 
-    /// All the table's triggers: [`guard_sql`](Self::guard_sql) and
-    /// [`capture_sql`](Self::capture_sql). Each asks the meta table's `mode` whether
-    /// to act.
+    /// The triggers: guards that refuse application writes on a standby, and capture
+    /// triggers that log changes on the active node. An insert or update logs its row
+    /// and an empty key (the row holds the key, and the reader takes it from there); a
+    /// delete logs the key.
     pub(crate) fn trigger_sql(&self) -> Vec<String> {
-        let mut out = self.guard_sql();
-        out.extend(self.capture_sql());
-        out
-    }
-
-    /// The guard triggers, which refuse application writes while the node is the
-    /// standby (mode `standby`; the applier's own writes run in mode `applying`).
-    fn guard_sql(&self) -> Vec<String> {
-        [
+        let t = &self.name;
+        let name = |suffix: &str| ident(&format!("_tandem_{t}_{suffix}"));
+        let mut out = Vec::new();
+        for (event, suffix) in [
             ("INSERT", "guard_i"),
             ("UPDATE", "guard_u"),
             ("DELETE", "guard_d"),
-        ]
-        .into_iter()
-        .map(|(event, suffix)| {
-            format!(
+        ] {
+            out.push(format!(
                 "CREATE TRIGGER {} BEFORE {event} ON {} WHEN {MODE} = 'standby' \
                  BEGIN SELECT RAISE(ABORT, {}); END",
-                self.trigger_name(suffix),
-                ident(&self.name),
+                name(suffix),
+                ident(t),
                 literal(STANDBY_MESSAGE)
-            )
-        })
-        .collect()
-    }
-
-    /// `"_tandem_<table>_<suffix>"`.
-    fn trigger_name(&self, suffix: &str) -> String {
-        ident(&format!("_tandem_{}_{suffix}", self.name))
-    }
-
-    /// The capture triggers, which log every change in mode `capture`. An insert or
-    /// update logs its row and an empty key (the row holds the key: the reader takes it
-    /// from there); a delete logs the key.
-    fn capture_sql(&self) -> Vec<String> {
-        let t = &self.name;
-        let mut out = Vec::new();
+            ));
+        }
         let log = |op: &str, key: &str, row: &str| {
             format!(
                 "INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) VALUES ({}, {op}, {key}, {row}, {NOW_MS});",
@@ -396,7 +376,7 @@ impl TableInfo {
         };
         out.push(format!(
             "CREATE TRIGGER {} AFTER INSERT ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
-            self.trigger_name("log_i"),
+            name("log_i"),
             ident(t),
             log("'I'", "''", &self.row_json("NEW.")),
             reals(&self.reals, "NEW.", "1"),
@@ -413,7 +393,7 @@ impl TableInfo {
              INSERT INTO _tandem_changelog (tbl, op, pk, row, ts) \
              SELECT {}, 'D', {}, NULL, {NOW_MS} WHERE NOT ({same_key}); \
              {} {} {} END",
-            self.trigger_name("log_u"),
+            name("log_u"),
             ident(t),
             literal(t),
             self.key_json("OLD."),
@@ -427,7 +407,7 @@ impl TableInfo {
         ));
         out.push(format!(
             "CREATE TRIGGER {} AFTER DELETE ON {} WHEN {MODE} = 'capture' BEGIN {} {} END",
-            self.trigger_name("log_d"),
+            name("log_d"),
             ident(t),
             log("'D'", &self.key_json("OLD."), "NULL"),
             reals(&self.real_keys(), "OLD.", "1"),
