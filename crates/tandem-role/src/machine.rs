@@ -998,6 +998,18 @@ impl Machine {
                     self.reassert(out);
                 }
             }
+            None if self.peer.up && !self.peer.kept_once => {
+                // The link is up but the peer's claim has not arrived: it is on
+                // its way (the link just came back and both sent theirs), and
+                // the newer epoch will settle who keeps the address. Releasing
+                // now could leave the site to the older claim: if the peer
+                // releases on the same conflict, this node's re-election finds
+                // the address silent. Keep it and send the claim once more; if
+                // no claim answers by the next conflict, the other holder is not
+                // the peer, and the rule below applies.
+                self.peer.kept_once = true;
+                self.reassert(out);
+            }
             _ if self.peer.took_over && !self.peer.kept_once && !self.peer.up => {
                 // This node took over while the link was down, so its claim is
                 // the newer one; the other holder is most likely the old active

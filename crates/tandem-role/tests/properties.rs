@@ -115,6 +115,105 @@ fn arb_config() -> impl Strategy<Value = Config> {
     })
 }
 
+impl Site {
+    /// The safety rules, once the network has delivered what it carries: no
+    /// two holders, roles and databases that match what each node holds, the
+    /// newest epoch with the holder, and no holder without the writes the other
+    /// node acknowledged alone.
+    fn check(&mut self) -> Result<(), String> {
+        if self.cut.is_some() {
+            // Nobody hears the cut node: it may still hold the address.
+            return Ok(());
+        }
+        if self.holds[0] && self.holds[1] {
+            return Err("both hold the shared address".into());
+        }
+        for i in 0..2 {
+            if (self.nodes[i].role() == Role::Active) != self.holds[i] {
+                return Err(format!(
+                    "node {} is {:?} but holds the address = {}",
+                    i + 1,
+                    self.nodes[i].role(),
+                    self.holds[i]
+                ));
+            }
+            // A standby's database refuses writes, also after a reboot: a
+            // writable one beside the active's is a split brain of the data.
+            if self.writable[i] != self.holds[i] {
+                return Err(format!(
+                    "node {}'s database writable = {} while it holds the address = {}",
+                    i + 1,
+                    self.writable[i],
+                    self.holds[i]
+                ));
+            }
+        }
+        for i in 0..2 {
+            if self.link_up && self.alone[i] && !self.contested && self.holds[1 - i] {
+                return Err(format!(
+                    "node {} acknowledged writes alone while the link was down, but node {} \
+                     holds the address (epoch {} vs {}): those writes are not on it",
+                    i + 1,
+                    2 - i,
+                    self.nodes[i].state().epoch,
+                    self.nodes[1 - i].state().epoch
+                ));
+            }
+        }
+        if self.link_up && self.contested {
+            // Settled: what was lost in the contest is lost.
+            self.contested = false;
+            self.alone = [false; 2];
+        }
+        if let Some(i) = (0..2).find(|&i| self.holds[i]) {
+            let (active, other) = (self.nodes[i].state(), self.nodes[1 - i].state());
+            if self.link_up && !self.held_since_claim[1 - i] && active.epoch < other.epoch {
+                return Err(format!(
+                    "node {} holds the address with epoch {} beside node {}'s newer epoch {}",
+                    i + 1,
+                    active.epoch,
+                    2 - i,
+                    other.epoch
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The demo's unplanned failover (CI, 2026-12-07): node1 claims, its cable is cut
+/// a moment later, the operator makes node2 active, and the cable comes back
+/// while node1's peer link redials. Every reconnection delay, including one
+/// that lands just before a watch tick sees both holders, leaves node2 (which
+/// acknowledged writes alone meanwhile) holding the site.
+#[test]
+fn a_cable_back_at_any_moment_leaves_the_site_with_the_node_that_took_over() {
+    for auto_failover in [false, true] {
+        for link_after in 0..800 {
+            let mut site = Site::new(auto_failover);
+            let ops = [
+                Op::SetServer(0, Role::Active),
+                Op::Cut(0),
+                Op::SetServer(1, Role::Active),
+                Op::Restore(link_after),
+            ];
+            for op in ops {
+                site.apply(op.clone());
+                assert!(site.drain(), "the site does not settle after {op:?}");
+                if let Err(e) = site.check() {
+                    panic!(
+                        "link back {link_after} ms after the cable (auto {auto_failover}): {e} after {op:?}"
+                    );
+                }
+            }
+            assert!(
+                site.holds[1],
+                "node2 keeps the site (link back after {link_after} ms)"
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -322,6 +421,15 @@ struct Site {
     /// Per node: whether the operator told it `set-server standby` since it last
     /// claimed (it gave the site up, whatever the epochs).
     held_since_claim: [bool; 2],
+    /// Per node: it held the address while the peer link was down and its own
+    /// cable was in, so it acknowledged writes alone (the degrade policy) that
+    /// the other node does not have. Cleared once they reach the other node
+    /// (it holds with the link up) or when the operator gives them up (tells it
+    /// standby, or the other node active).
+    alone: [bool; 2],
+    /// Both nodes acknowledged writes alone since the link was last up: no
+    /// outcome keeps them all.
+    contested: bool,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize, String)>>,
@@ -340,9 +448,10 @@ enum Op {
     /// A node's cable is cut: the peer link goes down, its probes find nothing
     /// and fail the isolation check, and nobody hears it hold the address.
     Cut(usize),
-    /// The cut cable is back: both holders hear each other's ARP before the
-    /// peer link is up again.
-    Restore,
+    /// The cut cable is back: both holders hear each other's ARP at once and
+    /// at every watch tick (200 ms) while both hold; the peer link reconnects
+    /// this many milliseconds later, before, between or after those ticks.
+    Restore(u64),
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -353,7 +462,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => Just(Op::LinkDown),
         1 => Just(Op::LinkUp),
         1 => (0usize..2).prop_map(Op::Cut),
-        1 => Just(Op::Restore),
+        1 => prop_oneof![Just(5u64), 0u64..700].prop_map(Op::Restore),
     ]
 }
 
@@ -378,6 +487,8 @@ impl Site {
             link_up: true,
             cut: None,
             held_since_claim: [false; 2],
+            alone: [false; 2],
+            contested: false,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -399,6 +510,30 @@ impl Site {
             Isolation::Failed
         } else {
             Isolation::Passed
+        }
+    }
+
+    /// Queues what the site computes when it is delivered (`probe`,
+    /// `arp-watch`, `link-up`).
+    fn later(&mut self, after: u64, to: usize, what: &str) {
+        self.seq += 1;
+        self.queue
+            .push(Reverse((self.now + after, self.seq, to, what.into())));
+    }
+
+    /// Notes who acknowledged writes alone, and whose reached the other node.
+    fn track_alone(&mut self) {
+        for i in 0..2 {
+            // Both holding on one segment while the link is down (the operator
+            // told both active while they were apart) is settled by the
+            // conflict rules, and the loser's writes are lost whoever loses.
+            let other_seen = self.holds[1 - i] && self.cut != Some(1 - i);
+            if self.holds[i] && !self.link_up && self.cut != Some(i) && !other_seen {
+                self.alone[i] = true;
+            }
+            if self.holds[i] && self.link_up && self.cut.is_none() {
+                self.alone[i] = false;
+            }
         }
     }
 
@@ -424,6 +559,16 @@ impl Site {
                 Action::ClaimSharedAddress => {
                     self.holds[i] = true;
                     self.held_since_claim[i] = false;
+                    if !self.link_up {
+                        // A takeover from a peer that is away (cut off, or
+                        // partitioned with automatic failover: finding 4) is
+                        // made without its writes, knowingly. A claim with the
+                        // link up must not be. If the peer had acknowledged
+                        // writes alone, both sides now hold writes the other
+                        // lacks, and either outcome loses some.
+                        self.contested |= self.alone[1 - i];
+                        self.alone[1 - i] = false;
+                    }
                     if self.holds[1 - i] && self.cut.is_none() {
                         // Both answer ARP for the address: each sees the other's MAC.
                         self.send(0, i, Event::AddressConflict { mac: MACS[1 - i] });
@@ -444,13 +589,12 @@ impl Site {
                 Action::Probe { after } => {
                     let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
                     // The answer is computed when the probe runs, below.
-                    self.seq += 1;
-                    self.queue
-                        .push(Reverse((self.now + after, self.seq, i, "probe".into())));
+                    self.later(after, i, "probe");
                 }
                 _ => {}
             }
         }
+        self.track_alone();
     }
 
     /// Delivers everything queued; false if it does not settle. While both nodes
@@ -470,13 +614,30 @@ impl Site {
                 return true;
             };
             self.now = self.now.max(time);
-            let event = if text == "probe" {
-                Event::Probed {
+            let event = match text.as_str() {
+                "probe" => Event::Probed {
                     probe: self.truthful_probe(to),
                     isolation: self.isolation(to),
+                },
+                // A watch tick after the cable came back: while both hold the
+                // address, each hears the other's ARP at this moment, whatever
+                // one of them does about it first.
+                "arp-watch" => {
+                    if self.holds[0] && self.holds[1] && self.cut.is_none() {
+                        for i in 0..2 {
+                            self.send(0, i, Event::AddressConflict { mac: MACS[1 - i] });
+                        }
+                    }
+                    continue;
                 }
-            } else {
-                text.parse().unwrap()
+                "link-up" => {
+                    if self.cut.is_some() {
+                        continue;
+                    }
+                    self.link_up = true;
+                    Event::PeerBack
+                }
+                _ => text.parse().unwrap(),
             };
             self.feed(to, event);
         }
@@ -488,9 +649,28 @@ impl Site {
         match op {
             Op::SetServer(i, role) => {
                 self.held_since_claim[i] |= role == Role::Standby;
+                // The operator gives up what the node (told standby) or its
+                // peer (this one told active) acknowledged alone.
+                match role {
+                    Role::Standby => self.alone[i] = false,
+                    Role::Active => {
+                        // Over writes the other acknowledged alone: both sides
+                        // may end up with writes the other lacks, and a claim
+                        // made while apart may carry the older epoch (noted in
+                        // RELIABILITY.md, finding 26).
+                        self.contested |= self.alone[1 - i];
+                        self.alone[1 - i] = false;
+                    }
+                }
                 self.feed(i, Event::SetServer(role));
             }
             Op::Reboot(i) => {
+                // A boot claims a silent address, as the seed's does: it cannot
+                // weigh data it does not see, so what either node acknowledged
+                // alone, before or after this boot, is out of this check's scope
+                // until the site settles with the link up.
+                self.alone = [false; 2];
+                self.contested = true;
                 // The agent releases the address before it probes at boot.
                 self.holds[i] = false;
                 let probe = self.truthful_probe(i);
@@ -498,6 +678,10 @@ impl Site {
                 self.feed(i, Event::Boot { probe, isolation });
             }
             Op::RaceToActive => {
+                // The operator told both active: whichever keeps the site,
+                // the other's writes are the operator's to give up.
+                self.alone = [false; 2];
+                self.contested = true;
                 let actions: Vec<Vec<Action>> = (0..2)
                     .map(|i| self.nodes[i].handle(Event::SetServer(Role::Active), at(self.now)))
                     .collect();
@@ -517,6 +701,7 @@ impl Site {
             }
             Op::LinkDown => {
                 self.link_up = false;
+                self.track_alone();
                 for i in 0..2 {
                     self.feed(i, Event::PeerLost);
                 }
@@ -534,17 +719,14 @@ impl Site {
                     self.apply(Op::LinkDown);
                 }
             }
-            Op::Restore => {
+            Op::Restore(link_after) => {
                 if self.cut.take().is_some() {
-                    if self.holds[0] && self.holds[1] {
-                        for i in 0..2 {
-                            self.send(0, i, Event::AddressConflict { mac: MACS[1 - i] });
-                        }
+                    for tick in [0, 200, 400, 600] {
+                        self.later(tick, 0, "arp-watch");
                     }
-                    // The peer link reconnects a little later.
-                    self.link_up = true;
+                    // The peer link reconnects later (its dial backs off).
                     for i in 0..2 {
-                        self.send(5, i, Event::PeerBack);
+                        self.later(link_after, i, "link-up");
                     }
                 }
             }
@@ -570,30 +752,8 @@ proptest! {
         for op in ops {
             site.apply(op.clone());
             prop_assert!(site.drain(), "the site does not settle after {:?}", op);
-            if site.cut.is_some() {
-                // Nobody hears the cut node: it may still hold the address.
-                continue;
-            }
-            prop_assert!(!(site.holds[0] && site.holds[1]), "both hold the shared address after {:?}", op);
-            for i in 0..2 {
-                prop_assert_eq!(site.nodes[i].role() == Role::Active, site.holds[i], "node {} after {:?}", i + 1, op);
-                // A standby's database refuses writes, also after a reboot: a
-                // writable one beside the active's is a split brain of the data.
-                prop_assert_eq!(
-                    site.writable[i], site.holds[i],
-                    "node {}'s database writable = {} while it holds the address = {}, after {:?}",
-                    i + 1, site.writable[i], site.holds[i], op
-                );
-            }
-            if let Some(i) = (0..2).find(|&i| site.holds[i]) {
-                let (active, other) = (site.nodes[i].state(), site.nodes[1 - i].state());
-                if site.link_up && !site.held_since_claim[1 - i] {
-                    prop_assert!(
-                        active.epoch >= other.epoch,
-                        "node {} holds the address with epoch {} beside node {}'s newer epoch {} after {:?}",
-                        i + 1, active.epoch, 2 - i, other.epoch, op
-                    );
-                }
+            if let Err(e) = site.check() {
+                prop_assert!(false, "{} after {:?}", e, op);
             }
         }
     }

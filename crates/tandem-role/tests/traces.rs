@@ -58,6 +58,11 @@ fn a_node_cut_off_yields_to_the_takeover_when_its_cable_returns() {
 }
 
 #[test]
+fn claims_in_flight_across_a_conflict_let_the_newer_epoch_keep_the_address() {
+    check("claims-in-flight.trace");
+}
+
+#[test]
 fn a_claim_older_than_the_takeover_is_superseded_when_the_link_returns() {
     check("stale-claim.trace");
 }

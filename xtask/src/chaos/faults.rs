@@ -138,12 +138,37 @@ impl Trial {
     /// `cut-takeover`: the active node's cable cut, `set-server active` on the
     /// standby, the cable back.
     fn cut_takeover(&mut self, rng: &mut Rng, outcome: &mut Outcome) -> anyhow::Result<()> {
+        // Half the trials cut a node that claimed the address a moment before,
+        // as the demo does (the planned switchovers come right before its cut):
+        // its claim reached the peer, but it is recent enough for the peer
+        // loss to count it as possibly unheard.
+        let fresh = rng.coin().then(|| rng.ms(0, 60));
+        if let Some(pause) = fresh {
+            let standby = other(self.site.active_node().unwrap_or(Host::Node1));
+            let mut switch = self.site.failover_command(standby);
+            switch.arg("switchover");
+            let out = process::output_within(switch, Duration::from_secs(30))?;
+            if !out.status.success() {
+                bail!(
+                    "the switchover to {standby} before the cut failed: {}",
+                    first_line(&String::from_utf8_lossy(&out.stderr))
+                );
+            }
+            std::thread::sleep(pause);
+        }
         let active = self.site.active_node().unwrap_or(Host::Node1);
         let standby = other(active);
         let after = rng.ms(50, 400);
-        let down = rng.ms(300, 3000).max(after + Duration::from_millis(100));
+        // After a fresh claim, the cable comes back around the time the cut
+        // node declares its peer lost (three heartbeats), as in the demo.
+        let longest = if fresh.is_some() { 1200 } else { 3000 };
+        let down = rng.ms(300, longest).max(after + Duration::from_millis(100));
         outcome.drawn.push(format!(
-            "cut {active}'s cable for {} ms, set-server active on {standby} {} ms in",
+            "{}cut {active}'s cable for {} ms, set-server active on {standby} {} ms in",
+            fresh.map_or(String::new(), |p| format!(
+                "switchover to {active}, {} ms later ",
+                p.as_millis()
+            )),
             down.as_millis(),
             after.as_millis()
         ));
