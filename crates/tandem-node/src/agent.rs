@@ -310,6 +310,35 @@ type BundleAnswer = (u64, u64, Option<String>);
 /// the last byte went out (it syncs and verifies the whole file first).
 const BUNDLE_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Why this standby's database cannot take over in a `failover switchover` now,
+/// from the agent's latest replication status: with replication on, it does not
+/// apply the peer's changes (a PostgreSQL standby whose WAL receiver does not
+/// stream, a SQLite apply that fails) or the two nodes' data has forked. The
+/// switchover would stand the peer down first and only then meet the refusal of
+/// this node's promotion, which leaves the site without an active node
+/// (RELIABILITY.md, finding 27).
+fn not_ready_to_take_over(status: &tandem_replication::Status) -> Option<String> {
+    use tandem_replication::{LinkStatus, ReplicationState};
+    if status.local.state != ReplicationState::Active || status.local.writable == Some(true) {
+        return None;
+    }
+    let why = match (&status.local_detail, status.remote.status) {
+        (Some(detail), _) => {
+            format!("this node's database does not apply the peer's changes: {detail}")
+        }
+        (None, LinkStatus::Diverged) => {
+            "the two nodes' data has forked (replication status: Diverged)".to_owned()
+        }
+        (None, _) => return None,
+    };
+    Some(format!(
+        "{why}; the peer would stand down and this node's promotion could be refused, leaving \
+         no active node. Wait until `mp_replication status` shows the remote server Connected \
+         with no detail, or switch the seed's way: `failover set-server standby` on the peer, \
+         then `failover set-server active` here"
+    ))
+}
+
 impl Agent {
     async fn start(
         config: NodeConfig,
@@ -1200,7 +1229,7 @@ impl Agent {
         } else if self.handover.is_some() {
             Some("another switchover is waiting for the peer".to_owned())
         } else {
-            None
+            self.replication.as_ref().and_then(not_ready_to_take_over)
         };
         let session = self.session.clone().filter(|s| !s.is_closed());
         let refusal = refusal.or_else(|| {
@@ -1917,5 +1946,78 @@ mod envelope_tests {
         let old = br#"{"claim":{"node":1,"epoch":3}}"#;
         let err = tandem_peer::open::<PeerMessage>(old).unwrap_err();
         assert!(err.to_string().contains("upgrade both nodes"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod handover_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use tandem_replication::{
+        LinkStatus, Position, ReplicationState, ReplicationType, ServerStatus, Status,
+    };
+
+    /// This node's status as a standby with replication `state`.
+    fn standby(detail: Option<&str>, remote: LinkStatus, state: ReplicationState) -> Status {
+        let server = |replication_type, status, writable| ServerStatus {
+            replication_type,
+            site: Some(1),
+            node: None,
+            state,
+            status,
+            writable: Some(writable),
+        };
+        Status {
+            backend: "postgres".into(),
+            local: server(ReplicationType::Local, LinkStatus::Local, false),
+            remote: server(ReplicationType::IntraSite, remote, true),
+            backlog: None,
+            lag_ms: None,
+            head: Position(0),
+            acked: Position(0),
+            applied: Position(0),
+            remote_head: None,
+            service_running: true,
+            remote_detail: None,
+            local_detail: detail.map(str::to_owned),
+            alarms: Vec::new(),
+            wal: None,
+            resync: None,
+        }
+    }
+
+    #[test]
+    fn a_standby_that_does_not_apply_or_has_forked_refuses_a_switchover_and_says_what_to_do() {
+        let streaming = standby(None, LinkStatus::Connected, ReplicationState::Active);
+        assert_eq!(not_ready_to_take_over(&streaming), None);
+        let idle = standby(
+            Some("the WAL receiver is not streaming"),
+            LinkStatus::Connected,
+            ReplicationState::Active,
+        );
+        let why = not_ready_to_take_over(&idle).unwrap();
+        assert!(
+            why.contains("does not apply the peer's changes: the WAL receiver is not streaming"),
+            "{why}"
+        );
+        assert!(
+            why.contains("`failover set-server standby` on the peer"),
+            "{why}"
+        );
+        let forked = standby(None, LinkStatus::Diverged, ReplicationState::Active);
+        assert!(
+            not_ready_to_take_over(&forked)
+                .unwrap()
+                .contains("Diverged")
+        );
+        // Replication switched off, or the link merely down: the operator's call.
+        let off = standby(
+            Some("not streaming"),
+            LinkStatus::Diverged,
+            ReplicationState::Off,
+        );
+        assert_eq!(not_ready_to_take_over(&off), None);
+        let down = standby(None, LinkStatus::NotConnected, ReplicationState::Active);
+        assert_eq!(not_ready_to_take_over(&down), None);
     }
 }

@@ -133,6 +133,12 @@ fn render_conf(cfg: &PostgresConfig, state: &PgState, files: &NodeFiles) -> Stri
             conf_quote(&peer_conninfo(cfg, state, files, false)),
         );
         set("primary_slot_name", conf_quote(&state.app_name()));
+        // A WAL receiver that could not start (the new primary not up yet, its
+        // slot for this node not made yet) tries again after this, 5 s by
+        // default: a standby that does not stream cannot take over in a
+        // switchover, and after a role change it was not streaming for up to
+        // 5 s (RELIABILITY.md, finding 27).
+        set("wal_retrieve_retry_interval", conf_quote("1s"));
     } else {
         set("primary_conninfo", conf_quote(""));
         set("primary_slot_name", conf_quote(""));
@@ -179,6 +185,22 @@ mod tests {
         assert!(
             standby.contains("application_name=''tandem_node2''"),
             "{standby}"
+        );
+        // A standby whose receiver could not start tries again within a second.
+        assert!(
+            standby.contains("wal_retrieve_retry_interval = '1s'\n"),
+            "{standby}"
+        );
+        assert!(
+            !render_conf(
+                &cfg,
+                &{
+                    s.following = false;
+                    s
+                },
+                pass
+            )
+            .contains("wal_retrieve")
         );
     }
 
