@@ -334,7 +334,7 @@ fn not_ready_to_take_over(status: &tandem_replication::Status) -> Option<String>
     Some(format!(
         "{why}; the peer would stand down and this node's promotion could be refused, leaving \
          no active node. Wait until `mp_replication status` shows the remote server Connected \
-         with no detail, or switch the seed's way: `failover set-server standby` on the peer, \
+         and no `Local:` line, or switch the seed's way: `failover set-server standby` on the peer, \
          then `failover set-server active` here"
     ))
 }

@@ -82,7 +82,9 @@ enum Command {
     /// active peer's agent stands down (as `set-server standby` there would) and
     /// this node takes over as soon as it hears the release. Both agents must
     /// run and be linked; when the active node is down, use `set-server active`.
-    /// Prints both nodes' steps, the peer's as `peer: <step>`.
+    /// Refused, before the peer is asked, while this node's database does not
+    /// apply the peer's changes (see `mp_replication status`). Prints both
+    /// nodes' steps, the peer's as `peer: <step>`.
     Switchover(roles::JsonArgs),
     /// Show this node's deployment, role, epoch, peer and alarms.
     Status(roles::JsonArgs),
