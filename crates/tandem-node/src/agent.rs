@@ -486,7 +486,8 @@ impl Agent {
                         if heard_since_probe {
                             self.node.forget_probe_ahead();
                         }
-                        self.event(Event::PeerLost).await;
+                        let silent = heard.map(|at| at.elapsed());
+                        self.event(Event::PeerLost { silent }).await;
                     }
                     Some(LinkEvent::DialFailed { error, retry_in, .. }) => {
                         tracing::debug!(%error, ?retry_in, "dialling the peer failed");

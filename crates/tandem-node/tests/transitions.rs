@@ -363,7 +363,9 @@ fn a_probe_ahead_of_the_peer_loss_answers_it_only_while_fresh_and_silent() {
                 !n.keep_probe_ahead(&probe, isolation),
                 "{probe} {isolation}"
             );
-            let lost = n.handle(tandem_role::Event::PeerLost).await;
+            let lost = n
+                .handle(tandem_role::Event::PeerLost { silent: None })
+                .await;
             assert_eq!(lost.role, Some(Role::Standby), "{lost:#?}");
 
             // Silent, but the address is back before the loss and the result has

@@ -98,7 +98,13 @@ pub enum Event {
         mac: MacAddr,
     },
     /// The peer missed its heartbeats.
-    PeerLost,
+    PeerLost {
+        /// How long the peer had not been heard when the loss was declared (the
+        /// link knows); `None` counts one detection time
+        /// ([`Config::peer_loss_detection`]). A claim this node made within it
+        /// may never have reached the peer.
+        silent: Option<Duration>,
+    },
     /// The peer is still lost, a detection interval after [`Event::PeerLost`] or
     /// the previous one. With automatic failover a standby probes the shared
     /// address again, so an active node that dies while the link was already
@@ -380,8 +386,9 @@ pub struct Config {
     /// cannot keep it steps down unless its peer is in sight (failsafe).
     pub witness: bool,
     /// How long the peer link takes to report a silent peer lost (heartbeat
-    /// interval × missed heartbeats): a claim made this long or less before
-    /// [`Event::PeerLost`] may never have reached the peer.
+    /// interval × missed heartbeats): when [`Event::PeerLost`] does not say how
+    /// long the peer was silent, a claim made this long or less before it may
+    /// never have reached the peer.
     pub peer_loss_detection: Duration,
 }
 
@@ -454,12 +461,17 @@ struct Peer {
     /// shortly before the loss was declared that the claim may not have reached
     /// the peer: its epoch is newer than any the peer knows, so another
     /// holder met before the link returns is most likely the old active node,
-    /// cut off meanwhile. Such a node keeps the address through its first
-    /// conflict (see [`Machine::conflict`]).
+    /// cut off meanwhile. Such a node keeps the address through the conflicts
+    /// of one conflict backoff (see [`Machine::conflict`]).
     took_over: bool,
-    /// This node already kept the address through one conflict without the
-    /// peer's word since it took over; the next one releases as usual.
-    kept_once: bool,
+    /// When (ms) this node, having taken over, first kept the address through a
+    /// conflict without the peer's word; conflicts after one conflict backoff
+    /// from then release as usual.
+    kept_since: Option<u64>,
+    /// This node met a conflict with the link up and no claim from the peer,
+    /// kept the address and sent its claim again; the next such conflict
+    /// releases as usual.
+    reasserted: bool,
     /// The peer link has been up since this machine started (a loss of it, or
     /// its return, was reported): a claim made while it is down is then a
     /// takeover from a peer that was there, not a boot beside a peer that may be
@@ -562,7 +574,7 @@ impl Machine {
             }
             Event::PeerSuperseded { node, epoch } => self.superseded(&mut out, node, epoch),
             Event::AddressConflict { mac } => self.conflict(&mut out, mac),
-            Event::PeerLost => self.peer_lost(&mut out),
+            Event::PeerLost { silent } => self.peer_lost(&mut out, silent),
             Event::PeerStillLost => self.peer_still_lost(&mut out),
             Event::PeerBack => self.peer_back(&mut out),
             Event::ReplicationOn => self.replication(&mut out, Replication::On, None),
@@ -998,7 +1010,7 @@ impl Machine {
                     self.reassert(out);
                 }
             }
-            None if self.peer.up && !self.peer.kept_once => {
+            None if self.peer.up && !self.peer.reasserted => {
                 // The link is up but the peer's claim has not arrived: it is on
                 // its way (the link just came back and both sent theirs), and
                 // the newer epoch will settle who keeps the address. Releasing
@@ -1007,25 +1019,37 @@ impl Machine {
                 // the address silent. Keep it and send the claim once more; if
                 // no claim answers by the next conflict, the other holder is not
                 // the peer, and the rule below applies.
-                self.peer.kept_once = true;
+                self.peer.reasserted = true;
                 self.reassert(out);
             }
-            _ if self.peer.took_over && !self.peer.kept_once && !self.peer.up => {
+            _ if self.peer.took_over
+                && !self.peer.up
+                && self.peer.kept_since.is_none_or(|since| {
+                    u128::from(out.now_ms.saturating_sub(since))
+                        < self.config.conflict_backoff.as_millis()
+                }) =>
+            {
                 // This node took over while the link was down, so its claim is
                 // the newer one; the other holder is most likely the old active
                 // node whose cable just came back, and it releases on its own
                 // conflict (it has no peer word either). Keep the address and
-                // announce it once; if the other holder is still there at the
-                // next conflict, both claimed while apart and the rule below
-                // settles it.
-                self.peer.kept_once = true;
-                out.notify(
-                    Hook::Fault,
-                    &format!(
-                        "address conflict: {mac} also answers for the shared address; this node \
-                         took over while the peer was lost, so it keeps the address once"
-                    ),
-                );
+                // announce it while that release takes effect: a conflict seen
+                // just after it (an ARP answer already on its way) must not make
+                // this node release too, which leaves the site to a re-election
+                // (on PostgreSQL, with this node's new primary demoted). If the
+                // other holder is still there a conflict backoff later, both
+                // claimed while apart and the rule below settles it.
+                if self.peer.kept_since.is_none() {
+                    self.peer.kept_since = Some(out.now_ms);
+                    out.notify(
+                        Hook::Fault,
+                        &format!(
+                            "address conflict: {mac} also answers for the shared address; this \
+                             node took over while the peer was lost, so it keeps the address \
+                             while the other holder steps down"
+                        ),
+                    );
+                }
                 out.push(Action::Announce);
             }
             _ => {
@@ -1059,7 +1083,7 @@ impl Machine {
         });
     }
 
-    fn peer_lost(&mut self, out: &mut Actions) {
+    fn peer_lost(&mut self, out: &mut Actions, silent: Option<Duration>) {
         if !self.failover() {
             return;
         }
@@ -1068,11 +1092,15 @@ impl Machine {
         // The link reports a loss only after a session: the peer was there.
         self.peer.seen = true;
         // A claim made while the link was already silent (before the loss was
-        // declared) may never have reached the peer: count it as made apart.
+        // declared) may never have reached the peer: count it as made apart. The
+        // silence is the link's measure when it gives one: a loss declared late
+        // (a busy node) would otherwise count a claim made in the silence as
+        // heard (RELIABILITY.md, finding 28).
         let claimed_ms_ago = out.now_ms.saturating_sub(self.state.role_changed_ms);
+        let silent = silent.unwrap_or(self.config.peer_loss_detection);
         if self.state.role == Role::Active
             && self.state.role_changed_ms != 0
-            && u128::from(claimed_ms_ago) <= self.config.peer_loss_detection.as_millis()
+            && u128::from(claimed_ms_ago) <= silent.as_millis()
         {
             self.peer.took_over = true;
         }
@@ -1141,7 +1169,8 @@ impl Machine {
         self.peer.seen = true;
         self.peer.cut_off = false;
         self.peer.took_over = false;
-        self.peer.kept_once = false;
+        self.peer.kept_since = None;
+        self.peer.reasserted = false;
         if matches!(
             self.pending,
             Some(
@@ -1212,7 +1241,8 @@ impl Machine {
         self.state.standby_hold = false;
         self.state.epoch = self.state.epoch.next_for(self.state.node);
         self.peer.took_over = failover && !self.peer.up && self.peer.seen;
-        self.peer.kept_once = false;
+        self.peer.kept_since = None;
+        self.peer.reasserted = false;
         self.state.role_changed_ms = out.now_ms;
         self.cancel();
         out.persist(&self.state);
@@ -1603,7 +1633,10 @@ impl fmt::Display for Event {
                 write!(f, "peer-superseded node={node} epoch={epoch}")
             }
             Event::AddressConflict { mac } => write!(f, "address-conflict mac={mac}"),
-            Event::PeerLost => f.write_str("peer-lost"),
+            Event::PeerLost { silent: None } => f.write_str("peer-lost"),
+            Event::PeerLost {
+                silent: Some(silent),
+            } => write!(f, "peer-lost silent={}ms", silent.as_millis()),
             Event::PeerStillLost => f.write_str("peer-still-lost"),
             Event::PeerBack => f.write_str("peer-back"),
             Event::ReplicationOn => f.write_str("replication-on"),

@@ -120,8 +120,17 @@ impl FromStr for Event {
                 Event::Resume
             }
             "peer-lost" => {
-                only(0)?;
-                Event::PeerLost
+                let silent = if args.is_empty() {
+                    None
+                } else {
+                    only(1)?;
+                    let ms = key("silent")?
+                        .strip_suffix("ms")
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| bad("silent=<milliseconds>ms"))?;
+                    Some(std::time::Duration::from_millis(ms))
+                };
+                Event::PeerLost { silent }
             }
             "peer-still-lost" => {
                 only(0)?;
@@ -282,6 +291,7 @@ mod tests {
             "witness-reachable",
             "address-conflict mac=02:00:00:00:00:02",
             "peer-lost",
+            "peer-lost silent=1550ms",
             "peer-still-lost",
             "replication-failed \"table locked\"",
             "step-failed claim-shared-address \"permission denied\"",
@@ -300,6 +310,8 @@ mod tests {
             ("boot probe=silent", "expected 2"),
             ("peer-claim node=3 epoch=1", "node 1 and node 2"),
             ("replication-failed \"open", "unterminated"),
+            ("peer-lost silent=soon", "silent=<milliseconds>ms"),
+            ("peer-lost silent=5ms later", "expected 1"),
         ] {
             let err = line.parse::<Event>().expect_err(line).to_string();
             assert!(err.contains(says), "{line}: {err}");

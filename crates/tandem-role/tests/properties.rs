@@ -91,7 +91,8 @@ fn arb_event() -> impl Strategy<Value = Event> {
         2 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerClaim { node, epoch: Epoch::new(e), token: None }),
         1 => (arb_node(), 0u64..1_200).prop_map(|(node, e)| Event::PeerSuperseded { node, epoch: Epoch::new(e) }),
         1 => prop_oneof![Just(PEER_MAC), Just(STRANGER_MAC)].prop_map(|mac| Event::AddressConflict { mac }),
-        1 => Just(Event::PeerLost),
+        1 => prop_oneof![Just(None), (0u64..2_000).prop_map(|ms| Some(Duration::from_millis(ms)))]
+            .prop_map(|silent| Event::PeerLost { silent }),
         1 => Just(Event::PeerStillLost),
         1 => Just(Event::PeerBack),
         1 => Just(Event::ReplicationOn),
@@ -604,7 +605,7 @@ impl Site {
         let mut watch_ticks = 0;
         for _ in 0..200 {
             let Some(Reverse((time, _, to, text))) = self.queue.pop() else {
-                if self.holds[0] && self.holds[1] && self.cut.is_none() && watch_ticks < 3 {
+                if self.holds[0] && self.holds[1] && self.cut.is_none() && watch_ticks < 10 {
                     watch_ticks += 1;
                     for i in 0..2 {
                         self.send(200, i, Event::AddressConflict { mac: MACS[1 - i] });
@@ -703,7 +704,7 @@ impl Site {
                 self.link_up = false;
                 self.track_alone();
                 for i in 0..2 {
-                    self.feed(i, Event::PeerLost);
+                    self.feed(i, Event::PeerLost { silent: None });
                 }
             }
             Op::LinkUp if self.cut.is_none() => {

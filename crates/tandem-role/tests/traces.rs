@@ -58,6 +58,11 @@ fn a_node_cut_off_yields_to_the_takeover_when_its_cable_returns() {
 }
 
 #[test]
+fn a_takeover_in_the_silence_keeps_the_address_though_the_loss_was_declared_late() {
+    check("late-loss.trace");
+}
+
+#[test]
 fn claims_in_flight_across_a_conflict_let_the_newer_epoch_keep_the_address() {
     check("claims-in-flight.trace");
 }

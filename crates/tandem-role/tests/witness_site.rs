@@ -297,7 +297,7 @@ impl Site {
             (true, false) => {
                 self.next_still_lost = self.now + STILL_LOST;
                 for i in 0..2 {
-                    self.feed(i, Event::PeerLost);
+                    self.feed(i, Event::PeerLost { silent: None });
                 }
             }
             (false, true) => {
