@@ -324,7 +324,7 @@ fn not_ready_to_take_over(status: &tandem_replication::Status) -> Option<String>
     }
     let why = match (&status.local_detail, status.remote.status) {
         (Some(detail), _) => {
-            format!("this node's database does not apply the peer's changes: {detail}")
+            format!("this node's database is not ready to take over ({detail})")
         }
         (None, LinkStatus::Diverged) => {
             "the two nodes' data has forked (replication status: Diverged)".to_owned()
@@ -1998,7 +1998,7 @@ mod handover_tests {
         );
         let why = not_ready_to_take_over(&idle).unwrap();
         assert!(
-            why.contains("does not apply the peer's changes: the WAL receiver is not streaming"),
+            why.contains("not ready to take over (the WAL receiver is not streaming)"),
             "{why}"
         );
         assert!(

@@ -158,7 +158,7 @@ impl Trial {
             );
             if out.status.success() {
                 std::thread::sleep(pause);
-            } else if said.contains("does not apply the peer's changes") {
+            } else if said.contains("not ready to take over") {
                 outcome.notes.push(format!(
                     "switchover to {standby} refused: {}",
                     first_line(&said)

@@ -191,17 +191,8 @@ mod tests {
             standby.contains("wal_retrieve_retry_interval = '1s'\n"),
             "{standby}"
         );
-        assert!(
-            !render_conf(
-                &cfg,
-                &{
-                    s.following = false;
-                    s
-                },
-                pass
-            )
-            .contains("wal_retrieve")
-        );
+        s.following = false;
+        assert!(!render_conf(&cfg, &s, pass).contains("wal_retrieve"));
     }
 
     #[test]
