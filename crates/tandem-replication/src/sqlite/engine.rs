@@ -252,6 +252,10 @@ impl Engine {
     async fn execute_records(&mut self, command: Command) -> Result<Option<Input>> {
         let b = Arc::clone(&self.backend);
         match command {
+            Command::ShipSoon => {
+                self.wal_due
+                    .get_or_insert_with(|| Instant::now() + SHIP_COALESCE);
+            }
             Command::PublishAck { log, seq, received } => {
                 let looked = match self.looked {
                     (at, Some(current)) if current == log => at,
@@ -486,7 +490,7 @@ impl Engine {
                 () = until(self.wal_due) => {
                     self.wal_due = None;
                     let ack_busy = self.ack_busy();
-                    self.feed(Some(t), Input::Woken { ack_busy }).await?;
+                    self.feed(Some(t), Input::Committed { ack_busy }).await?;
                 }
                 item = next_snapshot(&mut self.snapshot), if providing => {
                     let item = match item {

@@ -215,6 +215,10 @@ pub(crate) enum Command {
     /// Publish the peer's applied (`seq`) and received positions of this node's
     /// changelog `log` at once (for commits waiting on them).
     PublishAck { log: u64, seq: u64, received: u64 },
+    /// Answer [`Input::Committed`] a coalescing time from now, unless one is due
+    /// already: the window has room, nobody waits, and the changes committed
+    /// meanwhile can go together.
+    ShipSoon,
     /// Record an acknowledgement in the database (and prune); `wait`: now, after the
     /// write going on, answering [`Input::AckUnrecorded`] on failure; else in the
     /// background.
@@ -283,6 +287,9 @@ pub(crate) enum Input {
     Tick { ack_busy: bool },
     /// A local commit waits for the peer.
     Woken { ack_busy: bool },
+    /// Local commits were made that nobody waits for (the shell's watch of the log
+    /// saw them, a coalescing time ago, or [`Command::ShipSoon`] came due).
+    Committed { ack_busy: bool },
     /// The fence changed (the new one is in [`Now::fence`]).
     FenceChanged,
     /// The next piece of the snapshot being sent.
@@ -344,6 +351,10 @@ struct Serving {
     sent: u64,
     /// Last sequence numbers of the batches in flight.
     inflight: VecDeque<u64>,
+    /// Ship the next batch as soon as the window has room, not a coalescing time
+    /// later: a local commit waits for the peer ([`Input::Woken`]) and may not have
+    /// been sent yet, or the last read was full (a backlog to catch up on).
+    eager: bool,
 }
 
 /// Per-session state.
@@ -489,6 +500,7 @@ impl Protocol {
             Input::Received(message) => self.received(message, &mut out),
             Input::Tick { ack_busy } => self.tick(ack_busy, &mut out),
             Input::Woken { ack_busy } => self.woken(ack_busy, &mut out),
+            Input::Committed { ack_busy } => self.committed(ack_busy, &mut out),
             Input::FenceChanged => self.fence_changed(&mut out),
             Input::Snapshot(item) => self.snapshot_item(item, &mut out),
             Input::Refreshed {

@@ -241,6 +241,7 @@ impl Protocol {
                 log,
                 sent: from,
                 inflight: VecDeque::new(),
+                eager: false,
             });
         }
     }
@@ -295,6 +296,7 @@ impl Protocol {
         out: &mut Vec<Command>,
     ) {
         let last = changes.last().map(|c| c.seq);
+        let short = changes.len() < usize::try_from(self.limits.batch_size).unwrap_or(usize::MAX);
         if let Some(last) = last
             && let Some(serving) = self.session.as_mut().and_then(|s| s.serving.as_mut())
         {
@@ -303,6 +305,9 @@ impl Protocol {
                 prev: serving.sent,
                 changes,
             })));
+            // A short read took everything committed when it ran, so every commit
+            // that woke us before it is on its way; a full one leaves more to send.
+            serving.eager = !short;
             serving.sent = last;
             serving.inflight.push_back(last);
             then.push_front(Step::Serve);
@@ -463,7 +468,7 @@ impl Protocol {
             }
         }
         // The next batch takes everything committed until now.
-        self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
+        self.serve_freed(out);
     }
 
     /// The peer took in this node's changelog `log` up to `seq`: the batches up to it
@@ -477,7 +482,24 @@ impl Protocol {
         if log == self.meta.log && seq <= sent {
             self.publish(log, self.meta.acked, seq, out);
         }
-        self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
+        self.serve_freed(out);
+    }
+
+    /// The window has room again: the next batch goes now if a commit waits for the
+    /// peer or a backlog is being sent, else a coalescing time later with whatever was committed meanwhile (an
+    /// acknowledgement that came quickly would otherwise send a smaller batch, read
+    /// and sent at the cost of the active node's writers, for nobody's benefit).
+    fn serve_freed(&mut self, out: &mut Vec<Command>) {
+        let lazy = self
+            .session
+            .as_ref()
+            .and_then(|s| s.serving.as_ref())
+            .is_some_and(|sv| !sv.eager);
+        if lazy {
+            out.push(Command::ShipSoon);
+        } else {
+            self.run(steps([Step::Refresh { force: false }, Step::Serve]), out);
+        }
     }
 
     /// The batches of changelog `log` up to `seq` leave the window of the changes
@@ -659,6 +681,15 @@ impl Protocol {
     /// in flight it goes with the next one, which the acknowledgement sends, so there
     /// is nothing to do yet.
     pub(super) fn woken(&mut self, ack_busy: bool, out: &mut Vec<Command>) {
+        if let Some(sv) = self.session.as_mut().and_then(|s| s.serving.as_mut()) {
+            sv.eager = true;
+        }
+        self.committed(ack_busy, out);
+    }
+
+    /// Commits that nobody waits for: shipped now if nothing is in flight, else once
+    /// the peer's acknowledgement frees the window ([`Command::ShipSoon`]).
+    pub(super) fn committed(&mut self, ack_busy: bool, out: &mut Vec<Command>) {
         let waiting = self
             .session
             .as_ref()
