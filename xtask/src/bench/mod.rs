@@ -63,6 +63,12 @@ pub(crate) struct Args {
     /// `replication` area to use instead of building one.
     #[arg(long, value_name = "BINARY")]
     built: Option<PathBuf>,
+    /// Let the SQLite `replication` area's writer (and the baseline's) run on
+    /// every CPU, as before 2026-12-07, instead of one: the kernel then spreads
+    /// its two threads over idle cores, which costs the writer about 40 % and
+    /// makes the ratios depend on how busy the services keep the other core.
+    #[arg(long)]
+    writer_on_all_cpus: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +157,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 replication::run(&replication::Options {
                     against: args.against.clone(),
                     built: args.built.clone(),
+                    writer_on_all_cpus: args.writer_on_all_cpus,
                 }),
             ),
             (Area::Soak, _) => (

@@ -81,7 +81,20 @@ pub(crate) struct Options {
     /// A release build of this tree's `mp_replication` to use instead of building
     /// one (say, when another build holds the target directory).
     pub(crate) built: Option<PathBuf>,
+    /// Let the writer run on every CPU instead of one ([`WRITER_CPU`]).
+    pub(crate) writer_on_all_cpus: bool,
 }
+
+/// The CPU that every writer, the baseline's too, runs on unless
+/// [`Options::writer_on_all_cpus`]. The writer's task hands each statement to
+/// sqlx's connection thread and back; on two idle cores the kernel puts the two
+/// threads on different ones, and each hand-off then wakes the other core: in the
+/// lab a writer with both services stopped made 1,285-1,368 commits/s on any CPU
+/// and 2,323-2,395 on one. How busy the replication services keep the other core
+/// decided where the writer's threads ran, so a service that used less CPU could
+/// make the writer slower: the ratios measured the scheduler as much as
+/// replication.
+pub(crate) const WRITER_CPU: usize = 0;
 
 /// The acknowledgement level a waiting writer asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +172,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
         dir: dir.path(),
         // The baseline's writer: this tree's (it does not replicate).
         plain_bin: variants.last().map(|v| v.bin.clone()).unwrap_or_default(),
+        pin_writer: !options.writer_on_all_cpus,
     };
 
     // The baseline: a database with the sample schema and no tandem at all.
@@ -264,6 +278,25 @@ struct Bench<'a> {
     dir: &'a Path,
     /// The writer of the unreplicated baseline.
     plain_bin: PathBuf,
+    /// Run every writer on [`WRITER_CPU`] alone.
+    pin_writer: bool,
+}
+
+/// Starts `cmd` bound to CPU `cpu`: from a thread of this process bound to it,
+/// since a child inherits the CPU set of the thread that starts it.
+fn spawn_on_cpu(mut cmd: Command, cpu: usize) -> anyhow::Result<Child> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).context("naming the writer's CPU")?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .with_context(|| format!("binding the writer to CPU {cpu}"))?;
+                cmd.spawn().context("starting the writer")
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread starting the writer panicked"))?
+    })
 }
 
 impl Bench<'_> {
@@ -358,11 +391,13 @@ impl Bench<'_> {
                 cmd.args(["--wait-replicated", "--level", "received"]);
             }
         }
+        cmd.stdout(Stdio::piped());
         let started = Instant::now();
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting the writer")?;
+        let mut child = if self.pin_writer {
+            spawn_on_cpu(cmd, WRITER_CPU)?
+        } else {
+            cmd.spawn().context("starting the writer")?
+        };
         let stdout = child.stdout.take().context("the writer's output")?;
         let mut commits = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         let mut delays = Vec::new();
