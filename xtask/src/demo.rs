@@ -70,8 +70,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 
 /// What [`planned_with_writes`] measured.
 pub(crate) struct PlannedWrites {
-    /// The client-visible outage of each planned switchover, sorted.
+    /// The client-visible outage of each planned switchover asked for the seed's
+    /// way (`set-server standby` on the active node, then `set-server active` on
+    /// the other), sorted.
     pub outages: Vec<Duration>,
+    /// The same with `failover switchover` on the standby (one command: the
+    /// active node hands over through the agents), sorted.
+    pub outages_switchover: Vec<Duration>,
     /// Writes the application acknowledged over the whole run.
     pub acked: usize,
     /// Acknowledged writes missing on either node at the end.
@@ -82,6 +87,16 @@ pub(crate) struct PlannedWrites {
     /// [`REPLICATING_WINDOW`] while the client writes through node1 and the agents'
     /// replication services ship every write to node2, before the switchovers.
     pub replicating: Vec<(Host, u64, f64)>,
+}
+
+impl PlannedWrites {
+    /// Each way of asking for the switchover with its outages.
+    pub(crate) fn series(&self) -> [(&'static str, &[Duration]); 2] {
+        [
+            ("the `set-server` pair", &self.outages),
+            ("`failover switchover`", &self.outages_switchover),
+        ]
+    }
 }
 
 /// How long [`planned_with_writes`] watches the agents while they replicate.
@@ -101,10 +116,16 @@ pub(crate) fn planned_with_writes(bins: &Binaries, runs: usize) -> anyhow::Resul
     let mut replicating = Vec::new();
     let result = demo.setup().and_then(|()| {
         replicating = crate::site::usage::usage_over(&demo.site.agent_pids(), REPLICATING_WINDOW);
+        // Both ways of asking, taking turns, `runs` of each.
         let mut from = Host::Node1;
-        for _ in 0..runs {
+        for i in 0..2 * runs {
             let to = crate::site::other(from);
-            demo.planned(from, to)?;
+            let how = if i % 2 == 0 {
+                Handover::Pair
+            } else {
+                Handover::Switchover
+            };
+            demo.planned(from, to, how)?;
             std::thread::sleep(Duration::from_millis(300));
             from = to;
         }
@@ -115,15 +136,20 @@ pub(crate) fn planned_with_writes(bins: &Binaries, runs: usize) -> anyhow::Resul
     demo.site.stop_agents(Duration::from_secs(10));
     let checked = checked?;
     let samples = demo.samples.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut outages = Vec::new();
+    let (mut outages, mut outages_switchover) = (Vec::new(), Vec::new());
     for entry in &demo.failovers {
         let (gap, _) = outage(&samples, entry.from, entry.to)
             .with_context(|| format!("the client never reached {}", entry.to))?;
-        outages.push(gap);
+        match entry.how {
+            Handover::Switchover => outages_switchover.push(gap),
+            Handover::Pair => outages.push(gap),
+        }
     }
     outages.sort();
+    outages_switchover.sort();
     Ok(PlannedWrites {
         outages,
+        outages_switchover,
         acked: checked.acked,
         lost: checked.missing.len(),
         identical: checked.identical,
@@ -161,6 +187,18 @@ struct Failover {
     what: String,
     to: &'static str,
     from: Duration,
+    /// How a planned one was asked for (the seed's pair for the others).
+    how: Handover,
+}
+
+/// How a planned switchover is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// The seed's way: `set-server standby` on the active node, then `set-server
+    /// active` on the other.
+    Pair,
+    /// `failover switchover` on the standby.
+    Switchover,
 }
 
 /// The demo's site: SQLite, the seed's services and config files, heartbeats
@@ -278,9 +316,9 @@ impl Demo {
     /// The seed's failovers: planned there and back, then unplanned and back.
     fn failovers(&mut self) -> anyhow::Result<()> {
         section("Performing Application Server Failover (planned)");
-        self.planned(Host::Node1, Host::Node2)?;
+        self.planned(Host::Node1, Host::Node2, Handover::Pair)?;
         section("Performing Application Server Failover to Switch to the Previous Active Server");
-        self.planned(Host::Node2, Host::Node1)?;
+        self.planned(Host::Node2, Host::Node1, Handover::Pair)?;
 
         if self.site.witness.is_some() {
             return self.failovers_with_witness();
@@ -318,7 +356,7 @@ impl Demo {
         std::thread::sleep(Duration::from_millis(500));
 
         section("Switching back to node1");
-        self.planned(Host::Node2, Host::Node1)?;
+        self.planned(Host::Node2, Host::Node1, Handover::Pair)?;
         std::thread::sleep(Duration::from_millis(500));
         Ok(())
     }
@@ -388,30 +426,37 @@ impl Demo {
             .note("node1 caught up with node2's writes", "backlog 0");
 
         section("Switching back to node1");
-        self.planned(Host::Node2, Host::Node1)?;
+        self.planned(Host::Node2, Host::Node1, Handover::Pair)?;
         std::thread::sleep(Duration::from_millis(500));
         Ok(())
     }
 
     /// The seed's planned failover: `set-server standby` on the active node, then
     /// `set-server active` on the other.
-    fn planned(&mut self, from: Host, to: Host) -> anyhow::Result<()> {
+    fn planned(&mut self, from: Host, to: Host, how: Handover) -> anyhow::Result<()> {
         let at = self.site.started.elapsed();
-        let out = self.site.failover(
-            from,
-            &["set-server", "standby"],
-            "failoverUtil setServer standby",
-        )?;
-        expect(&out, "standby", "the active node steps down")?;
-        let out = self.site.failover(
-            to,
-            &["set-server", "active"],
-            "failoverUtil setServer active",
-        )?;
-        expect(&out, "active", "the standby takes over")?;
+        if how == Handover::Pair {
+            let out = self.site.failover(
+                from,
+                &["set-server", "standby"],
+                "failoverUtil setServer standby",
+            )?;
+            expect(&out, "standby", "the active node steps down")?;
+            let out = self.site.failover(
+                to,
+                &["set-server", "active"],
+                "failoverUtil setServer active",
+            )?;
+            expect(&out, "active", "the standby takes over")?;
+        } else {
+            let out = self
+                .site
+                .failover(to, &["switchover"], "failover switchover")?;
+            expect(&out, "active", "the standby takes over")?;
+        }
         let name = to.name();
         self.wait_for_client(name)?;
-        self.failover_note(&format!("client's writes acked by {name}"), name, at);
+        self.failover_note_as(&format!("client's writes acked by {name}"), name, at, how);
         self.wait_status(from, "Failover deployment. Standby server.")?;
         self.wait_media_server(to)?;
         Ok(())
@@ -561,11 +606,16 @@ impl Demo {
     }
 
     fn failover_note(&mut self, what: &str, to: &'static str, from: Duration) {
+        self.failover_note_as(what, to, from, Handover::Pair);
+    }
+
+    fn failover_note_as(&mut self, what: &str, to: &'static str, from: Duration, how: Handover) {
         self.site.note(what, "");
         self.failovers.push(Failover {
             what: what.into(),
             to,
             from,
+            how,
         });
     }
 

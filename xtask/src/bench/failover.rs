@@ -391,21 +391,24 @@ fn summary(
             );
         }
     }
-    rows.push(
-        super::Row::new(
-            "failover",
-            format!(
-                "planned switchover, writing client: outage (median / p99), {} acked writes",
-                writes.acked
+    for (how, outages) in writes.series() {
+        rows.push(
+            super::Row::new(
+                "failover",
+                format!(
+                    "planned switchover, {how}, writing client: outage (median / p99), {} acked \
+                     writes",
+                    writes.acked
+                ),
+                format!("{}, {} lost", fig(outages), writes.lost),
+                "keepalived: no such command",
+            )
+            .target(
+                "p99 < 50 ms, 0 lost",
+                ms(pct(outages, 99.0)) < 50.0 && writes.lost == 0 && writes.identical,
             ),
-            format!("{}, {} lost", fig(&writes.outages), writes.lost),
-            "keepalived: no such command",
-        )
-        .target(
-            "p99 < 50 ms, 0 lost",
-            ms(pct(&writes.outages, 99.0)) < 50.0 && writes.lost == 0 && writes.identical,
-        ),
-    );
+        );
+    }
     let tandem_mem: Vec<&Usage> = memory
         .iter()
         .filter(|u| u.what.starts_with("failover"))
@@ -1205,11 +1208,17 @@ fn print(
         "\nPlanned switchover with a client writing through the application (acknowledged \
          only once replicated):"
     );
+    for (how, outages) in writes.series() {
+        println!(
+            "  {how}: median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} runs",
+            ms(pct(outages, 50.0)),
+            ms(pct(outages, 99.0)),
+            ms(outages.last().copied().unwrap_or_default()),
+            outages.len()
+        );
+    }
     println!(
-        "  median {:.1} ms, p99 {:.1} ms over {} runs; {} acknowledged writes, {} lost; tables {}",
-        ms(pct(&writes.outages, 50.0)),
-        ms(pct(&writes.outages, 99.0)),
-        writes.outages.len(),
+        "  {} acknowledged writes, {} lost; tables {}",
         writes.acked,
         writes.lost,
         if writes.identical {
@@ -1271,6 +1280,11 @@ fn write_json(
             "median_ms": ms(pct(&writes.outages, 50.0)),
             "p99_ms": ms(pct(&writes.outages, 99.0)),
             "outages_ms": writes.outages.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "switchover": {
+                "median_ms": ms(pct(&writes.outages_switchover, 50.0)),
+                "p99_ms": ms(pct(&writes.outages_switchover, 99.0)),
+                "outages_ms": writes.outages_switchover.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            },
             "acked": writes.acked,
             "lost": writes.lost,
             "identical": writes.identical,

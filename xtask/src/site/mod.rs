@@ -221,7 +221,7 @@ impl Layout<'_> {
             format!("rm -f '{paused}'"),
             format!(
                 "rm -f '{drained}'; touch '{paused}'; i=0; while [ ! -e '{drained}' ] \
-                 && [ $i -lt 400 ]; do sleep 0.005; i=$((i+1)); done"
+                 && [ $i -lt 2000 ]; do sleep 0.001; i=$((i+1)); done"
             ),
             5000,
         )
