@@ -28,7 +28,9 @@
 //! hidden `write-sample` command, one process per phase, `--writers N` tasks taking
 //! turns on the backend's shared write connection, a line printed per commit) on
 //! node 1; this process reads those lines and node 1's published acknowledgement
-//! (never its database). Dirty pages are flushed (`sync`) before each phase.
+//! (never its database). Dirty pages are flushed (`sync`) before each phase. Every
+//! writer, the baseline's too, runs on one CPU ([`WRITER_CPU`]; the services run
+//! where the kernel puts them): `--writer-on-all-cpus` measures the old way.
 //!
 //! `--against <mp_replication>` (repeatable) measures other builds (say, `main`'s),
 //! each on a pair of databases of its own, their rounds interleaved with this tree's:
