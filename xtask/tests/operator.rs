@@ -178,6 +178,35 @@ impl Site {
         std::fs::read_to_string(self.node_dir(host).join("agent.log")).unwrap_or_default()
     }
 
+    /// Runs `sql` on `host`'s replicated database directly (a fault the test
+    /// injects, not an operator's step).
+    fn sql(&self, host: Host, sql: &str) {
+        let settings = <tandem_replication::Settings as tandem_node::LoadSettings>::load(
+            &self.config(host),
+            true,
+            self.node_dir(host).join("state"),
+        )
+        .unwrap();
+        let path = settings.database_path();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::ConnectOptions;
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .busy_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql} on {}: {e}", path.display()));
+        });
+    }
+
     fn status(&self, host: Host) -> serde_json::Value {
         let out = self.failover(host, &["status", "--json"]);
         assert!(out.status.success(), "{}", text(&out));
@@ -465,6 +494,49 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
     assert!(out.status.success(), "{}", text(&out));
     let sums = |h| text(&site.mp_replication(h, &["checksum"]));
     assert_eq!(sums(Host::Node1), sums(Host::Node2));
+
+    // RELIABILITY.md finding 27: a standby whose database does not apply the
+    // active node's changes refuses `failover switchover` before the active node
+    // is asked to stand down, and says what to do. The fault: node 2's database
+    // refuses every new meeting, as a full disk refuses every page.
+    site.sql(
+        Host::Node2,
+        "CREATE TRIGGER refuse BEFORE INSERT ON meetings \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full (test trigger)'); END",
+    );
+    let out = site.mp_replication(
+        Host::Node1,
+        &["write-sample", "--first", "100", "--count", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    site.wait_until(
+        "node 2's agent sees that its database does not apply",
+        || {
+            site.status(Host::Node2)["replication"]["local_detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("disk is full"))
+        },
+    );
+    let out = site.failover(Host::Node2, &["switchover"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    for words in [
+        "not ready to take over",
+        "disk is full",
+        "`failover set-server standby` on the peer",
+    ] {
+        assert!(
+            text(&out).contains(words),
+            "{words:?} missing: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(site.status(Host::Node1)["state"]["role"], "active");
+    assert_eq!(site.status(Host::Node2)["state"]["role"], "standby");
+    // Once the database takes the changes again, node 2 catches up by itself.
+    site.sql(Host::Node2, "DROP TRIGGER refuse");
+    site.wait_until("node 2 catches up once its database applies again", || {
+        sums(Host::Node1) == sums(Host::Node2)
+    });
 
     // Bug 10: a closed pipe ends the tools quietly.
     for program in [&site.bins.failover, &site.bins.mp_replication] {
