@@ -509,14 +509,12 @@ fn an_operator_sets_up_a_site_by_hand_and_runs_the_seed_procedures() {
         &["write-sample", "--first", "100", "--count", "1"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    site.wait_until(
-        "node 2's agent sees that its database does not apply",
-        || {
-            site.status(Host::Node2)["replication"]["local_detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("disk is full"))
-        },
-    );
+    // As soon as the database's own status says so: the agent reads it at the
+    // request, not from its latest watch of the database (up to a second old).
+    site.wait_until("node 2's status says its database does not apply", || {
+        let status = text(&site.mp_replication(Host::Node2, &["status"]));
+        status.contains("Local:") && status.contains("disk is full")
+    });
     let out = site.failover(Host::Node2, &["switchover"]);
     assert!(!out.status.success(), "{}", text(&out));
     for words in [

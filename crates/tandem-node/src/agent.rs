@@ -310,8 +310,12 @@ type BundleAnswer = (u64, u64, Option<String>);
 /// the last byte went out (it syncs and verifies the whole file first).
 const BUNDLE_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long [`Agent::replication_status_now`] waits for the database before it
+/// uses the latest status read (a database busy with a long transaction).
+const STATUS_NOW_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Why this standby's database cannot take over in a `failover switchover` now,
-/// from the agent's latest replication status: with replication on, it does not
+/// from its replication status read at the request: with replication on, it does not
 /// apply the peer's changes (a PostgreSQL standby whose WAL receiver does not
 /// stream, a SQLite apply that fails) or the two nodes' data has forked. The
 /// switchover would stand the peer down first and only then meet the refusal of
@@ -1230,7 +1234,10 @@ impl Agent {
         } else if self.handover.is_some() {
             Some("another switchover is waiting for the peer".to_owned())
         } else {
-            self.replication.as_ref().and_then(not_ready_to_take_over)
+            self.replication_status_now()
+                .await
+                .as_ref()
+                .and_then(not_ready_to_take_over)
         };
         let session = self.session.clone().filter(|s| !s.is_closed());
         let refusal = refusal.or_else(|| {
@@ -1262,6 +1269,25 @@ impl Agent {
         }
         let reason = refusal.unwrap_or_default();
         let _ = control::write_response(&mut stream, &Response::Error(reason)).await;
+    }
+
+    /// The replication status for a decision that cannot wait for the next watch
+    /// of the database (up to [`DATABASE_WATCH_EVERY`] old): read now, within
+    /// [`STATUS_NOW_TIMEOUT`], else the latest one read.
+    async fn replication_status_now(&self) -> Option<tandem_replication::Status> {
+        if let Some(db) = self.node.database() {
+            match tokio::time::timeout(STATUS_NOW_TIMEOUT, db.status()).await {
+                Ok(Ok(status)) => return Some(status),
+                Ok(Err(e)) => tracing::debug!(
+                    error = %tandem_replication::chain(&e),
+                    "reading the replication status now; using the latest one"
+                ),
+                Err(_) => tracing::debug!(
+                    "the replication status took too long to read; using the latest one"
+                ),
+            }
+        }
+        self.replication.clone()
     }
 
     /// The peer released for this node's `failover switchover`: take over as
