@@ -191,7 +191,10 @@ pub struct FailoverSection {
     pub heartbeat_ms: u64,
     /// Heartbeats missed before the peer counts as lost.
     pub missed_heartbeats: u32,
-    /// Pause of node 2 before re-probing after an address conflict, in milliseconds.
+    /// Pause of node 2 before re-probing after an address conflict, in
+    /// milliseconds. A node that took over while the peer link was down keeps
+    /// the address through conflicts for this long less one heartbeat, while
+    /// the old active node, its cable back, steps down.
     pub conflict_backoff_ms: u64,
     /// Gratuitous ARP announcements after a claim.
     pub announce_count: u32,
@@ -275,6 +278,7 @@ impl FailoverSection {
             conflict_backoff: Duration::from_millis(self.conflict_backoff_ms),
             witness: false,
             peer_loss_detection: self.silence_limit(),
+            conflict_watch: Duration::from_millis(self.heartbeat_ms),
         }
     }
 }

@@ -390,6 +390,15 @@ pub struct Config {
     /// long the peer was silent, a claim made this long or less before it may
     /// never have reached the peer.
     pub peer_loss_detection: Duration,
+    /// How often an active node looks for another holder of the shared address
+    /// (the agent's watch runs every heartbeat). A node that took over while the
+    /// link was down keeps the address through conflicts for the conflict backoff
+    /// less one watch interval (at least one and a half intervals, so that an
+    /// answer already on its way when the other holder released is not taken
+    /// for a holder that stays): two nodes that both took over apart then hold
+    /// it together for at most one backoff and one interval (RELIABILITY.md,
+    /// finding 29).
+    pub conflict_watch: Duration,
 }
 
 impl Default for Config {
@@ -399,7 +408,19 @@ impl Default for Config {
             conflict_backoff: Duration::from_secs(1),
             witness: false,
             peer_loss_detection: Duration::from_millis(600),
+            conflict_watch: Duration::from_millis(200),
         }
+    }
+}
+
+impl Config {
+    /// How long a node that took over while apart keeps the address through
+    /// conflicts, from the first ([`conflict_watch`](Self::conflict_watch)).
+    pub fn keep_after_takeover(&self) -> Duration {
+        let watch = self.conflict_watch;
+        self.conflict_backoff
+            .saturating_sub(watch)
+            .max(watch + watch / 2)
     }
 }
 
@@ -462,11 +483,11 @@ struct Peer {
     /// the peer: its epoch is newer than any the peer knows, so another
     /// holder met before the link returns is most likely the old active node,
     /// cut off meanwhile. Such a node keeps the address through the conflicts
-    /// of one conflict backoff (see [`Machine::conflict`]).
+    /// of [`Config::keep_after_takeover`] (see [`Machine::conflict`]).
     took_over: bool,
     /// When (ms) this node, having taken over, first kept the address through a
-    /// conflict without the peer's word; conflicts after one conflict backoff
-    /// from then release as usual.
+    /// conflict without the peer's word; conflicts after
+    /// [`Config::keep_after_takeover`] from then release as usual.
     kept_since: Option<u64>,
     /// This node met a conflict with the link up and no claim from the peer,
     /// kept the address and sent its claim again; the next such conflict
@@ -1026,7 +1047,7 @@ impl Machine {
                 && !self.peer.up
                 && self.peer.kept_since.is_none_or(|since| {
                     u128::from(out.now_ms.saturating_sub(since))
-                        < self.config.conflict_backoff.as_millis()
+                        < self.config.keep_after_takeover().as_millis()
                 }) =>
             {
                 // This node took over while the link was down, so its claim is
@@ -1037,8 +1058,9 @@ impl Machine {
                 // just after it (an ARP answer already on its way) must not make
                 // this node release too, which leaves the site to a re-election
                 // (on PostgreSQL, with this node's new primary demoted). If the
-                // other holder is still there a conflict backoff later, both
-                // claimed while apart and the rule below settles it.
+                // other holder is still there once the keep is over (the backoff
+                // less one watch interval), both claimed while apart and the rule
+                // below settles it.
                 if self.peer.kept_since.is_none() {
                     self.peer.kept_since = Some(out.now_ms);
                     out.notify(
