@@ -486,9 +486,10 @@ impl Protocol {
     }
 
     /// The window has room again: the next batch goes now if a commit waits for the
-    /// peer or a backlog is being sent, else a coalescing time later with whatever was committed meanwhile (an
-    /// acknowledgement that came quickly would otherwise send a smaller batch, read
-    /// and sent at the cost of the active node's writers, for nobody's benefit).
+    /// peer or a backlog is being sent, else a coalescing time later with whatever
+    /// was committed meanwhile (an acknowledgement that came quickly would otherwise
+    /// send a smaller batch, read and sent at the cost of the active node's writers,
+    /// for nobody's benefit).
     fn serve_freed(&mut self, out: &mut Vec<Command>) {
         let lazy = self
             .session
