@@ -431,8 +431,9 @@ impl Demo {
         Ok(())
     }
 
-    /// The seed's planned failover: `set-server standby` on the active node, then
-    /// `set-server active` on the other.
+    /// A planned failover from `from` to `to`, asked for as `how` says: the seed's
+    /// `set-server standby` on the active node then `set-server active` on the
+    /// other, or `failover switchover` on the standby.
     fn planned(&mut self, from: Host, to: Host, how: Handover) -> anyhow::Result<()> {
         let at = self.site.started.elapsed();
         if how == Handover::Pair {

@@ -1158,6 +1158,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// "median .. ms, p99 .. ms, max .. ms over N runs" of sorted outages.
+fn outage_summary(outages: &[Duration]) -> String {
+    format!(
+        "median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} runs",
+        ms(pct(outages, 50.0)),
+        ms(pct(outages, 99.0)),
+        ms(outages.last().copied().unwrap_or_default()),
+        outages.len()
+    )
+}
+
 fn print(
     results: &[(System, Vec<Duration>)],
     planned: Option<&Planned>,
@@ -1195,13 +1206,7 @@ fn print(
                 "\nPlanned switchover (tandem, {how}, heartbeat {} ms):",
                 planned.heartbeat_ms
             );
-            println!(
-                "  median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} runs",
-                ms(pct(outages, 50.0)),
-                ms(pct(outages, 99.0)),
-                ms(outages.last().copied().unwrap_or_default()),
-                outages.len()
-            );
+            println!("  {}", outage_summary(outages));
         }
     }
     println!(
@@ -1209,13 +1214,7 @@ fn print(
          only once replicated):"
     );
     for (how, outages) in writes.series() {
-        println!(
-            "  {how}: median {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} runs",
-            ms(pct(outages, 50.0)),
-            ms(pct(outages, 99.0)),
-            ms(outages.last().copied().unwrap_or_default()),
-            outages.len()
-        );
+        println!("  {how}: {}", outage_summary(outages));
     }
     println!(
         "  {} acknowledged writes, {} lost; tables {}",

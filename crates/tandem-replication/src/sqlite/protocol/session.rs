@@ -297,6 +297,7 @@ impl Protocol {
     ) {
         let last = changes.last().map(|c| c.seq);
         let short = changes.len() < usize::try_from(self.limits.batch_size).unwrap_or(usize::MAX);
+        let head = self.meta.head;
         if let Some(last) = last
             && let Some(serving) = self.session.as_mut().and_then(|s| s.serving.as_mut())
         {
@@ -305,9 +306,10 @@ impl Protocol {
                 prev: serving.sent,
                 changes,
             })));
-            // A short read took everything committed when it ran, so every commit
-            // that woke us before it is on its way; a full one leaves more to send.
-            serving.eager = !short;
+            // A short read that reached the head took everything committed when it
+            // ran, so every commit that woke us before it is on its way. A full read,
+            // or one cut short by the byte limit below the head, leaves more to send.
+            serving.eager = !short || last < head;
             serving.sent = last;
             serving.inflight.push_back(last);
             then.push_front(Step::Serve);
