@@ -155,10 +155,22 @@ impl Sim {
                 });
             }
             Command::ReadChanges {
-                after, limit, then, ..
+                after,
+                limit,
+                bytes,
+                then,
             } => {
+                // As the backend: at most `limit` changes, cut at the byte limit
+                // (at least one).
                 let last = db.head.min(after + u64::from(limit));
-                let changes = (after + 1..=last).map(change).collect();
+                let mut size = 0;
+                let changes = (after + 1..=last)
+                    .map(change)
+                    .take_while(|c| {
+                        size += c.table.len() + c.pk.len() + c.row.as_ref().map_or(0, String::len);
+                        size <= bytes || c.seq == after + 1
+                    })
+                    .collect();
                 return Some(Input::Changes { changes, then });
             }
             Command::CheckPull { from, .. } => {
@@ -575,7 +587,7 @@ fn parse_message(words: &[String]) -> Result<Message, String> {
 }
 
 /// `node node=N log=L writable=yes|no state=S schema=F [head= acked= floor=
-/// applied-log= applied= alarm= window= batch= max-backlog= token= fence-floor=]`
+/// applied-log= applied= alarm= window= batch= batch-bytes= max-backlog= token= fence-floor=]`
 fn declare(words: &[String]) -> Result<Sim, String> {
     let a = Args::parse(words);
     let num = |k: &str, d: u64| {
@@ -620,7 +632,7 @@ fn declare(words: &[String]) -> Result<Sim, String> {
     let limits = Limits {
         window: usize::try_from(num("window", 4)?).map_err(|e| e.to_string())?,
         batch_size: u32::try_from(num("batch", 100)?).map_err(|e| e.to_string())?,
-        batch_bytes: 1 << 20,
+        batch_bytes: usize::try_from(num("batch-bytes", 1 << 20)?).map_err(|e| e.to_string())?,
         chunk: 1 << 20,
         max_backlog: num("max-backlog", 1_000_000)?,
     };
@@ -818,6 +830,11 @@ fn an_unreachable_peer_is_recorded_once() {
 #[test]
 fn the_backlog_limit_suspends_replication() {
     check("backlog-limit.trace");
+}
+
+#[test]
+fn a_read_cut_by_the_byte_limit_keeps_the_next_batch_eager() {
+    check("byte-limit.trace");
 }
 
 #[test]
