@@ -300,6 +300,23 @@ fn from_row(map: &str, head: Option<i64>) -> Result<Meta> {
     parse(&map, head.map_or(0, |s| s.max(0).cast_unsigned()))
 }
 
+/// [`read`] on the connection's handle, in the standby's apply (which runs its
+/// statements synchronously: see `log::Apply`).
+pub(crate) fn read_on(conn: &rusqlite::Connection) -> Result<Meta> {
+    let row = conn
+        .prepare_cached(concat!("SELECT ", meta_columns!()))
+        .and_then(|mut statement| {
+            statement.query_row([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+        });
+    match row {
+        Ok((map, head)) => from_row(&map, head),
+        Err(e) if e.to_string().contains("no such table") => Err(Error::NotInitialized),
+        Err(e) => Err(Error::sqlite("reading the replication meta table")(e)),
+    }
+}
+
 /// [`read`] one question at a time.
 async fn read_step_by_step(conn: &mut SqliteConnection) -> Result<Meta> {
     if !initialized(conn).await? {
@@ -393,17 +410,33 @@ pub(crate) async fn set_num(conn: &mut SqliteConnection, key: &str, value: u64) 
     set(conn, key, &value.to_string()).await
 }
 
+/// The upsert of `n` keys of the meta table.
+fn set_many_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO _tandem_meta (key, value) VALUES {} \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        vec!["(?, ?)"; n].join(", ")
+    )
+}
+
+/// [`set_many`] on the connection's handle, in the standby's apply.
+pub(crate) fn set_many_on(conn: &rusqlite::Connection, pairs: &[(&str, &str)]) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let params = pairs.iter().flat_map(|(k, v)| [*k, *v]);
+    conn.prepare_cached(&set_many_sql(pairs.len()))
+        .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(params)))
+        .map_err(Error::sqlite("writing the replication meta table"))?;
+    Ok(())
+}
+
 /// Sets several keys in one statement (one round trip to the connection's thread).
 pub(crate) async fn set_many(conn: &mut SqliteConnection, pairs: &[(&str, &str)]) -> Result<()> {
     if pairs.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO _tandem_meta (key, value) VALUES {} \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        vec!["(?, ?)"; pairs.len()].join(", ")
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(set_many_sql(pairs.len())));
     for (key, value) in pairs {
         query = query.bind(*key).bind(*value);
     }
