@@ -532,34 +532,100 @@ pub(crate) async fn read_changes_on(
         .await
         .map_err(Error::db("reading the changelog"))?;
     let read = |e| Error::db("reading a changelog entry")(e);
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(LogRow {
+                seq: row.try_get("seq").map_err(read)?,
+                table: row.try_get("tbl").map_err(read)?,
+                op: row.try_get("op").map_err(read)?,
+                pk: row.try_get("pk").map_err(read)?,
+                row: row.try_get("row").map_err(read)?,
+                ts_ms: row.try_get("ts").map_err(read)?,
+                col: row.try_get("col").map_err(read)?,
+                v: row.try_get("v").map_err(read)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    assemble(rows, tables, max_bytes)
+}
+
+/// [`read_changes_on`] on a connection the caller runs synchronously (the active's
+/// service reads this way each time it ships: no hand-off to a connection thread),
+/// with the statement prepared once for the connection's life.
+pub(crate) fn read_changes_now(
+    conn: &rusqlite::Connection,
+    tables: &super::Tables,
+    after: u64,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<Vec<Change>> {
+    let rows = conn
+        .prepare_cached(READ_CHANGES)
+        .and_then(|mut statement| {
+            statement
+                .query_map((after.cast_signed(), i64::from(limit)), |r| {
+                    Ok(LogRow {
+                        seq: r.get(0)?,
+                        table: r.get(1)?,
+                        op: r.get(2)?,
+                        pk: r.get(3)?,
+                        row: r.get(4)?,
+                        ts_ms: r.get(5)?,
+                        col: r.get(6)?,
+                        v: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(Error::sqlite("reading the changelog"))?;
+    assemble(rows, tables, max_bytes)
+}
+
+/// One result row of [`READ_CHANGES`].
+struct LogRow {
+    seq: i64,
+    table: String,
+    op: String,
+    pk: String,
+    row: Option<String>,
+    ts_ms: i64,
+    /// A REAL column's name and exact value (one row per REAL of the entry).
+    col: Option<String>,
+    v: Option<f64>,
+}
+
+/// The changes that [`READ_CHANGES`]'s rows make, in canonical form, up to about
+/// `max_bytes` (at least one).
+fn assemble(rows: Vec<LogRow>, tables: &super::Tables, max_bytes: usize) -> Result<Vec<Change>> {
     let mut out = Vec::with_capacity(rows.len());
     let mut bytes = 0usize;
     let mut rows = rows.into_iter().peekable();
     while let Some(row) = rows.next() {
-        let seq: i64 = row.try_get("seq").map_err(read)?;
-        let mut exact = Vec::new();
+        let seq = row.seq;
         // An entry with several REAL values comes as one result row per value.
-        let mut real = |row: &sqlx::sqlite::SqliteRow| -> Result<()> {
-            let col: Option<String> = row.try_get("col").map_err(read)?;
-            let v: Option<f64> = row.try_get("v").map_err(read)?;
+        let mut exact = Vec::new();
+        let mut real = |col: Option<String>, v: Option<f64>| {
             if let (Some(col), Some(v)) = (col, v) {
                 exact.push((col, v));
             }
-            Ok(())
         };
-        real(&row)?;
-        while let Some(more) = rows.next_if(|r| r.try_get::<i64, _>("seq").ok() == Some(seq)) {
-            real(&more)?;
+        real(row.col, row.v);
+        while let Some(more) = rows.next_if(|r| r.seq == seq) {
+            real(more.col, more.v);
         }
-        let table: String = row.try_get("tbl").map_err(read)?;
+        let LogRow {
+            table,
+            op,
+            pk,
+            row: data,
+            ts_ms,
+            ..
+        } = row;
         if meta::is_placeholder(&table) {
             // Only below a pull's start if the floor was respected; never shipped.
             continue;
         }
-        let op: String = row.try_get("op").map_err(read)?;
-        let pk: String = row.try_get("pk").map_err(read)?;
-        let data: Option<String> = row.try_get("row").map_err(read)?;
-        let ts_ms: i64 = row.try_get("ts").map_err(read)?;
         let op = Op::from_letter(&op).ok_or_else(|| {
             Error::State(format!(
                 "changelog entry {seq} has an unknown operation {op:?}"

@@ -260,30 +260,32 @@ pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
 }
 
 /// The connection's data version (`PRAGMA data_version`, which changes when another
-/// connection commits) and, unless it is `seen`, the meta table: the service's poll,
-/// in one statement.
-pub(crate) async fn read_if_changed(
-    conn: &mut SqliteConnection,
+/// connection commits) and, unless it is `seen`, the meta table, in one statement:
+/// the service's look before it ships, run synchronously on its own connection with
+/// the statement prepared once.
+pub(crate) fn read_if_changed_now(
+    conn: &rusqlite::Connection,
     seen: Option<i64>,
 ) -> Result<(i64, Option<Meta>)> {
-    let row: std::result::Result<(i64, String, Option<i64>), sqlx::Error> =
-        sqlx::query_as(concat!(
+    let row = conn
+        .prepare_cached(concat!(
             "SELECT (SELECT data_version FROM pragma_data_version()), ",
             meta_columns!()
         ))
-        .fetch_one(&mut *conn)
-        .await;
+        .and_then(|mut statement| {
+            statement.query_row([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })
+        });
     match row {
         Ok((version, _, _)) if Some(version) == seen => Ok((version, None)),
         Ok((version, map, head)) => Ok((version, Some(from_row(&map, head)?))),
-        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
-            let version = sqlx::query_scalar("PRAGMA data_version")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(Error::db("polling the database for changes"))?;
-            Ok((version, Some(read_step_by_step(conn).await?)))
-        }
-        Err(e) => Err(Error::db("reading the replication meta table")(e)),
+        Err(e) if e.to_string().contains("no such table") => Err(Error::NotInitialized),
+        Err(e) => Err(Error::sqlite("reading the replication meta table")(e)),
     }
 }
 

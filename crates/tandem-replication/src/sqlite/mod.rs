@@ -59,10 +59,10 @@ use crate::{
 };
 
 pub(crate) use log::{
-    ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm, read_changes_on,
+    ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm, read_changes_now,
 };
 pub(crate) use meta::{
-    Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
+    Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed_now as read_meta_now,
 };
 pub use restore::{RestoreConflict, RestoreReport, SavedRow};
 pub(crate) use schema::TableInfo;
@@ -267,7 +267,7 @@ pub struct SqliteBackend {
     /// The standby's apply connection, opened on the first batch and owned by
     /// rusqlite: the apply runs its statements synchronously on it, prepared once
     /// for the connection's life (see `log::Apply`).
-    applier: std::sync::Mutex<Option<ApplyConnection>>,
+    applier: std::sync::Mutex<Option<Box<ApplyConnection>>>,
 }
 
 /// The connection a standby applies its peer's batches on.
@@ -284,27 +284,39 @@ impl ApplyConnection {
     /// upserts and deletes of 1, 2, 8 and 32 rows.
     const STATEMENTS: usize = 256;
 
-    /// Opens `path` with the settings of [`connect_options`] (the journal mode
-    /// is the file's own: WAL, set by `init`).
+    /// Opens `path` for the apply.
     fn open(path: &Path) -> Result<ApplyConnection> {
-        use rusqlite::OpenFlags;
-        let what = || format!("cannot open {} for the apply", path.display());
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(Error::sqlite(what()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
-            .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
-            .and_then(|()| conn.pragma_update(None, "recursive_triggers", "ON"))
-            .map_err(Error::sqlite(what()))?;
-        conn.set_prepared_statement_cache_capacity(Self::STATEMENTS);
+        let conn = open_own(path, "the apply", Self::STATEMENTS)?;
         Ok(ApplyConnection {
             conn,
             file: file_identity(path).map_err(Error::file("cannot look at", path))?,
         })
     }
+}
+
+/// Opens `path` on a connection that rusqlite owns and the caller runs synchronously
+/// (for `purpose`, named in the error), with the settings of [`connect_options`] (the
+/// journal mode is the file's own: WAL, set by `init`) and room for `statements`
+/// prepared statements.
+pub(crate) fn open_own(
+    path: &Path,
+    purpose: &str,
+    statements: usize,
+) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let what = || format!("cannot open {} for {purpose}", path.display());
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(Error::sqlite(what()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+        .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
+        .and_then(|()| conn.pragma_update(None, "recursive_triggers", "ON"))
+        .map_err(Error::sqlite(what()))?;
+    conn.set_prepared_statement_cache_capacity(statements);
+    Ok(conn)
 }
 
 /// The device and inode of the file at `path`.
@@ -804,7 +816,7 @@ impl SqliteBackend {
             .map_err(|_| Error::State("the apply connection's lock is poisoned".into()))?;
         let current = file_identity(&path).map_err(Error::file("cannot look at", &path))?;
         if slot.as_ref().is_none_or(|a| a.file != current) {
-            *slot = Some(ApplyConnection::open(&path)?);
+            *slot = Some(Box::new(ApplyConnection::open(&path)?));
         }
         match slot.as_ref() {
             Some(apply) => f(&apply.conn),
