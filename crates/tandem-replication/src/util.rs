@@ -139,12 +139,19 @@ fn parse_ack_line(line: &str) -> Option<(u64, u64)> {
 /// within microseconds), since taking it for missing would make the caller fall back
 /// to the database's older record.
 pub(crate) fn read_published(path: &Path) -> Option<Published> {
+    read_published_with(|| fs::read_to_string(path).ok())
+}
+
+/// [`read_published`] on the texts `read` returns, one per try (`None`: no file).
+fn read_published_with(mut read: impl FnMut() -> Option<String>) -> Option<Published> {
+    /// Reads again after a torn first line, at most.
+    const RETRIES: usize = 3;
     let mut tries = 0;
     loop {
-        let text = fs::read_to_string(path).ok()?;
+        let text = read()?;
         match parse_published(&text) {
             Some(p) => return Some(p),
-            None if tries < 3 && !text.is_empty() => {
+            None if tries < RETRIES && !text.is_empty() => {
                 tries += 1;
                 std::thread::yield_now();
             }
@@ -542,6 +549,31 @@ mod tests {
         let torn = ack_line(0xfeed, 50);
         fs::write(&path, ack_line(0xfeed, 42) + &torn[..30]).unwrap();
         assert_eq!(read_published(&path).map(|p| p.received), Some(42));
+    }
+
+    #[test]
+    fn a_first_line_torn_by_a_write_going_on_is_read_again() {
+        let whole = ack_line(0xfeed, 42) + &ack_line(0xfeed, 45);
+        let torn = whole[..20].to_owned();
+        // Torn, then whole: the whole text, not "nothing published".
+        let mut texts = vec![torn.clone(), torn.clone(), whole.clone()].into_iter();
+        let read = read_published_with(|| texts.next());
+        assert_eq!(read.map(|p| (p.applied, p.received)), Some((42, 45)));
+        // Torn on every try: given up after the retries, read four times in all.
+        let mut reads = 0;
+        let read = read_published_with(|| {
+            reads += 1;
+            Some(torn.clone())
+        });
+        assert_eq!((read, reads), (None, 4));
+        // An empty file (created, not yet written) and a missing one: no retry.
+        let mut reads = 0;
+        let read = read_published_with(|| {
+            reads += 1;
+            Some(String::new())
+        });
+        assert_eq!((read, reads), (None, 1));
+        assert_eq!(read_published_with(|| None), None);
     }
 
     #[test]
