@@ -26,16 +26,6 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
-    /// The database reported an error while the standby applied a batch on the
-    /// connection's handle (the synchronous apply path).
-    #[error("database {what}")]
-    Sqlite {
-        /// What was being done.
-        what: String,
-        /// The database error.
-        #[source]
-        source: rusqlite::Error,
-    },
     /// A declared table cannot be replicated (missing, no primary key, odd names).
     #[error("table `{table}` cannot be replicated: {problem}")]
     Table {
@@ -214,12 +204,6 @@ impl Error {
     pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
         let what = what.into();
         move |source| Error::Database { what, source }
-    }
-
-    /// Wraps an error of the synchronous apply path with what was being done.
-    pub(crate) fn sqlite(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
-        let what = what.into();
-        move |source| Error::Sqlite { what, source }
     }
 
     /// Wraps an I/O error with what was being done to which file.

@@ -485,7 +485,7 @@ pub(crate) fn unsupported(command: &str) -> Error {
 #[non_exhaustive]
 pub enum Backend {
     /// The embedded SQLite backend.
-    Sqlite(Box<SqliteBackend>),
+    Sqlite(SqliteBackend),
     /// PostgreSQL's streaming replication.
     Postgres(Box<PostgresBackend>),
 }
@@ -494,9 +494,7 @@ impl Backend {
     /// Opens the backend the settings name.
     pub async fn open(settings: &Settings) -> Result<Backend> {
         match settings.replication.backend {
-            BackendKind::Sqlite => Ok(Backend::Sqlite(Box::new(
-                SqliteBackend::open(settings).await?,
-            ))),
+            BackendKind::Sqlite => Ok(Backend::Sqlite(SqliteBackend::open(settings).await?)),
             BackendKind::Postgres => Ok(Backend::Postgres(Box::new(
                 PostgresBackend::open(settings).await?,
             ))),
@@ -507,9 +505,9 @@ impl Backend {
     /// [`SqliteBackend::open_existing`]).
     pub async fn open_existing(settings: &Settings) -> Result<Backend> {
         match settings.replication.backend {
-            BackendKind::Sqlite => Ok(Backend::Sqlite(Box::new(
+            BackendKind::Sqlite => Ok(Backend::Sqlite(
                 SqliteBackend::open_existing(settings).await?,
-            ))),
+            )),
             BackendKind::Postgres => Ok(Backend::Postgres(Box::new(
                 PostgresBackend::open_existing(settings).await?,
             ))),
@@ -536,7 +534,7 @@ impl Backend {
     ) -> Result<()> {
         match self {
             Backend::Sqlite(backend) => {
-                let mut replicator = Replicator::new(std::sync::Arc::new(*backend));
+                let mut replicator = Replicator::new(std::sync::Arc::new(backend));
                 if let Some(fence) = fence {
                     replicator = replicator.with_fence(fence);
                 }
@@ -560,7 +558,7 @@ impl Backend {
 macro_rules! dispatch {
     ($self:ident.$op:ident($($arg:expr),*)) => {
         match $self {
-            Backend::Sqlite(b) => ReplicationBackend::$op(&**b, $($arg),*).await,
+            Backend::Sqlite(b) => ReplicationBackend::$op(b, $($arg),*).await,
             Backend::Postgres(b) => ReplicationBackend::$op(b.as_ref(), $($arg),*).await,
         }
     };

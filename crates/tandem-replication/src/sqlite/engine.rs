@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use sqlx::{ConnectOptions, SqliteConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -37,15 +38,7 @@ const SHIP_COALESCE: Duration = Duration::from_millis(2);
 /// State that lives across sessions: the protocol and what carries out its commands.
 pub(super) struct Engine {
     backend: Arc<SqliteBackend>,
-    /// The service's own connection for its looks at the meta table and its reads
-    /// of the changelog, run synchronously on the service's thread: a look takes
-    /// tens of microseconds (the pages are in the log) and a full read of
-    /// `batch_size` changes about a millisecond, while each statement handed to a
-    /// connection thread cost two wake-ups on the path of a waiting commit. The
-    /// engine waits for each command's result in either case; what a read holds
-    /// up besides is the other tasks of its runtime thread, never the peer link's
-    /// liveness, which has a thread of its own.
-    watch: rusqlite::Connection,
+    watch: SqliteConnection,
     data_version: i64,
     protocol: Protocol,
     started: Instant,
@@ -78,8 +71,11 @@ impl Engine {
         fence: Option<watch::Receiver<Fence>>,
     ) -> Result<Engine> {
         let path = backend.database_path();
-        let watch = sqlite::open_own(&path, "the service's reads", 8)?;
-        let data_version = data_version(&watch)?;
+        let mut watch = sqlite::connect_options(&path)
+            .connect()
+            .await
+            .map_err(Error::db(format!("connecting to {}", path.display())))?;
+        let data_version = data_version(&mut watch).await?;
         let tables = backend.reload_tables().await?;
         let mut meta = backend.meta().await?;
         if sync_interrupted(&meta, now_ms()) {
@@ -211,7 +207,8 @@ impl Engine {
             } => {
                 // On the service's own connection: no wait for the pool.
                 let tables = b.tables().await?;
-                let changes = sqlite::read_changes_now(&self.watch, &tables, after, limit, bytes)?;
+                let changes =
+                    sqlite::read_changes_on(&mut self.watch, &tables, after, limit, bytes).await?;
                 return Ok(Some(Input::Changes { changes, then }));
             }
             Command::CheckPull { log, from, puller } => {
@@ -399,7 +396,7 @@ impl Engine {
         let seen = (!force).then_some(self.data_version);
         // Taken before the read, so the read saw the state at this time or later.
         let at = mono_ns();
-        let (version, meta) = sqlite::read_meta_now(&self.watch, seen)?;
+        let (version, meta) = sqlite::read_meta_if_changed(&mut self.watch, seen).await?;
         self.data_version = version;
         let Some(mut meta) = meta else {
             // Nothing was committed since the last look: what it found still holds.
@@ -627,7 +624,9 @@ async fn next_snapshot(reader: &mut Option<SnapshotReader>) -> Option<Result<Mes
     }
 }
 
-fn data_version(conn: &rusqlite::Connection) -> Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-        .map_err(Error::sqlite("polling the database for changes"))
+async fn data_version(conn: &mut SqliteConnection) -> Result<i64> {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::db("polling the database for changes"))
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteBackend;
 use super::meta::{self, Mode};
@@ -95,11 +95,6 @@ impl SqliteBackend {
     /// Applies `batch` in one transaction, with foreign key checks deferred to
     /// the commit or not. `None` when, not deferred, a row broke a foreign key
     /// (nothing was applied).
-    ///
-    /// The statements run synchronously on the apply connection
-    /// ([`with_apply_connection`](SqliteBackend::with_apply_connection)), prepared
-    /// once for its life: no hand-off to sqlx's connection thread per statement,
-    /// which on a loaded standby cost more than the statements (BENCHMARKS.md).
     async fn apply_batch_checked(
         &self,
         batch: &Batch,
@@ -107,28 +102,153 @@ impl SqliteBackend {
         gate: &(dyn Fn() -> Result<()> + Send + Sync),
     ) -> Result<Option<ApplyOutcome>> {
         let tables = self.tables().await?;
-        // This process's writers take turns (see `write`).
-        let _turn = Arc::clone(&self.writing).lock_owned().await;
-        let mut links = None;
-        loop {
-            let apply = Apply {
-                backend: self,
-                batch,
-                tables: &tables,
-                defer_foreign_keys,
-                gate,
-            };
-            let locked = blocking(|| {
-                self.with_apply_connection(|conn| apply.in_transaction(conn, links.as_ref()))
-            })?;
-            match locked {
-                Locked::NeedLinks => {
-                    let mut conn = self.conn().await?;
-                    links = Some(self.links(&mut conn, &tables).await?);
-                }
-                Locked::Done(outcome) => return Ok(outcome),
-            }
+        let mut tx = self.write().await?;
+        let mut m = meta::read(&mut tx).await?;
+        self.with_published_ack(&mut m);
+        if m.writable {
+            return Err(Error::State(format!(
+                "node {} is writable (the active node); it does not apply the peer's changes",
+                m.node
+            )));
         }
+        if m.head > m.acked {
+            return Err(Error::State(diverged_message(&m)));
+        }
+        let applied = match m.applied_log {
+            Some(log) if log == batch.log => m.applied,
+            None => 0,
+            Some(_) => {
+                return Err(Error::State(format!(
+                    "the peer streams changelog {} but node {} follows {}; \
+                     run `mp_replication switch-on -S -F from-sync` on node {}",
+                    meta::log_text(batch.log),
+                    m.node,
+                    m.applied_log
+                        .map_or_else(|| "none".to_owned(), meta::log_text),
+                    m.node
+                )));
+            }
+        };
+        if batch.prev > applied {
+            return Err(Error::Gap {
+                prev: batch.prev,
+                applied,
+            });
+        }
+        let last = batch.last();
+        if last <= applied {
+            return Ok(Some(ApplyOutcome::Duplicate { applied }));
+        }
+        meta::set(&mut tx, "mode", Mode::Applying.as_str()).await?;
+        if defer_foreign_keys {
+            sqlx::query("PRAGMA defer_foreign_keys = ON")
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("deferring foreign key checks"))?;
+        }
+        // The batch's changes, checked, in commit order.
+        let mut items: Vec<(usize, Kind, Vec<Value>)> = Vec::with_capacity(batch.changes.len());
+        let mut previous = batch.prev;
+        for change in batch.changes.iter().filter(|c| c.seq > applied) {
+            if change.seq <= previous {
+                return Err(Error::Protocol(format!(
+                    "batch entries out of order ({} after {previous})",
+                    change.seq
+                )));
+            }
+            previous = change.seq;
+            let index = tables.index(&change.table).ok_or_else(|| {
+                Error::State(format!(
+                    "the peer sent a change to table `{}`, which this node does not replicate; \
+                     declare the same tables on both nodes",
+                    change.table
+                ))
+            })?;
+            let table = &tables.list[index];
+            let (kind, values) = match change.op {
+                Op::Insert | Op::Update => {
+                    let row = change.row.as_deref().ok_or_else(|| {
+                        Error::Protocol(format!("change {} has no row", change.seq))
+                    })?;
+                    (Kind::Upsert, table.row_values(row)?)
+                }
+                Op::Delete => {
+                    let key = table.key_values(&change.pk)?;
+                    // `IN` compares with `=`, which never matches a NULL key part.
+                    if key.iter().any(|v| matches!(v, Value::Null)) {
+                        (Kind::DeleteOne, key)
+                    } else {
+                        (Kind::Delete, key)
+                    }
+                }
+            };
+            items.push((index, kind, values));
+        }
+        let count = items.len();
+        // Table by table where the links allow it (see `order`), else in commit order.
+        let links = self.links(&mut tx, &tables).await?;
+        let steps: Vec<Step> = items
+            .iter()
+            .map(|(index, kind, values)| {
+                let table = &tables.list[*index];
+                let delete = *kind != Kind::Upsert;
+                let key = if delete {
+                    order::key_identity(values)
+                } else {
+                    order::key_identity(&table.key_of(values))
+                };
+                Step {
+                    table: *index,
+                    delete,
+                    key,
+                }
+            })
+            .collect();
+        let planned = order::plan(&links, &steps);
+        let mut slots: Vec<Option<(usize, Kind, Vec<Value>)>> =
+            items.into_iter().map(Some).collect();
+        let sequence: Vec<usize> = planned.unwrap_or_else(|| (0..slots.len()).collect());
+        // Consecutive changes of one table and kind go in multi-row statements (fewer
+        // round trips); rows of one statement are applied in order, as one by one.
+        let mut group: Vec<Vec<Value>> = Vec::new();
+        let mut group_kind: Option<(usize, Kind)> = None;
+        for i in sequence {
+            let Some((index, kind, values)) = slots.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            if group_kind != Some((index, kind)) {
+                if let Some((t, k)) = group_kind
+                    && !apply_group(&mut tx, &tables.list[t], k, std::mem::take(&mut group)).await?
+                {
+                    return Ok(None);
+                }
+                group_kind = Some((index, kind));
+            }
+            group.push(values);
+        }
+        if let Some((t, k)) = group_kind
+            && !apply_group(&mut tx, &tables.list[t], k, group).await?
+        {
+            return Ok(None);
+        }
+        // Dropping the transaction rolls the batch back.
+        gate()?;
+        meta::set_many(
+            &mut tx,
+            &[
+                ("mode", m.mode.as_str()),
+                ("applied_log", &meta::log_text(batch.log)),
+                ("applied", &last.to_string()),
+            ],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing applied changes"))?;
+        Ok(Some(ApplyOutcome::Applied {
+            last,
+            changes: count,
+        }))
     }
 
     /// Records that the peer applied this node's changelog `log` up to `seq`, and prunes
@@ -209,238 +329,20 @@ enum Kind {
 /// distinct statements, so they stay in the statement cache.
 const CHUNKS: [usize; 4] = [32, 8, 2, 1];
 
-/// Runs `f`, which blocks on the database, where it holds up no other task: in
-/// place on a runtime of several workers (its other tasks move to another),
-/// inline on a single-threaded runtime or outside one.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
-/// What the synchronous part of an apply came to.
-enum Locked {
-    /// The links between the tables are not cached for this schema version:
-    /// the caller reads them (with sqlx) and runs the apply again. Nothing was
-    /// written yet.
-    NeedLinks,
-    /// Applied (committed), a duplicate, or `None` for a broken foreign key.
-    Done(Option<ApplyOutcome>),
-}
-
-/// One batch's apply, run on the apply connection.
-struct Apply<'a> {
-    backend: &'a SqliteBackend,
-    batch: &'a Batch,
-    tables: &'a super::Tables,
-    defer_foreign_keys: bool,
-    gate: &'a (dyn Fn() -> Result<()> + Send + Sync),
-}
-
-impl Apply<'_> {
-    /// [`run`](Self::run) in a write transaction, committed when the batch was
-    /// applied and rolled back otherwise (a duplicate, a broken foreign key, an
-    /// error, links to read first).
-    fn in_transaction(
-        &self,
-        conn: &rusqlite::Connection,
-        links: Option<&Arc<order::Links>>,
-    ) -> Result<Locked> {
-        conn.prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]))
-            .map_err(Error::sqlite("starting a write transaction"))?;
-        let result = self.run(conn, links);
-        let end = match result {
-            Ok(Locked::Done(Some(ApplyOutcome::Applied { .. }))) => "COMMIT",
-            _ => "ROLLBACK",
-        };
-        let ended = conn.prepare_cached(end).and_then(|mut s| s.execute([]));
-        match (result, ended) {
-            (Ok(locked), Ok(_)) => Ok(locked),
-            (Ok(_), Err(e)) if end == "COMMIT" => {
-                // A failed COMMIT (a full disk) may leave the transaction open.
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                Err(Error::sqlite("committing applied changes")(e))
-            }
-            (Ok(_), Err(e)) => Err(Error::sqlite("rolling back an apply")(e)),
-            (Err(e), _) => Err(e),
-        }
-    }
-
-    /// The whole apply but the commit, synchronously, inside the write
-    /// transaction [`in_transaction`](Self::in_transaction) began.
-    fn run(
-        &self,
-        conn: &rusqlite::Connection,
-        links: Option<&Arc<order::Links>>,
-    ) -> Result<Locked> {
-        let version: i64 = conn
-            .prepare_cached("PRAGMA schema_version")
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(Error::sqlite("reading the schema version"))?;
-        let Some(links) = links.cloned().or_else(|| self.tables.cached_links(version)) else {
-            return Ok(Locked::NeedLinks);
-        };
-        let (batch, tables) = (self.batch, self.tables);
-        let mut m = meta::read_on(conn)?;
-        self.backend.with_published_ack(&mut m);
-        if m.writable {
-            return Err(Error::State(format!(
-                "node {} is writable (the active node); it does not apply the peer's changes",
-                m.node
-            )));
-        }
-        if m.head > m.acked {
-            return Err(Error::State(diverged_message(&m)));
-        }
-        let applied = match m.applied_log {
-            Some(log) if log == batch.log => m.applied,
-            None => 0,
-            Some(_) => {
-                return Err(Error::State(format!(
-                    "the peer streams changelog {} but node {} follows {}; \
-                     run `mp_replication switch-on -S -F from-sync` on node {}",
-                    meta::log_text(batch.log),
-                    m.node,
-                    m.applied_log
-                        .map_or_else(|| "none".to_owned(), meta::log_text),
-                    m.node
-                )));
-            }
-        };
-        if batch.prev > applied {
-            return Err(Error::Gap {
-                prev: batch.prev,
-                applied,
-            });
-        }
-        let last = batch.last();
-        if last <= applied {
-            return Ok(Locked::Done(Some(ApplyOutcome::Duplicate { applied })));
-        }
-        meta::set_many_on(conn, &[("mode", Mode::Applying.as_str())])?;
-        if self.defer_foreign_keys {
-            conn.execute_batch("PRAGMA defer_foreign_keys = ON")
-                .map_err(Error::sqlite("deferring foreign key checks"))?;
-        }
-        // The batch's changes, checked, in commit order.
-        let mut items: Vec<(usize, Kind, Vec<Value>)> = Vec::with_capacity(batch.changes.len());
-        let mut previous = batch.prev;
-        for change in batch.changes.iter().filter(|c| c.seq > applied) {
-            if change.seq <= previous {
-                return Err(Error::Protocol(format!(
-                    "batch entries out of order ({} after {previous})",
-                    change.seq
-                )));
-            }
-            previous = change.seq;
-            let index = tables.index(&change.table).ok_or_else(|| {
-                Error::State(format!(
-                    "the peer sent a change to table `{}`, which this node does not replicate; \
-                     declare the same tables on both nodes",
-                    change.table
-                ))
-            })?;
-            let table = &tables.list[index];
-            let (kind, values) = match change.op {
-                Op::Insert | Op::Update => {
-                    let row = change.row.as_deref().ok_or_else(|| {
-                        Error::Protocol(format!("change {} has no row", change.seq))
-                    })?;
-                    (Kind::Upsert, table.row_values(row)?)
-                }
-                Op::Delete => {
-                    let key = table.key_values(&change.pk)?;
-                    // `IN` compares with `=`, which never matches a NULL key part.
-                    if key.iter().any(|v| matches!(v, Value::Null)) {
-                        (Kind::DeleteOne, key)
-                    } else {
-                        (Kind::Delete, key)
-                    }
-                }
-            };
-            items.push((index, kind, values));
-        }
-        let count = items.len();
-        // Table by table where the links allow it (see `order`), else in commit order.
-        let steps: Vec<Step> = items
-            .iter()
-            .map(|(index, kind, values)| {
-                let table = &tables.list[*index];
-                let delete = *kind != Kind::Upsert;
-                let key = if delete {
-                    order::key_identity(values)
-                } else {
-                    order::key_identity(&table.key_of(values))
-                };
-                Step {
-                    table: *index,
-                    delete,
-                    key,
-                }
-            })
-            .collect();
-        let planned = order::plan(&links, &steps);
-        let mut slots: Vec<Option<(usize, Kind, Vec<Value>)>> =
-            items.into_iter().map(Some).collect();
-        let sequence: Vec<usize> = planned.unwrap_or_else(|| (0..slots.len()).collect());
-        // Consecutive changes of one table and kind go in multi-row statements (fewer
-        // statements); rows of one statement are applied in order, as one by one.
-        let mut group: Vec<Vec<Value>> = Vec::new();
-        let mut group_kind: Option<(usize, Kind)> = None;
-        for i in sequence {
-            let Some((index, kind, values)) = slots.get_mut(i).and_then(Option::take) else {
-                continue;
-            };
-            if group_kind != Some((index, kind)) {
-                if let Some((t, k)) = group_kind
-                    && !apply_group(conn, &tables.list[t], k, &std::mem::take(&mut group))?
-                {
-                    return Ok(Locked::Done(None));
-                }
-                group_kind = Some((index, kind));
-            }
-            group.push(values);
-        }
-        if let Some((t, k)) = group_kind
-            && !apply_group(conn, &tables.list[t], k, &group)?
-        {
-            return Ok(Locked::Done(None));
-        }
-        // An error here leaves the transaction to be rolled back.
-        (self.gate)()?;
-        meta::set_many_on(
-            conn,
-            &[
-                ("mode", m.mode.as_str()),
-                ("applied_log", &meta::log_text(batch.log)),
-                ("applied", &last.to_string()),
-            ],
-        )?;
-        Ok(Locked::Done(Some(ApplyOutcome::Applied {
-            last,
-            changes: count,
-        })))
-    }
-}
-
 /// Applies one group; `false` when a row broke a foreign key checked at once
 /// (the caller rolls back and applies the batch with deferred checks).
-fn apply_group(
-    conn: &rusqlite::Connection,
+async fn apply_group(
+    conn: &mut sqlx::SqliteConnection,
     table: &TableInfo,
     kind: Kind,
-    rows: &[Vec<Value>],
+    rows: Vec<Vec<Value>>,
 ) -> Result<bool> {
-    let mut rest = rows;
-    while !rest.is_empty() {
+    let mut rest = rows.into_iter().peekable();
+    while rest.peek().is_some() {
+        let left = rest.len();
         let n = match kind {
             Kind::DeleteOne => 1,
-            _ => CHUNKS.into_iter().find(|c| *c <= rest.len()).unwrap_or(1),
+            _ => CHUNKS.into_iter().find(|c| *c <= left).unwrap_or(1),
         };
         let sql: Arc<str> = match kind {
             Kind::Upsert if n == 1 => Arc::clone(&table.upsert_sql),
@@ -448,16 +350,17 @@ fn apply_group(
             Kind::Delete if n > 1 => table.delete_many_sql(n).into(),
             Kind::Delete | Kind::DeleteOne => Arc::clone(&table.delete_sql),
         };
-        let (now, later) = rest.split_at(n);
-        rest = later;
-        let result = conn.prepare_cached(&sql).and_then(|mut statement| {
-            statement.execute(rusqlite::params_from_iter(now.iter().flatten()))
-        });
-        match result {
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for values in rest.by_ref().take(n) {
+            for v in values {
+                query = v.bind(query);
+            }
+        }
+        match query.execute(&mut *conn).await {
             Ok(_) => {}
             Err(e) if is_foreign_key_violation(&e) => return Ok(false),
             Err(e) => {
-                return Err(Error::sqlite(format!(
+                return Err(Error::db(format!(
                     "applying changes to table {}",
                     table.name
                 ))(e));
@@ -469,16 +372,10 @@ fn apply_group(
 
 /// Whether a statement failed on a foreign key constraint
 /// (`SQLITE_CONSTRAINT_FOREIGNKEY`, extended result code 787).
-fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
-    match e {
-        rusqlite::Error::SqliteFailure(code, message) => {
-            code.extended_code == 787
-                || message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("FOREIGN KEY constraint failed"))
-        }
-        _ => false,
-    }
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        d.code().as_deref() == Some("787") || d.message().contains("FOREIGN KEY constraint failed")
+    })
 }
 
 /// The start of the alarm of two writable nodes (split brain).
@@ -532,100 +429,34 @@ pub(crate) async fn read_changes_on(
         .await
         .map_err(Error::db("reading the changelog"))?;
     let read = |e| Error::db("reading a changelog entry")(e);
-    let rows = rows
-        .iter()
-        .map(|row| {
-            Ok(LogRow {
-                seq: row.try_get("seq").map_err(read)?,
-                table: row.try_get("tbl").map_err(read)?,
-                op: row.try_get("op").map_err(read)?,
-                pk: row.try_get("pk").map_err(read)?,
-                row: row.try_get("row").map_err(read)?,
-                ts_ms: row.try_get("ts").map_err(read)?,
-                col: row.try_get("col").map_err(read)?,
-                v: row.try_get("v").map_err(read)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    assemble(rows, tables, max_bytes)
-}
-
-/// [`read_changes_on`] on a connection the caller runs synchronously (the active's
-/// service reads this way each time it ships: no hand-off to a connection thread),
-/// with the statement prepared once for the connection's life.
-pub(crate) fn read_changes_now(
-    conn: &rusqlite::Connection,
-    tables: &super::Tables,
-    after: u64,
-    limit: u32,
-    max_bytes: usize,
-) -> Result<Vec<Change>> {
-    let rows = conn
-        .prepare_cached(READ_CHANGES)
-        .and_then(|mut statement| {
-            statement
-                .query_map((after.cast_signed(), i64::from(limit)), |r| {
-                    Ok(LogRow {
-                        seq: r.get(0)?,
-                        table: r.get(1)?,
-                        op: r.get(2)?,
-                        pk: r.get(3)?,
-                        row: r.get(4)?,
-                        ts_ms: r.get(5)?,
-                        col: r.get(6)?,
-                        v: r.get(7)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(Error::sqlite("reading the changelog"))?;
-    assemble(rows, tables, max_bytes)
-}
-
-/// One result row of [`READ_CHANGES`].
-struct LogRow {
-    seq: i64,
-    table: String,
-    op: String,
-    pk: String,
-    row: Option<String>,
-    ts_ms: i64,
-    /// A REAL column's name and exact value (one row per REAL of the entry).
-    col: Option<String>,
-    v: Option<f64>,
-}
-
-/// The changes that [`READ_CHANGES`]'s rows make, in canonical form, up to about
-/// `max_bytes` (at least one).
-fn assemble(rows: Vec<LogRow>, tables: &super::Tables, max_bytes: usize) -> Result<Vec<Change>> {
     let mut out = Vec::with_capacity(rows.len());
     let mut bytes = 0usize;
     let mut rows = rows.into_iter().peekable();
     while let Some(row) = rows.next() {
-        let seq = row.seq;
-        // An entry with several REAL values comes as one result row per value.
+        let seq: i64 = row.try_get("seq").map_err(read)?;
         let mut exact = Vec::new();
-        let mut real = |col: Option<String>, v: Option<f64>| {
+        // An entry with several REAL values comes as one result row per value.
+        let mut real = |row: &sqlx::sqlite::SqliteRow| -> Result<()> {
+            let col: Option<String> = row.try_get("col").map_err(read)?;
+            let v: Option<f64> = row.try_get("v").map_err(read)?;
             if let (Some(col), Some(v)) = (col, v) {
                 exact.push((col, v));
             }
+            Ok(())
         };
-        real(row.col, row.v);
-        while let Some(more) = rows.next_if(|r| r.seq == seq) {
-            real(more.col, more.v);
+        real(&row)?;
+        while let Some(more) = rows.next_if(|r| r.try_get::<i64, _>("seq").ok() == Some(seq)) {
+            real(&more)?;
         }
-        let LogRow {
-            table,
-            op,
-            pk,
-            row: data,
-            ts_ms,
-            ..
-        } = row;
+        let table: String = row.try_get("tbl").map_err(read)?;
         if meta::is_placeholder(&table) {
             // Only below a pull's start if the floor was respected; never shipped.
             continue;
         }
+        let op: String = row.try_get("op").map_err(read)?;
+        let pk: String = row.try_get("pk").map_err(read)?;
+        let data: Option<String> = row.try_get("row").map_err(read)?;
+        let ts_ms: i64 = row.try_get("ts").map_err(read)?;
         let op = Op::from_letter(&op).ok_or_else(|| {
             Error::State(format!(
                 "changelog entry {seq} has an unknown operation {op:?}"

@@ -260,32 +260,30 @@ pub(crate) async fn read(conn: &mut SqliteConnection) -> Result<Meta> {
 }
 
 /// The connection's data version (`PRAGMA data_version`, which changes when another
-/// connection commits) and, unless it is `seen`, the meta table, in one statement:
-/// the service's look before it ships, run synchronously on its own connection with
-/// the statement prepared once.
-pub(crate) fn read_if_changed_now(
-    conn: &rusqlite::Connection,
+/// connection commits) and, unless it is `seen`, the meta table: the service's poll,
+/// in one statement.
+pub(crate) async fn read_if_changed(
+    conn: &mut SqliteConnection,
     seen: Option<i64>,
 ) -> Result<(i64, Option<Meta>)> {
-    let row = conn
-        .prepare_cached(concat!(
+    let row: std::result::Result<(i64, String, Option<i64>), sqlx::Error> =
+        sqlx::query_as(concat!(
             "SELECT (SELECT data_version FROM pragma_data_version()), ",
             meta_columns!()
         ))
-        .and_then(|mut statement| {
-            statement.query_row([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            })
-        });
+        .fetch_one(&mut *conn)
+        .await;
     match row {
         Ok((version, _, _)) if Some(version) == seen => Ok((version, None)),
         Ok((version, map, head)) => Ok((version, Some(from_row(&map, head)?))),
-        Err(e) if e.to_string().contains("no such table") => Err(Error::NotInitialized),
-        Err(e) => Err(Error::sqlite("reading the replication meta table")(e)),
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
+            let version = sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("polling the database for changes"))?;
+            Ok((version, Some(read_step_by_step(conn).await?)))
+        }
+        Err(e) => Err(Error::db("reading the replication meta table")(e)),
     }
 }
 
@@ -300,23 +298,6 @@ fn from_row(map: &str, head: Option<i64>) -> Result<Meta> {
         return Err(Error::NotInitialized);
     }
     parse(&map, head.map_or(0, |s| s.max(0).cast_unsigned()))
-}
-
-/// [`read`] on the connection's handle, in the standby's apply (which runs its
-/// statements synchronously: see `log::Apply`).
-pub(crate) fn read_on(conn: &rusqlite::Connection) -> Result<Meta> {
-    let row = conn
-        .prepare_cached(concat!("SELECT ", meta_columns!()))
-        .and_then(|mut statement| {
-            statement.query_row([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
-            })
-        });
-    match row {
-        Ok((map, head)) => from_row(&map, head),
-        Err(e) if e.to_string().contains("no such table") => Err(Error::NotInitialized),
-        Err(e) => Err(Error::sqlite("reading the replication meta table")(e)),
-    }
 }
 
 /// [`read`] one question at a time.
@@ -412,33 +393,17 @@ pub(crate) async fn set_num(conn: &mut SqliteConnection, key: &str, value: u64) 
     set(conn, key, &value.to_string()).await
 }
 
-/// The upsert of `n` keys of the meta table.
-fn set_many_sql(n: usize) -> String {
-    format!(
-        "INSERT INTO _tandem_meta (key, value) VALUES {} \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        vec!["(?, ?)"; n].join(", ")
-    )
-}
-
-/// [`set_many`] on the connection's handle, in the standby's apply.
-pub(crate) fn set_many_on(conn: &rusqlite::Connection, pairs: &[(&str, &str)]) -> Result<()> {
-    if pairs.is_empty() {
-        return Ok(());
-    }
-    let params = pairs.iter().flat_map(|(k, v)| [*k, *v]);
-    conn.prepare_cached(&set_many_sql(pairs.len()))
-        .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(params)))
-        .map_err(Error::sqlite("writing the replication meta table"))?;
-    Ok(())
-}
-
 /// Sets several keys in one statement (one round trip to the connection's thread).
 pub(crate) async fn set_many(conn: &mut SqliteConnection, pairs: &[(&str, &str)]) -> Result<()> {
     if pairs.is_empty() {
         return Ok(());
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(set_many_sql(pairs.len())));
+    let sql = format!(
+        "INSERT INTO _tandem_meta (key, value) VALUES {} \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        vec!["(?, ?)"; pairs.len()].join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (key, value) in pairs {
         query = query.bind(*key).bind(*value);
     }

@@ -59,10 +59,10 @@ use crate::{
 };
 
 pub(crate) use log::{
-    ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm, read_changes_now,
+    ApplyOutcome, BOTH_WRITABLE, PullCheck, diverged_message, is_divergence_alarm, read_changes_on,
 };
 pub(crate) use meta::{
-    Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed_now as read_meta_now,
+    Meta, PeerRecord, Progress, Request, RequestDone, read_if_changed as read_meta_if_changed,
 };
 pub use restore::{RestoreConflict, RestoreReport, SavedRow};
 pub(crate) use schema::TableInfo;
@@ -222,15 +222,6 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    /// The links read at schema version `version`, if they are the ones cached.
-    pub(crate) fn cached_links(&self, version: i64) -> Option<Arc<order::Links>> {
-        self.links.lock().ok().and_then(|l| {
-            l.as_ref()
-                .filter(|(v, _)| *v == version)
-                .map(|(_, l)| Arc::clone(l))
-        })
-    }
-
     pub(crate) fn get(&self, name: &str) -> Option<&TableInfo> {
         self.list.iter().find(|t| t.name == name)
     }
@@ -264,66 +255,6 @@ pub struct SqliteBackend {
     /// The application's shared write connection ([`writer`](Self::writer)): a pool of
     /// one, opened on first use.
     writer: SqlitePool,
-    /// The standby's apply connection, opened on the first batch and owned by
-    /// rusqlite: the apply runs its statements synchronously on it, prepared once
-    /// for the connection's life (see `log::Apply`).
-    applier: std::sync::Mutex<Option<Box<ApplyConnection>>>,
-}
-
-/// The connection a standby applies its peer's batches on.
-#[derive(Debug)]
-pub(crate) struct ApplyConnection {
-    pub(crate) conn: rusqlite::Connection,
-    /// The database file it was opened on (device, inode): a file replaced under
-    /// it is opened again rather than written through the old one.
-    file: (u64, u64),
-}
-
-impl ApplyConnection {
-    /// Prepared statements kept: the meta read and write, and per table its
-    /// upserts and deletes of 1, 2, 8 and 32 rows.
-    const STATEMENTS: usize = 256;
-
-    /// Opens `path` for the apply.
-    fn open(path: &Path) -> Result<ApplyConnection> {
-        let conn = open_own(path, "the apply", Self::STATEMENTS)?;
-        Ok(ApplyConnection {
-            conn,
-            file: file_identity(path).map_err(Error::file("cannot look at", path))?,
-        })
-    }
-}
-
-/// Opens `path` on a connection that rusqlite owns and the caller runs synchronously
-/// (for `purpose`, named in the error), with the settings of [`connect_options`] (the
-/// journal mode is the file's own: WAL, set by `init`) and room for `statements`
-/// prepared statements.
-pub(crate) fn open_own(
-    path: &Path,
-    purpose: &str,
-    statements: usize,
-) -> Result<rusqlite::Connection> {
-    use rusqlite::OpenFlags;
-    let what = || format!("cannot open {} for {purpose}", path.display());
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(Error::sqlite(what()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
-        .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
-        .and_then(|()| conn.pragma_update(None, "recursive_triggers", "ON"))
-        .map_err(Error::sqlite(what()))?;
-    conn.set_prepared_statement_cache_capacity(statements);
-    Ok(conn)
-}
-
-/// The device and inode of the file at `path`.
-fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
 }
 
 /// This process's shared write connection, lent by [`SqliteBackend::writer`] until it
@@ -381,7 +312,6 @@ impl SqliteBackend {
             writing: Arc::new(tokio::sync::Mutex::new(())),
             checked: tokio::sync::Mutex::new(None),
             writer,
-            applier: std::sync::Mutex::new(None),
         })
     }
 
@@ -793,7 +723,12 @@ impl SqliteBackend {
             .fetch_one(&mut *conn)
             .await
             .map_err(Error::db("reading the schema version"))?;
-        if let Some(links) = tables.cached_links(version) {
+        let cached = tables.links.lock().ok().and_then(|l| {
+            l.as_ref()
+                .filter(|(v, _)| *v == version)
+                .map(|(_, l)| Arc::clone(l))
+        });
+        if let Some(links) = cached {
             return Ok(links);
         }
         let links = Arc::new(order::load(conn, &tables.list).await?);
@@ -801,27 +736,6 @@ impl SqliteBackend {
             *l = Some((version, Arc::clone(&links)));
         }
         Ok(links)
-    }
-
-    /// Runs `f` on the apply connection (opened, or opened again if the database
-    /// file was replaced), holding it meanwhile. The caller holds the write turn.
-    pub(crate) fn with_apply_connection<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
-    ) -> Result<T> {
-        let path = self.settings.database_path();
-        let mut slot = self
-            .applier
-            .lock()
-            .map_err(|_| Error::State("the apply connection's lock is poisoned".into()))?;
-        let current = file_identity(&path).map_err(Error::file("cannot look at", &path))?;
-        if slot.as_ref().is_none_or(|a| a.file != current) {
-            *slot = Some(Box::new(ApplyConnection::open(&path)?));
-        }
-        match slot.as_ref() {
-            Some(apply) => f(&apply.conn),
-            None => Err(Error::State("the apply connection did not open".into())),
-        }
     }
 
     pub(crate) fn lock_path(&self) -> PathBuf {
