@@ -141,8 +141,10 @@ pub(crate) fn planned_with_writes(bins: &Binaries, runs: usize) -> anyhow::Resul
         let (gap, _) = outage(&samples, entry.from, entry.to)
             .with_context(|| format!("the client never reached {}", entry.to))?;
         match entry.how {
-            Handover::Switchover => outages_switchover.push(gap),
-            Handover::Pair => outages.push(gap),
+            Some(Handover::Switchover) => outages_switchover.push(gap),
+            Some(Handover::Pair) => outages.push(gap),
+            // Only planned switchovers are run here.
+            None => {}
         }
     }
     outages.sort();
@@ -187,8 +189,8 @@ struct Failover {
     what: String,
     to: &'static str,
     from: Duration,
-    /// How a planned one was asked for (the seed's pair for the others).
-    how: Handover,
+    /// How a planned one was asked for; `None` for the others.
+    how: Option<Handover>,
 }
 
 /// How a planned switchover is asked for.
@@ -457,7 +459,12 @@ impl Demo {
         }
         let name = to.name();
         self.wait_for_client(name)?;
-        self.failover_note_as(&format!("client's writes acked by {name}"), name, at, how);
+        self.failover_note_as(
+            &format!("client's writes acked by {name}"),
+            name,
+            at,
+            Some(how),
+        );
         self.wait_status(from, "Failover deployment. Standby server.")?;
         self.wait_media_server(to)?;
         Ok(())
@@ -607,10 +614,16 @@ impl Demo {
     }
 
     fn failover_note(&mut self, what: &str, to: &'static str, from: Duration) {
-        self.failover_note_as(what, to, from, Handover::Pair);
+        self.failover_note_as(what, to, from, None);
     }
 
-    fn failover_note_as(&mut self, what: &str, to: &'static str, from: Duration, how: Handover) {
+    fn failover_note_as(
+        &mut self,
+        what: &str,
+        to: &'static str,
+        from: Duration,
+        how: Option<Handover>,
+    ) {
         self.site.note(what, "");
         self.failovers.push(Failover {
             what: what.into(),

@@ -194,9 +194,7 @@ impl Site {
             .unwrap();
         rt.block_on(async {
             use sqlx::ConnectOptions;
-            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .busy_timeout(Duration::from_secs(5))
+            let mut conn = tandem_replication::connect_options(&path)
                 .connect()
                 .await
                 .unwrap();

@@ -98,6 +98,14 @@ pub struct Change {
     pub ts_ms: i64,
 }
 
+impl Change {
+    /// What the change counts toward `[replication] batch_bytes`: its table name,
+    /// key and row.
+    pub fn size(&self) -> usize {
+        self.table.len() + self.pk.len() + self.row.as_ref().map_or(0, String::len)
+    }
+}
+
 /// Consecutive changelog entries: every entry of the source's log `log` with a sequence
 /// number in `(prev, last seq]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

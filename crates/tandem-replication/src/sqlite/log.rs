@@ -469,19 +469,19 @@ pub(crate) async fn read_changes_on(
             ))
         })?;
         let (pk, data) = info.canonical_change(&pk, data.as_deref(), &exact)?;
-        let size = pk.len() + data.as_ref().map_or(0, String::len) + table.len();
-        if !out.is_empty() && bytes + size > max_bytes {
-            break;
-        }
-        bytes += size;
-        out.push(Change {
+        let change = Change {
             seq: seq.max(0).cast_unsigned(),
             table,
             op,
             pk,
             row: data,
             ts_ms,
-        });
+        };
+        if !out.is_empty() && bytes + change.size() > max_bytes {
+            break;
+        }
+        bytes += change.size();
+        out.push(change);
     }
     Ok(out)
 }

@@ -167,7 +167,7 @@ impl Sim {
                 let changes = (after + 1..=last)
                     .map(change)
                     .take_while(|c| {
-                        size += c.table.len() + c.pk.len() + c.row.as_ref().map_or(0, String::len);
+                        size += c.size();
                         size <= bytes || c.seq == after + 1
                     })
                     .collect();
