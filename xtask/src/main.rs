@@ -44,6 +44,9 @@ enum Command {
     Chaos(chaos::Args),
     /// Run what CI runs: fmt, clippy, the whole test suite.
     Ci(ci::Args),
+    /// One end of the replication bench's floor (a relay or an echo in a lab node).
+    #[command(hide = true)]
+    Relay(bench::relay::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Ci(args) => ci::run(args),
+        Command::Relay(args) => bench::relay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

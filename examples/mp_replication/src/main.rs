@@ -203,8 +203,20 @@ enum Command {
         /// Concurrent writers.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
         writers: u64,
+        /// The benchmark's floor (a database without tandem): after each commit, send
+        /// 512 bytes to this TCP address and wait for 32 bytes back, as a commit that
+        /// waits for the least any standby could do. Prints `acked` lines with the
+        /// wait. Not with `--wait-replicated`.
+        #[arg(long, value_name = "ADDR", conflicts_with = "wait_replicated")]
+        echo_via: Option<SocketAddr>,
     },
 }
+
+/// Bytes a `write-sample --echo-via` writer sends after each commit: about one sample
+/// transaction's batch on the peer link.
+const ECHO_REQUEST: usize = 512;
+/// Bytes it waits for in answer: about one acknowledgement.
+const ECHO_REPLY: usize = 32;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SyncFrom {
@@ -430,6 +442,7 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_replicated,
             level,
             writers,
+            echo_via,
         } => {
             sqlite_only(&settings, "write-sample")?;
             let wait =
@@ -441,7 +454,11 @@ async fn run_async(cli: Cli) -> anyhow::Result<ExitCode> {
                 let backend = Arc::clone(&backend);
                 tasks.spawn(async move {
                     let txs = (first + k..end).step_by(writers as usize);
-                    write_sample(&backend, txs, rows, wait).await
+                    let echo = match echo_via {
+                        Some(addr) => Some(echo_stream(addr).await?),
+                        None => None,
+                    };
+                    write_sample(&backend, txs, rows, wait, echo).await
                 });
             }
             while let Some(done) = tasks.join_next().await {
@@ -459,14 +476,29 @@ async fn write_sample(
     txs: impl Iterator<Item = u64>,
     rows: u32,
     wait: Option<AckLevel>,
+    mut echo: Option<tokio::net::TcpStream>,
 ) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (request, mut reply) = ([7u8; ECHO_REQUEST], [0u8; ECHO_REPLY]);
     for tx in txs {
         let position = {
             let mut conn = backend.writer().await?;
             sample::write_transaction(&mut conn, tx, rows).await?
         };
         // One line under stdout's lock: concurrent writers' lines do not mix.
-        if let Some(level) = wait {
+        if let Some(stream) = echo.as_mut() {
+            let committed = std::time::Instant::now();
+            stream
+                .write_all(&request)
+                .await
+                .context("sending the echo")?;
+            stream
+                .read_exact(&mut reply)
+                .await
+                .context("waiting for the echo")?;
+            let waited = committed.elapsed().as_micros();
+            println!("acked {tx} {position} {waited}");
+        } else if let Some(level) = wait {
             let committed = std::time::Instant::now();
             backend
                 .wait_replicated_at(position, level, Duration::from_secs(60))
@@ -479,6 +511,15 @@ async fn write_sample(
         }
     }
     Ok(())
+}
+
+/// A connection to `write-sample --echo-via`'s address, without Nagle's delay.
+async fn echo_stream(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the echo at {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// `switch-on` / `switch-off` on the site (`tandem_node::switch_site`): a line per

@@ -11,6 +11,7 @@ pub(crate) mod failover;
 mod growth;
 mod link;
 mod netif;
+pub(crate) mod relay;
 mod replication;
 mod replication_postgres;
 mod soak;

@@ -18,6 +18,11 @@
 //!   yet on its disk), the level that survives the loss of either node; absent for a
 //!   build from before the levels (`--against`).
 //!
+//! - `floor`: the unreplicated writer, each commit then waiting for a 512-byte
+//!   request relayed by node 1 over the lab link to an echo on node 2 and its
+//!   answer ([`super::relay`]): the least any design with a service on each node
+//!   adds to a waiting commit, so the ceiling of `wait_received` at one writer.
+//!
 //! `unreplicated`, `wait_replicated` and `wait_received` also run with [`WRITERS`] concurrent writers
 //! (group commit: the waiting commits share round trips to node 2). Each rate is also
 //! given as a ratio to the unreplicated rate at the same number of writers. While the
@@ -106,6 +111,9 @@ enum Level {
     Flushed,
     /// `received`: the standby took the batch in (one round trip).
     Received,
+    /// The floor ([`super::relay`]): no tandem, each commit waits for a 512-byte
+    /// request relayed by node 1 to an echo on node 2 and its answer, at this address.
+    Echo(std::net::SocketAddr),
 }
 
 /// Whether `bin`'s writer takes `--level` (builds from before the levels do not).
@@ -228,14 +236,18 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
     // load and disk hits them alike; each mode's rate is the median of its rounds.
     let (mut plain_next, mut next) = (1, 1);
     let (mut unreplicated, mut unreplicated_many) = (Vec::new(), Vec::new());
+    let mut floors = Vec::new();
+    let relay = super::relay::Floor::start(&lab)?;
     let mut rounds: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         unreplicated.push(bench.unreplicated(&mut plain_next, 1)?);
         unreplicated_many.push(bench.unreplicated(&mut plain_next, WRITERS)?);
+        floors.push(bench.floor(&mut plain_next, &relay)?);
         for (v, out) in variants.iter().zip(rounds.iter_mut()) {
             out.push(replicated_round(&bench, v, &mut services, &mut next)?);
         }
     }
+    drop(relay);
     let mut offs: Vec<Vec<Phase>> = variants.iter().map(|_| Vec::new()).collect();
     for v in &variants {
         services.start(&bench, v, Host::Node1)?;
@@ -262,6 +274,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
     let results = Results {
         unreplicated: Phase::combine(unreplicated),
         unreplicated_many: Phase::combine(unreplicated_many),
+        floor: Phase::combine(floors),
         variants: variants
             .into_iter()
             .zip(rounds)
@@ -351,6 +364,15 @@ impl Bench<'_> {
             .0)
     }
 
+    /// One round of [`WAITED`] commits on the unreplicated database by one writer, each
+    /// waiting for a round trip through `floor` (the floor of `received`).
+    fn floor(&self, next: &mut u64, floor: &super::relay::Floor) -> anyhow::Result<Phase> {
+        let echo = Some(Level::Echo(floor.writer_addr));
+        Ok(self
+            .write(&self.plain_bin, "unreplicated", next, WAITED, echo, 1)?
+            .0)
+    }
+
     /// Runs `bin`'s writer on node 1's database in state dir `state`: `count`
     /// transactions from number `next` on (which then points past them), by `writers`
     /// concurrent writers, each commit waiting for the standby at level `wait` if
@@ -391,6 +413,9 @@ impl Bench<'_> {
             }
             Some(Level::Received) => {
                 cmd.args(["--wait-replicated", "--level", "received"]);
+            }
+            Some(Level::Echo(addr)) => {
+                cmd.args(["--echo-via", &addr.to_string()]);
             }
         }
         cmd.stdout(Stdio::piped());
@@ -840,6 +865,8 @@ impl Measured {
 struct Results {
     unreplicated: Phase,
     unreplicated_many: Phase,
+    /// The unreplicated writer with a relayed round trip after each commit.
+    floor: Phase,
     /// The variants measured; this tree's last.
     variants: Vec<Measured>,
 }
@@ -893,6 +920,14 @@ impl Results {
                 writers: WRITERS,
                 phase: many,
                 base: many,
+            },
+            Mode {
+                variant: "",
+                key: "floor",
+                what: "floor: unreplicated + relay round trip",
+                writers: 1,
+                phase: &self.floor,
+                base: one,
             },
         ];
         for m in &self.variants {
