@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tandem_lab::Host;
@@ -59,11 +59,41 @@ pub(crate) fn serve_app(
         // Requests are answered concurrently, as a real application server does: one
         // that waits for the standby does not hold up the ones behind it.
         let mut answering = tokio::task::JoinSet::new();
+        // When this app first saw the pause file, for the slow-drain line.
+        let mut paused_at: Option<Instant> = None;
+        let mut said_slow = false;
         while !stop.load(Ordering::Relaxed) {
             while answering.try_join_next().is_some() {}
             let pausing = paused.exists();
+            if !pausing {
+                (paused_at, said_slow) = (None, false);
+            } else if paused_at.is_none() {
+                paused_at = Some(Instant::now());
+            }
             if pausing && answering.is_empty() && !drained.exists() {
                 std::fs::write(&drained, b"")?;
+                // The agent's stop hook gives up waiting after about 3.6 s: say
+                // what held the drain when it took long (the requests log their
+                // own lines as they end).
+                if let Some(at) = paused_at.filter(|at| at.elapsed() >= SLOW) {
+                    eprintln!(
+                        "app {}: drained {} ms after the pause",
+                        host.name(),
+                        at.elapsed().as_millis()
+                    );
+                }
+            } else if let Some(at) = paused_at
+                && at.elapsed() >= SLOW
+                && !said_slow
+                && !drained.exists()
+            {
+                said_slow = true;
+                eprintln!(
+                    "app {}: paused {} ms ago, {} requests still in flight",
+                    host.name(),
+                    at.elapsed().as_millis(),
+                    answering.len()
+                );
             }
             let accepted = tokio::time::timeout(Duration::from_millis(2), listener.accept()).await;
             let Ok(Ok((stream, _))) = accepted else {
@@ -72,6 +102,7 @@ pub(crate) fn serve_app(
             let backend = Arc::clone(&backend);
             let guard = Arc::clone(&guard);
             let answer = async move {
+                let started = Instant::now();
                 let mut stream = tokio::io::BufReader::new(stream);
                 let mut line = String::new();
                 tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await?;
@@ -80,6 +111,7 @@ pub(crate) fn serve_app(
                     .strip_prefix("write ")
                     .and_then(|n| n.parse().ok())
                     .context("bad request")?;
+                let read = started.elapsed();
                 let reply = if pausing {
                     "err paused\n".to_owned()
                 } else {
@@ -89,6 +121,15 @@ pub(crate) fn serve_app(
                     }
                 };
                 tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
+                if started.elapsed() >= SLOW {
+                    eprintln!(
+                        "app {}: write {tx} took {} ms (request read in {} ms): {}",
+                        host.name(),
+                        started.elapsed().as_millis(),
+                        read.as_millis(),
+                        reply.trim_end()
+                    );
+                }
                 anyhow::Ok(())
             };
             answering.spawn(async move {
@@ -168,6 +209,10 @@ pub(crate) async fn write_replicated(
         anyhow::Error::new(e).context(format!("not acknowledged alone: {refused}"))
     })
 }
+
+/// A request or a drain that takes this long is logged on stderr (the lab's
+/// switchover measures tens of milliseconds).
+const SLOW: Duration = Duration::from_millis(500);
 
 pub(super) fn drained_path(paused: &Path) -> PathBuf {
     let mut name = paused.as_os_str().to_owned();
