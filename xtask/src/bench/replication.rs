@@ -21,7 +21,11 @@
 //! - `floor`: the unreplicated writer, each commit then waiting for a 512-byte
 //!   request relayed by node 1 over the lab link to an echo on node 2 and its
 //!   answer ([`super::relay`]): the least any design with a service on each node
-//!   adds to a waiting commit, so the ceiling of `wait_received` at one writer.
+//!   adds to a waiting commit; and `capture_floor`, the same on the replicated
+//!   database with both services stopped (capture, then the relayed round trip): the
+//!   ceiling of `wait_received` at one writer for any service design on trigger
+//!   capture. `capture` also runs with [`WRITERS`] writers, the ceiling of every
+//!   replicated mode at that count.
 //!
 //! `unreplicated`, `wait_replicated` and `wait_received` also run with [`WRITERS`] concurrent writers
 //! (group commit: the waiting commits share round trips to node 2). Each rate is also
@@ -244,7 +248,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
         unreplicated_many.push(bench.unreplicated(&mut plain_next, WRITERS)?);
         floors.push(bench.floor(&mut plain_next, &relay)?);
         for (v, out) in variants.iter().zip(rounds.iter_mut()) {
-            out.push(replicated_round(&bench, v, &mut services, &mut next)?);
+            out.push(replicated_round(&bench, v, &mut services, &mut next, &relay)?);
         }
     }
     drop(relay);
@@ -473,6 +477,12 @@ fn last_position(commits: &[(Instant, Position)]) -> Position {
 struct Round {
     /// Async writes with both services stopped: the triggers and the changelog only.
     capture: Phase,
+    /// The same with [`WRITERS`] writers.
+    capture_many: Phase,
+    /// Capture with a relayed round trip after each commit (services stopped): the
+    /// ceiling of `received` at one writer; only for this tree's build, whose writer
+    /// has `--echo-via`.
+    capture_floor: Option<Phase>,
     /// Async writes with node 1's service running and node 2's stopped: capture plus
     /// the active's service without a peer (its polls, no shipping, no pruning).
     active_alone: Phase,
@@ -491,9 +501,17 @@ fn replicated_round(
     v: &Variant,
     services: &mut Services,
     next: &mut u64,
+    relay: &super::relay::Floor,
 ) -> anyhow::Result<Round> {
     let state = v.state(Host::Node1);
     let (capture, _) = bench.write(&v.bin, &state, next, TRANSACTIONS, None, 1)?;
+    let (capture_many, _) = bench.write(&v.bin, &state, next, TRANSACTIONS, None, WRITERS)?;
+    let capture_floor = if v.bin == bench.plain_bin {
+        let echo = Some(Level::Echo(relay.writer_addr));
+        Some(bench.write(&v.bin, &state, next, WAITED, echo, 1)?.0)
+    } else {
+        None
+    };
     services.start(bench, v, Host::Node1)?;
     // Its start (opening the database, binding the link) is not what the row measures.
     std::thread::sleep(SETTLE);
@@ -521,6 +539,8 @@ fn replicated_round(
     services.stop_all();
     Ok(Round {
         capture,
+        capture_many,
+        capture_floor,
         active_alone,
         asynchronous,
         waited,
@@ -814,6 +834,8 @@ struct Measured {
     name: String,
     off: Phase,
     capture: Phase,
+    capture_many: Phase,
+    capture_floor: Option<Phase>,
     active_alone: Phase,
     asynchronous: Phase,
     waited: Phase,
@@ -830,12 +852,15 @@ impl Measured {
         let (mut capture, mut alone, mut asynchronous, mut waited, mut many) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut received, mut received_many) = (Vec::new(), Vec::new());
+        let (mut capture_many, mut capture_floor) = (Vec::new(), Vec::new());
         let mut levels = true;
         for r in rounds {
             for (total, round) in usage.iter_mut().zip(&r.usage) {
                 total.add(round);
             }
             capture.push(r.capture);
+            capture_many.push(r.capture_many);
+            capture_floor.extend(r.capture_floor);
             alone.push(r.active_alone);
             asynchronous.push(r.asynchronous);
             waited.push(r.waited);
@@ -852,6 +877,8 @@ impl Measured {
             name,
             off: Phase::combine(off),
             capture: Phase::combine(capture),
+            capture_many: Phase::combine(capture_many),
+            capture_floor: (!capture_floor.is_empty()).then(|| Phase::combine(capture_floor)),
             active_alone: Phase::combine(alone),
             asynchronous: Phase::combine(asynchronous),
             waited: Phase::combine(waited),
@@ -949,6 +976,13 @@ impl Results {
                     one,
                 ),
                 mode(
+                    "capture_many",
+                    "async, services stopped (capture only)",
+                    WRITERS,
+                    &m.capture_many,
+                    many,
+                ),
+                mode(
                     "active_alone",
                     "async, node 2 stopped (no shipping)",
                     1,
@@ -977,6 +1011,15 @@ impl Results {
                     many,
                 ),
             ]);
+            if let Some(floor) = &m.capture_floor {
+                modes.push(mode(
+                    "capture_floor",
+                    "floor with capture: relay round trip",
+                    1,
+                    floor,
+                    one,
+                ));
+            }
             if let Some((received, received_many)) = &m.received {
                 modes.extend([
                     mode(
