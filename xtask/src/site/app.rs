@@ -101,7 +101,10 @@ pub(crate) fn serve_app(
             };
             let backend = Arc::clone(&backend);
             let guard = Arc::clone(&guard);
+            let steps = Arc::new(Steps::new());
+            let answer_steps = Arc::clone(&steps);
             let answer = async move {
+                let steps = answer_steps;
                 let started = Instant::now();
                 let mut stream = tokio::io::BufReader::new(stream);
                 let mut line = String::new();
@@ -115,7 +118,7 @@ pub(crate) fn serve_app(
                 let reply = if pausing {
                     "err paused\n".to_owned()
                 } else {
-                    match backend.write(&guard, tx, host.name()).await {
+                    match backend.write(&guard, tx, host.name(), &steps).await {
                         Ok(()) => format!("ok {}\n", host.name()),
                         Err(e) => format!("err {e:#}\n"),
                     }
@@ -123,17 +126,25 @@ pub(crate) fn serve_app(
                 tokio::io::AsyncWriteExt::write_all(stream.get_mut(), reply.as_bytes()).await?;
                 if started.elapsed() >= SLOW {
                     eprintln!(
-                        "app {}: write {tx} took {} ms (request read in {} ms): {}",
+                        "app {}: write {tx} took {} ms (request read in {} ms; {}): {}",
                         host.name(),
                         started.elapsed().as_millis(),
                         read.as_millis(),
+                        steps.text(),
                         reply.trim_end()
                     );
                 }
                 anyhow::Ok(())
             };
             answering.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+                if tokio::time::timeout(ANSWER_LIMIT, answer).await.is_err() {
+                    eprintln!(
+                        "app {}: a request got no answer in {} s ({})",
+                        host.name(),
+                        ANSWER_LIMIT.as_secs(),
+                        steps.text()
+                    );
+                }
             });
         }
         answering.join_all().await;
@@ -164,9 +175,10 @@ impl AppDb {
         guard: &tandem_node::DegradeGuard,
         tx: u64,
         node: &str,
+        steps: &Steps,
     ) -> anyhow::Result<()> {
         match self {
-            AppDb::Sqlite(backend) => write_replicated(backend, guard, tx).await,
+            AppDb::Sqlite(backend) => write_replicated(backend, guard, tx, steps).await,
             AppDb::Postgres(db) => db.write_replicated(guard, tx, node).await,
         }
     }
@@ -183,24 +195,33 @@ pub(crate) async fn write_replicated(
     backend: &SqliteBackend,
     guard: &tandem_node::DegradeGuard,
     tx: u64,
+    steps: &Steps,
 ) -> anyhow::Result<()> {
+    steps.at("mark");
     let mark = guard.mark().await;
     let position = {
+        steps.at("write turn");
         let mut conn = backend.writer().await?;
+        steps.at("commit");
         sample::write_transaction(&mut conn, tx, ROWS).await?
     };
+    steps.at("wait_replicated");
     let Err(e) = backend
         .wait_replicated_while_connected(position, Duration::from_millis(800))
         .await
     else {
+        steps.at("acknowledged");
         return Ok(());
     };
+    steps.at("status");
     let gone = matches!(e, tandem_replication::Error::StandbyUnreachable { .. })
         // For example the replication service is not running.
         || backend.status().await?.remote.status != LinkStatus::Connected;
     if !gone {
+        steps.at("not replicated");
         return Err(e.into());
     }
+    steps.at("degrade guard");
     // The `degrade` policy: with the standby gone, keep serving, but only while
     // this node is the one the site goes on with. A node cut off meanwhile may be
     // the one the operator replaced, and what it acknowledged would go with its
@@ -208,6 +229,45 @@ pub(crate) async fn write_replicated(
     guard.allow(mark).await.map_err(|refused| {
         anyhow::Error::new(e).context(format!("not acknowledged alone: {refused}"))
     })
+}
+
+/// How long a request may take before the app gives up on it.
+const ANSWER_LIMIT: Duration = Duration::from_secs(5);
+
+/// When a request reached each step of its write, for the slow-request lines.
+pub(crate) struct Steps {
+    started: Instant,
+    at: std::sync::Mutex<Vec<(&'static str, Duration)>>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            started: Instant::now(),
+            at: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The request reached `step` now.
+    fn at(&self, step: &'static str) {
+        if let Ok(mut at) = self.at.lock() {
+            at.push((step, self.started.elapsed()));
+        }
+    }
+
+    /// `step at N ms, ...`.
+    fn text(&self) -> String {
+        let at = self.at.lock().map(|a| a.clone()).unwrap_or_default();
+        let steps: Vec<String> = at
+            .iter()
+            .map(|(step, d)| format!("{step} at {} ms", d.as_millis()))
+            .collect();
+        if steps.is_empty() {
+            "no step reached".to_owned()
+        } else {
+            steps.join(", ")
+        }
+    }
 }
 
 /// A request or a drain that takes this long is logged on stderr (the lab's
