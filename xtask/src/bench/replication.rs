@@ -248,7 +248,13 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Vec<super::Row>> {
         unreplicated_many.push(bench.unreplicated(&mut plain_next, WRITERS)?);
         floors.push(bench.floor(&mut plain_next, &relay)?);
         for (v, out) in variants.iter().zip(rounds.iter_mut()) {
-            out.push(replicated_round(&bench, v, &mut services, &mut next, &relay)?);
+            out.push(replicated_round(
+                &bench,
+                v,
+                &mut services,
+                &mut next,
+                &relay,
+            )?);
         }
     }
     drop(relay);
