@@ -822,7 +822,10 @@ impl SqliteBackend {
     /// CPU from the next writer's commit. Without a covering acknowledgement the state is
     /// looked at every 10 ms, to notice replication being switched off and in case the
     /// watch is missing or an event was lost. With `while_connected` a recorded loss of
-    /// the peer link ends the wait.
+    /// the peer link ends the wait. `limit` bounds the looks at the database too: one
+    /// that cannot be made in time (every pooled connection busy, the database locked)
+    /// ends the wait with [`Error::NotReplicated`] at the limit, as a missing
+    /// acknowledgement does.
     async fn wait_acknowledged(
         &self,
         position: Position,
@@ -851,10 +854,19 @@ impl SqliteBackend {
         loop {
             let covered = published.is_some_and(|p| covered_at(&p, level) >= position.0);
             let mut acked = 0;
+            let deadline = started + limit;
+            let out_of_time = |acked: u64| Error::NotReplicated {
+                position,
+                acked: Position(acked),
+                limit,
+            };
             if covered || tokio::time::Instant::now() >= next_check {
-                let recorded = self
-                    .checked_since(started, started_ns, published.as_ref())
-                    .await?;
+                let recorded = tokio::time::timeout_at(
+                    deadline,
+                    self.checked_since(started, started_ns, published.as_ref()),
+                )
+                .await
+                .map_err(|_| out_of_time(published.map_or(0, |p| covered_at(&p, level))))??;
                 let state = recorded.state;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
@@ -871,7 +883,14 @@ impl SqliteBackend {
                 }
                 // No acknowledgement can come while the link is down. Asked only here,
                 // off the path of a commit that is acknowledged.
-                if while_connected && let Some((peer, reason)) = self.standby_lost().await? {
+                let lost = if while_connected {
+                    tokio::time::timeout_at(deadline, self.standby_lost())
+                        .await
+                        .map_err(|_| out_of_time(acked))??
+                } else {
+                    None
+                };
+                if let Some((peer, reason)) = lost {
                     return Err(Error::StandbyUnreachable {
                         position,
                         peer,

@@ -157,6 +157,44 @@ fn the_standby_refuses_application_writes_and_the_active_captures_them() {
 /// The service publishes each acknowledgement at once and records it in the database
 /// later; recording an older one must not move the published position back (a node
 /// demoted then would take what its peer acknowledged for unacknowledged, and refuse
+/// `wait_replicated`'s limit bounds its looks at the database too: with every pooled
+/// connection taken (as by a database that does not answer), the wait ends at its
+/// limit with `NotReplicated` instead of waiting out the pool (30 s), so an
+/// application that answers its client after the wait answers in time.
+#[test]
+fn a_wait_that_cannot_look_at_the_database_ends_at_its_limit() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (n1, _n2) = pair(dir.path(), &["kv"], MIXED).await;
+        exec(&n1, "INSERT INTO kv (k) VALUES (1)").await.unwrap();
+        let head = n1.head().await.unwrap();
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            taken.push(n1.conn().await.unwrap());
+        }
+        let limit = Duration::from_millis(200);
+        for connected in [false, true] {
+            let wait = async {
+                if connected {
+                    n1.wait_replicated_while_connected(head, limit).await
+                } else {
+                    n1.wait_replicated_at(head, AckLevel::Received, limit).await
+                }
+            };
+            // The outer limit only keeps a failing test from hanging.
+            let err = tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .expect("the wait ended")
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::NotReplicated { position, .. } if position == head),
+                "{err}"
+            );
+        }
+        drop(taken);
+    });
+}
+
 /// the new active node's changes as diverged until the next record).
 #[test]
 fn recording_an_older_acknowledgement_keeps_the_newer_published_one() {
