@@ -72,14 +72,17 @@ pub enum Error {
         limit: Duration,
     },
     /// [`wait_replicated`](crate::ReplicationBackend::wait_replicated) gave up: the standby
-    /// has not acknowledged `position` within the time limit.
+    /// has not acknowledged `position` within the time limit, or the database could not
+    /// be asked within it.
     #[error(
-        "position {position} is not replicated after {limit:?} (the standby acknowledged {acked})"
+        "position {position} is not replicated after {limit:?} (the standby's last acknowledgement \
+         seen: {acked})"
     )]
     NotReplicated {
         /// The position waited for.
         position: Position,
-        /// The position the standby had acknowledged.
+        /// The position the standby was last seen to have acknowledged: 0 when the
+        /// database could not be asked in time.
         acked: Position,
         /// How long it waited.
         limit: Duration,

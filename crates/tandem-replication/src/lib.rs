@@ -452,6 +452,9 @@ pub trait ReplicationBackend {
     /// waits through a lost standby; the SQLite backend's
     /// [`wait_replicated_while_connected`](SqliteBackend::wait_replicated_while_connected)
     /// stops as soon as the service has lost it, for applications that degrade.
+    /// `timeout` bounds the whole wait, its looks at the database included: when it
+    /// runs out, even in a look that the database does not answer, the wait ends with
+    /// [`Error::NotReplicated`].
     fn wait_replicated(
         &self,
         position: Position,

@@ -517,6 +517,23 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// A process stopped with SIGSTOP until this is dropped, also while a panic unwinds.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 fn insert(site: &Site, host: Host, from: i64, to: i64) {
     site.sql(
         host,
@@ -547,6 +564,21 @@ fn writes_on_node1_appear_on_node2_and_the_standby_refuses_writes() {
     site.runtime
         .block_on(backend.wait_replicated(position, Duration::from_secs(30)))
         .unwrap();
+    // The limit bounds the looks at the server too: with node 1's postmaster stopped
+    // (a server that takes connections and never answers) the same wait ends at its
+    // limit as not replicated, not at the connection's own limit (3 s) as a timeout.
+    {
+        let pid = site.server(Host::Node1).postmaster_pid().unwrap();
+        let _stopped = Stopped::new(pid);
+        let err = site
+            .runtime
+            .block_on(backend.wait_replicated(position, Duration::from_millis(200)))
+            .unwrap_err();
+        assert!(
+            matches!(err, tandem_replication::Error::NotReplicated { .. }),
+            "{err}"
+        );
+    }
 
     let mut conn = site.connect(Host::Node2);
     let err = site

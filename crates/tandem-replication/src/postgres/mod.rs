@@ -259,24 +259,39 @@ impl ReplicationBackend for PostgresBackend {
         Ok(DemoteReport::new(state.resync))
     }
 
+    /// `timeout` bounds the looks at the server too: a connection or a read of
+    /// `pg_stat_replication` that cannot be made in time (a server that does not
+    /// answer) ends the wait with [`Error::NotReplicated`] at the limit, as a missing
+    /// acknowledgement does, so that a caller answering its client after the wait
+    /// answers in time.
     async fn wait_replicated(&self, position: Position, timeout: Duration) -> Result<()> {
         let level = self.settings.replication.synchronous_commit;
         let state = self.load()?;
-        let started = std::time::Instant::now();
-        let mut conn = self.connect_local().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut acked = Position(0);
+        let not_replicated = |acked| Error::NotReplicated {
+            position,
+            acked,
+            limit: timeout,
+        };
+        let mut conn = tokio::time::timeout_at(deadline, self.connect_local())
+            .await
+            .map_err(|_| not_replicated(acked))??;
         loop {
-            let acked = Self::standby_at(&mut conn, &state.peer_app_name(), level).await?;
+            acked = tokio::time::timeout_at(
+                deadline,
+                Self::standby_at(&mut conn, &state.peer_app_name(), level),
+            )
+            .await
+            .map_err(|_| not_replicated(acked))??;
             if acked >= position {
                 return Ok(());
             }
-            if started.elapsed() >= timeout {
-                return Err(Error::NotReplicated {
-                    position,
-                    acked,
-                    limit: timeout,
-                });
+            if tokio::time::Instant::now() >= deadline {
+                return Err(not_replicated(acked));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let next = tokio::time::Instant::now() + Duration::from_millis(5);
+            tokio::time::sleep_until(next.min(deadline)).await;
         }
     }
 

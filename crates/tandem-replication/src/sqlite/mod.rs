@@ -261,6 +261,9 @@ pub struct SqliteBackend {
 /// is dropped. Derefs to the connection.
 pub type Writer = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
+/// Connections of the backend's read pool (the writer has one of its own).
+pub(crate) const POOL_SIZE: u32 = 4;
+
 /// Pool options shared by the backend's pools: at most `max` connections. A COMMIT
 /// that fails (a full disk: SQLITE_FULL) may leave sqlx counting a transaction that
 /// SQLite already rolled back; its queued rollback then fails and every later `BEGIN`
@@ -292,7 +295,7 @@ impl SqliteBackend {
                 .create(dir)
                 .map_err(Error::file("cannot create the directory", dir))?;
         }
-        let pool = pool_options(4)
+        let pool = pool_options(POOL_SIZE)
             .connect_with(connect_options(&path))
             .await
             .map_err(Error::db(format!("cannot open {}", path.display())))?;
@@ -851,22 +854,23 @@ impl SqliteBackend {
             None => read_published(&self.ack_path()),
         };
         let mut next_check = started + RECHECK;
+        let deadline = started + limit;
+        // What the last look at the database confirmed; 0 before one was made.
+        let mut acked = 0;
+        let out_of_time = |acked: u64| Error::NotReplicated {
+            position,
+            acked: Position(acked),
+            limit,
+        };
         loop {
             let covered = published.is_some_and(|p| covered_at(&p, level) >= position.0);
-            let mut acked = 0;
-            let deadline = started + limit;
-            let out_of_time = |acked: u64| Error::NotReplicated {
-                position,
-                acked: Position(acked),
-                limit,
-            };
             if covered || tokio::time::Instant::now() >= next_check {
                 let recorded = tokio::time::timeout_at(
                     deadline,
                     self.checked_since(started, started_ns, published.as_ref()),
                 )
                 .await
-                .map_err(|_| out_of_time(published.map_or(0, |p| covered_at(&p, level))))??;
+                .map_err(|_| out_of_time(acked))??;
                 let state = recorded.state;
                 // Without capture nothing written now reaches the standby, whatever was acknowledged.
                 if state != ReplicationState::Active {
@@ -903,14 +907,10 @@ impl SqliteBackend {
                 }
                 next_check = tokio::time::Instant::now() + RECHECK;
             }
-            if started.elapsed() >= limit {
-                return Err(Error::NotReplicated {
-                    position,
-                    acked: Position(acked),
-                    limit,
-                });
+            if tokio::time::Instant::now() >= deadline {
+                return Err(out_of_time(acked));
             }
-            let until = next_check.min(started + limit);
+            let until = next_check.min(deadline);
             match changes.as_mut() {
                 Some(rx) => match tokio::time::timeout_at(until, rx.changed()).await {
                     Ok(Ok(())) => published = *rx.borrow_and_update(),

@@ -154,9 +154,6 @@ fn the_standby_refuses_application_writes_and_the_active_captures_them() {
     });
 }
 
-/// The service publishes each acknowledgement at once and records it in the database
-/// later; recording an older one must not move the published position back (a node
-/// demoted then would take what its peer acknowledged for unacknowledged, and refuse
 /// `wait_replicated`'s limit bounds its looks at the database too: with every pooled
 /// connection taken (as by a database that does not answer), the wait ends at its
 /// limit with `NotReplicated` instead of waiting out the pool (30 s), so an
@@ -169,7 +166,7 @@ fn a_wait_that_cannot_look_at_the_database_ends_at_its_limit() {
         exec(&n1, "INSERT INTO kv (k) VALUES (1)").await.unwrap();
         let head = n1.head().await.unwrap();
         let mut taken = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..super::POOL_SIZE {
             taken.push(n1.conn().await.unwrap());
         }
         let limit = Duration::from_millis(200);
@@ -195,6 +192,9 @@ fn a_wait_that_cannot_look_at_the_database_ends_at_its_limit() {
     });
 }
 
+/// The service publishes each acknowledgement at once and records it in the database
+/// later; recording an older one must not move the published position back (a node
+/// demoted then would take what its peer acknowledged for unacknowledged, and refuse
 /// the new active node's changes as diverged until the next record).
 #[test]
 fn recording_an_older_acknowledgement_keeps_the_newer_published_one() {
