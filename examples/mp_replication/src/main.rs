@@ -177,8 +177,8 @@ enum Command {
         json: bool,
     },
     /// Write transactions of the sample workload (demo, tests and benchmark). Prints
-    /// `committed <tx> <position>` per transaction, or with `--wait-replicated`
-    /// `acked <tx> <position> <microseconds waited>`. With `--writers N`, N concurrent
+    /// `committed <tx> <position>` per transaction, or with `--wait-replicated` or
+    /// `--echo-via` `acked <tx> <position> <microseconds waited>`. With `--writers N`, N concurrent
     /// writers share the transaction numbers round robin; their commits take turns on
     /// the backend's shared write connection (`SqliteBackend::writer`), their waits
     /// overlap.
@@ -206,8 +206,9 @@ enum Command {
         /// The benchmark's floor (a database without tandem): after each commit, send
         /// 512 bytes to this TCP address and wait for 32 bytes back, as a commit that
         /// waits for the least any standby could do. Prints `acked` lines with the
-        /// wait. Not with `--wait-replicated`.
-        #[arg(long, value_name = "ADDR", conflicts_with = "wait_replicated")]
+        /// wait. Not with `--wait-replicated`. Loopback or the lab's 192.0.2.0/24 only.
+        #[arg(long, value_name = "ADDR", conflicts_with = "wait_replicated",
+              value_parser = lab_echo_address)]
         echo_via: Option<SocketAddr>,
     },
 }
@@ -488,14 +489,15 @@ async fn write_sample(
         // One line under stdout's lock: concurrent writers' lines do not mix.
         if let Some(stream) = echo.as_mut() {
             let committed = std::time::Instant::now();
-            stream
-                .write_all(&request)
+            let round = async {
+                stream.write_all(&request).await?;
+                stream.read_exact(&mut reply).await.map(drop)
+            };
+            // The same limit as a replicated wait's, so a stuck relay ends the run.
+            tokio::time::timeout(Duration::from_secs(60), round)
                 .await
-                .context("sending the echo")?;
-            stream
-                .read_exact(&mut reply)
-                .await
-                .context("waiting for the echo")?;
+                .context("no echo within 60 s")?
+                .context("sending to the echo and reading its answer")?;
             let waited = committed.elapsed().as_micros();
             println!("acked {tx} {position} {waited}");
         } else if let Some(level) = wait {
@@ -511,6 +513,21 @@ async fn write_sample(
         }
     }
     Ok(())
+}
+
+/// `--echo-via`'s address: the benchmark's floor sends to the lab only (loopback or
+/// RFC 5737's 192.0.2.0/24).
+fn lab_echo_address(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|e| format!("{e}"))?;
+    let lab = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.octets()[..3] == [192, 0, 2],
+        std::net::IpAddr::V6(ip) => ip.is_loopback(),
+    };
+    if lab {
+        Ok(addr)
+    } else {
+        Err("the echo must be on loopback or the lab's 192.0.2.0/24".into())
+    }
 }
 
 /// A connection to `write-sample --echo-via`'s address, without Nagle's delay.

@@ -32,7 +32,7 @@ pub(crate) struct Args {
 
 #[derive(clap::Subcommand)]
 enum Role {
-    /// Answer every request with [`REPLY`] bytes (node 2's end).
+    /// Answer every 512-byte request with 32 bytes (node 2's end).
     Echo {
         /// Where to listen.
         listen: SocketAddr,
@@ -51,8 +51,17 @@ enum Role {
     },
 }
 
-/// Runs one end until it is killed: a thread per connection.
+/// Runs the echo or the relay until it is killed (a thread per connection), or one
+/// probe. Every address must be the lab's: loopback or 192.0.2.0/24 (RFC 5737).
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let addrs = match &args.role {
+        Role::Echo { listen } => vec![*listen],
+        Role::Forward { listen, to } => vec![*listen, *to],
+        Role::Probe { to } => vec![*to],
+    };
+    for addr in addrs {
+        lab_address(addr)?;
+    }
     let listen = match &args.role {
         Role::Echo { listen } | Role::Forward { listen, .. } => *listen,
         Role::Probe { to } => {
@@ -66,13 +75,34 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     for conn in listener.incoming() {
-        let conn = conn.context("accepting")?;
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                // One failed accept (a connection reset before it was taken) ends
+                // nothing else.
+                eprintln!("relay on {listen}: accepting: {e}");
+                continue;
+            }
+        };
         let to = match &args.role {
             Role::Forward { to, .. } => Some(*to),
             _ => None,
         };
         // A connection that fails ends alone (its writer sees it closed).
         std::thread::spawn(move || serve(conn, to));
+    }
+    Ok(())
+}
+
+/// Fails unless `addr` is on loopback or the lab's 192.0.2.0/24 (RFC 5737): the
+/// bench sends nowhere else.
+pub(crate) fn lab_address(addr: SocketAddr) -> anyhow::Result<()> {
+    let ok = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.octets()[..3] == [192, 0, 2],
+        std::net::IpAddr::V6(ip) => ip.is_loopback(),
+    };
+    if !ok {
+        bail!("{addr} is not a lab address: the relay uses loopback or 192.0.2.0/24 only");
     }
     Ok(())
 }
@@ -131,15 +161,27 @@ impl Floor {
             &writer_addr.to_string(),
             &echo_addr.to_string(),
         ]);
-        // The relay connects to the echo per connection; give the echo a moment, then
-        // check the whole path from node 1.
         floor.spawn(relay)?;
+        // The relay connects to the echo per connection: probe the whole path from
+        // node 1 until both ends are up.
         let started = Instant::now();
         loop {
             let mut probe = lab.command(Host::Node1, &exe);
             probe.args(["relay", "probe", &writer_addr.to_string()]);
             match probe.output() {
-                Ok(out) if out.status.success() => return Ok(floor),
+                Ok(out) if out.status.success() => {
+                    // An answer from a relay or echo left behind by an earlier run
+                    // (ours then exited, the port taken) would not be this floor.
+                    for child in &mut floor.children {
+                        if let Some(status) = child.try_wait()? {
+                            bail!(
+                                "the bench's relay or echo exited ({status}): is one from an \
+                                 earlier run still holding port {PORT} in the lab?"
+                            );
+                        }
+                    }
+                    return Ok(floor);
+                }
                 _ if started.elapsed() < Duration::from_secs(10) => {
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -179,7 +179,11 @@ impl AppDb {
     ) -> anyhow::Result<()> {
         match self {
             AppDb::Sqlite(backend) => write_replicated(backend, guard, tx, steps).await,
-            AppDb::Postgres(db) => db.write_replicated(guard, tx, node).await,
+            AppDb::Postgres(db) => {
+                // Its steps are not split: one mark for the whole write.
+                steps.at("postgres write");
+                db.write_replicated(guard, tx, node).await
+            }
         }
     }
 
