@@ -9,6 +9,10 @@
 //!   restore makes its staging durable before it renames) and
 //!   `failover restore-config-files --root` into an empty directory;
 //!
+//! - the disk's floor for a durable restore: the tree's bytes written to one file
+//!   and fsynced (no decompression, no file creation), which no restore that makes
+//!   its files durable can beat;
+//!
 //! and compares the sizes. Then the same at 10x ([`COPIES`] copies of the tree
 //! side by side in the roots, ~60,000 files and ~2 GB, made under
 //! `target/bench/` and removed after), [`RUNS_10X`] run(s), with the peak RSS
@@ -124,6 +128,8 @@ struct Measured {
     tar_extract_sync: Samples,
     our_restore: Samples,
     old_restore: Option<Samples>,
+    /// The tree's bytes written to one file and fsynced.
+    disk_floor: Samples,
     tar_size: u64,
     our_size: u64,
     old_size: Option<u64>,
@@ -176,6 +182,7 @@ fn measure(
         tar_extract_sync: Samples::default(),
         our_restore: Samples::default(),
         old_restore: tools.baseline.as_ref().map(|_| Samples::default()),
+        disk_floor: Samples::default(),
         tar_size: 0,
         our_size: 0,
         old_size: None,
@@ -254,6 +261,10 @@ fn measure(
         if let (Some(bin), Some(samples)) = (&tools.baseline, &mut m.old_restore) {
             samples.0.push(restore(bin, &old)?);
         }
+        fresh(&dest)?;
+        m.disk_floor
+            .0
+            .push(durable_write(&dest.join("floor"), generated.bytes)?);
     }
     remove(&dest)?;
     remove(&work)?;
@@ -288,6 +299,7 @@ impl Measured {
         if let Some(old) = &self.old_restore {
             rows.push(("restore: baseline failover", old));
         }
+        rows.push(("floor: the bytes to one file + fsync", &self.disk_floor));
         for (name, s) in rows {
             println!(
                 "{name:<44} {:>9.3} {:>10.1} {:>13.1}",
@@ -317,6 +329,10 @@ impl Measured {
             "  synced restore time vs tar xzf + sync: {:.2}",
             self.our_restore.secs() / self.tar_extract_sync.secs()
         );
+        println!(
+            "  synced restore time vs the disk's floor: {:.2}",
+            self.our_restore.secs() / self.disk_floor.secs()
+        );
         if let Some(old) = &self.old_restore {
             println!(
                 "  synced restore time vs baseline build: {:.2}",
@@ -343,7 +359,8 @@ impl Measured {
                 "{{ \"scale\": \"{}\", \"tree\": {{ \"files\": {}, \"bytes\": {}, \"roots\": {} }}, ",
                 "\"cores\": {}, \"runs\": {},\n",
                 "  \"seconds\": {{ \"tar_czf\": {:.4}, \"tandem_create\": {:.4}, \"baseline_create\": {}, ",
-                "\"tar_xzf\": {:.4}, \"tar_xzf_sync\": {:.4}, \"tandem_restore\": {:.4}, \"baseline_restore\": {} }},\n",
+                "\"tar_xzf\": {:.4}, \"tar_xzf_sync\": {:.4}, \"tandem_restore\": {:.4}, \"baseline_restore\": {}, ",
+                "\"disk_floor\": {:.4} }},\n",
                 "  \"peak_rss_mb\": {{ \"tar_czf\": {:.1}, \"tandem_create\": {:.1}, \"baseline_create\": {}, ",
                 "\"tar_xzf\": {:.1}, \"tandem_restore\": {:.1}, \"baseline_restore\": {} }},\n",
                 "  \"bytes\": {{ \"tar_czf\": {}, \"tandem\": {}, \"baseline\": {} }} }}"
@@ -361,6 +378,7 @@ impl Measured {
             self.tar_extract_sync.secs(),
             self.our_restore.secs(),
             opt(&self.old_restore),
+            self.disk_floor.secs(),
             self.tar_create.rss_mb(),
             self.our_create.rss_mb(),
             opt_rss(&self.old_create),
@@ -419,6 +437,17 @@ impl Measured {
             )
             .ratio(restore, self.tar_extract.secs())
             .target("<= tar xzf alone", restore <= self.tar_extract.secs()),
+            // What any durable restore must at least do: write the bytes and sync.
+            super::Row::new(
+                "bundle",
+                format!("restore, synced, beside the disk's floor ({what})"),
+                secs(restore),
+                format!(
+                    "the same bytes to one file + fsync {}",
+                    secs(self.disk_floor.secs())
+                ),
+            )
+            .ratio(restore, self.disk_floor.secs()),
         ];
         if ten {
             let rss = |s: f64| format!("{s:.0} MB");
@@ -698,6 +727,36 @@ fn sh(cmd: &mut Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `bytes` of incompressible data to a new file at `path` and fsyncs it: the
+/// disk's part of a durable restore of that many bytes, with nothing else. The
+/// data is generated before the clock starts (a virtual disk may treat zeros
+/// specially); the file is removed after.
+fn durable_write(path: &Path, bytes: u64) -> anyhow::Result<Sample> {
+    use std::io::Write;
+    const CHUNK: usize = 4 << 20;
+    let mut rng = Rng(0x5eed_f100_d15c_0002);
+    let chunk: Vec<u8> = (0..CHUNK / 8)
+        .flat_map(|_| rng.next().to_le_bytes())
+        .collect();
+    let start = Instant::now();
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let part = chunk.get(..n).unwrap_or(&chunk);
+        file.write_all(part)
+            .with_context(|| format!("writing {}", path.display()))?;
+        left -= part.len() as u64;
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    let time = start.elapsed();
+    drop(file);
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(Sample { time, rss: 0 })
 }
 
 /// Runs `cmd` to its end and returns its wall time and peak RSS (the
