@@ -958,7 +958,7 @@ impl Results {
              SQLite from target/bench/replication.json):"
         );
         println!(
-            "{:<8} {:<48} {:>14} {:>14}",
+            "{:<8} {:<54} {:>14} {:>14}",
             "writers", "commit", "SQLite", "PostgreSQL"
         );
         let lines: [(u32, &str, Option<&str>, Option<Commit>); 7] = [
@@ -971,13 +971,13 @@ impl Results {
             (1, "async", Some("async"), Some(Commit::Async)),
             (
                 1,
-                "standby wrote (PostgreSQL remote_write)",
-                None,
+                "standby has it, not durably (received / remote_write)",
+                Some("wait_received"),
                 Some(Commit::RemoteWrite),
             ),
             (
                 1,
-                "standby has it (wait_replicated / on)",
+                "standby has it durably (flushed / on)",
                 Some("wait_replicated"),
                 Some(Commit::On),
             ),
@@ -989,20 +989,20 @@ impl Results {
             ),
             (
                 MANY,
-                "standby wrote (PostgreSQL remote_write)",
-                None,
+                "standby has it, not durably (received / remote_write)",
+                Some("wait_received_many"),
                 Some(Commit::RemoteWrite),
             ),
             (
                 MANY,
-                "standby has it (wait_replicated / on)",
+                "standby has it durably (flushed / on)",
                 Some("wait_replicated_many"),
                 Some(Commit::On),
             ),
         ];
         for (clients, what, key, commit) in lines {
             let pg = commit.map_or_else(|| "-".to_owned(), |c| pg(c, clients));
-            println!("{clients:<8} {what:<48} {:>14} {pg:>14}", cell(key));
+            println!("{clients:<8} {what:<54} {:>14} {pg:>14}", cell(key));
         }
     }
 
