@@ -295,16 +295,21 @@ fn write_summary(rows: &[Row], failed: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Names a directory holding already-built `failover` and `mp_replication`
-/// binaries for [`build_release`] to use instead of building release ones (the
-/// tests of the bench areas set it to the debug build).
+/// binaries (and `xtask`, for `link`) for [`build_release`] to use instead of
+/// building release ones (the tests of the bench areas set it to the debug build).
 pub(crate) const BIN_DIR_ENV: &str = "TANDEM_BENCH_BIN_DIR";
 
 /// Builds the release binaries of `packages` and returns the release directory.
+/// With [`BIN_DIR_ENV`] set, that directory instead, when it holds all of them.
 pub(crate) fn build_release(packages: &[&str]) -> anyhow::Result<PathBuf> {
     // A test of an area runs it with the binaries `cargo test` built, rather
     // than paying for a release build; its numbers are not figures of record.
-    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
-        return Ok(PathBuf::from(dir));
+    // A directory that lacks one (a release xtask, for `link`) falls back to
+    // the build, so that a whole `bench` run with it measures every area.
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV).map(PathBuf::from)
+        && packages.iter().all(|p| dir.join(p).exists())
+    {
+        return Ok(dir);
     }
     let root = crate::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
