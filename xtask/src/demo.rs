@@ -341,8 +341,10 @@ impl Demo {
         // The cable comes back at once, often before node1 has noticed the
         // loss: node1 steps down when it meets node2 holding the address or when
         // node2 tells it its claim is superseded (RELIABILITY.md, finding 11).
-        self.site.lab.restore(Host::Node1)?;
+        // The heal starts before the cable is back: the role watch can see both
+        // nodes active as soon as the link is up, before `ip` has returned.
         let restored = self.site.started.elapsed();
+        self.site.lab.restore(Host::Node1)?;
         self.site.note("plug node1's cable back in", "");
         self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
         self.heal = Some((restored, self.site.started.elapsed()));
@@ -376,8 +378,9 @@ impl Demo {
         self.wait_for_client("node2")?;
         self.failover_note("node2 takes the key and claims by itself", "node2", from);
         self.wait_media_server(Host::Node2)?;
-        self.site.lab.restore(Host::Node1)?;
+        // Before the cable is back, as above.
         let restored = self.site.started.elapsed();
+        self.site.lab.restore(Host::Node1)?;
         self.site.note("plug node1's cable back in", "");
         self.wait_status(Host::Node1, "Failover deployment. Standby server.")?;
         self.heal = Some((restored, self.site.started.elapsed()));
