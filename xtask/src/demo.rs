@@ -767,8 +767,10 @@ fn watch_roles(
         let active = |h: Host| {
             status_page(h).is_some_and(|p| p.contains("Failover deployment. Active server."))
         };
-        let t = started.elapsed();
         let now_both = active(Host::Node1) && active(Host::Node2);
+        // When both were seen: after the pages answered (a fetch begun while a
+        // cable was out answers once it is back).
+        let t = started.elapsed();
         match (now_both, since) {
             (true, None) => since = Some(t),
             (false, Some(from)) => {
